@@ -1,0 +1,84 @@
+"""What a K2V handler receives: the node's services and one authenticated request."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from garagekv.api.endpoint import Endpoint
+from garagekv.model.helper import MetaHelper
+from garagekv.model.k2v.store import K2VStore
+from garagekv.model.key_table import Key
+from garagekv.util.errors import BadRequest, EntityTooLarge
+
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+TOKEN_HEADER = "X-Garage-Causality-Token"
+
+
+@dataclass
+class ApiLimits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch_items: int = 1000
+    max_key_bytes: int = 479
+
+
+@dataclass
+class ApiState:
+    """Long-lived services shared by every request of the K2V API server."""
+
+    store: K2VStore
+    helper: MetaHelper
+    region: str
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    cors_allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass
+class RequestContext:
+    state: ApiState
+    request: web.Request
+    endpoint: Endpoint
+    key: Key
+    bucket_id: bytes
+    verified: Any  # api.sigv4.Verified: checks the body against x-amz-content-sha256
+
+    async def body(self) -> bytes:
+        """The request body, size-limited and checked against the signed payload hash."""
+        limit = self.state.limits.max_body_bytes
+        cl = self.request.content_length
+        if cl is not None and cl > limit:
+            raise EntityTooLarge(f"Request body of {cl} bytes is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise EntityTooLarge(f"Request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return self.verified.check_body(b"".join(chunks))
+
+    async def json_body(self) -> Any:
+        raw = await self.body()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"Invalid JSON: {e}")
+
+    def check_key_len(self, field_name: str, value: str | None) -> None:
+        if value is not None and len(value.encode()) > self.state.limits.max_key_bytes:
+            raise BadRequest(
+                f"{field_name} is {len(value.encode())} bytes of UTF-8, over the limit of "
+                f"{self.state.limits.max_key_bytes}"
+            )
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    h = {"Content-Type": JSON_TYPE}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=body, headers=h)

@@ -1,0 +1,27 @@
+"""The one place where errors become K2V HTTP responses (K2V-API.md section 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from garagekv.api.context import JSON_TYPE
+from garagekv.util.errors import GarageKVError, InternalError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(err: GarageKVError, region: str, path: str) -> bytes:
+    return json.dumps(
+        {"code": err.code, "message": err.full_message, "region": region, "path": path},
+        ensure_ascii=False,
+    ).encode()
+
+
+def error_response(err: BaseException, region: str, path: str) -> web.Response:
+    if not isinstance(err, GarageKVError):
+        log.exception("internal error while handling %s", path, exc_info=err)
+        err = InternalError(str(err) or type(err).__name__)
+    return web.Response(status=err.status, body=error_body(err, region, path), headers={"Content-Type": JSON_TYPE})

@@ -1,0 +1,48 @@
+"""aiohttp's low-level server with every framework-level error turned into a K2V JSON body.
+
+aiohttp answers requests it cannot parse (bad request lines, bad methods, broken chunked
+bodies) itself in plain text; K2V clients expect the JSON error body for every error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from garagekv.api.errors import error_body
+from garagekv.util.errors import BadRequest, GarageKVError, InternalError
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    region = ""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        err: GarageKVError
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+            err = InternalError("unexpected server error")
+        else:
+            err = BadRequest(message or (str(exc) if exc else "malformed HTTP request"))
+            err.status = status
+        try:
+            path = request.path
+        except Exception:  # noqa: BLE001 - an unparsable request has no usable path
+            path = "/"
+        resp = web.Response(status=status, body=error_body(err, self.region, path),
+                            headers={"Content-Type": "application/json"})
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web.Server):
+    def __init__(self, handler: Any, *, region: str, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._handler_class = type("K2VRequestHandler", (_JsonErrorRequestHandler,), {"region": region})
+
+    def __call__(self) -> RequestHandler:
+        return self._handler_class(self, loop=self._loop, **self._kwargs)

@@ -1,0 +1,83 @@
+"""Strict readers for the fields of K2V JSON bodies.
+
+Types are checked exactly (a boolean is not a number, null is not a boolean) so a malformed
+body is a 400 that names the field, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from garagekv.model.k2v.item import K2VItem
+from garagekv.util.errors import BadRequest
+
+
+def _bad(msg: str) -> BadRequest:
+    return BadRequest(f"Invalid JSON: {msg}")
+
+
+def expect_list(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise _bad(f"expected an array of {what}")
+    return v
+
+
+def expect_object(v: Any, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise _bad(f"expected {what} to be an object")
+    return v
+
+
+def req_str(obj: dict, name: str) -> str:
+    if name not in obj or obj[name] is None:
+        raise _bad(f"missing field `{name}`")
+    v = obj[name]
+    if not isinstance(v, str):
+        raise _bad(f"field `{name}` must be a string")
+    return v
+
+
+def opt_str(obj: dict, name: str) -> str | None:
+    v = obj.get(name)
+    if v is not None and not isinstance(v, str):
+        raise _bad(f"field `{name}` must be a string or null")
+    return v
+
+
+def opt_uint(obj: dict, name: str) -> int | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 2**64:
+        raise _bad(f"field `{name}` must be an unsigned integer or null")
+    return v
+
+
+def opt_bool(obj: dict, name: str) -> bool:
+    if name not in obj:
+        return False
+    v = obj[name]
+    if not isinstance(v, bool):
+        raise _bad(f"field `{name}` must be a boolean")
+    return v
+
+
+def b64_value(v: str) -> bytes:
+    """Standard base64 with canonical padding; anything else is a 400."""
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("Invalid base64 value")
+    if base64.b64encode(raw).decode() != v:
+        raise BadRequest("Invalid base64 value: non-canonical encoding")
+    return raw
+
+
+def values_json(item: K2VItem) -> list[str | None]:
+    return [None if v is None else base64.b64encode(v).decode() for v in item.values()]
+
+
+def item_json(item: K2VItem) -> dict[str, Any]:
+    return {"sk": item.sort_key, "ct": item.causal_context().serialize(), "v": values_json(item)}

@@ -1,0 +1,98 @@
+"""The K2V API server: route, authenticate, resolve the bucket, check permission, dispatch.
+
+The order of checks is the one of K2V-API.md section 2, which decides which error a client sees
+when several things are wrong at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from garagekv.api import cors
+from garagekv.api.context import ApiState, RequestContext
+from garagekv.api.endpoint import OPTIONS, POLL_ITEM, POLL_RANGE, parse_endpoint
+from garagekv.api.errors import error_response
+from garagekv.api.http_server import JsonErrorServer
+from garagekv.api.router import HANDLERS
+from garagekv.api.sigv4 import Headers, parse_request
+from garagekv.util.errors import AccessDenied, GarageKVError
+from garagekv.util.sigv4 import SigningKeyCache
+
+log = logging.getLogger(__name__)
+
+POLL_ENDPOINTS = (POLL_ITEM, POLL_RANGE)
+
+
+class K2VApiServer:
+    def __init__(self, state: ApiState) -> None:
+        self.state = state
+        self.key_cache = SigningKeyCache()
+        self._server: asyncio.base_events.Server | None = None
+        self._http: JsonErrorServer | None = None
+        # request task -> endpoint name (None until routed), so shutdown can cut polls at once
+        self.in_flight: dict[asyncio.Task, str | None] = {}
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        task = asyncio.current_task()
+        self.in_flight[task] = None
+        try:
+            resp = await self._handle(request, task)
+        except GarageKVError as e:
+            resp = error_response(e, self.state.region, path)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - becomes a 500 with a JSON body
+            resp = error_response(e, self.state.region, path)
+        finally:
+            self.in_flight.pop(task, None)
+        cors.add_cors_headers(self.state.cors_allowed_origins, request, resp)
+        return resp
+
+    async def _handle(self, request: web.BaseRequest, task: asyncio.Task) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        ep = parse_endpoint(request.method, raw_path, raw_query)
+        self.in_flight[task] = ep.name
+        if ep.name == OPTIONS:
+            return cors.preflight(self.state.cors_allowed_origins, request)
+
+        pending = parse_request(request.method, raw_path, raw_query, Headers(request.headers.items()),
+                                self.state.region)
+        helper = self.state.helper
+        key = await helper.get_key(pending.access_key_id)
+        verified = pending.finish(None if key is None else key.params.secret_key, self.key_cache)
+
+        bucket_id = await helper.resolve_bucket(ep.bucket, key)
+        perm = key.bucket_permissions(bucket_id)
+        if not (perm.allow_write if ep.needs_write else perm.allow_read):
+            raise AccessDenied("Operation is not allowed for this key.")
+        ctx = RequestContext(self.state, request, ep, key, bucket_id, verified)
+        return await HANDLERS[ep.name](ctx)
+
+    async def start(self, host: str, port: int) -> None:
+        self._http = JsonErrorServer(self.handle, region=self.state.region, handler_cancellation=True,
+                                     access_log=None)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._http, host, port, reuse_address=True, backlog=1024)
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (polls are cut), close connections."""
+        if self._server is None:
+            return
+        self._server.close()
+        for task, name in list(self.in_flight.items()):
+            if name in POLL_ENDPOINTS:
+                task.cancel()
+        pending = list(self.in_flight)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for t in still:
+                t.cancel()
+        await self._http.shutdown(timeout=1.0)

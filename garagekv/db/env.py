@@ -1,0 +1,89 @@
+"""The node's LMDB environment: one file set per node, named trees, an exclusive process lock.
+
+LMDB itself allows several processes on one environment; a node does not, because its
+in-memory state (timestamps, subscriptions) assumes it is the only writer. The lock file makes
+a second node on the same directory fail at once with a clear message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import lmdb
+
+from garagekv.util.errors import StorageError
+
+DEFAULT_MAP_SIZE = 1 << 40
+
+
+class Database:
+    """An open LMDB environment; trees are opened once and cached by name."""
+
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock_fd: int | None = None
+        self._trees: dict[str, lmdb._Database] = {}
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create database directory {self.path}: {e}") from e
+        self._lock_fd = self._acquire_lock(self.path / "LOCK")
+        try:
+            self.env = lmdb.open(
+                str(self.path / "db.lmdb"),
+                map_size=map_size,
+                max_dbs=128,
+                max_readers=2048,
+                readahead=False,
+                sync=fsync,
+                metasync=fsync,
+                lock=True,
+            )
+        except lmdb.Error as e:
+            self._release_lock()
+            raise StorageError(f"cannot open LMDB database in {self.path}: {e}") from e
+
+    @staticmethod
+    def _acquire_lock(lock_path: Path) -> int:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StorageError(f"database directory {lock_path.parent} is not usable: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(
+                f"database directory {lock_path.parent} is locked by another garagekv process"
+            ) from None
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def tree(self, name: str) -> lmdb._Database:
+        """The named tree, created on first use (creation takes a short write transaction)."""
+        t = self._trees.get(name)
+        if t is None:
+            t = self.env.open_db(name.encode(), create=True)
+            self._trees[name] = t
+        return t
+
+    def read(self) -> lmdb.Transaction:
+        """A read-only transaction; use as a context manager."""
+        return self.env.begin(write=False, buffers=False)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def close(self) -> None:
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+            self.env = None
+        self._release_lock()

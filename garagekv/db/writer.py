@@ -1,0 +1,160 @@
+"""Group commit: one writer thread runs many small transactions under one commit and fsync.
+
+Every write on a node goes through here. Callers submit a function that runs inside a nested
+LMDB transaction; all functions queued while the previous commit was syncing share the next
+commit, so one fsync acknowledges a whole batch. A function that raises only rolls back its own
+nested transaction. Running every write on one thread also serialises read-modify-write updates
+(the per-node insert lock of the DVVS timestamp rule comes for free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import lmdb
+
+from garagekv.db.env import Database
+from garagekv.util.errors import GarageKVError, StorageError
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+MAX_BATCH = 512
+
+
+class WriteTxn:
+    """A nested write transaction handed to submitted functions."""
+
+    __slots__ = ("txn", "_after_commit")
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+        self._after_commit: list[Callable[[], None]] = []
+
+    def get(self, tree: lmdb._Database, key: bytes) -> bytes | None:
+        return self.txn.get(key, db=tree)
+
+    def put(self, tree: lmdb._Database, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=tree)
+
+    def delete(self, tree: lmdb._Database, key: bytes) -> bool:
+        return self.txn.delete(key, db=tree)
+
+    def cursor(self, tree: lmdb._Database) -> lmdb.Cursor:
+        return self.txn.cursor(db=tree)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the event loop once the batch holding this transaction is durable."""
+        self._after_commit.append(fn)
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[WriteTxn], Any], future: asyncio.Future, loop) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+class GroupCommitWriter:
+    """The single writer thread of a node's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
+        self._closed = False
+        self.commits = 0
+        self.jobs = 0
+        self._thread.start()
+
+    async def submit(self, fn: Callable[[WriteTxn], R]) -> R:
+        """Run ``fn`` in a write transaction; returns its result once committed (and fsynced)."""
+        if self._closed:
+            raise StorageError("database is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put(_Job(fn, fut, loop))
+        return await asyncio.shield(fut)
+
+    def run_sync(self, fn: Callable[[WriteTxn], R]) -> R:
+        """Run ``fn`` in its own committed transaction from a non-async context (startup, tools)."""
+        with self.db.env.begin(write=True) as txn:
+            wt = WriteTxn(txn)
+            result = fn(wt)
+        for cb in wt._after_commit:
+            cb()
+        return result
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, bool, Any, list]] = []
+        try:
+            with self.db.env.begin(write=True) as parent:
+                for job in batch:
+                    child = self.db.env.begin(write=True, parent=parent)
+                    wt = WriteTxn(child)
+                    try:
+                        result = job.fn(wt)
+                    except BaseException as e:  # noqa: BLE001 - reported to the submitter
+                        child.abort()
+                        outcomes.append((job, False, e, []))
+                    else:
+                        child.commit()
+                        outcomes.append((job, True, result, wt._after_commit))
+        except lmdb.Error as e:
+            log.error("database commit failed: %s", e)
+            err = StorageError(f"database commit failed: {e}")
+            for job in batch:
+                job.loop.call_soon_threadsafe(_resolve, job.future, False, err, [])
+            return
+        self.commits += 1
+        self.jobs += len(batch)
+        for job, ok, value, callbacks in outcomes:
+            if not ok and not isinstance(value, GarageKVError):
+                log.exception("write transaction failed", exc_info=value)
+            job.loop.call_soon_threadsafe(_resolve, job.future, ok, value, callbacks)
+
+    def close(self) -> None:
+        """Finish every queued job, then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+
+def _resolve(fut: asyncio.Future, ok: bool, value: Any, callbacks: list[Callable[[], None]]) -> None:
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:  # noqa: BLE001 - a subscriber must never fail a write
+            log.exception("post-commit callback failed")
+    if fut.cancelled():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

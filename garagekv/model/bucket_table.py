@@ -1,0 +1,146 @@
+"""Buckets (full-copy table ``bucket``) and global aliases (full-copy table ``bucket_alias``).
+
+The alias table is authoritative for name -> bucket; the bucket mirrors its aliases and key
+permissions so ``bucket info`` needs one read. Both are updated together by the helper.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets as _secrets
+from dataclasses import dataclass, field
+
+from garagekv.model.permission import BucketKeyPerm, merge_perm_maps
+from garagekv.table.schema import BaseSchema
+from garagekv.table.table import EMPTY_PARTITION
+from garagekv.util import codec
+from garagekv.util.crdt import Lww, LwwMap
+from garagekv.util.time import now_ms
+
+FORMAT = b"\x01"
+_NAME_RE = re.compile(r"^[a-z0-9.-]{3,63}$")
+
+
+def is_valid_bucket_name(name: str, allow_punycode: bool = False) -> bool:
+    """S3 bucket naming rules, as Garage applies them."""
+    if not _NAME_RE.match(name):
+        return False
+    if name[0] in "-." or name[-1] in "-.":
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return False
+    except ValueError:
+        pass
+    if not allow_punycode and (name.startswith("xn--") or ".xn--" in name):
+        return False
+    return not name.endswith("-s3alias")
+
+
+@dataclass
+class BucketParams:
+    creation_date: int
+    authorized_keys: dict[str, BucketKeyPerm] = field(default_factory=dict)
+    aliases: LwwMap[bool] = field(default_factory=LwwMap)
+    # key "<key_id>:<alias>" -> present
+    local_aliases: LwwMap[bool] = field(default_factory=LwwMap)
+
+    def merge(self, other: BucketParams) -> None:
+        self.creation_date = min(self.creation_date, other.creation_date)
+        merge_perm_maps(self.authorized_keys, other.authorized_keys)
+        self.aliases.merge(other.aliases)
+        self.local_aliases.merge(other.local_aliases)
+
+
+@dataclass
+class Bucket:
+    id: bytes
+    params: BucketParams | None
+
+    @classmethod
+    def new(cls) -> Bucket:
+        return cls(_secrets.token_bytes(32), BucketParams(now_ms()))
+
+    def global_aliases(self) -> list[str]:
+        return [] if self.params is None else [a for a, on in self.params.aliases.items() if on]
+
+    def local_aliases(self) -> list[tuple[str, str]]:
+        if self.params is None:
+            return []
+        return [tuple(k.split(":", 1)) for k, on in self.params.local_aliases.items() if on]
+
+    def tree_key(self) -> bytes:
+        return EMPTY_PARTITION + self.id
+
+    def is_tombstone(self) -> bool:
+        return self.params is None
+
+    def merge(self, other: Bucket) -> None:
+        if self.params is None or other.params is None:
+            self.params = None
+        else:
+            self.params.merge(other.params)
+
+    def encode(self) -> bytes:
+        p = self.params
+        wire = None
+        if p is not None:
+            wire = {
+                "created": p.creation_date,
+                "keys": {k: v.to_wire() for k, v in p.authorized_keys.items()},
+                "aliases": p.aliases.to_wire(),
+                "local": p.local_aliases.to_wire(),
+            }
+        return FORMAT + codec.encode({"id": self.id, "p": wire})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Bucket:
+        w = codec.decode(data[1:])
+        p = w["p"]
+        params = None
+        if p is not None:
+            params = BucketParams(
+                p["created"],
+                {k: BucketKeyPerm.from_wire(v) for k, v in p["keys"].items()},
+                LwwMap.from_wire(p["aliases"]),
+                LwwMap.from_wire(p["local"]),
+            )
+        return cls(w["id"], params)
+
+
+@dataclass
+class BucketAlias:
+    name: str
+    state: Lww[bytes | None]
+
+    def tree_key(self) -> bytes:
+        return EMPTY_PARTITION + self.name.encode()
+
+    def is_tombstone(self) -> bool:
+        return self.state.value is None
+
+    def merge(self, other: BucketAlias) -> None:
+        self.state.merge(other.state)
+
+    def encode(self) -> bytes:
+        return FORMAT + codec.encode({"name": self.name, "s": self.state.to_wire()})
+
+    @classmethod
+    def decode(cls, data: bytes) -> BucketAlias:
+        w = codec.decode(data[1:])
+        return cls(w["name"], Lww.from_wire(w["s"]))
+
+
+class BucketSchema(BaseSchema):
+    name = "bucket"
+
+    def decode(self, data: bytes) -> Bucket:
+        return Bucket.decode(data)
+
+
+class BucketAliasSchema(BaseSchema):
+    name = "bucket_alias"
+
+    def decode(self, data: bytes) -> BucketAlias:
+        return BucketAlias.decode(data)

@@ -1,0 +1,236 @@
+"""The K2V item: one (bucket, partition key, sort key) holding concurrent values as a DVVS.
+
+Each storage node that coordinated a write owns one :class:`DvvsEntry` ("dotted version vector
+set"): the dots ``(node, ts)`` it created and that nobody has superseded yet, plus ``t_discard``,
+the time up to which a client has declared that node's values seen and replaced. Only node ``n``
+ever creates dots in entry ``n``, with strictly increasing timestamps, so a dot names a value
+uniquely and replicas can merge without coordination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from garagekv.model.k2v.causality import CausalContext, is_u64
+from garagekv.util import codec
+
+# Bumped whenever the encoded layout changes; decode refuses anything else.
+ITEM_FORMAT_VERSION = 1
+
+Value = bytes | None  # None is a tombstone (DeleteItem / DeleteBatch)
+
+
+def partition_hash(bucket_id: bytes, partition_key: str) -> bytes:
+    """Where a K2V partition lives on the ring: blake2(bucket_id ‖ partition key), 32 bytes."""
+    return codec.blake2sum(bucket_id + partition_key.encode("utf-8"))
+
+
+@dataclass
+class DvvsEntry:
+    """One node's dots. ``values`` is sorted by ts and every ts is above ``t_discard``."""
+
+    t_discard: int = 0
+    values: list[tuple[int, Value]] = field(default_factory=list)
+
+    def max_time(self) -> int:
+        """Latest time this entry has seen, discarded or not (its part of the causal context)."""
+        return max(self.t_discard, self.values[-1][0]) if self.values else self.t_discard
+
+    def discard(self) -> None:
+        """Drop the values a client has superseded (ts at or below ``t_discard``)."""
+        self.values = [(ts, v) for ts, v in self.values if ts > self.t_discard]
+
+    def copy(self) -> DvvsEntry:
+        return DvvsEntry(self.t_discard, list(self.values))
+
+
+def _join_value(a: Value, b: Value) -> Value:
+    # Two different values under one dot only happen if a node reissued a timestamp (lost its
+    # state); pick deterministically so replicas still converge. Tombstone < any bytes.
+    if a is None or b is None:
+        return a if b is None else b
+    return max(a, b)
+
+
+@dataclass
+class K2VItem:
+    """A K2V item; equality is by state (two replicas are equal iff they encode the same)."""
+
+    bucket_id: bytes
+    partition_key: str
+    sort_key: str
+    items: dict[int, DvvsEntry] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, bucket_id: bytes, partition_key: str, sort_key: str) -> K2VItem:
+        """An item with no values yet (what a read of a never-written key starts from)."""
+        if not isinstance(bucket_id, bytes) or len(bucket_id) != 32:
+            raise ValueError("bucket_id must be 32 bytes")
+        return cls(bucket_id, partition_key, sort_key, {})
+
+    def copy(self) -> K2VItem:
+        return K2VItem(
+            self.bucket_id,
+            self.partition_key,
+            self.sort_key,
+            {n: e.copy() for n, e in self.items.items()},
+        )
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def partition_hash(self) -> bytes:
+        return partition_hash(self.bucket_id, self.partition_key)
+
+    def tree_key(self) -> bytes:
+        """Local storage key: items of one partition are contiguous and ordered by sort key."""
+        return self.partition_hash() + self.sort_key.encode("utf-8")
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def update(self, node: int, ctx: CausalContext | None, value: Value, node_ts: int) -> int:
+        """Apply a client write coordinated by ``node``; returns the new dot's timestamp.
+
+        Everything ``ctx`` covers is discarded, then the value is appended to ``node``'s entry at
+        ``max(entry's max time + 1, node_ts + 1)``. The caller passes its last issued timestamp
+        (or the wall clock, whichever is larger) as ``node_ts`` and persists the result, which is
+        what keeps dots unique per node. Without ``ctx`` nothing is discarded: the new value is
+        concurrent with the existing ones.
+        """
+        if not is_u64(node) or not is_u64(node_ts):
+            raise ValueError("node id and node_ts must be u64")
+        if value is not None:
+            value = bytes(value)
+        if ctx is not None:
+            for n, t in ctx.items():
+                if t == 0:
+                    continue  # discards nothing; don't create a noise entry
+                entry = self.items.setdefault(n, DvvsEntry())
+                entry.t_discard = max(entry.t_discard, t)
+        for entry in self.items.values():
+            entry.discard()
+        entry = self.items.setdefault(node, DvvsEntry())
+        t_new = max(entry.max_time() + 1, node_ts + 1)
+        entry.values.append((t_new, value))
+        return t_new
+
+    def merge(self, other: K2VItem) -> None:
+        """Merge another replica of the same item into this one, in place.
+
+        Per node: ``t_discard`` is the max of both sides, and the values are the union of both
+        sides' dots above it. Given the per-node dot invariant this is exactly Garage's rule
+        ("append the other side's values newer than my max time"), since a replica that has seen
+        time t of entry n holds every older dot of n that was not discarded. Taking the union
+        makes merge commutative, associative and idempotent even when that invariant is broken
+        (a node that lost its data and rejoined), instead of depending on merge order.
+        """
+        if (other.bucket_id, other.partition_key, other.sort_key) != (
+            self.bucket_id,
+            self.partition_key,
+            self.sort_key,
+        ):
+            raise ValueError("merging replicas of different K2V items")
+        for node, theirs in other.items.items():
+            mine = self.items.get(node)
+            if mine is None:
+                self.items[node] = theirs.copy()
+                continue
+            t_discard = max(mine.t_discard, theirs.t_discard)
+            dots: dict[int, Value] = {ts: v for ts, v in mine.values if ts > t_discard}
+            for ts, v in theirs.values:
+                if ts > t_discard:
+                    dots[ts] = _join_value(dots[ts], v) if ts in dots else v
+            mine.t_discard = t_discard
+            mine.values = sorted(dots.items(), key=lambda d: d[0])
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def causal_context(self) -> CausalContext:
+        """The item's token: per node, the latest time seen (discard times included)."""
+        return CausalContext({n: e.max_time() for n, e in self.items.items()})
+
+    def values(self) -> list[Value]:
+        """Current values in node order then ts order, deduplicated by content.
+
+        Dedup is why a write retried through a second coordinator, or the same value written
+        twice, does not show up as a conflict; two tombstones count as one.
+        """
+        out: list[Value] = []
+        seen: set[Value] = set()
+        for node in sorted(self.items):
+            for _, v in self.items[node].values:
+                if v not in seen:
+                    seen.add(v)
+                    out.append(v)
+        return out
+
+    def is_tombstone(self) -> bool:
+        """All values are tombstones (vacuously true with none): hidden by ``tombstones=false``."""
+        return all(v is None for e in self.items.values() for _, v in e.values)
+
+    def counts(self) -> dict[str, int]:
+        """This item's contribution to the partition's index counters (ReadIndex).
+
+        All four counters are computed from the deduplicated :meth:`values`, the same list a
+        client reads, so ``conflicts`` agrees with ``conflictsOnly`` and ``values``/``bytes``
+        count what ReadItem would return.
+        """
+        vals = self.values()
+        live = [v for v in vals if v is not None]
+        return {
+            "entries": 0 if self.is_tombstone() else 1,
+            "conflicts": 1 if len(vals) >= 2 else 0,
+            "values": len(live),
+            "bytes": sum(len(v) for v in live),
+        }
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        """Canonical bytes: equal states always give equal bytes (Merkle hashes compare them)."""
+        entries = [[n, e.t_discard, [[ts, v] for ts, v in e.values]] for n, e in sorted(self.items.items())]
+        body = [self.bucket_id, self.partition_key, self.sort_key, entries]
+        return bytes([ITEM_FORMAT_VERSION]) + codec.encode(body)
+
+    @classmethod
+    def decode(cls, data: bytes) -> K2VItem:
+        """Inverse of :meth:`encode`; raises ValueError on anything it would not have produced."""
+        if not data or data[0] != ITEM_FORMAT_VERSION:
+            raise ValueError("unknown K2V item format")
+        try:
+            body = codec.decode(bytes(data[1:]))
+        except Exception as e:
+            raise ValueError(f"corrupt K2V item: {e}") from None
+        return cls._from_body(body)
+
+    @classmethod
+    def _from_body(cls, body: Any) -> K2VItem:
+        bad = ValueError("corrupt K2V item")
+        if not isinstance(body, list) or len(body) != 4:
+            raise bad
+        bucket_id, pk, sk, entries = body
+        if not (isinstance(bucket_id, bytes) and len(bucket_id) == 32):
+            raise bad
+        if not (isinstance(pk, str) and isinstance(sk, str) and isinstance(entries, list)):
+            raise bad
+        items: dict[int, DvvsEntry] = {}
+        prev_node = -1
+        for ent in entries:
+            if not (isinstance(ent, list) and len(ent) == 3):
+                raise bad
+            node, t_discard, vals = ent
+            if not (is_u64(node) and node > prev_node and is_u64(t_discard) and isinstance(vals, list)):
+                raise bad
+            prev_node = node
+            values: list[tuple[int, Value]] = []
+            prev_ts = t_discard
+            for dot in vals:
+                if not (isinstance(dot, list) and len(dot) == 2):
+                    raise bad
+                ts, v = dot
+                if not (is_u64(ts) and ts > prev_ts and (v is None or isinstance(v, bytes))):
+                    raise bad
+                prev_ts = ts
+                values.append((ts, v))
+            items[node] = DvvsEntry(t_discard, values)
+        return cls(bucket_id, pk, sk, items)

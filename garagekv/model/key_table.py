@@ -1,0 +1,109 @@
+"""Access keys (full-copy table ``key``): id, immutable secret, name, permissions, local aliases.
+
+A deleted key stays as a tombstone forever, so its id can never be re-imported and a stale
+replica can never resurrect it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets as _secrets
+from dataclasses import dataclass, field
+
+from garagekv.model.permission import BucketKeyPerm, merge_perm_maps
+from garagekv.table.schema import BaseSchema
+from garagekv.table.table import EMPTY_PARTITION
+from garagekv.util import codec
+from garagekv.util.crdt import Lww, LwwMap
+
+FORMAT = b"\x01"
+KEY_ID_RE = re.compile(r"^GK[0-9a-f]{24}$")
+SECRET_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class KeyParams:
+    secret_key: str
+    name: Lww[str]
+    allow_create_bucket: Lww[bool]
+    authorized_buckets: dict[bytes, BucketKeyPerm] = field(default_factory=dict)
+    local_aliases: LwwMap[bytes | None] = field(default_factory=LwwMap)
+
+    def merge(self, other: KeyParams) -> None:
+        self.name.merge(other.name)
+        self.allow_create_bucket.merge(other.allow_create_bucket)
+        merge_perm_maps(self.authorized_buckets, other.authorized_buckets)
+        self.local_aliases.merge(other.local_aliases)
+
+
+@dataclass
+class Key:
+    key_id: str
+    params: KeyParams | None
+
+    @classmethod
+    def new(cls, name: str) -> Key:
+        key_id = "GK" + _secrets.token_hex(12)
+        return cls.imported(key_id, _secrets.token_hex(32), name)
+
+    @classmethod
+    def imported(cls, key_id: str, secret: str, name: str) -> Key:
+        return cls(key_id, KeyParams(secret, Lww.new(name), Lww.new(False)))
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.params is None
+
+    def bucket_permissions(self, bucket_id: bytes) -> BucketKeyPerm:
+        if self.params is None:
+            return BucketKeyPerm(0)
+        return self.params.authorized_buckets.get(bucket_id) or BucketKeyPerm(0)
+
+    # ---- table entry ---------------------------------------------------------------------------
+
+    def tree_key(self) -> bytes:
+        return EMPTY_PARTITION + self.key_id.encode()
+
+    def is_tombstone(self) -> bool:
+        return self.params is None
+
+    def merge(self, other: Key) -> None:
+        if self.params is None or other.params is None:
+            self.params = None
+        else:
+            self.params.merge(other.params)
+
+    def encode(self) -> bytes:
+        p = self.params
+        wire = None
+        if p is not None:
+            wire = {
+                "secret": p.secret_key,
+                "name": p.name.to_wire(),
+                "create": p.allow_create_bucket.to_wire(),
+                "buckets": {k: v.to_wire() for k, v in p.authorized_buckets.items()},
+                "aliases": p.local_aliases.to_wire(),
+            }
+        return FORMAT + codec.encode({"id": self.key_id, "p": wire})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Key:
+        w = codec.decode(data[1:])
+        p = w["p"]
+        params = None
+        if p is not None:
+            params = KeyParams(
+                p["secret"],
+                Lww.from_wire(p["name"]),
+                Lww.from_wire(p["create"]),
+                {k: BucketKeyPerm.from_wire(v) for k, v in p["buckets"].items()},
+                LwwMap.from_wire(p["aliases"]),
+            )
+        return cls(w["id"], params)
+
+
+class KeySchema(BaseSchema):
+    name = "key"
+
+    def decode(self, data: bytes) -> Key:
+        return Key.decode(data)

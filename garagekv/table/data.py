@@ -1,0 +1,161 @@
+"""A table's local data on this node: the entry tree and its Merkle to-do queue.
+
+Writes merge the incoming entry into the stored one inside a transaction; if the canonical
+bytes do not change nothing is written, so replaying an update (read repair, anti-entropy) is
+free and does not wake pollers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.table.schema import TableSchema
+from garagekv.util.codec import blake2sum
+
+E = TypeVar("E")
+
+
+class TableData(Generic[E]):
+    def __init__(self, db: Database, writer: GroupCommitWriter, schema: TableSchema[E]) -> None:
+        self.db = db
+        self.writer = writer
+        self.schema = schema
+        self.store = db.tree(f"{schema.name}:data")
+        self.merkle_todo = db.tree(f"{schema.name}:merkle_todo")
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, tree_key: bytes) -> E | None:
+        """A single-key read; short enough to run on the event loop."""
+        with self.db.read() as txn:
+            raw = txn.get(tree_key, db=self.store)
+        return None if raw is None else self.schema.decode(raw)
+
+    def get_in(self, tx: WriteTxn, tree_key: bytes) -> E | None:
+        raw = tx.get(self.store, tree_key)
+        return None if raw is None else self.schema.decode(raw)
+
+    def scan(
+        self,
+        prefix: bytes,
+        start: bytes,
+        *,
+        reverse: bool = False,
+        stop: Callable[[bytes], bool] | None = None,
+        limit: int | None = None,
+        filt: Any = None,
+    ) -> list[tuple[bytes, E]]:
+        """Entries whose key begins with ``prefix``, from ``prefix+start`` on, in key order.
+
+        Reverse scans start at the greatest key <= ``prefix+start`` (or the end of the prefix
+        when ``start`` is None-like empty with reverse). ``stop(suffix)`` ends the scan;
+        ``limit`` counts only entries that pass ``filt``. Runs in a worker thread for big ranges.
+        """
+        out: list[tuple[bytes, E]] = []
+        with self.db.read() as txn:
+            for key, raw in _iter_prefix(txn.cursor(db=self.store), prefix, start, reverse):
+                suffix = key[len(prefix) :]
+                if stop is not None and stop(suffix):
+                    break
+                entry = self.schema.decode(raw)
+                if filt is not None and not self.schema.matches_filter(entry, filt):
+                    continue
+                out.append((suffix, entry))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def scan_async(self, *args: Any, **kwargs: Any) -> list[tuple[bytes, E]]:
+        return await asyncio.to_thread(self.scan, *args, **kwargs)
+
+    def iter_all(self) -> Iterator[tuple[bytes, E]]:
+        with self.db.read() as txn:
+            for key, raw in txn.cursor(db=self.store):
+                yield key, self.schema.decode(raw)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def merge_in(self, tx: WriteTxn, entry: E) -> E | None:
+        """Merge ``entry`` into the stored one; returns the new entry if the bytes changed."""
+        return self.update_in(tx, entry.tree_key(), lambda old: _merged(old, entry))
+
+    def update_in(self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E]) -> E | None:
+        """Read-modify-write one entry inside ``tx``; returns the new entry if it changed."""
+        old_raw = tx.get(self.store, tree_key)
+        old = None if old_raw is None else self.schema.decode(old_raw)
+        new = fn(None if old is None else self.schema.decode(old_raw))
+        new_raw = new.encode()
+        if new_raw == old_raw:
+            return None
+        tx.put(self.store, tree_key, new_raw)
+        tx.put(self.merkle_todo, tree_key, blake2sum(new_raw))
+        self.schema.updated(tx, old, new)
+        return new
+
+    async def merge(self, entry: E) -> E | None:
+        return await self.writer.submit(lambda tx: self.merge_in(tx, entry))
+
+    async def merge_many(self, entries: list[E]) -> None:
+        def apply(tx: WriteTxn) -> None:
+            for e in entries:
+                self.merge_in(tx, e)
+
+        await self.writer.submit(apply)
+
+
+def _merged(old: Any, new: Any) -> Any:
+    if old is None:
+        return new
+    old.merge(new)
+    return old
+
+
+def _iter_prefix(cur, prefix: bytes, start: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    if not reverse:
+        if not cur.set_range(prefix + start):
+            return
+        for key, value in cur:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+        return
+    # Reverse: position on the greatest key <= prefix+start (start=b"" with reverse means the
+    # whole prefix, from its end).
+    if start:
+        target = prefix + start
+        if cur.set_range(target):
+            if cur.key() != target and not cur.prev():
+                return
+        elif not cur.last():
+            return
+    else:
+        upper = _prefix_end(prefix)
+        if upper is None or not cur.set_range(upper):
+            if not cur.last():
+                return
+        elif not cur.prev():
+            return
+    while True:
+        key = cur.key()
+        if not key.startswith(prefix):
+            if key < prefix:
+                return
+        else:
+            yield key, cur.value()
+        if not cur.prev():
+            return
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None if unbounded)."""
+    p = bytearray(prefix)
+    while p:
+        if p[-1] < 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    return None

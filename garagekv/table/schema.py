@@ -1,0 +1,49 @@
+"""What a table is: its entry type, how entries merge, and what happens when one changes.
+
+Every table (K2V items, index counters, buckets, aliases, keys) is one of these plus a
+replication strategy. Entries are CRDTs: ``merge`` is commutative, associative and idempotent,
+and ``encode`` is canonical so replicas can compare bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+from garagekv.db.writer import WriteTxn
+
+
+class Entry(Protocol):
+    def tree_key(self) -> bytes: ...
+
+    def encode(self) -> bytes: ...
+
+    def merge(self, other: Any) -> None: ...
+
+    def is_tombstone(self) -> bool: ...
+
+
+E = TypeVar("E", bound=Entry)
+
+
+class TableSchema(Protocol[E]):
+    """Per-table behaviour; ``updated`` runs inside the transaction that changed the entry."""
+
+    name: str
+
+    def decode(self, data: bytes) -> E: ...
+
+    def updated(self, tx: WriteTxn, old: E | None, new: E | None) -> None: ...
+
+    def matches_filter(self, entry: E, filt: Any) -> bool: ...
+
+
+class BaseSchema:
+    """Defaults for schemas with no side effects and no filters."""
+
+    name = ""
+
+    def updated(self, tx: WriteTxn, old: Any, new: Any) -> None:
+        return None
+
+    def matches_filter(self, entry: Any, filt: Any) -> bool:
+        return True

@@ -1,0 +1,485 @@
+"""Node configuration: a TOML file turned into typed, validated, frozen dataclasses.
+
+Why so strict: a typo that silently falls back to a default is how a "3-way replicated" cluster
+ends up running with ``replication_factor = 1``. So, unlike Garage, unknown keys are errors, and
+every message names the full dotted key, what was expected and an example line to copy. Keys that
+Garage accepts but a K2V-only node has no use for are tolerated, so an existing ``garage.toml``
+still loads. Every value is checked here, once, so the rest of the node can trust ``Config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from garagekv.util.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+TiB = MiB * MiB
+
+CONFIG_ENV = "GARAGEKV_CONFIG"
+DEFAULT_CONFIG_PATH = "/etc/garagekv.toml"
+MAX_KEY_BYTES = 479  # K2V-API.md: partition and sort keys fit in an LMDB key
+LMDB_PAGE = 4096
+CONSISTENCY_MODES = ("consistent", "degraded", "dangerous")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3ApiConfig:
+    """``[s3_api]``: K2V only needs the region, which is also the SigV4 signing region."""
+
+    s3_region: str
+    api_bind_addr: str | None = None  # accepted for garage.toml compatibility; no S3 server here
+    root_domain: str | None = None  # likewise accepted and unused
+
+
+@dataclass(frozen=True, kw_only=True)
+class K2VApiConfig:
+    """``[k2v_api]``: the section's presence enables the K2V HTTP server; limits are enforced there."""
+
+    api_bind_addr: str
+    cors_allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 16 * MiB
+    max_batch_items: int = 1000
+    max_key_bytes: int = MAX_KEY_BYTES
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    """``[admin]``: no admin token disables the admin endpoints; no metrics token leaves /metrics open."""
+
+    api_bind_addr: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """One node's configuration. Build it with ``load_config`` / ``parse_config`` (they validate)."""
+
+    metadata_dir: Path
+    s3_api: S3ApiConfig
+    data_dir: Path | None = None  # accepted for garage.toml compatibility: K2V stores no blocks
+    db_engine: str = "lmdb"
+    lmdb_map_size: int = TiB
+    metadata_fsync: bool = True  # unlike Garage: acknowledged writes must survive a power cut
+    replication_factor: int = 1
+    consistency_mode: str = "consistent"
+    rpc_bind_addr: str = "127.0.0.1:3901"
+    rpc_public_addr: str | None = None
+    rpc_secret: str | None = field(default=None, repr=False)
+    rpc_ping_timeout_msec: int = 10_000
+    rpc_timeout_msec: int = 300_000
+    bootstrap_peers: tuple[str, ...] = ()
+    allow_world_readable_secrets: bool = False
+    allow_punycode: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    tombstone_gc_delay_sec: int = 86_400
+    k2v_api: K2VApiConfig | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
+
+    @property
+    def rpc_secret_bytes(self) -> bytes | None:
+        """The 32-byte network key, as the handshake wants it."""
+        return bytes.fromhex(self.rpc_secret) if self.rpc_secret is not None else None
+
+
+# Example values (TOML right-hand sides) quoted in error messages, by dotted key.
+_EXAMPLES: dict[str, str] = {
+    "metadata_dir": '"/var/lib/garagekv/meta"',
+    "data_dir": '"/var/lib/garagekv/data"',
+    "db_engine": '"lmdb"',
+    "lmdb_map_size": '"1T"',
+    "metadata_fsync": "true",
+    "replication_factor": "3",
+    "consistency_mode": '"consistent"',
+    "rpc_bind_addr": '"[::]:3901"',
+    "rpc_public_addr": '"10.0.0.1:3901"',
+    "rpc_secret": '"<64 hex characters from `openssl rand -hex 32`>"',
+    "rpc_secret_file": '"/etc/garagekv/rpc_secret"',
+    "rpc_ping_timeout_msec": "10000",
+    "rpc_timeout_msec": "300000",
+    "bootstrap_peers": '["<node id: 64 hex>@10.0.0.2:3901"]',
+    "allow_world_readable_secrets": "false",
+    "allow_punycode": "false",
+    "log_level": '"info"',
+    "log_format": '"text"',
+    "tombstone_gc_delay_sec": "86400",
+    "s3_api.s3_region": '"garage"',
+    "s3_api.api_bind_addr": '"[::]:3900"',
+    "s3_api.root_domain": '".s3.garage.localhost"',
+    "k2v_api.api_bind_addr": '"[::]:3904"',
+    "k2v_api.cors_allowed_origins": '["https://app.example.com"]',
+    "k2v_api.max_body_bytes": '"16MiB"',
+    "k2v_api.max_batch_items": "1000",
+    "k2v_api.max_key_bytes": "479",
+    "admin.api_bind_addr": '"[::]:3903"',
+    "admin.admin_token": '"<random string from `openssl rand -base64 32`>"',
+    "admin.admin_token_file": '"/etc/garagekv/admin_token"',
+    "admin.metrics_token": '"<random string from `openssl rand -base64 32`>"',
+    "admin.metrics_token_file": '"/etc/garagekv/metrics_token"',
+}
+
+_SECTION_EXAMPLES = {
+    "s3_api": '[s3_api] s3_region = "garage"',
+    "k2v_api": '[k2v_api] api_bind_addr = "[::]:3904"',
+    "admin": '[admin] api_bind_addr = "[::]:3903"',
+}
+
+_TOP_KEYS = (
+    "metadata_dir", "data_dir", "db_engine", "lmdb_map_size", "metadata_fsync", "replication_factor",
+    "consistency_mode", "rpc_bind_addr", "rpc_public_addr", "rpc_secret", "rpc_secret_file",
+    "rpc_ping_timeout_msec", "rpc_timeout_msec", "bootstrap_peers", "allow_world_readable_secrets",
+    "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "s3_api", "k2v_api", "admin",
+)  # fmt: skip
+# Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
+_TOP_TOLERATED = frozenset({
+    "block_size", "block_ram_buffer_max", "compression_level", "data_fsync", "disable_scrub",
+    "use_local_tz", "rpc_public_addr_subnet", "rpc_bind_outgoing", "metadata_snapshots_dir",
+    "metadata_auto_snapshot_interval", "s3_web", "consul_discovery", "kubernetes_discovery",
+})  # fmt: skip
+_S3_KEYS = ("s3_region", "api_bind_addr", "root_domain")
+_K2V_KEYS = ("api_bind_addr", "cors_allowed_origins", "max_body_bytes", "max_batch_items", "max_key_bytes")
+_ADMIN_KEYS = ("api_bind_addr", "admin_token", "admin_token_file", "metrics_token", "metrics_token_file")
+_ADMIN_TOLERATED = frozenset({"trace_sink"})
+
+_MISSING: Any = object()
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)", re.IGNORECASE)
+
+
+def default_config_path() -> Path:
+    """``$GARAGEKV_CONFIG``, else ``/etc/garagekv.toml`` (the CLI's ``-c`` overrides both)."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a config file; every error message starts with the file's path."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: config file is not valid UTF-8 ({e.reason} at byte {e.start})")
+    except tomllib.TOMLDecodeError as e:  # its message ends with "(at line L, column C)"
+        raise ConfigError(f"{path}: invalid TOML: {e}")
+    try:
+        return parse_config(data, base_dir=path.absolute().parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}")
+
+
+def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document; relative paths are resolved against ``base_dir``."""
+    top = _Table(data, "", _TOP_KEYS, _TOP_TOLERATED)
+    allow_wr = top.boolean("allow_world_readable_secrets", False)
+
+    engine = top.string("db_engine", "lmdb")
+    if engine not in ("lmdb", "heed"):  # "heed" is Garage's other name for its LMDB engine
+        raise top.error("db_engine", f'is {engine!r}, but garagekv only supports "lmdb"')
+
+    map_size = top.size("lmdb_map_size", TiB) // LMDB_PAGE * LMDB_PAGE
+    if map_size < MiB:
+        raise top.error("lmdb_map_size", f"must be at least 1 MiB, got {map_size} bytes")
+
+    rpc_secret, source = _secret(top, "rpc_secret", "GARAGEKV_RPC_SECRET", base_dir, allow_wr)
+    if rpc_secret is not None and not _HEX64.fullmatch(rpc_secret):
+        raise ConfigError(
+            f"{source} must be exactly 64 hex characters, got {len(rpc_secret)} characters "
+            f"(generate one with: openssl rand -hex 32)"
+        )
+
+    return Config(
+        metadata_dir=top.path("metadata_dir", base_dir, required=True),
+        data_dir=_data_dir(top, base_dir),
+        db_engine="lmdb",
+        lmdb_map_size=map_size,
+        metadata_fsync=top.boolean("metadata_fsync", True),
+        replication_factor=top.integer("replication_factor", 1, lo=1, hi=7),
+        consistency_mode=top.choice("consistency_mode", "consistent", CONSISTENCY_MODES),
+        rpc_bind_addr=top.address("rpc_bind_addr", "127.0.0.1:3901"),
+        rpc_public_addr=top.address("rpc_public_addr", None),
+        rpc_secret=rpc_secret,
+        rpc_ping_timeout_msec=top.integer("rpc_ping_timeout_msec", 10_000, lo=1),
+        rpc_timeout_msec=top.integer("rpc_timeout_msec", 300_000, lo=1),
+        bootstrap_peers=_bootstrap_peers(top),
+        allow_world_readable_secrets=allow_wr,
+        allow_punycode=top.boolean("allow_punycode", False),
+        log_level=top.choice("log_level", "info", LOG_LEVELS),
+        log_format=top.choice("log_format", "text", LOG_FORMATS),
+        tombstone_gc_delay_sec=top.integer("tombstone_gc_delay_sec", 86_400, lo=0),
+        s3_api=_s3_api(top.table("s3_api", _S3_KEYS, required=True)),
+        k2v_api=_k2v_api(top.table("k2v_api", _K2V_KEYS)),
+        admin=_admin(top.table("admin", _ADMIN_KEYS, _ADMIN_TOLERATED), base_dir, allow_wr),
+    )
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6addr]:port`` (brackets removed); ValueError says what is wrong."""
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+        if not sep:
+            raise ValueError("an IPv6 address must be written [addr]:port")
+        if not _is_ipv6(host):
+            raise ValueError(f"{host!r} is not an IPv6 address")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError("the ':port' part is missing")
+        if ":" in host and _is_ipv6(host):
+            raise ValueError("an IPv6 address must be in brackets, like [::1]:3901")
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"port {port!r} is not a number in 0..65535")
+    return host, int(port)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like "1T", "512G", "100M" (powers of 1000, as Garage reads them)
+    or "64KiB", "1Gi" (powers of 1024); fractions are rounded down. ValueError if malformed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None or (m[3] and not m[2]):
+        raise ValueError(f"{value!r} is not a size")
+    base = 1024 if m[3] else 1000
+    return int(Fraction(m[1]) * base ** " kmgtp".index(m[2].lower() or " "))
+
+
+class _Table:
+    """One TOML table plus its dotted name, so that every error can name the full key."""
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        section: str,
+        keys: tuple[str, ...],
+        tolerated: frozenset[str] = frozenset(),
+    ) -> None:
+        self.data, self.section = data, section
+        for key in data:
+            if key not in keys and key not in tolerated:
+                where = f"in [{section}]" if section else "at top level"
+                close = difflib.get_close_matches(key, keys, n=1)
+                hint = f"did you mean '{self.name(close[0])}'? " if close else ""
+                raise ConfigError(f"unknown key '{self.name(key)}' ({hint}valid keys {where}: {', '.join(keys)})")
+
+    def name(self, key: str) -> str:
+        return f"{self.section}.{key}" if self.section else key
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """``'<dotted key>' <problem> (example: ...)``: the shape of every value error."""
+        return ConfigError(f"'{self.name(key)}' {problem} (example: {_example(self.name(key))})")
+
+    def _get(self, key: str, kinds: type | tuple[type, ...], expected: str, default: Any) -> Any:
+        if key not in self.data:
+            if default is _MISSING:
+                raise ConfigError(f"missing required key '{self.name(key)}' (example: {_example(self.name(key))})")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
+            raise self.error(key, f"must be {expected}, got {_toml_type(value)}")
+        return value
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        value = self._get(key, str, "a string", default)
+        if value == "":
+            raise self.error(key, "must not be empty")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._get(key, bool, "a boolean (true or false)", default)
+
+    def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
+        value = self._get(key, int, "an integer", default)
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise self.error(key, f"must be {bounds}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(key, str, "a string", default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def size(self, key: str, default: int) -> int:
+        value = self._get(key, (int, str), 'a size (bytes, or a string like "512M" or "64KiB")', default)
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise self.error(key, f'must be a size in bytes or like "512M", "1T", "64KiB": {e}')
+
+    def address(self, key: str, default: str | None, required: bool = False) -> str | None:
+        value = self.string(key, _MISSING if required else default)
+        if value is not None:
+            try:
+                split_host_port(value)
+            except ValueError as e:
+                raise self.error(key, f"is not a valid host:port address: {e}")
+        return value
+
+    def path(self, key: str, base_dir: Path | None, required: bool = False) -> Path | None:
+        value = self.string(key, _MISSING if required else None)
+        return _resolve(value, base_dir) if value is not None else None
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, list, "a list of strings", [])
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise ConfigError(
+                    f"'{self.name(key)}[{i}]' must be a non-empty string, got {_toml_type(item)} "
+                    f"(example: {_example(self.name(key))})"
+                )
+        return tuple(value)
+
+    def table(
+        self, key: str, keys: tuple[str, ...], tolerated: frozenset[str] = frozenset(), required: bool = False
+    ) -> _Table | None:
+        if key not in self.data and required:
+            raise ConfigError(f"missing required section [{key}] (example: {_example(key)})")
+        value = self._get(key, dict, f"a table (a [{key}] section)", None)
+        return _Table(value, key, keys, tolerated) if value is not None else None
+
+
+def _s3_api(t: _Table | None) -> S3ApiConfig:
+    assert t is not None  # required section: _Table.table raised already
+    return S3ApiConfig(
+        s3_region=t.string("s3_region", _MISSING),
+        api_bind_addr=t.address("api_bind_addr", None),
+        root_domain=t.string("root_domain"),
+    )
+
+
+def _k2v_api(t: _Table | None) -> K2VApiConfig | None:
+    if t is None:
+        return None
+    max_body = t.size("max_body_bytes", 16 * MiB)
+    if max_body < 1:
+        raise t.error("max_body_bytes", "must be at least 1 byte")
+    return K2VApiConfig(
+        api_bind_addr=t.address("api_bind_addr", None, required=True),
+        cors_allowed_origins=t.strings("cors_allowed_origins"),
+        max_body_bytes=max_body,
+        max_batch_items=t.integer("max_batch_items", 1000, lo=1),
+        max_key_bytes=t.integer("max_key_bytes", MAX_KEY_BYTES, lo=1, hi=MAX_KEY_BYTES),
+    )
+
+
+def _admin(t: _Table | None, base_dir: Path | None, allow_wr: bool) -> AdminConfig:
+    """Always built, even without an [admin] section, because tokens may come from the environment."""
+    t = t or _Table({}, "admin", _ADMIN_KEYS)
+    return AdminConfig(
+        api_bind_addr=t.address("api_bind_addr", None),
+        admin_token=_secret(t, "admin_token", "GARAGEKV_ADMIN_TOKEN", base_dir, allow_wr)[0],
+        metrics_token=_secret(t, "metrics_token", "GARAGEKV_METRICS_TOKEN", base_dir, allow_wr)[0],
+    )
+
+
+def _data_dir(top: _Table, base_dir: Path | None) -> Path | None:
+    """Garage allows a path or a list of ``{path, capacity}`` tables; K2V uses neither, so a list
+    is accepted as is and gives ``None``."""
+    if isinstance(top.data.get("data_dir"), list):
+        return None
+    return top.path("data_dir", base_dir)
+
+
+def _bootstrap_peers(top: _Table) -> tuple[str, ...]:
+    peers = top.strings("bootstrap_peers")
+    for i, peer in enumerate(peers):
+        node_id, sep, addr = peer.partition("@")
+        try:
+            if not sep or not _HEX64.fullmatch(node_id):
+                raise ValueError("it must start with a node id of 64 hex characters followed by '@'")
+            split_host_port(addr)
+        except ValueError as e:
+            raise ConfigError(
+                f"'{top.name('bootstrap_peers')}[{i}]' = {peer!r} is not <node id>@<host>:<port>: {e} "
+                f"(example: {_example('bootstrap_peers')})"
+            )
+    return peers
+
+
+def _secret(t: _Table, key: str, env: str, base_dir: Path | None, allow_world_readable: bool) -> tuple[str | None, str]:
+    """A secret, and where it came from (for error messages), from ``key`` or ``key_file`` in the
+    config, or else from ``$env`` / ``$env_FILE``. A value and a file at once is ambiguous: error."""
+    file_key = f"{key}_file"
+    value, file = t.string(key), t.string(file_key)
+    value_src, file_src = f"'{t.name(key)}'", f"'{t.name(file_key)}'"
+    path = _resolve(file, base_dir) if file is not None else None
+    if value is None and file is None:
+        env_file = os.environ.get(f"{env}_FILE")
+        value, value_src = os.environ.get(env) or None, f"${env}"
+        path, file_src = (Path(env_file) if env_file else None), f"${env}_FILE"
+    if value is not None and path is not None:
+        raise ConfigError(f"only one of {value_src} and {file_src} may be set")
+    if path is None:
+        return value, value_src
+    return _read_secret_file(path, file_src, allow_world_readable), f"{file_src} ({path})"
+
+
+def _read_secret_file(path: Path, src: str, allow_world_readable: bool) -> str:
+    """Refuse secrets that other local users can read: they would let them join the cluster."""
+    try:
+        mode = path.stat().st_mode
+        if os.name == "posix" and not allow_world_readable and mode & 0o077:
+            raise ConfigError(
+                f"{src}: secret file {path} is accessible by group or others (mode {mode & 0o777:04o}); "
+                f"run `chmod 600 {path}` or set allow_world_readable_secrets = true"
+            )
+        secret = path.read_text(encoding="utf-8").rstrip()
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read secret file {path}: {e.strerror or e}")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{src}: secret file {path} is not valid UTF-8")
+    if not secret:
+        raise ConfigError(f"{src}: secret file {path} is empty")
+    return secret
+
+
+def _resolve(value: str, base_dir: Path | None) -> Path:
+    path = Path(value)
+    return base_dir / path if base_dir is not None and not path.is_absolute() else path
+
+
+def _example(dotted: str) -> str:
+    if dotted in _SECTION_EXAMPLES:
+        return _SECTION_EXAMPLES[dotted]
+    section, _, key = dotted.rpartition(".")
+    line = f"{key} = {_EXAMPLES.get(dotted, '...')}"
+    return f"{line} in [{section}]" if section else line
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,143 @@
+"""One error hierarchy for the whole node.
+
+Every failure a client can cause or observe is one of these classes; the HTTP layer maps them
+to responses in exactly one place (``garagekv.api.errors``) and the RPC layer carries them across
+the wire by ``code`` so a remote error keeps its type.
+"""
+
+from __future__ import annotations
+
+
+class GarageKVError(Exception):
+    """Base class: ``code`` is the K2V error code, ``status`` the HTTP status."""
+
+    code = "InternalError"
+    status = 500
+    prefix = "Internal error: "
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def full_message(self) -> str:
+        return f"{self.prefix}{self.message}"
+
+
+class BadRequest(GarageKVError):
+    code = "InvalidRequest"
+    status = 400
+    prefix = "Bad request: "
+
+
+class InvalidCausalityToken(BadRequest):
+    code = "CausalityToken"
+
+    def __init__(self, message: str = "Invalid causality token") -> None:
+        super().__init__(message)
+
+
+class InvalidUtf8String(BadRequest):
+    code = "InvalidUtf8String"
+
+
+class InvalidHeaderValue(BadRequest):
+    code = "InvalidHeaderValue"
+
+
+class AuthorizationHeaderMalformed(BadRequest):
+    code = "AuthorizationHeaderMalformed"
+
+
+class InvalidDigest(BadRequest):
+    code = "InvalidDigest"
+
+
+class AccessDenied(GarageKVError):
+    code = "AccessDenied"
+    status = 403
+    prefix = "Forbidden: "
+
+
+class RequestTimeTooSkewed(AccessDenied):
+    code = "RequestTimeTooSkewed"
+
+
+class NoSuchBucket(GarageKVError):
+    code = "NoSuchBucket"
+    status = 404
+    prefix = "Bucket not found: "
+
+
+class NoSuchKey(GarageKVError):
+    code = "NoSuchKey"
+    status = 404
+    prefix = ""
+
+    def __init__(self, message: str = "Key not found") -> None:
+        super().__init__(message)
+
+
+class NotAcceptable(GarageKVError):
+    code = "NotAcceptable"
+    status = 406
+    prefix = "Not acceptable: "
+
+
+class EntityTooLarge(GarageKVError):
+    code = "EntityTooLarge"
+    status = 413
+    prefix = "Entity too large: "
+
+
+class InternalError(GarageKVError):
+    pass
+
+
+class ServiceUnavailable(GarageKVError):
+    """Quorum not reached or a timeout: the request may or may not have taken effect."""
+
+    code = "ServiceUnavailable"
+    status = 503
+    prefix = "Service unavailable: "
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and an expected value."""
+
+
+class StorageError(InternalError):
+    """The local database failed (full disk, corrupted file, locked directory)."""
+
+
+class AdminError(GarageKVError):
+    """An operator command that cannot be carried out (unknown key, bucket not empty, ...)."""
+
+    code = "InvalidRequest"
+    status = 400
+    prefix = ""
+
+
+class NotFound(AdminError):
+    code = "NoSuchEntity"
+    status = 404
+
+
+ERRORS_BY_CODE: dict[str, type[GarageKVError]] = {}
+
+
+def _register(cls: type[GarageKVError]) -> None:
+    ERRORS_BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(GarageKVError)
+
+
+def error_from_code(code: str, message: str) -> GarageKVError:
+    """Rebuild a typed error from its wire form (used by the RPC layer and the CLI)."""
+    cls = ERRORS_BY_CODE.get(code, InternalError)
+    err = cls.__new__(cls)
+    GarageKVError.__init__(err, message)
+    return err

@@ -1,0 +1,38 @@
+"""Shared fixtures: a real single node process, and clients signed with botocore."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support import K2VHttp, NodeProcess
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory) -> NodeProcess:
+    """One node for the whole session (tests use their own partition keys to stay independent)."""
+    n = NodeProcess(tmp_path_factory.mktemp("node"), k2v_extra='cors_allowed_origins = ["https://app.example"]')
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="session")
+def creds(node) -> dict:
+    key = node.admin("key.create", {"name": "tests"})
+    node.admin("bucket.create", {"name": "test-bucket"})
+    node.admin("bucket.permissions", {"bucket": "test-bucket", "key": key["accessKeyId"], "allow": True,
+                                      "read": True, "write": True, "owner": True})
+    return {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": "test-bucket"}
+
+
+@pytest.fixture(scope="session")
+def k2v(node, creds) -> K2VHttp:
+    return K2VHttp(node.endpoint, creds["access_key"], creds["secret_key"])
+
+
+@pytest.fixture
+def pk() -> str:
+    """A fresh partition key per test."""
+    return f"pk-{uuid.uuid4().hex[:12]}"

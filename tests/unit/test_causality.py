@@ -1,0 +1,149 @@
+"""Causality tokens: Garage's text format, and every way a token can be invalid (K2V-API §6)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from garagekv.model.k2v.causality import CausalContext, vclock_gt, vclock_max
+from garagekv.util.errors import BadRequest, InvalidCausalityToken
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+CLOCKS = st.dictionaries(U64, U64, max_size=8)
+
+
+def raw_token(pairs: list[tuple[int, int]], checksum: int | None = None) -> bytes:
+    if checksum is None:
+        checksum = 0
+        for n, t in pairs:
+            checksum ^= n ^ t
+    return struct.pack(">Q", checksum) + b"".join(struct.pack(">QQ", n, t) for n, t in pairs)
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@given(CLOCKS)
+def test_roundtrip_and_urlsafe(vc: dict[int, int]) -> None:
+    tok = CausalContext(vc).serialize()
+    assert not set(tok) & set("+/= \n")
+    assert CausalContext.parse(tok) == CausalContext(vc)
+
+
+def test_empty_clock_token() -> None:
+    assert CausalContext().serialize() == "AAAAAAAAAAA"
+    assert CausalContext.parse("AAAAAAAAAAA") == CausalContext({})
+
+
+def test_known_layout() -> None:
+    tok = CausalContext({2: 7, 1: 5}).serialize()
+    raw = base64.urlsafe_b64decode(tok + "=" * (-len(tok) % 4))
+    assert raw == raw_token([(1, 5), (2, 7)])
+    assert struct.unpack(">Q", raw[:8])[0] == 1 ^ 5 ^ 2 ^ 7
+
+
+def test_pairs_need_not_be_sorted() -> None:
+    assert CausalContext.parse(b64url(raw_token([(9, 1), (3, 4)]))) == CausalContext({9: 1, 3: 4})
+
+
+def test_serialize_uses_urlsafe_alphabet() -> None:
+    # 0xfb 0xff ... encodes to '+'/'/' in standard base64 and '-'/'_' in the URL-safe alphabet.
+    vc = {0xFBFFFFFFFFFFFFFF: 0xFFBFFFFFFFFFFFFF}
+    raw = raw_token(list(vc.items()))
+    std = base64.b64encode(raw).decode()
+    assert "+" in std or "/" in std
+    tok = CausalContext(vc).serialize()
+    assert "-" in tok or "_" in tok
+    assert CausalContext.parse(tok) == CausalContext(vc)
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(std.rstrip("="))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",  # shorter than the checksum
+        "A",  # impossible base64 length
+        "AAAAAAAAAAA=",  # padding
+        "AAAAAAAAAAA ",  # whitespace
+        " AAAAAAAAAAA",
+        "AAAAA AAAAAA",
+        "AAAAAAAAAAA\n",
+        "AAAAAAAAAAB",  # non-zero trailing bits: not the canonical spelling of any token
+        "AAAAAAAAAA",  # 7 bytes
+        "AAAAAAAAAAAAAAAAAAAAAA",  # 16 bytes: not 8 + 16k
+        "AAAAAAAAAAé",  # non-ASCII
+        "AAAA.AAAAAA",
+    ],
+)
+def test_rejects_malformed(bad: str) -> None:
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(bad)
+
+
+def test_rejects_plus_and_slash() -> None:
+    tok = CausalContext({0xFBFFFFFFFFFFFFFF: 0xFFBFFFFFFFFFFFFF}).serialize()
+    assert "-" in tok and "_" in tok
+    for bad in (tok.replace("-", "+"), tok.replace("_", "/"), tok + "="):
+        with pytest.raises(InvalidCausalityToken):
+            CausalContext.parse(bad)
+
+
+def test_rejects_bad_length_with_valid_base64() -> None:
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(b64url(raw_token([(1, 2)]) + b"\x00" * 8))
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(b64url(raw_token([(1, 2)])[:-1]))
+
+
+def test_rejects_checksum_mismatch() -> None:
+    assert CausalContext.parse(b64url(raw_token([(1, 2)]))) == CausalContext({1: 2})
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(b64url(raw_token([(1, 2)], checksum=0)))
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(b64url(raw_token([], checksum=1)))
+
+
+def test_rejects_duplicate_node() -> None:
+    # Checksum of a duplicated pair cancels out, so only the duplicate check catches it.
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse(b64url(raw_token([(1, 2), (1, 2)])))
+
+
+def test_error_is_a_bad_request_with_the_k2v_code() -> None:
+    with pytest.raises(BadRequest) as ei:
+        CausalContext.parse("nope!")
+    assert ei.value.code == "CausalityToken" and ei.value.status == 400
+
+
+def test_serialize_rejects_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        CausalContext({2**64: 1}).serialize()
+    with pytest.raises(ValueError):
+        CausalContext({1: -1}).serialize()
+
+
+def test_is_newer_than() -> None:
+    a = CausalContext({1: 5, 2: 3})
+    assert not a.is_newer_than(a)
+    assert a.is_newer_than(CausalContext({1: 4, 2: 3}))
+    assert a.is_newer_than(CausalContext({}))
+    assert not CausalContext({}).is_newer_than(a)
+    assert not a.is_newer_than(CausalContext({1: 5, 2: 3, 3: 1}))
+    # Concurrent clocks are each newer than the other.
+    b = CausalContext({1: 6, 2: 0})
+    assert a.is_newer_than(b) and b.is_newer_than(a)
+
+
+@given(CLOCKS, CLOCKS)
+def test_vclock_max_is_least_upper_bound(a: dict[int, int], b: dict[int, int]) -> None:
+    m = vclock_max(a, b)
+    assert not vclock_gt(a, m) and not vclock_gt(b, m)
+    assert set(m) == set(a) | set(b)
+    assert all(m[n] in (a.get(n, 0), b.get(n, 0)) for n in m)
+    assert vclock_max(a, b) == vclock_max(b, a)

@@ -1,0 +1,345 @@
+"""K2V items: DVVS update/merge rules, the semantics clients see (K2V-API §5-§6), encoding."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.item import DvvsEntry, K2VItem, partition_hash
+from garagekv.util import codec
+
+BUCKET = bytes(range(32))
+VALUES = st.sampled_from([None, b"", b"a", b"b", b"c"])
+NODE_IDS = st.one_of(st.integers(0, 5), st.integers(0, 2**64 - 1))
+
+
+def new() -> K2VItem:
+    return K2VItem.new(BUCKET, "pk", "sk")
+
+
+# --- simulation of a cluster -----------------------------------------------------------------
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[K2VItem]:
+    """Replica states reachable in a real cluster.
+
+    Each node coordinates writes on its own replica only (so it holds all its own dots and issues
+    increasing timestamps), clients write with tokens from earlier reads (or none), and replicas
+    exchange state in any order. Returns snapshots taken along the way plus the final replicas.
+    """
+    nodes = draw(st.lists(NODE_IDS, min_size=1, max_size=4, unique=True))
+    replicas = {n: new() for n in nodes}
+    last_ts = dict.fromkeys(nodes, 0)
+    tokens: list[CausalContext | None] = [None]
+    snapshots: list[K2VItem] = []
+    for _ in range(draw(st.integers(1, 25))):
+        op = draw(st.sampled_from(["write", "write", "write", "sync", "read"]))
+        n = draw(st.sampled_from(nodes))
+        if op == "write":
+            now = draw(st.integers(0, 40))
+            ctx = draw(st.sampled_from(tokens))
+            last_ts[n] = replicas[n].update(n, ctx, draw(VALUES), max(last_ts[n], now))
+        elif op == "sync":
+            replicas[n].merge(replicas[draw(st.sampled_from(nodes))])
+        else:  # a quorum read of two replicas hands out a token
+            seen = replicas[n].copy()
+            seen.merge(replicas[draw(st.sampled_from(nodes))])
+            tokens.append(seen.causal_context())
+        snapshots.append(replicas[n].copy())
+    return snapshots + list(replicas.values())
+
+
+@st.composite
+def arbitrary_items(draw: st.DrawFn) -> K2VItem:
+    """Well-formed items that ignore the per-node dot invariant (same dot may hold other values)."""
+    item = new()
+    for n in draw(st.lists(st.integers(0, 4), unique=True, max_size=4)):
+        td = draw(st.integers(0, 6))
+        tss = draw(st.lists(st.integers(td + 1, td + 8), unique=True, max_size=4))
+        item.items[n] = DvvsEntry(td, [(ts, draw(VALUES)) for ts in sorted(tss)])
+    return item
+
+
+def merged(*items: K2VItem) -> K2VItem:
+    out = items[0].copy()
+    for it in items[1:]:
+        out.merge(it)
+    return out
+
+
+def garage_rule_merge(a: K2VItem, b: K2VItem) -> K2VItem:
+    """Reference: Garage's append-newer-than-max-time merge, written from garage-internals §5.2."""
+    out = a.copy()
+    for n, theirs in b.items.items():
+        if n not in out.items:
+            out.items[n] = theirs.copy()
+            continue
+        e = out.items[n]
+        e.t_discard = max(e.t_discard, theirs.t_discard)
+        e.discard()
+        t_max = e.max_time()
+        e.values += [d for d in theirs.values if d[0] > t_max]
+    return out
+
+
+def check_laws(a: K2VItem, b: K2VItem, c: K2VItem) -> None:
+    assert merged(a, b).encode() == merged(b, a).encode()
+    assert merged(merged(a, b), c).encode() == merged(a, merged(b, c)).encode()
+    assert merged(a, a).encode() == a.encode()
+    assert merged(a, b, b).encode() == merged(a, b).encode()
+    assert merged(a, b).values() == merged(b, a).values()
+
+
+@settings(max_examples=300)
+@given(histories(), st.data())
+def test_merge_laws_on_reachable_states(snaps: list[K2VItem], data: st.DataObject) -> None:
+    pick = st.sampled_from(snaps)
+    check_laws(data.draw(pick), data.draw(pick), data.draw(pick))
+
+
+@settings(max_examples=300)
+@given(histories(), st.data())
+def test_merge_equals_garage_rule_under_invariant(snaps: list[K2VItem], data: st.DataObject) -> None:
+    a, b = data.draw(st.sampled_from(snaps)), data.draw(st.sampled_from(snaps))
+    assert merged(a, b) == garage_rule_merge(a, b)
+
+
+@settings(max_examples=200)
+@given(histories(), st.randoms(use_true_random=False))
+def test_replicas_converge_in_any_order(snaps: list[K2VItem], rnd) -> None:
+    orders = [list(snaps) for _ in range(3)]
+    for o in orders:
+        rnd.shuffle(o)
+    results = {merged(*o).encode() for o in orders}
+    assert len(results) == 1
+
+
+@settings(max_examples=300)
+@given(arbitrary_items(), arbitrary_items(), arbitrary_items())
+def test_merge_laws_without_invariant(a: K2VItem, b: K2VItem, c: K2VItem) -> None:
+    check_laws(a, b, c)
+
+
+@given(histories())
+def test_encode_roundtrip(snaps: list[K2VItem]) -> None:
+    for s in snaps:
+        assert K2VItem.decode(s.encode()) == s
+        assert K2VItem.decode(s.encode()).encode() == s.encode()
+
+
+# --- update rules ----------------------------------------------------------------------------
+
+
+def test_update_timestamps() -> None:
+    it = new()
+    assert it.update(1, None, b"a", 100) == 101
+    assert it.update(1, None, b"b", 50) == 102  # item time wins over a lagging node clock
+    assert it.update(2, None, b"c", 0) == 1  # per-node entries are independent
+    assert it.causal_context() == CausalContext({1: 102, 2: 1})
+
+
+def test_context_creates_discard_entries_and_counts_in_token() -> None:
+    it = new()
+    it.update(1, CausalContext({7: 30}), b"a", 0)
+    assert it.items[7] == DvvsEntry(30, [])
+    assert it.causal_context() == CausalContext({1: 1, 7: 30})
+    # A zero time discards nothing and creates no entry.
+    it.update(1, CausalContext({8: 0}), b"b", 0)
+    assert 8 not in it.items
+
+
+def test_insert_with_read_token_supersedes_exactly_the_read_values() -> None:
+    it = new()
+    it.update(1, None, b"a", 0)
+    it.update(2, None, b"b", 0)
+    token = it.causal_context()  # client reads [a, b]
+    it.update(3, None, b"c", 0)  # concurrent write the client never saw
+    it.update(2, token, b"d", 0)
+    assert it.values() == [b"d", b"c"]
+
+
+def test_write_without_token_is_concurrent() -> None:
+    it = new()
+    it.update(1, None, b"old", 0)
+    it.update(1, None, b"new", 0)
+    assert it.values() == [b"old", b"new"]
+    tok = it.causal_context()
+    it.update(1, tok, b"x", 0)
+    it.update(1, tok, b"y", 0)  # same token twice: two concurrent values
+    assert it.values() == [b"x", b"y"]
+
+
+def test_delete_with_old_token_keeps_concurrent_write() -> None:
+    it = new()
+    it.update(1, None, b"v1", 0)
+    token = it.causal_context()
+    it.update(1, None, b"v2", 0)  # concurrent with the delete below
+    it.update(1, token, None, 0)
+    assert it.values() == [b"v2", None]
+    assert not it.is_tombstone()
+    assert it.counts() == {"entries": 1, "conflicts": 1, "values": 1, "bytes": 2}
+
+
+def test_delete_with_current_token_is_tombstone() -> None:
+    it = new()
+    it.update(1, None, b"v1", 0)
+    it.update(1, it.causal_context(), None, 0)
+    assert it.values() == [None]
+    assert it.is_tombstone()
+    assert it.counts() == {"entries": 0, "conflicts": 0, "values": 0, "bytes": 0}
+    # A deleted item still has a token; writing with it resurrects cleanly.
+    it.update(1, it.causal_context(), b"back", 0)
+    assert it.values() == [b"back"]
+
+
+def test_delete_without_token_is_concurrent_tombstone() -> None:
+    it = new()
+    it.update(1, None, b"v", 0)
+    it.update(1, None, None, 0)
+    assert it.values() == [b"v", None]
+
+
+def test_dedup_of_identical_concurrent_values() -> None:
+    it = new()
+    it.update(1, None, b"same", 0)
+    it.update(2, None, b"same", 0)  # a retried write through another coordinator
+    assert it.values() == [b"same"]
+    assert it.counts() == {"entries": 1, "conflicts": 0, "values": 1, "bytes": 4}
+    it.update(1, None, b"", 0)
+    it.update(2, None, b"", 0)
+    assert it.values() == [b"same", b""]
+
+
+def test_two_tombstones_count_as_one() -> None:
+    it = new()
+    it.update(1, None, None, 0)
+    it.update(2, None, None, 0)
+    assert it.values() == [None]
+    assert it.is_tombstone()
+    assert it.counts()["conflicts"] == 0
+
+
+def test_values_in_node_then_time_order() -> None:
+    it = new()
+    it.update(5, None, b"n5a", 0)
+    it.update(2, None, b"n2a", 0)
+    it.update(5, None, b"n5b", 0)
+    it.update(2, None, b"n2b", 0)
+    assert it.values() == [b"n2a", b"n2b", b"n5a", b"n5b"]
+
+
+def test_empty_item() -> None:
+    it = new()
+    assert it.values() == []
+    assert it.is_tombstone()
+    assert it.causal_context() == CausalContext({})
+    assert it.counts() == {"entries": 0, "conflicts": 0, "values": 0, "bytes": 0}
+
+
+def test_counts_use_deduplicated_values() -> None:
+    it = new()
+    for node, v in [(1, b"xx"), (2, b"xx"), (3, b"yyy"), (4, None), (5, None)]:
+        it.update(node, None, v, 0)
+    assert it.values() == [b"xx", b"yyy", None]
+    assert it.counts() == {"entries": 1, "conflicts": 1, "values": 2, "bytes": 5}
+
+
+def test_update_rejects_bad_node() -> None:
+    with pytest.raises(ValueError):
+        new().update(-1, None, b"", 0)
+    with pytest.raises(ValueError):
+        new().update(2**64, None, b"", 0)
+
+
+def test_merge_refuses_other_item() -> None:
+    with pytest.raises(ValueError):
+        new().merge(K2VItem.new(BUCKET, "pk", "other"))
+
+
+def test_merge_applies_discards_from_other_replica() -> None:
+    a = new()
+    a.update(1, None, b"x", 0)
+    b = a.copy()
+    b.update(2, b.causal_context(), b"y", 0)
+    a.update(1, None, b"z", 0)  # concurrent with y
+    a.merge(b)
+    assert a.values() == [b"z", b"y"]
+
+
+# --- keys and encoding -----------------------------------------------------------------------
+
+
+def test_partition_hash_and_tree_key() -> None:
+    expect = hashlib.blake2b(BUCKET + "pk é".encode(), digest_size=64).digest()[:32]
+    it = K2VItem.new(BUCKET, "pk é", "s/k")
+    assert partition_hash(BUCKET, "pk é") == it.partition_hash() == expect
+    assert it.tree_key() == expect + b"s/k"
+    with pytest.raises(ValueError):
+        K2VItem.new(b"short", "pk", "sk")
+
+
+def test_encode_is_deterministic_across_construction_orders() -> None:
+    a = new()
+    a.update(9, None, b"nine", 0)
+    a.update(1, None, b"one", 0)
+    b = new()
+    b.update(1, None, b"one", 0)
+    b.update(9, None, b"nine", 0)
+    assert list(a.items) != list(b.items)  # dict insertion orders differ
+    assert a == b and a.encode() == b.encode()
+    # Same state reached through merges in different orders.
+    parts = []
+    for n in (3, 1, 2):
+        p = new()
+        p.update(n, None, bytes([n]), 0)
+        parts.append(p)
+    encs = {merged(*perm).encode() for perm in itertools.permutations(parts)}
+    assert len(encs) == 1
+
+
+def test_encode_keeps_bytes_as_bytes() -> None:
+    it = new()
+    it.update(1, None, b"\xff\x00", 0)
+    body = codec.decode(it.encode()[1:])
+    assert body[3][0][2][0][1] == b"\xff\x00"
+
+
+def good_body() -> list:
+    return [BUCKET, "pk", "sk", [[1, 2, [[3, b"v"], [4, None]]], [5, 0, []]]]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b.__setitem__(0, b"short"),
+        lambda b: b.__setitem__(1, b"pk"),
+        lambda b: b.__setitem__(3, {}),
+        lambda b: b.append(1),
+        lambda b: b[3].reverse(),  # nodes out of order
+        lambda b: b[3][0].__setitem__(0, -1),
+        lambda b: b[3][0].__setitem__(0, True),
+        lambda b: b[3][0].__setitem__(1, 3),  # value at ts 3 not above t_discard
+        lambda b: b[3][0][2].reverse(),  # ts out of order
+        lambda b: b[3][0][2][0].__setitem__(1, "str"),
+        lambda b: b[3][0][2][0].__setitem__(0, 1.5),
+        lambda b: b[3][0][2].append([9]),
+    ],
+)
+def test_decode_rejects_malformed(mutate) -> None:
+    body = good_body()
+    assert K2VItem.decode(b"\x01" + codec.encode(body)).values() == [b"v", None]
+    mutate(body)
+    with pytest.raises(ValueError):
+        K2VItem.decode(b"\x01" + codec.encode(body))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x02" + codec.encode(good_body()), b"\x01", b"\x01\xc1", b"\x01\x91"])
+def test_decode_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        K2VItem.decode(data)

@@ -1,0 +1,216 @@
+"""PollRange seen markers: bookkeeping of what was seen, and strict decoding of client input."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from garagekv.model.k2v import seen as seen_mod
+from garagekv.model.k2v.item import K2VItem
+from garagekv.model.k2v.seen import RangeSeenMarker
+from garagekv.util import codec
+from garagekv.util.errors import BadRequest
+
+BUCKET = b"\x07" * 32
+U64 = st.integers(0, 2**64 - 1)
+CLOCKS = st.dictionaries(U64, U64, max_size=4)
+
+
+def item(sk: str, *writes: int) -> K2VItem:
+    it = K2VItem.new(BUCKET, "pk", sk)
+    for node in writes:
+        it.update(node, None, f"{sk}@{node}".encode(), 0)
+    return it
+
+
+def wrap(body: object) -> str:
+    return base64.b64encode(zlib.compress(codec.encode(body))).decode()
+
+
+# --- round trip ------------------------------------------------------------------------------
+
+
+@given(CLOCKS, st.dictionaries(st.text(max_size=5), CLOCKS, max_size=4))
+def test_roundtrip_is_canonical(vc: dict[int, int], items: dict[str, dict[int, int]]) -> None:
+    m = RangeSeenMarker(vc, items)
+    s = m.encode()
+    assert m.items == items  # encode does not mutate
+    base64.b64decode(s, validate=True)  # standard alphabet, padded
+    assert len(s) % 4 == 0
+    m.canonicalize()
+    assert RangeSeenMarker.decode(s) == m
+    assert RangeSeenMarker.decode(s).encode() == s
+
+
+def test_empty_marker() -> None:
+    s = RangeSeenMarker().encode()
+    assert RangeSeenMarker.decode(s) == RangeSeenMarker({}, {})
+
+
+# --- restrict and canonicalize ---------------------------------------------------------------
+
+
+def test_restrict() -> None:
+    keys = ["a", "b", "c", "d.1", "d.2", "e"]
+    m = RangeSeenMarker({1: 1}, {k: {2: 5} for k in keys})
+    m.restrict(start="b", end="e")
+    assert sorted(m.items) == ["b", "c", "d.1", "d.2"]  # start included, end excluded
+    m.restrict(prefix="d.")
+    assert sorted(m.items) == ["d.1", "d.2"]
+    m.restrict(prefix="d.", start="d.2")
+    assert sorted(m.items) == ["d.2"]
+    assert m.vector_clock == {1: 1}
+    m2 = RangeSeenMarker({}, {k: {2: 5} for k in keys})
+    m2.restrict()
+    assert sorted(m2.items) == keys
+
+
+def test_canonicalize_drops_covered_items() -> None:
+    m = RangeSeenMarker({1: 10, 2: 10}, {"a": {1: 5}, "b": {1: 5, 3: 1}, "c": {2: 11}})
+    m.canonicalize()
+    assert m.items == {"b": {1: 5, 3: 1}, "c": {2: 11}}
+
+
+# --- mark_seen_node_items / is_new_item ------------------------------------------------------
+
+
+def test_fresh_marker_sees_everything_written() -> None:
+    m = RangeSeenMarker()
+    assert m.is_new_item(item("a", 1))
+    assert not m.is_new_item(item("a"))  # never written: empty clock
+
+
+def test_items_from_their_own_coordinator_advance_the_vector_clock() -> None:
+    m = RangeSeenMarker()
+    a, b = item("a", 1), item("b", 1, 1)
+    m.mark_seen_node_items(1, [a, b])
+    assert m.vector_clock == {1: 2}
+    assert m.items == {}
+    assert not m.is_new_item(a) and not m.is_new_item(b)
+    # Node timestamps increase across items (node 1 already issued 2), so the next dot is newer.
+    a.update(1, a.causal_context(), b"again", 2)
+    assert m.is_new_item(a)
+
+
+def test_partially_covered_item_is_remembered_per_sort_key() -> None:
+    m = RangeSeenMarker()
+    x = item("x", 1, 2)  # dots from nodes 1 and 2, answered by node 1 only
+    m.mark_seen_node_items(1, [x])
+    assert m.vector_clock == {1: 1}
+    assert m.items == {"x": {1: 1, 2: 1}}
+    assert not m.is_new_item(x)
+    # Another key with a dot of node 2 was not seen: the per-item clock does not leak across keys.
+    assert m.is_new_item(item("y", 2))
+    # A later write to x by node 2 is new.
+    x2 = x.copy()
+    x2.update(2, None, b"later", 0)
+    assert m.is_new_item(x2)
+    # When node 2 answers as well, the per-item clock becomes redundant.
+    m.mark_seen_node_items(2, [x])
+    assert m.vector_clock == {1: 1, 2: 1}
+    m.canonicalize()
+    assert m.items == {}
+    assert not m.is_new_item(x)
+
+
+def test_per_item_clock_accumulates_with_vclock_max() -> None:
+    m = RangeSeenMarker()
+    a = item("k", 1, 2, 3)
+    b = a.copy()
+    b.update(3, None, b"more", 0)
+    m.mark_seen_node_items(1, [b])
+    m.mark_seen_node_items(2, [a])
+    assert m.items["k"] == {1: 1, 2: 1, 3: 2}
+    assert not m.is_new_item(a) and not m.is_new_item(b)
+
+
+def test_marker_survives_encoding_for_is_new_item() -> None:
+    m = RangeSeenMarker()
+    x = item("x", 1, 2)
+    m.mark_seen_node_items(1, [x])
+    m2 = RangeSeenMarker.decode(m.encode())
+    assert not m2.is_new_item(x)
+    assert m2.is_new_item(item("y", 2))
+
+
+# --- decode rejections -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "s",
+    [
+        "",
+        "!!!!",
+        "not base64 at all",
+        "AAAA====",
+        "eJw",  # missing padding
+        RangeSeenMarker().encode() + "\n",
+        RangeSeenMarker().encode().replace("=", "") + "A=",
+        "é",
+        base64.b64encode(b"garbage that is not zlib").decode(),
+        base64.b64encode(zlib.compress(codec.encode([1, [], []]))[:-2]).decode(),  # truncated
+        base64.b64encode(zlib.compress(codec.encode([1, [], []])) + b"x").decode(),  # trailing
+        base64.b64encode(zlib.compress(b"\xc1")).decode(),  # invalid msgpack
+        base64.b64encode(zlib.compress(codec.encode([1, [], []]) + b"\x00")).decode(),  # extra data
+    ],
+)
+def test_decode_rejects_garbage(s: str) -> None:
+    with pytest.raises(BadRequest, match="Invalid seenMarker"):
+        RangeSeenMarker.decode(s)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        {},
+        "x",
+        [],
+        [1, [], []][:2],
+        [1, [], [], []],
+        [2, [], []],  # unknown version
+        [True, [], []],
+        [1.0, [], []],
+        [1, {}, []],
+        [1, [], {}],
+        [1, [[1]], []],
+        [1, [[1, 2, 3]], []],
+        [1, [[-1, 2]], []],
+        [1, [[1, -2]], []],
+        [1, [[1, 2.0]], []],
+        [1, [[True, 2]], []],
+        [1, [[1, "2"]], []],
+        [1, [[1, 2], [1, 3]], []],  # duplicate node
+        [1, [], [["a"]]],
+        [1, [], [[b"a", []]]],
+        [1, [], [[1, []]]],
+        [1, [], [["a", [[1, -1]]]]],
+        [1, [], [["a", {}]]],
+        [1, [], [["a", []], ["a", []]]],  # duplicate sort key
+    ],
+)
+def test_decode_rejects_wrong_shapes(body: object) -> None:
+    with pytest.raises(BadRequest, match="Invalid seenMarker"):
+        RangeSeenMarker.decode(wrap(body))
+
+
+def test_decode_accepts_valid_hand_built_body() -> None:
+    m = RangeSeenMarker.decode(wrap([1, [[1, 2]], [["a", [[3, 4]]]]]))
+    assert m == RangeSeenMarker({1: 2}, {"a": {3: 4}})
+
+
+def test_decode_caps_decompressed_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = wrap([1, [[n, n] for n in range(1000)], []])
+    assert len(RangeSeenMarker.decode(s).vector_clock) == 1000
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_DECOMPRESSED", 100)
+    with pytest.raises(BadRequest, match="Invalid seenMarker"):
+        RangeSeenMarker.decode(s)
+
+
+def test_decode_rejects_non_str() -> None:
+    with pytest.raises(BadRequest):
+        RangeSeenMarker.decode(b"AAAA")  # type: ignore[arg-type]
