@@ -19,7 +19,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("server", help="run a node")
     dev.add_parser(sub)
     meta.add_parsers(sub)
+    _accept_config_anywhere(sub)
     return p
+
+
+def _accept_config_anywhere(sub: argparse._SubParsersAction) -> None:
+    """``garagekv server -c FILE`` works as well as ``garagekv -c FILE server``."""
+    stack = list(sub.choices.values())
+    while stack:
+        parser = stack.pop()
+        if parser.prog.endswith(" dev"):
+            continue
+        children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if children:
+            stack.extend(children[0].choices.values())
+        else:
+            parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:

@@ -165,7 +165,7 @@ def _print_human(command: str, action: str, args: argparse.Namespace, result: An
         print(f"Bucket {result['id']} was deleted.")
     elif action in ("allow", "deny"):
         p = result["permissions"]
-        print(f"New permissions for {result['key']} on {result['bucket']}: "
-              f"read {p['read']}, write {p['write']}, owner {p['owner']}.")
+        flags = ", ".join(f"{name} {str(p[name]).lower()}" for name in ("read", "write", "owner"))
+        print(f"New permissions for {result['key']} on {result['bucket']}: {flags}.")
     else:
         _print_bucket(result)
