@@ -80,6 +80,7 @@ class Node:
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
+            "poll_subscriptions": self.store.subs.count(),
         }
 
     async def stop(self) -> None:
