@@ -1,0 +1,45 @@
+"""Cluster layout: roles, staged changes, versions with their ring, history and trackers.
+
+Pure logic (no I/O, no asyncio). ``LayoutHistory.apply_staged_changes`` and
+``preview_staged_changes`` run the assignment (tens of milliseconds); call them in a thread.
+"""
+
+from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
+from garagekv.rpc.layout.describe import format_bytes
+from garagekv.rpc.layout.errors import LayoutError
+from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory
+from garagekv.rpc.layout.parameters import (
+    MAXIMUM,
+    LayoutParameters,
+    ZoneRedundancy,
+    parse_zone_redundancy,
+)
+from garagekv.rpc.layout.quorum import ConsistencyMode, read_quorum, write_quorum
+from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole
+from garagekv.rpc.layout.staging import LayoutStaging
+from garagekv.rpc.layout.trackers import UpdateTracker, UpdateTrackers
+from garagekv.rpc.layout.version import LayoutVersion, calculate_next
+
+__all__ = [
+    "MAXIMUM",
+    "MAX_NODE_NUMBER",
+    "NB_PARTITIONS",
+    "OLD_VERSION_COUNT",
+    "PARTITION_BITS",
+    "ConsistencyMode",
+    "LayoutDigest",
+    "LayoutError",
+    "LayoutHistory",
+    "LayoutParameters",
+    "LayoutStaging",
+    "LayoutVersion",
+    "NodeRole",
+    "UpdateTracker",
+    "UpdateTrackers",
+    "ZoneRedundancy",
+    "calculate_next",
+    "format_bytes",
+    "parse_zone_redundancy",
+    "read_quorum",
+    "write_quorum",
+]

@@ -1,0 +1,100 @@
+"""Node roles: what each node contributes to the cluster (zone, capacity or gateway, tags).
+
+A role table maps a 32-byte node id to its role. Nodes without a role take no part in storage or
+request routing. Storage nodes come first in a version's ``node_id_vec`` because ring entries are
+single bytes (at most 256 storage nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from garagekv.rpc.layout.describe import format_bytes
+from garagekv.rpc.layout.errors import LayoutError
+
+#: Ring entries are one byte each, so at most this many storage nodes fit in a layout.
+MAX_NODE_NUMBER = 256
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """A node's role; ``capacity is None`` marks a gateway (routes requests, stores nothing).
+
+    Frozen so CRDT merges can share instances between replicas of the staging map safely.
+    ``tags`` is kept as a tuple (a list given to the constructor is converted).
+    """
+
+    zone: str
+    capacity: int | None
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.zone, str) or not self.zone:
+            raise LayoutError("Please specify a zone with the -z flag")
+        if self.capacity is not None:
+            if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
+                raise LayoutError(f"Invalid capacity value: {self.capacity!r}")
+            if self.capacity <= 0:
+                raise LayoutError(f"Invalid capacity value: {self.capacity}")
+        tags = tuple(self.tags)
+        if not all(isinstance(t, str) for t in tags):
+            raise LayoutError("node tags must be strings")
+        object.__setattr__(self, "tags", tags)
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.capacity is None
+
+    def capacity_string(self) -> str:
+        return "gateway" if self.capacity is None else format_bytes(self.capacity)
+
+    def tags_string(self) -> str:
+        return ",".join(self.tags)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"zone": self.zone, "capacity": self.capacity, "tags": list(self.tags)}
+
+    @classmethod
+    def from_wire(cls, w: Any) -> NodeRole:
+        if not isinstance(w, Mapping):
+            raise LayoutError("Malformed node role")
+        return cls(w["zone"], w["capacity"], tuple(w.get("tags", ())))
+
+
+def role_to_wire(role: NodeRole | None) -> dict[str, Any] | None:
+    """Staged entries may be ``None`` (a staged removal)."""
+    return None if role is None else role.to_wire()
+
+
+def role_from_wire(w: Any) -> NodeRole | None:
+    return None if w is None else NodeRole.from_wire(w)
+
+
+def check_node_id(node_id: Any) -> bytes:
+    if not isinstance(node_id, bytes) or len(node_id) != 32:
+        raise LayoutError(f"Invalid node id {node_id!r}: expected 32 bytes")
+    return node_id
+
+
+def storage_nodes(roles: Mapping[bytes, NodeRole]) -> list[bytes]:
+    """Storage (non-gateway) node ids, sorted by id: the ring's index order."""
+    return sorted(n for n, r in roles.items() if r.capacity is not None)
+
+
+def gateway_nodes(roles: Mapping[bytes, NodeRole]) -> list[bytes]:
+    return sorted(n for n, r in roles.items() if r.capacity is None)
+
+
+def node_id_vec_of(roles: Mapping[bytes, NodeRole]) -> list[bytes]:
+    """Storage nodes first (so ring bytes can index them), then gateways, each sorted by id."""
+    return storage_nodes(roles) + gateway_nodes(roles)
+
+
+def zones_in_order(nodes: Iterable[bytes], roles: Mapping[bytes, NodeRole]) -> list[str]:
+    """Distinct zones in order of first appearance: the order partitions list their nodes in."""
+    seen: dict[str, None] = {}
+    for n in nodes:
+        seen.setdefault(roles[n].zone, None)
+    return list(seen)

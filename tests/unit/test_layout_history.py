@@ -1,0 +1,352 @@
+"""Layout history: apply/revert rules, merging, trackers and version retirement, digests, wire."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from garagekv.rpc.layout import (
+    NB_PARTITIONS,
+    OLD_VERSION_COUNT,
+    ConsistencyMode,
+    LayoutDigest,
+    LayoutError,
+    LayoutHistory,
+    NodeRole,
+    read_quorum,
+    write_quorum,
+)
+
+
+def nid(i: int) -> bytes:
+    return bytes([i]) * 32
+
+
+def with_nodes(h: LayoutHistory, nodes: dict[int, tuple[str, int | None] | None]) -> LayoutHistory:
+    """Stage the given roles (None = remove) and apply the next version."""
+    for i, role in nodes.items():
+        h.stage_role(nid(i), None if role is None else NodeRole(*role))
+    out, _ = h.apply_staged_changes(h.current().version + 1)
+    return out
+
+
+THREE = {1: ("dc1", 10**9), 2: ("dc2", 10**9), 3: ("dc3", 10**9)}
+
+
+@pytest.fixture
+def v1() -> LayoutHistory:
+    return with_nodes(LayoutHistory.new(3), THREE)
+
+
+def migrating(v1: LayoutHistory) -> LayoutHistory:
+    """v1 plus a v2 that adds node 4 in a fourth zone (so partitions move); both versions live."""
+    return with_nodes(v1.clone(), {4: ("dc4", 10**9)})
+
+
+# ---------------------------------------------------------------------- apply / revert
+
+
+def test_fresh_history_has_an_invalid_version_zero():
+    h = LayoutHistory.new(3)
+    assert h.current().version == 0 and h.min_stored() == 0
+    assert h.write_sets_of(bytes(32)) == [[]]
+    with pytest.raises(LayoutError):
+        h.check()
+
+
+def test_apply_requires_exactly_the_next_version(v1):
+    v1.stage_role(nid(4), NodeRole("dc1", 10**9))
+    with pytest.raises(LayoutError, match="Please pass the new layout version number") as e:
+        v1.apply_staged_changes(None)
+    assert "`garagekv layout show`" in e.value.message
+    for wrong in (0, 1, 3):
+        with pytest.raises(LayoutError, match="^Invalid new layout version$"):
+            v1.apply_staged_changes(wrong)
+    out, msg = v1.apply_staged_changes(2)
+    assert out.current().version == 2
+    assert v1.current().version == 1  # apply returns a new history
+    assert not out.has_staged_changes()
+    assert msg[0] == "==== COMPUTATION OF A NEW PARTITION ASSIGNATION ===="
+
+
+def test_first_apply_prunes_the_invalid_version_zero(v1):
+    assert [v.version for v in v1.versions] == [1]
+    v1.check()
+
+
+def test_failed_apply_changes_nothing(v1):
+    v1.stage_role(nid(1), None)
+    v1.stage_role(nid(2), None)
+    before = v1.to_wire()
+    with pytest.raises(LayoutError, match="smaller than the replication factor"):
+        v1.apply_staged_changes(2)
+    assert v1.to_wire() == before
+
+
+def test_revert_creates_no_version(v1):
+    v1.stage_role(nid(4), NodeRole("dc1", 10**9))
+    reverted = v1.revert_staged_changes()
+    assert [v.version for v in reverted.versions] == [1]
+    assert not reverted.has_staged_changes()
+
+
+# ---------------------------------------------------------------------- migration and trackers
+
+
+def test_write_and_read_sets_during_a_migration(v1):
+    h = migrating(v1)
+    assert [v.version for v in h.versions] == [1, 2]
+    moved = [p for p in range(NB_PARTITIONS) if h.versions[0].nodes_of(p) != h.versions[1].nodes_of(p)]
+    assert moved, "adding a node must move some partitions"
+    pos = bytes([moved[0]]) + bytes(31)
+    old_set, new_set = h.write_sets_of(pos)
+    assert old_set == h.versions[0].nodes_of(moved[0]) and new_set == h.versions[1].nodes_of(moved[0])
+    assert h.storage_nodes_of(pos) == sorted(set(old_set) | set(new_set))
+    assert len(h.storage_nodes_of(pos)) == 4
+    # Nobody has synced v2 yet: reads stay on v1.
+    assert h.sync_map_min() == 1 and h.read_version().version == 1
+    assert h.read_nodes_of(pos) == old_set
+
+
+def test_reads_move_on_once_a_write_quorum_of_each_old_set_synced(v1):
+    h = migrating(v1)
+    h.mark_synced(nid(1), 2)
+    assert h.sync_map_min() == 1  # 1 of 3 in the v1 set {1,2,3}: no quorum of 2
+    h.mark_synced(nid(2), 2)
+    assert h.sync_map_min() == 2  # 2 of 3 synced: every acknowledged write is readable in v2
+    assert h.read_version().version == 2
+
+
+def test_rf2_needs_every_node_synced():
+    h = with_nodes(LayoutHistory.new(2), {1: ("a", 10**9), 2: ("b", 10**9)})
+    h = with_nodes(h, {3: ("a", 10**9)})
+    assert write_quorum(2) == 2
+    h.mark_synced(nid(1), 2)
+    h.mark_synced(nid(2), 2)
+    assert h.sync_map_min() == 1  # node 3 (a v2 storage node) has not synced
+    h.mark_synced(nid(3), 2)
+    assert h.sync_map_min() == 2
+
+
+def test_old_versions_retire_once_every_current_node_sync_acked(v1):
+    h = migrating(v1)
+    nodes = [nid(i) for i in range(1, 5)]
+    for n in nodes:
+        h.update_local_trackers(n)
+    assert h.update_trackers.ack_map.values == dict.fromkeys(nodes, 2)
+    assert [v.version for v in h.versions] == [1, 2]  # synced to v1 only
+    for n in nodes:
+        h.mark_synced(n, 2)
+    for n in nodes[:-1]:
+        h.update_local_trackers(n)
+    assert [v.version for v in h.versions] == [1, 2]  # node 4 has not sync-acked yet
+    assert h.update_local_trackers(nodes[-1]) is True
+    assert [v.version for v in h.versions] == [2]
+    assert [v.version for v in h.old_versions] == [1]
+    assert h.write_sets_of(bytes(32)) == [h.current().nodes_of(0)]
+
+
+def test_ack_version_holds_back_acknowledgement(v1):
+    h = migrating(v1)
+    h.update_local_trackers(nid(1), ack_version=1)  # a write computed on v1 is still in flight
+    assert h.update_trackers.ack_map.get(nid(1), 0) == 1
+    assert h.ack_map_min() == 1
+
+
+def test_gateways_block_retirement_too(v1):
+    h = with_nodes(v1, {5: ("dc1", None)})
+    for i in range(1, 5):
+        h.mark_synced(nid(i), 2)
+    for i in range(1, 4):
+        h.update_local_trackers(nid(i))
+    assert len(h.versions) == 2  # the gateway (node 5) still reads from v1
+    h.update_local_trackers(nid(5))
+    assert [v.version for v in h.versions] == [2]
+
+
+def test_old_versions_are_capped():
+    h = with_nodes(LayoutHistory.new(1), {1: ("a", 10**9)})
+    for i in range(2, 10):
+        h = with_nodes(h, {i: ("a", 10**9)})
+        for n in h.all_nodes():
+            h.mark_synced(n, h.current().version)
+        for n in h.all_nodes():
+            h.update_local_trackers(n)
+        assert len(h.versions) == 1
+    assert len(h.old_versions) == OLD_VERSION_COUNT
+    assert [v.version for v in h.old_versions] == list(range(9 - OLD_VERSION_COUNT, 9))
+
+
+def test_keep_current_version_only_outside_consistent_mode(v1):
+    h = migrating(v1)
+    h.normalize(ConsistencyMode.DEGRADED)
+    assert [v.version for v in h.versions] == [2]
+    h2 = migrating(v1)
+    h2.normalize("consistent")
+    assert len(h2.versions) == 2
+    assert all(h2.update_trackers.sync_map.get(n, -1) == 1 for n in h2.all_nodes())  # clamped
+
+
+def test_skip_dead_nodes(v1):
+    with pytest.raises(LayoutError, match="only one live cluster layout version"):
+        v1.skip_dead_nodes(1, set(), False)
+    h = migrating(v1)
+    with pytest.raises(LayoutError, match="Invalid version, you may use the following version numbers: 2"):
+        h.skip_dead_nodes(1, set(), False)
+    up = {nid(1), nid(2), nid(3)}
+    for n in up:
+        h.update_local_trackers(n)
+    lines = h.skip_dead_nodes(2, up, False)
+    assert lines == [f"Increased the ACK tracker for node {nid(4).hex()[:16]}"]
+    with pytest.raises(LayoutError, match="allow-missing-data"):
+        h.skip_dead_nodes(2, up, False)
+    lines = h.skip_dead_nodes(2, up, True)
+    assert len([x for x in lines if "SYNC" in x]) == 4
+    assert h.sync_map_min() == 2
+    with pytest.raises(LayoutError, match="nothing I can do"):
+        h.skip_dead_nodes(2, up, True)
+
+
+# ---------------------------------------------------------------------- merge and gossip
+
+
+def test_a_fresh_node_adopts_a_newer_history_wholesale(v1):
+    fresh = LayoutHistory.new(3)
+    assert fresh.merge(v1) is True
+    assert fresh == v1
+    assert fresh.merge(v1) is False
+
+
+def test_merge_appends_the_next_version_and_ignores_older_ones(v1):
+    peer = v1.clone()
+    ahead = migrating(v1)
+    assert peer.merge(ahead) is True
+    assert [v.version for v in peer.versions] == [1, 2]
+    assert peer.current() == ahead.current()
+    assert ahead.merge(v1) is False  # older information changes nothing
+
+
+def test_merge_takes_tracker_maxima(v1):
+    a, b = migrating(v1), migrating(v1)
+    a.update_local_trackers(nid(1))
+    b.update_local_trackers(nid(2))
+    b.update_trackers.ack_map.set_max(nid(1), 1)
+    assert a.merge(b) is True
+    assert a.update_trackers.ack_map.values == {nid(1): 2, nid(2): 2}
+    assert b.merge(a) is True
+    assert a.update_trackers == b.update_trackers
+
+
+def test_conflicting_versions_are_logged_not_merged(v1, caplog):
+    a = with_nodes(v1.clone(), {4: ("dc1", 10**9)})
+    b = with_nodes(v1.clone(), {5: ("dc2", 10**9)})
+    with caplog.at_level(logging.ERROR):
+        a.merge(b)
+    assert "Inconsistent layout histories: different layout compositions for version 2" in caplog.text
+    assert nid(4) in a.current().roles and nid(5) not in a.current().roles
+
+
+def test_digest_tells_what_to_pull(v1):
+    local = v1.digest()
+    assert v1.clone().digest() == local
+    assert local.pull_needed(v1.digest()) is None
+    staged = v1.clone()
+    staged.stage_role(nid(9), NodeRole("dc9", 5))
+    assert local.pull_needed(staged.digest()) == "full"
+    tracked = v1.clone()
+    tracked.update_local_trackers(nid(1))
+    assert local.pull_needed(tracked.digest()) == "trackers"
+    ahead = migrating(v1)
+    assert local.pull_needed(ahead.digest()) == "full"
+    assert LayoutDigest.from_wire(local.to_wire()) == local
+    assert LayoutHistory.new(3).digest() == LayoutHistory.new(3).digest()
+
+
+def test_check_remote(v1):
+    with pytest.raises(LayoutError, match=re.escape("with replication factor 2, which is different from")):
+        v1.check_remote(LayoutHistory.new(2), 3)
+    broken = v1.clone()
+    broken.current().partition_size += 1
+    with pytest.raises(LayoutError, match="Discarding an invalid cluster layout"):
+        v1.check_remote(broken, 3)
+    v1.check_remote(migrating(v1), 3)
+    LayoutHistory.new(3).check_remote(broken, 3)  # a node with no valid layout takes anything
+
+
+# ---------------------------------------------------------------------- wire and text
+
+
+def test_encode_round_trip(v1):
+    h = migrating(v1)
+    h.update_local_trackers(nid(2))
+    h.stage_role(nid(7), NodeRole("dc7", 123, ["x"]))
+    data = h.encode()
+    back = LayoutHistory.decode(data)
+    assert back == h and back.encode() == data
+    assert back.digest() == h.digest()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x02whatever", b"\x01\xc1", b"\x01\x90", b"\x01\x81\xa1a\x01"])
+def test_decode_rejects_garbage(data):
+    with pytest.raises(LayoutError):
+        LayoutHistory.decode(data)
+
+
+def test_decode_rejects_non_consecutive_versions(v1):
+    w = migrating(v1).to_wire()
+    w["versions"][1]["version"] = 5
+    with pytest.raises(LayoutError, match="not consecutive"):
+        LayoutHistory.from_wire(w)
+
+
+def test_show_ends_with_the_apply_line(v1):
+    assert "apply --version" not in v1.describe()
+    v1.stage_role(nid(4), NodeRole("dc1", 10**9, ["new"]))
+    text = v1.describe()
+    assert "==== STAGED ROLE CHANGES ====" in text
+    assert "==== NEW CLUSTER LAYOUT AFTER APPLYING CHANGES ====" in text
+    assert "A total of" in text and "new copies of partitions need to be transferred." in text
+    assert text.endswith("\ngaragekv layout apply --version 2\n")
+    assert re.search(r"apply --version (\d+)\n", text).group(1) == "2"
+
+
+def test_show_explains_an_impossible_layout(v1):
+    v1.stage_role(nid(1), None)
+    text = v1.describe()
+    assert f"{nid(1).hex()[:16]}  REMOVED" in text
+    assert "Error while trying to compute the assignment: The number of nodes with positive capacity" in text
+    assert "This new layout cannot yet be applied." in text
+    assert "apply --version" not in text
+
+
+def test_history_text_shows_trackers_during_migration(v1):
+    assert "stable state" in v1.describe_versions()
+    text = migrating(v1).describe_versions()
+    assert re.search(r"^#2 +current +4 +0$", text, re.M)
+    assert re.search(r"^#1 +draining +3 +0$", text, re.M)
+    assert "==== UPDATE TRACKERS ====" in text
+    assert re.search(rf"^{nid(4).hex()[:16]} +#1 +#1 +#1$", text, re.M)
+    assert "skip-dead-nodes --version 2" in text
+
+
+@pytest.mark.parametrize(
+    ("rf", "mode", "write", "read"),
+    [
+        (1, "consistent", 1, 1),
+        (2, "consistent", 2, 1),
+        (3, "consistent", 2, 2),
+        (3, "degraded", 2, 1),
+        (3, "dangerous", 1, 1),
+        (5, "consistent", 3, 3),
+    ],
+)
+def test_quorums(rf, mode, write, read):
+    assert write_quorum(rf, mode) == write
+    assert read_quorum(rf, ConsistencyMode.parse(mode)) == read
+
+
+def test_unknown_consistency_mode():
+    with pytest.raises(LayoutError, match="consistent, degraded or dangerous"):
+        ConsistencyMode.parse("eventual")
