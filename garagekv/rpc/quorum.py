@@ -1,0 +1,209 @@
+"""Quorum helpers: turn "call these replicas" into "done once enough of them answered".
+
+Reads use ``try_call_many`` (ask the best ``quorum`` nodes, fall back to the next on error);
+writes use ``try_write_many_sets`` (during a layout change a write must reach a quorum in the
+write set of *every* live layout version). Both return as soon as the quorum is met and leave the
+remaining calls running in the background, so a slow replica never slows the client down but
+still receives the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from garagekv.net.errors import RpcTimeout
+from garagekv.net.identity import short_id
+from garagekv.util.errors import ServiceUnavailable
+
+N = TypeVar("N")
+H = TypeVar("H", bound=Hashable)
+T = TypeVar("T")
+
+#: An RTT we know nothing about counts as slow (Garage uses 10 s).
+UNKNOWN_RTT = 10.0
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+class QuorumError(ServiceUnavailable):
+    """Too many nodes failed for the quorum to be reachable."""
+
+    def __init__(self, quorum: int, successes: int, total: int, errors: list[str], sets: int | None = None):
+        where = f" (sets={sets})" if sets is not None else ""
+        super().__init__(
+            f"Could not reach quorum of {quorum}{where}. {successes} of {total} request succeeded, "
+            f"others returned errors: {errors!r}"
+        )
+        self.quorum, self.successes, self.total, self.errors = quorum, successes, total, errors
+
+
+def node_label(node: object) -> str:
+    """How a node appears in quorum error messages (node ids as their 16-hex prefix)."""
+    return short_id(node) if isinstance(node, bytes) else str(node)
+
+
+def request_order(
+    nodes: Iterable[N],
+    self_id: N,
+    zone_of: Callable[[N], str | None],
+    rtt_of: Callable[[N], float | None],
+) -> list[N]:
+    """Ourself first, then nodes in our zone, then by ascending RTT (unknown = ``UNKNOWN_RTT``)."""
+    my_zone = zone_of(self_id)
+
+    def key(node: N) -> tuple[bool, bool, float]:
+        rtt = rtt_of(node)
+        other_zone = my_zone is None or zone_of(node) != my_zone
+        return (node != self_id, other_zone, UNKNOWN_RTT if rtt is None else rtt)
+
+    return sorted(nodes, key=key)
+
+
+def background_tasks() -> set[asyncio.Task[Any]]:
+    """Calls still running after their quorum returned (for shutdown and tests)."""
+    return set(_background)
+
+
+def _to_background(tasks: Iterable[asyncio.Task[Any]], cancel: bool) -> None:
+    for task in tasks:
+        if cancel:
+            task.cancel()
+        _background.add(task)
+        task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure is expected, not worth a warning
+
+
+async def _one(call: Callable[[N], Awaitable[T]], node: N, timeout: float | None) -> T:
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await call(node)
+    except TimeoutError:
+        if deadline.expired():
+            raise RpcTimeout(f"Timeout after {timeout}s")
+        raise
+
+
+def _outcome(task: asyncio.Task[T]) -> BaseException | None:
+    if task.cancelled():
+        return asyncio.CancelledError("call was cancelled")
+    return task.exception()
+
+
+def _describe(node: object, err: BaseException) -> str:
+    return f"{node_label(node)}: {err}" if str(err) else f"{node_label(node)}: {type(err).__name__}"
+
+
+async def try_call_many(
+    call: Callable[[N], Awaitable[T]],
+    nodes: Sequence[N],
+    quorum: int,
+    *,
+    send_all_at_once: bool = False,
+    timeout: float | None = None,
+    cancel_rest: bool = False,
+) -> list[T]:
+    """Return ``quorum`` successful results (in completion order) of ``call(node)``.
+
+    ``nodes`` is already in preference order (see ``request_order``). Only ``quorum`` calls start
+    at first (all of them with ``send_all_at_once``); each failure starts the next candidate.
+    ``timeout`` applies to each call. Calls still running at the end continue in the background
+    (or are cancelled with ``cancel_rest``); if the caller is cancelled, they are all cancelled.
+    """
+    candidates = list(nodes)
+    if quorum <= 0:
+        return []
+    if quorum > len(candidates):
+        raise QuorumError(quorum, 0, len(candidates), [f"only {len(candidates)} nodes to ask"])
+    queue = iter(candidates)
+    running: dict[asyncio.Task[T], N] = {}
+    results: list[T] = []
+    errors: list[str] = []
+
+    def start_next() -> None:
+        for node in queue:
+            running[asyncio.ensure_future(_one(call, node, timeout))] = node
+            return
+
+    for _ in range(len(candidates) if send_all_at_once else quorum):
+        start_next()
+    finished = False
+    try:
+        while len(results) < quorum:
+            if len(results) + len(running) < quorum:
+                raise QuorumError(quorum, len(results), len(candidates), errors)
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                node = running.pop(task)
+                err = _outcome(task)
+                if err is None:
+                    results.append(task.result())
+                else:
+                    errors.append(_describe(node, err))
+                    start_next()
+        finished = True
+        return results
+    except QuorumError:
+        finished = True
+        raise
+    finally:
+        _to_background(running, cancel=cancel_rest or not finished)
+
+
+async def try_write_many_sets(
+    call: Callable[[H], Awaitable[T]],
+    sets: Sequence[Sequence[H]],
+    quorum: int,
+    *,
+    timeout: float | None = None,
+    cancel_rest: bool = False,
+) -> list[T]:
+    """Call every node of every set once, at once; return when each set has ``quorum`` successes.
+
+    A node in several sets counts for each of them. Fails as soon as one set can no longer reach
+    its quorum. Returns the successful results so far, in completion order; the remaining calls
+    continue in the background (or are cancelled with ``cancel_rest``).
+    """
+    groups = [list(s) for s in sets]
+    members: dict[H, list[int]] = {}
+    for index, group in enumerate(groups):
+        for node in dict.fromkeys(group):
+            members.setdefault(node, []).append(index)
+    total = len(members)
+    if any(len(set(group)) < quorum for group in groups):
+        raise QuorumError(quorum, 0, total, ["a write set has fewer nodes than the quorum"], sets=len(groups))
+    ok = [0] * len(groups)
+    failed = [0] * len(groups)
+    results: list[T] = []
+    errors: list[str] = []
+    running = {asyncio.ensure_future(_one(call, node, timeout)): node for node in members}
+    finished = False
+    try:
+        while not all(n >= quorum for n in ok):
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                node = running.pop(task)
+                err = _outcome(task)
+                counts = ok if err is None else failed
+                for index in members[node]:
+                    counts[index] += 1
+                if err is None:
+                    results.append(task.result())
+                else:
+                    errors.append(_describe(node, err))
+            if any(failed[i] + quorum > len(set(g)) for i, g in enumerate(groups)):
+                raise QuorumError(quorum, len(results), total, errors, sets=len(groups))
+        finished = True
+        return results
+    except QuorumError:
+        finished = True
+        raise
+    finally:
+        _to_background(running, cancel=cancel_rest or not finished)

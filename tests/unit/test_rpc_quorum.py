@@ -1,0 +1,157 @@
+"""Quorum helpers with fake async calls: ordering, fallback, early success and early failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from garagekv.rpc.quorum import (
+    QuorumError,
+    background_tasks,
+    request_order,
+    try_call_many,
+    try_write_many_sets,
+)
+from garagekv.util.errors import ServiceUnavailable
+
+
+class Fake:
+    """``call(node)``: sleeps ``delay[node]`` then fails if node is in ``fail``; records everything."""
+
+    def __init__(self, delays: dict | None = None, fail: set | None = None) -> None:
+        self.delays = delays or {}
+        self.fail = fail or set()
+        self.started: list = []
+        self.finished: list = []
+        self.cancelled: list = []
+
+    async def __call__(self, node):
+        self.started.append(node)
+        try:
+            await asyncio.sleep(self.delays.get(node, 0))
+        except asyncio.CancelledError:
+            self.cancelled.append(node)
+            raise
+        self.finished.append(node)
+        if node in self.fail:
+            raise ServiceUnavailable(f"{node} is down")
+        return f"ok-{node}"
+
+
+async def settle() -> None:
+    await asyncio.gather(*background_tasks(), return_exceptions=True)
+
+
+async def test_starts_only_quorum_and_returns_at_quorum():
+    fake = Fake(delays={"c": 0.2})
+    assert sorted(await try_call_many(fake, ["a", "b", "c"], 2)) == ["ok-a", "ok-b"]
+    assert fake.started == ["a", "b"]
+
+
+async def test_falls_back_on_error_in_order():
+    fake = Fake(fail={"a"}, delays={"b": 0.01, "c": 0.02})
+    assert sorted(await try_call_many(fake, ["a", "b", "c", "d"], 2)) == ["ok-b", "ok-c"]
+    assert fake.started == ["a", "b", "c"]
+
+
+async def test_send_all_at_once_leaves_the_rest_in_background():
+    fake = Fake(delays={"c": 0.05})
+    results = await try_call_many(fake, ["a", "b", "c"], 2, send_all_at_once=True)
+    assert sorted(results) == ["ok-a", "ok-b"] and fake.started == ["a", "b", "c"]
+    assert fake.finished == ["a", "b"]
+    await settle()
+    assert fake.finished == ["a", "b", "c"]
+
+
+async def test_cancel_rest_cancels_stragglers():
+    fake = Fake(delays={"c": 1})
+    await try_call_many(fake, ["a", "b", "c"], 2, send_all_at_once=True, cancel_rest=True)
+    await settle()
+    assert fake.cancelled == ["c"]
+
+
+async def test_fails_fast_with_garage_message():
+    fake = Fake(fail={"a", "b"}, delays={"c": 5})
+    with pytest.raises(QuorumError) as err:
+        await try_call_many(fake, ["a", "b", "c"], 2, send_all_at_once=True)
+    assert isinstance(err.value, ServiceUnavailable)
+    message = str(err.value)
+    assert message.startswith("Could not reach quorum of 2. 0 of 3 request succeeded, others returned errors: [")
+    assert "a: a is down" in message and "b: b is down" in message
+    assert "c" in fake.cancelled or "c" not in fake.finished  # did not wait for c
+    for task in background_tasks():
+        task.cancel()
+    await settle()
+
+
+async def test_not_enough_nodes():
+    with pytest.raises(QuorumError, match="quorum of 3. 0 of 2"):
+        await try_call_many(Fake(), ["a", "b"], 3)
+    assert await try_call_many(Fake(), [], 0) == []
+
+
+async def test_timeout_counts_as_error_and_next_node_starts():
+    fake = Fake(delays={"a": 5})
+    assert await try_call_many(fake, ["a", "b"], 1, timeout=0.05) == ["ok-b"]
+    assert fake.cancelled == ["a"]
+    with pytest.raises(QuorumError, match="Timeout"):
+        await try_call_many(Fake(delays={"a": 5}), ["a"], 1, timeout=0.05)
+
+
+async def test_node_ids_are_shown_as_short_hex():
+    node = bytes(range(32))
+    fake = Fake(fail={node})
+    with pytest.raises(QuorumError, match="0001020304050607: "):
+        await try_call_many(fake, [node], 1)
+
+
+async def test_caller_cancellation_cancels_calls():
+    fake = Fake(delays={"a": 5, "b": 5})
+    task = asyncio.create_task(try_call_many(fake, ["a", "b"], 2))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settle()
+    assert sorted(fake.cancelled) == ["a", "b"]
+
+
+async def test_write_sets_need_every_set():
+    # Old layout {a,b,c}, new layout {c,d,e}: c counts for both.
+    fake = Fake(delays={"a": 0.01, "c": 0.02, "d": 0.1, "e": 0.3, "b": 0.3})
+    results = await try_write_many_sets(fake, [["a", "b", "c"], ["c", "d", "e"]], 2)
+    assert sorted(results) == ["ok-a", "ok-c", "ok-d"]
+    assert sorted(fake.started) == ["a", "b", "c", "d", "e"]  # each node called once, all at once
+    assert "b" not in fake.finished and "e" not in fake.finished
+    await settle()
+    assert sorted(fake.finished) == ["a", "b", "c", "d", "e"]
+
+
+async def test_write_sets_fail_when_one_set_cannot_make_it():
+    fake = Fake(fail={"d", "e"}, delays={"a": 1, "b": 1})
+    with pytest.raises(QuorumError) as err:
+        await try_write_many_sets(fake, [["a", "b", "c"], ["c", "d", "e"]], 2)
+    assert "(sets=2)" in str(err.value) and "d: d is down" in str(err.value)
+    assert "a" not in fake.finished  # failed fast, without waiting for the slow nodes
+    for task in background_tasks():
+        task.cancel()
+    await settle()
+
+
+async def test_write_sets_edge_cases():
+    with pytest.raises(QuorumError, match="fewer nodes"):
+        await try_write_many_sets(Fake(), [["a"]], 2)
+    assert await try_write_many_sets(Fake(), [], 2) == []
+    fake = Fake()
+    assert sorted(await try_write_many_sets(fake, [["a", "b"], ["a", "b"]], 2)) == ["ok-a", "ok-b"]
+    assert fake.started == ["a", "b"]
+
+
+def test_request_order():
+    zones = {"me": "z1", "x": "z2", "y": "z1", "z": "z2", "w": None}
+    rtts = {"x": 0.001, "y": 0.5, "z": None, "w": 0.002}
+    order = request_order(["z", "w", "x", "y", "me"], "me", zones.get, rtts.get)
+    assert order == ["me", "y", "x", "w", "z"]
+    # Without a zone for ourselves, RTT alone decides after ourselves.
+    assert request_order(["x", "y", "me"], "me", lambda n: None, rtts.get) == ["me", "x", "y"]
