@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from garagekv.admin.local_socket import ControlServer
+from aiohttp import web
+
+from garagekv.admin.cluster_ops import CLUSTER_OPS
+from garagekv.admin.health import ClusterHealthSource, HealthReport, evaluate
+from garagekv.admin.http import AdminApiServer, AdminServices
+from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
 from garagekv.admin.ops import run_op
+from garagekv.admin.remote import ADMIN_ENDPOINT
+from garagekv.admin.stats import table_stats
 from garagekv.api.context import ApiLimits, ApiState
 from garagekv.api.server import K2VApiServer
 from garagekv.db.env import Database
@@ -23,11 +35,22 @@ from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.store import K2VStore
 from garagekv.model.key_table import KeySchema
 from garagekv.net.identity import load_or_create_node_key, node_number
+from garagekv.rpc.endpoint import EndpointRegistry
+from garagekv.rpc.system import System
 from garagekv.table.data import TableData
 from garagekv.table.table import Table
 from garagekv.util.config import Config, split_host_port
+from garagekv.util.errors import AdminError, ConfigError
 
 log = logging.getLogger("garagekv")
+access_log = logging.getLogger("garagekv.access.k2v")
+
+
+def garagekv_version() -> str:
+    try:
+        return version("garagekv")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class Node:
@@ -36,14 +59,30 @@ class Node:
         self.db: Database | None = None
         self.writer: GroupCommitWriter | None = None
         self.api: K2VApiServer | None = None
-        self.control: ControlServer | None = None
+        self.system: System | None = None
+        self.admin_http: AdminApiServer | None = None
+        self.metrics: NodeMetrics | None = None
+        self.started_at = time.time()
+        self.stopping = False
+        # Seams for the cluster plane: its view of the cluster for /health, /v1/health and the
+        # cluster_* metrics, and {layoutVersion, layout, nodes} for /v1/status.
+        self.cluster_health: ClusterHealthSource | None = None
+        self.cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.rpc_secret_bytes is None:
+            raise ConfigError("missing required key 'rpc_secret' (example: rpc_secret = \"<64 hex characters "
+                              "from `openssl rand -hex 32`>\"), or rpc_secret_file / GARAGEKV_RPC_SECRET")
         self.node_key = load_or_create_node_key(cfg.metadata_dir)
         self.node_id = self.node_key.node_id
+        self.metrics = NodeMetrics(node_id=self.node_id.hex(), version=garagekv_version(),
+                                   replication_factor=cfg.replication_factor, consistency_mode=cfg.consistency_mode)
+        self.metrics.local_snapshot = self._local_snapshot
+        self.metrics.cluster_health = lambda: self.cluster_health() if self.cluster_health is not None else None
         self.db = Database(cfg.metadata_dir, map_size=cfg.lmdb_map_size, fsync=cfg.metadata_fsync)
         self.writer = GroupCommitWriter(self.db)
+        self.writer.on_commit = self.metrics.observe_db_commit
 
         def table(schema: Any) -> Table:
             return Table(TableData(self.db, self.writer, schema))
@@ -53,8 +92,19 @@ class Node:
             table(KeySchema()), table(BucketSchema()), table(BucketAliasSchema()),
             self.store.bucket_is_empty, allow_punycode=cfg.allow_punycode,
         )
-        self.control = ControlServer(cfg.metadata_dir, self.dispatch_admin)
-        await self.control.start()
+        self.registry = EndpointRegistry()
+        self.registry.register(ADMIN_ENDPOINT, self._handle_admin_rpc)
+        self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
+        await self.system.start()
+        if cfg.admin.api_bind_addr is not None:
+            self.admin_http = AdminApiServer(AdminServices(
+                self.dispatch_admin, self.health, self.status, self.metrics, cfg.s3_api.s3_region,
+                cfg.admin.admin_token, cfg.admin.metrics_token,
+            ))
+            host, port = split_host_port(cfg.admin.api_bind_addr)
+            await self.admin_http.start(host, port)
+            log.info("admin API listening on %s%s", cfg.admin.api_bind_addr,
+                     "" if cfg.admin.admin_token else " (no admin_token: only /health and /metrics are enabled)")
         if cfg.k2v_api is not None:
             k2v = cfg.k2v_api
             state = ApiState(
@@ -63,14 +113,24 @@ class Node:
                 tuple(k2v.cors_allowed_origins),
             )
             self.api = K2VApiServer(state)
+            self.api.observer = self._observe_k2v
             host, port = split_host_port(k2v.api_bind_addr)
             await self.api.start(host, port)
             log.info("K2V API listening on %s", k2v.api_bind_addr)
         log.info("node %s ready", self.node_id.hex())
 
+    async def _handle_admin_rpc(self, from_node: bytes, body: Any) -> Any:
+        if not isinstance(body, dict) or not isinstance(body.get("op"), str):
+            raise AdminError("malformed admin request")
+        return await self.dispatch_admin(body["op"], body.get("args") or {})
+
     async def dispatch_admin(self, op: str, args: dict[str, Any]) -> Any:
+        """Run an operator command by name (CLI over RPC, admin HTTP API)."""
         if op == "node.info":
             return self.info()
+        cluster_op = CLUSTER_OPS.get(op)
+        if cluster_op is not None:
+            return await cluster_op(self.system, args)
         return await run_op(self.helper, op, args)
 
     def info(self) -> dict[str, Any]:
@@ -79,15 +139,78 @@ class Node:
             "k2v_endpoint": None if self.api is None else f"http://{self.config.k2v_api.api_bind_addr}",
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
+            "admin_endpoint": None if self.admin_http is None else f"http://{self.config.admin.api_bind_addr}",
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
             "poll_subscriptions": self.store.subs.count(),
         }
 
+    # ---- operations surface: health, status, metrics, access log ---------------------------------
+
+    def health(self) -> HealthReport:
+        """Local checks, then the cluster's view once the cluster plane provides one."""
+        cfg = self.config
+        db_ok = self.db is not None and self.db.env is not None and self.writer is not None and self.writer.alive
+        if cfg.k2v_api is None:
+            k2v = "disabled"
+        else:
+            k2v = "ok" if self.api is not None and self.api.serving else "not serving"
+        checks = {"running": "shutting down" if self.stopping else "ok", "database": "ok" if db_ok else "closed",
+                  "k2vApi": k2v}
+        cluster = self.cluster_health() if self.cluster_health is not None else None
+        return evaluate(checks, cluster, self.node_id.hex())
+
+    async def status(self) -> dict[str, Any]:
+        cfg = self.config
+        cluster = await self.cluster_status() if self.cluster_status is not None else {}
+        return {
+            "node": self.node_id.hex(),
+            "hostname": socket.gethostname(),
+            "garagekvVersion": garagekv_version(),
+            "pythonVersion": platform.python_version(),
+            "dbEngine": "lmdb",
+            "region": cfg.s3_api.s3_region,
+            "replicationFactor": cfg.replication_factor,
+            "consistencyMode": cfg.consistency_mode,
+            "rpcAddr": cfg.rpc_public_addr or cfg.rpc_bind_addr,
+            "k2vEndpoint": None if cfg.k2v_api is None else f"http://{cfg.k2v_api.api_bind_addr}",
+            "uptimeSecs": int(time.time() - self.started_at),
+            "db": {"commits": self.writer.commits, "writes": self.writer.jobs, "mapSize": cfg.lmdb_map_size,
+                   "freeBytes": self.db.free_bytes() if self.db is not None and self.db.env is not None else None},
+            "tables": table_stats(self.db),
+            "pollSubscriptions": self.store.subs.count(),
+            "k2vRequestsInFlight": 0 if self.api is None else len(self.api.in_flight),
+            "layoutVersion": cluster.get("layoutVersion"),
+            "layout": cluster.get("layout"),
+            "nodes": cluster.get("nodes"),
+        }
+
+    def _local_snapshot(self) -> LocalSnapshot:
+        return LocalSnapshot(
+            k2v_in_flight=0 if self.api is None else len(self.api.in_flight),
+            poll_subscriptions=self.store.subs.count(),
+            db_commits=self.writer.commits,
+            db_writes=self.writer.jobs,
+            tables=table_stats(self.db),
+        )
+
+    def _observe_k2v(self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None,
+                     seconds: float) -> None:
+        self.metrics.observe_k2v(endpoint, status, error_code, seconds)
+        level = logging.WARNING if status >= 500 else logging.DEBUG
+        if access_log.isEnabledFor(level):
+            access_log.log(level, "k2v request", extra={
+                "method": request.method, "path": request.raw_path, "endpoint": endpoint, "status": status,
+                "error_code": error_code, "duration_ms": round(seconds * 1000, 3),
+            })
+
     async def stop(self) -> None:
+        self.stopping = True  # /health answers 503 from now on
         if self.api is not None:
             await self.api.stop()
-        if self.control is not None:
-            await self.control.stop()
+        if self.admin_http is not None:
+            await self.admin_http.stop()
+        if self.system is not None:
+            await self.system.stop()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         if self.db is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import pytest
 
-from tests.support import K2VHttp, NodeProcess
+from tests.support import FAST_PINGS, K2VHttp, NodeProcess
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +37,24 @@ def k2v(node, creds) -> K2VHttp:
 def pk() -> str:
     """A fresh partition key per test."""
     return f"pk-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    """``make_cluster(n, **kw)`` starts n nodes with fast pings, each bootstrapped from the first."""
+    started: list[NodeProcess] = []
+
+    def make(n: int, rf: int | None = None, extra: str = "") -> list[NodeProcess]:
+        rf = rf or min(n, 3)
+        nodes = [NodeProcess(tmp_path / f"n{len(started) + i}",
+                             extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}") for i in range(n)]
+        nodes[0].start()
+        for node in nodes[1:]:
+            node.extra_config += f'bootstrap_peers = ["{nodes[0].peer_spec}"]\n'
+            node.start()
+        started.extend(nodes)
+        return nodes
+
+    yield make
+    for node in started:
+        node.stop(signal.SIGKILL)

@@ -20,7 +20,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from garagekv.admin.local_socket import call
+from garagekv.admin.remote import admin_call
+from garagekv.util.config import load_config
 
 REGION = "garage"
 
@@ -47,6 +48,24 @@ class Response:
         return None
 
 
+def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll ``pred`` until it returns something truthy (then return it) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last_exc!r})")
+
+
+FAST_PINGS = "rpc_ping_interval_msec = 300\nrpc_ping_timeout_msec = 1000\n"
+
+
 @dataclass
 class NodeProcess:
     """One ``garagekv server`` process with its own directory and ports."""
@@ -56,7 +75,11 @@ class NodeProcess:
     rpc_port: int = field(default_factory=free_port)
     extra_config: str = ""
     k2v_extra: str = ""
+    rpc_secret: str = "ab" * 32
     proc: subprocess.Popen | None = None
+    admin_port: int | None = None  # set to serve the admin API (e.g. free_port())
+    admin_token: str | None = None
+    metrics_token: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -71,15 +94,42 @@ class NodeProcess:
         self.config_path.write_text(
             f"""metadata_dir = "meta"
 rpc_bind_addr = "127.0.0.1:{self.rpc_port}"
-rpc_secret = "{'ab' * 32}"
+rpc_secret = "{self.rpc_secret}"
 {self.extra_config}
 [s3_api]
 s3_region = "{REGION}"
 [k2v_api]
 api_bind_addr = "127.0.0.1:{self.k2v_port}"
 {self.k2v_extra}
-"""
+{self._admin_section()}"""
         )
+
+    def _admin_section(self) -> str:
+        if self.admin_port is None:
+            return ""
+        lines = ["[admin]", f'api_bind_addr = "127.0.0.1:{self.admin_port}"']
+        if self.admin_token is not None:
+            lines.append(f'admin_token = "{self.admin_token}"')
+        if self.metrics_token is not None:
+            lines.append(f'metrics_token = "{self.metrics_token}"')
+        return "\n".join(lines) + "\n"
+
+    def admin_http(self, method: str, path: str, query: str = "", body: Any = None, token: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+        """A request to this node's admin API; ``token`` defaults to ``admin_token`` ("" sends none)."""
+        assert self.admin_port is not None, "this node has no admin API"
+        token = self.admin_token if token is None else token
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=30)
+        try:
+            conn.request(method, path + (f"?{query}" if query else ""), body=data, headers=hdrs)
+            r = conn.getresponse()
+            return Response(r.status, dict(r.getheaders()), r.read())
+        finally:
+            conn.close()
 
     def start(self, timeout: float = 20.0) -> None:
         self.write_config()
@@ -102,7 +152,8 @@ api_bind_addr = "127.0.0.1:{self.k2v_port}"
         raise RuntimeError("node did not become ready")
 
     def admin(self, op: str, args: dict | None = None) -> Any:
-        return asyncio.run(call(self.metadata_dir, op, args, timeout=5.0))
+        """Run an operator command on this node over the cluster RPC, as the CLI does."""
+        return asyncio.run(admin_call(load_config(self.config_path), op, args, timeout=10.0))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc is None:
@@ -115,6 +166,22 @@ api_bind_addr = "127.0.0.1:{self.k2v_port}"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    @property
+    def node_id(self) -> str:
+        return (self.metadata_dir / "node_key.pub").read_bytes().hex()
+
+    @property
+    def peer_spec(self) -> str:
+        return f"{self.node_id}@127.0.0.1:{self.rpc_port}"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``garagekv -c <this node's config> ARGS``."""
+        r = subprocess.run([sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), *args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
 
     @property
     def endpoint(self) -> str:

@@ -64,7 +64,8 @@ class RequestContext:
     async def json_body(self) -> Any:
         raw = await self.body()
         try:
-            return json.loads(raw)
+            # UTF-8 only (json.loads would guess UTF-16/32), and no NaN/Infinity: not JSON.
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"Invalid JSON: {e}")
 
@@ -74,6 +75,10 @@ class RequestContext:
                 f"{field_name} is {len(value.encode())} bytes of UTF-8, over the limit of "
                 f"{self.state.limits.max_key_bytes}"
             )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -112,7 +112,9 @@ def parse_endpoint(method: str, raw_path: str, raw_query: str) -> Endpoint:
         ep.timeout = _uint("timeout", fields["timeout"])
     if "reverse" in fields:
         if fields["reverse"] not in ("true", "false"):
-            raise BadRequest(f"Failed to parse query parameter 'reverse': expected true or false, got '{fields['reverse']}'")
+            raise BadRequest(
+                f"Failed to parse query parameter 'reverse': expected true or false, got '{fields['reverse']}'"
+            )
         ep.reverse = fields["reverse"] == "true"
 
     ep.name = _route(method, pk is not None, kw, ep)

@@ -6,13 +6,18 @@ bodies) itself in plain text; K2V clients expect the JSON error body for every e
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from garagekv.api.errors import error_body
 from garagekv.util.errors import BadRequest, GarageKVError, InternalError
+
+# The request line as aiohttp's parsers quote it in their error messages.
+_REQUEST_LINE = re.compile(r"(\S+) (/[^\s?']*)(?:\?\S*)? HTTP/")
 
 
 class _JsonErrorRequestHandler(RequestHandler):
@@ -33,6 +38,13 @@ class _JsonErrorRequestHandler(RequestHandler):
             path = request.path
         except Exception:  # noqa: BLE001 - an unparsable request has no usable path
             path = "/"
+        line = _REQUEST_LINE.search(str(exc)) if exc is not None else None
+        if line is not None:
+            path = line.group(2)
+            if isinstance(exc, BadHttpMethod):
+                # Methods the HTTP parser refuses (lowercase, unknown tokens) get the same answer
+                # as the methods it accepts but K2V does not know.
+                err = BadRequest(f"Unknown method: {line.group(1)}")
         resp = web.Response(status=status, body=error_body(err, self.region, path),
                             headers={"Content-Type": "application/json"})
         resp.force_close()

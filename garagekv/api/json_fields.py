@@ -30,20 +30,30 @@ def expect_object(v: Any, what: str) -> dict:
     return v
 
 
+def _unicode(name: str, v: str) -> str:
+    # JSON escapes can spell lone surrogates ("\ud800"), which are not Unicode scalar values and
+    # have no UTF-8 form: refuse them here, as serde_json does, rather than fail later on encode.
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"field `{name}` is not a valid Unicode string (lone surrogate)")
+    return v
+
+
 def req_str(obj: dict, name: str) -> str:
     if name not in obj or obj[name] is None:
         raise _bad(f"missing field `{name}`")
     v = obj[name]
     if not isinstance(v, str):
         raise _bad(f"field `{name}` must be a string")
-    return v
+    return _unicode(name, v)
 
 
 def opt_str(obj: dict, name: str) -> str | None:
     v = obj.get(name)
     if v is not None and not isinstance(v, str):
         raise _bad(f"field `{name}` must be a string or null")
-    return v
+    return None if v is None else _unicode(name, v)
 
 
 def opt_uint(obj: dict, name: str) -> int | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -19,6 +21,7 @@ from garagekv.api.http_server import JsonErrorServer
 from garagekv.api.router import HANDLERS
 from garagekv.api.sigv4 import Headers, parse_request
 from garagekv.util.errors import AccessDenied, GarageKVError
+from garagekv.util.log import bind_request_id
 from garagekv.util.sigv4 import SigningKeyCache
 
 log = logging.getLogger(__name__)
@@ -34,22 +37,38 @@ class K2VApiServer:
         self._http: JsonErrorServer | None = None
         # request task -> endpoint name (None until routed), so shutdown can cut polls at once
         self.in_flight: dict[asyncio.Task, str | None] = {}
+        # called once per answered request with (request, endpoint name or None, status,
+        # error code or None, seconds): the node's metrics and access log
+        self.observer: Callable[[web.BaseRequest, str | None, int, str | None, float], None] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         task = asyncio.current_task()
         self.in_flight[task] = None
+        started = time.monotonic()
+        # each request runs in its own task, so the id stays in this request's context
+        request_id, _ = bind_request_id(request.headers.get("X-Request-Id"))
+        error_code = None
         try:
             resp = await self._handle(request, task)
         except GarageKVError as e:
+            error_code = e.code
             resp = error_response(e, self.state.region, path)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - becomes a 500 with a JSON body
+            error_code = "InternalError"
             resp = error_response(e, self.state.region, path)
         finally:
-            self.in_flight.pop(task, None)
+            endpoint = self.in_flight.pop(task, None)
         cors.add_cors_headers(self.state.cors_allowed_origins, request, resp)
+        resp.headers["X-Request-Id"] = request_id
+        if self.observer is not None:
+            self.observer(request, endpoint, resp.status, error_code, time.monotonic() - started)
         return resp
 
     async def _handle(self, request: web.BaseRequest, task: asyncio.Task) -> web.StreamResponse:
@@ -73,7 +92,9 @@ class K2VApiServer:
         return await HANDLERS[ep.name](ctx)
 
     async def start(self, host: str, port: int) -> None:
+        # Bodies are taken as sent (no Content-Encoding decoding): the signature covers those bytes.
         self._http = JsonErrorServer(self.handle, region=self.state.region, handler_cancellation=True,
+                                     auto_decompress=False,
                                      access_log=None)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._http, host, port, reuse_address=True, backlog=1024)

@@ -1,8 +1,9 @@
-"""``garagekv dev``: a ready-to-use local node with a key and a bucket, for trying things out.
+"""``garagekv dev``: a ready-to-use local cluster with a key and a bucket, for trying things out.
 
 Everything lives under one directory (default ``./.garagekv-dev``) and persists across runs:
-node configs, data, and the credentials created on the first run. The nodes are ordinary
-``garagekv server`` processes, each with a config file usable with ``-c``.
+node configs, data, secrets and the credentials created on the first run. The nodes are ordinary
+``garagekv server`` processes, each with a config file usable with ``-c``; they are connected,
+given one zone each and a layout is applied, then the JSON line is printed.
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from garagekv.admin.local_socket import call
-from garagekv.util.errors import GarageKVError
+from garagekv.admin.remote import admin_call
+from garagekv.util.config import Config, load_config
+from garagekv.util.errors import ConfigError, GarageKVError
 
 DEFAULT_DIR = ".garagekv-dev"
 DEFAULT_PORT = 3904
+DEFAULT_NODES = 1
 REGION = "garage"
 BUCKET = "dev-bucket"
 READY_TIMEOUT = 30.0
+NODE_CAPACITY = "1G"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dev", help="run a local development node with a key and a bucket")
+    p = sub.add_parser("dev", help="run a local development cluster with a key and a bucket")
     p.add_argument("--dir", default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="K2V port of the first node")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="K2V port of the first node (others +10 each)")
+    p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help=f"number of nodes (default {DEFAULT_NODES})")
     p.add_argument("--json", action="store_true", help="print only the JSON line once ready")
 
 
@@ -42,15 +48,30 @@ def node_ports(base: int, index: int) -> dict[str, int]:
     return {"k2v": base + off, "rpc": base - 3 + off, "admin": base - 1 + off}
 
 
-def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str) -> Path:
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _read_or_create(path: Path, make: Any) -> str:
+    if not path.exists():
+        _write_private(path, make())
+    return path.read_text().strip()
+
+
+def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf: int) -> Path:
+    """The admin token is read from ``admin_token`` in the state directory (the parent of ``node_dir``)."""
     node_dir.mkdir(parents=True, exist_ok=True)
     path = node_dir / "garagekv.toml"
-    text = f"""# Written by `garagekv dev`; an ordinary config file, usable with `garagekv -c {path.name}`.
+    _write_private(path, f"""# Written by `garagekv dev`; an ordinary config file (`garagekv -c {path.name} ...`).
 metadata_dir = "meta"
-replication_factor = 1
+replication_factor = {rf}
 rpc_bind_addr = "127.0.0.1:{ports['rpc']}"
 rpc_public_addr = "127.0.0.1:{ports['rpc']}"
 rpc_secret = "{rpc_secret}"
+rpc_ping_interval_msec = 2000
+rpc_ping_timeout_msec = 2000
 metadata_fsync = true
 
 [s3_api]
@@ -61,24 +82,61 @@ api_bind_addr = "127.0.0.1:{ports['k2v']}"
 
 [admin]
 api_bind_addr = "127.0.0.1:{ports['admin']}"
-"""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+admin_token_file = "../admin_token"
+""")
     return path
 
 
-async def _wait_ready(proc: subprocess.Popen, metadata_dir: Path, log_path: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"node exited with code {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
-        try:
-            return await call(metadata_dir, "node.info", timeout=2.0)
-        except GarageKVError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node not ready after {READY_TIMEOUT:.0f}s; see {log_path}")
-            await asyncio.sleep(0.1)
+@dataclass
+class DevNode:
+    index: int
+    dir: Path
+    ports: dict[str, int]
+    config_path: Path
+    proc: subprocess.Popen | None = None
+    config: Config | None = None
+    node_id: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    def start(self) -> None:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, lives as long as it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), "server"],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log_file.close()
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        if self.config is None:
+            self.config = load_config(self.config_path)
+        return await admin_call(self.config, op, args, timeout=timeout)
+
+    async def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.index} exited with code {self.proc.returncode}; "
+                                   f"see {self.log_path}:\n{_tail(self.log_path)}")
+            try:
+                self.node_id = (await self.call("node.info", timeout=2.0))["id"]
+                return
+            except (GarageKVError, ConfigError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {self.index} not ready after {READY_TIMEOUT:.0f}s; see {self.log_path}")
+                await asyncio.sleep(0.1)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.node_id,
+            "k2v_endpoint": f"http://127.0.0.1:{self.ports['k2v']}",
+            "rpc_addr": f"127.0.0.1:{self.ports['rpc']}",
+            "admin_endpoint": f"http://127.0.0.1:{self.ports['admin']}",
+            "config": str(self.config_path),
+            "pid": self.proc.pid,
+        }
 
 
 def _tail(path: Path, n: int = 20) -> str:
@@ -88,105 +146,143 @@ def _tail(path: Path, n: int = 20) -> str:
         return ""
 
 
-async def _ensure_credentials(state_dir: Path, metadata_dir: Path) -> dict[str, str]:
-    """Reuse the key and bucket of earlier runs; create them if this node lacks them."""
+async def _form_cluster(nodes: list[DevNode]) -> None:
+    """Connect every node to the first, give each a role in its own zone, apply, wait for all."""
+    first = nodes[0]
+    for n in nodes[1:]:
+        await first.call("node.connect", {"peer": f"{n.node_id}@{n.info()['rpc_addr']}"})
+    status = await first.call("cluster.status")
+    roles = {x["id"]: x["role"] for x in status["nodes"]}
+    missing = [n for n in nodes if roles.get(n.node_id) is None]
+    if missing:
+        for n in missing:
+            await first.call("layout.assign", {"nodes": [n.node_id], "zone": f"dc{n.index + 1}",
+                                               "capacity": NODE_CAPACITY})
+        await first.call("layout.apply", {"version": status["layout_version"] + 1})
+    target = (await first.call("cluster.status"))["layout_version"]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        versions = [(await n.call("cluster.status"))["layout_version"] for n in nodes]
+        if all(v == target for v in versions):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"layout did not converge (versions {versions}, expected {target})")
+        await asyncio.sleep(0.2)
+
+
+async def _ensure_credentials(state_dir: Path, node: DevNode) -> dict[str, str]:
+    """Reuse the key and bucket of earlier runs; create them if the cluster lacks them."""
     cred_path = state_dir / "credentials.json"
     creds = None
     if cred_path.exists():
         creds = json.loads(cred_path.read_text())
         try:
-            await call(metadata_dir, "key.info", {"pattern": creds["access_key_id"]})
+            await node.call("key.info", {"pattern": creds["access_key_id"]})
         except GarageKVError:
             creds = None
     if creds is None:
-        key = await call(metadata_dir, "key.create", {"name": "dev"})
+        key = await node.call("key.create", {"name": "dev"})
         creds = {"access_key_id": key["accessKeyId"], "secret_access_key": key["secretAccessKey"]}
-        fd = os.open(cred_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(creds, f)
+        _write_private(cred_path, json.dumps(creds))
     try:
-        await call(metadata_dir, "bucket.info", {"name": BUCKET})
+        await node.call("bucket.info", {"name": BUCKET})
     except GarageKVError:
-        await call(metadata_dir, "bucket.create", {"name": BUCKET})
-    await call(metadata_dir, "bucket.permissions", {"bucket": BUCKET, "key": creds["access_key_id"],
-                                                    "allow": True, "read": True, "write": True, "owner": True})
+        await node.call("bucket.create", {"name": BUCKET})
+    await node.call("bucket.permissions", {"bucket": BUCKET, "key": creds["access_key_id"],
+                                           "allow": True, "read": True, "write": True, "owner": True})
     return creds
+
+
+async def _prepare(state_dir: Path, nodes: list[DevNode]) -> dict[str, str]:
+    for n in nodes:
+        await n.wait_ready()
+    await _form_cluster(nodes)
+    return await _ensure_credentials(state_dir, nodes[0])
 
 
 EXAMPLE = """\
 # Try it (Python, signed with botocore):
 #   python - <<'PY'
-#   import urllib.request, botocore.auth, botocore.awsrequest, botocore.credentials
+#   import hashlib, urllib.request, botocore.auth, botocore.awsrequest, botocore.credentials
 #   req = botocore.awsrequest.AWSRequest("PUT", "{endpoint}/{bucket}/mypk?sort_key=hello", data=b"world")
+#   req.headers["x-amz-content-sha256"] = hashlib.sha256(b"world").hexdigest()
 #   botocore.auth.SigV4Auth(botocore.credentials.Credentials("{ak}", "{sk}"), "k2v", "{region}").add_auth(req)
 #   p = req.prepare(); r = urllib.request.Request(p.url, data=p.body, headers=dict(p.headers), method=p.method)
 #   print(urllib.request.urlopen(r).status)  # 204
 #   PY
+# Admin API: curl -H "Authorization: Bearer $(cat {admin_token_path})" {admin_endpoint}/v1/status
 """
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nodes < 1:
+        print("Error: --nodes must be at least 1", file=sys.stderr)
+        return 1
     state_dir = Path(args.dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    secret_path = state_dir / "rpc_secret"
-    if not secret_path.exists():
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    rpc_secret = secret_path.read_text().strip()
+    rpc_secret = _read_or_create(state_dir / "rpc_secret", lambda: secrets.token_hex(32))
+    admin_token = _read_or_create(state_dir / "admin_token", lambda: secrets.token_urlsafe(32))
+    rf = min(3, args.nodes)
+    nodes = []
+    for i in range(args.nodes):
+        ports = node_ports(args.port, i)
+        node_dir = state_dir / f"node{i}"
+        nodes.append(DevNode(i, node_dir, ports, write_node_config(node_dir, ports, rpc_secret, rf)))
 
-    ports = node_ports(args.port, 0)
-    node_dir = state_dir / "node0"
-    config_path = write_node_config(node_dir, ports, rpc_secret)
-    log_path = node_dir / "node.log"
-    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, lives as long as it
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "garagekv.cli.main", "-c", str(config_path), "server"],
-        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
     stopping = False
 
     def stop(*_: Any) -> None:
         nonlocal stopping
         stopping = True
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for n in nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    for n in nodes:
+        n.start()
     try:
-        info = asyncio.run(_wait_ready(proc, node_dir / "meta", log_path))
-        creds = asyncio.run(_ensure_credentials(state_dir, node_dir / "meta"))
-    except (RuntimeError, GarageKVError) as e:
+        creds = asyncio.run(_prepare(state_dir, nodes))
+    except (RuntimeError, GarageKVError, ConfigError) as e:
         stop()
-        proc.wait(timeout=30)
+        for n in nodes:
+            n.proc.wait(timeout=30)
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    endpoint = f"http://127.0.0.1:{ports['k2v']}"
+
+    first = nodes[0].info()
     line = {
-        "k2v_endpoint": endpoint,
+        "k2v_endpoint": first["k2v_endpoint"],
         "region": REGION,
         "access_key_id": creds["access_key_id"],
         "secret_access_key": creds["secret_access_key"],
         "bucket": BUCKET,
-        "nodes": [{
-            "id": info["id"],
-            "k2v_endpoint": endpoint,
-            "rpc_addr": f"127.0.0.1:{ports['rpc']}",
-            "admin_endpoint": None,
-            "config": str(config_path),
-            "pid": proc.pid,
-        }],
+        "admin_endpoint": first["admin_endpoint"],
+        "admin_token": admin_token,
+        "nodes": [n.info() for n in nodes],
     }
     print(json.dumps(line), flush=True)
     if not args.json:
-        print(EXAMPLE.format(endpoint=endpoint, bucket=BUCKET, ak=creds["access_key_id"],
-                             sk=creds["secret_access_key"], region=REGION), file=sys.stderr)
-        print(f"Serving; logs in {log_path}. Press Ctrl-C to stop.", file=sys.stderr, flush=True)
-    while proc.poll() is None:
-        try:
-            proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            continue
-    code = proc.returncode
-    return 0 if stopping and code == 0 else (code or 0)
+        print(EXAMPLE.format(endpoint=first["k2v_endpoint"], bucket=BUCKET, ak=creds["access_key_id"],
+                             sk=creds["secret_access_key"], region=REGION, admin_endpoint=first["admin_endpoint"],
+                             admin_token_path=state_dir / "admin_token"), file=sys.stderr)
+        print(f"Serving {len(nodes)} node(s); logs in {state_dir}/node*/node.log. Press Ctrl-C to stop.",
+              file=sys.stderr, flush=True)
+    return _supervise(nodes, lambda: stopping)
+
+
+def _supervise(nodes: list[DevNode], stopping: Any) -> int:
+    """Wait until every node has exited; report a node that dies on its own and keep the others."""
+    reported: set[int] = set()
+    while any(n.proc.poll() is None for n in nodes):
+        for n in nodes:
+            code = n.proc.poll()
+            if code is not None and not stopping() and n.index not in reported:
+                reported.add(n.index)
+                print(f"node {n.index} exited with code {code}; the others keep running. Restart it with:\n"
+                      f"  garagekv -c {n.config_path} server", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    if stopping():
+        return 0 if all(n.proc.returncode == 0 for n in nodes) else 1
+    return 1

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
-from garagekv.cli import dev, meta
+from garagekv.cli import cluster, dev, k2v, meta
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
+from garagekv.util.log import setup_logging as log_setup
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="garagekv", description="A distributed K2V store (Garage's K2V API).")
     p.add_argument("-c", "--config", help=f"config file (default: $GARAGEKV_CONFIG or {default_config_path()})")
+    p.add_argument("--rpc-host", metavar="ID@HOST:PORT", help="talk to this node instead of the config's own")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("server", help="run a node")
     dev.add_parser(sub)
+    k2v.add_parser(sub)
     meta.add_parsers(sub)
+    cluster.add_parsers(sub)
     _accept_config_anywhere(sub)
     return p
 
@@ -28,21 +31,20 @@ def _accept_config_anywhere(sub: argparse._SubParsersAction) -> None:
     stack = list(sub.choices.values())
     while stack:
         parser = stack.pop()
-        if parser.prog.endswith(" dev"):
+        if parser.prog.endswith((" dev", " k2v")):
             continue
         children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if children:
             stack.extend(children[0].choices.values())
         else:
-            parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            flags = ["--config"] if "-c" in parser._option_string_actions else ["-c", "--config"]
+            parser.add_argument(*flags, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            parser.add_argument("--rpc-host", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    if fmt == "json":
-        log_format = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
-    else:
-        log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=log_format, stream=sys.stderr)
+def setup_logging(level: str, fmt: str = "text", secrets: tuple[str | None, ...] = ()) -> None:
+    """One line per event on stderr, JSON or text, with ``secrets`` (and any secret) redacted."""
+    log_setup(level, fmt, secrets_=secrets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "dev":
             return dev.run(args)
+        if args.command == "k2v":
+            return k2v.run(args)
         config = load_config(args.config)
         if args.command == "server":
             from garagekv.server import run_node
 
-            setup_logging(config.log_level, config.log_format)
+            setup_logging(config.log_level, config.log_format, secrets=(
+                config.rpc_secret, config.admin.admin_token, config.admin.metrics_token))
             try:
                 import uvloop  # type: ignore[import-not-found]
 
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             asyncio.run(run_node(config))
             return 0
+        if args.command in ("status", "node", "layout"):
+            return asyncio.run(cluster.run(args, config))
         return asyncio.run(meta.run(args, config))
     except (ConfigError, GarageKVError) as e:
         msg = e.full_message if isinstance(e, GarageKVError) else str(e)

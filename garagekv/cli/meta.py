@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from garagekv.admin.local_socket import call
+from garagekv.admin.remote import admin_call
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
@@ -92,49 +92,51 @@ def _print_bucket(info: dict[str, Any]) -> None:
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
-    md = config.metadata_dir
+    async def call(op: str, op_args: dict[str, Any] | None = None) -> Any:
+        return await admin_call(config, op, op_args, rpc_host=args.rpc_host)
+
     a = args.action
     result: Any
     if args.command == "key":
         if a == "create":
-            result = await call(md, "key.create", {"name": args.name})
+            result = await call("key.create", {"name": args.name})
         elif a == "list":
-            result = await call(md, "key.list")
+            result = await call("key.list")
         elif a == "info":
-            result = await call(md, "key.info", {"pattern": args.pattern, "show_secret": args.show_secret})
+            result = await call("key.info", {"pattern": args.pattern, "show_secret": args.show_secret})
         elif a == "delete":
             if not args.yes:
                 raise AdminError("Add --yes flag to really perform this operation")
-            result = await call(md, "key.delete", {"pattern": args.pattern})
+            result = await call("key.delete", {"pattern": args.pattern})
         elif a == "import":
-            result = await call(md, "key.import", {"key_id": args.key_id, "secret": args.secret, "name": args.name})
+            result = await call("key.import", {"key_id": args.key_id, "secret": args.secret, "name": args.name})
         elif a == "rename":
-            result = await call(md, "key.rename", {"pattern": args.pattern, "name": args.name})
+            result = await call("key.rename", {"pattern": args.pattern, "name": args.name})
         else:
             if not args.create_bucket:
                 raise AdminError("Nothing to do: add --create-bucket")
-            result = await call(md, "key.set_create_bucket", {"pattern": args.pattern, "allow": a == "allow"})
+            result = await call("key.set_create_bucket", {"pattern": args.pattern, "allow": a == "allow"})
     else:
         if a == "create":
-            result = await call(md, "bucket.create", {"name": args.name})
+            result = await call("bucket.create", {"name": args.name})
         elif a == "list":
-            result = await call(md, "bucket.list")
+            result = await call("bucket.list")
         elif a == "info":
-            result = await call(md, "bucket.info", {"name": args.name})
+            result = await call("bucket.info", {"name": args.name})
         elif a == "delete":
             if not args.yes:
                 raise AdminError("Add --yes flag to really perform this operation")
-            result = await call(md, "bucket.delete", {"name": args.name})
+            result = await call("bucket.delete", {"name": args.name})
         elif a in ("allow", "deny"):
-            result = await call(md, "bucket.permissions", {
+            result = await call("bucket.permissions", {
                 "bucket": args.bucket, "key": args.key, "allow": a == "allow",
                 "read": args.read, "write": args.write, "owner": args.owner,
             })
         elif a == "alias":
-            result = await call(md, "bucket.alias", {"bucket": args.bucket, "alias": args.alias,
+            result = await call("bucket.alias", {"bucket": args.bucket, "alias": args.alias,
                                                      "local_key": args.local})
         else:
-            result = await call(md, "bucket.unalias", {"alias": args.alias, "local_key": args.local})
+            result = await call("bucket.unalias", {"alias": args.alias, "local_key": args.local})
 
     if args.json:
         print(json.dumps(result, indent=2))

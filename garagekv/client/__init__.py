@@ -1,0 +1,64 @@
+"""A typed Python client for the K2V HTTP API (Garage's, as served by garagekv).
+
+>>> from garagekv.client import K2VClientSync
+>>> k2v = K2VClientSync.from_env()        # or K2VClientSync(endpoint=..., region=..., bucket=..., ...)
+>>> k2v.insert_item("inbox", "msg-1", b"hello")
+>>> item = k2v.read_item("inbox", "msg-1")
+>>> item.values, item.token               # ([b'hello'], CausalityToken('...'))
+
+:class:`K2VClient` is the asyncio client; :class:`K2VClientSync` runs it on a private loop thread.
+See ``docs/client.md``.
+"""
+
+from garagekv.client.client import K2VClient, RawResponse
+from garagekv.client.config import ConnectionSettings
+from garagekv.client.errors import (
+    AccessDenied,
+    AuthorizationHeaderMalformed,
+    BadRequest,
+    Conflict,
+    EntityTooLarge,
+    Forbidden,
+    InternalError,
+    InvalidCausalityToken,
+    InvalidDigest,
+    InvalidHeaderValue,
+    InvalidRequest,
+    InvalidUtf8String,
+    K2VConnectionError,
+    K2VError,
+    K2VTimeoutError,
+    NoSuchBucket,
+    NoSuchKey,
+    NotAcceptable,
+    NotFound,
+    ProtocolError,
+    RequestTimeTooSkewed,
+    ServerError,
+    ServiceUnavailable,
+)
+from garagekv.client.request import PreparedRequest
+from garagekv.client.sync import K2VClientSync
+from garagekv.client.types import (
+    CausalityToken,
+    DeleteQuery,
+    DeleteResult,
+    IndexEntry,
+    IndexPage,
+    InsertOp,
+    Item,
+    ItemPage,
+    PollRangeResult,
+    ReadQuery,
+    Value,
+)
+
+__all__ = [
+    "AccessDenied", "AuthorizationHeaderMalformed", "BadRequest", "CausalityToken", "Conflict",
+    "ConnectionSettings", "DeleteQuery", "DeleteResult", "EntityTooLarge", "Forbidden", "IndexEntry",
+    "IndexPage", "InsertOp", "InternalError", "InvalidCausalityToken", "InvalidDigest", "InvalidHeaderValue",
+    "InvalidRequest", "InvalidUtf8String", "Item", "ItemPage", "K2VClient", "K2VClientSync",
+    "K2VConnectionError", "K2VError", "K2VTimeoutError", "NoSuchBucket", "NoSuchKey", "NotAcceptable",
+    "NotFound", "PollRangeResult", "PreparedRequest", "ProtocolError", "RawResponse", "ReadQuery",
+    "RequestTimeTooSkewed", "ServerError", "ServiceUnavailable", "Value",
+]

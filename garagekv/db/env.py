@@ -74,6 +74,22 @@ class Database:
             self._trees[name] = t
         return t
 
+    def tree_names(self) -> list[str]:
+        """The trees this process has opened (for statistics)."""
+        return sorted(self._trees)
+
+    def entries(self, names: list[str]) -> dict[str, int]:
+        """Number of entries in each named, already opened tree; O(1) per tree."""
+        out: dict[str, int] = {}
+        if self.env is None:
+            return out
+        with self.env.begin(write=False) as txn:
+            for name in names:
+                t = self._trees.get(name)
+                if t is not None:
+                    out[name] = txn.stat(t)["entries"]
+        return out
+
     def read(self) -> lmdb.Transaction:
         """A read-only transaction; use as a context manager."""
         return self.env.begin(write=False, buffers=False)

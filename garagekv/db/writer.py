@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -72,6 +73,8 @@ class GroupCommitWriter:
         self._closed = False
         self.commits = 0
         self.jobs = 0
+        # (batch size, seconds) after each commit, called on the writer thread (metrics)
+        self.on_commit: Callable[[int, float], None] | None = None
         self._thread.start()
 
     async def submit(self, fn: Callable[[WriteTxn], R]) -> R:
@@ -109,8 +112,14 @@ class GroupCommitWriter:
                 batch.append(nxt)
             self._commit_batch(batch)
 
+    @property
+    def alive(self) -> bool:
+        """Accepting and committing writes."""
+        return not self._closed and self._thread.is_alive()
+
     def _commit_batch(self, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, bool, Any, list]] = []
+        started = time.monotonic()
         try:
             with self.db.env.begin(write=True) as parent:
                 for job in batch:
@@ -132,6 +141,11 @@ class GroupCommitWriter:
             return
         self.commits += 1
         self.jobs += len(batch)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(len(batch), time.monotonic() - started)
+            except Exception:  # noqa: BLE001 - statistics must never fail a write
+                log.exception("commit observer failed")
         for job, ok, value, callbacks in outcomes:
             if not ok and not isinstance(value, GarageKVError):
                 log.exception("write transaction failed", exc_info=value)

@@ -16,7 +16,15 @@ from garagekv.model.key_table import KEY_ID_RE, SECRET_RE, Key
 from garagekv.model.permission import BucketKeyPerm
 from garagekv.table.table import EMPTY_PARTITION, Table
 from garagekv.util.crdt import Lww
-from garagekv.util.errors import AdminError, NoSuchBucket, NotFound
+from garagekv.util.errors import (
+    AdminError,
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    InvalidBucketName,
+    KeyAlreadyExists,
+    NoSuchAccessKey,
+    NoSuchBucket,
+)
 from garagekv.util.time import increment_logical_clock
 
 _LAST_ALIAS = "Bucket {} doesn't have other aliases, please delete it instead of just unaliasing."
@@ -88,7 +96,7 @@ class MetaHelper:
         ]
         if len(matches) != 1:
             if not matches:
-                raise NotFound(f"No key matching '{pattern}'")
+                raise NoSuchAccessKey(f"No key matching '{pattern}'")
             raise AdminError(f"{len(matches)} matching keys for '{pattern}'")
         return matches[0]
 
@@ -110,8 +118,8 @@ class MetaHelper:
             )
         async with self._lock:
             if await self.keys.get(EMPTY_PARTITION + key_id.encode()) is not None:
-                raise AdminError(f"Key {key_id} already exists in data store. Even if it is deleted, "
-                                 "we can't let you create a new key with the same ID.")
+                raise KeyAlreadyExists(f"Key {key_id} already exists in data store. Even if it is deleted, "
+                                       "we can't let you create a new key with the same ID.")
             key = Key.imported(key_id, secret, name)
             await self.keys.insert(key)
             return key
@@ -161,11 +169,11 @@ class MetaHelper:
                 return matches[0]
             if len(matches) > 1:
                 raise AdminError(f"{len(matches)} buckets match '{name}'")
-        raise NotFound(f"Bucket not found: {name}")
+        raise NoSuchBucket(name)
 
     def _check_name(self, name: str) -> None:
         if not is_valid_bucket_name(name, self._allow_punycode):
-            raise AdminError(
+            raise InvalidBucketName(
                 f"{name}: Invalid bucket name. See AWS documentation for constraints on S3 bucket names:\n"
                 "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html"
             )
@@ -176,11 +184,11 @@ class MetaHelper:
             if local_key is not None:
                 key = await self.find_key(local_key)
                 if key.params.local_aliases.get(name) is not None:
-                    raise AdminError(f"Key-local alias {name} already exists")
+                    raise BucketAlreadyExists(f"Key-local alias {name} already exists")
             else:
                 key = None
                 if await self.resolve_global_alias(name) is not None:
-                    raise AdminError(f"Bucket {name} already exists")
+                    raise BucketAlreadyExists(f"Bucket {name} already exists")
             bucket = Bucket.new()
             await self.buckets.insert(bucket)
             if key is None:
@@ -197,7 +205,7 @@ class MetaHelper:
             if n_aliases > 1:
                 raise AdminError(f"Bucket {name} still has other aliases; use `bucket unalias` to remove them first.")
             if not await self._bucket_is_empty(bucket.id):
-                raise AdminError(f"Bucket {name} is not empty")
+                raise BucketNotEmpty(f"Bucket {name} is not empty")
             for alias in bucket.global_aliases():
                 await self._unset_global_alias(bucket, alias)
             for key_id, alias in bucket.local_aliases():
@@ -254,7 +262,7 @@ class MetaHelper:
                 bid = await self.resolve_global_alias(alias)
                 bucket = None if bid is None else await self.get_bucket(bid)
                 if bucket is None:
-                    raise NotFound(f"Bucket not found: {alias}")
+                    raise NoSuchBucket(alias)
                 if len(bucket.global_aliases()) + len(bucket.local_aliases()) <= 1:
                     raise AdminError(_LAST_ALIAS.format(alias))
                 await self._unset_global_alias(bucket, alias)
@@ -263,7 +271,7 @@ class MetaHelper:
                 bid = key.params.local_aliases.get(alias)
                 bucket = None if bid is None else await self.get_bucket(bid)
                 if bucket is None:
-                    raise NotFound(f"Bucket not found: {alias}")
+                    raise NoSuchBucket(alias)
                 if len(bucket.global_aliases()) + len(bucket.local_aliases()) <= 1:
                     raise AdminError(_LAST_ALIAS.format(alias))
                 await self._unset_local_alias(key, alias, bid)

@@ -23,7 +23,7 @@ SECRET_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass
 class KeyParams:
-    secret_key: str
+    secret_key: str = field(repr=False)  # never in a repr, so never in a log line
     name: Lww[str]
     allow_create_bucket: Lww[bool]
     authorized_buckets: dict[bytes, BucketKeyPerm] = field(default_factory=dict)

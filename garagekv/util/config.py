@@ -80,6 +80,7 @@ class Config:
     rpc_public_addr: str | None = None
     rpc_secret: str | None = field(default=None, repr=False)
     rpc_ping_timeout_msec: int = 10_000
+    rpc_ping_interval_msec: int = 15_000
     rpc_timeout_msec: int = 300_000
     bootstrap_peers: tuple[str, ...] = ()
     allow_world_readable_secrets: bool = False
@@ -110,6 +111,7 @@ _EXAMPLES: dict[str, str] = {
     "rpc_secret": '"<64 hex characters from `openssl rand -hex 32`>"',
     "rpc_secret_file": '"/etc/garagekv/rpc_secret"',
     "rpc_ping_timeout_msec": "10000",
+    "rpc_ping_interval_msec": "15000",
     "rpc_timeout_msec": "300000",
     "bootstrap_peers": '["<node id: 64 hex>@10.0.0.2:3901"]',
     "allow_world_readable_secrets": "false",
@@ -141,7 +143,8 @@ _SECTION_EXAMPLES = {
 _TOP_KEYS = (
     "metadata_dir", "data_dir", "db_engine", "lmdb_map_size", "metadata_fsync", "replication_factor",
     "consistency_mode", "rpc_bind_addr", "rpc_public_addr", "rpc_secret", "rpc_secret_file",
-    "rpc_ping_timeout_msec", "rpc_timeout_msec", "bootstrap_peers", "allow_world_readable_secrets",
+    "rpc_ping_timeout_msec", "rpc_ping_interval_msec", "rpc_timeout_msec", "bootstrap_peers",
+    "allow_world_readable_secrets",
     "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "s3_api", "k2v_api", "admin",
 )  # fmt: skip
 # Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
@@ -216,6 +219,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         rpc_public_addr=top.address("rpc_public_addr", None),
         rpc_secret=rpc_secret,
         rpc_ping_timeout_msec=top.integer("rpc_ping_timeout_msec", 10_000, lo=1),
+        rpc_ping_interval_msec=top.integer("rpc_ping_interval_msec", 15_000, lo=10),
         rpc_timeout_msec=top.integer("rpc_timeout_msec", 300_000, lo=1),
         bootstrap_peers=_bootstrap_peers(top),
         allow_world_readable_secrets=allow_wr,

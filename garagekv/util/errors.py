@@ -123,13 +123,43 @@ class NotFound(AdminError):
     status = 404
 
 
+# Admin errors with the codes and statuses of Garage's admin API (the message is the CLI's).
+
+
+class NoSuchAccessKey(NotFound):
+    code = "NoSuchAccessKey"
+
+
+class KeyAlreadyExists(AdminError):
+    code = "KeyAlreadyExists"
+    status = 409
+
+
+class BucketAlreadyExists(AdminError):
+    code = "BucketAlreadyExists"
+    status = 409
+
+
+class BucketNotEmpty(AdminError):
+    code = "BucketNotEmpty"
+    status = 409
+
+
+class InvalidBucketName(AdminError):
+    code = "InvalidBucketName"
+
+
 ERRORS_BY_CODE: dict[str, type[GarageKVError]] = {}
 
 
 def _register(cls: type[GarageKVError]) -> None:
-    ERRORS_BY_CODE.setdefault(cls.code, cls)
-    for sub in cls.__subclasses__():
-        _register(sub)
+    # Breadth-first, base class excluded: the most general class owning a code wins
+    # (InternalError for "InternalError", BadRequest for "InvalidRequest").
+    level = list(cls.__subclasses__())
+    while level:
+        for c in level:
+            ERRORS_BY_CODE.setdefault(c.code, c)
+        level = [s for c in level for s in c.__subclasses__()]
 
 
 _register(GarageKVError)

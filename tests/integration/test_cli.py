@@ -116,6 +116,10 @@ def test_cli_without_running_node_fails_clearly(tmp_path):
     n = NodeProcess(tmp_path / "down")
     n.write_config()
     r = cli(n, "key", "list", check=False)
+    assert r.returncode == 1 and "has this node been started?" in r.stderr
+    n.start()
+    n.stop()
+    r = cli(n, "key", "list", check=False)
     assert r.returncode == 1 and "is it running?" in r.stderr
 
 

@@ -1,0 +1,199 @@
+"""Operator operations on the cluster: status, peers, and the staged role table.
+
+Like ``admin.ops`` for keys and buckets, these are called by name from the CLI (over RPC) and
+the admin HTTP API, so both share one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from garagekv.rpc.layout import LayoutError, NodeRole, parse_zone_redundancy
+from garagekv.rpc.system import System, parse_peer
+from garagekv.util.config import parse_size
+from garagekv.util.errors import AdminError
+
+
+def _role_json(role: NodeRole | None) -> dict[str, Any] | None:
+    if role is None:
+        return None
+    return {"zone": role.zone, "capacity": role.capacity, "tags": list(role.tags)}
+
+
+def known_nodes(system: System) -> list[bytes]:
+    h = system.layout.history
+    nodes = {system.node_id, *system.peers, *h.planned_roles()}
+    for v in h.versions:
+        nodes.update(v.roles)
+    return sorted(nodes)
+
+
+def resolve_node(system: System, prefix: str) -> bytes:
+    """A node id from a unique hex prefix, or an error listing what matched."""
+    p = prefix.lower()
+    matches = [n for n in known_nodes(system) if n.hex().startswith(p)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise AdminError(f"No node matches '{prefix}'. Run `garagekv status` to see node ids.")
+    listing = ", ".join(m.hex()[:16] for m in matches)
+    raise AdminError(f"'{prefix}' matches {len(matches)} nodes ({listing}); use a longer prefix.")
+
+
+async def status(system: System, a: dict) -> dict:
+    h = system.layout.history
+    current = h.current()
+    planned = h.planned_roles()
+    nodes = []
+    for n in known_nodes(system):
+        info = system.peers.get(n)
+        role = current.roles.get(n)
+        nodes.append({
+            "id": n.hex(),
+            "addr": system.public_addr if n == system.node_id else (info.addr if info else None),
+            "hostname": system.hostname if n == system.node_id else (info.hostname if info else ""),
+            "up": system.is_up(n),
+            "last_seen_secs_ago": None if n == system.node_id or info is None or not info.last_seen
+            else round(time.time() - info.last_seen, 1),
+            "role": _role_json(role),
+            "staged_role": _role_json(planned.get(n)) if planned.get(n) != role else None,
+            "draining": role is None and any(n in v.roles for v in h.versions[:-1]),
+        })
+    return {
+        "node": system.node_id.hex(),
+        "layout_version": current.version,
+        "nodes": nodes,
+        "staged_changes": h.has_staged_changes(),
+    }
+
+
+async def node_connect(system: System, a: dict) -> dict:
+    node_id, addr = parse_peer(a["peer"])
+    try:
+        await system.connect(node_id, addr)
+    except Exception as e:  # noqa: BLE001 - reported to the operator with the cause
+        raise AdminError(f"Could not connect to {a['peer']}: {e}")
+    return {"connected": node_id.hex()}
+
+
+async def layout_show(system: System, a: dict) -> dict:
+    h = system.layout.history
+    text = await asyncio.to_thread(h.describe)
+    return {"text": text, "version": h.current().version, "staged_changes": h.has_staged_changes()}
+
+
+async def layout_history(system: System, a: dict) -> dict:
+    return {"text": system.layout.history.describe_versions()}
+
+
+async def layout_get(system: System, a: dict) -> dict:
+    h = system.layout.history
+    cur = h.current()
+    return {
+        "version": cur.version,
+        "roles": [{"id": n.hex(), **_role_json(r)} for n, r in sorted(cur.roles.items())],
+        "stagedRoleChanges": [
+            {"id": n.hex(), "remove": r is None, **(_role_json(r) or {})}
+            for n, r in h.staging.changes(cur.roles)
+        ],
+    }
+
+
+async def layout_assign(system: System, a: dict) -> dict:
+    capacity = a.get("capacity")
+    gateway = bool(a.get("gateway"))
+    if capacity is not None and gateway:
+        raise AdminError("-c and -g are mutually exclusive: a gateway stores nothing")
+    cap_bytes = None
+    if capacity is not None:
+        try:
+            cap_bytes = parse_size(capacity)
+        except ValueError as e:
+            raise AdminError(f"Invalid capacity '{capacity}': {e} (examples: 500M, 1G, 2TiB)")
+    nodes = [resolve_node(system, p) for p in a["nodes"]]
+    h = system.layout.history.clone()
+    planned = h.planned_roles()
+    if a.get("replace"):
+        for p in a["replace"]:
+            h.stage_role(resolve_node(system, p), None)
+    for n in nodes:
+        old = planned.get(n)
+        zone = a.get("zone") or (old.zone if old else None)
+        if zone is None:
+            raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its zone with -z ZONE")
+        if cap_bytes is None and not gateway:
+            if old is None:
+                raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its capacity with -c SIZE "
+                                 "(e.g. -c 1G) or make it a gateway with -g")
+            cap = old.capacity
+        else:
+            cap = None if gateway else cap_bytes
+        tags = a.get("tags") if a.get("tags") else (list(old.tags) if old else [])
+        try:
+            h.stage_role(n, NodeRole(zone, cap, tuple(tags)))
+        except LayoutError as e:
+            raise AdminError(e.message)
+    system.layout.replace(h)
+    return {"message": "Role changes are staged but not yet committed.\n"
+                       "Use `garagekv layout show` to view staged role changes,\n"
+                       "and `garagekv layout apply` to enact staged changes."}
+
+
+async def layout_remove(system: System, a: dict) -> dict:
+    n = resolve_node(system, a["node"])
+    h = system.layout.history.clone()
+    h.stage_role(n, None)
+    system.layout.replace(h)
+    return {"message": "Role removal is staged but not yet committed.\n"
+                       "Use `garagekv layout show` to view staged role changes,\n"
+                       "and `garagekv layout apply` to enact staged changes."}
+
+
+async def layout_config(system: System, a: dict) -> dict:
+    h = system.layout.history.clone()
+    try:
+        zr = parse_zone_redundancy(str(a["zone_redundancy"]), h.replication_factor)
+        h.stage_zone_redundancy(zr)
+    except (LayoutError, ValueError) as e:
+        raise AdminError(str(getattr(e, "message", e)))
+    system.layout.replace(h)
+    return {"message": f"The zone redundancy parameter has been set to '{a['zone_redundancy']}'."}
+
+
+async def layout_apply(system: System, a: dict) -> dict:
+    version = a.get("version")
+    h = system.layout.history
+    new, messages = await asyncio.to_thread(h.apply_staged_changes, version)
+    system.layout.replace(new)
+    return {"messages": messages, "version": new.current().version,
+            "message": "New cluster layout with updated role assignment has been applied in cluster.\n"
+                       "Data will now be moved around between nodes accordingly."}
+
+
+async def layout_revert(system: System, a: dict) -> dict:
+    system.layout.replace(system.layout.history.revert_staged_changes())
+    return {"message": "All proposed role changes in cluster layout have been canceled."}
+
+
+async def layout_skip_dead_nodes(system: System, a: dict) -> dict:
+    h = system.layout.history.clone()
+    done = h.skip_dead_nodes(int(a["version"]), system.up_nodes(), bool(a.get("allow_missing_data")))
+    system.layout.replace(h)
+    return {"messages": done}
+
+
+CLUSTER_OPS = {
+    "cluster.status": status,
+    "node.connect": node_connect,
+    "layout.show": layout_show,
+    "layout.history": layout_history,
+    "layout.get": layout_get,
+    "layout.assign": layout_assign,
+    "layout.remove": layout_remove,
+    "layout.config": layout_config,
+    "layout.apply": layout_apply,
+    "layout.revert": layout_revert,
+    "layout.skip_dead_nodes": layout_skip_dead_nodes,
+}

@@ -1,0 +1,520 @@
+"""``garagekv k2v ...``: a K2V command line over :mod:`garagekv.client` (modelled on Garage's k2v-cli).
+
+Needs no config file. Connection settings come from, in order of precedence: the flags
+(``--endpoint``, ``--region``, ``--bucket``, ``--access-key-id``, ``--secret-access-key``), the
+JSON of ``garagekv dev --json`` (``--dev-json FILE``, ``-`` for stdin), and the environment
+(``GARAGEKV_K2V_ENDPOINT``, ``AWS_REGION``, ``GARAGEKV_BUCKET``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``). The region defaults to ``garage``.
+
+Output is text by default and JSON with ``--json`` (values as standard base64, ``null`` for a
+tombstone; items as K2V's ``{"pk", "sk", "ct", "v"}``). ``--raw`` writes a single value's bytes.
+
+Exit status: 0 success, 1 error, 2 usage, 3 item not found (or deleted, with ``--raw``),
+4 a poll timed out without a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from garagekv.client import (
+    CausalityToken,
+    DeleteQuery,
+    InsertOp,
+    Item,
+    K2VClient,
+    K2VError,
+    NoSuchKey,
+    ReadQuery,
+)
+from garagekv.client.config import env_settings, load_dev_json, resolve
+
+EXIT_ERROR = 1
+EXIT_NOT_FOUND = 3
+EXIT_TIMEOUT = 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Handler = Callable[[K2VClient, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def _output_flags(p: argparse.ArgumentParser, raw: bool = False) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="JSON output (values in base64)")
+    if raw:
+        g.add_argument("--raw", action="store_true", help="write the value's raw bytes (fails on concurrent values)")
+
+
+def _range_flags(p: argparse.ArgumentParser, *, limit: bool = True, filters: bool = True) -> None:
+    p.add_argument("--prefix", help="only keys starting with PREFIX")
+    p.add_argument("--start", help="first key (included)")
+    p.add_argument("--end", help="last key (excluded)")
+    if limit:
+        p.add_argument("--limit", type=int, help="at most LIMIT results (default: all, page after page)")
+        p.add_argument("--reverse", action="store_true", help="in decreasing key order")
+        p.add_argument("--page-size", type=int, default=1000, help="keys per request (default 1000)")
+    if filters:
+        p.add_argument("--tombstones", action="store_true", help="include items whose values are all tombstones")
+        p.add_argument("--conflicts-only", action="store_true", help="only items with concurrent values")
+
+
+def _token_flag(p: argparse.ArgumentParser, help: str) -> None:
+    # Tokens are base64url and may start with "-": write --token=TOKEN so argparse reads it as a value.
+    p.add_argument("-t", "--token", "--causality", dest="token", metavar="TOKEN",
+                   help=help + '; write --token=TOKEN (a token may start with "-")')
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "k2v", help="K2V client: read, write, list and watch items",
+        description="Talk to a K2V endpoint (no config file needed). Connection settings: flags, then "
+                    "--dev-json, then GARAGEKV_K2V_ENDPOINT / AWS_REGION / GARAGEKV_BUCKET / "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
+        epilog="exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 poll timeout")
+    p.add_argument("--endpoint", help="K2V endpoint URL, e.g. http://127.0.0.1:3904")
+    p.add_argument("--region", help="region (default: $AWS_REGION or garage)")
+    p.add_argument("--bucket", help="bucket name")
+    p.add_argument("--access-key-id", help="access key id (default: $AWS_ACCESS_KEY_ID)")
+    p.add_argument("--secret-access-key", help="secret key (default: $AWS_SECRET_ACCESS_KEY)")
+    p.add_argument("--dev-json", metavar="FILE", help="the output of `garagekv dev --json` (- for stdin)")
+    p.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
+    p.add_argument("--json", dest="json_global", action="store_true", help="JSON output for every command")
+    cmds = p.add_subparsers(dest="k2v_command", required=True, metavar="COMMAND")
+
+    c = cmds.add_parser("read", help="read an item")
+    c.add_argument("partition_key")
+    c.add_argument("sort_key")
+    _output_flags(c, raw=True)
+    c.set_defaults(handler=cmd_read)
+
+    c = cmds.add_parser("insert", help="write an item (value from argument, --file or stdin)")
+    c.add_argument("partition_key")
+    c.add_argument("sort_key")
+    c.add_argument("value", nargs="?", help="the value as text (default: --file, --b64, or stdin)")
+    c.add_argument("-f", "--file", help="read the value from FILE (- for stdin)")
+    c.add_argument("--b64", help="the value in base64")
+    _token_flag(c, "causality token of the read this write replaces (without: a concurrent value is added)")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_insert)
+
+    c = cmds.add_parser("delete", help="delete an item")
+    c.add_argument("partition_key")
+    c.add_argument("sort_key")
+    _token_flag(c, "causality token of the values to delete (default: read the item first and use its token)")
+    c.add_argument("--blind", action="store_true", help="send no token: add a tombstone next to the values")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_delete)
+
+    c = cmds.add_parser("poll", help="wait for an item to change")
+    c.add_argument("partition_key")
+    c.add_argument("sort_key")
+    _token_flag(c, "wait for a version newer than this token (default: the current one)")
+    c.add_argument("--poll-timeout", type=int, default=300, help="seconds to wait (1..600, default 300)")
+    _output_flags(c, raw=True)
+    c.set_defaults(handler=cmd_poll)
+
+    c = cmds.add_parser("read-index", help="list partition keys with their counters")
+    _range_flags(c, filters=False)
+    _output_flags(c)
+    c.set_defaults(handler=cmd_read_index)
+
+    c = cmds.add_parser("read-range", help="read the items of a partition")
+    c.add_argument("partition_key")
+    _range_flags(c)
+    _output_flags(c)
+    c.set_defaults(handler=cmd_read_range)
+
+    c = cmds.add_parser("delete-range", help="delete the items of a range of a partition")
+    c.add_argument("partition_key")
+    _range_flags(c, limit=False, filters=False)
+    c.add_argument("--all", action="store_true", help="delete the whole partition (needed without a filter)")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_delete_range)
+
+    for name, helptext, follow in (("poll-range", "items of a range changed since a seen marker", False),
+                                   ("watch", "print the changes of a range as they happen", True)):
+        c = cmds.add_parser(name, help=helptext)
+        c.add_argument("partition_key")
+        _range_flags(c, limit=False, filters=False)
+        c.add_argument("--seen-marker", help="marker of an earlier poll-range (without: the whole range at once)")
+        c.add_argument("--poll-timeout", type=int, default=300, help="seconds to wait (1..600, default 300)")
+        if not follow:
+            c.add_argument("--follow", action="store_true", help="keep polling, one result per change")
+        c.add_argument("--count", type=int, help="stop after COUNT results")
+        c.add_argument("--no-initial", action="store_true", help="with --follow and no marker: skip the current state")
+        _output_flags(c)
+        c.set_defaults(handler=cmd_poll_range, **({"follow": True} if follow else {}))
+
+    c = cmds.add_parser("insert-batch", help='write items given as JSON lines {"pk","sk","v"|"text","ct"?} on stdin')
+    c.add_argument("-f", "--file", default="-", help="read the JSON lines from FILE (default stdin)")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_insert_batch)
+
+    c = cmds.add_parser("read-batch", help="run ReadBatch queries given as JSON lines on stdin")
+    c.add_argument("-f", "--file", default="-", help="read the JSON lines from FILE (default stdin)")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_read_batch)
+
+    c = cmds.add_parser("delete-batch", help="run DeleteBatch queries given as JSON lines on stdin")
+    c.add_argument("-f", "--file", default="-", help="read the JSON lines from FILE (default stdin)")
+    _output_flags(c)
+    c.set_defaults(handler=cmd_delete_batch)
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def _want_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False) or getattr(args, "json_global", False))
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _value_text(v: bytes | None) -> str:
+    if v is None:
+        return "tombstone"
+    try:
+        text = v.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64: " + base64.b64encode(v).decode()
+    if text.isprintable():
+        return "utf-8: " + text
+    return "base64: " + base64.b64encode(v).decode()
+
+
+def _print_item(item: Item, with_key: bool = False) -> None:
+    if with_key:
+        print(f"sort key: {item.sort_key}")
+    print(f"token: {item.token}")
+    for v in item.values:
+        print(f"  {_value_text(v)}")
+
+
+def _output_item(item: Item, args: argparse.Namespace) -> int:
+    if getattr(args, "raw", False):
+        if len(item.values) != 1:
+            raise CliError(f"--raw needs a single value, the item has {len(item.values)} concurrent values")
+        if item.values[0] is None:
+            raise CliError("the item is deleted (tombstone)", EXIT_NOT_FOUND)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(item.values[0])
+        sys.stdout.buffer.flush()
+    elif _want_json(args):
+        _print_json(item.to_json())
+    else:
+        _print_item(item)
+    return 0
+
+
+# --- input ----------------------------------------------------------------------------------
+
+def _read_source(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}")
+
+
+def _json_lines(path: str) -> list[Any]:
+    out = []
+    for n, line in enumerate(_read_source(path).decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise CliError(f"line {n}: invalid JSON: {e}")
+        if not isinstance(obj, dict):
+            raise CliError(f"line {n}: expected a JSON object")
+        out.append(obj)
+    return out
+
+
+# --- commands -------------------------------------------------------------------------------
+
+async def cmd_read(client: K2VClient, args: argparse.Namespace) -> int:
+    return _output_item(await client.read_item(args.partition_key, args.sort_key), args)
+
+
+async def cmd_insert(client: K2VClient, args: argparse.Namespace) -> int:
+    given = [x for x in (args.value, args.file, args.b64) if x is not None]
+    if len(given) > 1:
+        raise CliError("give the value once: as an argument, with --file or with --b64", 2)
+    if args.value is not None:
+        value = args.value.encode("utf-8")
+    elif args.b64 is not None:
+        try:
+            value = base64.b64decode(args.b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise CliError("--b64: invalid base64", 2)
+    elif args.file is not None:
+        value = _read_source(args.file)
+    else:
+        if sys.stdin.isatty():
+            raise CliError("no value: give it as an argument, with --file, --b64, or on stdin", 2)
+        value = sys.stdin.buffer.read()
+    await client.insert_item(args.partition_key, args.sort_key, value, args.token)
+    if _want_json(args):
+        _print_json({"pk": args.partition_key, "sk": args.sort_key, "inserted": True, "bytes": len(value)})
+    return 0
+
+
+async def cmd_delete(client: K2VClient, args: argparse.Namespace) -> int:
+    token = args.token
+    if token is None and not args.blind:
+        token = (await client.read_item(args.partition_key, args.sort_key)).token
+    await client.delete_item(args.partition_key, args.sort_key, token)
+    if _want_json(args):
+        _print_json({"pk": args.partition_key, "sk": args.sort_key, "deleted": True})
+    return 0
+
+
+async def cmd_poll(client: K2VClient, args: argparse.Namespace) -> int:
+    token: CausalityToken | str | None = args.token
+    if token is None:
+        try:
+            token = (await client.read_item(args.partition_key, args.sort_key)).token
+        except NoSuchKey:
+            token = CausalityToken.EMPTY
+    item = await client.poll_item(args.partition_key, args.sort_key, token, args.poll_timeout)
+    if item is None:
+        if _want_json(args):
+            _print_json(None)
+        else:
+            print("timeout: no change", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return _output_item(item, args)
+
+
+def _check_page_args(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 0:
+        raise CliError("--limit must be >= 0", 2)
+    if args.page_size < 1:
+        raise CliError("--page-size must be >= 1", 2)
+
+
+async def cmd_read_index(client: K2VClient, args: argparse.Namespace) -> int:
+    _check_page_args(args)
+    entries, more, next_start = [], False, None
+    start, remaining = args.start, args.limit
+    while True:
+        n = args.page_size if remaining is None else min(args.page_size, remaining)
+        page = await client.read_index(prefix=args.prefix, start=start, end=args.end, limit=n, reverse=args.reverse)
+        entries.extend(page.partition_keys)
+        more, next_start = page.more, page.next_start
+        if remaining is not None:
+            remaining -= len(page.partition_keys)
+        if not more or next_start is None or remaining == 0:
+            break
+        start = next_start
+    if _want_json(args):
+        _print_json({"partitionKeys": [e.to_json() for e in entries], "more": more, "nextStart": next_start})
+    else:
+        rows = [("partition key", "entries", "conflicts", "values", "bytes")]
+        rows += [(e.partition_key, str(e.entries), str(e.conflicts), str(e.values), str(e.bytes)) for e in entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if more:
+            print(f"more: next start {next_start}")
+    return 0
+
+
+async def cmd_read_range(client: K2VClient, args: argparse.Namespace) -> int:
+    _check_page_args(args)
+    items: list[Item] = []
+    more, next_start = False, None
+    start, remaining = args.start, args.limit
+    while True:
+        n = args.page_size if remaining is None else min(args.page_size, remaining)
+        page = await client.read_range(args.partition_key, prefix=args.prefix, start=start, end=args.end, limit=n,
+                                       reverse=args.reverse, conflicts_only=args.conflicts_only,
+                                       tombstones=args.tombstones)
+        items.extend(page.items)
+        more, next_start = page.more, page.next_start
+        if remaining is not None:
+            remaining -= len(page.items)
+        if not more or next_start is None or remaining == 0:
+            break
+        start = next_start
+    if _want_json(args):
+        _print_json({"items": [i.to_json() for i in items], "more": more, "nextStart": next_start})
+    else:
+        for item in items:
+            _print_item(item, with_key=True)
+        if more:
+            print(f"more: next start {next_start}")
+    return 0
+
+
+async def cmd_delete_range(client: K2VClient, args: argparse.Namespace) -> int:
+    if args.prefix is None and args.start is None and args.end is None and not args.all:
+        raise CliError("give --prefix, --start or --end, or --all to delete the whole partition", 2)
+    n = await client.delete_range(args.partition_key, prefix=args.prefix, start=args.start, end=args.end)
+    if _want_json(args):
+        _print_json({"deletedItems": n})
+    else:
+        print(f"deleted {n} items")
+    return 0
+
+
+async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
+    follow = getattr(args, "follow", False)
+    kw = {"prefix": args.prefix, "start": args.start, "end": args.end}
+    if not follow:
+        res = await client.poll_range(args.partition_key, seen_marker=args.seen_marker,
+                                      timeout=args.poll_timeout if args.seen_marker else None, **kw)
+        if res is None:
+            if _want_json(args):
+                _print_json(None)
+            else:
+                print("timeout: no change", file=sys.stderr)
+            return EXIT_TIMEOUT
+        _print_poll(res, args)
+        return 0
+    count = 0
+    async for res in client.watch_range(args.partition_key, seen_marker=args.seen_marker, timeout=args.poll_timeout,
+                                        include_initial=not args.no_initial, **kw):
+        _print_poll(res, args)
+        count += 1
+        if args.count is not None and count >= args.count:
+            break
+    return 0
+
+
+def _print_poll(res: Any, args: argparse.Namespace) -> None:
+    if _want_json(args):
+        _print_json(res.to_json())
+        return
+    for item in res.items:
+        _print_item(item, with_key=True)
+    print(f"seen marker: {res.seen_marker}", flush=True)
+
+
+def _insert_op(n: int, obj: dict[str, Any]) -> InsertOp:
+    pk, sk = obj.get("pk"), obj.get("sk")
+    if not isinstance(pk, str) or not isinstance(sk, str):
+        raise CliError(f"item {n}: `pk` and `sk` must be strings")
+    if "text" in obj:
+        if not isinstance(obj["text"], str):
+            raise CliError(f"item {n}: `text` must be a string")
+        value: bytes | None = obj["text"].encode("utf-8")
+    elif obj.get("v") is None:
+        value = None
+    else:
+        try:
+            value = base64.b64decode(obj["v"], validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise CliError(f"item {n}: `v` must be base64 (or null for a tombstone)")
+    ct = obj.get("ct")
+    if ct is not None and not isinstance(ct, str):
+        raise CliError(f"item {n}: `ct` must be a string")
+    return InsertOp(pk, sk, value, None if ct is None else CausalityToken(ct))
+
+
+async def cmd_insert_batch(client: K2VClient, args: argparse.Namespace) -> int:
+    ops = [_insert_op(n, obj) for n, obj in enumerate(_json_lines(args.file), 1)]
+    await client.insert_batch(ops)
+    if _want_json(args):
+        _print_json({"inserted": len(ops)})
+    else:
+        print(f"inserted {len(ops)} items")
+    return 0
+
+
+def _queries(args: argparse.Namespace, cls: Any) -> list[Any]:
+    out = []
+    for n, obj in enumerate(_json_lines(args.file), 1):
+        if not isinstance(obj.get("partitionKey"), str):
+            raise CliError(f"query {n}: `partitionKey` must be a string")
+        out.append(cls.from_json(obj))
+    return out
+
+
+async def cmd_read_batch(client: K2VClient, args: argparse.Namespace) -> int:
+    pages = await client.read_batch(_queries(args, ReadQuery))
+    if _want_json(args):
+        _print_json([p.to_json() for p in pages])
+    else:
+        for p in pages:
+            print(f"partition key: {p.query.partition_key}")
+            for item in p.items:
+                _print_item(item, with_key=True)
+            if p.more:
+                print(f"more: next start {p.next_start}")
+    return 0
+
+
+async def cmd_delete_batch(client: K2VClient, args: argparse.Namespace) -> int:
+    results = await client.delete_batch(_queries(args, DeleteQuery))
+    if _want_json(args):
+        _print_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            print(f"{r.query.partition_key}: deleted {r.deleted_items} items")
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+def make_client(args: argparse.Namespace) -> K2VClient:
+    flags = {"endpoint": args.endpoint, "region": args.region, "bucket": args.bucket,
+             "access_key_id": args.access_key_id, "secret_access_key": args.secret_access_key}
+    dev: dict[str, str | None] = {}
+    if args.dev_json:
+        src: Any = sys.stdin if args.dev_json == "-" else Path(args.dev_json)
+        try:
+            data = load_dev_json(src)
+        except OSError as e:
+            raise CliError(f"cannot read {args.dev_json}: {e.strerror}")
+        except ValueError as e:
+            raise CliError(str(e))
+        dev = {"endpoint": data.get("k2v_endpoint"), "region": data.get("region"), "bucket": data.get("bucket"),
+               "access_key_id": data.get("access_key_id"), "secret_access_key": data.get("secret_access_key")}
+    try:
+        s = resolve(flags, dev, env_settings())
+    except ValueError as e:
+        raise CliError(f"{e} (see `garagekv k2v --help`)")
+    return K2VClient(endpoint=s.endpoint, region=s.region, access_key_id=s.access_key_id,
+                     secret_access_key=s.secret_access_key, bucket=s.bucket, timeout=args.timeout)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    client = make_client(args)
+    async with client:
+        return await args.handler(client, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_main(args))
+    except CliError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return e.code
+    except NoSuchKey as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except K2VError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return 0

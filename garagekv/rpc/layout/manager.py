@@ -1,0 +1,94 @@
+"""This node's copy of the cluster layout: persisted, merged from peers, changed by operators.
+
+Every change (a merge from a peer, a staged role, an apply) is checked, normalized, written to
+``metadata_dir/cluster_layout`` atomically and then announced to listeners (the system layer
+broadcasts it; tables re-plan their partitions).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from garagekv.rpc.layout.errors import LayoutError
+from garagekv.rpc.layout.history import LayoutHistory
+
+log = logging.getLogger(__name__)
+
+LAYOUT_FILE = "cluster_layout"
+
+
+class LayoutManager:
+    def __init__(self, node_id: bytes, metadata_dir: Path, replication_factor: int, consistency_mode: str) -> None:
+        self.node_id = node_id
+        self.path = Path(metadata_dir) / LAYOUT_FILE
+        self.rf = replication_factor
+        self.mode = consistency_mode
+        self.listeners: list[Callable[[LayoutHistory], None]] = []
+        self.history = self._load()
+
+    def _load(self) -> LayoutHistory:
+        if self.path.exists():
+            try:
+                h = LayoutHistory.decode(self.path.read_bytes())
+                if h.replication_factor != self.rf:
+                    raise LayoutError(
+                        f"the stored layout has replication factor {h.replication_factor} but the "
+                        f"config says {self.rf}; a cluster's replication factor cannot change"
+                    )
+                return h
+            except LayoutError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a corrupt file is reported, not fatal
+                log.error("cannot read %s (%s); starting from an empty layout", self.path, e)
+        return LayoutHistory.new(self.rf)
+
+    def _persist(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(self.history.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _changed(self) -> None:
+        self.history.update_local_trackers(self.node_id)
+        self.history.normalize(self.mode)
+        self._persist()
+        for fn in list(self.listeners):
+            try:
+                fn(self.history)
+            except Exception:  # noqa: BLE001 - a listener must not block layout propagation
+                log.exception("layout listener failed")
+
+    def merge_remote(self, remote: LayoutHistory) -> bool:
+        """Merge a history received from a peer; invalid ones are refused and logged."""
+        try:
+            self.history.check_remote(remote, self.rf)
+        except LayoutError as e:
+            log.warning("%s", e.message)
+            return False
+        merged = self.history.clone()
+        if not merged.merge(remote):
+            return False
+        self.history = merged
+        self._changed()
+        return True
+
+    def replace(self, new: LayoutHistory) -> None:
+        """Adopt a history computed locally by an operator command (stage, apply, revert)."""
+        if new.current().version != self.history.current().version:
+            new.check()  # a new version must be valid; staging alone leaves the versions as they were
+        self.history = new
+        self._changed()
+
+    def refresh_trackers(self) -> bool:
+        """Raise this node's ack/sync trackers where it can; persist if anything moved."""
+        h = self.history.clone()
+        if h.update_local_trackers(self.node_id):
+            self.history = h
+            self._changed()
+            return True
+        return False

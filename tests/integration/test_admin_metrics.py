@@ -1,0 +1,82 @@
+"""/metrics on a real node: Prometheus text that a standard parser reads, counters that move."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import K2VHttp, NodeProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def mnode(tmp_path_factory):
+    n = NodeProcess(tmp_path_factory.mktemp("metrics"), admin_port=free_port(), admin_token="metrics-test-admin")
+    n.start()
+    key = n.admin("key.create", {"name": "m"})
+    n.admin("bucket.create", {"name": "metrics-bucket"})
+    n.admin("bucket.permissions", {"bucket": "metrics-bucket", "key": key["accessKeyId"], "allow": True,
+                                   "read": True, "write": True})
+    n.k2v = K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
+    yield n
+    n.stop()
+
+
+def scrape(node: NodeProcess) -> dict[tuple[str, tuple], float]:
+    """sample name + sorted labels -> value; /metrics is open (no metrics token) on this node."""
+    r = node.admin_http("GET", "/metrics", token="")
+    assert r.status == 200 and r.header("Content-Type").startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_parse_and_describe_the_node(mnode):
+    s = scrape(mnode)
+    node_id = mnode.admin("node.info")["id"]
+    info = [(dict(labels), v) for (name, labels), v in s.items() if name == "garagekv_build_info"]
+    assert len(info) == 1 and info[0][0]["node_id"] == node_id and info[0][0]["version"] and info[0][1] == 1
+    assert value(s, "garagekv_replication_factor") == 1
+    for table in ("key", "bucket", "bucket_alias", "k2v_item", "k2v_index_counter"):
+        assert ("garagekv_table_size", (("table_name", table),)) in s
+    assert value(s, "garagekv_table_size", table_name="key") >= 1
+    assert ("garagekv_api_k2v_requests_in_flight", ()) in s
+    assert ("garagekv_k2v_poll_subscriptions", ()) in s
+
+
+def test_counters_move_with_k2v_requests(mnode):
+    before = scrape(mnode)
+    r = mnode.k2v.request("PUT", "/metrics-bucket/pk", "sort_key=a", b"hello")
+    assert r.status == 204
+    assert r.header("X-Request-Id")
+    assert mnode.k2v.request("GET", "/metrics-bucket/pk", "sort_key=a").status == 200
+    assert mnode.k2v.request("GET", "/metrics-bucket/pk", "sort_key=missing").status == 404
+    assert mnode.k2v.request("GET", "/no-such-bucket/pk", "sort_key=a").status == 404
+    after = scrape(mnode)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("garagekv_api_k2v_requests_total", api_endpoint="InsertItem", status_code="204") == 1
+    assert delta("garagekv_api_k2v_requests_total", api_endpoint="ReadItem", status_code="200") == 1
+    assert delta("garagekv_api_k2v_requests_total", api_endpoint="ReadItem", status_code="404") == 2
+    assert delta("garagekv_api_k2v_errors_total", api_endpoint="ReadItem", error_code="NoSuchKey") == 1
+    assert delta("garagekv_api_k2v_errors_total", api_endpoint="ReadItem", error_code="NoSuchBucket") == 1
+    assert delta("garagekv_api_k2v_request_duration_seconds_count", api_endpoint="InsertItem") == 1
+    assert delta("garagekv_db_writes_total") >= 1 and delta("garagekv_db_commits_total") >= 1
+    assert delta("garagekv_db_commit_batch_size_count") >= 1
+    assert value(after, "garagekv_table_size", table_name="k2v_item") >= 1
+    # The scrape itself is counted on the admin side.
+    assert delta("garagekv_api_admin_requests_total", api_endpoint="Metrics", status_code="200") == 1
+
+
+def test_request_id_is_echoed_when_well_formed(mnode):
+    r = mnode.k2v.request("GET", "/metrics-bucket/pk", "sort_key=a", headers={"X-Request-Id": "trace-abc.123"})
+    assert r.header("X-Request-Id") == "trace-abc.123"
+    r = mnode.k2v.request("GET", "/metrics-bucket/pk", "sort_key=a", headers={"X-Request-Id": "bad id\twith junk"})
+    assert r.header("X-Request-Id") not in (None, "bad id\twith junk")

@@ -1,0 +1,163 @@
+"""``garagekv k2v ...`` end to end: a real node, the CLI as a subprocess, stdin/stdout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from garagekv.client import K2VClientSync
+from tests.support import REGION
+
+
+def run_env(node, creds, with_creds: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GARAGEKV_", "K2V_"))}
+    if with_creds:
+        env.update({"AWS_ACCESS_KEY_ID": creds["access_key"], "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+                    "AWS_REGION": REGION, "GARAGEKV_K2V_ENDPOINT": f"http://{node.endpoint}",
+                    "GARAGEKV_BUCKET": creds["bucket"]})
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "garagekv.cli.main", "k2v", *args]
+
+
+@pytest.fixture
+def cli(node, creds):
+    def run(*args: str, input: bytes | str | None = None, with_creds: bool = True) -> subprocess.CompletedProcess:
+        data = input.encode() if isinstance(input, str) else input
+        return subprocess.run(command(*args), input=data if data is not None else b"", capture_output=True,
+                              timeout=60, env=run_env(node, creds, with_creds))
+    return run
+
+
+@pytest.fixture
+def sync(node, creds):
+    with K2VClientSync(endpoint=node.endpoint, region=REGION, access_key_id=creds["access_key"],
+                       secret_access_key=creds["secret_key"], bucket=creds["bucket"]) as c:
+        yield c
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r.stdout.decode()
+
+
+def test_insert_read_delete(cli, pk):
+    ok(cli("insert", pk, "a", "hello"))
+    item = json.loads(ok(cli("read", pk, "a", "--json")))
+    assert item["pk"] == pk and item["sk"] == "a" and item["v"] == [base64.b64encode(b"hello").decode()]
+    text = ok(cli("--json", "read", pk, "a"))  # --json before the sub-command works too
+    assert json.loads(text)["ct"] == item["ct"]
+    text = ok(cli("read", pk, "a"))
+    assert f"token: {item['ct']}" in text and "utf-8: hello" in text
+
+    blob = b"\x00\x01\xffbinary"
+    ok(cli("insert", pk, "a", f"--token={item['ct']}", input=blob))  # value from stdin, replacing hello
+    assert cli("read", pk, "a", "--raw").stdout == blob
+    assert "base64: " in ok(cli("read", pk, "a"))
+
+    ok(cli("delete", pk, "a"))  # reads the token first: deletes what is there
+    assert json.loads(ok(cli("read", pk, "a", "--json")))["v"] == [None]
+    r = cli("read", pk, "a", "--raw")
+    assert r.returncode == 3 and b"tombstone" in r.stderr
+    r = cli("read", pk, "missing")
+    assert r.returncode == 3 and b"NoSuchKey" in r.stderr
+
+
+def test_connection_flags_and_dev_json(cli, node, creds, pk, tmp_path):
+    value = tmp_path / "value.bin"
+    value.write_bytes(b"from a file")
+    ok(cli("--endpoint", node.endpoint, "--region", REGION, "--bucket", creds["bucket"],
+           "--access-key-id", creds["access_key"], "--secret-access-key", creds["secret_key"],
+           "insert", pk, "f", "--file", str(value), with_creds=False))
+    dev = {"k2v_endpoint": f"http://{node.endpoint}", "region": REGION, "access_key_id": creds["access_key"],
+           "secret_access_key": creds["secret_key"], "bucket": creds["bucket"], "nodes": []}
+    dev_file = tmp_path / "dev.json"
+    dev_file.write_text(json.dumps(dev) + "\n")
+    item = json.loads(ok(cli("--dev-json", str(dev_file), "read", pk, "f", "--json", with_creds=False)))
+    assert base64.b64decode(item["v"][0]) == b"from a file"
+    page = json.loads(ok(cli("--dev-json", "-", "read-range", pk, "--json", input=json.dumps(dev),
+                             with_creds=False)))
+    assert [i["sk"] for i in page["items"]] == ["f"]
+    r = cli("--bucket", "x-bucket", "read", pk, "f", with_creds=False)
+    assert r.returncode == 1 and b"missing K2V connection settings" in r.stderr
+    r = cli("--bucket", "no-such-bucket", "read", pk, "f")
+    assert r.returncode == 1 and b"NoSuchBucket" in r.stderr
+
+
+def test_ranges_index_and_batches(cli, sync, pk):
+    lines = [json.dumps({"pk": pk, "sk": f"k{i}", "text": f"value {i}"}) for i in range(8)]
+    lines += [json.dumps({"pk": pk, "sk": "bin", "v": base64.b64encode(b"\xff").decode()}), "",
+              json.dumps({"pk": pk + "-other", "sk": "z", "v": "eg=="})]
+    assert "inserted 10 items" in ok(cli("insert-batch", input="\n".join(lines)))
+
+    page = json.loads(ok(cli("read-range", pk, "--prefix", "k", "--limit", "5", "--page-size", "2", "--json")))
+    assert [i["sk"] for i in page["items"]] == [f"k{i}" for i in range(5)]
+    assert page["more"] is True and page["nextStart"] == "k5"
+    text = ok(cli("read-range", pk, "--reverse", "--start", "k2", "--end", "k"))
+    assert text.index("sort key: k2") < text.index("sort key: k1") < text.index("sort key: k0")
+    assert "bin" not in text and "utf-8: value 2" in text
+
+    deadline = time.monotonic() + 10  # the index counters are asynchronous
+    while len(sync.read_index(prefix=pk).partition_keys) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    index = json.loads(ok(cli("read-index", "--prefix", pk, "--json")))
+    assert [(e["pk"], e["entries"]) for e in index["partitionKeys"]] == [(pk, 9), (pk + "-other", 1)]
+    assert pk in ok(cli("read-index", "--prefix", pk, "--limit", "1"))
+
+    queries = "\n".join(json.dumps(q) for q in ({"partitionKey": pk, "prefix": "k", "limit": 2},
+                                                 {"partitionKey": pk, "start": "bin", "singleItem": True}))
+    pages = json.loads(ok(cli("read-batch", "--json", input=queries)))
+    assert [[i["sk"] for i in p["items"]] for p in pages] == [["k0", "k1"], ["bin"]]
+    assert pages[0]["nextStart"] == "k2"
+
+    r = cli("delete-range", pk)
+    assert r.returncode == 2 and b"--all" in r.stderr
+    assert json.loads(ok(cli("delete-range", pk, "--prefix", "k", "--json"))) == {"deletedItems": 8}
+    res = json.loads(ok(cli("delete-batch", "--json", input=json.dumps({"partitionKey": pk}))))
+    assert res[0]["deletedItems"] == 1 and res[0]["partitionKey"] == pk
+    assert sync.read_range(pk).items == []
+
+
+def test_poll_poll_range_and_watch(cli, node, creds, sync, pk):
+    sync.insert_item(pk, "a", b"1")
+    first = json.loads(ok(cli("poll-range", pk, "--json")))
+    assert [i["sk"] for i in first["items"]] == ["a"] and first["seenMarker"]
+    r = cli("poll", pk, "a", "--poll-timeout", "1")  # no token: waits for a change of the current version
+    assert r.returncode == 4 and b"no change" in r.stderr
+
+    env = run_env(node, creds)
+    watch = subprocess.Popen(command("watch", pk, "--json", "--count", "2"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    poll = subprocess.Popen(command("poll-range", pk, "--seen-marker", first["seenMarker"], "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    token = sync.read_item(pk, "a").token
+    item_poll = subprocess.Popen(command("poll", pk, "a", f"--token={token}", "--raw"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env)
+    try:
+        initial = json.loads(watch.stdout.readline())  # the watch has started: its first line is the state
+        assert [i["sk"] for i in initial["items"]] == ["a"]
+        time.sleep(0.3)
+        sync.insert_item(pk, "a", b"2", token)
+        out, err = poll.communicate(timeout=20)
+        assert poll.returncode == 0, err
+        changed = json.loads(out)
+        assert [(i["sk"], i["v"]) for i in changed["items"]] == [("a", ["Mg=="])]
+        out, err = item_poll.communicate(timeout=20)
+        assert item_poll.returncode == 0 and out == b"2", err
+        out, err = watch.communicate(timeout=20)
+        assert watch.returncode == 0, err
+        nxt = json.loads(out.splitlines()[0])
+        assert [i["v"] for i in nxt["items"]] == [["Mg=="]] and nxt["seenMarker"] != initial["seenMarker"]
+    finally:
+        for p in (watch, poll, item_poll):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -1,0 +1,84 @@
+"""``garagekv k2v`` argument parsing and settings resolution (no network)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from garagekv.cli import k2v
+from garagekv.cli.main import build_parser, main
+
+ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "GARAGEKV_K2V_ENDPOINT",
+       "K2V_ENDPOINT", "GARAGEKV_BUCKET", "K2V_BUCKET")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["k2v", *argv])
+
+
+def test_token_starting_with_dash():
+    args = parse("insert", "pk", "sk", "value", "--token=-AbC_123")
+    assert args.token == "-AbC_123" and args.handler is k2v.cmd_insert
+
+
+def test_json_flag_before_or_after_the_command():
+    assert k2v._want_json(parse("--json", "read", "p", "s"))
+    assert k2v._want_json(parse("read", "p", "s", "--json"))
+    assert not k2v._want_json(parse("read", "p", "s"))
+    with pytest.raises(SystemExit):
+        parse("read", "p", "s", "--json", "--raw")
+
+
+def test_watch_is_poll_range_follow():
+    assert parse("watch", "pk").follow is True
+    assert parse("poll-range", "pk").follow is False
+    assert parse("poll-range", "pk", "--follow", "--count", "2").count == 2
+
+
+def test_settings_precedence(monkeypatch, tmp_path):
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"k2v_endpoint": "http://dev:1", "region": "dev-region", "access_key_id": "GKdev",
+                               "secret_access_key": "devsecret", "bucket": "dev-bucket"}))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GKenv")
+    monkeypatch.setenv("GARAGEKV_BUCKET", "env-bucket")
+    c = k2v.make_client(parse("--bucket", "flag-bucket", "--dev-json", str(dev), "read", "p", "s"))
+    s = c.settings
+    assert (s.endpoint, s.region, s.access_key_id, s.secret_access_key, s.bucket) == (
+        "http://dev:1", "dev-region", "GKdev", "devsecret", "flag-bucket")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+    monkeypatch.setenv("GARAGEKV_K2V_ENDPOINT", "env:2")
+    s = k2v.make_client(parse("--timeout", "3", "read", "p", "s")).settings
+    assert (s.endpoint, s.region, s.access_key_id, s.bucket) == ("http://env:2", "garage", "GKenv", "env-bucket")
+
+
+def test_missing_settings_and_bad_dev_json(capsys, tmp_path):
+    assert main(["k2v", "read", "p", "s"]) == 1
+    assert "missing K2V connection settings: endpoint, access_key_id" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    assert main(["k2v", "--dev-json", str(bad), "read", "p", "s"]) == 1
+    assert "no JSON object" in capsys.readouterr().err
+    assert main(["k2v", "--dev-json", str(tmp_path / "absent.json"), "read", "p", "s"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_usage_errors_before_any_request(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("GARAGEKV_K2V_ENDPOINT", "127.0.0.1:1")
+    monkeypatch.setenv("GARAGEKV_BUCKET", "b")
+    assert main(["k2v", "delete-range", "pk"]) == 2
+    assert "--all" in capsys.readouterr().err
+    assert main(["k2v", "insert", "p", "s", "v", "--b64", "AA=="]) == 2
+    assert main(["k2v", "insert", "p", "s", "--b64", "!!"]) == 2
+    assert main(["k2v", "read-range", "p", "--page-size", "0"]) == 2
+    # and a connection error is an error, not a crash
+    assert main(["k2v", "--timeout", "2", "read", "p", "s"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
