@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean bench bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check garagekv tests
 	$(BIN)/ruff format --check garagekv tests
+
+# Benchmarks (not part of `make test`): durations etc. via BENCH_* variables, see scripts/bench.py.
+bench: $(STAMP)
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]' \
+		|| echo "matplotlib not installed: results without a plot"
+	$(BIN)/python scripts/bench.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python scripts/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

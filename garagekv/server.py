@@ -30,15 +30,10 @@ from garagekv.api.context import ApiLimits, ApiState
 from garagekv.api.server import K2VApiServer
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
-from garagekv.model.bucket_table import BucketAliasSchema, BucketSchema
-from garagekv.model.helper import MetaHelper
-from garagekv.model.k2v.store import K2VStore
-from garagekv.model.key_table import KeySchema
-from garagekv.net.identity import load_or_create_node_key, node_number
+from garagekv.model.model import Model
+from garagekv.net.identity import load_or_create_node_key
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.rpc.system import System
-from garagekv.table.data import TableData
-from garagekv.table.table import Table
 from garagekv.util.config import Config, split_host_port
 from garagekv.util.errors import AdminError, ConfigError
 
@@ -60,6 +55,7 @@ class Node:
         self.writer: GroupCommitWriter | None = None
         self.api: K2VApiServer | None = None
         self.system: System | None = None
+        self.model: Model | None = None
         self.admin_http: AdminApiServer | None = None
         self.metrics: NodeMetrics | None = None
         self.started_at = time.time()
@@ -84,18 +80,14 @@ class Node:
         self.writer = GroupCommitWriter(self.db)
         self.writer.on_commit = self.metrics.observe_db_commit
 
-        def table(schema: Any) -> Table:
-            return Table(TableData(self.db, self.writer, schema))
-
-        self.store = K2VStore(self.db, self.writer, node_number(self.node_id))
-        self.helper = MetaHelper(
-            table(KeySchema()), table(BucketSchema()), table(BucketAliasSchema()),
-            self.store.bucket_is_empty, allow_punycode=cfg.allow_punycode,
-        )
         self.registry = EndpointRegistry()
         self.registry.register(ADMIN_ENDPOINT, self._handle_admin_rpc)
         self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
+        self.model = Model(cfg, self.db, self.writer, self.system)
+        self.helper = self.model.helper
+        self.k2v = self.model.k2v
         await self.system.start()
+        await self.model.start()
         if cfg.admin.api_bind_addr is not None:
             self.admin_http = AdminApiServer(AdminServices(
                 self.dispatch_admin, self.health, self.status, self.metrics, cfg.s3_api.s3_region,
@@ -108,7 +100,7 @@ class Node:
         if cfg.k2v_api is not None:
             k2v = cfg.k2v_api
             state = ApiState(
-                self.store, self.helper, cfg.s3_api.s3_region,
+                self.k2v, self.helper, cfg.s3_api.s3_region,
                 ApiLimits(k2v.max_body_bytes, k2v.max_batch_items, k2v.max_key_bytes),
                 tuple(k2v.cors_allowed_origins),
             )
@@ -141,7 +133,7 @@ class Node:
             "region": self.config.s3_api.s3_region,
             "admin_endpoint": None if self.admin_http is None else f"http://{self.config.admin.api_bind_addr}",
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
-            "poll_subscriptions": self.store.subs.count(),
+            "poll_subscriptions": self.model.subs.count(),
         }
 
     # ---- operations surface: health, status, metrics, access log ---------------------------------
@@ -177,7 +169,7 @@ class Node:
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs, "mapSize": cfg.lmdb_map_size,
                    "freeBytes": self.db.free_bytes() if self.db is not None and self.db.env is not None else None},
             "tables": table_stats(self.db),
-            "pollSubscriptions": self.store.subs.count(),
+            "pollSubscriptions": self.model.subs.count(),
             "k2vRequestsInFlight": 0 if self.api is None else len(self.api.in_flight),
             "layoutVersion": cluster.get("layoutVersion"),
             "layout": cluster.get("layout"),
@@ -187,7 +179,7 @@ class Node:
     def _local_snapshot(self) -> LocalSnapshot:
         return LocalSnapshot(
             k2v_in_flight=0 if self.api is None else len(self.api.in_flight),
-            poll_subscriptions=self.store.subs.count(),
+            poll_subscriptions=self.model.subs.count(),
             db_commits=self.writer.commits,
             db_writes=self.writer.jobs,
             tables=table_stats(self.db),
@@ -209,6 +201,8 @@ class Node:
             await self.api.stop()
         if self.admin_http is not None:
             await self.admin_http.stop()
+        if self.model is not None:
+            await self.model.stop()
         if self.system is not None:
             await self.system.stop()
         if self.writer is not None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from garagekv.api.endpoint import Endpoint
 from garagekv.model.helper import MetaHelper
-from garagekv.model.k2v.store import K2VStore
+from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.key_table import Key
 from garagekv.util.errors import BadRequest, EntityTooLarge
 
@@ -30,7 +30,7 @@ class ApiLimits:
 class ApiState:
     """Long-lived services shared by every request of the K2V API server."""
 
-    store: K2VStore
+    store: K2VService
     helper: MetaHelper
     region: str
     limits: ApiLimits = field(default_factory=ApiLimits)

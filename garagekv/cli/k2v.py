@@ -79,7 +79,7 @@ def _token_flag(p: argparse.ArgumentParser, help: str) -> None:
                    help=help + '; write --token=TOKEN (a token may start with "-")')
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "k2v", help="K2V client: read, write, list and watch items",
         description="Talk to a K2V endpoint (no config file needed). Connection settings: flags, then "
@@ -500,8 +500,9 @@ def make_client(args: argparse.Namespace) -> K2VClient:
 
 async def _main(args: argparse.Namespace) -> int:
     client = make_client(args)
+    handler: Handler = args.handler
     async with client:
-        return await args.handler(client, args)
+        return await handler(client, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from garagekv.cli import cluster, dev, k2v, meta
+from garagekv.cli import bench, cluster, dev, k2v, meta
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("server", help="run a node")
     dev.add_parser(sub)
     k2v.add_parser(sub)
+    bench.add_parser(sub)
     meta.add_parsers(sub)
     cluster.add_parsers(sub)
     _accept_config_anywhere(sub)
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return dev.run(args)
         if args.command == "k2v":
             return k2v.run(args)
+        if args.command == "bench":
+            return bench.run(args)
         config = load_config(args.config)
         if args.command == "server":
             from garagekv.server import run_node

@@ -64,8 +64,9 @@ CONNECTION_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "
 MAX_BATCH = 1000  # the server's default limit on items/queries per batch
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = "garagekv-client/0.1"
-_CONNECT_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(
-    c for c in (getattr(aiohttp, "ConnectionTimeoutError", None),) if c is not None)
+# Errors raised before anything was sent (connect timeouts are their own class since aiohttp 3.10).
+_NOT_SENT: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError, *(
+    c for c in (getattr(aiohttp, "ConnectionTimeoutError", None),) if c is not None))
 
 
 class RawResponse:
@@ -238,7 +239,7 @@ class K2VClient:
             err: errors.K2VError
             try:
                 resp = await self._send_once(req, read_timeout)
-            except (aiohttp.ClientConnectorError, *_CONNECT_TIMEOUT_ERRORS) as e:
+            except _NOT_SENT as e:
                 err, retry = errors.K2VConnectionError(f"cannot connect to {self.endpoint}: {e}", path=req.path), True
             except TimeoutError:
                 err = errors.K2VTimeoutError(f"no answer from {self.endpoint} within {read_timeout:g}s", path=req.path)

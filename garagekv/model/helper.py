@@ -82,7 +82,7 @@ class MetaHelper:
     # ---- keys ---------------------------------------------------------------------------------
 
     async def list_keys(self) -> list[Key]:
-        return [k for k in await self.keys.get_range(EMPTY_PARTITION) if not k.is_deleted]
+        return [k for _, k in await self.keys.get_range(EMPTY_PARTITION) if not k.is_deleted]
 
     async def find_key(self, pattern: str) -> Key:
         """A key whose id starts with ``pattern`` or whose name equals it (exactly one)."""
@@ -152,7 +152,7 @@ class MetaHelper:
     # ---- buckets ------------------------------------------------------------------------------
 
     async def list_buckets(self) -> list[Bucket]:
-        return [b for b in await self.buckets.get_range(EMPTY_PARTITION) if not b.is_tombstone()]
+        return [b for _, b in await self.buckets.get_range(EMPTY_PARTITION) if not b.is_tombstone()]
 
     async def find_bucket(self, name: str, key: Key | None = None) -> Bucket:
         """By alias (local to ``key`` first), or by a hex id prefix of at least 8 digits."""

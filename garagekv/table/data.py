@@ -7,7 +7,6 @@ free and does not wake pollers.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -39,38 +38,48 @@ class TableData(Generic[E]):
         raw = tx.get(self.store, tree_key)
         return None if raw is None else self.schema.decode(raw)
 
+    def get_raw(self, tree_key: bytes) -> bytes | None:
+        with self.db.read() as txn:
+            return txn.get(tree_key, db=self.store)
+
     def scan(
         self,
-        prefix: bytes,
-        start: bytes,
+        partition: bytes,
+        start: bytes = b"",
         *,
+        prefix: bytes = b"",
+        end: bytes | None = None,
         reverse: bool = False,
-        stop: Callable[[bytes], bool] | None = None,
         limit: int | None = None,
         filt: Any = None,
+        skip_start: bool = False,
     ) -> list[tuple[bytes, E]]:
-        """Entries whose key begins with ``prefix``, from ``prefix+start`` on, in key order.
+        """Entries of ``partition`` whose sort key begins with ``prefix``, from ``start`` on.
 
-        Reverse scans start at the greatest key <= ``prefix+start`` (or the end of the prefix
-        when ``start`` is None-like empty with reverse). ``stop(suffix)`` ends the scan;
-        ``limit`` counts only entries that pass ``filt``. Runs in a worker thread for big ranges.
+        Forward scans stop at ``end`` (excluded); reverse scans start at the greatest key
+        <= ``start`` (the end of the partition when ``start`` is empty) and stop at ``end``
+        (excluded). ``skip_start`` excludes ``start`` itself (to continue after a page).
+        ``limit`` counts only entries that pass ``filt``. Blocking: run big scans in a thread.
         """
         out: list[tuple[bytes, E]] = []
         with self.db.read() as txn:
-            for key, raw in _iter_prefix(txn.cursor(db=self.store), prefix, start, reverse):
-                suffix = key[len(prefix) :]
-                if stop is not None and stop(suffix):
+            for key, raw in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
+                sk = key[len(partition) :]
+                if skip_start and sk == start:
+                    continue
+                if not sk.startswith(prefix):
+                    if reverse and sk > prefix:
+                        continue  # reverse scans may begin past the prefix's keys
+                    break
+                if end is not None and (sk <= end if reverse else sk >= end):
                     break
                 entry = self.schema.decode(raw)
                 if filt is not None and not self.schema.matches_filter(entry, filt):
                     continue
-                out.append((suffix, entry))
+                out.append((sk, entry))
                 if limit is not None and len(out) >= limit:
                     break
         return out
-
-    async def scan_async(self, *args: Any, **kwargs: Any) -> list[tuple[bytes, E]]:
-        return await asyncio.to_thread(self.scan, *args, **kwargs)
 
     def iter_all(self) -> Iterator[tuple[bytes, E]]:
         with self.db.read() as txn:

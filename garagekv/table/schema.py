@@ -36,6 +36,10 @@ class TableSchema(Protocol[E]):
 
     def matches_filter(self, entry: E, filt: Any) -> bool: ...
 
+    def filter_to_wire(self, filt: Any) -> Any: ...
+
+    def filter_from_wire(self, w: Any) -> Any: ...
+
 
 class BaseSchema:
     """Defaults for schemas with no side effects and no filters."""
@@ -47,3 +51,9 @@ class BaseSchema:
 
     def matches_filter(self, entry: Any, filt: Any) -> bool:
         return True
+
+    def filter_to_wire(self, filt: Any) -> Any:
+        return filt
+
+    def filter_from_wire(self, w: Any) -> Any:
+        return w

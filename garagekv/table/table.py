@@ -1,39 +1,212 @@
-"""A table as the layers above see it: insert, get and range reads.
+"""A replicated table: quorum writes to every live write set, quorum reads with read repair.
 
-Today every table's replica set is this node, so the operations go straight to the local data.
-The replicated strategies (sharded by the ring, or full copy) plug in here without changing the
-callers: inserts and reads keep these signatures.
+Entries cross the wire as their canonical bytes; every replica merges what it receives with
+the CRDT merge, so the order in which updates arrive never matters. The node calling these
+methods need not store the entry itself: any node can serve any request.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any, Generic, Protocol, TypeVar
 
+from garagekv.net.netapp import NetApp
+from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.rpc.quorum import try_call_many, try_write_many_sets
 from garagekv.table.data import TableData
+from garagekv.table.replication import FullReplication, ShardedReplication
+from garagekv.util.errors import BadRequest
+
+log = logging.getLogger(__name__)
 
 E = TypeVar("E")
 
 EMPTY_PARTITION = b"\x00" * 32
+RANGE_PAGE = 1000
+
+
+class PeerView(Protocol):
+    """Liveness and latency of peers (the system layer), used to order requests."""
+
+    def is_up(self, node_id: bytes) -> bool: ...
+
+    def rtt_of(self, node_id: bytes) -> float | None: ...
 
 
 class Table(Generic[E]):
-    def __init__(self, data: TableData[E]) -> None:
+    def __init__(
+        self,
+        data: TableData[E],
+        replication: ShardedReplication | FullReplication,
+        netapp: NetApp,
+        registry: EndpointRegistry,
+        peers: PeerView | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.data = data
         self.schema = data.schema
+        self.replication = replication
+        self.netapp = netapp
+        self.peers = peers
+        self.timeout = timeout
+        self.endpoint = endpoint_path("table", "rpc", self.schema.name)
+        registry.register(self.endpoint, self._handle)
+        self._repairs: set[asyncio.Task] = set()
+
+    @property
+    def node_id(self) -> bytes:
+        return self.replication.node_id
+
+    # ---- writes ------------------------------------------------------------------------------
 
     async def insert(self, entry: E) -> None:
-        await self.data.merge(entry)
+        """Returns once every live write set has a write quorum of replicas holding ``entry``."""
+        raw = entry.encode()
+        sets = self.replication.write_sets(entry.tree_key()[:32])
+        await try_write_many_sets(
+            lambda node: self._call(node, ["update", [raw]]), sets, self.replication.write_quorum(),
+            timeout=self.timeout,
+        )
 
     async def insert_many(self, entries: list[E]) -> None:
-        if entries:
-            await self.data.merge_many(entries)
+        """One ``update`` per node carrying everything it stores; quorum per entry's write sets."""
+        if not entries:
+            return
+        per_node: dict[bytes, list[bytes]] = defaultdict(list)
+        set_groups: dict[tuple[tuple[bytes, ...], ...], None] = {}
+        for e in entries:
+            sets = self.replication.write_sets(e.tree_key()[:32])
+            set_groups[tuple(tuple(s) for s in sets)] = None
+            raw = e.encode()
+            for node in {n for s in sets for n in s}:
+                per_node[node].append(raw)
+        quorum = self.replication.write_quorum()
+        sent: dict[bytes, asyncio.Future] = {}
+
+        def send(node: bytes) -> Any:
+            # One request per node even when it belongs to several groups of write sets.
+            if node not in sent:
+                sent[node] = asyncio.ensure_future(self._call(node, ["update", per_node[node]]))
+            return asyncio.shield(sent[node])
+
+        await asyncio.gather(*(
+            try_write_many_sets(send, [list(s) for s in group], quorum, timeout=self.timeout)
+            for group in set_groups
+        ))
+
+    # ---- reads -------------------------------------------------------------------------------
 
     async def get(self, tree_key: bytes) -> E | None:
-        return self.data.get(tree_key)
+        """Merge the answers of a read quorum; repair replicas that answered something older."""
+        nodes = self.replication.read_nodes(tree_key[:32])
+        if nodes == [self.node_id]:
+            return self.data.get(tree_key)
+        # Ask every read node at once and keep the first quorum: a hung replica costs nothing.
+        answers = await try_call_many(
+            lambda node: self._call(node, ["get", tree_key]), self.order(nodes), self.replication.read_quorum(),
+            send_all_at_once=True, timeout=self.timeout,
+        )
+        merged = None
+        for raw in answers:
+            if raw is None:
+                continue
+            e = self.schema.decode(raw)
+            if merged is None:
+                merged = e
+            else:
+                merged.merge(e)
+        if merged is not None:
+            final = merged.encode()
+            if any(raw != final for raw in answers):
+                self._repair(nodes, [final])
+        return merged
 
     async def get_range(
-        self, partition: bytes, start: bytes = b"", *, reverse: bool = False, limit: int | None = None,
-        filt: Any = None,
-    ) -> list[E]:
-        rows = await self.data.scan_async(partition, start, reverse=reverse, limit=limit, filt=filt)
-        return [e for _, e in rows]
+        self, partition: bytes, start: bytes = b"", *, prefix: bytes = b"", end: bytes | None = None,
+        reverse: bool = False, limit: int | None = None, filt: Any = None, skip_start: bool = False,
+    ) -> list[tuple[bytes, E]]:
+        """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
+
+        Each replica returns up to ``limit`` entries; only the first ``limit`` merged keys are
+        returned, since keys past that point may not have been seen by a whole quorum.
+        """
+        nodes = self.replication.read_nodes(partition)
+        if nodes == [self.node_id]:
+            return await asyncio.to_thread(self.data.scan, partition, start, prefix=prefix, end=end,
+                                           reverse=reverse, limit=limit, filt=filt, skip_start=skip_start)
+        fw = self.schema.filter_to_wire(filt) if filt is not None else None
+        msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
+        answers = await try_call_many(lambda node: self._call(node, msg), self.order(nodes),
+                                      self.replication.read_quorum(), send_all_at_once=True, timeout=self.timeout)
+        merged: dict[bytes, E] = {}
+        raws: dict[bytes, list[bytes]] = defaultdict(list)
+        for answer in answers:
+            for raw in answer:
+                e = self.schema.decode(raw)
+                sk = e.tree_key()[32:]
+                raws[sk].append(raw)
+                if sk in merged:
+                    merged[sk].merge(e)
+                else:
+                    merged[sk] = e
+        keys = sorted(merged, reverse=reverse)
+        if limit is not None:
+            keys = keys[:limit]
+        to_repair = []
+        for sk in keys:
+            final = merged[sk].encode()
+            if len(raws[sk]) < len(answers) or any(r != final for r in raws[sk]):
+                to_repair.append(final)
+        if to_repair:
+            self._repair(nodes, to_repair)
+        out = [(sk, merged[sk]) for sk in keys]
+        if filt is not None:  # a merge can change whether an entry passes the filter
+            out = [(sk, e) for sk, e in out if self.schema.matches_filter(e, filt)]
+        return out
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def order(self, nodes: list[bytes]) -> list[bytes]:
+        """Self first, then live peers by ping RTT, nodes believed down last."""
+        if self.peers is None:
+            return sorted(nodes, key=lambda n: n != self.node_id)
+        p = self.peers
+        return sorted(nodes, key=lambda n: (n != self.node_id, not p.is_up(n), p.rtt_of(n) or 10.0))
+
+    def _repair(self, nodes: list[bytes], raws: list[bytes]) -> None:
+        async def repair() -> None:
+            try:
+                await asyncio.gather(*(self._call(n, ["update", raws]) for n in nodes), return_exceptions=True)
+            except Exception:  # noqa: BLE001 - repair is best effort; anti-entropy catches the rest
+                log.debug("read repair failed", exc_info=True)
+
+        t = asyncio.create_task(repair())
+        self._repairs.add(t)
+        t.add_done_callback(self._repairs.discard)
+
+    async def _call(self, node: bytes, msg: list) -> Any:
+        if node == self.node_id:
+            return await self._handle(node, msg)
+        return await self.netapp.call(node, self.endpoint, msg, timeout=self.timeout)
+
+    async def _handle(self, from_node: bytes, msg: Any) -> Any:
+        if not isinstance(msg, list) or not msg:
+            raise BadRequest("malformed table request")
+        kind = msg[0]
+        if kind == "update":
+            await self.data.merge_many([self.schema.decode(bytes(r)) for r in msg[1]])
+            return None
+        if kind == "get":
+            return self.data.get_raw(bytes(msg[1]))
+        if kind == "range":
+            _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
+            filt = self.schema.filter_from_wire(fw) if fw is not None else None
+            rows = await asyncio.to_thread(
+                self.data.scan, bytes(partition), bytes(start), prefix=bytes(prefix),
+                end=None if end is None else bytes(end), reverse=bool(reverse), limit=limit, filt=filt,
+                skip_start=bool(skip_start),
+            )
+            return [e.encode() for _, e in rows]
+        raise BadRequest(f"unknown table request {kind!r}")

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import K2VHttp, NodeProcess, free_port
+from tests.support import K2VHttp, NodeProcess, free_dev_port, free_port
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
@@ -309,7 +309,7 @@ def test_create_bucket_with_local_alias(anode):
 
 
 def test_dev_serves_admin_api(tmp_path):
-    port = free_port()
+    port = free_dev_port()
     p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir", str(tmp_path / "dev"),
                           "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.support import K2VHttp, NodeProcess, free_port
+from tests.support import K2VHttp, NodeProcess, free_dev_port
 
 
 def cli(node: NodeProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -124,7 +124,7 @@ def test_cli_without_running_node_fails_clearly(tmp_path):
 
 
 def test_dev_prints_credentials_serves_and_persists(tmp_path):
-    port = free_port()
+    port = free_dev_port()
 
     def start() -> tuple[subprocess.Popen, dict]:
         p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,18 +13,32 @@ from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
-from garagekv.model.k2v.store import InsertedItem, K2VStore
+from garagekv.model.k2v.store import InsertedItem
+from garagekv.model.model import Model
+from garagekv.net.identity import node_number
+from garagekv.rpc.endpoint import EndpointRegistry
+from garagekv.rpc.layout import LayoutHistory
+from garagekv.util.config import parse_config
 from garagekv.util.time import now_ms
 
 BUCKET = b"\x07" * 32
-NODE = 42
+NODE_ID = bytes(range(32))
+NODE = node_number(NODE_ID)
 
 
 class Opened:
+    """A standalone node's model (no layout yet: every table lives here), without networking."""
+
     def __init__(self, path) -> None:
         self.db = Database(path, map_size=64 << 20)
         self.writer = GroupCommitWriter(self.db)
-        self.store = K2VStore(self.db, self.writer, NODE)
+        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent")
+        system = SimpleNamespace(layout=layout, netapp=None, registry=EndpointRegistry(), node_id=NODE_ID,
+                                 is_up=lambda n: True, rtt_of=lambda n: None)
+        config = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"}})
+        self.model = Model(config, self.db, self.writer, system)
+        self.store = self.model.k2v
+        self.local = self.model.store
 
     def close(self) -> None:
         self.writer.close()
@@ -45,7 +60,7 @@ async def put(store, sk, value, ct=None, pk="p"):
 async def test_timestamp_never_goes_back_across_restart_and_clock_steps(tmp_path):
     o = Opened(tmp_path / "db")
     future = now_ms() + 10**9  # as if the clock had been far ahead, then stepped back
-    o.writer.run_sync(lambda tx: tx.put(o.store._local_ts, b"timestamp", struct.pack(">Q", future)))
+    o.writer.run_sync(lambda tx: tx.put(o.local._local_ts, b"timestamp", struct.pack(">Q", future)))
     item = await put(o.store, "a", b"1")
     t1 = item.causal_context().get(NODE)
     assert t1 == future + 1
@@ -64,14 +79,16 @@ async def test_counters_follow_items_in_the_same_transaction(opened):
     a = await put(s, "a", b"xyz")
     await put(s, "b", b"12")
     await put(s, "b", b"345")  # no token: a conflict
-    page = await s.read_index(BUCKET, RangeQuery())
+    await opened.model.counter_queue.flush()
+    page, filt = await s.read_index(BUCKET, RangeQuery())
     (pk, entry), = page.entries
-    assert pk == "p"
-    assert s.counter_values(entry, [NODE]) == {"entries": 2, "conflicts": 1, "values": 3, "bytes": 8}
+    assert pk == "p" and filt.nodes == (NODE,)
+    assert s.counter_values(entry, filt) == {"entries": 2, "conflicts": 1, "values": 3, "bytes": 8}
     await put(s, "a", None, a.causal_context())  # delete a with its token
     b = await s.read_item(BUCKET, "p", "b")
     await put(s, "b", None, b.causal_context())
-    page = await s.read_index(BUCKET, RangeQuery())
+    await opened.model.counter_queue.flush()
+    page, _ = await s.read_index(BUCKET, RangeQuery())
     assert page.entries == []  # all-zero counters are hidden
     assert await s.bucket_is_empty(BUCKET)
 
@@ -87,7 +104,8 @@ async def test_poll_item_wakes_on_commit_and_times_out(opened):
     woken = await asyncio.wait_for(waiter, 5)
     assert woken.values() == [b"2"]
     assert await s.poll_item(BUCKET, "p", "k", woken.causal_context(), timeout=0.1) is None
-    assert s.subs.count() == 0
+    await asyncio.sleep(0.05)  # the storage-side poll task unwinds right after the timeout
+    assert opened.model.subs.count() == 0
 
 
 async def test_poll_item_on_missing_key_waits_for_creation(opened):

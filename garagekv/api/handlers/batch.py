@@ -105,7 +105,7 @@ async def _run_query(ctx: RequestContext, bq: BatchQuery, filt: ItemFilter) -> t
     store = ctx.state.store
     if bq.single_item:
         item = await store.read_item(ctx.bucket_id, bq.partition_key, bq.range.start)
-        ok = item is not None and item.values() and store.item_data.schema.matches_filter(item, filt)
+        ok = item is not None and item.values() and store.items.schema.matches_filter(item, filt)
         return ([item] if ok else []), False, None
     page = await store.read_range(ctx.bucket_id, bq.partition_key, bq.range, filt)
     return [e for _, e in page.entries], page.more, page.next_start

@@ -14,9 +14,8 @@ async def read_index(ctx: RequestContext) -> web.StreamResponse:
         ctx.check_key_len(name, getattr(ep, name))
     q = RangeQuery(ep.prefix, ep.start, ep.end, ep.limit, ep.reverse)
     store = ctx.state.store
-    page = await store.read_index(ctx.bucket_id, q)
-    nodes = store.counter_schema.nodes
-    keys = [{"pk": pk, **store.counter_values(entry, nodes)} for pk, entry in page.entries]
+    page, filt = await store.read_index(ctx.bucket_id, q)
+    keys = [{"pk": pk, **store.counter_values(entry, filt)} for pk, entry in page.entries]
     return json_response({
         "prefix": ep.prefix,
         "start": ep.start,

@@ -6,7 +6,7 @@ caller walks one partition; this module decides where to start, where to stop an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +17,9 @@ E = TypeVar("E")
 # Above every byte that can appear in UTF-8, so prefix+HIGH is past every key with that prefix.
 _HIGH = b"\xff"
 
-ScanFn = Callable[..., list[tuple[bytes, Any]]]
+Fetch = Callable[..., Awaitable[list[tuple[bytes, Any]]]]
+PAGE = 1000
+MAX_KEY_BYTES = 479  # LMDB keys are at most 511 bytes, 32 of which are the partition hash
 
 
 @dataclass
@@ -52,11 +54,13 @@ class RangePage(Generic[E]):
     next_start: str | None
 
 
-def read_range(scan: ScanFn, q: RangeQuery, filt: Any = None) -> RangePage:
-    """Run ``q`` over ``scan(start: bytes, reverse=, stop=, limit=, filt=)``.
+async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = PAGE) -> RangePage:
+    """Run ``q`` with ``fetch(start, prefix=, end=, reverse=, limit=, filt=, skip_start=)``.
 
-    Filters apply before the limit counts. One entry past the limit is read to decide ``more``
-    and ``nextStart`` (the first key not returned).
+    ``fetch`` returns (sort key bytes, entry) pairs of one partition in scan order. Filters
+    apply before the limit counts. Reads go page by page so a huge range never loads at once
+    per request to a replica; one entry past the limit is read to decide ``more`` and
+    ``nextStart`` (the first key not returned).
     """
     q.check()
     prefix = (q.prefix or "").encode()
@@ -64,20 +68,21 @@ def read_range(scan: ScanFn, q: RangeQuery, filt: Any = None) -> RangePage:
     if q.start is not None:
         start = q.start.encode()
     elif q.reverse:
-        start = prefix + _HIGH if prefix else b""
+        # prefix+HIGH is past every key with that prefix; a prefix of the maximum key size
+        # can only match itself.
+        start = prefix + _HIGH if prefix and len(prefix) < MAX_KEY_BYTES else prefix
     else:
         start = prefix
-
-    def stop(key: bytes) -> bool:
-        if not key.startswith(prefix):
-            return True
-        if end is None:
-            return False
-        return key <= end if q.reverse else key >= end
-
     want = None if q.limit is None else q.limit + 1
-    rows = scan(start, reverse=q.reverse, stop=stop, limit=want, filt=filt)
-    entries = [(k.decode(), e) for k, e in rows]
+    entries: list[tuple[str, Any]] = []
+    skip = False
+    while want is None or len(entries) < want:
+        n = page if want is None else min(page, want - len(entries))
+        rows = await fetch(start, prefix=prefix, end=end, reverse=q.reverse, limit=n, filt=filt, skip_start=skip)
+        entries.extend((k.decode(), e) for k, e in rows)
+        if len(rows) < n:
+            break
+        start, skip = rows[-1][0], True
     if q.limit is not None and len(entries) > q.limit:
         return RangePage(entries[: q.limit], True, entries[q.limit][0])
     return RangePage(entries, False, None)

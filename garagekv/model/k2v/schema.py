@@ -1,18 +1,21 @@
 """Table schemas for K2V items and their index counters.
 
-The item schema's ``updated`` hook keeps this node's index counters in the same transaction as
-the item and wakes pollers once that transaction is durable.
+The item schema's ``updated`` hook runs inside the transaction that changed an item, on every
+replica and for every kind of change (coordinated insert, replication, repair, sync): it updates
+this node's counters for the partition, queues them for replication, and wakes pollers once the
+transaction is durable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from garagekv.db.writer import WriteTxn
 from garagekv.model.index_counter import CounterEntry, LocalCounter, counts_diff
 from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.sub import SubscriptionManager
-from garagekv.table.data import TableData
 from garagekv.table.schema import BaseSchema
 from garagekv.util.time import now_ms
 
@@ -23,28 +26,38 @@ class ItemFilter:
     conflicts_only: bool = False
 
 
+@dataclass(frozen=True)
+class CounterFilter:
+    """Hide partitions whose counters are all zero over ``nodes`` (the layout's storage nodes)."""
+
+    nodes: tuple[int, ...]
+
+
 class CounterSchema(BaseSchema):
     name = "k2v_index_counter"
-
-    def __init__(self, nodes: list[int] | None = None) -> None:
-        self.nodes = nodes
 
     def decode(self, data: bytes) -> CounterEntry:
         return CounterEntry.decode(data)
 
-    def matches_filter(self, entry: CounterEntry, filt: object) -> bool:
-        """The only filter is "not deleted": a partition whose counters are all zero is hidden."""
-        return not entry.is_tombstone(self.nodes)
+    def matches_filter(self, entry: CounterEntry, filt: CounterFilter) -> bool:
+        return not entry.is_tombstone(filt.nodes)
+
+    def filter_to_wire(self, filt: CounterFilter) -> Any:
+        return list(filt.nodes)
+
+    def filter_from_wire(self, w: Any) -> CounterFilter:
+        return CounterFilter(tuple(int(n) for n in w))
 
 
 class ItemSchema(BaseSchema):
     name = "k2v_item"
 
-    def __init__(self, node: int, subs: SubscriptionManager, local_counters, counters: TableData) -> None:
+    def __init__(self, node: int, subs: SubscriptionManager, local_counters: Any,
+                 queue_counter: Callable[[WriteTxn, CounterEntry], None]) -> None:
         self.node = node
         self.subs = subs
         self.local_counters = local_counters
-        self.counters = counters
+        self.queue_counter = queue_counter
 
     def decode(self, data: bytes) -> K2VItem:
         return K2VItem.decode(data)
@@ -53,6 +66,12 @@ class ItemSchema(BaseSchema):
         if filt.exclude_only_tombstones and item.is_tombstone():
             return False
         return not (filt.conflicts_only and len(item.values()) < 2)
+
+    def filter_to_wire(self, filt: ItemFilter) -> Any:
+        return [filt.exclude_only_tombstones, filt.conflicts_only]
+
+    def filter_from_wire(self, w: Any) -> ItemFilter:
+        return ItemFilter(bool(w[0]), bool(w[1]))
 
     def updated(self, tx: WriteTxn, old: K2VItem | None, new: K2VItem | None) -> None:
         ref = new if new is not None else old
@@ -63,8 +82,6 @@ class ItemSchema(BaseSchema):
             local = LocalCounter.decode(raw) if raw else LocalCounter(ref.bucket_id, ref.partition_key)
             local.apply_diff(diff, now_ms())
             tx.put(self.local_counters, key, local.encode())
-            # The counter table's replica set is this node today; the durable insert queue that
-            # ships counters to other replicas hooks in here.
-            self.counters.merge_in(tx, local.to_entry(self.node))
+            self.queue_counter(tx, local.to_entry(self.node))
         if new is not None:
             tx.on_commit(lambda: self.subs.notify(new))

@@ -1,0 +1,55 @@
+"""CPU time and memory of server processes, read from ``/proc`` (Linux)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads), or None if it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces: split after the last ')'
+    fields = data[data.rindex(")") + 2:].split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def total_cpu_seconds(pids: list[int]) -> float | None:
+    """Sum over ``pids``; None if any of them is gone (a partial sum would mislead)."""
+    total = 0.0
+    for pid in pids:
+        s = cpu_seconds(pid)
+        if s is None:
+            return None
+        total += s
+    return total
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (VmRSS), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes actually allocated under ``path`` (st_blocks, so sparse LMDB files count right)."""
+    total = 0
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    for f in files:
+        try:
+            total += f.stat().st_blocks * 512
+        except OSError:
+            pass
+    return total

@@ -1,0 +1,202 @@
+"""Human output of the benchmark: one run as text, a suite as a Markdown table, and a plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def fmt_num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_errors(errors: dict[str, int]) -> str:
+    if not errors:
+        return "none"
+    return ", ".join(f"{code}: {n:,}" for code, n in sorted(errors.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def fmt_latency(lat: dict[str, float]) -> str:
+    keys = ("p50", "p90", "p99", "p99.9", "max")
+    return "  ".join(f"{k} {fmt_ms(lat.get(k))}" for k in keys) + f"  (mean {fmt_ms(lat.get('mean'))})"
+
+
+def format_text(s: dict[str, Any]) -> str:
+    """A few aligned lines describing one run (the output of ``garagekv bench``)."""
+    cfg = s["config"]
+    eps = cfg["endpoints"]
+    where = eps[0] if len(eps) == 1 else f"{len(eps)} endpoints"
+    lines = [
+        f"{s['label']} @ {where}: {cfg['conns']} conns x {cfg['procs']} proc(s), {cfg['value_size']} B values, "
+        f"{cfg['duration']:g} s measured after {cfg['warmup']:g} s warmup ({s.get('loop', 'asyncio')})",
+        f"  throughput   {fmt_num(s['ops_per_sec'], 1)} ops/s ({s['ops']:,} ops)"
+        + (f", {fmt_num(s['items_per_sec'])} items/s" if s.get("items_per_sec") else ""),
+        f"  latency ms   {fmt_latency(s['latency_ms'])}",
+        f"  errors       {fmt_errors(s['errors'])}",
+    ]
+    by_op = s.get("by_op", {})
+    if len(by_op) > 1:
+        for kind, op in by_op.items():
+            lat = op["latency_ms"]
+            lines.append(f"  {kind:<12} {fmt_num(op['ops_per_sec'], 1):>10} ops/s  p50 {fmt_ms(lat['p50'])}"
+                         f"  p99 {fmt_ms(lat['p99'])} ms  errors {fmt_errors(op['errors'])}")
+    sc = s.get("server_cpu")
+    if sc:
+        lines.append(f"  server CPU   {fmt_num(sc['us_per_op'], 1)} us/op ({sc['cores']:.2f} cores, "
+                     f"pids {', '.join(str(p) for p in sc['pids'])})")
+    cc = s.get("client_cpu")
+    if cc and cc.get("us_per_request") is not None:
+        lines.append(f"  client CPU   {fmt_num(cc['us_per_request'], 1)} us/request "
+                     f"({cc['seconds'] / cfg['duration']:.2f} cores)")
+    if s.get("prefill"):
+        p = s["prefill"]
+        lines.append(f"  prefill      {p['items']:,} items in {p['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+# --- suites (make bench) --------------------------------------------------------------------------
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def comparison_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (cluster, scenario): garagekv and, when measured, etcd side by side.
+
+    Each result carries ``cluster`` ("1 node", "3 nodes"), ``scenario`` and ``system``
+    ("garagekv" or "etcd"); ``skipped`` results keep their reason.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        row = rows.setdefault((r["cluster"], r["scenario"]), {"cluster": r["cluster"], "scenario": r["scenario"]})
+        row[r["system"]] = r
+    out = []
+    for row in rows.values():
+        g, e = row.get("garagekv"), row.get("etcd")
+        row["ops_ratio"] = ratio(_ops(g), _ops(e))
+        row["p99_ratio"] = ratio(_p99(g), _p99(e))
+        row["cpu_ratio"] = ratio(_cpu(g), _cpu(e))
+        out.append(row)
+    return out
+
+
+def _measured(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    return r if r is not None and not r.get("skipped") else None
+
+
+def _ops(r: dict[str, Any] | None) -> float | None:
+    r = _measured(r)
+    return None if r is None else r["ops_per_sec"]
+
+
+def _p99(r: dict[str, Any] | None) -> float | None:
+    r = _measured(r)
+    return None if r is None else r["latency_ms"]["p99"]
+
+
+def _cpu(r: dict[str, Any] | None) -> float | None:
+    r = _measured(r)
+    return None if r is None or not r.get("server_cpu") else r["server_cpu"]["us_per_op"]
+
+
+def _cell_ops(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    if r.get("skipped"):
+        return "skipped"
+    s = fmt_num(r["ops_per_sec"])
+    if r.get("error_count"):
+        s += f" ({r['error_count']:,} err)"
+    return s
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ("| cluster | scenario | garagekv ops/s | p99 ms | CPU us/op | etcd ops/s | p99 ms | CPU us/op "
+            "| ops ratio | p99 ratio | CPU ratio |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        g, e = row.get("garagekv"), row.get("etcd")
+        lines.append("| " + " | ".join([
+            row["cluster"], row["scenario"],
+            _cell_ops(g), fmt_ms(_p99(g)), fmt_num(_cpu(g), 1),
+            _cell_ops(e), fmt_ms(_p99(e)), fmt_num(_cpu(e), 1),
+            fmt_ratio(row["ops_ratio"]), fmt_ratio(row["p99_ratio"]), fmt_ratio(row["cpu_ratio"]),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: Sequence[dict[str, Any]]) -> list[str]:
+    out = []
+    for r in results:
+        if r.get("skipped"):
+            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: skipped ({r['skipped']})")
+        elif r.get("error_count"):
+            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: errors {fmt_errors(r['errors'])}")
+        if r.get("scenario") == "poll" and not r.get("skipped"):
+            out.append(f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
+                       f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)")
+        if r.get("scenario") == "batch" and not r.get("skipped") and r.get("items_per_sec"):
+            out.append(f"- {r['system']} {r['cluster']} batch: {fmt_num(r['items_per_sec'])} items/s")
+    return out
+
+
+def suite_markdown(meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    rows = comparison_rows(results)
+    parts = [f"# garagekv bench ({meta.get('date', '')})", ""]
+    for k, v in meta.items():
+        if k != "date":
+            parts.append(f"- {k}: {v}")
+    parts += ["", markdown_table(rows), ""]
+    n = notes(results)
+    if n:
+        parts += ["Notes:", "", *n, ""]
+    return "\n".join(parts)
+
+
+def plot(results: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """Throughput and p99 per scenario as a PNG; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    measured = [r for r in results if not r.get("skipped")]
+    if not measured:
+        return False
+    labels = [f"{r['system']}\n{r['cluster']}\n{r['scenario']}" for r in measured]
+    colors = ["tab:blue" if r["system"] == "garagekv" else "tab:orange" for r in measured]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, len(measured) * 0.9), 8), sharex=True)
+    xs = range(len(measured))
+    ax1.bar(xs, [r["ops_per_sec"] for r in measured], color=colors)
+    ax1.set_ylabel("ops/s")
+    ax1.set_title("Throughput (closed loop)")
+    ax2.bar(xs, [r["latency_ms"]["p99"] for r in measured], color=colors)
+    ax2.set_ylabel("p99 latency (ms)")
+    ax2.set_title("p99 latency")
+    ax2.set_xticks(list(xs))
+    ax2.set_xticklabels(labels, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,199 @@
+"""K2V across the cluster: what the API calls, whichever node it runs on.
+
+Inserts go to one coordinator among the partition's storage nodes (self first, then the
+fastest; the next one only if that call fails), which applies the DVVS update and replicates the
+merged item with a quorum write. Reads are quorum reads of the item and counter tables. Polls go
+to the storage nodes, which answer as soon as they see something newer than the client has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
+from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.item import K2VItem, partition_hash
+from garagekv.model.k2v.range import RangePage, RangeQuery, read_range
+from garagekv.model.k2v.schema import CounterFilter, ItemFilter
+from garagekv.model.k2v.seen import RangeSeenMarker
+from garagekv.model.k2v.store import InsertedItem, K2VStore
+from garagekv.net.identity import node_number
+from garagekv.net.netapp import NetApp
+from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.rpc.quorum import QuorumError, try_call_many
+from garagekv.table.table import Table
+from garagekv.util.errors import BadRequest, ServiceUnavailable
+
+ENDPOINT = endpoint_path("model/k2v", "rpc")
+POLL_RANGE_EXTRA_DELAY = 0.2
+
+
+class K2VService:
+    def __init__(self, store: K2VStore, items: Table[K2VItem], counters: Table[CounterEntry], netapp: NetApp,
+                 registry: EndpointRegistry, timeout: float = 30.0) -> None:
+        self.store = store
+        self.items = items
+        self.counters = counters
+        self.netapp = netapp
+        self.timeout = timeout
+        self.node_id = items.node_id
+        registry.register(ENDPOINT, self._handle)
+
+    @property
+    def replication(self) -> Any:
+        return self.items.replication
+
+    async def _call(self, node: bytes, msg: list, timeout: float | None = None) -> Any:
+        if node == self.node_id:
+            return await self._handle(node, msg)
+        return await self.netapp.call(node, ENDPOINT, msg, timeout=timeout)
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    async def insert(self, bucket_id: bytes, ins: InsertedItem) -> None:
+        await self.insert_many(bucket_id, [ins])
+
+    async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
+        """One coordinator call per group of items sharing the same storage nodes."""
+        groups: dict[tuple[bytes, ...], list[list]] = defaultdict(list)
+        for ins in items:
+            nodes = self.replication.storage_nodes(partition_hash(bucket_id, ins.partition_key))
+            groups[tuple(nodes)].append(ins.to_wire())
+        await asyncio.gather(*(
+            try_call_many(lambda n, w=wires: self._call(n, ["insert", bucket_id, w], self.timeout),
+                          self.items.order(list(nodes)), 1, timeout=self.timeout)
+            for nodes, wires in groups.items()
+        ))
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def read_item(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
+        return await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
+
+    async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
+        ph = partition_hash(bucket_id, pk)
+        return await read_range(lambda start, **kw: self.items.get_range(ph, start, **kw), q, filt)
+
+    def counter_filter(self) -> CounterFilter:
+        """Counters count from the current layout's storage nodes only (departed nodes are ignored)."""
+        h = self.replication.layout.history
+        nodes = h.current().storage_nodes() or [self.node_id]
+        return CounterFilter(tuple(sorted(node_number(n) for n in nodes)))
+
+    async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage, CounterFilter]:
+        filt = self.counter_filter()
+        page = await read_range(lambda start, **kw: self.counters.get_range(bucket_id, start, **kw), q, filt)
+        return page, filt
+
+    @staticmethod
+    def counter_values(entry: CounterEntry, filt: CounterFilter) -> dict[str, int]:
+        vals = entry.filtered_values(filt.nodes)
+        return {n: vals.get(n, 0) for n in COUNTER_NAMES}
+
+    async def bucket_is_empty(self, bucket_id: bytes) -> bool:
+        page, _ = await self.read_index(bucket_id, RangeQuery(limit=1))
+        return not page.entries
+
+    # ---- polls ----------------------------------------------------------------------------------
+
+    async def poll_item(self, bucket_id: bytes, pk: str, sk: str, ct: CausalContext, timeout: float) -> K2VItem | None:
+        """The item once a read quorum of its storage nodes have answered; None on timeout."""
+        nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
+        msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], timeout]
+        try:
+            async with asyncio.timeout(timeout):
+                answers = await try_call_many(lambda n: self._call(n, msg, None), self.items.order(nodes),
+                                              self.replication.read_quorum(), send_all_at_once=True)
+        except TimeoutError:
+            return None
+        merged = None
+        for raw in answers:
+            if raw is None:
+                continue
+            item = K2VItem.decode(raw)
+            if merged is None:
+                merged = item
+            else:
+                merged.merge(item)
+        return merged
+
+    async def poll_range(
+        self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
+    ) -> tuple[list[K2VItem], RangeSeenMarker] | None:
+        """New items of the range over all storage nodes, and the marker that covers them.
+
+        Waits for every storage node, but no more than a short grace once a read quorum has
+        answered. None when a marker was given and nothing new arrived before the timeout.
+        """
+        nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
+        quorum = self.replication.read_quorum()
+        if marker is not None:
+            marker.restrict(q.prefix, q.start, q.end)
+        msg = ["poll_range", bucket_id, pk, q.prefix, q.start, q.end,
+               None if marker is None else marker.encode(), timeout]
+        tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
+        deadline = time.monotonic() + timeout
+        replies: list[tuple[int, list[bytes]]] = []
+        errors: list[str] = []
+        pending = set(tasks)
+        try:
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is not None:
+                        errors.append(str(t.exception()))
+                    else:
+                        replies.append(t.result())
+                if len(replies) >= quorum:
+                    deadline = min(deadline, time.monotonic() + POLL_RANGE_EXTRA_DELAY)
+        finally:
+            for t in pending:
+                t.cancel()
+        if len(errors) > len(nodes) - quorum:
+            raise QuorumError(quorum, len(replies), len(nodes), errors)
+        if len(replies) < quorum and marker is None:
+            raise ServiceUnavailable(f"PollRange: only {len(replies)} of {len(nodes)} storage nodes answered")
+        new_marker = marker if marker is not None else RangeSeenMarker({}, {})
+        merged: dict[str, K2VItem] = {}
+        for node, raws in replies:
+            items = [K2VItem.decode(r) for r in raws]
+            new_marker.mark_seen_node_items(node, items)
+            for item in items:
+                if item.sort_key in merged:
+                    merged[item.sort_key].merge(item)
+                else:
+                    merged[item.sort_key] = item
+        if marker is not None and not merged:
+            return None
+        new_marker.canonicalize()
+        return sorted(merged.values(), key=lambda i: i.sort_key.encode()), new_marker
+
+    # ---- storage node side ------------------------------------------------------------------------
+
+    async def _handle(self, from_node: bytes, msg: Any) -> Any:
+        if not isinstance(msg, list) or not msg:
+            raise BadRequest("malformed K2V request")
+        kind = msg[0]
+        if kind == "insert":
+            bucket_id, wires = bytes(msg[1]), msg[2]
+            items = await self.store.insert_many(bucket_id, [InsertedItem.from_wire(w) for w in wires])
+            await self.items.insert_many(items)
+            return None
+        if kind == "poll_item":
+            _, bucket_id, pk, sk, ct, timeout = msg
+            ctx = CausalContext({int(n): int(t) for n, t in ct})
+            item = await self.store.poll_item(bytes(bucket_id), pk, sk, ctx, float(timeout))
+            return None if item is None else item.encode()
+        if kind == "poll_range":
+            _, bucket_id, pk, prefix, start, end, marker_s, timeout = msg
+            marker = None if marker_s is None else RangeSeenMarker.decode(marker_s)
+            items = await self.store.poll_range(bytes(bucket_id), pk, RangeQuery(prefix, start, end), marker,
+                                                float(timeout))
+            return [self.store.node, [i.encode() for i in items or []]]
+        raise BadRequest(f"unknown K2V request {kind!r}")

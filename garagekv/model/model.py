@@ -1,0 +1,65 @@
+"""All of a node's tables and the services built on them, wired once.
+
+Full-copy tables (keys, buckets, aliases) live on every node; K2V items and their index
+counters are sharded by the ring. The counter insert queue's worker runs for the node's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter
+from garagekv.model.bucket_table import BucketAliasSchema, BucketSchema
+from garagekv.model.helper import MetaHelper
+from garagekv.model.k2v.rpc import K2VService
+from garagekv.model.k2v.schema import CounterSchema, ItemSchema
+from garagekv.model.k2v.store import K2VStore
+from garagekv.model.k2v.sub import SubscriptionManager
+from garagekv.model.key_table import KeySchema
+from garagekv.net.identity import node_number
+from garagekv.rpc.system import System
+from garagekv.table.data import TableData
+from garagekv.table.queue import InsertQueue
+from garagekv.table.replication import FullReplication, ShardedReplication
+from garagekv.table.table import Table
+from garagekv.util.config import Config
+
+
+class Model:
+    def __init__(self, config: Config, db: Database, writer: GroupCommitWriter, system: System) -> None:
+        timeout = min(config.rpc_timeout_msec / 1000, 30.0)
+        sharded = ShardedReplication(system.layout)
+        full = FullReplication(system.layout)
+
+        def table(schema: Any, replication: Any) -> Table:
+            return Table(TableData(db, writer, schema), replication, system.netapp, system.registry,
+                         peers=system, timeout=timeout)
+
+        self.keys = table(KeySchema(), full)
+        self.buckets = table(BucketSchema(), full)
+        self.aliases = table(BucketAliasSchema(), full)
+        self.counters = table(CounterSchema(), sharded)
+        self.counter_queue = InsertQueue(db, writer, self.counters)
+        self.subs = SubscriptionManager()
+        node = node_number(system.node_id)
+        item_schema = ItemSchema(node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.queue_in)
+        self.items = table(item_schema, sharded)
+        self.store = K2VStore(db, writer, node, self.items.data, self.subs)
+        self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
+        self.helper = MetaHelper(self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty,
+                                 allow_punycode=config.allow_punycode)
+        self.tables = [self.keys, self.buckets, self.aliases, self.counters, self.items]
+        self._workers: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._workers.append(asyncio.create_task(self.counter_queue.run(), name="k2v_index_counter queue"))
+
+    async def stop(self) -> None:
+        for t in self._workers:
+            t.cancel()
+        for t in self._workers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t

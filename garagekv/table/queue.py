@@ -1,0 +1,109 @@
+"""A durable queue of entries to insert into a replicated table, filled inside local transactions.
+
+Index counters use it: the counter delta is queued in the same transaction as the K2V item that
+caused it, so it can never be lost or applied twice, and a background worker replicates it with
+a normal quorum insert. An entry leaves the queue only once inserted and only if it did not
+change in the meantime (a newer delta merged into it stays queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Generic, TypeVar
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.table.table import Table
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+BATCH = 1000
+IDLE_WAKEUP = 10.0
+
+
+class InsertQueue(Generic[E]):
+    def __init__(self, db: Database, writer: GroupCommitWriter, table: Table[E]) -> None:
+        self.db = db
+        self.writer = writer
+        self.table = table
+        self.tree = db.tree(f"{table.schema.name}:insert_queue")
+        self._wake: asyncio.Event | None = None
+        self.errors = 0
+        self.done = 0
+
+    def queue_in(self, tx: WriteTxn, entry: E) -> None:
+        """Inside a caller's transaction: merge ``entry`` into the queue."""
+        key = entry.tree_key()
+        raw = tx.get(self.tree, key)
+        if raw is not None:
+            queued = self.table.schema.decode(raw)
+            queued.merge(entry)
+            entry = queued
+        tx.put(self.tree, key, entry.encode())
+        tx.on_commit(self.notify)
+
+    def notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def __len__(self) -> int:
+        with self.db.read() as txn:
+            return txn.stat(self.tree)["entries"]
+
+    def _peek(self) -> list[tuple[bytes, bytes]]:
+        with self.db.read() as txn:
+            out = []
+            for k, v in txn.cursor(db=self.tree):
+                out.append((k, v))
+                if len(out) >= BATCH:
+                    break
+            return out
+
+    async def drain_once(self) -> int:
+        """Insert one batch; returns how many entries left the queue."""
+        batch = self._peek()
+        if not batch:
+            return 0
+        await self.table.insert_many([self.table.schema.decode(v) for _, v in batch])
+
+        def remove(tx: WriteTxn) -> int:
+            n = 0
+            for k, v in batch:
+                if tx.get(self.tree, k) == v:
+                    tx.delete(self.tree, k)
+                    n += 1
+            return n
+
+        removed = await self.writer.submit(remove)
+        self.done += removed
+        return removed
+
+    async def flush(self) -> None:
+        """Drain everything queued so far (tests, shutdown)."""
+        while await self.drain_once():
+            pass
+
+    async def run(self) -> None:
+        """The worker: drain on notification, or every few seconds; back off on errors."""
+        self._wake = asyncio.Event()
+        consecutive = 0
+        while True:
+            self._wake.clear()  # before draining, so a notification during the drain is kept
+            try:
+                while await self.drain_once():
+                    pass
+                consecutive = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - retried with backoff; entries stay queued
+                consecutive += 1
+                self.errors += 1
+                log.warning("%s insert queue: %s (retrying)", self.table.schema.name, e)
+                await asyncio.sleep(min(60.0, 1.5 ** min(10, consecutive - 1)))
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_WAKEUP)
+            except TimeoutError:
+                pass

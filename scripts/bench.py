@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""``make bench``: garagekv (1 node, 3 nodes rf=3) and, when installed, etcd side by side.
+
+Runs the generator's selftest, then for each cluster size starts ``garagekv dev`` and runs the
+write, read, mixed, ReadBatch and PollItem fan-out scenarios, then (when an ``etcd`` binary is on
+PATH: ``apt-get install etcd-server``) starts etcd with as many members and runs write and read.
+Prints one table with the garagekv/etcd ratios and writes ``bench-results/bench-<time>.{json,md}``
+(and ``.png`` when matplotlib is installed: ``pip install -e '.[bench]'``).
+
+Environment (defaults in brackets):
+  BENCH_DURATION [8]  measured seconds per scenario     BENCH_WARMUP [2]  warmup seconds
+  BENCH_CONNS [64]    connections                       BENCH_PROCS [1]   generator processes
+  BENCH_VALUE_SIZE [100]  value bytes                   BENCH_KEYS [10000]  prefilled items
+  BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
+  BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
+  BENCH_OUT [bench-results]  output directory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from garagekv.bench.clusters import DevCluster, EtcdCluster, etcd_binary, probe_replication, run_bench_cli  # noqa: E402
+from garagekv.bench.report import fmt_ms, fmt_num, markdown_table, comparison_rows, plot, suite_markdown  # noqa: E402
+
+ETCD_SCENARIOS = ("write", "read")
+ALL_SCENARIOS = ("write", "read", "mixed", "batch", "poll")
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def settings() -> dict[str, Any]:
+    return {
+        "duration": float(env("BENCH_DURATION", "8")),
+        "warmup": float(env("BENCH_WARMUP", "2")),
+        "conns": int(env("BENCH_CONNS", "64")),
+        "procs": int(env("BENCH_PROCS", "1")),
+        "value_size": int(env("BENCH_VALUE_SIZE", "100")),
+        "keys": int(env("BENCH_KEYS", "10000")),
+        "nodes": [int(n) for n in env("BENCH_NODES", "1,3").split(",") if n.strip()],
+        "scenarios": [s.strip() for s in env("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s.strip()],
+        "etcd": env("BENCH_ETCD", "auto").lower(),
+        "selftest": env("BENCH_SELFTEST", "1") not in ("0", "no", "false"),
+        "out": Path(env("BENCH_OUT", "bench-results")),
+    }
+
+
+def common_args(s: dict[str, Any]) -> list[str]:
+    return ["--duration", str(s["duration"]), "--warmup", str(s["warmup"]), "--conns", str(s["conns"]),
+            "--procs", str(s["procs"]), "--value-size", str(s["value_size"]), "--keys", str(s["keys"])]
+
+
+def cluster_name(n: int) -> str:
+    return "1 node" if n == 1 else f"{n} nodes"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    try:
+        r = run_bench_cli(args)
+    except RuntimeError as e:
+        say(f"  {system} {cluster} {scenario}: FAILED: {e}")
+        return {"system": system, "cluster": cluster, "scenario": scenario, "skipped": f"failed: {e}"}
+    r.update(system=system, cluster=cluster, scenario=scenario)
+    errs = f", {r['error_count']:,} errors" if r["error_count"] else ""
+    say(f"  {system:<8} {cluster:<7} {scenario:<6} {fmt_num(r['ops_per_sec']):>9} ops/s  "
+        f"p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  ({time.monotonic() - t0:.0f}s)")
+    return r
+
+
+def skipped(system: str, cluster: str, scenarios: list[str], reason: str) -> list[dict[str, Any]]:
+    say(f"  {system} {cluster}: skipped ({reason})")
+    return [{"system": system, "cluster": cluster, "scenario": sc, "skipped": reason} for sc in scenarios]
+
+
+def bench_garagekv(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
+    cluster = cluster_name(n)
+    say(f"garagekv, {cluster}: starting garagekv dev --nodes {n}")
+    results = []
+    with DevCluster(work / f"garagekv-{n}", n) as dev:
+        if n > 1:
+            problem = probe_replication(dev.info)
+            if problem is not None:
+                return skipped("garagekv", cluster, s["scenarios"], f"no replication yet: {problem}")
+        prefilled = False
+        for sc in s["scenarios"]:
+            args = ["--dev-json", str(dev.json_path), "--mix", sc, *common_args(s),
+                    "--label", f"garagekv {cluster} {sc}"]
+            if sc in ("read", "mixed", "batch") and not prefilled:
+                args.append("--prefill")
+                prefilled = True
+            results.append(run_one("garagekv", cluster, sc, args))
+    return results
+
+
+def bench_etcd(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
+    cluster = cluster_name(n)
+    scenarios = [sc for sc in s["scenarios"] if sc in ETCD_SCENARIOS]
+    if not scenarios:
+        return []
+    say(f"etcd, {cluster}: starting {n} member(s)")
+    results = []
+    with EtcdCluster(work / f"etcd-{n}", n) as etcd:
+        prefilled = False
+        for sc in scenarios:
+            args = ["--target", "etcd", "--endpoint", ",".join(etcd.endpoints), "--server-pids",
+                    ",".join(str(p) for p in etcd.pids), "--mix", sc, *common_args(s), "--label", f"etcd {cluster} {sc}"]
+            if sc == "read" and not prefilled:
+                args.append("--prefill")
+                prefilled = True
+            results.append(run_one("etcd", cluster, sc, args))
+    return results
+
+
+def main() -> int:
+    s = settings()
+    unknown = set(s["scenarios"]) - set(ALL_SCENARIOS)
+    if unknown:
+        say(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        return 2
+    etcd = etcd_binary()
+    if s["etcd"] in ("1", "yes", "true") and etcd is None:
+        say("BENCH_ETCD=1 but no etcd binary on PATH (Debian/Ubuntu: apt-get install etcd-server)")
+        return 2
+    use_etcd = etcd is not None and s["etcd"] not in ("0", "no", "false")
+    out: Path = s["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    t0 = time.monotonic()
+    meta: dict[str, Any] = {
+        "date": stamp,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "load": f"closed loop, {s['conns']} connections x {s['procs']} process(es), {s['value_size']} B values, "
+                f"{s['duration']:g} s measured after {s['warmup']:g} s warmup, {s['keys']:,} prefilled items",
+        "etcd": _etcd_version(etcd) if use_etcd else "not run (no etcd on PATH: apt-get install etcd-server)"
+                if etcd is None else "not run (BENCH_ETCD=0)",
+    }
+    results: list[dict[str, Any]] = []
+    selftest = None
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=out))
+    try:
+        if s["selftest"]:
+            say("selftest: the generator against a null server")
+            selftest = run_one("selftest", "-", "write", ["--selftest", "--mix", "write", *common_args(s)])
+            if not selftest.get("skipped"):
+                cc = selftest["client_cpu"]
+                meta["generator ceiling"] = (f"{fmt_num(selftest['ops_per_sec'])} req/s on a null server, "
+                                             f"{cc['us_per_request']} us CPU per request")
+        for n in s["nodes"]:
+            results += bench_garagekv(s, work, n)
+            if use_etcd:
+                results += bench_etcd(s, work, n)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["runtime"] = f"{time.monotonic() - t0:.0f} s"
+
+    base = out / f"bench-{stamp}"
+    doc = {"meta": meta, "selftest": selftest, "results": results}
+    base.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    base.with_suffix(".md").write_text(suite_markdown(meta, results))
+    png = base.with_suffix(".png")
+    have_plot = plot(results, png)
+    print()
+    print(markdown_table(comparison_rows(results)))
+    print()
+    for k, v in meta.items():
+        print(f"{k}: {v}")
+    print(f"results: {base}.json, {base}.md" + (f", {png}" if have_plot else
+                                                 " (no plot: pip install -e '.[bench]' for matplotlib)"))
+    return 0
+
+
+def _etcd_version(binary: str | None) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        return out.splitlines()[0].strip() if out else binary
+    except (OSError, subprocess.SubprocessError):
+        return str(binary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
