@@ -6,8 +6,6 @@ counters are sharded by the ring. The counter insert queue's worker runs for the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 from garagekv.db.env import Database
@@ -25,6 +23,7 @@ from garagekv.table.data import TableData
 from garagekv.table.queue import InsertQueue
 from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.table.table import Table
+from garagekv.util.background import BackgroundRunner
 from garagekv.util.config import Config
 
 
@@ -52,14 +51,10 @@ class Model:
         self.helper = MetaHelper(self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty,
                                  allow_punycode=config.allow_punycode)
         self.tables = [self.keys, self.buckets, self.aliases, self.counters, self.items]
-        self._workers: list[asyncio.Task] = []
+        self.background = BackgroundRunner()
 
     async def start(self) -> None:
-        self._workers.append(asyncio.create_task(self.counter_queue.run(), name="k2v_index_counter queue"))
+        self.background.spawn(self.counter_queue)
 
     async def stop(self) -> None:
-        for t in self._workers:
-            t.cancel()
-        for t in self._workers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self.background.stop()

@@ -8,13 +8,13 @@ change in the meantime (a newer delta merged into it stays queued).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.table.table import Table
+from garagekv.util.background import Notify, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,14 @@ IDLE_WAKEUP = 10.0
 
 
 class InsertQueue(Generic[E]):
+    """Also a background worker (``work``/``wait_for_work``/``progress``)."""
+
     def __init__(self, db: Database, writer: GroupCommitWriter, table: Table[E]) -> None:
         self.db = db
         self.writer = writer
         self.table = table
         self.tree = db.tree(f"{table.schema.name}:insert_queue")
-        self._wake: asyncio.Event | None = None
-        self.errors = 0
+        self._wake = Notify()
         self.done = 0
 
     def queue_in(self, tx: WriteTxn, entry: E) -> None:
@@ -45,8 +46,7 @@ class InsertQueue(Generic[E]):
         tx.on_commit(self.notify)
 
     def notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.notify()
 
     def __len__(self) -> int:
         with self.db.read() as txn:
@@ -85,25 +85,17 @@ class InsertQueue(Generic[E]):
         while await self.drain_once():
             pass
 
-    async def run(self) -> None:
-        """The worker: drain on notification, or every few seconds; back off on errors."""
-        self._wake = asyncio.Event()
-        consecutive = 0
-        while True:
-            self._wake.clear()  # before draining, so a notification during the drain is kept
-            try:
-                while await self.drain_once():
-                    pass
-                consecutive = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - retried with backoff; entries stay queued
-                consecutive += 1
-                self.errors += 1
-                log.warning("%s insert queue: %s (retrying)", self.table.schema.name, e)
-                await asyncio.sleep(min(60.0, 1.5 ** min(10, consecutive - 1)))
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_WAKEUP)
-            except TimeoutError:
-                pass
+    # ---- Worker -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return f"{self.table.schema.name} queue"
+
+    async def work(self) -> WorkerState:
+        return WorkerState.BUSY if await self.drain_once() else WorkerState.IDLE
+
+    async def wait_for_work(self) -> None:
+        await self._wake.wait(IDLE_WAKEUP)
+
+    def progress(self) -> dict[str, Any]:
+        return {"done": self.done, "queue": len(self)}
