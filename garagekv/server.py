@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from garagekv.admin.cluster_ops import CLUSTER_OPS
-from garagekv.admin.health import ClusterHealthSource, HealthReport, evaluate
+from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
 from garagekv.admin.ops import run_op
@@ -84,6 +84,8 @@ class Node:
         self.registry.register(ADMIN_ENDPOINT, self._handle_admin_rpc)
         self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
         self.model = Model(cfg, self.db, self.writer, self.system)
+        self.cluster_health = lambda: cluster_health_of(self.system)
+        self.cluster_status = self._cluster_status
         self.helper = self.model.helper
         self.k2v = self.model.k2v
         await self.system.start()
@@ -110,6 +112,12 @@ class Node:
             await self.api.start(host, port)
             log.info("K2V API listening on %s", k2v.api_bind_addr)
         log.info("node %s ready", self.node_id.hex())
+
+    async def _cluster_status(self) -> dict[str, Any]:
+        """``{layoutVersion, layout, nodes}`` for the admin API's /v1/status."""
+        st = await CLUSTER_OPS["cluster.status"](self.system, {})
+        layout = await CLUSTER_OPS["layout.get"](self.system, {})
+        return {"layoutVersion": st["layout_version"], "layout": layout, "nodes": st["nodes"]}
 
     async def _handle_admin_rpc(self, from_node: bytes, body: Any) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("op"), str):

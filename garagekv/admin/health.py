@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from garagekv.rpc.layout import NB_PARTITIONS, read_quorum, write_quorum
+
 OK = "ok"
 NO_LAYOUT = "no-layout"
 DEGRADED = "degraded"
@@ -132,3 +134,40 @@ def evaluate(checks: dict[str, str], cluster: ClusterHealth | None, node: str | 
     else:
         status = OK
     return HealthReport(status, checks, cluster, node)
+
+
+def cluster_health_of(system: Any) -> ClusterHealth:
+    """The cluster's health as ``system`` (rpc.system.System) sees it: quorums per partition."""
+    h = system.layout.history
+    current = h.current()
+    up = system.up_nodes()
+    known = {system.node_id, *system.peers}
+    storage = current.storage_nodes()
+    lacking: list[int] = []
+    all_ok = quorum_ok = 0
+    if storage and current.is_ready:
+        rf = h.replication_factor
+        rq, wq = read_quorum(rf, system.layout.mode), write_quorum(rf, system.layout.mode)
+        for p in range(NB_PARTITIONS):
+            sets = [v.nodes_of(p) for v in h.versions if v.is_ready]
+            ups = [sum(n in up for n in s) for s in sets]
+            read_set = h.read_version().nodes_of(p) if h.read_version().is_ready else sets[-1]
+            if all(u >= wq for u in ups) and sum(n in up for n in read_set) >= rq:
+                quorum_ok += 1
+            else:
+                lacking.append(p)
+            if all(u == len(s) for u, s in zip(ups, sets, strict=True)):
+                all_ok += 1
+    return ClusterHealth(
+        layout_version=current.version if storage else 0,
+        known_nodes=len(known),
+        connected_nodes=len(up & known),
+        storage_nodes=len(storage),
+        storage_nodes_ok=sum(n in up for n in storage),
+        partitions=NB_PARTITIONS if storage else 0,
+        partitions_quorum=quorum_ok,
+        partitions_all_ok=all_ok,
+        partitions_lacking_quorum=lacking,
+        nodes_up={n.hex(): n in up for n in sorted(known | set(storage))},
+        consistency_mode=system.layout.mode,
+    )
