@@ -27,7 +27,7 @@ from garagekv.util.errors import ConfigError, GarageKVError
 
 DEFAULT_DIR = ".garagekv-dev"
 DEFAULT_PORT = 3904
-DEFAULT_NODES = 1
+DEFAULT_NODES = 3
 REGION = "garage"
 BUCKET = "dev-bucket"
 READY_TIMEOUT = 30.0

@@ -8,6 +8,7 @@ box; once a layout exists, anti-entropy hands such data to its rightful owners.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,8 @@ class LayoutSource(Protocol):
     node_id: bytes
     history: LayoutHistory
     mode: str
+
+    def write_lock(self) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)

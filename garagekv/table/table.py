@@ -64,16 +64,21 @@ class Table(Generic[E]):
     async def insert(self, entry: E) -> None:
         """Returns once every live write set has a write quorum of replicas holding ``entry``."""
         raw = entry.encode()
-        sets = self.replication.write_sets(entry.tree_key()[:32])
-        await try_write_many_sets(
-            lambda node: self._call(node, ["update", [raw]]), sets, self.replication.write_quorum(),
-            timeout=self.timeout,
-        )
+        with self.replication.layout.write_lock():
+            sets = self.replication.write_sets(entry.tree_key()[:32])
+            await try_write_many_sets(
+                lambda node: self._call(node, ["update", [raw]]), sets, self.replication.write_quorum(),
+                timeout=self.timeout,
+            )
 
     async def insert_many(self, entries: list[E]) -> None:
         """One ``update`` per node carrying everything it stores; quorum per entry's write sets."""
         if not entries:
             return
+        with self.replication.layout.write_lock():
+            await self._insert_many(entries)
+
+    async def _insert_many(self, entries: list[E]) -> None:
         per_node: dict[bytes, list[bytes]] = defaultdict(list)
         set_groups: dict[tuple[tuple[bytes, ...], ...], None] = {}
         for e in entries:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from types import SimpleNamespace
 
@@ -32,7 +33,8 @@ class Opened:
     def __init__(self, path) -> None:
         self.db = Database(path, map_size=64 << 20)
         self.writer = GroupCommitWriter(self.db)
-        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent")
+        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent",
+                                 write_lock=contextlib.nullcontext)
         system = SimpleNamespace(layout=layout, netapp=None, registry=EndpointRegistry(), node_id=NODE_ID,
                                  is_up=lambda n: True, rtt_of=lambda n: None)
         config = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"}})

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from garagekv.rpc.layout.errors import LayoutError
@@ -27,6 +28,7 @@ class LayoutManager:
         self.rf = replication_factor
         self.mode = consistency_mode
         self.listeners: list[Callable[[LayoutHistory], None]] = []
+        self._inflight: dict[int, int] = {}  # layout version -> table writes in flight
         self.history = self._load()
 
     def _load(self) -> LayoutHistory:
@@ -53,8 +55,33 @@ class LayoutManager:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    # ---- write locks: when may this node acknowledge a new layout version? -------------------
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Held by every table write for its whole duration.
+
+        The write's sets were computed from the current version; until every write started
+        under an older version has finished, this node must not acknowledge a newer one (other
+        nodes would stop sending that data to the old replicas too early).
+        """
+        v = self.history.current().version
+        self._inflight[v] = self._inflight.get(v, 0) + 1
+        try:
+            yield
+        finally:
+            self._inflight[v] -= 1
+            if not self._inflight[v]:
+                del self._inflight[v]
+                if v < self.history.current().version:
+                    self.refresh_trackers()
+
+    def ack_version(self) -> int:
+        """The newest version this node can acknowledge: the oldest one with writes in flight."""
+        return min(self._inflight, default=self.history.current().version)
+
     def _changed(self) -> None:
-        self.history.update_local_trackers(self.node_id)
+        self.history.update_local_trackers(self.node_id, self.ack_version())
         self.history.normalize(self.mode)
         self._persist()
         for fn in list(self.listeners):
@@ -87,7 +114,7 @@ class LayoutManager:
     def refresh_trackers(self) -> bool:
         """Raise this node's ack/sync trackers where it can; persist if anything moved."""
         h = self.history.clone()
-        if h.update_local_trackers(self.node_id):
+        if h.update_local_trackers(self.node_id, self.ack_version()):
             self.history = h
             self._changed()
             return True
