@@ -5,7 +5,6 @@ Pure logic (no I/O, no asyncio). ``LayoutHistory.apply_staged_changes`` and
 """
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
-from garagekv.rpc.layout.describe import format_bytes
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory
 from garagekv.rpc.layout.parameters import (
@@ -18,6 +17,7 @@ from garagekv.rpc.layout.quorum import ConsistencyMode, read_quorum, write_quoru
 from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTracker, UpdateTrackers
+from garagekv.rpc.layout.units import format_bytes
 from garagekv.rpc.layout.version import LayoutVersion, calculate_next
 
 __all__ = [

@@ -6,31 +6,16 @@ Operators compare this output with Garage's documentation, and scripts scrape th
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.parameters import zone_redundancy_string
+from garagekv.rpc.layout.units import format_bytes
 
 if TYPE_CHECKING:
     from garagekv.rpc.layout.history import LayoutHistory
     from garagekv.rpc.layout.version import LayoutVersion
-
-_PREFIXES = "KMGTPE"
-
-
-def format_bytes(n: int) -> str:
-    """Garage's size display (``bytesize`` 1.3 ``to_string_as(false)``).
-
-    1000-based values with an exponent taken in base 1024 (a quirk Garage's docs show:
-    1 GB prints as ``1000.0 MB``, 2 GB as ``2.0 GB``).
-    """
-    if n < 1000:
-        return f"{n} B"
-    exp = max(1, min(int(math.log(n) / math.log(1024)), len(_PREFIXES)))
-    return f"{n / 1000**exp:.1f} {_PREFIXES[exp - 1]}B"
-
 
 def format_table(rows: list[str]) -> str:
     """Tab-separated rows to aligned columns (each but the last padded to max width + 2)."""

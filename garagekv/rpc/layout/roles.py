@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from garagekv.rpc.layout.describe import format_bytes
 from garagekv.rpc.layout.errors import LayoutError
+from garagekv.rpc.layout.units import format_bytes
 
 #: Ring entries are one byte each, so at most this many storage nodes fit in a layout.
 MAX_NODE_NUMBER = 256
