@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint venv clean bench bench-scale
+.PHONY: run test test-cluster lint venv clean bench bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check garagekv tests
 	$(BIN)/python -m pytest
+	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
+
+# The single-node K2V conformance suite against one node of a 3-node cluster (rf=3).
+test-cluster: $(STAMP)
+	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check garagekv tests

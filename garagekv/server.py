@@ -23,6 +23,7 @@ from garagekv.admin.cluster_ops import CLUSTER_OPS
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
+from garagekv.admin.node_ops import NODE_OPS
 from garagekv.admin.ops import run_op
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
@@ -131,6 +132,9 @@ class Node:
         cluster_op = CLUSTER_OPS.get(op)
         if cluster_op is not None:
             return await cluster_op(self.system, args)
+        node_op = NODE_OPS.get(op)  # repair, stats, worker: they see this node (self.model, self.db ...)
+        if node_op is not None:
+            return await node_op(self, args)
         return await run_op(self.helper, op, args)
 
     def info(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ Environment (defaults in brackets):
   BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
+  BENCH_WAIT_QUIET [0]  before each run, wait up to this many seconds for the machine to be idle
+                        (other processes under 0.2 cores; useful on shared machines)
 """
 
 from __future__ import annotations
@@ -31,8 +33,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from garagekv.bench.clusters import DevCluster, EtcdCluster, etcd_binary, probe_replication, run_bench_cli  # noqa: E402
-from garagekv.bench.report import fmt_ms, fmt_num, markdown_table, comparison_rows, plot, suite_markdown  # noqa: E402
+from garagekv.bench.clusters import (  # noqa: E402
+    DevCluster,
+    EtcdCluster,
+    etcd_binary,
+    probe_replication,
+    run_bench_cli,
+    wait_quiet,
+)
+from garagekv.bench.report import comparison_rows, fmt_ms, fmt_num, markdown_table, plot, suite_markdown  # noqa: E402
 
 ETCD_SCENARIOS = ("write", "read")
 ALL_SCENARIOS = ("write", "read", "mixed", "batch", "poll")
@@ -72,6 +81,9 @@ def say(msg: str) -> None:
 
 
 def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[str, Any]:
+    quiet_wait = float(env("BENCH_WAIT_QUIET", "0"))
+    if quiet_wait > 0 and not wait_quiet(quiet_wait, exclude=_own_pids()):
+        say(f"  (the machine stayed busy for {quiet_wait:g}s; running anyway)")
     t0 = time.monotonic()
     try:
         r = run_bench_cli(args)
@@ -85,6 +97,13 @@ def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[s
     return r
 
 
+_CLUSTER_PIDS: list[int] = []
+
+
+def _own_pids() -> list[int]:
+    return list(_CLUSTER_PIDS)
+
+
 def skipped(system: str, cluster: str, scenarios: list[str], reason: str) -> list[dict[str, Any]]:
     say(f"  {system} {cluster}: skipped ({reason})")
     return [{"system": system, "cluster": cluster, "scenario": sc, "skipped": reason} for sc in scenarios]
@@ -95,6 +114,7 @@ def bench_garagekv(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]
     say(f"garagekv, {cluster}: starting garagekv dev --nodes {n}")
     results = []
     with DevCluster(work / f"garagekv-{n}", n) as dev:
+        _CLUSTER_PIDS[:] = dev.pids
         if n > 1:
             problem = probe_replication(dev.info)
             if problem is not None:
@@ -118,10 +138,12 @@ def bench_etcd(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
     say(f"etcd, {cluster}: starting {n} member(s)")
     results = []
     with EtcdCluster(work / f"etcd-{n}", n) as etcd:
+        _CLUSTER_PIDS[:] = etcd.pids
         prefilled = False
         for sc in scenarios:
-            args = ["--target", "etcd", "--endpoint", ",".join(etcd.endpoints), "--server-pids",
-                    ",".join(str(p) for p in etcd.pids), "--mix", sc, *common_args(s), "--label", f"etcd {cluster} {sc}"]
+            args = ["--target", "etcd", "--endpoint", ",".join(etcd.endpoints),
+                    "--server-pids", ",".join(str(p) for p in etcd.pids), "--mix", sc, *common_args(s),
+                    "--label", f"etcd {cluster} {sc}"]
             if sc == "read" and not prefilled:
                 args.append("--prefill")
                 prefilled = True
@@ -164,9 +186,14 @@ def main() -> int:
                 meta["generator ceiling"] = (f"{fmt_num(selftest['ops_per_sec'])} req/s on a null server, "
                                              f"{cc['us_per_request']} us CPU per request")
         for n in s["nodes"]:
-            results += bench_garagekv(s, work, n)
-            if use_etcd:
-                results += bench_etcd(s, work, n)
+            for system, fn in (("garagekv", bench_garagekv), ("etcd", bench_etcd)):
+                if system == "etcd" and not use_etcd:
+                    continue
+                try:
+                    results += fn(s, work, n)
+                except RuntimeError as e:  # the cluster did not start
+                    scenarios = [sc for sc in s["scenarios"] if system == "garagekv" or sc in ETCD_SCENARIOS]
+                    results += skipped(system, cluster_name(n), scenarios, str(e))
     except KeyboardInterrupt:
         say("interrupted")
         return 130

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 
 import pytest
 
+from tests.faults import start_cluster
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess
+
+#: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
+#: 3-node cluster (rf=3, layout applied), so the single-node suite runs against a real cluster;
+#: ``GARAGEKV_TEST_CLUSTER_NODE=i`` picks which one (default 1: not the node the others joined).
+CLUSTER_SIZE = int(os.environ.get("GARAGEKV_TEST_CLUSTER") or 0)
 
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory) -> NodeProcess:
     """One node for the whole session (tests use their own partition keys to stay independent)."""
-    n = NodeProcess(tmp_path_factory.mktemp("node"), k2v_extra='cors_allowed_origins = ["https://app.example"]')
+    cors = 'cors_allowed_origins = ["https://app.example"]'
+    if CLUSTER_SIZE > 1:
+        nodes = start_cluster(tmp_path_factory.mktemp("cluster"), CLUSTER_SIZE, rf=min(CLUSTER_SIZE, 3),
+                              k2v_extra=cors)
+        yield nodes[int(os.environ.get("GARAGEKV_TEST_CLUSTER_NODE") or 1) % len(nodes)]
+        for n in nodes:
+            n.stop()
+        return
+    n = NodeProcess(tmp_path_factory.mktemp("node"), k2v_extra=cors)
     n.start()
     yield n
     n.stop()

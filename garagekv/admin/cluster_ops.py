@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+from garagekv.rpc.endpoint import endpoint_path
 from garagekv.rpc.layout import LayoutError, NodeRole, parse_zone_redundancy
 from garagekv.rpc.system import System, parse_peer
 from garagekv.util.config import parse_size
@@ -184,6 +185,31 @@ async def layout_skip_dead_nodes(system: System, a: dict) -> dict:
     return {"messages": done}
 
 
+async def table_local_digest(system: System, a: dict) -> dict:
+    """This node's local data per table (entries, a hash of them all, Merkle to-do) and trackers.
+
+    Replicas holding the same entries report the same hash; tests and operators use it to check
+    that anti-entropy converged. ``{"table": name}`` limits it to one table.
+    """
+    prefix = endpoint_path("table", "sync") + ":"
+    tables = {}
+    for path in system.registry.paths():
+        name = path[len(prefix):] if path.startswith(prefix) else None
+        if name and a.get("table") in (None, name):
+            tables[name] = await system.netapp.call(system.node_id, path, ["digest"])
+    h = system.layout.history
+    trackers = h.update_trackers
+    lo = h.min_stored()
+    return {
+        "node": system.node_id.hex(),
+        "tables": tables,
+        "layout_version": h.current().version,
+        "live_versions": [v.version for v in h.versions],
+        "trackers": {n.hex(): {"ack": trackers.ack_map.get(n, lo), "sync": trackers.sync_map.get(n, lo),
+                               "sync_ack": trackers.sync_ack_map.get(n, lo)} for n in h.all_nodes()},
+    }
+
+
 CLUSTER_OPS = {
     "cluster.status": status,
     "node.connect": node_connect,
@@ -196,4 +222,5 @@ CLUSTER_OPS = {
     "layout.apply": layout_apply,
     "layout.revert": layout_revert,
     "layout.skip_dead_nodes": layout_skip_dead_nodes,
+    "table.local_digest": table_local_digest,
 }

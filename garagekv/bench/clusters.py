@@ -247,3 +247,22 @@ def probe_replication(info: dict[str, Any], wait: float = 5.0) -> str | None:
         return None
 
     return asyncio.run(probe())
+
+
+def wait_quiet(timeout: float, limit: float = 0.2, exclude: list[int] | None = None, window: float = 2.0) -> bool:
+    """Wait until the machine's busy CPU, minus the ``exclude`` processes, stays under ``limit``
+    cores for ``window`` seconds; False if that did not happen within ``timeout``."""
+    from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds
+
+    deadline = time.monotonic() + timeout
+    pids = [p for p in exclude or [] if Path(f"/proc/{p}").exists()]
+    while True:
+        m0, p0, t0 = machine_busy_seconds(), total_cpu_seconds(pids) or 0.0, time.monotonic()
+        time.sleep(window)
+        m1, p1, t1 = machine_busy_seconds(), total_cpu_seconds(pids) or 0.0, time.monotonic()
+        if m0 is None or m1 is None:
+            return True
+        if ((m1 - m0) - (p1 - p0)) / (t1 - t0) < limit:
+            return True
+        if time.monotonic() > deadline:
+            return False

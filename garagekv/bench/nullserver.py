@@ -15,6 +15,8 @@ import signal
 import socket
 from multiprocessing.connection import Connection
 
+from garagekv.bench.loop import new_runner
+
 _TOKEN = "AAAAAAAAAAA"  # the empty causal context: a valid token
 
 
@@ -87,7 +89,6 @@ def run_process(conn: Connection, value_size: int = 100) -> None:
     sock.listen(1024)  # before telling the parent: it connects right away
     conn.send((sock.getsockname()[1], os.getpid()))
     conn.close()
-    from garagekv.bench.runner import new_runner
 
     with new_runner() as runner:
         runner.run(serve(sock, value_size))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+NOISY_CORES = 0.25  # other processes' CPU during a run above which its numbers are flagged
+
 
 def fmt_num(v: float | None, digits: int = 0) -> str:
     if v is None:
@@ -61,6 +63,11 @@ def format_text(s: dict[str, Any]) -> str:
     if cc and cc.get("us_per_request") is not None:
         lines.append(f"  client CPU   {fmt_num(cc['us_per_request'], 1)} us/request "
                      f"({cc['seconds'] / cfg['duration']:.2f} cores)")
+    mc = s.get("machine_cpu")
+    if mc:
+        other = mc.get("other_cores")
+        warn = f", other load {other:.2f} cores: numbers disturbed" if other is not None and other > NOISY_CORES else ""
+        lines.append(f"  machine CPU  {mc['cores']:.2f} of {mc['cpus']} cores busy{warn}")
     if s.get("prefill"):
         p = s["prefill"]
         lines.append(f"  prefill      {p['items']:,} items in {p['seconds']:.1f} s")
@@ -135,8 +142,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         g, e = row.get("garagekv"), row.get("etcd")
+        mark = " *" if disturbed(g) or disturbed(e) else ""
         lines.append("| " + " | ".join([
-            row["cluster"], row["scenario"],
+            row["cluster"] + mark, row["scenario"],
             _cell_ops(g), fmt_ms(_p99(g)), fmt_num(_cpu(g), 1),
             _cell_ops(e), fmt_ms(_p99(e)), fmt_num(_cpu(e), 1),
             fmt_ratio(row["ops_ratio"]), fmt_ratio(row["p99_ratio"]), fmt_ratio(row["cpu_ratio"]),
@@ -144,13 +152,25 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def disturbed(r: dict[str, Any] | None) -> bool:
+    """Other processes used more than ``NOISY_CORES`` of CPU while this run was measured."""
+    other = ((r or {}).get("machine_cpu") or {}).get("other_cores")
+    return other is not None and other > NOISY_CORES
+
+
 def notes(results: Sequence[dict[str, Any]]) -> list[str]:
     out = []
+    if any(disturbed(r) for r in results):
+        out.append(f"- `*`: other processes used more than {NOISY_CORES} cores while this row was measured; "
+                   f"its numbers are disturbed (run again on a quiet machine)")
     for r in results:
         if r.get("skipped"):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: skipped ({r['skipped']})")
         elif r.get("error_count"):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: errors {fmt_errors(r['errors'])}")
+        if disturbed(r):
+            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: other processes used "
+                       f"{r['machine_cpu']['other_cores']:.2f} cores during the run")
         if r.get("scenario") == "poll" and not r.get("skipped"):
             out.append(f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
                        f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)")
@@ -196,6 +216,9 @@ def plot(results: Sequence[dict[str, Any]], path: str | Path) -> bool:
     ax2.set_title("p99 latency")
     ax2.set_xticks(list(xs))
     ax2.set_xticklabels(labels, fontsize=7)
+    from matplotlib.patches import Patch
+
+    ax1.legend(handles=[Patch(color="tab:blue", label="garagekv"), Patch(color="tab:orange", label="etcd")])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import json
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import random
 import secrets
@@ -37,7 +38,8 @@ from typing import Any
 
 from garagekv.bench.hist import Histogram
 from garagekv.bench.http import HttpConnection, ParseError, Response, connect, parse_endpoint
-from garagekv.bench.procstat import total_cpu_seconds
+from garagekv.bench.loop import loop_name, new_runner
+from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds
 from garagekv.bench.workload import EtcdTarget, K2VTarget, KeySpace, make_target, sha256_hex
 from garagekv.util.sigv4 import SigningKeyCache
 
@@ -121,25 +123,6 @@ class BenchConfig:
 
 def host_header(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def new_runner() -> asyncio.Runner:
-    """An asyncio runner on uvloop when it is installed."""
-    try:
-        import uvloop  # type: ignore[import-not-found]
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        return asyncio.Runner()
-
-
-def loop_name() -> str:
-    try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
-
-        return "uvloop"
-    except ImportError:
-        return "asyncio"
 
 
 class OpStats:
@@ -444,18 +427,20 @@ class Worker:
                 cpu0 = time.process_time()
                 if sampler:
                     sampler("start")
-            if now >= self.m_end:
+            ending = now >= self.m_end
+            if ending:
                 self.cpu = time.process_time() - cpu0
                 if sampler:
                     sampler("end")
+            if (now >= next_report or ending) and progress:
+                cur = (self.p_ops, self.p_errs, self.p_lat)
+                progress({"proc": self.proc, "ops": cur[0] - last[0], "errors": cur[1] - last[1],
+                          "latency": cur[2] - last[2], "at": now})
+                last = cur
+            if ending:
                 return
             if now >= next_report:
                 next_report += 1.0
-                if progress:
-                    cur = (self.p_ops, self.p_errs, self.p_lat)
-                    progress({"proc": self.proc, "ops": cur[0] - last[0], "errors": cur[1] - last[1],
-                              "latency": cur[2] - last[2], "at": now})
-                    last = cur
             wake = min(next_report, self.m_end if started else self.m_start)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
@@ -581,26 +566,30 @@ def _describe(r: Response | str) -> str:
 
 # --- running: one process or many ----------------------------------------------------------------
 
-class _ServerCpu:
+class _CpuSampler:
+    """Server CPU (``pids``) and whole-machine busy CPU at the edges of the measured window."""
+
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.start: float | None = None
-        self.end: float | None = None
+        self.server: dict[str, float | None] = {}
+        self.machine: dict[str, float | None] = {}
 
     def __call__(self, edge: str) -> None:
-        if not self.pids:
-            return
-        v = total_cpu_seconds(self.pids)
-        if edge == "start":
-            self.start = v
-        else:
-            self.end = v
+        self.server[edge] = total_cpu_seconds(self.pids) if self.pids else None
+        self.machine[edge] = machine_busy_seconds()
+
+    @staticmethod
+    def _delta(d: dict[str, float | None]) -> float | None:
+        a, b = d.get("start"), d.get("end")
+        return None if a is None or b is None else b - a
 
     @property
-    def seconds(self) -> float | None:
-        if self.start is None or self.end is None:
-            return None
-        return self.end - self.start
+    def server_seconds(self) -> float | None:
+        return self._delta(self.server)
+
+    @property
+    def machine_seconds(self) -> float | None:
+        return self._delta(self.machine)
 
 
 class Progress:
@@ -653,19 +642,19 @@ def run_bench(cfg: BenchConfig, progress_stream: Any = None, log: Callable[[str]
         cfg.run_id = secrets.token_hex(4)
     with new_runner() as runner:
         setup = runner.run(prepare(cfg, log))
-    server_cpu = _ServerCpu(cfg.server_pids)
+    server_cpu = _CpuSampler(cfg.server_pids)
     t_wall = time.time()
     if cfg.procs == 1:
         results = [_run_single(cfg, progress_stream, server_cpu)]
     else:
         results = _run_multi(cfg, progress_stream, server_cpu)
-    summary = summarize(cfg, results, server_cpu.seconds)
+    summary = summarize(cfg, results, server_cpu.server_seconds, server_cpu.machine_seconds)
     summary["started_at"] = t_wall
     summary.update(setup)
     return summary
 
 
-def _run_single(cfg: BenchConfig, progress_stream: Any, server_cpu: _ServerCpu) -> dict[str, Any]:
+def _run_single(cfg: BenchConfig, progress_stream: Any, server_cpu: _CpuSampler) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         w = Worker(cfg, 0)
         await w.connect_all()
@@ -704,7 +693,7 @@ def _proc_main(cfg: BenchConfig, index: int, q: Any, go: Any, start_at: Any) -> 
         q.put(("error", index, f"{type(e).__name__}: {e}"))
 
 
-def _run_multi(cfg: BenchConfig, progress_stream: Any, server_cpu: _ServerCpu) -> list[dict[str, Any]]:
+def _run_multi(cfg: BenchConfig, progress_stream: Any, server_cpu: _CpuSampler) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     go = ctx.Event()
@@ -785,7 +774,8 @@ def _latency(h: Histogram) -> dict[str, float]:
     return out
 
 
-def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: float | None) -> dict[str, Any]:
+def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: float | None,
+              machine_cpu_s: float | None = None) -> dict[str, Any]:
     """Merge the workers' stats: ops/s and latency (ms) for the scenario and per operation."""
     merged: dict[str, dict[str, Any]] = {}
     for res in results:
@@ -834,6 +824,12 @@ def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: flo
     }
     if items:
         summary["items_per_sec"] = round(items / dur, 1)
+    if machine_cpu_s is not None:
+        # busy CPU of the whole machine: what neither the server nor the generator used is other
+        # load, which makes the numbers unreliable (shared machines, CI neighbours)
+        other = machine_cpu_s - (server_cpu_s or 0.0) - client_cpu
+        summary["machine_cpu"] = {"cores": round(machine_cpu_s / dur, 2), "cpus": os.cpu_count(),
+                                  "other_cores": round(max(0.0, other) / dur, 2) if server_cpu_s is not None else None}
     if server_cpu_s is not None:
         summary["server_cpu"] = {"pids": cfg.server_pids, "seconds": round(server_cpu_s, 3),
                                  "cores": round(server_cpu_s / dur, 2),

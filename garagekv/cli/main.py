@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from garagekv.cli import bench, cluster, dev, k2v, meta
+from garagekv.cli import bench, cluster, dev, k2v, meta, ops
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     meta.add_parsers(sub)
     cluster.add_parsers(sub)
+    ops.add_parsers(sub)
     _accept_config_anywhere(sub)
     return p
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("status", "node", "layout"):
             return asyncio.run(cluster.run(args, config))
+        if args.command in ops.COMMANDS:
+            return asyncio.run(ops.run(args, config))
         return asyncio.run(meta.run(args, config))
     except (ConfigError, GarageKVError) as e:
         msg = e.full_message if isinstance(e, GarageKVError) else str(e)

@@ -137,7 +137,7 @@ class GroupCommitWriter:
             log.error("database commit failed: %s", e)
             err = StorageError(f"database commit failed: {e}")
             for job in batch:
-                job.loop.call_soon_threadsafe(_resolve, job.future, False, err, [])
+                _post(job.loop, _resolve, job.future, False, err, [])
             return
         self.commits += 1
         self.jobs += len(batch)
@@ -149,7 +149,7 @@ class GroupCommitWriter:
         for job, ok, value, callbacks in outcomes:
             if not ok and not isinstance(value, GarageKVError):
                 log.exception("write transaction failed", exc_info=value)
-            job.loop.call_soon_threadsafe(_resolve, job.future, ok, value, callbacks)
+            _post(job.loop, _resolve, job.future, ok, value, callbacks)
 
     def close(self) -> None:
         """Finish every queued job, then stop the thread."""
@@ -158,6 +158,14 @@ class GroupCommitWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+
+
+def _post(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+    """Hand a result back to the submitter's loop; a loop that has closed meanwhile wants none."""
+    try:
+        loop.call_soon_threadsafe(*args)
+    except RuntimeError:
+        pass
 
 
 def _resolve(fut: asyncio.Future, ok: bool, value: Any, callbacks: list[Callable[[], None]]) -> None:

@@ -20,8 +20,11 @@ from garagekv.model.key_table import KeySchema
 from garagekv.net.identity import node_number
 from garagekv.rpc.system import System
 from garagekv.table.data import TableData
+from garagekv.table.gc import TableGc
+from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.queue import InsertQueue
 from garagekv.table.replication import FullReplication, ShardedReplication
+from garagekv.table.sync import SyncCoordinator, TableSyncer
 from garagekv.table.table import Table
 from garagekv.util.background import BackgroundRunner
 from garagekv.util.config import Config
@@ -51,10 +54,26 @@ class Model:
         self.helper = MetaHelper(self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty,
                                  allow_punycode=config.allow_punycode)
         self.tables = [self.keys, self.buckets, self.aliases, self.counters, self.items]
+        # Tombstone GC only for the sharded K2V tables: deleted keys and buckets stay forever.
+        self.gcs = [TableGc(t, db, writer, config.tombstone_gc_delay_sec, system.registry)
+                    for t in (self.items, self.counters)]
+        # Anti-entropy: a Merkle updater and a syncer per table; the coordinator raises this
+        # node's sync tracker once every table completed a full sync.
+        self.sync_coordinator = SyncCoordinator(system.layout)
+        self.merkle_updaters = [MerkleUpdater(db, writer, t.data) for t in self.tables]
+        self.syncers = [
+            TableSyncer(t, m, system.layout, system.registry, self.sync_coordinator,
+                        interval=config.sync_interval_sec, startup_delay=config.sync_startup_delay_sec)
+            for t, m in zip(self.tables, self.merkle_updaters, strict=True)
+        ]
         self.background = BackgroundRunner()
 
     async def start(self) -> None:
         self.background.spawn(self.counter_queue)
+        for gc in self.gcs:
+            self.background.spawn(gc)
+        for worker in [*self.merkle_updaters, *self.syncers]:
+            self.background.spawn(worker)
 
     async def stop(self) -> None:
         await self.background.stop()

@@ -25,6 +25,11 @@ class TableData(Generic[E]):
         self.schema = schema
         self.store = db.tree(f"{schema.name}:data")
         self.merkle_todo = db.tree(f"{schema.name}:merkle_todo")
+        # Wakes the Merkle worker once a change is committed (set by ``table.merkle.MerkleUpdater``).
+        self.on_merkle_todo: Callable[[], None] | None = None
+        # Set by the table's tombstone GC: called in the writer transaction whenever an entry
+        # becomes a tombstone, with its tree key and new bytes (see garagekv/table/gc.py).
+        self.on_tombstone: Callable[[WriteTxn, bytes, bytes], None] | None = None
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -102,8 +107,31 @@ class TableData(Generic[E]):
             return None
         tx.put(self.store, tree_key, new_raw)
         tx.put(self.merkle_todo, tree_key, blake2sum(new_raw))
+        if self.on_merkle_todo is not None:
+            tx.on_commit(self.on_merkle_todo)
         self.schema.updated(tx, old, new)
+        if self.on_tombstone is not None and new.is_tombstone():
+            self.on_tombstone(tx, tree_key, new_raw)
         return new
+
+    def delete_if_equal_hash_in(self, tx: WriteTxn, tree_key: bytes, value_hash: bytes) -> bool:
+        """Delete the entry only if its stored bytes still hash to ``value_hash`` (GC, offload)."""
+        old_raw = tx.get(self.store, tree_key)
+        if old_raw is None or blake2sum(old_raw) != value_hash:
+            return False
+        tx.delete(self.store, tree_key)
+        tx.put(self.merkle_todo, tree_key, b"")  # empty: the Merkle updater removes the leaf
+        if self.on_merkle_todo is not None:
+            tx.on_commit(self.on_merkle_todo)
+        self.schema.updated(tx, self.schema.decode(old_raw), None)
+        return True
+
+    async def delete_if_equal_hash(self, items: list[tuple[bytes, bytes]]) -> int:
+        """``delete_if_equal_hash_in`` for each (tree key, hash) in one transaction; how many went."""
+        def apply(tx: WriteTxn) -> int:
+            return sum(self.delete_if_equal_hash_in(tx, k, h) for k, h in items)
+
+        return await self.writer.submit(apply)
 
     async def merge(self, entry: E) -> E | None:
         return await self.writer.submit(lambda tx: self.merge_in(tx, entry))

@@ -66,19 +66,25 @@ class Table(Generic[E]):
         raw = entry.encode()
         with self.replication.layout.write_lock():
             sets = self.replication.write_sets(entry.tree_key()[:32])
+            own: dict[bytes, asyncio.Future] = {}
             await try_write_many_sets(
-                lambda node: self._call(node, ["update", [raw]]), sets, self.replication.write_quorum(),
+                lambda node: self._send_once(own, node, ["update", [raw]]), sets, self.replication.write_quorum(),
                 timeout=self.timeout,
             )
+            await self._own_write(own)
 
-    async def insert_many(self, entries: list[E]) -> None:
-        """One ``update`` per node carrying everything it stores; quorum per entry's write sets."""
+    async def insert_many(self, entries: list[E], *, stored_here: bool = False) -> None:
+        """One ``update`` per node carrying everything it stores; quorum per entry's write sets.
+
+        ``stored_here``: this node already holds exactly these entries (a K2V coordinator just
+        wrote them), so its own copy counts as written without another local transaction.
+        """
         if not entries:
             return
         with self.replication.layout.write_lock():
-            await self._insert_many(entries)
+            await self._insert_many(entries, stored_here)
 
-    async def _insert_many(self, entries: list[E]) -> None:
+    async def _insert_many(self, entries: list[E], stored_here: bool) -> None:
         per_node: dict[bytes, list[bytes]] = defaultdict(list)
         set_groups: dict[tuple[tuple[bytes, ...], ...], None] = {}
         for e in entries:
@@ -89,17 +95,35 @@ class Table(Generic[E]):
                 per_node[node].append(raw)
         quorum = self.replication.write_quorum()
         sent: dict[bytes, asyncio.Future] = {}
+        if stored_here:
+            sent[self.node_id] = asyncio.get_running_loop().create_future()
+            sent[self.node_id].set_result(None)
 
         def send(node: bytes) -> Any:
             # One request per node even when it belongs to several groups of write sets.
-            if node not in sent:
-                sent[node] = asyncio.ensure_future(self._call(node, ["update", per_node[node]]))
-            return asyncio.shield(sent[node])
+            return self._send_once(sent, node, ["update", per_node[node]])
 
         await asyncio.gather(*(
             try_write_many_sets(send, [list(s) for s in group], quorum, timeout=self.timeout)
             for group in set_groups
         ))
+        await self._own_write(sent)
+
+    def _send_once(self, sent: dict[bytes, asyncio.Future], node: bytes, msg: list) -> Any:
+        if node not in sent:
+            sent[node] = asyncio.ensure_future(self._call(node, msg))
+        return asyncio.shield(sent[node])
+
+    async def _own_write(self, sent: dict[bytes, asyncio.Future]) -> None:
+        """When this node is a replica, answer only once its own copy is written too.
+
+        The quorum may be met by other replicas first; without this, a read served locally right
+        after (full-copy tables read locally only) could miss the write just acknowledged here.
+        A local failure does not fail a write that already has its quorum.
+        """
+        own = sent.get(self.node_id)
+        if own is not None:
+            await asyncio.wait([own])
 
     # ---- reads -------------------------------------------------------------------------------
 

@@ -97,18 +97,27 @@ class BackgroundRunner:
             if state is WorkerState.IDLE:
                 info.state = "idle"
                 await w.wait_for_work()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # asyncio.wait_for (3.11) can swallow a cancellation that races with the event
+                # it waits for; never let a worker outlive its runner's stop().
+                raise asyncio.CancelledError
 
     def list(self) -> list[dict[str, Any]]:
         return [w.to_json() for w in self.workers]
 
     async def stop(self) -> None:
-        for w in self.workers:
-            if w.task is not None:
-                w.task.cancel()
-        for w in self.workers:
-            if w.task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await w.task
+        tasks = [w.task for w in self.workers if w.task is not None]
+        while True:
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=1.0)
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                t.result()
 
 
 class Notify:

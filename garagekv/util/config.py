@@ -88,6 +88,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     tombstone_gc_delay_sec: int = 86_400
+    sync_interval_sec: int = 600
+    sync_startup_delay_sec: int = 10
     k2v_api: K2VApiConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
 
@@ -119,6 +121,8 @@ _EXAMPLES: dict[str, str] = {
     "log_level": '"info"',
     "log_format": '"text"',
     "tombstone_gc_delay_sec": "86400",
+    "sync_interval_sec": "600",
+    "sync_startup_delay_sec": "10",
     "s3_api.s3_region": '"garage"',
     "s3_api.api_bind_addr": '"[::]:3900"',
     "s3_api.root_domain": '".s3.garage.localhost"',
@@ -145,7 +149,8 @@ _TOP_KEYS = (
     "consistency_mode", "rpc_bind_addr", "rpc_public_addr", "rpc_secret", "rpc_secret_file",
     "rpc_ping_timeout_msec", "rpc_ping_interval_msec", "rpc_timeout_msec", "bootstrap_peers",
     "allow_world_readable_secrets",
-    "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "s3_api", "k2v_api", "admin",
+    "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "sync_interval_sec",
+    "sync_startup_delay_sec", "s3_api", "k2v_api", "admin",
 )  # fmt: skip
 # Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
 _TOP_TOLERATED = frozenset({
@@ -227,6 +232,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         log_level=top.choice("log_level", "info", LOG_LEVELS),
         log_format=top.choice("log_format", "text", LOG_FORMATS),
         tombstone_gc_delay_sec=top.integer("tombstone_gc_delay_sec", 86_400, lo=0),
+        sync_interval_sec=top.integer("sync_interval_sec", 600, lo=1),
+        sync_startup_delay_sec=top.integer("sync_startup_delay_sec", 10, lo=0),
         s3_api=_s3_api(top.table("s3_api", _S3_KEYS, required=True)),
         k2v_api=_k2v_api(top.table("k2v_api", _K2V_KEYS)),
         admin=_admin(top.table("admin", _ADMIN_KEYS, _ADMIN_TOLERATED), base_dir, allow_wr),

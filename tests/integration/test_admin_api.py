@@ -71,7 +71,9 @@ def test_admin_endpoints_disabled_without_admin_token(tmp_path):
         body = assert_error(n.admin_http("GET", "/v1/status", token="anything"), 403, "AccessDenied")
         assert "Admin token isn't configured" in body["message"]
         assert_error(n.admin_http("POST", "/v1/key", body={"name": "x"}, token=""), 403, "AccessDenied")
-        assert n.admin_http("GET", "/health", token="").status == 200
+        # Liveness is fine but no layout was applied: not ready (see test_admin_health_cluster).
+        r = n.admin_http("GET", "/health", token="")
+        assert r.status == 503 and r.json()["status"] == "no-layout"
         # A metrics token is set: /metrics needs it.
         assert_error(n.admin_http("GET", "/metrics", token=""), 403, "AccessDenied")
         assert_error(n.admin_http("GET", "/metrics", token="wrong"), 403, "AccessDenied")
@@ -106,14 +108,16 @@ def test_no_admin_api_without_bind_addr(tmp_path):
 
 
 def test_health_and_status(anode):
+    # A node on which no layout has been applied is alive (local checks pass) but not ready.
     r = anode.admin_http("GET", "/health", token="")
-    assert r.status == 200 and r.header("Content-Type").startswith("application/json")
+    assert r.status == 503 and r.header("Content-Type").startswith("application/json")
     body = r.json()
-    assert body["status"] == "ok" and body["checks"] == {"running": "ok", "database": "ok", "k2vApi": "ok"}
+    assert body["status"] == "no-layout" and body["checks"] == {"running": "ok", "database": "ok", "k2vApi": "ok"}
+    assert body["layoutVersion"] == 0
     assert r.header("X-Request-Id")
 
     detail = anode.admin_http("GET", "/v1/health").json()
-    assert detail["status"] == "healthy" and detail["health"] == "ok"
+    assert detail["status"] == "unavailable" and detail["health"] == "no-layout"
     assert {"knownNodes", "connectedNodes", "storageNodes", "partitions", "partitionsQuorum"} <= set(detail)
 
     status = anode.admin_http("GET", "/v1/status").json()
@@ -122,7 +126,8 @@ def test_health_and_status(anode):
     assert status["garagekvVersion"] and status["hostname"] and status["dbEngine"] == "lmdb"
     assert {"commits", "writes"} <= set(status["db"])
     assert {"key", "bucket", "bucket_alias", "k2v_item"} <= set(status["tables"])
-    assert status["layout"] is None and status["nodes"] is None and status["layoutVersion"] is None
+    assert status["layoutVersion"] == 0 and status["layout"]["roles"] == []
+    assert [n["id"] for n in status["nodes"]] == [info["id"]]
     assert info["admin_endpoint"] == f"http://127.0.0.1:{anode.admin_port}"
 
 
@@ -311,7 +316,8 @@ def test_create_bucket_with_local_alias(anode):
 def test_dev_serves_admin_api(tmp_path):
     port = free_dev_port()
     p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir", str(tmp_path / "dev"),
-                          "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--port", str(port), "--nodes", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
         assert line, p.stderr.read()

@@ -124,7 +124,8 @@ def test_cli_without_running_node_fails_clearly(tmp_path):
 
 
 def test_dev_prints_credentials_serves_and_persists(tmp_path):
-    port = free_dev_port()
+    """The default `garagekv dev` is a 3-node cluster with replication factor 3."""
+    port = free_dev_port(3)
 
     def start() -> tuple[subprocess.Popen, dict]:
         p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir",
@@ -142,6 +143,10 @@ def test_dev_prints_credentials_serves_and_persists(tmp_path):
         client = K2VHttp(info["k2v_endpoint"].removeprefix("http://"), info["access_key_id"],
                          info["secret_access_key"], info["region"])
         assert client.request("PUT", f"/{info['bucket']}/p", "sort_key=k", b"kept").status == 204
+        assert len(info["nodes"]) == 3
+        last = K2VHttp(info["nodes"][2]["k2v_endpoint"].removeprefix("http://"), info["access_key_id"],
+                       info["secret_access_key"], info["region"])
+        assert last.request("GET", f"/{info['bucket']}/p", "sort_key=k").json() == ["a2VwdA=="]
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0

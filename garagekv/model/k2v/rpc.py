@@ -183,7 +183,7 @@ class K2VService:
         if kind == "insert":
             bucket_id, wires = bytes(msg[1]), msg[2]
             items = await self.store.insert_many(bucket_id, [InsertedItem.from_wire(w) for w in wires])
-            await self.items.insert_many(items)
+            await self.items.insert_many(items, stored_here=True)
             return None
         if kind == "poll_item":
             _, bucket_id, pk, sk, ct, timeout = msg

@@ -111,6 +111,18 @@ class LayoutManager:
         self.history = new
         self._changed()
 
+    def mark_synced(self, version: int) -> bool:
+        """Every table completed a full sync for ``version``: raise this node's sync tracker.
+
+        Persisted and announced like any change; returns True if the tracker moved.
+        """
+        h = self.history.clone()
+        if not h.mark_synced(self.node_id, version):
+            return False
+        self.history = h
+        self._changed()
+        return True
+
     def refresh_trackers(self) -> bool:
         """Raise this node's ack/sync trackers where it can; persist if anything moved."""
         h = self.history.clone()

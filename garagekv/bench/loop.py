@@ -1,0 +1,24 @@
+"""The event loop the load generator and the null server run on: uvloop when installed."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def new_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        return asyncio.Runner()
+
+
+def loop_name() -> str:
+    try:
+        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"

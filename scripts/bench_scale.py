@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""``make bench-scale`` (not in CI): does a node stay as fast with 1M items as with 10k?
+
+Starts one ``garagekv dev`` node, loads BENCH_SCALE_BASE items, measures InsertItem, ReadItem,
+ReadBatch (100-item ranges) and ReadIndex (10-partition pages), loads up to BENCH_SCALE_ITEMS,
+measures again, and reports the latency ratios (target: within 1.5x) with the node's memory
+(RSS) and disk use per item. Results go to ``bench-results/scale-<time>.{json,md}``.
+
+Environment (defaults in brackets):
+  BENCH_SCALE_ITEMS [1000000]  items at the large stage (10M if the disk allows)
+  BENCH_SCALE_BASE [10000]     items at the small stage
+  BENCH_SCALE_CONNS [16]       connections while measuring (moderate load: latency, not saturation)
+  BENCH_DURATION [8]  BENCH_WARMUP [2]  BENCH_VALUE_SIZE [100]  BENCH_OUT [bench-results]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from garagekv.bench.clusters import DevCluster, run_bench_cli  # noqa: E402
+from garagekv.bench.loop import new_runner  # noqa: E402
+from garagekv.bench.procstat import disk_usage, rss_bytes  # noqa: E402
+from garagekv.bench.report import fmt_ms, fmt_num  # noqa: E402
+from garagekv.bench.runner import BenchConfig, prepare  # noqa: E402
+
+# (name, mix, batch size): the operations compared between the two stages
+OPERATIONS = (("InsertItem", "write", 100), ("ReadItem", "read", 100), ("ReadBatch (100 items)", "batch", 100),
+              ("ReadIndex (10 partitions)", "index", 10))
+TARGET_RATIO = 1.5
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load(dev: DevCluster, items: int, value_size: int) -> dict[str, Any]:
+    info = dev.info
+    cfg = BenchConfig(endpoints=dev.endpoints, bucket=info["bucket"], access_key_id=info["access_key_id"],
+                      secret_access_key=info["secret_access_key"], region=info["region"], keys=items,
+                      value_size=value_size, prefill=True, mix="read")
+    with new_runner() as runner:
+        return runner.run(prepare(cfg, say))["prefill"]
+
+
+def measure(dev: DevCluster, items: int, s: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, mix, batch in OPERATIONS:
+        r = run_bench_cli(["--dev-json", str(dev.json_path), "--mix", mix, "--keys", str(items),
+                           "--batch-size", str(batch), "--conns", str(s["conns"]), "--duration", str(s["duration"]),
+                           "--warmup", str(s["warmup"]), "--value-size", str(s["value_size"])])
+        out[name] = r
+        lat = r["latency_ms"]
+        errs = f"  {r['error_count']} errors" if r["error_count"] else ""
+        say(f"  {name:<26} {fmt_num(r['ops_per_sec']):>8} ops/s  p50 {fmt_ms(lat['p50']):>6} ms  "
+            f"p99 {fmt_ms(lat['p99']):>6} ms{errs}")
+    return out
+
+
+def footprint(dev: DevCluster) -> dict[str, int | None]:
+    return {"rss_bytes": rss_bytes(dev.pids[0]), "disk_bytes": disk_usage(dev.meta_dirs[0])}
+
+
+def main() -> int:
+    s = {
+        "items": int(float(env("BENCH_SCALE_ITEMS", "1000000"))),
+        "base": int(float(env("BENCH_SCALE_BASE", "10000"))),
+        "conns": int(env("BENCH_SCALE_CONNS", "16")),
+        "duration": float(env("BENCH_DURATION", "8")),
+        "warmup": float(env("BENCH_WARMUP", "2")),
+        "value_size": int(env("BENCH_VALUE_SIZE", "100")),
+    }
+    if s["items"] <= s["base"]:
+        say("BENCH_SCALE_ITEMS must be larger than BENCH_SCALE_BASE")
+        return 2
+    out = Path(env("BENCH_OUT", "bench-results"))
+    out.mkdir(parents=True, exist_ok=True)
+    need = s["items"] * (s["value_size"] + 400) * 2  # rough: item, index entries, LMDB slack
+    free = shutil.disk_usage(out).free
+    if need > free:
+        say(f"not enough disk for {s['items']:,} items (about {need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free)")
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work = Path(tempfile.mkdtemp(prefix="scale-work-", dir=out))
+    stages: dict[str, Any] = {}
+    t0 = time.monotonic()
+    try:
+        with DevCluster(work / "garagekv", 1) as dev:
+            for n in (s["base"], s["items"]):
+                say(f"loading {n:,} items")
+                loaded = load(dev, n, s["value_size"])
+                say(f"measuring at {n:,} items ({s['conns']} connections)")
+                stages[str(n)] = {"items": n, "load": loaded, "footprint": footprint(dev), "ops": measure(dev, n, s)}
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    small, large = stages[str(s["base"])], stages[str(s["items"])]
+    rows = []
+    for name, _, _ in OPERATIONS:
+        a, b = small["ops"][name], large["ops"][name]
+        rp50 = b["latency_ms"]["p50"] / a["latency_ms"]["p50"] if a["latency_ms"]["p50"] else None
+        rp99 = b["latency_ms"]["p99"] / a["latency_ms"]["p99"] if a["latency_ms"]["p99"] else None
+        ok = rp50 is not None and rp99 is not None and max(rp50, rp99) <= TARGET_RATIO
+        rows.append((name, a, b, rp50, rp99, ok))
+    fa, fb = small["footprint"], large["footprint"]
+    lines = [f"# garagekv scale run ({stamp})", "",
+             f"- one node, {s['value_size']} B values, {s['conns']} connections, {s['duration']:g} s per operation, "
+             f"runtime {time.monotonic() - t0:.0f} s",
+             f"- load rate: {fmt_num(large['load']['items_per_sec'])} items/s (InsertBatch of 1000, 8 connections)",
+             "", f"| operation | ops/s @{s['base']:,} | p50 ms | p99 ms | ops/s @{s['items']:,} | p50 ms | p99 ms "
+             f"| p50 ratio | p99 ratio | within {TARGET_RATIO}x |", "|" + "---|" * 10]
+    for name, a, b, rp50, rp99, ok in rows:
+        la, lb = a["latency_ms"], b["latency_ms"]
+        lines.append(f"| {name} | {fmt_num(a['ops_per_sec'])} | {fmt_ms(la['p50'])} | {fmt_ms(la['p99'])} | "
+                     f"{fmt_num(b['ops_per_sec'])} | {fmt_ms(lb['p50'])} | {fmt_ms(lb['p99'])} | "
+                     f"{_r(rp50)} | {_r(rp99)} | {'yes' if ok else 'NO'} |")
+    lines += ["", "| | RSS | disk | per item (RSS) | per item (disk) |", "|---|---|---|---|---|"]
+    for label, f, n in ((f"{s['base']:,} items", fa, s["base"]), (f"{s['items']:,} items", fb, s["items"])):
+        lines.append(f"| {label} | {_mb(f['rss_bytes'])} | {_mb(f['disk_bytes'])} | {_per(f['rss_bytes'], n)} | "
+                     f"{_per(f['disk_bytes'], n)} |")
+    if fa["rss_bytes"] and fb["rss_bytes"]:
+        dn = s["items"] - s["base"]
+        lines.append(f"| marginal ({dn:,} items) | | | {_per(fb['rss_bytes'] - fa['rss_bytes'], dn)} | "
+                     f"{_per(fb['disk_bytes'] - fa['disk_bytes'], dn)} |")
+    md = "\n".join(lines) + "\n"
+    base = out / f"scale-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps({"settings": s, "stages": stages}, indent=1))
+    base.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"results: {base}.json, {base}.md")
+    return 0
+
+
+def _r(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _mb(v: int | None) -> str:
+    return "-" if v is None else f"{v / 2**20:,.1f} MiB"
+
+
+def _per(v: int | None, n: int) -> str:
+    return "-" if v is None or n <= 0 else f"{v / n:,.0f} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""History checker for K2V under faults: no acknowledged write lost, no value nobody wrote.
+
+Every write puts a unique value (``w<id>:...``), so a value read names the write that produced it.
+A write made with the causality token of an earlier read *covers* every value that read saw: the
+DVVS lets it supersede them. The rules, checked against every read:
+
+1. Every value a read returns was written by some write that had started before the read ended
+   ("no value appears that nobody wrote").
+2. Every write acknowledged (2xx) before a read started is *accounted for* in that read: either
+   its value is visible, or it is covered by a write that is itself accounted for (visible, or
+   covered in turn...), or by an acknowledged delete. Unacknowledged writes (errors, timeouts)
+   may or may not have happened; they only count once something shows they did.
+3. No value covered (transitively) by a write acknowledged before a read started appears in that
+   read: superseded and deleted values never come back.
+
+``Workload`` drives a stream of blind writes and read-modify-writes (read, then write with its
+token) through several K2V endpoints from background threads, recording everything in a
+``History``; ``final_check`` then reads every key through every endpoint and checks the whole
+history against those reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from tests.support import K2VHttp
+
+TOKEN = "X-Garage-Causality-Token"
+
+Key = tuple[str, str]  # (partition key, sort key)
+
+
+@dataclass(eq=False)
+class Write:
+    id: int
+    key: Key
+    value: bytes | None  # None: a delete
+    token: str | None
+    covers: frozenset[int]  # ids of the writes visible in the read whose token this write carries
+    via: str
+    start: float
+    end: float | None = None
+    status: str = "pending"  # ok | failed (4xx: certainly not applied) | unknown (5xx, error, timeout)
+    detail: str = ""
+
+    @property
+    def acked(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(eq=False)
+class Read:
+    key: Key
+    via: str
+    start: float
+    end: float
+    seen: frozenset[int]  # ids of the writes whose values are visible
+    tombstone: bool  # a deleted value (null) or 404
+    token: str | None
+
+
+class History:
+    """Thread-safe record of writes and reads, and the checks over them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.writes: dict[int, Write] = {}
+        self.by_key: dict[Key, list[Write]] = defaultdict(list)
+        self.reads: list[Read] = []
+        self.violations: list[str] = []
+        self._next = 0
+
+    # ---- recording ------------------------------------------------------------------------------
+
+    def begin_write(self, key: Key, via: str, token: str | None = None, covers: frozenset[int] = frozenset(),
+                    delete: bool = False, size: int = 16) -> Write:
+        with self._lock:
+            self._next += 1
+            wid = self._next
+            value = None if delete else f"w{wid}:".encode() + b"x" * max(0, size)
+            w = Write(wid, key, value, token, covers, via, time.monotonic())
+            self.writes[wid] = w
+            self.by_key[key].append(w)
+            return w
+
+    def end_write(self, w: Write, status: str, detail: str = "") -> None:
+        with self._lock:
+            w.end = time.monotonic()
+            w.status = status
+            w.detail = detail
+
+    def record_read(self, key: Key, via: str, start: float, values: list[bytes | None] | None,
+                    token: str | None, check: bool = True) -> Read:
+        """``values``: the values returned (None entries are tombstones), None for a 404."""
+        end = time.monotonic()
+        seen: set[int] = set()
+        tombstone = values is None
+        with self._lock:
+            for v in values or []:
+                if v is None:
+                    tombstone = True
+                    continue
+                wid = self._id_of(v)
+                w = self.writes.get(wid) if wid is not None else None
+                if w is None or w.key != key or w.value != v:
+                    self.violations.append(f"read of {key} via {via} returned {v[:40]!r}, which nobody wrote")
+                    continue
+                if w.start > end:
+                    self.violations.append(f"read of {key} via {via} returned w{wid} before it was written")
+                seen.add(wid)
+            r = Read(key, via, start, end, frozenset(seen), tombstone, token)
+            self.reads.append(r)
+            if check:
+                self.violations.extend(self._check_read(r))
+        return r
+
+    @staticmethod
+    def _id_of(value: bytes) -> int | None:
+        head, sep, _ = value.partition(b":")
+        if not sep or not head.startswith(b"w") or not head[1:].isdigit():
+            return None
+        return int(head[1:])
+
+    # ---- checks ---------------------------------------------------------------------------------
+
+    def _closure(self, ids: set[int]) -> set[int]:
+        out = set(ids)
+        todo = list(ids)
+        while todo:
+            for c in self.writes[todo.pop()].covers:
+                if c not in out:
+                    out.add(c)
+                    todo.append(c)
+        return out
+
+    def accounted(self, r: Read) -> set[int]:
+        """Writes of ``r.key`` that ``r`` accounts for: visible, or (transitively) superseded."""
+        seeds = set(r.seen) | {w.id for w in self.by_key[r.key] if w.value is None and w.acked}
+        return self._closure(seeds)
+
+    def _check_read(self, r: Read) -> list[str]:
+        before = [w for w in self.by_key[r.key] if w.acked and w.end is not None and w.end < r.start]
+        acc = self.accounted(r)
+        out = [f"acknowledged write w{w.id} to {r.key} (via {w.via}, acked at {w.end:.3f}) is missing from the "
+               f"read via {r.via} started at {r.start:.3f}, which saw {sorted(r.seen)}"
+               for w in before if w.value is not None and w.id not in acc]
+        # 3. A value superseded by an acknowledged write never comes back (e.g. a deleted value
+        # resurrected by a replica that missed the delete after its tombstone was collected).
+        dead = self._closure({c for w in before for c in w.covers})
+        out += [f"read of {r.key} via {r.via} started at {r.start:.3f} returned w{wid}, superseded by a write "
+                f"acknowledged before" for wid in sorted(r.seen & dead)]
+        return out
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = defaultdict(int)
+            for w in self.writes.values():
+                out[w.status] += 1
+            out["reads"] = len(self.reads)
+            return dict(out)
+
+    def acked_since(self, t: float, via: str | None = None) -> int:
+        """Writes acknowledged after ``t`` (monotonic), through ``via`` if given."""
+        with self._lock:
+            return sum(1 for w in self.writes.values()
+                       if w.acked and w.end is not None and w.end > t and (via is None or w.via == via))
+
+    def failures(self, limit: int = 5) -> list[str]:
+        with self._lock:
+            bad = [w for w in self.writes.values() if w.status in ("failed", "unknown")]
+            return [f"w{w.id} via {w.via}: {w.status} {w.detail}" for w in bad[:limit]]
+
+
+# ---- the K2V calls --------------------------------------------------------------------------------
+
+
+def _item_path(bucket: str, key: Key) -> tuple[str, str]:
+    return f"/{bucket}/{quote(key[0], safe='')}", f"sort_key={quote(key[1], safe='')}"
+
+
+def read_item(history: History, client: K2VHttp, via: str, bucket: str, key: Key, timeout: float = 10.0,
+              check: bool = True) -> Read | None:
+    """ReadItem (JSON) recorded in ``history``; None if the read failed (error, 5xx)."""
+    path, query = _item_path(bucket, key)
+    start = time.monotonic()
+    try:
+        resp = client.request("GET", path, query, headers={"Accept": "application/json"}, timeout=timeout)
+    except Exception:  # noqa: BLE001 - a failed read proves nothing
+        return None
+    if resp.status == 404:
+        return history.record_read(key, via, start, None, None, check)
+    if resp.status != 200:
+        if resp.status < 500:
+            history.violations.append(f"read of {key} via {via}: unexpected {resp.status} {resp.body[:200]!r}")
+        return None
+    values = [None if v is None else base64.b64decode(v) for v in resp.json()]
+    return history.record_read(key, via, start, values, resp.header(TOKEN), check)
+
+
+def write_item(history: History, client: K2VHttp, via: str, bucket: str, key: Key, read: Read | None = None,
+               delete: bool = False, timeout: float = 10.0) -> Write:
+    """InsertItem (or DeleteItem), with the token of ``read`` if given, recorded in ``history``."""
+    token = read.token if read is not None else None
+    w = history.begin_write(key, via, token, read.seen if read is not None else frozenset(), delete)
+    path, query = _item_path(bucket, key)
+    headers = {TOKEN: token} if token else {}
+    try:
+        resp = client.request("DELETE" if delete else "PUT", path, query, body=w.value or b"", headers=headers,
+                              timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - the write may or may not have happened
+        history.end_write(w, "unknown", f"{type(e).__name__}: {e}")
+        return w
+    if 200 <= resp.status < 300:
+        history.end_write(w, "ok")
+    elif resp.status >= 500:
+        history.end_write(w, "unknown", f"{resp.status} {resp.body[:200]!r}")
+    else:
+        history.end_write(w, "failed", f"{resp.status} {resp.body[:200]!r}")
+        history.violations.append(f"write w{w.id} via {via} refused: {resp.status} {resp.body[:200]!r}")
+    return w
+
+
+# ---- a background workload -----------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Threads that write through the given endpoints until stopped.
+
+    Each thread owns a few keys of its own and shares a few with the others (each key in its own
+    partition key, so they land on different partitions); half its operations
+    are blind writes, half read-modify-writes with the read's token. ``endpoints`` can be changed
+    while running (e.g. to stop sending to a node that is about to be killed).
+    """
+
+    history: History
+    clients: dict[str, K2VHttp]
+    bucket: str
+    threads: int = 3
+    keys_per_thread: int = 4
+    shared_keys: int = 3
+    pk: str = "load"
+    timeout: float = 10.0
+    pause: float = 0.0
+    endpoints: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def own_keys(self, t: int) -> list[Key]:
+        """Thread ``t``'s keys: each in its own partition key, so they spread over the ring."""
+        return [(f"{self.pk}-t{t}-{k}", f"k{k}") for k in range(self.keys_per_thread)]
+
+    def keys(self) -> list[Key]:
+        own = [key for t in range(self.threads) for key in self.own_keys(t)]
+        return own + [(f"{self.pk}-shared-{k}", "shared") for k in range(self.shared_keys)]
+
+    def start(self) -> Workload:
+        if not self.endpoints:
+            self.endpoints = list(self.clients)
+        for t in range(self.threads):
+            th = threading.Thread(target=self._run, args=(t,), name=f"workload-{t}", daemon=True)
+            th.start()
+            self._workers.append(th)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for th in self._workers:
+            th.join(timeout=self.timeout * 3)
+
+    def __enter__(self) -> Workload:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _run(self, t: int) -> None:
+        rng = random.Random(t)
+        mine = self.own_keys(t)
+        shared = [(f"{self.pk}-shared-{k}", "shared") for k in range(self.shared_keys)]
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            via = self.endpoints[(t + i) % len(self.endpoints)]
+            client = self.clients[via]
+            key = rng.choice(shared) if shared and rng.random() < 0.3 else rng.choice(mine)
+            try:
+                if rng.random() < 0.5:
+                    write_item(self.history, client, via, self.bucket, key, timeout=self.timeout)
+                else:
+                    r = read_item(self.history, client, via, self.bucket, key, timeout=self.timeout)
+                    if r is not None:
+                        write_item(self.history, client, via, self.bucket, key, read=r, timeout=self.timeout)
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(f"{type(e).__name__}: {e}")
+            if self.pause:
+                self._stop.wait(self.pause)
+
+
+def final_check(history: History, clients: dict[str, K2VHttp], bucket: str, keys: list[Key] | None = None,
+                timeout: float = 10.0) -> dict[Key, dict[str, frozenset[int]]]:
+    """Read every key through every endpoint; all must succeed. Returns what each saw, per key."""
+    out: dict[Key, dict[str, frozenset[int]]] = {}
+    for key in keys if keys is not None else list(history.by_key):
+        out[key] = {}
+        for via, client in clients.items():
+            r = read_item(history, client, via, bucket, key, timeout=timeout)
+            if r is None:
+                history.violations.append(f"final read of {key} via {via} failed")
+                continue
+            out[key][via] = r.seen
+    return out

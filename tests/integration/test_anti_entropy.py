@@ -1,0 +1,190 @@
+"""Anti-entropy between real node processes: a restarted node catches up on its own, data written
+before any layout is handed to its owners, and a layout change completes (trackers, retirement)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from tests.support import K2VHttp, NodeProcess, wait_for
+
+FAST_SYNC = "sync_startup_delay_sec = 1\n"
+BUCKET = "ae-bucket"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def digest(node: NodeProcess, table: str | None = None) -> dict:
+    return node.admin("table.local_digest", {"table": table} if table else {})
+
+
+def table_state(node: NodeProcess, table: str) -> tuple[int, str]:
+    d = digest(node, table)["tables"][table]
+    return d["items"], d["hash"]
+
+
+def all_up(node: NodeProcess, n: int) -> bool:
+    st = node.admin("cluster.status")
+    return len(st["nodes"]) >= n and sum(x["up"] for x in st["nodes"]) >= n
+
+
+def apply_layout(via: NodeProcess, assign: list[NodeProcess], everyone: list[NodeProcess]) -> int:
+    for n in assign:
+        via.cli("layout", "assign", n.node_id[:10], "-z", "z1", "-c", "1G")
+    version = via.admin("cluster.status")["layout_version"] + 1
+    via.cli("layout", "apply", "--version", str(version))
+    for n in everyone:
+        wait_for(lambda n=n: n.admin("cluster.status")["layout_version"] == version)
+    return version
+
+
+def make_bucket(node: NodeProcess) -> K2VHttp:
+    key = node.admin("key.create", {"name": "ae"})
+    node.admin("bucket.create", {"name": BUCKET})
+    node.admin("bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True,
+                                      "read": True, "write": True, "owner": True})
+    return K2VHttp(node.endpoint, key["accessKeyId"], key["secretAccessKey"])
+
+
+def via(client: K2VHttp, node: NodeProcess) -> K2VHttp:
+    return K2VHttp(node.endpoint, client.access_key, client.secret_key)
+
+
+def put(client: K2VHttp, pk: str, sk: str, value: str) -> None:
+    r = client.request("PUT", f"/{BUCKET}/{pk}", f"sort_key={sk}", value.encode())
+    assert r.status == 204, (r.status, r.body)
+
+
+def read(client: K2VHttp, pk: str, sk: str) -> list[str | None]:
+    r = client.request("GET", f"/{BUCKET}/{pk}", f"sort_key={sk}", headers={"Accept": "application/json"})
+    assert r.status == 200, (r.status, r.body)
+    return [None if v is None else base64.b64decode(v).decode() for v in json.loads(r.body)]
+
+
+def same_everywhere(nodes: list[NodeProcess], table: str, count: int | None = None) -> bool:
+    states = [table_state(n, table) for n in nodes]
+    return all(s == states[0] for s in states) and (count is None or states[0][0] == count)
+
+
+# ---- tests --------------------------------------------------------------------------------------
+
+
+def test_restarted_node_converges_without_manual_action(make_cluster):
+    nodes = make_cluster(3, rf=3, extra=FAST_SYNC)
+    a, b, c = nodes
+    for n in nodes:
+        wait_for(lambda n=n: all_up(n, 3))
+    apply_layout(a, nodes, nodes)
+    client = make_bucket(a)
+    for i in range(10):
+        put(client, f"pk{i}", "s", f"before-{i}")
+    wait_for(lambda: same_everywhere(nodes, "k2v_item", 10))
+
+    c.kill()
+    wait_for(lambda: not all_up(a, 3))
+    for i in range(40):  # writes land on a and b only: 10 overwrites, 30 new items
+        put(via(client, nodes[i % 2]), f"pk{i}", "s" if i < 10 else "t", f"while-down-{i}")
+    wait_for(lambda: same_everywhere([a, b], "k2v_item", 40))
+    c.start()
+    wait_for(lambda: same_everywhere(nodes, "k2v_item", 40), timeout=25)
+    # c caught up on its own (no repair command): its local copy equals a's and b's, its Merkle
+    # tries too, and it answers from them.
+    for t in ("key", "bucket", "bucket_alias"):
+        assert same_everywhere(nodes, t)
+    wait_for(lambda: digest(c, "k2v_item")["tables"]["k2v_item"]["merkle_todo"] == 0)
+    assert read(via(client, c), "pk25", "t") == ["while-down-25"]
+    assert sorted(read(via(client, c), "pk3", "s")) == ["before-3", "while-down-3"]  # no token: siblings
+
+
+def test_data_written_before_the_layout_is_offloaded_to_its_owners(make_cluster):
+    a, b, c = make_cluster(3, rf=2, extra=FAST_SYNC)
+    for n in (a, b, c):
+        wait_for(lambda n=n: all_up(n, 3))
+    # No layout yet: a is standalone and keeps everything it is given.
+    client = make_bucket(a)
+    for i in range(30):
+        put(client, f"early{i}", "s", f"v{i}")
+    assert table_state(a, "k2v_item")[0] == 30
+    assert table_state(b, "k2v_item")[0] == 0
+
+    # a gets no role: its K2V data belongs to b and c now, and leaves a.
+    apply_layout(a, [b, c], [a, b, c])
+    wait_for(lambda: same_everywhere([b, c], "k2v_item", 30) and table_state(a, "k2v_item")[0] == 0, timeout=25)
+    # Full-copy tables (key, bucket) are pushed too, so b and c serve the bucket.
+    for n in (b, c):
+        wait_for(lambda n=n: read(via(client, n), "early7", "s") == ["v7"])
+    assert same_everywhere([a, b, c], "key", 1) and same_everywhere([a, b, c], "bucket", 1)
+
+
+def test_layout_change_raises_sync_trackers_and_retires_the_old_version(make_cluster):
+    nodes = make_cluster(3, rf=3, extra=FAST_SYNC)
+    a = nodes[0]
+    for n in nodes:
+        wait_for(lambda n=n: all_up(n, 3))
+    apply_layout(a, nodes, nodes)
+    client = make_bucket(a)
+    n_items = 40
+    for i in range(n_items):
+        put(client, f"m{i}", "s", f"v{i}")
+    wait_for(lambda: same_everywhere(nodes, "k2v_item", n_items))
+
+    (d,) = make_cluster(1, rf=3, extra=FAST_SYNC + f'bootstrap_peers = ["{a.peer_spec}"]\n')
+    nodes.append(d)
+    for n in nodes:
+        wait_for(lambda n=n: all_up(n, 4))
+    version = apply_layout(a, [d], nodes)
+    assert version == 2
+
+    def settled(n: NodeProcess) -> bool:
+        info = digest(n)
+        trackers = info["trackers"]
+        return (info["live_versions"] == [2] and len(trackers) == 4
+                and all(t["sync"] >= 2 and t["ack"] >= 2 and t["sync_ack"] >= 2 for t in trackers.values()))
+
+    for n in nodes:
+        wait_for(lambda n=n: settled(n), timeout=25)
+    history = d.cli("layout", "history").stdout
+    assert "single live layout version" in history and "historical" in history
+    # Every item is on exactly rf = 3 of the 4 nodes once the old version's extra copies are gone.
+    wait_for(lambda: sum(table_state(n, "k2v_item")[0] for n in nodes) == 3 * n_items, timeout=25)
+    for i in range(0, n_items, 7):
+        assert read(via(client, d), f"m{i}", "s") == [f"v{i}"]
+
+
+def test_identical_replicas_have_identical_tries_and_repairs_run_on_demand(make_cluster):
+    nodes = make_cluster(3, rf=3, extra=FAST_SYNC)
+    a = nodes[0]
+    for n in nodes:
+        wait_for(lambda n=n: all_up(n, 3))
+    apply_layout(a, nodes, nodes)
+    client = make_bucket(a)
+    for i in range(25):
+        put(via(client, nodes[i % 3]), f"r{i}", "s", f"v{i}")
+
+    def tries(n: NodeProcess) -> tuple | None:
+        d = digest(n, "k2v_item")["tables"]["k2v_item"]
+        return None if d["merkle_todo"] else (d["items"], d["hash"], d["merkle_roots"])
+
+    def identical() -> bool:
+        views = [tries(n) for n in nodes]
+        return views[0] is not None and views[0][0] == 25 and all(v == views[0] for v in views)
+
+    wait_for(identical)  # same entries => same Merkle tries, whatever order they arrived in
+    before = tries(a)
+
+    # `repair merkle`: the tries are rebuilt from the data and come out the same.
+    assert a.admin("repair", {"what": "merkle"})["launched"]
+    wait_for(lambda: tries(a) == before)
+
+    # `repair tables`: every table runs one more full sync.
+    def full_syncs() -> dict[str, int]:
+        return {w["name"]: w.get("full_syncs", 0) for w in a.admin("worker.list")["workers"]
+                if w["name"].endswith(" sync")}
+
+    wait_for(lambda: all(full_syncs().values()))  # the start-up syncs are done
+    first = full_syncs()
+    assert set(first) == {f"{t} sync" for t in ("key", "bucket", "bucket_alias", "k2v_index_counter", "k2v_item")}
+    assert a.admin("repair", {"what": "tables"})["launched"]
+    wait_for(lambda: all(v > first[k] for k, v in full_syncs().items()))
+    assert identical()

@@ -1,0 +1,106 @@
+"""Benchmark output: the text of one run, the side-by-side table, notes and the plot."""
+
+from __future__ import annotations
+
+import pytest
+
+from garagekv.bench.report import (
+    comparison_rows,
+    fmt_errors,
+    fmt_ms,
+    format_text,
+    markdown_table,
+    notes,
+    plot,
+    suite_markdown,
+)
+
+
+def result(system: str, cluster: str, scenario: str, ops: float, p99: float, cpu: float | None = None,
+           errors: dict[str, int] | None = None, other: float = 0.0) -> dict:
+    errors = errors or {}
+    return {
+        "system": system, "cluster": cluster, "scenario": scenario, "label": f"{system} {scenario}",
+        "config": {"endpoints": ["127.0.0.1:3904"], "conns": 64, "procs": 1, "value_size": 100, "duration": 10.0,
+                   "warmup": 2.0, "poll_interval": 0.01},
+        "ops": int(ops * 10), "ops_per_sec": ops,
+        "latency_ms": {"p50": p99 / 4, "p90": p99 / 2, "p99": p99, "p99.9": p99 * 2, "mean": p99 / 3, "max": p99 * 3},
+        "errors": errors, "error_count": sum(errors.values()),
+        "by_op": {scenario: {"ops_per_sec": ops, "latency_ms": {"p50": 1.0, "p99": p99}, "errors": errors}},
+        "server_cpu": None if cpu is None else {"pids": [1, 2], "seconds": 1.0, "cores": 1.5, "us_per_op": cpu},
+        "client_cpu": {"seconds": 3.0, "us_per_request": 40.0},
+        "machine_cpu": {"cores": 1.9, "cpus": 2, "other_cores": other},
+        "loop": "asyncio",
+    }
+
+
+def test_format_text_of_one_run():
+    r = result("garagekv", "1 node", "write", 12345.67, 8.5, cpu=81.25, errors={"503": 3, "timeout": 12})
+    r["by_op"]["read"] = {"ops_per_sec": 10.0, "latency_ms": {"p50": 0.5, "p99": 2.0}, "errors": {}}
+    text = format_text(r)
+    assert "12,345.7 ops/s (123,456 ops)" in text
+    assert "p99 8.50" in text and "p99.9 17.0" in text and "max 25.5" in text
+    assert "errors       timeout: 12, 503: 3" in text
+    assert "81.2 us/op (1.50 cores, pids 1, 2)" in text
+    assert "40.0 us/request" in text
+    assert "read" in text and "write" in text  # per-op lines when several kinds
+    assert "disturbed" not in text
+    assert "disturbed" in format_text(result("g", "1 node", "write", 1, 1, other=0.6))
+
+
+def test_small_formatters():
+    assert fmt_ms(0.1234) == "0.12" and fmt_ms(12.34) == "12.3" and fmt_ms(1234.5) == "1234" and fmt_ms(None) == "-"
+    assert fmt_errors({}) == "none"
+
+
+def test_comparison_rows_and_ratios():
+    results = [
+        result("garagekv", "1 node", "write", 8000, 20, cpu=100),
+        result("etcd", "1 node", "write", 10000, 10, cpu=200),
+        result("garagekv", "1 node", "poll", 3000, 5),
+        result("garagekv", "3 nodes", "write", 0, 0) | {"skipped": "no replication yet"},
+        result("etcd", "3 nodes", "write", 7000, 20, cpu=300),
+    ]
+    rows = comparison_rows(results)
+    assert [(r["cluster"], r["scenario"]) for r in rows] == [("1 node", "write"), ("1 node", "poll"),
+                                                              ("3 nodes", "write")]
+    assert rows[0]["ops_ratio"] == pytest.approx(0.8)
+    assert rows[0]["p99_ratio"] == pytest.approx(2.0)
+    assert rows[0]["cpu_ratio"] == pytest.approx(0.5)
+    assert rows[1]["ops_ratio"] is None and rows[2]["ops_ratio"] is None
+
+    table = markdown_table(rows).splitlines()
+    assert len(table) == 5
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "| 1 node | write | 8,000 | 20.0 | 100.0 | 10,000 | 10.0 | 200.0 | 0.80x | 2.00x | 0.50x |" in table
+    assert "| 3 nodes | write | skipped |" in table[4]
+
+    n = notes(results)
+    assert any("skipped (no replication yet)" in line for line in n)
+    assert any("poll: ops = delivered notifications" in line for line in n)
+    md = suite_markdown({"date": "20260101T000000Z", "machine": "x86_64, 2 CPUs"}, results)
+    assert md.startswith("# garagekv bench (20260101T000000Z)")
+    assert "- machine: x86_64, 2 CPUs" in md and "Notes:" in md
+
+
+def test_errors_are_shown_in_the_table():
+    rows = comparison_rows([result("garagekv", "1 node", "read", 100, 1, errors={"404": 7})])
+    assert "100 (7 err)" in markdown_table(rows)
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "plot.png"
+    assert plot([result("garagekv", "1 node", "write", 10, 1), result("etcd", "1 node", "write", 20, 2)], path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot([result("garagekv", "1 node", "write", 0, 0) | {"skipped": "x"}], tmp_path / "none.png")
+
+
+def test_disturbed_rows_are_marked():
+    quiet = result("garagekv", "1 node", "write", 100, 1, other=0.1)
+    noisy = result("etcd", "1 node", "write", 100, 1, other=0.9)
+    table = markdown_table(comparison_rows([quiet, noisy]))
+    assert "| 1 node * | write |" in table
+    assert "| 1 node | write |" in markdown_table(comparison_rows([quiet]))
+    n = notes([quiet, noisy])
+    assert n[0].startswith("- `*`") and any("etcd 1 node write: other processes used 0.90 cores" in x for x in n)

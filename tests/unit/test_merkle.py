@@ -1,0 +1,335 @@
+"""Merkle tries: canonical shape (split, pull-up), order independence, the to-do queue, rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter
+from garagekv.table.data import TableData
+from garagekv.table.merkle import EMPTY, EMPTY_HASH, MerkleNode, MerkleUpdater, node_key
+from garagekv.table.schema import BaseSchema
+from garagekv.util.codec import blake2sum
+from garagekv.util.errors import StorageError
+
+
+@dataclass
+class Reg:
+    """A max-register entry keyed by (partition hash, key)."""
+
+    part: bytes
+    key: bytes
+    value: int
+
+    def tree_key(self) -> bytes:
+        return self.part + self.key
+
+    def encode(self) -> bytes:
+        return bytes([len(self.key)]) + self.part + self.key + str(self.value).encode()
+
+    def merge(self, other: Reg) -> None:
+        self.value = max(self.value, other.value)
+
+    def is_tombstone(self) -> bool:
+        return False
+
+
+class RegSchema(BaseSchema):
+    name = "reg"
+
+    def decode(self, data: bytes) -> Reg:
+        n = data[0]
+        return Reg(data[1:33], data[33 : 33 + n], int(data[33 + n :]))
+
+
+P0 = b"\x00" * 32  # a full-copy table's partition hash: everything in partition 0
+P7 = b"\x07" + b"\x11" * 31
+
+
+@pytest.fixture
+def env(tmp_path):
+    db = Database(tmp_path / "db", map_size=64 << 20, fsync=False)
+    writer = GroupCommitWriter(db)
+    data = TableData(db, writer, RegSchema())
+    merkle = MerkleUpdater(db, writer, data)
+    yield db, writer, data, merkle
+    writer.close()
+    db.close()
+
+
+def stored_nodes(db: Database, merkle: MerkleUpdater) -> dict[bytes, MerkleNode]:
+    with db.read() as txn:
+        return {k: MerkleNode.decode(v) for k, v in txn.cursor(db=merkle.tree)}
+
+
+def expected_nodes(entries: dict[bytes, bytes]) -> dict[bytes, MerkleNode]:
+    """The canonical tries for ``tree_key -> value hash``, built from scratch."""
+    out: dict[bytes, MerkleNode] = {}
+
+    def build(partition: int, prefix: bytes, keys: list[tuple[bytes, bytes]]) -> bytes | None:
+        if not keys:
+            return None
+        if len(keys) == 1:
+            node = MerkleNode.leaf(keys[0][1], entries[keys[0][1]])
+        else:
+            d = len(prefix)
+            groups: dict[int, list] = {}
+            for kh, k in keys:
+                groups.setdefault(kh[d], []).append((kh, k))
+            children = {b: build(partition, prefix + bytes([b]), g) for b, g in groups.items()}
+            node = MerkleNode.intermediate(children)
+        out[node_key(partition, prefix)] = node
+        return node.hash()
+
+    by_partition: dict[int, list] = {}
+    for k in entries:
+        by_partition.setdefault(k[0], []).append((blake2sum(k), k))
+    for p, keys in by_partition.items():
+        build(p, b"", keys)
+    return out
+
+
+def apply(writer: GroupCommitWriter, merkle: MerkleUpdater, ops: list[tuple[bytes, bytes | None]]) -> None:
+    def fn(tx):
+        for k, vh in ops:
+            merkle.update_in(tx, k, vh)
+
+    writer.run_sync(fn)
+
+
+def keys_sharing_prefix(n_bytes: int, count: int = 2, part: bytes = P0) -> list[bytes]:
+    """Tree keys whose key hashes share their first ``n_bytes`` bytes."""
+    seen: dict[bytes, list[bytes]] = {}
+    for i in itertools.count():
+        k = part + f"k{i}".encode()
+        group = seen.setdefault(blake2sum(k)[:n_bytes], [])
+        group.append(k)
+        if len(group) == count:
+            return group
+    raise AssertionError
+
+
+def vh(x: object) -> bytes:
+    return blake2sum(repr(x).encode())
+
+
+# ---- nodes --------------------------------------------------------------------------------------
+
+
+def test_node_encoding_round_trips_and_rejects_garbage():
+    nodes = [EMPTY, MerkleNode.leaf(b"k" * 40, vh(1)), MerkleNode.intermediate({3: vh(1), 1: vh(2)})]
+    for node in nodes:
+        assert MerkleNode.decode(node.encode()) == node
+        assert MerkleNode.from_wire(node.to_wire()) == node
+    assert nodes[2].children == ((1, vh(2)), (3, vh(1)))
+    assert len({n.hash() for n in nodes}) == 3 and EMPTY.hash() == EMPTY_HASH
+    for bad in (b"", b"\x09\x90", MerkleNode.leaf(b"k", vh(1)).encode()[:3]):
+        with pytest.raises(StorageError):
+            MerkleNode.decode(bad)
+    with pytest.raises(StorageError):
+        MerkleNode.from_wire([1, [[3, vh(1)], [1, vh(2)]]])  # children out of order
+    with pytest.raises(StorageError):
+        MerkleNode.from_wire([7])
+
+
+# ---- trie shape -----------------------------------------------------------------------------------
+
+
+def test_empty_then_single_leaf_at_root(env):
+    db, writer, _, merkle = env
+    assert merkle.root_hash(0) == EMPTY_HASH and merkle.get_node(0).is_empty
+    k = P0 + b"a"
+    apply(writer, merkle, [(k, vh(1))])
+    root = merkle.get_node(0)
+    assert root == MerkleNode.leaf(k, vh(1)) and merkle.root_hash(0) == root.hash()
+    assert set(stored_nodes(db, merkle)) == {b"\x00"}
+    apply(writer, merkle, [(k, vh(1))])  # same value: nothing changes
+    assert merkle.get_node(0) == root
+    apply(writer, merkle, [(k, vh(2))])
+    assert merkle.get_node(0) == MerkleNode.leaf(k, vh(2))
+    apply(writer, merkle, [(P0 + b"other", None)])  # deleting an absent key: no-op
+    assert merkle.get_node(0) == MerkleNode.leaf(k, vh(2))
+    apply(writer, merkle, [(k, None)])
+    assert stored_nodes(db, merkle) == {} and merkle.root_hash(0) == EMPTY_HASH
+
+
+def test_insert_splits_as_deep_as_the_shared_prefix_and_delete_pulls_up(env):
+    db, writer, _, merkle = env
+    a, b = keys_sharing_prefix(2)
+    kh_a, kh_b = blake2sum(a), blake2sum(b)
+    assert kh_a[:2] == kh_b[:2] and kh_a[2] != kh_b[2]
+    apply(writer, merkle, [(a, vh("a")), (b, vh("b"))])
+    nodes = stored_nodes(db, merkle)
+    # root -> one child -> one child -> two leaves
+    assert set(nodes) == {b"\x00", b"\x00" + kh_a[:1], b"\x00" + kh_a[:2],
+                          b"\x00" + kh_a[:3], b"\x00" + kh_b[:3]}
+    assert nodes[b"\x00" + kh_a[:3]] == MerkleNode.leaf(a, vh("a"))
+    assert nodes[b"\x00" + kh_a[:2]].children == tuple(sorted([(kh_a[2], nodes[b"\x00" + kh_a[:3]].hash()),
+                                                              (kh_b[2], nodes[b"\x00" + kh_b[:3]].hash())]))
+    assert len(nodes[b"\x00"].children) == 1 and len(nodes[b"\x00" + kh_a[:1]].children) == 1
+    assert nodes == expected_nodes({a: vh("a"), b: vh("b")})
+
+    c = next(k for k in (P0 + f"c{i}".encode() for i in range(10_000)) if blake2sum(k)[0] != kh_a[0])
+    apply(writer, merkle, [(c, vh("c"))])
+    assert stored_nodes(db, merkle) == expected_nodes({a: vh("a"), b: vh("b"), c: vh("c")})
+    assert len(merkle.get_node(0).children) == 2
+
+    # Deleting b leaves a alone under its branch: a is pulled all the way up to the root's child.
+    apply(writer, merkle, [(b, None)])
+    nodes = stored_nodes(db, merkle)
+    assert nodes == expected_nodes({a: vh("a"), c: vh("c")})
+    assert nodes[b"\x00" + kh_a[:1]] == MerkleNode.leaf(a, vh("a")) and len(nodes) == 3
+    # Deleting c: a becomes the root leaf.
+    apply(writer, merkle, [(c, None)])
+    assert stored_nodes(db, merkle) == {b"\x00": MerkleNode.leaf(a, vh("a"))}
+
+
+def test_lone_intermediate_child_is_not_pulled_up(env):
+    db, writer, _, merkle = env
+    a, b, c = keys_sharing_prefix(1, count=3)
+    d = next(k for k in (P0 + f"d{i}".encode() for i in range(10_000)) if blake2sum(k)[0] != blake2sum(a)[0])
+    entries = {a: vh(1), b: vh(2), c: vh(3), d: vh(4)}
+    apply(writer, merkle, list(entries.items()))
+    apply(writer, merkle, [(d, None)])
+    del entries[d]
+    nodes = stored_nodes(db, merkle)
+    assert nodes == expected_nodes(entries)
+    assert nodes[b"\x00"].is_intermediate and len(nodes[b"\x00"].children) == 1
+
+
+def test_partitions_are_separate_tries(env):
+    db, writer, _, merkle = env
+    k0, k7 = P0 + b"x", P7 + b"x"
+    apply(writer, merkle, [(k0, vh(0)), (k7, vh(7))])
+    assert merkle.get_node(0) == MerkleNode.leaf(k0, vh(0))
+    assert merkle.get_node(7) == MerkleNode.leaf(k7, vh(7))
+    assert merkle.get_node(1).is_empty
+    apply(writer, merkle, [(k7, None)])
+    assert merkle.get_node(7).is_empty and not merkle.get_node(0).is_empty
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    keys=st.lists(st.binary(min_size=0, max_size=3), min_size=0, max_size=40, unique=True),
+    parts=st.lists(st.sampled_from([P0, P7]), min_size=40, max_size=40),
+    deleted=st.lists(st.booleans(), min_size=40, max_size=40),
+    seed=st.randoms(use_true_random=False),
+)
+def test_same_items_in_any_order_give_the_same_trie(env, keys, parts, deleted, seed):
+    db, writer, _, merkle = env
+    tree_keys = [p + k for p, k in zip(parts, keys, strict=False)]
+    final = {k: vh(k) for k, d in zip(tree_keys, deleted, strict=False) if not d}
+    # Direct insertion of the final set, in sorted order.
+    writer.run_sync(lambda tx: tx.txn.drop(merkle.tree, delete=False))
+    apply(writer, merkle, sorted(final.items()))
+    direct = stored_nodes(db, merkle)
+    roots = {p: merkle.root_hash(p) for p in (0, 7)}
+    assert direct == expected_nodes(final)
+    # Any other history: every key inserted with a stale value, in random order, then updated or
+    # deleted, in another random order (several transactions).
+    writer.run_sync(lambda tx: tx.txn.drop(merkle.tree, delete=False))
+    first = [(k, vh(("old", k))) for k in tree_keys]
+    seed.shuffle(first)
+    second = [(k, final.get(k)) for k in tree_keys]
+    seed.shuffle(second)
+    half = len(second) // 2
+    apply(writer, merkle, first)
+    apply(writer, merkle, second[:half])
+    apply(writer, merkle, second[half:])
+    assert stored_nodes(db, merkle) == direct
+    assert {p: merkle.root_hash(p) for p in (0, 7)} == roots
+
+
+# ---- the to-do queue ----------------------------------------------------------------------------
+
+
+async def test_updater_drains_todo_and_tracks_data(env):
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(250)])
+    assert merkle.todo_len() == 250
+    assert await merkle.process_batch() == 100  # one batch = 100 entries, one transaction
+    assert merkle.todo_len() == 150
+    await merkle.flush()
+    assert merkle.todo_len() == 0 and merkle.done == 250
+    entries = {k: blake2sum(v) for k, v in _all(db, data)}
+    assert stored_nodes(db, merkle) == expected_nodes(entries)
+    # An unchanged rewrite queues nothing; a change queues one entry.
+    await data.merge(Reg(P0, b"k1", 1))
+    assert merkle.todo_len() == 0
+    await data.merge(Reg(P0, b"k1", 1000))
+    assert merkle.todo_len() == 1
+    await merkle.flush()
+    entries[P0 + b"k1"] = blake2sum(data.get_raw(P0 + b"k1"))
+    assert stored_nodes(db, merkle) == expected_nodes(entries)
+
+
+async def test_deletion_todo_removes_the_leaf(env):
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, b"a", 1), Reg(P0, b"b", 2)])
+    await merkle.flush()
+    raw = data.get_raw(P0 + b"a")
+    assert await data.delete_if_equal_hash([(P0 + b"a", blake2sum(raw))]) == 1
+    with db.read() as txn:
+        assert txn.get(P0 + b"a", db=merkle.todo) == b""  # empty value: deleted
+    await merkle.flush()
+    assert stored_nodes(db, merkle) == {b"\x00": MerkleNode.leaf(P0 + b"b", blake2sum(data.get_raw(P0 + b"b")))}
+
+
+async def test_todo_entry_removed_only_if_unchanged(env):
+    db, writer, data, merkle = env
+    await data.merge(Reg(P0, b"a", 1))
+    stale = merkle._peek()
+    await data.merge(Reg(P0, b"a", 2))  # the item changes after the batch was read
+    new_hash = blake2sum(data.get_raw(P0 + b"a"))
+    applied = await writer.submit(lambda tx: merkle.apply_batch_in(tx, stale))
+    assert applied == 0
+    with db.read() as txn:
+        assert txn.get(P0 + b"a", db=merkle.todo) == new_hash  # still queued, with the new value
+    assert merkle.get_node(0).is_empty  # the stale value was not applied
+    await merkle.flush()
+    assert merkle.todo_len() == 0 and merkle.get_node(0) == MerkleNode.leaf(P0 + b"a", new_hash)
+
+
+async def test_worker_wakes_on_commit(env):
+    db, writer, data, merkle = env
+    from garagekv.util.background import BackgroundRunner
+
+    runner = BackgroundRunner()
+    info = runner.spawn(merkle)
+    try:
+        assert merkle.name == "reg Merkle"
+        await data.merge(Reg(P0, b"a", 1))
+        for _ in range(200):
+            if merkle.done == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert merkle.get_node(0).is_leaf
+        assert info.to_json()["done"] == 1 and info.to_json()["queue"] == 0
+    finally:
+        await runner.stop()
+
+
+async def test_rebuild_restores_the_same_tries(env, monkeypatch):
+    db, writer, data, merkle = env
+    monkeypatch.setattr("garagekv.table.merkle.REBUILD_BATCH", 7)
+    await data.merge_many([Reg(P0 if i % 2 else P7, f"k{i}".encode(), i) for i in range(40)])
+    await merkle.flush()
+    before = stored_nodes(db, merkle)
+    # Damage the tries: a missing leaf and a bogus one.
+    apply(writer, merkle, [(P0 + b"k1", None), (P7 + b"ghost", vh(0))])
+    assert stored_nodes(db, merkle) != before
+    assert await merkle.rebuild() == 40
+    assert merkle.todo_len() == 40 and merkle.progress()["queue"] == 40 and merkle.rebuild_left == 0
+    await merkle.flush()
+    assert stored_nodes(db, merkle) == before
+
+
+def _all(db: Database, data: TableData) -> list[tuple[bytes, bytes]]:
+    with db.read() as txn:
+        return list(txn.cursor(db=data.store))
