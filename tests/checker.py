@@ -79,8 +79,15 @@ class History:
 
     # ---- recording ------------------------------------------------------------------------------
 
-    def begin_write(self, key: Key, via: str, token: str | None = None, covers: frozenset[int] = frozenset(),
-                    delete: bool = False, size: int = 16) -> Write:
+    def begin_write(
+        self,
+        key: Key,
+        via: str,
+        token: str | None = None,
+        covers: frozenset[int] = frozenset(),
+        delete: bool = False,
+        size: int = 16,
+    ) -> Write:
         with self._lock:
             self._next += 1
             wid = self._next
@@ -96,8 +103,9 @@ class History:
             w.status = status
             w.detail = detail
 
-    def record_read(self, key: Key, via: str, start: float, values: list[bytes | None] | None,
-                    token: str | None, check: bool = True) -> Read:
+    def record_read(
+        self, key: Key, via: str, start: float, values: list[bytes | None] | None, token: str | None, check: bool = True
+    ) -> Read:
         """``values``: the values returned (None entries are tombstones), None for a 404."""
         end = time.monotonic()
         seen: set[int] = set()
@@ -148,14 +156,20 @@ class History:
     def _check_read(self, r: Read) -> list[str]:
         before = [w for w in self.by_key[r.key] if w.acked and w.end is not None and w.end < r.start]
         acc = self.accounted(r)
-        out = [f"acknowledged write w{w.id} to {r.key} (via {w.via}, acked at {w.end:.3f}) is missing from the "
-               f"read via {r.via} started at {r.start:.3f}, which saw {sorted(r.seen)}"
-               for w in before if w.value is not None and w.id not in acc]
+        out = [
+            f"acknowledged write w{w.id} to {r.key} (via {w.via}, acked at {w.end:.3f}) is missing from the "
+            f"read via {r.via} started at {r.start:.3f}, which saw {sorted(r.seen)}"
+            for w in before
+            if w.value is not None and w.id not in acc
+        ]
         # 3. A value superseded by an acknowledged write never comes back (e.g. a deleted value
         # resurrected by a replica that missed the delete after its tombstone was collected).
         dead = self._closure({c for w in before for c in w.covers})
-        out += [f"read of {r.key} via {r.via} started at {r.start:.3f} returned w{wid}, superseded by a write "
-                f"acknowledged before" for wid in sorted(r.seen & dead)]
+        out += [
+            f"read of {r.key} via {r.via} started at {r.start:.3f} returned w{wid}, superseded by a write "
+            f"acknowledged before"
+            for wid in sorted(r.seen & dead)
+        ]
         return out
 
     def stats(self) -> dict[str, int]:
@@ -169,8 +183,11 @@ class History:
     def acked_since(self, t: float, via: str | None = None) -> int:
         """Writes acknowledged after ``t`` (monotonic), through ``via`` if given."""
         with self._lock:
-            return sum(1 for w in self.writes.values()
-                       if w.acked and w.end is not None and w.end > t and (via is None or w.via == via))
+            return sum(
+                1
+                for w in self.writes.values()
+                if w.acked and w.end is not None and w.end > t and (via is None or w.via == via)
+            )
 
     def failures(self, limit: int = 5) -> list[str]:
         with self._lock:
@@ -185,8 +202,9 @@ def _item_path(bucket: str, key: Key) -> tuple[str, str]:
     return f"/{bucket}/{quote(key[0], safe='')}", f"sort_key={quote(key[1], safe='')}"
 
 
-def read_item(history: History, client: K2VHttp, via: str, bucket: str, key: Key, timeout: float = 10.0,
-              check: bool = True) -> Read | None:
+def read_item(
+    history: History, client: K2VHttp, via: str, bucket: str, key: Key, timeout: float = 10.0, check: bool = True
+) -> Read | None:
     """ReadItem (JSON) recorded in ``history``; None if the read failed (error, 5xx)."""
     path, query = _item_path(bucket, key)
     start = time.monotonic()
@@ -204,16 +222,25 @@ def read_item(history: History, client: K2VHttp, via: str, bucket: str, key: Key
     return history.record_read(key, via, start, values, resp.header(TOKEN), check)
 
 
-def write_item(history: History, client: K2VHttp, via: str, bucket: str, key: Key, read: Read | None = None,
-               delete: bool = False, timeout: float = 10.0) -> Write:
+def write_item(
+    history: History,
+    client: K2VHttp,
+    via: str,
+    bucket: str,
+    key: Key,
+    read: Read | None = None,
+    delete: bool = False,
+    timeout: float = 10.0,
+) -> Write:
     """InsertItem (or DeleteItem), with the token of ``read`` if given, recorded in ``history``."""
     token = read.token if read is not None else None
     w = history.begin_write(key, via, token, read.seen if read is not None else frozenset(), delete)
     path, query = _item_path(bucket, key)
     headers = {TOKEN: token} if token else {}
     try:
-        resp = client.request("DELETE" if delete else "PUT", path, query, body=w.value or b"", headers=headers,
-                              timeout=timeout)
+        resp = client.request(
+            "DELETE" if delete else "PUT", path, query, body=w.value or b"", headers=headers, timeout=timeout
+        )
     except Exception as e:  # noqa: BLE001 - the write may or may not have happened
         history.end_write(w, "unknown", f"{type(e).__name__}: {e}")
         return w
@@ -305,8 +332,9 @@ class Workload:
                 self._stop.wait(self.pause)
 
 
-def final_check(history: History, clients: dict[str, K2VHttp], bucket: str, keys: list[Key] | None = None,
-                timeout: float = 10.0) -> dict[Key, dict[str, frozenset[int]]]:
+def final_check(
+    history: History, clients: dict[str, K2VHttp], bucket: str, keys: list[Key] | None = None, timeout: float = 10.0
+) -> dict[Key, dict[str, frozenset[int]]]:
     """Read every key through every endpoint; all must succeed. Returns what each saw, per key."""
     out: dict[Key, dict[str, frozenset[int]]] = {}
     for key in keys if keys is not None else list(history.by_key):

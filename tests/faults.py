@@ -84,8 +84,7 @@ class FaultProxy:
         port = free_port()
 
         async def listen() -> None:
-            self._servers[name] = await asyncio.start_server(
-                lambda r, w: self._accept(name, r, w), LOCALHOST, port)
+            self._servers[name] = await asyncio.start_server(lambda r, w: self._accept(name, r, w), LOCALHOST, port)
 
         self._run(listen())
         self._nodes[name] = node
@@ -180,8 +179,10 @@ class FaultProxy:
         self.accepted += 1
         link.writers.append(up_writer)
         self._links.add(link)
-        link.tasks = [asyncio.ensure_future(self._pump(link, reader, up_writer)),
-                      asyncio.ensure_future(self._pump(link, up_reader, writer))]
+        link.tasks = [
+            asyncio.ensure_future(self._pump(link, reader, up_writer)),
+            asyncio.ensure_future(self._pump(link, up_reader, writer)),
+        ]
 
     async def _pump(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue = asyncio.Queue()
@@ -270,9 +271,14 @@ def up_ids(node: NodeProcess) -> set[str]:
     return {x["id"] for x in status(node)["nodes"] if x["up"]}
 
 
-def apply_layout(nodes: list[NodeProcess], assign: list[NodeProcess], remove: list[NodeProcess] = (),
-                 via: NodeProcess | None = None, wait_on: list[NodeProcess] | None = None,
-                 timeout: float = 30.0) -> int:
+def apply_layout(
+    nodes: list[NodeProcess],
+    assign: list[NodeProcess],
+    remove: list[NodeProcess] = (),
+    via: NodeProcess | None = None,
+    wait_on: list[NodeProcess] | None = None,
+    timeout: float = 30.0,
+) -> int:
     """Give ``assign`` a role (zone z1, 1G), remove ``remove``, apply; wait until ``wait_on`` see it."""
     via = via or nodes[0]
     if assign:
@@ -297,8 +303,15 @@ def join(node: NodeProcess, seed: NodeProcess, proxy: FaultProxy | None = None, 
     node.start()
 
 
-def start_cluster(root: Path, n: int = 3, rf: int = 3, extra: str = "", k2v_extra: str = "",
-                  proxy: FaultProxy | None = None, layout: bool = True) -> list[NodeProcess]:
+def start_cluster(
+    root: Path,
+    n: int = 3,
+    rf: int = 3,
+    extra: str = "",
+    k2v_extra: str = "",
+    proxy: FaultProxy | None = None,
+    layout: bool = True,
+) -> list[NodeProcess]:
     """n nodes bootstrapped from the first, fully meshed, layout (rf) applied on all of them."""
     nodes = [make_node(root / f"n{i}", rf, extra, k2v_extra) for i in range(n)]
     if proxy is not None:
@@ -323,8 +336,10 @@ def start_cluster(root: Path, n: int = 3, rf: int = 3, extra: str = "", k2v_extr
 def make_bucket(node: NodeProcess, bucket: str = "fault-bucket") -> dict:
     key = node.admin("key.create", {"name": f"{bucket}-key"})
     node.admin("bucket.create", {"name": bucket})
-    node.admin("bucket.permissions", {"bucket": bucket, "key": key["accessKeyId"], "allow": True,
-                                      "read": True, "write": True, "owner": True})
+    node.admin(
+        "bucket.permissions",
+        {"bucket": bucket, "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
+    )
     return {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": bucket}
 
 
@@ -368,6 +383,7 @@ def describe_divergence(nodes: list[NodeProcess], table: str = "k2v_item") -> st
     for k in sorted(keys)[:20]:
         vals = [v.get(k) for v in views]
         if any(x != vals[0] for x in vals):
-            lines.append(f"{k[32:]!r}: " + ", ".join("-" if x is None else hashlib.sha256(x).hexdigest()[:8]
-                                                    for x in vals))
+            lines.append(
+                f"{k[32:]!r}: " + ", ".join("-" if x is None else hashlib.sha256(x).hexdigest()[:8] for x in vals)
+            )
     return json.dumps({"entries": [len(v) for v in views], "differing": lines}, indent=1)

@@ -29,6 +29,7 @@ from garagekv.net.frame import (
 )
 from garagekv.net.identity import short_id
 from garagekv.util.errors import EntityTooLarge, GarageKVError, InternalError, ServiceUnavailable
+from garagekv.util.log import current_request_id, request_id_var, valid_request_id
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Connection:
         req_id = self._next_id
         self._next_id += 1
         try:
-            frame = encode_request(req_id, path, body)
+            frame = encode_request(req_id, path, body, current_request_id())
         except EncodeError as e:
             raise InternalError(str(e))
         if len(frame) > self._channel.max_record:
@@ -198,6 +199,9 @@ class Connection:
 
     async def _serve(self, msg: Request) -> None:
         """Run one handler and send its answer; a peer CANCEL cancels this task."""
+        # The caller's request id, or none (never the one the reader task may have inherited):
+        # this task runs in its own copy of the context, so the id stays with this handler.
+        request_id_var.set(valid_request_id(msg.request_id))
         try:
             try:
                 frame = encode_response(msg.id, await self._dispatch(self.peer_id, msg.path, msg.body))

@@ -2,13 +2,17 @@
 
 msgpack arrays, so a message is self-describing and cheap to validate::
 
-    request  = [0, id, endpoint_path, body]
+    request  = [0, id, endpoint_path, body] | [0, id, endpoint_path, body, request_id]
     response = [1, id, true, body] | [1, id, false, {"code": str, "message": str}]
     cancel   = [2, id]
 
 Request ids belong to the side that sent the request: a REQUEST or CANCEL we receive names one of
 the peer's requests, a RESPONSE names one of ours, so both sides may use the same counter values.
 Anything else is a protocol violation and closes the connection.
+
+The optional fifth element of a request is the id of the K2V or admin request that caused it (a
+string, or nil), so the serving node's log lines carry the same ``request_id``. It is sent only
+when there is one; four-element requests (older nodes, background work) are still accepted.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Request:
     id: int
     path: str
     body: Any
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,10 @@ def _pack(obj: list[Any]) -> bytes:
         raise EncodeError(f"cannot encode RPC body: {e}")
 
 
-def encode_request(req_id: int, path: str, body: Any) -> bytes:
-    return _pack([REQUEST, req_id, path, body])
+def encode_request(req_id: int, path: str, body: Any, request_id: str | None = None) -> bytes:
+    if request_id is None:
+        return _pack([REQUEST, req_id, path, body])
+    return _pack([REQUEST, req_id, path, body, request_id])
 
 
 def encode_response(req_id: int, body: Any) -> bytes:
@@ -104,6 +111,8 @@ def decode_message(data: bytes) -> Message:
         raise ProtocolError("bad message kind")
     if kind == REQUEST and len(msg) == 4 and isinstance(msg[2], str):
         return Request(_req_id(msg[1]), msg[2], msg[3])
+    if kind == REQUEST and len(msg) == 5 and isinstance(msg[2], str) and isinstance(msg[4], str | None):
+        return Request(_req_id(msg[1]), msg[2], msg[3], msg[4])
     if kind == RESPONSE and len(msg) == 4 and isinstance(msg[2], bool):
         return Response(_req_id(msg[1]), msg[2], msg[3])
     if kind == CANCEL and len(msg) == 2:

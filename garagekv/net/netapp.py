@@ -3,6 +3,9 @@
 It is the only owner of sockets. Upper layers see two things: ``call(node_id, path, body)``
 (calls to our own id run the handler in-process, without serialization) and the
 ``on_connect``/``on_disconnect`` hooks the peering layer uses to track who is up.
+An optional ``observer(path, node_id, seconds, outcome)`` sees every call when it ends, for
+metrics; ``outcome`` is ``ok``, ``remote`` (the handler answered an error), ``network``,
+``timeout`` or ``cancelled``. The node sets it: this layer knows nothing of metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +38,9 @@ class _Default(enum.Enum):
 
 #: Pass as ``timeout`` to use the NetApp's default; ``None`` means "no timeout" (long polls).
 DEFAULT = _Default.TOKEN
+
+#: ``observer(endpoint_path, node_id, seconds, outcome)``, called once per ``NetApp.call``.
+RpcObserver = Callable[[str, bytes, float, str], None]
 
 
 async def _no_endpoints(_from: bytes, path: str, _body: Any) -> Any:
@@ -76,6 +83,7 @@ class NetApp:
         self._closing = False
         self.on_connect: list[Callable[[Connection], None]] = []
         self.on_disconnect: list[Callable[[Connection], None]] = []
+        self.observer: RpcObserver | None = None
 
     @classmethod
     def client_only(cls, rpc_secret: bytes, **kwargs: Any) -> NetApp:
@@ -210,6 +218,31 @@ class NetApp:
 
     async def call(self, node_id: bytes, path: str, body: Any, timeout: float | None | _Default = DEFAULT) -> Any:
         """Call endpoint ``path`` on ``node_id``; errors are ``GarageKVError``s (transport: ``NetError``)."""
+        observer = self.observer
+        if observer is None:
+            return await self._call(node_id, path, body, timeout)
+        started = time.monotonic()
+        outcome = "remote"
+        try:
+            result = await self._call(node_id, path, body, timeout)
+            outcome = "ok"
+            return result
+        except RpcTimeout:
+            outcome = "timeout"
+            raise
+        except NetError:
+            outcome = "network"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            try:
+                observer(path, node_id, time.monotonic() - started, outcome)
+            except Exception:
+                log.exception("RPC observer failed")
+
+    async def _call(self, node_id: bytes, path: str, body: Any, timeout: float | None | _Default) -> Any:
         limit = self.default_timeout if timeout is DEFAULT else timeout
         assert not isinstance(limit, _Default)
         if node_id == self.node_id:

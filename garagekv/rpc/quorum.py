@@ -5,17 +5,23 @@ writes use ``try_write_many_sets`` (during a layout change a write must reach a 
 write set of *every* live layout version). Both return as soon as the quorum is met and leave the
 remaining calls running in the background, so a slow replica never slows the client down but
 still receives the data.
+
+Every ``QuorumError`` is reported to the callables in ``quorum_failure_hooks`` when it is made
+(the node registers its metrics there; this layer knows nothing of metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from garagekv.net.errors import RpcTimeout
 from garagekv.net.identity import short_id
 from garagekv.util.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 N = TypeVar("N")
 H = TypeVar("H", bound=Hashable)
@@ -26,17 +32,31 @@ UNKNOWN_RTT = 10.0
 
 _background: set[asyncio.Task[Any]] = set()
 
+#: Called with each new ``QuorumError`` (a failing hook is ignored).
+quorum_failure_hooks: list[Callable[[QuorumError], None]] = []
+
 
 class QuorumError(ServiceUnavailable):
-    """Too many nodes failed for the quorum to be reachable."""
+    """Too many nodes failed for the quorum to be reachable.
 
-    def __init__(self, quorum: int, successes: int, total: int, errors: list[str], sets: int | None = None):
+    ``operation`` names what failed, for metrics: ``read`` (``try_call_many``) or ``write``
+    (``try_write_many_sets``) unless the caller says better.
+    """
+
+    def __init__(self, quorum: int, successes: int, total: int, errors: list[str], sets: int | None = None,
+                 operation: str | None = None):
         where = f" (sets={sets})" if sets is not None else ""
         super().__init__(
             f"Could not reach quorum of {quorum}{where}. {successes} of {total} request succeeded, "
             f"others returned errors: {errors!r}"
         )
         self.quorum, self.successes, self.total, self.errors = quorum, successes, total, errors
+        self.operation = operation or ("read" if sets is None else "write")
+        for hook in list(quorum_failure_hooks):
+            try:
+                hook(self)
+            except Exception:  # noqa: BLE001 - metrics must never change the error the caller sees
+                log.exception("quorum failure hook failed")
 
 
 def node_label(node: object) -> str:
@@ -109,6 +129,7 @@ async def try_call_many(
     send_all_at_once: bool = False,
     timeout: float | None = None,
     cancel_rest: bool = False,
+    operation: str = "read",
 ) -> list[T]:
     """Return ``quorum`` successful results (in completion order) of ``call(node)``.
 
@@ -121,7 +142,7 @@ async def try_call_many(
     if quorum <= 0:
         return []
     if quorum > len(candidates):
-        raise QuorumError(quorum, 0, len(candidates), [f"only {len(candidates)} nodes to ask"])
+        raise QuorumError(quorum, 0, len(candidates), [f"only {len(candidates)} nodes to ask"], operation=operation)
     queue = iter(candidates)
     running: dict[asyncio.Task[T], N] = {}
     results: list[T] = []
@@ -138,7 +159,7 @@ async def try_call_many(
     try:
         while len(results) < quorum:
             if len(results) + len(running) < quorum:
-                raise QuorumError(quorum, len(results), len(candidates), errors)
+                raise QuorumError(quorum, len(results), len(candidates), errors, operation=operation)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 node = running.pop(task)
@@ -164,6 +185,7 @@ async def try_write_many_sets(
     *,
     timeout: float | None = None,
     cancel_rest: bool = False,
+    operation: str = "write",
 ) -> list[T]:
     """Call every node of every set once, at once; return when each set has ``quorum`` successes.
 
@@ -178,7 +200,8 @@ async def try_write_many_sets(
             members.setdefault(node, []).append(index)
     total = len(members)
     if any(len(set(group)) < quorum for group in groups):
-        raise QuorumError(quorum, 0, total, ["a write set has fewer nodes than the quorum"], sets=len(groups))
+        raise QuorumError(quorum, 0, total, ["a write set has fewer nodes than the quorum"], sets=len(groups),
+                          operation=operation)
     ok = [0] * len(groups)
     failed = [0] * len(groups)
     results: list[T] = []
@@ -199,7 +222,7 @@ async def try_write_many_sets(
                 else:
                     errors.append(_describe(node, err))
             if any(failed[i] + quorum > len(set(g)) for i, g in enumerate(groups)):
-                raise QuorumError(quorum, len(results), total, errors, sets=len(groups))
+                raise QuorumError(quorum, len(results), total, errors, sets=len(groups), operation=operation)
         finished = True
         return results
     except QuorumError:

@@ -224,6 +224,9 @@ class Table(Generic[E]):
         if not isinstance(msg, list) or not msg:
             raise BadRequest("malformed table request")
         kind = msg[0]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("table rpc %s", kind,
+                      extra={"table": self.schema.name, "op": kind, "from_node": from_node[:8].hex()})
         if kind == "update":
             await self.data.merge_many([self.schema.decode(bytes(r)) for r in msg[1]])
             return None

@@ -45,6 +45,14 @@ def bind_request_id(incoming: str | None = None) -> tuple[str, contextvars.Token
     return rid, request_id_var.set(rid)
 
 
+def valid_request_id(value: object) -> str | None:
+    """``value`` if it is a well-formed request id (1 to 64 of ``[A-Za-z0-9._:-]``), else None.
+
+    Used on ids that arrive from elsewhere (another node's RPC) before they reach log lines.
+    """
+    return value if isinstance(value, str) and _VALID_REQUEST_ID.match(value) else None
+
+
 # ---- redaction -------------------------------------------------------------------------------
 
 _SENSITIVE_NAME = (

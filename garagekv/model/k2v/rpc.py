@@ -9,6 +9,7 @@ to the storage nodes, which answer as soon as they see something newer than the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -26,6 +27,8 @@ from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import QuorumError, try_call_many
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 ENDPOINT = endpoint_path("model/k2v", "rpc")
 POLL_RANGE_EXTRA_DELAY = 0.2
@@ -64,7 +67,7 @@ class K2VService:
             groups[tuple(nodes)].append(ins.to_wire())
         await asyncio.gather(*(
             try_call_many(lambda n, w=wires: self._call(n, ["insert", bucket_id, w], self.timeout),
-                          self.items.order(list(nodes)), 1, timeout=self.timeout)
+                          self.items.order(list(nodes)), 1, timeout=self.timeout, operation="k2v_insert")
             for nodes, wires in groups.items()
         ))
 
@@ -106,7 +109,8 @@ class K2VService:
         try:
             async with asyncio.timeout(timeout):
                 answers = await try_call_many(lambda n: self._call(n, msg, None), self.items.order(nodes),
-                                              self.replication.read_quorum(), send_all_at_once=True)
+                                              self.replication.read_quorum(), send_all_at_once=True,
+                                              operation="k2v_poll_item")
         except TimeoutError:
             return None
         merged = None
@@ -156,7 +160,7 @@ class K2VService:
             for t in pending:
                 t.cancel()
         if len(errors) > len(nodes) - quorum:
-            raise QuorumError(quorum, len(replies), len(nodes), errors)
+            raise QuorumError(quorum, len(replies), len(nodes), errors, operation="k2v_poll_range")
         if len(replies) < quorum and marker is None:
             raise ServiceUnavailable(f"PollRange: only {len(replies)} of {len(nodes)} storage nodes answered")
         new_marker = marker if marker is not None else RangeSeenMarker({}, {})
@@ -180,6 +184,8 @@ class K2VService:
         if not isinstance(msg, list) or not msg:
             raise BadRequest("malformed K2V request")
         kind = msg[0]
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
         if kind == "insert":
             bucket_id, wires = bytes(msg[1]), msg[2]
             items = await self.store.insert_many(bucket_id, [InsertedItem.from_wire(w) for w in wires])
