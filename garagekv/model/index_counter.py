@@ -104,7 +104,7 @@ class CounterEntry:
             [name, [[n, ts, v] for n, (ts, v) in sorted(per_node.items())]]
             for name, per_node in sorted(self.values.items())
         ]
-        return bytes([COUNTER_FORMAT_VERSION]) + codec.encode([self.bucket_id, self.partition_key, names])
+        return bytes([COUNTER_FORMAT_VERSION]) + codec.encode_lists([self.bucket_id, self.partition_key, names])
 
     @classmethod
     def decode(cls, data: bytes) -> CounterEntry:
@@ -165,7 +165,7 @@ class LocalCounter:
 
     def encode(self) -> bytes:
         names = [[name, ts, v] for name, (ts, v) in sorted(self.values.items())]
-        return bytes([COUNTER_FORMAT_VERSION]) + codec.encode([self.bucket_id, self.partition_key, names])
+        return bytes([COUNTER_FORMAT_VERSION]) + codec.encode_lists([self.bucket_id, self.partition_key, names])
 
     @classmethod
     def decode(cls, data: bytes) -> LocalCounter:

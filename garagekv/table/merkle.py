@@ -157,6 +157,8 @@ class MerkleUpdater:
         self._wake = Notify()
         self.done = 0
         self.rebuild_left = 0  # entries a running rebuild has not queued yet
+        self._batch_nodes: dict[bytes, MerkleNode] | None = None  # see _write_in
+        self._batch_dirty: set[bytes] = set()
         data.on_merkle_todo = self.notify
 
     def notify(self) -> None:
@@ -184,11 +186,26 @@ class MerkleUpdater:
         self._update(tx, node_key(partition_of(tree_key), b""), tree_key, kh, 0, value_hash)
 
     def _read_in(self, tx: WriteTxn, key: bytes) -> MerkleNode:
+        cache = self._batch_nodes
+        if cache is not None and key in cache:
+            return cache[key]
         raw = tx.get(self.tree, key)
-        return EMPTY if raw is None else MerkleNode.decode(raw)
+        node = EMPTY if raw is None else MerkleNode.decode(raw)
+        if cache is not None:
+            cache[key] = node
+        return node
 
     def _write_in(self, tx: WriteTxn, key: bytes, node: MerkleNode) -> bytes | None:
-        """Store ``node`` at ``key``; returns its hash, or None for Empty (which is not stored)."""
+        """Store ``node`` at ``key``; returns its hash, or None for Empty (which is not stored).
+
+        Inside a batch, nodes stay in memory and are written once at the end: the top of the
+        trie (up to 256 children) is touched by every update, and decoding and re-encoding it
+        per item dominated the cost.
+        """
+        if self._batch_nodes is not None:
+            self._batch_nodes[key] = node
+            self._batch_dirty.add(key)
+            return None if node.is_empty else node.hash()
         if node.is_empty:
             tx.delete(self.tree, key)
             return None
@@ -250,7 +267,7 @@ class MerkleUpdater:
             child_key = key + bytes([only])
             child = self._read_in(tx, child_key)
             if child.is_leaf:
-                tx.delete(self.tree, child_key)
+                self._write_in(tx, child_key, EMPTY)
                 return self._write_in(tx, key, child)
             if child.is_empty:
                 log.warning("%s: Merkle intermediate node pointing to an empty child", self.table_name)
@@ -275,12 +292,19 @@ class MerkleUpdater:
         its new value, for the next batch. Returns how many entries were applied.
         """
         n = 0
-        for tree_key, value_hash in batch:
-            if tx.get(self.todo, tree_key) != value_hash:
-                continue
-            self.update_in(tx, tree_key, value_hash or None)
-            tx.delete(self.todo, tree_key)
-            n += 1
+        self._batch_nodes, self._batch_dirty = {}, set()
+        try:
+            for tree_key, value_hash in batch:
+                if tx.get(self.todo, tree_key) != value_hash:
+                    continue
+                self.update_in(tx, tree_key, value_hash or None)
+                tx.delete(self.todo, tree_key)
+                n += 1
+            nodes, dirty = self._batch_nodes, self._batch_dirty
+        finally:
+            self._batch_nodes, self._batch_dirty = None, set()
+        for key in dirty:
+            self._write_in(tx, key, nodes[key])
         return n
 
     async def process_batch(self) -> int:

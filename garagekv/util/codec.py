@@ -25,6 +25,15 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(_canonical(obj), use_bin_type=True)
 
 
+def encode_lists(obj: Any) -> bytes:
+    """Encode a value made only of lists, ints, strings and bytes (no map): already canonical.
+
+    The hot-path entries (K2V items, counters) are built this way, which spares them the
+    recursive walk of ``encode``.
+    """
+    return msgpack.packb(obj, use_bin_type=True)
+
+
 def decode(data: bytes) -> Any:
     """Decode msgpack bytes; integer map keys are allowed (DVVS node ids)."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -190,7 +190,7 @@ class K2VItem:
         """Canonical bytes: equal states always give equal bytes (Merkle hashes compare them)."""
         entries = [[n, e.t_discard, [[ts, v] for ts, v in e.values]] for n, e in sorted(self.items.items())]
         body = [self.bucket_id, self.partition_key, self.sort_key, entries]
-        return bytes([ITEM_FORMAT_VERSION]) + codec.encode(body)
+        return bytes([ITEM_FORMAT_VERSION]) + codec.encode_lists(body)
 
     @classmethod
     def decode(cls, data: bytes) -> K2VItem:
