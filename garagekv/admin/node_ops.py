@@ -31,6 +31,7 @@ from garagekv.model.k2v.item import K2VItem, partition_hash
 from garagekv.model.model import Model
 from garagekv.rpc.layout import NB_PARTITIONS
 from garagekv.rpc.system import System
+from garagekv.table.data import prefix_end
 from garagekv.util.background import WorkerInfo, WorkerState
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
@@ -132,7 +133,7 @@ class CounterRepair:
             for (bucket_id, pk), c in counts.items():
                 self._store(tx, bucket_id, pk, c, now)
                 seen.append(bucket_id + pk.encode())
-            nxt = _after_prefix(ph)
+            nxt = prefix_end(ph)
         return nxt, read, seen
 
     def _counters_step(self, tx: WriteTxn, start: bytes, seen: set[bytes]) -> tuple[bytes | None, int]:
@@ -192,14 +193,6 @@ class CounterRepair:
                 "items": self.items_done, "partitions": self.partitions, "counters": self.counters_done}
 
 
-def _after_prefix(prefix: bytes) -> bytes | None:
-    p = bytearray(prefix)
-    while p:
-        if p[-1] < 0xFF:
-            p[-1] += 1
-            return bytes(p)
-        p.pop()
-    return None
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def _iter_prefix(cur, prefix: bytes, start: bytes, reverse: bool) -> Iterator[tu
         elif not cur.last():
             return
     else:
-        upper = _prefix_end(prefix)
+        upper = prefix_end(prefix)
         if upper is None or not cur.set_range(upper):
             if not cur.last():
                 return
@@ -187,7 +187,7 @@ def _iter_prefix(cur, prefix: bytes, start: bytes, reverse: bool) -> Iterator[tu
             return
 
 
-def _prefix_end(prefix: bytes) -> bytes | None:
+def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with ``prefix`` (None if unbounded)."""
     p = bytearray(prefix)
     while p:

@@ -3,42 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import SimpleNamespace
 
 import pytest
 
 from garagekv.admin.node_ops import CounterRepair
-from garagekv.db.env import Database
-from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.index_counter import LocalCounter
 from garagekv.model.k2v.item import partition_hash
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.store import InsertedItem
-from garagekv.model.model import Model
-from garagekv.net.identity import node_number
-from garagekv.rpc.endpoint import EndpointRegistry
-from garagekv.rpc.layout import LayoutHistory
 from garagekv.util.background import WorkerState
 from garagekv.util.config import parse_config
+from tests.standalone import NODE_ID, StandaloneModel
 
 BUCKET = b"\x07" * 32
-NODE_ID = bytes(range(32))
-NODE = node_number(NODE_ID)
 
 
-class Opened:
+class Opened(StandaloneModel):
     def __init__(self, path) -> None:
-        self.db = Database(path, map_size=64 << 20)
-        self.writer = GroupCommitWriter(self.db)
-        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent",
-                                 write_lock=contextlib.nullcontext, listeners=[])
-        netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
-        system = SimpleNamespace(layout=layout, netapp=netapp, registry=EndpointRegistry(), node_id=NODE_ID,
-                                 is_up=lambda n: True, rtt_of=lambda n: None)
-        config = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"},
-                               "tombstone_gc_delay_sec": 5})
-        self.model = Model(config, self.db, self.writer, system)
+        super().__init__(path, tombstone_gc_delay_sec=5)
         self.k2v = self.model.k2v
         self.clock = 1_000_000
         for gc in self.model.gcs:
@@ -68,11 +51,6 @@ class Opened:
         for gc in self.model.gcs:
             while await gc.work() is WorkerState.BUSY:
                 pass
-
-    def close(self) -> None:
-        self.writer.close()
-        self.db.close()
-
 
 @pytest.fixture
 def node(tmp_path):

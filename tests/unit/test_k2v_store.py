@@ -3,48 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
-from types import SimpleNamespace
 
 import pytest
 
-from garagekv.db.env import Database
-from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.store import InsertedItem
-from garagekv.model.model import Model
-from garagekv.net.identity import node_number
-from garagekv.rpc.endpoint import EndpointRegistry
-from garagekv.rpc.layout import LayoutHistory
-from garagekv.util.config import parse_config
 from garagekv.util.time import now_ms
+from tests.standalone import NODE, StandaloneModel
 
 BUCKET = b"\x07" * 32
-NODE_ID = bytes(range(32))
-NODE = node_number(NODE_ID)
 
 
-class Opened:
-    """A standalone node's model (no layout yet: every table lives here), without networking."""
-
+class Opened(StandaloneModel):
     def __init__(self, path) -> None:
-        self.db = Database(path, map_size=64 << 20)
-        self.writer = GroupCommitWriter(self.db)
-        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent",
-                                 write_lock=contextlib.nullcontext)
-        system = SimpleNamespace(layout=layout, netapp=None, registry=EndpointRegistry(), node_id=NODE_ID,
-                                 is_up=lambda n: True, rtt_of=lambda n: None)
-        config = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"}})
-        self.model = Model(config, self.db, self.writer, system)
+        super().__init__(path)
         self.store = self.model.k2v
         self.local = self.model.store
-
-    def close(self) -> None:
-        self.writer.close()
-        self.db.close()
 
 
 @pytest.fixture

@@ -1,0 +1,36 @@
+"""A standalone node's model (no layout yet, so every table lives here) on real LMDB, no network."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter
+from garagekv.model.model import Model
+from garagekv.net.identity import node_number
+from garagekv.rpc.endpoint import EndpointRegistry
+from garagekv.rpc.layout import LayoutHistory
+from garagekv.util.config import parse_config
+
+NODE_ID = bytes(range(32))
+NODE = node_number(NODE_ID)
+
+
+class StandaloneModel:
+    def __init__(self, path: Path, **config: Any) -> None:
+        self.db = Database(path, map_size=64 << 20)
+        self.writer = GroupCommitWriter(self.db)
+        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent",
+                                 write_lock=contextlib.nullcontext, listeners=[])
+        netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
+        system = SimpleNamespace(layout=layout, netapp=netapp, registry=EndpointRegistry(), node_id=NODE_ID,
+                                 is_up=lambda n: True, rtt_of=lambda n: None)
+        cfg = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"}, **config})
+        self.model = Model(cfg, self.db, self.writer, system)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.db.close()
