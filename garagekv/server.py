@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from garagekv.admin.cluster_metrics import peer_families, worker_families
 from garagekv.admin.cluster_ops import CLUSTER_OPS
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
@@ -32,7 +33,8 @@ from garagekv.api.server import K2VApiServer
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.model import Model
-from garagekv.net.identity import load_or_create_node_key
+from garagekv.net.identity import load_or_create_node_key, short_id
+from garagekv.rpc import quorum
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.rpc.system import System
 from garagekv.util.config import Config, split_host_port
@@ -87,6 +89,11 @@ class Node:
         self.model = Model(cfg, self.db, self.writer, self.system)
         self.cluster_health = lambda: cluster_health_of(self.system)
         self.cluster_status = self._cluster_status
+        # RPC and quorum metrics through hooks of the lower layers; states read at scrape time.
+        self.system.netapp.observer = self._observe_rpc
+        quorum.quorum_failure_hooks.append(self._on_quorum_failure)
+        self.metrics.add_source(lambda: peer_families(self.system))
+        self.metrics.add_source(lambda: worker_families(self.model))
         self.helper = self.model.helper
         self.k2v = self.model.k2v
         await self.system.start()
@@ -197,6 +204,12 @@ class Node:
             tables=table_stats(self.db),
         )
 
+    def _observe_rpc(self, path: str, node_id: bytes, seconds: float, outcome: str) -> None:
+        self.metrics.observe_rpc(path, short_id(node_id), seconds, outcome)
+
+    def _on_quorum_failure(self, err: quorum.QuorumError) -> None:
+        self.metrics.quorum_failure(err.operation)
+
     def _observe_k2v(self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None,
                      seconds: float) -> None:
         self.metrics.observe_k2v(endpoint, status, error_code, seconds)
@@ -217,6 +230,8 @@ class Node:
             await self.model.stop()
         if self.system is not None:
             await self.system.stop()
+        if self._on_quorum_failure in quorum.quorum_failure_hooks:
+            quorum.quorum_failure_hooks.remove(self._on_quorum_failure)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         if self.db is not None:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.faults import start_cluster
-from tests.support import FAST_PINGS, K2VHttp, NodeProcess
+from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
 
 #: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
 #: 3-node cluster (rf=3, layout applied), so the single-node suite runs against a real cluster;
@@ -59,10 +59,13 @@ def make_cluster(tmp_path):
     """``make_cluster(n, **kw)`` starts n nodes with fast pings, each bootstrapped from the first."""
     started: list[NodeProcess] = []
 
-    def make(n: int, rf: int | None = None, extra: str = "") -> list[NodeProcess]:
+    def make(n: int, rf: int | None = None, extra: str = "", admin_token: str | None = None) -> list[NodeProcess]:
+        """``admin_token``: each node also serves the admin API (``node.admin_port``) with that token."""
         rf = rf or min(n, 3)
         nodes = [NodeProcess(tmp_path / f"n{len(started) + i}",
-                             extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}") for i in range(n)]
+                             extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}",
+                             admin_port=None if admin_token is None else free_port(), admin_token=admin_token)
+                 for i in range(n)]
         nodes[0].start()
         for node in nodes[1:]:
             node.extra_config += f'bootstrap_peers = ["{nodes[0].peer_spec}"]\n'

@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+from garagekv.net.identity import NODE_ID_LEN, parse_node_id
 from garagekv.rpc.endpoint import endpoint_path
 from garagekv.rpc.layout import LayoutError, NodeRole, parse_zone_redundancy
 from garagekv.rpc.system import System, parse_peer
@@ -41,6 +42,16 @@ def resolve_node(system: System, prefix: str) -> bytes:
         raise AdminError(f"No node matches '{prefix}'. Run `garagekv status` to see node ids.")
     listing = ", ".join(m.hex()[:16] for m in matches)
     raise AdminError(f"'{prefix}' matches {len(matches)} nodes ({listing}); use a longer prefix.")
+
+
+def node_by_id(system: System, text: str) -> bytes:
+    """A full 64-hex node id as is (the node need not be known yet, as in Garage), else a unique prefix."""
+    if len(text) == 2 * NODE_ID_LEN:
+        try:
+            return parse_node_id(text)
+        except ValueError as e:
+            raise AdminError(str(e))
+    return resolve_node(system, text)
 
 
 async def status(system: System, a: dict) -> dict:
@@ -96,10 +107,55 @@ async def layout_get(system: System, a: dict) -> dict:
         "version": cur.version,
         "roles": [{"id": n.hex(), **_role_json(r)} for n, r in sorted(cur.roles.items())],
         "stagedRoleChanges": [
-            {"id": n.hex(), "remove": r is None, **(_role_json(r) or {})}
+            {"id": n.hex(), "remove": True} if r is None else {"id": n.hex(), **_role_json(r)}
             for n, r in h.staging.changes(cur.roles)
         ],
     }
+
+
+def _role_change(system: System, change: Any, index: int) -> tuple[bytes, NodeRole | None]:
+    """One entry of ``layout.stage``: ``{id, remove: true}`` or ``{id, zone, capacity, tags}``."""
+    where = f"change {index}"
+    if not isinstance(change, dict):
+        raise AdminError(f"Invalid layout change ({where}): expected an object")
+    node_text = change.get("id")
+    if not isinstance(node_text, str) or not node_text:
+        raise AdminError(f"Invalid layout change ({where}): missing node id")
+    node = node_by_id(system, node_text)
+    if "remove" in change:
+        if change["remove"] is not True or set(change) - {"id", "remove"}:
+            raise AdminError(f"Invalid layout change ({where}): use {{id, remove: true}} to remove a role")
+        return node, None
+    zone, capacity, tags = change.get("zone"), change.get("capacity"), change.get("tags", [])
+    if not isinstance(zone, str) or not zone:
+        raise AdminError(f"Invalid layout change ({where}): missing zone")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)):
+        raise AdminError(f"Invalid layout change ({where}): capacity must be a number of bytes, "
+                         "or null for a gateway")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise AdminError(f"Invalid layout change ({where}): tags must be a list of strings")
+    try:
+        return node, NodeRole(zone, capacity, tuple(tags))
+    except LayoutError as e:
+        raise AdminError(f"Invalid layout change ({where}): {e.message}")
+
+
+async def layout_stage(system: System, a: dict) -> dict:
+    """Stage a list of role changes at once (the admin API's ``POST /v1/layout``); all or none.
+
+    Each change sets a node's whole role, as in Garage: ``{id, zone, capacity, tags}`` (capacity
+    in bytes, null for a gateway) or ``{id, remove: true}``. ``id`` is a full node id (a node not
+    seen yet is accepted) or a unique prefix of a known one. Answers the layout as ``layout.get``.
+    """
+    changes = a.get("changes")
+    if not isinstance(changes, list):
+        raise AdminError("Invalid layout changes: expected a list of {id, zone, capacity, tags} or {id, remove}")
+    staged = [_role_change(system, c, i) for i, c in enumerate(changes)]
+    h = system.layout.history.clone()
+    for node, role in staged:
+        h.stage_role(node, role)
+    system.layout.replace(h)
+    return await layout_get(system, {})
 
 
 async def layout_assign(system: System, a: dict) -> dict:
@@ -168,14 +224,20 @@ async def layout_apply(system: System, a: dict) -> dict:
     h = system.layout.history
     new, messages = await asyncio.to_thread(h.apply_staged_changes, version)
     system.layout.replace(new)
-    return {"messages": messages, "version": new.current().version,
+    return {"messages": messages, "version": new.current().version, "layout": await layout_get(system, {}),
             "message": "New cluster layout with updated role assignment has been applied in cluster.\n"
                        "Data will now be moved around between nodes accordingly."}
 
 
 async def layout_revert(system: System, a: dict) -> dict:
-    system.layout.replace(system.layout.history.revert_staged_changes())
-    return {"message": "All proposed role changes in cluster layout have been canceled."}
+    """Drop the staged changes; a ``version``, when given, must be the next one (as for apply)."""
+    h = system.layout.history
+    version = a.get("version")
+    if version is not None and version != h.current().version + 1:
+        raise LayoutError("Invalid new layout version")
+    system.layout.replace(h.revert_staged_changes())
+    return {"message": "All proposed role changes in cluster layout have been canceled.",
+            "layout": await layout_get(system, {})}
 
 
 async def layout_skip_dead_nodes(system: System, a: dict) -> dict:
@@ -217,6 +279,7 @@ CLUSTER_OPS = {
     "layout.history": layout_history,
     "layout.get": layout_get,
     "layout.assign": layout_assign,
+    "layout.stage": layout_stage,
     "layout.remove": layout_remove,
     "layout.config": layout_config,
     "layout.apply": layout_apply,

@@ -1,13 +1,13 @@
-"""The admin HTTP API (Garage's admin API v1 shape): health, status, metrics, keys and buckets.
+"""The admin HTTP API (Garage's admin API v1 shape): health, status, metrics, layout, keys, buckets.
 
-Every key and bucket endpoint runs one named operation of ``garagekv.admin.ops`` through the
-node's dispatcher, the same one the CLI reaches through the control socket, so both front ends
-share one implementation. Errors are the JSON body of the K2V API (``{code, message, region,
+Every layout, peer, key and bucket endpoint runs one named operation (``garagekv.admin.ops``,
+``garagekv.admin.cluster_ops``) through the node's dispatcher, the same one the CLI reaches over
+RPC, so both front ends share one implementation. Errors are the JSON body of the K2V API (``{code, message, region,
 path}``) with the status of the error class. Routing happens before authentication, as in Garage:
 an unknown endpoint is a 400 whatever the token.
 
-The route table is open: ``AdminApiServer.add_route`` lets the cluster plane add its endpoints
-(``/v1/layout``, ``/v1/connect``...) without touching this module.
+The route table is open: ``AdminApiServer.add_route`` adds an endpoint without touching this
+module.
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ class AdminRequest:
 
     async def body(self) -> dict[str, Any]:
         """The JSON object in the body ({} when the body is empty)."""
+        data = await self.json()
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise BadRequest("The JSON body must be an object")
+        return data
+
+    async def json(self) -> Any:
+        """The JSON value in the body (None when the body is empty)."""
         cl = self.request.content_length
         if cl is not None and cl > MAX_BODY:
             raise EntityTooLarge(f"Request body of {cl} bytes is over the limit of {MAX_BODY} bytes")
@@ -79,14 +88,11 @@ class AdminRequest:
         if len(raw) > MAX_BODY:
             raise EntityTooLarge(f"Request body is over the limit of {MAX_BODY} bytes")
         if not raw.strip():
-            return {}
+            return None
         try:
-            data = json.loads(raw)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"Invalid JSON body: {e}")
-        if not isinstance(data, dict):
-            raise BadRequest("The JSON body must be an object")
-        return data
 
     async def run(self, op: str, args: dict[str, Any]) -> Any:
         return await self.services.run_op(op, args)
@@ -157,6 +163,47 @@ async def handle_status(req: AdminRequest) -> web.StreamResponse:
 
 async def handle_metrics(req: AdminRequest) -> web.StreamResponse:
     return web.Response(body=req.services.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# ---- cluster: layout and peers -----------------------------------------------------------------
+
+
+async def get_layout(req: AdminRequest) -> web.StreamResponse:
+    return json_response(await req.run("layout.get", {}))
+
+
+async def update_layout(req: AdminRequest) -> web.StreamResponse:
+    changes = await req.json()
+    if not isinstance(changes, list):
+        raise BadRequest("The JSON body must be a list of role changes: {id, zone, capacity, tags} or {id, remove}")
+    return json_response(await req.run("layout.stage", {"changes": changes}))
+
+
+async def apply_layout(req: AdminRequest) -> web.StreamResponse:
+    body = await req.body()
+    res = await req.run("layout.apply", {"version": _field(body, "version", int, required=True)})
+    return json_response({"message": res["messages"], "layout": res["layout"]})
+
+
+async def revert_layout(req: AdminRequest) -> web.StreamResponse:
+    body = await req.body()
+    res = await req.run("layout.revert", {"version": _field(body, "version", int)})
+    return json_response(res["layout"])
+
+
+async def connect_nodes(req: AdminRequest) -> web.StreamResponse:
+    peers = await req.json()
+    if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+        raise BadRequest('The JSON body must be a list of "<node id>@<host>:<port>" strings')
+
+    async def connect(peer: str) -> dict[str, Any]:
+        try:
+            await req.run("node.connect", {"peer": peer})
+        except GarageKVError as e:
+            return {"success": False, "error": e.message}
+        return {"success": True, "error": None}
+
+    return json_response(list(await asyncio.gather(*(connect(p) for p in peers))))
 
 
 # ---- keys --------------------------------------------------------------------------------------
@@ -284,6 +331,11 @@ def default_routes() -> list[Route]:
         Route("GET", "/metrics", "Metrics", handle_metrics, auth.METRICS),
         Route("GET", "/v1/health", "GetClusterHealth", handle_cluster_health),
         Route("GET", "/v1/status", "GetClusterStatus", handle_status),
+        Route("POST", "/v1/connect", "ConnectClusterNodes", connect_nodes),
+        Route("GET", "/v1/layout", "GetClusterLayout", get_layout),
+        Route("POST", "/v1/layout", "UpdateClusterLayout", update_layout),
+        Route("POST", "/v1/layout/apply", "ApplyClusterLayout", apply_layout),
+        Route("POST", "/v1/layout/revert", "RevertClusterLayout", revert_layout),
         Route("GET", "/v1/key", "GetKeyInfo", get_key_info, when="id"),
         Route("GET", "/v1/key", "GetKeyInfo", get_key_info, when="search"),
         Route("GET", "/v1/key", "ListKeys", list_keys),

@@ -95,14 +95,7 @@ class NodeMetrics:
                                       ["rpc_endpoint", "peer"], buckets=RPC_BUCKETS, registry=r)
         self.quorum_failures = Counter("garagekv_quorum_failures", "Operations that could not reach their quorum",
                                        ["operation"], registry=r)
-        # anti-entropy and GC: updated by the table sync and GC workers
-        self.sync_items_sent = Counter("garagekv_table_sync_items_sent", "Entries sent by anti-entropy sync",
-                                       ["table_name", "peer"], registry=r)
-        self.sync_items_received = Counter("garagekv_table_sync_items_received",
-                                           "Entries received by anti-entropy sync", ["table_name", "peer"],
-                                           registry=r)
-        self.gc_deleted = Counter("garagekv_table_gc_deleted", "Tombstones deleted by garbage collection",
-                                  ["table_name"], registry=r)
+        # Peers, anti-entropy sync and GC progress are read at scrape time (admin/cluster_metrics.py).
         r.register(_ScrapeCollector(self))
 
     # ---- hooks ---------------------------------------------------------------------------------
@@ -124,14 +117,20 @@ class NodeMetrics:
         self.db_commit_duration.observe(seconds)
 
     def observe_rpc(self, endpoint: str, peer: str, seconds: float, outcome: str = "ok") -> None:
-        """One RPC to ``peer`` (hex id prefix): outcome is ok, remote (an error answer), network or timeout."""
+        """One RPC to ``peer`` (hex id prefix).
+
+        ``outcome`` is ok, remote (an error answer), network, timeout, or cancelled (the caller
+        stopped waiting, e.g. its quorum was reached: counted as a request, nothing else).
+        """
         self.rpc_requests.labels(endpoint, peer).inc()
+        if outcome == "cancelled":
+            return
         if outcome == "timeout":
             self.rpc_timeouts.labels(endpoint, peer).inc()
-        elif outcome != "ok":
+            return
+        if outcome != "ok":
             self.rpc_errors.labels(endpoint, peer, outcome).inc()
-        if outcome != "timeout":
-            self.rpc_duration.labels(endpoint, peer).observe(seconds)
+        self.rpc_duration.labels(endpoint, peer).observe(seconds)
 
     def quorum_failure(self, operation: str) -> None:
         self.quorum_failures.labels(operation).inc()

@@ -66,3 +66,29 @@ def machine_busy_seconds() -> float | None:
         return None
     v = [int(x) for x in fields[1:9]]
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK
+
+
+def user_processes_cpu(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds of every user-space process (kernel threads left out) not in ``exclude``.
+
+    Kernel threads are excluded because the load being measured causes their work (journal
+    commits after fsync, network softirqs); other user processes are what disturbs a run.
+    """
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in exclude:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        # ppid (field 4) 2 is kthreadd's children; flags (field 9) & PF_KTHREAD also marks them
+        if int(fields[1]) == 2 or pid == 2 or int(fields[6]) & 0x00200000:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out

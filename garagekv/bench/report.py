@@ -65,9 +65,14 @@ def format_text(s: dict[str, Any]) -> str:
                      f"({cc['seconds'] / cfg['duration']:.2f} cores)")
     mc = s.get("machine_cpu")
     if mc:
-        other = mc.get("other_cores")
-        warn = f", other load {other:.2f} cores: numbers disturbed" if other is not None and other > NOISY_CORES else ""
-        lines.append(f"  machine CPU  {mc['cores']:.2f} of {mc['cpus']} cores busy{warn}")
+        parts = []
+        if mc.get("other_cores") is not None:
+            parts.append(f"other processes {mc['other_cores']:.2f}")
+        if mc.get("kernel_cores") is not None:
+            parts.append(f"kernel {mc['kernel_cores']:.2f}")
+        detail = f" ({', '.join(parts)})" if parts else ""
+        warn = ": numbers disturbed by other processes" if disturbed(s) else ""
+        lines.append(f"  machine CPU  {mc['cores']:.2f} of {mc['cpus']} cores busy{detail}{warn}")
     if s.get("prefill"):
         p = s["prefill"]
         lines.append(f"  prefill      {p['items']:,} items in {p['seconds']:.1f} s")

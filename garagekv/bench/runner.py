@@ -39,7 +39,7 @@ from typing import Any
 from garagekv.bench.hist import Histogram
 from garagekv.bench.http import HttpConnection, ParseError, Response, connect, parse_endpoint
 from garagekv.bench.loop import loop_name, new_runner
-from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds
+from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds, user_processes_cpu
 from garagekv.bench.workload import EtcdTarget, K2VTarget, KeySpace, make_target, sha256_hex
 from garagekv.util.sigv4 import SigningKeyCache
 
@@ -569,14 +569,28 @@ def _describe(r: Response | str) -> str:
 class _CpuSampler:
     """Server CPU (``pids``) and whole-machine busy CPU at the edges of the measured window."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], own: set[int] | None = None) -> None:
         self.pids = pids
+        self.own = set(pids) | (own or set())
         self.server: dict[str, float | None] = {}
         self.machine: dict[str, float | None] = {}
+        self.others: dict[str, dict[int, float]] = {}
 
     def __call__(self, edge: str) -> None:
         self.server[edge] = total_cpu_seconds(self.pids) if self.pids else None
         self.machine[edge] = machine_busy_seconds()
+        try:
+            self.others[edge] = user_processes_cpu(self.own | {os.getpid()})
+        except OSError:
+            pass
+
+    @property
+    def other_seconds(self) -> float | None:
+        """CPU used by other user processes in the window (processes that exited are missed)."""
+        a, b = self.others.get("start"), self.others.get("end")
+        if a is None or b is None:
+            return None
+        return sum(v - a.get(pid, 0.0) for pid, v in b.items() if v >= a.get(pid, 0.0))
 
     @staticmethod
     def _delta(d: dict[str, float | None]) -> float | None:
@@ -648,7 +662,7 @@ def run_bench(cfg: BenchConfig, progress_stream: Any = None, log: Callable[[str]
         results = [_run_single(cfg, progress_stream, server_cpu)]
     else:
         results = _run_multi(cfg, progress_stream, server_cpu)
-    summary = summarize(cfg, results, server_cpu.server_seconds, server_cpu.machine_seconds)
+    summary = summarize(cfg, results, server_cpu.server_seconds, server_cpu.machine_seconds, server_cpu.other_seconds)
     summary["started_at"] = t_wall
     summary.update(setup)
     return summary
@@ -713,6 +727,7 @@ def _run_multi(cfg: BenchConfig, progress_stream: Any, server_cpu: _CpuSampler) 
             if kind == "ready":
                 ready += 1
         start = time.monotonic() + 0.2
+        server_cpu.own |= {p.pid for p in procs}
         start_at.value = start
         go.set()
         prog = Progress(cfg, progress_stream, start)
@@ -775,7 +790,7 @@ def _latency(h: Histogram) -> dict[str, float]:
 
 
 def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: float | None,
-              machine_cpu_s: float | None = None) -> dict[str, Any]:
+              machine_cpu_s: float | None = None, other_cpu_s: float | None = None) -> dict[str, Any]:
     """Merge the workers' stats: ops/s and latency (ms) for the scenario and per operation."""
     merged: dict[str, dict[str, Any]] = {}
     for res in results:
@@ -825,11 +840,15 @@ def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: flo
     if items:
         summary["items_per_sec"] = round(items / dur, 1)
     if machine_cpu_s is not None:
-        # busy CPU of the whole machine: what neither the server nor the generator used is other
-        # load, which makes the numbers unreliable (shared machines, CI neighbours)
-        other = machine_cpu_s - (server_cpu_s or 0.0) - client_cpu
-        summary["machine_cpu"] = {"cores": round(machine_cpu_s / dur, 2), "cpus": os.cpu_count(),
-                                  "other_cores": round(max(0.0, other) / dur, 2) if server_cpu_s is not None else None}
+        # Busy CPU of the whole machine, split into the server, the generator, other user
+        # processes (their load disturbs the numbers: shared machines, CI neighbours) and the
+        # rest (kernel threads and interrupts: network softirqs, journal commits).
+        mc: dict[str, Any] = {"cores": round(machine_cpu_s / dur, 2), "cpus": os.cpu_count(), "other_cores": None}
+        if other_cpu_s is not None:
+            mc["other_cores"] = round(other_cpu_s / dur, 2)
+            kernel = machine_cpu_s - (server_cpu_s or 0.0) - client_cpu - other_cpu_s
+            mc["kernel_cores"] = round(max(0.0, kernel) / dur, 2) if server_cpu_s is not None else None
+        summary["machine_cpu"] = mc
     if server_cpu_s is not None:
         summary["server_cpu"] = {"pids": cfg.server_pids, "seconds": round(server_cpu_s, 3),
                                  "cores": round(server_cpu_s / dur, 2),

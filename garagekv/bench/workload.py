@@ -224,6 +224,12 @@ class EtcdTarget:
 
     def __init__(self, host: str) -> None:
         self.host = host
+        self._value: tuple[bytes, str] = (b"", "")  # the last value and its base64
+
+    def _b64_value(self, value: bytes) -> str:
+        if self._value[0] is not value:
+            self._value = (value, base64.b64encode(value).decode())
+        return self._value[1]
 
     def _post(self, path: str, obj: dict) -> bytes:
         body = json.dumps(obj, separators=(",", ":")).encode()
@@ -236,7 +242,7 @@ class EtcdTarget:
 
     def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None,
               token: str | None = None) -> bytes:
-        return self._post("/v3/kv/put", {"key": self._b64(f"{pk}/{sk}"), "value": self._b64(value)})
+        return self._post("/v3/kv/put", {"key": self._b64(f"{pk}/{sk}"), "value": self._b64_value(value)})
 
     def read(self, pk: str, sk: str) -> bytes:
         return self._post("/v3/kv/range", {"key": self._b64(f"{pk}/{sk}")})

@@ -184,7 +184,7 @@ def test_summarize_merges_workers():
 
     cfg = BenchConfig(endpoints=["127.0.0.1:1"], mix="write", duration=2.0)
     s = summarize(cfg, [worker([1000] * 10, {"503": 1}), worker([3000] * 10, {"503": 2, "timeout": 1})],
-                  server_cpu_s=0.2, machine_cpu_s=2.0)
+                  server_cpu_s=0.2, machine_cpu_s=2.0, other_cpu_s=0.6)
     assert s["ops"] == 20 and s["ops_per_sec"] == 10.0  # only the write kind counts for the write mix
     assert s["latency_ms"]["p50"] == pytest.approx(1.0, rel=0.01)
     assert s["latency_ms"]["p99"] == pytest.approx(3.0, rel=0.01)
@@ -192,6 +192,7 @@ def test_summarize_merges_workers():
     assert s["by_op"]["read"]["ops"] == 20
     assert s["server_cpu"]["us_per_op"] == 10_000.0
     assert s["client_cpu"]["seconds"] == 1.0
-    assert s["machine_cpu"]["other_cores"] == 0.4  # (2.0 - 0.2 - 1.0) / 2 s
+    assert s["machine_cpu"]["other_cores"] == 0.3
+    assert s["machine_cpu"]["kernel_cores"] == 0.1  # (2.0 - 0.2 - 1.0 - 0.6) / 2 s
     assert "secret_access_key" not in s["config"]
     json.dumps(s)
