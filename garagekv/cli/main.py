@@ -31,8 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _accept_config_anywhere(sub: argparse._SubParsersAction) -> None:
     """``garagekv server -c FILE`` works as well as ``garagekv -c FILE server``."""
     stack = list(sub.choices.values())
+    seen: set[int] = set()
     while stack:
         parser = stack.pop()
+        if id(parser) in seen:  # an aliased subcommand is listed once per name
+            continue
+        seen.add(id(parser))
         if parser.prog.endswith((" dev", " k2v")):
             continue
         children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
