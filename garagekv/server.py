@@ -63,8 +63,8 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.started_at = time.time()
         self.stopping = False
-        # Seams for the cluster plane: its view of the cluster for /health, /v1/health and the
-        # cluster_* metrics, and {layoutVersion, layout, nodes} for /v1/status.
+        # The cluster's view for /health, /v1/health and the cluster_* metrics, and
+        # {layoutVersion, layout, nodes} for /v1/status; set once the system layer is up.
         self.cluster_health: ClusterHealthSource | None = None
         self.cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
