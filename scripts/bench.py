@@ -14,6 +14,8 @@ Environment (defaults in brackets):
   BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
+  BENCH_SETTLE [120]  before each run, wait up to this long for the cluster to finish the background
+                      work of the previous one (prefill and writes leave Merkle/index work behind)
   BENCH_WAIT_QUIET [0]  before each run, wait up to this many seconds for the machine to be idle
                         (other processes under 0.2 cores; useful on shared machines)
 """
@@ -39,6 +41,7 @@ from garagekv.bench.clusters import (  # noqa: E402
     etcd_binary,
     probe_replication,
     run_bench_cli,
+    settle,
     wait_quiet,
 )
 from garagekv.bench.report import comparison_rows, fmt_ms, fmt_num, markdown_table, plot, suite_markdown  # noqa: E402
@@ -81,6 +84,9 @@ def say(msg: str) -> None:
 
 
 def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[str, Any]:
+    settled = settle(_own_pids(), float(env("BENCH_SETTLE", "120"))) if _own_pids() else 0.0
+    if settled > 5:
+        say(f"  ({system} {cluster} was busy with background work for {settled:.0f}s before this run)")
     quiet_wait = float(env("BENCH_WAIT_QUIET", "0"))
     if quiet_wait > 0 and not wait_quiet(quiet_wait, exclude=_own_pids()):
         say(f"  (the machine stayed busy for {quiet_wait:g}s; running anyway)")
@@ -90,7 +96,7 @@ def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[s
     except RuntimeError as e:
         say(f"  {system} {cluster} {scenario}: FAILED: {e}")
         return {"system": system, "cluster": cluster, "scenario": scenario, "skipped": f"failed: {e}"}
-    r.update(system=system, cluster=cluster, scenario=scenario)
+    r.update(system=system, cluster=cluster, scenario=scenario, settled_before_s=round(settled, 1))
     errs = f", {r['error_count']:,} errors" if r["error_count"] else ""
     say(f"  {system:<8} {cluster:<7} {scenario:<6} {fmt_num(r['ops_per_sec']):>9} ops/s  "
         f"p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  ({time.monotonic() - t0:.0f}s)")

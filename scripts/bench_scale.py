@@ -10,6 +10,10 @@ Environment (defaults in brackets):
   BENCH_SCALE_ITEMS [1000000]  items at the large stage (10M if the disk allows)
   BENCH_SCALE_BASE [10000]     items at the small stage
   BENCH_SCALE_CONNS [16]       connections while measuring (moderate load: latency, not saturation)
+  BENCH_SCALE_SETTLE [900]     after loading, wait up to this long for the node's background work
+                               (Merkle to-do, index counters) to finish before measuring
+  BENCH_WAIT_QUIET [0]         before each measurement, wait up to this long for other processes to
+                               be idle (shared machines)
   BENCH_DURATION [8]  BENCH_WARMUP [2]  BENCH_VALUE_SIZE [100]  BENCH_OUT [bench-results]
 """
 
@@ -27,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from garagekv.bench.clusters import DevCluster, run_bench_cli  # noqa: E402
+from garagekv.bench.clusters import DevCluster, run_bench_cli, settle, wait_quiet  # noqa: E402
 from garagekv.bench.loop import new_runner  # noqa: E402
 from garagekv.bench.procstat import disk_usage, rss_bytes  # noqa: E402
 from garagekv.bench.report import fmt_ms, fmt_num  # noqa: E402
@@ -59,6 +63,9 @@ def load(dev: DevCluster, items: int, value_size: int) -> dict[str, Any]:
 def measure(dev: DevCluster, items: int, s: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, mix, batch in OPERATIONS:
+        settle(dev.pids, s["settle"])
+        if s["wait_quiet"] > 0 and not wait_quiet(s["wait_quiet"], exclude=dev.pids):
+            say(f"  (the machine stayed busy for {s['wait_quiet']:g}s; running anyway)")
         r = run_bench_cli(["--dev-json", str(dev.json_path), "--mix", mix, "--keys", str(items),
                            "--batch-size", str(batch), "--conns", str(s["conns"]), "--duration", str(s["duration"]),
                            "--warmup", str(s["warmup"]), "--value-size", str(s["value_size"])])
@@ -71,7 +78,9 @@ def measure(dev: DevCluster, items: int, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def footprint(dev: DevCluster) -> dict[str, int | None]:
-    return {"rss_bytes": rss_bytes(dev.pids[0]), "disk_bytes": disk_usage(dev.meta_dirs[0])}
+    pid = dev.pids[0]
+    return {"rss_bytes": rss_bytes(pid), "rss_anon_bytes": rss_bytes(pid, "RssAnon"),
+            "rss_file_bytes": rss_bytes(pid, "RssFile"), "disk_bytes": disk_usage(dev.meta_dirs[0])}
 
 
 def main() -> int:
@@ -82,6 +91,8 @@ def main() -> int:
         "duration": float(env("BENCH_DURATION", "8")),
         "warmup": float(env("BENCH_WARMUP", "2")),
         "value_size": int(env("BENCH_VALUE_SIZE", "100")),
+        "settle": float(env("BENCH_SCALE_SETTLE", "900")),
+        "wait_quiet": float(env("BENCH_WAIT_QUIET", "0")),
     }
     if s["items"] <= s["base"]:
         say("BENCH_SCALE_ITEMS must be larger than BENCH_SCALE_BASE")
@@ -102,6 +113,8 @@ def main() -> int:
             for n in (s["base"], s["items"]):
                 say(f"loading {n:,} items")
                 loaded = load(dev, n, s["value_size"])
+                loaded["settle_seconds"] = round(settle(dev.pids, s["settle"]), 1)
+                say(f"background work after loading took {loaded['settle_seconds']:.0f}s")
                 say(f"measuring at {n:,} items ({s['conns']} connections)")
                 stages[str(n)] = {"items": n, "load": loaded, "footprint": footprint(dev), "ops": measure(dev, n, s)}
     except KeyboardInterrupt:
@@ -114,30 +127,37 @@ def main() -> int:
     rows = []
     for name, _, _ in OPERATIONS:
         a, b = small["ops"][name], large["ops"][name]
-        rp50 = b["latency_ms"]["p50"] / a["latency_ms"]["p50"] if a["latency_ms"]["p50"] else None
-        rp99 = b["latency_ms"]["p99"] / a["latency_ms"]["p99"] if a["latency_ms"]["p99"] else None
+        rp50 = _ratio(b["latency_ms"]["p50"], a["latency_ms"]["p50"])
+        rp99 = _ratio(b["latency_ms"]["p99"], a["latency_ms"]["p99"])
+        rcpu = _ratio(_cpu(b), _cpu(a))
         ok = rp50 is not None and rp99 is not None and max(rp50, rp99) <= TARGET_RATIO
-        rows.append((name, a, b, rp50, rp99, ok))
+        rows.append((name, a, b, rp50, rp99, rcpu, ok))
     fa, fb = small["footprint"], large["footprint"]
     lines = [f"# garagekv scale run ({stamp})", "",
              f"- one node, {s['value_size']} B values, {s['conns']} connections, {s['duration']:g} s per operation, "
              f"runtime {time.monotonic() - t0:.0f} s",
-             f"- load rate: {fmt_num(large['load']['items_per_sec'])} items/s (InsertBatch of 1000, 8 connections)",
-             "", f"| operation | ops/s @{s['base']:,} | p50 ms | p99 ms | ops/s @{s['items']:,} | p50 ms | p99 ms "
-             f"| p50 ratio | p99 ratio | within {TARGET_RATIO}x |", "|" + "---|" * 10]
-    for name, a, b, rp50, rp99, ok in rows:
+             f"- load rate: {fmt_num(large['load']['items_per_sec'])} items/s (InsertBatch of 1000, 8 connections); "
+             f"the node's background work then took {large['load']['settle_seconds']:.0f} s more",
+             f"- other processes on the machine: up to {_max_other(stages):.2f} cores during a measurement",
+             "", f"| operation | ops/s @{s['base']:,} | p50 ms | p99 ms | CPU us/op | ops/s @{s['items']:,} | p50 ms "
+             f"| p99 ms | CPU us/op | p50 ratio | p99 ratio | CPU ratio | latency within {TARGET_RATIO}x |",
+             "|" + "---|" * 13]
+    for name, a, b, rp50, rp99, rcpu, ok in rows:
         la, lb = a["latency_ms"], b["latency_ms"]
         lines.append(f"| {name} | {fmt_num(a['ops_per_sec'])} | {fmt_ms(la['p50'])} | {fmt_ms(la['p99'])} | "
-                     f"{fmt_num(b['ops_per_sec'])} | {fmt_ms(lb['p50'])} | {fmt_ms(lb['p99'])} | "
-                     f"{_r(rp50)} | {_r(rp99)} | {'yes' if ok else 'NO'} |")
-    lines += ["", "| | RSS | disk | per item (RSS) | per item (disk) |", "|---|---|---|---|---|"]
+                     f"{fmt_num(_cpu(a))} | {fmt_num(b['ops_per_sec'])} | {fmt_ms(lb['p50'])} | {fmt_ms(lb['p99'])} | "
+                     f"{fmt_num(_cpu(b))} | {_r(rp50)} | {_r(rp99)} | {_r(rcpu)} | {'yes' if ok else 'NO'} |")
+    lines += ["", "RSS is the node's resident memory: heap (RssAnon) plus mapped LMDB pages (RssFile, page cache "
+              "that the kernel can reclaim).", "",
+              "| | RSS | of which heap | of which LMDB pages | disk | RSS per item | heap per item | disk per item |",
+              "|" + "---|" * 8]
     for label, f, n in ((f"{s['base']:,} items", fa, s["base"]), (f"{s['items']:,} items", fb, s["items"])):
-        lines.append(f"| {label} | {_mb(f['rss_bytes'])} | {_mb(f['disk_bytes'])} | {_per(f['rss_bytes'], n)} | "
+        lines.append(f"| {label} | {_mb(f['rss_bytes'])} | {_mb(f['rss_anon_bytes'])} | {_mb(f['rss_file_bytes'])} | "
+                     f"{_mb(f['disk_bytes'])} | {_per(f['rss_bytes'], n)} | {_per(f['rss_anon_bytes'], n)} | "
                      f"{_per(f['disk_bytes'], n)} |")
-    if fa["rss_bytes"] and fb["rss_bytes"]:
-        dn = s["items"] - s["base"]
-        lines.append(f"| marginal ({dn:,} items) | | | {_per(fb['rss_bytes'] - fa['rss_bytes'], dn)} | "
-                     f"{_per(fb['disk_bytes'] - fa['disk_bytes'], dn)} |")
+    dn = s["items"] - s["base"]
+    lines.append(f"| marginal ({dn:,} items) | | | | | {_per(_sub(fb, fa, 'rss_bytes'), dn)} | "
+                 f"{_per(_sub(fb, fa, 'rss_anon_bytes'), dn)} | {_per(_sub(fb, fa, 'disk_bytes'), dn)} |")
     md = "\n".join(lines) + "\n"
     base = out / f"scale-{stamp}"
     base.with_suffix(".json").write_text(json.dumps({"settings": s, "stages": stages}, indent=1))
@@ -145,6 +165,23 @@ def main() -> int:
     print(md)
     print(f"results: {base}.json, {base}.md")
     return 0
+
+
+def _max_other(stages: dict[str, Any]) -> float:
+    return max(((r.get("machine_cpu") or {}).get("other_cores") or 0.0)
+               for st in stages.values() for r in st["ops"].values())
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _cpu(r: dict[str, Any]) -> float | None:
+    return (r.get("server_cpu") or {}).get("us_per_op")
+
+
+def _sub(b: dict[str, Any], a: dict[str, Any], k: str) -> int | None:
+    return None if b.get(k) is None or a.get(k) is None else b[k] - a[k]
 
 
 def _r(v: float | None) -> str:

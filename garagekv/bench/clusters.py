@@ -266,3 +266,19 @@ def wait_quiet(timeout: float, limit: float = 0.2, exclude: list[int] | None = N
             return True
         if time.monotonic() > deadline:
             return False
+
+
+def settle(pids: list[int], timeout: float, idle: float = 0.1, window: float = 2.0) -> float:
+    """Wait until the processes ``pids`` are idle (together under ``idle`` cores for ``window``
+    seconds): a node's background work (Merkle to-do, index counters, replication queues) left
+    by the previous run must not be measured as part of the next. Returns the seconds waited."""
+    from garagekv.bench.procstat import total_cpu_seconds
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        c0, w0 = total_cpu_seconds(pids), time.monotonic()
+        time.sleep(window)
+        c1, w1 = total_cpu_seconds(pids), time.monotonic()
+        if c0 is None or c1 is None or (c1 - c0) / (w1 - w0) < idle:
+            break
+    return time.monotonic() - t0

@@ -31,11 +31,12 @@ def total_cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` in bytes (VmRSS), or None."""
+def rss_bytes(pid: int, kind: str = "VmRSS") -> int | None:
+    """Resident memory of ``pid`` in bytes, or None: ``VmRSS`` (all), ``RssAnon`` (heap: the
+    process's own memory) or ``RssFile`` (mapped files: LMDB pages in the page cache)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None

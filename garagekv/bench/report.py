@@ -176,6 +176,9 @@ def notes(results: Sequence[dict[str, Any]]) -> list[str]:
         if disturbed(r):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: other processes used "
                        f"{r['machine_cpu']['other_cores']:.2f} cores during the run")
+        if (r.get("settled_before_s") or 0) > 5:
+            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: the cluster first needed "
+                       f"{r['settled_before_s']:.0f} s to finish the background work left by the previous run")
         if r.get("scenario") == "poll" and not r.get("skipped"):
             out.append(f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
                        f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)")
