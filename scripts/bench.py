@@ -14,6 +14,7 @@ Environment (defaults in brackets):
   BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
+  BENCH_REPEAT [1]    runs per scenario; the median run (by ops/s, the lower one of an even count) is kept
   BENCH_SETTLE [120]  before each run, wait up to this long for the cluster to finish the background
                       work of the previous one (prefill and writes leave Merkle/index work behind)
   BENCH_WAIT_QUIET [0]  before each run, wait up to this many seconds for the machine to be idle
@@ -84,6 +85,21 @@ def say(msg: str) -> None:
 
 
 def run_one(system: str, cluster: str, scenario: str, args: list[str]) -> dict[str, Any]:
+    """Run a scenario ``BENCH_REPEAT`` times (prefilling once) and keep the median run."""
+    runs = []
+    for i in range(max(1, int(env("BENCH_REPEAT", "1")))):
+        r = _run_once(system, cluster, scenario, args if i == 0 else [a for a in args if a != "--prefill"])
+        if r.get("skipped"):
+            return r
+        runs.append(r)
+    runs.sort(key=lambda r: r["ops_per_sec"])
+    median = runs[(len(runs) - 1) // 2]  # the lower middle for an even count
+    if len(runs) > 1:
+        median["repeats"] = [r["ops_per_sec"] for r in runs]
+    return median
+
+
+def _run_once(system: str, cluster: str, scenario: str, args: list[str]) -> dict[str, Any]:
     settled = settle(_own_pids(), float(env("BENCH_SETTLE", "120"))) if _own_pids() else 0.0
     if settled > 5:
         say(f"  ({system} {cluster} was busy with background work for {settled:.0f}s before this run)")

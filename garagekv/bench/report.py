@@ -176,6 +176,10 @@ def notes(results: Sequence[dict[str, Any]]) -> list[str]:
         if disturbed(r):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: other processes used "
                        f"{r['machine_cpu']['other_cores']:.2f} cores during the run")
+        if r.get("repeats"):
+            reps = r["repeats"]
+            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: median of {len(reps)} runs "
+                       f"({fmt_num(min(reps))} to {fmt_num(max(reps))} ops/s)")
         if (r.get("settled_before_s") or 0) > 5:
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: the cluster first needed "
                        f"{r['settled_before_s']:.0f} s to finish the background work left by the previous run")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from garagekv.bench.http import Response, build_request
+from garagekv.bench.http import Response
 from garagekv.util.sigv4 import (
     ALGORITHM,
     SigningKeyCache,
@@ -269,5 +269,5 @@ def make_target(kind: str, endpoint_host: str, bucket: str = "", access_key_id: 
     return K2VTarget(endpoint_host, bucket, access_key_id, secret, region, keys)
 
 
-__all__ = ["EMPTY_HASH", "EtcdTarget", "K2VSigner", "K2VTarget", "KeySpace", "build_request", "encode_pairs",
-           "make_target", "sha256_hex"]
+__all__ = ["EMPTY_HASH", "EtcdTarget", "K2VSigner", "K2VTarget", "KeySpace", "encode_pairs", "make_target",
+           "sha256_hex"]

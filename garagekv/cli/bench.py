@@ -61,8 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_dev_json(spec: str) -> dict[str, Any]:
-    text = sys.stdin.read() if spec == "-" else Path(spec).read_text()
-    for line in text.splitlines():
+    """The first JSON object line; from stdin, read only up to it (``garagekv dev --json |``
+    keeps its stdout open while the cluster runs)."""
+    lines = iter(sys.stdin.readline, "") if spec == "-" else Path(spec).read_text().splitlines()
+    for line in lines:
         line = line.strip()
         if line.startswith("{"):
             return json.loads(line)
