@@ -81,7 +81,7 @@ class K2VApiServer:
         pending = parse_request(request.method, raw_path, raw_query, Headers(request.headers.items()),
                                 self.state.region)
         helper = self.state.helper
-        key = await helper.get_key(pending.access_key_id)
+        key = await helper.request_key(pending.access_key_id)
         verified = pending.finish(None if key is None else key.params.secret_key, self.key_cache)
 
         bucket_id = await helper.resolve_bucket(ep.bucket, key)

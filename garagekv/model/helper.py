@@ -53,12 +53,17 @@ class MetaHelper:
         k = await self.keys.get(EMPTY_PARTITION + key_id.encode())
         return None if k is None or k.is_deleted else k
 
+    async def request_key(self, key_id: str) -> Key | None:
+        """``get_key`` for the K2V request path: a shared entry, not to be modified."""
+        k = await self.keys.get_shared(EMPTY_PARTITION + key_id.encode())
+        return None if k is None or k.is_deleted else k
+
     async def get_bucket(self, bucket_id: bytes) -> Bucket | None:
         b = await self.buckets.get(EMPTY_PARTITION + bucket_id)
         return None if b is None or b.is_tombstone() else b
 
     async def resolve_global_alias(self, name: str) -> bytes | None:
-        a = await self.aliases.get(EMPTY_PARTITION + name.encode())
+        a = await self.aliases.get_shared(EMPTY_PARTITION + name.encode())
         return None if a is None else a.state.value
 
     async def resolve_bucket(self, name: str, key: Key | None) -> bytes:
@@ -75,7 +80,8 @@ class MetaHelper:
                 raw = bytes.fromhex(name)
             except ValueError:
                 raw = None
-            if raw is not None and await self.get_bucket(raw) is not None:
+            bucket = None if raw is None else await self.buckets.get_shared(EMPTY_PARTITION + raw)
+            if bucket is not None and not bucket.is_tombstone():
                 return raw
         raise NoSuchBucket(name)
 

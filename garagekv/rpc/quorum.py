@@ -100,7 +100,8 @@ def _forget(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: a late failure is expected, not worth a warning
 
 
-async def _one(call: Callable[[N], Awaitable[T]], node: N, timeout: float | None) -> T:
+async def call_one(call: Callable[[N], Awaitable[T]], node: N, timeout: float | None) -> T:
+    """``call(node)`` within ``timeout`` (an expiry raises ``RpcTimeout``), in the caller's task."""
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
@@ -117,7 +118,7 @@ def _outcome(task: asyncio.Task[T]) -> BaseException | None:
     return task.exception()
 
 
-def _describe(node: object, err: BaseException) -> str:
+def describe_failure(node: object, err: BaseException) -> str:
     return f"{node_label(node)}: {err}" if str(err) else f"{node_label(node)}: {type(err).__name__}"
 
 
@@ -150,7 +151,7 @@ async def try_call_many(
 
     def start_next() -> None:
         for node in queue:
-            running[asyncio.ensure_future(_one(call, node, timeout))] = node
+            running[asyncio.ensure_future(call_one(call, node, timeout))] = node
             return
 
     for _ in range(len(candidates) if send_all_at_once else quorum):
@@ -167,7 +168,7 @@ async def try_call_many(
                 if err is None:
                     results.append(task.result())
                 else:
-                    errors.append(_describe(node, err))
+                    errors.append(describe_failure(node, err))
                     start_next()
         finished = True
         return results
@@ -206,7 +207,7 @@ async def try_write_many_sets(
     failed = [0] * len(groups)
     results: list[T] = []
     errors: list[str] = []
-    running = {asyncio.ensure_future(_one(call, node, timeout)): node for node in members}
+    running = {asyncio.ensure_future(call_one(call, node, timeout)): node for node in members}
     finished = False
     try:
         while not all(n >= quorum for n in ok):
@@ -220,7 +221,7 @@ async def try_write_many_sets(
                 if err is None:
                     results.append(task.result())
                 else:
-                    errors.append(_describe(node, err))
+                    errors.append(describe_failure(node, err))
             if any(failed[i] + quorum > len(set(g)) for i, g in enumerate(groups)):
                 raise QuorumError(quorum, len(results), total, errors, sets=len(groups), operation=operation)
         finished = True

@@ -17,6 +17,9 @@ from garagekv.util.codec import blake2sum
 
 E = TypeVar("E")
 
+#: Decoded entries ``get_shared`` keeps (the cache is simply emptied when full).
+SHARED_CACHE_ENTRIES = 4096
+
 
 class TableData(Generic[E]):
     def __init__(self, db: Database, writer: GroupCommitWriter, schema: TableSchema[E]) -> None:
@@ -30,6 +33,7 @@ class TableData(Generic[E]):
         # Set by the table's tombstone GC: called in the writer transaction whenever an entry
         # becomes a tombstone, with its tree key and new bytes (see garagekv/table/gc.py).
         self.on_tombstone: Callable[[WriteTxn, bytes, bytes], None] | None = None
+        self._shared: dict[bytes, tuple[bytes, E]] = {}  # see get_shared
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -38,6 +42,25 @@ class TableData(Generic[E]):
         with self.db.read() as txn:
             raw = txn.get(tree_key, db=self.store)
         return None if raw is None else self.schema.decode(raw)
+
+    def get_shared(self, tree_key: bytes) -> E | None:
+        """Like ``get``, but decodes only when the stored bytes changed since the last call.
+
+        For hot lookups of a few entries (the access key and bucket of every request). The
+        entry returned is shared between callers: it must not be modified.
+        """
+        with self.db.read() as txn:
+            raw = txn.get(tree_key, db=self.store)
+        if raw is None:
+            return None
+        hit = self._shared.get(tree_key)
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        entry = self.schema.decode(raw)
+        if len(self._shared) >= SHARED_CACHE_ENTRIES:
+            self._shared.clear()
+        self._shared[tree_key] = (raw, entry)
+        return entry
 
     def get_in(self, tx: WriteTxn, tree_key: bytes) -> E | None:
         raw = tx.get(self.store, tree_key)

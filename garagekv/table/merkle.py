@@ -20,7 +20,9 @@ by canonical msgpack. A node's hash is ``blake2sum(msgpack(node))`` (the format 
 
 ``TableData`` writes ``merkle_todo[tree_key] = blake2sum(new bytes)`` (empty bytes: deleted) in the
 same transaction as each change; ``MerkleUpdater`` drains it in batches, one writer transaction
-per batch, and removes a to-do entry only if it still holds the value it applied.
+per batch, and removes a to-do entry only if it still holds the value it applied. Within a batch
+a node is read, hashed and written at most once, however many of the batch's entries are below it:
+the top of a trie is above every entry, so per-entry hashing would re-pack it for each of them.
 """
 
 from __future__ import annotations
@@ -96,13 +98,7 @@ class MerkleNode:
             if kind == _LEAF:
                 return cls.leaf(bytes(w[1]), bytes(w[2]))
             if kind == _INTERMEDIATE:
-                children = tuple((int(b), bytes(h)) for b, h in w[1])
-                prev = -1
-                for b, _ in children:
-                    if not prev < b < 256:
-                        raise ValueError("children out of order")
-                    prev = b
-                return cls(_INTERMEDIATE, children=children)
+                return cls(_INTERMEDIATE, children=tuple(_children_from_wire(w[1]).items()))
             if kind == _EMPTY:
                 return EMPTY
         except (TypeError, ValueError, IndexError) as e:
@@ -128,6 +124,21 @@ class MerkleNode:
         except Exception as e:  # msgpack raises several unrelated types on garbage
             raise StorageError(f"malformed Merkle node: {e!r}") from e
         return cls.from_wire(wire)
+
+
+def _children_from_wire(pairs: Any) -> dict[int, bytes]:
+    """Validated ``[[byte, hash], ...]``.
+
+    Checked with whole-list operations rather than a loop per child: decoding the nodes at the
+    top of the tries (up to 256 children) is a large part of what a batch of updates costs.
+    """
+    children = dict(pairs)
+    keys = list(children)
+    if not set(map(type, keys)) <= {int} or not set(map(type, children.values())) <= {bytes}:
+        raise TypeError("child bytes must be ints and hashes bytes")
+    if len(keys) != len(pairs) or keys != sorted(keys) or (keys and not 0 <= keys[0] <= keys[-1] < 256):
+        raise ValueError("children out of order")
+    return children
 
 
 EMPTY = MerkleNode(_EMPTY)
@@ -157,8 +168,6 @@ class MerkleUpdater:
         self._wake = Notify()
         self.done = 0
         self.rebuild_left = 0  # entries a running rebuild has not queued yet
-        self._batch_nodes: dict[bytes, MerkleNode] | None = None  # see _write_in
-        self._batch_dirty: set[bytes] = set()
         data.on_merkle_todo = self.notify
 
     def notify(self) -> None:
@@ -181,98 +190,10 @@ class MerkleUpdater:
     # ---- trie updates (inside a writer transaction) -------------------------------------------
 
     def update_in(self, tx: WriteTxn, tree_key: bytes, value_hash: bytes | None) -> None:
-        """Set (or with ``None`` remove) the leaf of ``tree_key``."""
-        kh = blake2sum(tree_key)
-        self._update(tx, node_key(partition_of(tree_key), b""), tree_key, kh, 0, value_hash)
-
-    def _read_in(self, tx: WriteTxn, key: bytes) -> MerkleNode:
-        cache = self._batch_nodes
-        if cache is not None and key in cache:
-            return cache[key]
-        raw = tx.get(self.tree, key)
-        node = EMPTY if raw is None else MerkleNode.decode(raw)
-        if cache is not None:
-            cache[key] = node
-        return node
-
-    def _write_in(self, tx: WriteTxn, key: bytes, node: MerkleNode) -> bytes | None:
-        """Store ``node`` at ``key``; returns its hash, or None for Empty (which is not stored).
-
-        Inside a batch, nodes stay in memory and are written once at the end: the top of the
-        trie (up to 256 children) is touched by every update, and decoding and re-encoding it
-        per item dominated the cost.
-        """
-        if self._batch_nodes is not None:
-            self._batch_nodes[key] = node
-            self._batch_dirty.add(key)
-            return None if node.is_empty else node.hash()
-        if node.is_empty:
-            tx.delete(self.tree, key)
-            return None
-        body = node.body()
-        tx.put(self.tree, key, bytes([NODE_FORMAT]) + body)
-        return blake2sum(body)
-
-    def _update(
-        self, tx: WriteTxn, key: bytes, tree_key: bytes, kh: bytes, depth: int, value_hash: bytes | None
-    ) -> bytes | None | _Unchanged:
-        """Apply the update below the node at ``key`` (``depth`` bytes of ``kh`` deep).
-
-        Returns ``UNCHANGED``, or the node's new hash (None if it became Empty).
-        """
-        node = self._read_in(tx, key)
-        if node.is_empty:
-            if value_hash is None:
-                return UNCHANGED
-            return self._write_in(tx, key, MerkleNode.leaf(tree_key, value_hash))
-
-        if node.is_leaf:
-            if node.key == tree_key:
-                if node.value_hash == value_hash:
-                    return UNCHANGED
-                new = EMPTY if value_hash is None else MerkleNode.leaf(tree_key, value_hash)
-                return self._write_in(tx, key, new)
-            if value_hash is None:
-                return UNCHANGED  # deleting a key that is not here
-            # Two keys under one prefix: push the existing leaf one level down, then insert ours
-            # next to it (recursively splitting again while they share the next byte).
-            if depth >= len(kh):
-                raise StorageError("Merkle key hash collision")
-            other_kh = blake2sum(node.key)
-            children: dict[int, bytes] = {}
-            for k, h, vh in ((node.key, other_kh, node.value_hash), (tree_key, kh, value_hash)):
-                sub = self._update(tx, key + h[depth : depth + 1], k, h, depth + 1, vh)
-                assert isinstance(sub, bytes)
-                children[h[depth]] = sub
-            return self._write_in(tx, key, MerkleNode.intermediate(children))
-
-        # Intermediate
-        if depth >= len(kh):
-            raise StorageError("Merkle trie deeper than the key hash")
-        byte = kh[depth]
-        sub = self._update(tx, key + bytes([byte]), tree_key, kh, depth + 1, value_hash)
-        if sub is UNCHANGED:
-            return UNCHANGED
-        children = dict(node.children)
-        if sub is None:
-            children.pop(byte, None)
-        else:
-            children[byte] = sub
-        if not children:
-            log.warning("%s: Merkle intermediate node left without children", self.table_name)
-            return self._write_in(tx, key, EMPTY)
-        if len(children) == 1:
-            # A lone leaf below moves up here; a lone intermediate stays (it covers 2+ entries).
-            ((only, _),) = children.items()
-            child_key = key + bytes([only])
-            child = self._read_in(tx, child_key)
-            if child.is_leaf:
-                self._write_in(tx, child_key, EMPTY)
-                return self._write_in(tx, key, child)
-            if child.is_empty:
-                log.warning("%s: Merkle intermediate node pointing to an empty child", self.table_name)
-                return self._write_in(tx, key, EMPTY)
-        return self._write_in(tx, key, MerkleNode.intermediate(children))
+        """Set (or with ``None`` remove) the leaf of ``tree_key``: a batch of one."""
+        batch = _TrieBatch(tx, self.tree, self.table_name)
+        batch.update(tree_key, value_hash)
+        batch.flush()
 
     # ---- the to-do queue ---------------------------------------------------------------------
 
@@ -292,19 +213,14 @@ class MerkleUpdater:
         its new value, for the next batch. Returns how many entries were applied.
         """
         n = 0
-        self._batch_nodes, self._batch_dirty = {}, set()
-        try:
-            for tree_key, value_hash in batch:
-                if tx.get(self.todo, tree_key) != value_hash:
-                    continue
-                self.update_in(tx, tree_key, value_hash or None)
-                tx.delete(self.todo, tree_key)
-                n += 1
-            nodes, dirty = self._batch_nodes, self._batch_dirty
-        finally:
-            self._batch_nodes, self._batch_dirty = None, set()
-        for key in dirty:
-            self._write_in(tx, key, nodes[key])
+        trie = _TrieBatch(tx, self.tree, self.table_name)
+        for tree_key, value_hash in batch:
+            if tx.get(self.todo, tree_key) != value_hash:
+                continue
+            trie.update(tree_key, value_hash or None)
+            tx.delete(self.todo, tree_key)
+            n += 1
+        trie.flush()
         return n
 
     async def process_batch(self) -> int:
@@ -382,6 +298,162 @@ class MerkleUpdater:
     def progress(self) -> dict[str, Any]:
         # A rebuild's entries not queued yet count as queued: the work is still ahead.
         return {"done": self.done, "queue": self.todo_len() + self.rebuild_left}
+
+
+class _Pending:
+    """A child hash not computed yet: the child changed in this batch and is hashed at ``flush``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING = _Pending()
+
+
+class _Inner:
+    """An intermediate node owned by a batch.
+
+    The top of a trie (up to 256 children) is touched by every update of a batch; keeping its
+    children in a dict that the batch mutates in place, and sorting, packing and hashing it once at
+    the end, is what makes a batch cheap. Children changed in the batch hold ``PENDING``.
+    """
+
+    __slots__ = ("children",)
+
+    def __init__(self, children: dict[int, bytes | _Pending]) -> None:
+        self.children = children
+
+
+class _TrieBatch:
+    """Updates to the tries of one table inside one writer transaction, stored by ``flush``.
+
+    State lives in this object rather than on the updater, so that two transactions (the writer
+    thread and a ``run_sync`` caller) never share it.
+    """
+
+    __slots__ = ("tx", "tree", "table_name", "nodes", "dirty")
+
+    def __init__(self, tx: WriteTxn, tree: Any, table_name: str) -> None:
+        self.tx = tx
+        self.tree = tree
+        self.table_name = table_name
+        self.nodes: dict[bytes, MerkleNode | _Inner] = {}  # every node read or written so far
+        self.dirty: set[bytes] = set()  # the keys of the nodes written
+
+    def update(self, tree_key: bytes, value_hash: bytes | None) -> None:
+        kh = blake2sum(tree_key)
+        self._update(node_key(partition_of(tree_key), b""), tree_key, kh, 0, value_hash)
+
+    def flush(self) -> None:
+        """Hash and store the written nodes (delete the Empty ones), deepest first.
+
+        Deepest first because a node's hash depends on its children's: when a node is reached, every
+        ``PENDING`` among its children has been replaced by the hash of that child's final state.
+        """
+        nodes, tx, tree = self.nodes, self.tx, self.tree
+        for key in sorted(self.dirty, key=len, reverse=True):
+            node = nodes[key]
+            if isinstance(node, _Inner):
+                if PENDING in node.children.values():  # a placeholder must never reach the disk
+                    raise StorageError(f"{self.table_name}: Merkle child hash left pending at {key.hex()}")
+                # The bytes of MerkleNode.body(): msgpack packs tuples as arrays, like lists.
+                body = msgpack.packb([_INTERMEDIATE, sorted(node.children.items())], use_bin_type=True)
+            elif node.is_empty:
+                tx.delete(tree, key)
+                continue
+            else:
+                body = node.body()
+            tx.put(tree, key, bytes([NODE_FORMAT]) + body)
+            if len(key) > 1:  # below a partition's root (the key holds the partition byte)
+                parent = nodes.get(key[:-1])
+                if not isinstance(parent, _Inner) or parent.children.get(key[-1]) is not PENDING:
+                    raise StorageError(f"{self.table_name}: Merkle node {key.hex()} written without its parent")
+                parent.children[key[-1]] = blake2sum(body)
+        self.dirty = set()
+
+    def _read(self, key: bytes) -> MerkleNode | _Inner:
+        node = self.nodes.get(key)
+        if node is None:
+            raw = self.tx.get(self.tree, key)
+            node = EMPTY if raw is None else MerkleNode.decode(raw)
+            if node.is_intermediate:
+                node = _Inner(dict(node.children))
+            self.nodes[key] = node
+        return node
+
+    def _write(self, key: bytes, node: MerkleNode | _Inner) -> _Pending | None:
+        """Record ``node`` at ``key``; returns what its parent holds for it (None: no child)."""
+        self.nodes[key] = node
+        self.dirty.add(key)
+        return None if isinstance(node, MerkleNode) and node.is_empty else PENDING
+
+    def _update(
+        self, key: bytes, tree_key: bytes, kh: bytes, depth: int, value_hash: bytes | None
+    ) -> _Pending | None | _Unchanged:
+        """Apply the update below the node at ``key`` (``depth`` bytes of ``kh`` deep).
+
+        Returns ``UNCHANGED``, ``PENDING`` (changed; hashed at ``flush``) or None (became Empty).
+        """
+        node = self._read(key)
+        if isinstance(node, _Inner):
+            return self._update_inner(key, node, tree_key, kh, depth, value_hash)
+
+        if node.is_empty:
+            if value_hash is None:
+                return UNCHANGED
+            return self._write(key, MerkleNode.leaf(tree_key, value_hash))
+
+        # Leaf
+        if node.key == tree_key:
+            if node.value_hash == value_hash:
+                return UNCHANGED
+            return self._write(key, EMPTY if value_hash is None else MerkleNode.leaf(tree_key, value_hash))
+        if value_hash is None:
+            return UNCHANGED  # deleting a key that is not here
+        # Two keys under one prefix: push the existing leaf one level down, then insert ours next
+        # to it (recursively splitting again while they share the next byte).
+        if depth >= len(kh):
+            raise StorageError("Merkle key hash collision")
+        other_kh = blake2sum(node.key)
+        children: dict[int, bytes | _Pending] = {}
+        for k, h, vh in ((node.key, other_kh, node.value_hash), (tree_key, kh, value_hash)):
+            sub = self._update(key + h[depth : depth + 1], k, h, depth + 1, vh)
+            if sub is not PENDING:
+                raise StorageError(f"{self.table_name}: stray Merkle node below leaf {key.hex()}")
+            children[h[depth]] = PENDING
+        return self._write(key, _Inner(children))
+
+    def _update_inner(
+        self, key: bytes, node: _Inner, tree_key: bytes, kh: bytes, depth: int, value_hash: bytes | None
+    ) -> _Pending | None | _Unchanged:
+        if depth >= len(kh):
+            raise StorageError("Merkle trie deeper than the key hash")
+        byte = kh[depth]
+        sub = self._update(key + bytes([byte]), tree_key, kh, depth + 1, value_hash)
+        if sub is UNCHANGED:
+            return UNCHANGED
+        children = node.children
+        if sub is None:
+            children.pop(byte, None)
+        else:
+            children[byte] = PENDING
+        if not children:
+            log.warning("%s: Merkle intermediate node left without children", self.table_name)
+            return self._write(key, EMPTY)
+        if len(children) == 1:
+            # A lone leaf below moves up here; a lone intermediate stays (it covers 2+ entries).
+            (only,) = children
+            child_key = key + bytes([only])
+            child = self._read(child_key)
+            if isinstance(child, MerkleNode):
+                if child.is_leaf:
+                    self._write(child_key, EMPTY)
+                    return self._write(key, child)
+                log.warning("%s: Merkle intermediate node pointing to an empty child", self.table_name)
+                return self._write(key, EMPTY)
+        return self._write(key, node)
 
 
 class _Unchanged:

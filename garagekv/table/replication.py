@@ -37,53 +37,92 @@ def _standalone(h: LayoutHistory) -> bool:
     return not h.current().storage_nodes() or not h.current().is_ready
 
 
+class _RingView:
+    """What one layout history says about each partition, worked out once per history.
+
+    The layout manager never changes a history it has published: every change (a merged
+    remote layout, tracker moves) swaps in a new object, so the view is valid for as long as
+    ``layout.history`` is the same object. Partitions are filled in on first use.
+    """
+
+    __slots__ = ("history", "standalone", "rf", "_storage", "_read", "_write")
+
+    def __init__(self, h: LayoutHistory) -> None:
+        self.history = h
+        self.standalone = _standalone(h)
+        self.rf = h.replication_factor
+        self._storage: dict[int, list[bytes]] = {}
+        self._read: dict[int, list[bytes]] = {}
+        self._write: dict[int, list[list[bytes]]] = {}
+
+    def storage_nodes(self, h32: bytes) -> list[bytes]:
+        p = h32[0]
+        nodes = self._storage.get(p)
+        if nodes is None:
+            nodes = self._storage[p] = self.history.storage_nodes_of(h32)
+        return nodes
+
+    def read_nodes(self, h32: bytes) -> list[bytes]:
+        p = h32[0]
+        nodes = self._read.get(p)
+        if nodes is None:
+            nodes = self._read[p] = self.history.read_nodes_of(h32)
+        return nodes
+
+    def write_sets(self, h32: bytes) -> list[list[bytes]]:
+        p = h32[0]
+        sets = self._write.get(p)
+        if sets is None:
+            sets = self._write[p] = [s for s in self.history.write_sets_of(h32) if s]
+        return sets
+
+
 class ShardedReplication:
-    """rf copies per partition; writes need a quorum in every live layout version's set."""
+    """rf copies per partition; writes need a quorum in every live layout version's set.
+
+    The node lists returned are shared: callers must not modify them.
+    """
 
     def __init__(self, layout: LayoutSource) -> None:
         self.layout = layout
+        self._view: _RingView | None = None
 
     @property
     def node_id(self) -> bytes:
         return self.layout.node_id
 
-    def _rf(self) -> int:
-        return self.layout.history.replication_factor
+    def _ring(self) -> _RingView:
+        view = self._view
+        if view is None or view.history is not self.layout.history:
+            view = self._view = _RingView(self.layout.history)
+        return view
 
     def storage_nodes(self, h32: bytes) -> list[bytes]:
-        h = self.layout.history
-        if _standalone(h):
-            return [self.node_id]
-        return h.storage_nodes_of(h32)
+        view = self._ring()
+        return [self.node_id] if view.standalone else view.storage_nodes(h32)
 
     def read_nodes(self, h32: bytes) -> list[bytes]:
-        h = self.layout.history
-        if _standalone(h):
-            return [self.node_id]
-        return h.read_nodes_of(h32)
+        view = self._ring()
+        return [self.node_id] if view.standalone else view.read_nodes(h32)
 
     def read_quorum(self) -> int:
-        if _standalone(self.layout.history):
-            return 1
-        return read_quorum(self._rf(), self.layout.mode)
+        view = self._ring()
+        return 1 if view.standalone else read_quorum(view.rf, self.layout.mode)
 
     def write_sets(self, h32: bytes) -> list[list[bytes]]:
-        h = self.layout.history
-        if _standalone(h):
-            return [[self.node_id]]
-        return [s for s in h.write_sets_of(h32) if s]
+        view = self._ring()
+        return [[self.node_id]] if view.standalone else view.write_sets(h32)
 
     def write_quorum(self) -> int:
-        if _standalone(self.layout.history):
-            return 1
-        return write_quorum(self._rf(), self.layout.mode)
+        view = self._ring()
+        return 1 if view.standalone else write_quorum(view.rf, self.layout.mode)
 
     def sync_partitions(self) -> list[SyncPartition]:
         out = []
         for p in range(NB_PARTITIONS):
             first = bytes([p]) + b"\x00" * 31
             last = bytes([p + 1]) + b"\x00" * 31 if p + 1 < NB_PARTITIONS else None
-            out.append(SyncPartition(p, first, last, self.storage_nodes(first)))
+            out.append(SyncPartition(p, first, last, list(self.storage_nodes(first))))
         return out
 
 

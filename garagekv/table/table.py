@@ -94,6 +94,8 @@ class Table(Generic[E]):
             for node in {n for s in sets for n in s}:
                 per_node[node].append(raw)
         quorum = self.replication.write_quorum()
+        if stored_here and quorum == 1 and per_node.keys() == {self.node_id}:
+            return  # this node is the only replica (a single-node layout): already written
         sent: dict[bytes, asyncio.Future] = {}
         if stored_here:
             sent[self.node_id] = asyncio.get_running_loop().create_future()
@@ -151,6 +153,15 @@ class Table(Generic[E]):
             if any(raw != final for raw in answers):
                 self._repair(nodes, [final])
         return merged
+
+    async def get_shared(self, tree_key: bytes) -> E | None:
+        """``get``, through the local decoded-entry cache when this node alone answers reads.
+
+        For request-path lookups that never modify what they get (see ``TableData.get_shared``).
+        """
+        if self.replication.read_nodes(tree_key[:32]) == [self.node_id]:
+            return self.data.get_shared(tree_key)
+        return await self.get(tree_key)
 
     async def get_range(
         self, partition: bytes, start: bytes = b"", *, prefix: bytes = b"", end: bytes | None = None,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.table.data import TableData
-from garagekv.table.merkle import EMPTY, EMPTY_HASH, MerkleNode, MerkleUpdater, node_key
+from garagekv.table.merkle import EMPTY, EMPTY_HASH, PENDING, MerkleNode, MerkleUpdater, _Inner, _TrieBatch, node_key
 from garagekv.table.schema import BaseSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import StorageError
@@ -119,6 +119,33 @@ def vh(x: object) -> bytes:
     return blake2sum(repr(x).encode())
 
 
+def stored_raw(db: Database, merkle: MerkleUpdater) -> dict[bytes, bytes]:
+    """Every stored key and value of the tries, as bytes: a stray placeholder or stale hash shows."""
+    with db.read() as txn:
+        return dict(txn.cursor(db=merkle.tree))
+
+
+def expected_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: node.encode() for k, node in expected_nodes(entries).items()}
+
+
+def reset(writer: GroupCommitWriter, merkle: MerkleUpdater) -> None:
+    """Empty tries and to-do queue (hypothesis examples share one fixture)."""
+
+    def fn(tx):
+        tx.txn.drop(merkle.tree, delete=False)
+        tx.txn.drop(merkle.todo, delete=False)
+
+    writer.run_sync(fn)
+
+
+# Keys whose hashes share prefixes, so that batches split leaves several levels deep and pull them
+# back up, next to keys spread over the root and a second partition.
+POOL = [*keys_sharing_prefix(2, count=3), *keys_sharing_prefix(1, count=3)]
+POOL += [k for k in (P0 + f"s{i}".encode() for i in range(8)) if k not in POOL]
+POOL += [P7 + f"s{i}".encode() for i in range(3)]
+
+
 # ---- nodes --------------------------------------------------------------------------------------
 
 
@@ -136,6 +163,11 @@ def test_node_encoding_round_trips_and_rejects_garbage():
         MerkleNode.from_wire([1, [[3, vh(1)], [1, vh(2)]]])  # children out of order
     with pytest.raises(StorageError):
         MerkleNode.from_wire([7])
+    for children in ([[1, vh(1)], [1, vh(2)]], [[256, vh(1)]], [[-1, vh(1)]], [[1, "text"]], [[b"\x01", vh(1)]],
+                     [[1]], [[1, vh(1), 2]], 5):
+        with pytest.raises(StorageError):
+            MerkleNode.from_wire([1, children])
+    assert MerkleNode.from_wire([1, []]).children == ()
 
 
 # ---- trie shape -----------------------------------------------------------------------------------
@@ -244,6 +276,94 @@ def test_same_items_in_any_order_give_the_same_trie(env, keys, parts, deleted, s
     apply(writer, merkle, second[half:])
     assert stored_nodes(db, merkle) == direct
     assert {p: merkle.root_hash(p) for p in (0, 7)} == roots
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.none() | st.integers(0, 2)), min_size=20, max_size=80),
+    sizes=st.lists(st.integers(1, 25), min_size=1, max_size=10),
+)
+def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, sizes):
+    db, writer, _, merkle = env
+    ops = [(POOL[i], None if v is None else vh(v)) for i, v in ops]
+    # One update at a time, no batch (each update_in is its own batch of one).
+    reset(writer, merkle)
+    model: dict[bytes, bytes] = {}
+    for k, v in ops:
+        apply(writer, merkle, [(k, v)])
+        if v is None:
+            model.pop(k, None)
+        else:
+            model[k] = v
+    single = stored_raw(db, merkle)
+    single_roots = {p: merkle.root_hash(p) for p in (0, 7)}
+    assert single == expected_raw(model)
+
+    # The same history through the to-do queue, in batches of random sizes. A batch may name a key
+    # several times: only its entry holding the queued (latest) value is applied.
+    reset(writer, merkle)
+    model = {}
+    pos, i = 0, 0
+    while pos < len(ops):
+        chunk = ops[pos : pos + sizes[i % len(sizes)]]
+        pos, i = pos + len(chunk), i + 1
+
+        def fn(tx, chunk=chunk):
+            for k, v in chunk:
+                tx.put(merkle.todo, k, v or b"")
+            return merkle.apply_batch_in(tx, [(k, v or b"") for k, v in chunk])
+
+        assert writer.run_sync(fn) == len({k for k, _ in chunk})
+        for k, v in chunk:
+            if v is None:
+                model.pop(k, None)
+            else:
+                model[k] = v
+        assert merkle.todo_len() == 0
+        assert stored_raw(db, merkle) == expected_raw(model)  # after every batch, not only the last
+    assert stored_raw(db, merkle) == single
+    assert {p: merkle.root_hash(p) for p in (0, 7)} == single_roots
+    assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
+
+
+def test_large_batches_over_a_wide_root(env):
+    """Batches of 100 over a root with ~all 256 children, as in a full-copy table."""
+    db, writer, _, merkle = env
+    model: dict[bytes, bytes] = {}
+    for step in range(12):
+        batch: dict[bytes, bytes] = {}
+        for j in range(100):
+            n = (step * 100 + j) * 7 % 1300
+            k = P0 + f"w{n}".encode()
+            batch[k] = b"" if (step > 6 and j % 3 == 0) else vh((step, j))
+
+        def fn(tx, batch=batch):
+            for k, v in batch.items():
+                tx.put(merkle.todo, k, v)
+            return merkle.apply_batch_in(tx, sorted(batch.items()))
+
+        assert writer.run_sync(fn) == len(batch)
+        for k, v in batch.items():
+            if v:
+                model[k] = v
+            else:
+                model.pop(k, None)
+    assert len(merkle.get_node(0).children) > 200
+    assert stored_raw(db, merkle) == expected_raw(model)
+
+
+def test_a_pending_child_hash_is_never_stored(env):
+    db, writer, _, merkle = env
+
+    def fn(tx):
+        batch = _TrieBatch(tx, merkle.tree, "reg")
+        batch.nodes[b"\x00"] = _Inner({1: vh(1), 2: PENDING})
+        batch.dirty.add(b"\x00")
+        batch.flush()
+
+    with pytest.raises(StorageError, match="pending"):
+        writer.run_sync(fn)
+    assert stored_raw(db, merkle) == {}
 
 
 # ---- the to-do queue ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ uniquely and replicas can merge without coordination.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,12 @@ ITEM_FORMAT_VERSION = 1
 Value = bytes | None  # None is a tombstone (DeleteItem / DeleteBatch)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_hash(bucket_id: bytes, partition_key: str) -> bytes:
-    """Where a K2V partition lives on the ring: blake2(bucket_id ‖ partition key), 32 bytes."""
+    """Where a K2V partition lives on the ring: blake2(bucket_id ‖ partition key), 32 bytes.
+
+    Memoised: every request and every replica merge of an item needs it, often several times.
+    """
     return codec.blake2sum(bucket_id + partition_key.encode("utf-8"))
 
 

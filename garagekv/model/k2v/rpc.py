@@ -24,7 +24,7 @@ from garagekv.model.k2v.store import InsertedItem, K2VStore
 from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.quorum import QuorumError, try_call_many
+from garagekv.rpc.quorum import QuorumError, call_one, describe_failure, try_call_many
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 
@@ -61,15 +61,39 @@ class K2VService:
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
         """One coordinator call per group of items sharing the same storage nodes."""
-        groups: dict[tuple[bytes, ...], list[list]] = defaultdict(list)
+        groups: dict[tuple[bytes, ...], list[InsertedItem]] = defaultdict(list)
         for ins in items:
             nodes = self.replication.storage_nodes(partition_hash(bucket_id, ins.partition_key))
-            groups[tuple(nodes)].append(ins.to_wire())
-        await asyncio.gather(*(
-            try_call_many(lambda n, w=wires: self._call(n, ["insert", bucket_id, w], self.timeout),
-                          self.items.order(list(nodes)), 1, timeout=self.timeout, operation="k2v_insert")
-            for nodes, wires in groups.items()
-        ))
+            groups[tuple(nodes)].append(ins)
+        if len(groups) == 1:
+            ((nodes, group),) = groups.items()
+            await self._coordinate(bucket_id, list(nodes), group)
+        else:
+            await asyncio.gather(*(self._coordinate(bucket_id, list(n), g) for n, g in groups.items()))
+
+    async def _coordinate(self, bucket_id: bytes, nodes: list[bytes], items: list[InsertedItem]) -> None:
+        """Have one of ``nodes`` coordinate the inserts: this node when it is one of them.
+
+        Coordinating here skips the RPC layer and the quorum helper's tasks; only if that fails
+        do the other storage nodes get the request, in the usual order.
+        """
+        order = self.items.order(nodes)
+        if order[0] == self.node_id:
+            try:
+                await call_one(lambda _: self._insert_here(bucket_id, items), self.node_id, self.timeout)
+                return
+            except Exception as e:  # noqa: BLE001 - the next storage node may still take it
+                if len(order) == 1:
+                    raise QuorumError(1, 0, 1, [describe_failure(self.node_id, e)], operation="k2v_insert")
+                log.warning("local K2V insert failed, trying other storage nodes: %s", e)
+                order = order[1:]
+        wires = [ins.to_wire() for ins in items]
+        await try_call_many(lambda n: self._call(n, ["insert", bucket_id, wires], self.timeout),
+                            order, 1, timeout=self.timeout, operation="k2v_insert")
+
+    async def _insert_here(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
+        merged = await self.store.insert_many(bucket_id, items)
+        await self.items.insert_many(merged, stored_here=True)
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -187,9 +211,7 @@ class K2VService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
         if kind == "insert":
-            bucket_id, wires = bytes(msg[1]), msg[2]
-            items = await self.store.insert_many(bucket_id, [InsertedItem.from_wire(w) for w in wires])
-            await self.items.insert_many(items, stored_here=True)
+            await self._insert_here(bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
             return None
         if kind == "poll_item":
             _, bucket_id, pk, sk, ct, timeout = msg
