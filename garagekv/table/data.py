@@ -70,6 +70,10 @@ class TableData(Generic[E]):
         with self.db.read() as txn:
             return txn.get(tree_key, db=self.store)
 
+    def get_raw_many(self, tree_keys: list[bytes]) -> list[bytes | None]:
+        with self.db.read() as txn:
+            return [txn.get(k, db=self.store) for k in tree_keys]
+
     def scan(
         self,
         partition: bytes,

@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Any, Generic, Protocol, TypeVar
 
 from garagekv.net.netapp import NetApp
+from garagekv.rpc.batching import CallBatcher
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import try_call_many, try_write_many_sets
 from garagekv.table.data import TableData
@@ -54,6 +55,9 @@ class Table(Generic[E]):
         self.endpoint = endpoint_path("table", "rpc", self.schema.name)
         registry.register(self.endpoint, self._handle)
         self._repairs: set[asyncio.Task] = set()
+        # Updates and single-key reads bound for the same peer in one loop turn share one RPC.
+        self._updates = CallBatcher(lambda node, raws: self._call(node, ["update", raws]))
+        self._gets = CallBatcher(lambda node, keys: self._call(node, ["get_many", keys]))
 
     @property
     def node_id(self) -> bytes:
@@ -68,7 +72,7 @@ class Table(Generic[E]):
             sets = self.replication.write_sets(entry.tree_key()[:32])
             own: dict[bytes, asyncio.Future] = {}
             await try_write_many_sets(
-                lambda node: self._send_once(own, node, ["update", [raw]]), sets, self.replication.write_quorum(),
+                lambda node: self._send_once(own, node, [raw]), sets, self.replication.write_quorum(),
                 timeout=self.timeout,
             )
             await self._own_write(own)
@@ -103,7 +107,7 @@ class Table(Generic[E]):
 
         def send(node: bytes) -> Any:
             # One request per node even when it belongs to several groups of write sets.
-            return self._send_once(sent, node, ["update", per_node[node]])
+            return self._send_once(sent, node, per_node[node])
 
         await asyncio.gather(*(
             try_write_many_sets(send, [list(s) for s in group], quorum, timeout=self.timeout)
@@ -111,10 +115,16 @@ class Table(Generic[E]):
         ))
         await self._own_write(sent)
 
-    def _send_once(self, sent: dict[bytes, asyncio.Future], node: bytes, msg: list) -> Any:
+    def _send_once(self, sent: dict[bytes, asyncio.Future], node: bytes, raws: list[bytes]) -> Any:
         if node not in sent:
-            sent[node] = asyncio.ensure_future(self._call(node, msg))
+            sent[node] = asyncio.ensure_future(self._update(node, raws))
         return asyncio.shield(sent[node])
+
+    async def _update(self, node: bytes, raws: list[bytes]) -> None:
+        if node == self.node_id:
+            await self._handle(node, ["update", raws])
+        else:
+            await self._updates.submit(node, raws)
 
     async def _own_write(self, sent: dict[bytes, asyncio.Future]) -> None:
         """When this node is a replica, answer only once its own copy is written too.
@@ -136,7 +146,7 @@ class Table(Generic[E]):
             return self.data.get(tree_key)
         # Ask every read node at once and keep the first quorum: a hung replica costs nothing.
         answers = await try_call_many(
-            lambda node: self._call(node, ["get", tree_key]), self.order(nodes), self.replication.read_quorum(),
+            lambda node: self._get_from(node, tree_key), self.order(nodes), self.replication.read_quorum(),
             send_all_at_once=True, timeout=self.timeout,
         )
         merged = None
@@ -215,10 +225,16 @@ class Table(Generic[E]):
         p = self.peers
         return sorted(nodes, key=lambda n: (n != self.node_id, not p.is_up(n), p.rtt_of(n) or 10.0))
 
+    async def _get_from(self, node: bytes, tree_key: bytes) -> bytes | None:
+        if node == self.node_id:
+            return self.data.get_raw(tree_key)
+        (raw,) = await self._gets.submit(node, [tree_key])
+        return None if raw is None else bytes(raw)
+
     def _repair(self, nodes: list[bytes], raws: list[bytes]) -> None:
         async def repair() -> None:
             try:
-                await asyncio.gather(*(self._call(n, ["update", raws]) for n in nodes), return_exceptions=True)
+                await asyncio.gather(*(self._update(n, raws) for n in nodes), return_exceptions=True)
             except Exception:  # noqa: BLE001 - repair is best effort; anti-entropy catches the rest
                 log.debug("read repair failed", exc_info=True)
 
@@ -241,8 +257,8 @@ class Table(Generic[E]):
         if kind == "update":
             await self.data.merge_many([self.schema.decode(bytes(r)) for r in msg[1]])
             return None
-        if kind == "get":
-            return self.data.get_raw(bytes(msg[1]))
+        if kind == "get_many":
+            return self.data.get_raw_many([bytes(k) for k in msg[1]])
         if kind == "range":
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None

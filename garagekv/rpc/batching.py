@@ -1,0 +1,77 @@
+"""Coalesce the small RPCs a busy node makes to the same peer into one call per event-loop turn.
+
+Under load many requests reach the same step at once (a group commit resolves a whole batch of
+writes together), and each would send its own tiny "update" or "get" to the same replicas. Every
+RPC pays for framing, encryption, a task, a timer and a dispatch on both sides, plus a writer
+job on the receiver; one call carrying all of them pays that once. Nothing waits to fill a
+batch: what is queued during one turn of the loop leaves at the start of the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+N = TypeVar("N", bound=Hashable)
+
+#: A batch is sent early once its items reach this many bytes (frames have a size limit).
+MAX_BATCH_BYTES = 1 << 20
+
+
+class _Batch:
+    __slots__ = ("items", "size", "future")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.items: list[Any] = []
+        self.size = 0
+        self.future = future
+
+
+class CallBatcher(Generic[N]):
+    """``call(node, items)`` once per node and loop turn, for all items submitted meanwhile.
+
+    ``call`` returns None or a list with one result per item; each submitter gets its own slice
+    (or None). A failed call fails every submitter of that batch. Submitters may be cancelled
+    without affecting the others: the shared call runs to its end.
+    """
+
+    def __init__(self, call: Callable[[N, list[Any]], Awaitable[list[Any] | None]],
+                 max_bytes: int = MAX_BATCH_BYTES) -> None:
+        self._call = call
+        self._max_bytes = max_bytes
+        self._open: dict[N, _Batch] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def submit(self, node: N, items: list[bytes]) -> list[Any] | None:
+        batch = self._open.get(node)
+        if batch is None or batch.size >= self._max_bytes:
+            loop = asyncio.get_running_loop()
+            batch = self._open[node] = _Batch(loop.create_future())
+            loop.call_soon(self._flush, node, batch)
+        start = len(batch.items)
+        batch.items.extend(items)
+        batch.size += sum(len(i) for i in items)
+        result = await asyncio.shield(batch.future)
+        return None if result is None else result[start : start + len(items)]
+
+    def _flush(self, node: N, batch: _Batch) -> None:
+        if self._open.get(node) is batch:
+            del self._open[node]
+        task = asyncio.ensure_future(self._call(node, batch.items))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, batch.future))
+
+    def _done(self, task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+            future.exception()  # every submitter may have gone: don't warn about it
+        else:
+            future.set_result(task.result())
+
+    def in_flight(self) -> int:
+        """Calls sent and not answered yet (for tests and shutdown)."""
+        return len(self._tasks)

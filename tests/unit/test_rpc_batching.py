@@ -1,0 +1,76 @@
+"""CallBatcher: one call per node and loop turn, each submitter gets its own slice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from garagekv.rpc.batching import CallBatcher
+
+
+class Recorder:
+    def __init__(self, fail_for: set[str] | None = None, answer: bool = True) -> None:
+        self.calls: list[tuple[str, list[bytes]]] = []
+        self.fail_for = fail_for or set()
+        self.answer = answer
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, node: str, items: list[bytes]) -> list[bytes] | None:
+        self.calls.append((node, list(items)))
+        await self.release.wait()
+        if node in self.fail_for:
+            raise RuntimeError(f"{node} is down")
+        return [b"r:" + i for i in items] if self.answer else None
+
+
+async def test_same_turn_submissions_share_one_call_per_node():
+    rec = Recorder()
+    b = CallBatcher(rec)
+    results = await asyncio.gather(
+        b.submit("a", [b"1"]), b.submit("a", [b"2", b"3"]), b.submit("b", [b"4"]), b.submit("a", [b"5"]),
+    )
+    assert sorted(rec.calls) == [("a", [b"1", b"2", b"3", b"5"]), ("b", [b"4"])]
+    assert results == [[b"r:1"], [b"r:2", b"r:3"], [b"r:4"], [b"r:5"]]
+
+
+async def test_later_turns_get_their_own_call():
+    rec = Recorder(answer=False)
+    b = CallBatcher(rec)
+    assert await b.submit("a", [b"1"]) is None
+    assert await b.submit("a", [b"2"]) is None
+    assert rec.calls == [("a", [b"1"]), ("a", [b"2"])]
+
+
+async def test_a_full_batch_is_closed_and_a_new_one_opened():
+    rec = Recorder()
+    b = CallBatcher(rec, max_bytes=4)
+    await asyncio.gather(*(b.submit("a", [b"xx"]) for _ in range(5)))
+    assert [len(items) for _, items in rec.calls] == [2, 2, 1]
+
+
+async def test_a_failed_call_fails_its_submitters_only():
+    rec = Recorder(fail_for={"b"})
+    b = CallBatcher(rec)
+    ok, bad1, bad2 = await asyncio.gather(
+        b.submit("a", [b"1"]), b.submit("b", [b"2"]), b.submit("b", [b"3"]), return_exceptions=True,
+    )
+    assert ok == [b"r:1"]
+    assert isinstance(bad1, RuntimeError) and isinstance(bad2, RuntimeError)
+
+
+async def test_a_cancelled_submitter_leaves_the_shared_call_running():
+    rec = Recorder()
+    rec.release.clear()
+    b = CallBatcher(rec)
+    first = asyncio.ensure_future(b.submit("a", [b"1"]))
+    second = asyncio.ensure_future(b.submit("a", [b"2"]))
+    await asyncio.sleep(0.01)
+    assert b.in_flight() == 1
+    first.cancel()
+    rec.release.set()
+    assert await second == [b"r:2"]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert rec.calls == [("a", [b"1", b"2"])]
