@@ -27,6 +27,7 @@ the top of a trie is above every entry, so per-entry hashing would re-pack it fo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ BATCH = 100
 REBUILD_BATCH = 1000
 #: The worker also looks at its queue this often when nobody wakes it.
 IDLE_WAKEUP = 60.0
+#: Once woken, wait this long so that a burst of writes makes one batch: the top of a trie is
+#: hashed once per batch, however many entries below it changed.
+LINGER = 0.05
 
 _EMPTY, _INTERMEDIATE, _LEAF = 0, 1, 2
 
@@ -290,10 +294,11 @@ class MerkleUpdater:
         return f"{self.table_name} Merkle"
 
     async def work(self) -> WorkerState:
-        return WorkerState.BUSY if await self.process_batch() else WorkerState.IDLE
+        return WorkerState.BUSY if await self.process_batch() >= BATCH else WorkerState.IDLE
 
     async def wait_for_work(self) -> None:
         await self._wake.wait(IDLE_WAKEUP)
+        await asyncio.sleep(LINGER)
 
     def progress(self) -> dict[str, Any]:
         # A rebuild's entries not queued yet count as queued: the work is still ahead.

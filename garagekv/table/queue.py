@@ -8,6 +8,7 @@ change in the meantime (a newer delta merged into it stays queued).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Generic, TypeVar
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 BATCH = 1000
 IDLE_WAKEUP = 10.0
+#: Once woken, wait this long before draining, so that a burst of writes to a partition leaves as
+#: one merged entry instead of one insert per write (counters are eventually consistent anyway).
+LINGER = 0.1
 
 
 class InsertQueue(Generic[E]):
@@ -92,10 +96,11 @@ class InsertQueue(Generic[E]):
         return f"{self.table.schema.name} queue"
 
     async def work(self) -> WorkerState:
-        return WorkerState.BUSY if await self.drain_once() else WorkerState.IDLE
+        return WorkerState.BUSY if await self.drain_once() >= BATCH else WorkerState.IDLE
 
     async def wait_for_work(self) -> None:
         await self._wake.wait(IDLE_WAKEUP)
+        await asyncio.sleep(LINGER)
 
     def progress(self) -> dict[str, Any]:
         return {"done": self.done, "queue": len(self)}
