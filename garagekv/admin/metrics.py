@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -70,6 +71,7 @@ class NodeMetrics:
                                   ["api_endpoint", "error_code"], registry=r)
         self.k2v_duration = Histogram("garagekv_api_k2v_request_duration_seconds", "K2V API request duration",
                                       ["api_endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}  # see observe_k2v
         # admin API (Garage: api_admin_*)
         self.admin_requests = Counter("garagekv_api_admin_requests", "Admin API requests answered",
                                       ["api_endpoint", "status_code"], registry=r)
@@ -102,10 +104,14 @@ class NodeMetrics:
 
     def observe_k2v(self, endpoint: str | None, status: int, error_code: str | None, seconds: float) -> None:
         name = endpoint or "Unknown"
-        self.k2v_requests.labels(name, str(status)).inc()
+        children = self._k2v_children.get((name, status))
+        if children is None:  # labels() costs a lock and a lookup: keep the few children in use
+            children = self._k2v_children[(name, status)] = (
+                self.k2v_requests.labels(name, str(status)), self.k2v_duration.labels(name))
+        children[0].inc()
         if error_code is not None:
             self.k2v_errors.labels(name, error_code).inc()
-        self.k2v_duration.labels(name).observe(seconds)
+        children[1].observe(seconds)
 
     def observe_admin(self, endpoint: str, status: int, seconds: float) -> None:
         self.admin_requests.labels(endpoint, str(status)).inc()

@@ -120,16 +120,21 @@ class TableData(Generic[E]):
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def merge_in(self, tx: WriteTxn, entry: E) -> E | None:
-        """Merge ``entry`` into the stored one; returns the new entry if the bytes changed."""
-        return self.update_in(tx, entry.tree_key(), lambda old: _merged(old, entry))
+    def merge_in(self, tx: WriteTxn, entry: E, raw: bytes | None = None) -> E | None:
+        """Merge ``entry`` into the stored one; returns the new entry if the bytes changed.
 
-    def update_in(self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E]) -> E | None:
+        ``raw``: the canonical bytes ``entry`` was decoded from, stored as they are if there is
+        no entry yet (a replica receiving a new item need not encode it again).
+        """
+        return self.update_in(tx, entry.tree_key(), lambda old: _merged(old, entry), fresh_raw=raw)
+
+    def update_in(self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E],
+                  fresh_raw: bytes | None = None) -> E | None:
         """Read-modify-write one entry inside ``tx``; returns the new entry if it changed."""
         old_raw = tx.get(self.store, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
         new = fn(None if old is None else self.schema.decode(old_raw))
-        new_raw = new.encode()
+        new_raw = fresh_raw if old_raw is None and fresh_raw is not None else new.encode()
         if new_raw == old_raw:
             return None
         tx.put(self.store, tree_key, new_raw)
@@ -163,10 +168,11 @@ class TableData(Generic[E]):
     async def merge(self, entry: E) -> E | None:
         return await self.writer.submit(lambda tx: self.merge_in(tx, entry))
 
-    async def merge_many(self, entries: list[E]) -> None:
+    async def merge_many(self, entries: list[E], raws: list[bytes] | None = None) -> None:
+        """Merge ``entries`` in one transaction (``raws``: their canonical bytes, see merge_in)."""
         def apply(tx: WriteTxn) -> None:
-            for e in entries:
-                self.merge_in(tx, e)
+            for i, e in enumerate(entries):
+                self.merge_in(tx, e, None if raws is None else raws[i])
 
         await self.writer.submit(apply)
 

@@ -255,7 +255,8 @@ class Table(Generic[E]):
             log.debug("table rpc %s", kind,
                       extra={"table": self.schema.name, "op": kind, "from_node": from_node[:8].hex()})
         if kind == "update":
-            await self.data.merge_many([self.schema.decode(bytes(r)) for r in msg[1]])
+            raws = [bytes(r) for r in msg[1]]
+            await self.data.merge_many([self.schema.decode(r) for r in raws], raws)
             return None
         if kind == "get_many":
             return self.data.get_raw_many([bytes(k) for k in msg[1]])

@@ -24,7 +24,7 @@ from garagekv.model.k2v.store import InsertedItem, K2VStore
 from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.quorum import QuorumError, call_one, describe_failure, try_call_many
+from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 
@@ -77,16 +77,18 @@ class K2VService:
         Coordinating here skips the RPC layer and the quorum helper's tasks; only if that fails
         do the other storage nodes get the request, in the usual order.
         """
-        order = self.items.order(nodes)
-        if order[0] == self.node_id:
+        others = nodes
+        if self.node_id in nodes:
+            # No timeout here: giving up waiting would not stop a local write that is queued.
             try:
-                await call_one(lambda _: self._insert_here(bucket_id, items), self.node_id, self.timeout)
+                await self._insert_here(bucket_id, items)
                 return
             except Exception as e:  # noqa: BLE001 - the next storage node may still take it
-                if len(order) == 1:
+                if len(nodes) == 1:
                     raise QuorumError(1, 0, 1, [describe_failure(self.node_id, e)], operation="k2v_insert")
                 log.warning("local K2V insert failed, trying other storage nodes: %s", e)
-                order = order[1:]
+                others = [n for n in nodes if n != self.node_id]
+        order = self.items.order(others)
         wires = [ins.to_wire() for ins in items]
         await try_call_many(lambda n: self._call(n, ["insert", bucket_id, wires], self.timeout),
                             order, 1, timeout=self.timeout, operation="k2v_insert")
