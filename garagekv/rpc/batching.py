@@ -44,16 +44,27 @@ class CallBatcher(Generic[N]):
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def submit(self, node: N, items: list[bytes]) -> list[Any] | None:
+        batch = self._add(node, items)
+        start = len(batch.items) - len(items)
+        result = await asyncio.shield(batch.future)
+        return None if result is None else result[start : start + len(items)]
+
+    def future(self, node: N, items: list[bytes]) -> asyncio.Future[Any]:
+        """Queue ``items``; the shared call's whole answer, as a future nobody may cancel.
+
+        For calls whose answer is not per item (updates): no coroutine, no task.
+        """
+        return self._add(node, items).future
+
+    def _add(self, node: N, items: list[bytes]) -> _Batch:
         batch = self._open.get(node)
         if batch is None or batch.size >= self._max_bytes:
             loop = asyncio.get_running_loop()
             batch = self._open[node] = _Batch(loop.create_future())
             loop.call_soon(self._flush, node, batch)
-        start = len(batch.items)
         batch.items.extend(items)
         batch.size += sum(len(i) for i in items)
-        result = await asyncio.shield(batch.future)
-        return None if result is None else result[start : start + len(items)]
+        return batch
 
     def _flush(self, node: N, batch: _Batch) -> None:
         if self._open.get(node) is batch:

@@ -13,8 +13,9 @@ Every ``QuorumError`` is reported to the callables in ``quorum_failure_hooks`` w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from garagekv.net.errors import RpcTimeout
@@ -194,40 +195,75 @@ async def try_write_many_sets(
     its quorum. Returns the successful results so far, in completion order; the remaining calls
     continue in the background (or are cancelled with ``cancel_rest``).
     """
-    groups = [list(s) for s in sets]
-    members: dict[H, list[int]] = {}
-    for index, group in enumerate(groups):
-        for node in dict.fromkeys(group):
-            members.setdefault(node, []).append(index)
-    total = len(members)
-    if any(len(set(group)) < quorum for group in groups):
-        raise QuorumError(quorum, 0, total, ["a write set has fewer nodes than the quorum"], sets=len(groups),
-                          operation=operation)
-    ok = [0] * len(groups)
-    failed = [0] * len(groups)
-    results: list[T] = []
-    errors: list[str] = []
-    running = {asyncio.ensure_future(call_one(call, node, timeout)): node for node in members}
+    members = _write_set_members(sets, quorum, operation)
+    running = {node: asyncio.ensure_future(call_one(call, node, timeout)) for node in members}
     finished = False
     try:
-        while not all(n >= quorum for n in ok):
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                node = running.pop(task)
-                err = _outcome(task)
-                counts = ok if err is None else failed
-                for index in members[node]:
-                    counts[index] += 1
-                if err is None:
-                    results.append(task.result())
-                else:
-                    errors.append(describe_failure(node, err))
-            if any(failed[i] + quorum > len(set(g)) for i, g in enumerate(groups)):
-                raise QuorumError(quorum, len(results), total, errors, sets=len(groups), operation=operation)
+        results = await wait_write_quorum(running, sets, quorum, operation=operation)
         finished = True
         return results
     except QuorumError:
         finished = True
         raise
     finally:
-        _to_background(running, cancel=cancel_rest or not finished)
+        _to_background([t for t in running.values() if not t.done()], cancel=cancel_rest or not finished)
+
+
+def _write_set_members(sets: Sequence[Sequence[H]], quorum: int, operation: str) -> dict[H, list[int]]:
+    """Node -> indexes of the sets it belongs to; refuses sets that can never reach ``quorum``."""
+    members: dict[H, list[int]] = {}
+    for index, group in enumerate(sets):
+        for node in dict.fromkeys(group):
+            members.setdefault(node, []).append(index)
+    if any(len(set(group)) < quorum for group in sets):
+        raise QuorumError(quorum, 0, len(members), ["a write set has fewer nodes than the quorum"],
+                          sets=len(sets), operation=operation)
+    return members
+
+
+async def wait_write_quorum(
+    calls: Mapping[H, asyncio.Future[T]],
+    sets: Sequence[Sequence[H]],
+    quorum: int,
+    *,
+    operation: str = "write",
+) -> list[T]:
+    """``try_write_many_sets`` for calls already under way, one future per node of the sets.
+
+    Costs one callback per call instead of a task, a timer and a wait loop: the per-write path
+    of a replicated table, where the calls carry their own timeouts. The calls are left alone
+    whatever happens (nothing is cancelled); results come in completion order.
+    """
+    members = _write_set_members(sets, quorum, operation)
+    sizes = [len(set(group)) for group in sets]
+    ok = [0] * len(sets)
+    failed = [0] * len(sets)
+    results: list[T] = []
+    errors: list[str] = []
+    waiter = asyncio.get_running_loop().create_future()
+
+    def settle() -> None:
+        if waiter.done():
+            return
+        if all(n >= quorum for n in ok):
+            waiter.set_result(None)
+        elif any(failed[i] + quorum > size for i, size in enumerate(sizes)):
+            waiter.set_exception(QuorumError(quorum, len(results), len(members), errors, sets=len(sets),
+                                             operation=operation))
+
+    def on_done(node: H, fut: asyncio.Future[T]) -> None:
+        err = _outcome(fut)
+        counts = ok if err is None else failed
+        for index in members[node]:
+            counts[index] += 1
+        if err is None:
+            results.append(fut.result())
+        else:
+            errors.append(describe_failure(node, err))
+        settle()
+
+    for node in members:
+        calls[node].add_done_callback(functools.partial(on_done, node))
+    settle()
+    await waiter
+    return list(results)

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import CallBatcher
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.quorum import try_call_many, try_write_many_sets
+from garagekv.rpc.quorum import try_call_many, wait_write_quorum
 from garagekv.table.data import TableData
 from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.util.errors import BadRequest
@@ -67,15 +67,7 @@ class Table(Generic[E]):
 
     async def insert(self, entry: E) -> None:
         """Returns once every live write set has a write quorum of replicas holding ``entry``."""
-        raw = entry.encode()
-        with self.replication.layout.write_lock():
-            sets = self.replication.write_sets(entry.tree_key()[:32])
-            own: dict[bytes, asyncio.Future] = {}
-            await try_write_many_sets(
-                lambda node: self._send_once(own, node, [raw]), sets, self.replication.write_quorum(),
-                timeout=self.timeout,
-            )
-            await self._own_write(own)
+        await self.insert_many([entry])
 
     async def insert_many(self, entries: list[E], *, stored_here: bool = False) -> None:
         """One ``update`` per node carrying everything it stores; quorum per entry's write sets.
@@ -90,52 +82,41 @@ class Table(Generic[E]):
 
     async def _insert_many(self, entries: list[E], stored_here: bool) -> None:
         per_node: dict[bytes, list[bytes]] = defaultdict(list)
-        set_groups: dict[tuple[tuple[bytes, ...], ...], None] = {}
+        all_sets: dict[tuple[bytes, ...], None] = {}
         for e in entries:
             sets = self.replication.write_sets(e.tree_key()[:32])
-            set_groups[tuple(tuple(s) for s in sets)] = None
             raw = e.encode()
+            for s in sets:
+                all_sets[tuple(s)] = None
             for node in {n for s in sets for n in s}:
                 per_node[node].append(raw)
         quorum = self.replication.write_quorum()
         if stored_here and quorum == 1 and per_node.keys() == {self.node_id}:
             return  # this node is the only replica (a single-node layout): already written
-        sent: dict[bytes, asyncio.Future] = {}
-        if stored_here:
-            sent[self.node_id] = asyncio.get_running_loop().create_future()
-            sent[self.node_id].set_result(None)
-
-        def send(node: bytes) -> Any:
-            # One request per node even when it belongs to several groups of write sets.
-            return self._send_once(sent, node, per_node[node])
-
-        await asyncio.gather(*(
-            try_write_many_sets(send, [list(s) for s in group], quorum, timeout=self.timeout)
-            for group in set_groups
-        ))
-        await self._own_write(sent)
-
-    def _send_once(self, sent: dict[bytes, asyncio.Future], node: bytes, raws: list[bytes]) -> Any:
-        if node not in sent:
-            sent[node] = asyncio.ensure_future(self._update(node, raws))
-        return asyncio.shield(sent[node])
+        calls: dict[bytes, asyncio.Future] = {}
+        for node, raws in per_node.items():
+            if node != self.node_id:
+                calls[node] = self._updates.future(node, raws)
+            elif stored_here:
+                calls[node] = asyncio.get_running_loop().create_future()
+                calls[node].set_result(None)
+            else:
+                calls[node] = asyncio.ensure_future(self._update(node, raws))
+                calls[node].add_done_callback(_retrieve)
+        await wait_write_quorum(calls, list(all_sets), quorum)
+        own = calls.get(self.node_id)
+        if own is not None:
+            # When this node is a replica, answer only once its own copy is written too: the
+            # quorum may be met by others first, and a read served locally right after (full-copy
+            # tables read locally only) must not miss the write just acknowledged here. A local
+            # failure does not fail a write that already has its quorum.
+            await asyncio.wait([own])
 
     async def _update(self, node: bytes, raws: list[bytes]) -> None:
         if node == self.node_id:
             await self._handle(node, ["update", raws])
         else:
             await self._updates.submit(node, raws)
-
-    async def _own_write(self, sent: dict[bytes, asyncio.Future]) -> None:
-        """When this node is a replica, answer only once its own copy is written too.
-
-        The quorum may be met by other replicas first; without this, a read served locally right
-        after (full-copy tables read locally only) could miss the write just acknowledged here.
-        A local failure does not fail a write that already has its quorum.
-        """
-        own = sent.get(self.node_id)
-        if own is not None:
-            await asyncio.wait([own])
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -270,3 +251,9 @@ class Table(Generic[E]):
             )
             return [e.encode() for _, e in rows]
         raise BadRequest(f"unknown table request {kind!r}")
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """Mark a local write's failure as seen: the quorum may not have needed it."""
+    if not fut.cancelled():
+        fut.exception()

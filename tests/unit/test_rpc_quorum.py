@@ -12,6 +12,7 @@ from garagekv.rpc.quorum import (
     request_order,
     try_call_many,
     try_write_many_sets,
+    wait_write_quorum,
 )
 from garagekv.util.errors import ServiceUnavailable
 
@@ -146,6 +147,36 @@ async def test_write_sets_edge_cases():
     fake = Fake()
     assert sorted(await try_write_many_sets(fake, [["a", "b"], ["a", "b"]], 2)) == ["ok-a", "ok-b"]
     assert fake.started == ["a", "b"]
+
+
+async def test_wait_write_quorum_on_running_calls_leaves_stragglers_alone():
+    fake = Fake(delays={"a": 0.01, "b": 0.3, "c": 0.02})
+    calls = {n: asyncio.ensure_future(fake(n)) for n in "abc"}
+    assert sorted(await wait_write_quorum(calls, [["a", "b", "c"]], 2)) == ["ok-a", "ok-c"]
+    assert not calls["b"].done() and not calls["b"].cancelled()
+    assert await calls["b"] == "ok-b"
+
+
+async def test_wait_write_quorum_fails_as_soon_as_a_set_cannot_make_it():
+    fake = Fake(fail={"d", "e"}, delays={"a": 1, "b": 1})
+    calls = {n: asyncio.ensure_future(fake(n)) for n in "abcde"}
+    with pytest.raises(QuorumError) as err:
+        await wait_write_quorum(calls, [["a", "b", "c"], ["c", "d", "e"]], 2)
+    assert "(sets=2)" in str(err.value) and "e: e is down" in str(err.value)
+    assert not calls["a"].done()
+    for t in calls.values():
+        t.cancel()
+    await asyncio.gather(*calls.values(), return_exceptions=True)
+
+
+async def test_wait_write_quorum_counts_calls_already_finished():
+    done = asyncio.get_running_loop().create_future()
+    done.set_result("here")
+    failed = asyncio.get_running_loop().create_future()
+    failed.set_exception(ServiceUnavailable("down"))
+    assert await wait_write_quorum({"a": done, "b": failed}, [["a", "b"]], 1) == ["here"]
+    with pytest.raises(QuorumError, match="fewer nodes"):
+        await wait_write_quorum({"a": done}, [["a"]], 2)
 
 
 def test_request_order():
