@@ -56,6 +56,26 @@ class CallBatcher(Generic[N]):
         """
         return self._add(node, items).future
 
+    def item_future(self, node: N, item: bytes) -> asyncio.Future[Any]:
+        """Queue one item; a future of its own result (cancelling it leaves the call alone)."""
+        batch = self._add(node, [item])
+        index = len(batch.items) - 1
+        mine = batch.future.get_loop().create_future()
+
+        def pick(shared: asyncio.Future[Any]) -> None:
+            if mine.done():
+                return
+            if shared.cancelled():
+                mine.cancel()
+            elif shared.exception() is not None:
+                mine.set_exception(shared.exception())
+                mine.exception()  # the reader may have its quorum already and never look
+            else:
+                mine.set_result(shared.result()[index])
+
+        batch.future.add_done_callback(pick)
+        return mine
+
     def _add(self, node: N, items: list[bytes]) -> _Batch:
         batch = self._open.get(node)
         if batch is None or batch.size >= self._max_bytes:

@@ -216,7 +216,7 @@ def _write_set_members(sets: Sequence[Sequence[H]], quorum: int, operation: str)
         for node in dict.fromkeys(group):
             members.setdefault(node, []).append(index)
     if any(len(set(group)) < quorum for group in sets):
-        raise QuorumError(quorum, 0, len(members), ["a write set has fewer nodes than the quorum"],
+        raise QuorumError(quorum, 0, len(members), ["a node set has fewer nodes than the quorum"],
                           sets=len(sets), operation=operation)
     return members
 
@@ -234,6 +234,17 @@ async def wait_write_quorum(
     of a replicated table, where the calls carry their own timeouts. The calls are left alone
     whatever happens (nothing is cancelled); results come in completion order.
     """
+    return await _await_quorum(calls, sets, quorum, operation, len(sets))
+
+
+async def wait_read_quorum(calls: Mapping[H, asyncio.Future[T]], quorum: int, *, operation: str = "read") -> list[T]:
+    """At least ``quorum`` successful results of calls already under way (all of them started
+    at once, like ``try_call_many(send_all_at_once=True)``), without a task or timer per call."""
+    return await _await_quorum(calls, [list(calls)], quorum, operation, None)
+
+
+async def _await_quorum(calls: Mapping[H, asyncio.Future[T]], sets: Sequence[Sequence[H]], quorum: int,
+                        operation: str, sets_in_error: int | None) -> list[T]:
     members = _write_set_members(sets, quorum, operation)
     sizes = [len(set(group)) for group in sets]
     ok = [0] * len(sets)
@@ -248,7 +259,7 @@ async def wait_write_quorum(
         if all(n >= quorum for n in ok):
             waiter.set_result(None)
         elif any(failed[i] + quorum > size for i, size in enumerate(sizes)):
-            waiter.set_exception(QuorumError(quorum, len(results), len(members), errors, sets=len(sets),
+            waiter.set_exception(QuorumError(quorum, len(results), len(members), errors, sets=sets_in_error,
                                              operation=operation))
 
     def on_done(node: H, fut: asyncio.Future[T]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import CallBatcher
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.quorum import try_call_many, wait_write_quorum
+from garagekv.rpc.quorum import try_call_many, wait_read_quorum, wait_write_quorum
 from garagekv.table.data import TableData
 from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.util.errors import BadRequest
@@ -126,10 +126,15 @@ class Table(Generic[E]):
         if nodes == [self.node_id]:
             return self.data.get(tree_key)
         # Ask every read node at once and keep the first quorum: a hung replica costs nothing.
-        answers = await try_call_many(
-            lambda node: self._get_from(node, tree_key), self.order(nodes), self.replication.read_quorum(),
-            send_all_at_once=True, timeout=self.timeout,
-        )
+        calls: dict[bytes, asyncio.Future] = {}
+        for node in nodes:
+            if node == self.node_id:
+                calls[node] = asyncio.get_running_loop().create_future()
+                calls[node].set_result(self.data.get_raw(tree_key))
+            else:
+                calls[node] = self._gets.item_future(node, tree_key)
+        answers = [None if raw is None else bytes(raw)
+                   for raw in await wait_read_quorum(calls, self.replication.read_quorum())]
         merged = None
         for raw in answers:
             if raw is None:
@@ -205,12 +210,6 @@ class Table(Generic[E]):
             return sorted(nodes, key=lambda n: n != self.node_id)
         p = self.peers
         return sorted(nodes, key=lambda n: (n != self.node_id, not p.is_up(n), p.rtt_of(n) or 10.0))
-
-    async def _get_from(self, node: bytes, tree_key: bytes) -> bytes | None:
-        if node == self.node_id:
-            return self.data.get_raw(tree_key)
-        (raw,) = await self._gets.submit(node, [tree_key])
-        return None if raw is None else bytes(raw)
 
     def _repair(self, nodes: list[bytes], raws: list[bytes]) -> None:
         async def repair() -> None:

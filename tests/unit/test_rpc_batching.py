@@ -74,3 +74,21 @@ async def test_a_cancelled_submitter_leaves_the_shared_call_running():
     with pytest.raises(asyncio.CancelledError):
         await first
     assert rec.calls == [("a", [b"1", b"2"])]
+
+
+async def test_item_futures_get_their_own_answer_and_share_the_call():
+    rec = Recorder()
+    b = CallBatcher(rec)
+    f1, f2 = b.item_future("a", b"1"), b.item_future("a", b"2")
+    assert await f2 == b"r:2" and await f1 == b"r:1"
+    assert rec.calls == [("a", [b"1", b"2"])]
+
+
+async def test_item_futures_fail_together_and_can_be_dropped():
+    rec = Recorder(fail_for={"a"})
+    b = CallBatcher(rec)
+    kept, dropped = b.item_future("a", b"1"), b.item_future("a", b"2")
+    with pytest.raises(RuntimeError, match="a is down"):
+        await kept
+    await asyncio.sleep(0)
+    assert dropped.done()  # failed too, already marked as seen: no warning when nobody awaits it

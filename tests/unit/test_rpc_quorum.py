@@ -12,6 +12,7 @@ from garagekv.rpc.quorum import (
     request_order,
     try_call_many,
     try_write_many_sets,
+    wait_read_quorum,
     wait_write_quorum,
 )
 from garagekv.util.errors import ServiceUnavailable
@@ -186,3 +187,17 @@ def test_request_order():
     assert order == ["me", "y", "x", "w", "z"]
     # Without a zone for ourselves, RTT alone decides after ourselves.
     assert request_order(["x", "y", "me"], "me", lambda n: None, rtts.get) == ["me", "x", "y"]
+
+
+async def test_wait_read_quorum_returns_at_quorum_and_fails_when_out_of_reach():
+    fake = Fake(delays={"a": 0.01, "b": 0.5, "c": 0.02})
+    calls = {n: asyncio.ensure_future(fake(n)) for n in "abc"}
+    assert sorted(await wait_read_quorum(calls, 2)) == ["ok-a", "ok-c"]
+    calls["b"].cancel()
+    fake = Fake(fail={"b", "c"}, delays={"a": 1})
+    calls = {n: asyncio.ensure_future(fake(n)) for n in "abc"}
+    with pytest.raises(QuorumError) as err:
+        await wait_read_quorum(calls, 2)
+    assert err.value.operation == "read" and "sets=" not in str(err.value)
+    calls["a"].cancel()
+    await asyncio.gather(*calls.values(), return_exceptions=True)
