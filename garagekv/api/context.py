@@ -8,6 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+try:
+    import orjson
+except ImportError:  # optional: the standard library encodes the same JSON, only slower
+    orjson = None
+
 from garagekv.api.endpoint import Endpoint
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.rpc import K2VService
@@ -81,8 +86,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def encode_json(data: Any) -> bytes:
+    """Compact UTF-8 JSON: orjson when installed (it makes big ReadBatch answers several times
+    cheaper), the standard library for what orjson refuses (strings with lone surrogates)."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(data)
+        except TypeError:
+            pass
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    body = encode_json(data)
     h = {"Content-Type": JSON_TYPE}
     if headers:
         h.update(headers)

@@ -86,7 +86,7 @@ def b64_value(v: str) -> bytes:
 
 
 def values_json(item: K2VItem) -> list[str | None]:
-    return [None if v is None else base64.b64encode(v).decode() for v in item.values()]
+    return [None if v is None else binascii.b2a_base64(v, newline=False).decode() for v in item.values()]
 
 
 def item_json(item: K2VItem) -> dict[str, Any]:

@@ -93,7 +93,28 @@ class TableData(Generic[E]):
         (excluded). ``skip_start`` excludes ``start`` itself (to continue after a page).
         ``limit`` counts only entries that pass ``filt``. Blocking: run big scans in a thread.
         """
-        out: list[tuple[bytes, E]] = []
+        return [(sk, entry) for sk, _, entry in self._scan(partition, start, prefix, end, reverse, limit, filt,
+                                                           skip_start, decode=True)]
+
+    def scan_raw(
+        self,
+        partition: bytes,
+        start: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        end: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        filt: Any = None,
+        skip_start: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """``scan`` as (sort key, stored bytes), decoding only to apply ``filt`` (replica answers)."""
+        return [(sk, raw) for sk, raw, _ in self._scan(partition, start, prefix, end, reverse, limit, filt,
+                                                       skip_start, decode=filt is not None)]
+
+    def _scan(self, partition: bytes, start: bytes, prefix: bytes, end: bytes | None, reverse: bool,
+              limit: int | None, filt: Any, skip_start: bool, decode: bool) -> list[tuple[bytes, bytes, Any]]:
+        out: list[tuple[bytes, bytes, Any]] = []
         with self.db.read() as txn:
             for key, raw in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
                 sk = key[len(partition) :]
@@ -105,10 +126,10 @@ class TableData(Generic[E]):
                     break
                 if end is not None and (sk <= end if reverse else sk >= end):
                     break
-                entry = self.schema.decode(raw)
+                entry = self.schema.decode(raw) if decode else None
                 if filt is not None and not self.schema.matches_filter(entry, filt):
                     continue
-                out.append((sk, entry))
+                out.append((sk, raw, entry))
                 if limit is not None and len(out) >= limit:
                     break
         return out

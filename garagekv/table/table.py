@@ -176,28 +176,29 @@ class Table(Generic[E]):
         msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
         answers = await try_call_many(lambda node: self._call(node, msg), self.order(nodes),
                                       self.replication.read_quorum(), send_all_at_once=True, timeout=self.timeout)
-        merged: dict[bytes, E] = {}
-        raws: dict[bytes, list[bytes]] = defaultdict(list)
+        # Replicas answer (sort key, stored bytes): where every answer holds the same bytes (the
+        # usual case) one decode is enough; only keys that differ are merged and repaired.
+        by_key: dict[bytes, list[bytes]] = defaultdict(list)
         for answer in answers:
-            for raw in answer:
-                e = self.schema.decode(raw)
-                sk = e.tree_key()[32:]
-                raws[sk].append(raw)
-                if sk in merged:
-                    merged[sk].merge(e)
-                else:
-                    merged[sk] = e
-        keys = sorted(merged, reverse=reverse)
+            for sk, raw in answer:
+                by_key[bytes(sk)].append(bytes(raw))
+        keys = sorted(by_key, reverse=reverse)
         if limit is not None:
             keys = keys[:limit]
+        out: list[tuple[bytes, E]] = []
         to_repair = []
         for sk in keys:
-            final = merged[sk].encode()
-            if len(raws[sk]) < len(answers) or any(r != final for r in raws[sk]):
-                to_repair.append(final)
+            raws = by_key[sk]
+            entry = self.schema.decode(raws[0])
+            if len(raws) < len(answers) or any(r != raws[0] for r in raws):
+                for r in raws[1:]:
+                    entry.merge(self.schema.decode(r))
+                final = entry.encode()
+                if len(raws) < len(answers) or any(r != final for r in raws):
+                    to_repair.append(final)
+            out.append((sk, entry))
         if to_repair:
             self._repair(nodes, to_repair)
-        out = [(sk, merged[sk]) for sk in keys]
         if filt is not None:  # a merge can change whether an entry passes the filter
             out = [(sk, e) for sk, e in out if self.schema.matches_filter(e, filt)]
         return out
@@ -244,11 +245,11 @@ class Table(Generic[E]):
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None
             rows = await asyncio.to_thread(
-                self.data.scan, bytes(partition), bytes(start), prefix=bytes(prefix),
+                self.data.scan_raw, bytes(partition), bytes(start), prefix=bytes(prefix),
                 end=None if end is None else bytes(end), reverse=bool(reverse), limit=limit, filt=filt,
                 skip_start=bool(skip_start),
             )
-            return [e.encode() for _, e in rows]
+            return [[sk, raw] for sk, raw in rows]
         raise BadRequest(f"unknown table request {kind!r}")
 
 

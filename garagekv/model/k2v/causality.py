@@ -9,6 +9,7 @@ without percent-encoding it (a ``+`` would come back as a space).
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import struct
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ U64_MAX = 2**64 - 1
 
 # Only the URL-safe alphabet, no padding, no whitespace: anything else is not a token we issued.
 _URLSAFE_RE = re.compile(r"[A-Za-z0-9_-]*")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def vclock_gt(a: Mapping[int, int], b: Mapping[int, int]) -> bool:
@@ -66,14 +68,14 @@ class CausalContext:
     def serialize(self) -> str:
         """The token text: URL-safe base64 without padding (never contains ``+``, ``/`` or ``=``)."""
         checksum = 0
-        body = bytearray()
-        for node, time in self.items():
+        flat: list[int] = []
+        for node, time in sorted(self.vclock.items()):
             if not (is_u64(node) and is_u64(time)):
                 raise ValueError(f"clock entry {node!r}: {time!r} is not a pair of u64")
             checksum ^= node ^ time
-            body += struct.pack(">QQ", node, time)
-        raw = struct.pack(">Q", checksum) + bytes(body)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+            flat += (node, time)
+        raw = struct.pack(f">{len(flat) + 1}Q", checksum, *flat)
+        return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
     @classmethod
     def parse(cls, s: str) -> CausalContext:

@@ -152,7 +152,8 @@ class K2VItem:
 
     def causal_context(self) -> CausalContext:
         """The item's token: per node, the latest time seen (discard times included)."""
-        return CausalContext({n: e.max_time() for n, e in self.items.items()})
+        return CausalContext({n: max(e.t_discard, e.values[-1][0]) if e.values else e.t_discard
+                              for n, e in self.items.items()})
 
     def values(self) -> list[Value]:
         """Current values in node order then ts order, deduplicated by content.
@@ -171,7 +172,11 @@ class K2VItem:
 
     def is_tombstone(self) -> bool:
         """All values are tombstones (vacuously true with none): hidden by ``tombstones=false``."""
-        return all(v is None for e in self.items.values() for _, v in e.values)
+        for e in self.items.values():  # a plain loop: this runs for every item a range scan sees
+            for _, v in e.values:
+                if v is not None:
+                    return False
+        return True
 
     def counts(self) -> dict[str, int]:
         """This item's contribution to the partition's index counters (ReadIndex).
