@@ -84,7 +84,9 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.put(_Job(fn, fut, loop))
-        return await asyncio.shield(fut)
+        # A cancelled caller cancels ``fut`` only: the job still runs and commits (``_resolve``
+        # then finds the future cancelled and drops the result).
+        return await fut
 
     def run_sync(self, fn: Callable[[WriteTxn], R]) -> R:
         """Run ``fn`` in its own committed transaction from a non-async context (startup, tools)."""
