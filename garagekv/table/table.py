@@ -170,8 +170,8 @@ class Table(Generic[E]):
         """
         nodes = self.replication.read_nodes(partition)
         if nodes == [self.node_id]:
-            return await asyncio.to_thread(self.data.scan, partition, start, prefix=prefix, end=end,
-                                           reverse=reverse, limit=limit, filt=filt, skip_start=skip_start)
+            return await self.data.scan_async(partition, start, prefix=prefix, end=end, reverse=reverse,
+                                              limit=limit, filt=filt, skip_start=skip_start)
         fw = self.schema.filter_to_wire(filt) if filt is not None else None
         msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
         answers = await try_call_many(lambda node: self._call(node, msg), self.order(nodes),
@@ -244,8 +244,8 @@ class Table(Generic[E]):
         if kind == "range":
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None
-            rows = await asyncio.to_thread(
-                self.data.scan_raw, bytes(partition), bytes(start), prefix=bytes(prefix),
+            rows = await self.data.scan_async(
+                bytes(partition), bytes(start), raw=True, prefix=bytes(prefix),
                 end=None if end is None else bytes(end), reverse=bool(reverse), limit=limit, filt=filt,
                 skip_start=bool(skip_start),
             )

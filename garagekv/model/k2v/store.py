@@ -102,7 +102,7 @@ class K2VStore:
 
     async def _local_range(self, ph: bytes, q: RangeQuery) -> list[K2VItem]:
         async def fetch(start: bytes, **kw: Any) -> list:
-            return await asyncio.to_thread(self.item_data.scan, ph, start, **kw)
+            return await self.item_data.scan_async(ph, start, **kw)
 
         page = await read_range(fetch, q, ItemFilter())
         return [e for _, e in page.entries]
