@@ -32,7 +32,7 @@ import secrets
 import signal
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -513,12 +513,7 @@ async def _prefill_k2v(cfg: BenchConfig, log: Callable[[str], None] = lambda s: 
                 next_log = now
                 log(f"prefill: {done:,}/{cfg.keys:,} items ({done / (now - t0):,.0f} items/s)")
 
-    try:
-        await asyncio.gather(*(run(c) for c in conns))
-    finally:
-        for c in conns:
-            if c.http is not None:
-                c.http.close()
+    await _run_on_all(conns, run)
 
 
 async def _prefill_etcd(cfg: BenchConfig) -> None:
@@ -534,12 +529,7 @@ async def _prefill_etcd(cfg: BenchConfig) -> None:
             if isinstance(r, str) or r.status != 200:
                 raise BenchError(f"prefill: put failed: {_describe(r)}")
 
-    try:
-        await asyncio.gather(*(run(c) for c in conns))
-    finally:
-        for c in conns:
-            if c.http is not None:
-                c.http.close()
+    await _run_on_all(conns, run)
 
 
 async def _write_hot_items(cfg: BenchConfig) -> None:
@@ -556,6 +546,16 @@ async def _write_hot_items(cfg: BenchConfig) -> None:
     finally:
         if c.http is not None:
             c.http.close()
+
+
+async def _run_on_all(conns: list[_Conn], run: Callable[[_Conn], Awaitable[None]]) -> None:
+    """``run`` on every connection at once; the connections are closed whatever happens."""
+    try:
+        await asyncio.gather(*(run(c) for c in conns))
+    finally:
+        for c in conns:
+            if c.http is not None:
+                c.http.close()
 
 
 def _describe(r: Response | str) -> str:
