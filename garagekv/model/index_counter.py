@@ -17,6 +17,7 @@ from garagekv.model.k2v.causality import is_u64
 from garagekv.util import codec
 
 COUNTER_NAMES = ("entries", "conflicts", "values", "bytes")
+_NAME_SET = frozenset(COUNTER_NAMES)
 COUNTER_FORMAT_VERSION = 1
 
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
@@ -30,7 +31,9 @@ def counts_diff(old: Mapping[str, int] | None, new: Mapping[str, int] | None) ->
     """``new - old`` per counter name (missing = 0), keeping only the names that changed."""
     old = old or {}
     new = new or {}
-    names = list(COUNTER_NAMES) + sorted((set(old) | set(new)) - set(COUNTER_NAMES))
+    names: Iterable[str] = COUNTER_NAMES
+    if not (_NAME_SET.issuperset(old) and _NAME_SET.issuperset(new)):
+        names = list(COUNTER_NAMES) + sorted((set(old) | set(new)) - _NAME_SET)
     diff = {n: new.get(n, 0) - old.get(n, 0) for n in names}
     return {n: d for n, d in diff.items() if d != 0}
 

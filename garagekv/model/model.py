@@ -47,7 +47,7 @@ class Model:
         self.counter_queue = InsertQueue(db, writer, self.counters)
         self.subs = SubscriptionManager()
         node = node_number(system.node_id)
-        item_schema = ItemSchema(node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.queue_in)
+        item_schema = ItemSchema(node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.replace_in)
         self.items = table(item_schema, sharded)
         self.store = K2VStore(db, writer, node, self.items.data, self.subs)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)

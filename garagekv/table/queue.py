@@ -49,6 +49,15 @@ class InsertQueue(Generic[E]):
         tx.put(self.tree, key, entry.encode())
         tx.on_commit(self.notify)
 
+    def replace_in(self, tx: WriteTxn, entry: E) -> None:
+        """``queue_in`` for an entry known to supersede whatever is queued under its key.
+
+        A node's own index counters are such entries (each carries all of the node's registers
+        with timestamps that only grow), so the queued one need not be decoded and merged.
+        """
+        tx.put(self.tree, entry.tree_key(), entry.encode())
+        tx.on_commit(self.notify)
+
     def notify(self) -> None:
         self._wake.notify()
 

@@ -72,6 +72,20 @@ async def test_counters_follow_items_in_the_same_transaction(opened):
     assert await s.bucket_is_empty(BUCKET)
 
 
+async def test_counter_queue_holds_the_latest_entry_per_partition(opened):
+    s = opened.store
+    for i in range(3):
+        await put(s, f"k{i}", b"v" * (i + 1))
+    q = opened.model.counter_queue
+    assert len(q) == 1  # three writes, one queued entry: each supersedes the previous one
+    ((_, raw),) = q._peek()
+    entry = opened.model.counters.schema.decode(raw)
+    # only counters that ever changed are present (no conflicts here)
+    assert {n: regs[NODE][1] for n, regs in entry.values.items()} == {"entries": 3, "values": 3, "bytes": 6}
+    await q.flush()
+    assert len(q) == 0
+
+
 async def test_poll_item_wakes_on_commit_and_times_out(opened):
     s = opened.store
     first = await put(s, "k", b"1")
