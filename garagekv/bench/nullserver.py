@@ -15,7 +15,7 @@ import signal
 import socket
 from multiprocessing.connection import Connection
 
-from garagekv.bench.loop import new_runner
+from garagekv.util.loop import new_runner
 
 _TOKEN = "AAAAAAAAAAA"  # the empty causal context: a valid token
 

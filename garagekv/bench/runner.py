@@ -38,9 +38,9 @@ from typing import Any
 
 from garagekv.bench.hist import Histogram
 from garagekv.bench.http import HttpConnection, ParseError, Response, connect, parse_endpoint
-from garagekv.bench.loop import loop_name, new_runner
 from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds, user_processes_cpu
 from garagekv.bench.workload import EtcdTarget, K2VTarget, KeySpace, make_target, sha256_hex
+from garagekv.util.loop import loop_name, new_runner
 from garagekv.util.sigv4 import SigningKeyCache
 
 MIXES: dict[str, tuple[str, ...]] = {

@@ -10,6 +10,7 @@ from garagekv.cli import bench, cluster, dev, k2v, meta, ops
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
+from garagekv.util.loop import new_runner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,13 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logging(config.log_level, config.log_format, secrets=(
                 config.rpc_secret, config.admin.admin_token, config.admin.metrics_token))
-            try:
-                import uvloop  # type: ignore[import-not-found]
-
-                uvloop.install()
-            except ImportError:
-                pass
-            asyncio.run(run_node(config))
+            with new_runner() as runner:
+                runner.run(run_node(config))
             return 0
         if args.command in ("status", "node", "layout"):
             return asyncio.run(cluster.run(args, config))

@@ -19,7 +19,7 @@ from garagekv.util.codec import blake2sum
 E = TypeVar("E")
 
 #: Range pages up to this many entries are read on the event loop (see ``scan_async``).
-INLINE_SCAN_LIMIT = 256
+INLINE_SCAN_LIMIT = 128
 #: Decoded entries ``get_shared`` keeps (the cache is simply emptied when full).
 SHARED_CACHE_ENTRIES = 4096
 

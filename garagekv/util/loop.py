@@ -1,4 +1,4 @@
-"""The event loop the load generator and the null server run on: uvloop when installed."""
+"""The event loop the node, the load generator and the null server run on: uvloop when installed."""
 
 from __future__ import annotations
 
