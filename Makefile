@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/garagekv dev
 
 test: $(STAMP)
-	$(BIN)/ruff check garagekv tests
+	$(BIN)/ruff check garagekv tests scripts
 	$(BIN)/python -m pytest
 	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
 
@@ -30,8 +30,8 @@ test-cluster: $(STAMP)
 	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check garagekv tests
-	$(BIN)/ruff format --check garagekv tests
+	$(BIN)/ruff check garagekv tests scripts
+	$(BIN)/ruff format --check garagekv tests scripts
 
 # Benchmarks (not part of `make test`): durations etc. via BENCH_* variables, see scripts/bench.py.
 bench: $(STAMP)
