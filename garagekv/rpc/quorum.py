@@ -1,10 +1,11 @@
 """Quorum helpers: turn "call these replicas" into "done once enough of them answered".
 
-Reads use ``try_call_many`` (ask the best ``quorum`` nodes, fall back to the next on error);
-writes use ``try_write_many_sets`` (during a layout change a write must reach a quorum in the
-write set of *every* live layout version). Both return as soon as the quorum is met and leave the
-remaining calls running in the background, so a slow replica never slows the client down but
-still receives the data.
+``try_call_many`` asks the best ``quorum`` nodes and falls back to the next on error (K2V
+inserts, polls, range reads). ``wait_write_quorum`` and ``wait_read_quorum`` wait on calls
+already under way, one per node (a replicated table's writes and single-key reads): during a
+layout change a write must reach a quorum in the write set of *every* live layout version. All
+return as soon as the quorum is met and leave the remaining calls running, so a slow replica
+never slows the client down but still receives the data.
 
 Every ``QuorumError`` is reported to the callables in ``quorum_failure_hooks`` when it is made
 (the node registers its metrics there; this layer knows nothing of metrics).
@@ -40,8 +41,8 @@ quorum_failure_hooks: list[Callable[[QuorumError], None]] = []
 class QuorumError(ServiceUnavailable):
     """Too many nodes failed for the quorum to be reachable.
 
-    ``operation`` names what failed, for metrics: ``read`` (``try_call_many``) or ``write``
-    (``try_write_many_sets``) unless the caller says better.
+    ``operation`` names what failed, for metrics: ``read`` or ``write`` (when ``sets`` is given)
+    unless the caller says better.
     """
 
     def __init__(self, quorum: int, successes: int, total: int, errors: list[str], sets: int | None = None,
@@ -180,36 +181,7 @@ async def try_call_many(
         _to_background(running, cancel=cancel_rest or not finished)
 
 
-async def try_write_many_sets(
-    call: Callable[[H], Awaitable[T]],
-    sets: Sequence[Sequence[H]],
-    quorum: int,
-    *,
-    timeout: float | None = None,
-    cancel_rest: bool = False,
-    operation: str = "write",
-) -> list[T]:
-    """Call every node of every set once, at once; return when each set has ``quorum`` successes.
-
-    A node in several sets counts for each of them. Fails as soon as one set can no longer reach
-    its quorum. Returns the successful results so far, in completion order; the remaining calls
-    continue in the background (or are cancelled with ``cancel_rest``).
-    """
-    members = _write_set_members(sets, quorum, operation)
-    running = {node: asyncio.ensure_future(call_one(call, node, timeout)) for node in members}
-    finished = False
-    try:
-        results = await wait_write_quorum(running, sets, quorum, operation=operation)
-        finished = True
-        return results
-    except QuorumError:
-        finished = True
-        raise
-    finally:
-        _to_background([t for t in running.values() if not t.done()], cancel=cancel_rest or not finished)
-
-
-def _write_set_members(sets: Sequence[Sequence[H]], quorum: int, operation: str) -> dict[H, list[int]]:
+def _set_members(sets: Sequence[Sequence[H]], quorum: int, operation: str) -> dict[H, list[int]]:
     """Node -> indexes of the sets it belongs to; refuses sets that can never reach ``quorum``."""
     members: dict[H, list[int]] = {}
     for index, group in enumerate(sets):
@@ -228,11 +200,12 @@ async def wait_write_quorum(
     *,
     operation: str = "write",
 ) -> list[T]:
-    """``try_write_many_sets`` for calls already under way, one future per node of the sets.
+    """Return once every set has ``quorum`` successes among ``calls`` (one per node, under way).
 
-    Costs one callback per call instead of a task, a timer and a wait loop: the per-write path
-    of a replicated table, where the calls carry their own timeouts. The calls are left alone
-    whatever happens (nothing is cancelled); results come in completion order.
+    A node in several sets counts for each of them (during a layout change a write must reach a
+    quorum in the set of every live version). Fails as soon as one set can no longer make it.
+    One callback per call, no task or timer: the calls carry their own timeouts and are left
+    alone whatever happens. Results come in completion order.
     """
     return await _await_quorum(calls, sets, quorum, operation, len(sets))
 
@@ -245,7 +218,7 @@ async def wait_read_quorum(calls: Mapping[H, asyncio.Future[T]], quorum: int, *,
 
 async def _await_quorum(calls: Mapping[H, asyncio.Future[T]], sets: Sequence[Sequence[H]], quorum: int,
                         operation: str, sets_in_error: int | None) -> list[T]:
-    members = _write_set_members(sets, quorum, operation)
+    members = _set_members(sets, quorum, operation)
     sizes = [len(set(group)) for group in sets]
     ok = [0] * len(sets)
     failed = [0] * len(sets)

@@ -19,7 +19,7 @@ from garagekv.net.identity import NodeKey, short_id
 from garagekv.net.netapp import NetApp
 from garagekv.rpc import quorum
 from garagekv.rpc.endpoint import EndpointRegistry
-from garagekv.rpc.quorum import QuorumError, try_call_many, try_write_many_sets
+from garagekv.rpc.quorum import QuorumError, try_call_many, wait_write_quorum
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 from garagekv.util.log import RedactingFilter, bind_request_id, current_request_id, request_id_var
 
@@ -174,8 +174,9 @@ async def test_every_quorum_error_reaches_the_hooks(quorum_events):
 
     with pytest.raises(QuorumError):
         await try_call_many(down, ["a", "b", "c"], 2)
+    calls = {n: asyncio.ensure_future(down(n)) for n in "abc"}
     with pytest.raises(QuorumError):
-        await try_write_many_sets(down, [["a", "b", "c"]], 2)
+        await wait_write_quorum(calls, [["a", "b", "c"]], 2)
     with pytest.raises(QuorumError):
         await try_call_many(down, ["a"], 2, operation="k2v_insert")
     QuorumError(2, 0, 3, [], operation="poll")
