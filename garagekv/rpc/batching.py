@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 
 N = TypeVar("N", bound=Hashable)
 
-#: A batch is sent early once its items reach this many bytes (frames have a size limit).
+#: Items of a batch stay under this many bytes (frames have a size limit); one bigger
+#: submission travels alone.
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -77,13 +78,16 @@ class CallBatcher(Generic[N]):
         return mine
 
     def _add(self, node: N, items: list[bytes]) -> _Batch:
+        size = sum(len(i) for i in items)
         batch = self._open.get(node)
-        if batch is None or batch.size >= self._max_bytes:
+        if batch is None or (batch.items and batch.size + size > self._max_bytes):
+            # A submission never shares a call that would grow past the limit: alone, it is no
+            # bigger than it would have been without batching.
             loop = asyncio.get_running_loop()
             batch = self._open[node] = _Batch(loop.create_future())
             loop.call_soon(self._flush, node, batch)
         batch.items.extend(items)
-        batch.size += sum(len(i) for i in items)
+        batch.size += size
         return batch
 
     def _flush(self, node: N, batch: _Batch) -> None:

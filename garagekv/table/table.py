@@ -26,6 +26,8 @@ E = TypeVar("E")
 
 EMPTY_PARTITION = b"\x00" * 32
 RANGE_PAGE = 1000
+#: Bytes of entries a ``get_many`` answer carries before it leaves the rest out (see _get_future).
+GET_MANY_BUDGET = 4 * 1024 * 1024
 
 
 class PeerView(Protocol):
@@ -132,9 +134,8 @@ class Table(Generic[E]):
                 calls[node] = asyncio.get_running_loop().create_future()
                 calls[node].set_result(self.data.get_raw(tree_key))
             else:
-                calls[node] = self._gets.item_future(node, tree_key)
-        answers = [None if raw is None else bytes(raw)
-                   for raw in await wait_read_quorum(calls, self.replication.read_quorum())]
+                calls[node] = self._get_future(node, tree_key)
+        answers = await wait_read_quorum(calls, self.replication.read_quorum())
         merged = None
         for raw in answers:
             if raw is None:
@@ -149,6 +150,35 @@ class Table(Generic[E]):
             if any(raw != final for raw in answers):
                 self._repair(nodes, [final])
         return merged
+
+    def _get_future(self, node: bytes, tree_key: bytes) -> asyncio.Future:
+        """The raw entry at ``node`` through the batched ``get_many``.
+
+        A replica leaves out (answers ``False`` for) entries past ``GET_MANY_BUDGET`` bytes of
+        answer, so that big entries read together never exceed the frame limit; those are asked
+        again on their own.
+        """
+        loop = asyncio.get_running_loop()
+        out = loop.create_future()
+
+        def settle(f: asyncio.Future, alone: bool) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+            elif f.exception() is not None:
+                out.set_exception(f.exception())
+                out.exception()  # the reader may have its quorum already and never look
+            else:
+                raw = f.result()[0] if alone else f.result()
+                if raw is False and not alone:
+                    again = asyncio.ensure_future(self._call(node, ["get_many", [tree_key]]))
+                    again.add_done_callback(lambda g: settle(g, True))
+                else:
+                    out.set_result(None if raw is None or raw is False else bytes(raw))
+
+        self._gets.item_future(node, tree_key).add_done_callback(lambda f: settle(f, False))
+        return out
 
     async def get_shared(self, tree_key: bytes) -> E | None:
         """``get``, through the local decoded-entry cache when this node alone answers reads.
@@ -240,7 +270,12 @@ class Table(Generic[E]):
             await self.data.merge_many([self.schema.decode(r) for r in raws], raws)
             return None
         if kind == "get_many":
-            return self.data.get_raw_many([bytes(k) for k in msg[1]])
+            out: list[bytes | None | bool] = []
+            size = 0
+            for raw in self.data.get_raw_many([bytes(k) for k in msg[1]]):
+                size += 0 if raw is None else len(raw)
+                out.append(False if out and size > GET_MANY_BUDGET else raw)  # the first always fits
+            return out
         if kind == "range":
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None

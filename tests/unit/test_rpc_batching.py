@@ -50,6 +50,13 @@ async def test_a_full_batch_is_closed_and_a_new_one_opened():
     assert [len(items) for _, items in rec.calls] == [2, 2, 1]
 
 
+async def test_a_big_submission_travels_alone():
+    rec = Recorder()
+    b = CallBatcher(rec, max_bytes=4)
+    await asyncio.gather(b.submit("a", [b"x"]), b.submit("a", [b"yyyyyy"]), b.submit("a", [b"z"]))
+    assert [items for _, items in rec.calls] == [[b"x"], [b"yyyyyy"], [b"z"]]
+
+
 async def test_a_failed_call_fails_its_submitters_only():
     rec = Recorder(fail_for={"b"})
     b = CallBatcher(rec)
