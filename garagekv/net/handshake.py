@@ -40,8 +40,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from garagekv.net.errors import HandshakeFailed
 from garagekv.net.identity import NODE_ID_LEN, SIGNATURE_LEN, NodeKey, short_id, verify_signature
 
-#: Protocol name and version: bumped on any incompatible change to the handshake or the framing.
-PROTOCOL_MAGIC = b"GKVNET\x00\x01"
+#: Protocol name and version: bumped on any incompatible change to the handshake, the framing or
+#: the RPC messages nodes exchange (2: request ids in frames, batched table reads and updates).
+PROTOCOL_MAGIC = b"GKVNET\x00\x02"
 HANDSHAKE_TIMEOUT = 10.0
 SECRET_LEN = 32
 

@@ -75,7 +75,7 @@ def test_server_without_secret_is_detected_by_client():
 def test_version_mismatch_is_rejected():
     skey = NodeKey.generate()
     msg1 = ClientHandshake(SECRET, NodeKey.generate(), skey.node_id).hello()
-    other_version = b"GKVNET\x00\x02" + msg1[len(PROTOCOL_MAGIC) :]
+    other_version = b"GKVNET\x00\x01" + msg1[len(PROTOCOL_MAGIC) :]
     with pytest.raises(HandshakeFailed, match="version"):
         ServerHandshake(SECRET, skey).on_hello(other_version)
 
