@@ -80,7 +80,11 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         values = self._h.get(name.lower())
-        return None if values is None else ",".join(v.strip() for v in values)
+        if values is None:
+            return None
+        if len(values) == 1:  # the usual case, about ten times per request
+            return values[0].strip()
+        return ",".join(v.strip() for v in values)
 
     def names(self) -> Iterable[str]:
         return self._h.keys()

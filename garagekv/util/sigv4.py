@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -35,11 +36,18 @@ _UNSIGNABLE = frozenset({"authorization", "connection", "expect", "keep-alive", 
                          "x-amz-content-sha256"})
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9\-_.~]*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-_.~/]*")
+
+
 def uri_encode(s: str, encode_slash: bool) -> str:
     """AWS URI encoding: unreserved ``A-Za-z0-9-_.~`` kept, everything else ``%XX`` (uppercase).
 
     ``surrogateescape`` lets a path that arrived as undecodable bytes round-trip to those bytes.
+    Plain strings (the usual paths, query names and values) come back as they are, unencoded.
     """
+    if (_PLAIN if encode_slash else _PLAIN_PATH).fullmatch(s):
+        return s
     return quote_from_bytes(s.encode("utf-8", "surrogateescape"), safe="-_.~" if encode_slash else "-_.~/")
 
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import io
 import zlib
-from urllib.parse import urlsplit
+from urllib.parse import quote_from_bytes, urlsplit
 
 import pytest
 from botocore.auth import SigV4Auth, SigV4QueryAuth
@@ -831,3 +831,15 @@ def test_cache_is_lru_bounded_and_keyed_by_secret() -> None:
     assert cache.derivations == 4
     assert k1 == derive_signing_key("s1", "20240301", REGION, "k2v")
     assert cache.get("s1", "20240301", REGION, "s3") != k1
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from("-_.~/%+ aZ09")),
+       st.booleans())
+def test_uri_encode_fast_path_agrees_with_percent_encoding(s, encode_slash):
+    expected = quote_from_bytes(s.encode("utf-8"), safe="-_.~" if encode_slash else "-_.~/")
+    assert sv.uri_encode(s, encode_slash) == expected
+
+
+def test_headers_join_repeated_values_and_strip_single_ones():
+    h = Headers([("X-A", " 1 "), ("x-a", "2"), ("X-B", "  v ")])
+    assert h.get("x-a") == "1,2" and h.get("X-B") == "v" and h.get("x-c") is None
