@@ -22,6 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check garagekv tests scripts
+	$(BIN)/ruff format --check garagekv tests scripts
 	$(BIN)/python -m pytest
 	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
 

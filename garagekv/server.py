@@ -71,12 +71,18 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         if cfg.rpc_secret_bytes is None:
-            raise ConfigError("missing required key 'rpc_secret' (example: rpc_secret = \"<64 hex characters "
-                              "from `openssl rand -hex 32`>\"), or rpc_secret_file / GARAGEKV_RPC_SECRET")
+            raise ConfigError(
+                "missing required key 'rpc_secret' (example: rpc_secret = \"<64 hex characters "
+                'from `openssl rand -hex 32`>"), or rpc_secret_file / GARAGEKV_RPC_SECRET'
+            )
         self.node_key = load_or_create_node_key(cfg.metadata_dir)
         self.node_id = self.node_key.node_id
-        self.metrics = NodeMetrics(node_id=self.node_id.hex(), version=garagekv_version(),
-                                   replication_factor=cfg.replication_factor, consistency_mode=cfg.consistency_mode)
+        self.metrics = NodeMetrics(
+            node_id=self.node_id.hex(),
+            version=garagekv_version(),
+            replication_factor=cfg.replication_factor,
+            consistency_mode=cfg.consistency_mode,
+        )
         self.metrics.local_snapshot = self._local_snapshot
         self.metrics.cluster_health = lambda: self.cluster_health() if self.cluster_health is not None else None
         self.db = Database(cfg.metadata_dir, map_size=cfg.lmdb_map_size, fsync=cfg.metadata_fsync)
@@ -99,18 +105,30 @@ class Node:
         await self.system.start()
         await self.model.start()
         if cfg.admin.api_bind_addr is not None:
-            self.admin_http = AdminApiServer(AdminServices(
-                self.dispatch_admin, self.health, self.status, self.metrics, cfg.s3_api.s3_region,
-                cfg.admin.admin_token, cfg.admin.metrics_token,
-            ))
+            self.admin_http = AdminApiServer(
+                AdminServices(
+                    self.dispatch_admin,
+                    self.health,
+                    self.status,
+                    self.metrics,
+                    cfg.s3_api.s3_region,
+                    cfg.admin.admin_token,
+                    cfg.admin.metrics_token,
+                )
+            )
             host, port = split_host_port(cfg.admin.api_bind_addr)
             await self.admin_http.start(host, port)
-            log.info("admin API listening on %s%s", cfg.admin.api_bind_addr,
-                     "" if cfg.admin.admin_token else " (no admin_token: only /health and /metrics are enabled)")
+            log.info(
+                "admin API listening on %s%s",
+                cfg.admin.api_bind_addr,
+                "" if cfg.admin.admin_token else " (no admin_token: only /health and /metrics are enabled)",
+            )
         if cfg.k2v_api is not None:
             k2v = cfg.k2v_api
             state = ApiState(
-                self.k2v, self.helper, cfg.s3_api.s3_region,
+                self.k2v,
+                self.helper,
+                cfg.s3_api.s3_region,
                 ApiLimits(k2v.max_body_bytes, k2v.max_batch_items, k2v.max_key_bytes),
                 tuple(k2v.cors_allowed_origins),
             )
@@ -165,8 +183,11 @@ class Node:
             k2v = "disabled"
         else:
             k2v = "ok" if self.api is not None and self.api.serving else "not serving"
-        checks = {"running": "shutting down" if self.stopping else "ok", "database": "ok" if db_ok else "closed",
-                  "k2vApi": k2v}
+        checks = {
+            "running": "shutting down" if self.stopping else "ok",
+            "database": "ok" if db_ok else "closed",
+            "k2vApi": k2v,
+        }
         cluster = self.cluster_health() if self.cluster_health is not None else None
         return evaluate(checks, cluster, self.node_id.hex())
 
@@ -185,8 +206,12 @@ class Node:
             "rpcAddr": cfg.rpc_public_addr or cfg.rpc_bind_addr,
             "k2vEndpoint": None if cfg.k2v_api is None else f"http://{cfg.k2v_api.api_bind_addr}",
             "uptimeSecs": int(time.time() - self.started_at),
-            "db": {"commits": self.writer.commits, "writes": self.writer.jobs, "mapSize": cfg.lmdb_map_size,
-                   "freeBytes": self.db.free_bytes() if self.db is not None and self.db.env is not None else None},
+            "db": {
+                "commits": self.writer.commits,
+                "writes": self.writer.jobs,
+                "mapSize": cfg.lmdb_map_size,
+                "freeBytes": self.db.free_bytes() if self.db is not None and self.db.env is not None else None,
+            },
             "tables": table_stats(self.db),
             "pollSubscriptions": self.model.subs.count(),
             "k2vRequestsInFlight": 0 if self.api is None else len(self.api.in_flight),
@@ -210,15 +235,24 @@ class Node:
     def _on_quorum_failure(self, err: quorum.QuorumError) -> None:
         self.metrics.quorum_failure(err.operation)
 
-    def _observe_k2v(self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None,
-                     seconds: float) -> None:
+    def _observe_k2v(
+        self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None, seconds: float
+    ) -> None:
         self.metrics.observe_k2v(endpoint, status, error_code, seconds)
         level = logging.WARNING if status >= 500 else logging.DEBUG
         if access_log.isEnabledFor(level):
-            access_log.log(level, "k2v request", extra={
-                "method": request.method, "path": request.raw_path, "endpoint": endpoint, "status": status,
-                "error_code": error_code, "duration_ms": round(seconds * 1000, 3),
-            })
+            access_log.log(
+                level,
+                "k2v request",
+                extra={
+                    "method": request.method,
+                    "path": request.raw_path,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "error_code": error_code,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
 
     async def stop(self) -> None:
         self.stopping = True  # /health answers 503 from now on

@@ -72,8 +72,20 @@ def settings() -> dict[str, Any]:
 
 
 def common_args(s: dict[str, Any]) -> list[str]:
-    return ["--duration", str(s["duration"]), "--warmup", str(s["warmup"]), "--conns", str(s["conns"]),
-            "--procs", str(s["procs"]), "--value-size", str(s["value_size"]), "--keys", str(s["keys"])]
+    return [
+        "--duration",
+        str(s["duration"]),
+        "--warmup",
+        str(s["warmup"]),
+        "--conns",
+        str(s["conns"]),
+        "--procs",
+        str(s["procs"]),
+        "--value-size",
+        str(s["value_size"]),
+        "--keys",
+        str(s["keys"]),
+    ]
 
 
 def cluster_name(n: int) -> str:
@@ -114,8 +126,10 @@ def _run_once(system: str, cluster: str, scenario: str, args: list[str]) -> dict
         return {"system": system, "cluster": cluster, "scenario": scenario, "skipped": f"failed: {e}"}
     r.update(system=system, cluster=cluster, scenario=scenario, settled_before_s=round(settled, 1))
     errs = f", {r['error_count']:,} errors" if r["error_count"] else ""
-    say(f"  {system:<8} {cluster:<7} {scenario:<6} {fmt_num(r['ops_per_sec']):>9} ops/s  "
-        f"p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  ({time.monotonic() - t0:.0f}s)")
+    say(
+        f"  {system:<8} {cluster:<7} {scenario:<6} {fmt_num(r['ops_per_sec']):>9} ops/s  "
+        f"p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  ({time.monotonic() - t0:.0f}s)"
+    )
     return r
 
 
@@ -143,8 +157,15 @@ def bench_garagekv(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]
                 return skipped("garagekv", cluster, s["scenarios"], f"no replication yet: {problem}")
         prefilled = False
         for sc in s["scenarios"]:
-            args = ["--dev-json", str(dev.json_path), "--mix", sc, *common_args(s),
-                    "--label", f"garagekv {cluster} {sc}"]
+            args = [
+                "--dev-json",
+                str(dev.json_path),
+                "--mix",
+                sc,
+                *common_args(s),
+                "--label",
+                f"garagekv {cluster} {sc}",
+            ]
             if sc in ("read", "mixed", "batch") and not prefilled:
                 args.append("--prefill")
                 prefilled = True
@@ -163,9 +184,19 @@ def bench_etcd(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
         _CLUSTER_PIDS[:] = etcd.pids
         prefilled = False
         for sc in scenarios:
-            args = ["--target", "etcd", "--endpoint", ",".join(etcd.endpoints),
-                    "--server-pids", ",".join(str(p) for p in etcd.pids), "--mix", sc, *common_args(s),
-                    "--label", f"etcd {cluster} {sc}"]
+            args = [
+                "--target",
+                "etcd",
+                "--endpoint",
+                ",".join(etcd.endpoints),
+                "--server-pids",
+                ",".join(str(p) for p in etcd.pids),
+                "--mix",
+                sc,
+                *common_args(s),
+                "--label",
+                f"etcd {cluster} {sc}",
+            ]
             if sc == "read" and not prefilled:
                 args.append("--prefill")
                 prefilled = True
@@ -192,9 +223,12 @@ def main() -> int:
         "date": stamp,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load": f"closed loop, {s['conns']} connections x {s['procs']} process(es), {s['value_size']} B values, "
-                f"{s['duration']:g} s measured after {s['warmup']:g} s warmup, {s['keys']:,} prefilled items",
-        "etcd": _etcd_version(etcd) if use_etcd else "not run (no etcd on PATH: apt-get install etcd-server)"
-                if etcd is None else "not run (BENCH_ETCD=0)",
+        f"{s['duration']:g} s measured after {s['warmup']:g} s warmup, {s['keys']:,} prefilled items",
+        "etcd": _etcd_version(etcd)
+        if use_etcd
+        else "not run (no etcd on PATH: apt-get install etcd-server)"
+        if etcd is None
+        else "not run (BENCH_ETCD=0)",
     }
     results: list[dict[str, Any]] = []
     selftest = None
@@ -205,8 +239,10 @@ def main() -> int:
             selftest = run_one("selftest", "-", "write", ["--selftest", "--mix", "write", *common_args(s)])
             if not selftest.get("skipped"):
                 cc = selftest["client_cpu"]
-                meta["generator ceiling"] = (f"{fmt_num(selftest['ops_per_sec'])} req/s on a null server, "
-                                             f"{cc['us_per_request']} us CPU per request")
+                meta["generator ceiling"] = (
+                    f"{fmt_num(selftest['ops_per_sec'])} req/s on a null server, "
+                    f"{cc['us_per_request']} us CPU per request"
+                )
         for n in s["nodes"]:
             for system, fn in (("garagekv", bench_garagekv), ("etcd", bench_etcd)):
                 if system == "etcd" and not use_etcd:
@@ -234,8 +270,10 @@ def main() -> int:
     print()
     for k, v in meta.items():
         print(f"{k}: {v}")
-    print(f"results: {base}.json, {base}.md" + (f", {png}" if have_plot else
-                                                 " (no plot: pip install -e '.[bench]' for matplotlib)"))
+    print(
+        f"results: {base}.json, {base}.md"
+        + (f", {png}" if have_plot else " (no plot: pip install -e '.[bench]' for matplotlib)")
+    )
     return 0
 
 

@@ -38,8 +38,12 @@ from garagekv.bench.runner import BenchConfig, prepare  # noqa: E402
 from garagekv.util.loop import new_runner  # noqa: E402
 
 # (name, mix, batch size): the operations compared between the two stages
-OPERATIONS = (("InsertItem", "write", 100), ("ReadItem", "read", 100), ("ReadBatch (100 items)", "batch", 100),
-              ("ReadIndex (10 partitions)", "index", 10))
+OPERATIONS = (
+    ("InsertItem", "write", 100),
+    ("ReadItem", "read", 100),
+    ("ReadBatch (100 items)", "batch", 100),
+    ("ReadIndex (10 partitions)", "index", 10),
+)
 TARGET_RATIO = 1.5
 
 
@@ -53,9 +57,17 @@ def say(msg: str) -> None:
 
 def load(dev: DevCluster, items: int, value_size: int) -> dict[str, Any]:
     info = dev.info
-    cfg = BenchConfig(endpoints=dev.endpoints, bucket=info["bucket"], access_key_id=info["access_key_id"],
-                      secret_access_key=info["secret_access_key"], region=info["region"], keys=items,
-                      value_size=value_size, prefill=True, mix="read")
+    cfg = BenchConfig(
+        endpoints=dev.endpoints,
+        bucket=info["bucket"],
+        access_key_id=info["access_key_id"],
+        secret_access_key=info["secret_access_key"],
+        region=info["region"],
+        keys=items,
+        value_size=value_size,
+        prefill=True,
+        mix="read",
+    )
     with new_runner() as runner:
         return runner.run(prepare(cfg, say))["prefill"]
 
@@ -66,21 +78,44 @@ def measure(dev: DevCluster, items: int, s: dict[str, Any]) -> dict[str, Any]:
         settle(dev.pids, s["settle"])
         if s["wait_quiet"] > 0 and not wait_quiet(s["wait_quiet"], exclude=dev.pids):
             say(f"  (the machine stayed busy for {s['wait_quiet']:g}s; running anyway)")
-        r = run_bench_cli(["--dev-json", str(dev.json_path), "--mix", mix, "--keys", str(items),
-                           "--batch-size", str(batch), "--conns", str(s["conns"]), "--duration", str(s["duration"]),
-                           "--warmup", str(s["warmup"]), "--value-size", str(s["value_size"])])
+        r = run_bench_cli(
+            [
+                "--dev-json",
+                str(dev.json_path),
+                "--mix",
+                mix,
+                "--keys",
+                str(items),
+                "--batch-size",
+                str(batch),
+                "--conns",
+                str(s["conns"]),
+                "--duration",
+                str(s["duration"]),
+                "--warmup",
+                str(s["warmup"]),
+                "--value-size",
+                str(s["value_size"]),
+            ]
+        )
         out[name] = r
         lat = r["latency_ms"]
         errs = f"  {r['error_count']} errors" if r["error_count"] else ""
-        say(f"  {name:<26} {fmt_num(r['ops_per_sec']):>8} ops/s  p50 {fmt_ms(lat['p50']):>6} ms  "
-            f"p99 {fmt_ms(lat['p99']):>6} ms{errs}")
+        say(
+            f"  {name:<26} {fmt_num(r['ops_per_sec']):>8} ops/s  p50 {fmt_ms(lat['p50']):>6} ms  "
+            f"p99 {fmt_ms(lat['p99']):>6} ms{errs}"
+        )
     return out
 
 
 def footprint(dev: DevCluster) -> dict[str, int | None]:
     pid = dev.pids[0]
-    return {"rss_bytes": rss_bytes(pid), "rss_anon_bytes": rss_bytes(pid, "RssAnon"),
-            "rss_file_bytes": rss_bytes(pid, "RssFile"), "disk_bytes": disk_usage(dev.meta_dirs[0])}
+    return {
+        "rss_bytes": rss_bytes(pid),
+        "rss_anon_bytes": rss_bytes(pid, "RssAnon"),
+        "rss_file_bytes": rss_bytes(pid, "RssFile"),
+        "disk_bytes": disk_usage(dev.meta_dirs[0]),
+    }
 
 
 def main() -> int:
@@ -133,31 +168,45 @@ def main() -> int:
         ok = rp50 is not None and rp99 is not None and max(rp50, rp99) <= TARGET_RATIO
         rows.append((name, a, b, rp50, rp99, rcpu, ok))
     fa, fb = small["footprint"], large["footprint"]
-    lines = [f"# garagekv scale run ({stamp})", "",
-             f"- one node, {s['value_size']} B values, {s['conns']} connections, {s['duration']:g} s per operation, "
-             f"runtime {time.monotonic() - t0:.0f} s",
-             f"- load rate: {fmt_num(large['load']['items_per_sec'])} items/s (InsertBatch of 1000, 8 connections); "
-             f"the node's background work then took {large['load']['settle_seconds']:.0f} s more",
-             f"- other processes on the machine: up to {_max_other(stages):.2f} cores during a measurement",
-             "", f"| operation | ops/s @{s['base']:,} | p50 ms | p99 ms | CPU us/op | ops/s @{s['items']:,} | p50 ms "
-             f"| p99 ms | CPU us/op | p50 ratio | p99 ratio | CPU ratio | latency within {TARGET_RATIO}x |",
-             "|" + "---|" * 13]
+    lines = [
+        f"# garagekv scale run ({stamp})",
+        "",
+        f"- one node, {s['value_size']} B values, {s['conns']} connections, {s['duration']:g} s per operation, "
+        f"runtime {time.monotonic() - t0:.0f} s",
+        f"- load rate: {fmt_num(large['load']['items_per_sec'])} items/s (InsertBatch of 1000, 8 connections); "
+        f"the node's background work then took {large['load']['settle_seconds']:.0f} s more",
+        f"- other processes on the machine: up to {_max_other(stages):.2f} cores during a measurement",
+        "",
+        f"| operation | ops/s @{s['base']:,} | p50 ms | p99 ms | CPU us/op | ops/s @{s['items']:,} | p50 ms "
+        f"| p99 ms | CPU us/op | p50 ratio | p99 ratio | CPU ratio | latency within {TARGET_RATIO}x |",
+        "|" + "---|" * 13,
+    ]
     for name, a, b, rp50, rp99, rcpu, ok in rows:
         la, lb = a["latency_ms"], b["latency_ms"]
-        lines.append(f"| {name} | {fmt_num(a['ops_per_sec'])} | {fmt_ms(la['p50'])} | {fmt_ms(la['p99'])} | "
-                     f"{fmt_num(_cpu(a))} | {fmt_num(b['ops_per_sec'])} | {fmt_ms(lb['p50'])} | {fmt_ms(lb['p99'])} | "
-                     f"{fmt_num(_cpu(b))} | {_r(rp50)} | {_r(rp99)} | {_r(rcpu)} | {'yes' if ok else 'NO'} |")
-    lines += ["", "RSS is the node's resident memory: heap (RssAnon) plus mapped LMDB pages (RssFile, page cache "
-              "that the kernel can reclaim).", "",
-              "| | RSS | of which heap | of which LMDB pages | disk | RSS per item | heap per item | disk per item |",
-              "|" + "---|" * 8]
+        lines.append(
+            f"| {name} | {fmt_num(a['ops_per_sec'])} | {fmt_ms(la['p50'])} | {fmt_ms(la['p99'])} | "
+            f"{fmt_num(_cpu(a))} | {fmt_num(b['ops_per_sec'])} | {fmt_ms(lb['p50'])} | {fmt_ms(lb['p99'])} | "
+            f"{fmt_num(_cpu(b))} | {_r(rp50)} | {_r(rp99)} | {_r(rcpu)} | {'yes' if ok else 'NO'} |"
+        )
+    lines += [
+        "",
+        "RSS is the node's resident memory: heap (RssAnon) plus mapped LMDB pages (RssFile, page cache "
+        "that the kernel can reclaim).",
+        "",
+        "| | RSS | of which heap | of which LMDB pages | disk | RSS per item | heap per item | disk per item |",
+        "|" + "---|" * 8,
+    ]
     for label, f, n in ((f"{s['base']:,} items", fa, s["base"]), (f"{s['items']:,} items", fb, s["items"])):
-        lines.append(f"| {label} | {_mb(f['rss_bytes'])} | {_mb(f['rss_anon_bytes'])} | {_mb(f['rss_file_bytes'])} | "
-                     f"{_mb(f['disk_bytes'])} | {_per(f['rss_bytes'], n)} | {_per(f['rss_anon_bytes'], n)} | "
-                     f"{_per(f['disk_bytes'], n)} |")
+        lines.append(
+            f"| {label} | {_mb(f['rss_bytes'])} | {_mb(f['rss_anon_bytes'])} | {_mb(f['rss_file_bytes'])} | "
+            f"{_mb(f['disk_bytes'])} | {_per(f['rss_bytes'], n)} | {_per(f['rss_anon_bytes'], n)} | "
+            f"{_per(f['disk_bytes'], n)} |"
+        )
     dn = s["items"] - s["base"]
-    lines.append(f"| marginal ({dn:,} items) | | | | | {_per(_sub(fb, fa, 'rss_bytes'), dn)} | "
-                 f"{_per(_sub(fb, fa, 'rss_anon_bytes'), dn)} | {_per(_sub(fb, fa, 'disk_bytes'), dn)} |")
+    lines.append(
+        f"| marginal ({dn:,} items) | | | | | {_per(_sub(fb, fa, 'rss_bytes'), dn)} | "
+        f"{_per(_sub(fb, fa, 'rss_anon_bytes'), dn)} | {_per(_sub(fb, fa, 'disk_bytes'), dn)} |"
+    )
     md = "\n".join(lines) + "\n"
     base = out / f"scale-{stamp}"
     base.with_suffix(".json").write_text(json.dumps({"settings": s, "stages": stages}, indent=1))
@@ -168,8 +217,9 @@ def main() -> int:
 
 
 def _max_other(stages: dict[str, Any]) -> float:
-    return max(((r.get("machine_cpu") or {}).get("other_cores") or 0.0)
-               for st in stages.values() for r in st["ops"].values())
+    return max(
+        ((r.get("machine_cpu") or {}).get("other_cores") or 0.0) for st in stages.values() for r in st["ops"].values()
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

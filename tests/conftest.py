@@ -22,8 +22,7 @@ def node(tmp_path_factory) -> NodeProcess:
     """One node for the whole session (tests use their own partition keys to stay independent)."""
     cors = 'cors_allowed_origins = ["https://app.example"]'
     if CLUSTER_SIZE > 1:
-        nodes = start_cluster(tmp_path_factory.mktemp("cluster"), CLUSTER_SIZE, rf=min(CLUSTER_SIZE, 3),
-                              k2v_extra=cors)
+        nodes = start_cluster(tmp_path_factory.mktemp("cluster"), CLUSTER_SIZE, rf=min(CLUSTER_SIZE, 3), k2v_extra=cors)
         yield nodes[int(os.environ.get("GARAGEKV_TEST_CLUSTER_NODE") or 1) % len(nodes)]
         for n in nodes:
             n.stop()
@@ -38,8 +37,10 @@ def node(tmp_path_factory) -> NodeProcess:
 def creds(node) -> dict:
     key = node.admin("key.create", {"name": "tests"})
     node.admin("bucket.create", {"name": "test-bucket"})
-    node.admin("bucket.permissions", {"bucket": "test-bucket", "key": key["accessKeyId"], "allow": True,
-                                      "read": True, "write": True, "owner": True})
+    node.admin(
+        "bucket.permissions",
+        {"bucket": "test-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
+    )
     return {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": "test-bucket"}
 
 
@@ -62,10 +63,15 @@ def make_cluster(tmp_path):
     def make(n: int, rf: int | None = None, extra: str = "", admin_token: str | None = None) -> list[NodeProcess]:
         """``admin_token``: each node also serves the admin API (``node.admin_port``) with that token."""
         rf = rf or min(n, 3)
-        nodes = [NodeProcess(tmp_path / f"n{len(started) + i}",
-                             extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}",
-                             admin_port=None if admin_token is None else free_port(), admin_token=admin_token)
-                 for i in range(n)]
+        nodes = [
+            NodeProcess(
+                tmp_path / f"n{len(started) + i}",
+                extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}",
+                admin_port=None if admin_token is None else free_port(),
+                admin_token=admin_token,
+            )
+            for i in range(n)
+        ]
         nodes[0].start()
         for node in nodes[1:]:
             node.extra_config += f'bootstrap_peers = ["{nodes[0].peer_spec}"]\n'

@@ -23,11 +23,22 @@ class StandaloneModel:
     def __init__(self, path: Path, **config: Any) -> None:
         self.db = Database(path, map_size=64 << 20)
         self.writer = GroupCommitWriter(self.db)
-        layout = SimpleNamespace(node_id=NODE_ID, history=LayoutHistory.new(1), mode="consistent",
-                                 write_lock=contextlib.nullcontext, listeners=[])
+        layout = SimpleNamespace(
+            node_id=NODE_ID,
+            history=LayoutHistory.new(1),
+            mode="consistent",
+            write_lock=contextlib.nullcontext,
+            listeners=[],
+        )
         netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
-        system = SimpleNamespace(layout=layout, netapp=netapp, registry=EndpointRegistry(), node_id=NODE_ID,
-                                 is_up=lambda n: True, rtt_of=lambda n: None)
+        system = SimpleNamespace(
+            layout=layout,
+            netapp=netapp,
+            registry=EndpointRegistry(),
+            node_id=NODE_ID,
+            is_up=lambda n: True,
+            rtt_of=lambda n: None,
+        )
         cfg = parse_config({"metadata_dir": str(path), "s3_api": {"s3_region": "garage"}, **config})
         self.model = Model(cfg, self.db, self.writer, system)
 

@@ -131,8 +131,15 @@ api_bind_addr = "127.0.0.1:{self.k2v_port}"
             lines.append(f'metrics_token = "{self.metrics_token}"')
         return "\n".join(lines) + "\n"
 
-    def admin_http(self, method: str, path: str, query: str = "", body: Any = None, token: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+    def admin_http(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        body: Any = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         """A request to this node's admin API; ``token`` defaults to ``admin_token`` ("" sends none)."""
         assert self.admin_port is not None, "this node has no admin API"
         token = self.admin_token if token is None else token
@@ -154,7 +161,10 @@ api_bind_addr = "127.0.0.1:{self.k2v_port}"
         env = dict(os.environ)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), "server"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -194,8 +204,12 @@ api_bind_addr = "127.0.0.1:{self.k2v_port}"
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``garagekv -c <this node's config> ARGS``."""
-        r = subprocess.run([sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), *args],
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check:
             assert r.returncode == 0, r.stderr
         return r

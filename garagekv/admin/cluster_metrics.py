@@ -21,14 +21,18 @@ if TYPE_CHECKING:
 
 def peer_families(system: System) -> Iterable[Metric]:
     """Per peer (16-hex id prefix, as the ``peer`` label of the RPC families): RTT, pings, up."""
-    rtt = GaugeMetricFamily("garagekv_rpc_peer_rtt_seconds",
-                            "Smoothed ping round-trip time to the peer (Garage: rpc_netapp ping)", labels=["peer"])
-    failed = GaugeMetricFamily("garagekv_rpc_peer_failed_pings", "Pings to the peer that failed in a row",
-                               labels=["peer"])
-    up = GaugeMetricFamily("garagekv_rpc_peer_up", "1 if the peer is connected and answers its pings",
-                           labels=["peer"])
-    seen = GaugeMetricFamily("garagekv_rpc_peer_last_seen_timestamp_seconds",
-                             "When the peer last answered (Unix time)", labels=["peer"])
+    rtt = GaugeMetricFamily(
+        "garagekv_rpc_peer_rtt_seconds",
+        "Smoothed ping round-trip time to the peer (Garage: rpc_netapp ping)",
+        labels=["peer"],
+    )
+    failed = GaugeMetricFamily(
+        "garagekv_rpc_peer_failed_pings", "Pings to the peer that failed in a row", labels=["peer"]
+    )
+    up = GaugeMetricFamily("garagekv_rpc_peer_up", "1 if the peer is connected and answers its pings", labels=["peer"])
+    seen = GaugeMetricFamily(
+        "garagekv_rpc_peer_last_seen_timestamp_seconds", "When the peer last answered (Unix time)", labels=["peer"]
+    )
     for node_id, info in sorted(system.peers.items()):
         label = [short_id(node_id)]
         if info.rtt_ms is not None:
@@ -42,20 +46,31 @@ def peer_families(system: System) -> Iterable[Metric]:
 
 def worker_families(model: Model) -> Iterable[Metric]:
     """Anti-entropy sync and GC progress per table, and background worker errors."""
-    sent = CounterMetricFamily("garagekv_table_sync_items_sent", "Entries sent by anti-entropy sync",
-                               labels=["table_name"])
+    sent = CounterMetricFamily(
+        "garagekv_table_sync_items_sent", "Entries sent by anti-entropy sync", labels=["table_name"]
+    )
     full = CounterMetricFamily("garagekv_table_sync_full_syncs", "Full syncs completed", labels=["table_name"])
-    done = GaugeMetricFamily("garagekv_table_sync_partitions_done",
-                             "Partitions done in the full sync in progress (0 when none)", labels=["table_name"])
-    total = GaugeMetricFamily("garagekv_table_sync_partitions",
-                              "Partitions of the full sync in progress (0 when none)", labels=["table_name"])
-    queue = GaugeMetricFamily("garagekv_table_sync_queue_length",
-                              "Partitions left in the full sync in progress", labels=["table_name"])
-    synced = GaugeMetricFamily("garagekv_table_sync_layout_version",
-                               "Layout version of the table's last completed full sync (0: none yet)",
-                               labels=["table_name"])
-    last = GaugeMetricFamily("garagekv_table_sync_last_full_sync_timestamp_seconds",
-                             "When the table's last full sync completed (Unix time)", labels=["table_name"])
+    done = GaugeMetricFamily(
+        "garagekv_table_sync_partitions_done",
+        "Partitions done in the full sync in progress (0 when none)",
+        labels=["table_name"],
+    )
+    total = GaugeMetricFamily(
+        "garagekv_table_sync_partitions", "Partitions of the full sync in progress (0 when none)", labels=["table_name"]
+    )
+    queue = GaugeMetricFamily(
+        "garagekv_table_sync_queue_length", "Partitions left in the full sync in progress", labels=["table_name"]
+    )
+    synced = GaugeMetricFamily(
+        "garagekv_table_sync_layout_version",
+        "Layout version of the table's last completed full sync (0: none yet)",
+        labels=["table_name"],
+    )
+    last = GaugeMetricFamily(
+        "garagekv_table_sync_last_full_sync_timestamp_seconds",
+        "When the table's last full sync completed (Unix time)",
+        labels=["table_name"],
+    )
     for syncer in model.syncers:
         label = [syncer.table_name]
         p = syncer.progress()
@@ -69,16 +84,19 @@ def worker_families(model: Model) -> Iterable[Metric]:
             last.add_metric(label, syncer.last_full_sync_at)
     yield from (sent, full, done, total, queue, synced, last)
 
-    deleted = CounterMetricFamily("garagekv_table_gc_deleted", "Tombstones deleted by this node's GC",
-                                  labels=["table_name"])
+    deleted = CounterMetricFamily(
+        "garagekv_table_gc_deleted", "Tombstones deleted by this node's GC", labels=["table_name"]
+    )
     for gc in model.gcs:
         deleted.add_metric([gc.table.schema.name], gc.collected)
     yield deleted
 
-    errors = CounterMetricFamily("garagekv_background_worker_errors", "Errors of a background worker",
-                                 labels=["worker"])
-    throttled = GaugeMetricFamily("garagekv_background_worker_throttled",
-                                  "1 while a worker backs off after an error", labels=["worker"])
+    errors = CounterMetricFamily(
+        "garagekv_background_worker_errors", "Errors of a background worker", labels=["worker"]
+    )
+    throttled = GaugeMetricFamily(
+        "garagekv_background_worker_throttled", "1 while a worker backs off after an error", labels=["worker"]
+    )
     for info in model.background.workers:
         label = [info.worker.name]
         errors.add_metric(label, info.errors)

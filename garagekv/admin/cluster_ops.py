@@ -62,17 +62,20 @@ async def status(system: System, a: dict) -> dict:
     for n in known_nodes(system):
         info = system.peers.get(n)
         role = current.roles.get(n)
-        nodes.append({
-            "id": n.hex(),
-            "addr": system.public_addr if n == system.node_id else (info.addr if info else None),
-            "hostname": system.hostname if n == system.node_id else (info.hostname if info else ""),
-            "up": system.is_up(n),
-            "last_seen_secs_ago": None if n == system.node_id or info is None or not info.last_seen
-            else round(time.time() - info.last_seen, 1),
-            "role": _role_json(role),
-            "staged_role": _role_json(planned.get(n)) if planned.get(n) != role else None,
-            "draining": role is None and any(n in v.roles for v in h.versions[:-1]),
-        })
+        nodes.append(
+            {
+                "id": n.hex(),
+                "addr": system.public_addr if n == system.node_id else (info.addr if info else None),
+                "hostname": system.hostname if n == system.node_id else (info.hostname if info else ""),
+                "up": system.is_up(n),
+                "last_seen_secs_ago": None
+                if n == system.node_id or info is None or not info.last_seen
+                else round(time.time() - info.last_seen, 1),
+                "role": _role_json(role),
+                "staged_role": _role_json(planned.get(n)) if planned.get(n) != role else None,
+                "draining": role is None and any(n in v.roles for v in h.versions[:-1]),
+            }
+        )
     return {
         "node": system.node_id.hex(),
         "layout_version": current.version,
@@ -130,8 +133,7 @@ def _role_change(system: System, change: Any, index: int) -> tuple[bytes, NodeRo
     if not isinstance(zone, str) or not zone:
         raise AdminError(f"Invalid layout change ({where}): missing zone")
     if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)):
-        raise AdminError(f"Invalid layout change ({where}): capacity must be a number of bytes, "
-                         "or null for a gateway")
+        raise AdminError(f"Invalid layout change ({where}): capacity must be a number of bytes, or null for a gateway")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise AdminError(f"Invalid layout change ({where}): tags must be a list of strings")
     try:
@@ -182,8 +184,10 @@ async def layout_assign(system: System, a: dict) -> dict:
             raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its zone with -z ZONE")
         if cap_bytes is None and not gateway:
             if old is None:
-                raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its capacity with -c SIZE "
-                                 "(e.g. -c 1G) or make it a gateway with -g")
+                raise AdminError(
+                    f"Node {n.hex()[:16]} has no role yet: give its capacity with -c SIZE "
+                    "(e.g. -c 1G) or make it a gateway with -g"
+                )
             cap = old.capacity
         else:
             cap = None if gateway else cap_bytes
@@ -193,9 +197,11 @@ async def layout_assign(system: System, a: dict) -> dict:
         except LayoutError as e:
             raise AdminError(e.message)
     system.layout.replace(h)
-    return {"message": "Role changes are staged but not yet committed.\n"
-                       "Use `garagekv layout show` to view staged role changes,\n"
-                       "and `garagekv layout apply` to enact staged changes."}
+    return {
+        "message": "Role changes are staged but not yet committed.\n"
+        "Use `garagekv layout show` to view staged role changes,\n"
+        "and `garagekv layout apply` to enact staged changes."
+    }
 
 
 async def layout_remove(system: System, a: dict) -> dict:
@@ -203,9 +209,11 @@ async def layout_remove(system: System, a: dict) -> dict:
     h = system.layout.history.clone()
     h.stage_role(n, None)
     system.layout.replace(h)
-    return {"message": "Role removal is staged but not yet committed.\n"
-                       "Use `garagekv layout show` to view staged role changes,\n"
-                       "and `garagekv layout apply` to enact staged changes."}
+    return {
+        "message": "Role removal is staged but not yet committed.\n"
+        "Use `garagekv layout show` to view staged role changes,\n"
+        "and `garagekv layout apply` to enact staged changes."
+    }
 
 
 async def layout_config(system: System, a: dict) -> dict:
@@ -224,9 +232,13 @@ async def layout_apply(system: System, a: dict) -> dict:
     h = system.layout.history
     new, messages = await asyncio.to_thread(h.apply_staged_changes, version)
     system.layout.replace(new)
-    return {"messages": messages, "version": new.current().version, "layout": await layout_get(system, {}),
-            "message": "New cluster layout with updated role assignment has been applied in cluster.\n"
-                       "Data will now be moved around between nodes accordingly."}
+    return {
+        "messages": messages,
+        "version": new.current().version,
+        "layout": await layout_get(system, {}),
+        "message": "New cluster layout with updated role assignment has been applied in cluster.\n"
+        "Data will now be moved around between nodes accordingly.",
+    }
 
 
 async def layout_revert(system: System, a: dict) -> dict:
@@ -236,8 +248,10 @@ async def layout_revert(system: System, a: dict) -> dict:
     if version is not None and version != h.current().version + 1:
         raise LayoutError("Invalid new layout version")
     system.layout.replace(h.revert_staged_changes())
-    return {"message": "All proposed role changes in cluster layout have been canceled.",
-            "layout": await layout_get(system, {})}
+    return {
+        "message": "All proposed role changes in cluster layout have been canceled.",
+        "layout": await layout_get(system, {}),
+    }
 
 
 async def layout_skip_dead_nodes(system: System, a: dict) -> dict:
@@ -256,7 +270,7 @@ async def table_local_digest(system: System, a: dict) -> dict:
     prefix = endpoint_path("table", "sync") + ":"
     tables = {}
     for path in system.registry.paths():
-        name = path[len(prefix):] if path.startswith(prefix) else None
+        name = path[len(prefix) :] if path.startswith(prefix) else None
         if name and a.get("table") in (None, name):
             tables[name] = await system.netapp.call(system.node_id, path, ["digest"])
     h = system.layout.history
@@ -267,8 +281,14 @@ async def table_local_digest(system: System, a: dict) -> dict:
         "tables": tables,
         "layout_version": h.current().version,
         "live_versions": [v.version for v in h.versions],
-        "trackers": {n.hex(): {"ack": trackers.ack_map.get(n, lo), "sync": trackers.sync_map.get(n, lo),
-                               "sync_ack": trackers.sync_ack_map.get(n, lo)} for n in h.all_nodes()},
+        "trackers": {
+            n.hex(): {
+                "ack": trackers.ack_map.get(n, lo),
+                "sync": trackers.sync_map.get(n, lo),
+                "sync_ack": trackers.sync_ack_map.get(n, lo),
+            }
+            for n in h.all_nodes()
+        },
     }
 
 

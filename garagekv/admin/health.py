@@ -77,8 +77,12 @@ class HealthReport:
 
     def probe_body(self) -> dict[str, Any]:
         """``GET /health``."""
-        body: dict[str, Any] = {"status": self.status, "message": self.message, "node": self.node,
-                                "checks": self.checks}
+        body: dict[str, Any] = {
+            "status": self.status,
+            "message": self.message,
+            "node": self.node,
+            "checks": self.checks,
+        }
         c = self.cluster
         if c is not None:
             body["layoutVersion"] = c.layout_version

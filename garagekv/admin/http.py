@@ -292,8 +292,10 @@ async def _change_permissions(req: AdminRequest, allow: bool) -> web.StreamRespo
     perms = _flags(body, "permissions", _PERMS)
     if perms is None:
         raise BadRequest("Missing field: permissions")
-    await req.run("bucket.permissions", {"id": bucket_id, "key_id": _field(body, "accessKeyId", str, required=True),
-                                         "allow": allow, **perms})
+    await req.run(
+        "bucket.permissions",
+        {"id": bucket_id, "key_id": _field(body, "accessKeyId", str, required=True), "allow": allow, **perms},
+    )
     return json_response(await req.run("bucket.info", {"id": bucket_id}))
 
 
@@ -406,9 +408,16 @@ class AdminApiServer:
         seconds = time.monotonic() - started
         resp.headers[REQUEST_ID_HEADER] = rid
         self.services.metrics.observe_admin(name, resp.status, seconds)
-        access_log.debug("admin request", extra={"method": request.method, "path": request.raw_path,
-                                                 "endpoint": name, "status": resp.status,
-                                                 "duration_ms": round(seconds * 1000, 3)})
+        access_log.debug(
+            "admin request",
+            extra={
+                "method": request.method,
+                "path": request.raw_path,
+                "endpoint": name,
+                "status": resp.status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
         request_id_var.reset(token)
         return resp
 
@@ -431,9 +440,12 @@ class AdminApiServer:
 
 def _options() -> web.Response:
     methods = "OPTIONS, GET, POST, PUT, DELETE"
-    return web.Response(status=204, headers={
-        "Allow": methods,
-        "Access-Control-Allow-Methods": methods,
-        "Access-Control-Allow-Origin": "*",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    })
+    return web.Response(
+        status=204,
+        headers={
+            "Allow": methods,
+            "Access-Control-Allow-Methods": methods,
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        },
+    )

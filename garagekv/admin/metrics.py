@@ -31,8 +31,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TABLE_GAUGES = {
     "items": ("garagekv_table_size", "Entries stored in the table on this node (Garage: table_size)"),
     "merkleItems": ("garagekv_table_merkle_tree_size", "Nodes of the table's Merkle trees on this node"),
-    "merkleTodo": ("garagekv_table_merkle_updater_todo_queue_length",
-                   "Entries waiting for the Merkle updater (Garage: table_merkle_updater_todo_queue_length)"),
+    "merkleTodo": (
+        "garagekv_table_merkle_updater_todo_queue_length",
+        "Entries waiting for the Merkle updater (Garage: table_merkle_updater_todo_queue_length)",
+    ),
     "gcTodo": ("garagekv_table_gc_todo_queue_length", "Tombstones waiting for garbage collection"),
     "insertQueue": ("garagekv_table_insert_queue_length", "Entries waiting in the durable insert queue"),
 }
@@ -50,53 +52,84 @@ class LocalSnapshot:
 
 
 class NodeMetrics:
-    def __init__(self, *, node_id: str = "", version: str = "", replication_factor: int = 1,
-                 consistency_mode: str = "consistent") -> None:
+    def __init__(
+        self, *, node_id: str = "", version: str = "", replication_factor: int = 1, consistency_mode: str = "consistent"
+    ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.local_snapshot: Callable[[], LocalSnapshot] | None = None
         self.cluster_health: ClusterHealthSource | Callable[[], ClusterHealth | None] | None = None
         self._sources: list[Callable[[], Iterable[Metric]]] = []
 
-        info = Gauge("garagekv_build_info", "Always 1; labels say the version and node id",
-                     ["version", "node_id"], registry=r)
+        info = Gauge(
+            "garagekv_build_info", "Always 1; labels say the version and node id", ["version", "node_id"], registry=r
+        )
         info.labels(version, node_id).set(1)
         Gauge("garagekv_replication_factor", "Configured replication factor", registry=r).set(replication_factor)
-        Gauge("garagekv_consistency_mode_info", "Always 1; the label says the consistency mode", ["mode"],
-              registry=r).labels(consistency_mode).set(1)
+        Gauge(
+            "garagekv_consistency_mode_info", "Always 1; the label says the consistency mode", ["mode"], registry=r
+        ).labels(consistency_mode).set(1)
 
         # K2V API (Garage: api_k2v_request_counter, api_k2v_error_counter, api_k2v_request_duration)
-        self.k2v_requests = Counter("garagekv_api_k2v_requests", "K2V API requests answered",
-                                    ["api_endpoint", "status_code"], registry=r)
-        self.k2v_errors = Counter("garagekv_api_k2v_errors", "K2V API requests answered with an error",
-                                  ["api_endpoint", "error_code"], registry=r)
-        self.k2v_duration = Histogram("garagekv_api_k2v_request_duration_seconds", "K2V API request duration",
-                                      ["api_endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.k2v_requests = Counter(
+            "garagekv_api_k2v_requests", "K2V API requests answered", ["api_endpoint", "status_code"], registry=r
+        )
+        self.k2v_errors = Counter(
+            "garagekv_api_k2v_errors",
+            "K2V API requests answered with an error",
+            ["api_endpoint", "error_code"],
+            registry=r,
+        )
+        self.k2v_duration = Histogram(
+            "garagekv_api_k2v_request_duration_seconds",
+            "K2V API request duration",
+            ["api_endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}  # see observe_k2v
         # admin API (Garage: api_admin_*)
-        self.admin_requests = Counter("garagekv_api_admin_requests", "Admin API requests answered",
-                                      ["api_endpoint", "status_code"], registry=r)
-        self.admin_duration = Histogram("garagekv_api_admin_request_duration_seconds",
-                                        "Admin API request duration", ["api_endpoint"], registry=r)
+        self.admin_requests = Counter(
+            "garagekv_api_admin_requests", "Admin API requests answered", ["api_endpoint", "status_code"], registry=r
+        )
+        self.admin_duration = Histogram(
+            "garagekv_api_admin_request_duration_seconds", "Admin API request duration", ["api_endpoint"], registry=r
+        )
         # database writer
-        self.db_batch_size = Histogram("garagekv_db_commit_batch_size",
-                                       "Write transactions per group commit (one fsync each)",
-                                       buckets=BATCH_BUCKETS, registry=r)
-        self.db_commit_duration = Histogram("garagekv_db_commit_duration_seconds",
-                                            "Time to run and commit one group of transactions",
-                                            buckets=RPC_BUCKETS, registry=r)
+        self.db_batch_size = Histogram(
+            "garagekv_db_commit_batch_size",
+            "Write transactions per group commit (one fsync each)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.db_commit_duration = Histogram(
+            "garagekv_db_commit_duration_seconds",
+            "Time to run and commit one group of transactions",
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
         # RPC and quorums: updated by the cluster plane through observe_rpc / quorum_failure
         # (Garage: rpc_request_counter, rpc_timeout_counter, rpc_netapp_error_counter,
         # rpc_garage_error_counter, rpc_duration)
-        self.rpc_requests = Counter("garagekv_rpc_requests", "RPC requests sent",
-                                    ["rpc_endpoint", "peer"], registry=r)
-        self.rpc_errors = Counter("garagekv_rpc_errors", "RPC requests that failed (kind: remote|network)",
-                                  ["rpc_endpoint", "peer", "kind"], registry=r)
-        self.rpc_timeouts = Counter("garagekv_rpc_timeouts", "RPC requests that timed out",
-                                    ["rpc_endpoint", "peer"], registry=r)
-        self.rpc_duration = Histogram("garagekv_rpc_duration_seconds", "RPC round-trip time",
-                                      ["rpc_endpoint", "peer"], buckets=RPC_BUCKETS, registry=r)
-        self.quorum_failures = Counter("garagekv_quorum_failures", "Operations that could not reach their quorum",
-                                       ["operation"], registry=r)
+        self.rpc_requests = Counter("garagekv_rpc_requests", "RPC requests sent", ["rpc_endpoint", "peer"], registry=r)
+        self.rpc_errors = Counter(
+            "garagekv_rpc_errors",
+            "RPC requests that failed (kind: remote|network)",
+            ["rpc_endpoint", "peer", "kind"],
+            registry=r,
+        )
+        self.rpc_timeouts = Counter(
+            "garagekv_rpc_timeouts", "RPC requests that timed out", ["rpc_endpoint", "peer"], registry=r
+        )
+        self.rpc_duration = Histogram(
+            "garagekv_rpc_duration_seconds",
+            "RPC round-trip time",
+            ["rpc_endpoint", "peer"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.quorum_failures = Counter(
+            "garagekv_quorum_failures", "Operations that could not reach their quorum", ["operation"], registry=r
+        )
         # Peers, anti-entropy sync and GC progress are read at scrape time (admin/cluster_metrics.py).
         r.register(_ScrapeCollector(self))
 
@@ -107,7 +140,9 @@ class NodeMetrics:
         children = self._k2v_children.get((name, status))
         if children is None:  # labels() costs a lock and a lookup: keep the few children in use
             children = self._k2v_children[(name, status)] = (
-                self.k2v_requests.labels(name, str(status)), self.k2v_duration.labels(name))
+                self.k2v_requests.labels(name, str(status)),
+                self.k2v_duration.labels(name),
+            )
         children[0].inc()
         if error_code is not None:
             self.k2v_errors.labels(name, error_code).inc()
@@ -168,10 +203,12 @@ class _ScrapeCollector(Collector):
 
 
 def _local_families(s: LocalSnapshot) -> Iterable[Metric]:
-    yield GaugeMetricFamily("garagekv_api_k2v_requests_in_flight", "K2V API requests being served",
-                            value=s.k2v_in_flight)
-    yield GaugeMetricFamily("garagekv_k2v_poll_subscriptions", "PollItem/PollRange waiters on this node",
-                            value=s.poll_subscriptions)
+    yield GaugeMetricFamily(
+        "garagekv_api_k2v_requests_in_flight", "K2V API requests being served", value=s.k2v_in_flight
+    )
+    yield GaugeMetricFamily(
+        "garagekv_k2v_poll_subscriptions", "PollItem/PollRange waiters on this node", value=s.poll_subscriptions
+    )
     yield CounterMetricFamily("garagekv_db_commits", "Group commits of the database writer", value=s.db_commits)
     yield CounterMetricFamily("garagekv_db_writes", "Write transactions committed", value=s.db_writes)
     for stat, (name, doc) in TABLE_GAUGES.items():
@@ -186,10 +223,12 @@ def _cluster_families(c: ClusterHealth) -> Iterable[Metric]:
     healthy = c.layout_version > 0 and not c.partitions_lacking_quorum and c.partitions_quorum >= c.partitions
     for name, doc, value in (
         ("garagekv_cluster_layout_version", "Current cluster layout version", c.layout_version),
-        ("garagekv_cluster_healthy", "1 if every node and partition is fine (Garage: cluster_healthy)",
-         int(healthy and c.storage_nodes_ok == c.storage_nodes)),
-        ("garagekv_cluster_available", "1 if every partition has its quorum (Garage: cluster_available)",
-         int(healthy)),
+        (
+            "garagekv_cluster_healthy",
+            "1 if every node and partition is fine (Garage: cluster_healthy)",
+            int(healthy and c.storage_nodes_ok == c.storage_nodes),
+        ),
+        ("garagekv_cluster_available", "1 if every partition has its quorum (Garage: cluster_available)", int(healthy)),
         ("garagekv_cluster_known_nodes", "Nodes known to this node", c.known_nodes),
         ("garagekv_cluster_connected_nodes", "Nodes connected to this node", c.connected_nodes),
         ("garagekv_cluster_storage_nodes", "Storage nodes in the current layout", c.storage_nodes),

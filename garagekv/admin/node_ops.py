@@ -178,8 +178,12 @@ class CounterRepair:
                 self.phase = "done"
                 self.finished_at = time.time()
                 self._seen = set()
-                log.info("counter repair done: %d items in %d partitions counted, %d counters checked",
-                         self.items_done, self.partitions, self.counters_done)
+                log.info(
+                    "counter repair done: %d items in %d partitions counted, %d counters checked",
+                    self.items_done,
+                    self.partitions,
+                    self.counters_done,
+                )
                 return WorkerState.DONE
             return WorkerState.BUSY
         return WorkerState.DONE
@@ -189,10 +193,14 @@ class CounterRepair:
 
     def progress(self) -> dict[str, Any]:
         done = self.items_done + self.counters_done
-        return {"done": done, "total": max(self.total, done), "phase": self.phase,
-                "items": self.items_done, "partitions": self.partitions, "counters": self.counters_done}
-
-
+        return {
+            "done": done,
+            "total": max(self.total, done),
+            "phase": self.phase,
+            "items": self.items_done,
+            "partitions": self.partitions,
+            "counters": self.counters_done,
+        }
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -272,12 +280,16 @@ async def repair(node: NodeServices, a: dict) -> dict:
         raise AdminError(f"Unknown repair '{what}': choose one of {', '.join(REPAIRS)}")
     model = node.model
     if what in ("tables", "merkle"):
-        attr, verb = ("syncers", "full anti-entropy sync") if what == "tables" else ("merkle_updaters",
-                                                                                    "Merkle trie rebuild")
+        attr, verb = (
+            ("syncers", "full anti-entropy sync") if what == "tables" else ("merkle_updaters", "Merkle trie rebuild")
+        )
         components = _components(getattr(model, attr, None))
         if not components:
-            return {"launched": False, "follow": [],
-                    "message": f"No {verb} is available on this node: nothing to repair."}
+            return {
+                "launched": False,
+                "follow": [],
+                "message": f"No {verb} is available on this node: nothing to repair.",
+            }
         follow, queued = [], 0
         for name, c in components:
             baseline = c.progress().get("full_syncs", 0) if hasattr(c, "progress") else 0
@@ -286,16 +298,23 @@ async def repair(node: NodeServices, a: dict) -> dict:
             follow.append({"table": name, "tid": _tid_of(model, c), "full_syncs": baseline})
         names = ", ".join(f["table"] for f in follow)
         extra = f" ({queued} entries queued)" if what == "merkle" else ""
-        return {"launched": True, "follow": follow,
-                "message": f"Repair launched: {verb} of {names}{extra}."}
+        return {"launched": True, "follow": follow, "message": f"Repair launched: {verb} of {names}{extra}."}
     # counters
     for w in model.background.workers:
         if isinstance(w.worker, CounterRepair) and w.state != "done":
-            return {"launched": False, "tid": w.tid, "worker": w.to_json(),
-                    "message": f"A counter repair is already running (TID {w.tid})."}
+            return {
+                "launched": False,
+                "tid": w.tid,
+                "worker": w.to_json(),
+                "message": f"A counter repair is already running (TID {w.tid}).",
+            }
     info = model.background.spawn(CounterRepair(model, node.db, node.writer))
-    return {"launched": True, "tid": info.tid, "worker": info.to_json(),
-            "message": f"Repair launched: recounting this node's K2V index counters (TID {info.tid})."}
+    return {
+        "launched": True,
+        "tid": info.tid,
+        "worker": info.to_json(),
+        "message": f"Repair launched: recounting this node's K2V index counters (TID {info.tid}).",
+    }
 
 
 def _db_stats(db: Database) -> dict[str, Any]:
@@ -323,9 +342,14 @@ async def stats(node: NodeServices, a: dict) -> dict:
     names += sorted(set(trees) - set(names))
     for name in names:
         t = trees.get(name, {})
-        row = {"table": name, "items": t.get("items", 0), "merkleItems": t.get("merkleItems"),
-               "merkleTodo": t.get("merkleTodo", 0), "gcTodo": t.get("gcTodo", 0),
-               "insertQueue": t.get("insertQueue", 0)}
+        row = {
+            "table": name,
+            "items": t.get("items", 0),
+            "merkleItems": t.get("merkleItems"),
+            "merkleTodo": t.get("merkleTodo", 0),
+            "gcTodo": t.get("gcTodo", 0),
+            "insertQueue": t.get("insertQueue", 0),
+        }
         gc = gc_by_table.get(name)
         if gc is not None:
             row["gcCollected"] = gc.collected
@@ -349,9 +373,15 @@ async def stats(node: NodeServices, a: dict) -> dict:
     storage_nodes = []
     for n in cur.storage_nodes():
         role = cur.roles.get(n)
-        storage_nodes.append({"id": n.hex(), "zone": role.zone if role else None,
-                              "capacity": role.capacity if role else None,
-                              "partitions": len(cur.partitions_of(n)), "up": system.is_up(n)})
+        storage_nodes.append(
+            {
+                "id": n.hex(),
+                "zone": role.zone if role else None,
+                "capacity": role.capacity if role else None,
+                "partitions": len(cur.partitions_of(n)),
+                "up": system.is_up(n),
+            }
+        )
     return {
         "node": system.node_id.hex(),
         "layout_version": cur.version,
@@ -362,8 +392,10 @@ async def stats(node: NodeServices, a: dict) -> dict:
         "tables": tables,
         "sync": sync if sync else None,
         "db": _db_stats(node.db),
-        "workers": {"total": len(model.background.workers),
-                    "with_errors": sum(1 for w in model.background.workers if w.consecutive_errors)},
+        "workers": {
+            "total": len(model.background.workers),
+            "with_errors": sum(1 for w in model.background.workers if w.consecutive_errors),
+        },
         "tombstone_gc_delay_sec": node.config.tombstone_gc_delay_sec,
     }
 

@@ -126,8 +126,13 @@ async def bucket_create(h: MetaHelper, a: dict) -> dict:
 async def bucket_list(h: MetaHelper, a: dict) -> list:
     out = []
     for b in await h.list_buckets():
-        out.append({"id": b.id.hex(), "globalAliases": b.global_aliases(),
-                    "localAliases": [{"accessKeyId": k, "alias": al} for k, al in b.local_aliases()]})
+        out.append(
+            {
+                "id": b.id.hex(),
+                "globalAliases": b.global_aliases(),
+                "localAliases": [{"accessKeyId": k, "alias": al} for k, al in b.local_aliases()],
+            }
+        )
     return out
 
 
@@ -143,11 +148,18 @@ async def bucket_delete(h: MetaHelper, a: dict) -> dict:
 async def bucket_permissions(h: MetaHelper, a: dict) -> dict:
     key = _required(await _key_ref(h, a, "key", "key_id"), "key")
     bucket, key, perm = await h.change_permissions(
-        await _bucket_ref(h, a, "bucket"), key, allow=bool(a["allow"]), read=bool(a.get("read")),
-        write=bool(a.get("write")), owner=bool(a.get("owner")),
+        await _bucket_ref(h, a, "bucket"),
+        key,
+        allow=bool(a["allow"]),
+        read=bool(a.get("read")),
+        write=bool(a.get("write")),
+        owner=bool(a.get("owner")),
     )
-    return {"bucket": bucket.id.hex(), "key": key.key_id,
-            "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner}}
+    return {
+        "bucket": bucket.id.hex(),
+        "key": key.key_id,
+        "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
+    }
 
 
 async def bucket_alias(h: MetaHelper, a: dict) -> dict:

@@ -66,8 +66,9 @@ class AdminClient:
         return await self.netapp.call(self.node_id, ADMIN_ENDPOINT, {"op": op, "args": args or {}})
 
 
-async def admin_call(config: Config, op: str, args: dict[str, Any] | None = None, rpc_host: str | None = None,
-                     timeout: float = 60.0) -> Any:
+async def admin_call(
+    config: Config, op: str, args: dict[str, Any] | None = None, rpc_host: str | None = None, timeout: float = 60.0
+) -> Any:
     """One operation on the node of ``config`` (or on ``rpc_host``)."""
     secret = config.rpc_secret_bytes
     if secret is None:

@@ -23,8 +23,9 @@ _REQUEST_LINE = re.compile(r"(\S+) (/[^\s?']*)(?:\?\S*)? HTTP/")
 class _JsonErrorRequestHandler(RequestHandler):
     region = ""
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         err: GarageKVError
@@ -45,8 +46,9 @@ class _JsonErrorRequestHandler(RequestHandler):
                 # Methods the HTTP parser refuses (lowercase, unknown tokens) get the same answer
                 # as the methods it accepts but K2V does not know.
                 err = BadRequest(f"Unknown method: {line.group(1)}")
-        resp = web.Response(status=status, body=error_body(err, self.region, path),
-                            headers={"Content-Type": "application/json"})
+        resp = web.Response(
+            status=status, body=error_body(err, self.region, path), headers={"Content-Type": "application/json"}
+        )
         resp.force_close()
         return resp
 

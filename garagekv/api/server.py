@@ -78,8 +78,9 @@ class K2VApiServer:
         if ep.name == OPTIONS:
             return cors.preflight(self.state.cors_allowed_origins, request)
 
-        pending = parse_request(request.method, raw_path, raw_query, Headers(request.headers.items()),
-                                self.state.region)
+        pending = parse_request(
+            request.method, raw_path, raw_query, Headers(request.headers.items()), self.state.region
+        )
         helper = self.state.helper
         key = await helper.request_key(pending.access_key_id)
         verified = pending.finish(None if key is None else key.params.secret_key, self.key_cache)
@@ -93,9 +94,9 @@ class K2VApiServer:
 
     async def start(self, host: str, port: int) -> None:
         # Bodies are taken as sent (no Content-Encoding decoding): the signature covers those bytes.
-        self._http = JsonErrorServer(self.handle, region=self.state.region, handler_cancellation=True,
-                                     auto_decompress=False,
-                                     access_log=None)
+        self._http = JsonErrorServer(
+            self.handle, region=self.state.region, handler_cancellation=True, auto_decompress=False, access_log=None
+        )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._http, host, port, reuse_address=True, backlog=1024)
 

@@ -146,7 +146,7 @@ class Verified:
             if not _CHUNK_SIZE.fullmatch(size_hex):
                 raise BadRequest("Malformed aws-chunked body: bad chunk size")
             size, pos = int(size_hex, 16), eol + 2
-            data = body[pos:pos + size]
+            data = body[pos : pos + size]
             if len(data) < size:
                 raise BadRequest("Malformed aws-chunked body: truncated chunk")
             pos += size
@@ -160,7 +160,7 @@ class Verified:
                 prev = expected
             if size == 0:
                 break
-            if body[pos:pos + 2] != b"\r\n":
+            if body[pos : pos + 2] != b"\r\n":
                 raise BadRequest("Malformed aws-chunked body: chunk not followed by CRLF")
             pos += 2
             out.append(data)
@@ -224,22 +224,45 @@ class PendingAuth:
         given = self.signature.lower()
         for mode, creq in self.canonical_requests:
             if hmac.compare_digest(sign(key, string_to_sign(self.amz_date, self.scope, creq)), given):
-                return Verified(self.access_key_id, mode, self.presigned, given, self.amz_date,
-                                self.scope, key, self.trailer, self.decoded_length)
+                return Verified(
+                    self.access_key_id,
+                    mode,
+                    self.presigned,
+                    given,
+                    self.amz_date,
+                    self.scope,
+                    key,
+                    self.trailer,
+                    self.decoded_length,
+                )
         raise AccessDenied("Invalid signature")
 
 
-def verify_request(method: str, raw_path: str, raw_query: str,
-                   headers: Mapping[str, str] | Headers, region: str,
-                   lookup_secret: Callable[[str], str | None], now: float | None = None,
-                   cache: SigningKeyCache | None = None, service: str = "k2v") -> Verified:
+def verify_request(
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Mapping[str, str] | Headers,
+    region: str,
+    lookup_secret: Callable[[str], str | None],
+    now: float | None = None,
+    cache: SigningKeyCache | None = None,
+    service: str = "k2v",
+) -> Verified:
     """Check a request's SigV4 signature (header or presigned form) or raise the contract's error."""
     pending = parse_request(method, raw_path, raw_query, headers, region, now, service)
     return pending.finish(lookup_secret(pending.access_key_id), cache)
 
 
-def parse_request(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str] | Headers,
-                  region: str, now: float | None = None, service: str = "k2v") -> PendingAuth:
+def parse_request(
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Mapping[str, str] | Headers,
+    region: str,
+    now: float | None = None,
+    service: str = "k2v",
+) -> PendingAuth:
     """Every check that needs no secret, in the contract's order (400s before 403s)."""
     path, sep, q = raw_path.partition("?")
     if sep and not raw_query:
@@ -267,8 +290,16 @@ def _parse_query_checked(raw_query: str) -> dict[str, tuple[str, str]]:
     return query
 
 
-def _parse_header_auth(method: str, path: str, query: dict[str, tuple[str, str]], h: Headers,
-                       auth: str, region: str, service: str, now: float) -> PendingAuth:
+def _parse_header_auth(
+    method: str,
+    path: str,
+    query: dict[str, tuple[str, str]],
+    h: Headers,
+    auth: str,
+    region: str,
+    service: str,
+    now: float,
+) -> PendingAuth:
     kind, _, rest = auth.strip().partition(" ")
     if kind != ALGORITHM:
         raise BadRequest("Unsupported authorization method")
@@ -283,26 +314,36 @@ def _parse_header_auth(method: str, path: str, query: dict[str, tuple[str, str]]
     content_sha256 = h.get("x-amz-content-sha256")
     if content_sha256 is None:
         raise BadRequest("Missing X-Amz-Content-Sha256 header")
-    if content_sha256 not in (UNSIGNED_PAYLOAD, STREAMING_PAYLOAD, STREAMING_UNSIGNED_TRAILER) \
-            and not _HEX64.fullmatch(content_sha256):
+    if content_sha256 not in (UNSIGNED_PAYLOAD, STREAMING_PAYLOAD, STREAMING_UNSIGNED_TRAILER) and not _HEX64.fullmatch(
+        content_sha256
+    ):
         raise BadRequest("Invalid content sha256 hash")
     amz_date = _parse_amz_date(h.get("x-amz-date"))
     signed = _signed_headers(params["SignedHeaders"], h)
     key_id, scope = _check_scope(params["Credential"], amz_date, region, service)
     if abs(now - _timestamp(amz_date)) > MAX_SKEW_SECONDS:
-        raise RequestTimeTooSkewed(
-            "The difference between the request time and the server's time is too large")
-    creq = canonical_request(method, uri_encode(path, False), _canonical_query(query), signed,
-                             content_sha256)
+        raise RequestTimeTooSkewed("The difference between the request time and the server's time is too large")
+    creq = canonical_request(method, uri_encode(path, False), _canonical_query(query), signed, content_sha256)
     decoded = h.get("x-amz-decoded-content-length")
     if decoded is not None and not (decoded.isascii() and decoded.isdigit()):
         raise BadRequest("Invalid x-amz-decoded-content-length")
-    return PendingAuth(key_id, False, amz_date, scope, ((content_sha256, creq),), params["Signature"],
-                       h.get("x-amz-trailer"), None if decoded is None else int(decoded), region, service)
+    return PendingAuth(
+        key_id,
+        False,
+        amz_date,
+        scope,
+        ((content_sha256, creq),),
+        params["Signature"],
+        h.get("x-amz-trailer"),
+        None if decoded is None else int(decoded),
+        region,
+        service,
+    )
 
 
-def _parse_presigned(method: str, path: str, query: dict[str, tuple[str, str]], h: Headers,
-                     region: str, service: str, now: float) -> PendingAuth:
+def _parse_presigned(
+    method: str, path: str, query: dict[str, tuple[str, str]], h: Headers, region: str, service: str, now: float
+) -> PendingAuth:
     def param(name: str) -> str:
         if name.lower() not in query:
             raise BadRequest(f"Missing {name} query parameter")
@@ -329,8 +370,7 @@ def _parse_presigned(method: str, path: str, query: dict[str, tuple[str, str]], 
     # such as botocore's SigV4QueryAuth sign the x-amz-content-sha256 header if sent, otherwise
     # the hash of the (empty) body: accept those too; check_body then enforces the digest.
     content_sha256 = h.get("x-amz-content-sha256")
-    if content_sha256 is not None and content_sha256 != UNSIGNED_PAYLOAD \
-            and not _HEX64.fullmatch(content_sha256):
+    if content_sha256 is not None and content_sha256 != UNSIGNED_PAYLOAD and not _HEX64.fullmatch(content_sha256):
         raise BadRequest("Invalid content sha256 hash")
     cquery = _canonical_query(query)
     uri = uri_encode(path, False)

@@ -66,9 +66,24 @@ class DevCluster:
         base = pick_ports(offsets, lo=20010)
         log = open(self.root / "dev.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--nodes", str(self.nodes),
-             "--dir", str(self.root / "state"), "--port", str(base)],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "garagekv.cli.main",
+                "dev",
+                "--json",
+                "--nodes",
+                str(self.nodes),
+                "--dir",
+                str(self.root / "state"),
+                "--port",
+                str(base),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         line = _read_line(self.proc, timeout)
         if not line:
@@ -145,15 +160,39 @@ class EtcdCluster:
         initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(peers))
         for i in range(self.members):
             log = open(self.root / f"m{i}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self.procs.append(subprocess.Popen(
-                [self.binary, "--name", f"m{i}", "--data-dir", str(self.root / f"m{i}"),
-                 "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                 "--initial-cluster", initial, "--initial-cluster-token", "garagekv-bench",
-                 "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        self.binary,
+                        "--name",
+                        f"m{i}",
+                        "--data-dir",
+                        str(self.root / f"m{i}"),
+                        "--listen-client-urls",
+                        f"http://127.0.0.1:{self.client_ports[i]}",
+                        "--advertise-client-urls",
+                        f"http://127.0.0.1:{self.client_ports[i]}",
+                        "--listen-peer-urls",
+                        f"http://127.0.0.1:{peers[i]}",
+                        "--initial-advertise-peer-urls",
+                        f"http://127.0.0.1:{peers[i]}",
+                        "--initial-cluster",
+                        initial,
+                        "--initial-cluster-token",
+                        "garagekv-bench",
+                        "--initial-cluster-state",
+                        "new",
+                        "--logger",
+                        "zap",
+                        "--log-level",
+                        "warn",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
             log.close()
         deadline = time.monotonic() + timeout
         while not all(self._healthy(p) for p in self.client_ports):
@@ -224,8 +263,9 @@ def probe_replication(info: dict[str, Any], wait: float = 5.0) -> str | None:
 
         async def call(endpoint: str, build: Any) -> int:
             host, port = parse_endpoint(endpoint)
-            t = K2VTarget(f"{host}:{port}", info["bucket"], info["access_key_id"], info["secret_access_key"],
-                          info["region"])
+            t = K2VTarget(
+                f"{host}:{port}", info["bucket"], info["access_key_id"], info["secret_access_key"], info["region"]
+            )
             http = await connect(host, port)
             try:
                 return (await asyncio.wait_for(http.send(build(t)), 10)).status

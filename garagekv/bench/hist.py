@@ -96,8 +96,13 @@ class Histogram:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and pickle-friendly form (sparse counts)."""
-        return {"counts": {str(i): n for i, n in self.counts.items()}, "count": self.count,
-                "total": self.total, "min": self.min, "max": self.max}
+        return {
+            "counts": {str(i): n for i, n in self.counts.items()},
+            "count": self.count,
+            "total": self.total,
+            "min": self.min,
+            "max": self.max,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Histogram:

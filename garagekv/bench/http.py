@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlsplit
 
-__all__ = ["HttpConnection", "ParseError", "Response", "ResponseParser", "build_request", "connect",
-           "parse_endpoint"]
+__all__ = ["HttpConnection", "ParseError", "Response", "ResponseParser", "build_request", "connect", "parse_endpoint"]
 
 _MAX_HEAD = 64 * 1024
 _READ_BUFFER = 64 * 1024
@@ -99,7 +98,7 @@ class ResponseParser:
                 raise ParseError("response head too large")
             return False
         head = bytes(buf[:end]).decode("latin-1")
-        del buf[:end + 4]
+        del buf[: end + 4]
         lines = head.split("\r\n")
         status_line = lines[0]
         if not status_line.startswith("HTTP/1."):
@@ -173,7 +172,7 @@ class ResponseParser:
             if eol < 0:
                 return None
             if self._in_trailer:
-                del buf[:eol + 2]
+                del buf[: eol + 2]
                 if eol == 0:
                     self._in_trailer = False
                     body = b"".join(self._chunks)
@@ -186,15 +185,15 @@ class ResponseParser:
             except ValueError:
                 raise ParseError(f"bad chunk size: {size_text[:20]!r}")
             if size == 0:
-                del buf[:eol + 2]
+                del buf[: eol + 2]
                 self._in_trailer = True
                 continue
             if len(buf) < eol + 2 + size + 2:
                 return None
-            self._chunks.append(bytes(buf[eol + 2:eol + 2 + size]))
-            if buf[eol + 2 + size:eol + 4 + size] != b"\r\n":
+            self._chunks.append(bytes(buf[eol + 2 : eol + 2 + size]))
+            if buf[eol + 2 + size : eol + 4 + size] != b"\r\n":
                 raise ParseError("chunk not followed by CRLF")
-            del buf[:eol + 4 + size]
+            del buf[: eol + 4 + size]
 
 
 class HttpConnection(asyncio.BufferedProtocol):
@@ -308,8 +307,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-def build_request(method: str, target: str, host: str, headers: dict[str, str] | None = None,
-                  body: bytes = b"") -> bytes:
+def build_request(
+    method: str, target: str, host: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
     """The bytes of one request (``Content-Length`` is added for bodies and for PUT/POST)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     if headers:

@@ -23,9 +23,11 @@ _TOKEN = "AAAAAAAAAAA"  # the empty causal context: a valid token
 def _responses(value_size: int) -> dict[bytes, bytes]:
     value = b"v" * value_size
     return {
-        b"GET": (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                 b"X-Garage-Causality-Token: " + _TOKEN.encode() + b"\r\n"
-                 b"Content-Length: " + str(len(value)).encode() + b"\r\n\r\n" + value),
+        b"GET": (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"X-Garage-Causality-Token: " + _TOKEN.encode() + b"\r\n"
+            b"Content-Length: " + str(len(value)).encode() + b"\r\n\r\n" + value
+        ),
         b"PUT": b"HTTP/1.1 204 No Content\r\n\r\n",
         b"DELETE": b"HTTP/1.1 204 No Content\r\n\r\n",
         b"POST?": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
@@ -55,7 +57,7 @@ class NullProtocol(asyncio.Protocol):
             i = head.lower().find(b"\r\ncontent-length:")
             if i >= 0:
                 j = head.find(b"\r\n", i + 2)
-                length = int(head[i + 17:j if j >= 0 else len(head)])
+                length = int(head[i + 17 : j if j >= 0 else len(head)])
             total = end + 4 + length
             if len(buf) < total:
                 break

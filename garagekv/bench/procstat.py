@@ -15,7 +15,7 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     # the command name is in parentheses and may contain spaces: split after the last ')'
-    fields = data[data.rindex(")") + 2:].split()
+    fields = data[data.rindex(")") + 2 :].split()
     # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
@@ -87,7 +87,7 @@ def user_processes_cpu(exclude: set[int]) -> dict[int, float]:
                 data = f.read()
         except OSError:
             continue
-        fields = data[data.rindex(")") + 2:].split()
+        fields = data[data.rindex(")") + 2 :].split()
         # ppid (field 4) 2 is kthreadd's children; flags (field 9) & PF_KTHREAD also marks them
         if int(fields[1]) == 2 or pid == 2 or int(fields[6]) & 0x00200000:
             continue

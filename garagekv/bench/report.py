@@ -53,16 +53,22 @@ def format_text(s: dict[str, Any]) -> str:
     if len(by_op) > 1:
         for kind, op in by_op.items():
             lat = op["latency_ms"]
-            lines.append(f"  {kind:<12} {fmt_num(op['ops_per_sec'], 1):>10} ops/s  p50 {fmt_ms(lat['p50'])}"
-                         f"  p99 {fmt_ms(lat['p99'])} ms  errors {fmt_errors(op['errors'])}")
+            lines.append(
+                f"  {kind:<12} {fmt_num(op['ops_per_sec'], 1):>10} ops/s  p50 {fmt_ms(lat['p50'])}"
+                f"  p99 {fmt_ms(lat['p99'])} ms  errors {fmt_errors(op['errors'])}"
+            )
     sc = s.get("server_cpu")
     if sc:
-        lines.append(f"  server CPU   {fmt_num(sc['us_per_op'], 1)} us/op ({sc['cores']:.2f} cores, "
-                     f"pids {', '.join(str(p) for p in sc['pids'])})")
+        lines.append(
+            f"  server CPU   {fmt_num(sc['us_per_op'], 1)} us/op ({sc['cores']:.2f} cores, "
+            f"pids {', '.join(str(p) for p in sc['pids'])})"
+        )
     cc = s.get("client_cpu")
     if cc and cc.get("us_per_request") is not None:
-        lines.append(f"  client CPU   {fmt_num(cc['us_per_request'], 1)} us/request "
-                     f"({cc['seconds'] / cfg['duration']:.2f} cores)")
+        lines.append(
+            f"  client CPU   {fmt_num(cc['us_per_request'], 1)} us/request "
+            f"({cc['seconds'] / cfg['duration']:.2f} cores)"
+        )
     mc = s.get("machine_cpu")
     if mc:
         parts = []
@@ -80,6 +86,7 @@ def format_text(s: dict[str, Any]) -> str:
 
 
 # --- suites (make bench) --------------------------------------------------------------------------
+
 
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
@@ -142,18 +149,33 @@ def _cell_ops(r: dict[str, Any] | None) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ("| cluster | scenario | garagekv ops/s | p99 ms | CPU us/op | etcd ops/s | p99 ms | CPU us/op "
-            "| ops ratio | p99 ratio | CPU ratio |")
+    head = (
+        "| cluster | scenario | garagekv ops/s | p99 ms | CPU us/op | etcd ops/s | p99 ms | CPU us/op "
+        "| ops ratio | p99 ratio | CPU ratio |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         g, e = row.get("garagekv"), row.get("etcd")
         mark = " *" if disturbed(g) or disturbed(e) else ""
-        lines.append("| " + " | ".join([
-            row["cluster"] + mark, row["scenario"],
-            _cell_ops(g), fmt_ms(_p99(g)), fmt_num(_cpu(g), 1),
-            _cell_ops(e), fmt_ms(_p99(e)), fmt_num(_cpu(e), 1),
-            fmt_ratio(row["ops_ratio"]), fmt_ratio(row["p99_ratio"]), fmt_ratio(row["cpu_ratio"]),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["cluster"] + mark,
+                    row["scenario"],
+                    _cell_ops(g),
+                    fmt_ms(_p99(g)),
+                    fmt_num(_cpu(g), 1),
+                    _cell_ops(e),
+                    fmt_ms(_p99(e)),
+                    fmt_num(_cpu(e), 1),
+                    fmt_ratio(row["ops_ratio"]),
+                    fmt_ratio(row["p99_ratio"]),
+                    fmt_ratio(row["cpu_ratio"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -166,26 +188,36 @@ def disturbed(r: dict[str, Any] | None) -> bool:
 def notes(results: Sequence[dict[str, Any]]) -> list[str]:
     out = []
     if any(disturbed(r) for r in results):
-        out.append(f"- `*`: other processes used more than {NOISY_CORES} cores while this row was measured; "
-                   f"its numbers are disturbed (run again on a quiet machine)")
+        out.append(
+            f"- `*`: other processes used more than {NOISY_CORES} cores while this row was measured; "
+            f"its numbers are disturbed (run again on a quiet machine)"
+        )
     for r in results:
         if r.get("skipped"):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: skipped ({r['skipped']})")
         elif r.get("error_count"):
             out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: errors {fmt_errors(r['errors'])}")
         if disturbed(r):
-            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: other processes used "
-                       f"{r['machine_cpu']['other_cores']:.2f} cores during the run")
+            out.append(
+                f"- {r['system']} {r['cluster']} {r['scenario']}: other processes used "
+                f"{r['machine_cpu']['other_cores']:.2f} cores during the run"
+            )
         if r.get("repeats"):
             reps = r["repeats"]
-            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: median of {len(reps)} runs "
-                       f"({fmt_num(min(reps))} to {fmt_num(max(reps))} ops/s)")
+            out.append(
+                f"- {r['system']} {r['cluster']} {r['scenario']}: median of {len(reps)} runs "
+                f"({fmt_num(min(reps))} to {fmt_num(max(reps))} ops/s)"
+            )
         if (r.get("settled_before_s") or 0) > 5:
-            out.append(f"- {r['system']} {r['cluster']} {r['scenario']}: the cluster first needed "
-                       f"{r['settled_before_s']:.0f} s to finish the background work left by the previous run")
+            out.append(
+                f"- {r['system']} {r['cluster']} {r['scenario']}: the cluster first needed "
+                f"{r['settled_before_s']:.0f} s to finish the background work left by the previous run"
+            )
         if r.get("scenario") == "poll" and not r.get("skipped"):
-            out.append(f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
-                       f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)")
+            out.append(
+                f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
+                f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)"
+            )
         if r.get("scenario") == "batch" and not r.get("skipped") and r.get("items_per_sec"):
             out.append(f"- {r['system']} {r['cluster']} batch: {fmt_num(r['items_per_sec'])} items/s")
     return out

@@ -151,8 +151,9 @@ class _Conn:
 
 def _make_conn(cfg: BenchConfig, index: int, keys: SigningKeyCache) -> _Conn:
     host, port = parse_endpoint(cfg.endpoints[index % len(cfg.endpoints)])
-    target = make_target(cfg.target, host_header(host, port), cfg.bucket, cfg.access_key_id,
-                         cfg.secret_access_key, cfg.region, keys)
+    target = make_target(
+        cfg.target, host_header(host, port), cfg.bucket, cfg.access_key_id, cfg.secret_access_key, cfg.region, keys
+    )
     return _Conn(index, host, port, target)
 
 
@@ -246,8 +247,14 @@ class Worker:
             errors = self._st(kind).errors
             errors[code] = errors.get(code, 0) + 1
 
-    async def call(self, c: _Conn, kind: str, req: bytes, check: Callable[[Response], str | None],
-                   items: Callable[[Response], int] | None = None) -> Response | None:
+    async def call(
+        self,
+        c: _Conn,
+        kind: str,
+        req: bytes,
+        check: Callable[[Response], str | None],
+        items: Callable[[Response], int] | None = None,
+    ) -> Response | None:
         t0 = time.monotonic()
         r = await _send(c, req)
         t1 = time.monotonic()
@@ -342,8 +349,9 @@ class Worker:
             i += 1
             r = await self.call(c, "poll-writer-read", t.read(pk, sk), t.check_read)
             if r is not None:
-                await self.call(c, "poll-writer-write", t.write(pk, sk, _stamp(cfg.value_size), None, t.token(r)),
-                                t.check_write)
+                await self.call(
+                    c, "poll-writer-write", t.write(pk, sk, _stamp(cfg.value_size), None, t.token(r)), t.check_write
+                )
             next_at += cfg.poll_interval
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -352,8 +360,14 @@ class Worker:
                 next_at = time.monotonic()
 
     def _loop_fn(self) -> Callable[[_Conn], Any]:
-        return {"write": self._write_loop, "read": self._read_loop, "mixed": self._mixed_loop,
-                "batch": self._batch_loop, "index": self._index_loop, "poll": self._watch_loop}[self.cfg.mix]
+        return {
+            "write": self._write_loop,
+            "read": self._read_loop,
+            "mixed": self._mixed_loop,
+            "batch": self._batch_loop,
+            "index": self._index_loop,
+            "poll": self._watch_loop,
+        }[self.cfg.mix]
 
     # --- phases ----------------------------------------------------------------------------------
     async def connect_all(self) -> None:
@@ -383,8 +397,12 @@ class Worker:
                 if h is not None and h.waiter is not None and now - h.sent_at > limit:
                     h.timeout()
 
-    async def run(self, start: float, progress: Callable[[dict[str, Any]], None] | None = None,
-                  sampler: Callable[[str], None] | None = None) -> dict[str, Any]:
+    async def run(
+        self,
+        start: float,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        sampler: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         """Run from monotonic time ``start``: warmup, then the measured window; returns the stats.
 
         ``progress`` gets counter deltas about once a second; ``sampler("start"|"end")`` is called
@@ -414,8 +432,9 @@ class Worker:
             self.close()
         return {"stats": {k: s.to_dict() for k, s in self.stats.items()}, "client_cpu": self.cpu}
 
-    async def _clock(self, progress: Callable[[dict[str, Any]], None] | None,
-                     sampler: Callable[[str], None] | None) -> None:
+    async def _clock(
+        self, progress: Callable[[dict[str, Any]], None] | None, sampler: Callable[[str], None] | None
+    ) -> None:
         next_report = time.monotonic() + 1.0
         started = False
         last = (0, 0, 0.0)
@@ -434,8 +453,15 @@ class Worker:
                     sampler("end")
             if (now >= next_report or ending) and progress:
                 cur = (self.p_ops, self.p_errs, self.p_lat)
-                progress({"proc": self.proc, "ops": cur[0] - last[0], "errors": cur[1] - last[1],
-                          "latency": cur[2] - last[2], "at": now})
+                progress(
+                    {
+                        "proc": self.proc,
+                        "ops": cur[0] - last[0],
+                        "errors": cur[1] - last[1],
+                        "latency": cur[2] - last[2],
+                        "at": now,
+                    }
+                )
                 last = cur
             if ending:
                 return
@@ -458,6 +484,7 @@ def _count_pk(resp: Response) -> int:
 
 
 # --- setup: prefill and hot items ----------------------------------------------------------------
+
 
 async def prepare(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Prefill the keyspace (``cfg.prefill``) and create the poll scenario's hot items."""
@@ -566,6 +593,7 @@ def _describe(r: Response | str) -> str:
 
 # --- running: one process or many ----------------------------------------------------------------
 
+
 class _CpuSampler:
     """Server CPU (``pids``) and whole-machine busy CPU at the edges of the measured window."""
 
@@ -648,8 +676,9 @@ class Progress:
             self.stream.flush()
 
 
-def run_bench(cfg: BenchConfig, progress_stream: Any = None, log: Callable[[str], None] = lambda s: None
-              ) -> dict[str, Any]:
+def run_bench(
+    cfg: BenchConfig, progress_stream: Any = None, log: Callable[[str], None] = lambda s: None
+) -> dict[str, Any]:
     """Prefill if asked, run the scenario, and return the summary (see :func:`summarize`)."""
     cfg.validate()
     if not cfg.run_id:
@@ -685,6 +714,7 @@ def _run_single(cfg: BenchConfig, progress_stream: Any, server_cpu: _CpuSampler)
 
 def _proc_main(cfg: BenchConfig, index: int, q: Any, go: Any, start_at: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
     async def main() -> None:
         w = Worker(cfg, index)
         try:
@@ -712,8 +742,7 @@ def _run_multi(cfg: BenchConfig, progress_stream: Any, server_cpu: _CpuSampler) 
     q = ctx.Queue()
     go = ctx.Event()
     start_at = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=_proc_main, args=(cfg, i, q, go, start_at), daemon=True)
-             for i in range(cfg.procs)]
+    procs = [ctx.Process(target=_proc_main, args=(cfg, i, q, go, start_at), daemon=True) for i in range(cfg.procs)]
     for p in procs:
         p.start()
     results: dict[int, dict[str, Any]] = {}
@@ -782,6 +811,7 @@ def _get(q: Any, procs: list[Any], deadline: float, timeout: float | None = None
 
 # --- results ---------------------------------------------------------------------------------------
 
+
 def _latency(h: Histogram) -> dict[str, float]:
     out = {k: round(v / 1000, 3) for k, v in h.percentiles(PERCENTILES).items()}
     out["mean"] = round(h.mean / 1000, 3)
@@ -789,8 +819,13 @@ def _latency(h: Histogram) -> dict[str, float]:
     return out
 
 
-def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: float | None,
-              machine_cpu_s: float | None = None, other_cpu_s: float | None = None) -> dict[str, Any]:
+def summarize(
+    cfg: BenchConfig,
+    results: list[dict[str, Any]],
+    server_cpu_s: float | None,
+    machine_cpu_s: float | None = None,
+    other_cpu_s: float | None = None,
+) -> dict[str, Any]:
     """Merge the workers' stats: ops/s and latency (ms) for the scenario and per operation."""
     merged: dict[str, dict[str, Any]] = {}
     for res in results:
@@ -804,8 +839,12 @@ def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: flo
     dur = cfg.duration
     by_op = {}
     for kind, m in sorted(merged.items()):
-        by_op[kind] = {"ops": m["ok"], "ops_per_sec": round(m["ok"] / dur, 1), "latency_ms": _latency(m["hist"]),
-                       "errors": dict(sorted(m["errors"].items()))}
+        by_op[kind] = {
+            "ops": m["ok"],
+            "ops_per_sec": round(m["ok"] / dur, 1),
+            "latency_ms": _latency(m["hist"]),
+            "errors": dict(sorted(m["errors"].items())),
+        }
         if m["items"]:
             by_op[kind]["items_per_sec"] = round(m["items"] / dur, 1)
     main_hist = Histogram()
@@ -833,8 +872,10 @@ def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: flo
         "errors": dict(sorted(errors.items())),
         "error_count": sum(errors.values()),
         "by_op": by_op,
-        "client_cpu": {"seconds": round(client_cpu, 3),
-                       "us_per_request": round(client_cpu / requests * 1e6, 1) if requests else None},
+        "client_cpu": {
+            "seconds": round(client_cpu, 3),
+            "us_per_request": round(client_cpu / requests * 1e6, 1) if requests else None,
+        },
         "server_cpu": None,
     }
     if items:
@@ -850,10 +891,13 @@ def summarize(cfg: BenchConfig, results: list[dict[str, Any]], server_cpu_s: flo
             mc["kernel_cores"] = round(max(0.0, kernel) / dur, 2) if server_cpu_s is not None else None
         summary["machine_cpu"] = mc
     if server_cpu_s is not None:
-        summary["server_cpu"] = {"pids": cfg.server_pids, "seconds": round(server_cpu_s, 3),
-                                 "cores": round(server_cpu_s / dur, 2),
-                                 "us_per_op": round(server_cpu_s / ops * 1e6, 1) if ops else None,
-                                 "us_per_request": round(server_cpu_s / requests * 1e6, 1) if requests else None}
+        summary["server_cpu"] = {
+            "pids": cfg.server_pids,
+            "seconds": round(server_cpu_s, 3),
+            "cores": round(server_cpu_s / dur, 2),
+            "us_per_op": round(server_cpu_s / ops * 1e6, 1) if ops else None,
+            "us_per_request": round(server_cpu_s / requests * 1e6, 1) if requests else None,
+        }
     return summary
 
 
@@ -881,6 +925,15 @@ def stop_process(proc: Any) -> None:
         proc.join(timeout=5)
 
 
-__all__ = ["K2V_ONLY", "MIXES", "BenchConfig", "BenchError", "Worker", "prepare", "run_bench", "start_null_server",
-           "stop_process", "summarize"]
-
+__all__ = [
+    "K2V_ONLY",
+    "MIXES",
+    "BenchConfig",
+    "BenchError",
+    "Worker",
+    "prepare",
+    "run_bench",
+    "start_null_server",
+    "stop_process",
+    "summarize",
+]

@@ -84,8 +84,15 @@ class KeySpace:
 class K2VSigner:
     """SigV4 header signing for one host, with the signing key and date strings cached."""
 
-    def __init__(self, access_key_id: str, secret: str, region: str, host: str,
-                 keys: SigningKeyCache | None = None, service: str = "k2v") -> None:
+    def __init__(
+        self,
+        access_key_id: str,
+        secret: str,
+        region: str,
+        host: str,
+        keys: SigningKeyCache | None = None,
+        service: str = "k2v",
+    ) -> None:
         self.access_key_id = access_key_id
         self.region = region
         self.service = service
@@ -115,8 +122,9 @@ class K2VSigner:
             uri = self._uris[raw_path] = uri_encode(raw_path, False)
         return uri
 
-    def headers(self, method: str, raw_path: str, canonical_query: str, payload_hash: str,
-                now: float | None = None) -> str:
+    def headers(
+        self, method: str, raw_path: str, canonical_query: str, payload_hash: str, now: float | None = None
+    ) -> str:
         """The ``X-Amz-Date``, ``X-Amz-Content-Sha256`` and ``Authorization`` header lines.
 
         ``raw_path`` is the path as sent (percent-encoded), ``canonical_query`` the sorted,
@@ -124,13 +132,19 @@ class K2VSigner:
         """
         self._refresh(time.time() if now is None else now)
         date = self._amz_date
-        creq = canonical_request(method, self._canonical_uri(raw_path), canonical_query,
-                                 (("host", self.host), ("x-amz-content-sha256", payload_hash),
-                                  ("x-amz-date", date)), payload_hash)
+        creq = canonical_request(
+            method,
+            self._canonical_uri(raw_path),
+            canonical_query,
+            (("host", self.host), ("x-amz-content-sha256", payload_hash), ("x-amz-date", date)),
+            payload_hash,
+        )
         sig = sign(self._key, string_to_sign(date, self._scope, creq))
-        return (f"X-Amz-Date: {date}\r\nX-Amz-Content-Sha256: {payload_hash}\r\n"
-                f"Authorization: {ALGORITHM} Credential={self.access_key_id}/{self._scope}, "
-                f"SignedHeaders={SIGNED_NAMES}, Signature={sig}\r\n")
+        return (
+            f"X-Amz-Date: {date}\r\nX-Amz-Content-Sha256: {payload_hash}\r\n"
+            f"Authorization: {ALGORITHM} Credential={self.access_key_id}/{self._scope}, "
+            f"SignedHeaders={SIGNED_NAMES}, Signature={sig}\r\n"
+        )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -145,21 +159,31 @@ class K2VTarget:
 
     kind = "k2v"
 
-    def __init__(self, host: str, bucket: str, access_key_id: str, secret: str, region: str,
-                 keys: SigningKeyCache | None = None) -> None:
+    def __init__(
+        self, host: str, bucket: str, access_key_id: str, secret: str, region: str, keys: SigningKeyCache | None = None
+    ) -> None:
         self.host = host
         self.bucket = bucket
         self.signer = K2VSigner(access_key_id, secret, region, host, keys)
         self._bucket_path = "/" + quote(bucket, safe="")
         self._paths: dict[str, str] = {}
 
-    def _request(self, method: str, raw_path: str, pairs: list[tuple[str, str]], body: bytes = b"",
-                 body_hash: str | None = None, extra: str = "") -> bytes:
+    def _request(
+        self,
+        method: str,
+        raw_path: str,
+        pairs: list[tuple[str, str]],
+        body: bytes = b"",
+        body_hash: str | None = None,
+        extra: str = "",
+    ) -> bytes:
         payload_hash = body_hash or (sha256_hex(body) if body else EMPTY_HASH)
         wire, canonical = encode_pairs(pairs) if pairs else ("", "")
         target = f"{raw_path}?{wire}" if pairs else raw_path
-        head = (f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"{self.signer.headers(method, raw_path, canonical, payload_hash)}{extra}")
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"{self.signer.headers(method, raw_path, canonical, payload_hash)}{extra}"
+        )
         if body or method in ("PUT", "POST"):
             head += f"Content-Length: {len(body)}\r\n"
         return (head + "\r\n").encode("latin-1") + body
@@ -173,8 +197,7 @@ class K2VTarget:
         return path
 
     # --- the shared vocabulary -------------------------------------------------------------
-    def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None,
-              token: str | None = None) -> bytes:
+    def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None, token: str | None = None) -> bytes:
         """InsertItem (``value_hash``: the value's SHA-256 hex, when the caller has it cached)."""
         extra = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
         return self._request("PUT", self._item_path(pk), [("sort_key", sk)], value, value_hash, extra)
@@ -206,8 +229,12 @@ class K2VTarget:
 
     def insert_batch(self, items: list[tuple[str, str, str | None, bytes | None]]) -> bytes:
         """InsertBatch of (pk, sk, causality token or None, value or None for a tombstone)."""
-        body = json.dumps([{"pk": pk, "sk": sk, "ct": ct, "v": None if v is None else base64.b64encode(v).decode()}
-                           for pk, sk, ct, v in items]).encode()
+        body = json.dumps(
+            [
+                {"pk": pk, "sk": sk, "ct": ct, "v": None if v is None else base64.b64encode(v).decode()}
+                for pk, sk, ct, v in items
+            ]
+        ).encode()
         return self._request("POST", self._bucket_path, [], body)
 
     def read_index(self, start: str | None, limit: int) -> bytes:
@@ -233,15 +260,16 @@ class EtcdTarget:
 
     def _post(self, path: str, obj: dict) -> bytes:
         body = json.dumps(obj, separators=(",", ":")).encode()
-        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("latin-1") + body
 
     @staticmethod
     def _b64(s: str | bytes) -> str:
         return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
 
-    def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None,
-              token: str | None = None) -> bytes:
+    def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None, token: str | None = None) -> bytes:
         return self._post("/v3/kv/put", {"key": self._b64(f"{pk}/{sk}"), "value": self._b64_value(value)})
 
     def read(self, pk: str, sk: str) -> bytes:
@@ -262,12 +290,27 @@ class EtcdTarget:
         return None
 
 
-def make_target(kind: str, endpoint_host: str, bucket: str = "", access_key_id: str = "", secret: str = "",
-                region: str = "garage", keys: SigningKeyCache | None = None) -> K2VTarget | EtcdTarget:
+def make_target(
+    kind: str,
+    endpoint_host: str,
+    bucket: str = "",
+    access_key_id: str = "",
+    secret: str = "",
+    region: str = "garage",
+    keys: SigningKeyCache | None = None,
+) -> K2VTarget | EtcdTarget:
     if kind == "etcd":
         return EtcdTarget(endpoint_host)
     return K2VTarget(endpoint_host, bucket, access_key_id, secret, region, keys)
 
 
-__all__ = ["EMPTY_HASH", "EtcdTarget", "K2VSigner", "K2VTarget", "KeySpace", "encode_pairs", "make_target",
-           "sha256_hex"]
+__all__ = [
+    "EMPTY_HASH",
+    "EtcdTarget",
+    "K2VSigner",
+    "K2VTarget",
+    "KeySpace",
+    "encode_pairs",
+    "make_target",
+    "sha256_hex",
+]

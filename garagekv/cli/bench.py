@@ -21,23 +21,38 @@ SELFTEST_MIXES = ("write", "read", "mixed", "batch")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="load-test a K2V endpoint (closed loop)",
-                       description="Closed-loop load generator for K2V endpoints (or etcd's v3 JSON gateway). "
-                                   "Reports ops/s, latency percentiles, errors by status and server CPU per op.")
+    p = sub.add_parser(
+        "bench",
+        help="load-test a K2V endpoint (closed loop)",
+        description="Closed-loop load generator for K2V endpoints (or etcd's v3 JSON gateway). "
+        "Reports ops/s, latency percentiles, errors by status and server CPU per op.",
+    )
     src = p.add_argument_group("target")
-    src.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT",
-                     help="endpoint (repeat or comma-separate for several: connections go round-robin)")
+    src.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="endpoint (repeat or comma-separate for several: connections go round-robin)",
+    )
     src.add_argument("--target", choices=("k2v", "etcd"), default="k2v", help="protocol (default k2v)")
-    src.add_argument("--dev-json", metavar="FILE|-",
-                     help="the JSON line of `garagekv dev --json` (endpoints of all nodes, credentials, PIDs)")
+    src.add_argument(
+        "--dev-json",
+        metavar="FILE|-",
+        help="the JSON line of `garagekv dev --json` (endpoints of all nodes, credentials, PIDs)",
+    )
     src.add_argument("--bucket", help="bucket name")
     src.add_argument("--access-key-id", help="access key id (default: --dev-json, then $AWS_ACCESS_KEY_ID)")
     src.add_argument("--secret-access-key", help="secret key (default: --dev-json, then $AWS_SECRET_ACCESS_KEY)")
     src.add_argument("--region", help="SigV4 region (default garage)")
-    src.add_argument("--server-pids", metavar="PID,...",
-                     help="server processes whose CPU time to report per op (default: the nodes of --dev-json)")
-    src.add_argument("--selftest", action="store_true",
-                     help="run against a built-in null HTTP server: the generator's own ceiling")
+    src.add_argument(
+        "--server-pids",
+        metavar="PID,...",
+        help="server processes whose CPU time to report per op (default: the nodes of --dev-json)",
+    )
+    src.add_argument(
+        "--selftest", action="store_true", help="run against a built-in null HTTP server: the generator's own ceiling"
+    )
     load = p.add_argument_group("load")
     load.add_argument("--mix", choices=tuple(MIXES), default="write", help="scenario (default write)")
     load.add_argument("--conns", type=int, default=64, help="connections, one request in flight each (default 64)")
@@ -95,12 +110,29 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         except ValueError:
             raise BenchError(f"--server-pids must be comma-separated integers, got {args.server_pids!r}")
     return BenchConfig(
-        target=args.target, endpoints=endpoints, bucket=bucket or "", access_key_id=ak or "",
-        secret_access_key=sk or "", region=region or "garage", mix=args.mix, conns=args.conns,
-        procs=args.procs, duration=args.duration, warmup=args.warmup, value_size=args.value_size,
-        keys=args.keys, per_partition=args.per_partition, key_prefix=args.key_prefix, prefill=args.prefill,
-        batch_size=args.batch_size, poll_keys=args.poll_keys, poll_interval=args.poll_interval,
-        poll_timeout=args.poll_timeout, timeout=args.timeout, server_pids=pids, label=args.label or "",
+        target=args.target,
+        endpoints=endpoints,
+        bucket=bucket or "",
+        access_key_id=ak or "",
+        secret_access_key=sk or "",
+        region=region or "garage",
+        mix=args.mix,
+        conns=args.conns,
+        procs=args.procs,
+        duration=args.duration,
+        warmup=args.warmup,
+        value_size=args.value_size,
+        keys=args.keys,
+        per_partition=args.per_partition,
+        key_prefix=args.key_prefix,
+        prefill=args.prefill,
+        batch_size=args.batch_size,
+        poll_keys=args.poll_keys,
+        poll_interval=args.poll_interval,
+        poll_timeout=args.poll_timeout,
+        timeout=args.timeout,
+        server_pids=pids,
+        label=args.label or "",
     )
 
 

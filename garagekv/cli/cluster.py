@@ -32,8 +32,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("-c", "--capacity", help="storage capacity: 500M, 1G, 2TiB ...")
     a.add_argument("-g", "--gateway", action="store_true", help="route requests, store nothing")
     a.add_argument("-t", "--tag", action="append", dest="tags", default=[])
-    a.add_argument("--replace", action="append", default=[], metavar="NODE_ID_PREFIX",
-                   help="remove these nodes in the same change")
+    a.add_argument(
+        "--replace", action="append", default=[], metavar="NODE_ID_PREFIX", help="remove these nodes in the same change"
+    )
     r = layout.add_parser("remove", help="stage the removal of a node's role")
     r.add_argument("node")
     cfg = layout.add_parser("config", help="stage layout parameters")
@@ -61,16 +62,22 @@ def _print_status(st: dict[str, Any]) -> None:
             tags = ",".join(role["tags"])
         if n["staged_role"] is not None:
             cap += " (pending...)"
-        status = "up" if n["up"] else "DOWN" + (
-            f" (last seen {n['last_seen_secs_ago']}s ago)" if n["last_seen_secs_ago"] is not None else "")
+        status = (
+            "up"
+            if n["up"]
+            else "DOWN"
+            + (f" (last seen {n['last_seen_secs_ago']}s ago)" if n["last_seen_secs_ago"] is not None else "")
+        )
         rows.append((n["id"][:16], n["hostname"] or "", n["addr"] or "", zone, cap, tags, status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"==== CLUSTER (layout version {st['layout_version']}) ====")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if st["staged_changes"]:
-        print("\nThere are staged role changes: run `garagekv layout show` to review them, then "
-              "`garagekv layout apply --version N`.")
+        print(
+            "\nThere are staged role changes: run `garagekv layout show` to review them, then "
+            "`garagekv layout apply --version N`."
+        )
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
@@ -94,9 +101,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             if not args.quiet:
                 import sys
 
-                print(f"\nTo connect other nodes to this one: garagekv node connect {node_id.hex()}@{addr}\n"
-                      "or add it to their bootstrap_peers. Keep rpc_secret private: it admits nodes.",
-                      file=sys.stderr)
+                print(
+                    f"\nTo connect other nodes to this one: garagekv node connect {node_id.hex()}@{addr}\n"
+                    "or add it to their bootstrap_peers. Keep rpc_secret private: it admits nodes.",
+                    file=sys.stderr,
+                )
             return 0
         print(f"Success: connected to {(await call('node.connect', {'peer': args.peer}))['connected'][:16]}.")
         return 0
@@ -109,8 +118,17 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         res = await call("layout.history")
         print(json.dumps(res, indent=2) if args.json else res["text"])
     elif a == "assign":
-        res = await call("layout.assign", {"nodes": args.nodes, "zone": args.zone, "capacity": args.capacity,
-                                           "gateway": args.gateway, "tags": args.tags, "replace": args.replace})
+        res = await call(
+            "layout.assign",
+            {
+                "nodes": args.nodes,
+                "zone": args.zone,
+                "capacity": args.capacity,
+                "gateway": args.gateway,
+                "tags": args.tags,
+                "replace": args.replace,
+            },
+        )
         print(res["message"])
     elif a == "remove":
         print((await call("layout.remove", {"node": args.node}))["message"])
@@ -125,10 +143,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             raise AdminError("Add --yes flag to really drop the staged changes")
         print((await call("layout.revert"))["message"])
     elif a == "skip-dead-nodes":
-        res = await call("layout.skip_dead_nodes", {"version": args.version,
-                                                    "allow_missing_data": args.allow_missing_data})
+        res = await call(
+            "layout.skip_dead_nodes", {"version": args.version, "allow_missing_data": args.allow_missing_data}
+        )
         print("\n".join(res["messages"]))
         print("Success.")
     return 0
-
-

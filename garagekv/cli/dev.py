@@ -64,11 +64,13 @@ def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf
     """The admin token is read from ``admin_token`` in the state directory (the parent of ``node_dir``)."""
     node_dir.mkdir(parents=True, exist_ok=True)
     path = node_dir / "garagekv.toml"
-    _write_private(path, f"""# Written by `garagekv dev`; an ordinary config file (`garagekv -c {path.name} ...`).
+    _write_private(
+        path,
+        f"""# Written by `garagekv dev`; an ordinary config file (`garagekv -c {path.name} ...`).
 metadata_dir = "meta"
 replication_factor = {rf}
-rpc_bind_addr = "127.0.0.1:{ports['rpc']}"
-rpc_public_addr = "127.0.0.1:{ports['rpc']}"
+rpc_bind_addr = "127.0.0.1:{ports["rpc"]}"
+rpc_public_addr = "127.0.0.1:{ports["rpc"]}"
 rpc_secret = "{rpc_secret}"
 rpc_ping_interval_msec = 2000
 rpc_ping_timeout_msec = 2000
@@ -78,12 +80,13 @@ metadata_fsync = true
 s3_region = "{REGION}"
 
 [k2v_api]
-api_bind_addr = "127.0.0.1:{ports['k2v']}"
+api_bind_addr = "127.0.0.1:{ports["k2v"]}"
 
 [admin]
-api_bind_addr = "127.0.0.1:{ports['admin']}"
+api_bind_addr = "127.0.0.1:{ports["admin"]}"
 admin_token_file = "../admin_token"
-""")
+""",
+    )
     return path
 
 
@@ -105,7 +108,10 @@ class DevNode:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, lives as long as it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), "server"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log_file.close()
 
@@ -118,8 +124,10 @@ class DevNode:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.index} exited with code {self.proc.returncode}; "
-                                   f"see {self.log_path}:\n{_tail(self.log_path)}")
+                raise RuntimeError(
+                    f"node {self.index} exited with code {self.proc.returncode}; "
+                    f"see {self.log_path}:\n{_tail(self.log_path)}"
+                )
             try:
                 self.node_id = (await self.call("node.info", timeout=2.0))["id"]
                 return
@@ -156,8 +164,9 @@ async def _form_cluster(nodes: list[DevNode]) -> None:
     missing = [n for n in nodes if roles.get(n.node_id) is None]
     if missing:
         for n in missing:
-            await first.call("layout.assign", {"nodes": [n.node_id], "zone": f"dc{n.index + 1}",
-                                               "capacity": NODE_CAPACITY})
+            await first.call(
+                "layout.assign", {"nodes": [n.node_id], "zone": f"dc{n.index + 1}", "capacity": NODE_CAPACITY}
+            )
         await first.call("layout.apply", {"version": status["layout_version"] + 1})
     target = (await first.call("cluster.status"))["layout_version"]
     deadline = time.monotonic() + READY_TIMEOUT
@@ -188,8 +197,10 @@ async def _ensure_credentials(state_dir: Path, node: DevNode) -> dict[str, str]:
         await node.call("bucket.info", {"name": BUCKET})
     except GarageKVError:
         await node.call("bucket.create", {"name": BUCKET})
-    await node.call("bucket.permissions", {"bucket": BUCKET, "key": creds["access_key_id"],
-                                           "allow": True, "read": True, "write": True, "owner": True})
+    await node.call(
+        "bucket.permissions",
+        {"bucket": BUCKET, "key": creds["access_key_id"], "allow": True, "read": True, "write": True, "owner": True},
+    )
     return creds
 
 
@@ -264,11 +275,23 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(line), flush=True)
     if not args.json:
-        print(EXAMPLE.format(endpoint=first["k2v_endpoint"], bucket=BUCKET, ak=creds["access_key_id"],
-                             sk=creds["secret_access_key"], region=REGION, admin_endpoint=first["admin_endpoint"],
-                             admin_token_path=state_dir / "admin_token"), file=sys.stderr)
-        print(f"Serving {len(nodes)} node(s); logs in {state_dir}/node*/node.log. Press Ctrl-C to stop.",
-              file=sys.stderr, flush=True)
+        print(
+            EXAMPLE.format(
+                endpoint=first["k2v_endpoint"],
+                bucket=BUCKET,
+                ak=creds["access_key_id"],
+                sk=creds["secret_access_key"],
+                region=REGION,
+                admin_endpoint=first["admin_endpoint"],
+                admin_token_path=state_dir / "admin_token",
+            ),
+            file=sys.stderr,
+        )
+        print(
+            f"Serving {len(nodes)} node(s); logs in {state_dir}/node*/node.log. Press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
     return _supervise(nodes, lambda: stopping)
 
 
@@ -280,8 +303,12 @@ def _supervise(nodes: list[DevNode], stopping: Any) -> int:
             code = n.proc.poll()
             if code is not None and not stopping() and n.index not in reported:
                 reported.add(n.index)
-                print(f"node {n.index} exited with code {code}; the others keep running. Restart it with:\n"
-                      f"  garagekv -c {n.config_path} server", file=sys.stderr, flush=True)
+                print(
+                    f"node {n.index} exited with code {code}; the others keep running. Restart it with:\n"
+                    f"  garagekv -c {n.config_path} server",
+                    file=sys.stderr,
+                    flush=True,
+                )
         time.sleep(0.2)
     if stopping():
         return 0 if all(n.proc.returncode == 0 for n in nodes) else 1

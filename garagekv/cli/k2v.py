@@ -53,6 +53,7 @@ Handler = Callable[[K2VClient, argparse.Namespace], Coroutine[Any, Any, int]]
 
 # --- parser ---------------------------------------------------------------------------------
 
+
 def _output_flags(p: argparse.ArgumentParser, raw: bool = False) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="JSON output (values in base64)")
@@ -75,17 +76,25 @@ def _range_flags(p: argparse.ArgumentParser, *, limit: bool = True, filters: boo
 
 def _token_flag(p: argparse.ArgumentParser, help: str) -> None:
     # Tokens are base64url and may start with "-": write --token=TOKEN so argparse reads it as a value.
-    p.add_argument("-t", "--token", "--causality", dest="token", metavar="TOKEN",
-                   help=help + '; write --token=TOKEN (a token may start with "-")')
+    p.add_argument(
+        "-t",
+        "--token",
+        "--causality",
+        dest="token",
+        metavar="TOKEN",
+        help=help + '; write --token=TOKEN (a token may start with "-")',
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "k2v", help="K2V client: read, write, list and watch items",
+        "k2v",
+        help="K2V client: read, write, list and watch items",
         description="Talk to a K2V endpoint (no config file needed). Connection settings: flags, then "
-                    "--dev-json, then GARAGEKV_K2V_ENDPOINT / AWS_REGION / GARAGEKV_BUCKET / "
-                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
-        epilog="exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 poll timeout")
+        "--dev-json, then GARAGEKV_K2V_ENDPOINT / AWS_REGION / GARAGEKV_BUCKET / "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
+        epilog="exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 poll timeout",
+    )
     p.add_argument("--endpoint", help="K2V endpoint URL, e.g. http://127.0.0.1:3904")
     p.add_argument("--region", help="region (default: $AWS_REGION or garage)")
     p.add_argument("--bucket", help="bucket name")
@@ -146,8 +155,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _output_flags(c)
     c.set_defaults(handler=cmd_delete_range)
 
-    for name, helptext, follow in (("poll-range", "items of a range changed since a seen marker", False),
-                                   ("watch", "print the changes of a range as they happen", True)):
+    for name, helptext, follow in (
+        ("poll-range", "items of a range changed since a seen marker", False),
+        ("watch", "print the changes of a range as they happen", True),
+    ):
         c = cmds.add_parser(name, help=helptext)
         c.add_argument("partition_key")
         _range_flags(c, limit=False, filters=False)
@@ -177,6 +188,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 # --- output ---------------------------------------------------------------------------------
+
 
 def _want_json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False) or getattr(args, "json_global", False))
@@ -225,6 +237,7 @@ def _output_item(item: Item, args: argparse.Namespace) -> int:
 
 # --- input ----------------------------------------------------------------------------------
 
+
 def _read_source(path: str) -> bytes:
     if path == "-":
         return sys.stdin.buffer.read()
@@ -250,6 +263,7 @@ def _json_lines(path: str) -> list[Any]:
 
 
 # --- commands -------------------------------------------------------------------------------
+
 
 async def cmd_read(client: K2VClient, args: argparse.Namespace) -> int:
     return _output_item(await client.read_item(args.partition_key, args.sort_key), args)
@@ -346,9 +360,16 @@ async def cmd_read_range(client: K2VClient, args: argparse.Namespace) -> int:
     start, remaining = args.start, args.limit
     while True:
         n = args.page_size if remaining is None else min(args.page_size, remaining)
-        page = await client.read_range(args.partition_key, prefix=args.prefix, start=start, end=args.end, limit=n,
-                                       reverse=args.reverse, conflicts_only=args.conflicts_only,
-                                       tombstones=args.tombstones)
+        page = await client.read_range(
+            args.partition_key,
+            prefix=args.prefix,
+            start=start,
+            end=args.end,
+            limit=n,
+            reverse=args.reverse,
+            conflicts_only=args.conflicts_only,
+            tombstones=args.tombstones,
+        )
         items.extend(page.items)
         more, next_start = page.more, page.next_start
         if remaining is not None:
@@ -381,8 +402,12 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
     follow = getattr(args, "follow", False)
     kw = {"prefix": args.prefix, "start": args.start, "end": args.end}
     if not follow:
-        res = await client.poll_range(args.partition_key, seen_marker=args.seen_marker,
-                                      timeout=args.poll_timeout if args.seen_marker else None, **kw)
+        res = await client.poll_range(
+            args.partition_key,
+            seen_marker=args.seen_marker,
+            timeout=args.poll_timeout if args.seen_marker else None,
+            **kw,
+        )
         if res is None:
             if _want_json(args):
                 _print_json(None)
@@ -392,8 +417,13 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
         _print_poll(res, args)
         return 0
     count = 0
-    async for res in client.watch_range(args.partition_key, seen_marker=args.seen_marker, timeout=args.poll_timeout,
-                                        include_initial=not args.no_initial, **kw):
+    async for res in client.watch_range(
+        args.partition_key,
+        seen_marker=args.seen_marker,
+        timeout=args.poll_timeout,
+        include_initial=not args.no_initial,
+        **kw,
+    ):
         _print_poll(res, args)
         count += 1
         if args.count is not None and count >= args.count:
@@ -476,9 +506,15 @@ async def cmd_delete_batch(client: K2VClient, args: argparse.Namespace) -> int:
 
 # --- entry point ----------------------------------------------------------------------------
 
+
 def make_client(args: argparse.Namespace) -> K2VClient:
-    flags = {"endpoint": args.endpoint, "region": args.region, "bucket": args.bucket,
-             "access_key_id": args.access_key_id, "secret_access_key": args.secret_access_key}
+    flags = {
+        "endpoint": args.endpoint,
+        "region": args.region,
+        "bucket": args.bucket,
+        "access_key_id": args.access_key_id,
+        "secret_access_key": args.secret_access_key,
+    }
     dev: dict[str, str | None] = {}
     if args.dev_json:
         src: Any = sys.stdin if args.dev_json == "-" else Path(args.dev_json)
@@ -488,14 +524,25 @@ def make_client(args: argparse.Namespace) -> K2VClient:
             raise CliError(f"cannot read {args.dev_json}: {e.strerror}")
         except ValueError as e:
             raise CliError(str(e))
-        dev = {"endpoint": data.get("k2v_endpoint"), "region": data.get("region"), "bucket": data.get("bucket"),
-               "access_key_id": data.get("access_key_id"), "secret_access_key": data.get("secret_access_key")}
+        dev = {
+            "endpoint": data.get("k2v_endpoint"),
+            "region": data.get("region"),
+            "bucket": data.get("bucket"),
+            "access_key_id": data.get("access_key_id"),
+            "secret_access_key": data.get("secret_access_key"),
+        }
     try:
         s = resolve(flags, dev, env_settings())
     except ValueError as e:
         raise CliError(f"{e} (see `garagekv k2v --help`)")
-    return K2VClient(endpoint=s.endpoint, region=s.region, access_key_id=s.access_key_id,
-                     secret_access_key=s.secret_access_key, bucket=s.bucket, timeout=args.timeout)
+    return K2VClient(
+        endpoint=s.endpoint,
+        region=s.region,
+        access_key_id=s.access_key_id,
+        secret_access_key=s.secret_access_key,
+        bucket=s.bucket,
+        timeout=args.timeout,
+    )
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "server":
             from garagekv.server import run_node
 
-            setup_logging(config.log_level, config.log_format, secrets=(
-                config.rpc_secret, config.admin.admin_token, config.admin.metrics_token))
+            setup_logging(
+                config.log_level,
+                config.log_format,
+                secrets=(config.rpc_secret, config.admin.admin_token, config.admin.metrics_token),
+            )
             with new_runner() as runner:
                 runner.run(run_node(config))
             return 0

@@ -128,13 +128,19 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                 raise AdminError("Add --yes flag to really perform this operation")
             result = await call("bucket.delete", {"name": args.name})
         elif a in ("allow", "deny"):
-            result = await call("bucket.permissions", {
-                "bucket": args.bucket, "key": args.key, "allow": a == "allow",
-                "read": args.read, "write": args.write, "owner": args.owner,
-            })
+            result = await call(
+                "bucket.permissions",
+                {
+                    "bucket": args.bucket,
+                    "key": args.key,
+                    "allow": a == "allow",
+                    "read": args.read,
+                    "write": args.write,
+                    "owner": args.owner,
+                },
+            )
         elif a == "alias":
-            result = await call("bucket.alias", {"bucket": args.bucket, "alias": args.alias,
-                                                     "local_key": args.local})
+            result = await call("bucket.alias", {"bucket": args.bucket, "alias": args.alias, "local_key": args.local})
         else:
             result = await call("bucket.unalias", {"alias": args.alias, "local_key": args.local})
 

@@ -23,10 +23,13 @@ PROGRESS_INTERVAL = 1.0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("repair", help="repair this node's data: anti-entropy, Merkle tries, index counters",
-                       description="tables: full anti-entropy sync of every table (K2V included); "
-                                   "merkle: rebuild the Merkle tries; counters: recount the K2V index counters "
-                                   "from the local items.")
+    r = sub.add_parser(
+        "repair",
+        help="repair this node's data: anti-entropy, Merkle tries, index counters",
+        description="tables: full anti-entropy sync of every table (K2V included); "
+        "merkle: rebuild the Merkle tries; counters: recount the K2V index counters "
+        "from the local items.",
+    )
     r.add_argument("what", choices=("tables", "merkle", "counters"))
     r.add_argument("--yes", action="store_true", help="really launch the repair")
     r.add_argument("--detach", action="store_true", help="launch and return without waiting for the end")
@@ -74,15 +77,34 @@ def format_workers(workers: list[dict[str, Any]]) -> str:
             last = (f"{ago}s ago: " if ago is not None else "") + w["last_error"]
             if len(last) > 100:
                 last = last[:97] + "..."
-        rows.append((str(w["tid"]), w["state"], w["name"], progress_text(w), _n(w.get("queue")),
-                     str(w.get("errors", 0)), str(w.get("consecutive_errors", 0)), last))
+        rows.append(
+            (
+                str(w["tid"]),
+                w["state"],
+                w["name"],
+                progress_text(w),
+                _n(w.get("queue")),
+                str(w.get("errors", 0)),
+                str(w.get("consecutive_errors", 0)),
+                last,
+            )
+        )
     return table(rows)
 
 
 def format_worker(w: dict[str, Any]) -> str:
     lines = [f"Worker {w['tid']}: {w['name']}", f"State: {w['state']}", f"Progress: {progress_text(w)}"]
-    shown = {"tid", "name", "state", "done", "total", "errors", "consecutive_errors", "last_error",
-             "last_error_secs_ago"}
+    shown = {
+        "tid",
+        "name",
+        "state",
+        "done",
+        "total",
+        "errors",
+        "consecutive_errors",
+        "last_error",
+        "last_error_secs_ago",
+    }
     for k, v in w.items():
         if k not in shown:
             lines.append(f"{k.replace('_', ' ').capitalize()}: {_n(v)}")
@@ -93,19 +115,31 @@ def format_worker(w: dict[str, Any]) -> str:
 
 
 def format_stats(st: dict[str, Any]) -> str:
-    out = [f"Node {st['node'][:16]} (layout version {st['layout_version']}, "
-           f"replication factor {st['replication_factor']})"]
+    out = [
+        f"Node {st['node'][:16]} (layout version {st['layout_version']}, replication factor {st['replication_factor']})"
+    ]
     db = st["db"]
     used = db.get("used_bytes")
     free = db.get("free_bytes")
-    out.append(f"Database: LMDB, {format_bytes(used) if used is not None else '?'} used, "
-               f"{format_bytes(free) if free is not None else '?'} free on the metadata disk")
+    out.append(
+        f"Database: LMDB, {format_bytes(used) if used is not None else '?'} used, "
+        f"{format_bytes(free) if free is not None else '?'} free on the metadata disk"
+    )
     out.append("")
     out.append("==== TABLES ====")
     rows = [("Table", "Items", "MklItems", "MklTodo", "GcTodo", "InsertQueue", "GC'd")]
     for t in st["tables"]:
-        rows.append((t["table"], str(t["items"]), _n(t.get("merkleItems")), str(t["merkleTodo"]), str(t["gcTodo"]),
-                     str(t["insertQueue"]), _n(t.get("gcCollected"))))
+        rows.append(
+            (
+                t["table"],
+                str(t["items"]),
+                _n(t.get("merkleItems")),
+                str(t["merkleTodo"]),
+                str(t["gcTodo"]),
+                str(t["insertQueue"]),
+                _n(t.get("gcCollected")),
+            )
+        )
     out.append(table(rows))
     out.append("")
     p = st["partitions"]
@@ -196,8 +230,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         return 0
     # repair
     if not args.yes:
-        raise AdminError("Please add the --yes flag to launch the repair "
-                         f"(`garagekv repair --yes {args.what}`).")
+        raise AdminError(f"Please add the --yes flag to launch the repair (`garagekv repair --yes {args.what}`).")
     res = await call("repair", {"what": args.what})
     print(res["message"], flush=True)
     tid = res.get("tid")
@@ -209,12 +242,17 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     print("Waiting for it to finish (Ctrl-C stops waiting, not the repair; --detach does not wait):", flush=True)
     if args.what == "counters":
         w = await _follow(call, tid)
-        print(f"Done: {w.get('items', 0)} items in {w.get('partitions', 0)} partitions counted, "
-              f"{w.get('counters', 0)} local counters checked.")
+        print(
+            f"Done: {w.get('items', 0)} items in {w.get('partitions', 0)} partitions counted, "
+            f"{w.get('counters', 0)} local counters checked."
+        )
     else:
         await _follow_tables(call, follow, args.what)
-        print("Done: full sync completed for every table." if args.what == "tables"
-              else "Done: every Merkle trie is up to date.")
+        print(
+            "Done: full sync completed for every table."
+            if args.what == "tables"
+            else "Done: every Merkle trie is up to date."
+        )
     return 0
 
 
@@ -224,8 +262,9 @@ def _table_done(kind: str, f: dict[str, Any], w: dict[str, Any]) -> bool:
     return not w.get("queue")
 
 
-async def _follow_tables(call: Any, follow: list[dict[str, Any]], kind: str,
-                         interval: float = PROGRESS_INTERVAL) -> None:
+async def _follow_tables(
+    call: Any, follow: list[dict[str, Any]], kind: str, interval: float = PROGRESS_INTERVAL
+) -> None:
     """Print the per-table progress of sync or Merkle workers until each one is done."""
     last, last_print = None, 0.0
     while True:

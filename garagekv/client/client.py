@@ -65,8 +65,10 @@ MAX_BATCH = 1000  # the server's default limit on items/queries per batch
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = "garagekv-client/0.1"
 # Errors raised before anything was sent (connect timeouts are their own class since aiohttp 3.10).
-_NOT_SENT: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError, *(
-    c for c in (getattr(aiohttp, "ConnectionTimeoutError", None),) if c is not None))
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    *(c for c in (getattr(aiohttp, "ConnectionTimeoutError", None),) if c is not None),
+)
 
 
 class RawResponse:
@@ -104,8 +106,9 @@ def _insert_op(item: InsertLike) -> InsertOp:
         raise TypeError("an insert is an InsertOp or a (pk, sk, value[, token]) tuple")
     pk, sk, value = item[0], item[1], item[2]
     token = item[3] if len(item) == 4 else None
-    return InsertOp(pk, sk, None if value is None else _value_bytes(value),
-                    None if token is None else CausalityToken.coerce(token))
+    return InsertOp(
+        pk, sk, None if value is None else _value_bytes(value), None if token is None else CausalityToken.coerce(token)
+    )
 
 
 def _clamp_poll(timeout: float | None) -> int:
@@ -115,7 +118,7 @@ def _clamp_poll(timeout: float | None) -> int:
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 class K2VClient:
@@ -131,14 +134,33 @@ class K2VClient:
     poll timeout on top of it); ``connect_timeout`` bounds opening a connection.
     """
 
-    def __init__(self, *, endpoint: str, access_key_id: str, secret_access_key: str, bucket: str,
-                 region: str = DEFAULT_REGION, timeout: float = 30.0, connect_timeout: float = 10.0,
-                 max_retries: int = 3, retry_backoff: float = 0.1, max_connections: int = 64,
-                 session: aiohttp.ClientSession | None = None, unsigned_payload: bool = False,
-                 user_agent: str | None = USER_AGENT, clock: Callable[[], float] | None = None) -> None:
-        self.settings: ConnectionSettings = resolve({"endpoint": endpoint, "region": region,
-                                                     "access_key_id": access_key_id,
-                                                     "secret_access_key": secret_access_key, "bucket": bucket})
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key_id: str,
+        secret_access_key: str,
+        bucket: str,
+        region: str = DEFAULT_REGION,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        retry_backoff: float = 0.1,
+        max_connections: int = 64,
+        session: aiohttp.ClientSession | None = None,
+        unsigned_payload: bool = False,
+        user_agent: str | None = USER_AGENT,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.settings: ConnectionSettings = resolve(
+            {
+                "endpoint": endpoint,
+                "region": region,
+                "access_key_id": access_key_id,
+                "secret_access_key": secret_access_key,
+                "bucket": bucket,
+            }
+        )
         kwargs: dict[str, Any] = {"unsigned_payload": unsigned_payload, "user_agent": user_agent}
         if clock is not None:
             kwargs["clock"] = clock
@@ -166,10 +188,18 @@ class K2VClient:
         try:
             s = resolve(conn, env_settings(env))
         except ValueError as e:
-            raise ValueError(f"{e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GARAGEKV_K2V_ENDPOINT and "
-                             "GARAGEKV_BUCKET, or pass them as arguments)")
-        return cls(endpoint=s.endpoint, region=s.region, access_key_id=s.access_key_id,
-                   secret_access_key=s.secret_access_key, bucket=s.bucket, **options)
+            raise ValueError(
+                f"{e} (set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GARAGEKV_K2V_ENDPOINT and "
+                "GARAGEKV_BUCKET, or pass them as arguments)"
+            )
+        return cls(
+            endpoint=s.endpoint,
+            region=s.region,
+            access_key_id=s.access_key_id,
+            secret_access_key=s.secret_access_key,
+            bucket=s.bucket,
+            **options,
+        )
 
     @property
     def bucket(self) -> str:
@@ -186,8 +216,7 @@ class K2VClient:
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout,
-                                              sock_read=self.timeout),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
                 auto_decompress=True,
             )
             self._own_session = True
@@ -208,24 +237,45 @@ class K2VClient:
 
     # --- transport ---------------------------------------------------------------------------
 
-    def prepare(self, method: str, partition_key: str | None = None, query: Sequence[tuple[str, str]] = (),
-                body: bytes = b"", headers: Mapping[str, str] | None = None,
-                content_sha256: str | None = None) -> PreparedRequest:
+    def prepare(
+        self,
+        method: str,
+        partition_key: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        content_sha256: str | None = None,
+    ) -> PreparedRequest:
         """A signed request (for inspection, or to send with another HTTP library)."""
         return self._builder.build(method, partition_key, query, body, headers, content_sha256)
 
     async def _send_once(self, req: PreparedRequest, read_timeout: float) -> RawResponse:
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=read_timeout)
-        async with session.request(req.method, URL(req.url, encoded=True), data=req.body or None,
-                                   headers=req.headers, timeout=timeout, allow_redirects=False) as resp:
+        async with session.request(
+            req.method,
+            URL(req.url, encoded=True),
+            data=req.body or None,
+            headers=req.headers,
+            timeout=timeout,
+            allow_redirects=False,
+        ) as resp:
             body = await resp.read()
             return RawResponse(resp.status, resp.headers, body)
 
-    async def request(self, method: str, partition_key: str | None = None, query: Sequence[tuple[str, str]] = (),
-                      body: bytes = b"", headers: Mapping[str, str] | None = None, *, idempotent: bool = False,
-                      read_timeout: float | None = None, content_sha256: str | None = None,
-                      check: bool = True) -> RawResponse:
+    async def request(
+        self,
+        method: str,
+        partition_key: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        idempotent: bool = False,
+        read_timeout: float | None = None,
+        content_sha256: str | None = None,
+        check: bool = True,
+    ) -> RawResponse:
         """Send one signed request to ``/bucket[/partition_key]?query`` (the low-level escape hatch).
 
         An error answer raises the matching :class:`~garagekv.client.errors.K2VError` when
@@ -254,15 +304,30 @@ class K2VClient:
                 retry = idempotent and resp.status in RETRY_STATUSES
             if not retry or attempt >= self.max_retries:
                 raise err
-            delay = min(self.retry_backoff * (2 ** attempt), 5.0)
+            delay = min(self.retry_backoff * (2**attempt), 5.0)
             await asyncio.sleep(delay * (0.5 + random.random()))
             attempt += 1
 
-    async def _json(self, method: str, partition_key: str | None, query: Sequence[tuple[str, str]],
-                    payload: Any, *, idempotent: bool, read_timeout: float | None = None) -> RawResponse:
+    async def _json(
+        self,
+        method: str,
+        partition_key: str | None,
+        query: Sequence[tuple[str, str]],
+        payload: Any,
+        *,
+        idempotent: bool,
+        read_timeout: float | None = None,
+    ) -> RawResponse:
         body = json.dumps(payload, separators=(",", ":")).encode()
-        return await self.request(method, partition_key, query, body, {"Content-Type": "application/json"},
-                                  idempotent=idempotent, read_timeout=read_timeout)
+        return await self.request(
+            method,
+            partition_key,
+            query,
+            body,
+            {"Content-Type": "application/json"},
+            idempotent=idempotent,
+            read_timeout=read_timeout,
+        )
 
     # --- single items ------------------------------------------------------------------------
 
@@ -294,12 +359,14 @@ class K2VClient:
             if not page.items:
                 raise errors.NoSuchKey("Key not found", status=404, path=self._builder.path(partition_key))
             return page.items[0]
-        resp = await self.request("GET", partition_key, [("sort_key", sort_key)], headers={"Accept": ACCEPT_ITEM},
-                                  idempotent=True)
+        resp = await self.request(
+            "GET", partition_key, [("sort_key", sort_key)], headers={"Accept": ACCEPT_ITEM}, idempotent=True
+        )
         return self._item(partition_key, sort_key, resp)
 
-    async def insert_item(self, partition_key: str, sort_key: str, value: bytes | str,
-                          token: TokenLike | None = None) -> None:
+    async def insert_item(
+        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
+    ) -> None:
         """Write ``value`` (``str`` is UTF-8 encoded).
 
         With the ``token`` of an earlier read, the values that read saw are replaced; without
@@ -320,8 +387,9 @@ class K2VClient:
         headers = {} if token is None else {CAUSALITY_HEADER: str(token)}
         await self.request("DELETE", partition_key, [("sort_key", sort_key)], headers=headers)
 
-    async def poll_item(self, partition_key: str, sort_key: str, token: TokenLike,
-                        timeout: float | None = None) -> Item | None:
+    async def poll_item(
+        self, partition_key: str, sort_key: str, token: TokenLike, timeout: float | None = None
+    ) -> Item | None:
         """Wait until the item is newer than ``token``; ``None`` when ``timeout`` s (server default
         300, clamped to 1..600) pass without a change. ``CausalityToken.EMPTY`` waits for the first
         write of a never-written item."""
@@ -331,14 +399,16 @@ class K2VClient:
         query = [("sort_key", sort_key), ("causality_token", str(token))]
         if timeout is not None:
             query.append(("timeout", str(t)))
-        resp = await self.request("GET", partition_key, query, headers={"Accept": ACCEPT_ITEM}, idempotent=True,
-                                  read_timeout=t + self.timeout)
+        resp = await self.request(
+            "GET", partition_key, query, headers={"Accept": ACCEPT_ITEM}, idempotent=True, read_timeout=t + self.timeout
+        )
         if resp.status == 304:
             return None
         return self._item(partition_key, sort_key, resp)
 
-    async def watch_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None,
-                         timeout: float | None = None) -> AsyncIterator[Item]:
+    async def watch_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, timeout: float | None = None
+    ) -> AsyncIterator[Item]:
         """Yield the item each time it changes (forever; break out to stop).
 
         Without ``token`` the current state is yielded first (if the item exists).
@@ -363,8 +433,15 @@ class K2VClient:
 
     # --- index -------------------------------------------------------------------------------
 
-    async def read_index(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
-                         limit: int | None = None, reverse: bool = False) -> IndexPage:
+    async def read_index(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> IndexPage:
         """One page of the bucket's partition keys with their counters (eventually consistent)."""
         query = [(k, v) for k, v in (("prefix", prefix), ("start", start), ("end", end)) if v is not None]
         if limit is not None:
@@ -377,9 +454,15 @@ class K2VClient:
         except (KeyError, TypeError, AttributeError) as e:
             raise errors.ProtocolError(f"unexpected ReadIndex answer: {e!r}", status=resp.status)
 
-    async def iter_index_pages(self, *, prefix: str | None = None, start: str | None = None,
-                               end: str | None = None, reverse: bool = False,
-                               page_size: int = 1000) -> AsyncIterator[IndexPage]:
+    async def iter_index_pages(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        page_size: int = 1000,
+    ) -> AsyncIterator[IndexPage]:
         """Every page of ReadIndex, following ``nextStart``."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -390,11 +473,19 @@ class K2VClient:
                 return
             start = page.next_start
 
-    async def iter_index(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
-                         reverse: bool = False, page_size: int = 1000) -> AsyncIterator[IndexEntry]:
+    async def iter_index(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        page_size: int = 1000,
+    ) -> AsyncIterator[IndexEntry]:
         """Every partition key of the range, page after page."""
-        async for page in self.iter_index_pages(prefix=prefix, start=start, end=end, reverse=reverse,
-                                                page_size=page_size):
+        async for page in self.iter_index_pages(
+            prefix=prefix, start=start, end=end, reverse=reverse, page_size=page_size
+        ):
             for entry in page.partition_keys:
                 yield entry
 
@@ -421,34 +512,76 @@ class K2VClient:
                 raise errors.ProtocolError(f"unexpected ReadBatch answer: {e!r}", status=resp.status)
         return out
 
-    async def read_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                         end: str | None = None, limit: int | None = None, reverse: bool = False,
-                         conflicts_only: bool = False, tombstones: bool = False) -> ItemPage:
+    async def read_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+    ) -> ItemPage:
         """One page of a partition's items (a single-query ReadBatch)."""
         q = ReadQuery(partition_key, prefix, start, end, limit, reverse, False, conflicts_only, tombstones)
         return (await self.read_batch([q]))[0]
 
-    async def iter_range_pages(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                               end: str | None = None, reverse: bool = False, conflicts_only: bool = False,
-                               tombstones: bool = False, page_size: int = 1000) -> AsyncIterator[ItemPage]:
+    async def iter_range_pages(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+        page_size: int = 1000,
+    ) -> AsyncIterator[ItemPage]:
         """Every page of a range, following ``nextStart`` until ``more`` is false."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         while True:
-            page = await self.read_range(partition_key, prefix=prefix, start=start, end=end, limit=page_size,
-                                         reverse=reverse, conflicts_only=conflicts_only, tombstones=tombstones)
+            page = await self.read_range(
+                partition_key,
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=page_size,
+                reverse=reverse,
+                conflicts_only=conflicts_only,
+                tombstones=tombstones,
+            )
             yield page
             if not page.more or page.next_start is None:
                 return
             start = page.next_start
 
-    async def iter_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                         end: str | None = None, reverse: bool = False, conflicts_only: bool = False,
-                         tombstones: bool = False, page_size: int = 1000) -> AsyncIterator[Item]:
+    async def iter_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Item]:
         """Every item of a range, page after page."""
-        async for page in self.iter_range_pages(partition_key, prefix=prefix, start=start, end=end,
-                                                reverse=reverse, conflicts_only=conflicts_only,
-                                                tombstones=tombstones, page_size=page_size):
+        async for page in self.iter_range_pages(
+            partition_key,
+            prefix=prefix,
+            start=start,
+            end=end,
+            reverse=reverse,
+            conflicts_only=conflicts_only,
+            tombstones=tombstones,
+            page_size=page_size,
+        ):
             for item in page.items:
                 yield item
 
@@ -463,25 +596,37 @@ class K2VClient:
                 raise errors.ProtocolError(f"unexpected DeleteBatch answer: {e!r}", status=resp.status)
         return out
 
-    async def delete_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                           end: str | None = None) -> int:
+    async def delete_range(
+        self, partition_key: str, *, prefix: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
         """Delete every live item of a range of one partition; returns how many were deleted."""
         return (await self.delete_batch([DeleteQuery(partition_key, prefix, start, end)]))[0].deleted_items
 
     # --- PollRange ---------------------------------------------------------------------------
 
-    async def poll_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                         end: str | None = None, seen_marker: str | None = None,
-                         timeout: float | None = None) -> PollRangeResult | None:
+    async def poll_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        seen_marker: str | None = None,
+        timeout: float | None = None,
+    ) -> PollRangeResult | None:
         """Without ``seen_marker``: every item of the range (tombstones included) and a marker, at
         once. With one: wait for items changed since, or ``None`` after ``timeout`` s."""
-        payload: dict[str, Any] = {k: v for k, v in (("prefix", prefix), ("start", start), ("end", end),
-                                                     ("seenMarker", seen_marker)) if v is not None}
+        payload: dict[str, Any] = {
+            k: v
+            for k, v in (("prefix", prefix), ("start", start), ("end", end), ("seenMarker", seen_marker))
+            if v is not None
+        }
         t = _clamp_poll(timeout)
         if timeout is not None:
             payload["timeout"] = t
-        resp = await self._json("POST", partition_key, [("poll_range", "")], payload, idempotent=True,
-                                read_timeout=t + self.timeout)
+        resp = await self._json(
+            "POST", partition_key, [("poll_range", "")], payload, idempotent=True, read_timeout=t + self.timeout
+        )
         if resp.status == 304:
             return None
         try:
@@ -491,9 +636,17 @@ class K2VClient:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise errors.ProtocolError(f"unexpected PollRange answer: {e!r}", status=resp.status)
 
-    async def watch_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                          end: str | None = None, seen_marker: str | None = None, timeout: float | None = None,
-                          include_initial: bool = True) -> AsyncIterator[PollRangeResult]:
+    async def watch_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        seen_marker: str | None = None,
+        timeout: float | None = None,
+        include_initial: bool = True,
+    ) -> AsyncIterator[PollRangeResult]:
         """Yield the changes of a range as they happen (forever; break out to stop).
 
         Each result carries the ``seen_marker`` to resume from (store it to continue later).
@@ -509,8 +662,9 @@ class K2VClient:
             if include_initial:
                 yield first
         while True:
-            res = await self.poll_range(partition_key, prefix=prefix, start=start, end=end, seen_marker=marker,
-                                        timeout=timeout)
+            res = await self.poll_range(
+                partition_key, prefix=prefix, start=start, end=end, seen_marker=marker, timeout=timeout
+            )
             if res is not None:
                 marker = res.seen_marker
                 yield res

@@ -33,8 +33,10 @@ class ConnectionSettings:
     bucket: str
 
     def __repr__(self) -> str:  # never print the secret
-        return (f"ConnectionSettings(endpoint={self.endpoint!r}, region={self.region!r}, "
-                f"access_key_id={self.access_key_id!r}, bucket={self.bucket!r})")
+        return (
+            f"ConnectionSettings(endpoint={self.endpoint!r}, region={self.region!r}, "
+            f"access_key_id={self.access_key_id!r}, bucket={self.bucket!r})"
+        )
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -97,9 +99,13 @@ def dev_json_settings(data: Mapping[str, Any]) -> dict[str, str]:
     missing = [k for k in ("k2v_endpoint", "access_key_id", "secret_access_key", "bucket") if not data.get(k)]
     if missing:
         raise ValueError(f"the dev JSON lacks {', '.join(missing)}")
-    return {"endpoint": data["k2v_endpoint"], "region": data.get("region") or DEFAULT_REGION,
-            "access_key_id": data["access_key_id"], "secret_access_key": data["secret_access_key"],
-            "bucket": data["bucket"]}
+    return {
+        "endpoint": data["k2v_endpoint"],
+        "region": data.get("region") or DEFAULT_REGION,
+        "access_key_id": data["access_key_id"],
+        "secret_access_key": data["secret_access_key"],
+        "bucket": data["bucket"],
+    }
 
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -118,8 +124,13 @@ def env_settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     env = os.environ if env is None else env
     out: dict[str, str] = {}
-    for key, names in (("endpoint", ENV_ENDPOINT), ("region", ENV_REGION), ("access_key_id", ENV_KEY_ID),
-                       ("secret_access_key", ENV_SECRET), ("bucket", ENV_BUCKET)):
+    for key, names in (
+        ("endpoint", ENV_ENDPOINT),
+        ("region", ENV_REGION),
+        ("access_key_id", ENV_KEY_ID),
+        ("secret_access_key", ENV_SECRET),
+        ("bucket", ENV_BUCKET),
+    ):
         value = _first(env, names)
         if value is not None:
             out[key] = value
@@ -137,5 +148,10 @@ def resolve(*sources: Mapping[str, str | None]) -> ConnectionSettings:
     missing = [k for k in ("endpoint", "access_key_id", "secret_access_key", "bucket") if not merged.get(k)]
     if missing:
         raise ValueError(f"missing K2V connection settings: {', '.join(missing)}")
-    return ConnectionSettings(normalize_endpoint(merged["endpoint"]), merged["region"], merged["access_key_id"],
-                              merged["secret_access_key"], check_bucket(merged["bucket"]))
+    return ConnectionSettings(
+        normalize_endpoint(merged["endpoint"]),
+        merged["region"],
+        merged["access_key_id"],
+        merged["secret_access_key"],
+        check_bucket(merged["bucket"]),
+    )

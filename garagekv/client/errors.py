@@ -25,8 +25,15 @@ class K2VError(Exception):
     default_code = "K2VError"
     default_status: int | None = None
 
-    def __init__(self, message: str = "", *, code: str | None = None, status: int | None = None,
-                 path: str | None = None, region: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        path: str | None = None,
+        region: str | None = None,
+    ) -> None:
         self.code = code or self.default_code
         self.message = message
         self.status = status if status is not None else self.default_status
@@ -62,6 +69,7 @@ class ProtocolError(K2VError):
 
 
 # --- by status ------------------------------------------------------------------------------
+
 
 class BadRequest(K2VError):
     default_code = "InvalidRequest"
@@ -99,6 +107,7 @@ class ServerError(K2VError):
 
 
 # --- by code --------------------------------------------------------------------------------
+
 
 class InvalidRequest(BadRequest):
     default_code = "InvalidRequest"
@@ -161,12 +170,31 @@ class ServiceUnavailable(ServerError):
 
 BY_CODE: dict[str, type[K2VError]] = {
     cls.default_code: cls
-    for cls in (InvalidRequest, InvalidCausalityToken, InvalidUtf8String, InvalidHeaderValue,
-                AuthorizationHeaderMalformed, InvalidDigest, AccessDenied, RequestTimeTooSkewed,
-                NoSuchKey, NoSuchBucket, NotAcceptable, EntityTooLarge, InternalError, ServiceUnavailable)
+    for cls in (
+        InvalidRequest,
+        InvalidCausalityToken,
+        InvalidUtf8String,
+        InvalidHeaderValue,
+        AuthorizationHeaderMalformed,
+        InvalidDigest,
+        AccessDenied,
+        RequestTimeTooSkewed,
+        NoSuchKey,
+        NoSuchBucket,
+        NotAcceptable,
+        EntityTooLarge,
+        InternalError,
+        ServiceUnavailable,
+    )
 }
-BY_STATUS: dict[int, type[K2VError]] = {400: BadRequest, 403: Forbidden, 404: NotFound, 406: NotAcceptable,
-                                        409: Conflict, 413: EntityTooLarge}
+BY_STATUS: dict[int, type[K2VError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: NotFound,
+    406: NotAcceptable,
+    409: Conflict,
+    413: EntityTooLarge,
+}
 
 
 def error_from_response(status: int, body: bytes, path: str | None = None) -> K2VError:

@@ -47,8 +47,14 @@ class PreparedRequest:
 class RequestBuilder:
     """Builds signed requests for one bucket of one endpoint."""
 
-    def __init__(self, settings: ConnectionSettings, *, clock: Callable[[], float] = time.time,
-                 unsigned_payload: bool = False, user_agent: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        unsigned_payload: bool = False,
+        user_agent: str | None = None,
+    ) -> None:
         self.settings = settings
         self.signer = Signer(settings.access_key_id, settings.secret_access_key, settings.region, "k2v")
         self.host = urlsplit(settings.endpoint).netloc.rpartition("@")[2]
@@ -60,16 +66,30 @@ class RequestBuilder:
         base = "/" + self.settings.bucket
         return base if partition_key is None else f"{base}/{encode_partition_key(partition_key)}"
 
-    def build(self, method: str, partition_key: str | None = None, query: Sequence[tuple[str, str]] = (),
-              body: bytes = b"", headers: Mapping[str, str] | None = None,
-              content_sha256: str | None = None) -> PreparedRequest:
+    def build(
+        self,
+        method: str,
+        partition_key: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        content_sha256: str | None = None,
+    ) -> PreparedRequest:
         """Sign ``method /bucket[/pk]?query`` with ``headers`` (all signed, plus host)."""
         path = self.path(partition_key)
         pairs = list(query)
         qs = encode_query(pairs)
         hdrs = {"Host": self.host, **(headers or {})}
-        signed = self.signer.sign_headers(method, path, pairs, hdrs, body, now=self.clock(),
-                                          unsigned_payload=self.unsigned_payload, content_sha256=content_sha256)
+        signed = self.signer.sign_headers(
+            method,
+            path,
+            pairs,
+            hdrs,
+            body,
+            now=self.clock(),
+            unsigned_payload=self.unsigned_payload,
+            content_sha256=content_sha256,
+        )
         hdrs.update(signed)
         if self.user_agent:
             hdrs["User-Agent"] = self.user_agent  # never signed (proxies rewrite it)

@@ -61,8 +61,7 @@ class K2VClientSync:
         self._closed = False
 
     @classmethod
-    def from_dev_json(cls, source: str | bytes | Path | Mapping[str, Any] | TextIO,
-                      **options: Any) -> K2VClientSync:
+    def from_dev_json(cls, source: str | bytes | Path | Mapping[str, Any] | TextIO, **options: Any) -> K2VClientSync:
         return cls._wrap(K2VClient.from_dev_json, source, **options)
 
     @classmethod
@@ -124,46 +123,84 @@ class K2VClientSync:
 
     # --- the API (each one delegates to K2VClient) --------------------------------------------
 
-    def prepare(self, method: str, partition_key: str | None = None, query: Sequence[tuple[str, str]] = (),
-                body: bytes = b"", headers: Mapping[str, str] | None = None) -> PreparedRequest:
+    def prepare(
+        self,
+        method: str,
+        partition_key: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> PreparedRequest:
         return self._client.prepare(method, partition_key, query, body, headers)
 
-    def request(self, method: str, partition_key: str | None = None, query: Sequence[tuple[str, str]] = (),
-                body: bytes = b"", headers: Mapping[str, str] | None = None, **kwargs: Any) -> RawResponse:
+    def request(
+        self,
+        method: str,
+        partition_key: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> RawResponse:
         return self._run(self._client.request(method, partition_key, query, body, headers, **kwargs))
 
     def read_item(self, partition_key: str, sort_key: str) -> Item:
         return self._run(self._client.read_item(partition_key, sort_key))
 
-    def insert_item(self, partition_key: str, sort_key: str, value: bytes | str,
-                    token: TokenLike | None = None) -> None:
+    def insert_item(
+        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
+    ) -> None:
         return self._run(self._client.insert_item(partition_key, sort_key, value, token))
 
     def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None:
         return self._run(self._client.delete_item(partition_key, sort_key, token))
 
-    def poll_item(self, partition_key: str, sort_key: str, token: TokenLike,
-                  timeout: float | None = None) -> Item | None:
+    def poll_item(
+        self, partition_key: str, sort_key: str, token: TokenLike, timeout: float | None = None
+    ) -> Item | None:
         return self._run(self._client.poll_item(partition_key, sort_key, token, timeout))
 
-    def watch_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None,
-                   timeout: float | None = None) -> Iterator[Item]:
+    def watch_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, timeout: float | None = None
+    ) -> Iterator[Item]:
         return self._iter(self._client.watch_item(partition_key, sort_key, token, timeout))
 
-    def read_index(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
-                   limit: int | None = None, reverse: bool = False) -> IndexPage:
-        return self._run(self._client.read_index(prefix=prefix, start=start, end=end, limit=limit,
-                                                 reverse=reverse))
+    def read_index(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> IndexPage:
+        return self._run(self._client.read_index(prefix=prefix, start=start, end=end, limit=limit, reverse=reverse))
 
-    def iter_index_pages(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
-                         reverse: bool = False, page_size: int = 1000) -> Iterator[IndexPage]:
-        return self._iter(self._client.iter_index_pages(prefix=prefix, start=start, end=end, reverse=reverse,
-                                                        page_size=page_size))
+    def iter_index_pages(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[IndexPage]:
+        return self._iter(
+            self._client.iter_index_pages(prefix=prefix, start=start, end=end, reverse=reverse, page_size=page_size)
+        )
 
-    def iter_index(self, *, prefix: str | None = None, start: str | None = None, end: str | None = None,
-                   reverse: bool = False, page_size: int = 1000) -> Iterator[IndexEntry]:
-        return self._iter(self._client.iter_index(prefix=prefix, start=start, end=end, reverse=reverse,
-                                                  page_size=page_size))
+    def iter_index(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[IndexEntry]:
+        return self._iter(
+            self._client.iter_index(prefix=prefix, start=start, end=end, reverse=reverse, page_size=page_size)
+        )
 
     def insert_batch(self, items: Iterable[InsertLike]) -> None:
         return self._run(self._client.insert_batch(list(items)))
@@ -171,43 +208,124 @@ class K2VClientSync:
     def read_batch(self, queries: Sequence[ReadQuery]) -> list[ItemPage]:
         return self._run(self._client.read_batch(queries))
 
-    def read_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                   end: str | None = None, limit: int | None = None, reverse: bool = False,
-                   conflicts_only: bool = False, tombstones: bool = False) -> ItemPage:
-        return self._run(self._client.read_range(partition_key, prefix=prefix, start=start, end=end, limit=limit,
-                                                 reverse=reverse, conflicts_only=conflicts_only,
-                                                 tombstones=tombstones))
+    def read_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+    ) -> ItemPage:
+        return self._run(
+            self._client.read_range(
+                partition_key,
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                reverse=reverse,
+                conflicts_only=conflicts_only,
+                tombstones=tombstones,
+            )
+        )
 
-    def iter_range_pages(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                         end: str | None = None, reverse: bool = False, conflicts_only: bool = False,
-                         tombstones: bool = False, page_size: int = 1000) -> Iterator[ItemPage]:
-        return self._iter(self._client.iter_range_pages(partition_key, prefix=prefix, start=start, end=end,
-                                                        reverse=reverse, conflicts_only=conflicts_only,
-                                                        tombstones=tombstones, page_size=page_size))
+    def iter_range_pages(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[ItemPage]:
+        return self._iter(
+            self._client.iter_range_pages(
+                partition_key,
+                prefix=prefix,
+                start=start,
+                end=end,
+                reverse=reverse,
+                conflicts_only=conflicts_only,
+                tombstones=tombstones,
+                page_size=page_size,
+            )
+        )
 
-    def iter_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                   end: str | None = None, reverse: bool = False, conflicts_only: bool = False,
-                   tombstones: bool = False, page_size: int = 1000) -> Iterator[Item]:
-        return self._iter(self._client.iter_range(partition_key, prefix=prefix, start=start, end=end,
-                                                  reverse=reverse, conflicts_only=conflicts_only,
-                                                  tombstones=tombstones, page_size=page_size))
+    def iter_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        conflicts_only: bool = False,
+        tombstones: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[Item]:
+        return self._iter(
+            self._client.iter_range(
+                partition_key,
+                prefix=prefix,
+                start=start,
+                end=end,
+                reverse=reverse,
+                conflicts_only=conflicts_only,
+                tombstones=tombstones,
+                page_size=page_size,
+            )
+        )
 
     def delete_batch(self, queries: Sequence[DeleteQuery]) -> list[DeleteResult]:
         return self._run(self._client.delete_batch(queries))
 
-    def delete_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                     end: str | None = None) -> int:
+    def delete_range(
+        self, partition_key: str, *, prefix: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
         return self._run(self._client.delete_range(partition_key, prefix=prefix, start=start, end=end))
 
-    def poll_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                   end: str | None = None, seen_marker: str | None = None,
-                   timeout: float | None = None) -> PollRangeResult | None:
-        return self._run(self._client.poll_range(partition_key, prefix=prefix, start=start, end=end,
-                                                 seen_marker=seen_marker, timeout=timeout))
+    def poll_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        seen_marker: str | None = None,
+        timeout: float | None = None,
+    ) -> PollRangeResult | None:
+        return self._run(
+            self._client.poll_range(
+                partition_key, prefix=prefix, start=start, end=end, seen_marker=seen_marker, timeout=timeout
+            )
+        )
 
-    def watch_range(self, partition_key: str, *, prefix: str | None = None, start: str | None = None,
-                    end: str | None = None, seen_marker: str | None = None, timeout: float | None = None,
-                    include_initial: bool = True) -> Iterator[PollRangeResult]:
-        return self._iter(self._client.watch_range(partition_key, prefix=prefix, start=start, end=end,
-                                                   seen_marker=seen_marker, timeout=timeout,
-                                                   include_initial=include_initial))
+    def watch_range(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        seen_marker: str | None = None,
+        timeout: float | None = None,
+        include_initial: bool = True,
+    ) -> Iterator[PollRangeResult]:
+        return self._iter(
+            self._client.watch_range(
+                partition_key,
+                prefix=prefix,
+                start=start,
+                end=end,
+                seen_marker=seen_marker,
+                timeout=timeout,
+                include_initial=include_initial,
+            )
+        )

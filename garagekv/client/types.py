@@ -120,8 +120,12 @@ class Item:
 
     def to_json(self) -> dict[str, Any]:
         """The K2V item format ``{"pk", "sk", "ct", "v": [base64 | null]}``."""
-        return {"pk": self.partition_key, "sk": self.sort_key, "ct": self.token.value,
-                "v": [None if v is None else b64encode(v) for v in self.values]}
+        return {
+            "pk": self.partition_key,
+            "sk": self.sort_key,
+            "ct": self.token.value,
+            "v": [None if v is None else b64encode(v) for v in self.values],
+        }
 
     @classmethod
     def from_json(cls, pk: str, obj: dict[str, Any]) -> Item:
@@ -138,9 +142,12 @@ class InsertOp:
     token: CausalityToken | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"pk": self.partition_key, "sk": self.sort_key,
-                               "ct": None if self.token is None else str(self.token),
-                               "v": None if self.value is None else b64encode(self.value)}
+        out: dict[str, Any] = {
+            "pk": self.partition_key,
+            "sk": self.sort_key,
+            "ct": None if self.token is None else str(self.token),
+            "v": None if self.value is None else b64encode(self.value),
+        }
         return out
 
 
@@ -155,8 +162,13 @@ class IndexEntry:
     bytes: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"pk": self.partition_key, "entries": self.entries, "conflicts": self.conflicts,
-                "values": self.values, "bytes": self.bytes}
+        return {
+            "pk": self.partition_key,
+            "entries": self.entries,
+            "conflicts": self.conflicts,
+            "values": self.values,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +188,14 @@ class IndexPage:
     def from_json(cls, obj: dict[str, Any]) -> IndexPage:
         return cls(
             [IndexEntry(e["pk"], e["entries"], e["conflicts"], e["values"], e["bytes"]) for e in obj["partitionKeys"]],
-            bool(obj["more"]), obj.get("nextStart"), obj.get("prefix"), obj.get("start"), obj.get("end"),
-            obj.get("limit"), bool(obj.get("reverse", False)))
+            bool(obj["more"]),
+            obj.get("nextStart"),
+            obj.get("prefix"),
+            obj.get("start"),
+            obj.get("end"),
+            obj.get("limit"),
+            bool(obj.get("reverse", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,17 +218,29 @@ class ReadQuery:
             v = getattr(self, name)
             if v is not None:
                 out[key] = v
-        for name, key in (("reverse", "reverse"), ("single_item", "singleItem"),
-                          ("conflicts_only", "conflictsOnly"), ("tombstones", "tombstones")):
+        for name, key in (
+            ("reverse", "reverse"),
+            ("single_item", "singleItem"),
+            ("conflicts_only", "conflictsOnly"),
+            ("tombstones", "tombstones"),
+        ):
             if getattr(self, name):
                 out[key] = True
         return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ReadQuery:
-        return cls(obj["partitionKey"], obj.get("prefix"), obj.get("start"), obj.get("end"), obj.get("limit"),
-                   bool(obj.get("reverse") or False), bool(obj.get("singleItem") or False),
-                   bool(obj.get("conflictsOnly") or False), bool(obj.get("tombstones") or False))
+        return cls(
+            obj["partitionKey"],
+            obj.get("prefix"),
+            obj.get("start"),
+            obj.get("end"),
+            obj.get("limit"),
+            bool(obj.get("reverse") or False),
+            bool(obj.get("singleItem") or False),
+            bool(obj.get("conflictsOnly") or False),
+            bool(obj.get("tombstones") or False),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +255,17 @@ class ItemPage:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ItemPage:
         q = ReadQuery.from_json(obj)
-        return cls(q, [Item.from_json(q.partition_key, it) for it in obj["items"]], bool(obj["more"]),
-                   obj.get("nextStart"))
+        return cls(
+            q, [Item.from_json(q.partition_key, it) for it in obj["items"]], bool(obj["more"]), obj.get("nextStart")
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.query.to_json(), "items": [i.to_json() for i in self.items], "more": self.more,
-                "nextStart": self.next_start}
+        return {
+            **self.query.to_json(),
+            "items": [i.to_json() for i in self.items],
+            "more": self.more,
+            "nextStart": self.next_start,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +290,13 @@ class DeleteQuery:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> DeleteQuery:
-        return cls(obj["partitionKey"], obj.get("prefix"), obj.get("start"), obj.get("end"),
-                   bool(obj.get("singleItem") or False))
+        return cls(
+            obj["partitionKey"],
+            obj.get("prefix"),
+            obj.get("start"),
+            obj.get("end"),
+            bool(obj.get("singleItem") or False),
+        )
 
 
 @dataclass(frozen=True, slots=True)

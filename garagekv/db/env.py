@@ -56,9 +56,7 @@ class Database:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StorageError(
-                f"database directory {lock_path.parent} is locked by another garagekv process"
-            ) from None
+            raise StorageError(f"database directory {lock_path.parent} is locked by another garagekv process") from None
         return fd
 
     def _release_lock(self) -> None:

@@ -119,13 +119,14 @@ class MetaHelper:
             )
         if not SECRET_RE.match(secret):
             raise AdminError(
-                "The specified secret key is not a valid garagekv secret key "
-                "(composed of 32 hex-encoded bytes)"
+                "The specified secret key is not a valid garagekv secret key (composed of 32 hex-encoded bytes)"
             )
         async with self._lock:
             if await self.keys.get(EMPTY_PARTITION + key_id.encode()) is not None:
-                raise KeyAlreadyExists(f"Key {key_id} already exists in data store. Even if it is deleted, "
-                                       "we can't let you create a new key with the same ID.")
+                raise KeyAlreadyExists(
+                    f"Key {key_id} already exists in data store. Even if it is deleted, "
+                    "we can't let you create a new key with the same ID."
+                )
             key = Key.imported(key_id, secret, name)
             await self.keys.insert(key)
             return key
@@ -344,12 +345,14 @@ async def key_info(helper: MetaHelper, key: Key, show_secret: bool = False) -> d
         b = await helper.get_bucket(bid)
         if b is None or not perm.is_any():
             continue
-        buckets.append({
-            "id": bid.hex(),
-            "globalAliases": b.global_aliases(),
-            "localAliases": [a for a, v in p.local_aliases.items() if v == bid],
-            "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
-        })
+        buckets.append(
+            {
+                "id": bid.hex(),
+                "globalAliases": b.global_aliases(),
+                "localAliases": [a for a, v in p.local_aliases.items() if v == bid],
+                "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
+            }
+        )
     return {
         "name": p.name.value,
         "accessKeyId": key.key_id,
@@ -366,12 +369,14 @@ async def bucket_info(helper: MetaHelper, bucket: Bucket) -> dict[str, Any]:
         if not perm.is_any():
             continue
         k = await helper.get_key(key_id)
-        keys.append({
-            "accessKeyId": key_id,
-            "name": k.params.name.value if k else "",
-            "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
-            "bucketLocalAliases": [a for kid, a in bucket.local_aliases() if kid == key_id],
-        })
+        keys.append(
+            {
+                "accessKeyId": key_id,
+                "name": k.params.name.value if k else "",
+                "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
+                "bucketLocalAliases": [a for kid, a in bucket.local_aliases() if kid == key_id],
+            }
+        )
     return {
         "id": bucket.id.hex(),
         "globalAliases": bucket.global_aliases(),

@@ -37,8 +37,14 @@ class Model:
         full = FullReplication(system.layout)
 
         def table(schema: Any, replication: Any) -> Table:
-            return Table(TableData(db, writer, schema), replication, system.netapp, system.registry,
-                         peers=system, timeout=timeout)
+            return Table(
+                TableData(db, writer, schema),
+                replication,
+                system.netapp,
+                system.registry,
+                peers=system,
+                timeout=timeout,
+            )
 
         self.keys = table(KeySchema(), full)
         self.buckets = table(BucketSchema(), full)
@@ -51,19 +57,28 @@ class Model:
         self.items = table(item_schema, sharded)
         self.store = K2VStore(db, writer, node, self.items.data, self.subs)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
-        self.helper = MetaHelper(self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty,
-                                 allow_punycode=config.allow_punycode)
+        self.helper = MetaHelper(
+            self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty, allow_punycode=config.allow_punycode
+        )
         self.tables = [self.keys, self.buckets, self.aliases, self.counters, self.items]
         # Tombstone GC only for the sharded K2V tables: deleted keys and buckets stay forever.
-        self.gcs = [TableGc(t, db, writer, config.tombstone_gc_delay_sec, system.registry)
-                    for t in (self.items, self.counters)]
+        self.gcs = [
+            TableGc(t, db, writer, config.tombstone_gc_delay_sec, system.registry) for t in (self.items, self.counters)
+        ]
         # Anti-entropy: a Merkle updater and a syncer per table; the coordinator raises this
         # node's sync tracker once every table completed a full sync.
         self.sync_coordinator = SyncCoordinator(system.layout)
         self.merkle_updaters = [MerkleUpdater(db, writer, t.data) for t in self.tables]
         self.syncers = [
-            TableSyncer(t, m, system.layout, system.registry, self.sync_coordinator,
-                        interval=config.sync_interval_sec, startup_delay=config.sync_startup_delay_sec)
+            TableSyncer(
+                t,
+                m,
+                system.layout,
+                system.registry,
+                self.sync_coordinator,
+                interval=config.sync_interval_sec,
+                startup_delay=config.sync_startup_delay_sec,
+            )
             for t, m in zip(self.tables, self.merkle_updaters, strict=True)
         ]
         self.background = BackgroundRunner()

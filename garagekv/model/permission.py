@@ -30,9 +30,7 @@ class BucketKeyPerm:
 
     def flags(self) -> str:
         return (
-            ("R" if self.allow_read else " ")
-            + ("W" if self.allow_write else " ")
-            + ("O" if self.allow_owner else " ")
+            ("R" if self.allow_read else " ") + ("W" if self.allow_write else " ") + ("O" if self.allow_owner else " ")
         )
 
     def to_wire(self) -> list:

@@ -37,8 +37,9 @@ class CallBatcher(Generic[N]):
     without affecting the others: the shared call runs to its end.
     """
 
-    def __init__(self, call: Callable[[N, list[Any]], Awaitable[list[Any] | None]],
-                 max_bytes: int = MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self, call: Callable[[N, list[Any]], Awaitable[list[Any] | None]], max_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
         self._call = call
         self._max_bytes = max_bytes
         self._open: dict[N, _Batch] = {}

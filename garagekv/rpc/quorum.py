@@ -45,8 +45,15 @@ class QuorumError(ServiceUnavailable):
     unless the caller says better.
     """
 
-    def __init__(self, quorum: int, successes: int, total: int, errors: list[str], sets: int | None = None,
-                 operation: str | None = None):
+    def __init__(
+        self,
+        quorum: int,
+        successes: int,
+        total: int,
+        errors: list[str],
+        sets: int | None = None,
+        operation: str | None = None,
+    ):
         where = f" (sets={sets})" if sets is not None else ""
         super().__init__(
             f"Could not reach quorum of {quorum}{where}. {successes} of {total} request succeeded, "
@@ -188,8 +195,9 @@ def _set_members(sets: Sequence[Sequence[H]], quorum: int, operation: str) -> di
         for node in dict.fromkeys(group):
             members.setdefault(node, []).append(index)
     if any(len(set(group)) < quorum for group in sets):
-        raise QuorumError(quorum, 0, len(members), ["a node set has fewer nodes than the quorum"],
-                          sets=len(sets), operation=operation)
+        raise QuorumError(
+            quorum, 0, len(members), ["a node set has fewer nodes than the quorum"], sets=len(sets), operation=operation
+        )
     return members
 
 
@@ -216,8 +224,13 @@ async def wait_read_quorum(calls: Mapping[H, asyncio.Future[T]], quorum: int, *,
     return await _await_quorum(calls, [list(calls)], quorum, operation, None)
 
 
-async def _await_quorum(calls: Mapping[H, asyncio.Future[T]], sets: Sequence[Sequence[H]], quorum: int,
-                        operation: str, sets_in_error: int | None) -> list[T]:
+async def _await_quorum(
+    calls: Mapping[H, asyncio.Future[T]],
+    sets: Sequence[Sequence[H]],
+    quorum: int,
+    operation: str,
+    sets_in_error: int | None,
+) -> list[T]:
     members = _set_members(sets, quorum, operation)
     sizes = [len(set(group)) for group in sets]
     ok = [0] * len(sets)
@@ -232,8 +245,9 @@ async def _await_quorum(calls: Mapping[H, asyncio.Future[T]], sets: Sequence[Seq
         if all(n >= quorum for n in ok):
             waiter.set_result(None)
         elif any(failed[i] + quorum > size for i, size in enumerate(sizes)):
-            waiter.set_exception(QuorumError(quorum, len(results), len(members), errors, sets=sets_in_error,
-                                             operation=operation))
+            waiter.set_exception(
+                QuorumError(quorum, len(results), len(members), errors, sets=sets_in_error, operation=operation)
+            )
 
     def on_done(node: H, fut: asyncio.Future[T]) -> None:
         err = _outcome(fut)

@@ -78,12 +78,14 @@ class System:
         self.node_id = key.node_id
         self.registry = registry
         self.meta_free = meta_free or (lambda: 0)
-        self.netapp = NetApp(key, config.rpc_secret_bytes, registry.dispatch,
-                             default_timeout=config.rpc_timeout_msec / 1000)
+        self.netapp = NetApp(
+            key, config.rpc_secret_bytes, registry.dispatch, default_timeout=config.rpc_timeout_msec / 1000
+        )
         self.public_addr = config.rpc_public_addr or config.rpc_bind_addr
         self.hostname = socket.gethostname()
-        self.layout = LayoutManager(self.node_id, config.metadata_dir, config.replication_factor,
-                                    config.consistency_mode)
+        self.layout = LayoutManager(
+            self.node_id, config.metadata_dir, config.replication_factor, config.consistency_mode
+        )
         self.peers: dict[bytes, PeerInfo] = {}
         self._peer_file = Path(config.metadata_dir) / PEER_LIST_FILE
         self._tasks: list[asyncio.Task] = []
@@ -107,8 +109,10 @@ class System:
             self._learn(node_id, addr, persist=False)
         for node_id, addr in self._load_peer_list():
             self._learn(node_id, addr, persist=False)
-        self._tasks = [asyncio.create_task(self._dial_loop(), name="peering"),
-                       asyncio.create_task(self._ping_loop(), name="ping")]
+        self._tasks = [
+            asyncio.create_task(self._dial_loop(), name="peering"),
+            asyncio.create_task(self._ping_loop(), name="ping"),
+        ]
 
     async def stop(self) -> None:
         for t in [*self._tasks, *self._pulls]:
@@ -156,8 +160,7 @@ class System:
         if node_id == self.node_id:
             return True
         info = self.peers.get(node_id)
-        return (self.netapp.is_connected(node_id) and info is not None
-                and info.failed_pings <= MAX_FAILED_PINGS)
+        return self.netapp.is_connected(node_id) and info is not None and info.failed_pings <= MAX_FAILED_PINGS
 
     def up_nodes(self) -> set[bytes]:
         return {self.node_id} | {n for n in self.peers if self.is_up(n)}

@@ -96,8 +96,10 @@ class TableData(Generic[E]):
         (excluded). ``skip_start`` excludes ``start`` itself (to continue after a page).
         ``limit`` counts only entries that pass ``filt``. Blocking: run big scans in a thread.
         """
-        return [(sk, entry) for sk, _, entry in self._scan(partition, start, prefix, end, reverse, limit, filt,
-                                                           skip_start, decode=True)]
+        return [
+            (sk, entry)
+            for sk, _, entry in self._scan(partition, start, prefix, end, reverse, limit, filt, skip_start, decode=True)
+        ]
 
     def scan_raw(
         self,
@@ -112,11 +114,16 @@ class TableData(Generic[E]):
         skip_start: bool = False,
     ) -> list[tuple[bytes, bytes]]:
         """``scan`` as (sort key, stored bytes), decoding only to apply ``filt`` (replica answers)."""
-        return [(sk, raw) for sk, raw, _ in self._scan(partition, start, prefix, end, reverse, limit, filt,
-                                                       skip_start, decode=filt is not None)]
+        return [
+            (sk, raw)
+            for sk, raw, _ in self._scan(
+                partition, start, prefix, end, reverse, limit, filt, skip_start, decode=filt is not None
+            )
+        ]
 
-    async def scan_async(self, partition: bytes, start: bytes = b"", *, raw: bool = False,
-                         **kw: Any) -> list[tuple[bytes, Any]]:
+    async def scan_async(
+        self, partition: bytes, start: bytes = b"", *, raw: bool = False, **kw: Any
+    ) -> list[tuple[bytes, Any]]:
         """``scan`` (``scan_raw`` with ``raw``) without blocking the event loop for long.
 
         Pages of up to ``INLINE_SCAN_LIMIT`` entries run right here: they take well under a
@@ -130,8 +137,18 @@ class TableData(Generic[E]):
             return fn(partition, start, **kw)
         return await asyncio.to_thread(fn, partition, start, **kw)
 
-    def _scan(self, partition: bytes, start: bytes, prefix: bytes, end: bytes | None, reverse: bool,
-              limit: int | None, filt: Any, skip_start: bool, decode: bool) -> list[tuple[bytes, bytes, Any]]:
+    def _scan(
+        self,
+        partition: bytes,
+        start: bytes,
+        prefix: bytes,
+        end: bytes | None,
+        reverse: bool,
+        limit: int | None,
+        filt: Any,
+        skip_start: bool,
+        decode: bool,
+    ) -> list[tuple[bytes, bytes, Any]]:
         out: list[tuple[bytes, bytes, Any]] = []
         with self.db.read() as txn:
             for key, raw in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
@@ -167,8 +184,9 @@ class TableData(Generic[E]):
         """
         return self.update_in(tx, entry.tree_key(), lambda old: _merged(old, entry), fresh_raw=raw)
 
-    def update_in(self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E],
-                  fresh_raw: bytes | None = None) -> E | None:
+    def update_in(
+        self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E], fresh_raw: bytes | None = None
+    ) -> E | None:
         """Read-modify-write one entry inside ``tx``; returns the new entry if it changed."""
         old_raw = tx.get(self.store, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
@@ -199,6 +217,7 @@ class TableData(Generic[E]):
 
     async def delete_if_equal_hash(self, items: list[tuple[bytes, bytes]]) -> int:
         """``delete_if_equal_hash_in`` for each (tree key, hash) in one transaction; how many went."""
+
         def apply(tx: WriteTxn) -> int:
             return sum(self.delete_if_equal_hash_in(tx, k, h) for k, h in items)
 
@@ -209,6 +228,7 @@ class TableData(Generic[E]):
 
     async def merge_many(self, entries: list[E], raws: list[bytes] | None = None) -> None:
         """Merge ``entries`` in one transaction (``raws``: their canonical bytes, see merge_in)."""
+
         def apply(tx: WriteTxn) -> None:
             for i, e in enumerate(entries):
                 self.merge_in(tx, e, None if raws is None else raws[i])

@@ -134,8 +134,15 @@ def group_by_other_nodes(
 class TableGc:
     """The GC of one table: records tombstones, serves the GC RPC, and runs as a worker."""
 
-    def __init__(self, table: Table, db: Database, writer: GroupCommitWriter, delay_sec: float,
-                 registry: EndpointRegistry, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        table: Table,
+        db: Database,
+        writer: GroupCommitWriter,
+        delay_sec: float,
+        registry: EndpointRegistry,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.table = table
         self.data = table.data
         self.db = db
@@ -210,15 +217,21 @@ class TableGc:
         results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
         errors = [f"{short_id(n)}: {r}" for n, r in zip(nodes, results, strict=True) if isinstance(r, BaseException)]
         if errors:
-            raise GcPostponed(f"GC of {count} tombstone(s) postponed: {what} failed on {len(errors)} of "
-                              f"{len(nodes)} replica(s) ({'; '.join(errors)})")
+            raise GcPostponed(
+                f"GC of {count} tombstone(s) postponed: {what} failed on {len(errors)} of "
+                f"{len(nodes)} replica(s) ({'; '.join(errors)})"
+            )
 
     async def collect(self, others: tuple[bytes, ...], cands: list[Candidate]) -> int:
         """Both phases for one group; returns how many tombstones this node deleted."""
         if others:
             await self._call_all(others, ["update", [c.raw for c in cands]], "pushing the tombstones", len(cands))
-            await self._call_all(others, ["delete_if_equal_hash", [[c.tree_key, c.value_hash] for c in cands]],
-                                 "deleting them", len(cands))
+            await self._call_all(
+                others,
+                ["delete_if_equal_hash", [[c.tree_key, c.value_hash] for c in cands]],
+                "deleting them",
+                len(cands),
+            )
 
         def apply(tx: WriteTxn) -> int:
             n = 0

@@ -194,8 +194,7 @@ class TableSyncer:
     def _on_layout_change(self, history: LayoutHistory) -> None:
         digest = layout_sync_digest(history)
         if digest != self._layout_digest:
-            log.info("%s: layout changed (version, ack_map_min, min_stored = %s): full sync",
-                     self.table_name, digest)
+            log.info("%s: layout changed (version, ack_map_min, min_stored = %s): full sync", self.table_name, digest)
             self._layout_digest = digest
             self.add_full_sync()
 
@@ -217,8 +216,9 @@ class TableSyncer:
         self._total, self._done = len(partitions), 0
         self._requested_at = None
         self._next_periodic = self.clock() + self.interval
-        log.debug("%s: full sync of %d partitions for layout version %d", self.table_name,
-                  len(partitions), self._version)
+        log.debug(
+            "%s: full sync of %d partitions for layout version %d", self.table_name, len(partitions), self._version
+        )
 
     async def work(self) -> WorkerState:
         now = self.clock()
@@ -263,7 +263,8 @@ class TableSyncer:
             "queue": len(self._todo) if running else 0,
             "version": self._version,
             "full_syncs": self.full_syncs,
-            "last_full_sync_secs_ago": None if self.last_full_sync_at is None
+            "last_full_sync_secs_ago": None
+            if self.last_full_sync_at is None
             else round(time.time() - self.last_full_sync_at),
         }
 
@@ -279,8 +280,7 @@ class TableSyncer:
         peers = [n for n in sp.storage_nodes if n != self.node_id]
         if not peers:
             return
-        results = await asyncio.gather(*(self.do_sync_with(sp.partition, n) for n in peers),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(self.do_sync_with(sp.partition, n) for n in peers), return_exceptions=True)
         errors = {n: r for n, r in zip(peers, results, strict=True) if isinstance(r, BaseException)}
         for n, e in errors.items():
             log.debug("%s: sync of partition %d with %s failed: %s", self.table_name, sp.partition, short_id(n), e)
@@ -291,8 +291,9 @@ class TableSyncer:
             failed = sum(1 for n in nodes if n in errors)
             if failed > len(nodes) - quorum:
                 detail = "; ".join(f"{short_id(n)}: {e}" for n, e in errors.items())
-                raise SyncError(f"sync of {self.table_name} partition {sp.partition} failed with too many "
-                                f"replicas: {detail}")
+                raise SyncError(
+                    f"sync of {self.table_name} partition {sp.partition} failed with too many replicas: {detail}"
+                )
 
     async def do_sync_with(self, partition: int, peer: bytes) -> None:
         """Push to ``peer`` the entries of ``partition`` whose Merkle leaves differ (push-only)."""
@@ -344,16 +345,23 @@ class TableSyncer:
                 return
             nodes = self.replication.storage_nodes(sp.first_hash)
             if self.node_id in nodes:
-                log.info("%s: interrupting offload of partition %d: this node stores it now",
-                         self.table_name, sp.partition)
+                log.info(
+                    "%s: interrupting offload of partition %d: this node stores it now", self.table_name, sp.partition
+                )
                 return
             if not nodes or len(nodes) < self.replication.write_quorum():
-                raise SyncError(f"cannot offload {self.table_name} partition {sp.partition}: "
-                                f"only {len(nodes)} storage nodes")
+                raise SyncError(
+                    f"cannot offload {self.table_name} partition {sp.partition}: only {len(nodes)} storage nodes"
+                )
             for chunk in chunks([raw for _, raw in batch]):
                 msg = ["items", chunk]
-                await try_call_many(lambda n, msg=msg: self._call(n, msg), nodes, len(nodes),
-                                    send_all_at_once=True, timeout=self.timeout)
+                await try_call_many(
+                    lambda n, msg=msg: self._call(n, msg),
+                    nodes,
+                    len(nodes),
+                    send_all_at_once=True,
+                    timeout=self.timeout,
+                )
 
             def drop(tx: Any, batch: list[tuple[bytes, bytes]] = batch) -> int:
                 return sum(self.data.delete_if_equal_hash_in(tx, k, blake2sum(raw)) for k, raw in batch)
@@ -361,8 +369,14 @@ class TableSyncer:
             removed = await self.data.writer.submit(drop)
             self.merkle.notify()
             self.items_offloaded += removed
-            log.info("%s: offloaded %d entries of partition %d to %s (%d deleted here)", self.table_name,
-                     len(batch), sp.partition, ", ".join(short_id(n) for n in nodes), removed)
+            log.info(
+                "%s: offloaded %d entries of partition %d to %s (%d deleted here)",
+                self.table_name,
+                len(batch),
+                sp.partition,
+                ", ".join(short_id(n) for n in nodes),
+                removed,
+            )
 
     def _read_range(self, first: bytes, last: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
@@ -412,5 +426,9 @@ class TableSyncer:
         roots = hashlib.blake2b(digest_size=32)
         for p in range(256):
             roots.update(self.merkle.root_hash(p))
-        return {"items": n, "hash": h.hexdigest(), "merkle_todo": self.merkle.todo_len(),
-                "merkle_roots": roots.hexdigest()}
+        return {
+            "items": n,
+            "hash": h.hexdigest(),
+            "merkle_todo": self.merkle.todo_len(),
+            "merkle_roots": roots.hexdigest(),
+        }

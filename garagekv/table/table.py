@@ -190,8 +190,16 @@ class Table(Generic[E]):
         return await self.get(tree_key)
 
     async def get_range(
-        self, partition: bytes, start: bytes = b"", *, prefix: bytes = b"", end: bytes | None = None,
-        reverse: bool = False, limit: int | None = None, filt: Any = None, skip_start: bool = False,
+        self,
+        partition: bytes,
+        start: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        end: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        filt: Any = None,
+        skip_start: bool = False,
     ) -> list[tuple[bytes, E]]:
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
@@ -200,12 +208,18 @@ class Table(Generic[E]):
         """
         nodes = self.replication.read_nodes(partition)
         if nodes == [self.node_id]:
-            return await self.data.scan_async(partition, start, prefix=prefix, end=end, reverse=reverse,
-                                              limit=limit, filt=filt, skip_start=skip_start)
+            return await self.data.scan_async(
+                partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
+            )
         fw = self.schema.filter_to_wire(filt) if filt is not None else None
         msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
-        answers = await try_call_many(lambda node: self._call(node, msg), self.order(nodes),
-                                      self.replication.read_quorum(), send_all_at_once=True, timeout=self.timeout)
+        answers = await try_call_many(
+            lambda node: self._call(node, msg),
+            self.order(nodes),
+            self.replication.read_quorum(),
+            send_all_at_once=True,
+            timeout=self.timeout,
+        )
         # Replicas answer (sort key, stored bytes): where every answer holds the same bytes (the
         # usual case) one decode is enough; only keys that differ are merged and repaired.
         by_key: dict[bytes, list[bytes]] = defaultdict(list)
@@ -263,8 +277,9 @@ class Table(Generic[E]):
             raise BadRequest("malformed table request")
         kind = msg[0]
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("table rpc %s", kind,
-                      extra={"table": self.schema.name, "op": kind, "from_node": from_node[:8].hex()})
+            log.debug(
+                "table rpc %s", kind, extra={"table": self.schema.name, "op": kind, "from_node": from_node[:8].hex()}
+            )
         if kind == "update":
             raws = [bytes(r) for r in msg[1]]
             await self.data.merge_many([self.schema.decode(r) for r in raws], raws)
@@ -280,8 +295,14 @@ class Table(Generic[E]):
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None
             rows = await self.data.scan_async(
-                bytes(partition), bytes(start), raw=True, prefix=bytes(prefix),
-                end=None if end is None else bytes(end), reverse=bool(reverse), limit=limit, filt=filt,
+                bytes(partition),
+                bytes(start),
+                raw=True,
+                prefix=bytes(prefix),
+                end=None if end is None else bytes(end),
+                reverse=bool(reverse),
+                limit=limit,
+                filt=filt,
                 skip_start=bool(skip_start),
             )
             return [[sk, raw] for sk, raw in rows]

@@ -111,7 +111,10 @@ def register_secret(*values: str | None) -> None:
 
 
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message", "asctime", "request_id", "taskName",
+    "message",
+    "asctime",
+    "request_id",
+    "taskName",
 }
 
 
@@ -197,8 +200,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "text", *, secrets_: Iterable[str | None] = (),
-                  stream: Any = None) -> logging.Handler:
+def setup_logging(
+    level: str = "info", fmt: str = "text", *, secrets_: Iterable[str | None] = (), stream: Any = None
+) -> logging.Handler:
     """Send every log record to stderr (or ``stream``) in ``fmt``, redacted; returns the handler."""
     register_secret(*secrets_)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)

@@ -31,9 +31,20 @@ MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 QueryPairs = Sequence[tuple[str, str]]
 
 # Never signed by our Signer: proxies and HTTP libraries rewrite these.
-_UNSIGNABLE = frozenset({"authorization", "connection", "expect", "keep-alive", "te",
-                         "transfer-encoding", "upgrade", "user-agent", "x-amz-date",
-                         "x-amz-content-sha256"})
+_UNSIGNABLE = frozenset(
+    {
+        "authorization",
+        "connection",
+        "expect",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "x-amz-date",
+        "x-amz-content-sha256",
+    }
+)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9\-_.~]*")
@@ -70,8 +81,9 @@ def canonical_query(pairs: QueryPairs) -> str:
     return "&".join(sorted(f"{uri_encode(k, True)}={uri_encode(v, True)}" for k, v in pairs))
 
 
-def canonical_request(method: str, canonical_uri: str, canonical_query: str,
-                      signed_headers: Sequence[tuple[str, str]], payload_hash: str) -> str:
+def canonical_request(
+    method: str, canonical_uri: str, canonical_query: str, signed_headers: Sequence[tuple[str, str]], payload_hash: str
+) -> str:
     """The canonical request; ``signed_headers`` are (lowercase name, value) in sorted order.
 
     Values are trimmed but inner runs of spaces are kept (Garage does not collapse them).
@@ -93,8 +105,10 @@ def string_to_sign(amz_date: str, scope: str, canonical_request: str) -> str:
 
 def chunk_string_to_sign(amz_date: str, scope: str, previous_signature: str, chunk: bytes) -> str:
     """What each aws-chunked chunk signs: chained to the previous signature (the seed first)."""
-    return (f"{ALGORITHM}-PAYLOAD\n{amz_date}\n{scope}\n{previous_signature}\n"
-            f"{EMPTY_SHA256}\n{hashlib.sha256(chunk).hexdigest()}")
+    return (
+        f"{ALGORITHM}-PAYLOAD\n{amz_date}\n{scope}\n{previous_signature}\n"
+        f"{EMPTY_SHA256}\n{hashlib.sha256(chunk).hexdigest()}"
+    )
 
 
 def sign(key: bytes, sts: str) -> str:
@@ -163,21 +177,29 @@ class Signer:
             self._key = (date, derive_signing_key(self._secret, date, self.region, self.service))
         return self._key[1]
 
-    def _sign(self, method: str, raw_path: str, pairs: QueryPairs, signed: dict[str, str],
-              payload_hash: str, amz_date: str) -> tuple[str, str, str]:
+    def _sign(
+        self, method: str, raw_path: str, pairs: QueryPairs, signed: dict[str, str], payload_hash: str, amz_date: str
+    ) -> tuple[str, str, str]:
         """Sign with ``signed`` = {lowercase name: value}; returns (scope, names, signature)."""
         if "host" not in signed:
             raise ValueError("the host header must be given: it is always signed")
         headers = sorted(signed.items())
         scope = credential_scope(amz_date[:8], self.region, self.service)
-        creq = canonical_request(method, uri_encode(raw_path, False), canonical_query(pairs), headers,
-                                 payload_hash)
+        creq = canonical_request(method, uri_encode(raw_path, False), canonical_query(pairs), headers, payload_hash)
         sig = sign(self._signing_key(amz_date[:8]), string_to_sign(amz_date, scope, creq))
         return scope, ";".join(k for k, _ in headers), sig
 
-    def sign_headers(self, method: str, raw_path: str, query: QueryPairs | str | None,
-                     headers: Mapping[str, str], body: bytes | None, now: float | None = None,
-                     unsigned_payload: bool = False, content_sha256: str | None = None) -> dict[str, str]:
+    def sign_headers(
+        self,
+        method: str,
+        raw_path: str,
+        query: QueryPairs | str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        now: float | None = None,
+        unsigned_payload: bool = False,
+        content_sha256: str | None = None,
+    ) -> dict[str, str]:
         """Headers to add: ``X-Amz-Date``, ``X-Amz-Content-Sha256`` and ``Authorization``.
 
         Every header given (host required) is signed, except hop-by-hop ones and the three this
@@ -186,8 +208,7 @@ class Signer:
         """
         pairs = parse_query(query) if isinstance(query, str) else list(query or ())
         amz_date = format_amz_date(time.time() if now is None else now)
-        payload = content_sha256 or (UNSIGNED_PAYLOAD if unsigned_payload
-                                     else hashlib.sha256(body or b"").hexdigest())
+        payload = content_sha256 or (UNSIGNED_PAYLOAD if unsigned_payload else hashlib.sha256(body or b"").hexdigest())
         signed = _signable(headers)
         signed["x-amz-date"] = amz_date
         signed["x-amz-content-sha256"] = payload
@@ -195,9 +216,16 @@ class Signer:
         auth = f"{ALGORITHM} Credential={self.access_key_id}/{scope}, SignedHeaders={names}, Signature={sig}"
         return {"X-Amz-Date": amz_date, "X-Amz-Content-Sha256": payload, "Authorization": auth}
 
-    def presign_url(self, method: str, raw_path: str, query: QueryPairs | str | None, host: str,
-                    expires: int = 3600, now: float | None = None,
-                    headers: Mapping[str, str] | None = None) -> str:
+    def presign_url(
+        self,
+        method: str,
+        raw_path: str,
+        query: QueryPairs | str | None,
+        host: str,
+        expires: int = 3600,
+        now: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
         """``raw_path?query`` carrying a presigned-URL signature (prefix it with scheme://host).
 
         The payload is ``UNSIGNED-PAYLOAD``; ``headers`` besides host are signed and must then be
@@ -210,11 +238,13 @@ class Signer:
         signed = _signable(headers or {})
         signed["host"] = host
         scope = credential_scope(amz_date[:8], self.region, self.service)
-        pairs += [("X-Amz-Algorithm", ALGORITHM),
-                  ("X-Amz-Credential", f"{self.access_key_id}/{scope}"),
-                  ("X-Amz-Date", amz_date),
-                  ("X-Amz-Expires", str(expires)),
-                  ("X-Amz-SignedHeaders", ";".join(sorted(signed)))]
+        pairs += [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", f"{self.access_key_id}/{scope}"),
+            ("X-Amz-Date", amz_date),
+            ("X-Amz-Expires", str(expires)),
+            ("X-Amz-SignedHeaders", ";".join(sorted(signed))),
+        ]
         _, _, sig = self._sign(method, raw_path, pairs, signed, UNSIGNED_PAYLOAD, amz_date)
         return f"{raw_path}?{encode_query([*pairs, ('X-Amz-Signature', sig)])}"
 

@@ -17,8 +17,12 @@ METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
 
 def cli(node: NodeProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -157,8 +161,9 @@ def test_keys_admin_api_to_cli(anode):
     # ?list is accepted (and ignored) as in Garage.
     assert {"id": kid, "name": "api-key"} in anode.admin_http("GET", "/v1/key", "list").json()
 
-    updated = anode.admin_http("POST", "/v1/key", f"id={kid}",
-                               body={"name": "renamed", "allow": {"createBucket": True}}).json()
+    updated = anode.admin_http(
+        "POST", "/v1/key", f"id={kid}", body={"name": "renamed", "allow": {"createBucket": True}}
+    ).json()
     assert updated["name"] == "renamed" and updated["permissions"]["createBucket"] is True
     assert updated["secretAccessKey"] is None
     info = cli_json(anode, "key", "info", kid)
@@ -191,8 +196,9 @@ def test_keys_cli_to_admin_api(anode):
 
 def test_key_import(anode):
     kid, secret = "GK" + "12" * 12, "34" * 32
-    r = anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": kid, "secretAccessKey": secret,
-                                                          "name": "imported"})
+    r = anode.admin_http(
+        "POST", "/v1/key/import", body={"accessKeyId": kid, "secretAccessKey": secret, "name": "imported"}
+    )
     assert r.status == 200 and r.json()["secretAccessKey"] == secret
     assert cli_json(anode, "key", "info", kid)["name"] == "imported"
     r = anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": kid, "secretAccessKey": secret})
@@ -221,8 +227,11 @@ def test_buckets_admin_api_to_cli_and_k2v(anode):
     assert_error(r, 409, "BucketAlreadyExists")
     assert_error(anode.admin_http("POST", "/v1/bucket", body={"globalAlias": "Bad_Name"}), 400, "InvalidBucketName")
 
-    allowed = anode.admin_http("POST", "/v1/bucket/allow", body={
-        "bucketId": bid, "accessKeyId": kid, "permissions": {"read": True, "write": True}}).json()
+    allowed = anode.admin_http(
+        "POST",
+        "/v1/bucket/allow",
+        body={"bucketId": bid, "accessKeyId": kid, "permissions": {"read": True, "write": True}},
+    ).json()
     assert allowed["keys"][0]["accessKeyId"] == kid
     assert allowed["keys"][0]["permissions"] == {"read": True, "write": True, "owner": False}
     cli_info = cli_json(anode, "bucket", "info", bid)
@@ -257,8 +266,9 @@ def test_buckets_admin_api_to_cli_and_k2v(anode):
     assert r.json()["localAliases"] == []
 
     # Deny, then the key can no longer write.
-    denied = anode.admin_http("POST", "/v1/bucket/deny", body={
-        "bucketId": bid, "accessKeyId": kid, "permissions": {"write": True}}).json()
+    denied = anode.admin_http(
+        "POST", "/v1/bucket/deny", body={"bucketId": bid, "accessKeyId": kid, "permissions": {"write": True}}
+    ).json()
     assert denied["keys"][0]["permissions"] == {"read": True, "write": False, "owner": False}
     assert k2v.request("PUT", "/api-bucket/pk", "sort_key=sk2", b"v").status == 403
 
@@ -275,8 +285,11 @@ def test_bucket_lookup_errors(anode):
     assert_error(anode.admin_http("GET", "/v1/bucket", "id=" + "0" * 64), 404, "NoSuchBucket")
     assert_error(anode.admin_http("GET", "/v1/bucket", "globalAlias=no-such-bucket"), 404, "NoSuchBucket")
     assert_error(anode.admin_http("POST", "/v1/bucket", body={}), 400, "InvalidRequest")
-    r = anode.admin_http("POST", "/v1/bucket/allow", body={"bucketId": "0" * 64, "accessKeyId": "GK" + "0" * 24,
-                                                           "permissions": {"read": True}})
+    r = anode.admin_http(
+        "POST",
+        "/v1/bucket/allow",
+        body={"bucketId": "0" * 64, "accessKeyId": "GK" + "0" * 24, "permissions": {"read": True}},
+    )
     assert r.status == 404
 
 
@@ -285,24 +298,33 @@ def test_bucket_cli_to_admin_api(anode):
     key = cli_json(anode, "key", "create", "cli-bucket-key")
     cli(anode, "bucket", "allow", "cli-bucket", "--read", "--owner", "--key", key["accessKeyId"])
     info = anode.admin_http("GET", "/v1/bucket", "globalAlias=cli-bucket").json()
-    assert info["keys"] == [{"accessKeyId": key["accessKeyId"], "name": "cli-bucket-key",
-                             "permissions": {"read": True, "write": False, "owner": True},
-                             "bucketLocalAliases": []}]
+    assert info["keys"] == [
+        {
+            "accessKeyId": key["accessKeyId"],
+            "name": "cli-bucket-key",
+            "permissions": {"read": True, "write": False, "owner": True},
+            "bucketLocalAliases": [],
+        }
+    ]
 
 
 def test_create_bucket_with_local_alias(anode):
     key = anode.admin_http("POST", "/v1/key", body={"name": "local-owner"}).json()
     kid = key["accessKeyId"]
-    b = anode.admin_http("POST", "/v1/bucket", body={
-        "localAlias": {"accessKeyId": kid, "alias": "my-local", "allow": {"read": True}}}).json()
+    b = anode.admin_http(
+        "POST", "/v1/bucket", body={"localAlias": {"accessKeyId": kid, "alias": "my-local", "allow": {"read": True}}}
+    ).json()
     assert b["globalAliases"] == [] and b["localAliases"] == [{"accessKeyId": kid, "alias": "my-local"}]
     assert b["keys"][0]["permissions"] == {"read": True, "write": False, "owner": False}
     k2v = K2VHttp(anode.endpoint, kid, key["secretAccessKey"])
     assert k2v.request("GET", "/my-local/pk", "sort_key=x").status == 404  # readable, empty
     assert k2v.request("PUT", "/my-local/pk", "sort_key=x", b"v").status == 403
     # Both aliases at once; without "allow" the key gets read, write and owner (as the CLI does).
-    b2 = anode.admin_http("POST", "/v1/bucket", body={
-        "globalAlias": "both-aliases", "localAlias": {"accessKeyId": kid, "alias": "both-local"}}).json()
+    b2 = anode.admin_http(
+        "POST",
+        "/v1/bucket",
+        body={"globalAlias": "both-aliases", "localAlias": {"accessKeyId": kid, "alias": "both-local"}},
+    ).json()
     assert b2["globalAliases"] == ["both-aliases"]
     assert b2["keys"][0]["permissions"] == {"read": True, "write": True, "owner": True}
     assert cli_json(anode, "bucket", "info", "both-aliases")["id"] == b2["id"]
@@ -315,9 +337,24 @@ def test_create_bucket_with_local_alias(anode):
 
 def test_dev_serves_admin_api(tmp_path):
     port = free_dev_port()
-    p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir", str(tmp_path / "dev"),
-                          "--port", str(port), "--nodes", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "garagekv.cli.main",
+            "dev",
+            "--json",
+            "--dir",
+            str(tmp_path / "dev"),
+            "--port",
+            str(port),
+            "--nodes",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stdout.readline()
         assert line, p.stderr.read()
@@ -326,8 +363,9 @@ def test_dev_serves_admin_api(tmp_path):
         assert endpoint == info["nodes"][0]["admin_endpoint"] and endpoint.startswith("http://127.0.0.1:")
         assert (tmp_path / "dev" / "admin_token").read_text().strip() == token
         assert (tmp_path / "dev" / "admin_token").stat().st_mode & 0o077 == 0
-        req = urllib.request.Request(f"{endpoint}/v1/bucket?globalAlias={info['bucket']}",
-                                     headers={"Authorization": f"Bearer {token}"})
+        req = urllib.request.Request(
+            f"{endpoint}/v1/bucket?globalAlias={info['bucket']}", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             bucket = json.loads(r.read())
         assert bucket["keys"][0]["accessKeyId"] == info["access_key_id"]

@@ -27,13 +27,19 @@ def all_up(nodes: list[NodeProcess]) -> None:
 def scrape(node: NodeProcess) -> dict[tuple[str, tuple], float]:
     r = node.admin_http("GET", "/metrics")
     assert r.status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.body.decode()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.body.decode())
+        for s in family.samples
+    }
 
 
 def total(samples: dict, name: str, **match: str) -> float:
-    return sum(v for (n, labels), v in samples.items()
-               if n == name and all(dict(labels).get(k) == want for k, want in match.items()))
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == name and all(dict(labels).get(k) == want for k, want in match.items())
+    )
 
 
 def test_layout_through_the_admin_api_and_the_cli(make_cluster):
@@ -42,8 +48,10 @@ def test_layout_through_the_admin_api_and_the_cli(make_cluster):
     all_up(nodes)
 
     # Staged through the API (full ids and a prefix) -> seen by the CLI.
-    changes = [{"id": a.node_id, "zone": "z0", "capacity": GB, "tags": ["api"]},
-               {"id": b.node_id[:12], "zone": "z1", "capacity": GB, "tags": []}]
+    changes = [
+        {"id": a.node_id, "zone": "z0", "capacity": GB, "tags": ["api"]},
+        {"id": b.node_id[:12], "zone": "z1", "capacity": GB, "tags": []},
+    ]
     r = a.admin_http("POST", "/v1/layout", body=changes)
     assert r.status == 200, r.body
     assert {ch["id"] for ch in r.json()["stagedRoleChanges"]} == {a.node_id, b.node_id}
@@ -93,13 +101,18 @@ def test_rpc_and_quorum_metrics_move(make_cluster):
     k2v = k2v_client(a, creds)
     peers = {n.node_id[:16] for n in nodes[1:]}
     # Per-peer RTT and liveness, from the pings.
-    s = wait_for(lambda: (x := scrape(a)) and all(("garagekv_rpc_peer_rtt_seconds", (("peer", p),)) in x
-                                                   for p in peers) and x)
+    s = wait_for(
+        lambda: (x := scrape(a)) and all(("garagekv_rpc_peer_rtt_seconds", (("peer", p),)) in x for p in peers) and x
+    )
     assert all(s[("garagekv_rpc_peer_up", (("peer", p),))] == 1 for p in peers)
     assert s[("garagekv_cluster_layout_version", ())] == 1
     item = (("table_name", "k2v_item"),)
-    for name in ("garagekv_table_sync_full_syncs_total", "garagekv_table_sync_layout_version",
-                 "garagekv_table_gc_deleted_total", "garagekv_table_merkle_updater_todo_queue_length"):
+    for name in (
+        "garagekv_table_sync_full_syncs_total",
+        "garagekv_table_sync_layout_version",
+        "garagekv_table_gc_deleted_total",
+        "garagekv_table_merkle_updater_todo_queue_length",
+    ):
         assert (name, item) in s, name
     assert ("garagekv_table_insert_queue_length", (("table_name", "k2v_index_counter"),)) in s
     assert ("garagekv_background_worker_errors_total", (("worker", "k2v_item sync"),)) in s
@@ -128,8 +141,9 @@ def test_rpc_and_quorum_metrics_move(make_cluster):
     assert total(s, "garagekv_quorum_failures_total") >= 1
     assert total(s, "garagekv_quorum_failures_total", operation="write") >= 1
     assert total(s, "garagekv_rpc_errors_total", kind="network") >= 1
-    down = wait_for(lambda: (x := scrape(a)) and all(x.get(("garagekv_rpc_peer_up", (("peer", p),))) == 0
-                                                     for p in peers) and x)
+    down = wait_for(
+        lambda: (x := scrape(a)) and all(x.get(("garagekv_rpc_peer_up", (("peer", p),))) == 0 for p in peers) and x
+    )
     assert down[("garagekv_cluster_available", ())] == 0
 
 
@@ -138,8 +152,9 @@ def test_request_id_follows_a_write_to_the_other_node(make_cluster):
     all_up([a, b])
     apply_layout([a, b], [a, b])
     creds = make_bucket(a, "rid-bucket")
-    r = k2v_client(a, creds).request("PUT", "/rid-bucket/pk", "sort_key=k", b"v",
-                                     headers={"X-Request-Id": "test-req-123"})
+    r = k2v_client(a, creds).request(
+        "PUT", "/rid-bucket/pk", "sort_key=k", b"v", headers={"X-Request-Id": "test-req-123"}
+    )
     assert r.status == 204 and r.header("X-Request-Id") == "test-req-123"
 
     def lines_on_b() -> list[dict]:

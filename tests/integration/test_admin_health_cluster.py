@@ -13,8 +13,15 @@ def health(n: NodeProcess) -> tuple[int, dict]:
 
 
 def test_health_flips_with_layout_and_quorum(tmp_path):
-    nodes = [NodeProcess(tmp_path / f"h{i}", admin_port=free_port(), admin_token="t0ken",
-                         extra_config=f"replication_factor = 3\n{FAST_PINGS}") for i in range(3)]
+    nodes = [
+        NodeProcess(
+            tmp_path / f"h{i}",
+            admin_port=free_port(),
+            admin_token="t0ken",
+            extra_config=f"replication_factor = 3\n{FAST_PINGS}",
+        )
+        for i in range(3)
+    ]
     try:
         nodes[0].start()
         for n in nodes[1:]:
@@ -22,8 +29,12 @@ def test_health_flips_with_layout_and_quorum(tmp_path):
             n.start()
         a = nodes[0]
         assert health(a) == (503, health(a)[1]) and health(a)[1]["status"] == "no-layout"
-        wait_for(lambda: all(x["up"] for x in json.loads(a.cli("status", "--json").stdout)["nodes"])
-                 and len(json.loads(a.cli("status", "--json").stdout)["nodes"]) == 3)
+        wait_for(
+            lambda: (
+                all(x["up"] for x in json.loads(a.cli("status", "--json").stdout)["nodes"])
+                and len(json.loads(a.cli("status", "--json").stdout)["nodes"]) == 3
+            )
+        )
         for i, n in enumerate(nodes):
             a.cli("layout", "assign", n.node_id[:10], "-z", f"z{i}", "-c", "1G")
         a.cli("layout", "apply", "--version", "1")
@@ -35,9 +46,14 @@ def test_health_flips_with_layout_and_quorum(tmp_path):
 
         # One node down: quorums (2 of 3) still hold.
         nodes[2].kill()
-        wait_for(lambda: json.loads(a.cli("status", "--json").stdout)["nodes"][0] is not None
-                 and not next(x for x in json.loads(a.cli("status", "--json").stdout)["nodes"]
-                              if x["id"] == nodes[2].node_id)["up"])
+        wait_for(
+            lambda: (
+                json.loads(a.cli("status", "--json").stdout)["nodes"][0] is not None
+                and not next(
+                    x for x in json.loads(a.cli("status", "--json").stdout)["nodes"] if x["id"] == nodes[2].node_id
+                )["up"]
+            )
+        )
         assert health(a)[0] == 200
         # Two down: degraded, with the partitions listed.
         nodes[1].kill()

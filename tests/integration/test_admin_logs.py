@@ -15,8 +15,13 @@ WRONG_TOKEN = "log-test-wrong-token-4d5e6f"
 
 
 def test_secrets_never_reach_the_logs(tmp_path):
-    n = NodeProcess(tmp_path / "logs", admin_port=free_port(), admin_token=ADMIN_TOKEN, metrics_token=METRICS_TOKEN,
-                    extra_config='log_level = "debug"\nlog_format = "json"\n')
+    n = NodeProcess(
+        tmp_path / "logs",
+        admin_port=free_port(),
+        admin_token=ADMIN_TOKEN,
+        metrics_token=METRICS_TOKEN,
+        extra_config='log_level = "debug"\nlog_format = "json"\n',
+    )
     n.start()
     secrets = {RPC_SECRET, ADMIN_TOKEN, METRICS_TOKEN, WRONG_TOKEN}
     try:
@@ -25,21 +30,43 @@ def test_secrets_never_reach_the_logs(tmp_path):
         secrets.add(key["secretAccessKey"])
         shown = n.admin_http("GET", "/v1/key", f"id={key['accessKeyId']}&showSecretKey=true").json()
         assert shown["secretAccessKey"] == key["secretAccessKey"]
-        r = subprocess.run([sys.executable, "-m", "garagekv.cli.main", "-c", str(n.config_path), "key", "create",
-                            "cli-log-key", "--json"], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "garagekv.cli.main",
+                "-c",
+                str(n.config_path),
+                "key",
+                "create",
+                "cli-log-key",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 0, r.stderr
         secrets.add(json.loads(r.stdout)["secretAccessKey"])
         imported_secret = "9c" * 32
-        n.admin_http("POST", "/v1/key/import", body={"accessKeyId": "GK" + "9d" * 12,
-                                                      "secretAccessKey": imported_secret})
+        n.admin_http(
+            "POST", "/v1/key/import", body={"accessKeyId": "GK" + "9d" * 12, "secretAccessKey": imported_secret}
+        )
         secrets.add(imported_secret)
         # Failed and successful admin calls, with wrong and right tokens.
         assert n.admin_http("GET", "/v1/status", token=WRONG_TOKEN).status == 403
         assert n.admin_http("GET", "/metrics", token=WRONG_TOKEN).status == 403
         assert n.admin_http("GET", "/metrics", token=METRICS_TOKEN).status == 200
         bucket = n.admin_http("POST", "/v1/bucket", body={"globalAlias": "log-bucket"}).json()
-        n.admin_http("POST", "/v1/bucket/allow", body={"bucketId": bucket["id"], "accessKeyId": key["accessKeyId"],
-                                                        "permissions": {"read": True, "write": True}})
+        n.admin_http(
+            "POST",
+            "/v1/bucket/allow",
+            body={
+                "bucketId": bucket["id"],
+                "accessKeyId": key["accessKeyId"],
+                "permissions": {"read": True, "write": True},
+            },
+        )
         # K2V requests signed with the secret: good, badly signed, and an internal-error-free 404.
         k2v = K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
         put = k2v.request("PUT", "/log-bucket/pk", "sort_key=sk", b"value")

@@ -14,8 +14,10 @@ def mnode(tmp_path_factory):
     n.start()
     key = n.admin("key.create", {"name": "m"})
     n.admin("bucket.create", {"name": "metrics-bucket"})
-    n.admin("bucket.permissions", {"bucket": "metrics-bucket", "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True})
+    n.admin(
+        "bucket.permissions",
+        {"bucket": "metrics-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
+    )
     n.k2v = K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
     yield n
     n.stop()

@@ -42,8 +42,10 @@ def apply_layout(via: NodeProcess, assign: list[NodeProcess], everyone: list[Nod
 def make_bucket(node: NodeProcess) -> K2VHttp:
     key = node.admin("key.create", {"name": "ae"})
     node.admin("bucket.create", {"name": BUCKET})
-    node.admin("bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True,
-                                      "read": True, "write": True, "owner": True})
+    node.admin(
+        "bucket.permissions",
+        {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
+    )
     return K2VHttp(node.endpoint, key["accessKeyId"], key["secretAccessKey"])
 
 
@@ -139,8 +141,11 @@ def test_layout_change_raises_sync_trackers_and_retires_the_old_version(make_clu
     def settled(n: NodeProcess) -> bool:
         info = digest(n)
         trackers = info["trackers"]
-        return (info["live_versions"] == [2] and len(trackers) == 4
-                and all(t["sync"] >= 2 and t["ack"] >= 2 and t["sync_ack"] >= 2 for t in trackers.values()))
+        return (
+            info["live_versions"] == [2]
+            and len(trackers) == 4
+            and all(t["sync"] >= 2 and t["ack"] >= 2 and t["sync_ack"] >= 2 for t in trackers.values())
+        )
 
     for n in nodes:
         wait_for(lambda n=n: settled(n), timeout=25)
@@ -179,8 +184,9 @@ def test_identical_replicas_have_identical_tries_and_repairs_run_on_demand(make_
 
     # `repair tables`: every table runs one more full sync.
     def full_syncs() -> dict[str, int]:
-        return {w["name"]: w.get("full_syncs", 0) for w in a.admin("worker.list")["workers"]
-                if w["name"].endswith(" sync")}
+        return {
+            w["name"]: w.get("full_syncs", 0) for w in a.admin("worker.list")["workers"] if w["name"].endswith(" sync")
+        }
 
     wait_for(lambda: all(full_syncs().values()))  # the start-up syncs are done
     first = full_syncs()

@@ -13,8 +13,12 @@ from tests.support import K2VHttp, NodeProcess, free_dev_port
 
 
 def cli(node: NodeProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -96,8 +100,9 @@ def test_bucket_lifecycle_and_permissions(cli_node):
     # Empty the bucket, then it can be deleted (after dropping the extra local alias).
     cli(cli_node, "bucket", "allow", "my-bucket", "--write", "--key", "bkey")
     tok = client.request("GET", "/my-bucket/p", "sort_key=s").header("X-Garage-Causality-Token")
-    assert client.request("DELETE", "/my-bucket/p", "sort_key=s",
-                          headers={"X-Garage-Causality-Token": tok}).status == 204
+    assert (
+        client.request("DELETE", "/my-bucket/p", "sort_key=s", headers={"X-Garage-Causality-Token": tok}).status == 204
+    )
     cli(cli_node, "bucket", "unalias", "mine", "--local", "bkey")
     import time
 
@@ -128,9 +133,22 @@ def test_dev_prints_credentials_serves_and_persists(tmp_path):
     port = free_dev_port(3)
 
     def start() -> tuple[subprocess.Popen, dict]:
-        p = subprocess.Popen([sys.executable, "-m", "garagekv.cli.main", "dev", "--json", "--dir",
-                              str(tmp_path / "dev"), "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "garagekv.cli.main",
+                "dev",
+                "--json",
+                "--dir",
+                str(tmp_path / "dev"),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = p.stdout.readline()
         assert line, p.stderr.read()
         return p, json.loads(line)
@@ -140,12 +158,20 @@ def test_dev_prints_credentials_serves_and_persists(tmp_path):
         assert set(info) >= {"k2v_endpoint", "region", "access_key_id", "secret_access_key", "bucket", "nodes"}
         node = info["nodes"][0]
         assert set(node) == {"id", "k2v_endpoint", "rpc_addr", "admin_endpoint", "config", "pid"}
-        client = K2VHttp(info["k2v_endpoint"].removeprefix("http://"), info["access_key_id"],
-                         info["secret_access_key"], info["region"])
+        client = K2VHttp(
+            info["k2v_endpoint"].removeprefix("http://"),
+            info["access_key_id"],
+            info["secret_access_key"],
+            info["region"],
+        )
         assert client.request("PUT", f"/{info['bucket']}/p", "sort_key=k", b"kept").status == 204
         assert len(info["nodes"]) == 3
-        last = K2VHttp(info["nodes"][2]["k2v_endpoint"].removeprefix("http://"), info["access_key_id"],
-                       info["secret_access_key"], info["region"])
+        last = K2VHttp(
+            info["nodes"][2]["k2v_endpoint"].removeprefix("http://"),
+            info["access_key_id"],
+            info["secret_access_key"],
+            info["region"],
+        )
         assert last.request("GET", f"/{info['bucket']}/p", "sort_key=k").json() == ["a2VwdA=="]
     finally:
         p.send_signal(signal.SIGTERM)

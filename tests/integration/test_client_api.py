@@ -42,8 +42,14 @@ from tests.support import REGION
 
 
 def kwargs(node, creds, **kw) -> dict:
-    return {"endpoint": node.endpoint, "region": REGION, "access_key_id": creds["access_key"],
-            "secret_access_key": creds["secret_key"], "bucket": creds["bucket"], **kw}
+    return {
+        "endpoint": node.endpoint,
+        "region": REGION,
+        "access_key_id": creds["access_key"],
+        "secret_access_key": creds["secret_key"],
+        "bucket": creds["bucket"],
+        **kw,
+    }
 
 
 @pytest.fixture
@@ -53,6 +59,7 @@ async def client(node, creds):
 
 
 # --- single items -----------------------------------------------------------------------------
+
 
 async def test_item_lifecycle_with_tokens(client, pk):
     with pytest.raises(NoSuchKey) as ei:
@@ -126,20 +133,22 @@ async def test_empty_sort_key_goes_through_batches(client, pk):
 
 # --- batches and ranges -----------------------------------------------------------------------
 
+
 async def test_insert_batch_and_read_batch(client, pk):
     await client.insert_batch([(pk, "a", b"1"), (pk, "b", "2"), InsertOp(pk, "c", b"3"), (pk + "x", "z", b"4")])
     a = await client.read_item(pk, "a")
     await client.insert_batch([(pk, "a", None, a.token), (pk, "b", b"2bis"), InsertOp(pk, "d", None)])
-    pages = await client.read_batch([
-        ReadQuery(pk),
-        ReadQuery(pk, tombstones=True),
-        ReadQuery(pk, conflicts_only=True),
-        ReadQuery(pk, start="c", single_item=True),
-        ReadQuery(pk + "x"),
-        ReadQuery(pk + "missing"),
-    ])
-    assert [[i.sort_key for i in p.items] for p in pages] == [["b", "c"], ["a", "b", "c", "d"], ["b"], ["c"],
-                                                              ["z"], []]
+    pages = await client.read_batch(
+        [
+            ReadQuery(pk),
+            ReadQuery(pk, tombstones=True),
+            ReadQuery(pk, conflicts_only=True),
+            ReadQuery(pk, start="c", single_item=True),
+            ReadQuery(pk + "x"),
+            ReadQuery(pk + "missing"),
+        ]
+    )
+    assert [[i.sort_key for i in p.items] for p in pages] == [["b", "c"], ["a", "b", "c", "d"], ["b"], ["c"], ["z"], []]
     assert pages[1].items[0].values == [None] and pages[2].items[0].values == [b"2", b"2bis"]
     assert pages[3].query.single_item and pages[4].items[0].partition_key == pk + "x"
 
@@ -164,9 +173,13 @@ async def test_read_range_pages_and_iterators(client, pk):
 async def test_delete_batch_and_delete_range(client, pk):
     await client.insert_batch([(pk, f"a{i}", b"v") for i in range(5)] + [(pk, "b", b"v"), (pk, "c", b"v")])
     assert await client.delete_range(pk, prefix="a") == 5
-    results = await client.delete_batch([DeleteQuery(pk, start="b", single_item=True),
-                                         DeleteQuery(pk, start="a"),  # already deleted ones do not count
-                                         DeleteQuery(pk + "none")])
+    results = await client.delete_batch(
+        [
+            DeleteQuery(pk, start="b", single_item=True),
+            DeleteQuery(pk, start="a"),  # already deleted ones do not count
+            DeleteQuery(pk + "none"),
+        ]
+    )
     assert [r.deleted_items for r in results] == [1, 1, 0]
     assert results[0].query.single_item and results[0].query.start == "b"
     assert (await client.read_range(pk)).items == []
@@ -194,6 +207,7 @@ async def test_read_index_pages(client):
 
 
 # --- polls ------------------------------------------------------------------------------------
+
 
 async def test_poll_item_wakes_on_concurrent_write(client, pk):
     await client.insert_item(pk, "p", b"before")
@@ -269,6 +283,7 @@ async def test_poll_range_and_watch(client, pk):
 
 # --- errors -----------------------------------------------------------------------------------
 
+
 async def test_error_mapping_4xx(node, creds, client, pk):
     with pytest.raises(InvalidRequest) as ei:
         await client.read_range(pk, prefix="a", start="b")
@@ -301,8 +316,9 @@ async def test_error_mapping_4xx(node, creds, client, pk):
     with pytest.raises(Conflict) as ei:  # binary-only Accept on concurrent values
         await client.request("GET", pk, [("sort_key", "c")], headers={"Accept": "application/octet-stream"})
     assert ei.value.status == 409
-    raw = await client.request("GET", pk, [("sort_key", "c")], headers={"Accept": "application/octet-stream"},
-                               check=False)
+    raw = await client.request(
+        "GET", pk, [("sort_key", "c")], headers={"Accept": "application/octet-stream"}, check=False
+    )
     assert raw.status == 409 and raw.headers["X-Garage-Causality-Token"]
 
     bad = {
@@ -322,10 +338,20 @@ async def test_error_mapping_4xx(node, creds, client, pk):
 
 def test_permission_denied(node, creds, pk):
     key = node.admin("key.create", {"name": "read-only"})
-    node.admin("bucket.permissions", {"bucket": creds["bucket"], "key": key["accessKeyId"], "allow": True,
-                                      "read": True, "write": False, "owner": False})
-    with K2VClientSync(**kwargs(node, creds, access_key_id=key["accessKeyId"],
-                                secret_access_key=key["secretAccessKey"])) as ro:
+    node.admin(
+        "bucket.permissions",
+        {
+            "bucket": creds["bucket"],
+            "key": key["accessKeyId"],
+            "allow": True,
+            "read": True,
+            "write": False,
+            "owner": False,
+        },
+    )
+    with K2VClientSync(
+        **kwargs(node, creds, access_key_id=key["accessKeyId"], secret_access_key=key["secretAccessKey"])
+    ) as ro:
         with pytest.raises(NoSuchKey):
             ro.read_item(pk, "a")
         with pytest.raises(AccessDenied) as ei:
@@ -335,17 +361,26 @@ def test_permission_denied(node, creds, pk):
 
 # --- signatures, constructors, sync -----------------------------------------------------------
 
+
 def test_signatures_match_botocore_and_are_accepted(node, creds, pk, monkeypatch):
     now = time.time()
     c = K2VClient(**kwargs(node, creds, clock=lambda: now))
-    monkeypatch.setattr(botocore.auth, "get_current_datetime",
-                        lambda *a, **k: dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None))
+    monkeypatch.setattr(
+        botocore.auth,
+        "get_current_datetime",
+        lambda *a, **k: dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None),
+    )
     bucket = creds["bucket"]
     cases = [
         ("PUT", pk + "/x y", [("sort_key", "a b&c")], b"value", {}),
         ("GET", pk + "/x y", [("sort_key", "a b&c")], b"", {"Accept": "application/json"}),
-        ("POST", None, [("search", "")], json.dumps([{"partitionKey": pk + "/x y"}]).encode(),
-         {"Content-Type": "application/json"}),
+        (
+            "POST",
+            None,
+            [("search", "")],
+            json.dumps([{"partitionKey": pk + "/x y"}]).encode(),
+            {"Content-Type": "application/json"},
+        ),
         ("GET", None, [("prefix", pk), ("limit", "10")], b"", {}),
     ]
     for method, key, query, body, headers in cases:
@@ -368,8 +403,14 @@ def test_signatures_match_botocore_and_are_accepted(node, creds, pk, monkeypatch
 
 
 def test_sync_client_end_to_end(node, creds, pk):
-    dev = {"k2v_endpoint": f"http://{node.endpoint}", "region": REGION, "access_key_id": creds["access_key"],
-           "secret_access_key": creds["secret_key"], "bucket": creds["bucket"], "nodes": []}
+    dev = {
+        "k2v_endpoint": f"http://{node.endpoint}",
+        "region": REGION,
+        "access_key_id": creds["access_key"],
+        "secret_access_key": creds["secret_key"],
+        "bucket": creds["bucket"],
+        "nodes": [],
+    }
     with K2VClientSync.from_dev_json(json.dumps(dev)) as k2v:
         k2v.insert_item(pk, "s", b"sync")
         item = k2v.read_item(pk, "s")
@@ -387,7 +428,11 @@ def test_sync_client_end_to_end(node, creds, pk):
         k2v.delete_item(pk, "s", item.token)
         assert k2v.read_item(pk, "s").values == [None]
         assert k2v.request("GET", None, [("prefix", pk)]).status == 200
-    env = {"AWS_ACCESS_KEY_ID": creds["access_key"], "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
-           "GARAGEKV_K2V_ENDPOINT": node.endpoint, "GARAGEKV_BUCKET": creds["bucket"]}
+    env = {
+        "AWS_ACCESS_KEY_ID": creds["access_key"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+        "GARAGEKV_K2V_ENDPOINT": node.endpoint,
+        "GARAGEKV_BUCKET": creds["bucket"],
+    }
     with K2VClientSync.from_env(env) as k2v:
         assert k2v.read_item(pk, "s").is_deleted

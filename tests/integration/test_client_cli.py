@@ -18,9 +18,15 @@ from tests.support import REGION
 def run_env(node, creds, with_creds: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GARAGEKV_", "K2V_"))}
     if with_creds:
-        env.update({"AWS_ACCESS_KEY_ID": creds["access_key"], "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
-                    "AWS_REGION": REGION, "GARAGEKV_K2V_ENDPOINT": f"http://{node.endpoint}",
-                    "GARAGEKV_BUCKET": creds["bucket"]})
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": creds["access_key"],
+                "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+                "AWS_REGION": REGION,
+                "GARAGEKV_K2V_ENDPOINT": f"http://{node.endpoint}",
+                "GARAGEKV_BUCKET": creds["bucket"],
+            }
+        )
     return env
 
 
@@ -32,15 +38,26 @@ def command(*args: str) -> list[str]:
 def cli(node, creds):
     def run(*args: str, input: bytes | str | None = None, with_creds: bool = True) -> subprocess.CompletedProcess:
         data = input.encode() if isinstance(input, str) else input
-        return subprocess.run(command(*args), input=data if data is not None else b"", capture_output=True,
-                              timeout=60, env=run_env(node, creds, with_creds))
+        return subprocess.run(
+            command(*args),
+            input=data if data is not None else b"",
+            capture_output=True,
+            timeout=60,
+            env=run_env(node, creds, with_creds),
+        )
+
     return run
 
 
 @pytest.fixture
 def sync(node, creds):
-    with K2VClientSync(endpoint=node.endpoint, region=REGION, access_key_id=creds["access_key"],
-                       secret_access_key=creds["secret_key"], bucket=creds["bucket"]) as c:
+    with K2VClientSync(
+        endpoint=node.endpoint,
+        region=REGION,
+        access_key_id=creds["access_key"],
+        secret_access_key=creds["secret_key"],
+        bucket=creds["bucket"],
+    ) as c:
         yield c
 
 
@@ -74,17 +91,39 @@ def test_insert_read_delete(cli, pk):
 def test_connection_flags_and_dev_json(cli, node, creds, pk, tmp_path):
     value = tmp_path / "value.bin"
     value.write_bytes(b"from a file")
-    ok(cli("--endpoint", node.endpoint, "--region", REGION, "--bucket", creds["bucket"],
-           "--access-key-id", creds["access_key"], "--secret-access-key", creds["secret_key"],
-           "insert", pk, "f", "--file", str(value), with_creds=False))
-    dev = {"k2v_endpoint": f"http://{node.endpoint}", "region": REGION, "access_key_id": creds["access_key"],
-           "secret_access_key": creds["secret_key"], "bucket": creds["bucket"], "nodes": []}
+    ok(
+        cli(
+            "--endpoint",
+            node.endpoint,
+            "--region",
+            REGION,
+            "--bucket",
+            creds["bucket"],
+            "--access-key-id",
+            creds["access_key"],
+            "--secret-access-key",
+            creds["secret_key"],
+            "insert",
+            pk,
+            "f",
+            "--file",
+            str(value),
+            with_creds=False,
+        )
+    )
+    dev = {
+        "k2v_endpoint": f"http://{node.endpoint}",
+        "region": REGION,
+        "access_key_id": creds["access_key"],
+        "secret_access_key": creds["secret_key"],
+        "bucket": creds["bucket"],
+        "nodes": [],
+    }
     dev_file = tmp_path / "dev.json"
     dev_file.write_text(json.dumps(dev) + "\n")
     item = json.loads(ok(cli("--dev-json", str(dev_file), "read", pk, "f", "--json", with_creds=False)))
     assert base64.b64decode(item["v"][0]) == b"from a file"
-    page = json.loads(ok(cli("--dev-json", "-", "read-range", pk, "--json", input=json.dumps(dev),
-                             with_creds=False)))
+    page = json.loads(ok(cli("--dev-json", "-", "read-range", pk, "--json", input=json.dumps(dev), with_creds=False)))
     assert [i["sk"] for i in page["items"]] == ["f"]
     r = cli("--bucket", "x-bucket", "read", pk, "f", with_creds=False)
     assert r.returncode == 1 and b"missing K2V connection settings" in r.stderr
@@ -94,8 +133,11 @@ def test_connection_flags_and_dev_json(cli, node, creds, pk, tmp_path):
 
 def test_ranges_index_and_batches(cli, sync, pk):
     lines = [json.dumps({"pk": pk, "sk": f"k{i}", "text": f"value {i}"}) for i in range(8)]
-    lines += [json.dumps({"pk": pk, "sk": "bin", "v": base64.b64encode(b"\xff").decode()}), "",
-              json.dumps({"pk": pk + "-other", "sk": "z", "v": "eg=="})]
+    lines += [
+        json.dumps({"pk": pk, "sk": "bin", "v": base64.b64encode(b"\xff").decode()}),
+        "",
+        json.dumps({"pk": pk + "-other", "sk": "z", "v": "eg=="}),
+    ]
     assert "inserted 10 items" in ok(cli("insert-batch", input="\n".join(lines)))
 
     page = json.loads(ok(cli("read-range", pk, "--prefix", "k", "--limit", "5", "--page-size", "2", "--json")))
@@ -112,8 +154,13 @@ def test_ranges_index_and_batches(cli, sync, pk):
     assert [(e["pk"], e["entries"]) for e in index["partitionKeys"]] == [(pk, 9), (pk + "-other", 1)]
     assert pk in ok(cli("read-index", "--prefix", pk, "--limit", "1"))
 
-    queries = "\n".join(json.dumps(q) for q in ({"partitionKey": pk, "prefix": "k", "limit": 2},
-                                                 {"partitionKey": pk, "start": "bin", "singleItem": True}))
+    queries = "\n".join(
+        json.dumps(q)
+        for q in (
+            {"partitionKey": pk, "prefix": "k", "limit": 2},
+            {"partitionKey": pk, "start": "bin", "singleItem": True},
+        )
+    )
     pages = json.loads(ok(cli("read-batch", "--json", input=queries)))
     assert [[i["sk"] for i in p["items"]] for p in pages] == [["k0", "k1"], ["bin"]]
     assert pages[0]["nextStart"] == "k2"
@@ -134,13 +181,19 @@ def test_poll_poll_range_and_watch(cli, node, creds, sync, pk):
     assert r.returncode == 4 and b"no change" in r.stderr
 
     env = run_env(node, creds)
-    watch = subprocess.Popen(command("watch", pk, "--json", "--count", "2"), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env)
-    poll = subprocess.Popen(command("poll-range", pk, "--seen-marker", first["seenMarker"], "--json"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    watch = subprocess.Popen(
+        command("watch", pk, "--json", "--count", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    poll = subprocess.Popen(
+        command("poll-range", pk, "--seen-marker", first["seenMarker"], "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     token = sync.read_item(pk, "a").token
-    item_poll = subprocess.Popen(command("poll", pk, "a", f"--token={token}", "--raw"), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=env)
+    item_poll = subprocess.Popen(
+        command("poll", pk, "a", f"--token={token}", "--raw"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     try:
         initial = json.loads(watch.stdout.readline())  # the watch has started: its first line is the state
         assert [i["sk"] for i in initial["items"]] == ["a"]

@@ -105,8 +105,11 @@ def test_killed_node_reported_down_then_rejoins_from_persisted_peers(make_cluste
 def test_wrong_secret_cannot_join_and_cluster_keeps_working(make_cluster, tmp_path):
     a, b = make_cluster(2, rf=2)
     wait_for(lambda: all_up(a, 2))
-    intruder = NodeProcess(tmp_path / "bad", rpc_secret="cd" * 32,
-                           extra_config=f'replication_factor = 2\n{FAST_PINGS}bootstrap_peers = ["{a.peer_spec}"]\n')
+    intruder = NodeProcess(
+        tmp_path / "bad",
+        rpc_secret="cd" * 32,
+        extra_config=f'replication_factor = 2\n{FAST_PINGS}bootstrap_peers = ["{a.peer_spec}"]\n',
+    )
     intruder.start()
     try:
         import time

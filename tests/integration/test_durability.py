@@ -14,8 +14,10 @@ from tests.support import K2VHttp, NodeProcess
 def _setup(n: NodeProcess) -> K2VHttp:
     key = n.admin("key.create", {"name": "dur"})
     n.admin("bucket.create", {"name": "dur-bucket"})
-    n.admin("bucket.permissions", {"bucket": "dur-bucket", "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True})
+    n.admin(
+        "bucket.permissions",
+        {"bucket": "dur-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
+    )
     return K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
 
 
@@ -79,8 +81,9 @@ def test_sigterm_shuts_down_cleanly_and_cuts_polls(fresh_node):
 
     def poll() -> None:
         try:
-            result["r"] = client.request("GET", "/dur-bucket/p", f"sort_key=x&causality_token={tok}&timeout=300",
-                                         timeout=60)
+            result["r"] = client.request(
+                "GET", "/dur-bucket/p", f"sort_key=x&causality_token={tok}&timeout=300", timeout=60
+            )
         except OSError as e:
             result["err"] = e
 
@@ -104,7 +107,9 @@ def test_second_node_on_same_directory_is_refused(fresh_node, tmp_path):
 
     other = subprocess.run(
         [sys.executable, "-m", "garagekv.cli.main", "-c", str(fresh_node.config_path), "server"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert other.returncode != 0
     assert "locked by another garagekv process" in other.stderr

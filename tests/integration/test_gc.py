@@ -25,8 +25,10 @@ def form_cluster(make_cluster, n: int = 3, extra: str = GC_DELAY) -> tuple[list[
         wait_for(lambda x=x: x.admin("cluster.status")["layout_version"] == 1)
     key = a.admin("key.create", {"name": "gc-tests"})
     a.admin("bucket.create", {"name": "gc-bucket"})
-    a.admin("bucket.permissions", {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True, "owner": True})
+    a.admin(
+        "bucket.permissions",
+        {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
+    )
     creds = {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": "gc-bucket"}
     for x in nodes:
         wait_for(lambda x=x: client(x, creds).request("GET", "/gc-bucket", timeout=5).status == 200)
@@ -99,8 +101,10 @@ def test_deleted_items_disappear_from_every_node_and_counters_stay_right(make_cl
     # The counter entry of the emptied partition is itself a tombstone, collected too.
     for x in nodes:
         wait_for(lambda x=x: local_items(x, "k2v_index_counter") == 1, timeout=15)
-    wait_for(lambda: table_row(leader, "k2v_item")["gcTodo"] == 0 and
-             table_row(leader, "k2v_index_counter")["gcTodo"] == 0, timeout=10)
+    wait_for(
+        lambda: table_row(leader, "k2v_item")["gcTodo"] == 0 and table_row(leader, "k2v_index_counter")["gcTodo"] == 0,
+        timeout=10,
+    )
     assert table_row(leader, "k2v_item")["gcCollected"] == 5
     for c in k2v:
         assert index(c) == expected
@@ -140,8 +144,7 @@ def test_a_down_replica_postpones_gc_until_it_is_back(make_cluster):
         wait_for(lambda x=x: local_items(x) == 1, timeout=25)
     wait_for(lambda: table_row(leader, "k2v_item")["gcTodo"] == 0)
     for x in nodes:  # the victim counted its copy of the tombstone (ReadIndex takes the max over nodes)
-        wait_for(lambda x=x: index(client(x, creds)) == {"p": {"entries": 1, "conflicts": 0, "values": 1,
-                                                               "bytes": 2}})
+        wait_for(lambda x=x: index(client(x, creds)) == {"p": {"entries": 1, "conflicts": 0, "values": 1, "bytes": 2}})
     assert gc_worker(leader)["consecutive_errors"] == 0
 
 
@@ -151,8 +154,10 @@ def test_nothing_is_collected_before_the_delay(make_cluster):
     a.cli("layout", "apply", "--version", "1")
     key = a.admin("key.create", {"name": "k"})
     a.admin("bucket.create", {"name": "gc-bucket"})
-    a.admin("bucket.permissions", {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True})
+    a.admin(
+        "bucket.permissions",
+        {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
+    )
     creds = {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"]}
     k2v = client(a, creds)
     put(k2v, "p", "a", b"1")

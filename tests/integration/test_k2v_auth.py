@@ -87,17 +87,19 @@ def test_routing_error_beats_auth(k2v):
         assert_error(r, 400, "InvalidUtf8String")
 
 
-@pytest.mark.parametrize("method,path,query,body", [
-    ("GET", "/test-bucket/pk", "sort_key=a", None),
-    ("PUT", "/test-bucket/pk", "sort_key=a", b"v"),
-    ("GET", "/test-bucket", "", None),
-    ("POST", "/test-bucket", "search", b"[]"),
-    ("GET", "/no-such-bucket", "", None),
-])
+@pytest.mark.parametrize(
+    "method,path,query,body",
+    [
+        ("GET", "/test-bucket/pk", "sort_key=a", None),
+        ("PUT", "/test-bucket/pk", "sort_key=a", b"v"),
+        ("GET", "/test-bucket", "", None),
+        ("POST", "/test-bucket", "search", b"[]"),
+        ("GET", "/no-such-bucket", "", None),
+    ],
+)
 def test_unsigned_request_is_access_denied(k2v, method, path, query, body):
     r = k2v.request(method, path, query, body, sign=False)
-    assert_error(r, 403, "AccessDenied", path=path,
-                 message="Forbidden: Garage does not support anonymous access yet")
+    assert_error(r, 403, "AccessDenied", path=path, message="Forbidden: Garage does not support anonymous access yet")
 
 
 def test_unsigned_write_writes_nothing(k2v, pk):
@@ -106,12 +108,15 @@ def test_unsigned_write_writes_nothing(k2v, pk):
     assert_partition_empty(k2v, pk)
 
 
-@pytest.mark.parametrize("method,path,query,body", [
-    ("GET", "/no-such-bucket/pk", "sort_key=a", None),
-    ("GET", "/no-such-bucket", "", None),
-    ("POST", "/no-such-bucket", "search", b"[]"),
-    ("PUT", "/no-such-bucket/pk", "sort_key=a", b"v"),
-])
+@pytest.mark.parametrize(
+    "method,path,query,body",
+    [
+        ("GET", "/no-such-bucket/pk", "sort_key=a", None),
+        ("GET", "/no-such-bucket", "", None),
+        ("POST", "/no-such-bucket", "search", b"[]"),
+        ("PUT", "/no-such-bucket/pk", "sort_key=a", b"v"),
+    ],
+)
 def test_unknown_bucket_is_404(k2v, method, path, query, body):
     r = k2v.request(method, path, query, body)
     assert_error(r, 404, "NoSuchBucket", path=path.split("?")[0], message="Bucket not found: no-such-bucket")
@@ -119,8 +124,9 @@ def test_unknown_bucket_is_404(k2v, method, path, query, body):
 
 def test_auth_beats_unknown_bucket(k2v):
     bad = K2VHttp(k2v.host, k2v.access_key, "wrong-secret")
-    assert_error(bad.request("GET", "/no-such-bucket/pk", "sort_key=a"), 403, "AccessDenied",
-                 message="Invalid signature")
+    assert_error(
+        bad.request("GET", "/no-such-bucket/pk", "sort_key=a"), 403, "AccessDenied", message="Invalid signature"
+    )
 
 
 def test_unknown_bucket_beats_permission(noperm):
@@ -196,8 +202,14 @@ def test_accept_406_before_404(k2v, pk):
 
 def test_token_header_checked_before_body(k2v, pk):
     # The body does not match its declared hash, but the bad token is reported first.
-    r = k2v.request("PUT", ipath(pk), "sort_key=a", b"v", headers={TOKEN: "!!bad!!"},
-                    content_sha=hashlib.sha256(b"other").hexdigest())
+    r = k2v.request(
+        "PUT",
+        ipath(pk),
+        "sort_key=a",
+        b"v",
+        headers={TOKEN: "!!bad!!"},
+        content_sha=hashlib.sha256(b"other").hexdigest(),
+    )
     assert_error(r, 400, "CausalityToken", message="Invalid causality token")
     assert_partition_empty(k2v, pk)
 
@@ -215,8 +227,10 @@ def test_json_parse_before_query_validation(k2v):
 # ---- §3 scope and Authorization header ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [{"region": "us-east-1"}, {"service": "s3"}, {"scope_date": "20200101"},
-                                {"service": "K2V"}, {"region": "Garage"}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"region": "us-east-1"}, {"service": "s3"}, {"scope_date": "20200101"}, {"service": "K2V"}, {"region": "Garage"}],
+)
 def test_wrong_scope_is_malformed(k2v, pk, kw):
     r = send_signed(k2v, "PUT", ipath(pk), "sort_key=a", b"v", **kw)
     assert_error(r, 400, "AuthorizationHeaderMalformed")
@@ -235,14 +249,17 @@ def _good_auth(k2v, pk) -> dict[str, str]:
     return botocore_headers(k2v, "GET", ipath(pk), "sort_key=a")
 
 
-@pytest.mark.parametrize("auth", [
-    "Basic dXNlcjpwYXNz",
-    "AWS4-HMAC-SHA256",
-    "AWS4-HMAC-SHA256 Credential=GKx/20240101/garage/k2v/aws4_request, SignedHeaders=host",
-    "AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
-    "AWS4-HMAC-SHA256 Credential=GKx/20240101/garage/k2v/aws4_request, Signature=" + "0" * 64,
-    "AWS2-HMAC-SHA1 Credential=a, SignedHeaders=host, Signature=b",
-])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        "Basic dXNlcjpwYXNz",
+        "AWS4-HMAC-SHA256",
+        "AWS4-HMAC-SHA256 Credential=GKx/20240101/garage/k2v/aws4_request, SignedHeaders=host",
+        "AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
+        "AWS4-HMAC-SHA256 Credential=GKx/20240101/garage/k2v/aws4_request, Signature=" + "0" * 64,
+        "AWS2-HMAC-SHA1 Credential=a, SignedHeaders=host, Signature=b",
+    ],
+)
 def test_malformed_authorization_header(k2v, pk, auth):
     hdrs = _good_auth(k2v, pk)
     hdrs["Authorization"] = auth
@@ -309,8 +326,10 @@ def shifted_botocore(monkeypatch):
 
     def shift(offset: float) -> None:
         monkeypatch.setattr(
-            botocore.auth, "get_current_datetime",
-            lambda: datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(seconds=offset))
+            botocore.auth,
+            "get_current_datetime",
+            lambda: datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + datetime.timedelta(seconds=offset),
+        )
 
     return shift
 
@@ -334,8 +353,18 @@ def test_date_within_fifteen_minutes_accepted(k2v, pk, shifted_botocore, offset)
     assert partition(k2v, pk) == {"a": [b64("v")]}
 
 
-@pytest.mark.parametrize("date", [None, "", "2024-01-01T00:00:00Z", "20240101", "20241301T000000Z",
-                                  "20240101T250000Z", "Mon, 01 Jan 2024 00:00:00 GMT"])
+@pytest.mark.parametrize(
+    "date",
+    [
+        None,
+        "",
+        "2024-01-01T00:00:00Z",
+        "20240101",
+        "20241301T000000Z",
+        "20240101T250000Z",
+        "Mon, 01 Jan 2024 00:00:00 GMT",
+    ],
+)
 def test_missing_or_bad_amz_date(k2v, pk, date):
     hdrs = _good_auth(k2v, pk)
     hdrs = {k: v for k, v in hdrs.items() if k.lower() != "x-amz-date"}
@@ -360,21 +389,26 @@ def send_headers_without_amz_date(k2v, pk, date_hdr: str) -> dict[str, str]:
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     signed = [("date", date_hdr), ("host", k2v.host), ("x-amz-content-sha256", payload)]
     scope = credential_scope(amz_date[:8], k2v.region, "k2v")
-    creq = canonical_request("GET", uri_encode(ipath(pk), False), canonical_query(parse_query("sort_key=a")),
-                             signed, payload)
+    creq = canonical_request(
+        "GET", uri_encode(ipath(pk), False), canonical_query(parse_query("sort_key=a")), signed, payload
+    )
     key = derive_signing_key(k2v.secret_key, amz_date[:8], k2v.region, "k2v")
     sig = sign(key, string_to_sign(amz_date, scope, creq))
-    return {"Date": date_hdr, "X-Amz-Content-Sha256": payload,
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={k2v.access_key}/{scope}, "
-                             f"SignedHeaders=date;host;x-amz-content-sha256, Signature={sig}"}
+    return {
+        "Date": date_hdr,
+        "X-Amz-Content-Sha256": payload,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={k2v.access_key}/{scope}, "
+        f"SignedHeaders=date;host;x-amz-content-sha256, Signature={sig}",
+    }
 
 
 # ---- §3 payload hash ---------------------------------------------------------------------------
 
 
 def test_missing_content_sha256(k2v, pk):
-    r = send_signed(k2v, "PUT", ipath(pk), "sort_key=a", b"v", drop=("x-amz-content-sha256",),
-                    signed_names=["host", "x-amz-date"])
+    r = send_signed(
+        k2v, "PUT", ipath(pk), "sort_key=a", b"v", drop=("x-amz-content-sha256",), signed_names=["host", "x-amz-date"]
+    )
     assert_error(r, 400, "InvalidRequest")
     hdrs = _good_auth(k2v, pk)
     hdrs = {k: v for k, v in hdrs.items() if k.lower() != "x-amz-content-sha256"}
@@ -396,11 +430,14 @@ def test_wrong_hash_on_insert_item(k2v, pk):
     assert_partition_empty(k2v, pk)
 
 
-@pytest.mark.parametrize("method,query,body", [
-    ("POST", "", b'[{"pk": "PK", "sk": "a", "v": "dg=="}]'),
-    ("POST", "delete", b'[{"partitionKey": "PK"}]'),
-    ("DELETE", "sort_key=a", b""),
-])
+@pytest.mark.parametrize(
+    "method,query,body",
+    [
+        ("POST", "", b'[{"pk": "PK", "sk": "a", "v": "dg=="}]'),
+        ("POST", "delete", b'[{"partitionKey": "PK"}]'),
+        ("DELETE", "sort_key=a", b""),
+    ],
+)
 def test_wrong_hash_on_body_endpoints(k2v, pk, method, query, body):
     put(k2v, pk, "a", b"keep")
     body = body.replace(b"PK", pk.encode())
@@ -438,8 +475,9 @@ def _chunked_signed(k2v, pk: str, chunks: list[bytes], tamper: bool = False):
     now = time.time()
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     total = sum(len(c) for c in chunks)
-    hdrs = send_signed_headers(k2v, "PUT", ipath(pk), "sort_key=a",
-                               {"x-amz-decoded-content-length": str(total)}, STREAMING_PAYLOAD, now)
+    hdrs = send_signed_headers(
+        k2v, "PUT", ipath(pk), "sort_key=a", {"x-amz-decoded-content-length": str(total)}, STREAMING_PAYLOAD, now
+    )
     seed = hdrs["Authorization"].rpartition("Signature=")[2]
     key = derive_signing_key(k2v.secret_key, amz_date[:8], k2v.region, "k2v")
     scope = credential_scope(amz_date[:8], k2v.region, "k2v")
@@ -474,10 +512,15 @@ def test_streaming_unsigned_trailer(k2v, pk):
     data = b"trailer payload"
     crc = b64(zlib.crc32(data).to_bytes(4, "big"))
     body = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n" + f"x-amz-checksum-crc32:{crc}\r\n\r\n".encode()
-    hdrs = send_signed_headers(k2v, "PUT", ipath(pk), "sort_key=a",
-                               {"x-amz-trailer": "x-amz-checksum-crc32",
-                                "x-amz-decoded-content-length": str(len(data))},
-                               STREAMING_UNSIGNED_TRAILER, time.time())
+    hdrs = send_signed_headers(
+        k2v,
+        "PUT",
+        ipath(pk),
+        "sort_key=a",
+        {"x-amz-trailer": "x-amz-checksum-crc32", "x-amz-decoded-content-length": str(len(data))},
+        STREAMING_UNSIGNED_TRAILER,
+        time.time(),
+    )
     r = raw_send(k2v.host, "PUT", f"{ipath(pk)}?sort_key=a", body, hdrs)
     assert r.status == 204, r.body
     assert partition(k2v, pk) == {"a": [b64(data)]}
@@ -503,8 +546,7 @@ def test_unsigned_content_type_and_other_headers_accepted(k2v, pk):
 
 
 def test_host_must_be_signed(k2v, pk):
-    r = send_signed(k2v, "PUT", ipath(pk), "sort_key=a", b"v",
-                    signed_names=["x-amz-content-sha256", "x-amz-date"])
+    r = send_signed(k2v, "PUT", ipath(pk), "sort_key=a", b"v", signed_names=["x-amz-content-sha256", "x-amz-date"])
     assert_error(r, 400, "InvalidRequest")
     assert_partition_empty(k2v, pk)
 

@@ -36,8 +36,14 @@ def _post(k2v, body, query: str = ""):
 
 def test_insert_batch_several_partitions(k2v, pk):
     other = new_pk()
-    r = _post(k2v, [{"pk": pk, "sk": "a", "v": b64("1")}, {"pk": pk, "sk": "b", "v": b64("2")},
-                    {"pk": other, "sk": "a", "v": b64("3")}])
+    r = _post(
+        k2v,
+        [
+            {"pk": pk, "sk": "a", "v": b64("1")},
+            {"pk": pk, "sk": "b", "v": b64("2")},
+            {"pk": other, "sk": "a", "v": b64("3")},
+        ],
+    )
     assert (r.status, r.body) == (204, b"")
     assert r.header(TOKEN) is None
     assert partition(k2v, pk) == {"a": [b64("1")], "b": [b64("2")]}
@@ -90,16 +96,18 @@ def test_insert_batch_unknown_fields_ignored(k2v, pk):
     assert partition(k2v, pk) == {"s": [b64("x")]}
 
 
-@pytest.mark.parametrize("v", ["not base64!", "YQ", "YQ=", "YR==", "YWI=x", "Y Q==", "YQ==\n", "-_8=", "====",
-                               "YWJj=", "YW\nJj"])
+@pytest.mark.parametrize(
+    "v", ["not base64!", "YQ", "YQ=", "YR==", "YWI=x", "Y Q==", "YQ==\n", "-_8=", "====", "YWJj=", "YW\nJj"]
+)
 def test_insert_batch_bad_base64_writes_nothing(k2v, pk, v):
     r = _post(k2v, [{"pk": pk, "sk": "good", "v": b64("ok")}, {"pk": pk, "sk": "bad", "v": v}])
     assert_error(r, 400, "InvalidRequest")
     assert_partition_empty(k2v, pk)
 
 
-@pytest.mark.parametrize("ct", ["!!", "AAAA", encode_token([(1, 2)], checksum=5),
-                                encode_token([(1, 2)], pad=True) + "=", ""])
+@pytest.mark.parametrize(
+    "ct", ["!!", "AAAA", encode_token([(1, 2)], checksum=5), encode_token([(1, 2)], pad=True) + "=", ""]
+)
 def test_insert_batch_bad_ct_writes_nothing(k2v, pk, ct):
     r = _post(k2v, [{"pk": pk, "sk": "good", "v": b64("ok")}, {"pk": pk, "sk": "bad", "ct": ct, "v": b64("x")}])
     assert_error(r, 400, "CausalityToken", message="Invalid causality token")
@@ -113,20 +121,23 @@ def test_insert_batch_bad_item_after_good_partition_writes_nothing(k2v, pk):
     assert_partition_empty(k2v, other)
 
 
-@pytest.mark.parametrize("item", [
-    {"sk": "s", "v": "dg=="},
-    {"pk": "P", "v": "dg=="},
-    {"pk": None, "sk": "s"},
-    {"pk": "P", "sk": None},
-    {"pk": 1, "sk": "s"},
-    {"pk": "P", "sk": ["s"]},
-    {"pk": "P", "sk": True},
-    {"pk": "P", "sk": "s", "v": 12},
-    {"pk": "P", "sk": "s", "v": True},
-    {"pk": "P", "sk": "s", "ct": 0},
-    {"pk": "P", "sk": "s", "ct": ["AAAAAAAAAAA"]},
-    {"partitionKey": "P", "sortKey": "s", "v": "dg=="},
-])
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"sk": "s", "v": "dg=="},
+        {"pk": "P", "v": "dg=="},
+        {"pk": None, "sk": "s"},
+        {"pk": "P", "sk": None},
+        {"pk": 1, "sk": "s"},
+        {"pk": "P", "sk": ["s"]},
+        {"pk": "P", "sk": True},
+        {"pk": "P", "sk": "s", "v": 12},
+        {"pk": "P", "sk": "s", "v": True},
+        {"pk": "P", "sk": "s", "ct": 0},
+        {"pk": "P", "sk": "s", "ct": ["AAAAAAAAAAA"]},
+        {"partitionKey": "P", "sortKey": "s", "v": "dg=="},
+    ],
+)
 def test_insert_batch_missing_or_wrong_types(k2v, pk, item):
     item = {k: (pk if v == "P" else v) for k, v in item.items()}
     r = _post(k2v, [{"pk": pk, "sk": "good", "v": b64("ok")}, item])
@@ -149,8 +160,16 @@ def test_malformed_json_bodies(k2v, raw):
 
 # ---- ReadBatch ---------------------------------------------------------------------------------
 
-DEFAULT_ECHO = {"prefix": None, "start": None, "end": None, "limit": None, "reverse": False,
-                "singleItem": False, "conflictsOnly": False, "tombstones": False}
+DEFAULT_ECHO = {
+    "prefix": None,
+    "start": None,
+    "end": None,
+    "limit": None,
+    "reverse": False,
+    "singleItem": False,
+    "conflictsOnly": False,
+    "tombstones": False,
+}
 
 
 def test_read_batch_echo_defaults_and_item_format(k2v, pk):
@@ -160,14 +179,29 @@ def test_read_batch_echo_defaults_and_item_format(k2v, pk):
     assert r.status == 200
     assert r.header("Content-Type") == JSON
     assert r.header(TOKEN) is None
-    assert r.json() == [{"partitionKey": pk, **DEFAULT_ECHO,
-                         "items": [{"sk": "s", "ct": token, "v": [b64("v")]}],
-                         "more": False, "nextStart": None}]
+    assert r.json() == [
+        {
+            "partitionKey": pk,
+            **DEFAULT_ECHO,
+            "items": [{"sk": "s", "ct": token, "v": [b64("v")]}],
+            "more": False,
+            "nextStart": None,
+        }
+    ]
 
 
 def test_read_batch_echo_given_fields(k2v, pk):
-    q = {"partitionKey": pk, "prefix": "p", "start": "p1", "end": "p9", "limit": 7, "reverse": False,
-         "singleItem": False, "conflictsOnly": True, "tombstones": True}
+    q = {
+        "partitionKey": pk,
+        "prefix": "p",
+        "start": "p1",
+        "end": "p9",
+        "limit": 7,
+        "reverse": False,
+        "singleItem": False,
+        "conflictsOnly": True,
+        "tombstones": True,
+    }
     assert read_batch(k2v, [q]) == [{**q, "items": [], "more": False, "nextStart": None}]
     q2 = {"partitionKey": pk, "start": "x", "singleItem": True, "tombstones": True}
     assert read_batch(k2v, [q2]) == [{**DEFAULT_ECHO, **q2, "items": [], "more": False, "nextStart": None}]
@@ -181,7 +215,13 @@ def test_read_batch_keeps_query_order(k2v):
     res = read_batch(k2v, [{"partitionKey": p} for p in order])
     assert [r["partitionKey"] for r in res] == order
     assert [[i["v"] for i in r["items"]] for r in res] == [
-        [[b64("2")]], [[b64("0")]], [], [[b64("3")]], [[b64("0")]], [[b64("1")]]]
+        [[b64("2")]],
+        [[b64("0")]],
+        [],
+        [[b64("3")]],
+        [[b64("0")]],
+        [[b64("1")]],
+    ]
 
 
 def test_read_batch_empty_list(k2v):
@@ -197,8 +237,19 @@ def test_search_method_is_read_batch(k2v, pk):
 
 def test_read_batch_explicit_nulls_like_the_rust_client(k2v, pk):
     put(k2v, pk, "s", b"v")
-    body = [{"partitionKey": pk, "start": None, "end": None, "prefix": None, "limit": None, "reverse": False,
-             "singleItem": False, "conflictsOnly": False, "tombstones": False}]
+    body = [
+        {
+            "partitionKey": pk,
+            "start": None,
+            "end": None,
+            "prefix": None,
+            "limit": None,
+            "reverse": False,
+            "singleItem": False,
+            "conflictsOnly": False,
+            "tombstones": False,
+        }
+    ]
     r = k2v.json("POST", f"/{BUCKET}", body, query="search=")
     assert r.status == 200, r.body
     assert [i["sk"] for i in r.json()[0]["items"]] == ["s"]
@@ -217,22 +268,25 @@ def test_read_batch_null_boolean_rejected(k2v, pk, field):
     assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid JSON")
 
 
-@pytest.mark.parametrize("query", [
-    {},
-    {"partition_key": "x"},
-    {"partitionKey": None},
-    {"partitionKey": 1},
-    {"partitionKey": "P", "limit": -1},
-    {"partitionKey": "P", "limit": 1.5},
-    {"partitionKey": "P", "limit": "3"},
-    {"partitionKey": "P", "limit": True},
-    {"partitionKey": "P", "reverse": "true"},
-    {"partitionKey": "P", "reverse": 1},
-    {"partitionKey": "P", "tombstones": 0},
-    {"partitionKey": "P", "prefix": 5},
-    {"partitionKey": "P", "start": ["a"]},
-    {"partitionKey": "P", "end": {}},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"partition_key": "x"},
+        {"partitionKey": None},
+        {"partitionKey": 1},
+        {"partitionKey": "P", "limit": -1},
+        {"partitionKey": "P", "limit": 1.5},
+        {"partitionKey": "P", "limit": "3"},
+        {"partitionKey": "P", "limit": True},
+        {"partitionKey": "P", "reverse": "true"},
+        {"partitionKey": "P", "reverse": 1},
+        {"partitionKey": "P", "tombstones": 0},
+        {"partitionKey": "P", "prefix": 5},
+        {"partitionKey": "P", "start": ["a"]},
+        {"partitionKey": "P", "end": {}},
+    ],
+)
 def test_read_batch_wrong_types(k2v, pk, query):
     query = {k: (pk if v == "P" else v) for k, v in query.items()}
     r = _post(k2v, [query], "search")
@@ -257,10 +311,22 @@ def test_single_item(k2v, pk):
     put(k2v, pk, "a", b"1")
     put(k2v, pk, "b", b"2")
     token = token_of(k2v, pk, "b")
-    res = read_batch(k2v, [{"partitionKey": pk, "singleItem": True, "start": "b"},
-                           {"partitionKey": pk, "singleItem": True, "start": "zz"},
-                           {"partitionKey": pk, "singleItem": True, "start": "a", "limit": None, "reverse": False,
-                            "prefix": None, "end": None}])
+    res = read_batch(
+        k2v,
+        [
+            {"partitionKey": pk, "singleItem": True, "start": "b"},
+            {"partitionKey": pk, "singleItem": True, "start": "zz"},
+            {
+                "partitionKey": pk,
+                "singleItem": True,
+                "start": "a",
+                "limit": None,
+                "reverse": False,
+                "prefix": None,
+                "end": None,
+            },
+        ],
+    )
     assert res[0]["items"] == [{"sk": "b", "ct": token, "v": [b64("2")]}]
     assert (res[0]["more"], res[0]["nextStart"]) == (False, None)
     assert res[1]["items"] == []
@@ -274,13 +340,16 @@ def test_single_item_filters(k2v, pk):
     put(k2v, pk, "c", b"1")
     put(k2v, pk, "c", b"2")
     put(k2v, pk, "v", b"plain")
-    res = read_batch(k2v, [
-        {"partitionKey": pk, "singleItem": True, "start": "t"},
-        {"partitionKey": pk, "singleItem": True, "start": "t", "tombstones": True},
-        {"partitionKey": pk, "singleItem": True, "start": "c", "conflictsOnly": True},
-        {"partitionKey": pk, "singleItem": True, "start": "v", "conflictsOnly": True},
-        {"partitionKey": pk, "singleItem": True, "start": "v", "conflictsOnly": False},
-    ])
+    res = read_batch(
+        k2v,
+        [
+            {"partitionKey": pk, "singleItem": True, "start": "t"},
+            {"partitionKey": pk, "singleItem": True, "start": "t", "tombstones": True},
+            {"partitionKey": pk, "singleItem": True, "start": "c", "conflictsOnly": True},
+            {"partitionKey": pk, "singleItem": True, "start": "v", "conflictsOnly": True},
+            {"partitionKey": pk, "singleItem": True, "start": "v", "conflictsOnly": False},
+        ],
+    )
     assert res[0]["items"] == []
     assert [i["v"] for i in res[1]["items"]] == [[None]]
     assert [i["v"] for i in res[2]["items"]] == [[b64("1"), b64("2")]]
@@ -288,15 +357,18 @@ def test_single_item_filters(k2v, pk):
     assert [i["v"] for i in res[4]["items"]] == [[b64("plain")]]
 
 
-@pytest.mark.parametrize("extra", [
-    {},
-    {"start": None},
-    {"start": "a", "prefix": "a"},
-    {"start": "a", "end": "b"},
-    {"start": "a", "limit": 1},
-    {"start": "a", "limit": 0},
-    {"start": "a", "reverse": True},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"start": None},
+        {"start": "a", "prefix": "a"},
+        {"start": "a", "end": "b"},
+        {"start": "a", "limit": 1},
+        {"start": "a", "limit": 0},
+        {"start": "a", "reverse": True},
+    ],
+)
 def test_single_item_invalid_combinations(k2v, pk, extra):
     r = _post(k2v, [{"partitionKey": pk, "singleItem": True, **extra}], "search")
     assert_error(r, 400, "InvalidRequest")
@@ -345,8 +417,9 @@ def test_delete_batch_range_counts_live_items(k2v, pk):
     r = _post(k2v, [{"partitionKey": pk, "start": "b", "end": "e"}], "delete")
     assert r.status == 200, r.body
     assert r.header("Content-Type") == JSON
-    assert r.json() == [{"partitionKey": pk, "prefix": None, "start": "b", "end": "e", "singleItem": False,
-                         "deletedItems": 2}]
+    assert r.json() == [
+        {"partitionKey": pk, "prefix": None, "start": "b", "end": "e", "singleItem": False, "deletedItems": 2}
+    ]
     # Every value read is superseded: c's two values included.
     assert partition(k2v, pk) == {"a": [b64("a")], "b": [None], "c": [None], "d": [None], "e": [b64("e")]}
 
@@ -356,11 +429,18 @@ def test_delete_batch_whole_partition_and_prefix(k2v, pk):
     for k in ("x1", "x2", "y1"):
         put(k2v, pk, k, b"v")
         put(k2v, other, k, b"v")
-    res = _post(k2v, [{"partitionKey": pk, "prefix": "x"}, {"partitionKey": other},
-                      {"partitionKey": new_pk("none")}], "delete").json()
+    res = _post(
+        k2v, [{"partitionKey": pk, "prefix": "x"}, {"partitionKey": other}, {"partitionKey": new_pk("none")}], "delete"
+    ).json()
     assert [r["deletedItems"] for r in res] == [2, 3, 0]
-    assert res[0] == {"partitionKey": pk, "prefix": "x", "start": None, "end": None, "singleItem": False,
-                      "deletedItems": 2}
+    assert res[0] == {
+        "partitionKey": pk,
+        "prefix": "x",
+        "start": None,
+        "end": None,
+        "singleItem": False,
+        "deletedItems": 2,
+    }
     assert partition(k2v, pk) == {"x1": [None], "x2": [None], "y1": [b64("v")]}
     assert partition(k2v, other) == {"x1": [None], "x2": [None], "y1": [None]}
     # Deleting again deletes nothing live.
@@ -371,12 +451,12 @@ def test_delete_batch_whole_partition_and_prefix(k2v, pk):
 def test_delete_batch_ignores_other_fields(k2v, pk):
     for k in ("a", "b", "c"):
         put(k2v, pk, k, b"v")
-    body = [{"partitionKey": pk, "limit": 1, "reverse": True, "tombstones": None, "conflictsOnly": "x",
-             "foo": 1}]
+    body = [{"partitionKey": pk, "limit": 1, "reverse": True, "tombstones": None, "conflictsOnly": "x", "foo": 1}]
     r = _post(k2v, body, "delete")
     assert r.status == 200, r.body
-    assert r.json() == [{"partitionKey": pk, "prefix": None, "start": None, "end": None, "singleItem": False,
-                         "deletedItems": 3}]
+    assert r.json() == [
+        {"partitionKey": pk, "prefix": None, "start": None, "end": None, "singleItem": False, "deletedItems": 3}
+    ]
     assert partition(k2v, pk) == {"a": [None], "b": [None], "c": [None]}
 
 
@@ -385,12 +465,14 @@ def test_delete_batch_single_item(k2v, pk):
     put(k2v, pk, "ab", b"v")
     body = [{"partitionKey": pk, "singleItem": True, "start": "a", "limit": 5, "reverse": True}]
     res = _post(k2v, body, "delete").json()
-    assert res == [{"partitionKey": pk, "prefix": None, "start": "a", "end": None, "singleItem": True,
-                    "deletedItems": 1}]
+    assert res == [
+        {"partitionKey": pk, "prefix": None, "start": "a", "end": None, "singleItem": True, "deletedItems": 1}
+    ]
     assert partition(k2v, pk) == {"a": [None], "ab": [b64("v")]}
     assert _post(k2v, body, "delete").json()[0]["deletedItems"] == 0
-    assert _post(k2v, [{"partitionKey": pk, "singleItem": True, "start": "zz"}], "delete").json()[0][
-        "deletedItems"] == 0
+    assert (
+        _post(k2v, [{"partitionKey": pk, "singleItem": True, "start": "zz"}], "delete").json()[0]["deletedItems"] == 0
+    )
 
 
 @pytest.mark.parametrize("extra", [{}, {"start": None}, {"start": "a", "prefix": "a"}, {"start": "a", "end": "b"}])
@@ -438,17 +520,20 @@ def test_empty_token_in_batch_is_valid(k2v, pk):
 # ---- strings that are not Unicode, bodies that are not JSON ------------------------------------
 
 
-@pytest.mark.parametrize("query,body", [
-    ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "\\ud800", "sk": "b", "v": "dg=="}]'),
-    ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "x\\udfff", "v": "dg=="}]'),
-    ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "b", "ct": "\\ud800"}]'),
-    ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "b", "v": "\\ud800"}]'),
-    ("search", b'[{"partitionKey": "\\ud800"}]'),
-    ("search", b'[{"partitionKey": "PK", "start": "\\udfff"}]'),
-    ("search", b'[{"partitionKey": "PK", "prefix": "a\\ud83d"}]'),
-    ("search", b'[{"partitionKey": "PK", "end": "\\ude00"}]'),
-    ("delete", b'[{"partitionKey": "PK", "start": "\\udfff"}]'),
-])
+@pytest.mark.parametrize(
+    "query,body",
+    [
+        ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "\\ud800", "sk": "b", "v": "dg=="}]'),
+        ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "x\\udfff", "v": "dg=="}]'),
+        ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "b", "ct": "\\ud800"}]'),
+        ("", b'[{"pk": "PK", "sk": "good", "v": "dg=="}, {"pk": "PK", "sk": "b", "v": "\\ud800"}]'),
+        ("search", b'[{"partitionKey": "\\ud800"}]'),
+        ("search", b'[{"partitionKey": "PK", "start": "\\udfff"}]'),
+        ("search", b'[{"partitionKey": "PK", "prefix": "a\\ud83d"}]'),
+        ("search", b'[{"partitionKey": "PK", "end": "\\ude00"}]'),
+        ("delete", b'[{"partitionKey": "PK", "start": "\\udfff"}]'),
+    ],
+)
 def test_lone_surrogates_are_invalid_json_strings(k2v, pk, query, body):
     put(k2v, pk, "a", b"v")
     r = _post(k2v, body.replace(b"PK", pk.encode()), query)
@@ -458,8 +543,7 @@ def test_lone_surrogates_are_invalid_json_strings(k2v, pk, query, body):
 
 def test_escaped_surrogate_pair_is_fine(k2v, pk):
     insert_batch(k2v, [{"pk": pk, "sk": "\U0001f600", "v": b64("v")}])
-    r = _post(k2v, f'[{{"partitionKey": "{pk}", "start": "\\ud83d\\ude00", "singleItem": true}}]'.encode(),
-              "search")
+    r = _post(k2v, f'[{{"partitionKey": "{pk}", "start": "\\ud83d\\ude00", "singleItem": true}}]'.encode(), "search")
     assert r.status == 200
     assert [i["sk"] for i in r.json()[0]["items"]] == ["\U0001f600"]
 
@@ -480,7 +564,12 @@ def test_content_type_of_json_bodies_is_irrelevant(k2v, pk, content_type):
     body = json.dumps([{"pk": pk, "sk": "s", "v": b64("x")}]).encode()
     r = k2v.request("POST", f"/{BUCKET}", "", body, headers={"Content-Type": content_type})
     assert r.status == 204, r.body
-    r = k2v.request("POST", f"/{BUCKET}", "search", json.dumps([{"partitionKey": pk}]).encode(),
-                    headers={"Content-Type": content_type})
+    r = k2v.request(
+        "POST",
+        f"/{BUCKET}",
+        "search",
+        json.dumps([{"partitionKey": pk}]).encode(),
+        headers={"Content-Type": content_type},
+    )
     assert r.status == 200
     assert [i["sk"] for i in r.json()[0]["items"]] == ["s"]

@@ -23,8 +23,17 @@ def _methods(r) -> set[str]:
     return {m.strip() for m in r.header("Access-Control-Allow-Methods").split(",")}
 
 
-@pytest.mark.parametrize("path", [f"/{BUCKET}", f"/{BUCKET}/", f"/{BUCKET}/pk?sort_key=a", f"/{BUCKET}?search",
-                                  f"/{BUCKET}/pk?poll_range", "/unknown-bucket/pk"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/{BUCKET}",
+        f"/{BUCKET}/",
+        f"/{BUCKET}/pk?sort_key=a",
+        f"/{BUCKET}?search",
+        f"/{BUCKET}/pk?poll_range",
+        "/unknown-bucket/pk",
+    ],
+)
 def test_preflight_allowed_origin(k2v, path):
     r = _preflight(k2v.host, path, req_headers="authorization, x-amz-date, x-amz-content-sha256, content-type")
     assert r.status == 200, r.body
@@ -40,8 +49,9 @@ def test_preflight_is_not_authenticated(k2v):
     assert r.header("Authorization") is None
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "http://app.example", "https://app.example:8443",
-                                    "https://APP.example", None])
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "http://app.example", "https://app.example:8443", "https://APP.example", None]
+)
 def test_preflight_other_origin_is_403(k2v, origin):
     r = _preflight(k2v.host, f"/{BUCKET}/pk", origin=origin)
     assert_error(r, 403, "AccessDenied", path=f"/{BUCKET}/pk")
@@ -77,8 +87,9 @@ def _node(tmp_path_factory, name: str, extra: str):
     n.start()
     key = n.admin("key.create", {"name": "cors"})
     n.admin("bucket.create", {"name": BUCKET})
-    n.admin("bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True})
+    n.admin(
+        "bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True, "read": True, "write": True}
+    )
     return n, K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
 
 

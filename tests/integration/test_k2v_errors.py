@@ -24,29 +24,71 @@ from tests.support import REGION, K2VHttp
 
 # (name, request builder, status, code, message prefix)
 CASES = [
-    ("routing", lambda c, pk: c.request("PUT", f"/{BUCKET}", "sort_key=a&x=1"),
-     400, "InvalidRequest", "Bad request: "),
-    ("bad-json", lambda c, pk: c.request("POST", f"/{BUCKET}", "search", b"{"),
-     400, "InvalidRequest", "Bad request: Invalid JSON"),
-    ("bad-ct", lambda c, pk: c.request("PUT", ipath(pk), "sort_key=a", b"v", headers={TOKEN: "x"}),
-     400, "CausalityToken", "Bad request: Invalid causality token"),
-    ("utf8", lambda c, pk: c.request("GET", f"/{BUCKET}/%FF%FE", "sort_key=a"),
-     400, "InvalidUtf8String", "Bad request: "),
-    ("scope", lambda c, pk: K2VHttp(c.host, c.access_key, c.secret_key, "elsewhere").request(
-        "GET", ipath(pk), "sort_key=a"), 400, "AuthorizationHeaderMalformed", "Bad request: "),
-    ("digest", lambda c, pk: c.request("PUT", ipath(pk), "sort_key=a", b"v",
-                                       content_sha=hashlib.sha256(b"w").hexdigest()),
-     400, "InvalidDigest", "Bad request: "),
-    ("anonymous", lambda c, pk: c.request("GET", ipath(pk), "sort_key=a", sign=False),
-     403, "AccessDenied", "Forbidden: "),
-    ("no-bucket", lambda c, pk: c.request("GET", "/nope-bucket", "limit=1"),
-     404, "NoSuchBucket", "Bucket not found: nope-bucket"),
-    ("no-key", lambda c, pk: c.request("GET", ipath(pk), "sort_key=a"),
-     404, "NoSuchKey", "Key not found"),
-    ("not-acceptable", lambda c, pk: c.request("GET", ipath(pk), "sort_key=a", headers={"Accept": "x/y"}),
-     406, "NotAcceptable", "Not acceptable: "),
-    ("poll-token", lambda c, pk: c.request("GET", ipath(pk), "sort_key=a&causality_token=zz"),
-     400, "InvalidRequest", "Bad request: "),
+    ("routing", lambda c, pk: c.request("PUT", f"/{BUCKET}", "sort_key=a&x=1"), 400, "InvalidRequest", "Bad request: "),
+    (
+        "bad-json",
+        lambda c, pk: c.request("POST", f"/{BUCKET}", "search", b"{"),
+        400,
+        "InvalidRequest",
+        "Bad request: Invalid JSON",
+    ),
+    (
+        "bad-ct",
+        lambda c, pk: c.request("PUT", ipath(pk), "sort_key=a", b"v", headers={TOKEN: "x"}),
+        400,
+        "CausalityToken",
+        "Bad request: Invalid causality token",
+    ),
+    (
+        "utf8",
+        lambda c, pk: c.request("GET", f"/{BUCKET}/%FF%FE", "sort_key=a"),
+        400,
+        "InvalidUtf8String",
+        "Bad request: ",
+    ),
+    (
+        "scope",
+        lambda c, pk: K2VHttp(c.host, c.access_key, c.secret_key, "elsewhere").request("GET", ipath(pk), "sort_key=a"),
+        400,
+        "AuthorizationHeaderMalformed",
+        "Bad request: ",
+    ),
+    (
+        "digest",
+        lambda c, pk: c.request("PUT", ipath(pk), "sort_key=a", b"v", content_sha=hashlib.sha256(b"w").hexdigest()),
+        400,
+        "InvalidDigest",
+        "Bad request: ",
+    ),
+    (
+        "anonymous",
+        lambda c, pk: c.request("GET", ipath(pk), "sort_key=a", sign=False),
+        403,
+        "AccessDenied",
+        "Forbidden: ",
+    ),
+    (
+        "no-bucket",
+        lambda c, pk: c.request("GET", "/nope-bucket", "limit=1"),
+        404,
+        "NoSuchBucket",
+        "Bucket not found: nope-bucket",
+    ),
+    ("no-key", lambda c, pk: c.request("GET", ipath(pk), "sort_key=a"), 404, "NoSuchKey", "Key not found"),
+    (
+        "not-acceptable",
+        lambda c, pk: c.request("GET", ipath(pk), "sort_key=a", headers={"Accept": "x/y"}),
+        406,
+        "NotAcceptable",
+        "Not acceptable: ",
+    ),
+    (
+        "poll-token",
+        lambda c, pk: c.request("GET", ipath(pk), "sort_key=a&causality_token=zz"),
+        400,
+        "InvalidRequest",
+        "Bad request: ",
+    ),
 ]
 
 
@@ -114,8 +156,12 @@ def test_empty_bodies_and_exact_content_types(k2v, pk):
     delete(k2v, pk, "a", token_of(k2v, pk, "a"))
     r = k2v.request("GET", ipath(pk), "sort_key=a", headers={"Accept": BINARY})
     assert (r.status, r.body, r.header("Content-Type")) == (204, b"", BINARY)
-    for r in (k2v.json("POST", f"/{BUCKET}", [], query="search"), k2v.request("GET", f"/{BUCKET}"),
-              k2v.json("POST", f"/{BUCKET}", [], query="delete"), k2v.json("POST", ipath(pk), {}, query="poll_range")):
+    for r in (
+        k2v.json("POST", f"/{BUCKET}", [], query="search"),
+        k2v.request("GET", f"/{BUCKET}"),
+        k2v.json("POST", f"/{BUCKET}", [], query="delete"),
+        k2v.json("POST", ipath(pk), {}, query="poll_range"),
+    ):
         assert r.status == 200
         assert r.header("Content-Type") == JSON
 

@@ -61,8 +61,15 @@ def b64(v: bytes | str) -> str:
     return base64.b64encode(v.encode() if isinstance(v, str) else v).decode()
 
 
-def assert_error(r: Response, status: int, code: str, *, path: str | None = None,
-                 message: str | None = None, prefix: str | None = None) -> dict:
+def assert_error(
+    r: Response,
+    status: int,
+    code: str,
+    *,
+    path: str | None = None,
+    message: str | None = None,
+    prefix: str | None = None,
+) -> dict:
     """A K2V JSON error body: exactly code/message/region/path, Content-Type application/json."""
     assert r.status == status, (r.status, r.body)
     assert r.header("Content-Type") == JSON, r.headers
@@ -84,8 +91,9 @@ def assert_error(r: Response, status: int, code: str, *, path: str | None = None
 # ---- item helpers ------------------------------------------------------------------------------
 
 
-def put(k2v: K2VHttp, pk: str, sk: str, value: bytes | str = b"", token: str | None = None,
-        bucket: str = BUCKET) -> None:
+def put(
+    k2v: K2VHttp, pk: str, sk: str, value: bytes | str = b"", token: str | None = None, bucket: str = BUCKET
+) -> None:
     headers = {TOKEN: token} if token is not None else None
     r = k2v.request("PUT", ipath(pk, bucket), f"sort_key={q(sk)}", value, headers=headers)
     assert r.status == 204, (r.status, r.body)
@@ -156,13 +164,16 @@ def decode_token(token: str) -> tuple[int, list[tuple[int, int]]]:
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     assert (len(raw) - 8) % 16 == 0, token
     checksum = int.from_bytes(raw[:8], "big")
-    pairs = [(int.from_bytes(raw[i:i + 8], "big"), int.from_bytes(raw[i + 8:i + 16], "big"))
-             for i in range(8, len(raw), 16)]
+    pairs = [
+        (int.from_bytes(raw[i : i + 8], "big"), int.from_bytes(raw[i + 8 : i + 16], "big"))
+        for i in range(8, len(raw), 16)
+    ]
     return checksum, pairs
 
 
-def encode_token(pairs: list[tuple[int, int]], checksum: int | None = None, urlsafe: bool = True,
-                 pad: bool = False) -> str:
+def encode_token(
+    pairs: list[tuple[int, int]], checksum: int | None = None, urlsafe: bool = True, pad: bool = False
+) -> str:
     if checksum is None:
         checksum = 0
         for n, t in pairs:
@@ -175,9 +186,15 @@ def encode_token(pairs: list[tuple[int, int]], checksum: int | None = None, urls
 # ---- raw HTTP and hand-built signatures --------------------------------------------------------
 
 
-def raw_send(host: str, method: str, target: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None, timeout: float = 15.0,
-             encode_chunked: bool = False) -> Response:
+def raw_send(
+    host: str,
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    encode_chunked: bool = False,
+) -> Response:
     conn = http.client.HTTPConnection(host, timeout=timeout)
     try:
         conn.request(method, target, body=body, headers=headers or {}, encode_chunked=encode_chunked)
@@ -215,11 +232,23 @@ def raw_socket(host: str, data: bytes, timeout: float = 10.0) -> Response:
     return Response(status, hdrs, rest)
 
 
-def sign_headers(k2v: K2VHttp, method: str, raw_path: str, raw_query: str = "", body: bytes = b"",
-                 headers: dict[str, str] | None = None, *, now: float | None = None,
-                 payload: str | None = None, region: str | None = None, service: str = "k2v",
-                 scope_date: str | None = None, signed_names: list[str] | None = None,
-                 access_key: str | None = None, secret: str | None = None) -> dict[str, str]:
+def sign_headers(
+    k2v: K2VHttp,
+    method: str,
+    raw_path: str,
+    raw_query: str = "",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    now: float | None = None,
+    payload: str | None = None,
+    region: str | None = None,
+    service: str = "k2v",
+    scope_date: str | None = None,
+    signed_names: list[str] | None = None,
+    access_key: str | None = None,
+    secret: str | None = None,
+) -> dict[str, str]:
     """Every header to send (``headers`` + host + x-amz-date + x-amz-content-sha256 + Authorization).
 
     By default every header is signed; ``signed_names`` restricts the list. The signing key and
@@ -234,20 +263,33 @@ def sign_headers(k2v: K2VHttp, method: str, raw_path: str, raw_query: str = "", 
     region = region or k2v.region
     date = scope_date or amz_date[:8]
     scope = credential_scope(date, region, service)
-    creq = canonical_request(method, uri_encode(raw_path, False), canonical_query(parse_query(raw_query)),
-                             signed, payload)
+    creq = canonical_request(
+        method, uri_encode(raw_path, False), canonical_query(parse_query(raw_query)), signed, payload
+    )
     key = derive_signing_key(secret or k2v.secret_key, date, region, service)
     sig = sign(key, string_to_sign(amz_date, scope, creq))
-    auth = (f"{ALGORITHM} Credential={access_key or k2v.access_key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={sig}")
+    auth = (
+        f"{ALGORITHM} Credential={access_key or k2v.access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={sig}"
+    )
     out = {k: v for k, v in all_headers.items() if k != "host"}
     out["Authorization"] = auth
     return out
 
 
-def send_signed(k2v: K2VHttp, method: str, raw_path: str, raw_query: str = "", body: bytes | None = None,
-                headers: dict[str, str] | None = None, *, extra_unsigned: dict[str, str] | None = None,
-                drop: tuple[str, ...] = (), timeout: float = 15.0, **sign_kw: Any) -> Response:
+def send_signed(
+    k2v: K2VHttp,
+    method: str,
+    raw_path: str,
+    raw_query: str = "",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    extra_unsigned: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+    timeout: float = 15.0,
+    **sign_kw: Any,
+) -> Response:
     """Sign by hand (no normalisation of path or query), then send exactly ``raw_path?raw_query``."""
     hdrs = sign_headers(k2v, method, raw_path, raw_query, body or b"", headers, **sign_kw)
     hdrs.update(extra_unsigned or {})
@@ -257,8 +299,9 @@ def send_signed(k2v: K2VHttp, method: str, raw_path: str, raw_query: str = "", b
     return raw_send(k2v.host, method, target, body, hdrs, timeout=timeout)
 
 
-def botocore_headers(k2v: K2VHttp, method: str, path: str, query: str = "", body: bytes = b"",
-                     headers: dict[str, str] | None = None) -> dict[str, str]:
+def botocore_headers(
+    k2v: K2VHttp, method: str, path: str, query: str = "", body: bytes = b"", headers: dict[str, str] | None = None
+) -> dict[str, str]:
     """Headers as botocore's SigV4 signer produces them (to tamper with afterwards)."""
     url = f"http://{k2v.host}{path}" + (f"?{query}" if query else "")
     req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))

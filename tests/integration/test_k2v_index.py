@@ -25,8 +25,9 @@ def bucket(node, creds) -> str:
     """A fresh bucket per test: ReadIndex lists a whole bucket."""
     name = f"index-{uuid.uuid4().hex[:10]}"
     node.admin("bucket.create", {"name": name})
-    node.admin("bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True,
-                                      "read": True, "write": True})
+    node.admin(
+        "bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True, "read": True, "write": True}
+    )
     return name
 
 
@@ -65,12 +66,16 @@ def test_counters(k2v, bucket):
     put(k2v, "p4", "e", b"", bucket=bucket)  # one empty value
     put(k2v, "p5", "s", b"same", bucket=bucket)
     put(k2v, "p5", "s", b"same", bucket=bucket)  # identical concurrent values: one value
-    _wait_counters(k2v, bucket, {
-        "p1": C(2, 1, 3, 6),
-        "p2": C(1, 1, 1, 1),
-        "p4": C(1, 0, 1, 0),
-        "p5": C(1, 0, 1, 4),
-    })
+    _wait_counters(
+        k2v,
+        bucket,
+        {
+            "p1": C(2, 1, 3, 6),
+            "p2": C(1, 1, 1, 1),
+            "p4": C(1, 0, 1, 0),
+            "p5": C(1, 0, 1, 4),
+        },
+    )
 
 
 def test_counters_follow_updates(k2v, bucket):
@@ -96,8 +101,16 @@ def test_all_tombstone_partitions_are_omitted(k2v, bucket):
 
 
 def test_empty_bucket_index_echo(k2v, bucket):
-    assert _index(k2v, bucket) == {"prefix": None, "start": None, "end": None, "limit": None, "reverse": False,
-                                   "partitionKeys": [], "more": False, "nextStart": None}
+    assert _index(k2v, bucket) == {
+        "prefix": None,
+        "start": None,
+        "end": None,
+        "limit": None,
+        "reverse": False,
+        "partitionKeys": [],
+        "more": False,
+        "nextStart": None,
+    }
 
 
 def test_index_echo_fields(k2v, bucket):
@@ -105,8 +118,16 @@ def test_index_echo_fields(k2v, bucket):
     put(k2v, "pb", "s", b"v", bucket=bucket)
     wait_until(lambda: len(_index(k2v, bucket)["partitionKeys"]) == 2)
     body = _index(k2v, bucket, "prefix=p&start=pa&end=pz&limit=1&reverse=false")
-    assert body == {"prefix": "p", "start": "pa", "end": "pz", "limit": 1, "reverse": False,
-                    "partitionKeys": [{"pk": "pa", **C(1, 0, 1, 1)}], "more": True, "nextStart": "pb"}
+    assert body == {
+        "prefix": "p",
+        "start": "pa",
+        "end": "pz",
+        "limit": 1,
+        "reverse": False,
+        "partitionKeys": [{"pk": "pa", **C(1, 0, 1, 1)}],
+        "more": True,
+        "nextStart": "pb",
+    }
     body = _index(k2v, bucket, "reverse=true")
     assert (body["limit"], body["reverse"]) == (None, True)
     assert [p["pk"] for p in body["partitionKeys"]] == ["pb", "pa"]
@@ -138,5 +159,9 @@ def test_index_is_per_bucket(k2v, bucket, pk):
 
 
 def test_index_start_not_in_prefix(k2v, bucket):
-    assert_error(k2v.request("GET", f"/{bucket}", "prefix=b&start=a"), 400, "InvalidRequest",
-                 message="Start key 'a' does not start with prefix 'b'")
+    assert_error(
+        k2v.request("GET", f"/{bucket}", "prefix=b&start=a"),
+        400,
+        "InvalidRequest",
+        message="Start key 'a' does not start with prefix 'b'",
+    )

@@ -40,20 +40,23 @@ JSON_ONE = "json"
 BIN_ONE = "binary"
 
 
-@pytest.mark.parametrize("accept,expect", [
-    (None, JSON_ONE),
-    ("application/json", JSON_ONE),
-    ("application/octet-stream", BIN_ONE),
-    ("application/octet-stream, application/json", BIN_ONE),
-    ("application/json, application/octet-stream", BIN_ONE),
-    ("*/*", BIN_ONE),
-    ("text/html, */*", BIN_ONE),
-    ("  application/octet-stream  ", BIN_ONE),
-    ("text/plain,application/json", JSON_ONE),
-    ("application/octet-stream;q=0.5, application/json", JSON_ONE),
-    ("application/json;q=0.9, application/octet-stream", BIN_ONE),
-    ("*/*;q=0.8, application/json", JSON_ONE),
-])
+@pytest.mark.parametrize(
+    "accept,expect",
+    [
+        (None, JSON_ONE),
+        ("application/json", JSON_ONE),
+        ("application/octet-stream", BIN_ONE),
+        ("application/octet-stream, application/json", BIN_ONE),
+        ("application/json, application/octet-stream", BIN_ONE),
+        ("*/*", BIN_ONE),
+        ("text/html, */*", BIN_ONE),
+        ("  application/octet-stream  ", BIN_ONE),
+        ("text/plain,application/json", JSON_ONE),
+        ("application/octet-stream;q=0.5, application/json", JSON_ONE),
+        ("application/json;q=0.9, application/octet-stream", BIN_ONE),
+        ("*/*;q=0.8, application/json", JSON_ONE),
+    ],
+)
 def test_accept_one_value(k2v, pk, accept, expect):
     put(k2v, pk, "s", b"\x00\xffbinary")
     r = read(k2v, pk, "s", accept)
@@ -67,8 +70,19 @@ def test_accept_one_value(k2v, pk, accept, expect):
         assert r.body == b"\x00\xffbinary"
 
 
-@pytest.mark.parametrize("accept", ["text/html", "application/json;q=0.9", "application/octet-stream; q=1",
-                                    "application/JSON", "application/*", "*/*;q=1", "", "json"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/html",
+        "application/json;q=0.9",
+        "application/octet-stream; q=1",
+        "application/JSON",
+        "application/*",
+        "*/*;q=1",
+        "",
+        "json",
+    ],
+)
 def test_accept_not_acceptable(k2v, pk, accept):
     put(k2v, pk, "s", b"v")
     r = read(k2v, pk, "s", accept)
@@ -80,8 +94,9 @@ SIGNED = ["host", "x-amz-date", "x-amz-content-sha256"]
 
 def test_accept_with_non_visible_ascii(k2v, pk):
     put(k2v, pk, "s", b"v")
-    r = send_signed(k2v, "GET", ipath(pk), "sort_key=s", signed_names=SIGNED,
-                    extra_unsigned={"Accept": "application/jsoné"})
+    r = send_signed(
+        k2v, "GET", ipath(pk), "sort_key=s", signed_names=SIGNED, extra_unsigned={"Accept": "application/jsoné"}
+    )
     assert_error(r, 400, "InvalidHeaderValue")
 
 
@@ -93,13 +108,16 @@ def test_accept_with_control_characters(k2v, pk, accept):
     assert_error(r, 400, "InvalidRequest")
 
 
-@pytest.mark.parametrize("accept,expect", [
-    (None, "json"),
-    ("application/json", "json"),
-    ("application/octet-stream", "409"),
-    ("application/octet-stream, application/json", "json"),
-    ("*/*", "json"),
-])
+@pytest.mark.parametrize(
+    "accept,expect",
+    [
+        (None, "json"),
+        ("application/json", "json"),
+        ("application/octet-stream", "409"),
+        ("application/octet-stream, application/json", "json"),
+        ("*/*", "json"),
+    ],
+)
 def test_accept_two_values(k2v, pk, accept, expect):
     put(k2v, pk, "s", b"one")
     put(k2v, pk, "s", b"two")
@@ -117,13 +135,16 @@ def test_accept_two_values(k2v, pk, accept, expect):
         assert token == token_of(k2v, pk, "s")
 
 
-@pytest.mark.parametrize("accept,expect", [
-    (None, "json"),
-    ("application/json", "json"),
-    ("application/octet-stream", "204"),
-    ("application/octet-stream, application/json", "204"),
-    ("*/*", "204"),
-])
+@pytest.mark.parametrize(
+    "accept,expect",
+    [
+        (None, "json"),
+        ("application/json", "json"),
+        ("application/octet-stream", "204"),
+        ("application/octet-stream, application/json", "204"),
+        ("*/*", "204"),
+    ],
+)
 def test_tombstone(k2v, pk, accept, expect):
     put(k2v, pk, "s", b"v")
     delete(k2v, pk, "s", token_of(k2v, pk, "s"))
@@ -244,7 +265,7 @@ def _bad_tokens() -> list[str]:
         "A",
         "AAAAAAAAAA",  # 7 bytes
         encode_token(good_pairs, pad=True),  # '=' padding
-        encode_token([(0xfbef, 0xffff_ffff)], urlsafe=False),  # standard alphabet ('+', '/')
+        encode_token([(0xFBEF, 0xFFFF_FFFF)], urlsafe=False),  # standard alphabet ('+', '/')
         encode_token(good_pairs, checksum=1),  # bad checksum
         encode_token(good_pairs)[:-3],  # truncated: length not 8 + 16k
         encode_token([]) + "AAAA",
@@ -278,12 +299,12 @@ def test_bad_token_header_on_delete(k2v, pk, token):
 def test_token_header_with_non_visible_ascii(k2v, pk, method):
     put(k2v, pk, "s", b"v")
     body = b"w" if method == "PUT" else None
-    r = send_signed(k2v, method, ipath(pk), "sort_key=s", body, signed_names=SIGNED,
-                    extra_unsigned={TOKEN: "AAAAAAAAAAé"})
+    r = send_signed(
+        k2v, method, ipath(pk), "sort_key=s", body, signed_names=SIGNED, extra_unsigned={TOKEN: "AAAAAAAAAAé"}
+    )
     assert_error(r, 400, "InvalidHeaderValue")
     for bad in ("AAAA\x01AAAAAAA", "AAAAAAAAAAA\x7f"):  # refused by the HTTP parser itself
-        r = send_signed(k2v, method, ipath(pk), "sort_key=s", body, signed_names=SIGNED,
-                        extra_unsigned={TOKEN: bad})
+        r = send_signed(k2v, method, ipath(pk), "sort_key=s", body, signed_names=SIGNED, extra_unsigned={TOKEN: bad})
         assert_error(r, 400, "InvalidRequest")
     assert partition(k2v, pk) == {"s": [b64("v")]}
 
@@ -297,8 +318,7 @@ def test_empty_clock_token_is_valid(k2v, pk):
 # ---- PollItem ----------------------------------------------------------------------------------
 
 
-def _poll(k2v, pk: str, sk: str, token: str, timeout: int | None = 1, accept: str | None = None,
-          encode: bool = True):
+def _poll(k2v, pk: str, sk: str, token: str, timeout: int | None = 1, accept: str | None = None, encode: bool = True):
     query = f"sort_key={q(sk)}&causality_token={q(token) if encode else token}"
     if timeout is not None:
         query += f"&timeout={timeout}"
@@ -469,8 +489,12 @@ def test_poll_disconnect_frees_subscription(node, k2v, pk):
         c.request("GET", f"{ipath(pk)}?{item_query}", headers=sign_headers(k2v, "GET", ipath(pk), item_query))
         conns.append(c)
         c = http.client.HTTPConnection(k2v.host, timeout=5)
-        c.request("POST", f"{ipath(pk)}?poll_range", body=range_body,
-                  headers=sign_headers(k2v, "POST", ipath(pk), "poll_range", range_body))
+        c.request(
+            "POST",
+            f"{ipath(pk)}?poll_range",
+            body=range_body,
+            headers=sign_headers(k2v, "POST", ipath(pk), "poll_range", range_body),
+        )
         conns.append(c)
     wait_until(lambda: node.admin("node.info")["poll_subscriptions"] == base + 4, timeout=10)
     for c in conns:
@@ -571,7 +595,7 @@ def test_token_covers_discard_time(k2v, pk):
     t1 = token_of(k2v, pk, "s")
     delete(k2v, pk, "s", t1)
     t2 = token_of(k2v, pk, "s")
-    (n1, time1), = decode_token(t1)[1]
+    ((n1, time1),) = decode_token(t1)[1]
     pairs2 = dict(decode_token(t2)[1])
     assert pairs2[n1] > time1
     # Writing with a token from another node id: its time is kept in the item's token.

@@ -31,13 +31,15 @@ MAX_ITEMS = 3
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> K2VHttp:
     """A node of its own with tiny limits (and no CORS configuration)."""
-    n = NodeProcess(tmp_path_factory.mktemp("small-node"),
-                    k2v_extra=f"max_body_bytes = {MAX_BODY}\nmax_batch_items = {MAX_ITEMS}")
+    n = NodeProcess(
+        tmp_path_factory.mktemp("small-node"), k2v_extra=f"max_body_bytes = {MAX_BODY}\nmax_batch_items = {MAX_ITEMS}"
+    )
     n.start()
     key = n.admin("key.create", {"name": "small"})
     n.admin("bucket.create", {"name": BUCKET})
-    n.admin("bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True,
-                                   "read": True, "write": True})
+    n.admin(
+        "bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True, "read": True, "write": True}
+    )
     yield K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
     n.stop()
 
@@ -92,8 +94,10 @@ def test_broken_chunked_encoding_is_a_json_4xx(small, pk):
     hdrs = sign_headers(small, "PUT", ipath(pk), "sort_key=s", payload=UNSIGNED_PAYLOAD)
     hdrs["Transfer-Encoding"] = "chunked"
     head = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
-    data = (f"PUT {ipath(pk)}?sort_key=s HTTP/1.1\r\nHost: {small.host}\r\n{head}Connection: close\r\n\r\n"
-            "zz\r\nabc\r\n0\r\n\r\n").encode()
+    data = (
+        f"PUT {ipath(pk)}?sort_key=s HTTP/1.1\r\nHost: {small.host}\r\n{head}Connection: close\r\n\r\n"
+        "zz\r\nabc\r\n0\r\n\r\n"
+    ).encode()
     r = raw_socket(small.host, data)
     assert 400 <= r.status < 500, r
     assert set(r.json()) == {"code", "message", "region", "path"}

@@ -70,12 +70,15 @@ def test_first_poll_on_empty_partition(k2v, pk):
     assert poll_ok(k2v, pk, {})["items"] == []
 
 
-@pytest.mark.parametrize("body", [
-    b"{}",
-    b'{"start": null, "end": null, "prefix": null, "seenMarker": null, "timeout": 300}',
-    b'{"timeout": null}',
-    b'{"unknown": [1, 2], "prefix": null}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b'{"start": null, "end": null, "prefix": null, "seenMarker": null, "timeout": 300}',
+        b'{"timeout": null}',
+        b'{"unknown": [1, 2], "prefix": null}',
+    ],
+)
 def test_valid_bodies(k2v, pk, body):
     put(k2v, pk, "a", b"1")
     r = poll(k2v, pk, body)
@@ -95,7 +98,7 @@ def test_range_fields(k2v, pk):
 def test_first_poll_returns_the_whole_range(k2v, pk):
     items = [{"pk": pk, "sk": f"p/{i:05}", "v": b64("v")} for i in range(2100)]
     for i in range(0, len(items), 1000):
-        insert_batch(k2v, items[i:i + 1000])
+        insert_batch(k2v, items[i : i + 1000])
     insert_batch(k2v, [{"pk": pk, "sk": "o", "v": b64("v")}, {"pk": pk, "sk": "q", "v": b64("v")}])
     res = poll_ok(k2v, pk, {"prefix": "p/"})
     assert sks(res) == [i["sk"] for i in items]
@@ -211,13 +214,26 @@ def test_bad_marker(k2v, pk, marker):
     assert_error(r, 400, "InvalidRequest")
 
 
-@pytest.mark.parametrize("body", [
-    b"[]", b"null", b'"x"', b"not json", b"",
-    b'{"timeout": "1"}', b'{"timeout": -1}', b'{"timeout": 1.5}', b'{"timeout": true}',
-    b'{"prefix": 1}', b'{"start": []}', b'{"end": {}}', b'{"seenMarker": 5}',
-    b'{"prefix": "b", "start": "a"}',
-    b'{"prefix": "\\ud800"}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"null",
+        b'"x"',
+        b"not json",
+        b"",
+        b'{"timeout": "1"}',
+        b'{"timeout": -1}',
+        b'{"timeout": 1.5}',
+        b'{"timeout": true}',
+        b'{"prefix": 1}',
+        b'{"start": []}',
+        b'{"end": {}}',
+        b'{"seenMarker": 5}',
+        b'{"prefix": "b", "start": "a"}',
+        b'{"prefix": "\\ud800"}',
+    ],
+)
 def test_bad_bodies(k2v, pk, body):
     r = poll(k2v, pk, body)
     assert_error(r, 400, "InvalidRequest")

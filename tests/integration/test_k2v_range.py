@@ -84,8 +84,9 @@ def index_bucket(node, creds, k2v) -> str:
     """A bucket of its own whose partition keys are exactly KEYS (ReadIndex counts per bucket)."""
     name = f"range-index-{uuid.uuid4().hex[:8]}"
     node.admin("bucket.create", {"name": name})
-    node.admin("bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True,
-                                      "read": True, "write": True})
+    node.admin(
+        "bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True, "read": True, "write": True}
+    )
     insert_batch(k2v, [{"pk": k, "sk": "x", "v": b64(k)} for k in KEYS], bucket=name)
 
     def ready():
@@ -149,20 +150,22 @@ def test_paging_with_next_start(k2v, range_pk, index_bucket, reverse, limit):
 
 @pytest.mark.parametrize("prefix,start", [("d", "c"), ("d.", "d"), ("b", "a"), ("abc", "ab")])
 def test_start_not_in_prefix(k2v, range_pk, index_bucket, prefix, start):
-    r = k2v.json("POST", "/test-bucket", [{"partitionKey": range_pk, "prefix": prefix, "start": start}],
-                 query="search")
+    r = k2v.json("POST", "/test-bucket", [{"partitionKey": range_pk, "prefix": prefix, "start": start}], query="search")
     assert_error(r, 400, "InvalidRequest", message=f"Start key '{start}' does not start with prefix '{prefix}'")
     r = k2v.request("GET", f"/{index_bucket}", f"prefix={q(prefix)}&start={q(start)}")
     assert_error(r, 400, "InvalidRequest", message=f"Start key '{start}' does not start with prefix '{prefix}'")
-    r = k2v.json("POST", "/test-bucket", [{"partitionKey": range_pk, "prefix": prefix, "start": start}],
-                 query="delete")
+    r = k2v.json("POST", "/test-bucket", [{"partitionKey": range_pk, "prefix": prefix, "start": start}], query="delete")
     assert_error(r, 400, "InvalidRequest", message="does not start with prefix")
     assert len(read_batch(k2v, [{"partitionKey": range_pk}])[0]["items"]) == len(KEYS)
 
 
 def test_start_not_in_prefix_reverse(k2v, range_pk):
-    r = k2v.json("POST", "/test-bucket",
-                 [{"partitionKey": range_pk, "prefix": "d", "start": "e", "reverse": True}], query="search")
+    r = k2v.json(
+        "POST",
+        "/test-bucket",
+        [{"partitionKey": range_pk, "prefix": "d", "start": "e", "reverse": True}],
+        query="search",
+    )
     assert_error(r, 400, "InvalidRequest", message="does not start with prefix")
 
 
@@ -181,20 +184,23 @@ def filter_pk(k2v) -> str:
     return pk
 
 
-@pytest.mark.parametrize("query,keys,more,next_start", [
-    ({}, ["a", "c", "d", "e", "f"], False, None),
-    ({"tombstones": True}, ["a", "b", "c", "d", "e", "f"], False, None),
-    ({"limit": 2}, ["a", "c"], True, "d"),
-    ({"limit": 2, "tombstones": True}, ["a", "b"], True, "c"),
-    ({"limit": 1, "start": "b"}, ["c"], True, "d"),
-    ({"conflictsOnly": True}, ["d", "e"], False, None),
-    ({"conflictsOnly": True, "limit": 1}, ["d"], True, "e"),
-    ({"conflictsOnly": True, "limit": 2}, ["d", "e"], False, None),
-    ({"conflictsOnly": True, "reverse": True, "limit": 1}, ["e"], True, "d"),
-    ({"reverse": True, "limit": 2, "end": "a"}, ["f", "e"], True, "d"),
-    ({"reverse": True, "start": "c", "limit": 1}, ["c"], True, "a"),
-    ({"reverse": True, "start": "c", "limit": 1, "tombstones": True}, ["c"], True, "b"),
-])
+@pytest.mark.parametrize(
+    "query,keys,more,next_start",
+    [
+        ({}, ["a", "c", "d", "e", "f"], False, None),
+        ({"tombstones": True}, ["a", "b", "c", "d", "e", "f"], False, None),
+        ({"limit": 2}, ["a", "c"], True, "d"),
+        ({"limit": 2, "tombstones": True}, ["a", "b"], True, "c"),
+        ({"limit": 1, "start": "b"}, ["c"], True, "d"),
+        ({"conflictsOnly": True}, ["d", "e"], False, None),
+        ({"conflictsOnly": True, "limit": 1}, ["d"], True, "e"),
+        ({"conflictsOnly": True, "limit": 2}, ["d", "e"], False, None),
+        ({"conflictsOnly": True, "reverse": True, "limit": 1}, ["e"], True, "d"),
+        ({"reverse": True, "limit": 2, "end": "a"}, ["f", "e"], True, "d"),
+        ({"reverse": True, "start": "c", "limit": 1}, ["c"], True, "a"),
+        ({"reverse": True, "start": "c", "limit": 1, "tombstones": True}, ["c"], True, "b"),
+    ],
+)
 def test_filters_apply_before_limit(k2v, filter_pk, query, keys, more, next_start):
     res = read_batch(k2v, [{"partitionKey": filter_pk, **query}])[0]
     assert [i["sk"] for i in res["items"]] == keys
@@ -204,8 +210,21 @@ def test_filters_apply_before_limit(k2v, filter_pk, query, keys, more, next_star
 
 # ---- code-point order --------------------------------------------------------------------------
 
-UNICODE_KEYS = ["Z", "a", "a\u0000b", "ab", "z", "\u00e9", "\u00e9t\u00e9", "\u20ac", "\ufb01", "\uffee",
-                "\U0001f600", "\U0001f600\U0001f600", "\U0010fff0"]
+UNICODE_KEYS = [
+    "Z",
+    "a",
+    "a\u0000b",
+    "ab",
+    "z",
+    "\u00e9",
+    "\u00e9t\u00e9",
+    "\u20ac",
+    "\ufb01",
+    "\uffee",
+    "\U0001f600",
+    "\U0001f600\U0001f600",
+    "\U0010fff0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -225,15 +244,18 @@ def test_unicode_keys_are_in_code_point_order(k2v, unicode_pk):
     assert [i["sk"] for i in res["items"]] == UNICODE_KEYS[::-1]
 
 
-@pytest.mark.parametrize("query,keys", [
-    ({"prefix": "\u00e9"}, ["\u00e9", "\u00e9t\u00e9"]),
-    ({"prefix": "\u00e9", "reverse": True}, ["\u00e9t\u00e9", "\u00e9"]),
-    ({"prefix": "\U0001f600", "reverse": True}, ["\U0001f600\U0001f600", "\U0001f600"]),
-    ({"start": "\uffee", "end": "\U0010fff0"}, ["\uffee", "\U0001f600", "\U0001f600\U0001f600"]),
-    ({"start": "\U0001f600", "reverse": True, "limit": 2}, ["\U0001f600", "\uffee"]),
-    ({"prefix": "a"}, ["a", "a\u0000b", "ab"]),
-    ({"end": "a\u0000"}, ["Z", "a"]),
-])
+@pytest.mark.parametrize(
+    "query,keys",
+    [
+        ({"prefix": "\u00e9"}, ["\u00e9", "\u00e9t\u00e9"]),
+        ({"prefix": "\u00e9", "reverse": True}, ["\u00e9t\u00e9", "\u00e9"]),
+        ({"prefix": "\U0001f600", "reverse": True}, ["\U0001f600\U0001f600", "\U0001f600"]),
+        ({"start": "\uffee", "end": "\U0010fff0"}, ["\uffee", "\U0001f600", "\U0001f600\U0001f600"]),
+        ({"start": "\U0001f600", "reverse": True, "limit": 2}, ["\U0001f600", "\uffee"]),
+        ({"prefix": "a"}, ["a", "a\u0000b", "ab"]),
+        ({"end": "a\u0000"}, ["Z", "a"]),
+    ],
+)
 def test_unicode_ranges(k2v, unicode_pk, query, keys):
     res = read_batch(k2v, [{"partitionKey": unicode_pk, **query}])[0]
     assert [i["sk"] for i in res["items"]] == keys
@@ -242,8 +264,9 @@ def test_unicode_ranges(k2v, unicode_pk, query, keys):
 def test_unicode_partition_keys_in_index(node, creds, k2v):
     name = f"uni-index-{uuid.uuid4().hex[:8]}"
     node.admin("bucket.create", {"name": name})
-    node.admin("bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True,
-                                      "read": True, "write": True})
+    node.admin(
+        "bucket.permissions", {"bucket": name, "key": creds["access_key"], "allow": True, "read": True, "write": True}
+    )
     pks = [k for k in UNICODE_KEYS if "\u0000" not in k]
     insert_batch(k2v, [{"pk": k, "sk": "s", "v": b64("v")} for k in reversed(pks)], bucket=name)
 
@@ -251,7 +274,7 @@ def test_unicode_partition_keys_in_index(node, creds, k2v):
         return [p["pk"] for p in k2v.request("GET", f"/{name}").json()["partitionKeys"]] == pks
 
     wait_until(listed, timeout=10)
-    body = k2v.request("GET", f"/{name}", f"prefix={q(chr(0xe9))}&reverse=true").json()
+    body = k2v.request("GET", f"/{name}", f"prefix={q(chr(0xE9))}&reverse=true").json()
     assert [p["pk"] for p in body["partitionKeys"]] == ["\u00e9t\u00e9", "\u00e9"]
 
 

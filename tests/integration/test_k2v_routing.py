@@ -179,7 +179,12 @@ def test_empty_fields_are_absent_for_read_index(k2v):
     assert r.status == 200, r.body
     body = r.json()
     assert (body["prefix"], body["start"], body["end"], body["limit"], body["reverse"]) == (
-        None, None, None, None, False)
+        None,
+        None,
+        None,
+        None,
+        False,
+    )
 
 
 def test_unknown_and_unused_parameters_are_ignored(k2v, pk):
@@ -232,9 +237,25 @@ def test_lowercase_method_is_json_400(k2v, pk, method):
 
 
 @pytest.mark.parametrize("sign", [True, False], ids=["signed", "unsigned"])
-@pytest.mark.parametrize("query", ["limit=abc", "limit=-1", "limit=1.5", "limit=+3", "limit=0x10", "limit=1e3",
-                                   "limit=18446744073709551616", "reverse=TRUE", "reverse=1", "reverse=yes",
-                                   "reverse=False", "timeout=soon", "timeout=-5", "timeout=1.0"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=abc",
+        "limit=-1",
+        "limit=1.5",
+        "limit=+3",
+        "limit=0x10",
+        "limit=1e3",
+        "limit=18446744073709551616",
+        "reverse=TRUE",
+        "reverse=1",
+        "reverse=yes",
+        "reverse=False",
+        "timeout=soon",
+        "timeout=-5",
+        "timeout=1.0",
+    ],
+)
 def test_bad_limit_timeout_reverse(k2v, query, sign):
     r = k2v.request("GET", f"/{BUCKET}", query, sign=sign)
     assert_error(r, 400, "InvalidRequest", message="Failed to parse query parameter")
@@ -261,8 +282,9 @@ def test_valid_limit_and_reverse_values(k2v):
 # ---- partition key decoding ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["a b", "ünï€ødé 😀", "a/b", "a%b", "x+y", "with?question", "#hash", "~tilde.-_",
-                                 "a/b/c/", "\u00a0nbsp"])
+@pytest.mark.parametrize(
+    "key", ["a b", "ünï€ødé 😀", "a/b", "a%b", "x+y", "with?question", "#hash", "~tilde.-_", "a/b/c/", "\u00a0nbsp"]
+)
 def test_percent_decoded_partition_key(k2v, key):
     key = f"{key}-{uuid.uuid4().hex[:8]}"
     r = k2v.request("PUT", f"/{BUCKET}/{q(key)}", "sort_key=s", b"v")
@@ -292,8 +314,11 @@ def test_plus_in_path_is_not_a_space(k2v, pk):
 @pytest.mark.parametrize("sign", [True, False], ids=["signed", "unsigned"])
 @pytest.mark.parametrize("raw", ["%FF", "a%C3", "%C3%28", "%ED%A0%80", "%80abc"])
 def test_invalid_utf8_partition_key(k2v, raw, sign):
-    for method, query, body in (("GET", "sort_key=a", None), ("PUT", "sort_key=a", b"v"),
-                                ("POST", "poll_range", b"{}")):
+    for method, query, body in (
+        ("GET", "sort_key=a", None),
+        ("PUT", "sort_key=a", b"v"),
+        ("POST", "poll_range", b"{}"),
+    ):
         r = k2v.request(method, f"/{BUCKET}/{raw}", query, body, sign=sign)
         assert_error(r, 400, "InvalidUtf8String", path=f"/{BUCKET}/{raw}")
 

@@ -18,8 +18,10 @@ def cluster(make_cluster):
     k2v = client(nodes[0], creds)
     for i in range(4):
         put(k2v, f"pk{i % 2}", f"s{i}", b"v" * (i + 1))
-    expected = {"pk0": {"entries": 2, "conflicts": 0, "values": 2, "bytes": 1 + 3},
-                "pk1": {"entries": 2, "conflicts": 0, "values": 2, "bytes": 2 + 4}}
+    expected = {
+        "pk0": {"entries": 2, "conflicts": 0, "values": 2, "bytes": 1 + 3},
+        "pk1": {"entries": 2, "conflicts": 0, "values": 2, "bytes": 2 + 4},
+    }
     wait_for(lambda: index(k2v) == expected)
     return nodes, creds, expected
 
@@ -107,8 +109,13 @@ def test_repair_counters_waits_and_shows_progress(cluster):
     # --detach returns at once; the repair still runs to the end.
     out = a.cli("repair", "--yes", "--detach", "counters").stdout
     assert "Repair launched" in out and "Done" not in out
-    wait_for(lambda: all(w["state"] == "done" for w in json.loads(a.cli("worker", "list", "--json").stdout)
-                         if w["name"] == "k2v counter repair"))
+    wait_for(
+        lambda: all(
+            w["state"] == "done"
+            for w in json.loads(a.cli("worker", "list", "--json").stdout)
+            if w["name"] == "k2v counter repair"
+        )
+    )
 
 
 def test_repair_tables_and_merkle(cluster):

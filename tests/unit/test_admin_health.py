@@ -8,8 +8,16 @@ LOCAL_OK = {"running": "ok", "database": "ok", "k2vApi": "ok"}
 
 
 def cluster(**kw) -> ClusterHealth:
-    base = dict(layout_version=1, known_nodes=3, connected_nodes=3, storage_nodes=3, storage_nodes_ok=3,
-                partitions=256, partitions_quorum=256, partitions_all_ok=256)
+    base = dict(
+        layout_version=1,
+        known_nodes=3,
+        connected_nodes=3,
+        storage_nodes=3,
+        storage_nodes_ok=3,
+        partitions=256,
+        partitions_quorum=256,
+        partitions_all_ok=256,
+    )
     base.update(kw)
     return ClusterHealth(**base)
 
@@ -25,8 +33,11 @@ def test_single_node_without_cluster_plane_is_ok():
 
 
 def test_local_failures_make_the_node_unavailable():
-    for checks in ({**LOCAL_OK, "database": "closed"}, {**LOCAL_OK, "k2vApi": "not serving"},
-                   {**LOCAL_OK, "running": "shutting down"}):
+    for checks in (
+        {**LOCAL_OK, "database": "closed"},
+        {**LOCAL_OK, "k2vApi": "not serving"},
+        {**LOCAL_OK, "running": "shutting down"},
+    ):
         r = evaluate(checks, cluster(), None)
         assert r.status == UNAVAILABLE and r.http_status == 503
         assert r.detail_body()["status"] == "unavailable"
@@ -37,16 +48,24 @@ def test_local_failures_make_the_node_unavailable():
 
 
 def test_no_layout():
-    r = evaluate(LOCAL_OK, cluster(layout_version=0, storage_nodes=0, storage_nodes_ok=0, partitions_quorum=0,
-                                   partitions_all_ok=0), None)
+    r = evaluate(
+        LOCAL_OK,
+        cluster(layout_version=0, storage_nodes=0, storage_nodes_ok=0, partitions_quorum=0, partitions_all_ok=0),
+        None,
+    )
     assert r.status == NO_LAYOUT and r.http_status == 503
     assert r.probe_body()["layoutVersion"] == 0
     assert r.detail_body()["status"] == "unavailable"
 
 
 def test_degraded_lists_partitions_without_quorum():
-    r = evaluate(LOCAL_OK, cluster(storage_nodes_ok=1, partitions_quorum=250, partitions_all_ok=0,
-                                   partitions_lacking_quorum=[1, 2, 3, 4, 5, 6]), None)
+    r = evaluate(
+        LOCAL_OK,
+        cluster(
+            storage_nodes_ok=1, partitions_quorum=250, partitions_all_ok=0, partitions_lacking_quorum=[1, 2, 3, 4, 5, 6]
+        ),
+        None,
+    )
     assert r.status == DEGRADED and r.http_status == 503
     assert r.probe_body()["partitionsLackingQuorum"] == [1, 2, 3, 4, 5, 6]
     assert r.detail_body()["partitionsLackingQuorum"] == [1, 2, 3, 4, 5, 6]

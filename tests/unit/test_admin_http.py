@@ -41,8 +41,9 @@ class FakeNode:
 @pytest.fixture
 async def admin():
     node = FakeNode()
-    server = AdminApiServer(AdminServices(node.run_op, node.health, node.status, NodeMetrics(), "garage",
-                                          admin_token=TOKEN))
+    server = AdminApiServer(
+        AdminServices(node.run_op, node.health, node.status, NodeMetrics(), "garage", admin_token=TOKEN)
+    )
     await server.start("127.0.0.1", 0)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
 
@@ -67,26 +68,57 @@ async def test_op_mapping(admin):
         ("GET", "/v1/key?search=app", None, ("key.info", {"pattern": "app", "show_secret": False})),
         ("POST", "/v1/key", {"name": "n"}, ("key.create", {"name": "n"})),
         ("POST", "/v1/key", None, ("key.create", {"name": None})),
-        ("POST", "/v1/key/import", {"accessKeyId": KID, "secretAccessKey": "s", "name": "i"},
-         ("key.import", {"key_id": KID, "secret": "s", "name": "i"})),
-        ("POST", f"/v1/key?id={KID}", {"name": "r", "allow": {"createBucket": True}},
-         ("key.update", {"id": KID, "name": "r", "allow_create_bucket": True})),
-        ("POST", f"/v1/key?id={KID}", {"deny": {"createBucket": True}},
-         ("key.update", {"id": KID, "name": None, "allow_create_bucket": False})),
+        (
+            "POST",
+            "/v1/key/import",
+            {"accessKeyId": KID, "secretAccessKey": "s", "name": "i"},
+            ("key.import", {"key_id": KID, "secret": "s", "name": "i"}),
+        ),
+        (
+            "POST",
+            f"/v1/key?id={KID}",
+            {"name": "r", "allow": {"createBucket": True}},
+            ("key.update", {"id": KID, "name": "r", "allow_create_bucket": True}),
+        ),
+        (
+            "POST",
+            f"/v1/key?id={KID}",
+            {"deny": {"createBucket": True}},
+            ("key.update", {"id": KID, "name": None, "allow_create_bucket": False}),
+        ),
         ("POST", f"/v1/key?id={KID}", {}, ("key.update", {"id": KID, "name": None, "allow_create_bucket": None})),
         ("GET", "/v1/bucket", None, ("bucket.list", {})),
         ("GET", f"/v1/bucket?id={BID}", None, ("bucket.info", {"id": BID})),
         ("GET", "/v1/bucket?globalAlias=web", None, ("bucket.info", {"global_alias": "web"})),
         ("POST", "/v1/bucket", {"globalAlias": "web"}, ("bucket.create", {"global_alias": "web"})),
-        ("POST", "/v1/bucket", {"localAlias": {"accessKeyId": KID, "alias": "l", "allow": {"read": True}}},
-         ("bucket.create", {"global_alias": None, "local_alias": "l", "local_key_id": KID,
-                            "local_permissions": {"read": True, "write": False, "owner": False}})),
+        (
+            "POST",
+            "/v1/bucket",
+            {"localAlias": {"accessKeyId": KID, "alias": "l", "allow": {"read": True}}},
+            (
+                "bucket.create",
+                {
+                    "global_alias": None,
+                    "local_alias": "l",
+                    "local_key_id": KID,
+                    "local_permissions": {"read": True, "write": False, "owner": False},
+                },
+            ),
+        ),
         ("PUT", f"/v1/bucket/alias/global?id={BID}&alias=g", None, ("bucket.alias", {"id": BID, "alias": "g"})),
         ("DELETE", f"/v1/bucket/alias/global?id={BID}&alias=g", None, ("bucket.unalias", {"id": BID, "alias": "g"})),
-        ("PUT", f"/v1/bucket/alias/local?id={BID}&accessKeyId={KID}&alias=l", None,
-         ("bucket.alias", {"id": BID, "alias": "l", "local_key_id": KID})),
-        ("DELETE", f"/v1/bucket/alias/local?id={BID}&accessKeyId={KID}&alias=l", None,
-         ("bucket.unalias", {"id": BID, "alias": "l", "local_key_id": KID})),
+        (
+            "PUT",
+            f"/v1/bucket/alias/local?id={BID}&accessKeyId={KID}&alias=l",
+            None,
+            ("bucket.alias", {"id": BID, "alias": "l", "local_key_id": KID}),
+        ),
+        (
+            "DELETE",
+            f"/v1/bucket/alias/local?id={BID}&accessKeyId={KID}&alias=l",
+            None,
+            ("bucket.unalias", {"id": BID, "alias": "l", "local_key_id": KID}),
+        ),
     ]
     for method, path, body, expected in cases:
         node.calls.clear()
@@ -123,8 +155,12 @@ async def test_errors_have_the_json_body(admin):
     node, _, call = admin
     node.errors["key.info"] = NoSuchAccessKey("No key matching 'x'")
     status, data, r = await call("GET", "/v1/key?search=x")
-    assert status == 404 and data == {"code": "NoSuchAccessKey", "message": "No key matching 'x'",
-                                      "region": "garage", "path": "/v1/key"}
+    assert status == 404 and data == {
+        "code": "NoSuchAccessKey",
+        "message": "No key matching 'x'",
+        "region": "garage",
+        "path": "/v1/key",
+    }
     assert r.headers["X-Request-Id"]
     node.errors["bucket.delete"] = BucketNotEmpty("Bucket b is not empty")
     status, data, _ = await call("DELETE", f"/v1/bucket?id={BID}")
@@ -133,13 +169,15 @@ async def test_errors_have_the_json_body(admin):
     status, data, _ = await call("GET", "/v1/bucket")
     assert status == 500 and data["code"] == "InternalError"
     # Body and parameter problems.
-    for method, path, body in [("POST", "/v1/key/import", {"accessKeyId": KID}),
-                               ("POST", "/v1/bucket", {}),
-                               ("POST", "/v1/bucket", {"localAlias": "x"}),
-                               ("POST", "/v1/bucket/allow", {"bucketId": BID, "accessKeyId": KID}),
-                               ("POST", f"/v1/key?id={KID}", {"allow": {"createBucket": "yes"}}),
-                               ("PUT", f"/v1/bucket/alias/global?id={BID}", None),
-                               ("GET", "/nope", None)]:
+    for method, path, body in [
+        ("POST", "/v1/key/import", {"accessKeyId": KID}),
+        ("POST", "/v1/bucket", {}),
+        ("POST", "/v1/bucket", {"localAlias": "x"}),
+        ("POST", "/v1/bucket/allow", {"bucketId": BID, "accessKeyId": KID}),
+        ("POST", f"/v1/key?id={KID}", {"allow": {"createBucket": "yes"}}),
+        ("PUT", f"/v1/bucket/alias/global?id={BID}", None),
+        ("GET", "/nope", None),
+    ]:
         status, data, _ = await call(method, path, body)
         assert status == 400 and data["code"] == "InvalidRequest", (method, path, data)
     status, data, _ = await call("POST", "/v1/key", raw=b"")
@@ -156,8 +194,16 @@ async def test_auth_and_health(admin):
     assert status == 403 and "Invalid" in data["message"] and node.calls == []
     status, data, _ = await call("GET", "/health", token=None)
     assert status == 200 and data["status"] == "ok"
-    node.cluster = ClusterHealth(layout_version=0, known_nodes=1, connected_nodes=1, storage_nodes=0,
-                                 storage_nodes_ok=0, partitions=256, partitions_quorum=0, partitions_all_ok=0)
+    node.cluster = ClusterHealth(
+        layout_version=0,
+        known_nodes=1,
+        connected_nodes=1,
+        storage_nodes=0,
+        storage_nodes_ok=0,
+        partitions=256,
+        partitions_quorum=0,
+        partitions_all_ok=0,
+    )
     status, data, _ = await call("GET", "/health", token=None)
     assert status == 503 and data["status"] == "no-layout"
     status, data, _ = await call("GET", "/v1/health")

@@ -32,7 +32,9 @@ async def admin(tmp_path):
         connected.append((node_id, addr))
 
     system = SimpleNamespace(
-        node_id=SELF, peers={PEER1: None, PEER2: None}, layout=LayoutManager(SELF, tmp_path, 3, "consistent"),
+        node_id=SELF,
+        peers={PEER1: None, PEER2: None},
+        layout=LayoutManager(SELF, tmp_path, 3, "consistent"),
         connect=connect,
     )
     ops: list[str] = []
@@ -41,15 +43,15 @@ async def admin(tmp_path):
         ops.append(op)
         return await CLUSTER_OPS[op](system, args)
 
-    server = AdminApiServer(AdminServices(
-        run_op, lambda: evaluate({}, None, "n"), _no_status, NodeMetrics(), "garage", admin_token=TOKEN))
+    server = AdminApiServer(
+        AdminServices(run_op, lambda: evaluate({}, None, "n"), _no_status, NodeMetrics(), "garage", admin_token=TOKEN)
+    )
     await server.start("127.0.0.1", 0)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
 
         async def call(method: str, path: str, body: Any = None, raw: bytes | None = None):
             data = raw if raw is not None else (None if body is None else json.dumps(body))
-            async with session.request(method, path, data=data,
-                                       headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            async with session.request(method, path, data=data, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
                 return r.status, json.loads(await r.read())
 
         yield system, call, ops, connected
@@ -71,7 +73,10 @@ async def test_stage_apply_and_read_the_layout(admin):
     status, layout = await call("POST", "/v1/layout", changes)
     assert status == 200 and layout["version"] == 0 and layout["roles"] == []
     assert sorted(layout["stagedRoleChanges"], key=lambda c: c["id"]) == [
-        role(SELF, tags=["a"]), role(PEER1, "z2"), role(PEER2, "z3", None)]
+        role(SELF, tags=["a"]),
+        role(PEER1, "z2"),
+        role(PEER2, "z3", None),
+    ]
     assert ops == ["layout.get", "layout.stage"]
 
     # Apply needs the next version, as the CLI's `layout apply --version`.
@@ -89,8 +94,9 @@ async def test_stage_apply_and_read_the_layout(admin):
     assert sorted(r["id"] for r in res["layout"]["roles"]) == sorted(n.hex() for n in (SELF, PEER1, PEER2))
     assert system.layout.history.current().version == 1
     # The CLI's own view (the same operations) agrees.
-    st = await CLUSTER_OPS["cluster.status"](SimpleNamespace(**vars(system), public_addr="x", hostname="h",
-                                                             is_up=lambda n: True), {})
+    st = await CLUSTER_OPS["cluster.status"](
+        SimpleNamespace(**vars(system), public_addr="x", hostname="h", is_up=lambda n: True), {}
+    )
     assert st["layout_version"] == 1 and all(n["role"] is not None for n in st["nodes"])
     status, layout = await call("POST", "/v1/layout", [{"id": PEER1.hex(), "remove": True}])
     assert status == 200 and layout["stagedRoleChanges"] == [{"id": PEER1.hex(), "remove": True}]
@@ -111,20 +117,23 @@ async def test_removal_revert_and_unknown_full_ids(admin):
     assert status == 200 and layout == {"version": 0, "roles": [], "stagedRoleChanges": []}
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"id": "x"}, "list of role changes"),
-    ([role(SELF), {"id": PEER1.hex(), "remove": False}], "remove: true"),
-    ([{"id": PEER1.hex(), "remove": True, "zone": "z"}], "remove: true"),
-    ([{"zone": "z1", "capacity": 1}], "missing node id"),
-    ([{"id": "2", "zone": "z1", "capacity": 1}], "matches 2 nodes"),
-    ([{"id": "ff", "zone": "z1", "capacity": 1}], "No node matches"),
-    ([{"id": "zz" * 32, "zone": "z1", "capacity": 1}], "invalid node id"),
-    ([{"id": SELF.hex(), "capacity": 1}], "missing zone"),
-    ([{"id": SELF.hex(), "zone": "z", "capacity": "1G"}], "capacity must be a number"),
-    ([{"id": SELF.hex(), "zone": "z", "capacity": 0}], "Invalid capacity value"),
-    ([{"id": SELF.hex(), "zone": "z", "capacity": 1, "tags": "a"}], "tags must be a list"),
-    (["nope"], "expected an object"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"id": "x"}, "list of role changes"),
+        ([role(SELF), {"id": PEER1.hex(), "remove": False}], "remove: true"),
+        ([{"id": PEER1.hex(), "remove": True, "zone": "z"}], "remove: true"),
+        ([{"zone": "z1", "capacity": 1}], "missing node id"),
+        ([{"id": "2", "zone": "z1", "capacity": 1}], "matches 2 nodes"),
+        ([{"id": "ff", "zone": "z1", "capacity": 1}], "No node matches"),
+        ([{"id": "zz" * 32, "zone": "z1", "capacity": 1}], "invalid node id"),
+        ([{"id": SELF.hex(), "capacity": 1}], "missing zone"),
+        ([{"id": SELF.hex(), "zone": "z", "capacity": "1G"}], "capacity must be a number"),
+        ([{"id": SELF.hex(), "zone": "z", "capacity": 0}], "Invalid capacity value"),
+        ([{"id": SELF.hex(), "zone": "z", "capacity": 1, "tags": "a"}], "tags must be a list"),
+        (["nope"], "expected an object"),
+    ],
+)
 async def test_invalid_changes_stage_nothing(admin, body, message):
     system, call, _, _ = admin
     status, err = await call("POST", "/v1/layout", body)

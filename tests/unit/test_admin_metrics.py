@@ -45,16 +45,23 @@ def test_each_node_has_its_own_registry():
     a.observe_k2v("ReadItem", 200, None, 0.1)
     assert get(samples(a), "garagekv_api_k2v_requests_total", api_endpoint="ReadItem", status_code="200") == 1
     assert get(samples(b), "garagekv_api_k2v_requests_total", api_endpoint="ReadItem", status_code="200") is None
-    assert REGISTRY.get_sample_value("garagekv_api_k2v_requests_total",
-                                     {"api_endpoint": "ReadItem", "status_code": "200"}) is None
+    assert (
+        REGISTRY.get_sample_value("garagekv_api_k2v_requests_total", {"api_endpoint": "ReadItem", "status_code": "200"})
+        is None
+    )
 
 
 def test_database_and_local_snapshot():
     m = NodeMetrics()
     m.observe_db_commit(3, 0.001)
     m.observe_db_commit(40, 0.002)
-    m.local_snapshot = lambda: LocalSnapshot(k2v_in_flight=2, poll_subscriptions=5, db_commits=7, db_writes=43,
-                                             tables={"k2v_item": {"items": 10, "merkleTodo": 1}, "key": {"items": 2}})
+    m.local_snapshot = lambda: LocalSnapshot(
+        k2v_in_flight=2,
+        poll_subscriptions=5,
+        db_commits=7,
+        db_writes=43,
+        tables={"k2v_item": {"items": 10, "merkleTodo": 1}, "key": {"items": 2}},
+    )
     s = samples(m)
     assert get(s, "garagekv_db_commit_batch_size_count") == 2
     assert get(s, "garagekv_db_commit_batch_size_bucket", le="4.0") == 1
@@ -88,8 +95,16 @@ def test_cluster_gauges_and_extra_sources():
     m.cluster_health = lambda: None  # the node's source before the cluster plane is ready
     assert not any(name.startswith("garagekv_cluster_") for name, _ in samples(m))
     m.cluster_health = lambda: ClusterHealth(
-        layout_version=4, known_nodes=3, connected_nodes=2, storage_nodes=3, storage_nodes_ok=2, partitions=256,
-        partitions_quorum=256, partitions_all_ok=0, nodes_up={"aa": True, "bb": False})
+        layout_version=4,
+        known_nodes=3,
+        connected_nodes=2,
+        storage_nodes=3,
+        storage_nodes_ok=2,
+        partitions=256,
+        partitions_quorum=256,
+        partitions_all_ok=0,
+        nodes_up={"aa": True, "bb": False},
+    )
     m.add_source(lambda: [GaugeMetricFamily("garagekv_test_extra", "extra", value=9)])
     s = samples(m)
     assert get(s, "garagekv_cluster_layout_version") == 4

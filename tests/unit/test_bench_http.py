@@ -16,7 +16,7 @@ def feed_all(parser: ResponseParser, data: bytes, step: int | None = None) -> li
         return parser.feed(data)
     out = []
     for i in range(0, len(data), step):
-        out += parser.feed(data[i:i + step])
+        out += parser.feed(data[i : i + step])
     return out
 
 
@@ -57,8 +57,10 @@ def test_no_body_statuses_even_with_a_length(status):
 
 @pytest.mark.parametrize("step", [None, 1, 3])
 def test_chunked_with_extensions_and_trailers(step):
-    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\n") + SIMPLE
+    data = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\n"
+    ) + SIMPLE
     p = ResponseParser()
     rs = feed_all(p, data, step)
     assert [r.body for r in rs] == [b"hello world", b"hello"]
@@ -110,13 +112,16 @@ def test_expect_no_body_for_head():
     assert r.body == b"" and r2.body == b"hello"
 
 
-@pytest.mark.parametrize("data", [
-    b"SSH-2.0-OpenSSH\r\n\r\n",
-    b"HTTP/1.1 abc OK\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    ],
+)
 def test_malformed_responses(data):
     with pytest.raises(ParseError):
         ResponseParser().feed(data)
@@ -131,7 +136,8 @@ def test_eof_in_the_middle_of_a_response():
 
 def test_build_request_and_endpoints():
     assert build_request("GET", "/b/pk?sort_key=a", "h:1", {"Accept": "x"}) == (
-        b"GET /b/pk?sort_key=a HTTP/1.1\r\nHost: h:1\r\nAccept: x\r\n\r\n")
+        b"GET /b/pk?sort_key=a HTTP/1.1\r\nHost: h:1\r\nAccept: x\r\n\r\n"
+    )
     assert build_request("PUT", "/b", "h:1") == b"PUT /b HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n"
     assert build_request("POST", "/b", "h:1", body=b"[]").endswith(b"Content-Length: 2\r\n\r\n[]")
     assert parse_endpoint("http://127.0.0.1:3904") == ("127.0.0.1", 3904)
@@ -143,6 +149,7 @@ def test_build_request_and_endpoints():
 
 
 # --- the connection, against small servers ------------------------------------------------------
+
 
 async def _server(handler) -> tuple[asyncio.base_events.Server, int]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
@@ -228,10 +235,14 @@ def test_null_server_frames_pipelined_and_split_requests():
     proto = NullProtocol(_responses(3))
     t = _Transport()
     proto.connection_made(t)
-    reqs = (build_request("PUT", "/b/pk?sort_key=a", "h", body=b"xyz") + build_request("GET", "/b/pk?sort_key=a", "h")
-            + build_request("POST", "/b?search", "h", body=b"[{}]") + build_request("POST", "/b", "h", body=b"[]"))
+    reqs = (
+        build_request("PUT", "/b/pk?sort_key=a", "h", body=b"xyz")
+        + build_request("GET", "/b/pk?sort_key=a", "h")
+        + build_request("POST", "/b?search", "h", body=b"[{}]")
+        + build_request("POST", "/b", "h", body=b"[]")
+    )
     for i in range(0, len(reqs), 5):
-        proto.data_received(reqs[i:i + 5])
+        proto.data_received(reqs[i : i + 5])
     rs = ResponseParser().feed(t.out)
     assert [r.status for r in rs] == [204, 200, 200, 204]
     assert rs[1].body == b"vvv" and rs[1].headers["x-garage-causality-token"]

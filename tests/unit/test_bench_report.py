@@ -16,16 +16,36 @@ from garagekv.bench.report import (
 )
 
 
-def result(system: str, cluster: str, scenario: str, ops: float, p99: float, cpu: float | None = None,
-           errors: dict[str, int] | None = None, other: float = 0.0) -> dict:
+def result(
+    system: str,
+    cluster: str,
+    scenario: str,
+    ops: float,
+    p99: float,
+    cpu: float | None = None,
+    errors: dict[str, int] | None = None,
+    other: float = 0.0,
+) -> dict:
     errors = errors or {}
     return {
-        "system": system, "cluster": cluster, "scenario": scenario, "label": f"{system} {scenario}",
-        "config": {"endpoints": ["127.0.0.1:3904"], "conns": 64, "procs": 1, "value_size": 100, "duration": 10.0,
-                   "warmup": 2.0, "poll_interval": 0.01},
-        "ops": int(ops * 10), "ops_per_sec": ops,
+        "system": system,
+        "cluster": cluster,
+        "scenario": scenario,
+        "label": f"{system} {scenario}",
+        "config": {
+            "endpoints": ["127.0.0.1:3904"],
+            "conns": 64,
+            "procs": 1,
+            "value_size": 100,
+            "duration": 10.0,
+            "warmup": 2.0,
+            "poll_interval": 0.01,
+        },
+        "ops": int(ops * 10),
+        "ops_per_sec": ops,
         "latency_ms": {"p50": p99 / 4, "p90": p99 / 2, "p99": p99, "p99.9": p99 * 2, "mean": p99 / 3, "max": p99 * 3},
-        "errors": errors, "error_count": sum(errors.values()),
+        "errors": errors,
+        "error_count": sum(errors.values()),
         "by_op": {scenario: {"ops_per_sec": ops, "latency_ms": {"p50": 1.0, "p99": p99}, "errors": errors}},
         "server_cpu": None if cpu is None else {"pids": [1, 2], "seconds": 1.0, "cores": 1.5, "us_per_op": cpu},
         "client_cpu": {"seconds": 3.0, "us_per_request": 40.0},
@@ -62,8 +82,11 @@ def test_comparison_rows_and_ratios():
         result("etcd", "3 nodes", "write", 7000, 20, cpu=300),
     ]
     rows = comparison_rows(results)
-    assert [(r["cluster"], r["scenario"]) for r in rows] == [("1 node", "write"), ("1 node", "poll"),
-                                                              ("3 nodes", "write")]
+    assert [(r["cluster"], r["scenario"]) for r in rows] == [
+        ("1 node", "write"),
+        ("1 node", "poll"),
+        ("3 nodes", "write"),
+    ]
     assert rows[0]["ops_ratio"] == pytest.approx(0.8)
     assert rows[0]["p99_ratio"] == pytest.approx(2.0)
     assert rows[0]["cpu_ratio"] == pytest.approx(0.5)

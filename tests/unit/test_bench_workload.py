@@ -60,8 +60,10 @@ def test_k2v_requests_pass_the_server_verifier(pk, sk):
 def test_more_k2v_requests_pass_the_verifier_and_a_wrong_secret_fails():
     t = K2VTarget("127.0.0.1:3904", "b", AK, SK, REGION)
     _, body = verify(t.insert_batch([("p", "s", None, b"v"), ("p", "t", "AAAAAAAAAAA", None)]))
-    assert json.loads(body) == [{"pk": "p", "sk": "s", "ct": None, "v": base64.b64encode(b"v").decode()},
-                                {"pk": "p", "sk": "t", "ct": "AAAAAAAAAAA", "v": None}]
+    assert json.loads(body) == [
+        {"pk": "p", "sk": "s", "ct": None, "v": base64.b64encode(b"v").decode()},
+        {"pk": "p", "sk": "t", "ct": "AAAAAAAAAAA", "v": None},
+    ]
     verify(t.read_index("bench-p000001", 10))
     verify(t.read_index(None, 10))
     # a cached value hash is used as given
@@ -80,8 +82,7 @@ def test_signer_matches_the_reference_signer():
     _, canonical = encode_pairs(pairs)
     lines = fast.headers("GET", "/b/p%20k", canonical, payload, now=NOW)
     got = dict(line.split(": ", 1) for line in lines.strip().split("\r\n"))
-    want = ref.sign_headers("GET", "/b/p%20k", pairs, {"host": "127.0.0.1:3904"}, None, now=NOW,
-                            content_sha256=payload)
+    want = ref.sign_headers("GET", "/b/p%20k", pairs, {"host": "127.0.0.1:3904"}, None, now=NOW, content_sha256=payload)
     assert got == want
 
 
@@ -139,10 +140,17 @@ def _args(**kw) -> argparse.Namespace:
 
 def test_config_from_dev_json(tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    dev = {"k2v_endpoint": "http://127.0.0.1:3904", "region": "garage", "access_key_id": "GKa",
-           "secret_access_key": "sec", "bucket": "dev-bucket",
-           "nodes": [{"k2v_endpoint": "http://127.0.0.1:3904", "pid": 999_999_999},
-                     {"k2v_endpoint": "http://127.0.0.1:3914", "pid": 999_999_998}]}
+    dev = {
+        "k2v_endpoint": "http://127.0.0.1:3904",
+        "region": "garage",
+        "access_key_id": "GKa",
+        "secret_access_key": "sec",
+        "bucket": "dev-bucket",
+        "nodes": [
+            {"k2v_endpoint": "http://127.0.0.1:3904", "pid": 999_999_999},
+            {"k2v_endpoint": "http://127.0.0.1:3914", "pid": 999_999_998},
+        ],
+    }
     f = tmp_path / "dev.json"
     f.write_text("some log line\n" + json.dumps(dev) + "\n")
     cfg = bench_cli.config_from_args(_args(dev_json=f, mix="read", conns=8))
@@ -151,20 +159,24 @@ def test_config_from_dev_json(tmp_path, monkeypatch):
     assert cfg.server_pids == []  # those PIDs do not exist
     cfg.validate()
     # flags win over the file
-    cfg = bench_cli.config_from_args(_args(dev_json=f, endpoint="127.0.0.1:1,127.0.0.1:2", access_key_id="GKb",
-                                           server_pids="1,2"))
+    cfg = bench_cli.config_from_args(
+        _args(dev_json=f, endpoint="127.0.0.1:1,127.0.0.1:2", access_key_id="GKb", server_pids="1,2")
+    )
     assert cfg.endpoints == ["127.0.0.1:1", "127.0.0.1:2"] and cfg.access_key_id == "GKb"
     assert cfg.server_pids == [1, 2]
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"mix": "batch", "target": "etcd", "endpoint": "127.0.0.1:2379"}, "needs a K2V endpoint"),
-    ({"endpoint": "127.0.0.1:3904"}, "needs --bucket"),
-    ({}, "no endpoint"),
-    ({"endpoint": "https://127.0.0.1:1", "target": "etcd"}, "plain http"),
-    ({"endpoint": "127.0.0.1:1", "target": "etcd", "conns": 2, "procs": 3}, "cannot exceed"),
-    ({"endpoint": "127.0.0.1:1", "target": "etcd", "duration": 0}, "positive"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"mix": "batch", "target": "etcd", "endpoint": "127.0.0.1:2379"}, "needs a K2V endpoint"),
+        ({"endpoint": "127.0.0.1:3904"}, "needs --bucket"),
+        ({}, "no endpoint"),
+        ({"endpoint": "https://127.0.0.1:1", "target": "etcd"}, "plain http"),
+        ({"endpoint": "127.0.0.1:1", "target": "etcd", "conns": 2, "procs": 3}, "cannot exceed"),
+        ({"endpoint": "127.0.0.1:1", "target": "etcd", "duration": 0}, "positive"),
+    ],
+)
 def test_config_validation(kw, message, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
@@ -178,13 +190,22 @@ def test_summarize_merges_workers():
     def worker(lat_us: list[int], errors: dict[str, int]) -> dict:
         h = Histogram()
         h.record_many(lat_us)
-        return {"stats": {"write": {"hist": h.to_dict(), "ok": len(lat_us), "errors": errors, "items": 0},
-                          "read": {"hist": h.to_dict(), "ok": len(lat_us), "errors": {}, "items": 0}},
-                "client_cpu": 0.5}
+        return {
+            "stats": {
+                "write": {"hist": h.to_dict(), "ok": len(lat_us), "errors": errors, "items": 0},
+                "read": {"hist": h.to_dict(), "ok": len(lat_us), "errors": {}, "items": 0},
+            },
+            "client_cpu": 0.5,
+        }
 
     cfg = BenchConfig(endpoints=["127.0.0.1:1"], mix="write", duration=2.0)
-    s = summarize(cfg, [worker([1000] * 10, {"503": 1}), worker([3000] * 10, {"503": 2, "timeout": 1})],
-                  server_cpu_s=0.2, machine_cpu_s=2.0, other_cpu_s=0.6)
+    s = summarize(
+        cfg,
+        [worker([1000] * 10, {"503": 1}), worker([3000] * 10, {"503": 2, "timeout": 1})],
+        server_cpu_s=0.2,
+        machine_cpu_s=2.0,
+        other_cpu_s=0.6,
+    )
     assert s["ops"] == 20 and s["ops_per_sec"] == 10.0  # only the write kind counts for the write mix
     assert s["latency_ms"]["p50"] == pytest.approx(1.0, rel=0.01)
     assert s["latency_ms"]["p99"] == pytest.approx(3.0, rel=0.01)

@@ -9,8 +9,16 @@ import pytest
 from garagekv.cli import k2v
 from garagekv.cli.main import build_parser, main
 
-ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION", "GARAGEKV_K2V_ENDPOINT",
-       "K2V_ENDPOINT", "GARAGEKV_BUCKET", "K2V_BUCKET")
+ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "GARAGEKV_K2V_ENDPOINT",
+    "K2V_ENDPOINT",
+    "GARAGEKV_BUCKET",
+    "K2V_BUCKET",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,14 +52,28 @@ def test_watch_is_poll_range_follow():
 
 def test_settings_precedence(monkeypatch, tmp_path):
     dev = tmp_path / "dev.json"
-    dev.write_text(json.dumps({"k2v_endpoint": "http://dev:1", "region": "dev-region", "access_key_id": "GKdev",
-                               "secret_access_key": "devsecret", "bucket": "dev-bucket"}))
+    dev.write_text(
+        json.dumps(
+            {
+                "k2v_endpoint": "http://dev:1",
+                "region": "dev-region",
+                "access_key_id": "GKdev",
+                "secret_access_key": "devsecret",
+                "bucket": "dev-bucket",
+            }
+        )
+    )
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GKenv")
     monkeypatch.setenv("GARAGEKV_BUCKET", "env-bucket")
     c = k2v.make_client(parse("--bucket", "flag-bucket", "--dev-json", str(dev), "read", "p", "s"))
     s = c.settings
     assert (s.endpoint, s.region, s.access_key_id, s.secret_access_key, s.bucket) == (
-        "http://dev:1", "dev-region", "GKdev", "devsecret", "flag-bucket")
+        "http://dev:1",
+        "dev-region",
+        "GKdev",
+        "devsecret",
+        "flag-bucket",
+    )
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
     monkeypatch.setenv("GARAGEKV_K2V_ENDPOINT", "env:2")
     s = k2v.make_client(parse("--timeout", "3", "read", "p", "s")).settings

@@ -21,13 +21,24 @@ from garagekv.client import (
     ServiceUnavailable,
 )
 
-INDEX = {"prefix": None, "start": None, "end": None, "limit": None, "reverse": False, "partitionKeys": [],
-         "more": False, "nextStart": None}
+INDEX = {
+    "prefix": None,
+    "start": None,
+    "end": None,
+    "limit": None,
+    "reverse": False,
+    "partitionKeys": [],
+    "more": False,
+    "nextStart": None,
+}
 
 
 def err(status: int, code: str) -> web.Response:
-    return web.Response(status=status, content_type="application/json",
-                        body=json.dumps({"code": code, "message": "m", "region": "garage", "path": "/"}))
+    return web.Response(
+        status=status,
+        content_type="application/json",
+        body=json.dumps({"code": code, "message": "m", "region": "garage", "path": "/"}),
+    )
 
 
 class Script:
@@ -69,13 +80,15 @@ async def serve():
 
 
 def client(endpoint: str, **kw) -> K2VClient:
-    return K2VClient(endpoint=endpoint, access_key_id="GKx", secret_access_key="s", bucket="b",
-                     retry_backoff=0.001, **kw)
+    return K2VClient(
+        endpoint=endpoint, access_key_id="GKx", secret_access_key="s", bucket="b", retry_backoff=0.001, **kw
+    )
 
 
 async def test_reads_are_retried_on_503(serve):
-    s = Script(lambda: err(503, "ServiceUnavailable"), lambda: err(500, "InternalError"),
-               lambda: web.json_response(INDEX))
+    s = Script(
+        lambda: err(503, "ServiceUnavailable"), lambda: err(500, "InternalError"), lambda: web.json_response(INDEX)
+    )
     async with client(await serve(s)) as c:
         page = await c.read_index()
     assert page.partition_keys == [] and len(s.seen) == 3
@@ -149,8 +162,9 @@ async def test_poll_timeout_extends_read_timeout(serve):
 
 
 async def test_wire_format_of_item_calls(serve):
-    ok = web.Response(status=200, body=b"raw", headers={"X-Garage-Causality-Token": "T1",
-                                                           "Content-Type": "application/octet-stream"})
+    ok = web.Response(
+        status=200, body=b"raw", headers={"X-Garage-Causality-Token": "T1", "Content-Type": "application/octet-stream"}
+    )
     s = Script(lambda: ok)
     async with client(await serve(s)) as c:
         item = await c.read_item("a/b c", "x&y")
@@ -160,15 +174,33 @@ async def test_wire_format_of_item_calls(serve):
     assert item.values == [b"raw"] and item.token.value == "T1"
 
 
-@pytest.mark.parametrize(("resp", "values"), [
-    (lambda: web.Response(status=204, headers={"X-Garage-Causality-Token": "T",
-                                               "Content-Type": "application/octet-stream"}), [None]),
-    (lambda: web.Response(status=200, body=b'["YQ==",null]', headers={"X-Garage-Causality-Token": "T",
-                                                                      "Content-Type": "application/json"}),
-     [b"a", None]),
-    (lambda: web.Response(status=200, body=b"", headers={"X-Garage-Causality-Token": "T",
-                                                         "Content-Type": "application/octet-stream"}), [b""]),
-])
+@pytest.mark.parametrize(
+    ("resp", "values"),
+    [
+        (
+            lambda: web.Response(
+                status=204, headers={"X-Garage-Causality-Token": "T", "Content-Type": "application/octet-stream"}
+            ),
+            [None],
+        ),
+        (
+            lambda: web.Response(
+                status=200,
+                body=b'["YQ==",null]',
+                headers={"X-Garage-Causality-Token": "T", "Content-Type": "application/json"},
+            ),
+            [b"a", None],
+        ),
+        (
+            lambda: web.Response(
+                status=200,
+                body=b"",
+                headers={"X-Garage-Causality-Token": "T", "Content-Type": "application/octet-stream"},
+            ),
+            [b""],
+        ),
+    ],
+)
 async def test_item_answer_forms(serve, resp, values):
     async with client(await serve(Script(resp))) as c:
         assert (await c.read_item("p", "s")).values == values

@@ -28,8 +28,14 @@ from garagekv.client.config import (
     resolve,
 )
 
-DEV = {"k2v_endpoint": "http://127.0.0.1:3904", "region": "garage", "access_key_id": "GKabc",
-       "secret_access_key": "secret", "bucket": "dev-bucket", "nodes": [{"id": "x"}]}
+DEV = {
+    "k2v_endpoint": "http://127.0.0.1:3904",
+    "region": "garage",
+    "access_key_id": "GKabc",
+    "secret_access_key": "secret",
+    "bucket": "dev-bucket",
+    "nodes": [{"id": "x"}],
+}
 
 
 def make_token(pairs: list[tuple[int, int]]) -> str:
@@ -42,6 +48,7 @@ def make_token(pairs: list[tuple[int, int]]) -> str:
 
 # --- tokens -----------------------------------------------------------------------------------
 
+
 def test_token_parse_and_clock():
     s = make_token([(1, 100), (7, 5)])
     tok = CausalityToken.parse(s)
@@ -50,8 +57,9 @@ def test_token_parse_and_clock():
     assert CausalityToken.coerce(s) == tok and CausalityToken.coerce(tok) is tok
 
 
-@pytest.mark.parametrize("bad", ["", "!!!", "AAAAAAAAAAA=", "AAAA+AAAAAA", "AAAAAAAA",
-                                 make_token([(1, 2)])[:-2] + "AA"])
+@pytest.mark.parametrize(
+    "bad", ["", "!!!", "AAAAAAAAAAA=", "AAAA+AAAAAA", "AAAAAAAA", make_token([(1, 2)])[:-2] + "AA"]
+)
 def test_token_parse_rejects(bad):
     with pytest.raises(ValueError):
         CausalityToken.parse(bad)
@@ -62,6 +70,7 @@ def test_token_construction_does_not_validate():
 
 
 # --- items and pages --------------------------------------------------------------------------
+
 
 def test_item_properties():
     tok = CausalityToken.EMPTY
@@ -78,41 +87,66 @@ def test_item_properties():
 
 
 def test_pages_from_wire_json():
-    page = ItemPage.from_json({"partitionKey": "p", "prefix": None, "start": "a", "end": None, "limit": 2,
-                               "reverse": False, "singleItem": False, "conflictsOnly": False,
-                               "tombstones": True, "items": [{"sk": "a", "ct": "AAAAAAAAAAA", "v": [None]}],
-                               "more": True, "nextStart": "b"})
+    page = ItemPage.from_json(
+        {
+            "partitionKey": "p",
+            "prefix": None,
+            "start": "a",
+            "end": None,
+            "limit": 2,
+            "reverse": False,
+            "singleItem": False,
+            "conflictsOnly": False,
+            "tombstones": True,
+            "items": [{"sk": "a", "ct": "AAAAAAAAAAA", "v": [None]}],
+            "more": True,
+            "nextStart": "b",
+        }
+    )
     assert page.query.start == "a" and page.query.limit == 2 and page.query.tombstones
     assert page.items[0].values == [None] and page.items[0].partition_key == "p"
     assert page.more and page.next_start == "b"
-    idx = IndexPage.from_json({"prefix": None, "start": None, "end": None, "limit": None, "reverse": False,
-                               "partitionKeys": [{"pk": "x", "entries": 1, "conflicts": 0, "values": 1,
-                                                  "bytes": 3}], "more": False, "nextStart": None})
+    idx = IndexPage.from_json(
+        {
+            "prefix": None,
+            "start": None,
+            "end": None,
+            "limit": None,
+            "reverse": False,
+            "partitionKeys": [{"pk": "x", "entries": 1, "conflicts": 0, "values": 1, "bytes": 3}],
+            "more": False,
+            "nextStart": None,
+        }
+    )
     assert idx.partition_keys[0].partition_key == "x" and idx.partition_keys[0].bytes == 3 and not idx.more
 
 
 # --- errors -----------------------------------------------------------------------------------
 
+
 def body(code: str, message: str = "m", path: str = "/b/p") -> bytes:
     return json.dumps({"code": code, "message": message, "region": "garage", "path": path}).encode()
 
 
-@pytest.mark.parametrize(("status", "code", "cls", "family"), [
-    (400, "InvalidRequest", errors.InvalidRequest, errors.BadRequest),
-    (400, "CausalityToken", errors.InvalidCausalityToken, errors.BadRequest),
-    (400, "InvalidUtf8String", errors.InvalidUtf8String, errors.BadRequest),
-    (400, "InvalidHeaderValue", errors.InvalidHeaderValue, errors.BadRequest),
-    (400, "AuthorizationHeaderMalformed", errors.AuthorizationHeaderMalformed, errors.BadRequest),
-    (400, "InvalidDigest", errors.InvalidDigest, errors.BadRequest),
-    (403, "AccessDenied", errors.AccessDenied, errors.Forbidden),
-    (403, "RequestTimeTooSkewed", errors.RequestTimeTooSkewed, errors.Forbidden),
-    (404, "NoSuchKey", errors.NoSuchKey, errors.NotFound),
-    (404, "NoSuchBucket", errors.NoSuchBucket, errors.NotFound),
-    (406, "NotAcceptable", errors.NotAcceptable, errors.NotAcceptable),
-    (413, "EntityTooLarge", errors.EntityTooLarge, errors.EntityTooLarge),
-    (500, "InternalError", errors.InternalError, errors.ServerError),
-    (503, "ServiceUnavailable", errors.ServiceUnavailable, errors.ServerError),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "cls", "family"),
+    [
+        (400, "InvalidRequest", errors.InvalidRequest, errors.BadRequest),
+        (400, "CausalityToken", errors.InvalidCausalityToken, errors.BadRequest),
+        (400, "InvalidUtf8String", errors.InvalidUtf8String, errors.BadRequest),
+        (400, "InvalidHeaderValue", errors.InvalidHeaderValue, errors.BadRequest),
+        (400, "AuthorizationHeaderMalformed", errors.AuthorizationHeaderMalformed, errors.BadRequest),
+        (400, "InvalidDigest", errors.InvalidDigest, errors.BadRequest),
+        (403, "AccessDenied", errors.AccessDenied, errors.Forbidden),
+        (403, "RequestTimeTooSkewed", errors.RequestTimeTooSkewed, errors.Forbidden),
+        (404, "NoSuchKey", errors.NoSuchKey, errors.NotFound),
+        (404, "NoSuchBucket", errors.NoSuchBucket, errors.NotFound),
+        (406, "NotAcceptable", errors.NotAcceptable, errors.NotAcceptable),
+        (413, "EntityTooLarge", errors.EntityTooLarge, errors.EntityTooLarge),
+        (500, "InternalError", errors.InternalError, errors.ServerError),
+        (503, "ServiceUnavailable", errors.ServiceUnavailable, errors.ServerError),
+    ],
+)
 def test_error_mapping_by_code(status, code, cls, family):
     e = errors.error_from_response(status, body(code, "the message"))
     assert type(e) is cls and isinstance(e, family) and isinstance(e, errors.K2VError)
@@ -134,6 +168,7 @@ def test_error_mapping_fallbacks():
 
 
 # --- settings ---------------------------------------------------------------------------------
+
 
 def test_normalize_endpoint():
     assert normalize_endpoint("127.0.0.1:3904") == "http://127.0.0.1:3904"
@@ -159,34 +194,53 @@ def test_load_dev_json_forms(tmp_path: Path):
         assert load_dev_json(src)["bucket"] == "dev-bucket"
     with pytest.raises(ValueError):
         load_dev_json("no json here")
-    assert dev_json_settings(DEV) == {"endpoint": "http://127.0.0.1:3904", "region": "garage",
-                                      "access_key_id": "GKabc", "secret_access_key": "secret",
-                                      "bucket": "dev-bucket"}
+    assert dev_json_settings(DEV) == {
+        "endpoint": "http://127.0.0.1:3904",
+        "region": "garage",
+        "access_key_id": "GKabc",
+        "secret_access_key": "secret",
+        "bucket": "dev-bucket",
+    }
     with pytest.raises(ValueError, match="bucket"):
         dev_json_settings({**DEV, "bucket": None})
 
 
 def test_env_settings_and_precedence():
-    env = {"AWS_ACCESS_KEY_ID": "GKenv", "AWS_SECRET_ACCESS_KEY": "envsecret", "AWS_DEFAULT_REGION": "r1",
-           "K2V_ENDPOINT": "h:1", "GARAGEKV_K2V_ENDPOINT": "h:2", "GARAGEKV_BUCKET": "b-env"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "GKenv",
+        "AWS_SECRET_ACCESS_KEY": "envsecret",
+        "AWS_DEFAULT_REGION": "r1",
+        "K2V_ENDPOINT": "h:1",
+        "GARAGEKV_K2V_ENDPOINT": "h:2",
+        "GARAGEKV_BUCKET": "b-env",
+    }
     got = env_settings(env)
-    assert got == {"endpoint": "h:2", "region": "r1", "access_key_id": "GKenv", "secret_access_key": "envsecret",
-                   "bucket": "b-env"}
+    assert got == {
+        "endpoint": "h:2",
+        "region": "r1",
+        "access_key_id": "GKenv",
+        "secret_access_key": "envsecret",
+        "bucket": "b-env",
+    }
     s = resolve({"bucket": "b-flag", "region": None}, got)
     assert (s.bucket, s.region, s.endpoint) == ("b-flag", "r1", "http://h:2")
     assert "envsecret" not in repr(s)
-    assert resolve({"endpoint": "h:1", "access_key_id": "a", "secret_access_key": "s", "bucket": "b"}).region \
-        == "garage"
+    assert (
+        resolve({"endpoint": "h:1", "access_key_id": "a", "secret_access_key": "s", "bucket": "b"}).region == "garage"
+    )
     with pytest.raises(ValueError, match="secret_access_key, bucket"):
         resolve({"endpoint": "h:1", "access_key_id": "a"})
 
 
 def test_constructors():
     c = K2VClient.from_dev_json(json.dumps(DEV), timeout=5)
-    assert (c.endpoint, c.bucket, c.settings.region, c.timeout) == ("http://127.0.0.1:3904", "dev-bucket",
-                                                                     "garage", 5)
-    env = {"AWS_ACCESS_KEY_ID": "GKenv", "AWS_SECRET_ACCESS_KEY": "x", "GARAGEKV_K2V_ENDPOINT": "h:9",
-           "GARAGEKV_BUCKET": "b-env"}
+    assert (c.endpoint, c.bucket, c.settings.region, c.timeout) == ("http://127.0.0.1:3904", "dev-bucket", "garage", 5)
+    env = {
+        "AWS_ACCESS_KEY_ID": "GKenv",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "GARAGEKV_K2V_ENDPOINT": "h:9",
+        "GARAGEKV_BUCKET": "b-env",
+    }
     c = K2VClient.from_env(env, bucket="other")
     assert (c.endpoint, c.bucket, c.settings.region) == ("http://h:9", "other", "garage")
     with pytest.raises(ValueError):

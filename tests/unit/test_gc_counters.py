@@ -52,6 +52,7 @@ class Opened(StandaloneModel):
             while await gc.work() is WorkerState.BUSY:
                 pass
 
+
 @pytest.fixture
 def node(tmp_path):
     o = Opened(tmp_path / "db")
@@ -157,10 +158,14 @@ async def test_node_ops_repair_stats_and_workers(node):
     from garagekv.util.errors import AdminError
 
     config = parse_config({"metadata_dir": "unused", "s3_api": {"s3_region": "garage"}})
-    services = SimpleNamespace(config=config, db=node.db, writer=node.writer, model=node.model,
-                               system=node.model.items.replication.layout and SimpleNamespace(
-                                   node_id=NODE_ID, layout=node.model.items.replication.layout,
-                                   is_up=lambda n: True))
+    services = SimpleNamespace(
+        config=config,
+        db=node.db,
+        writer=node.writer,
+        model=node.model,
+        system=node.model.items.replication.layout
+        and SimpleNamespace(node_id=NODE_ID, layout=node.model.items.replication.layout, is_up=lambda n: True),
+    )
     await node.put("p", "a", b"123")
     await node.model.start()
     try:

@@ -60,7 +60,7 @@ async def test_counters_follow_items_in_the_same_transaction(opened):
     await put(s, "b", b"345")  # no token: a conflict
     await opened.model.counter_queue.flush()
     page, filt = await s.read_index(BUCKET, RangeQuery())
-    (pk, entry), = page.entries
+    ((pk, entry),) = page.entries
     assert pk == "p" and filt.nodes == (NODE,)
     assert s.counter_values(entry, filt) == {"entries": 2, "conflicts": 1, "values": 3, "bytes": 8}
     await put(s, "a", None, a.causal_context())  # delete a with its token

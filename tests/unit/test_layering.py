@@ -11,8 +11,18 @@ ROOT = Path(garagekv.__file__).parent
 
 # Each layer may import only layers with a lower or equal rank.
 RANKS = {
-    "util": 0, "db": 1, "net": 2, "rpc": 3, "table": 4, "model": 5, "api": 6, "client": 1,
-    "admin": 7, "server": 8, "bench": 8, "cli": 9,
+    "util": 0,
+    "db": 1,
+    "net": 2,
+    "rpc": 3,
+    "table": 4,
+    "model": 5,
+    "api": 6,
+    "client": 1,
+    "admin": 7,
+    "server": 8,
+    "bench": 8,
+    "cli": 9,
 }
 
 
@@ -87,7 +97,7 @@ def test_no_import_cycles():
         stack.append(m)
         for d in edges.get(m, ()):
             if state.get(d) == 1:
-                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+                cycles.append(" -> ".join(stack[stack.index(d) :] + [d]))
             elif d not in state:
                 visit(d)
         stack.pop()

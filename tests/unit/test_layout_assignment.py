@@ -367,14 +367,30 @@ def test_maximum_zone_redundancy_ignores_gateway_zones():
 @pytest.mark.parametrize(
     ("rf", "nodes", "zr", "message"),
     [
-        (3, [("a", 100), ("b", 100)], MAXIMUM,
-         r"The number of nodes with positive capacity \(2\) is smaller than the replication factor \(3\)."),
-        (3, [("a", 100), ("a", 100), ("b", 100), ("c", None)], 3,
-         r"The number of zones with non-gateway nodes \(2\) is smaller than the redundancy parameter \(3\)"),
-        (3, [("a", 100), ("b", 100), ("c", 100)], MAXIMUM,
-         "The storage capacity of he cluster is to small. It is impossible to store partitions of size 1."),
-        (3, [("a", None), ("b", None), ("c", None)], MAXIMUM,
-         r"The number of nodes with positive capacity \(0\) is smaller"),
+        (
+            3,
+            [("a", 100), ("b", 100)],
+            MAXIMUM,
+            r"The number of nodes with positive capacity \(2\) is smaller than the replication factor \(3\).",
+        ),
+        (
+            3,
+            [("a", 100), ("a", 100), ("b", 100), ("c", None)],
+            3,
+            r"The number of zones with non-gateway nodes \(2\) is smaller than the redundancy parameter \(3\)",
+        ),
+        (
+            3,
+            [("a", 100), ("b", 100), ("c", 100)],
+            MAXIMUM,
+            "The storage capacity of he cluster is to small. It is impossible to store partitions of size 1.",
+        ),
+        (
+            3,
+            [("a", None), ("b", None), ("c", None)],
+            MAXIMUM,
+            r"The number of nodes with positive capacity \(0\) is smaller",
+        ),
     ],
 )
 def test_infeasible_layouts_are_refused(rf, nodes, zr, message):

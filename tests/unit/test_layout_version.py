@@ -158,8 +158,15 @@ def test_parse_zone_redundancy():
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (10**9, "1000.0 MB"), (2 * 10**9, "2.0 GB"),
-     (10**12, "1000.0 GB"), (5 * 10**12, "5.0 TB")],
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 KB"),
+        (10**9, "1000.0 MB"),
+        (2 * 10**9, "2.0 GB"),
+        (10**12, "1000.0 GB"),
+        (5 * 10**12, "5.0 TB"),
+    ],
 )
 def test_format_bytes_matches_garage(n, text):
     assert format_bytes(n) == text

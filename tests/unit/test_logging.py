@@ -125,11 +125,11 @@ def test_secret_patterns_are_redacted_without_registration(capture):
     lg.debug("url /b/p?X-Amz-Signature=%s&x=1", secret)
     lg.debug("config rpc_secret = '%s'", secret)
     lg.debug("admin_token=%s metrics_token=%s", "tok-one-value", "tok-two-value")
-    lg.debug("fields", extra={"secret_access_key": secret, "authorization": "Bearer abcdefgh",
-                              "password": "hunter2hunter2"})
+    lg.debug(
+        "fields", extra={"secret_access_key": secret, "authorization": "Bearer abcdefgh", "password": "hunter2hunter2"}
+    )
     text = buf.getvalue()
-    for leaked in (secret, "some-bearer-token-value", "tok-one-value", "tok-two-value", "abcdefgh",
-                   "hunter2hunter2"):
+    for leaked in (secret, "some-bearer-token-value", "tok-one-value", "tok-two-value", "abcdefgh", "hunter2hunter2"):
         assert leaked not in text, (leaked, text)
     assert "leaky" in text  # non-secret data stays readable
 
@@ -148,7 +148,11 @@ def test_ordinary_hex_is_kept(capture):
 
 
 def test_config_reprs_hide_secrets():
-    cfg = Config(metadata_dir="/m", s3_api=S3ApiConfig(s3_region="garage"), rpc_secret=SECRET,
-                 admin=AdminConfig(api_bind_addr="127.0.0.1:1", admin_token="adm-tok", metrics_token="met-tok"))
+    cfg = Config(
+        metadata_dir="/m",
+        s3_api=S3ApiConfig(s3_region="garage"),
+        rpc_secret=SECRET,
+        admin=AdminConfig(api_bind_addr="127.0.0.1:1", admin_token="adm-tok", metrics_token="met-tok"),
+    )
     text = repr(cfg)
     assert SECRET not in text and "adm-tok" not in text and "met-tok" not in text

@@ -163,8 +163,16 @@ def test_node_encoding_round_trips_and_rejects_garbage():
         MerkleNode.from_wire([1, [[3, vh(1)], [1, vh(2)]]])  # children out of order
     with pytest.raises(StorageError):
         MerkleNode.from_wire([7])
-    for children in ([[1, vh(1)], [1, vh(2)]], [[256, vh(1)]], [[-1, vh(1)]], [[1, "text"]], [[b"\x01", vh(1)]],
-                     [[1]], [[1, vh(1), 2]], 5):
+    for children in (
+        [[1, vh(1)], [1, vh(2)]],
+        [[256, vh(1)]],
+        [[-1, vh(1)]],
+        [[1, "text"]],
+        [[b"\x01", vh(1)]],
+        [[1]],
+        [[1, vh(1), 2]],
+        5,
+    ):
         with pytest.raises(StorageError):
             MerkleNode.from_wire([1, children])
     assert MerkleNode.from_wire([1, []]).children == ()
@@ -199,11 +207,11 @@ def test_insert_splits_as_deep_as_the_shared_prefix_and_delete_pulls_up(env):
     apply(writer, merkle, [(a, vh("a")), (b, vh("b"))])
     nodes = stored_nodes(db, merkle)
     # root -> one child -> one child -> two leaves
-    assert set(nodes) == {b"\x00", b"\x00" + kh_a[:1], b"\x00" + kh_a[:2],
-                          b"\x00" + kh_a[:3], b"\x00" + kh_b[:3]}
+    assert set(nodes) == {b"\x00", b"\x00" + kh_a[:1], b"\x00" + kh_a[:2], b"\x00" + kh_a[:3], b"\x00" + kh_b[:3]}
     assert nodes[b"\x00" + kh_a[:3]] == MerkleNode.leaf(a, vh("a"))
-    assert nodes[b"\x00" + kh_a[:2]].children == tuple(sorted([(kh_a[2], nodes[b"\x00" + kh_a[:3]].hash()),
-                                                              (kh_b[2], nodes[b"\x00" + kh_b[:3]].hash())]))
+    assert nodes[b"\x00" + kh_a[:2]].children == tuple(
+        sorted([(kh_a[2], nodes[b"\x00" + kh_a[:3]].hash()), (kh_b[2], nodes[b"\x00" + kh_b[:3]].hash())])
+    )
     assert len(nodes[b"\x00"].children) == 1 and len(nodes[b"\x00" + kh_a[:1]].children) == 1
     assert nodes == expected_nodes({a: vh("a"), b: vh("b")})
 

@@ -29,7 +29,10 @@ async def test_same_turn_submissions_share_one_call_per_node():
     rec = Recorder()
     b = CallBatcher(rec)
     results = await asyncio.gather(
-        b.submit("a", [b"1"]), b.submit("a", [b"2", b"3"]), b.submit("b", [b"4"]), b.submit("a", [b"5"]),
+        b.submit("a", [b"1"]),
+        b.submit("a", [b"2", b"3"]),
+        b.submit("b", [b"4"]),
+        b.submit("a", [b"5"]),
     )
     assert sorted(rec.calls) == [("a", [b"1", b"2", b"3", b"5"]), ("b", [b"4"])]
     assert results == [[b"r:1"], [b"r:2", b"r:3"], [b"r:4"], [b"r:5"]]
@@ -61,7 +64,10 @@ async def test_a_failed_call_fails_its_submitters_only():
     rec = Recorder(fail_for={"b"})
     b = CallBatcher(rec)
     ok, bad1, bad2 = await asyncio.gather(
-        b.submit("a", [b"1"]), b.submit("b", [b"2"]), b.submit("b", [b"3"]), return_exceptions=True,
+        b.submit("a", [b"1"]),
+        b.submit("b", [b"2"]),
+        b.submit("b", [b"3"]),
+        return_exceptions=True,
     )
     assert ok == [b"r:1"]
     assert isinstance(bad1, RuntimeError) and isinstance(bad2, RuntimeError)

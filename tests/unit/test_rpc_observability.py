@@ -93,6 +93,7 @@ async def test_request_id_follows_the_rpc(pair):
     _, token = bind_request_id("trace-42")
     try:
         assert await client.call(server.node_id, WHO, None) == "trace-42"
+
         # Concurrent requests keep their own ids.
         async def with_id(rid: str) -> str | None:
             request_id_var.set(rid)
@@ -135,7 +136,10 @@ async def test_observer_sees_every_call_with_its_outcome(pair):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [(p, n == server.node_id, o) for p, n, _, o in seen] == [
-        (WHO, True, "ok"), (FAIL, True, "remote"), (SLOW, True, "timeout"), (WHO, False, "network"),
+        (WHO, True, "ok"),
+        (FAIL, True, "remote"),
+        (SLOW, True, "timeout"),
+        (WHO, False, "network"),
         (SLOW, True, "cancelled"),
     ]
     assert all(s >= 0 for _, _, s, _ in seen)
@@ -209,17 +213,25 @@ def _samples(text: str) -> dict:
 def test_peer_and_worker_families():
     a, b = b"\xaa" * 32, b"\xbb" * 32
     system = SimpleNamespace(
-        peers={a: SimpleNamespace(rtt_ms=2.5, failed_pings=0, last_seen=1700000000.0),
-               b: SimpleNamespace(rtt_ms=None, failed_pings=3, last_seen=0.0)},
+        peers={
+            a: SimpleNamespace(rtt_ms=2.5, failed_pings=0, last_seen=1700000000.0),
+            b: SimpleNamespace(rtt_ms=None, failed_pings=3, last_seen=0.0),
+        },
         is_up=lambda n: n == a,
     )
-    syncer = SimpleNamespace(table_name="k2v_item", items_sent=12, last_full_sync_at=1700000001.0,
-                             progress=lambda: {"done": 3, "total": 8, "queue": 5, "full_syncs": 2})
+    syncer = SimpleNamespace(
+        table_name="k2v_item",
+        items_sent=12,
+        last_full_sync_at=1700000001.0,
+        progress=lambda: {"done": 3, "total": 8, "queue": 5, "full_syncs": 2},
+    )
     model = SimpleNamespace(
-        syncers=[syncer], sync_coordinator=SimpleNamespace(synced={"k2v_item": 4}),
+        syncers=[syncer],
+        sync_coordinator=SimpleNamespace(synced={"k2v_item": 4}),
         gcs=[SimpleNamespace(table=SimpleNamespace(schema=SimpleNamespace(name="k2v_item")), collected=6)],
-        background=SimpleNamespace(workers=[SimpleNamespace(worker=SimpleNamespace(name="k2v_item sync"),
-                                                            errors=1, state="throttled")]),
+        background=SimpleNamespace(
+            workers=[SimpleNamespace(worker=SimpleNamespace(name="k2v_item sync"), errors=1, state="throttled")]
+        ),
     )
     m = NodeMetrics()
     m.add_source(lambda: peer_families(system))

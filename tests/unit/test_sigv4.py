@@ -61,14 +61,20 @@ def utc(*args: int) -> float:
     return float(calendar.timegm(args))
 
 
-def signed_headers(method: str, path: str, query: object = None, body: bytes = b"", now: float = T0,
-                   extra: dict[str, str] | None = None, **kw: object) -> dict[str, str]:
+def signed_headers(
+    method: str,
+    path: str,
+    query: object = None,
+    body: bytes = b"",
+    now: float = T0,
+    extra: dict[str, str] | None = None,
+    **kw: object,
+) -> dict[str, str]:
     headers = {"Host": HOST, **(extra or {})}
     return {**headers, **SIGNER.sign_headers(method, path, query, headers, body, now=now, **kw)}
 
 
-def verify(method: str, path: str, query: str, headers: object, now: float | None = T0,
-           **kw: object) -> Verified:
+def verify(method: str, path: str, query: str, headers: object, now: float | None = T0, **kw: object) -> Verified:
     return verify_request(method, path, query, headers, REGION, KEYS.get, now=now, **kw)
 
 
@@ -91,94 +97,146 @@ S3_NOW = utc(2013, 5, 24, 0, 0, 0)
 
 def test_signing_key_vectors() -> None:
     # "Deriving the signing key" example and the IAM ListUsers example.
-    assert derive_signing_key(IAM_SECRET, "20120215", "us-east-1", "iam").hex() == \
-        "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
-    assert derive_signing_key(IAM_SECRET, "20150830", "us-east-1", "iam").hex() == \
-        "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9"
+    assert (
+        derive_signing_key(IAM_SECRET, "20120215", "us-east-1", "iam").hex()
+        == "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+    )
+    assert (
+        derive_signing_key(IAM_SECRET, "20150830", "us-east-1", "iam").hex()
+        == "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9"
+    )
 
 
 def test_iam_list_users_vector() -> None:
     creq = canonical_request(
-        "GET", "/", canonical_query(parse_query("Action=ListUsers&Version=2010-05-08")),
-        [("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
-         ("host", "iam.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
-        EMPTY_SHA256)
-    assert hashlib.sha256(creq.encode()).hexdigest() == \
-        "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
+        "GET",
+        "/",
+        canonical_query(parse_query("Action=ListUsers&Version=2010-05-08")),
+        [
+            ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
+            ("host", "iam.amazonaws.com"),
+            ("x-amz-date", "20150830T123600Z"),
+        ],
+        EMPTY_SHA256,
+    )
+    assert (
+        hashlib.sha256(creq.encode()).hexdigest() == "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
+    )
     sts = string_to_sign("20150830T123600Z", "20150830/us-east-1/iam/aws4_request", creq)
-    assert sts == ("AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/iam/aws4_request\n"
-                   "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59")
+    assert sts == (
+        "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/iam/aws4_request\n"
+        "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
+    )
     key = derive_signing_key(IAM_SECRET, "20150830", "us-east-1", "iam")
     assert sign(key, sts) == "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
 
 
-@pytest.mark.parametrize(("method", "query", "expected"), [
-    ("GET", "", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),  # get-vanilla
-    ("GET", "Param2=value2&Param1=value1",  # get-vanilla-query-order-key-case
-     "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"),
-    ("POST", "", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),  # post-vanilla
-])
+@pytest.mark.parametrize(
+    ("method", "query", "expected"),
+    [
+        ("GET", "", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),  # get-vanilla
+        (
+            "GET",
+            "Param2=value2&Param1=value1",  # get-vanilla-query-order-key-case
+            "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
+        ),
+        ("POST", "", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),  # post-vanilla
+    ],
+)
 def test_sigv4_test_suite_service_vectors(method: str, query: str, expected: str) -> None:
-    creq = canonical_request(method, uri_encode("/", False), canonical_query(parse_query(query)),
-                             [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
-                             EMPTY_SHA256)
+    creq = canonical_request(
+        method,
+        uri_encode("/", False),
+        canonical_query(parse_query(query)),
+        [("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
+        EMPTY_SHA256,
+    )
     sts = string_to_sign("20150830T123600Z", "20150830/us-east-1/service/aws4_request", creq)
     assert sign(derive_signing_key(IAM_SECRET, "20150830", "us-east-1", "service"), sts) == expected
 
 
 def test_s3_get_object_vector_through_the_verifier() -> None:
     headers = {
-        "Host": "examplebucket.s3.amazonaws.com", "Range": "bytes=0-9",
-        "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": "20130524T000000Z",
+        "Host": "examplebucket.s3.amazonaws.com",
+        "Range": "bytes=0-9",
+        "x-amz-content-sha256": EMPTY_SHA256,
+        "x-amz-date": "20130524T000000Z",
         "Authorization": "AWS4-HMAC-SHA256 "
-                         "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
-                         "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,"
-                         "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
+        "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,"
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
     }
-    v = verify_request("GET", "/test.txt", "", headers, "us-east-1", {S3_AK: S3_SECRET}.get, now=S3_NOW,
-                       service="s3")
+    v = verify_request("GET", "/test.txt", "", headers, "us-east-1", {S3_AK: S3_SECRET}.get, now=S3_NOW, service="s3")
     assert v.access_key_id == S3_AK and not v.presigned and v.check_body(b"") == b""
 
 
 S3_PRESIGNED_QUERY = (
     "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2F"
     "aws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
-    "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
+    "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+)
 
 
 def test_s3_presigned_vector_through_the_verifier_and_our_presigner() -> None:
     host = {"host": "examplebucket.s3.amazonaws.com"}
-    v = verify_request("GET", "/test.txt", S3_PRESIGNED_QUERY, host, "us-east-1", {S3_AK: S3_SECRET}.get,
-                       now=S3_NOW + 3600, service="s3")
+    v = verify_request(
+        "GET",
+        "/test.txt",
+        S3_PRESIGNED_QUERY,
+        host,
+        "us-east-1",
+        {S3_AK: S3_SECRET}.get,
+        now=S3_NOW + 3600,
+        service="s3",
+    )
     assert v.presigned and v.content_sha256 == UNSIGNED_PAYLOAD
     url = Signer(S3_AK, S3_SECRET, "us-east-1", "s3").presign_url(
-        "GET", "/test.txt", None, host["host"], expires=86400, now=S3_NOW)
+        "GET", "/test.txt", None, host["host"], expires=86400, now=S3_NOW
+    )
     assert url == "/test.txt?" + S3_PRESIGNED_QUERY
 
 
 S3_CHUNKED_HEADERS = {
-    "Host": "s3.amazonaws.com", "x-amz-date": "20130524T000000Z",
-    "x-amz-storage-class": "REDUCED_REDUNDANCY", "x-amz-content-sha256": STREAMING_PAYLOAD,
-    "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": "66560", "Content-Length": "66824",
+    "Host": "s3.amazonaws.com",
+    "x-amz-date": "20130524T000000Z",
+    "x-amz-storage-class": "REDUCED_REDUNDANCY",
+    "x-amz-content-sha256": STREAMING_PAYLOAD,
+    "Content-Encoding": "aws-chunked",
+    "x-amz-decoded-content-length": "66560",
+    "Content-Length": "66824",
     "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
-                     "SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;"
-                     "x-amz-decoded-content-length;x-amz-storage-class,"
-                     "Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
+    "SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;"
+    "x-amz-decoded-content-length;x-amz-storage-class,"
+    "Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
 }
-S3_CHUNK_SIGS = ("ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
-                 "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
-                 "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9")
+S3_CHUNK_SIGS = (
+    "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+    "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+    "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+)
 
 
 def s3_chunked_body(data: bytes = b"a" * 66560) -> bytes:
-    return (f"10000;chunk-signature={S3_CHUNK_SIGS[0]}\r\n".encode() + data[:65536]
-            + f"\r\n400;chunk-signature={S3_CHUNK_SIGS[1]}\r\n".encode() + data[65536:]
-            + f"\r\n0;chunk-signature={S3_CHUNK_SIGS[2]}\r\n\r\n".encode())
+    return (
+        f"10000;chunk-signature={S3_CHUNK_SIGS[0]}\r\n".encode()
+        + data[:65536]
+        + f"\r\n400;chunk-signature={S3_CHUNK_SIGS[1]}\r\n".encode()
+        + data[65536:]
+        + f"\r\n0;chunk-signature={S3_CHUNK_SIGS[2]}\r\n\r\n".encode()
+    )
 
 
 def test_s3_chunked_upload_vector() -> None:
-    v = verify_request("PUT", "/examplebucket/chunkObject.txt", "", S3_CHUNKED_HEADERS, "us-east-1",
-                       {S3_AK: S3_SECRET}.get, now=S3_NOW, service="s3")
+    v = verify_request(
+        "PUT",
+        "/examplebucket/chunkObject.txt",
+        "",
+        S3_CHUNKED_HEADERS,
+        "us-east-1",
+        {S3_AK: S3_SECRET}.get,
+        now=S3_NOW,
+        service="s3",
+    )
     assert v.streaming
     body = s3_chunked_body()
     assert len(body) == 66824
@@ -225,15 +283,18 @@ def test_signer_requires_host_and_bounds_presign_expiry() -> None:
 # Our signer round-tripping
 
 
-@pytest.mark.parametrize(("path", "query"), [
-    ("/bucket", None),
-    ("/bucket", [("search", "")]),
-    ("/bucket/", "search"),
-    ("/bucket/my%20pk", [("sort_key", "a b")]),
-    ("/bucket/caf%C3%A9/x%2Fy%25", [("sort_key", "é/%+&=")]),
-    ("/bucket//a/./../b", [("causality_token", "abc"), ("timeout", "")]),
-    ("/bucket/pk", "sort_key=a+b&prefix=%2F"),
-])
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/bucket", None),
+        ("/bucket", [("search", "")]),
+        ("/bucket/", "search"),
+        ("/bucket/my%20pk", [("sort_key", "a b")]),
+        ("/bucket/caf%C3%A9/x%2Fy%25", [("sort_key", "é/%+&=")]),
+        ("/bucket//a/./../b", [("causality_token", "abc"), ("timeout", "")]),
+        ("/bucket/pk", "sort_key=a+b&prefix=%2F"),
+    ],
+)
 def test_signer_round_trip(path: str, query: object) -> None:
     headers = signed_headers("GET", path, query)
     raw = query if isinstance(query, str) else encode_query(query or [])
@@ -304,8 +365,9 @@ def test_presigned_round_trip_and_payload() -> None:
 
 
 def test_presigned_with_signed_extra_header() -> None:
-    url = SIGNER.presign_url("PUT", "/b/pk", "sort_key=a", HOST, expires=60, now=T0,
-                             headers={"Content-Type": "text/plain"})
+    url = SIGNER.presign_url(
+        "PUT", "/b/pk", "sort_key=a", HOST, expires=60, now=T0, headers={"Content-Type": "text/plain"}
+    )
     path, _, query = url.partition("?")
     verify("PUT", path, query, {"Host": HOST, "content-type": "text/plain"})
     with pytest.raises(AccessDenied, match="Invalid signature"):
@@ -343,19 +405,22 @@ def _presigned_query(**changes: str | None) -> str:
     return encode_query(list(pairs.items()))
 
 
-@pytest.mark.parametrize("changes", [
-    {"X-Amz-Algorithm": "AWS4-HMAC-SHA1"},
-    {"X-Amz-Credential": None},
-    {"X-Amz-Date": None},
-    {"X-Amz-Date": "2024-03-01T12:00:00Z"},
-    {"X-Amz-Expires": None},
-    {"X-Amz-Expires": "604801"},
-    {"X-Amz-Expires": "-1"},
-    {"X-Amz-Expires": "soon"},
-    {"X-Amz-SignedHeaders": None},
-    {"X-Amz-SignedHeaders": "content-type"},
-    {"X-Amz-Signature": None},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"X-Amz-Algorithm": "AWS4-HMAC-SHA1"},
+        {"X-Amz-Credential": None},
+        {"X-Amz-Date": None},
+        {"X-Amz-Date": "2024-03-01T12:00:00Z"},
+        {"X-Amz-Expires": None},
+        {"X-Amz-Expires": "604801"},
+        {"X-Amz-Expires": "-1"},
+        {"X-Amz-Expires": "soon"},
+        {"X-Amz-SignedHeaders": None},
+        {"X-Amz-SignedHeaders": "content-type"},
+        {"X-Amz-Signature": None},
+    ],
+)
 def test_presigned_malformed_is_400(changes: dict[str, str | None]) -> None:
     with pytest.raises(BadRequest) as e:
         verify("GET", "/b", _presigned_query(**changes), {"Host": HOST})
@@ -390,10 +455,15 @@ def test_two_phase_api_for_async_key_lookup() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(segments=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3),
-       pairs=st.lists(st.tuples(st.sampled_from(["sort_key", "prefix", "start", "end", "search"]),
-                                st.text(max_size=10)), max_size=4, unique_by=lambda kv: kv[0]),
-       body=st.binary(max_size=64))
+@given(
+    segments=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3),
+    pairs=st.lists(
+        st.tuples(st.sampled_from(["sort_key", "prefix", "start", "end", "search"]), st.text(max_size=10)),
+        max_size=4,
+        unique_by=lambda kv: kv[0],
+    ),
+    body=st.binary(max_size=64),
+)
 def test_round_trip_property(segments: list[str], pairs: list[tuple[str, str]], body: bytes) -> None:
     path = "/bucket/" + "/".join(uri_encode(s, True) for s in segments)
     headers = signed_headers("POST", path, pairs, body=body)
@@ -425,9 +495,13 @@ def run_botocore(request: AWSRequest, **kw: object) -> Verified:
 @pytest.mark.parametrize(("path", "params"), BOTO_CASES)
 def test_botocore_header_signed(path: str, params: dict[str, str]) -> None:
     body = b'{"a": 1}'
-    req = AWSRequest(method="POST", url=f"http://{HOST}{path}", params=params, data=body,
-                     headers={"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest(),
-                              "Content-Type": "application/json"})
+    req = AWSRequest(
+        method="POST",
+        url=f"http://{HOST}{path}",
+        params=params,
+        data=body,
+        headers={"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest(), "Content-Type": "application/json"},
+    )
     SigV4Auth(BOTO_CREDS, "k2v", REGION).add_auth(req)
     v = run_botocore(req)
     assert v.access_key_id == AK and v.check_body(body) == body
@@ -435,8 +509,11 @@ def test_botocore_header_signed(path: str, params: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(("path", "params"), BOTO_CASES)
 def test_botocore_header_signed_unsigned_payload_raw_query(path: str, params: dict[str, str]) -> None:
-    req = AWSRequest(method="GET", url=f"http://{HOST}{path}?{encode_query(list(params.items()))}",
-                     headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD})
+    req = AWSRequest(
+        method="GET",
+        url=f"http://{HOST}{path}?{encode_query(list(params.items()))}",
+        headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD},
+    )
     SigV4Auth(BOTO_CREDS, "k2v", REGION).add_auth(req)
     assert run_botocore(req).content_sha256 == UNSIGNED_PAYLOAD
 
@@ -454,35 +531,46 @@ def test_botocore_presigned(path: str, params: dict[str, str]) -> None:
 
 
 def test_botocore_presigned_with_content_sha256_header() -> None:
-    req = AWSRequest(method="GET", url=f"http://{HOST}/b/pk", params={"sort_key": "s"},
-                     headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD})
+    req = AWSRequest(
+        method="GET",
+        url=f"http://{HOST}/b/pk",
+        params={"sort_key": "s"},
+        headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD},
+    )
     SigV4QueryAuth(BOTO_CREDS, "k2v", REGION, expires=300).add_auth(req)
     assert run_botocore(req).content_sha256 == UNSIGNED_PAYLOAD
 
 
 def test_botocore_collapses_inner_spaces_so_such_headers_do_not_verify() -> None:
     # Garage (and so garagekv) does not collapse runs of spaces; botocore does. Documented divergence.
-    req = AWSRequest(method="GET", url=f"http://{HOST}/b",
-                     headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD, "X-Amz-Meta-A": "a  b"})
+    req = AWSRequest(
+        method="GET", url=f"http://{HOST}/b", headers={"X-Amz-Content-SHA256": UNSIGNED_PAYLOAD, "X-Amz-Meta-A": "a  b"}
+    )
     SigV4Auth(BOTO_CREDS, "k2v", REGION).add_auth(req)
     with pytest.raises(AccessDenied, match="Invalid signature"):
         run_botocore(req)
 
 
-@pytest.mark.parametrize(("cls", "name"), [(Crc32Checksum, "x-amz-checksum-crc32"),
-                                           (Sha1Checksum, "x-amz-checksum-sha1"),
-                                           (Sha256Checksum, "x-amz-checksum-sha256"),
-                                           (None, None)])
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [
+        (Crc32Checksum, "x-amz-checksum-crc32"),
+        (Sha1Checksum, "x-amz-checksum-sha1"),
+        (Sha256Checksum, "x-amz-checksum-sha256"),
+        (None, None),
+    ],
+)
 def test_botocore_aws_chunked_unsigned_trailer(cls: type | None, name: str | None) -> None:
     data = bytes(range(256)) * 50
-    body = AwsChunkedWrapper(io.BytesIO(data), checksum_cls=cls, checksum_name=name or "x",
-                             chunk_size=3000).read()
-    headers = {"X-Amz-Content-SHA256": STREAMING_UNSIGNED_TRAILER, "Content-Encoding": "aws-chunked",
-               "X-Amz-Decoded-Content-Length": str(len(data))}
+    body = AwsChunkedWrapper(io.BytesIO(data), checksum_cls=cls, checksum_name=name or "x", chunk_size=3000).read()
+    headers = {
+        "X-Amz-Content-SHA256": STREAMING_UNSIGNED_TRAILER,
+        "Content-Encoding": "aws-chunked",
+        "X-Amz-Decoded-Content-Length": str(len(data)),
+    }
     if name:
         headers["X-Amz-Trailer"] = name
-    req = AWSRequest(method="PUT", url=f"http://{HOST}/b/pk", params={"sort_key": "s"}, data=body,
-                     headers=headers)
+    req = AWSRequest(method="PUT", url=f"http://{HOST}/b/pk", params={"sort_key": "s"}, data=body, headers=headers)
     SigV4Auth(BOTO_CREDS, "k2v", REGION).add_auth(req)
     v = run_botocore(req)
     assert v.streaming and v.check_body(body) == data
@@ -494,9 +582,16 @@ def test_botocore_aws_chunked_unsigned_trailer(cls: type | None, name: str | Non
 
 def test_botocore_signed_streaming_seed() -> None:
     data = b"k2v " * 5000
-    req = AWSRequest(method="PUT", url=f"http://{HOST}/b/pk", params={"sort_key": "s"},
-                     headers={"X-Amz-Content-SHA256": STREAMING_PAYLOAD, "Content-Encoding": "aws-chunked",
-                              "X-Amz-Decoded-Content-Length": str(len(data))})
+    req = AWSRequest(
+        method="PUT",
+        url=f"http://{HOST}/b/pk",
+        params={"sort_key": "s"},
+        headers={
+            "X-Amz-Content-SHA256": STREAMING_PAYLOAD,
+            "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(len(data)),
+        },
+    )
     SigV4Auth(BOTO_CREDS, "k2v", REGION).add_auth(req)
     seed = req.headers["Authorization"].rsplit("Signature=", 1)[1]
     amz_date = req.headers["X-Amz-Date"]
@@ -509,8 +604,16 @@ def test_botocore_signed_streaming_seed() -> None:
 
 
 def spec_chunk_signature(key: bytes, amz_date: str, scope: str, prev: str, chunk: bytes) -> str:
-    sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, prev,
-                     hashlib.sha256(b"").hexdigest(), hashlib.sha256(chunk).hexdigest()])
+    sts = "\n".join(
+        [
+            "AWS4-HMAC-SHA256-PAYLOAD",
+            amz_date,
+            scope,
+            prev,
+            hashlib.sha256(b"").hexdigest(),
+            hashlib.sha256(chunk).hexdigest(),
+        ]
+    )
     return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
 
 
@@ -530,10 +633,10 @@ def build_signed_chunks(chunks: list[bytes], seed: str, amz_date: str) -> bytes:
     return out
 
 
-def streaming_request(data: bytes, mode: str = STREAMING_PAYLOAD,
-                      extra: dict[str, str] | None = None) -> tuple[Verified, str]:
-    extra = {"Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(len(data)),
-             **(extra or {})}
+def streaming_request(
+    data: bytes, mode: str = STREAMING_PAYLOAD, extra: dict[str, str] | None = None
+) -> tuple[Verified, str]:
+    extra = {"Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(len(data)), **(extra or {})}
     headers = signed_headers("PUT", "/b/pk", [("sort_key", "s")], extra=extra, content_sha256=mode)
     seed = headers["Authorization"].rsplit("Signature=", 1)[1]
     return verify("PUT", "/b/pk", "sort_key=s", headers), seed
@@ -568,16 +671,19 @@ def test_signed_chunks_tampered_or_reordered_or_wrong_seed() -> None:
         v.check_body(build_signed_chunks(PIECES, "0" * 64, "20240301T120000Z"))
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda b: b[:-2],  # no final CRLF
-    lambda b: b + b"x",  # garbage after the final chunk
-    lambda b: b[: b.rindex(b"0;chunk-signature")],  # final 0-size chunk missing
-    lambda b: b.replace(b";chunk-signature=", b";chunk-sig=", 1),
-    lambda b: b.replace(b";chunk-signature=", b"", 1),
-    lambda b: b"zz" + b[b.index(b";"):],  # bad size
-    lambda b: b[:5000],  # truncated
-    lambda b: b"",
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:-2],  # no final CRLF
+        lambda b: b + b"x",  # garbage after the final chunk
+        lambda b: b[: b.rindex(b"0;chunk-signature")],  # final 0-size chunk missing
+        lambda b: b.replace(b";chunk-signature=", b";chunk-sig=", 1),
+        lambda b: b.replace(b";chunk-signature=", b"", 1),
+        lambda b: b"zz" + b[b.index(b";") :],  # bad size
+        lambda b: b[:5000],  # truncated
+        lambda b: b"",
+    ],
+)
 def test_signed_chunks_malformed_is_400(mutate: object) -> None:
     v, seed = streaming_request(DATA)
     body = mutate(build_signed_chunks(PIECES, seed, "20240301T120000Z"))  # type: ignore[operator]
@@ -601,12 +707,15 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-@pytest.mark.parametrize(("name", "digest"), [
-    ("x-amz-checksum-crc32", b64(zlib.crc32(DATA).to_bytes(4, "big"))),
-    ("x-amz-checksum-sha1", b64(hashlib.sha1(DATA).digest())),
-    ("x-amz-checksum-sha256", b64(hashlib.sha256(DATA).digest())),
-    ("x-amz-checksum-crc32c", "AAAAAA=="),  # not verifiable with the stdlib: accepted unchecked
-])
+@pytest.mark.parametrize(
+    ("name", "digest"),
+    [
+        ("x-amz-checksum-crc32", b64(zlib.crc32(DATA).to_bytes(4, "big"))),
+        ("x-amz-checksum-sha1", b64(hashlib.sha1(DATA).digest())),
+        ("x-amz-checksum-sha256", b64(hashlib.sha256(DATA).digest())),
+        ("x-amz-checksum-crc32c", "AAAAAA=="),  # not verifiable with the stdlib: accepted unchecked
+    ],
+)
 def test_unsigned_trailer_checksums(name: str, digest: str) -> None:
     v, _ = streaming_request(DATA, STREAMING_UNSIGNED_TRAILER, {"X-Amz-Trailer": name})
     assert v.check_body(unsigned_chunks(PIECES, [(name, digest)])) == DATA
@@ -627,14 +736,17 @@ def test_unsigned_trailer_without_trailer_and_missing_declared_trailer() -> None
         v.check_body(unsigned_chunks(PIECES, []))
 
 
-@pytest.mark.parametrize("body", [
-    b"5\r\nabc\r\n0\r\n\r\n",  # short chunk
-    b"3\r\nabcX\r\n0\r\n\r\n",  # no CRLF after data
-    b"3\r\nabc\r\n",  # no final chunk
-    b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
-    b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n",  # no empty line after the trailers
-    b"g\r\nabc\r\n0\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"5\r\nabc\r\n0\r\n\r\n",  # short chunk
+        b"3\r\nabcX\r\n0\r\n\r\n",  # no CRLF after data
+        b"3\r\nabc\r\n",  # no final chunk
+        b"3\r\nabc\r\n0\r\nbad trailer\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n",  # no empty line after the trailers
+        b"g\r\nabc\r\n0\r\n\r\n",
+    ],
+)
 def test_unsigned_trailer_malformed_is_400(body: bytes) -> None:
     v, _ = streaming_request(b"abc", STREAMING_UNSIGNED_TRAILER)
     with pytest.raises(BadRequest) as e:
@@ -652,8 +764,9 @@ def test_anonymous_request() -> None:
     assert str(e.value) == "Garage does not support anonymous access yet" and type(e.value) is AccessDenied
 
 
-@pytest.mark.parametrize("query", ["search&Search", "sort_key=a&sort_key=b", "SORT_KEY=a&sort_key=a",
-                                   "a%20b=1", "=x", "%C3%A9=1", "a:b=1"])
+@pytest.mark.parametrize(
+    "query", ["search&Search", "sort_key=a&sort_key=b", "SORT_KEY=a&sort_key=a", "a%20b=1", "=x", "%C3%A9=1", "a:b=1"]
+)
 def test_bad_query_keys_are_400_even_unsigned(query: str) -> None:
     with pytest.raises(BadRequest):
         verify("GET", "/b", query, {"Host": HOST})
@@ -661,15 +774,18 @@ def test_bad_query_keys_are_400_even_unsigned(query: str) -> None:
         verify("GET", "/b", query, signed_headers("GET", "/b", query))
 
 
-@pytest.mark.parametrize("auth", [
-    "Bearer abc",
-    "AWS4-HMAC-SHA256",
-    "AWS4-HMAC-SHA1 Credential=x, SignedHeaders=host, Signature=00",
-    f"AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={'0' * 64}",
-    f"AWS4-HMAC-SHA256 Credential={AK}/20240301/garage/k2v/aws4_request, Signature={'0' * 64}",
-    f"AWS4-HMAC-SHA256 Credential={AK}/20240301/garage/k2v/aws4_request, "
-    "SignedHeaders=host;x-amz-content-sha256;x-amz-date",
-])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        "Bearer abc",
+        "AWS4-HMAC-SHA256",
+        "AWS4-HMAC-SHA1 Credential=x, SignedHeaders=host, Signature=00",
+        f"AWS4-HMAC-SHA256 SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={'0' * 64}",
+        f"AWS4-HMAC-SHA256 Credential={AK}/20240301/garage/k2v/aws4_request, Signature={'0' * 64}",
+        f"AWS4-HMAC-SHA256 Credential={AK}/20240301/garage/k2v/aws4_request, "
+        "SignedHeaders=host;x-amz-content-sha256;x-amz-date",
+    ],
+)
 def test_malformed_authorization_is_400(auth: str) -> None:
     headers = {**signed_headers("GET", "/b"), "Authorization": auth}
     with pytest.raises(BadRequest) as e:
@@ -677,9 +793,17 @@ def test_malformed_authorization_is_400(auth: str) -> None:
     assert type(e.value) is BadRequest
 
 
-@pytest.mark.parametrize("scope", ["20240301/us-east-1/k2v/aws4_request", "20240301/garage/s3/aws4_request",
-                                   "20240302/garage/k2v/aws4_request", "20240301/garage/k2v/aws4",
-                                   "", "20240301/garage/k2v/aws4_request/"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "20240301/us-east-1/k2v/aws4_request",
+        "20240301/garage/s3/aws4_request",
+        "20240302/garage/k2v/aws4_request",
+        "20240301/garage/k2v/aws4",
+        "",
+        "20240301/garage/k2v/aws4_request/",
+    ],
+)
 def test_wrong_scope(scope: str) -> None:
     headers = with_auth(signed_headers("GET", "/b"), Credential=f"{AK}/{scope}" if scope else AK)
     with pytest.raises(AuthorizationHeaderMalformed) as e:
@@ -700,8 +824,15 @@ def test_x_amz_date_missing_or_unparsable() -> None:
     with pytest.raises(BadRequest, match="X-Amz-Date"):
         verify("GET", "/b", "", with_auth(no_date, SignedHeaders="host;x-amz-content-sha256"))
     with pytest.raises(BadRequest, match="X-Amz-Date"):  # a Date header does not replace it
-        verify("GET", "/b", "", {**with_auth(no_date, SignedHeaders="date;host;x-amz-content-sha256"),
-                                 "Date": "Fri, 01 Mar 2024 12:00:00 GMT"})
+        verify(
+            "GET",
+            "/b",
+            "",
+            {
+                **with_auth(no_date, SignedHeaders="date;host;x-amz-content-sha256"),
+                "Date": "Fri, 01 Mar 2024 12:00:00 GMT",
+            },
+        )
     for bad in ["2024-03-01T12:00:00Z", "20241301T120000Z", "20240301T120000", "20240301t120000z", ""]:
         with pytest.raises(BadRequest, match="Invalid date"):
             verify("GET", "/b", "", {**headers, "X-Amz-Date": bad})
@@ -763,14 +894,17 @@ def test_bad_or_non_hex_signature(signature: str) -> None:
     assert str(e.value) == "Invalid signature" and type(e.value) is AccessDenied
 
 
-@pytest.mark.parametrize(("method", "path", "query", "header"), [
-    ("PUT", "/b/pk", "sort_key=s", None),
-    ("GET", "/b/pj", "sort_key=s", None),
-    ("GET", "/b/pk", "sort_key=t", None),
-    ("GET", "/b/pk", "sort_key=s&search", None),
-    ("GET", "/b/pk", "sort_key=s", ("Host", "evil:3904")),
-    ("GET", "/b/pk", "sort_key=s", ("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "query", "header"),
+    [
+        ("PUT", "/b/pk", "sort_key=s", None),
+        ("GET", "/b/pj", "sort_key=s", None),
+        ("GET", "/b/pk", "sort_key=t", None),
+        ("GET", "/b/pk", "sort_key=s&search", None),
+        ("GET", "/b/pk", "sort_key=s", ("Host", "evil:3904")),
+        ("GET", "/b/pk", "sort_key=s", ("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)),
+    ],
+)
 def test_tampered_request(method: str, path: str, query: str, header: tuple[str, str] | None) -> None:
     headers = signed_headers("GET", "/b/pk", [("sort_key", "s")])
     if header:
@@ -780,8 +914,10 @@ def test_tampered_request(method: str, path: str, query: str, header: tuple[str,
 
 
 def test_wrong_secret() -> None:
-    headers = {"Host": HOST, **Signer(AK, "not the secret", REGION).sign_headers(
-        "GET", "/b", None, {"Host": HOST}, None, now=T0)}
+    headers = {
+        "Host": HOST,
+        **Signer(AK, "not the secret", REGION).sign_headers("GET", "/b", None, {"Host": HOST}, None, now=T0),
+    }
     with pytest.raises(AccessDenied, match="Invalid signature"):
         verify("GET", "/b", "", headers)
 
@@ -798,9 +934,11 @@ def test_error_messages_have_no_prefix() -> None:
 
 
 def test_second_verification_does_not_rederive(monkeypatch: pytest.MonkeyPatch) -> None:
-    requests = [("sort_key=a", signed_headers("GET", "/b", [("sort_key", "a")]), T0),
-                ("sort_key=b", signed_headers("GET", "/b", [("sort_key", "b")]), T0),
-                ("", signed_headers("GET", "/b", now=T0 + 86400), T0 + 86400)]
+    requests = [
+        ("sort_key=a", signed_headers("GET", "/b", [("sort_key", "a")]), T0),
+        ("sort_key=b", signed_headers("GET", "/b", [("sort_key", "b")]), T0),
+        ("", signed_headers("GET", "/b", now=T0 + 86400), T0 + 86400),
+    ]
     calls: list[tuple[str, ...]] = []
     real = sv.derive_signing_key
 
@@ -833,8 +971,7 @@ def test_cache_is_lru_bounded_and_keyed_by_secret() -> None:
     assert cache.get("s1", "20240301", REGION, "s3") != k1
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from("-_.~/%+ aZ09")),
-       st.booleans())
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from("-_.~/%+ aZ09")), st.booleans())
 def test_uri_encode_fast_path_agrees_with_percent_encoding(s, encode_slash):
     expected = quote_from_bytes(s.encode("utf-8"), safe="-_.~" if encode_slash else "-_.~/")
     assert sv.uri_encode(s, encode_slash) == expected

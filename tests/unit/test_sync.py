@@ -67,8 +67,10 @@ class FakeReplication:
         return self.quorum
 
     def sync_partitions(self) -> list[SyncPartition]:
-        return [SyncPartition(p, part_hash(p), part_hash(p + 1) if p < 255 else None,
-                              self.storage_nodes(part_hash(p))) for p in range(256)]
+        return [
+            SyncPartition(p, part_hash(p), part_hash(p + 1) if p < 255 else None, self.storage_nodes(part_hash(p)))
+            for p in range(256)
+        ]
 
 
 class FakeVersion:
@@ -144,8 +146,14 @@ def cluster(tmp_path):
     net = FakeNet()
     made: list[Replica] = []
 
-    def make(node: bytes, storage: list[bytes], quorum: int = 2, owners: dict | None = None,
-             coordinator: SyncCoordinator | None = None, layout: FakeLayout | None = None) -> Replica:
+    def make(
+        node: bytes,
+        storage: list[bytes],
+        quorum: int = 2,
+        owners: dict | None = None,
+        coordinator: SyncCoordinator | None = None,
+        layout: FakeLayout | None = None,
+    ) -> Replica:
         db = Database(tmp_path / node.hex()[:4], map_size=64 << 20, fsync=False)
         writer = GroupCommitWriter(db)
         data = TableData(db, writer, RegSchema())

@@ -118,15 +118,17 @@ async def read_batch(ctx: RequestContext) -> web.StreamResponse:
         filt = ItemFilter(exclude_only_tombstones=not bq.tombstones, conflicts_only=bq.conflicts_only)
         items, more, next_start = await _run_query(ctx, bq, filt)
         res = bq.echo()
-        res.update({
-            "limit": bq.range.limit,
-            "reverse": bq.range.reverse,
-            "conflictsOnly": bq.conflicts_only,
-            "tombstones": bq.tombstones,
-            "items": [item_json(i) for i in items],
-            "more": more,
-            "nextStart": next_start,
-        })
+        res.update(
+            {
+                "limit": bq.range.limit,
+                "reverse": bq.range.reverse,
+                "conflictsOnly": bq.conflicts_only,
+                "tombstones": bq.tombstones,
+                "items": [item_json(i) for i in items],
+                "more": more,
+                "nextStart": next_start,
+            }
+        )
         out.append(res)
     return json_response(out)
 

@@ -16,13 +16,15 @@ async def read_index(ctx: RequestContext) -> web.StreamResponse:
     store = ctx.state.store
     page, filt = await store.read_index(ctx.bucket_id, q)
     keys = [{"pk": pk, **store.counter_values(entry, filt)} for pk, entry in page.entries]
-    return json_response({
-        "prefix": ep.prefix,
-        "start": ep.start,
-        "end": ep.end,
-        "limit": ep.limit,
-        "reverse": ep.reverse,
-        "partitionKeys": keys,
-        "more": page.more,
-        "nextStart": page.next_start,
-    })
+    return json_response(
+        {
+            "prefix": ep.prefix,
+            "start": ep.start,
+            "end": ep.end,
+            "limit": ep.limit,
+            "reverse": ep.reverse,
+            "partitionKeys": keys,
+            "more": page.more,
+            "nextStart": page.next_start,
+        }
+    )

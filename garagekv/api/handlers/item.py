@@ -36,8 +36,9 @@ def _accept(ctx: RequestContext) -> tuple[bool, bool]:
     json_ok = any_type or "application/json" in parts
     bin_ok = any_type or BINARY_TYPE in parts
     if not (json_ok or bin_ok):
-        raise NotAcceptable("Invalid Accept: header value, must contain either application/json or "
-                            "application/octet-stream (or */*)")
+        raise NotAcceptable(
+            "Invalid Accept: header value, must contain either application/json or application/octet-stream (or */*)"
+        )
     return json_ok, bin_ok
 
 
@@ -104,9 +105,7 @@ async def poll_item(ctx: RequestContext) -> web.StreamResponse:
         ct = CausalContext.parse(ep.causality_token)
     except InvalidCausalityToken:
         raise BadRequest("Invalid causality token")
-    item = await ctx.state.store.poll_item(
-        ctx.bucket_id, ep.partition_key, ep.sort_key, ct, clamp_timeout(ep.timeout)
-    )
+    item = await ctx.state.store.poll_item(ctx.bucket_id, ep.partition_key, ep.sort_key, ct, clamp_timeout(ep.timeout))
     if item is None:
         return web.Response(status=304)
     if not item.values():

@@ -152,8 +152,9 @@ class K2VItem:
 
     def causal_context(self) -> CausalContext:
         """The item's token: per node, the latest time seen (discard times included)."""
-        return CausalContext({n: max(e.t_discard, e.values[-1][0]) if e.values else e.t_discard
-                              for n, e in self.items.items()})
+        return CausalContext(
+            {n: max(e.t_discard, e.values[-1][0]) if e.values else e.t_discard for n, e in self.items.items()}
+        )
 
     def values(self) -> list[Value]:
         """Current values in node order then ts order, deduplicated by content.

@@ -35,8 +35,15 @@ POLL_RANGE_EXTRA_DELAY = 0.2
 
 
 class K2VService:
-    def __init__(self, store: K2VStore, items: Table[K2VItem], counters: Table[CounterEntry], netapp: NetApp,
-                 registry: EndpointRegistry, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: K2VStore,
+        items: Table[K2VItem],
+        counters: Table[CounterEntry],
+        netapp: NetApp,
+        registry: EndpointRegistry,
+        timeout: float = 30.0,
+    ) -> None:
         self.store = store
         self.items = items
         self.counters = counters
@@ -90,8 +97,13 @@ class K2VService:
                 others = [n for n in nodes if n != self.node_id]
         order = self.items.order(others)
         wires = [ins.to_wire() for ins in items]
-        await try_call_many(lambda n: self._call(n, ["insert", bucket_id, wires], self.timeout),
-                            order, 1, timeout=self.timeout, operation="k2v_insert")
+        await try_call_many(
+            lambda n: self._call(n, ["insert", bucket_id, wires], self.timeout),
+            order,
+            1,
+            timeout=self.timeout,
+            operation="k2v_insert",
+        )
 
     async def _insert_here(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
         merged = await self.store.insert_many(bucket_id, items)
@@ -134,9 +146,13 @@ class K2VService:
         msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], timeout]
         try:
             async with asyncio.timeout(timeout):
-                answers = await try_call_many(lambda n: self._call(n, msg, None), self.items.order(nodes),
-                                              self.replication.read_quorum(), send_all_at_once=True,
-                                              operation="k2v_poll_item")
+                answers = await try_call_many(
+                    lambda n: self._call(n, msg, None),
+                    self.items.order(nodes),
+                    self.replication.read_quorum(),
+                    send_all_at_once=True,
+                    operation="k2v_poll_item",
+                )
         except TimeoutError:
             return None
         merged = None
@@ -162,8 +178,16 @@ class K2VService:
         quorum = self.replication.read_quorum()
         if marker is not None:
             marker.restrict(q.prefix, q.start, q.end)
-        msg = ["poll_range", bucket_id, pk, q.prefix, q.start, q.end,
-               None if marker is None else marker.encode(), timeout]
+        msg = [
+            "poll_range",
+            bucket_id,
+            pk,
+            q.prefix,
+            q.start,
+            q.end,
+            None if marker is None else marker.encode(),
+            timeout,
+        ]
         tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
         deadline = time.monotonic() + timeout
         replies: list[tuple[int, list[bytes]]] = []
@@ -223,7 +247,8 @@ class K2VService:
         if kind == "poll_range":
             _, bucket_id, pk, prefix, start, end, marker_s, timeout = msg
             marker = None if marker_s is None else RangeSeenMarker.decode(marker_s)
-            items = await self.store.poll_range(bytes(bucket_id), pk, RangeQuery(prefix, start, end), marker,
-                                                float(timeout))
+            items = await self.store.poll_range(
+                bytes(bucket_id), pk, RangeQuery(prefix, start, end), marker, float(timeout)
+            )
             return [self.store.node, [i.encode() for i in items or []]]
         raise BadRequest(f"unknown K2V request {kind!r}")

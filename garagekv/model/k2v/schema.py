@@ -52,8 +52,13 @@ class CounterSchema(BaseSchema):
 class ItemSchema(BaseSchema):
     name = "k2v_item"
 
-    def __init__(self, node: int, subs: SubscriptionManager, local_counters: Any,
-                 queue_counter: Callable[[WriteTxn, CounterEntry], None]) -> None:
+    def __init__(
+        self,
+        node: int,
+        subs: SubscriptionManager,
+        local_counters: Any,
+        queue_counter: Callable[[WriteTxn, CounterEntry], None],
+    ) -> None:
         self.node = node
         self.subs = subs
         self.local_counters = local_counters

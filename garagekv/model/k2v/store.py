@@ -46,8 +46,14 @@ class InsertedItem:
 
 
 class K2VStore:
-    def __init__(self, db: Database, writer: GroupCommitWriter, node: int, item_data: TableData[K2VItem],
-                 subs: SubscriptionManager) -> None:
+    def __init__(
+        self,
+        db: Database,
+        writer: GroupCommitWriter,
+        node: int,
+        item_data: TableData[K2VItem],
+        subs: SubscriptionManager,
+    ) -> None:
         self.node = node
         self.writer = writer
         self.subs = subs
@@ -75,6 +81,7 @@ class K2VStore:
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate)."""
+
         def apply(tx: WriteTxn) -> list[K2VItem]:
             return [self._insert_in(tx, bucket_id, ins) for ins in items]
 
@@ -82,9 +89,7 @@ class K2VStore:
 
     # ---- local polls -----------------------------------------------------------------------------
 
-    async def poll_item(
-        self, bucket_id: bytes, pk: str, sk: str, ct: CausalContext, timeout: float
-    ) -> K2VItem | None:
+    async def poll_item(self, bucket_id: bytes, pk: str, sk: str, ct: CausalContext, timeout: float) -> K2VItem | None:
         """Wait until the local item's causal context has something ``ct`` has not seen."""
         key = partition_hash(bucket_id, pk) + sk.encode()
         with self.subs.item(key) as sub:

@@ -58,8 +58,7 @@ class Problem:
             raise ValueError("capacities and zone_of differ in length")
         if not 1 <= self.zone_redundancy <= self.replication_factor:
             raise LayoutError(
-                f"Invalid zone redundancy {self.zone_redundancy} for replication factor "
-                f"{self.replication_factor}"
+                f"Invalid zone redundancy {self.zone_redundancy} for replication factor {self.replication_factor}"
             )
 
     @property
@@ -107,8 +106,7 @@ def optimal_partition_size(problem: Problem) -> int:
     """Largest ``S`` such that all partitions fit with size ``S`` (binary search, like Garage)."""
     if not problem.capacities or not is_feasible(problem, 1):
         raise LayoutError(
-            "The storage capacity of he cluster is to small. It is impossible to store "
-            "partitions of size 1."
+            "The storage capacity of he cluster is to small. It is impossible to store partitions of size 1."
         )
     lo, hi = 1, sum(problem.capacities)
     while lo + 1 < hi:
@@ -120,9 +118,7 @@ def optimal_partition_size(problem: Problem) -> int:
     return lo
 
 
-def assign(
-    problem: Problem, partition_size: int, previous: Sequence[Sequence[int]] | None
-) -> list[list[int]]:
+def assign(problem: Problem, partition_size: int, previous: Sequence[Sequence[int]] | None) -> list[list[int]]:
     """Nodes of each partition (zone order, then node index) minimising moves from ``previous``.
 
     ``previous[p]`` lists the node indices (in this problem's numbering) that held partition p;
@@ -167,9 +163,7 @@ def assign(
 
     flow = g.min_cost_max_flow(source, sink, problem.target)
     if flow != problem.target:
-        raise LayoutError(
-            "Critical Error : the association ring we produced does not have the right size."
-        )
+        raise LayoutError("Critical Error : the association ring we produced does not have the right size.")
 
     ring: list[list[int]] = []
     for p in range(NB_PARTITIONS):

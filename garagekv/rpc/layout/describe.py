@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from garagekv.rpc.layout.history import LayoutHistory
     from garagekv.rpc.layout.version import LayoutVersion
 
+
 def format_table(rows: list[str]) -> str:
     """Tab-separated rows to aligned columns (each but the last padded to max width + 2)."""
     cells = [r.split("\t") for r in rows]

@@ -193,9 +193,7 @@ class LayoutHistory:
     def skip_dead_nodes(self, version: int, up_nodes: set[bytes], allow_missing_data: bool) -> list[str]:
         """Operator escape hatch for a stuck migration; returns one line per tracker raised."""
         if len(self.versions) == 1:
-            raise LayoutError(
-                "This command cannot be called when there is only one live cluster layout version"
-            )
+            raise LayoutError("This command cannot be called when there is only one live cluster layout version")
         lo, hi = self.min_stored(), self.current().version
         if not lo < version <= hi:
             raise LayoutError(
@@ -204,9 +202,7 @@ class LayoutHistory:
             )
         done = []
         for node in self.all_nodes():
-            if (allow_missing_data or node not in up_nodes) and self.update_trackers.ack_map.set_max(
-                node, version
-            ):
+            if (allow_missing_data or node not in up_nodes) and self.update_trackers.ack_map.set_max(node, version):
                 done.append(f"Increased the ACK tracker for node {node.hex()[:16]}")
             if allow_missing_data and self.update_trackers.sync_map.set_max(node, version):
                 done.append(f"Increased the SYNC tracker for node {node.hex()[:16]}")
@@ -236,9 +232,7 @@ class LayoutHistory:
             while len(self.versions) > 1 and not _is_valid(self.versions[0]):
                 dropped = self.versions.pop(0)
                 log.info("Layout history: pruning old invalid version %d", dropped.version)
-        sync_ack_min = self.update_trackers.sync_ack_map.min_among(
-            self.current().node_id_vec, self.min_stored()
-        )
+        sync_ack_min = self.update_trackers.sync_ack_map.min_among(self.current().node_id_vec, self.min_stored())
         while len(self.versions) > 1 and self.min_stored() < sync_ack_min:
             retired = self.versions.pop(0)
             log.info("Layout history: moving version %d to old_versions", retired.version)
@@ -270,9 +264,7 @@ class LayoutHistory:
         return codec.blake2sum(codec.encode(self.staging.to_wire()))
 
     def digest(self) -> LayoutDigest:
-        return LayoutDigest(
-            self.current().version, len(self.versions), self.trackers_hash(), self.staging_hash()
-        )
+        return LayoutDigest(self.current().version, len(self.versions), self.trackers_hash(), self.staging_hash())
 
     def merge(self, other: LayoutHistory) -> bool:
         """Merge a history received from a peer (already vetted with ``check_remote``).

@@ -25,8 +25,7 @@ def validate_zone_redundancy(zr: Any, replication_factor: int | None = None) -> 
         raise LayoutError("The zone redundancy must be at least 1.")
     if replication_factor is not None and zr > replication_factor:
         raise LayoutError(
-            "The zone redundancy must be smaller or equal to the replication factor "
-            f"({replication_factor})."
+            f"The zone redundancy must be smaller or equal to the replication factor ({replication_factor})."
         )
     return zr
 

@@ -22,9 +22,7 @@ class ConsistencyMode(StrEnum):
         try:
             return cls(text.strip().lower())
         except ValueError:
-            raise LayoutError(
-                f"Invalid consistency_mode {text!r}: expected consistent, degraded or dangerous"
-            )
+            raise LayoutError(f"Invalid consistency_mode {text!r}: expected consistent, degraded or dangerous")
 
 
 def _check_rf(rf: int) -> None:

@@ -163,17 +163,14 @@ class LayoutVersion:
         nb_storage = self.nongateway_node_count
         if nb_storage > MAX_NODE_NUMBER:
             raise LayoutError(
-                f"There are more than {MAX_NODE_NUMBER} non-gateway nodes in the new layout. "
-                "This is not allowed."
+                f"There are more than {MAX_NODE_NUMBER} non-gateway nodes in the new layout. This is not allowed."
             )
 
         ring = self.ring_assignment_data
         if not isinstance(ring, bytes | bytearray):
             raise LayoutError("ring_assignment_data must be bytes")
         if len(ring) != NB_PARTITIONS * rf:
-            raise LayoutError(
-                f"ring_assignment_data has incorrect length {len(ring)} instead of {NB_PARTITIONS * rf}"
-            )
+            raise LayoutError(f"ring_assignment_data has incorrect length {len(ring)} instead of {NB_PARTITIONS * rf}")
         for x in ring:
             if x >= len(self.node_id_vec):
                 raise LayoutError(f"ring_assignment_data contains invalid node id {x}")
@@ -266,8 +263,7 @@ def compute_version(
     storage = storage_nodes(roles)
     if len(storage) > MAX_NODE_NUMBER:
         raise LayoutError(
-            f"There are more than {MAX_NODE_NUMBER} non-gateway nodes in the new layout. "
-            "This is not allowed."
+            f"There are more than {MAX_NODE_NUMBER} non-gateway nodes in the new layout. This is not allowed."
         )
     new = LayoutVersion(prev.version + 1, rf, zone_redundancy, roles, node_id_vec_of(roles), b"", 0)
     zr = new.effective_zone_redundancy()
@@ -279,8 +275,7 @@ def compute_version(
         )
     if nb_zones < zr:
         raise LayoutError(
-            f"The number of zones with non-gateway nodes ({nb_zones}) is smaller than the "
-            f"redundancy parameter ({zr})"
+            f"The number of zones with non-gateway nodes ({nb_zones}) is smaller than the redundancy parameter ({zr})"
         )
 
     problem = new.assignment_problem()
