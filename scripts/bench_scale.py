@@ -32,9 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from garagekv.bench.clusters import DevCluster, run_bench_cli, settle, wait_quiet  # noqa: E402
+from garagekv.bench.config import BenchConfig  # noqa: E402
+from garagekv.bench.prefill import prepare  # noqa: E402
 from garagekv.bench.procstat import disk_usage, rss_bytes  # noqa: E402
 from garagekv.bench.report import fmt_ms, fmt_num  # noqa: E402
-from garagekv.bench.runner import BenchConfig, prepare  # noqa: E402
 from garagekv.util.loop import new_runner  # noqa: E402
 
 # (name, mix, batch size): the operations compared between the two stages

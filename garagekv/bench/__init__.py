@@ -6,7 +6,12 @@ Modules:
 - ``hist``: a mergeable log-linear latency histogram with percentiles;
 - ``workload``: what each scenario sends (K2V InsertItem/ReadItem/ReadBatch/PollItem, etcd put/range)
   and how a request is signed (SigV4 with a cached signing key and date);
-- ``runner``: connections, phases (warmup, measure), worker processes, prefill, server CPU sampling;
+- ``config``: what a run is asked to do (``BenchConfig``), validated before anything connects;
+- ``conn``: one connection with its target, reconnecting sends, error codes;
+- ``worker``: the scenario loops of one process, phases (warmup, measure) and recorded stats;
+- ``prefill``: prefilling the keyspace and the poll scenario's hot items;
+- ``runner``: one process or several on a shared clock, progress lines, server CPU sampling;
+- ``summary``: merged histograms into ops/s, latency percentiles and CPU per operation;
 - ``nullserver``: the do-nothing HTTP server behind ``--selftest``;
 - ``report``: text, Markdown and JSON output, the side-by-side table and the optional plot.
 """

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from garagekv.bench.config import MIXES, BenchConfig, BenchError
 from garagekv.bench.report import format_text
-from garagekv.bench.runner import MIXES, BenchConfig, BenchError, run_bench, start_null_server, stop_process
+from garagekv.bench.runner import run_bench, start_null_server, stop_process
 
 SELFTEST_MIXES = ("write", "read", "mixed", "batch")
 

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from garagekv.api.sigv4 import Headers, parse_request
-from garagekv.bench.runner import BenchConfig, BenchError, summarize
+from garagekv.bench.config import BenchConfig, BenchError
+from garagekv.bench.summary import summarize
 from garagekv.bench.workload import EtcdTarget, K2VSigner, K2VTarget, KeySpace, encode_pairs
 from garagekv.cli import bench as bench_cli
 from garagekv.util.sigv4 import Signer, canonical_query, encode_query

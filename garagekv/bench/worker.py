@@ -1,0 +1,357 @@
+"""The closed-loop scenarios of one process: its connections, request loops and recorded stats.
+
+Each of the process's connections runs one request at a time (closed loop) for ``warmup`` seconds
+(discarded) and then ``duration`` seconds (measured: an operation counts when it completes inside
+the window).
+
+Scenarios (``mix``):
+
+- ``write``: InsertItem of new items (etcd: put of new keys);
+- ``read``: ReadItem of random prefilled items (etcd: linearizable range);
+- ``mixed``: ReadItem of a random item, then InsertItem of it with the causality token just read
+  (read-modify-write; items stay single-valued), so half reads and half writes;
+- ``batch``: ReadBatch of ``batch_size``-item ranges of prefilled partitions;
+- ``index``: ReadIndex pages of ``batch_size`` partition keys;
+- ``poll``: PollItem fan-out: every connection long-polls one of ``poll_keys`` hot items while one
+  extra connection updates them every ``poll_interval`` seconds (read + write with the token);
+  the value carries its write time, so each delivered update gives a notification latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from garagekv.bench.config import BenchConfig, BenchError
+from garagekv.bench.conn import CONNECT_TIMEOUT, Conn, make_conn, send
+from garagekv.bench.hist import Histogram
+from garagekv.bench.http import Response, connect
+from garagekv.bench.workload import K2VTarget, sha256_hex
+from garagekv.util.sigv4 import SigningKeyCache
+
+
+class OpStats:
+    __slots__ = ("hist", "ok", "errors", "items")
+
+    def __init__(self) -> None:
+        self.hist = Histogram()
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.items = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hist": self.hist.to_dict(), "ok": self.ok, "errors": self.errors, "items": self.items}
+
+
+def make_value(size: int, rng: random.Random) -> bytes:
+    return bytes(rng.getrandbits(8) for _ in range(size))
+
+
+def stamp(value_size: int) -> bytes:
+    """A poll value: its write time (wall clock, shared by all processes) then padding."""
+    return struct.pack(">d", time.time()) + b"." * (value_size - 8)
+
+
+def _stamps(resp: Response) -> list[float]:
+    ctype = resp.headers.get("content-type", "")
+    if resp.status == 200 and ctype.startswith("application/octet-stream"):
+        return [struct.unpack(">d", resp.body[:8])[0]] if len(resp.body) >= 8 else []
+    if resp.status == 200 and ctype.startswith("application/json"):
+        out = []
+        for v in json.loads(resp.body):
+            if v is not None:
+                raw = base64.b64decode(v)
+                if len(raw) >= 8:
+                    out.append(struct.unpack(">d", raw[:8])[0])
+        return out
+    return []
+
+
+def hot_item(cfg: BenchConfig, i: int) -> tuple[str, str]:
+    return f"{cfg.key_prefix}-hot", f"{i:04d}"
+
+
+class Worker:
+    """The connections of one process and their scenario loops."""
+
+    def __init__(self, cfg: BenchConfig, proc_index: int = 0) -> None:
+        self.cfg = cfg
+        self.proc = proc_index
+        self.keyspace = cfg.keyspace
+        keys = SigningKeyCache(maxsize=4)
+        self.conns = [make_conn(cfg, g, keys) for g in range(proc_index, cfg.conns, cfg.procs)]
+        self.writer = make_conn(cfg, 0, keys) if cfg.mix == "poll" and proc_index == 0 else None
+        self.stats: dict[str, OpStats] = {}
+        self.rng = random.Random(secrets.randbits(64))
+        self.value = make_value(cfg.value_size, self.rng)
+        self.value_hash = sha256_hex(self.value)
+        self.m_start = self.m_end = 0.0
+        self.cpu = 0.0
+        # progress counters (whole run, warmup included)
+        self.p_ops = 0
+        self.p_errs = 0
+        self.p_lat = 0.0
+
+    # --- recording -----------------------------------------------------------------------------
+    def _st(self, kind: str) -> OpStats:
+        st = self.stats.get(kind)
+        if st is None:
+            st = self.stats[kind] = OpStats()
+        return st
+
+    def _ok(self, kind: str, t1: float, latency: float, items: int = 0) -> None:
+        self.p_ops += 1
+        self.p_lat += latency
+        if self.m_start <= t1 < self.m_end:
+            st = self._st(kind)
+            st.hist.record(int(latency * 1e6))
+            st.ok += 1
+            st.items += items
+
+    def _err(self, kind: str, t1: float, code: str) -> None:
+        self.p_errs += 1
+        if self.m_start <= t1 < self.m_end:
+            errors = self._st(kind).errors
+            errors[code] = errors.get(code, 0) + 1
+
+    async def call(
+        self,
+        c: Conn,
+        kind: str,
+        req: bytes,
+        check: Callable[[Response], str | None],
+        items: Callable[[Response], int] | None = None,
+    ) -> Response | None:
+        t0 = time.monotonic()
+        r = await send(c, req)
+        t1 = time.monotonic()
+        if isinstance(r, str):
+            self._err(kind, t1, r)
+            await asyncio.sleep(0.01)  # do not spin on a dead endpoint
+            return None
+        code = check(r)
+        if code is not None:
+            self._err(kind, t1, code)
+            return None
+        self._ok(kind, t1, t1 - t0, items(r) if items else 0)
+        return r
+
+    # --- scenarios -----------------------------------------------------------------------------
+    async def _write_loop(self, c: Conn) -> None:
+        tag = f"{self.cfg.run_id}.{c.index}"
+        ks, t, v, vh = self.keyspace, c.target, self.value, self.value_hash
+        seq = 0
+        while time.monotonic() < self.m_end:
+            pk, sk = ks.new_item(tag, seq)
+            seq += 1
+            await self.call(c, "write", t.write(pk, sk, v, vh), t.check_write)
+
+    async def _read_loop(self, c: Conn) -> None:
+        ks, t, n, rnd = self.keyspace, c.target, self.cfg.keys, self.rng.randrange
+        while time.monotonic() < self.m_end:
+            pk, sk = ks.item(rnd(n))
+            await self.call(c, "read", t.read(pk, sk), t.check_read)
+
+    async def _mixed_loop(self, c: Conn) -> None:
+        ks, t, n, rnd, v, vh = self.keyspace, c.target, self.cfg.keys, self.rng.randrange, self.value, self.value_hash
+        while time.monotonic() < self.m_end:
+            pk, sk = ks.item(rnd(n))
+            r = await self.call(c, "read", t.read(pk, sk), t.check_read)
+            if r is None or time.monotonic() >= self.m_end:
+                continue
+            await self.call(c, "write", t.write(pk, sk, v, vh, t.token(r)), t.check_write)
+
+    async def _batch_loop(self, c: Conn) -> None:
+        cfg, ks, t, rnd = self.cfg, self.keyspace, c.target, self.rng.randrange
+        assert isinstance(t, K2VTarget)
+        size = cfg.batch_size
+        while time.monotonic() < self.m_end:
+            first = rnd(max(1, cfg.keys - size + 1))
+            # keep the range inside one partition
+            part, off = divmod(first, ks.per_partition)
+            off = min(off, max(0, ks.per_partition - size))
+            pk, sk = ks.item(part * ks.per_partition + off)
+            await self.call(c, "batch", t.read_batch(pk, sk, size), _check_200, _count_sk)
+
+    async def _index_loop(self, c: Conn) -> None:
+        cfg, ks, t, rnd = self.cfg, self.keyspace, c.target, self.rng.randrange
+        assert isinstance(t, K2VTarget)
+        while time.monotonic() < self.m_end:
+            start = ks.partition(rnd(max(1, ks.partitions - cfg.batch_size + 1)))
+            await self.call(c, "index", t.read_index(start, cfg.batch_size), _check_200, _count_pk)
+
+    async def _watch_loop(self, c: Conn) -> None:
+        cfg, t = self.cfg, c.target
+        assert isinstance(t, K2VTarget)
+        pk, sk = hot_item(cfg, c.index % cfg.poll_keys)
+        token = None
+        while token is None and time.monotonic() < self.m_end:
+            r = await self.call(c, "poll-init", t.read(pk, sk), t.check_read)
+            token = t.token(r) if r is not None else None
+            if token is None:
+                await asyncio.sleep(0.05)
+        while time.monotonic() < self.m_end:
+            r = await send(c, t.poll(pk, sk, token, cfg.poll_timeout))
+            now, t1 = time.time(), time.monotonic()
+            if isinstance(r, str):
+                self._err("notify", t1, r)
+                await asyncio.sleep(0.01)
+                continue
+            if r.status not in (200, 204):
+                self._err("notify", t1, str(r.status))
+                continue
+            token = t.token(r) or token
+            stamps = _stamps(r)
+            if stamps:
+                self._ok("notify", t1, max(0.0, now - max(stamps)))
+            else:
+                self._err("notify", t1, "no-stamp")
+
+    async def _poll_writer(self, c: Conn) -> None:
+        cfg, t = self.cfg, c.target
+        i = 0
+        next_at = time.monotonic()
+        while time.monotonic() < self.m_end:
+            pk, sk = hot_item(cfg, i % cfg.poll_keys)
+            i += 1
+            r = await self.call(c, "poll-writer-read", t.read(pk, sk), t.check_read)
+            if r is not None:
+                await self.call(
+                    c, "poll-writer-write", t.write(pk, sk, stamp(cfg.value_size), None, t.token(r)), t.check_write
+                )
+            next_at += cfg.poll_interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = time.monotonic()
+
+    def _loop_fn(self) -> Callable[[Conn], Any]:
+        return {
+            "write": self._write_loop,
+            "read": self._read_loop,
+            "mixed": self._mixed_loop,
+            "batch": self._batch_loop,
+            "index": self._index_loop,
+            "poll": self._watch_loop,
+        }[self.cfg.mix]
+
+    # --- phases ----------------------------------------------------------------------------------
+    async def connect_all(self) -> None:
+        conns = self.conns + ([self.writer] if self.writer else [])
+        try:
+            for c in conns:
+                c.http = await asyncio.wait_for(connect(c.host, c.port), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as e:
+            self.close()
+            raise BenchError(f"cannot connect to {c.host}:{c.port}: {e}")
+
+    def close(self) -> None:
+        for c in self.conns + ([self.writer] if self.writer else []):
+            if c.http is not None:
+                c.http.close()
+                c.http = None
+
+    async def _watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.cfg.timeout + (self.cfg.poll_timeout if self.cfg.mix == "poll" else 0)
+        conns = self.conns + ([self.writer] if self.writer else [])
+        while True:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            for c in conns:
+                h = c.http
+                if h is not None and h.waiter is not None and now - h.sent_at > limit:
+                    h.timeout()
+
+    async def run(
+        self,
+        start: float,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        sampler: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run from monotonic time ``start``: warmup, then the measured window; returns the stats.
+
+        ``progress`` gets counter deltas about once a second; ``sampler("start"|"end")`` is called
+        at the edges of the measured window (the parent samples server CPU there).
+        """
+        cfg = self.cfg
+        self.m_start = start + cfg.warmup
+        self.m_end = self.m_start + cfg.duration
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        fn = self._loop_fn()
+        tasks = [asyncio.create_task(fn(c)) for c in self.conns]
+        if self.writer is not None:
+            tasks.append(asyncio.create_task(self._poll_writer(self.writer)))
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            await self._clock(progress, sampler)
+            grace = 0.0 if cfg.mix == "poll" else 2.0
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in tasks:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            watchdog.cancel()
+            self.close()
+        return {"stats": {k: s.to_dict() for k, s in self.stats.items()}, "client_cpu": self.cpu}
+
+    async def _clock(
+        self, progress: Callable[[dict[str, Any]], None] | None, sampler: Callable[[str], None] | None
+    ) -> None:
+        next_report = time.monotonic() + 1.0
+        started = False
+        last = (0, 0, 0.0)
+        cpu0 = 0.0
+        while True:
+            now = time.monotonic()
+            if not started and now >= self.m_start:
+                started = True
+                cpu0 = time.process_time()
+                if sampler:
+                    sampler("start")
+            ending = now >= self.m_end
+            if ending:
+                self.cpu = time.process_time() - cpu0
+                if sampler:
+                    sampler("end")
+            if (now >= next_report or ending) and progress:
+                cur = (self.p_ops, self.p_errs, self.p_lat)
+                progress(
+                    {
+                        "proc": self.proc,
+                        "ops": cur[0] - last[0],
+                        "errors": cur[1] - last[1],
+                        "latency": cur[2] - last[2],
+                        "at": now,
+                    }
+                )
+                last = cur
+            if ending:
+                return
+            if now >= next_report:
+                next_report += 1.0
+            wake = min(next_report, self.m_end if started else self.m_start)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+
+def _check_200(resp: Response) -> str | None:
+    return None if resp.status == 200 else str(resp.status)
+
+
+def _count_sk(resp: Response) -> int:
+    return resp.body.count(b'"sk"')
+
+
+def _count_pk(resp: Response) -> int:
+    return resp.body.count(b'"pk"')
