@@ -23,6 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check garagekv tests scripts
 	$(BIN)/ruff format --check garagekv tests scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	GARAGEKV_TEST_CLUSTER=3 $(BIN)/python -m pytest tests/integration/test_k2v_*.py
 
@@ -33,6 +34,7 @@ test-cluster: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check garagekv tests scripts
 	$(BIN)/ruff format --check garagekv tests scripts
+	$(BIN)/mypy
 
 # Benchmarks (not part of `make test`): durations etc. via BENCH_* variables, see scripts/bench.py.
 bench: $(STAMP)

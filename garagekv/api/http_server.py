@@ -1,7 +1,10 @@
 """aiohttp's low-level server with every framework-level error turned into a K2V JSON body.
 
 aiohttp answers requests it cannot parse (bad request lines, bad methods, broken chunked
-bodies) itself in plain text; K2V clients expect the JSON error body for every error.
+bodies) itself in plain text; K2V clients expect the JSON error body for every error. aiohttp has
+no public hook for that answer, so the server subclasses its request handler, which needs
+``web.Server._loop`` and ``_kwargs``: pyproject pins aiohttp below 4 and
+tests/unit/test_api_http_server.py fails if a release moves them.
 """
 
 from __future__ import annotations

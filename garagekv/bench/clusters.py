@@ -39,7 +39,7 @@ def pick_ports(offsets: list[int], lo: int = 20000, hi: int = 60000, tries: int 
     raise RuntimeError("no free loopback ports found")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -56,7 +56,7 @@ class DevCluster:
     def __init__(self, root: Path, nodes: int = 1) -> None:
         self.root = Path(root)
         self.nodes = nodes
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.json_path = self.root / "dev.json"
 
@@ -118,7 +118,8 @@ class DevCluster:
         self.stop()
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    assert proc.stdout is not None  # started with stdout=PIPE
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -149,7 +150,7 @@ class EtcdCluster:
         self.root = Path(root)
         self.members = members
         self.binary = binary or etcd_binary() or "etcd"
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.client_ports: list[int] = []
 
     def start(self, timeout: float = 60.0) -> EtcdCluster:
@@ -206,7 +207,7 @@ class EtcdCluster:
     def _healthy(port: int) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                return json.loads(r.read()).get("health") == "true"
+                return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError):
             return False
 
@@ -243,7 +244,8 @@ def run_bench_cli(args: list[str], timeout: float = 600.0) -> dict[str, Any]:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"garagekv bench {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return result
 
 
 def probe_replication(info: dict[str, Any], wait: float = 5.0) -> str | None:
@@ -268,7 +270,7 @@ def probe_replication(info: dict[str, Any], wait: float = 5.0) -> str | None:
             )
             http = await connect(host, port)
             try:
-                return (await asyncio.wait_for(http.send(build(t)), 10)).status
+                return int((await asyncio.wait_for(http.send(build(t)), 10)).status)
             finally:
                 http.close()
 

@@ -88,8 +88,9 @@ class Histogram:
             if seen >= rank:
                 low, high = bucket_bounds(i)
                 mid = (low + high) // 2
+                assert self.min is not None and self.max is not None  # set by the first record
                 return min(max(mid, self.min), self.max)
-        return self.max  # pragma: no cover - rank <= count
+        return self.max or 0  # pragma: no cover - rank <= count
 
     def percentiles(self, ps: Iterable[float] = (50, 90, 99, 99.9)) -> dict[str, int]:
         return {_pname(p): self.percentile(p) for p in ps}

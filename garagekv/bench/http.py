@@ -156,11 +156,13 @@ class ResponseParser:
             body = bytes(buf[:n])
             del buf[:n]
         elif mode == _CHUNKED:
-            body = self._parse_chunks()
-            if body is None:
+            chunked = self._parse_chunks()
+            if chunked is None:
                 return None
+            body = chunked
         else:
             return None  # until close: see eof()
+        assert self._head is not None  # called only once a head is parsed
         status, headers, will_close = self._head
         self._head = None
         return Response(status, headers, body, will_close)
@@ -206,7 +208,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[Response] | None = None
         self.sent_at = 0.0  # loop time of the pending request (for timeouts)
         self.closed = False
         self._loop = asyncio.get_running_loop()
@@ -252,7 +254,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             else:
                 w.set_exception(exc if isinstance(exc, Exception) else ConnectionResetError("connection closed"))
 
-    def send(self, data: bytes, no_body: bool = False) -> asyncio.Future:
+    def send(self, data: bytes, no_body: bool = False) -> asyncio.Future[Response]:
         """Write one request; the future gets the :class:`Response` (or a connection error)."""
         fut = self._loop.create_future()
         if self.closed or self.transport is None:

@@ -67,7 +67,7 @@ class NullProtocol(asyncio.Protocol):
             out.append(self.responses.get(key) or self.responses[b""])
             buf = buf[total:]
         self.buf = buf
-        if out:
+        if out and self.transport is not None:
             self.transport.write(b"".join(out))
 
 

@@ -61,7 +61,9 @@ async def _prefill_k2v(cfg: BenchConfig, log: Callable[[str], None] = lambda s: 
             if isinstance(r, str) or r.status != 200:
                 raise BenchError(f"prefill: ReadBatch failed: {describe(r)}")
             tokens = {it["sk"]: it["ct"] for it in json.loads(r.body)[0]["items"]}
-            batch = [(pk, sk, tokens.get(sk), value) for pk, sk in map(ks.item, range(lo, hi))]
+            batch: list[tuple[str, str, str | None, bytes | None]] = [
+                (pk, sk, tokens.get(sk), value) for pk, sk in map(ks.item, range(lo, hi))
+            ]
             r = await send(c, t.insert_batch(batch))
             if isinstance(r, str) or r.status != 204:
                 raise BenchError(f"prefill: InsertBatch failed: {describe(r)}")

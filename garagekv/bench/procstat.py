@@ -43,7 +43,7 @@ def rss_bytes(pid: int, kind: str = "VmRSS") -> int | None:
     return None
 
 
-def disk_usage(path: str | os.PathLike) -> int:
+def disk_usage(path: str | os.PathLike[str]) -> int:
     """Bytes actually allocated under ``path`` (st_blocks, so sparse LMDB files count right)."""
     total = 0
     p = Path(path)

@@ -187,7 +187,7 @@ def _run_multi(cfg: BenchConfig, progress_stream: Any, server_cpu: CpuSampler) -
             if kind == "ready":
                 ready += 1
         start = time.monotonic() + 0.2
-        server_cpu.own |= {p.pid for p in procs}
+        server_cpu.own |= {p.pid for p in procs if p.pid is not None}
         start_at.value = start
         go.set()
         prog = Progress(cfg, progress_stream, start)
@@ -231,7 +231,8 @@ def _get(q: Any, procs: list[Any], deadline: float, timeout: float | None = None
         if time.monotonic() > deadline:
             raise BenchError("workers did not finish in time")
         try:
-            return q.get(timeout=0.5 if timeout is None else timeout)
+            message: tuple[str, int, Any] = q.get(timeout=0.5 if timeout is None else timeout)
+            return message
         except queue_mod.Empty:
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead:

@@ -197,18 +197,18 @@ class Worker:
             token = t.token(r) if r is not None else None
             if token is None:
                 await asyncio.sleep(0.05)
-        while time.monotonic() < self.m_end:
-            r = await send(c, t.poll(pk, sk, token, cfg.poll_timeout))
+        while token is not None and time.monotonic() < self.m_end:
+            answer = await send(c, t.poll(pk, sk, token, cfg.poll_timeout))
             now, t1 = time.time(), time.monotonic()
-            if isinstance(r, str):
-                self._err("notify", t1, r)
+            if isinstance(answer, str):
+                self._err("notify", t1, answer)
                 await asyncio.sleep(0.01)
                 continue
-            if r.status not in (200, 204):
-                self._err("notify", t1, str(r.status))
+            if answer.status not in (200, 204):
+                self._err("notify", t1, str(answer.status))
                 continue
-            token = t.token(r) or token
-            stamps = _stamps(r)
+            token = t.token(answer) or token
+            stamps = _stamps(answer)
             if stamps:
                 self._ok("notify", t1, max(0.0, now - max(stamps)))
             else:
@@ -299,8 +299,9 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for t in tasks:
-                if not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
+                error = None if t.cancelled() else t.exception()
+                if error is not None:
+                    raise error
         finally:
             watchdog.cancel()
             self.close()

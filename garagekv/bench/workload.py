@@ -18,6 +18,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from garagekv.bench.http import Response
@@ -258,7 +259,7 @@ class EtcdTarget:
             self._value = (value, base64.b64encode(value).decode())
         return self._value[1]
 
-    def _post(self, path: str, obj: dict) -> bytes:
+    def _post(self, path: str, obj: dict[str, Any]) -> bytes:
         body = json.dumps(obj, separators=(",", ":")).encode()
         return (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"

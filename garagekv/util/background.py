@@ -44,7 +44,7 @@ class WorkerInfo:
     consecutive_errors: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
-    task: asyncio.Task | None = field(default=None, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ maps are written with sorted keys and bytes stay bytes.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -22,7 +22,7 @@ def _canonical(obj: Any) -> Any:
 
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` canonically (dict keys sorted recursively)."""
-    return msgpack.packb(_canonical(obj), use_bin_type=True)
+    return cast(bytes, msgpack.packb(_canonical(obj), use_bin_type=True))
 
 
 def encode_lists(obj: Any) -> bytes:
@@ -31,7 +31,7 @@ def encode_lists(obj: Any) -> bytes:
     The hot-path entries (K2V items, counters) are built this way, which spares them the
     recursive walk of ``encode``.
     """
-    return msgpack.packb(obj, use_bin_type=True)
+    return cast(bytes, msgpack.packb(obj, use_bin_type=True))
 
 
 def decode(data: bytes) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from garagekv.util.errors import ConfigError
 
@@ -164,6 +164,16 @@ _ADMIN_KEYS = ("api_bind_addr", "admin_token", "admin_token_file", "metrics_toke
 _ADMIN_TOLERATED = frozenset({"trace_sink"})
 
 _MISSING: Any = object()
+
+V = TypeVar("V")
+
+
+def _present(value: V | None) -> V:
+    """A required key's value: reading it with the ``_MISSING`` default already raised if absent."""
+    assert value is not None
+    return value
+
+
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)", re.IGNORECASE)
@@ -213,14 +223,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         )
 
     return Config(
-        metadata_dir=top.path("metadata_dir", base_dir, required=True),
+        metadata_dir=_present(top.path("metadata_dir", base_dir, required=True)),
         data_dir=_data_dir(top, base_dir),
         db_engine="lmdb",
         lmdb_map_size=map_size,
         metadata_fsync=top.boolean("metadata_fsync", True),
         replication_factor=top.integer("replication_factor", 1, lo=1, hi=7),
         consistency_mode=top.choice("consistency_mode", "consistent", CONSISTENCY_MODES),
-        rpc_bind_addr=top.address("rpc_bind_addr", "127.0.0.1:3901"),
+        rpc_bind_addr=_present(top.address("rpc_bind_addr", "127.0.0.1:3901")),
         rpc_public_addr=top.address("rpc_public_addr", None),
         rpc_secret=rpc_secret,
         rpc_ping_timeout_msec=top.integer("rpc_ping_timeout_msec", 10_000, lo=1),
@@ -311,23 +321,23 @@ class _Table:
         return value
 
     def string(self, key: str, default: str | None = None) -> str | None:
-        value = self._get(key, str, "a string", default)
+        value: str | None = self._get(key, str, "a string", default)
         if value == "":
             raise self.error(key, "must not be empty")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        return self._get(key, bool, "a boolean (true or false)", default)
+        return bool(self._get(key, bool, "a boolean (true or false)", default))
 
     def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
-        value = self._get(key, int, "an integer", default)
+        value: int = self._get(key, int, "an integer", default)
         if value < lo or (hi is not None and value > hi):
             bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise self.error(key, f"must be {bounds}, got {value}")
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self._get(key, str, "a string", default)
+        value: str = self._get(key, str, "a string", default)
         if value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
@@ -374,7 +384,7 @@ class _Table:
 def _s3_api(t: _Table | None) -> S3ApiConfig:
     assert t is not None  # required section: _Table.table raised already
     return S3ApiConfig(
-        s3_region=t.string("s3_region", _MISSING),
+        s3_region=_present(t.string("s3_region", _MISSING)),
         api_bind_addr=t.address("api_bind_addr", None),
         root_domain=t.string("root_domain"),
     )
@@ -387,7 +397,7 @@ def _k2v_api(t: _Table | None) -> K2VApiConfig | None:
     if max_body < 1:
         raise t.error("max_body_bytes", "must be at least 1 byte")
     return K2VApiConfig(
-        api_bind_addr=t.address("api_bind_addr", None, required=True),
+        api_bind_addr=_present(t.address("api_bind_addr", None, required=True)),
         cors_allowed_origins=t.strings("cors_allowed_origins"),
         max_body_bytes=max_body,
         max_batch_items=t.integer("max_batch_items", 1000, lo=1),

@@ -24,7 +24,7 @@ def merge_values(a: Any, b: Any) -> Any:
     return max(a, b, key=_order_key)
 
 
-def _order_key(v: Any) -> tuple:
+def _order_key(v: Any) -> tuple[Any, ...]:
     # A total order over the wire forms we store (None < bool/int < str < bytes < containers).
     if v is None:
         return (0,)
@@ -58,11 +58,11 @@ class Lww(Generic[T]):
         elif other.ts == self.ts and self.value != other.value:
             self.value = merge_values(self.value, other.value)
 
-    def to_wire(self, enc: Callable[[T], Any] = lambda v: v) -> list:
+    def to_wire(self, enc: Callable[[T], Any] = lambda v: v) -> list[Any]:
         return [self.ts, enc(self.value)]
 
     @classmethod
-    def from_wire(cls, w: list, dec: Callable[[Any], T] = lambda v: v) -> Lww[T]:
+    def from_wire(cls, w: list[Any], dec: Callable[[Any], T] = lambda v: v) -> Lww[T]:
         return cls(int(w[0]), dec(w[1]))
 
 
@@ -98,11 +98,11 @@ class LwwMap(Generic[T]):
             else:
                 mine.merge(e)
 
-    def to_wire(self, enc: Callable[[T], Any] = lambda v: v) -> list:
+    def to_wire(self, enc: Callable[[T], Any] = lambda v: v) -> list[Any]:
         return [[k, e.ts, enc(e.value)] for k, e in sorted(self.entries.items())]
 
     @classmethod
-    def from_wire(cls, w: list, dec: Callable[[Any], T] = lambda v: v) -> LwwMap[T]:
+    def from_wire(cls, w: list[Any], dec: Callable[[Any], T] = lambda v: v) -> LwwMap[T]:
         return cls({k: Lww(int(ts), dec(v)) for k, ts, v in w})
 
 

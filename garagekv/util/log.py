@@ -39,7 +39,7 @@ def current_request_id() -> str | None:
     return request_id_var.get()
 
 
-def bind_request_id(incoming: str | None = None) -> tuple[str, contextvars.Token]:
+def bind_request_id(incoming: str | None = None) -> tuple[str, contextvars.Token[Any]]:
     """Start a request: reuse a well-formed incoming ``X-Request-Id`` or make a new one."""
     rid = incoming if incoming is not None and _VALID_REQUEST_ID.match(incoming) else new_request_id()
     return rid, request_id_var.set(rid)

@@ -8,7 +8,7 @@ import asyncio
 def new_runner() -> asyncio.Runner:
     """An asyncio runner on uvloop when it is installed."""
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         return asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
@@ -17,7 +17,7 @@ def new_runner() -> asyncio.Runner:
 
 def loop_name() -> str:
     try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+        import uvloop  # noqa: F401
 
         return "uvloop"
     except ImportError:
