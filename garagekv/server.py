@@ -8,7 +8,9 @@ acknowledged write is committed, then closes the database.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import platform
 import signal
 import socket
@@ -102,7 +104,7 @@ class Node:
         self.metrics.add_source(lambda: worker_families(self.model))
         self.helper = self.model.helper
         self.k2v = self.model.k2v
-        await self.system.start()
+        await _listening(f"{cfg.rpc_bind_addr} (rpc_bind_addr)", self.system.start())
         await self.model.start()
         if cfg.admin.api_bind_addr is not None:
             self.admin_http = AdminApiServer(
@@ -117,7 +119,7 @@ class Node:
                 )
             )
             host, port = split_host_port(cfg.admin.api_bind_addr)
-            await self.admin_http.start(host, port)
+            await _listening(f"{cfg.admin.api_bind_addr} ([admin] api_bind_addr)", self.admin_http.start(host, port))
             log.info(
                 "admin API listening on %s%s",
                 cfg.admin.api_bind_addr,
@@ -135,7 +137,7 @@ class Node:
             self.api = K2VApiServer(state)
             self.api.observer = self._observe_k2v
             host, port = split_host_port(k2v.api_bind_addr)
-            await self.api.start(host, port)
+            await _listening(f"{k2v.api_bind_addr} ([k2v_api] api_bind_addr)", self.api.start(host, port))
             log.info("K2V API listening on %s", k2v.api_bind_addr)
         log.info("node %s ready", self.node_id.hex())
 
@@ -165,6 +167,7 @@ class Node:
     def info(self) -> dict[str, Any]:
         return {
             "id": self.node_id.hex(),
+            "pid": os.getpid(),
             "k2v_endpoint": None if self.api is None else f"http://{self.config.k2v_api.api_bind_addr}",
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
@@ -273,13 +276,56 @@ class Node:
         log.info("node stopped cleanly")
 
 
-async def run_node(config: Config) -> None:
-    """Run until SIGINT/SIGTERM/SIGHUP, then shut down cleanly."""
+_LISTEN_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+async def _listening(what: str, start: Awaitable[None]) -> None:
+    """Run a start-up step that opens a listening socket; a refused address is a config error.
+
+    An operator who starts a second node on the same ports needs the key to change, not a
+    traceback from deep inside asyncio.
+    """
+    try:
+        await start
+    except OSError as e:
+        if e.errno not in _LISTEN_ERRORS:
+            raise
+        hint = " (is another garagekv process running with this config?)" if e.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {what}: {e.strerror}{hint}") from None
+
+
+def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    """Stop the node when ``fd`` (a pipe whose write end the parent holds) reaches end of file.
+
+    ``garagekv dev`` passes such a pipe: whatever way the parent dies, even SIGKILL, the kernel
+    closes its end, so the nodes it started never outlive it.
+    """
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            log.info("parent process gone: stopping")
+            stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+
+
+async def run_node(config: Config, parent_fd: int | None = None) -> None:
+    """Run until SIGINT/SIGTERM/SIGHUP (or end of file on ``parent_fd``), then shut down cleanly."""
     node = Node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    if parent_fd is not None:
+        _stop_at_eof(loop, parent_fd, stop)
     try:
         await node.start()
         await stop.wait()

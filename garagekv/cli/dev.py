@@ -4,6 +4,10 @@ Everything lives under one directory (default ``./.garagekv-dev``) and persists 
 node configs, data, secrets and the credentials created on the first run. The nodes are ordinary
 ``garagekv server`` processes, each with a config file usable with ``-c``; they are connected,
 given one zone each and a layout is applied, then the JSON line is printed.
+
+The nodes never outlive ``dev``: each inherits the read end of a pipe whose write end only
+``dev`` holds, and stops cleanly when it reads end of file, which the kernel delivers however
+``dev`` ends (Ctrl-C, SIGTERM, SIGHUP from a closed terminal, SIGKILL).
 """
 
 from __future__ import annotations
@@ -35,9 +39,20 @@ NODE_CAPACITY = "1G"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dev", help="run a local development cluster with a key and a bucket")
+    p = sub.add_parser(
+        "dev",
+        help="run a local development cluster with a key and a bucket",
+        description="Node i listens on PORT+10i (K2V), PORT-3+10i (RPC) and PORT-1+10i (admin API), "
+        "as Garage's 3904/3901/3903. The nodes stop when dev stops, however it stops.",
+    )
     p.add_argument("--dir", default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="K2V port of the first node (others +10 each)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"K2V port of the first node (default {DEFAULT_PORT}); node i uses PORT+10i for K2V, "
+        "PORT-3+10i for RPC and PORT-1+10i for the admin API",
+    )
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help=f"number of nodes (default {DEFAULT_NODES})")
     p.add_argument("--json", action="store_true", help="print only the JSON line once ready")
 
@@ -96,24 +111,39 @@ class DevNode:
     dir: Path
     ports: dict[str, int]
     config_path: Path
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     config: Config | None = None
     node_id: str = ""
+    log_offset: int = 0
 
     @property
     def log_path(self) -> Path:
         return self.dir / "node.log"
 
-    def start(self) -> None:
+    def start(self, lifeline: int) -> None:
+        """Start the node process; it stops when ``lifeline`` (a pipe's read end) reaches end of file."""
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, lives as long as it
+        self.log_offset = log_file.tell()
+        cmd = [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), "server"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "garagekv.cli.main", "-c", str(self.config_path), "server"],
+            [*cmd, "--stop-on-eof", str(lifeline)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # Ctrl-C reaches dev only, which stops the nodes in order
+            pass_fds=(lifeline,),
         )
         log_file.close()
+
+    def new_log(self) -> str:
+        """What this run of the node wrote to its log (the last lines)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-20:])
 
     async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
         if self.config is None:
@@ -121,20 +151,30 @@ class DevNode:
         return await admin_call(self.config, op, args, timeout=timeout)
 
     async def wait_ready(self) -> None:
+        """Wait until this very process answers (not another one holding its ports)."""
+        assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"node {self.index} exited with code {self.proc.returncode}; "
-                    f"see {self.log_path}:\n{_tail(self.log_path)}"
+                    f"node {self.index} exited with code {self.proc.returncode}; see {self.log_path}:\n{self.new_log()}"
                 )
             try:
-                self.node_id = (await self.call("node.info", timeout=2.0))["id"]
-                return
+                info = await self.call("node.info", timeout=2.0)
             except (GarageKVError, ConfigError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node {self.index} not ready after {READY_TIMEOUT:.0f}s; see {self.log_path}")
-                await asyncio.sleep(0.1)
+                info = None
+            if info is not None and info.get("pid") == self.proc.pid:
+                self.node_id = info["id"]
+                return
+            if info is not None:
+                raise RuntimeError(
+                    f"node {self.index}'s ports are held by another garagekv process (pid {info.get('pid')}, "
+                    f"node {str(info.get('id'))[:16]}): stop it or choose other ports with --port/--dir.\n"
+                    f"{self.new_log()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.index} not ready after {READY_TIMEOUT:.0f}s; see {self.log_path}")
+            await asyncio.sleep(0.1)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -145,13 +185,6 @@ class DevNode:
             "config": str(self.config_path),
             "pid": self.proc.pid,
         }
-
-
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 async def _form_cluster(nodes: list[DevNode]) -> None:
@@ -249,10 +282,13 @@ def run(args: argparse.Namespace) -> int:
             if n.proc is not None and n.proc.poll() is None:
                 n.proc.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    # The nodes' lifeline: dev keeps the write end (never written) until it exits.
+    lifeline, _keep = os.pipe()
     for n in nodes:
-        n.start()
+        n.start(lifeline)
+    os.close(lifeline)
     try:
         creds = asyncio.run(_prepare(state_dir, nodes))
     except (RuntimeError, GarageKVError, ConfigError) as e:
@@ -304,8 +340,8 @@ def _supervise(nodes: list[DevNode], stopping: Any) -> int:
             if code is not None and not stopping() and n.index not in reported:
                 reported.add(n.index)
                 print(
-                    f"node {n.index} exited with code {code}; the others keep running. Restart it with:\n"
-                    f"  garagekv -c {n.config_path} server",
+                    f"node {n.index} exited with code {code}; the others keep running. Its last log lines:\n"
+                    f"{n.new_log()}\nRestart it with:\n  garagekv -c {n.config_path} server",
                     file=sys.stderr,
                     flush=True,
                 )

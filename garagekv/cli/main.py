@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from garagekv.cli import bench, cluster, dev, k2v, meta, ops
@@ -18,7 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help=f"config file (default: $GARAGEKV_CONFIG or {default_config_path()})")
     p.add_argument("--rpc-host", metavar="ID@HOST:PORT", help="talk to this node instead of the config's own")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("server", help="run a node")
+    server = sub.add_parser("server", help="run a node")
+    server.add_argument(
+        "--stop-on-eof",
+        type=int,
+        metavar="FD",
+        help="stop cleanly when this inherited file descriptor reaches end of file (used by garagekv dev)",
+    )
     dev.add_parser(sub)
     k2v.add_parser(sub)
     bench.add_parser(sub)
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 secrets=(config.rpc_secret, config.admin.admin_token, config.admin.metrics_token),
             )
             with new_runner() as runner:
-                runner.run(run_node(config))
+                runner.run(run_node(config, getattr(args, "stop_on_eof", None)))
             return 0
         if args.command in ("status", "node", "layout"):
             return asyncio.run(cluster.run(args, config))
@@ -86,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`garagekv status --json | head`): nothing more to say to it.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""`garagekv dev` never leaves orphans, and operator mistakes end in one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import NodeProcess, free_dev_port, free_port, wait_for
+
+GARAGEKV = [sys.executable, "-m", "garagekv.cli.main"]
+
+
+def start_dev(state_dir: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*GARAGEKV, "dev", "--json", "--nodes", "1", "--dir", str(state_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ready_line(p: subprocess.Popen[str]) -> dict:
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line, p.stderr.read() if p.stderr else ""
+    return json.loads(line)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_nodes_stop_when_dev_ends(tmp_path, sig):
+    p = start_dev(tmp_path / "dev", free_dev_port(1))
+    try:
+        node_pid = ready_line(p)["nodes"][0]["pid"]
+        assert not gone(node_pid)
+        p.send_signal(sig)
+        p.wait(timeout=30)
+        wait_for(lambda: gone(node_pid), timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "node stopped cleanly" in (tmp_path / "dev" / "node0" / "node.log").read_text()
+
+
+def test_second_dev_on_held_ports_fails_clearly(tmp_path):
+    port = free_dev_port(1)
+    first = start_dev(tmp_path / "a", port)
+    try:
+        info = ready_line(first)
+        second = start_dev(tmp_path / "b", port)
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 1
+        assert out == ""  # no ready line: the leftovers' answer must not pass for readiness
+        assert "Traceback" not in err
+        assert "held by another garagekv process" in err or "cannot listen on" in err, err
+        assert not gone(info["nodes"][0]["pid"])  # the first cluster is untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+
+
+def test_dev_help_names_its_ports():
+    r = subprocess.run([*GARAGEKV, "dev", "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert "PORT-3+10i" in r.stdout and "PORT-1+10i" in r.stdout
+
+
+@pytest.mark.parametrize("which", ["k2v", "rpc", "admin"])
+def test_port_in_use_names_the_config_key(tmp_path, which):
+    node = NodeProcess(tmp_path / "n", admin_port=free_port())
+    node.write_config()
+    port = {"k2v": node.k2v_port, "rpc": node.rpc_port, "admin": node.admin_port}[which]
+    key = {"k2v": "[k2v_api] api_bind_addr", "rpc": "rpc_bind_addr", "admin": "[admin] api_bind_addr"}[which]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        r = subprocess.run(
+            [*GARAGEKV, "-c", str(node.config_path), "server"], capture_output=True, text=True, timeout=60
+        )
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert f"Error: cannot listen on 127.0.0.1:{port} ({key})" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def running_node(tmp_path_factory):
+    n = NodeProcess(tmp_path_factory.mktemp("pipe"))
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.mark.parametrize("args", [["status", "--json"], ["status"], ["key", "list"], ["stats", "-a"]])
+def test_closed_pipe_exits_quietly(running_node, args):
+    """`garagekv status --json | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    cmd = [*GARAGEKV, "-c", str(running_node.config_path), *args]
+    reader_fd, writer_fd = os.pipe()
+    os.close(reader_fd)  # the reader is gone before the command writes a byte
+    try:
+        r = subprocess.run(cmd, stdout=writer_fd, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer_fd)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "BrokenPipeError" not in r.stderr
