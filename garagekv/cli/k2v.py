@@ -166,8 +166,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         c.add_argument("--poll-timeout", type=int, default=300, help="seconds to wait (1..600, default 300)")
         if not follow:
             c.add_argument("--follow", action="store_true", help="keep polling, one result per change")
-        c.add_argument("--count", type=int, help="stop after COUNT results")
-        c.add_argument("--no-initial", action="store_true", help="with --follow and no marker: skip the current state")
+        following = "" if follow else "with --follow: "
+        c.add_argument("--count", type=int, help=f"{following}stop after COUNT results")
+        c.add_argument(
+            "--timeout",
+            dest="watch_timeout",
+            type=float,
+            metavar="SECONDS",
+            help=f"{following}stop after SECONDS in all (exit status 4 if nothing was printed by then)",
+        )
+        c.add_argument(
+            "--no-initial",
+            action="store_true",
+            help=f"{following}without --seen-marker, skip the current state and print only changes",
+        )
         _output_flags(c)
         c.set_defaults(handler=cmd_poll_range, **({"follow": True} if follow else {}))
 
@@ -417,17 +429,23 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
         _print_poll(res, args)
         return 0
     count = 0
-    async for res in client.watch_range(
-        args.partition_key,
-        seen_marker=args.seen_marker,
-        timeout=args.poll_timeout,
-        include_initial=not args.no_initial,
-        **kw,
-    ):
-        _print_poll(res, args)
-        count += 1
-        if args.count is not None and count >= args.count:
-            break
+    try:
+        async with asyncio.timeout(args.watch_timeout):
+            async for res in client.watch_range(
+                args.partition_key,
+                seen_marker=args.seen_marker,
+                timeout=args.poll_timeout,
+                include_initial=not args.no_initial,
+                **kw,
+            ):
+                _print_poll(res, args)
+                count += 1
+                if args.count is not None and count >= args.count:
+                    break
+    except TimeoutError:
+        if count == 0:
+            print("timeout: no change", file=sys.stderr)
+            return EXIT_TIMEOUT
     return 0
 
 

@@ -214,3 +214,20 @@ def test_poll_poll_range_and_watch(cli, node, creds, sync, pk):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_watch_stops_at_its_overall_timeout(cli, sync, pk):
+    """`watch --count 1 --no-initial` with no change ends at --timeout (exit 4), not after the poll timeout."""
+    sync.insert_item(pk, "a", b"1")
+    r = cli("watch", pk, "--count", "1", "--no-initial", "--timeout", "1.5", "--poll-timeout", "300")
+    assert r.returncode == 4, r.stderr
+    assert b"timeout: no change" in r.stderr and r.stdout == b""
+    r = cli("watch", pk, "--json", "--timeout", "1.5")  # something printed: the deadline is a normal end
+    assert r.returncode == 0, r.stderr
+    assert [i["sk"] for i in json.loads(r.stdout.splitlines()[0])["items"]] == ["a"]
+
+
+def test_watch_help_names_only_its_own_flags(cli):
+    out = cli("watch", "--help").stdout.decode()
+    assert "--follow" not in out and "--timeout" in out
+    assert "--follow" in cli("poll-range", "--help").stdout.decode()
