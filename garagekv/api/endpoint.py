@@ -1,7 +1,7 @@
 """Routing: (method, raw path, raw query) -> the K2V endpoint and its parameters.
 
 Pure and done before authentication, as Garage does, so routing errors are 400 even for
-unsigned requests. The rules are those of K2V-API.md section 1, quirks included.
+unsigned requests. The rules are those of docs/k2v-api.md §1, quirks included.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one place where errors become K2V HTTP responses (K2V-API.md section 4)."""
+"""The one place where errors become K2V HTTP responses (docs/k2v-api.md §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The K2V API server: route, authenticate, resolve the bucket, check permission, dispatch.
 
-The order of checks is the one of K2V-API.md section 2, which decides which error a client sees
+The order of checks is the one of docs/k2v-api.md §2, which decides which error a client sees
 when several things are wrong at once.
 """
 

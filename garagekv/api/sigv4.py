@@ -1,4 +1,4 @@
-"""Server-side SigV4 verification for the K2V API (K2V-API.md §3 and §0 "Clock skew").
+"""Server-side SigV4 verification for the K2V API (docs/k2v-api.md §3, clock skew included).
 
 Framework-independent: it takes the method, the raw path and query as received, and the
 headers, so it can be tested without a server and reused by anything that speaks K2V. Only the

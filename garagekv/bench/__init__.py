@@ -14,4 +14,8 @@ Modules:
 - ``summary``: merged histograms into ops/s, latency percentiles and CPU per operation;
 - ``nullserver``: the do-nothing HTTP server behind ``--selftest``;
 - ``report``: text, Markdown and JSON output, the side-by-side table and the optional plot.
+
+How to use it and what it measured: docs/performance.md. It ranks with ``garagekv.server`` (it
+may import any layer but cli) yet imports only garagekv.util: it drives a server from outside,
+over HTTP, like any client.
 """

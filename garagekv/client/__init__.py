@@ -7,7 +7,10 @@
 >>> item.values, item.token               # ([b'hello'], CausalityToken('...'))
 
 :class:`K2VClient` is the asyncio client; :class:`K2VClientSync` runs it on a private loop thread.
-See ``docs/client.md``.
+See ``docs/client.md``; the wire format it speaks is docs/k2v-api.md.
+
+May import only garagekv.util (layer 1 beside db): applications install and use it without the
+server's layers.
 """
 
 from garagekv.client.client import K2VClient, RawResponse

@@ -1,6 +1,6 @@
 """Building and signing K2V requests (no I/O, so it is unit-testable on its own).
 
-The wire format follows K2V-API.md and what Garage's k2v-client sends: bucket-level calls go to
+The wire format follows docs/k2v-api.md and what Garage's k2v-client sends: bucket-level calls go to
 ``/bucket`` (no trailing slash), keywords are written ``?search=``, the partition key is
 percent-encoded (``/`` included, so any key — even one starting with ``/`` — is addressable), and
 query values use the AWS encoding, which is also their canonical form. Signatures come from

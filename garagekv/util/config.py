@@ -28,7 +28,7 @@ TiB = MiB * MiB
 
 CONFIG_ENV = "GARAGEKV_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/garagekv.toml"
-MAX_KEY_BYTES = 479  # K2V-API.md: partition and sort keys fit in an LMDB key
+MAX_KEY_BYTES = 479  # docs/k2v-api.md §10: partition and sort keys fit in an LMDB key
 LMDB_PAGE = 4096
 CONSISTENCY_MODES = ("consistent", "degraded", "dangerous")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -1,4 +1,4 @@
-"""K2V-API.md §2 (order of checks) and §3 (SigV4 authentication), against a real node."""
+"""docs/k2v-api.md §2 (order of checks) and §3 (SigV4 authentication), against a real node."""
 
 from __future__ import annotations
 

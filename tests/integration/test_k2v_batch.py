@@ -1,4 +1,4 @@
-"""K2V-API.md §8: InsertBatch, ReadBatch, DeleteBatch and the JSON conventions."""
+"""docs/k2v-api.md §8: InsertBatch, ReadBatch, DeleteBatch and the JSON conventions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K2V-API.md §9: OPTIONS preflights (before authentication) and CORS headers."""
+"""docs/k2v-api.md §9: OPTIONS preflights (before authentication) and CORS headers."""
 
 from __future__ import annotations
 

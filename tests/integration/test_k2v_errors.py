@@ -1,4 +1,4 @@
-"""K2V-API.md §4 (error bodies, codes, statuses) and §10 (response details)."""
+"""docs/k2v-api.md §4 (error bodies, codes, statuses) and §10 (response details)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K2V-API.md §8 ReadIndex: counters, omitted partitions and echoed fields."""
+"""docs/k2v-api.md §8 ReadIndex: counters, omitted partitions and echoed fields."""
 
 from __future__ import annotations
 

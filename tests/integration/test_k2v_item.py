@@ -1,4 +1,4 @@
-"""K2V-API.md §5 (single-item endpoints), §6 (causality tokens) and §10 response details."""
+"""docs/k2v-api.md §5 (single-item endpoints), §6 (causality tokens) and §10 response details."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K2V-API.md §0 limits: body size, batch size, key length; never a 500, never truncated."""
+"""docs/k2v-api.md §10 limits: body size, batch size, key length; never a 500, never truncated."""
 
 from __future__ import annotations
 

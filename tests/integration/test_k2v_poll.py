@@ -1,4 +1,4 @@
-"""K2V-API.md §8 PollRange (POST|SEARCH /b/<pk>?poll_range)."""
+"""docs/k2v-api.md §8 PollRange (POST|SEARCH /b/<pk>?poll_range)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K2V-API.md §7: range rules, through ReadBatch (sort keys) and ReadIndex (partition keys)."""
+"""docs/k2v-api.md §7: range rules, through ReadBatch (sort keys) and ReadIndex (partition keys)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K2V-API.md §1: routing of method + path + query to an endpoint, against a real node."""
+"""docs/k2v-api.md §1: routing of method + path + query to an endpoint, against a real node."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Causality tokens: Garage's text format, and every way a token can be invalid (K2V-API §6)."""
+"""Causality tokens: Garage's text format, and every way a token can be invalid (docs/k2v-api.md §6)."""
 
 from __future__ import annotations
 

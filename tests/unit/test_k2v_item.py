@@ -1,4 +1,4 @@
-"""K2V items: DVVS update/merge rules, the semantics clients see (K2V-API §5-§6), encoding."""
+"""K2V items: DVVS update/merge rules, the semantics clients see (docs/k2v-api.md §5-§6), encoding."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def merged(*items: K2VItem) -> K2VItem:
 
 
 def garage_rule_merge(a: K2VItem, b: K2VItem) -> K2VItem:
-    """Reference: Garage's append-newer-than-max-time merge, written from garage-internals §5.2."""
+    """Reference: Garage's append-newer-than-max-time merge, as K2VItem.merge's docstring states it."""
     out = a.copy()
     for n, theirs in b.items.items():
         if n not in out.items:

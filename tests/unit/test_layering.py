@@ -1,4 +1,4 @@
-"""The import graph follows the layers of ARCHITECTURE.md and has no cycle at all."""
+"""The import graph follows the layers of docs/architecture.md §1 and has no cycle at all."""
 
 from __future__ import annotations
 

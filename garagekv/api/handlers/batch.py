@@ -1,4 +1,4 @@
-"""InsertBatch, ReadBatch and DeleteBatch (K2V-API.md section 8).
+"""InsertBatch, ReadBatch and DeleteBatch (docs/k2v-api.md §8).
 
 Every query or item is parsed and validated before anything is read or written, so one bad
 element fails the request with nothing changed.

@@ -1,4 +1,4 @@
-"""ReadIndex: the partition keys of a bucket with their counters (K2V-API.md section 8)."""
+"""ReadIndex: the partition keys of a bucket with their counters (docs/k2v-api.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ReadItem, InsertItem, DeleteItem and PollItem (K2V-API.md section 5)."""
+"""ReadItem, InsertItem, DeleteItem and PollItem (docs/k2v-api.md §5)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 An insert coordinated here reads the item, applies the DVVS update with this node's id and a
 timestamp that never goes backwards, and writes the item, the timestamp and the counter deltas
-in one transaction (ARCHITECTURE.md section 2). The single writer thread serialises these
+in one transaction (docs/architecture.md §2). The single writer thread serialises these
 read-modify-writes, which is what makes per-node times strictly increasing.
 """
 

@@ -2,6 +2,9 @@
 
 Pure logic (no I/O, no asyncio). ``LayoutHistory.apply_staged_changes`` and
 ``preview_staged_changes`` run the assignment (tens of milliseconds); call them in a thread.
+
+Part of the rpc layer, but imports only garagekv.util (and its own modules): the layout is data
+that the rest of rpc, table and model read. See docs/architecture.md §5.
 """
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
