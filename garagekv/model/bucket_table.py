@@ -19,23 +19,34 @@ from garagekv.util.crdt import Lww, LwwMap
 from garagekv.util.time import now_ms
 
 FORMAT = b"\x01"
-_NAME_RE = re.compile(r"^[a-z0-9.-]{3,63}$")
+_NAME_RE = re.compile(r"^[a-z0-9.-]+$")
 
 
-def is_valid_bucket_name(name: str, allow_punycode: bool = False) -> bool:
-    """S3 bucket naming rules, as Garage applies them."""
+def bucket_name_problem(name: str, allow_punycode: bool = False) -> str | None:
+    """The S3 naming rule ``name`` breaks, or None for a valid name.
+
+    AWS's rules, stricter than Garage's on one point: a name is dot-separated labels, each
+    starting and ending with a letter or digit, so ``a..b`` and ``a.-b`` are refused as AWS does.
+    """
+    if not 3 <= len(name) <= 63:
+        return f"must be 3 to 63 characters long (this one has {len(name)})"
     if not _NAME_RE.match(name):
-        return False
-    if name[0] in "-." or name[-1] in "-.":
-        return False
+        return "may contain only lowercase letters, digits, dots and hyphens"
+    for label in name.split("."):
+        if not label:
+            return "may not contain two dots in a row, nor start or end with a dot"
+        if label[0] == "-" or label[-1] == "-":
+            return "each dot-separated part must start and end with a letter or digit"
     try:
         ipaddress.ip_address(name)
-        return False
+        return "may not be formatted as an IP address"
     except ValueError:
         pass
     if not allow_punycode and (name.startswith("xn--") or ".xn--" in name):
-        return False
-    return not name.endswith("-s3alias")
+        return "may not start a part with xn-- (punycode names are off: allow_punycode)"
+    if name.endswith("-s3alias"):
+        return "may not end with -s3alias"
+    return None
 
 
 @dataclass

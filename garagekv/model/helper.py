@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from garagekv.model.bucket_table import Bucket, BucketAlias, is_valid_bucket_name
+from garagekv.model.bucket_table import Bucket, BucketAlias, bucket_name_problem
 from garagekv.model.key_table import KEY_ID_RE, SECRET_RE, Key
 from garagekv.model.permission import BucketKeyPerm
 from garagekv.table.table import EMPTY_PARTITION, Table
@@ -179,10 +179,11 @@ class MetaHelper:
         raise NoSuchBucket(name)
 
     def _check_name(self, name: str) -> None:
-        if not is_valid_bucket_name(name, self._allow_punycode):
+        problem = bucket_name_problem(name, self._allow_punycode)
+        if problem is not None:
             raise InvalidBucketName(
-                f"{name}: Invalid bucket name. See AWS documentation for constraints on S3 bucket names:\n"
-                "https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html"
+                f"{name}: Invalid bucket name: a bucket name {problem}. See AWS documentation for constraints "
+                "on S3 bucket names:\nhttps://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html"
             )
 
     async def create_bucket(self, name: str, local_key: str | None = None) -> Bucket:

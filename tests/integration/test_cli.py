@@ -64,7 +64,9 @@ def test_key_import_validation(cli_node):
 def test_bucket_lifecycle_and_permissions(cli_node):
     key = json.loads(cli(cli_node, "key", "create", "bkey", "--json").stdout)
     r = cli(cli_node, "bucket", "create", "Bad_Name", check=False)
-    assert r.returncode == 1 and "Invalid bucket name" in r.stderr
+    assert r.returncode == 1 and "Invalid bucket name" in r.stderr and "lowercase letters" in r.stderr
+    r = cli(cli_node, "bucket", "create", "bucket..x", check=False)
+    assert r.returncode == 1 and "two dots in a row" in r.stderr
     assert "was created" in cli(cli_node, "bucket", "create", "my-bucket").stdout
     r = cli(cli_node, "bucket", "create", "my-bucket", check=False)
     assert r.returncode == 1 and "already exists" in r.stderr
