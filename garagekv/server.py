@@ -73,8 +73,9 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         if cfg.rpc_secret_bytes is None:
+            where = f"{cfg.source}: " if cfg.source is not None else ""
             raise ConfigError(
-                "missing required key 'rpc_secret' (example: rpc_secret = \"<64 hex characters "
+                f"{where}missing required key 'rpc_secret' (example: rpc_secret = \"<64 hex characters "
                 'from `openssl rand -hex 32`>"), or rpc_secret_file / GARAGEKV_RPC_SECRET'
             )
         self.node_key = load_or_create_node_key(cfg.metadata_dir)

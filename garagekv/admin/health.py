@@ -73,6 +73,13 @@ class HealthReport:
         if self.status == UNAVAILABLE:
             failed = [f"{k}: {v}" for k, v in self.checks.items() if v not in ("ok", "disabled")]
             return MESSAGES[UNAVAILABLE] + (f" ({'; '.join(failed)})" if failed else "")
+        c = self.cluster
+        if self.status == OK and c is not None and c.storage_nodes_ok < c.storage_nodes:
+            down = c.storage_nodes - c.storage_nodes_ok
+            return (
+                f"Every partition has its quorum, but {down} of {c.storage_nodes} storage nodes "
+                "cannot be reached: running with less redundancy"
+            )
         return MESSAGES[self.status]
 
     def probe_body(self) -> dict[str, Any]:
@@ -88,7 +95,7 @@ class HealthReport:
             body["layoutVersion"] = c.layout_version
             body["partitions"] = c.partitions
             body["partitionsQuorum"] = c.partitions_quorum
-            body["partitionsLackingQuorum"] = c.partitions_lacking_quorum
+            body["partitionsLackingQuorum"] = partition_ranges(c.partitions_lacking_quorum)
         return body
 
     def detail_body(self) -> dict[str, Any]:
@@ -117,6 +124,17 @@ class HealthReport:
             "partitionsLackingQuorum": None if c is None else c.partitions_lacking_quorum,
             "consistencyMode": None if c is None else c.consistency_mode,
         }
+
+
+def partition_ranges(partitions: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``: a probe body stays one short line."""
+    spans: list[list[int]] = []
+    for p in sorted(partitions):
+        if spans and p == spans[-1][1] + 1:
+            spans[-1][1] = p
+        else:
+            spans.append([p, p])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 class HealthSource(Protocol):

@@ -15,7 +15,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +70,7 @@ class Config:
 
     metadata_dir: Path
     s3_api: S3ApiConfig
+    source: Path | None = None  # the file it was read from, for messages that must name it
     data_dir: Path | None = None  # accepted for garage.toml compatibility: K2V stores no blocks
     db_engine: str = "lmdb"
     lmdb_map_size: int = TiB
@@ -197,7 +198,7 @@ def load_config(path: str | Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:  # its message ends with "(at line L, column C)"
         raise ConfigError(f"{path}: invalid TOML: {e}")
     try:
-        return parse_config(data, base_dir=path.absolute().parent)
+        return replace(parse_config(data, base_dir=path.absolute().parent), source=path)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}")
 

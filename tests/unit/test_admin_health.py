@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from garagekv.admin.health import DEGRADED, NO_LAYOUT, OK, UNAVAILABLE, ClusterHealth, evaluate
+from garagekv.admin.health import (
+    DEGRADED,
+    NO_LAYOUT,
+    OK,
+    UNAVAILABLE,
+    ClusterHealth,
+    evaluate,
+    partition_ranges,
+)
 
 LOCAL_OK = {"running": "ok", "database": "ok", "k2vApi": "ok"}
 
@@ -67,7 +75,7 @@ def test_degraded_lists_partitions_without_quorum():
         None,
     )
     assert r.status == DEGRADED and r.http_status == 503
-    assert r.probe_body()["partitionsLackingQuorum"] == [1, 2, 3, 4, 5, 6]
+    assert r.probe_body()["partitionsLackingQuorum"] == "1-6"
     assert r.detail_body()["partitionsLackingQuorum"] == [1, 2, 3, 4, 5, 6]
     assert "Quorum is not available" in r.message
 
@@ -77,3 +85,11 @@ def test_a_node_down_with_quorum_everywhere_is_still_ok():
     assert r.status == OK and r.http_status == 200
     assert r.detail_body()["status"] == "degraded"  # Garage's word for "up, but a node is missing"
     assert r.detail_body()["storageNodesOk"] == 2
+    assert "fully operational" not in r.message and "1 of 3 storage nodes" in r.message
+    assert r.probe_body()["message"] == r.detail_body()["message"] == r.message
+
+
+def test_partition_ranges_are_compact():
+    assert partition_ranges([]) == ""
+    assert partition_ranges([7, 0, 1, 2, 5, 8]) == "0-2,5,7-8"
+    assert partition_ranges(list(range(256))) == "0-255"

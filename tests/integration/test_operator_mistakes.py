@@ -1,4 +1,4 @@
-"""`garagekv dev` never leaves orphans, and operator mistakes end in one clear line, not a traceback."""
+"""Operator mistakes end in one clear line, not a traceback; `garagekv dev` never leaves orphans."""
 
 from __future__ import annotations
 
@@ -96,6 +96,16 @@ def test_port_in_use_names_the_config_key(tmp_path, which):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert f"Error: cannot listen on 127.0.0.1:{port} ({key})" in r.stderr, r.stderr
+
+
+def test_missing_rpc_secret_names_the_config_file(tmp_path):
+    node = NodeProcess(tmp_path / "n")
+    node.write_config()
+    text = node.config_path.read_text()
+    node.config_path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("rpc_secret")))
+    r = subprocess.run([*GARAGEKV, "-c", str(node.config_path), "server"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"Error: {node.config_path}: missing required key 'rpc_secret'" in r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")
