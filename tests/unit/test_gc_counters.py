@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from garagekv.admin.node_ops import CounterRepair
+from garagekv.model.counter_repair import CounterRepair
 from garagekv.model.index_counter import LocalCounter
 from garagekv.model.k2v.item import partition_hash
 from garagekv.model.k2v.range import RangeQuery
@@ -107,7 +107,7 @@ async def _repair(node) -> CounterRepair:
 
 
 async def test_counter_repair_recounts_from_items(node, monkeypatch):
-    monkeypatch.setattr("garagekv.admin.node_ops.RECOUNT_STEP", 3)  # several steps, partitions kept whole
+    monkeypatch.setattr("garagekv.model.counter_repair.RECOUNT_STEP", 3)  # several steps, partitions kept whole
     for i in range(5):
         await node.put("p", f"s{i}", b"v" * i)
     await node.put("p", "s0", b"other", token=False)  # a conflict
