@@ -1,8 +1,9 @@
 """Operator operations on one node: repairs, statistics and background workers.
 
 Like ``cluster_ops``, these run by name on the node the CLI (over RPC) or the admin HTTP API
-talks to, and act on that node only. They see the node through :class:`NodeServices`.
+talks to, and act on that node only. They see the node through its ``OpServices``.
 
+- ``node.info``: the node's id, endpoints and a few counters.
 - ``repair`` ``{what: tables|merkle|counters}``: ``tables`` starts a full anti-entropy sync of
   every table (the K2V ones included), ``merkle`` rebuilds the Merkle tries from the data, and
   ``counters`` recounts this node's K2V index counters from its items (a background worker).
@@ -17,38 +18,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
+from garagekv.admin.operation import NoArgs, Op, OpServices
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
 from garagekv.db.env import Database
-from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.counter_repair import CounterRepair
 from garagekv.model.model import Model
 from garagekv.rpc.layout import NB_PARTITIONS
-from garagekv.rpc.system import System
 from garagekv.util.background import WorkerInfo
-from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
 log = logging.getLogger(__name__)
 
 REPAIRS = ("tables", "merkle", "counters")
 STATS_TIMEOUT = 10.0
-
-
-class NodeServices(Protocol):
-    """What node operations need from the running node (``garagekv.server.Node`` provides it)."""
-
-    config: Config
-    db: Database
-    writer: GroupCommitWriter
-    system: System
-    model: Model
-
-
-NodeOp = Callable[[NodeServices, dict[str, Any]], Awaitable[Any]]
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -122,8 +108,17 @@ def _worker_info(model: Model, tid: int) -> WorkerInfo:
 # ---- operations ---------------------------------------------------------------------------------
 
 
-async def repair(node: NodeServices, a: dict) -> dict:
-    what = a.get("what")
+async def node_info(node: OpServices, a: NoArgs) -> dict:
+    return node.info()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepairArgs:
+    what: str  # one of REPAIRS
+
+
+async def repair(node: OpServices, a: RepairArgs) -> dict:
+    what = a.what
     if what not in REPAIRS:
         raise AdminError(f"Unknown repair '{what}': choose one of {', '.join(REPAIRS)}")
     model = node.model
@@ -179,8 +174,13 @@ def _db_stats(db: Database) -> dict[str, Any]:
     return out
 
 
-async def stats(node: NodeServices, a: dict) -> dict:
-    if a.get("all_nodes"):
+@dataclass(frozen=True, kw_only=True)
+class StatsArgs:
+    all_nodes: bool = False
+
+
+async def stats(node: OpServices, a: StatsArgs) -> dict:
+    if a.all_nodes:
         return await _stats_all(node)
     model, system = node.model, node.system
     trees = table_stats(node.db)
@@ -248,7 +248,7 @@ async def stats(node: NodeServices, a: dict) -> dict:
     }
 
 
-async def _stats_all(node: NodeServices) -> dict:
+async def _stats_all(node: OpServices) -> dict:
     """``stats`` of every node of the layout (and this one), each asked over the cluster RPC."""
     system = node.system
     ids = sorted({system.node_id, *system.layout.history.all_nodes()})
@@ -256,7 +256,7 @@ async def _stats_all(node: NodeServices) -> dict:
     async def one(n: bytes) -> dict:
         try:
             if n == system.node_id:
-                return await stats(node, {})
+                return await stats(node, StatsArgs())
             return await system.netapp.call(n, ADMIN_ENDPOINT, {"op": "stats", "args": {}}, timeout=STATS_TIMEOUT)
         except Exception as e:  # noqa: BLE001 - reported per node
             return {"node": n.hex(), "error": str(e)}
@@ -264,21 +264,23 @@ async def _stats_all(node: NodeServices) -> dict:
     return {"nodes": list(await asyncio.gather(*(one(n) for n in ids)))}
 
 
-async def worker_list(node: NodeServices, a: dict) -> dict:
+async def worker_list(node: OpServices, a: NoArgs) -> dict:
     return {"workers": sorted(node.model.background.list(), key=lambda w: w["tid"])}
 
 
-async def worker_info(node: NodeServices, a: dict) -> dict:
-    try:
-        tid = int(a.get("tid"))
-    except (TypeError, ValueError):
-        raise AdminError(f"Invalid worker TID '{a.get('tid')}': expected a number")
-    return _worker_info(node.model, tid).to_json()
+@dataclass(frozen=True, kw_only=True)
+class WorkerInfoArgs:
+    tid: int
 
 
-NODE_OPS: dict[str, NodeOp] = {
-    "repair": repair,
-    "stats": stats,
-    "worker.list": worker_list,
-    "worker.info": worker_info,
-}
+async def worker_info(node: OpServices, a: WorkerInfoArgs) -> dict:
+    return _worker_info(node.model, a.tid).to_json()
+
+
+NODE_OPS: tuple[Op[Any], ...] = (
+    Op("node.info", NoArgs, node_info),
+    Op("repair", RepairArgs, repair),
+    Op("stats", StatsArgs, stats),
+    Op("worker.list", NoArgs, worker_list),
+    Op("worker.info", WorkerInfoArgs, worker_info),
+)
