@@ -15,7 +15,6 @@ is required.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +49,7 @@ class NoArgs:
 
 
 A = TypeVar("A")
+T = TypeVar("T")
 
 
 class MissingArgument(Exception):
@@ -60,7 +60,7 @@ class MissingArgument(Exception):
         self.name = name
 
 
-def required(value: Any, name: str) -> Any:
+def required(value: T | None, name: str) -> T:
     """``value``, which must be set: for arguments that are required only in some forms of a
     command (a key named by ``pattern`` or by ``id``)."""
     if value is None:
@@ -123,14 +123,19 @@ def registry(*groups: tuple[Op[Any], ...]) -> dict[str, Op[Any]]:
 # ---- argument checking --------------------------------------------------------------------------
 
 
-@functools.cache
+_FIELDS: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
 def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
-    """Field name -> (resolved type hint, has a default) of an argument dataclass."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        out[f.name] = (hints[f.name], has_default)
+    """Field name -> (resolved type hint, has a default) of an argument dataclass (cached)."""
+    out = _FIELDS.get(cls)
+    if out is None:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            out[f.name] = (hints[f.name], has_default)
+        _FIELDS[cls] = out
     return out
 
 
@@ -168,7 +173,7 @@ def _describe(hint: Any) -> str:
         return "a list" if item is Any else f"a list of {_describe(item)}"
     if origin is dict:
         return "a map"
-    return {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}.get(hint, hint.__name__)
+    return {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}.get(hint, str(hint.__name__))
 
 
 def _type_name(value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from garagekv.util import codec
 from garagekv.util.time import increment_logical_clock
@@ -170,7 +170,7 @@ class DeletableEntry(Generic[P]):
         return self.FORMAT + codec.encode({"id": self.entry_id(), "p": wire})
 
     @classmethod
-    def decode(cls, data: bytes) -> Any:
+    def decode(cls, data: bytes) -> Self:
         w = codec.decode(data[1:])
         p = w["p"]
         return cls(w["id"], None if p is None else cls.params_type.from_wire(p))  # type: ignore[call-arg]
