@@ -22,12 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from garagekv.admin.cluster_metrics import peer_families, worker_families
-from garagekv.admin.cluster_ops import CLUSTER_OPS
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
-from garagekv.admin.node_ops import NODE_OPS
-from garagekv.admin.ops import run_op
+from garagekv.admin.registry import OPS, run_op
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
 from garagekv.api.context import ApiLimits, ApiState
@@ -144,26 +142,18 @@ class Node:
 
     async def _cluster_status(self) -> dict[str, Any]:
         """``{layoutVersion, layout, nodes}`` for the admin API's /v1/status."""
-        st = await CLUSTER_OPS["cluster.status"](self.system, {})
-        layout = await CLUSTER_OPS["layout.get"](self.system, {})
+        st = await OPS["cluster.status"](self, {})
+        layout = await OPS["layout.get"](self, {})
         return {"layoutVersion": st["layout_version"], "layout": layout, "nodes": st["nodes"]}
 
     async def _handle_admin_rpc(self, from_node: bytes, body: Any) -> Any:
         if not isinstance(body, dict) or not isinstance(body.get("op"), str):
             raise AdminError("malformed admin request")
-        return await self.dispatch_admin(body["op"], body.get("args") or {})
+        return await self.dispatch_admin(body["op"], body.get("args"))
 
-    async def dispatch_admin(self, op: str, args: dict[str, Any]) -> Any:
-        """Run an operator command by name (CLI over RPC, admin HTTP API)."""
-        if op == "node.info":
-            return self.info()
-        cluster_op = CLUSTER_OPS.get(op)
-        if cluster_op is not None:
-            return await cluster_op(self.system, args)
-        node_op = NODE_OPS.get(op)  # repair, stats, worker: they see this node (self.model, self.db ...)
-        if node_op is not None:
-            return await node_op(self, args)
-        return await run_op(self.helper, op, args)
+    async def dispatch_admin(self, op: str, args: dict[str, Any] | None) -> Any:
+        """Run an operator command by name (CLI over RPC, admin HTTP API); the node is its services."""
+        return await run_op(self, op, args)
 
     def info(self) -> dict[str, Any]:
         return {

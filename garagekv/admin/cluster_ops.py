@@ -1,15 +1,17 @@
 """Operator operations on the cluster: status, peers, and the staged role table.
 
 Like ``admin.ops`` for keys and buckets, these are called by name from the CLI (over RPC) and
-the admin HTTP API, so both share one implementation.
+the admin HTTP API through the node's operation registry, so both share one implementation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from garagekv.admin.operation import NoArgs, Op, OpServices
 from garagekv.net.identity import NODE_ID_LEN, parse_node_id
 from garagekv.rpc.endpoint import endpoint_path
 from garagekv.rpc.layout import LayoutError, NodeRole, parse_zone_redundancy
@@ -54,7 +56,8 @@ def node_by_id(system: System, text: str) -> bytes:
     return resolve_node(system, text)
 
 
-async def status(system: System, a: dict) -> dict:
+async def status(s: OpServices, a: NoArgs) -> dict:
+    system = s.system
     h = system.layout.history
     current = h.current()
     planned = h.planned_roles()
@@ -84,27 +87,33 @@ async def status(system: System, a: dict) -> dict:
     }
 
 
-async def node_connect(system: System, a: dict) -> dict:
-    node_id, addr = parse_peer(a["peer"])
+@dataclass(frozen=True, kw_only=True)
+class NodeConnectArgs:
+    peer: str  # <node id>@<host>:<port>
+
+
+async def node_connect(s: OpServices, a: NodeConnectArgs) -> dict:
+    system = s.system
+    node_id, addr = parse_peer(a.peer)
     try:
         await system.connect(node_id, addr)
     except Exception as e:  # noqa: BLE001 - reported to the operator with the cause
-        raise AdminError(f"Could not connect to {a['peer']}: {e}")
+        raise AdminError(f"Could not connect to {a.peer}: {e}")
     return {"connected": node_id.hex()}
 
 
-async def layout_show(system: System, a: dict) -> dict:
-    h = system.layout.history
+async def layout_show(s: OpServices, a: NoArgs) -> dict:
+    h = s.system.layout.history
     text = await asyncio.to_thread(h.describe)
     return {"text": text, "version": h.current().version, "staged_changes": h.has_staged_changes()}
 
 
-async def layout_history(system: System, a: dict) -> dict:
-    return {"text": system.layout.history.describe_versions()}
+async def layout_history(s: OpServices, a: NoArgs) -> dict:
+    return {"text": s.system.layout.history.describe_versions()}
 
 
-async def layout_get(system: System, a: dict) -> dict:
-    h = system.layout.history
+async def layout_get(s: OpServices, a: NoArgs) -> dict:
+    h = s.system.layout.history
     cur = h.current()
     return {
         "version": cur.version,
@@ -142,27 +151,41 @@ def _role_change(system: System, change: Any, index: int) -> tuple[bytes, NodeRo
         raise AdminError(f"Invalid layout change ({where}): {e.message}")
 
 
-async def layout_stage(system: System, a: dict) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class LayoutStageArgs:
+    changes: list[Any]  # each checked by _role_change, with its index in the messages
+
+
+async def layout_stage(s: OpServices, a: LayoutStageArgs) -> dict:
     """Stage a list of role changes at once (the admin API's ``POST /v1/layout``); all or none.
 
     Each change sets a node's whole role, as in Garage: ``{id, zone, capacity, tags}`` (capacity
     in bytes, null for a gateway) or ``{id, remove: true}``. ``id`` is a full node id (a node not
     seen yet is accepted) or a unique prefix of a known one. Answers the layout as ``layout.get``.
     """
-    changes = a.get("changes")
-    if not isinstance(changes, list):
-        raise AdminError("Invalid layout changes: expected a list of {id, zone, capacity, tags} or {id, remove}")
-    staged = [_role_change(system, c, i) for i, c in enumerate(changes)]
+    system = s.system
+    staged = [_role_change(system, c, i) for i, c in enumerate(a.changes)]
     h = system.layout.history.clone()
     for node, role in staged:
         h.stage_role(node, role)
     system.layout.replace(h)
-    return await layout_get(system, {})
+    return await layout_get(s, NoArgs())
 
 
-async def layout_assign(system: System, a: dict) -> dict:
-    capacity = a.get("capacity")
-    gateway = bool(a.get("gateway"))
+@dataclass(frozen=True, kw_only=True)
+class LayoutAssignArgs:
+    nodes: list[str]  # node id prefixes
+    zone: str | None = None
+    capacity: int | str | None = None  # bytes, or a size such as "1G"
+    gateway: bool = False
+    tags: list[str] | None = None
+    replace: list[str] | None = None  # nodes whose roles are removed in the same change
+
+
+async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict:
+    system = s.system
+    capacity = a.capacity
+    gateway = a.gateway
     if capacity is not None and gateway:
         raise AdminError("-c and -g are mutually exclusive: a gateway stores nothing")
     cap_bytes = None
@@ -171,15 +194,15 @@ async def layout_assign(system: System, a: dict) -> dict:
             cap_bytes = parse_size(capacity)
         except ValueError as e:
             raise AdminError(f"Invalid capacity '{capacity}': {e} (examples: 500M, 1G, 2TiB)")
-    nodes = [resolve_node(system, p) for p in a["nodes"]]
+    nodes = [resolve_node(system, p) for p in a.nodes]
     h = system.layout.history.clone()
     planned = h.planned_roles()
-    if a.get("replace"):
-        for p in a["replace"]:
+    if a.replace:
+        for p in a.replace:
             h.stage_role(resolve_node(system, p), None)
     for n in nodes:
         old = planned.get(n)
-        zone = a.get("zone") or (old.zone if old else None)
+        zone = a.zone or (old.zone if old else None)
         if zone is None:
             raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its zone with -z ZONE")
         if cap_bytes is None and not gateway:
@@ -191,7 +214,7 @@ async def layout_assign(system: System, a: dict) -> dict:
             cap = old.capacity
         else:
             cap = None if gateway else cap_bytes
-        tags = a.get("tags") if a.get("tags") else (list(old.tags) if old else [])
+        tags = a.tags if a.tags else (list(old.tags) if old else [])
         try:
             h.stage_role(n, NodeRole(zone, cap, tuple(tags)))
         except LayoutError as e:
@@ -204,8 +227,14 @@ async def layout_assign(system: System, a: dict) -> dict:
     }
 
 
-async def layout_remove(system: System, a: dict) -> dict:
-    n = resolve_node(system, a["node"])
+@dataclass(frozen=True, kw_only=True)
+class LayoutRemoveArgs:
+    node: str  # a node id prefix
+
+
+async def layout_remove(s: OpServices, a: LayoutRemoveArgs) -> dict:
+    system = s.system
+    n = resolve_node(system, a.node)
     h = system.layout.history.clone()
     h.stage_role(n, None)
     system.layout.replace(h)
@@ -216,62 +245,88 @@ async def layout_remove(system: System, a: dict) -> dict:
     }
 
 
-async def layout_config(system: System, a: dict) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class LayoutConfigArgs:
+    zone_redundancy: str | int  # a number of zones, or "maximum"
+
+
+async def layout_config(s: OpServices, a: LayoutConfigArgs) -> dict:
+    system = s.system
     h = system.layout.history.clone()
     try:
-        zr = parse_zone_redundancy(str(a["zone_redundancy"]), h.replication_factor)
+        zr = parse_zone_redundancy(str(a.zone_redundancy), h.replication_factor)
         h.stage_zone_redundancy(zr)
     except (LayoutError, ValueError) as e:
         raise AdminError(str(getattr(e, "message", e)))
     system.layout.replace(h)
-    return {"message": f"The zone redundancy parameter has been set to '{a['zone_redundancy']}'."}
+    return {"message": f"The zone redundancy parameter has been set to '{a.zone_redundancy}'."}
 
 
-async def layout_apply(system: System, a: dict) -> dict:
-    version = a.get("version")
+@dataclass(frozen=True, kw_only=True)
+class LayoutVersionArgs:
+    version: int | None = None  # when given, must be the current version + 1
+
+
+async def layout_apply(s: OpServices, a: LayoutVersionArgs) -> dict:
+    system = s.system
+    version = a.version
     h = system.layout.history
     new, messages = await asyncio.to_thread(h.apply_staged_changes, version)
     system.layout.replace(new)
     return {
         "messages": messages,
         "version": new.current().version,
-        "layout": await layout_get(system, {}),
+        "layout": await layout_get(s, NoArgs()),
         "message": "New cluster layout with updated role assignment has been applied in cluster.\n"
         "Data will now be moved around between nodes accordingly.",
     }
 
 
-async def layout_revert(system: System, a: dict) -> dict:
+async def layout_revert(s: OpServices, a: LayoutVersionArgs) -> dict:
     """Drop the staged changes; a ``version``, when given, must be the next one (as for apply)."""
+    system = s.system
     h = system.layout.history
-    version = a.get("version")
+    version = a.version
     if version is not None and version != h.current().version + 1:
         raise LayoutError("Invalid new layout version")
     system.layout.replace(h.revert_staged_changes())
     return {
         "message": "All proposed role changes in cluster layout have been canceled.",
-        "layout": await layout_get(system, {}),
+        "layout": await layout_get(s, NoArgs()),
     }
 
 
-async def layout_skip_dead_nodes(system: System, a: dict) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class SkipDeadNodesArgs:
+    version: int
+    allow_missing_data: bool = False
+
+
+async def layout_skip_dead_nodes(s: OpServices, a: SkipDeadNodesArgs) -> dict:
+    system = s.system
     h = system.layout.history.clone()
-    done = h.skip_dead_nodes(int(a["version"]), system.up_nodes(), bool(a.get("allow_missing_data")))
+    done = h.skip_dead_nodes(a.version, system.up_nodes(), a.allow_missing_data)
     system.layout.replace(h)
     return {"messages": done}
 
 
-async def table_local_digest(system: System, a: dict) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class LocalDigestArgs:
+    table: str | None = None  # one table, or all of them
+
+
+async def table_local_digest(s: OpServices, a: LocalDigestArgs) -> dict:
     """This node's local data per table (entries, a hash of them all, Merkle to-do) and trackers.
 
     Replicas holding the same entries report the same hash; tests and operators use it to check
     that anti-entropy converged. ``{"table": name}`` limits it to one table.
     """
+    system = s.system
     prefix = endpoint_path("table", "sync") + ":"
     tables = {}
     for path in system.registry.paths():
         name = path[len(prefix) :] if path.startswith(prefix) else None
-        if name and a.get("table") in (None, name):
+        if name and a.table in (None, name):
             tables[name] = await system.netapp.call(system.node_id, path, ["digest"])
     h = system.layout.history
     trackers = h.update_trackers
@@ -292,18 +347,18 @@ async def table_local_digest(system: System, a: dict) -> dict:
     }
 
 
-CLUSTER_OPS = {
-    "cluster.status": status,
-    "node.connect": node_connect,
-    "layout.show": layout_show,
-    "layout.history": layout_history,
-    "layout.get": layout_get,
-    "layout.assign": layout_assign,
-    "layout.stage": layout_stage,
-    "layout.remove": layout_remove,
-    "layout.config": layout_config,
-    "layout.apply": layout_apply,
-    "layout.revert": layout_revert,
-    "layout.skip_dead_nodes": layout_skip_dead_nodes,
-    "table.local_digest": table_local_digest,
-}
+CLUSTER_OPS: tuple[Op[Any], ...] = (
+    Op("cluster.status", NoArgs, status),
+    Op("node.connect", NodeConnectArgs, node_connect),
+    Op("layout.show", NoArgs, layout_show),
+    Op("layout.history", NoArgs, layout_history),
+    Op("layout.get", NoArgs, layout_get),
+    Op("layout.assign", LayoutAssignArgs, layout_assign),
+    Op("layout.stage", LayoutStageArgs, layout_stage),
+    Op("layout.remove", LayoutRemoveArgs, layout_remove),
+    Op("layout.config", LayoutConfigArgs, layout_config),
+    Op("layout.apply", LayoutVersionArgs, layout_apply),
+    Op("layout.revert", LayoutVersionArgs, layout_revert),
+    Op("layout.skip_dead_nodes", SkipDeadNodesArgs, layout_skip_dead_nodes),
+    Op("table.local_digest", LocalDigestArgs, table_local_digest),
+)

@@ -1,8 +1,8 @@
 """The admin HTTP API (Garage's admin API v1 shape): health, status, metrics, layout, keys, buckets.
 
-Every layout, peer, key and bucket endpoint runs one named operation (``garagekv.admin.ops``,
-``garagekv.admin.cluster_ops``) through the node's dispatcher, the same one the CLI reaches over
-RPC, so both front ends share one implementation. Errors are the JSON body of the K2V API (``{code, message, region,
+Every layout, peer, key and bucket endpoint runs one named operation of the node's registry
+(``garagekv.admin.registry``), the same one the CLI reaches over RPC, so both front ends share
+one implementation. Errors are the JSON body of the K2V API (``{code, message, region,
 path}``) with the status of the error class. Routing happens before authentication, as in Garage:
 an unknown endpoint is a 400 whatever the token.
 
@@ -47,7 +47,7 @@ RunOp = Callable[[str, dict[str, Any]], Awaitable[Any]]
 class AdminServices:
     """What the admin server needs from the node."""
 
-    run_op: RunOp  # the node's operation dispatcher (shared with the control socket)
+    run_op: RunOp  # runs a named operation of the node's registry (as the CLI's RPC does)
     health: HealthSource
     status: Callable[[], Awaitable[dict[str, Any]]]
     metrics: NodeMetrics

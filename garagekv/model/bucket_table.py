@@ -10,12 +10,13 @@ import ipaddress
 import re
 import secrets as _secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from garagekv.model.permission import BucketKeyPerm, merge_perm_maps
 from garagekv.table.schema import BaseSchema
 from garagekv.table.table import EMPTY_PARTITION
 from garagekv.util import codec
-from garagekv.util.crdt import Lww, LwwMap
+from garagekv.util.crdt import DeletableEntry, Lww, LwwMap
 from garagekv.util.time import now_ms
 
 FORMAT = b"\x01"
@@ -63,11 +64,32 @@ class BucketParams:
         self.aliases.merge(other.aliases)
         self.local_aliases.merge(other.local_aliases)
 
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "created": self.creation_date,
+            "keys": {k: v.to_wire() for k, v in self.authorized_keys.items()},
+            "aliases": self.aliases.to_wire(),
+            "local": self.local_aliases.to_wire(),
+        }
+
+    @classmethod
+    def from_wire(cls, p: dict[str, Any]) -> BucketParams:
+        return cls(
+            p["created"],
+            {k: BucketKeyPerm.from_wire(v) for k, v in p["keys"].items()},
+            LwwMap.from_wire(p["aliases"]),
+            LwwMap.from_wire(p["local"]),
+        )
+
 
 @dataclass
-class Bucket:
+class Bucket(DeletableEntry[BucketParams]):
+    """A bucket; ``params`` None once deleted (merge, encode and decode: DeletableEntry)."""
+
     id: bytes
     params: BucketParams | None
+
+    params_type = BucketParams
 
     @classmethod
     def new(cls) -> Bucket:
@@ -84,40 +106,8 @@ class Bucket:
     def tree_key(self) -> bytes:
         return EMPTY_PARTITION + self.id
 
-    def is_tombstone(self) -> bool:
-        return self.params is None
-
-    def merge(self, other: Bucket) -> None:
-        if self.params is None or other.params is None:
-            self.params = None
-        else:
-            self.params.merge(other.params)
-
-    def encode(self) -> bytes:
-        p = self.params
-        wire = None
-        if p is not None:
-            wire = {
-                "created": p.creation_date,
-                "keys": {k: v.to_wire() for k, v in p.authorized_keys.items()},
-                "aliases": p.aliases.to_wire(),
-                "local": p.local_aliases.to_wire(),
-            }
-        return FORMAT + codec.encode({"id": self.id, "p": wire})
-
-    @classmethod
-    def decode(cls, data: bytes) -> Bucket:
-        w = codec.decode(data[1:])
-        p = w["p"]
-        params = None
-        if p is not None:
-            params = BucketParams(
-                p["created"],
-                {k: BucketKeyPerm.from_wire(v) for k, v in p["keys"].items()},
-                LwwMap.from_wire(p["aliases"]),
-                LwwMap.from_wire(p["local"]),
-            )
-        return cls(w["id"], params)
+    def entry_id(self) -> bytes:
+        return self.id
 
 
 @dataclass

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 import secrets as _secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from garagekv.model.permission import BucketKeyPerm, merge_perm_maps
 from garagekv.table.schema import BaseSchema
 from garagekv.table.table import EMPTY_PARTITION
-from garagekv.util import codec
-from garagekv.util.crdt import Lww, LwwMap
+from garagekv.util.crdt import DeletableEntry, Lww, LwwMap
 
-FORMAT = b"\x01"
 KEY_ID_RE = re.compile(r"^GK[0-9a-f]{24}$")
 SECRET_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -35,11 +34,34 @@ class KeyParams:
         merge_perm_maps(self.authorized_buckets, other.authorized_buckets)
         self.local_aliases.merge(other.local_aliases)
 
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "secret": self.secret_key,
+            "name": self.name.to_wire(),
+            "create": self.allow_create_bucket.to_wire(),
+            "buckets": {k: v.to_wire() for k, v in self.authorized_buckets.items()},
+            "aliases": self.local_aliases.to_wire(),
+        }
+
+    @classmethod
+    def from_wire(cls, p: dict[str, Any]) -> KeyParams:
+        return cls(
+            p["secret"],
+            Lww.from_wire(p["name"]),
+            Lww.from_wire(p["create"]),
+            {k: BucketKeyPerm.from_wire(v) for k, v in p["buckets"].items()},
+            LwwMap.from_wire(p["aliases"]),
+        )
+
 
 @dataclass
-class Key:
+class Key(DeletableEntry[KeyParams]):
+    """An access key; ``params`` None once deleted (merge, encode and decode: DeletableEntry)."""
+
     key_id: str
     params: KeyParams | None
+
+    params_type = KeyParams
 
     @classmethod
     def new(cls, name: str) -> Key:
@@ -49,10 +71,6 @@ class Key:
     @classmethod
     def imported(cls, key_id: str, secret: str, name: str) -> Key:
         return cls(key_id, KeyParams(secret, Lww.new(name), Lww.new(False)))
-
-    @property
-    def is_deleted(self) -> bool:
-        return self.params is None
 
     def bucket_permissions(self, bucket_id: bytes) -> BucketKeyPerm:
         if self.params is None:
@@ -64,42 +82,8 @@ class Key:
     def tree_key(self) -> bytes:
         return EMPTY_PARTITION + self.key_id.encode()
 
-    def is_tombstone(self) -> bool:
-        return self.params is None
-
-    def merge(self, other: Key) -> None:
-        if self.params is None or other.params is None:
-            self.params = None
-        else:
-            self.params.merge(other.params)
-
-    def encode(self) -> bytes:
-        p = self.params
-        wire = None
-        if p is not None:
-            wire = {
-                "secret": p.secret_key,
-                "name": p.name.to_wire(),
-                "create": p.allow_create_bucket.to_wire(),
-                "buckets": {k: v.to_wire() for k, v in p.authorized_buckets.items()},
-                "aliases": p.local_aliases.to_wire(),
-            }
-        return FORMAT + codec.encode({"id": self.key_id, "p": wire})
-
-    @classmethod
-    def decode(cls, data: bytes) -> Key:
-        w = codec.decode(data[1:])
-        p = w["p"]
-        params = None
-        if p is not None:
-            params = KeyParams(
-                p["secret"],
-                Lww.from_wire(p["name"]),
-                Lww.from_wire(p["create"]),
-                {k: BucketKeyPerm.from_wire(v) for k, v in p["buckets"].items()},
-                LwwMap.from_wire(p["aliases"]),
-            )
-        return cls(w["id"], params)
+    def entry_id(self) -> str:
+        return self.key_id
 
 
 class KeySchema(BaseSchema):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
+from garagekv.util import codec
 from garagekv.util.time import increment_logical_clock
 
 T = TypeVar("T")
@@ -121,3 +122,55 @@ class Deletable(Generic[T]):
             self.value = None
         else:
             merge_values(self.value, other.value)
+
+
+class EntryParams(Protocol):
+    """The live part of a :class:`DeletableEntry`: a CRDT with a canonical wire form."""
+
+    def merge(self, other: Any) -> None: ...
+
+    def to_wire(self) -> dict[str, Any]: ...
+
+
+P = TypeVar("P", bound=EntryParams)
+
+
+class DeletableEntry(Generic[P]):
+    """Base of the table entries that are an id plus params deleted for good (keys, buckets).
+
+    ``params`` None is the tombstone; it wins every merge, as :class:`Deletable`, so a stale
+    replica never brings a deleted entry back. The stored form, compared byte for byte between
+    replicas, is ``FORMAT + {"id": id, "p": params wire form or nil}``. Subclasses are
+    dataclasses built as ``cls(id, params)``; they name their params class (which has
+    ``from_wire``) in ``params_type`` and return their id from ``entry_id``.
+    """
+
+    FORMAT: ClassVar[bytes] = b"\x01"
+    params_type: ClassVar[Any]
+    params: P | None
+
+    def entry_id(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.params is None
+
+    def is_tombstone(self) -> bool:
+        return self.params is None
+
+    def merge(self, other: DeletableEntry[P]) -> None:
+        if self.params is None or other.params is None:
+            self.params = None
+        else:
+            self.params.merge(other.params)
+
+    def encode(self) -> bytes:
+        wire = None if self.params is None else self.params.to_wire()
+        return self.FORMAT + codec.encode({"id": self.entry_id(), "p": wire})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        w = codec.decode(data[1:])
+        p = w["p"]
+        return cls(w["id"], None if p is None else cls.params_type.from_wire(p))  # type: ignore[call-arg]

@@ -1,5 +1,5 @@
 """Layout and connect endpoints of the admin API, in-process, running the real cluster operations
-(``CLUSTER_OPS``, as the CLI does) on a layout manager of a node that is not started."""
+(the registry's ``OPS``, as the CLI does) on a layout manager of a node that is not started."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from garagekv.admin.cluster_ops import CLUSTER_OPS
 from garagekv.admin.health import evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import NodeMetrics
+from garagekv.admin.registry import OPS
 from garagekv.rpc.layout.manager import LayoutManager
 
 TOKEN = "layout-unit-token"
@@ -41,7 +41,7 @@ async def admin(tmp_path):
 
     async def run_op(op: str, args: dict[str, Any]) -> Any:
         ops.append(op)
-        return await CLUSTER_OPS[op](system, args)
+        return await OPS[op](SimpleNamespace(system=system), args)
 
     server = AdminApiServer(
         AdminServices(run_op, lambda: evaluate({}, None, "n"), _no_status, NodeMetrics(), "garage", admin_token=TOKEN)
@@ -94,8 +94,8 @@ async def test_stage_apply_and_read_the_layout(admin):
     assert sorted(r["id"] for r in res["layout"]["roles"]) == sorted(n.hex() for n in (SELF, PEER1, PEER2))
     assert system.layout.history.current().version == 1
     # The CLI's own view (the same operations) agrees.
-    st = await CLUSTER_OPS["cluster.status"](
-        SimpleNamespace(**vars(system), public_addr="x", hostname="h", is_up=lambda n: True), {}
+    st = await OPS["cluster.status"](
+        SimpleNamespace(system=SimpleNamespace(**vars(system), public_addr="x", hostname="h", is_up=lambda n: True)), {}
     )
     assert st["layout_version"] == 1 and all(n["role"] is not None for n in st["nodes"])
     status, layout = await call("POST", "/v1/layout", [{"id": PEER1.hex(), "remove": True}])

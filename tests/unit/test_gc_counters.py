@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from garagekv.admin.node_ops import CounterRepair
+from garagekv.model.counter_repair import CounterRepair
 from garagekv.model.index_counter import LocalCounter
 from garagekv.model.k2v.item import partition_hash
 from garagekv.model.k2v.range import RangeQuery
@@ -107,7 +107,7 @@ async def _repair(node) -> CounterRepair:
 
 
 async def test_counter_repair_recounts_from_items(node, monkeypatch):
-    monkeypatch.setattr("garagekv.admin.node_ops.RECOUNT_STEP", 3)  # several steps, partitions kept whole
+    monkeypatch.setattr("garagekv.model.counter_repair.RECOUNT_STEP", 3)  # several steps, partitions kept whole
     for i in range(5):
         await node.put("p", f"s{i}", b"v" * i)
     await node.put("p", "s0", b"other", token=False)  # a conflict
@@ -154,7 +154,7 @@ async def test_counter_repair_sees_partitions_sharing_no_prefix(node):
 
 
 async def test_node_ops_repair_stats_and_workers(node):
-    from garagekv.admin.node_ops import NODE_OPS
+    from garagekv.admin.registry import OPS
     from garagekv.util.errors import AdminError
 
     config = parse_config({"metadata_dir": "unused", "s3_api": {"s3_region": "garage"}})
@@ -170,28 +170,28 @@ async def test_node_ops_repair_stats_and_workers(node):
     await node.model.start()
     try:
         with pytest.raises(AdminError, match="Unknown repair"):
-            await NODE_OPS["repair"](services, {"what": "everything"})
-        res = await NODE_OPS["repair"](services, {"what": "counters"})
+            await OPS["repair"](services, {"what": "everything"})
+        res = await OPS["repair"](services, {"what": "counters"})
         assert res["launched"] and res["tid"] is not None
-        again = await NODE_OPS["repair"](services, {"what": "counters"})
+        again = await OPS["repair"](services, {"what": "counters"})
         assert not again["launched"] and again["tid"] == res["tid"] or again["launched"]  # may have finished
         for _ in range(200):
-            w = await NODE_OPS["worker.info"](services, {"tid": res["tid"]})
+            w = await OPS["worker.info"](services, {"tid": res["tid"]})
             if w["state"] == "done":
                 break
             await asyncio.sleep(0.01)
         assert w["state"] == "done" and w["items"] == 1 and w["name"] == "k2v counter repair"
         with pytest.raises(AdminError, match="No worker with TID 999"):
-            await NODE_OPS["worker.info"](services, {"tid": 999})
-        names = [w["name"] for w in (await NODE_OPS["worker.list"](services, {}))["workers"]]
+            await OPS["worker.info"](services, {"tid": 999})
+        names = [w["name"] for w in (await OPS["worker.list"](services, {}))["workers"]]
         assert "k2v_item GC" in names and "k2v counter repair" in names
 
-        res = await NODE_OPS["repair"](services, {"what": "tables"})
+        res = await OPS["repair"](services, {"what": "tables"})
         assert res["launched"] and {f["table"] for f in res["follow"]} >= {"k2v_item", "key"}
-        res = await NODE_OPS["repair"](services, {"what": "merkle"})
+        res = await OPS["repair"](services, {"what": "merkle"})
         assert res["launched"] and "entries queued" in res["message"]
 
-        st = await NODE_OPS["stats"](services, {})
+        st = await OPS["stats"](services, {})
         rows = {t["table"]: t for t in st["tables"]}
         assert rows["k2v_item"]["items"] == 1 and rows["k2v_item"]["gcCollected"] == 0
         assert "gcCollected" not in rows["key"]
