@@ -104,3 +104,28 @@ async def test_big_entries_read_together_are_split_by_the_budget(nodes, monkeypa
 async def test_missing_entries_read_as_none(nodes):
     ns, _ = nodes
     assert await ns[IDS[0]].table.get(key(99)) is None
+
+
+async def test_updates_for_one_replica_over_a_frame_are_split_and_all_arrive(nodes, monkeypatch):
+    """Three 6 MiB entries for each peer (18 MiB, over the frame limit) still reach every replica."""
+    from garagekv.net.channel import MAX_RECORD_SIZE
+    from garagekv.net.frame import encode_request
+    from garagekv.util.errors import EntityTooLarge
+
+    ns, log = nodes
+    sizes: list[int] = []
+
+    async def framed_call(self, node, path, msg, timeout=None):
+        frame = encode_request(1, path, msg)
+        if len(frame) > MAX_RECORD_SIZE:  # what a real connection refuses
+            raise EntityTooLarge(f"RPC request of {len(frame)} bytes exceeds the frame limit")
+        sizes.append(len(frame))
+        return await self.nodes[node].registry.dispatch(b"peer", path, msg)
+
+    monkeypatch.setattr(Net, "call", framed_call)
+    big = [Lww(key(i), 1, bytes([65 + i]) * (6 << 20)) for i in range(3)]
+    await ns[IDS[0]].table.insert_many(big)
+    await asyncio.sleep(0.1)  # the write returned at quorum; let the last replica finish
+    for n in ns.values():
+        assert [n.data.get(key(i)).value for i in range(3)] == [e.value for e in big]
+    assert len(sizes) == 6 and max(sizes) < MAX_RECORD_SIZE  # one call per entry and peer
