@@ -224,6 +224,8 @@ def test_peer_and_worker_families():
         items_sent=12,
         last_full_sync_at=1700000001.0,
         progress=lambda: {"done": 3, "total": 8, "queue": 5, "full_syncs": 2},
+        unsyncable={7: {b"k1": 20 << 20, b"k2": 17 << 20}},
+        unsyncable_entries=lambda: 2,
     )
     model = SimpleNamespace(
         syncers=[syncer],
@@ -248,6 +250,8 @@ def test_peer_and_worker_families():
     assert s[("garagekv_table_sync_partitions_done", t)] == 3 and s[("garagekv_table_sync_partitions", t)] == 8
     assert s[("garagekv_table_sync_queue_length", t)] == 5
     assert s[("garagekv_table_sync_layout_version", t)] == 4
+    assert s[("garagekv_table_sync_unsyncable_entries", t)] == 2
+    assert s[("garagekv_table_sync_unsyncable_partitions", t)] == 1
     assert s[("garagekv_table_gc_deleted_total", t)] == 6
     assert s[("garagekv_background_worker_errors_total", (("worker", "k2v_item sync"),))] == 1
     assert s[("garagekv_background_worker_throttled", (("worker", "k2v_item sync"),))] == 1
