@@ -15,7 +15,7 @@ from typing import Any
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
-from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES, CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, partition_hash
 from garagekv.model.k2v.range import RangeQuery, read_range
 from garagekv.model.k2v.schema import ItemFilter
@@ -53,6 +53,15 @@ def _too_large(ins: InsertedItem, e: EntityTooLarge) -> EntityTooLarge:
     )
 
 
+def check_context(ins: InsertedItem, before: int, after: int) -> None:
+    """Refuse a write that would grow an item's causal context past ``MAX_CONTEXT_ENTRIES`` nodes."""
+    if after > MAX_CONTEXT_ENTRIES and after > before:
+        raise EntityTooLarge(
+            f"item (partition key {ins.partition_key!r}, sort key {ins.sort_key!r}): its causal context would "
+            f"hold {after} nodes, over the limit of {MAX_CONTEXT_ENTRIES}"
+        )
+
+
 class K2VStore:
     def __init__(
         self,
@@ -82,7 +91,9 @@ class K2VStore:
 
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
+            before = len(item.items)
             result["ts"] = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            check_context(ins, before, len(item.items))
             result["item"] = item
             return item
 
@@ -124,7 +135,9 @@ class K2VStore:
                     item = K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
                 else:
                     item = self.item_data.schema.decode(raw)
+            before = len(item.items)
             node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            check_context(ins, before, len(item.items))
             merged[key] = (item, old_size)
             try:
                 check_size(len(item.encode()), old_size, self.max_item_bytes)
