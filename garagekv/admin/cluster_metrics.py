@@ -42,6 +42,15 @@ def peer_families(system: System) -> Iterable[Metric]:
         if info.last_seen:
             seen.add_metric(label, info.last_seen)
     yield from (rtt, failed, up, seen)
+    refused = CounterMetricFamily(
+        "garagekv_rpc_handshakes_refused",
+        "Incoming connections closed unauthenticated because too many were in the handshake "
+        "(in all, or from their source address)",
+    )
+    refused.add_metric([], system.netapp.refused_handshakes)
+    pending = GaugeMetricFamily("garagekv_rpc_handshakes_pending", "Incoming connections in the handshake now")
+    pending.add_metric([], system.netapp.pending_handshakes())
+    yield from (refused, pending)
 
 
 def worker_families(model: Model) -> Iterable[Metric]:

@@ -218,6 +218,7 @@ def test_peer_and_worker_families():
             b: SimpleNamespace(rtt_ms=None, failed_pings=3, last_seen=0.0),
         },
         is_up=lambda n: n == a,
+        netapp=SimpleNamespace(refused_handshakes=7, pending_handshakes=lambda: 2),
     )
     syncer = SimpleNamespace(
         table_name="k2v_item",
@@ -244,6 +245,8 @@ def test_peer_and_worker_families():
     assert s[("garagekv_rpc_peer_up", pa)] == 1 and s[("garagekv_rpc_peer_up", pb)] == 0
     assert s[("garagekv_rpc_peer_failed_pings", pb)] == 3
     assert s[("garagekv_rpc_peer_last_seen_timestamp_seconds", pa)] == 1700000000.0
+    assert s[("garagekv_rpc_handshakes_refused_total", ())] == 7
+    assert s[("garagekv_rpc_handshakes_pending", ())] == 2
     t = (("table_name", "k2v_item"),)
     assert s[("garagekv_table_sync_items_sent_total", t)] == 12
     assert s[("garagekv_table_sync_full_syncs_total", t)] == 2
