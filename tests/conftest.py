@@ -60,8 +60,11 @@ def make_cluster(tmp_path):
     """``make_cluster(n, **kw)`` starts n nodes with fast pings, each bootstrapped from the first."""
     started: list[NodeProcess] = []
 
-    def make(n: int, rf: int | None = None, extra: str = "", admin_token: str | None = None) -> list[NodeProcess]:
-        """``admin_token``: each node also serves the admin API (``node.admin_port``) with that token."""
+    def make(
+        n: int, rf: int | None = None, extra: str = "", admin_token: str | None = None, k2v_extra: str = ""
+    ) -> list[NodeProcess]:
+        """``admin_token``: each node also serves the admin API (``node.admin_port``) with that token;
+        ``k2v_extra``: lines for each node's ``[k2v_api]`` section."""
         rf = rf or min(n, 3)
         nodes = [
             NodeProcess(
@@ -69,6 +72,7 @@ def make_cluster(tmp_path):
                 extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}",
                 admin_port=None if admin_token is None else free_port(),
                 admin_token=admin_token,
+                k2v_extra=k2v_extra,
             )
             for i in range(n)
         ]

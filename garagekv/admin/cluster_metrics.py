@@ -42,6 +42,15 @@ def peer_families(system: System) -> Iterable[Metric]:
         if info.last_seen:
             seen.add_metric(label, info.last_seen)
     yield from (rtt, failed, up, seen)
+    refused = CounterMetricFamily(
+        "garagekv_rpc_handshakes_refused",
+        "Incoming connections closed unauthenticated because too many were in the handshake "
+        "(in all, or from their source address)",
+    )
+    refused.add_metric([], system.netapp.refused_handshakes)
+    pending = GaugeMetricFamily("garagekv_rpc_handshakes_pending", "Incoming connections in the handshake now")
+    pending.add_metric([], system.netapp.pending_handshakes())
+    yield from (refused, pending)
 
 
 def worker_families(model: Model) -> Iterable[Metric]:
@@ -66,6 +75,16 @@ def worker_families(model: Model) -> Iterable[Metric]:
         "Layout version of the table's last completed full sync (0: none yet)",
         labels=["table_name"],
     )
+    unsyncable = GaugeMetricFamily(
+        "garagekv_table_sync_unsyncable_entries",
+        "Entries found too big for an RPC message at their partition's last sync (not synced; see worker list)",
+        labels=["table_name"],
+    )
+    unsyncable_parts = GaugeMetricFamily(
+        "garagekv_table_sync_unsyncable_partitions",
+        "Partitions holding entries too big to sync (0 when every entry can be synced)",
+        labels=["table_name"],
+    )
     last = GaugeMetricFamily(
         "garagekv_table_sync_last_full_sync_timestamp_seconds",
         "When the table's last full sync completed (Unix time)",
@@ -80,9 +99,11 @@ def worker_families(model: Model) -> Iterable[Metric]:
         total.add_metric(label, p["total"])
         queue.add_metric(label, p["queue"])
         synced.add_metric(label, model.sync_coordinator.synced.get(syncer.table_name, 0))
+        unsyncable.add_metric(label, syncer.unsyncable_entries())
+        unsyncable_parts.add_metric(label, len(syncer.unsyncable))
         if syncer.last_full_sync_at is not None:
             last.add_metric(label, syncer.last_full_sync_at)
-    yield from (sent, full, done, total, queue, synced, last)
+    yield from (sent, full, done, total, queue, synced, unsyncable, unsyncable_parts, last)
 
     deleted = CounterMetricFamily(
         "garagekv_table_gc_deleted", "Tombstones deleted by this node's GC", labels=["table_name"]

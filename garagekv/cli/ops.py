@@ -75,8 +75,10 @@ def format_workers(workers: list[dict[str, Any]]) -> str:
         if w.get("last_error"):
             ago = w.get("last_error_secs_ago")
             last = (f"{ago}s ago: " if ago is not None else "") + w["last_error"]
-            if len(last) > 100:
-                last = last[:97] + "..."
+        if w.get("unsyncable"):  # anti-entropy skipped entries too big to send: say so here
+            last = f"cannot sync {w['unsyncable']}" + (f"; {last}" if last else "")
+        if len(last) > 100:
+            last = last[:97] + "..."
         rows.append(
             (
                 str(w["tid"]),

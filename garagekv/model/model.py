@@ -27,7 +27,7 @@ from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.table.sync import SyncCoordinator, TableSyncer
 from garagekv.table.table import Table
 from garagekv.util.background import BackgroundRunner
-from garagekv.util.config import Config
+from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES, Config
 
 
 class Model:
@@ -55,7 +55,8 @@ class Model:
         node = node_number(system.node_id)
         item_schema = ItemSchema(node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.replace_in)
         self.items = table(item_schema, sharded)
-        self.store = K2VStore(db, writer, node, self.items.data, self.subs)
+        max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES
+        self.store = K2VStore(db, writer, node, self.items.data, self.subs, max_item)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
         self.helper = MetaHelper(
             self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty, allow_punycode=config.allow_punycode

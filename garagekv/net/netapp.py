@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 
 #: Garage's default RPC timeout (``rpc_timeout_msec``).
 RPC_TIMEOUT = 300.0
+#: Incoming connections still in the handshake (not authenticated yet), in all and per source
+#: address; more are closed at once. The per-source cap keeps one host from taking every slot,
+#: so peers elsewhere can still connect while it floods us. Each lasts ``HANDSHAKE_TIMEOUT`` at most.
 MAX_PENDING_HANDSHAKES = 256
+MAX_PENDING_HANDSHAKES_PER_SOURCE = 16
+#: A refused connection is logged at warning level at most this often (seconds).
+REFUSED_LOG_INTERVAL = 10.0
 RETIRE_LINGER = 2.0
 
 
@@ -61,6 +67,7 @@ class NetApp:
         max_record: int = MAX_RECORD_SIZE,
         max_in_flight: int = MAX_IN_FLIGHT,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+        max_pending_handshakes_per_source: int = MAX_PENDING_HANDSHAKES_PER_SOURCE,
         retire_linger: float = RETIRE_LINGER,
     ) -> None:
         if len(rpc_secret) != SECRET_LEN:
@@ -74,11 +81,15 @@ class NetApp:
         self.max_record = max_record
         self.max_in_flight = max_in_flight
         self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_handshakes_per_source = max_pending_handshakes_per_source
         self.retire_linger = retire_linger
         self._server: asyncio.Server | None = None
         self._conns: dict[bytes, Connection] = {}
         self._all: set[Connection] = set()
         self._handshaking: set[asyncio.StreamWriter] = set()
+        self._handshaking_from: dict[str, int] = {}  # source address -> connections in handshake
+        self.refused_handshakes = 0  # connections closed because a cap was reached
+        self._refused_logged_at = -REFUSED_LOG_INTERVAL
         self._dial_locks: dict[bytes, asyncio.Lock] = {}
         self._closing = False
         self.on_connect: list[Callable[[Connection], None]] = []
@@ -149,11 +160,40 @@ class NetApp:
             raise
         return self._adopt(SecureChannel(reader, writer, keys, max_record=self.max_record), self.node_id)
 
+    def pending_handshakes(self, source: str | None = None) -> int:
+        """Incoming connections in the handshake (from ``source`` only, if given)."""
+        return len(self._handshaking) if source is None else self._handshaking_from.get(source, 0)
+
+    def _refuse(self, writer: asyncio.StreamWriter, source: str, why: str) -> None:
+        writer.close()
+        self.refused_handshakes += 1
+        now = time.monotonic()
+        level = logging.DEBUG
+        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
+            self._refused_logged_at, level = now, logging.WARNING
+        log.log(
+            level,
+            "refused an incoming connection from %s: %s (%d refused so far)",
+            source,
+            why,
+            self.refused_handshakes,
+        )
+
     async def _on_incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closing or len(self._handshaking) >= self.max_pending_handshakes:
+        if self._closing:
             writer.close()
             return
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if len(self._handshaking) >= self.max_pending_handshakes:
+            self._refuse(writer, source, f"{len(self._handshaking)} connections are in the handshake already")
+            return
+        from_source = self._handshaking_from.get(source, 0)
+        if from_source >= self.max_pending_handshakes_per_source:
+            self._refuse(writer, source, f"{from_source} connections from that address are in the handshake already")
+            return
         self._handshaking.add(writer)
+        self._handshaking_from[source] = from_source + 1
         try:
             keys = await server_handshake(
                 reader, writer, secret=self._secret, key=self.key, timeout=self.handshake_timeout
@@ -169,6 +209,9 @@ class NetApp:
             return
         finally:
             self._handshaking.discard(writer)
+            left = self._handshaking_from.pop(source) - 1
+            if left:
+                self._handshaking_from[source] = left
         if self._closing:
             writer.close()
             return

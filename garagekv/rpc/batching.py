@@ -15,8 +15,9 @@ from typing import Any, Generic, TypeVar
 
 N = TypeVar("N", bound=Hashable)
 
-#: Items of a batch stay under this many bytes (frames have a size limit); one bigger
-#: submission travels alone.
+#: Items of a batch stay under this many bytes (frames have a size limit): a submission that
+#: would grow a batch past it starts a new one, or is spread over several when it is bigger
+#: itself; one item bigger than this travels alone.
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -46,17 +47,27 @@ class CallBatcher(Generic[N]):
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def submit(self, node: N, items: list[bytes]) -> list[Any] | None:
-        batch = self._add(node, items)
-        start = len(batch.items) - len(items)
-        result = await asyncio.shield(batch.future)
-        return None if result is None else result[start : start + len(items)]
+        parts = self._add_split(node, items)
+        if len(parts) == 1:
+            batch, start, count = parts[0]
+            result = await asyncio.shield(batch.future)
+            return None if result is None else result[start : start + count]
+        results = await asyncio.shield(asyncio.gather(*(b.future for b, _, _ in parts)))
+        if any(r is None for r in results):
+            return None
+        return [x for r, (_, start, count) in zip(results, parts, strict=True) for x in r[start : start + count]]
 
     def future(self, node: N, items: list[bytes]) -> asyncio.Future[Any]:
         """Queue ``items``; the shared call's whole answer, as a future nobody may cancel.
 
-        For calls whose answer is not per item (updates): no coroutine, no task.
+        For calls whose answer is not per item (updates): no coroutine, no task. Items too big
+        for one call go out in several; the future then fails if one of them fails, and its
+        result is the list of their answers.
         """
-        return self._add(node, items).future
+        parts = self._add_split(node, items)
+        if len(parts) == 1:
+            return parts[0][0].future
+        return _all_of([b.future for b, _, _ in parts])
 
     def item_future(self, node: N, item: bytes) -> asyncio.Future[Any]:
         """Queue one item; a future of its own result (cancelling it leaves the call alone)."""
@@ -84,12 +95,40 @@ class CallBatcher(Generic[N]):
         if batch is None or (batch.items and batch.size + size > self._max_bytes):
             # A submission never shares a call that would grow past the limit: alone, it is no
             # bigger than it would have been without batching.
-            loop = asyncio.get_running_loop()
-            batch = self._open[node] = _Batch(loop.create_future())
-            loop.call_soon(self._flush, node, batch)
+            batch = self._new_batch(node)
         batch.items.extend(items)
         batch.size += size
         return batch
+
+    def _new_batch(self, node: N) -> _Batch:
+        loop = asyncio.get_running_loop()
+        batch = self._open[node] = _Batch(loop.create_future())
+        loop.call_soon(self._flush, node, batch)
+        return batch
+
+    def _add_split(self, node: N, items: list[bytes]) -> list[tuple[_Batch, int, int]]:
+        """Queue ``items`` in as few calls as the byte limit allows: (batch, start, count) each.
+
+        A submission over the limit (many entries for one replica, or a few big ones) is never
+        sent as one call that the frame limit would refuse: it is cut into calls of at most
+        ``max_bytes`` (an item bigger than that alone in its call).
+        """
+        if sum(len(i) for i in items) <= self._max_bytes:
+            batch = self._add(node, items)
+            return [(batch, len(batch.items) - len(items), len(items))]
+        parts: list[tuple[_Batch, int, int]] = []
+        for item in items:
+            batch = self._open.get(node)
+            if batch is None or (batch.items and batch.size + len(item) > self._max_bytes):
+                batch = self._new_batch(node)
+            if parts and parts[-1][0] is batch:
+                b, start, count = parts[-1]
+                parts[-1] = (b, start, count + 1)
+            else:
+                parts.append((batch, len(batch.items), 1))
+            batch.items.append(item)
+            batch.size += len(item)
+        return parts
 
     def _flush(self, node: N, batch: _Batch) -> None:
         if self._open.get(node) is batch:
@@ -111,3 +150,25 @@ class CallBatcher(Generic[N]):
     def in_flight(self) -> int:
         """Calls sent and not answered yet (for tests and shutdown)."""
         return len(self._tasks)
+
+
+def _all_of(futures: list[asyncio.Future[Any]]) -> asyncio.Future[Any]:
+    """A future of every answer, failing with the first failure (no task: callbacks only)."""
+    out = futures[0].get_loop().create_future()
+    left = [len(futures)]
+
+    def one_done(f: asyncio.Future[Any]) -> None:
+        left[0] -= 1
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif f.exception() is not None:
+            out.set_exception(f.exception())
+            out.exception()  # every submitter may have gone: don't warn about it
+        elif left[0] == 0:
+            out.set_result([g.result() for g in futures])
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    return out

@@ -15,6 +15,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.table.schema import TableSchema
 from garagekv.util.codec import blake2sum
+from garagekv.util.errors import EntityTooLarge
 
 E = TypeVar("E")
 
@@ -185,15 +186,27 @@ class TableData(Generic[E]):
         return self.update_in(tx, entry.tree_key(), lambda old: _merged(old, entry), fresh_raw=raw)
 
     def update_in(
-        self, tx: WriteTxn, tree_key: bytes, fn: Callable[[E | None], E], fresh_raw: bytes | None = None
+        self,
+        tx: WriteTxn,
+        tree_key: bytes,
+        fn: Callable[[E | None], E],
+        fresh_raw: bytes | None = None,
+        max_bytes: int | None = None,
     ) -> E | None:
-        """Read-modify-write one entry inside ``tx``; returns the new entry if it changed."""
+        """Read-modify-write one entry inside ``tx``; returns the new entry if it changed.
+
+        ``max_bytes``: refuse (``EntityTooLarge``, nothing written) a change that would leave the
+        entry bigger than this and bigger than it was. An entry already over the limit (older
+        data) may still shrink, so it can be repaired.
+        """
         old_raw = tx.get(self.store, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
         new = fn(None if old is None else self.schema.decode(old_raw))
         new_raw = fresh_raw if old_raw is None and fresh_raw is not None else new.encode()
         if new_raw == old_raw:
             return None
+        if max_bytes is not None:
+            check_size(len(new_raw), None if old_raw is None else len(old_raw), max_bytes)
         tx.put(self.store, tree_key, new_raw)
         tx.put(self.merkle_todo, tree_key, blake2sum(new_raw))
         if self.on_merkle_todo is not None:
@@ -234,6 +247,12 @@ class TableData(Generic[E]):
                 self.merge_in(tx, e, None if raws is None else raws[i])
 
         await self.writer.submit(apply)
+
+
+def check_size(new_size: int, old_size: int | None, max_bytes: int) -> None:
+    """Raise ``EntityTooLarge`` if an entry would grow to ``new_size`` bytes, over ``max_bytes``."""
+    if new_size > max_bytes and (old_size is None or new_size > old_size):
+        raise EntityTooLarge(f"the stored item would be {new_size} bytes, over the limit of {max_bytes} bytes")
 
 
 def _merged(old: Any, new: Any) -> Any:

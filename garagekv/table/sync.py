@@ -15,7 +15,13 @@ one partition per ``work()`` step:
   it did not change meanwhile.
 
 A partition that fails goes to the back of the queue and the worker backs off; it never blocks
-the others. A full sync starts a few seconds after start-up (``sync_startup_delay_sec``), every
+the others. An entry too big for one RPC message (``unsyncable_entry_bytes``: only items stored
+before ``max_item_bytes`` existed can be) is never sent: it is skipped, logged and reported per
+partition (``unsyncable`` in ``progress()``, the worker list and the metrics), and the rest of
+its partition syncs, so one such entry can never hold a full sync, and a layout change, forever.
+Offloading keeps a skipped entry here.
+
+A full sync starts a few seconds after start-up (``sync_startup_delay_sec``), every
 ``sync_interval_sec`` (10 minutes) while idle, whenever the layout's sync digest (current
 version, ack_map_min, oldest live version) changes, on demand (``add_full_sync``: ``garagekv
 repair tables``), and, unlike Garage, shortly after a layout member (re)connects, so a node that
@@ -44,6 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from garagekv.net.channel import MAX_RECORD_SIZE
 from garagekv.net.conn import Connection
 from garagekv.net.identity import short_id
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
@@ -69,6 +76,15 @@ DEFAULT_INTERVAL = 600.0
 DEFAULT_STARTUP_DELAY = 10.0
 #: A (re)connected layout member triggers a full sync this many seconds later (coalescing bursts).
 RECONNECT_DELAY = 1.0
+#: Room left in a frame for the envelope of an ``items`` message carrying one entry.
+ITEMS_MESSAGE_OVERHEAD = 4096
+#: Unsyncable entries remembered per partition for the report (the count is always exact).
+UNSYNCABLE_KEYS_SHOWN = 8
+
+
+def unsyncable_entry_bytes(max_record: int = MAX_RECORD_SIZE) -> int:
+    """Entries above this many bytes cannot be sent in an ``items`` message of their own."""
+    return max_record - ITEMS_MESSAGE_OVERHEAD
 
 
 class SyncError(ServiceUnavailable):
@@ -167,6 +183,9 @@ class TableSyncer:
         self.items_sent = 0
         self.items_offloaded = 0
         self.last_full_sync_at: float | None = None  # wall clock of the last completed full sync
+        self.max_entry_bytes = unsyncable_entry_bytes(getattr(table.netapp, "max_record", MAX_RECORD_SIZE))
+        # partition -> {tree key: size} of entries found too big to send at its last sync.
+        self.unsyncable: dict[int, dict[bytes, int]] = {}
         # (Bare test doubles of the layout or the network may lack these hooks.)
         listeners = getattr(layout, "listeners", None)
         if listeners is not None:
@@ -244,6 +263,9 @@ class TableSyncer:
         self.full_syncs += 1
         self.last_full_sync_at = time.time()
         log.info("%s: completed full sync for layout version %d", self.table_name, self._version)
+        report = self.unsyncable_report()
+        if report is not None:
+            log.warning("%s: full sync completed without some entries: %s", self.table_name, report)
         if self.coordinator is not None:
             self.coordinator.table_synced(self.table_name, self._version)
 
@@ -266,11 +288,46 @@ class TableSyncer:
             "last_full_sync_secs_ago": None
             if self.last_full_sync_at is None
             else round(time.time() - self.last_full_sync_at),
+            "unsyncable": self.unsyncable_report(),
         }
+
+    def unsyncable_report(self) -> str | None:
+        """``partitions 3, 17: 2 entries over N bytes skipped``, or None when there are none."""
+        if not self.unsyncable:
+            return None
+        parts = sorted(self.unsyncable)
+        shown = ", ".join(str(p) for p in parts[:16]) + (", ..." if len(parts) > 16 else "")
+        n = self.unsyncable_entries()
+        return (
+            f"partition{'s' if len(parts) > 1 else ''} {shown}: {n} entr{'ies' if n > 1 else 'y'} over "
+            f"{self.max_entry_bytes} bytes (too big for an RPC message) not synced"
+        )
+
+    def unsyncable_entries(self) -> int:
+        return sum(len(keys) for keys in self.unsyncable.values())
+
+    def _too_big(self, partition: int, tree_key: bytes, size: int) -> bool:
+        """Whether the entry cannot be sent; if so, it is recorded and logged (once per sync)."""
+        if size <= self.max_entry_bytes:
+            return False
+        seen = self.unsyncable.setdefault(partition, {})
+        if tree_key not in seen:
+            seen[tree_key] = size
+            log.warning(
+                "%s: partition %d: entry %s is %d bytes, over the %d bytes one RPC message can carry: "
+                "it is not synced (see docs/operations.md, 'A partition that cannot sync')",
+                self.table_name,
+                partition,
+                tree_key.hex()[:96],
+                size,
+                self.max_entry_bytes,
+            )
+        return True
 
     # ---- one partition -----------------------------------------------------------------------
 
     async def sync_partition(self, sp: SyncPartition) -> None:
+        self.unsyncable.pop(sp.partition, None)  # found again below if still there
         if self.node_id in sp.storage_nodes:
             await self._sync_with_replicas(sp)
         else:
@@ -324,13 +381,17 @@ class TableSyncer:
                     if remote.get(byte) != h:
                         todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
             if len(keys) >= SYNC_BATCH:
-                await self._send_items(peer, keys)
+                await self._send_items(partition, peer, keys)
                 keys = []
         if keys:
-            await self._send_items(peer, keys)
+            await self._send_items(partition, peer, keys)
 
-    async def _send_items(self, peer: bytes, keys: list[bytes]) -> None:
-        raws = [raw for raw in (self.data.get_raw(k) for k in keys) if raw is not None]
+    async def _send_items(self, partition: int, peer: bytes, keys: list[bytes]) -> None:
+        raws = [
+            raw
+            for k, raw in zip(keys, self.data.get_raw_many(keys), strict=True)
+            if raw is not None and not self._too_big(partition, k, len(raw))
+        ]
         for chunk in chunks(raws):
             await self._call(peer, ["items", chunk])
             self.items_sent += len(chunk)
@@ -338,11 +399,22 @@ class TableSyncer:
             log.debug("%s: sent %d entries to %s", self.table_name, len(raws), short_id(peer))
 
     async def offload_partition(self, sp: SyncPartition) -> None:
-        """Hand this node's entries of a partition it does not store to its storage nodes, then drop them."""
+        """Hand this node's entries of a partition it does not store to its storage nodes, then drop them.
+
+        Entries too big to send stay here (reported); the reads skip past them.
+        """
+        start = sp.first_hash
         while True:
-            batch = await asyncio.to_thread(self._read_range, sp.first_hash, sp.last_hash, SYNC_BATCH)
+            batch = await asyncio.to_thread(self._read_range, start, sp.last_hash, SYNC_BATCH)
             if not batch:
                 return
+            kept = [(k, raw) for k, raw in batch if self._too_big(sp.partition, k, len(raw))]
+            if kept and len(kept) == len(batch):
+                start = batch[-1][0] + b"\x00"  # nothing else here: read on past them
+                continue
+            if kept:
+                big = {k for k, _ in kept}
+                batch = [(k, raw) for k, raw in batch if k not in big]
             nodes = self.replication.storage_nodes(sp.first_hash)
             if self.node_id in nodes:
                 log.info(

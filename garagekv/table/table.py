@@ -28,6 +28,8 @@ EMPTY_PARTITION = b"\x00" * 32
 RANGE_PAGE = 1000
 #: Bytes of entries a ``get_many`` answer carries before it leaves the rest out (see _get_future).
 GET_MANY_BUDGET = 4 * 1024 * 1024
+#: Bytes of entries a ``range`` answer carries before it stops early (see get_range).
+RANGE_BUDGET = 4 * 1024 * 1024
 
 
 class PeerView(Protocol):
@@ -204,7 +206,10 @@ class Table(Generic[E]):
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
         Each replica returns up to ``limit`` entries; only the first ``limit`` merged keys are
-        returned, since keys past that point may not have been seen by a whole quorum.
+        returned, since keys past that point may not have been seen by a whole quorum. A replica
+        also stops once its answer holds ``RANGE_BUDGET`` bytes (so big entries never make an
+        answer too big for a frame): the merge then stops at that key and another round reads
+        on from there, so fewer than ``limit`` entries still means the range is exhausted.
         """
         nodes = self.replication.read_nodes(partition)
         if nodes == [self.node_id]:
@@ -212,7 +217,22 @@ class Table(Generic[E]):
                 partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
             )
         fw = self.schema.filter_to_wire(filt) if filt is not None else None
-        msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
+        out: list[tuple[bytes, E]] = []
+        while True:
+            want = None if limit is None else limit - len(out)
+            msg = ["range", partition, start, prefix, end, reverse, want, fw, skip_start]
+            page, cut = await self._range_round(nodes, msg, reverse, want, filt)
+            out.extend(page)
+            if cut is None or (limit is not None and len(out) >= limit):
+                return out
+            # A replica stopped at its byte budget: read on from there.
+            start, skip_start = cut, True
+
+    async def _range_round(
+        self, nodes: list[bytes], msg: list, reverse: bool, limit: int | None, filt: Any
+    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """One quorum round of ``get_range``: the merged entries, and the key where one replica
+        stopped early because of ``RANGE_BUDGET`` (None if none did), past which nothing is known."""
         answers = await try_call_many(
             lambda node: self._call(node, msg),
             self.order(nodes),
@@ -223,10 +243,18 @@ class Table(Generic[E]):
         # Replicas answer (sort key, stored bytes): where every answer holds the same bytes (the
         # usual case) one decode is enough; only keys that differ are merged and repaired.
         by_key: dict[bytes, list[bytes]] = defaultdict(list)
+        cut: bytes | None = None
         for answer in answers:
-            for sk, raw in answer:
+            rows = answer
+            if isinstance(answer, dict):  # stopped at the budget: {"rows": [...], "more": True}
+                rows = answer["rows"]
+                last = bytes(rows[-1][0])
+                cut = last if cut is None else (max(cut, last) if reverse else min(cut, last))
+            for sk, raw in rows:
                 by_key[bytes(sk)].append(bytes(raw))
         keys = sorted(by_key, reverse=reverse)
+        if cut is not None:
+            keys = [k for k in keys if (k >= cut if reverse else k <= cut)]
         if limit is not None:
             keys = keys[:limit]
         out: list[tuple[bytes, E]] = []
@@ -245,7 +273,7 @@ class Table(Generic[E]):
             self._repair(nodes, to_repair)
         if filt is not None:  # a merge can change whether an entry passes the filter
             out = [(sk, e) for sk, e in out if self.schema.matches_filter(e, filt)]
-        return out
+        return out, cut
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -305,7 +333,14 @@ class Table(Generic[E]):
                 filt=filt,
                 skip_start=bool(skip_start),
             )
-            return [[sk, raw] for sk, raw in rows]
+            out_rows: list[list[bytes]] = []
+            size = 0
+            for sk, raw in rows:
+                size += len(raw)
+                if out_rows and size > RANGE_BUDGET:  # the first always fits
+                    return {"rows": out_rows, "more": True}
+                out_rows.append([sk, raw])
+            return out_rows
         raise BadRequest(f"unknown table request {kind!r}")
 
 

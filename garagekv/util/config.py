@@ -33,6 +33,13 @@ LMDB_PAGE = 4096
 CONSISTENCY_MODES = ("consistent", "degraded", "dangerous")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+#: The largest RPC message a node accepts (keep equal to ``garagekv.net.channel.MAX_RECORD_SIZE``;
+#: this layer cannot import it). ``max_item_bytes`` must stay below it.
+RPC_FRAME_LIMIT = 16 * MiB + 64 * KiB
+#: Default ``[k2v_api] max_item_bytes``: an item (all its values and its causal context) must fit in
+#: one RPC message with room to spare for the envelope, so replicas, reads and anti-entropy can
+#: always move it.
+DEFAULT_MAX_ITEM_BYTES = 15 * MiB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +60,7 @@ class K2VApiConfig:
     max_body_bytes: int = 16 * MiB
     max_batch_items: int = 1000
     max_key_bytes: int = MAX_KEY_BYTES
+    max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +140,7 @@ _EXAMPLES: dict[str, str] = {
     "k2v_api.max_body_bytes": '"16MiB"',
     "k2v_api.max_batch_items": "1000",
     "k2v_api.max_key_bytes": "479",
+    "k2v_api.max_item_bytes": '"15MiB"',
     "admin.api_bind_addr": '"[::]:3903"',
     "admin.admin_token": '"<random string from `openssl rand -base64 32`>"',
     "admin.admin_token_file": '"/etc/garagekv/admin_token"',
@@ -160,7 +169,9 @@ _TOP_TOLERATED = frozenset({
     "metadata_auto_snapshot_interval", "s3_web", "consul_discovery", "kubernetes_discovery",
 })  # fmt: skip
 _S3_KEYS = ("s3_region", "api_bind_addr", "root_domain")
-_K2V_KEYS = ("api_bind_addr", "cors_allowed_origins", "max_body_bytes", "max_batch_items", "max_key_bytes")
+_K2V_KEYS = (
+    "api_bind_addr", "cors_allowed_origins", "max_body_bytes", "max_batch_items", "max_key_bytes", "max_item_bytes",
+)  # fmt: skip
 _ADMIN_KEYS = ("api_bind_addr", "admin_token", "admin_token_file", "metrics_token", "metrics_token_file")
 _ADMIN_TOLERATED = frozenset({"trace_sink"})
 
@@ -397,12 +408,20 @@ def _k2v_api(t: _Table | None) -> K2VApiConfig | None:
     max_body = t.size("max_body_bytes", 16 * MiB)
     if max_body < 1:
         raise t.error("max_body_bytes", "must be at least 1 byte")
+    max_item = t.size("max_item_bytes", DEFAULT_MAX_ITEM_BYTES)
+    if not 1 <= max_item <= DEFAULT_MAX_ITEM_BYTES:
+        raise t.error(
+            "max_item_bytes",
+            f"must be between 1 byte and {DEFAULT_MAX_ITEM_BYTES} bytes (15 MiB, safely below the "
+            f"{RPC_FRAME_LIMIT}-byte RPC frame limit), got {max_item}",
+        )
     return K2VApiConfig(
         api_bind_addr=_present(t.address("api_bind_addr", None, required=True)),
         cors_allowed_origins=t.strings("cors_allowed_origins"),
         max_body_bytes=max_body,
         max_batch_items=t.integer("max_batch_items", 1000, lo=1),
         max_key_bytes=t.integer("max_key_bytes", MAX_KEY_BYTES, lo=1, hi=MAX_KEY_BYTES),
+        max_item_bytes=max_item,
     )
 
 

@@ -147,3 +147,16 @@ def test_vclock_max_is_least_upper_bound(a: dict[int, int], b: dict[int, int]) -
     assert set(m) == set(a) | set(b)
     assert all(m[n] in (a.get(n, 0), b.get(n, 0)) for n in m)
     assert vclock_max(a, b) == vclock_max(b, a)
+
+
+def test_token_size_is_bounded() -> None:
+    from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES, MAX_TOKEN_CHARS
+
+    at_limit = CausalContext({n: 1 for n in range(1, MAX_CONTEXT_ENTRIES + 1)}).serialize()
+    assert len(at_limit) <= MAX_TOKEN_CHARS
+    assert len(CausalContext.parse(at_limit)) == MAX_CONTEXT_ENTRIES
+    over = CausalContext({n: 1 for n in range(1, MAX_CONTEXT_ENTRIES + 2)}).serialize()
+    with pytest.raises(InvalidCausalityToken, match="pairs a token may hold"):
+        CausalContext.parse(over)
+    with pytest.raises(InvalidCausalityToken):
+        CausalContext.parse("A" * 10_000_000)  # refused by its length, before any decoding

@@ -455,6 +455,23 @@ def test_max_body_bytes_size_syntax() -> None:
     assert message.startswith("'k2v_api.max_body_bytes' must be a size")
 
 
+def test_max_item_bytes_default_and_bounds() -> None:
+    """Items must fit in one RPC message: the limit is validated against the frame limit."""
+    from garagekv.net.channel import MAX_RECORD_SIZE
+    from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES, RPC_FRAME_LIMIT
+
+    assert RPC_FRAME_LIMIT == MAX_RECORD_SIZE
+    assert DEFAULT_MAX_ITEM_BYTES + MiB <= RPC_FRAME_LIMIT  # room for the message envelope
+    k2v = parse_config(minimal(k2v_api={"api_bind_addr": "[::]:3904"})).k2v_api
+    assert k2v is not None and k2v.max_item_bytes == DEFAULT_MAX_ITEM_BYTES
+    k2v = parse_config(minimal(k2v_api={"api_bind_addr": "[::]:3904", "max_item_bytes": "64KiB"})).k2v_api
+    assert k2v is not None and k2v.max_item_bytes == 64 * 1024
+    for bad in (0, "16MiB", RPC_FRAME_LIMIT):
+        message = parse_error(minimal(k2v_api={"api_bind_addr": "[::]:3904", "max_item_bytes": bad}))
+        assert message.startswith("'k2v_api.max_item_bytes' must be between 1 byte and"), message
+        assert "RPC frame limit" in message
+
+
 # --- addresses and peers ----------------------------------------------------------------------
 
 

@@ -126,3 +126,22 @@ async def test_poll_range_returns_only_unseen_items(opened):
     await put(s, "c", b"3")
     items, _ = await asyncio.wait_for(waiter, 5)
     assert [i.sort_key for i in items] == ["c"]
+
+
+async def test_a_causal_context_cannot_grow_past_its_bound(opened):
+    """A token naming many nodes would give the item a context entry for each: bounded, 413."""
+    from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES
+    from garagekv.util.errors import EntityTooLarge
+
+    s = opened.store
+    await put(s, "a", b"v")
+    many = CausalContext({NODE + 1 + i: 5 for i in range(MAX_CONTEXT_ENTRIES)})
+    with pytest.raises(EntityTooLarge, match=f"causal context would hold {MAX_CONTEXT_ENTRIES + 1} nodes"):
+        await put(s, "a", b"w", ct=many)
+    with pytest.raises(EntityTooLarge, match="causal context"):  # the multi-coordinator pre-check agrees
+        await asyncio.to_thread(opened.local.check_sizes, BUCKET, [InsertedItem("p", "a", many, b"w")])
+    item = await s.read_item(BUCKET, "p", "a")
+    assert item.values() == [b"v"] and len(item.causal_context()) == 1
+    fewer = CausalContext({NODE + 1 + i: 5 for i in range(MAX_CONTEXT_ENTRIES - 1)})
+    item = await put(s, "a", b"w", ct=fewer)  # exactly at the bound: accepted
+    assert len(item.causal_context()) == MAX_CONTEXT_ENTRIES

@@ -283,3 +283,98 @@ async def test_connect_refused_is_a_net_error():
     client = NetApp.client_only(SECRET)
     with pytest.raises(ServiceUnavailable, match="could not connect"):
         await client.connect(NodeKey.generate().node_id, ("127.0.0.1", port))
+
+
+# ---- caps on connections in the handshake -----------------------------------------------------------
+
+
+async def open_from(source: str, addr) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection from another loopback address (Linux routes all of 127/8 to lo)."""
+    return await asyncio.open_connection(*addr, local_addr=(source, 0))
+
+
+async def is_closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True if the server closed the connection; False if it is still waiting for the handshake."""
+    try:
+        async with asyncio.timeout(0.2):
+            return await reader.read() == b""
+    except TimeoutError:
+        return False
+
+
+async def eventually(predicate, limit: float = 5.0) -> None:
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def capped():
+    """A server whose silent clients are never timed out during the test: only the caps act."""
+    app = NetApp(
+        NodeKey.generate(),
+        SECRET,
+        echo,
+        handshake_timeout=60,
+        max_pending_handshakes=6,
+        max_pending_handshakes_per_source=3,
+    )
+    addr = await app.listen("127.0.0.1", 0)
+    opened: list[asyncio.StreamWriter] = []
+    yield app, addr, opened
+    for w in opened:
+        w.close()
+    await app.close()
+
+
+async def test_one_source_cannot_take_more_than_its_share_of_handshakes(capped):
+    app, addr, opened = capped
+    flood = []
+    for _ in range(5):
+        reader, writer = await open_from("127.0.0.2", addr)
+        opened.append(writer)
+        flood.append(reader)
+    await eventually(lambda: app.refused_handshakes == 2)
+    assert app.pending_handshakes("127.0.0.2") == 3 and app.pending_handshakes() == 3
+    closed = [await is_closed_by_server(r) for r in flood]
+    assert closed.count(True) == 2 and closed.count(False) == 3
+    # Another source is still served while 127.0.0.2 sits at its cap.
+    await good_client_works(app, addr)
+    reader, writer = await open_from("127.0.0.3", addr)
+    opened.append(writer)
+    await eventually(lambda: app.pending_handshakes("127.0.0.3") == 1)
+    assert not await is_closed_by_server(reader)
+
+
+async def test_handshakes_in_progress_are_capped_in_total(capped):
+    app, addr, opened = capped
+    readers = []
+    for i in range(4):  # 2 from each of 4 sources: 8 > the total cap of 6
+        for _ in range(2):
+            reader, writer = await open_from(f"127.0.1.{i + 1}", addr)
+            opened.append(writer)
+            readers.append(reader)
+    await eventually(lambda: app.refused_handshakes == 2)
+    assert app.pending_handshakes() == 6
+    assert [await is_closed_by_server(r) for r in readers].count(True) == 2
+    for w in opened:  # the flood goes away: its slots are freed and peers connect again
+        w.close()
+    await eventually(lambda: app.pending_handshakes() == 0)
+    await good_client_works(app, addr)
+
+
+async def test_an_idle_unauthenticated_connection_is_closed_at_the_handshake_deadline():
+    app = NetApp(NodeKey.generate(), SECRET, echo, handshake_timeout=0.5, max_pending_handshakes_per_source=1)
+    addr = await app.listen("127.0.0.1", 0)
+    try:
+        reader, writer = await open_from("127.0.0.2", addr)
+        await eventually(lambda: app.pending_handshakes("127.0.0.2") == 1)
+        assert await read_until_closed(reader, limit=10) == b""  # closed by the deadline, not by us
+        writer.close()
+        assert app.pending_handshakes() == 0 and app.refused_handshakes == 0
+        # The slot is free again: the same source may try once more.
+        reader, writer = await open_from("127.0.0.2", addr)
+        await eventually(lambda: app.pending_handshakes("127.0.0.2") == 1)
+        writer.close()
+    finally:
+        await app.close()

@@ -105,3 +105,40 @@ async def test_item_futures_fail_together_and_can_be_dropped():
         await kept
     await asyncio.sleep(0)
     assert dropped.done()  # failed too, already marked as seen: no warning when nobody awaits it
+
+
+async def test_a_submission_over_the_limit_is_split_never_sent_whole():
+    """Many entries for one replica (or a few big ones) go out as several calls under the limit."""
+    rec = Recorder()
+    b = CallBatcher(rec, max_bytes=4)
+    items = [b"aa", b"bb", b"cc", b"dddddd", b"e"]
+    assert await b.submit("a", items) == [b"r:" + i for i in items]
+    assert [c for _, c in rec.calls] == [[b"aa", b"bb"], [b"cc"], [b"dddddd"], [b"e"]]
+    assert all(sum(map(len, c)) <= 4 for _, c in rec.calls if len(c) > 1)
+
+
+async def test_a_split_submission_shares_calls_with_others():
+    rec = Recorder()
+    b = CallBatcher(rec, max_bytes=4)
+    small, big = await asyncio.gather(b.submit("a", [b"x"]), b.submit("a", [b"yy", b"zz", b"w"]))
+    assert small == [b"r:x"] and big == [b"r:yy", b"r:zz", b"r:w"]
+    assert [c for _, c in rec.calls] == [[b"x", b"yy"], [b"zz", b"w"]]
+
+
+async def test_a_split_update_future_waits_for_every_call_and_fails_with_any():
+    rec = Recorder(answer=False)
+    b = CallBatcher(rec, max_bytes=4)
+    fut = b.future("a", [b"aaa", b"bbb", b"ccc"])
+    assert await fut == [None, None, None] and len(rec.calls) == 3
+
+    class FailSecond(Recorder):
+        async def __call__(self, node, items):
+            if b"bbb" in items:
+                raise RuntimeError("second call failed")
+            return await super().__call__(node, items)
+
+    b = CallBatcher(FailSecond(answer=False), max_bytes=4)
+    with pytest.raises(RuntimeError, match="second call failed"):
+        await b.future("a", [b"aaa", b"bbb", b"ccc"])
+    with pytest.raises(RuntimeError, match="second call failed"):
+        await b.submit("a", [b"aaa", b"bbb", b"ccc"])

@@ -218,12 +218,15 @@ def test_peer_and_worker_families():
             b: SimpleNamespace(rtt_ms=None, failed_pings=3, last_seen=0.0),
         },
         is_up=lambda n: n == a,
+        netapp=SimpleNamespace(refused_handshakes=7, pending_handshakes=lambda: 2),
     )
     syncer = SimpleNamespace(
         table_name="k2v_item",
         items_sent=12,
         last_full_sync_at=1700000001.0,
         progress=lambda: {"done": 3, "total": 8, "queue": 5, "full_syncs": 2},
+        unsyncable={7: {b"k1": 20 << 20, b"k2": 17 << 20}},
+        unsyncable_entries=lambda: 2,
     )
     model = SimpleNamespace(
         syncers=[syncer],
@@ -242,12 +245,16 @@ def test_peer_and_worker_families():
     assert s[("garagekv_rpc_peer_up", pa)] == 1 and s[("garagekv_rpc_peer_up", pb)] == 0
     assert s[("garagekv_rpc_peer_failed_pings", pb)] == 3
     assert s[("garagekv_rpc_peer_last_seen_timestamp_seconds", pa)] == 1700000000.0
+    assert s[("garagekv_rpc_handshakes_refused_total", ())] == 7
+    assert s[("garagekv_rpc_handshakes_pending", ())] == 2
     t = (("table_name", "k2v_item"),)
     assert s[("garagekv_table_sync_items_sent_total", t)] == 12
     assert s[("garagekv_table_sync_full_syncs_total", t)] == 2
     assert s[("garagekv_table_sync_partitions_done", t)] == 3 and s[("garagekv_table_sync_partitions", t)] == 8
     assert s[("garagekv_table_sync_queue_length", t)] == 5
     assert s[("garagekv_table_sync_layout_version", t)] == 4
+    assert s[("garagekv_table_sync_unsyncable_entries", t)] == 2
+    assert s[("garagekv_table_sync_unsyncable_partitions", t)] == 1
     assert s[("garagekv_table_gc_deleted_total", t)] == 6
     assert s[("garagekv_background_worker_errors_total", (("worker", "k2v_item sync"),))] == 1
     assert s[("garagekv_background_worker_throttled", (("worker", "k2v_item sync"),))] == 1

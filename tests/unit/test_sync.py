@@ -16,9 +16,18 @@ from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.table.data import TableData
 from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.replication import SyncPartition
-from garagekv.table.sync import SYNC_BATCH, SyncCoordinator, SyncError, TableSyncer, layout_sync_digest
+from garagekv.table.sync import (
+    SYNC_BATCH,
+    SyncCoordinator,
+    SyncError,
+    TableSyncer,
+    layout_sync_digest,
+    unsyncable_entry_bytes,
+)
 from garagekv.util import codec
 from garagekv.util.background import WorkerState
+from garagekv.util.codec import blake2sum
+from garagekv.util.errors import EntityTooLarge
 from tests.unit.test_merkle import Reg, RegSchema
 
 A, B, C = (bytes([i]) * 32 for i in (1, 2, 3))
@@ -36,6 +45,7 @@ class FakeNet:
     registries: dict[bytes, EndpointRegistry] = field(default_factory=dict)
     down: set[bytes] = field(default_factory=set)
     calls: list[tuple[bytes, bytes, str]] = field(default_factory=list)
+    max_record: int | None = None  # refuse bigger messages, as a real connection does
 
 
 class FakeNetApp:
@@ -46,8 +56,11 @@ class FakeNetApp:
     async def call(self, node: bytes, path: str, msg: Any, timeout: float | None = None) -> Any:
         if node in self.net.down:
             raise NetError(f"Not connected: {node.hex()[:8]}")
+        encoded = codec.encode(msg)
+        if self.net.max_record is not None and len(encoded) > self.net.max_record:
+            raise EntityTooLarge(f"RPC request of {len(encoded)} bytes exceeds the frame limit")
         self.net.calls.append((self.node, node, msg[0]))
-        wire = codec.decode(codec.encode(msg))  # what crosses the wire
+        wire = codec.decode(encoded)  # what crosses the wire
         return codec.decode(codec.encode(await self.net.registries[node].dispatch(self.node, path, wire)))
 
 
@@ -351,6 +364,52 @@ async def test_offload_needs_every_owner_and_keeps_changed_items(cluster, monkey
     assert b.data.get(part_hash(2) + b"k0").value == 50
 
 
+# ---- entries too big for one message ---------------------------------------------------------------
+
+FRAME = 4000  # a Reg can be made bigger than this (a value of 4200 digits)
+
+
+def small_frames(cluster, *replicas: Replica) -> Reg:
+    """Frames of ``FRAME`` bytes on the fake network; returns an entry that cannot cross it."""
+    cluster.net.max_record = FRAME
+    for r in replicas:
+        assert r.syncer.max_entry_bytes == unsyncable_entry_bytes()  # the real frame's, by default
+        r.syncer.max_entry_bytes = FRAME - 100
+    return Reg(part_hash(3), b"big", 10**4200)
+
+
+async def test_an_entry_too_big_to_send_is_skipped_reported_and_the_rest_syncs(cluster):
+    a, b = cluster(A, [A, B]), cluster(B, [A, B])
+    big = small_frames(cluster, a, b)
+    assert len(big.encode()) > FRAME
+    await a.put(*regs(3, 10), big, *regs(4, 5))
+    await full_sync(a)  # completes: the big entry does not hold the full sync forever
+    assert len(b.items()) == 15 and big.tree_key() not in b.items()
+    progress = a.syncer.progress()
+    assert progress["full_syncs"] == 1
+    assert progress["unsyncable"].startswith("partition 3: 1 entry over")
+    assert a.syncer.unsyncable == {3: {big.tree_key(): len(big.encode())}}
+    # Once the entry is gone (deleted or shrunk by its owner), the next sync clears the report.
+    await a.data.delete_if_equal_hash([(big.tree_key(), blake2sum(big.encode()))])
+    await a.merkle.flush()
+    await full_sync(a)
+    assert a.syncer.progress()["unsyncable"] is None and a.syncer.unsyncable_entries() == 0
+
+
+async def test_offload_keeps_an_entry_too_big_to_send_and_hands_over_the_rest(cluster):
+    owners = {p: [B, C] for p in range(256)}
+    a = cluster(A, [B, C], quorum=2, owners=owners)
+    b = cluster(B, [B, C], owners=owners)
+    c = cluster(C, [B, C], owners=owners)
+    big = small_frames(cluster, a, b, c)
+    await a.put(*regs(3, 20), big)  # the big one sorts first: later reads must get past it
+    await full_sync(a)
+    await a.merkle.flush()
+    assert list(a.items()) == [big.tree_key()]  # kept here, not lost
+    assert len(b.items()) == len(c.items()) == 20
+    assert a.syncer.unsyncable_entries() == 1
+
+
 def calls_of(net: FakeNet, kind: str) -> list:
     return [c for c in net.calls if c[2] == kind]
 
@@ -454,3 +513,23 @@ def test_items_messages_are_bounded_by_count_and_bytes():
     assert [len(c) for c in chunks([b"x"] * 600)] == [256, 256, 88]
     big = [b"a" * 40, b"b" * 40, b"c" * 100, b"d" * 10]
     assert chunks(big, max_bytes=90) == [[b"a" * 40, b"b" * 40], [b"c" * 100], [b"d" * 10]]
+
+
+def test_worker_list_shows_partitions_that_cannot_sync():
+    from garagekv.cli.ops import format_worker, format_workers
+
+    w = {
+        "tid": 7,
+        "name": "k2v_item sync",
+        "state": "idle",
+        "errors": 0,
+        "consecutive_errors": 0,
+        "last_error": None,
+        "done": 0,
+        "total": 0,
+        "queue": 0,
+        "unsyncable": "partition 3: 1 entry over 16838656 bytes (too big for an RPC message) not synced",
+    }
+    assert "cannot sync partition 3: 1 entry over" in format_workers([w])
+    assert "Unsyncable: partition 3" in format_worker(w)
+    assert "cannot sync" not in format_workers([{**w, "unsyncable": None}])

@@ -104,3 +104,54 @@ async def test_big_entries_read_together_are_split_by_the_budget(nodes, monkeypa
 async def test_missing_entries_read_as_none(nodes):
     ns, _ = nodes
     assert await ns[IDS[0]].table.get(key(99)) is None
+
+
+async def test_updates_for_one_replica_over_a_frame_are_split_and_all_arrive(nodes, monkeypatch):
+    """Three 6 MiB entries for each peer (18 MiB, over the frame limit) still reach every replica."""
+    from garagekv.net.channel import MAX_RECORD_SIZE
+    from garagekv.net.frame import encode_request
+    from garagekv.util.errors import EntityTooLarge
+
+    ns, log = nodes
+    sizes: list[int] = []
+
+    async def framed_call(self, node, path, msg, timeout=None):
+        frame = encode_request(1, path, msg)
+        if len(frame) > MAX_RECORD_SIZE:  # what a real connection refuses
+            raise EntityTooLarge(f"RPC request of {len(frame)} bytes exceeds the frame limit")
+        sizes.append(len(frame))
+        return await self.nodes[node].registry.dispatch(b"peer", path, msg)
+
+    monkeypatch.setattr(Net, "call", framed_call)
+    big = [Lww(key(i), 1, bytes([65 + i]) * (6 << 20)) for i in range(3)]
+    await ns[IDS[0]].table.insert_many(big)
+    await asyncio.sleep(0.1)  # the write returned at quorum; let the last replica finish
+    for n in ns.values():
+        assert [n.data.get(key(i)).value for i in range(3)] == [e.value for e in big]
+    assert len(sizes) == 6 and max(sizes) < MAX_RECORD_SIZE  # one call per entry and peer
+
+
+async def test_range_answers_stop_at_their_byte_budget_and_reads_go_on(nodes, monkeypatch):
+    """Big entries read as a range never make one answer over the budget (a frame), yet every
+    entry comes back, in order, merged over the quorum; limits and reverse scans still hold."""
+    ns, log = nodes
+    monkeypatch.setattr(table_mod, "RANGE_BUDGET", 2500)
+    part = bytes([7]) * 32
+    entries = {i: Lww(key(i), 1, bytes([65 + i]) * 1000) for i in range(10)}
+    for n in ns.values():
+        for e in entries.values():
+            await n.data.merge(e)
+    newer = Lww(key(4), 2, b"new" * 300)  # only one replica has the newest value of k4
+    await ns[IDS[2]].data.merge(newer)
+    want = sorted(entries, key=lambda i: b"k%d" % i)
+    a = ns[IDS[0]].table
+    got = await a.get_range(part)
+    assert [sk for sk, _ in got] == [b"k%d" % i for i in want]
+    assert {sk: e.value for sk, e in got}[b"k4"] in (newer.value, entries[4].value)
+    assert len([1 for _, kind, _ in log if kind == "range"]) > 2  # several rounds
+    got = await a.get_range(part, limit=4)
+    assert [sk for sk, _ in got] == [b"k%d" % i for i in want[:4]]
+    got = await a.get_range(part, reverse=True, limit=7)
+    assert [sk for sk, _ in got] == [b"k%d" % i for i in reversed(want)][:7]
+    answer = await ns[IDS[1]].table._handle(IDS[0], ["range", part, b"", b"", None, False, None, None, False])
+    assert answer["more"] is True and len(answer["rows"]) == 2  # 2 x 1 KB fit in 2500 bytes

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 from garagekv.util.errors import InvalidCausalityToken
 
 U64_MAX = 2**64 - 1
+#: Most (node, time) pairs a token or an item's causal context may hold: one per node that ever
+#: coordinated a write of the item, so far more than any real cluster has, yet small enough that
+#: a token stays a reasonable header (16 KiB of binary) and parsing one costs little.
+MAX_CONTEXT_ENTRIES = 1024
+#: Longest token text with that many pairs (base64 of 8 + 16 * MAX_CONTEXT_ENTRIES bytes).
+MAX_TOKEN_CHARS = -(-(8 + 16 * MAX_CONTEXT_ENTRIES) * 4 // 3)
 
 # Only the URL-safe alphabet, no padding, no whitespace: anything else is not a token we issued.
 _URLSAFE_RE = re.compile(r"[A-Za-z0-9_-]*")
@@ -83,10 +89,16 @@ class CausalContext:
 
         Rejected: characters outside the URL-safe alphabet (standard ``+``/``/``, ``=`` padding,
         whitespace, non-ASCII), base64 that does not decode or has non-zero trailing bits, a length
-        other than 8 + 16k bytes, a checksum mismatch and a node listed twice. Pairs need not be
-        sorted (a hand-built token is still unambiguous).
+        other than 8 + 16k bytes, more than ``MAX_CONTEXT_ENTRIES`` pairs, a checksum mismatch and a
+        node listed twice. Pairs need not be sorted (a hand-built token is still unambiguous).
         """
-        if not isinstance(s, str) or not _URLSAFE_RE.fullmatch(s) or len(s) % 4 == 1:
+        if not isinstance(s, str) or len(s) > MAX_TOKEN_CHARS:
+            raise InvalidCausalityToken(
+                f"Invalid causality token: longer than the {MAX_CONTEXT_ENTRIES} (node, time) pairs a token may hold"
+                if isinstance(s, str)
+                else "Invalid causality token"
+            )
+        if not _URLSAFE_RE.fullmatch(s) or len(s) % 4 == 1:
             raise InvalidCausalityToken()
         try:
             raw = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))

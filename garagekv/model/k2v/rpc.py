@@ -26,7 +26,7 @@ from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
 from garagekv.table.table import Table
-from garagekv.util.errors import BadRequest, ServiceUnavailable
+from garagekv.util.errors import BadRequest, EntityTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,13 @@ class K2VService:
         await self.insert_many(bucket_id, [ins])
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
-        """One coordinator call per group of items sharing the same storage nodes."""
+        """One coordinator call per group of items sharing the same storage nodes.
+
+        A coordinator refuses its whole group if one item would grow past ``max_item_bytes``
+        (``EntityTooLarge``). With several groups, each coordinator first checks its group
+        without writing, so a refused batch writes nothing anywhere (short of a concurrent write
+        growing an item between the check and the insert).
+        """
         groups: dict[tuple[bytes, ...], list[InsertedItem]] = defaultdict(list)
         for ins in items:
             nodes = self.replication.storage_nodes(partition_hash(bucket_id, ins.partition_key))
@@ -76,34 +82,51 @@ class K2VService:
             ((nodes, group),) = groups.items()
             await self._coordinate(bucket_id, list(nodes), group)
         else:
+            await asyncio.gather(*(self._coordinate(bucket_id, list(n), g, "check") for n, g in groups.items()))
             await asyncio.gather(*(self._coordinate(bucket_id, list(n), g) for n, g in groups.items()))
 
-    async def _coordinate(self, bucket_id: bytes, nodes: list[bytes], items: list[InsertedItem]) -> None:
-        """Have one of ``nodes`` coordinate the inserts: this node when it is one of them.
+    async def _coordinate(
+        self, bucket_id: bytes, nodes: list[bytes], items: list[InsertedItem], kind: str = "insert"
+    ) -> None:
+        """Have one of ``nodes`` coordinate the inserts (``kind="check"``: only check their size):
+        this node when it is one of them.
 
         Coordinating here skips the RPC layer and the quorum helper's tasks; only if that fails
-        do the other storage nodes get the request, in the usual order.
+        do the other storage nodes get the request, in the usual order. A refusal
+        (``EntityTooLarge``) is final: another coordinator would refuse too.
         """
         others = nodes
         if self.node_id in nodes:
             # No timeout here: giving up waiting would not stop a local write that is queued.
             try:
-                await self._insert_here(bucket_id, items)
+                await self._handle_here(kind, bucket_id, items)
                 return
+            except EntityTooLarge:
+                raise
             except Exception as e:  # noqa: BLE001 - the next storage node may still take it
                 if len(nodes) == 1:
                     raise QuorumError(1, 0, 1, [describe_failure(self.node_id, e)], operation="k2v_insert")
-                log.warning("local K2V insert failed, trying other storage nodes: %s", e)
+                log.warning("local K2V %s failed, trying other storage nodes: %s", kind, e)
                 others = [n for n in nodes if n != self.node_id]
         order = self.items.order(others)
-        wires = [ins.to_wire() for ins in items]
-        await try_call_many(
-            lambda n: self._call(n, ["insert", bucket_id, wires], self.timeout),
-            order,
-            1,
-            timeout=self.timeout,
-            operation="k2v_insert",
-        )
+        msg = [kind, bucket_id, [ins.to_wire() for ins in items]]
+
+        async def call(n: bytes) -> EntityTooLarge | None:
+            try:
+                await self._call(n, msg, self.timeout)
+            except EntityTooLarge as e:
+                return e  # an answer, not a failure: don't ask the next node
+            return None
+
+        (refused,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
+        if refused is not None:
+            raise refused
+
+    async def _handle_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> None:
+        if kind == "check":
+            await asyncio.to_thread(self.store.check_sizes, bucket_id, items)
+        else:
+            await self._insert_here(bucket_id, items)
 
     async def _insert_here(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
         merged = await self.store.insert_many(bucket_id, items)
@@ -236,8 +259,8 @@ class K2VService:
         kind = msg[0]
         if log.isEnabledFor(logging.DEBUG):
             log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
-        if kind == "insert":
-            await self._insert_here(bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
+        if kind in ("insert", "check"):
+            await self._handle_here(kind, bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
             return None
         if kind == "poll_item":
             _, bucket_id, pk, sk, ct, timeout = msg

@@ -15,13 +15,15 @@ from typing import Any
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
-from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES, CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, partition_hash
 from garagekv.model.k2v.range import RangeQuery, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
-from garagekv.table.data import TableData
+from garagekv.table.data import TableData, check_size
+from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES
+from garagekv.util.errors import EntityTooLarge
 from garagekv.util.time import now_ms
 
 _TS_KEY = b"timestamp"
@@ -45,6 +47,21 @@ class InsertedItem:
         return cls(str(pk), str(sk), ctx, None if value is None else bytes(value))
 
 
+def _too_large(ins: InsertedItem, e: EntityTooLarge) -> EntityTooLarge:
+    return EntityTooLarge(
+        f"item (partition key {ins.partition_key!r}, sort key {ins.sort_key!r}): {e.message} (max_item_bytes)"
+    )
+
+
+def check_context(ins: InsertedItem, before: int, after: int) -> None:
+    """Refuse a write that would grow an item's causal context past ``MAX_CONTEXT_ENTRIES`` nodes."""
+    if after > MAX_CONTEXT_ENTRIES and after > before:
+        raise EntityTooLarge(
+            f"item (partition key {ins.partition_key!r}, sort key {ins.sort_key!r}): its causal context would "
+            f"hold {after} nodes, over the limit of {MAX_CONTEXT_ENTRIES}"
+        )
+
+
 class K2VStore:
     def __init__(
         self,
@@ -53,11 +70,15 @@ class K2VStore:
         node: int,
         item_data: TableData[K2VItem],
         subs: SubscriptionManager,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
         self.node = node
         self.writer = writer
         self.subs = subs
         self.item_data = item_data
+        # An item bigger than one RPC message could not be replicated, read or synced: inserts
+        # that would grow one past this are refused before anything is written.
+        self.max_item_bytes = max_item_bytes
         self._local_ts = db.tree("k2v:local_ts")
 
     # ---- coordinated inserts -------------------------------------------------------------------
@@ -70,22 +91,58 @@ class K2VStore:
 
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
+            before = len(item.items)
             result["ts"] = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            check_context(ins, before, len(item.items))
             result["item"] = item
             return item
 
         key = partition_hash(bucket_id, ins.partition_key) + ins.sort_key.encode()
-        self.item_data.update_in(tx, key, update)
+        try:
+            self.item_data.update_in(tx, key, update, max_bytes=self.max_item_bytes)
+        except EntityTooLarge as e:
+            raise _too_large(ins, e)
         tx.put(self._local_ts, _TS_KEY, struct.pack(">Q", result["ts"]))
         return result["item"]
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
-        """Apply the inserts in one transaction; returns the resulting items (to replicate)."""
+        """Apply the inserts in one transaction; returns the resulting items (to replicate).
+
+        All or nothing: one item refused (``EntityTooLarge``) rolls the whole transaction back.
+        """
 
         def apply(tx: WriteTxn) -> list[K2VItem]:
             return [self._insert_in(tx, bucket_id, ins) for ins in items]
 
         return await self.writer.submit(apply)
+
+    def check_sizes(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
+        """Raise ``EntityTooLarge`` if ``insert_many`` would refuse one of ``items``, writing nothing.
+
+        Lets a batch spread over several coordinators be refused as a whole before any of them
+        writes. Blocking (decodes and encodes the items): run it in a thread.
+        """
+        merged: dict[bytes, tuple[K2VItem, int | None]] = {}  # items inserted twice add up
+        node_ts = now_ms()
+        for ins in items:
+            key = partition_hash(bucket_id, ins.partition_key) + ins.sort_key.encode()
+            if key in merged:
+                item, old_size = merged[key]
+            else:
+                raw = self.item_data.get_raw(key)
+                old_size = None if raw is None else len(raw)
+                if raw is None:
+                    item = K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
+                else:
+                    item = self.item_data.schema.decode(raw)
+            before = len(item.items)
+            node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            check_context(ins, before, len(item.items))
+            merged[key] = (item, old_size)
+            try:
+                check_size(len(item.encode()), old_size, self.max_item_bytes)
+            except EntityTooLarge as e:
+                raise _too_large(ins, e)
 
     # ---- local polls -----------------------------------------------------------------------------
 
