@@ -31,6 +31,7 @@ from garagekv.admin.stats import table_stats
 from garagekv.api.context import ApiLimits, ApiState
 from garagekv.api.server import K2VApiServer
 from garagekv.db.env import Database
+from garagekv.db.snapshot import AutoSnapshotWorker, Snapshotter
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.model import Model
 from garagekv.net.identity import load_or_create_node_key, short_id
@@ -59,6 +60,7 @@ class Node:
         self.api: K2VApiServer | None = None
         self.system: System | None = None
         self.model: Model | None = None
+        self.snapshotter: Snapshotter | None = None
         self.admin_http: AdminApiServer | None = None
         self.metrics: NodeMetrics | None = None
         self.started_at = time.time()
@@ -105,6 +107,11 @@ class Node:
         self.k2v = self.model.k2v
         await _listening(f"{cfg.rpc_bind_addr} (rpc_bind_addr)", self.system.start())
         await self.model.start()
+        self.snapshotter = Snapshotter(self.db, cfg.metadata_dir, cfg.snapshots_dir, cfg.metadata_snapshots_keep)
+        if cfg.metadata_auto_snapshot_interval is not None:
+            self.model.background.spawn(AutoSnapshotWorker(self.snapshotter, cfg.metadata_auto_snapshot_interval))
+        for key in cfg.ignored_keys:
+            log.warning("config key '%s' is accepted for garage.toml compatibility and ignored", key)
         if cfg.admin.api_bind_addr is not None:
             self.admin_http = AdminApiServer(
                 AdminServices(

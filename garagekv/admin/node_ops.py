@@ -277,10 +277,38 @@ async def worker_info(node: OpServices, a: WorkerInfoArgs) -> dict:
     return _worker_info(node.model, a.tid).to_json()
 
 
+@dataclass(frozen=True, kw_only=True)
+class SnapshotArgs:
+    all_nodes: bool = False
+
+
+SNAPSHOT_TIMEOUT = 3600.0  # a compacting copy of a large database takes a while
+
+
+async def meta_snapshot(node: OpServices, a: SnapshotArgs) -> dict:
+    """A consistent, compacted copy of the metadata database (docs/operations.md, Backups)."""
+    if not a.all_nodes:
+        return {"node": node.system.node_id.hex(), **(await node.snapshotter.take())}
+    system = node.system
+    ids = sorted({system.node_id, *system.layout.history.all_nodes()})
+
+    async def one(n: bytes) -> dict:
+        try:
+            if n == system.node_id:
+                return await meta_snapshot(node, SnapshotArgs())
+            msg = {"op": "meta.snapshot", "args": {}}
+            return await system.netapp.call(n, ADMIN_ENDPOINT, msg, timeout=SNAPSHOT_TIMEOUT)
+        except Exception as e:  # noqa: BLE001 - reported per node
+            return {"node": n.hex(), "error": str(e)}
+
+    return {"nodes": list(await asyncio.gather(*(one(n) for n in ids)))}
+
+
 NODE_OPS: tuple[Op[Any], ...] = (
     Op("node.info", NoArgs, node_info),
     Op("repair", RepairArgs, repair),
     Op("stats", StatsArgs, stats),
     Op("worker.list", NoArgs, worker_list),
     Op("worker.info", WorkerInfoArgs, worker_info),
+    Op("meta.snapshot", SnapshotArgs, meta_snapshot),
 )

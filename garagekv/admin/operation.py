@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from garagekv.db.env import Database
+from garagekv.db.snapshot import Snapshotter
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.model import Model
 from garagekv.rpc.system import System
@@ -37,6 +38,7 @@ class OpServices(Protocol):
     writer: GroupCommitWriter
     system: System
     model: Model
+    snapshotter: Snapshotter
 
     def info(self) -> dict[str, Any]:
         """The node's identity and endpoints (``node.info``)."""

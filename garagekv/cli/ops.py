@@ -1,4 +1,4 @@
-"""``garagekv repair``, ``garagekv stats`` and ``garagekv worker``: operating one node.
+"""``garagekv repair``, ``stats``, ``worker`` and ``meta snapshot``: operating one node.
 
 They run on the node the CLI talks to (the config's own, or ``--rpc-host``). Long operations
 show their progress: ``repair counters`` waits for its worker unless ``--detach`` is given.
@@ -18,7 +18,7 @@ from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
-COMMANDS = ("repair", "stats", "worker")
+COMMANDS = ("repair", "stats", "worker", "meta")
 PROGRESS_INTERVAL = 1.0
 
 
@@ -44,6 +44,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     wi = w.add_parser("info", help="one worker in detail")
     wi.add_argument("tid", type=int)
     wi.add_argument("--json", action="store_true")
+    m = sub.add_parser("meta", help="this node's metadata database").add_subparsers(dest="action", required=True)
+    ms = m.add_parser(
+        "snapshot",
+        help="a consistent, compacted copy of the database, taken while the node runs",
+        description="Written under metadata_snapshots_dir (default: metadata_dir/snapshots); the newest "
+        "metadata_snapshots_keep are kept. Restoring one is described in docs/operations.md (Backups).",
+    )
+    ms.add_argument("-a", "--all", action="store_true", help="snapshot every node of the layout")
+    ms.add_argument("--json", action="store_true")
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -218,6 +227,19 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         else:
             print(format_stats(st))
         return 0
+    if args.command == "meta":
+        res = await call("meta.snapshot", {"all_nodes": args.all})
+        if args.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        failed = 0
+        for n in res.get("nodes", [res]):
+            if "error" in n:
+                failed += 1
+                print(f"Node {n['node'][:16]}: snapshot failed: {n['error']}", file=sys.stderr)
+            else:
+                print(f"Node {n['node'][:16]}: snapshot {n['path']} ({format_bytes(n['bytes'])}, {n['seconds']}s)")
+        return 1 if failed else 0
     if args.command == "worker":
         if args.action == "info":
             w = await call("worker.info", {"tid": args.tid})

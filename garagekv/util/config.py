@@ -99,8 +99,16 @@ class Config:
     tombstone_gc_delay_sec: int = 86_400
     sync_interval_sec: int = 600
     sync_startup_delay_sec: int = 10
+    metadata_snapshots_dir: Path | None = None  # None: metadata_dir/snapshots
+    metadata_auto_snapshot_interval: float | None = None  # seconds; None: only on request
+    metadata_snapshots_keep: int = 2
+    ignored_keys: tuple[str, ...] = ()  # Garage keys present in the file that a K2V node ignores
     k2v_api: K2VApiConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.metadata_snapshots_dir or self.metadata_dir / "snapshots"
 
     @property
     def rpc_secret_bytes(self) -> bytes | None:
@@ -132,6 +140,9 @@ _EXAMPLES: dict[str, str] = {
     "tombstone_gc_delay_sec": "86400",
     "sync_interval_sec": "600",
     "sync_startup_delay_sec": "10",
+    "metadata_snapshots_dir": '"/var/lib/garagekv/snapshots"',
+    "metadata_auto_snapshot_interval": '"6h"',
+    "metadata_snapshots_keep": "2",
     "s3_api.s3_region": '"garage"',
     "s3_api.api_bind_addr": '"[::]:3900"',
     "s3_api.root_domain": '".s3.garage.localhost"',
@@ -160,13 +171,14 @@ _TOP_KEYS = (
     "rpc_ping_timeout_msec", "rpc_ping_interval_msec", "rpc_timeout_msec", "bootstrap_peers",
     "allow_world_readable_secrets",
     "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "sync_interval_sec",
-    "sync_startup_delay_sec", "s3_api", "k2v_api", "admin",
+    "sync_startup_delay_sec", "metadata_snapshots_dir", "metadata_auto_snapshot_interval",
+    "metadata_snapshots_keep", "s3_api", "k2v_api", "admin",
 )  # fmt: skip
 # Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
 _TOP_TOLERATED = frozenset({
     "block_size", "block_ram_buffer_max", "compression_level", "data_fsync", "disable_scrub",
-    "use_local_tz", "rpc_public_addr_subnet", "rpc_bind_outgoing", "metadata_snapshots_dir",
-    "metadata_auto_snapshot_interval", "s3_web", "consul_discovery", "kubernetes_discovery",
+    "use_local_tz", "rpc_public_addr_subnet", "rpc_bind_outgoing",
+    "s3_web", "consul_discovery", "kubernetes_discovery",
 })  # fmt: skip
 _S3_KEYS = ("s3_region", "api_bind_addr", "root_domain")
 _K2V_KEYS = (
@@ -234,6 +246,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             f"(generate one with: openssl rand -hex 32)"
         )
 
+    admin_table = top.table("admin", _ADMIN_KEYS, _ADMIN_TOLERATED)
     return Config(
         metadata_dir=_present(top.path("metadata_dir", base_dir, required=True)),
         data_dir=_data_dir(top, base_dir),
@@ -256,9 +269,13 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         tombstone_gc_delay_sec=top.integer("tombstone_gc_delay_sec", 86_400, lo=0),
         sync_interval_sec=top.integer("sync_interval_sec", 600, lo=1),
         sync_startup_delay_sec=top.integer("sync_startup_delay_sec", 10, lo=0),
+        metadata_snapshots_dir=top.path("metadata_snapshots_dir", base_dir),
+        metadata_auto_snapshot_interval=top.duration("metadata_auto_snapshot_interval"),
+        metadata_snapshots_keep=top.integer("metadata_snapshots_keep", 2, lo=1),
+        ignored_keys=tuple(top.ignored + (admin_table.ignored if admin_table is not None else [])),
         s3_api=_s3_api(top.table("s3_api", _S3_KEYS, required=True)),
         k2v_api=_k2v_api(top.table("k2v_api", _K2V_KEYS)),
-        admin=_admin(top.table("admin", _ADMIN_KEYS, _ADMIN_TOLERATED), base_dir, allow_wr),
+        admin=_admin(admin_table, base_dir, allow_wr),
     )
 
 
@@ -297,6 +314,10 @@ def parse_size(value: int | str) -> int:
     return int(Fraction(m[1]) * base ** " kmgtp".index(m[2].lower() or " "))
 
 
+_DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
+_DURATION_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
 class _Table:
     """One TOML table plus its dotted name, so that every error can name the full key."""
 
@@ -308,6 +329,8 @@ class _Table:
         tolerated: frozenset[str] = frozenset(),
     ) -> None:
         self.data, self.section = data, section
+        # Tolerated keys that are present: the node says at start-up that it ignores them.
+        self.ignored = [self.name(key) for key in data if key in tolerated and key not in keys]
         for key in data:
             if key not in keys and key not in tolerated:
                 where = f"in [{section}]" if section else "at top level"
@@ -373,6 +396,22 @@ class _Table:
     def path(self, key: str, base_dir: Path | None, required: bool = False) -> Path | None:
         value = self.string(key, _MISSING if required else None)
         return _resolve(value, base_dir) if value is not None else None
+
+    def duration(self, key: str) -> float | None:
+        """``"6h"``, ``"30m"``, ``"1d12h"``, ``"90s"`` or a number of seconds; None when absent."""
+        value = self._get(key, (str, int), 'a duration such as "6h" or "30m"', None)
+        if value is None:
+            return None
+        seconds: float | None = None
+        if isinstance(value, int):
+            seconds = value
+        else:
+            parts = _DURATION_PART.findall(value.replace(" ", ""))
+            if parts and "".join(n + u for n, u in parts) == value.replace(" ", ""):
+                seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        if seconds is None or seconds < 60:
+            raise self.error(key, f'must be a duration of at least a minute, such as "6h" or "30m"; got {value!r}')
+        return float(seconds)
 
     def strings(self, key: str) -> tuple[str, ...]:
         value = self._get(key, list, "a list of strings", [])

@@ -266,6 +266,32 @@ def test_garage_only_keys_are_tolerated() -> None:
     )
     assert config.allow_punycode is True
     assert config.data_dir == Path("/var/lib/garage/data")
+    # Snapshot keys are real now; the rest are named at start-up as ignored.
+    assert config.metadata_snapshots_dir == Path("/snap") and config.metadata_auto_snapshot_interval == 6 * 3600
+    assert set(config.ignored_keys) == {
+        "block_size", "block_ram_buffer_max", "compression_level", "data_fsync", "disable_scrub", "use_local_tz",
+        "rpc_public_addr_subnet", "rpc_bind_outgoing", "s3_web", "consul_discovery", "kubernetes_discovery",
+        "admin.trace_sink",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("6h", 21600), ("30m", 1800), ("1d12h", 129600), ("90s", 90), (3600, 3600), ("1h 30m", 5400)]
+)
+def test_snapshot_interval_durations(text: Any, seconds: int) -> None:
+    assert parse_config(minimal(metadata_auto_snapshot_interval=text)).metadata_auto_snapshot_interval == seconds
+
+
+@pytest.mark.parametrize("bad", ["6", "h", "6x", "59s", 10, "1h-", True, "6hours"])
+def test_bad_snapshot_intervals_are_refused(bad: Any) -> None:
+    assert "metadata_auto_snapshot_interval" in parse_error(minimal(metadata_auto_snapshot_interval=bad))
+
+
+def test_snapshot_defaults() -> None:
+    config = parse_config(minimal())
+    assert config.snapshots_dir == Path("/var/lib/garagekv/meta/snapshots")
+    assert config.metadata_auto_snapshot_interval is None and config.metadata_snapshots_keep == 2
+    assert config.ignored_keys == ()
 
 
 def test_garage_quickstart_config_loads(tmp_path: Path) -> None:
