@@ -167,17 +167,15 @@ class NetApp:
     def _refuse(self, writer: asyncio.StreamWriter, source: str, why: str) -> None:
         writer.close()
         self.refused_handshakes += 1
+        self._log_refusal(f"refused an incoming connection from {source}: {why} ({self.refused_handshakes} so far)")
+
+    def _log_refusal(self, message: str) -> None:
+        """WARNING at most once per interval (a flood must not flood the log), DEBUG otherwise."""
         now = time.monotonic()
         level = logging.DEBUG
         if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
             self._refused_logged_at, level = now, logging.WARNING
-        log.log(
-            level,
-            "refused an incoming connection from %s: %s (%d refused so far)",
-            source,
-            why,
-            self.refused_handshakes,
-        )
+        log.log(level, "%s", message)
 
     async def _on_incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._closing:
@@ -199,8 +197,9 @@ class NetApp:
                 reader, writer, secret=self._secret, key=self.key, timeout=self.handshake_timeout
             )
         except HandshakeFailed as e:
-            # Say nothing to the peer: just drop it.
-            log.debug("rejected incoming connection from %s: %s", writer.get_extra_info("peername"), e)
+            # Say nothing to the peer: just drop it. Tell the operator (a node with another
+            # rpc_secret is the usual cause), at most once per interval.
+            self._log_refusal(f"handshake from {source} failed: {e} (does that node use this cluster's rpc_secret?)")
             writer.close()
             return
         except Exception:
@@ -231,7 +230,8 @@ class NetApp:
         existing = self.connection(peer)
         if existing is None:
             self._conns[peer] = conn
-            log.info("connected to %s", short_id(peer))
+            # DEBUG: every CLI command is a connection too; nodes coming up are logged by the system.
+            log.debug("connected to %s", short_id(peer))
             self._notify(self.on_connect, conn)
             return conn
         if existing.dialer_id == conn.dialer_id or conn.dialer_id == min(self.node_id, peer):
@@ -246,7 +246,7 @@ class NetApp:
         self._all.discard(conn)
         if self._conns.get(conn.peer_id) is conn:
             del self._conns[conn.peer_id]
-            log.info("disconnected from %s: %s", short_id(conn.peer_id), conn.close_reason)
+            log.debug("disconnected from %s: %s", short_id(conn.peer_id), conn.close_reason)
             self._notify(self.on_disconnect, conn)
 
     @staticmethod

@@ -128,3 +128,28 @@ def test_closed_pipe_exits_quietly(running_node, args):
         os.close(writer_fd)
     assert "Traceback" not in r.stderr, r.stderr
     assert "BrokenPipeError" not in r.stderr
+
+
+def test_wrong_rpc_secret_is_logged_on_the_target_and_cli_sessions_are_quiet(tmp_path):
+    target = NodeProcess(tmp_path / "target")
+    target.start()
+    try:
+        stranger = NodeProcess(tmp_path / "stranger", rpc_secret="cd" * 32)
+        stranger.write_config()
+        r = subprocess.run(
+            [*GARAGEKV, "-c", str(stranger.config_path), "--rpc-host", target.peer_spec, "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "rpc_secret" in r.stderr, r.stderr
+        log = target.root / "node.log"
+        wait_for(lambda: "WARNING" in log.read_text() and "rpc_secret" in log.read_text(), timeout=10)
+        line = next(x for x in log.read_text().splitlines() if "handshake from" in x)
+        assert "WARNING" in line and "127.0.0.1" in line
+        # Ordinary CLI sessions against the node: no INFO line per connection.
+        for _ in range(3):
+            subprocess.run([*GARAGEKV, "-c", str(target.config_path), "status"], capture_output=True, timeout=60)
+        assert "INFO garagekv.net.netapp: connected to" not in log.read_text()
+    finally:
+        target.stop()
