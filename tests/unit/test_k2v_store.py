@@ -8,9 +8,11 @@ import struct
 import pytest
 
 from garagekv.model.k2v.causality import CausalContext
-from garagekv.model.k2v.range import RangeQuery
+from garagekv.model.k2v.range import PAGE, RangeQuery
+from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.store import InsertedItem
+from garagekv.model.k2v.sub import Subscription
 from garagekv.util.time import now_ms
 from tests.standalone import NODE, StandaloneModel
 
@@ -126,3 +128,79 @@ async def test_poll_range_returns_only_unseen_items(opened):
     await put(s, "c", b"3")
     items, _ = await asyncio.wait_for(waiter, 5)
     assert [i.sort_key for i in items] == ["c"]
+
+
+def _claims_only_what_it_answered(before: RangeSeenMarker | None, answer, after: RangeSeenMarker, now) -> None:
+    """Every stored item that the answer did not carry as it is stored must still be new to ``after``.
+
+    (When it was already old news to ``before`` it does not matter.)
+    """
+    answered = {i.sort_key: i.encode() for i in answer}
+    for item in now:
+        if answered.get(item.sort_key) == item.encode():
+            continue
+        if before is not None and not before.is_new_item(item):
+            continue
+        assert after.is_new_item(item), f"the marker claims {item.sort_key!r} but the answer did not carry it"
+
+
+async def _stored(opened) -> list:
+    page = await opened.store.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
+    return [e for _, e in page.entries]
+
+
+async def test_poll_range_wakeup_does_not_swallow_writes_committed_before_the_read(opened, monkeypatch):
+    """Writes committed between the wake-up and the answer's read are in the answer or still new.
+
+    The poller wakes on ``b``; before it reads, ``a`` then ``b`` are written again (their
+    notifications have not reached it). An answer carrying the newest ``b`` with a marker whose
+    clock covers it would also cover the newer ``a``, which was never reported.
+    """
+    s = opened.store
+    await put(s, "a", b"1")
+    await put(s, "b", b"1")
+    _, marker = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
+    encoded = marker.encode()
+    orig_wait = Subscription.wait
+    injected = []
+
+    async def wait_then_race(self):
+        changed = await orig_wait(self)
+        if not injected:
+            injected.append(True)
+            a = await s.read_item(BUCKET, "p", "a")
+            b = await s.read_item(BUCKET, "p", "b")
+            await put(s, "a", b"3", a.causal_context())
+            await put(s, "b", b"3", b.causal_context())
+        return changed
+
+    monkeypatch.setattr(Subscription, "wait", wait_then_race)
+    waiter = asyncio.create_task(s.poll_range(BUCKET, "p", RangeQuery(), RangeSeenMarker.decode(encoded), 10))
+    await asyncio.sleep(0.05)
+    b = await s.read_item(BUCKET, "p", "b")
+    await put(s, "b", b"2", b.causal_context())
+    items, after = await asyncio.wait_for(waiter, 5)
+    _claims_only_what_it_answered(RangeSeenMarker.decode(encoded), items, after, await _stored(opened))
+
+
+async def test_poll_range_initial_scan_is_one_snapshot(opened, monkeypatch):
+    """A scan read in several pages must not mix states: later pages would claim earlier keys' writes."""
+    s = opened.store
+    await s.insert_many(BUCKET, [InsertedItem("p", f"k{i:04}", None, b"v") for i in range(PAGE + 5)])
+    data = opened.model.items.data
+    orig_scan = data.scan_async
+    calls = []
+
+    async def scan_then_write(*args, **kw):
+        rows = await orig_scan(*args, **kw)
+        if not calls:
+            calls.append(True)
+            first = await s.read_item(BUCKET, "p", "k0000")
+            await put(s, "k0000", b"new", first.causal_context())  # inside the first page
+            await put(s, "z", b"new")  # past it
+        return rows
+
+    monkeypatch.setattr(data, "scan_async", scan_then_write)
+    items, after = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
+    monkeypatch.undo()
+    _claims_only_what_it_answered(None, items, after, await _stored(opened))
