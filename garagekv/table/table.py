@@ -28,6 +28,9 @@ EMPTY_PARTITION = b"\x00" * 32
 RANGE_PAGE = 1000
 #: Bytes of entries a ``get_many`` answer carries before it leaves the rest out (see _get_future).
 GET_MANY_BUDGET = 4 * 1024 * 1024
+#: Keys asked of each replica, at least, when a filter applies after the merge: a small limit
+#: over many hidden entries (tombstones) would otherwise take a round trip per few keys.
+FILTERED_RANGE_PAGE = 100
 
 
 class PeerView(Protocol):
@@ -203,16 +206,44 @@ class Table(Generic[E]):
     ) -> list[tuple[bytes, E]]:
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
-        Each replica returns up to ``limit`` entries; only the first ``limit`` merged keys are
-        returned, since keys past that point may not have been seen by a whole quorum.
+        Up to ``limit`` entries that pass ``filt``; fewer does not mean the partition has no
+        more (see ``get_range_page`` for where to go on).
+        """
+        rows, _ = await self.get_range_page(
+            partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
+        )
+        return rows
+
+    async def get_range_page(
+        self,
+        partition: bytes,
+        start: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        end: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        filt: Any = None,
+        skip_start: bool = False,
+    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """One page of ``get_range`` and the key to continue after (None: nothing is left).
+
+        Replicas answer unfiltered: a replica that filtered would leave out its tombstone for a
+        key another, stale replica still holds alive, and the merge would bring the deleted
+        entry back. The filter applies to merged entries only. Each replica returns up to
+        ``limit`` keys; only the first ``limit`` merged keys are used, since keys past that
+        point may not have been seen by a whole quorum. The page ends where those keys end, not
+        where the filtered entries do, so entries hidden by the merge never end the paging.
         """
         nodes = self.replication.read_nodes(partition)
         if nodes == [self.node_id]:
-            return await self.data.scan_async(
+            # One source: the scan filters as it goes and stops only at ``limit`` matches.
+            rows = await self.data.scan_async(
                 partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
             )
-        fw = self.schema.filter_to_wire(filt) if filt is not None else None
-        msg = ["range", partition, start, prefix, end, reverse, limit, fw, skip_start]
+            return rows, (rows[-1][0] if limit is not None and rows and len(rows) >= limit else None)
+        ask = limit if limit is None or filt is None else max(limit, FILTERED_RANGE_PAGE)
+        msg = ["range", partition, start, prefix, end, reverse, ask, None, skip_start]
         answers = await try_call_many(
             lambda node: self._call(node, msg),
             self.order(nodes),
@@ -227,8 +258,10 @@ class Table(Generic[E]):
             for sk, raw in answer:
                 by_key[bytes(sk)].append(bytes(raw))
         keys = sorted(by_key, reverse=reverse)
-        if limit is not None:
-            keys = keys[:limit]
+        resume = None
+        if ask is not None and len(keys) >= ask:
+            keys = keys[:ask]
+            resume = keys[-1]
         out: list[tuple[bytes, E]] = []
         to_repair = []
         for sk in keys:
@@ -240,12 +273,14 @@ class Table(Generic[E]):
                 final = entry.encode()
                 if len(raws) < len(answers) or any(r != final for r in raws):
                     to_repair.append(final)
-            out.append((sk, entry))
+            if filt is None or self.schema.matches_filter(entry, filt):
+                out.append((sk, entry))
         if to_repair:
             self._repair(nodes, to_repair)
-        if filt is not None:  # a merge can change whether an entry passes the filter
-            out = [(sk, e) for sk, e in out if self.schema.matches_filter(e, filt)]
-        return out
+        if limit is not None and len(out) > limit:
+            out = out[:limit]
+            resume = out[-1][0]
+        return out, resume
 
     # ---- plumbing ----------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class K2VService:
 
     async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
         ph = partition_hash(bucket_id, pk)
-        return await read_range(lambda start, **kw: self.items.get_range(ph, start, **kw), q, filt)
+        return await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
 
     def counter_filter(self) -> CounterFilter:
         """Counters count from the current layout's storage nodes only (departed nodes are ignored)."""
@@ -126,7 +126,7 @@ class K2VService:
 
     async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage, CounterFilter]:
         filt = self.counter_filter()
-        page = await read_range(lambda start, **kw: self.counters.get_range(bucket_id, start, **kw), q, filt)
+        page = await read_range(lambda start, **kw: self.counters.get_range_page(bucket_id, start, **kw), q, filt)
         return page, filt
 
     @staticmethod

@@ -17,7 +17,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, partition_hash
-from garagekv.model.k2v.range import RangeQuery, read_range
+from garagekv.model.k2v.range import RangeQuery, local_page, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
@@ -117,8 +117,8 @@ class K2VStore:
         missing an earlier write of another, which the marker would then swallow.
         """
 
-        async def fetch(start: bytes, **kw: Any) -> list:
-            return await self.item_data.scan_async(ph, start, **kw)
+        async def fetch(start: bytes, **kw: Any) -> tuple[list, bytes | None]:
+            return local_page(await self.item_data.scan_async(ph, start, **kw), kw.get("limit"))
 
         # One page as big as the range: one scan call, hence one transaction.
         page = await read_range(fetch, q, ItemFilter(), page=_WHOLE_RANGE)
