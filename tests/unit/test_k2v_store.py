@@ -204,3 +204,27 @@ async def test_poll_range_initial_scan_is_one_snapshot(opened, monkeypatch):
     items, after = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
     monkeypatch.undo()
     _claims_only_what_it_answered(None, items, after, await _stored(opened))
+
+
+async def test_poll_item_storage_nodes_answer_before_the_coordinator_gives_up(opened, monkeypatch):
+    """One storage node has the new item, the rest of the quorum answers "nothing" at its deadline.
+
+    If the storage nodes waited as long as the coordinator, the coordinator would give up just
+    before the quorum's second answer and report nothing although a node had the item.
+    """
+    s = opened.store
+    old = await put(s, "k", b"1")
+    new = await put(s, "k", b"2", old.causal_context())
+    ids = [bytes([i]) * 32 for i in (1, 2, 3)]
+
+    async def call(node, msg, timeout=None):
+        if node == ids[0]:
+            return new.encode()
+        await asyncio.sleep(float(msg[-1]) + 0.05)  # its own deadline, then the way back
+        return None
+
+    monkeypatch.setattr(s, "_call", call)
+    monkeypatch.setattr(s.replication, "storage_nodes", lambda h: ids)
+    monkeypatch.setattr(s.replication, "read_quorum", lambda: 2)
+    got = await s.poll_item(BUCKET, "p", "k", old.causal_context(), timeout=1.0)
+    assert got is not None and got.values() == [b"2"]
