@@ -32,18 +32,10 @@ log = logging.getLogger(__name__)
 
 ENDPOINT = endpoint_path("model/k2v", "rpc")
 POLL_RANGE_EXTRA_DELAY = 0.2
-#: Storage nodes stop waiting this much before the coordinator does (at most a fifth of the
-#: poll), so their "nothing new" answers reach it while it still listens.
-POLL_INNER_MARGIN = 1.0
-
-
-def inner_poll_timeout(timeout: float) -> float:
-    """How long a storage node waits in a poll whose coordinator waits ``timeout``.
-
-    Shorter, so that when one node has the news and the others have not, the others' answers
-    complete the read quorum instead of arriving after the coordinator gave up.
-    """
-    return max(0.0, timeout - min(POLL_INNER_MARGIN, timeout / 5))
+#: A poll's coordinator waits this much longer than its storage nodes do, so their "nothing
+#: new" answers, sent at the client's timeout, still reach it: with equal deadlines it gave up
+#: right before the quorum's second answer when only one node had the news.
+POLL_ANSWER_GRACE = 2.0
 
 
 class K2VService:
@@ -155,9 +147,9 @@ class K2VService:
     async def poll_item(self, bucket_id: bytes, pk: str, sk: str, ct: CausalContext, timeout: float) -> K2VItem | None:
         """The item once a read quorum of its storage nodes have answered; None on timeout."""
         nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
-        msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], inner_poll_timeout(timeout)]
+        msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], timeout]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout + POLL_ANSWER_GRACE):
                 answers = await try_call_many(
                     lambda n: self._call(n, msg, None),
                     self.items.order(nodes),
@@ -198,10 +190,10 @@ class K2VService:
             q.start,
             q.end,
             None if marker is None else marker.encode(),
-            inner_poll_timeout(timeout),
+            timeout,
         ]
         tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + POLL_ANSWER_GRACE
         replies: list[tuple[int, list[bytes]]] = []
         errors: list[str] = []
         pending = set(tasks)
