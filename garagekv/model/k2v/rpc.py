@@ -123,9 +123,14 @@ class K2VService:
         return await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
 
     def counter_filter(self) -> CounterFilter:
-        """Counters count from the current layout's storage nodes only (departed nodes are ignored)."""
+        """Counters count from the storage nodes of every live layout version.
+
+        While partitions move, the new version's nodes hold partial counts until they have
+        synced; the old version's nodes still count everything, and the max over both never
+        under-counts. Nodes of retired versions (departed nodes) are ignored.
+        """
         h = self.replication.layout.history
-        nodes = h.current().storage_nodes() or [self.node_id]
+        nodes = h.all_storage_nodes() or [self.node_id]
         return CounterFilter(tuple(sorted(node_number(n) for n in nodes)))
 
     async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage, CounterFilter]:
@@ -139,6 +144,7 @@ class K2VService:
         return {n: vals.get(n, 0) for n in COUNTER_NAMES}
 
     async def bucket_is_empty(self, bucket_id: bytes) -> bool:
+        """Through ReadIndex's own path (same counters, same filter, merged then filtered)."""
         page, _ = await self.read_index(bucket_id, RangeQuery(limit=1))
         return not page.entries
 
