@@ -13,8 +13,11 @@ from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.store import InsertedItem
 from garagekv.model.k2v.sub import Subscription
+from garagekv.net.identity import node_number
+from garagekv.rpc.layout import LayoutHistory
 from garagekv.util.time import now_ms
 from tests.standalone import NODE, StandaloneModel
+from tests.unit.test_layout_history import THREE, nid, with_nodes
 
 BUCKET = b"\x07" * 32
 
@@ -228,3 +231,12 @@ async def test_poll_item_storage_nodes_answer_before_the_coordinator_gives_up(op
     monkeypatch.setattr(s.replication, "read_quorum", lambda: 2)
     got = await s.poll_item(BUCKET, "p", "k", old.causal_context(), timeout=1.0)
     assert got is not None and got.values() == [b"2"]
+
+
+def test_counters_are_read_from_the_storage_nodes_of_every_live_layout_version(opened):
+    """While node 3's partitions move to node 4, node 3 still has the full counts."""
+    v1 = with_nodes(LayoutHistory.new(3), THREE)
+    v2 = with_nodes(v1.clone(), {3: None, 4: ("dc3", 10**9)})
+    assert len(v2.versions) == 2
+    opened.model.items.replication.layout.history = v2
+    assert set(opened.store.counter_filter().nodes) == {node_number(nid(i)) for i in (1, 2, 3, 4)}
