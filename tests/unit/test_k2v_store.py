@@ -15,6 +15,7 @@ from garagekv.model.k2v.store import InsertedItem
 from garagekv.model.k2v.sub import Subscription
 from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
+from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
 from tests.standalone import NODE, StandaloneModel
 from tests.unit.test_layout_history import THREE, nid, with_nodes
@@ -240,3 +241,15 @@ def test_counters_are_read_from_the_storage_nodes_of_every_live_layout_version(o
     assert len(v2.versions) == 2
     opened.model.items.replication.layout.history = v2
     assert set(opened.store.counter_filter().nodes) == {node_number(nid(i)) for i in (1, 2, 3, 4)}
+
+
+async def test_a_node_without_a_layout_refuses_to_coordinate_inserts_for_others(opened):
+    """Another node may send it inserts (it is a storage node in their layout); with no layout of
+    its own it would replicate to itself alone and report a quorum, so it refuses instead."""
+    s = opened.store
+    wire = InsertedItem("p", "k", None, b"v").to_wire()
+    with pytest.raises(ServiceUnavailable, match="no cluster layout"):
+        await s._handle(b"\x09" * 32, ["insert", BUCKET, [wire]])
+    assert await s.read_item(BUCKET, "p", "k") is None
+    await put(s, "k", b"local")  # its own clients' writes (a lone node) are not affected
+    assert (await s.read_item(BUCKET, "p", "k")).values() == [b"local"]

@@ -25,6 +25,7 @@ from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
+from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 
@@ -54,6 +55,8 @@ class K2VService:
         self.netapp = netapp
         self.timeout = timeout
         self.node_id = items.node_id
+        self._ring_of: Any = None  # the layout history last checked by _has_ring, and its answer
+        self._ring = False
         registry.register(ENDPOINT, self._handle)
 
     @property
@@ -240,6 +243,12 @@ class K2VService:
 
     # ---- storage node side ------------------------------------------------------------------------
 
+    def _has_ring(self) -> bool:
+        h = self.replication.layout.history
+        if h is not self._ring_of:  # a published history never changes: check each one once
+            self._ring_of, self._ring = h, has_ring(h)
+        return self._ring
+
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
         if not isinstance(msg, list) or not msg:
             raise BadRequest("malformed K2V request")
@@ -247,6 +256,11 @@ class K2VService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
         if kind == "insert":
+            if not self._has_ring():
+                # Another node sees this one as a storage node, but it has no layout (lost
+                # file, not gossiped yet): coordinating here would replicate to itself alone
+                # and report a quorum. Failing sends the caller to the next storage node.
+                raise ServiceUnavailable("this node has no cluster layout yet: it cannot coordinate inserts")
             await self._insert_here(bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
             return None
         if kind == "poll_item":
