@@ -139,6 +139,7 @@ class Node:
                 cfg.s3_api.s3_region,
                 ApiLimits(k2v.max_body_bytes, k2v.max_batch_items, k2v.max_key_bytes),
                 tuple(k2v.cors_allowed_origins),
+                self.system.readiness.refusal,
             )
             self.api = K2VApiServer(state)
             self.api.observer = self._observe_k2v

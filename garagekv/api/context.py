@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ class ApiState:
     region: str
     limits: ApiLimits = field(default_factory=ApiLimits)
     cors_allowed_origins: tuple[str, ...] = ()
+    #: Why requests must be refused with 503 right now (None: serve them); see rpc/readiness.py.
+    refusal: Callable[[], str | None] = lambda: None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
 from garagekv.api.router import HANDLERS
 from garagekv.api.sigv4 import Headers, parse_request
-from garagekv.util.errors import AccessDenied, GarageKVError
+from garagekv.util.errors import AccessDenied, GarageKVError, ServiceUnavailable
 from garagekv.util.log import bind_request_id
 from garagekv.util.sigv4 import SigningKeyCache
 
@@ -77,6 +77,9 @@ class K2VApiServer:
         self.in_flight[task] = ep.name
         if ep.name == OPTIONS:
             return cors.preflight(self.state.cors_allowed_origins, request)
+        refusal = self.state.refusal()
+        if refusal is not None:  # no layout yet: writes acknowledged now could be lost
+            raise ServiceUnavailable(refusal)
 
         pending = parse_request(
             request.method, raw_path, raw_query, Headers(request.headers.items()), self.state.region

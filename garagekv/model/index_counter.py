@@ -2,9 +2,10 @@
 
 Every storage node counts the items *it* holds for a partition and publishes its running totals
 as one LWW register per counter name, keyed by node. The replicated :class:`CounterEntry` holds
-all nodes' registers; readers take the max over the nodes of the current layout (each replica
-counts the whole partition, so the largest is the best estimate, and nodes that left are
-ignored). :class:`LocalCounter` is a node's own, non-replicated running total.
+all nodes' registers; readers take the max over the storage nodes of every live layout version
+(each replica counts the whole partition, so the largest is the best estimate; during a layout
+change the old version's nodes still have full counts while the new ones sync; nodes of retired
+versions are ignored). :class:`LocalCounter` is a node's own, non-replicated running total.
 """
 
 from __future__ import annotations

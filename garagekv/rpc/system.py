@@ -27,6 +27,7 @@ from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.layout.history import LayoutDigest, LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
+from garagekv.rpc.readiness import Readiness
 from garagekv.util import codec
 from garagekv.util.config import Config, split_host_port
 from garagekv.util.errors import BadRequest, GarageKVError
@@ -87,6 +88,7 @@ class System:
             self.node_id, config.metadata_dir, config.replication_factor, config.consistency_mode
         )
         self.peers: dict[bytes, PeerInfo] = {}
+        self.readiness = Readiness(config, lambda: self.layout.history, self.peers)
         self._peer_file = Path(config.metadata_dir) / PEER_LIST_FILE
         self._tasks: list[asyncio.Task] = []
         self._pulls: set[asyncio.Task] = set()

@@ -30,6 +30,9 @@ RANGE_PAGE = 1000
 GET_MANY_BUDGET = 4 * 1024 * 1024
 #: Bytes of entries a ``range`` answer carries before it stops early (see get_range).
 RANGE_BUDGET = 4 * 1024 * 1024
+#: Keys asked of each replica, at least, when a filter applies after the merge: a small limit
+#: over many hidden entries (tombstones) would otherwise take a round trip per few keys.
+FILTERED_RANGE_PAGE = 100
 
 
 class PeerView(Protocol):
@@ -205,34 +208,52 @@ class Table(Generic[E]):
     ) -> list[tuple[bytes, E]]:
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
-        Each replica returns up to ``limit`` entries; only the first ``limit`` merged keys are
-        returned, since keys past that point may not have been seen by a whole quorum. A replica
-        also stops once its answer holds ``RANGE_BUDGET`` bytes (so big entries never make an
-        answer too big for a frame): the merge then stops at that key and another round reads
-        on from there, so fewer than ``limit`` entries still means the range is exhausted.
+        Up to ``limit`` entries that pass ``filt`` (all of them without a limit): the pages of
+        ``get_range_page`` are followed until the limit is reached or nothing is left.
         """
-        nodes = self.replication.read_nodes(partition)
-        if nodes == [self.node_id]:
-            return await self.data.scan_async(
-                partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
-            )
-        fw = self.schema.filter_to_wire(filt) if filt is not None else None
         out: list[tuple[bytes, E]] = []
         while True:
             want = None if limit is None else limit - len(out)
-            msg = ["range", partition, start, prefix, end, reverse, want, fw, skip_start]
-            page, cut = await self._range_round(nodes, msg, reverse, want, filt)
-            out.extend(page)
-            if cut is None or (limit is not None and len(out) >= limit):
+            rows, resume = await self.get_range_page(
+                partition, start, prefix=prefix, end=end, reverse=reverse, limit=want, filt=filt, skip_start=skip_start
+            )
+            out.extend(rows)
+            if resume is None or (limit is not None and len(out) >= limit):
                 return out
-            # A replica stopped at its byte budget: read on from there.
-            start, skip_start = cut, True
+            start, skip_start = resume, True
 
-    async def _range_round(
-        self, nodes: list[bytes], msg: list, reverse: bool, limit: int | None, filt: Any
+    async def get_range_page(
+        self,
+        partition: bytes,
+        start: bytes = b"",
+        *,
+        prefix: bytes = b"",
+        end: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        filt: Any = None,
+        skip_start: bool = False,
     ) -> tuple[list[tuple[bytes, E]], bytes | None]:
-        """One quorum round of ``get_range``: the merged entries, and the key where one replica
-        stopped early because of ``RANGE_BUDGET`` (None if none did), past which nothing is known."""
+        """One page of ``get_range`` and the key to continue after (None: nothing is left).
+
+        Replicas answer unfiltered: a replica that filtered would leave out its tombstone for a
+        key another, stale replica still holds alive, and the merge would bring the deleted
+        entry back. The filter applies to merged entries only. Each replica returns up to
+        ``limit`` keys; only the first ``limit`` merged keys are used, since keys past that
+        point may not have been seen by a whole quorum. A replica also stops once its answer
+        holds ``RANGE_BUDGET`` bytes (so big entries never make an answer too big for a frame):
+        the page then ends at that key. The page ends where the replicas' keys end, not where
+        the filtered entries do, so entries hidden by the merge never end the paging.
+        """
+        nodes = self.replication.read_nodes(partition)
+        if nodes == [self.node_id]:
+            # One source: the scan filters as it goes and stops only at ``limit`` matches.
+            rows = await self.data.scan_async(
+                partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
+            )
+            return rows, (rows[-1][0] if limit is not None and rows and len(rows) >= limit else None)
+        ask = limit if limit is None or filt is None else max(limit, FILTERED_RANGE_PAGE)
+        msg = ["range", partition, start, prefix, end, reverse, ask, None, skip_start]
         answers = await try_call_many(
             lambda node: self._call(node, msg),
             self.order(nodes),
@@ -253,10 +274,13 @@ class Table(Generic[E]):
             for sk, raw in rows:
                 by_key[bytes(sk)].append(bytes(raw))
         keys = sorted(by_key, reverse=reverse)
-        if cut is not None:
+        resume = None
+        if cut is not None:  # a replica stopped at its byte budget: nothing is known past it
             keys = [k for k in keys if (k >= cut if reverse else k <= cut)]
-        if limit is not None:
-            keys = keys[:limit]
+            resume = cut
+        if ask is not None and len(keys) >= ask:
+            keys = keys[:ask]
+            resume = keys[-1]
         out: list[tuple[bytes, E]] = []
         to_repair = []
         for sk in keys:
@@ -268,12 +292,14 @@ class Table(Generic[E]):
                 final = entry.encode()
                 if len(raws) < len(answers) or any(r != final for r in raws):
                     to_repair.append(final)
-            out.append((sk, entry))
+            if filt is None or self.schema.matches_filter(entry, filt):
+                out.append((sk, entry))
         if to_repair:
             self._repair(nodes, to_repair)
-        if filt is not None:  # a merge can change whether an entry passes the filter
-            out = [(sk, e) for sk, e in out if self.schema.matches_filter(e, filt)]
-        return out, cut
+        if limit is not None and len(out) > limit:
+            out = out[:limit]
+            resume = out[-1][0]
+        return out, resume
 
     # ---- plumbing ----------------------------------------------------------------------------
 

@@ -111,6 +111,15 @@ class Config:
         return self.metadata_snapshots_dir or self.metadata_dir / "snapshots"
 
     @property
+    def single_node_deployment(self) -> bool:
+        """``replication_factor = 1`` and no ``bootstrap_peers``: a node meant to run alone.
+
+        Only such a node serves K2V before a layout is applied (see docs/operations.md); any
+        other node waits for the cluster's layout rather than acknowledge writes on its own.
+        """
+        return self.replication_factor == 1 and not self.bootstrap_peers
+
+    @property
     def rpc_secret_bytes(self) -> bytes | None:
         """The 32-byte network key, as the handshake wants it."""
         return bytes.fromhex(self.rpc_secret) if self.rpc_secret is not None else None

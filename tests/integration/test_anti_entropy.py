@@ -99,21 +99,25 @@ def test_restarted_node_converges_without_manual_action(make_cluster):
     assert sorted(read(via(client, c), "pk3", "s")) == ["before-3", "while-down-3"]  # no token: siblings
 
 
-def test_data_written_before_the_layout_is_offloaded_to_its_owners(make_cluster):
+def test_before_the_layout_k2v_is_refused_and_full_copy_data_reaches_the_owners(make_cluster):
     a, b, c = make_cluster(3, rf=2, extra=FAST_SYNC)
     for n in (a, b, c):
         wait_for(lambda n=n: all_up(n, 3))
-    # No layout yet: a is standalone and keeps everything it is given.
+    # No layout yet: a would be standalone; a cluster node refuses K2V rather than keep writes
+    # that the real replicas would never see (docs/operations.md section 3).
     client = make_bucket(a)
-    for i in range(30):
-        put(client, f"early{i}", "s", f"v{i}")
-    assert table_state(a, "k2v_item")[0] == 30
-    assert table_state(b, "k2v_item")[0] == 0
+    r = client.request("PUT", f"/{BUCKET}/early", "sort_key=s", b"v")
+    assert r.status == 503, (r.status, r.body)
+    assert table_state(a, "k2v_item")[0] == 0
 
-    # a gets no role: its K2V data belongs to b and c now, and leaves a.
+    # a gets no role: its K2V requests go to b and c, which store them.
     apply_layout(a, [b, c], [a, b, c])
-    wait_for(lambda: same_everywhere([b, c], "k2v_item", 30) and table_state(a, "k2v_item")[0] == 0, timeout=25)
-    # Full-copy tables (key, bucket) are pushed too, so b and c serve the bucket.
+    for i in range(30):
+        wait_for(lambda i=i: client.request("PUT", f"/{BUCKET}/early{i}", "sort_key=s", f"v{i}".encode()).status == 204)
+    wait_for(lambda: same_everywhere([b, c], "k2v_item", 30), timeout=25)
+    assert table_state(a, "k2v_item")[0] == 0
+    # Full-copy tables (key, bucket) written on a before the layout are pushed too, so b and c
+    # serve the bucket.
     for n in (b, c):
         wait_for(lambda n=n: read(via(client, n), "early7", "s") == ["v7"])
     assert same_everywhere([a, b, c], "key", 1) and same_everywhere([a, b, c], "bucket", 1)

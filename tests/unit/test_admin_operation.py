@@ -81,6 +81,8 @@ WIRE_FORMS: list[tuple[str, dict[str, Any]]] = [
     ("stats", {}),
     ("worker.list", {}),
     ("worker.info", {"tid": 3}),
+    ("meta.snapshot", {"all_nodes": False}),
+    ("meta.snapshot", {"all_nodes": True}),
 ]
 
 

@@ -8,11 +8,17 @@ import struct
 import pytest
 
 from garagekv.model.k2v.causality import CausalContext
-from garagekv.model.k2v.range import RangeQuery
+from garagekv.model.k2v.range import PAGE, RangeQuery
+from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.store import InsertedItem
+from garagekv.model.k2v.sub import Subscription
+from garagekv.net.identity import node_number
+from garagekv.rpc.layout import LayoutHistory
+from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
 from tests.standalone import NODE, StandaloneModel
+from tests.unit.test_layout_history import THREE, nid, with_nodes
 
 BUCKET = b"\x07" * 32
 
@@ -145,3 +151,124 @@ async def test_a_causal_context_cannot_grow_past_its_bound(opened):
     fewer = CausalContext({NODE + 1 + i: 5 for i in range(MAX_CONTEXT_ENTRIES - 1)})
     item = await put(s, "a", b"w", ct=fewer)  # exactly at the bound: accepted
     assert len(item.causal_context()) == MAX_CONTEXT_ENTRIES
+
+
+def _claims_only_what_it_answered(before: RangeSeenMarker | None, answer, after: RangeSeenMarker, now) -> None:
+    """Every stored item that the answer did not carry as it is stored must still be new to ``after``.
+
+    (When it was already old news to ``before`` it does not matter.)
+    """
+    answered = {i.sort_key: i.encode() for i in answer}
+    for item in now:
+        if answered.get(item.sort_key) == item.encode():
+            continue
+        if before is not None and not before.is_new_item(item):
+            continue
+        assert after.is_new_item(item), f"the marker claims {item.sort_key!r} but the answer did not carry it"
+
+
+async def _stored(opened) -> list:
+    page = await opened.store.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
+    return [e for _, e in page.entries]
+
+
+async def test_poll_range_wakeup_does_not_swallow_writes_committed_before_the_read(opened, monkeypatch):
+    """Writes committed between the wake-up and the answer's read are in the answer or still new.
+
+    The poller wakes on ``b``; before it reads, ``a`` then ``b`` are written again (their
+    notifications have not reached it). An answer carrying the newest ``b`` with a marker whose
+    clock covers it would also cover the newer ``a``, which was never reported.
+    """
+    s = opened.store
+    await put(s, "a", b"1")
+    await put(s, "b", b"1")
+    _, marker = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
+    encoded = marker.encode()
+    orig_wait = Subscription.wait
+    injected = []
+
+    async def wait_then_race(self):
+        changed = await orig_wait(self)
+        if not injected:
+            injected.append(True)
+            a = await s.read_item(BUCKET, "p", "a")
+            b = await s.read_item(BUCKET, "p", "b")
+            await put(s, "a", b"3", a.causal_context())
+            await put(s, "b", b"3", b.causal_context())
+        return changed
+
+    monkeypatch.setattr(Subscription, "wait", wait_then_race)
+    waiter = asyncio.create_task(s.poll_range(BUCKET, "p", RangeQuery(), RangeSeenMarker.decode(encoded), 10))
+    await asyncio.sleep(0.05)
+    b = await s.read_item(BUCKET, "p", "b")
+    await put(s, "b", b"2", b.causal_context())
+    items, after = await asyncio.wait_for(waiter, 5)
+    _claims_only_what_it_answered(RangeSeenMarker.decode(encoded), items, after, await _stored(opened))
+
+
+async def test_poll_range_initial_scan_is_one_snapshot(opened, monkeypatch):
+    """A scan read in several pages must not mix states: later pages would claim earlier keys' writes."""
+    s = opened.store
+    await s.insert_many(BUCKET, [InsertedItem("p", f"k{i:04}", None, b"v") for i in range(PAGE + 5)])
+    data = opened.model.items.data
+    orig_scan = data.scan_async
+    calls = []
+
+    async def scan_then_write(*args, **kw):
+        rows = await orig_scan(*args, **kw)
+        if not calls:
+            calls.append(True)
+            first = await s.read_item(BUCKET, "p", "k0000")
+            await put(s, "k0000", b"new", first.causal_context())  # inside the first page
+            await put(s, "z", b"new")  # past it
+        return rows
+
+    monkeypatch.setattr(data, "scan_async", scan_then_write)
+    items, after = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
+    monkeypatch.undo()
+    _claims_only_what_it_answered(None, items, after, await _stored(opened))
+
+
+async def test_poll_item_storage_nodes_answer_before_the_coordinator_gives_up(opened, monkeypatch):
+    """One storage node has the new item, the rest of the quorum answers "nothing" at its deadline.
+
+    If the storage nodes waited as long as the coordinator, the coordinator would give up just
+    before the quorum's second answer and report nothing although a node had the item.
+    """
+    s = opened.store
+    old = await put(s, "k", b"1")
+    new = await put(s, "k", b"2", old.causal_context())
+    ids = [bytes([i]) * 32 for i in (1, 2, 3)]
+
+    async def call(node, msg, timeout=None):
+        if node == ids[0]:
+            return new.encode()
+        await asyncio.sleep(float(msg[-1]) + 0.05)  # its own deadline, then the way back
+        return None
+
+    monkeypatch.setattr(s, "_call", call)
+    monkeypatch.setattr(s.replication, "storage_nodes", lambda h: ids)
+    monkeypatch.setattr(s.replication, "read_quorum", lambda: 2)
+    got = await s.poll_item(BUCKET, "p", "k", old.causal_context(), timeout=1.0)
+    assert got is not None and got.values() == [b"2"]
+
+
+def test_counters_are_read_from_the_storage_nodes_of_every_live_layout_version(opened):
+    """While node 3's partitions move to node 4, node 3 still has the full counts."""
+    v1 = with_nodes(LayoutHistory.new(3), THREE)
+    v2 = with_nodes(v1.clone(), {3: None, 4: ("dc3", 10**9)})
+    assert len(v2.versions) == 2
+    opened.model.items.replication.layout.history = v2
+    assert set(opened.store.counter_filter().nodes) == {node_number(nid(i)) for i in (1, 2, 3, 4)}
+
+
+async def test_a_node_without_a_layout_refuses_to_coordinate_inserts_for_others(opened):
+    """Another node may send it inserts (it is a storage node in their layout); with no layout of
+    its own it would replicate to itself alone and report a quorum, so it refuses instead."""
+    s = opened.store
+    wire = InsertedItem("p", "k", None, b"v").to_wire()
+    with pytest.raises(ServiceUnavailable, match="no cluster layout"):
+        await s._handle(b"\x09" * 32, ["insert", BUCKET, [wire]])
+    assert await s.read_item(BUCKET, "p", "k") is None
+    await put(s, "k", b"local")  # its own clients' writes (a lone node) are not affected
+    assert (await s.read_item(BUCKET, "p", "k")).values() == [b"local"]

@@ -17,7 +17,8 @@ E = TypeVar("E")
 # Above every byte that can appear in UTF-8, so prefix+HIGH is past every key with that prefix.
 _HIGH = b"\xff"
 
-Fetch = Callable[..., Awaitable[list[tuple[bytes, Any]]]]
+#: ``fetch(start, ...)`` -> (rows, key to continue after, or None once the partition is done).
+Fetch = Callable[..., Awaitable[tuple[list[tuple[bytes, Any]], bytes | None]]]
 PAGE = 1000
 MAX_KEY_BYTES = 479  # LMDB keys are at most 511 bytes, 32 of which are the partition hash
 
@@ -57,8 +58,10 @@ class RangePage(Generic[E]):
 async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = PAGE) -> RangePage:
     """Run ``q`` with ``fetch(start, prefix=, end=, reverse=, limit=, filt=, skip_start=)``.
 
-    ``fetch`` returns (sort key bytes, entry) pairs of one partition in scan order. Filters
-    apply before the limit counts. Reads go page by page so a huge range never loads at once
+    ``fetch`` returns (sort key bytes, entry) pairs of one partition in scan order, and where
+    the next page starts (exclusive), None at the end: a page with fewer entries than asked is
+    not the end when a filter hid some of what the replicas returned. Filters apply before the
+    limit counts. Reads go page by page so a huge range never loads at once
     per request to a replica; one entry past the limit is read to decide ``more`` and
     ``nextStart`` (the first key not returned).
     """
@@ -78,11 +81,18 @@ async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = 
     skip = False
     while want is None or len(entries) < want:
         n = page if want is None else min(page, want - len(entries))
-        rows = await fetch(start, prefix=prefix, end=end, reverse=q.reverse, limit=n, filt=filt, skip_start=skip)
+        rows, resume = await fetch(
+            start, prefix=prefix, end=end, reverse=q.reverse, limit=n, filt=filt, skip_start=skip
+        )
         entries.extend((k.decode(), e) for k, e in rows)
-        if len(rows) < n:
+        if resume is None:
             break
-        start, skip = rows[-1][0], True
+        start, skip = resume, True
     if q.limit is not None and len(entries) > q.limit:
         return RangePage(entries[: q.limit], True, entries[q.limit][0])
     return RangePage(entries, False, None)
+
+
+def local_page(rows: list[tuple[bytes, Any]], limit: int | None) -> tuple[list[tuple[bytes, Any]], bytes | None]:
+    """A page of a single-source scan that filters as it goes: fewer rows than asked is the end."""
+    return rows, (rows[-1][0] if limit is not None and rows and len(rows) >= limit else None)

@@ -25,6 +25,7 @@ from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
+from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest, EntityTooLarge, ServiceUnavailable
 
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 ENDPOINT = endpoint_path("model/k2v", "rpc")
 POLL_RANGE_EXTRA_DELAY = 0.2
+#: A poll's coordinator waits this much longer than its storage nodes do, so their "nothing
+#: new" answers, sent at the client's timeout, still reach it: with equal deadlines it gave up
+#: right before the quorum's second answer when only one node had the news.
+POLL_ANSWER_GRACE = 2.0
 
 
 class K2VService:
@@ -50,6 +55,8 @@ class K2VService:
         self.netapp = netapp
         self.timeout = timeout
         self.node_id = items.node_id
+        self._ring_of: Any = None  # the layout history last checked by _has_ring, and its answer
+        self._ring = False
         registry.register(ENDPOINT, self._handle)
 
     @property
@@ -139,17 +146,22 @@ class K2VService:
 
     async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
         ph = partition_hash(bucket_id, pk)
-        return await read_range(lambda start, **kw: self.items.get_range(ph, start, **kw), q, filt)
+        return await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
 
     def counter_filter(self) -> CounterFilter:
-        """Counters count from the current layout's storage nodes only (departed nodes are ignored)."""
+        """Counters count from the storage nodes of every live layout version.
+
+        While partitions move, the new version's nodes hold partial counts until they have
+        synced; the old version's nodes still count everything, and the max over both never
+        under-counts. Nodes of retired versions (departed nodes) are ignored.
+        """
         h = self.replication.layout.history
-        nodes = h.current().storage_nodes() or [self.node_id]
+        nodes = h.all_storage_nodes() or [self.node_id]
         return CounterFilter(tuple(sorted(node_number(n) for n in nodes)))
 
     async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage, CounterFilter]:
         filt = self.counter_filter()
-        page = await read_range(lambda start, **kw: self.counters.get_range(bucket_id, start, **kw), q, filt)
+        page = await read_range(lambda start, **kw: self.counters.get_range_page(bucket_id, start, **kw), q, filt)
         return page, filt
 
     @staticmethod
@@ -158,6 +170,7 @@ class K2VService:
         return {n: vals.get(n, 0) for n in COUNTER_NAMES}
 
     async def bucket_is_empty(self, bucket_id: bytes) -> bool:
+        """Through ReadIndex's own path (same counters, same filter, merged then filtered)."""
         page, _ = await self.read_index(bucket_id, RangeQuery(limit=1))
         return not page.entries
 
@@ -168,7 +181,7 @@ class K2VService:
         nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
         msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], timeout]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout + POLL_ANSWER_GRACE):
                 answers = await try_call_many(
                     lambda n: self._call(n, msg, None),
                     self.items.order(nodes),
@@ -212,7 +225,7 @@ class K2VService:
             timeout,
         ]
         tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + POLL_ANSWER_GRACE
         replies: list[tuple[int, list[bytes]]] = []
         errors: list[str] = []
         pending = set(tasks)
@@ -253,6 +266,12 @@ class K2VService:
 
     # ---- storage node side ------------------------------------------------------------------------
 
+    def _has_ring(self) -> bool:
+        h = self.replication.layout.history
+        if h is not self._ring_of:  # a published history never changes: check each one once
+            self._ring_of, self._ring = h, has_ring(h)
+        return self._ring
+
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
         if not isinstance(msg, list) or not msg:
             raise BadRequest("malformed K2V request")
@@ -260,6 +279,11 @@ class K2VService:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
         if kind in ("insert", "check"):
+            if not self._has_ring():
+                # Another node sees this one as a storage node, but it has no layout (lost
+                # file, not gossiped yet): coordinating here would replicate to itself alone
+                # and report a quorum. Failing sends the caller to the next storage node.
+                raise ServiceUnavailable("this node has no cluster layout yet: it cannot coordinate inserts")
             await self._handle_here(kind, bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
             return None
         if kind == "poll_item":

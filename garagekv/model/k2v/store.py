@@ -17,7 +17,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES, CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, partition_hash
-from garagekv.model.k2v.range import RangeQuery, read_range
+from garagekv.model.k2v.range import RangeQuery, local_page, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
@@ -27,6 +27,7 @@ from garagekv.util.errors import EntityTooLarge
 from garagekv.util.time import now_ms
 
 _TS_KEY = b"timestamp"
+_WHOLE_RANGE = 2**62
 
 
 @dataclass
@@ -162,11 +163,22 @@ class K2VStore:
             except TimeoutError:
                 return None
 
-    async def _local_range(self, ph: bytes, q: RangeQuery) -> list[K2VItem]:
-        async def fetch(start: bytes, **kw: Any) -> list:
-            return await self.item_data.scan_async(ph, start, **kw)
+    async def _snapshot(self, ph: bytes, q: RangeQuery) -> list[K2VItem]:
+        """Every local item of the range, read in ONE read transaction.
 
-        page = await read_range(fetch, q, ItemFilter())
+        A PollRange answer must be a consistent snapshot: the coordinator raises the marker's
+        clock for this node to the newest own timestamp in the answer, which claims every item
+        this node wrote up to that time. This node's timestamps grow in commit order, so in one
+        snapshot every earlier write is present too; a read spread over several transactions
+        (pages, or per-item re-reads after a wake-up) could carry a late write of one key while
+        missing an earlier write of another, which the marker would then swallow.
+        """
+
+        async def fetch(start: bytes, **kw: Any) -> tuple[list, bytes | None]:
+            return local_page(await self.item_data.scan_async(ph, start, **kw), kw.get("limit"))
+
+        # One page as big as the range: one scan call, hence one transaction.
+        page = await read_range(fetch, q, ItemFilter(), page=_WHOLE_RANGE)
         return [e for _, e in page.entries]
 
     async def poll_range(
@@ -175,23 +187,26 @@ class K2VStore:
         """Local items of the range the marker has not seen (all of them without a marker).
 
         Blocks until there is one; None on timeout. The subscription is opened before the scan
-        so a write landing in between is never missed.
+        so a write landing in between is never missed. Every answer is filtered from one
+        snapshot of the whole range (see ``_snapshot``): after a wake-up the range is read again
+        rather than the notified items alone, since writes of other items committed before that
+        read may not have been notified yet.
         """
         ph = partition_hash(bucket_id, pk)
         with self.subs.partition(ph) as sub:
-            items = await self._local_range(ph, q)
+            items = await self._snapshot(ph, q)
             if marker is None:
-                return items
-            items = [i for i in items if marker.is_new_item(i)]
-            if items:
                 return items
             try:
                 async with asyncio.timeout(timeout):
-                    while not items:
-                        changed = {i.sort_key: i for i in await sub.wait() if q.contains(i.sort_key)}
-                        items = [i for i in changed.values() if marker.is_new_item(i)]
+                    while True:
+                        items = [i for i in items if marker.is_new_item(i)]
+                        if items:
+                            return items
+                        # Wait for a change that is new to the marker; changes already in the
+                        # snapshot just read may wake this once more, the next read sorts it out.
+                        while not any(q.contains(i.sort_key) and marker.is_new_item(i) for i in await sub.wait()):
+                            pass
+                        items = await self._snapshot(ph, q)
             except TimeoutError:
                 return None
-            # Re-read so the answer reflects the latest state, not the notified snapshot.
-            fresh = [self.item_data.get(i.tree_key()) or i for i in items]
-            return sorted(fresh, key=lambda i: i.sort_key.encode())
