@@ -102,6 +102,30 @@ async def node_connect(s: OpServices, a: NodeConnectArgs) -> dict:
     return {"connected": node_id.hex()}
 
 
+@dataclass(frozen=True, kw_only=True)
+class NodeForgetArgs:
+    node: str  # id or unique prefix
+
+
+async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict:
+    system = s.system
+    node_id = node_by_id(system, a.node)
+    name = node_id.hex()[:16]
+    if node_id == system.node_id:
+        raise AdminError("A node cannot forget itself.")
+    h = system.layout.history
+    if node_id in h.all_nodes() or node_id in h.planned_roles():
+        raise AdminError(
+            f"Node {name} has a role in the layout: remove it first (`garagekv layout remove {name}`, then apply)."
+        )
+    if system.is_up(node_id):
+        raise AdminError(f"Node {name} is connected: stop it first, or it will be known again at once.")
+    if node_id not in system.peers:
+        raise AdminError(f"Node {name} is not in this node's peer list.")
+    system.forget(node_id)
+    return {"forgotten": node_id.hex()}
+
+
 async def layout_show(s: OpServices, a: NoArgs) -> dict:
     h = s.system.layout.history
     text = await asyncio.to_thread(h.describe)
@@ -350,6 +374,7 @@ async def table_local_digest(s: OpServices, a: LocalDigestArgs) -> dict:
 CLUSTER_OPS: tuple[Op[Any], ...] = (
     Op("cluster.status", NoArgs, status),
     Op("node.connect", NodeConnectArgs, node_connect),
+    Op("node.forget", NodeForgetArgs, node_forget),
     Op("layout.show", NoArgs, layout_show),
     Op("layout.history", NoArgs, layout_history),
     Op("layout.get", NoArgs, layout_get),

@@ -21,6 +21,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     nid.add_argument("-q", "--quiet", action="store_true", help="print only the id@address line")
     con = node.add_parser("connect", help="connect to another node")
     con.add_argument("peer", metavar="ID@HOST:PORT")
+    fg = node.add_parser(
+        "forget",
+        help="drop a node that has no role in the layout from the peer list",
+        description="Nodes removed from the layout are forgotten by themselves once unreachable for a while; "
+        "this does it now. A node with a role must be removed from the layout first.",
+    )
+    fg.add_argument("node", metavar="NODE_ID_PREFIX")
 
     layout_parser = sub.add_parser("layout", help="the cluster layout (role table)")
     layout = layout_parser.add_subparsers(dest="action", required=True)
@@ -106,6 +113,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                     "or add it to their bootstrap_peers. Keep rpc_secret private: it admits nodes.",
                     file=sys.stderr,
                 )
+            return 0
+        if args.action == "forget":
+            print(f"Forgot node {(await call('node.forget', {'node': args.node}))['forgotten'][:16]}.")
             return 0
         print(f"Success: connected to {(await call('node.connect', {'peer': args.peer}))['connected'][:16]}.")
         return 0

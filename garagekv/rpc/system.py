@@ -39,6 +39,9 @@ MAX_FAILED_PINGS = 4
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 60.0
 
+FORGET_AFTER_PINGS = 10
+FORGET_AFTER_MIN = 2.0
+
 EP_PING = endpoint_path("system", "ping")
 EP_LAYOUT_PULL = endpoint_path("system", "layout_pull")
 EP_LAYOUT_PUSH = endpoint_path("system", "layout_push")
@@ -58,6 +61,8 @@ class PeerInfo:
     last_seen: float = 0.0
     next_dial: float = 0.0
     backoff: float = RECONNECT_MIN
+    # Since when it has been unreachable (monotonic clock); None while connected.
+    down_since: float | None = field(default_factory=time.monotonic)
 
 
 def parse_peer(spec: str) -> tuple[bytes, str]:
@@ -100,6 +105,10 @@ class System:
         registry.register(EP_LAYOUT_PUSH, self._handle_layout_push)
         registry.register(EP_PEERS, self._handle_peers)
         self.netapp.on_connect.append(self._on_connect)
+        self.netapp.on_disconnect.append(self._on_disconnect)
+        # A peer without a role in any live layout version (nor a staged one), unreachable this
+        # long, is forgotten: a node removed from the layout does not stay DOWN in `status`.
+        self.forget_after = max(FORGET_AFTER_MIN, FORGET_AFTER_PINGS * self.ping_interval)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -154,8 +163,14 @@ class System:
         tmp.write_bytes(codec.encode(entries))
         os.replace(tmp, self._peer_file)
 
+    def _shared_peers(self) -> list[PeerInfo]:
+        """The peers told to others: those in the layout and those up right now. A down node
+        without a role is not passed on, so once every node forgot it, none teaches it back."""
+        in_layout = self._in_layout()
+        return [p for p in self.peers.values() if p.node_id in in_layout or p.down_since is None]
+
     def peers_hash(self) -> bytes:
-        known = sorted([p.node_id, p.addr or ""] for p in self.peers.values())
+        known = sorted([p.node_id, p.addr or ""] for p in self._shared_peers())
         return codec.blake2sum(codec.encode([[self.node_id, self.public_addr], *known]))
 
     def is_up(self, node_id: bytes) -> bool:
@@ -201,9 +216,45 @@ class System:
         info = self.peers.get(conn.peer_id)
         if info is None:
             return
+        if info.down_since is not None:
+            log.info("connected to node %s at %s", conn.peer_id.hex()[:16], info.addr)
         info.backoff = RECONNECT_MIN
         info.failed_pings = 0
+        info.down_since = None
         self._spawn(self._ping(conn.peer_id))
+
+    def _on_disconnect(self, conn: Connection) -> None:
+        info = self.peers.get(conn.peer_id)
+        if info is not None and info.down_since is None:
+            info.down_since = time.monotonic()
+
+    def _in_layout(self) -> set[bytes]:
+        """Nodes with a role in a live layout version, or a staged one."""
+        h = self.layout.history
+        return set(h.all_nodes()) | set(h.planned_roles())
+
+    def forget(self, node_id: bytes) -> None:
+        """Drop a peer from the peer list (``garagekv node forget``, or once removed and down)."""
+        if self.peers.pop(node_id, None) is not None:
+            self._save_peer_list()
+
+    def _forget_removed_nodes(self) -> None:
+        if self.layout.history.current().version == 0:
+            return  # a cluster being formed keeps every peer it was told about
+        now = time.monotonic()
+        in_layout = self._in_layout()
+        for info in list(self.peers.values()):
+            down = info.down_since
+            if info.node_id in in_layout or down is None or now - down < self.forget_after:
+                continue
+            if self.netapp.is_connected(info.node_id):
+                continue
+            log.info(
+                "forgetting node %s: it has no role in the layout and has been unreachable for %.0fs",
+                info.node_id.hex()[:16],
+                now - down,
+            )
+            self.forget(info.node_id)
 
     # ---- ping + status gossip --------------------------------------------------------------------
 
@@ -220,6 +271,7 @@ class System:
         while True:
             for node_id in self.netapp.connected_peers():
                 self._spawn(self._ping(node_id))
+            self._forget_removed_nodes()
             await asyncio.sleep(self.ping_interval * random.uniform(0.9, 1.1))
 
     async def _ping(self, node_id: bytes) -> None:
@@ -251,6 +303,8 @@ class System:
         if not isinstance(status, dict):
             return
         info = self.peers.get(node_id) or self.peers.setdefault(node_id, PeerInfo(node_id))
+        if self.netapp.is_connected(node_id):
+            info.down_since = None
         info.status = status
         info.hostname = str(status.get("hostname", ""))
         info.last_seen = time.time()
@@ -313,5 +367,5 @@ class System:
 
     async def _handle_peers(self, from_node: bytes, body: Any) -> list:
         out = [[self.node_id, self.public_addr]]
-        out += [[p.node_id, p.addr] for p in self.peers.values() if p.addr]
+        out += [[p.node_id, p.addr] for p in self._shared_peers() if p.addr]
         return out

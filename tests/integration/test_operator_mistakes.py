@@ -153,3 +153,37 @@ def test_wrong_rpc_secret_is_logged_on_the_target_and_cli_sessions_are_quiet(tmp
         assert "INFO garagekv.net.netapp: connected to" not in log.read_text()
     finally:
         target.stop()
+
+
+def test_a_node_without_a_role_is_forgotten_once_down(tmp_path):
+    from tests.faults import join, make_node, start_cluster, status
+
+    nodes = start_cluster(tmp_path, n=3, rf=3)
+    extra = make_node(tmp_path / "extra")
+    try:
+        join(extra, nodes[0])
+        listed = lambda n: extra.node_id in {x["id"] for x in status(n)["nodes"]}  # noqa: E731
+        wait_for(lambda: listed(nodes[0]) and listed(nodes[1]), timeout=30)
+
+        def forget(via, target):
+            return subprocess.run(
+                [*GARAGEKV, "-c", str(via.config_path), "node", "forget", target], capture_output=True, text=True
+            )
+
+        r = forget(nodes[0], extra.node_id[:12])
+        assert r.returncode == 1 and "is connected: stop it first" in r.stderr
+        r = forget(nodes[0], nodes[1].node_id[:12])
+        assert r.returncode == 1 and "has a role in the layout: remove it first" in r.stderr
+        extra.kill()
+        # By hand at once (the automatic forgetting may get there first: both leave it out)...
+        r = forget(nodes[1], extra.node_id)
+        assert f"Forgot node {extra.node_id[:16]}" in r.stdout or "not in this node's peer list" in r.stderr
+        assert not listed(nodes[1])
+        # ...and by itself elsewhere: no role, unreachable for 10 pings.
+        wait_for(lambda: not listed(nodes[0]) and not listed(nodes[2]), timeout=30)
+        nodes[0].stop()
+        nodes[0].start()  # the peer list on disk no longer has it either
+        assert not listed(nodes[0])
+    finally:
+        for n in [*nodes, extra]:
+            n.kill()

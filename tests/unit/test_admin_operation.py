@@ -82,6 +82,7 @@ WIRE_FORMS: list[tuple[str, dict[str, Any]]] = [
     ("worker.list", {}),
     ("worker.info", {"tid": 3}),
     ("meta.snapshot", {"all_nodes": False}),
+    ("node.forget", {"node": "ab12"}),
     ("meta.snapshot", {"all_nodes": True}),
 ]
 
