@@ -20,7 +20,7 @@ A, B, C = (bytes([i]) * 32 for i in (1, 2, 3))
 
 def test_ballots_order_by_time_then_node():
     assert Ballot(1, B) < Ballot(2, A) < Ballot(2, B)
-    assert ZERO_BALLOT < Ballot(0, A)
+    assert Ballot(0, A) > ZERO_BALLOT
     assert Ballot(5, A) == Ballot.from_wire(Ballot(5, A).to_wire())
 
 
