@@ -72,13 +72,13 @@ class Acceptor:
             old = self._state_in(tx, msg.key)
             new, ok = old.on_prepare(msg.ballot)
             if not ok:
-                return Promise(False, old.promised, None, old.committed, ())
+                return Promise(False, old.promised, None, None, ())
             self._store(tx, msg.key, old, new)
             values = self.machine.read_in(tx, msg.key, msg.read_keys)
             if len(values) != len(msg.read_keys):
                 raise ValueError("state machine returned the wrong number of states")
             states = tuple(zip(msg.read_keys, values, strict=True))
-            return Promise(True, new.promised, new.in_flight(), new.committed, states)
+            return Promise(True, new.promised, new.in_flight(), new.commit, states)
 
         promise = await self.writer.submit(job)
         self.metrics.count("promises" if promise.ok else "refusals")

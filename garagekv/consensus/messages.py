@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from garagekv.consensus.ballot import Ballot
+from garagekv.consensus.ballot import ZERO_BALLOT, Ballot
 from garagekv.util.errors import BadRequest
 
 #: A consensus key starts with the 32-byte ring hash of its partition; LMDB caps keys at 511 B.
@@ -103,23 +103,29 @@ class Prepare:
 @dataclass(frozen=True)
 class Promise:
     """Phase 1b. ``ok``: ``promised`` is the ballot of the Prepare, now promised; otherwise it is
-    the higher ballot already promised (a refusal, and ``states`` is empty). ``accepted`` is the
-    accepted proposal not yet known committed; ``committed`` the most recent committed ballot;
-    ``states`` one entry per read key: the local state bytes, ``None`` if absent."""
+    the higher ballot already promised (a refusal: the other fields are empty). ``accepted`` is
+    the accepted proposal not yet known committed; ``commit`` the most recent committed proposal
+    (``None``: never any); ``states`` one entry per read key: the local state bytes, ``None`` if
+    absent."""
 
     ok: bool
     promised: Ballot
     accepted: Proposal | None
-    committed: Ballot
+    commit: Proposal | None
     states: tuple[tuple[bytes, bytes | None], ...]
+
+    @property
+    def committed(self) -> Ballot:
+        return ZERO_BALLOT if self.commit is None else self.commit.ballot
 
     def to_wire(self) -> list[Any]:
         acc = None if self.accepted is None else self.accepted.to_wire()
-        return [self.ok, self.promised.to_wire(), acc, self.committed.to_wire(), [list(s) for s in self.states]]
+        com = None if self.commit is None else self.commit.to_wire()
+        return [self.ok, self.promised.to_wire(), acc, com, [list(s) for s in self.states]]
 
     @classmethod
     def from_wire(cls, w: Any) -> Promise:
-        ok, promised, acc, committed, states = _fields("Promise", w, 5)
+        ok, promised, acc, com, states = _fields("Promise", w, 5)
         if not isinstance(states, list | tuple) or len(states) > MAX_READ_KEYS:
             raise _fail("Promise", "states must be an array")
         parsed = []
@@ -132,7 +138,7 @@ class Promise:
             _bool("Promise", "ok", ok),
             _ballot("Promise", promised),
             None if acc is None else Proposal.from_wire(acc, "Promise"),
-            _ballot("Promise", committed),
+            None if com is None else Proposal.from_wire(com, "Promise"),
             tuple(parsed),
         )
 

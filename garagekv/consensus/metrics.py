@@ -17,6 +17,7 @@ class ConsensusMetrics:
     attempts: int = 0  # ballots tried (an operation under contention tries several)
     contention: int = 0  # ballots lost to a higher one (refused promise or accept)
     completions: int = 0  # others' accepted-but-uncommitted proposals completed first
+    repairs: int = 0  # most recent commits sent again to replicas that missed them
     failures: int = 0  # operations that ended in an error (503 after no quorum or the deadline)
     promises: int = 0  # acceptor side: Prepares promised
     refusals: int = 0  # acceptor side: Prepares or Proposes refused

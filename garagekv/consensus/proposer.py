@@ -1,13 +1,14 @@
 """The proposer: runs one operation as a Paxos round on one consensus key.
 
 One attempt: pick a ballot, Prepare on every storage node of the key and wait for promises from
-a majority of every live layout version's node set; if one of them reports an accepted proposal
-that is not known committed, complete it first (re-propose it under our ballot, commit it) and
-start again; otherwise merge the states the promises carry, let the operation ``decide``,
-Propose the decision, and Commit it to every storage node, waiting for a majority of every set.
-A refusal (a higher ballot promised elsewhere) loses the attempt: back off for a random time
-and retry with a higher ballot. Unreachable nodes or the deadline end the operation with a 503.
-Protocol and proofs: docs/consensus.md.
+a majority of every live layout version's node set. If a promise reports an accepted proposal
+not known to be committed, complete it first (re-propose it under our ballot, commit it) and
+start again. If some promisers missed the most recent commit, commit it again first. Then merge
+the states the promises carry, let the operation ``decide``, Propose the decision, and Commit it
+to every storage node, waiting for a majority of every set. A refusal (a higher ballot promised
+elsewhere) loses the attempt: back off for a random time and retry with a higher ballot.
+Unreachable nodes or the deadline end the operation with a 503. Protocol and proofs:
+docs/consensus.md.
 """
 
 from __future__ import annotations
@@ -148,6 +149,12 @@ class Proposer:
                     await self._commit(key, redo, sets, deadline)
                     self.metrics.count("completions")
                     continue
+                latest = _most_recent_commit(promises)
+                if latest is not None and any(p.committed < latest.ballot for p in promises):
+                    # Some replicas missed the last commit: it must be on a majority of every set
+                    # before anything newer is proposed, or a later round could miss its data.
+                    await self._commit(key, latest, sets, deadline)
+                    self.metrics.count("repairs")
                 decision = decide(_merge_states(self.machine, read_keys, promises))
                 proposal = Proposal(ballot, decision.update)
                 await self._propose(key, proposal, sets, deadline)
@@ -297,6 +304,11 @@ def _in_flight(promises: list[Promise]) -> Proposal | None:
     if best is None or best.ballot <= committed or best.update is None:
         return None
     return best
+
+
+def _most_recent_commit(promises: list[Promise]) -> Proposal | None:
+    commits = [p.commit for p in promises if p.commit is not None]
+    return max(commits, key=lambda c: c.ballot) if commits else None
 
 
 def _merge_states(

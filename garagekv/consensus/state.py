@@ -2,7 +2,8 @@
 
 Invariants (checked by tests/unit/test_consensus_state.py):
 
-- ``promised`` and ``committed`` never decrease;
+- ``promised`` and ``committed`` (the ballot of ``commit``, the most recent committed proposal)
+  never decrease, and ``committed <= promised``;
 - ``accepted`` is ``None`` or has a ballot ``<= promised`` and ``> committed`` (a proposal at or
   below the most recent commit is settled and no longer reported);
 - a Prepare is promised only for a ballot strictly above ``promised``; a Propose is accepted only
@@ -33,7 +34,13 @@ class CorruptState(ValueError):
 class AcceptorState:
     promised: Ballot = ZERO_BALLOT
     accepted: Proposal | None = None
-    committed: Ballot = ZERO_BALLOT
+    #: The most recent committed proposal, kept whole: a proposer that finds replicas lagging
+    #: behind it sends it to them again (docs/consensus.md, "Most recent commit").
+    commit: Proposal | None = None
+
+    @property
+    def committed(self) -> Ballot:
+        return ZERO_BALLOT if self.commit is None else self.commit.ballot
 
     # ---- transitions: each returns the next state (maybe ``self``) and whether it says yes ----
 
@@ -41,24 +48,25 @@ class AcceptorState:
         """Promise ``ballot`` if it is strictly above every ballot promised so far."""
         if ballot <= self.promised:
             return self, False
-        return AcceptorState(ballot, self.accepted, self.committed), True
+        return AcceptorState(ballot, self.accepted, self.commit), True
 
     def on_propose(self, proposal: Proposal) -> tuple[AcceptorState, bool]:
         """Accept ``proposal`` unless a higher ballot was promised since."""
         b = proposal.ballot
         if b < self.promised:
             return self, False
-        return AcceptorState(b, proposal if b > self.committed else None, self.committed), True
+        return AcceptorState(b, proposal if b > self.committed else None, self.commit), True
 
     def on_commit(self, proposal: Proposal) -> AcceptorState:
         """Record that ``proposal`` was chosen: the caller applies its update in any case (updates
         are merges, so a late or repeated commit is harmless); the state only moves forward."""
-        committed = max(self.committed, proposal.ballot)
-        promised = max(self.promised, committed)
+        commit = proposal if proposal.ballot > self.committed else self.commit
+        assert commit is not None
+        promised = max(self.promised, commit.ballot)
         accepted = self.accepted
-        if accepted is not None and accepted.ballot <= committed:
+        if accepted is not None and accepted.ballot <= commit.ballot:
             accepted = None
-        return AcceptorState(promised, accepted, committed)
+        return AcceptorState(promised, accepted, commit)
 
     # ---- storage ---------------------------------------------------------------------------------
 
@@ -68,7 +76,8 @@ class AcceptorState:
 
     def encode(self) -> bytes:
         acc = None if self.accepted is None else self.accepted.to_wire()
-        body: list[Any] = [self.promised.to_wire(), acc, self.committed.to_wire()]
+        com = None if self.commit is None else self.commit.to_wire()
+        body: list[Any] = [self.promised.to_wire(), acc, com]
         return bytes([STATE_FORMAT_VERSION]) + codec.encode_lists(body)
 
     @classmethod
@@ -78,11 +87,11 @@ class AcceptorState:
         if not data or data[0] != STATE_FORMAT_VERSION:
             raise CorruptState("unknown consensus state format")
         try:
-            promised, acc, committed = codec.decode(data[1:])
+            promised, acc, com = codec.decode(data[1:])
             return cls(
                 Ballot.from_wire(promised),
                 None if acc is None else Proposal.from_wire(acc),
-                Ballot.from_wire(committed),
+                None if com is None else Proposal.from_wire(com),
             )
         except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types on garbage
             raise CorruptState(f"corrupt consensus state: {e!r}") from None

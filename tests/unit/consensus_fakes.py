@@ -106,13 +106,13 @@ class Node:
 
 class FakeTransport:
     """Delivers calls to the nodes' registries. ``down`` nodes fail at once, ``hung`` ones never
-    answer, ``drop(path, node)`` makes calls fail; ``before`` runs before each delivery."""
+    answer, ``drop(path, node, body)`` makes calls fail; ``before`` runs before each delivery."""
 
     def __init__(self, nodes: dict[bytes, Node]) -> None:
         self.nodes = nodes
         self.down: set[bytes] = set()
         self.hung: set[bytes] = set()
-        self.drop: Callable[[str, bytes], bool] = lambda path, node: False
+        self.drop: Callable[..., bool] = lambda path, node, body=None: False
         self.before: Callable[[str, bytes], Awaitable[None]] | None = None
         self.calls: list[tuple[str, bytes]] = []
 
@@ -120,7 +120,7 @@ class FakeTransport:
         self.calls.append((path, node))
         if self.before is not None:
             await self.before(path, node)
-        if node in self.down or self.drop(path, node):
+        if node in self.down or self.drop(path, node, body):
             raise NetError(f"node {node[:4].hex()} unreachable")
         if node in self.hung:
             await asyncio.Event().wait()

@@ -77,13 +77,13 @@ def test_commit_clears_older_accepted_and_never_regresses():
     kept = s.on_commit(Proposal(Ballot(7, C), b"x"))  # older than what is accepted: kept
     assert kept.accepted == Proposal(Ballot(9, B), b"w") and kept.committed == Ballot(7, C)
     # A propose at the committed ballot itself is settled: not reported as in flight.
-    s = AcceptorState(Ballot(4, A), None, Ballot(4, A))
+    s = AcceptorState(Ballot(4, A), None, Proposal(Ballot(4, A), b"v"))
     s, ok = s.on_propose(Proposal(Ballot(4, A), b"v"))
     assert ok and s.accepted is None
 
 
 def test_state_round_trips_and_corruption_is_detected():
-    s = AcceptorState(Ballot(9, B), Proposal(Ballot(8, A), None), Ballot(2, C))
+    s = AcceptorState(Ballot(9, B), Proposal(Ballot(8, A), None), Proposal(Ballot(2, C), b"u"))
     assert AcceptorState.decode(s.encode()) == s
     assert AcceptorState.decode(None) == AcceptorState()
     for bad in (b"", b"\x07", b"\x01\xc1", b"\x01" + codec.encode([1, 2])):
@@ -118,6 +118,8 @@ def test_acceptor_invariants_hold_under_any_message_sequence(seq):
             s = s.on_commit(arg)
         assert s.promised >= before.promised and s.committed >= before.committed
         assert s.committed <= s.promised
+        if kind == "commit" and arg.ballot > before.committed:
+            assert s.commit == arg  # the most recent commit is kept whole
         if s.accepted is not None:
             assert s.committed < s.accepted.ballot <= s.promised
         assert AcceptorState.decode(s.encode()) == s
@@ -164,7 +166,8 @@ def test_random_interleavings_never_choose_two_values(schedule, order):
 
 def test_in_flight_picks_the_highest_uncommitted_real_proposal():
     def promise(acc, committed=ZERO_BALLOT):
-        return Promise(True, Ballot(50, A), acc, committed, ())
+        commit = None if committed == ZERO_BALLOT else Proposal(committed, b"c")
+        return Promise(True, Ballot(50, A), acc, commit, ())
 
     old, new = Proposal(Ballot(3, A), b"old"), Proposal(Ballot(4, B), b"new")
     assert _in_flight([promise(old), promise(new), promise(None)]) == new
@@ -182,8 +185,8 @@ KEY = b"\x01" * 32 + b"pk"
     "msg",
     [
         Prepare(KEY, Ballot(1, A), (b"a", b"b")),
-        Promise(True, Ballot(1, A), Proposal(Ballot(0, B), b"u"), Ballot(0, C), ((b"a", b"s"), (b"b", None))),
-        Promise(False, Ballot(3, A), None, ZERO_BALLOT, ()),
+        Promise(True, Ballot(1, A), Proposal(Ballot(0, B), b"u"), Proposal(Ballot(0, C), b"c"), ((b"a", b"s"),)),
+        Promise(False, Ballot(3, A), None, None, ()),
         Propose(KEY, Proposal(Ballot(1, A), None)),
         Accepted(False, Ballot(2, B)),
         Commit(KEY, Proposal(Ballot(1, A), b"u")),
@@ -204,10 +207,11 @@ def test_messages_round_trip_through_msgpack(msg):
         (Prepare, [KEY, [1, A], [1, 2]]),
         (Prepare, [KEY, [1, A], [b"k"] * 2000]),
         (Prepare, [KEY, "ballot", []]),
-        (Promise, [1, [1, A], None, [0, b""], []]),
-        (Promise, [True, [1, A], [1], [0, b""], []]),
-        (Promise, [True, [1, A], None, [0, b""], [[b"k"]]]),
-        (Promise, [True, [1, A], None, [0, b""], [[b"k", 5]]]),
+        (Promise, [1, [1, A], None, None, []]),
+        (Promise, [True, [1, A], [1], None, []]),
+        (Promise, [True, [1, A], None, [0, b""], []]),
+        (Promise, [True, [1, A], None, None, [[b"k"]]]),
+        (Promise, [True, [1, A], None, None, [[b"k", 5]]]),
         (Propose, [KEY, [[1, A], "text"]]),
         (Propose, [KEY]),
         (Accepted, [True]),

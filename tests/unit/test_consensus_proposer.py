@@ -8,13 +8,15 @@ import contextvars
 
 import pytest
 
-from garagekv.consensus import ZERO_BALLOT, LayoutPlacement
+from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement
 from garagekv.consensus.acceptor import COMMIT, PROPOSE
+from garagekv.consensus.messages import Commit
 from garagekv.consensus.proposer import background_tasks
 from garagekv.rpc.layout import LayoutHistory
 from garagekv.rpc.quorum import QuorumError
+from garagekv.util import codec
 from garagekv.util.errors import ServiceUnavailable
-from tests.unit.consensus_fakes import Cluster, increment, key_of, read
+from tests.unit.consensus_fakes import Cluster, decode_register, increment, key_of, read
 
 KEY = key_of(7)
 
@@ -107,14 +109,14 @@ async def test_competing_proposers_choose_one_value_per_instance(cluster):
 async def test_accepted_but_uncommitted_proposal_is_completed_first(cluster):
     sets = [cluster.ids(0, 1, 2)]
     a = cluster.proposer(0, sets, timeout=2.0)
-    cluster.transport.drop = lambda path, node: path == COMMIT
+    cluster.transport.drop = lambda path, node, body=None: path == COMMIT
     with pytest.raises(ServiceUnavailable):
         await a.run(KEY, [b"x"], increment())  # accepted by all three, committed nowhere
     await settle()
     assert all(n.acceptor.load(KEY).accepted is not None for n in cluster.nodes[:3])
     assert cluster.nodes[0].register_value(KEY) == (0, 0)
 
-    cluster.transport.drop = lambda path, node: False
+    cluster.transport.drop = lambda path, node, body=None: False
     b = cluster.proposer(1, sets)
     assert await b.run(KEY, [b"x"], read()) == (1, 1)  # it sees the completed increment
     assert b.metrics.completions == 1
@@ -166,3 +168,39 @@ async def test_layout_placement_standalone_node_is_its_own_quorum(cluster):
     placement = LayoutPlacement(Layout())
     assert placement.write_sets(KEY[:32]) == [[cluster.nodes[0].id]]
     assert placement.storage_nodes(KEY[:32]) == [cluster.nodes[0].id]
+
+
+async def test_a_commit_missed_by_some_replicas_is_repaired_before_a_new_proposal(cluster):
+    """X, Y, Z. Increment of ``a`` accepted by X and Y, committed on X only. A second round with
+    X and Z (Y down) proposes ``b``, committed on Z only. A third round with Y and Z (X down) sees
+    Y's accepted ``a`` as settled (Z has a newer commit), so it must find ``a`` in Z's state: the
+    second round had to repair ``a`` onto Z before proposing. Without the repair ``a`` is lost."""
+    x, y, z = cluster.ids(0, 1, 2)
+    sets = [[x, y, z]]
+    cluster.transport.drop = lambda path, node, body=None: (
+        (path == PROPOSE and node == z) or (path == COMMIT and node != x)
+    )
+    with pytest.raises(ServiceUnavailable):
+        await cluster.proposer(0, sets, timeout=2.0).run(KEY, [b"a"], increment(b"a"))
+    await settle()
+
+    cluster.transport.down = {y}
+
+    def commit_of_b(body) -> bool:
+        update = Commit.from_wire(body).proposal.update
+        return update is not None and codec.decode(update)[0][0] == b"b"
+
+    cluster.transport.drop = lambda path, node, body=None: path == COMMIT and node == x and commit_of_b(body)
+    p2 = cluster.proposer(0, sets, timeout=2.0)
+    with pytest.raises(ServiceUnavailable):
+        await p2.run(KEY, [b"b"], increment(b"b"))
+    await settle()
+
+    cluster.transport.down = {x}
+    cluster.transport.drop = lambda path, node, body=None: False
+
+    def read_both(merged):
+        return Decision(None, (decode_register(merged[b"a"]), decode_register(merged[b"b"])))
+
+    assert await cluster.proposer(2, sets).run(KEY, [b"a", b"b"], read_both) == ((1, 1), (1, 1))
+    assert p2.metrics.repairs == 1
