@@ -184,6 +184,8 @@ class Proposer:
             p = Promise.from_wire(raw)
             if p.ok and p.promised != ballot:
                 raise ServiceUnavailable("acceptor promised another ballot than asked")
+            if p.ok and tuple(k for k, _ in p.states) != read_keys:
+                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
             return p.ok, p.promised, p
 
         return await self._quorum(PREPARE, body, sets, deadline, verdict, "consensus_prepare", keep=False)

@@ -85,13 +85,13 @@ def read(rk: bytes = b"x") -> Callable[[Any], Decision[tuple[int, int]]]:
 
 
 class Node:
-    def __init__(self, path: Path, i: int, *, fsync: bool = False) -> None:
+    def __init__(self, path: Path, i: int, *, fsync: bool = False, machine: type = RegisterMachine) -> None:
         self.id = node_id(i)
         self.path = path
         self.db = Database(path, fsync=fsync, map_size=1 << 26)
         self.writer = GroupCommitWriter(self.db)
         self.metrics = ConsensusMetrics()
-        self.acceptor = Acceptor(self.db, self.writer, RegisterMachine(self.db), self.metrics)
+        self.acceptor = Acceptor(self.db, self.writer, machine(self.db), self.metrics)
         self.registry = EndpointRegistry()
         self.acceptor.register(self.registry)
 
@@ -154,8 +154,9 @@ class StaticPlacement:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int) -> None:
-        self.nodes = [Node(root / f"n{i}", i) for i in range(n)]
+    def __init__(self, root: Path, n: int, machine: type = RegisterMachine) -> None:
+        self.machine = machine
+        self.nodes = [Node(root / f"n{i}", i, machine=machine) for i in range(n)]
         self.by_id = {node.id: node for node in self.nodes}
         self.transport = FakeTransport(self.by_id)
 
@@ -164,7 +165,7 @@ class Cluster:
 
     def proposer(self, i: int, sets: list[list[bytes]] | None = None, timeout: float = 10.0) -> Proposer:
         placement = StaticPlacement(self.nodes[i].id, sets or [self.ids(*range(len(self.nodes)))])
-        return Proposer(placement, self.transport, RegisterMachine(), timeout=timeout)
+        return Proposer(placement, self.transport, self.machine(), timeout=timeout)
 
     def close(self) -> None:
         for node in self.nodes:
