@@ -1,4 +1,9 @@
-"""Ballots: unique, totally ordered (time, node id) pairs.
+"""Ballots: unique, totally ordered (layout version, time, node id) triples.
+
+The layout version (the newest live version the proposer knows) comes first so that every
+round run by a proposer that knows a layout version outbids every round run under an older
+view, whatever the clocks say: a proposal accepted under an old view can never pass for newer
+than what rounds under the new view decided (docs/consensus.md, "Layout changes").
 
 Two nodes never issue the same ballot because the node id is part of it; one node never issues
 the same ballot twice while it runs because its clock only moves forward. After a restart with a
@@ -18,41 +23,48 @@ NODE_ID_LEN = 32
 _MAX_U64 = (1 << 64) - 1
 
 
+def _u64(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int) and 0 <= x <= _MAX_U64
+
+
 @dataclass(frozen=True, order=True)
 class Ballot:
-    """Ordered by time first, then by node id (bytes order)."""
+    """Ordered by layout version, then time (ms), then node id (bytes order)."""
 
+    epoch: int
     time: int
     node: bytes
 
     def to_wire(self) -> list[Any]:
-        return [self.time, self.node]
+        return [self.epoch, self.time, self.node]
 
     @classmethod
     def from_wire(cls, w: Any) -> Ballot:
-        """Parse a wire ballot; raises ``ValueError`` on anything but ``[u64, 32 bytes]``."""
-        if not isinstance(w, list | tuple) or len(w) != 2:
-            raise ValueError("a ballot is [time, node id]")
-        t, node = w
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= _MAX_U64:
-            raise ValueError("ballot time must be an unsigned 64-bit integer")
+        """Parse a wire ballot; raises ``ValueError`` on anything but ``[u64, u64, node id]``."""
+        if not isinstance(w, list | tuple) or len(w) != 3:
+            raise ValueError("a ballot is [layout version, time, node id]")
+        epoch, t, node = w
+        if not _u64(epoch) or not _u64(t):
+            raise ValueError("ballot layout version and time must be unsigned 64-bit integers")
         if not isinstance(node, bytes) or len(node) not in (0, NODE_ID_LEN):
             raise ValueError("ballot node must be a 32-byte node id")
-        return cls(t, node)
+        return cls(epoch, t, node)
 
     def __str__(self) -> str:
-        return f"{self.time}@{self.node[:8].hex()}"
+        return f"{self.epoch}:{self.time}@{self.node[:8].hex()}"
 
 
 #: Below every real ballot: the state of a key no proposer has touched yet.
-ZERO_BALLOT = Ballot(0, b"")
+ZERO_BALLOT = Ballot(0, 0, b"")
 
 
 class BallotClock:
     """Issues this node's ballots: above the wall clock, above every ballot it issued or saw.
 
     Seeing a higher ballot (in a refusal) makes the next one higher still, so a proposer that
-    lost to a competitor outbids it on its next attempt instead of losing again.
+    lost to a competitor outbids it on its next attempt instead of losing again, unless the
+    competitor's layout version is newer: then only learning that layout lets it win (a proposer
+    never borrows a layout version it does not know, which would defeat the fencing).
     """
 
     def __init__(self, node_id: bytes) -> None:
@@ -65,6 +77,7 @@ class BallotClock:
         """Remember a ballot seen elsewhere (a refusal's promise, a committed ballot)."""
         self._last = max(self._last, ballot.time)
 
-    def next(self) -> Ballot:
+    def next(self, epoch: int) -> Ballot:
+        """A new ballot for a proposer whose newest known layout version is ``epoch``."""
         self._last = max(self._last + 1, now_ms())
-        return Ballot(self._last, self.node_id)
+        return Ballot(epoch, self._last, self.node_id)

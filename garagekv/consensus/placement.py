@@ -19,6 +19,10 @@ class Placement(Protocol):
     @property
     def node_id(self) -> bytes: ...
 
+    def layout_version(self) -> int:
+        """The newest live layout version this node knows (the ballots' first component)."""
+        ...
+
     def write_sets(self, h32: bytes) -> list[list[bytes]]:
         """One node set per live layout version (a round needs a majority of each)."""
         ...
@@ -59,6 +63,9 @@ class LayoutPlacement:
     def _standalone(self) -> bool:
         cur = self.layout.history.current()
         return not cur.storage_nodes() or not cur.is_ready
+
+    def layout_version(self) -> int:
+        return self.layout.history.current().version
 
     def write_sets(self, h32: bytes) -> list[list[bytes]]:
         if self._standalone():

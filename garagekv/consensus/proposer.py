@@ -134,9 +134,12 @@ class Proposer:
     ) -> T:
         lost = 0
         while True:
-            ballot = self.clock.next()
-            self.metrics.count("attempts")
+            # Read together (no await in between): the ballot's layout version is the one of the
+            # view whose node sets this attempt uses.
+            epoch = self.placement.layout_version()
             sets = self.placement.write_sets(key[:MIN_KEY_LEN])
+            ballot = self.clock.next(epoch)
+            self.metrics.count("attempts")
             if not sets or not all(sets):
                 raise QuorumError(1, 0, 0, ["no storage node for this partition"], operation="consensus_prepare")
             try:

@@ -133,6 +133,10 @@ class StaticPlacement:
         self._me = me
         self.sets = sets
         self.locked = 0
+        self.epoch = 0
+
+    def layout_version(self) -> int:
+        return self.epoch
 
     @property
     def node_id(self) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from garagekv.consensus import Decision
+from garagekv.consensus.acceptor import COMMIT, PROPOSE
 from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.util import codec
@@ -127,6 +128,41 @@ async def test_histories_stay_linear_under_message_loss(tmp_path, seed):
         for before, seen in reads:
             assert seen == final[: len(seen)], "a read saw a history that is not a prefix of the final one"
             assert before <= set(seen), "a read missed an append acknowledged before it started"
+    finally:
+        await settle()
+        cluster.close()
+
+
+async def test_a_proposal_stranded_by_a_layout_change_is_never_resurrected(tmp_path):
+    """The partition moves from {0,1,2} (layout version 1) to {3,4,5} (version 2). A proposer that
+    knew only version 1, with a clock far ahead, gets an append accepted by nodes 0 and 1 but
+    committed nowhere (503). After version 1 retires, a proposer with view [2] appends twice. A
+    node still seeing both versions then runs a round: it finds the stranded proposal, whose
+    ballot time beats everything, and must not complete it on top of the newer history. The
+    ballots' layout version makes it settled (older than version 2's commits)."""
+    cluster = Cluster(tmp_path, 6, machine=HistoryMachine)
+    try:
+        v1, v2 = cluster.ids(0, 1, 2), cluster.ids(3, 4, 5)
+        old = cluster.proposer(0, [v1], timeout=1.0)
+        old.placement.epoch = 1
+        old.clock._last = 10**15  # its clock is far ahead of everyone else's
+        cluster.transport.drop = lambda path, node, body=None: (path == PROPOSE and node == v1[2]) or path == COMMIT
+        with pytest.raises(ServiceUnavailable):
+            await old.run(KEY, [RK], append(100))
+        await settle()
+        assert cluster.nodes[0].acceptor.load(KEY).accepted is not None
+
+        cluster.transport.drop = lambda path, node, body=None: False
+        new = cluster.proposer(3, [v2])
+        new.placement.epoch = 2
+        assert await new.run(KEY, [RK], append(1)) == (1,)
+        assert await new.run(KEY, [RK], append(2)) == (1, 2)
+
+        lagging = cluster.proposer(2, [v1, v2])
+        lagging.placement.epoch = 2
+        assert await lagging.run(KEY, [RK], read_history) == (1, 2)
+        assert lagging.metrics.completions == 0
+        assert await new.run(KEY, [RK], append(3)) == (1, 2, 3)
     finally:
         await settle()
         cluster.close()

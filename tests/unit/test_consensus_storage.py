@@ -24,24 +24,24 @@ def node(tmp_path):
 async def test_acceptor_state_survives_closing_and_reopening(tmp_path):
     path = tmp_path / "n"
     n = Node(path, 0, fsync=True)
-    promise = await n.acceptor.prepare(Prepare(KEY, Ballot(10, A), (b"x",)))
+    promise = await n.acceptor.prepare(Prepare(KEY, Ballot(0, 10, A), (b"x",)))
     assert promise.ok and promise.states == ((b"x", None),)
-    assert (await n.acceptor.propose(Propose(KEY, Proposal(Ballot(10, A), b"u")))).ok
+    assert (await n.acceptor.propose(Propose(KEY, Proposal(Ballot(0, 10, A), b"u")))).ok
     other = key_of(3, b"other")
     update = codec.encode_lists([[b"x", encode_register(1, 41)]])
-    await n.acceptor.commit(Commit(other, Proposal(Ballot(7, B), update)))
+    await n.acceptor.commit(Commit(other, Proposal(Ballot(0, 7, B), update)))
     n.close()
 
     n = Node(path, 0, fsync=True)
     try:
         s = n.acceptor.load(KEY)
-        assert s.promised == Ballot(10, A) and s.accepted == Proposal(Ballot(10, A), b"u")
-        assert n.acceptor.load(other).committed == Ballot(7, B)
+        assert s.promised == Ballot(0, 10, A) and s.accepted == Proposal(Ballot(0, 10, A), b"u")
+        assert n.acceptor.load(other).committed == Ballot(0, 7, B)
         assert n.register_value(other) == (1, 41)  # the update landed with its commit ballot
-        refused = await n.acceptor.prepare(Prepare(KEY, Ballot(9, B), (b"x",)))
-        assert not refused.ok and refused.promised == Ballot(10, A) and refused.states == ()
-        again = await n.acceptor.prepare(Prepare(other, Ballot(11, A), (b"x",)))
-        assert again.ok and again.committed == Ballot(7, B) and again.accepted is None
+        refused = await n.acceptor.prepare(Prepare(KEY, Ballot(0, 9, B), (b"x",)))
+        assert not refused.ok and refused.promised == Ballot(0, 10, A) and refused.states == ()
+        again = await n.acceptor.prepare(Prepare(other, Ballot(0, 11, A), (b"x",)))
+        assert again.ok and again.committed == Ballot(0, 7, B) and again.accepted is None
         assert again.states == ((b"x", encode_register(1, 41)),)
     finally:
         n.close()
@@ -50,23 +50,23 @@ async def test_acceptor_state_survives_closing_and_reopening(tmp_path):
 async def test_a_failing_apply_records_no_commit(node):
     """The update and the commit ballot are one transaction: if applying fails, neither stays."""
     with pytest.raises(Exception):  # noqa: B017 - whatever the state machine raises
-        await node.acceptor.commit(Commit(KEY, Proposal(Ballot(5, A), b"not msgpack \xc1")))
-    assert node.acceptor.load(KEY).committed < Ballot(5, A)
+        await node.acceptor.commit(Commit(KEY, Proposal(Ballot(0, 5, A), b"not msgpack \xc1")))
+    assert node.acceptor.load(KEY).committed < Ballot(0, 5, A)
 
 
 async def test_handlers_validate_messages_once(node):
-    reply = await node.registry.dispatch(A, PREPARE, Prepare(KEY, Ballot(3, A), ()).to_wire())
+    reply = await node.registry.dispatch(A, PREPARE, Prepare(KEY, Ballot(0, 3, A), ()).to_wire())
     assert Promise.from_wire(reply).ok
     for path in (PREPARE, PROPOSE, COMMIT):
         with pytest.raises(MalformedMessage):
             await node.registry.dispatch(A, path, ["garbage"])
-    assert node.acceptor.load(KEY).promised == Ballot(3, A)  # nothing changed by bad messages
+    assert node.acceptor.load(KEY).promised == Ballot(0, 3, A)  # nothing changed by bad messages
 
 
 async def test_gc_forgets_partitions_no_longer_stored_here(node):
     kept, gone = key_of(3, b"a"), key_of(9, b"b")
     for k in (kept, gone):
-        await node.acceptor.prepare(Prepare(k, Ballot(1, A), ()))
+        await node.acceptor.prepare(Prepare(k, Ballot(0, 1, A), ()))
 
     class Placement(StaticPlacement):
         def storage_nodes(self, h32: bytes) -> list[bytes]:
@@ -75,14 +75,14 @@ async def test_gc_forgets_partitions_no_longer_stored_here(node):
     worker = ConsensusGcWorker(node.db, node.writer, Placement(node.id, []))
     assert await worker.work() is WorkerState.IDLE
     assert worker.progress() == {"deleted": 1, "passes": 1}
-    assert node.acceptor.load(kept).promised == Ballot(1, A)
-    assert node.acceptor.load(gone).promised < Ballot(1, A)
+    assert node.acceptor.load(kept).promised == Ballot(0, 1, A)
+    assert node.acceptor.load(gone).promised < Ballot(0, 1, A)
 
 
 async def test_gc_works_in_batches(node, monkeypatch):
     monkeypatch.setattr("garagekv.consensus.gc.BATCH", 2)
     for i in range(5):
-        await node.acceptor.prepare(Prepare(key_of(9, b"%d" % i), Ballot(1, A), ()))
+        await node.acceptor.prepare(Prepare(key_of(9, b"%d" % i), Ballot(0, 1, A), ()))
     worker = ConsensusGcWorker(node.db, node.writer, StaticPlacement(node.id, [[B]]))
     states = [await worker.work() for _ in range(3)]
     assert states == [WorkerState.BUSY, WorkerState.BUSY, WorkerState.IDLE]
