@@ -114,6 +114,10 @@ class FakeTransport:
         self.hung: set[bytes] = set()
         self.drop: Callable[..., bool] = lambda path, node, body=None: False
         self.before: Callable[[str, bytes], Awaitable[None]] | None = None
+        #: After the node handled the call: lose its answer (the effect stays).
+        self.drop_reply: Callable[[str, bytes], bool] = lambda path, node: False
+        #: Seconds to wait before delivering a call and before returning its answer.
+        self.delay: Callable[[], float] = lambda: 0.0
         self.calls: list[tuple[str, bytes]] = []
 
     async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
@@ -124,7 +128,13 @@ class FakeTransport:
             raise NetError(f"node {node[:4].hex()} unreachable")
         if node in self.hung:
             await asyncio.Event().wait()
+        if (d := self.delay()) > 0:
+            await asyncio.sleep(d)
         reply = await self.nodes[node].registry.dispatch(b"\x00" * 32, path, codec.decode(codec.encode(body)))
+        if self.drop_reply(path, node):
+            raise NetError(f"connection to {node[:4].hex()} lost")
+        if (d := self.delay()) > 0:
+            await asyncio.sleep(d)
         return codec.decode(codec.encode(reply))
 
 

@@ -1,4 +1,5 @@
-"""Randomised faults: concurrent operations through several proposers while messages are lost.
+"""Randomised faults: concurrent operations through several proposers while messages are lost,
+answers are lost after the call took effect, and calls are delayed (so they arrive reordered).
 
 The state is a history: each append reads the longest chain of operation ids and writes that
 chain plus its own id; replicas merge by union (a join, as the state machine contract demands).
@@ -98,9 +99,12 @@ async def test_histories_stay_linear_under_message_loss(tmp_path, seed):
     cluster = Cluster(tmp_path, 3, machine=HistoryMachine)
     try:
         rng = random.Random(seed)
-        cluster.transport.drop = lambda path, node, body=None: rng.random() < 0.3
+        cluster.transport.drop = lambda path, node, body=None: rng.random() < 0.15
+        cluster.transport.drop_reply = lambda path, node: rng.random() < 0.1
+        cluster.transport.delay = lambda: rng.choice([0.0, 0.0, 0.001, 0.003])
         sets = [cluster.ids(0, 1, 2)]
-        proposers = [cluster.proposer(i, sets, timeout=2.0) for i in range(3)]
+        # Two proposers on node 0: the same node id, so their ballots may even collide.
+        proposers = [cluster.proposer(i, sets, timeout=2.0) for i in (0, 0, 1, 2)]
         for i, p in enumerate(proposers):
             p._rng = random.Random(seed * 10 + i)
         ids = itertools.count(1)
@@ -108,7 +112,7 @@ async def test_histories_stay_linear_under_message_loss(tmp_path, seed):
         reads: list[tuple[set[int], tuple[int, ...]]] = []
 
         async def client(p):
-            for _ in range(6):
+            for _ in range(8):
                 try:
                     if rng.random() < 0.3:
                         before = set(acknowledged)
@@ -123,6 +127,7 @@ async def test_histories_stay_linear_under_message_loss(tmp_path, seed):
 
         await asyncio.gather(*(client(p) for p in proposers))
         cluster.transport.drop = lambda path, node, body=None: False
+        cluster.transport.drop_reply = lambda path, node: False
         final = await proposers[0].run(KEY, [RK], read_history)
         assert acknowledged <= set(final), "an acknowledged append was lost"
         for before, seen in reads:
