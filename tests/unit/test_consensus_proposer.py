@@ -8,15 +8,16 @@ import contextvars
 
 import pytest
 
-from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement
+from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
 from garagekv.consensus.acceptor import COMMIT, PROPOSE
 from garagekv.consensus.messages import Commit
 from garagekv.consensus.proposer import background_tasks
-from garagekv.rpc.layout import LayoutHistory
+from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
+from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import QuorumError
 from garagekv.util import codec
 from garagekv.util.errors import ServiceUnavailable
-from tests.unit.consensus_fakes import Cluster, decode_register, increment, key_of, read
+from tests.unit.consensus_fakes import Cluster, RegisterMachine, decode_register, increment, key_of, read
 
 KEY = key_of(7)
 
@@ -204,3 +205,33 @@ async def test_a_commit_missed_by_some_replicas_is_repaired_before_a_new_proposa
 
     assert await cluster.proposer(2, sets).run(KEY, [b"a", b"b"], read_both) == ((1, 1), (1, 1))
     assert p2.metrics.repairs == 1
+
+
+async def test_layout_placement_during_a_migration(tmp_path):
+    """With the real layout manager: a partition moving between two live versions needs both
+    sets, the ballots carry the newest version, and the commit reaches every storage node."""
+    cluster = Cluster(tmp_path / "nodes", 4)
+    try:
+        h = LayoutHistory.new(3)
+        for i, zone in enumerate(["dc1", "dc2", "dc3"]):
+            h.stage_role(cluster.nodes[i].id, NodeRole(zone, 10**9))
+        h, _ = h.apply_staged_changes(1)
+        h.stage_role(cluster.nodes[3].id, NodeRole("dc4", 10**9))
+        h, _ = h.apply_staged_changes(2)
+        manager = LayoutManager(cluster.nodes[0].id, tmp_path, 3, "consistent")
+        manager.replace(h)
+        assert [v.version for v in manager.history.versions] == [1, 2]
+        moved = next(p for p in range(NB_PARTITIONS) if h.versions[0].nodes_of(p) != h.versions[1].nodes_of(p))
+        key = key_of(moved)
+        placement = LayoutPlacement(manager)
+        old_set, new_set = placement.write_sets(key[:32])
+        assert set(old_set) != set(new_set) and len(placement.storage_nodes(key[:32])) == 4
+        assert placement.layout_version() == 2
+
+        p = Proposer(placement, cluster.transport, RegisterMachine())
+        assert await p.run(key, [b"x"], increment()) == 1
+        await settle()
+        assert all(n.register_value(key) == (1, 1) for n in cluster.nodes)
+        assert all(n.acceptor.load(key).committed.epoch == 2 for n in cluster.nodes)
+    finally:
+        cluster.close()
