@@ -15,9 +15,10 @@ from garagekv.consensus.messages import MIN_KEY_LEN
 from garagekv.consensus.placement import Placement
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.rpc.layout import LayoutVersion
 from garagekv.util.background import Notify, WorkerState
 
-BATCH = 1000
+BATCH = 500
 INTERVAL = 600.0
 
 
@@ -46,19 +47,29 @@ class ConsensusGcWorker:
         return self.placement.node_id in self.placement.storage_nodes(key[:MIN_KEY_LEN])
 
     def _scan(self, start: bytes) -> tuple[list[bytes], bytes | None]:
-        """Keys of dead partitions among the next ``BATCH`` keys from ``start``, and where to go on."""
+        """Keys of dead partitions among the next ``BATCH`` keys from ``start``, and where to go on.
+
+        Runs on the event loop: a short read transaction, and one placement lookup per ring
+        partition rather than per key.
+        """
         dead: list[bytes] = []
+        stored: dict[int, bool] = {}
         seen = 0
         with self.db.read() as txn:
             cur = txn.cursor(db=self.tree)
             if not cur.set_range(start):
                 return dead, None
-            for key in cur.iternext(keys=True, values=False):
+            for raw in cur.iternext(keys=True, values=False):
+                key = bytes(raw)
                 if seen == BATCH:
-                    return dead, bytes(key)
+                    return dead, key
                 seen += 1
-                if not self._stored_here(bytes(key)):
-                    dead.append(bytes(key))
+                partition = LayoutVersion.partition_of(key)
+                here = stored.get(partition)
+                if here is None:
+                    here = stored[partition] = self._stored_here(key)
+                if not here:
+                    dead.append(key)
         return dead, None
 
     async def work(self) -> WorkerState:
