@@ -16,6 +16,7 @@ RANKS = {
     "net": 2,
     "rpc": 3,
     "table": 4,
+    "consensus": 4,
     "model": 5,
     "api": 6,
     "client": 1,

@@ -1,0 +1,118 @@
+"""The acceptor: answers Prepare, Propose and Commit for the keys this node stores.
+
+Each answer is computed inside one job of the group-commit writer, which reads the key's state,
+applies the transition, stores the new state (and, for a Prepare, reads the promised-upon
+states; for a Commit, applies the update) and returns only once that transaction is fsynced. The
+single writer thread serialises all of it per node, so two messages for one key never race.
+
+Tree ``consensus:state``: key = the consensus key (its first 32 bytes are the partition's ring
+hash), value = ``AcceptorState.encode()`` (docs/consensus.md, "Storage").
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from garagekv.consensus.machine import StateMachine
+from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Propose
+from garagekv.consensus.metrics import ConsensusMetrics
+from garagekv.consensus.state import AcceptorState
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+
+log = logging.getLogger(__name__)
+
+TREE = "consensus:state"
+PREPARE = endpoint_path("consensus/acceptor", "Prepare")
+PROPOSE = endpoint_path("consensus/acceptor", "Propose")
+COMMIT = endpoint_path("consensus/acceptor", "Commit")
+
+
+class Acceptor:
+    def __init__(
+        self,
+        db: Database,
+        writer: GroupCommitWriter,
+        machine: StateMachine,
+        metrics: ConsensusMetrics | None = None,
+    ) -> None:
+        self.db = db
+        self.writer = writer
+        self.machine = machine
+        self.metrics = metrics if metrics is not None else ConsensusMetrics()
+        self.tree = db.tree(TREE)
+
+    def register(self, registry: EndpointRegistry) -> None:
+        registry.register(PREPARE, self._handle_prepare)
+        registry.register(PROPOSE, self._handle_propose)
+        registry.register(COMMIT, self._handle_commit)
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    def load(self, key: bytes) -> AcceptorState:
+        """The stored state of ``key`` (a short read transaction; for tests and tools)."""
+        with self.db.read() as txn:
+            raw = txn.get(key, db=self.tree)
+            return AcceptorState.decode(None if raw is None else bytes(raw))
+
+    def _state_in(self, tx: WriteTxn, key: bytes) -> AcceptorState:
+        raw = tx.get(self.tree, key)
+        return AcceptorState.decode(None if raw is None else bytes(raw))
+
+    def _store(self, tx: WriteTxn, key: bytes, old: AcceptorState, new: AcceptorState) -> None:
+        if new != old:
+            tx.put(self.tree, key, new.encode())
+
+    # ---- the three messages ----------------------------------------------------------------------
+
+    async def prepare(self, msg: Prepare) -> Promise:
+        def job(tx: WriteTxn) -> Promise:
+            old = self._state_in(tx, msg.key)
+            new, ok = old.on_prepare(msg.ballot)
+            if not ok:
+                return Promise(False, old.promised, None, None, ())
+            self._store(tx, msg.key, old, new)
+            values = self.machine.read_in(tx, msg.key, msg.read_keys)
+            if len(values) != len(msg.read_keys):
+                raise ValueError("state machine returned the wrong number of states")
+            states = tuple(zip(msg.read_keys, values, strict=True))
+            return Promise(True, new.promised, new.in_flight(), new.commit, states)
+
+        promise = await self.writer.submit(job)
+        self.metrics.count("promises" if promise.ok else "refusals")
+        return promise
+
+    async def propose(self, msg: Propose) -> Accepted:
+        def job(tx: WriteTxn) -> Accepted:
+            old = self._state_in(tx, msg.key)
+            new, ok = old.on_propose(msg.proposal)
+            self._store(tx, msg.key, old, new)
+            return Accepted(ok, new.promised)
+
+        answer = await self.writer.submit(job)
+        self.metrics.count("accepts" if answer.ok else "refusals")
+        return answer
+
+    async def commit(self, msg: Commit) -> None:
+        def job(tx: WriteTxn) -> None:
+            old = self._state_in(tx, msg.key)
+            self._store(tx, msg.key, old, old.on_commit(msg.proposal))
+            if msg.proposal.update is not None:
+                self.machine.apply_in(tx, msg.key, msg.proposal.update)
+
+        await self.writer.submit(job)
+        self.metrics.count("commits")
+
+    # ---- RPC handlers: validate once, then work on typed messages ---------------------------------
+
+    async def _handle_prepare(self, from_node: bytes, body: Any) -> Any:
+        return (await self.prepare(Prepare.from_wire(body))).to_wire()
+
+    async def _handle_propose(self, from_node: bytes, body: Any) -> Any:
+        return (await self.propose(Propose.from_wire(body))).to_wire()
+
+    async def _handle_commit(self, from_node: bytes, body: Any) -> Any:
+        await self.commit(Commit.from_wire(body))
+        return None

@@ -1,0 +1,323 @@
+"""The proposer: runs one operation as a Paxos round on one consensus key.
+
+One attempt: pick a ballot, Prepare on every storage node of the key and wait for promises from
+a majority of every live layout version's node set. If a promise reports an accepted proposal
+not known to be committed, complete it first (re-propose it under our ballot, commit it) and
+start again. If some promisers missed the most recent commit, commit it again first. Then merge
+the states the promises carry, let the operation ``decide``, Propose the decision, and Commit it
+to every storage node, waiting for a majority of every set. A refusal (a higher ballot promised
+elsewhere) loses the attempt: back off for a random time and retry with a higher ballot.
+Unreachable nodes or the deadline end the operation with a 503. Protocol and proofs:
+docs/consensus.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE
+from garagekv.consensus.ballot import Ballot, BallotClock
+from garagekv.consensus.machine import Decision, StateMachine
+from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
+from garagekv.consensus.metrics import ConsensusMetrics
+from garagekv.consensus.placement import Placement, majority
+from garagekv.rpc.quorum import QuorumError, describe_failure
+from garagekv.util.errors import BadRequest, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Backoff after a lost ballot: uniform in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2^lost)] seconds.
+BACKOFF_BASE = 0.005
+BACKOFF_MAX = 0.5
+DEFAULT_TIMEOUT = 30.0
+
+
+class Transport(Protocol):
+    """``NetApp.call`` (a call to one's own node id runs the handler in-process)."""
+
+    async def call(self, node_id: bytes, path: str, body: Any, timeout: float | None = ...) -> Any: ...
+
+
+class _Lost(Exception):
+    """An attempt lost to a higher ballot (internal: the round retries)."""
+
+    def __init__(self, ballot: Ballot) -> None:
+        super().__init__(str(ballot))
+        self.ballot = ballot
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    """Let a call finish after its quorum was reached (a commit must still reach every node)."""
+    _background.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+def background_tasks() -> set[asyncio.Task[Any]]:
+    """Commits still running after their round returned (for shutdown and tests)."""
+    return set(_background)
+
+
+class Proposer:
+    def __init__(
+        self,
+        placement: Placement,
+        transport: Transport,
+        machine: StateMachine,
+        *,
+        metrics: ConsensusMetrics | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.placement = placement
+        self.transport = transport
+        self.machine = machine
+        self.metrics = metrics if metrics is not None else ConsensusMetrics()
+        self.timeout = timeout
+        self.clock = BallotClock(placement.node_id)
+        self._rng = rng or random.Random()
+
+    async def run(
+        self,
+        key: bytes,
+        read_keys: Sequence[bytes],
+        decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """Run one operation on ``key``; returns its decision's result once it is durable.
+
+        Raises ``ServiceUnavailable`` (503) when no quorum can be reached or ``timeout`` (default:
+        the proposer's) passes first; the operation may or may not have taken effect then.
+        """
+        if len(key) < MIN_KEY_LEN:
+            raise BadRequest(f"a consensus key has at least {MIN_KEY_LEN} bytes")
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        self.metrics.count("rounds")
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                with self.placement.write_lock():
+                    return await self._run(key, tuple(read_keys), decide, deadline)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            self.metrics.count("failures")
+            raise ServiceUnavailable(f"consensus round did not complete within {limit}s") from None
+        except ServiceUnavailable:
+            self.metrics.count("failures")
+            raise
+
+    async def _run(
+        self,
+        key: bytes,
+        read_keys: tuple[bytes, ...],
+        decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
+        deadline: float,
+    ) -> T:
+        lost = 0
+        while True:
+            # Read together (no await in between): the ballot's layout version is the one of the
+            # view whose node sets this attempt uses.
+            epoch = self.placement.layout_version()
+            sets = self.placement.write_sets(key[:MIN_KEY_LEN])
+            ballot = self.clock.next(epoch)
+            self.metrics.count("attempts")
+            if not sets or not all(sets):
+                raise QuorumError(1, 0, 0, ["no storage node for this partition"], operation="consensus_prepare")
+            try:
+                promises = await self._prepare(key, ballot, read_keys, sets, deadline)
+                in_flight = _in_flight(promises)
+                if in_flight is not None:
+                    # Someone's proposal may have been chosen: finish it, then start over.
+                    redo = Proposal(ballot, in_flight.update)
+                    await self._propose(key, redo, sets, deadline)
+                    await self._commit(key, redo, sets, deadline)
+                    self.metrics.count("completions")
+                    continue
+                latest = _most_recent_commit(promises)
+                if latest is not None and any(p.committed < latest.ballot for p in promises):
+                    # Some replicas missed the last commit: it must be on a majority of every set
+                    # before anything newer is proposed, or a later round could miss its data.
+                    await self._commit(key, latest, sets, deadline)
+                    self.metrics.count("repairs")
+                decision = decide(_merge_states(self.machine, read_keys, promises))
+                proposal = Proposal(ballot, decision.update)
+                await self._propose(key, proposal, sets, deadline)
+                if proposal.update is not None:
+                    await self._commit(key, proposal, sets, deadline)
+                self.metrics.count("decided")
+                return decision.result
+            except _Lost as e:
+                self.clock.observe(e.ballot)
+                self.metrics.count("contention")
+                lost += 1
+                await self._backoff(lost, deadline)
+
+    async def _backoff(self, lost: int, deadline: float) -> None:
+        cap = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** min(lost, 16)))
+        delay = self._rng.uniform(0, cap)
+        await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+
+    # ---- the three phases ------------------------------------------------------------------------
+
+    async def _prepare(
+        self, key: bytes, ballot: Ballot, read_keys: tuple[bytes, ...], sets: list[list[bytes]], deadline: float
+    ) -> list[Promise]:
+        body = Prepare(key, ballot, read_keys).to_wire()
+
+        def verdict(raw: Any) -> tuple[bool, Ballot, Promise]:
+            p = Promise.from_wire(raw)
+            if p.ok and p.promised != ballot:
+                raise ServiceUnavailable("acceptor promised another ballot than asked")
+            if p.ok and tuple(k for k, _ in p.states) != read_keys:
+                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            return p.ok, p.promised, p
+
+        return await self._quorum(PREPARE, body, sets, deadline, verdict, "consensus_prepare", keep=False)
+
+    async def _propose(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
+        body = Propose(key, proposal).to_wire()
+
+        def verdict(raw: Any) -> tuple[bool, Ballot, None]:
+            a = Accepted.from_wire(raw)
+            return a.ok, a.promised, None
+
+        await self._quorum(PROPOSE, body, sets, deadline, verdict, "consensus_propose", keep=False)
+
+    async def _commit(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
+        body = Commit(key, proposal).to_wire()
+
+        def verdict(raw: Any) -> tuple[bool, Ballot, None]:
+            return True, proposal.ballot, None
+
+        await self._quorum(COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True)
+
+    # ---- waiting for a majority in every set -----------------------------------------------------
+
+    async def _quorum(
+        self,
+        path: str,
+        body: Any,
+        sets: list[list[bytes]],
+        deadline: float,
+        verdict: Callable[[Any], tuple[bool, Ballot, R]],
+        operation: str,
+        *,
+        keep: bool,
+    ) -> list[R]:
+        """The yes-answers once a majority of every set said yes.
+
+        Raises ``_Lost`` once refusals leave some set short of a majority (with the highest ballot
+        refused), and ``QuorumError`` once failures do. Calls still running at the end are
+        cancelled, or kept running with ``keep`` (a commit must reach every node it can).
+        """
+        members: dict[bytes, list[int]] = {}
+        for i, group in enumerate(sets):
+            for node in dict.fromkeys(group):
+                members.setdefault(node, []).append(i)
+        sizes = [len(set(g)) for g in sets]
+        needed = [majority(g) for g in sets]
+        yes = [0] * len(sets)
+        no = [0] * len(sets)
+        results: list[R] = []
+        errors: list[str] = []
+        refused: Ballot | None = None
+
+        async def one(node: bytes) -> Any:
+            remaining = max(0.0, deadline - time.monotonic())
+            async with asyncio.timeout(remaining):
+                return await self.transport.call(node, path, body, timeout=remaining)
+
+        running: dict[asyncio.Task[Any], bytes] = {asyncio.ensure_future(one(n)): n for n in members}
+        finished = False
+        try:
+            while True:
+                if all(y >= n for y, n in zip(yes, needed, strict=True)):
+                    finished = True
+                    return results
+                short = [i for i, size in enumerate(sizes) if size - no[i] < needed[i]]
+                if short:
+                    finished = True
+                    if refused is not None:
+                        raise _Lost(refused)
+                    raise QuorumError(max(needed), sum(yes), len(members), errors, sets=len(sets), operation=operation)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    node = running.pop(task)
+                    ok = False
+                    if task.cancelled():
+                        errors.append(f"{node[:8].hex()}: cancelled")
+                    elif task.exception() is not None:
+                        err = task.exception()
+                        assert err is not None
+                        errors.append(describe_failure(node, err))
+                    else:
+                        try:
+                            ok, seen, value = verdict(task.result())
+                        except Exception as e:  # noqa: BLE001 - a malformed answer counts as a failure
+                            errors.append(describe_failure(node, e))
+                        else:
+                            if ok:
+                                results.append(value)
+                            elif refused is None or seen > refused:
+                                refused = seen
+                    for i in members[node]:
+                        if ok:
+                            yes[i] += 1
+                        else:
+                            no[i] += 1
+        finally:
+            for task in running:
+                if keep and finished:
+                    _keep(task)
+                else:
+                    task.cancel()
+                    _keep(task)
+
+
+def _in_flight(promises: list[Promise]) -> Proposal | None:
+    """The proposal a new round must complete first, if any.
+
+    The highest accepted proposal among the promises, unless a commit at or above its ballot was
+    seen (then it is settled) or it is a no-op (completing it would change nothing: our own
+    proposal, at a higher ballot, supersedes it just as well).
+    """
+    committed = max(p.committed for p in promises)
+    best: Proposal | None = None
+    for p in promises:
+        acc = p.accepted
+        if acc is not None and (best is None or acc.ballot > best.ballot):
+            best = acc
+    if best is None or best.ballot <= committed or best.update is None:
+        return None
+    return best
+
+
+def _most_recent_commit(promises: list[Promise]) -> Proposal | None:
+    commits = [p.commit for p in promises if p.commit is not None]
+    return max(commits, key=lambda c: c.ballot) if commits else None
+
+
+def _merge_states(
+    machine: StateMachine, read_keys: tuple[bytes, ...], promises: list[Promise]
+) -> dict[bytes, bytes | None]:
+    per_replica = [dict(p.states) for p in promises]
+    return {rk: machine.merge(rk, [states.get(rk) for states in per_replica]) for rk in read_keys}

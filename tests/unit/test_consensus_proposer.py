@@ -1,0 +1,237 @@
+"""The proposer against real acceptors (LMDB, group-commit writer) over a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+
+import pytest
+
+from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
+from garagekv.consensus.acceptor import COMMIT, PROPOSE
+from garagekv.consensus.messages import Commit
+from garagekv.consensus.proposer import background_tasks
+from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
+from garagekv.rpc.layout.manager import LayoutManager
+from garagekv.rpc.quorum import QuorumError
+from garagekv.util import codec
+from garagekv.util.errors import ServiceUnavailable
+from tests.unit.consensus_fakes import Cluster, RegisterMachine, decode_register, increment, key_of, read
+
+KEY = key_of(7)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path, 5)
+    yield c
+    c.close()
+
+
+async def settle() -> None:
+    """Let commits that outlived their round finish (they go to every storage node)."""
+    while background_tasks():
+        await asyncio.wait(background_tasks())
+
+
+async def test_uncontended_rounds_commit_everywhere(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert [await p.run(KEY, [b"x"], increment()) for _ in range(3)] == [1, 2, 3]
+    await settle()
+    for node in cluster.nodes[:3]:
+        assert node.register_value(KEY) == (3, 3)
+        assert node.acceptor.load(KEY).accepted is None  # every commit cleared its proposal
+    assert cluster.nodes[3].register_value(KEY) == (0, 0)  # not a storage node of the key
+    m = p.metrics
+    assert (m.rounds, m.decided, m.contention, m.completions, m.failures) == (3, 3, 0, 0, 0)
+    assert p.placement.locked == 0  # the layout write lock was held only during rounds
+
+
+async def test_read_only_round_writes_nothing_but_is_accepted(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    await cluster.proposer(0, sets).run(KEY, [b"x"], increment())
+    await settle()
+    before = len(cluster.transport.calls)
+    assert await cluster.proposer(1, sets).run(KEY, [b"x"], read()) == (1, 1)
+    await settle()
+    paths = [path for path, _ in cluster.transport.calls[before:]]
+    assert COMMIT not in paths and PROPOSE in paths  # a no-op is accepted (it discards older
+    # proposals in flight) but there is nothing to commit
+    assert cluster.nodes[0].register_value(KEY) == (1, 1)
+
+
+async def test_loser_of_a_ballot_backs_off_and_retries(cluster):
+    """A prepares, then B runs a whole round before A's Propose lands: A's ballot is refused, A
+    retries with a higher ballot and its increment builds on B's."""
+    sets = [cluster.ids(0, 1, 2)]
+    a, b = cluster.proposer(0, sets), cluster.proposer(1, sets)
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="a")
+    b_done = asyncio.Event()
+    b_task = None
+
+    async def run_b() -> None:
+        who.set("b")  # calls made by B's round inherit this context
+        await b.run(KEY, [b"x"], increment())
+        b_done.set()
+
+    async def before(path: str, node: bytes) -> None:
+        nonlocal b_task
+        if path == PROPOSE and who.get() == "a" and not b_done.is_set():
+            if b_task is None:
+                b_task = asyncio.create_task(run_b())
+            await b_done.wait()
+
+    cluster.transport.before = before
+    assert await a.run(KEY, [b"x"], increment()) == 2
+    assert a.metrics.contention >= 1 and a.metrics.decided == 1
+    assert b.metrics.decided == 1
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(2, 2)}
+
+
+async def test_competing_proposers_choose_one_value_per_instance(cluster):
+    """Many concurrent compare-and-set increments from several nodes: every successful one wrote
+    a distinct version, and the final value counts exactly the successful increments."""
+    sets = [cluster.ids(0, 1, 2)]
+    proposers = [cluster.proposer(i, sets) for i in range(3)]
+
+    async def client(p):
+        return [await p.run(KEY, [b"x"], increment()) for _ in range(8)]
+
+    results = await asyncio.gather(*(client(p) for p in proposers))
+    versions = sorted(v for r in results for v in r)
+    assert versions == list(range(1, 25))
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(24, 24)}
+
+
+async def test_accepted_but_uncommitted_proposal_is_completed_first(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    a = cluster.proposer(0, sets, timeout=2.0)
+    cluster.transport.drop = lambda path, node, body=None: path == COMMIT
+    with pytest.raises(ServiceUnavailable):
+        await a.run(KEY, [b"x"], increment())  # accepted by all three, committed nowhere
+    await settle()
+    assert all(n.acceptor.load(KEY).accepted is not None for n in cluster.nodes[:3])
+    assert cluster.nodes[0].register_value(KEY) == (0, 0)
+
+    cluster.transport.drop = lambda path, node, body=None: False
+    b = cluster.proposer(1, sets)
+    assert await b.run(KEY, [b"x"], read()) == (1, 1)  # it sees the completed increment
+    assert b.metrics.completions == 1
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(1, 1)}
+    assert all(n.acceptor.load(KEY).committed > ZERO_BALLOT for n in cluster.nodes[:3])
+
+
+async def test_a_majority_is_needed_in_every_live_version(cluster):
+    """Two live versions {0,1,2} and {2,3,4}: nodes 3 and 4 down leave a majority of the first
+    set only, which is not enough; with only node 4 down both sets have one."""
+    sets = [cluster.ids(0, 1, 2), cluster.ids(2, 3, 4)]
+    cluster.transport.down = set(cluster.ids(3, 4))
+    p = cluster.proposer(0, sets)
+    with pytest.raises(QuorumError):
+        await p.run(KEY, [b"x"], increment())
+    assert p.metrics.failures == 1
+    cluster.transport.down = set(cluster.ids(4))
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    await settle()
+    assert cluster.nodes[3].register_value(KEY) == (1, 1)  # committed in the new version's set too
+
+
+async def test_unreachable_majority_fails_with_503(cluster):
+    cluster.transport.down = set(cluster.ids(1, 2))
+    p = cluster.proposer(0, [cluster.ids(0, 1, 2)])
+    with pytest.raises(ServiceUnavailable) as info:
+        await p.run(KEY, [b"x"], increment())
+    assert info.value.status == 503
+
+
+async def test_silent_majority_fails_with_503_at_the_deadline(cluster):
+    cluster.transport.hung = set(cluster.ids(1, 2))
+    p = cluster.proposer(0, [cluster.ids(0, 1, 2)], timeout=0.3)
+    with pytest.raises(ServiceUnavailable) as info:
+        await p.run(KEY, [b"x"], increment())
+    assert info.value.status == 503 and "within" in info.value.message
+    assert p.metrics.failures == 1 and p.placement.locked == 0
+
+
+async def test_layout_placement_standalone_node_is_its_own_quorum(cluster):
+    class Layout:
+        node_id = cluster.nodes[0].id
+        history = LayoutHistory.new(3)
+
+        def write_lock(self):
+            return contextlib.nullcontext()
+
+    placement = LayoutPlacement(Layout())
+    assert placement.write_sets(KEY[:32]) == [[cluster.nodes[0].id]]
+    assert placement.storage_nodes(KEY[:32]) == [cluster.nodes[0].id]
+
+
+async def test_a_commit_missed_by_some_replicas_is_repaired_before_a_new_proposal(cluster):
+    """X, Y, Z. Increment of ``a`` accepted by X and Y, committed on X only. A second round with
+    X and Z (Y down) proposes ``b``, committed on Z only. A third round with Y and Z (X down) sees
+    Y's accepted ``a`` as settled (Z has a newer commit), so it must find ``a`` in Z's state: the
+    second round had to repair ``a`` onto Z before proposing. Without the repair ``a`` is lost."""
+    x, y, z = cluster.ids(0, 1, 2)
+    sets = [[x, y, z]]
+    cluster.transport.drop = lambda path, node, body=None: (
+        (path == PROPOSE and node == z) or (path == COMMIT and node != x)
+    )
+    with pytest.raises(ServiceUnavailable):
+        await cluster.proposer(0, sets, timeout=2.0).run(KEY, [b"a"], increment(b"a"))
+    await settle()
+
+    cluster.transport.down = {y}
+
+    def commit_of_b(body) -> bool:
+        update = Commit.from_wire(body).proposal.update
+        return update is not None and codec.decode(update)[0][0] == b"b"
+
+    cluster.transport.drop = lambda path, node, body=None: path == COMMIT and node == x and commit_of_b(body)
+    p2 = cluster.proposer(0, sets, timeout=2.0)
+    with pytest.raises(ServiceUnavailable):
+        await p2.run(KEY, [b"b"], increment(b"b"))
+    await settle()
+
+    cluster.transport.down = {x}
+    cluster.transport.drop = lambda path, node, body=None: False
+
+    def read_both(merged):
+        return Decision(None, (decode_register(merged[b"a"]), decode_register(merged[b"b"])))
+
+    assert await cluster.proposer(2, sets).run(KEY, [b"a", b"b"], read_both) == ((1, 1), (1, 1))
+    assert p2.metrics.repairs == 1
+
+
+async def test_layout_placement_during_a_migration(tmp_path):
+    """With the real layout manager: a partition moving between two live versions needs both
+    sets, the ballots carry the newest version, and the commit reaches every storage node."""
+    cluster = Cluster(tmp_path / "nodes", 4)
+    try:
+        h = LayoutHistory.new(3)
+        for i, zone in enumerate(["dc1", "dc2", "dc3"]):
+            h.stage_role(cluster.nodes[i].id, NodeRole(zone, 10**9))
+        h, _ = h.apply_staged_changes(1)
+        h.stage_role(cluster.nodes[3].id, NodeRole("dc4", 10**9))
+        h, _ = h.apply_staged_changes(2)
+        manager = LayoutManager(cluster.nodes[0].id, tmp_path, 3, "consistent")
+        manager.replace(h)
+        assert [v.version for v in manager.history.versions] == [1, 2]
+        moved = next(p for p in range(NB_PARTITIONS) if h.versions[0].nodes_of(p) != h.versions[1].nodes_of(p))
+        key = key_of(moved)
+        placement = LayoutPlacement(manager)
+        old_set, new_set = placement.write_sets(key[:32])
+        assert set(old_set) != set(new_set) and len(placement.storage_nodes(key[:32])) == 4
+        assert placement.layout_version() == 2
+
+        p = Proposer(placement, cluster.transport, RegisterMachine())
+        assert await p.run(key, [b"x"], increment()) == 1
+        await settle()
+        assert all(n.register_value(key) == (1, 1) for n in cluster.nodes)
+        assert all(n.acceptor.load(key).committed.epoch == 2 for n in cluster.nodes)
+    finally:
+        cluster.close()
