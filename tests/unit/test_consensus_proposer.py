@@ -112,9 +112,10 @@ async def test_accepted_but_uncommitted_proposal_is_completed_first(cluster):
     a = cluster.proposer(0, sets, timeout=2.0)
     cluster.transport.drop = lambda path, node, body=None: path == COMMIT
     with pytest.raises(ServiceUnavailable):
-        await a.run(KEY, [b"x"], increment())  # accepted by all three, committed nowhere
+        await a.run(KEY, [b"x"], increment())  # accepted by a majority, committed nowhere
     await settle()
-    assert all(n.acceptor.load(KEY).accepted is not None for n in cluster.nodes[:3])
+    # The round goes on once a majority accepted: the third accept may still be in flight or dropped.
+    assert sum(n.acceptor.load(KEY).accepted is not None for n in cluster.nodes[:3]) >= 2
     assert cluster.nodes[0].register_value(KEY) == (0, 0)
 
     cluster.transport.drop = lambda path, node, body=None: False
