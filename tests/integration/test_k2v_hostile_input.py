@@ -1,0 +1,157 @@
+"""Hostile but well-formed input: deep JSON, huge numbers, lone surrogates, repeated headers.
+
+Each case must be a precise 4xx (never a 500) and must leave the data as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.integration.test_k2v_helpers import (
+    BINARY,
+    BUCKET,
+    JSON,
+    assert_error,
+    b64,
+    ipath,
+    partition,
+    put,
+    send_signed,
+)
+from tests.support import Response
+
+DEEP = b"[" * 20000
+
+
+def _seed(k2v, pk: str) -> None:
+    put(k2v, pk, "a", b"v")
+
+
+def _unchanged(k2v, pk: str) -> None:
+    assert partition(k2v, pk) == {"a": [b64("v")]}
+
+
+# ---- deeply nested JSON --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [DEEP, b"[" * 5000 + b"]" * 5000, b'[{"pk": "PK", "sk": "a", "v": null, "x": ' + DEEP + b"}]"],
+    ids=["unbalanced", "balanced", "in-an-ignored-field"],
+)
+@pytest.mark.parametrize("endpoint", ["InsertBatch", "ReadBatch", "DeleteBatch", "PollRange"])
+def test_deeply_nested_json_is_400(k2v, pk, endpoint, body):
+    _seed(k2v, pk)
+    body = body.replace(b"PK", pk.encode())
+    if endpoint == "PollRange":
+        r = k2v.request("POST", ipath(pk), "poll_range", body)
+    else:
+        query = {"InsertBatch": "", "ReadBatch": "search", "DeleteBatch": "delete"}[endpoint]
+        r = k2v.request("POST", f"/{BUCKET}", query, body)
+    assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid JSON")
+    _unchanged(k2v, pk)
+
+
+# ---- lone surrogates anywhere in a body ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query,body",
+    [
+        ("", b'[{"pk": "PK", "sk": "b", "v": null, "\\ud800": 1}]'),
+        ("search", b'[{"partitionKey": "PK", "\\udfff": true}]'),
+        ("delete", b'[{"partitionKey": "PK", "x": ["\\ud800"]}]'),
+    ],
+)
+def test_lone_surrogate_in_an_object_key_or_ignored_field_is_400(k2v, pk, query, body):
+    _seed(k2v, pk)
+    r = k2v.request("POST", f"/{BUCKET}", query, body.replace(b"PK", pk.encode()))
+    assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid JSON")
+    _unchanged(k2v, pk)
+
+
+# ---- huge integers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits", ["9" * 21, "9" * 400, "9" * 5000, "0" * 5000 + "1"])
+@pytest.mark.parametrize("name", ["limit", "timeout"])
+def test_huge_integer_query_parameters_are_400(k2v, pk, name, digits):
+    _seed(k2v, pk)
+    if name == "limit":
+        r = k2v.request("GET", f"/{BUCKET}", f"limit={digits}")
+    else:
+        r = k2v.request("GET", ipath(pk), f"sort_key=a&causality_token=AAAAAAAAAAA&timeout={digits}")
+    if digits.lstrip("0") == "1":
+        assert r.status in (200, 304), (r.status, r.body)  # leading zeros are still a small number
+    else:
+        assert_error(r, 400, "InvalidRequest", prefix=f"Bad request: Failed to parse query parameter '{name}'")
+        assert len(r.body) < 1000  # the value is not echoed in full
+    _unchanged(k2v, pk)
+
+
+@pytest.mark.parametrize("body", [b'[{"partitionKey": "PK", "limit": ' + b"9" * n + b"}]" for n in (21, 400, 5000)])
+def test_huge_integer_json_fields_are_400(k2v, pk, body):
+    r = k2v.request("POST", f"/{BUCKET}", "search", body.replace(b"PK", pk.encode()))
+    assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid JSON")
+
+
+def test_huge_decoded_content_length_is_400(k2v, pk):
+    _seed(k2v, pk)
+    r = send_signed(k2v, "PUT", ipath(pk), "sort_key=a", b"w", {"x-amz-decoded-content-length": "9" * 5000})
+    assert_error(r, 400, "InvalidRequest")
+    _unchanged(k2v, pk)
+
+
+def test_huge_presigned_expiry_is_400(k2v, pk):
+    query = (
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=x%2F20250101%2Fgarage%2Fk2v%2Faws4_request"
+        f"&X-Amz-Date=20250101T000000Z&X-Amz-Expires={'9' * 5000}&X-Amz-SignedHeaders=host"
+        f"&X-Amz-Signature={'0' * 64}&sort_key=a"
+    )
+    r = k2v.request("GET", ipath(pk), query, sign=False)
+    assert_error(r, 400, "InvalidRequest")
+
+
+# ---- SigV4 with a repeated header ----------------------------------------------------------------
+
+
+def _send_with_repeats(k2v, method: str, path: str, query: str, repeated: list[tuple[str, str]]) -> Response:
+    """Sign with botocore (which joins repeated values with ","), send every value on its own line."""
+    url = f"http://{k2v.host}{path}?{query}"
+    req = AWSRequest(method=method, url=url, data=b"")
+    for name, value in repeated:
+        req.headers[name] = value  # HTTPHeaders keeps every assignment of a name
+    req.headers["X-Amz-Content-SHA256"] = hashlib.sha256(b"").hexdigest()
+    SigV4Auth(Credentials(k2v.access_key, k2v.secret_key), "k2v", k2v.region).add_auth(req)
+    assert "accept" in req.headers["Authorization"].split("SignedHeaders=")[1] or "x-amz" in repeated[0][0].lower()
+    conn = http.client.HTTPConnection(k2v.host, timeout=15)
+    try:
+        conn.putrequest(method, f"{path}?{query}", skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", k2v.host)
+        for name, value in req.headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        return Response(r.status, dict(r.getheaders()), r.read())
+    finally:
+        conn.close()
+
+
+def test_repeated_accept_header_signed_by_botocore(k2v, pk):
+    _seed(k2v, pk)
+    r = _send_with_repeats(k2v, "GET", ipath(pk), "sort_key=a", [("Accept", JSON), ("Accept", BINARY)])
+    assert r.status == 200, (r.status, r.body)
+    # Both values count, as one comma-separated list would: one value, binary allowed.
+    assert r.header("Content-Type") == BINARY and r.body == b"v"
+
+
+def test_repeated_x_amz_header_signed_by_botocore(k2v, pk):
+    _seed(k2v, pk)
+    r = _send_with_repeats(k2v, "GET", ipath(pk), "sort_key=a", [("X-Amz-Meta-A", "1"), ("X-Amz-Meta-A", " 2 ")])
+    assert r.status == 200, (r.status, r.body)
