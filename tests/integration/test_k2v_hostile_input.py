@@ -5,24 +5,34 @@ Each case must be a precise 4xx (never a 500) and must leave the data as it was.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import time
+import zlib
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from garagekv.model.k2v.causality import MAX_CLOCK_AHEAD_MS
+from garagekv.util import codec
 from tests.integration.test_k2v_helpers import (
     BINARY,
     BUCKET,
     JSON,
+    TOKEN,
     assert_error,
+    assert_partition_empty,
     b64,
+    decode_token,
+    encode_token,
     ipath,
     partition,
     put,
     send_signed,
+    token_of,
 )
 from tests.support import Response
 
@@ -155,3 +165,84 @@ def test_repeated_x_amz_header_signed_by_botocore(k2v, pk):
     _seed(k2v, pk)
     r = _send_with_repeats(k2v, "GET", ipath(pk), "sort_key=a", [("X-Amz-Meta-A", "1"), ("X-Amz-Meta-A", " 2 ")])
     assert r.status == 200, (r.status, r.body)
+
+
+# ---- forged causality tokens ---------------------------------------------------------------------
+
+
+def _node_number(k2v, pk: str) -> int:
+    """The coordinator's id as it appears in tokens (one node: the only pair of a fresh item)."""
+    put(k2v, pk, "probe", b"p")
+    (pair,) = decode_token(token_of(k2v, pk, "probe"))[1]
+    return pair[0]
+
+
+def _forged(node: int, t: int) -> str:
+    return encode_token([(node, t)])
+
+
+@pytest.mark.parametrize("t", [2**64 - 2, 2**64 - 1, int(time.time() * 1000) + MAX_CLOCK_AHEAD_MS + 10**9])
+def test_forged_token_beyond_any_clock_is_400_and_the_node_keeps_writing(k2v, pk, t):
+    me = _node_number(k2v, pk)
+    forged = _forged(me, t)
+    r = k2v.request("PUT", ipath(pk), "sort_key=a", b"x", headers={TOKEN: forged})
+    assert_error(r, 400, "InvalidRequest", message="beyond any node's clock")
+    r = k2v.request("DELETE", ipath(pk), "sort_key=a", headers={TOKEN: forged})
+    assert_error(r, 400, "InvalidRequest", message="beyond any node's clock")
+    r = k2v.json("POST", f"/{BUCKET}", [{"pk": pk, "sk": "b", "v": b64("ok")}, {"pk": pk, "sk": "a", "ct": forged}])
+    assert_error(r, 400, "InvalidRequest", message="beyond any node's clock")
+    r = k2v.request("GET", ipath(pk), f"sort_key=a&causality_token={forged}&timeout=1")
+    assert_error(r, 400, "InvalidRequest", message="beyond any node's clock")
+    assert set(partition(k2v, pk)) == {"probe"}  # nothing written
+    # The node still coordinates writes, with times close to its clock.
+    put(k2v, pk, "a", b"1")
+    put(k2v, pk, "a", b"2", token=token_of(k2v, pk, "a"))
+    assert partition(k2v, pk) == {"probe": [b64("p")], "a": [b64("2")]}
+    (pair,) = decode_token(token_of(k2v, pk, "a"))[1]
+    assert pair[1] < time.time() * 1000 + 10**7
+
+
+def test_forged_token_within_the_bound_does_not_push_the_node_clock(k2v, pk):
+    """Accepted (it could have come from a node far ahead), but this node never issued that time:
+    its own clock stays put and the item stays writable with the tokens it hands out."""
+    me = _node_number(k2v, pk)
+    put(k2v, pk, "a", b"1")
+    forged = _forged(me, int(time.time() * 1000) + MAX_CLOCK_AHEAD_MS - 10**6)
+    put(k2v, pk, "a", b"2", token=forged)
+    assert partition(k2v, pk)["a"] == [b64("2")]  # what the token covered is replaced
+    for v in (b"3", b"4"):
+        put(k2v, pk, "a", v, token=token_of(k2v, pk, "a"))
+    assert partition(k2v, pk)["a"] == [b64("4")]
+    for sk in ("a", "probe"):
+        (pair,) = decode_token(token_of(k2v, pk, sk))[1]
+        assert pair[1] < time.time() * 1000 + 10**7
+
+
+def test_token_with_too_many_entries_is_400(k2v, pk):
+    many = encode_token([(i, 1) for i in range(1, 300)])
+    r = k2v.json("POST", f"/{BUCKET}", [{"pk": pk, "sk": "a", "ct": many, "v": b64("v")}])
+    assert_error(r, 400, "InvalidRequest", message="clock entries")
+    assert_partition_empty(k2v, pk)
+
+
+# ---- seen-marker bombs and forged markers --------------------------------------------------------
+
+
+def _marker(body: object) -> str:
+    return base64.b64encode(zlib.compress(codec.encode(body), 9)).decode()
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        _marker([1, [], [[f"{i:07d}", []] for i in range(300_000)]]),  # a few hundred KiB, 600k objects
+        _marker([1, [[1, 2**64 - 1]], []]),  # a clock no node could have reached
+        _marker([1, [[n, 1] for n in range(300)], []]),
+    ],
+    ids=["distinct-keys", "forged-time", "long-clock"],
+)
+def test_hostile_seen_markers_are_400(k2v, pk, marker):
+    _seed(k2v, pk)
+    r = k2v.json("POST", ipath(pk), {"seenMarker": marker, "timeout": 1}, query="poll_range")
+    assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid seenMarker")
+    _unchanged(k2v, pk)

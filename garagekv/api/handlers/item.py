@@ -69,7 +69,7 @@ def _header_token(ctx: RequestContext) -> CausalContext | None:
     if raw is None:
         return None
     _visible_ascii(raw, TOKEN_HEADER)
-    return CausalContext.parse(raw)
+    return CausalContext.parse_client(raw)
 
 
 def _check_keys(ctx: RequestContext) -> None:
@@ -111,7 +111,7 @@ async def poll_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
     ep = ctx.endpoint
     try:
-        ct = CausalContext.parse(ep.causality_token)
+        ct = CausalContext.parse_client(ep.causality_token)
     except InvalidCausalityToken:
         raise BadRequest("Invalid causality token")
     item = await ctx.state.store.poll_item(ctx.bucket_id, ep.partition_key, ep.sort_key, ct, clamp_timeout(ep.timeout))

@@ -16,33 +16,52 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from garagekv.model.k2v.causality import is_u64, vclock_gt, vclock_max
+import msgpack
+
+from garagekv.model.k2v.causality import (
+    MAX_CLOCK_ENTRIES,
+    is_u64,
+    max_client_time,
+    vclock_gt,
+    vclock_max,
+)
 from garagekv.model.k2v.item import K2VItem
 from garagekv.util import codec
 from garagekv.util.errors import BadRequest
 
 MARKER_FORMAT_VERSION = 1
-# A marker comes from a client: cap what its decompression may allocate (zlib bombs).
-MAX_MARKER_DECOMPRESSED = 64 * 1024 * 1024
+# A marker comes from a client and is decoded on the event loop of every node it reaches, so
+# each stage is bounded before it runs (docs/k2v-compat.md, "Hostile input"): the text before
+# base64, the output of zlib (bombs), the length of every msgpack array while it is decoded,
+# then the number of per-item clocks and the length and times of each clock (as for tokens).
+# 1 MiB of msgpack decodes in tens of milliseconds at worst. encode() sheds per-item clocks to
+# stay inside the bounds: an item whose clock is shed may be reported once more, never missed.
+MAX_MARKER_DECOMPRESSED = 1024 * 1024
+MAX_MARKER_CHARS = 2 * 1024 * 1024
+MAX_MARKER_ITEMS = 10_000
 
 
-def _invalid() -> BadRequest:
-    return BadRequest("Invalid seenMarker")
+def _invalid(why: str = "") -> BadRequest:
+    return BadRequest("Invalid seenMarker" + (f": {why}" if why else ""))
 
 
 def _clock_to_wire(vc: dict[int, int]) -> list[list[int]]:
     return [[n, t] for n, t in sorted(vc.items())]
 
 
-def _clock_from_wire(w: Any) -> dict[int, int]:
+def _clock_from_wire(w: Any, limit: int) -> dict[int, int]:
     if not isinstance(w, list):
         raise _invalid()
+    if len(w) > MAX_CLOCK_ENTRIES:
+        raise _invalid(f"a clock has more than {MAX_CLOCK_ENTRIES} entries")
     vc: dict[int, int] = {}
     for pair in w:
         if not (isinstance(pair, list) and len(pair) == 2 and is_u64(pair[0]) and is_u64(pair[1])):
             raise _invalid()
         if pair[0] in vc:
             raise _invalid()
+        if pair[1] > limit:
+            raise _invalid(f"time {pair[1]} is beyond any node's clock")
         vc[pair[0]] = pair[1]
     return vc
 
@@ -68,17 +87,26 @@ class RangeSeenMarker:
 
         self.items = {sk: vc for sk, vc in self.items.items() if keep(sk)}
 
-    def mark_seen_node_items(self, node: int, items: Iterable[K2VItem]) -> None:
+    def mark_seen_node_items(self, node: int, items: Iterable[K2VItem], issued: int = 0) -> None:
         """Record that ``node`` answered with ``items``: everything it had of them is now seen.
 
-        The node's own entry of each item is complete on that node (it coordinated those dots),
-        so ``vector_clock[node]`` can move up to it. Dots of other nodes carried by the item may
-        not be covered yet; then the item's whole clock is remembered under its sort key.
+        The node's own entry of each item is complete on that node (it created those dots), so
+        ``vector_clock[node]`` can move up to its latest dot: every later dot of the node is
+        newer. The entry's discard time moves it too, but only up to ``issued``, the node's own
+        clock read before it looked at the items: a discard time beyond it came from a token
+        the node never handed out (forged, and recorded by another coordinator), and trusting
+        it would hide the node's next writes from this marker. Dots of other nodes, and such
+        discard times, are remembered in the item's own clock under its sort key.
         """
         for item in items:
             cc = item.causal_context().vclock
-            if node in cc:
-                self.vector_clock[node] = max(self.vector_clock.get(node, 0), cc[node])
+            own = item.items.get(node)
+            if own is not None:
+                t = own.values[-1][0] if own.values else 0
+                if own.t_discard <= issued:
+                    t = max(t, own.t_discard)
+                if t > self.vector_clock.get(node, 0):
+                    self.vector_clock[node] = t
             if vclock_gt(cc, self.vector_clock):
                 self.items[item.sort_key] = vclock_max(self.items.get(item.sort_key, {}), cc)
 
@@ -95,16 +123,26 @@ class RangeSeenMarker:
         return seen is None or vclock_gt(cc, seen)
 
     def encode(self) -> str:
-        """Opaque text form of the canonicalized marker (``self`` is left untouched)."""
+        """Opaque text form of the canonicalized marker (``self`` is left untouched).
+
+        Per-item clocks beyond what :meth:`decode` accepts are shed, last sort keys first.
+        """
         items = [[sk, _clock_to_wire(vc)] for sk, vc in sorted(self.items.items()) if vclock_gt(vc, self.vector_clock)]
-        body = [MARKER_FORMAT_VERSION, _clock_to_wire(self.vector_clock), items]
-        return base64.b64encode(zlib.compress(codec.encode(body), 6)).decode("ascii")
+        del items[MAX_MARKER_ITEMS:]
+        head = [MARKER_FORMAT_VERSION, _clock_to_wire(self.vector_clock)]
+        packed = codec.encode([*head, items])
+        while len(packed) > MAX_MARKER_DECOMPRESSED and items:
+            del items[len(items) // 2 :]
+            packed = codec.encode([*head, items])
+        return base64.b64encode(zlib.compress(packed, 6)).decode("ascii")
 
     @classmethod
     def decode(cls, s: str) -> RangeSeenMarker:
         """Parse a client-supplied marker; anything malformed is ``BadRequest("Invalid seenMarker")``."""
         if not isinstance(s, str) or not s.isascii():
             raise _invalid()
+        if len(s) > MAX_MARKER_CHARS:
+            raise _invalid(f"longer than {MAX_MARKER_CHARS} characters")
         try:
             raw = base64.b64decode(s, validate=True)
         except (binascii.Error, ValueError):
@@ -113,24 +151,35 @@ class RangeSeenMarker:
             raise _invalid()  # non-canonical padding bits
         try:
             d = zlib.decompressobj()
-            packed = d.decompress(raw, MAX_MARKER_DECOMPRESSED)
+            packed = d.decompress(raw, MAX_MARKER_DECOMPRESSED + 1)
         except zlib.error:
             raise _invalid()
+        if len(packed) > MAX_MARKER_DECOMPRESSED:
+            raise _invalid(f"more than {MAX_MARKER_DECOMPRESSED} bytes once decompressed")
         if not d.eof or d.unused_data or d.unconsumed_tail:
-            raise _invalid()  # truncated, trailing garbage, or over the size cap
+            raise _invalid()  # truncated or trailing garbage
         try:
-            body = codec.decode(packed)
+            # No maps, bins or exts in a marker; no array longer than the item list may be.
+            body = msgpack.unpackb(
+                packed,
+                raw=False,
+                max_array_len=MAX_MARKER_ITEMS,
+                max_map_len=0,
+                max_bin_len=0,
+                max_ext_len=0,
+            )
         except Exception:
             raise _invalid()
         if not (isinstance(body, list) and len(body) == 3 and is_u64(body[0])):
             raise _invalid()
         if body[0] != MARKER_FORMAT_VERSION or not isinstance(body[2], list):
             raise _invalid()
-        marker = cls(_clock_from_wire(body[1]), {})
+        limit = max_client_time()
+        marker = cls(_clock_from_wire(body[1], limit), {})
         for ent in body[2]:
             if not (isinstance(ent, list) and len(ent) == 2 and isinstance(ent[0], str)):
                 raise _invalid()
             if ent[0] in marker.items:
                 raise _invalid()
-            marker.items[ent[0]] = _clock_from_wire(ent[1])
+            marker.items[ent[0]] = _clock_from_wire(ent[1], limit)
         return marker
