@@ -246,3 +246,27 @@ def test_hostile_seen_markers_are_400(k2v, pk, marker):
     r = k2v.json("POST", ipath(pk), {"seenMarker": marker, "timeout": 1}, query="poll_range")
     assert_error(r, 400, "InvalidRequest", prefix="Bad request: Invalid seenMarker")
     _unchanged(k2v, pk)
+
+
+# ---- keys that are not Unicode in the URL --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path,query",
+    [
+        (f"/{BUCKET}/%ED%A0%80", "sort_key=a"),  # the UTF-8 spelling of a lone surrogate
+        (f"/{BUCKET}/%FF", "sort_key=a"),
+        ("PK", "sort_key=%ED%A0%80"),
+        ("PK", "sort_key=a%C3"),
+        (f"/{BUCKET}", "prefix=%ED%BF%BF"),
+        (f"/{BUCKET}", "start=%80"),
+    ],
+)
+def test_keys_that_are_not_utf8_in_the_url_are_400(k2v, pk, path, query):
+    _seed(k2v, pk)
+    path = ipath(pk) if path == "PK" else path
+    for method in ("GET", "PUT", "DELETE") if "sort_key" in query else ("GET",):
+        r = k2v.request(method, path, query, b"x" if method == "PUT" else None)
+        assert r.status == 400, (method, path, query, r.status, r.body)
+        assert r.json()["code"] in ("InvalidRequest", "InvalidUtf8String")
+    _unchanged(k2v, pk)
