@@ -23,10 +23,10 @@ Value = bytes | None  # None is a tombstone (DeleteItem / DeleteBatch)
 
 
 class ClockExhausted(ValueError):
-    """This node cannot add a dot to this item: its entry's time is already at the u64 limit.
+    """This node cannot add a dot to this item without passing the u64 limit (or the clock bound).
 
     Only data stored before clocks were bounded can get there; the write is refused (and tried
-    on another storage node) instead of overflowing while encoding.
+    on another storage node) instead of overflowing while encoding or poisoning the node's clock.
     """
 
 
@@ -114,10 +114,9 @@ class K2VItem:
 
         ``ctx`` comes from a client, so it may claim times no node issued. ``node``'s own time
         in it is cut to what ``node`` has issued or recorded (``node_ts``, its entry's max
-        time), other nodes' times to
-        ``others_limit``, and nodes the item does not know are not added once it holds
-        ``ITEM_CLOCK_SOFT_CAP`` entries: a forged token can neither push this node's clock
-        nor grow the item's token without bound.
+        time), other nodes' times to ``others_limit``, and nodes the item does not know are not
+        added once it holds ``ITEM_CLOCK_SOFT_CAP`` entries: a forged token can neither push
+        this node's clock nor grow the item's token without bound.
         """
         if not is_u64(node) or not is_u64(node_ts):
             raise ValueError("node id and node_ts must be u64")

@@ -103,8 +103,9 @@ class K2VStore:
     def issued_clock(self) -> int:
         """The last timestamp this node issued (0 before its first write, or if out of bounds).
 
-        Every dot this node creates from now on is later than this, and no token this node
-        handed out carries a later time for it: PollRange's seen markers rely on both.
+        Every dot this node creates from now on is later than this, and every time this node has
+        issued is at most this: PollRange's seen markers rely on both (a later time in an item's
+        entry for this node came from a client, not from this node).
         """
         with self.db.read() as txn:
             raw = txn.get(_TS_KEY, db=self._local_ts)
