@@ -5,12 +5,20 @@ whose clock is covered by it is old news. An item seen only in part (its clock s
 ``vector_clock``, e.g. a dot from another node that the replying node had) keeps its own clock in
 ``items``. The marker is opaque to clients: standard base64 (with padding) of zlib-compressed
 canonical msgpack. Garage uses zstd; zlib is in the standard library and the format is ours.
+
+Format 2 (written since clocks were bounded) is ``[2, clock, [sk, clock, sk, clock, ...]]`` where
+a clock is one binary string of big-endian u64 pairs ``(node, time)`` sorted by node: a marker of
+n items is about 2n msgpack objects, however long its clocks, so decoding one costs little and
+can be bounded before it starts. Format 1 (``[1, [[node, time], ...], [[sk, [[node, time],
+...]], ...]]``, one object per number) is still read, from markers handed out before, but only
+up to MAX_V1_DECOMPRESSED.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,24 +37,43 @@ from garagekv.model.k2v.item import K2VItem
 from garagekv.util import codec
 from garagekv.util.errors import BadRequest
 
-MARKER_FORMAT_VERSION = 1
+MARKER_FORMAT_VERSION = 2
 # A marker comes from a client and is decoded on the event loop of every node it reaches, so
 # each stage is bounded before it runs (docs/k2v-compat.md, "Hostile input"): the text before
-# base64, the output of zlib (bombs), the length of every msgpack array while it is decoded,
-# then the number of per-item clocks and the length and times of each clock (as for tokens).
-# 1 MiB of msgpack decodes in tens of milliseconds at worst. encode() sheds per-item clocks to
-# stay inside the bounds: an item whose clock is shed may be reported once more, never missed.
+# base64, the output of zlib (bombs), then msgpack with a cap on every array, string and binary
+# (no maps or extensions at all), then the number of per-item clocks and the length and times of
+# each clock (as for tokens). Format 2 keeps the object count at about two per item, so the
+# largest accepted marker decodes in milliseconds; format 1 spends one object per number and is
+# held to a sixteenth of the size. encode() sheds per-item clocks to stay inside the bounds: an
+# item whose clock is shed may be reported once more, never missed.
 MAX_MARKER_DECOMPRESSED = 1024 * 1024
+MAX_V1_DECOMPRESSED = 64 * 1024
 MAX_MARKER_CHARS = 2 * 1024 * 1024
 MAX_MARKER_ITEMS = 10_000
+MAX_MARKER_KEY_BYTES = 64 * 1024  # far above any configurable key length limit
+_PAIR = struct.Struct(">QQ")
 
 
 def _invalid(why: str = "") -> BadRequest:
     return BadRequest("Invalid seenMarker" + (f": {why}" if why else ""))
 
 
-def _clock_to_wire(vc: dict[int, int]) -> list[list[int]]:
-    return [[n, t] for n, t in sorted(vc.items())]
+def _clock_to_wire(vc: dict[int, int]) -> bytes:
+    return b"".join(_PAIR.pack(n, t) for n, t in sorted(vc.items()))
+
+
+def _clock_from_bin(w: Any, limit: int) -> dict[int, int]:
+    """A format-2 clock: a binary string of (node, time) u64 pairs."""
+    if not isinstance(w, bytes) or len(w) % _PAIR.size:
+        raise _invalid()
+    if len(w) > _PAIR.size * MAX_CLOCK_ENTRIES:
+        raise _invalid(f"a clock has more than {MAX_CLOCK_ENTRIES} entries")
+    vc = dict(_PAIR.iter_unpack(w))
+    if len(vc) * _PAIR.size != len(w):
+        raise _invalid()  # a node listed twice
+    if vc and (t := max(vc.values())) > limit:
+        raise _invalid(f"time {t} is beyond any node's clock")
+    return vc
 
 
 def _clock_from_wire(w: Any, limit: int) -> dict[int, int]:
@@ -123,17 +150,21 @@ class RangeSeenMarker:
         return seen is None or vclock_gt(cc, seen)
 
     def encode(self) -> str:
-        """Opaque text form of the canonicalized marker (``self`` is left untouched).
+        """Opaque text form (format 2) of the canonicalized marker (``self`` is left untouched).
 
         Per-item clocks beyond what :meth:`decode` accepts are shed, last sort keys first.
         """
-        items = [[sk, _clock_to_wire(vc)] for sk, vc in sorted(self.items.items()) if vclock_gt(vc, self.vector_clock)]
+        items = [(sk, _clock_to_wire(vc)) for sk, vc in sorted(self.items.items()) if vclock_gt(vc, self.vector_clock)]
         del items[MAX_MARKER_ITEMS:]
-        head = [MARKER_FORMAT_VERSION, _clock_to_wire(self.vector_clock)]
-        packed = codec.encode([*head, items])
+        clock = _clock_to_wire(self.vector_clock)
+
+        def pack(items: list[tuple[str, bytes]]) -> bytes:
+            return codec.encode_lists([MARKER_FORMAT_VERSION, clock, [x for pair in items for x in pair]])
+
+        packed = pack(items)
         while len(packed) > MAX_MARKER_DECOMPRESSED and items:
             del items[len(items) // 2 :]
-            packed = codec.encode([*head, items])
+            packed = pack(items)
         return base64.b64encode(zlib.compress(packed, 6)).decode("ascii")
 
     @classmethod
@@ -158,21 +189,46 @@ class RangeSeenMarker:
             raise _invalid(f"more than {MAX_MARKER_DECOMPRESSED} bytes once decompressed")
         if not d.eof or d.unused_data or d.unconsumed_tail:
             raise _invalid()  # truncated or trailing garbage
+        # Every format starts with a 3-element array and the version as a positive fixint.
+        if packed[:2] == b"\x93\x01":
+            if len(packed) > MAX_V1_DECOMPRESSED:
+                raise _invalid(f"more than {MAX_V1_DECOMPRESSED} bytes once decompressed (format 1)")
+            return cls._decode_v1(packed)
         try:
-            # No maps, bins or exts in a marker; no array longer than the item list may be.
             body = msgpack.unpackb(
                 packed,
                 raw=False,
-                max_array_len=MAX_MARKER_ITEMS,
+                max_array_len=2 * MAX_MARKER_ITEMS,
+                max_str_len=MAX_MARKER_KEY_BYTES,
+                max_bin_len=_PAIR.size * MAX_CLOCK_ENTRIES,
                 max_map_len=0,
-                max_bin_len=0,
                 max_ext_len=0,
             )
         except Exception:
             raise _invalid()
-        if not (isinstance(body, list) and len(body) == 3 and is_u64(body[0])):
+        if not (isinstance(body, list) and len(body) == 3 and body[0] == MARKER_FORMAT_VERSION):
             raise _invalid()
-        if body[0] != MARKER_FORMAT_VERSION or not isinstance(body[2], list):
+        if type(body[0]) is not int or not isinstance(body[2], list) or len(body[2]) % 2:
+            raise _invalid()
+        limit = max_client_time()
+        marker = cls(_clock_from_bin(body[1], limit), {})
+        flat = body[2]
+        for i in range(0, len(flat), 2):
+            sk = flat[i]
+            if not isinstance(sk, str) or sk in marker.items:
+                raise _invalid()
+            marker.items[sk] = _clock_from_bin(flat[i + 1], limit)
+        return marker
+
+    @classmethod
+    def _decode_v1(cls, packed: bytes) -> RangeSeenMarker:
+        try:
+            body = msgpack.unpackb(
+                packed, raw=False, max_array_len=MAX_MARKER_ITEMS, max_map_len=0, max_bin_len=0, max_ext_len=0
+            )
+        except Exception:
+            raise _invalid()
+        if not (isinstance(body, list) and len(body) == 3 and isinstance(body[2], list)):
             raise _invalid()
         limit = max_client_time()
         marker = cls(_clock_from_wire(body[1], limit), {})
