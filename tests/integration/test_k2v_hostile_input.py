@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import struct
 import time
 import zlib
 
@@ -16,6 +17,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from garagekv.db.env import Database
 from garagekv.model.k2v.causality import MAX_CLOCK_AHEAD_MS
 from garagekv.util import codec
 from tests.integration.test_k2v_helpers import (
@@ -34,7 +36,7 @@ from tests.integration.test_k2v_helpers import (
     send_signed,
     token_of,
 )
-from tests.support import Response
+from tests.support import K2VHttp, NodeProcess, Response
 
 DEEP = b"[" * 20000
 
@@ -270,3 +272,40 @@ def test_keys_that_are_not_utf8_in_the_url_are_400(k2v, pk, path, query):
         assert r.status == 400, (method, path, query, r.status, r.body)
         assert r.json()["code"] in ("InvalidRequest", "InvalidUtf8String")
     _unchanged(k2v, pk)
+
+
+# ---- a timestamp poisoned before the fix, across a restart ---------------------------------------
+
+
+@pytest.fixture
+def lone_node(tmp_path):
+    n = NodeProcess(tmp_path / "lone")
+    n.start()
+    key = n.admin("key.create", {"name": "lone"})
+    n.admin("bucket.create", {"name": BUCKET})
+    n.admin(
+        "bucket.permissions", {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True, "read": True, "write": True}
+    )
+    yield n, K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
+    n.stop()
+
+
+def test_node_whose_stored_timestamp_reached_the_limit_still_writes_after_restart(lone_node):
+    """What the unbounded tokens left behind: the persisted time at 2^64 - 1. The node ignores it."""
+    node, k2v = lone_node
+    put(k2v, "pk", "a", b"1")
+    node.stop()
+    db = Database(node.metadata_dir)
+    try:
+        tree = db.tree("k2v:local_ts")  # opened outside the write transaction (LMDB would wait)
+        with db.env.begin(write=True) as txn:
+            txn.put(b"timestamp", struct.pack(">Q", 2**64 - 1), db=tree)
+    finally:
+        db.close()
+    node.start()
+    put(k2v, "pk", "b", b"2")
+    put(k2v, "pk", "a", b"3", token=token_of(k2v, "pk", "a"))
+    assert partition(k2v, "pk") == {"a": [b64("3")], "b": [b64("2")]}
+    for sk in ("a", "b"):
+        ((_, t),) = decode_token(token_of(k2v, "pk", sk))[1]
+        assert t < time.time() * 1000 + 10**7
