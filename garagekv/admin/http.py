@@ -30,6 +30,7 @@ from garagekv.admin.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from garagekv.admin.metrics import NodeMetrics
 from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
+from garagekv.util import jsonin
 from garagekv.util.errors import BadRequest, EntityTooLarge, GarageKVError
 from garagekv.util.log import bind_request_id, request_id_var
 
@@ -90,8 +91,8 @@ class AdminRequest:
         if not raw.strip():
             return None
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            return jsonin.loads(raw)
+        except ValueError as e:
             raise BadRequest(f"Invalid JSON body: {e}")
 
     async def run(self, op: str, args: dict[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from garagekv.api.endpoint import Endpoint
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.key_table import Key
+from garagekv.util import jsonin
 from garagekv.util.errors import BadRequest, EntityTooLarge
 
 JSON_TYPE = "application/json"
@@ -72,9 +73,8 @@ class RequestContext:
     async def json_body(self) -> Any:
         raw = await self.body()
         try:
-            # UTF-8 only (json.loads would guess UTF-16/32), and no NaN/Infinity: not JSON.
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as e:
+            return jsonin.loads(raw)  # depth, lone surrogates, NaN, non-UTF-8: see jsonin
+        except ValueError as e:
             raise BadRequest(f"Invalid JSON: {e}")
 
     def check_key_len(self, field_name: str, value: str | None) -> None:
@@ -83,10 +83,6 @@ class RequestContext:
                 f"{field_name} is {len(value.encode())} bytes of UTF-8, over the limit of "
                 f"{self.state.limits.max_key_bytes}"
             )
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def encode_json(data: Any) -> bytes:

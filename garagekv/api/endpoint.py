@@ -14,7 +14,9 @@ from garagekv.util.errors import BadRequest, InvalidUtf8String
 
 KEYWORDS = ("search", "delete", "poll_range")
 FIELDS = ("sort_key", "causality_token", "timeout", "prefix", "start", "end", "limit", "reverse")
-_UINT = re.compile(r"^[0-9]+$")
+# At most 20 significant digits (u64): int() is never handed the thousands of digits Python refuses with a
+# ValueError, and fullmatch (not match with $) refuses a trailing newline.
+_UINT = re.compile(r"0*[0-9]{1,20}")
 U64_MAX = 2**64 - 1
 
 # endpoint names
@@ -77,9 +79,10 @@ def split_path(raw_path: str) -> tuple[str, str | None]:
 
 
 def _uint(name: str, value: str) -> int:
-    if not _UINT.match(value) or int(value) > U64_MAX:
-        raise BadRequest(f"Failed to parse query parameter '{name}': expected an unsigned integer, got '{value}'")
-    return int(value)
+    if not _UINT.fullmatch(value) or int(value.lstrip("0") or "0") > U64_MAX:
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise BadRequest(f"Failed to parse query parameter '{name}': expected an unsigned integer, got '{shown}'")
+    return int(value.lstrip("0") or "0")
 
 
 def parse_endpoint(method: str, raw_path: str, raw_query: str) -> Endpoint:

@@ -57,6 +57,9 @@ _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 # RFC 9110 token characters: what a header name (and so a query key, §3) may contain.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+# A decimal count (content length, expiry seconds): ASCII digits, at most 20 significant (u64), so
+# int() never meets thousands of digits (Python refuses more than 4300 with a ValueError).
+_DECIMAL = re.compile(r"0*[0-9]{1,20}")
 
 # Trailer checksums we can verify with the stdlib; others (crc32c, crc64nvme) are accepted unchecked.
 _CHECKSUMS: dict[str, Callable[[bytes], bytes]] = {
@@ -325,7 +328,7 @@ def _parse_header_auth(
         raise RequestTimeTooSkewed("The difference between the request time and the server's time is too large")
     creq = canonical_request(method, uri_encode(path, False), _canonical_query(query), signed, content_sha256)
     decoded = h.get("x-amz-decoded-content-length")
-    if decoded is not None and not (decoded.isascii() and decoded.isdigit()):
+    if decoded is not None and not _DECIMAL.fullmatch(decoded):
         raise BadRequest("Invalid x-amz-decoded-content-length")
     return PendingAuth(
         key_id,
@@ -335,7 +338,7 @@ def _parse_header_auth(
         ((content_sha256, creq),),
         params["Signature"],
         h.get("x-amz-trailer"),
-        None if decoded is None else int(decoded),
+        None if decoded is None else int(decoded.lstrip("0") or "0"),
         region,
         service,
     )
@@ -354,9 +357,9 @@ def _parse_presigned(
     credential, signature = param("X-Amz-Credential"), param("X-Amz-Signature")
     amz_date = _parse_amz_date(param("X-Amz-Date"))
     expires_s = param("X-Amz-Expires")
-    if not expires_s.isascii() or not expires_s.isdigit():
+    if not _DECIMAL.fullmatch(expires_s):
         raise BadRequest("X-Amz-Expires is not a number of seconds")
-    expires = int(expires_s)
+    expires = int(expires_s.lstrip("0") or "0")
     if expires > MAX_PRESIGN_EXPIRES:
         raise BadRequest("X-Amz-Expires may not exceed a week")
     signed = _signed_headers(param("X-Amz-SignedHeaders"), h)

@@ -42,7 +42,7 @@ from garagekv.net.identity import NODE_ID_LEN, SIGNATURE_LEN, NodeKey, short_id,
 
 #: Protocol name and version: bumped on any incompatible change to the handshake, the framing or
 #: the RPC messages nodes exchange (2: request ids in frames, batched table reads and updates).
-PROTOCOL_MAGIC = b"GKVNET\x00\x02"
+PROTOCOL_MAGIC = b"GKVNET\x00\x03"
 HANDSHAKE_TIMEOUT = 10.0
 SECRET_LEN = 32
 

@@ -374,3 +374,20 @@ def test_dev_serves_admin_api(tmp_path):
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"name": "\\ud800"}',  # a key name with a lone surrogate: no UTF-8 form
+        b'{"name": "k", "\\udfff": 1}',
+        b"[" * 20000,
+        b'{"name": "k", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"name": NaN}',
+    ],
+    ids=["surrogate-name", "surrogate-key", "deep", "deep-balanced", "nan"],
+)
+def test_hostile_json_bodies_are_400(anode, body):
+    before = anode.admin_http("GET", "/v1/key", query="list").json()
+    assert_error(anode.admin_http("POST", "/v1/key", body=body), 400, "InvalidRequest")
+    assert anode.admin_http("GET", "/v1/key", query="list").json() == before

@@ -45,7 +45,7 @@ async def insert_batch(ctx: RequestContext) -> web.StreamResponse:
         ct_raw, v_raw = opt_str(obj, "ct"), opt_str(obj, "v")
         ctx.check_key_len("pk", pk)
         ctx.check_key_len("sk", sk)
-        ct = None if ct_raw is None else CausalContext.parse(ct_raw)
+        ct = None if ct_raw is None else CausalContext.parse_client(ct_raw)
         value = None if v_raw is None else b64_value(v_raw)
         items.append(InsertedItem(pk, sk, ct, value))
     if items:

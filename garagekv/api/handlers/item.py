@@ -25,9 +25,18 @@ def _visible_ascii(value: str, header: str) -> str:
     return value
 
 
+def _header(ctx: RequestContext, name: str) -> str | None:
+    """A header's value; a repeated header counts as its values joined by ``,`` (RFC 9110 5.3),
+    the same value the signature covered, rather than whichever line came first."""
+    values = ctx.request.headers.getall(name, None)
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else ",".join(values)
+
+
 def _accept(ctx: RequestContext) -> tuple[bool, bool]:
     """(json allowed, binary allowed) from the Accept header, compared exactly (no q-values)."""
-    raw = ctx.request.headers.get("Accept")
+    raw = _header(ctx, "Accept")
     if raw is None:
         return True, False
     _visible_ascii(raw, "Accept")
@@ -56,11 +65,11 @@ def item_response(item: K2VItem, json_ok: bool, bin_ok: bool) -> web.StreamRespo
 
 
 def _header_token(ctx: RequestContext) -> CausalContext | None:
-    raw = ctx.request.headers.get(TOKEN_HEADER)
+    raw = _header(ctx, TOKEN_HEADER)  # twice is "a,b": not a token, so a 400
     if raw is None:
         return None
     _visible_ascii(raw, TOKEN_HEADER)
-    return CausalContext.parse(raw)
+    return CausalContext.parse_client(raw)
 
 
 def _check_keys(ctx: RequestContext) -> None:
@@ -102,7 +111,7 @@ async def poll_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
     ep = ctx.endpoint
     try:
-        ct = CausalContext.parse(ep.causality_token)
+        ct = CausalContext.parse_client(ep.causality_token)
     except InvalidCausalityToken:
         raise BadRequest("Invalid causality token")
     item = await ctx.state.store.poll_item(ctx.bucket_id, ep.partition_key, ep.sort_key, ct, clamp_timeout(ep.timeout))

@@ -15,7 +15,8 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from garagekv.util.errors import InvalidCausalityToken
+from garagekv.util.errors import BadRequest, InvalidCausalityToken
+from garagekv.util.time import now_ms
 
 U64_MAX = 2**64 - 1
 #: Most (node, time) pairs a token or an item's causal context may hold: one per node that ever
@@ -25,9 +26,47 @@ MAX_CONTEXT_ENTRIES = 1024
 #: Longest token text with that many pairs (base64 of 8 + 16 * MAX_CONTEXT_ENTRIES bytes).
 MAX_TOKEN_CHARS = -(-(8 + 16 * MAX_CONTEXT_ENTRIES) * 4 // 3)
 
+# ---- bounds on clocks that come from clients (docs/k2v-compat.md, "Hostile input") ------------
+#
+# A node's time for an item is max(its last time + 1, wall-clock ms): it runs ahead of the wall
+# clock only by the writes it coordinates faster than one per millisecond. CLOCK_HORIZON_MS is how
+# far ahead of its wall clock a coordinator lets a client-supplied time be recorded (a token's
+# time for another node; its own entry is never pushed past its own clock). Tokens and seen
+# markers are refused beyond twice that, so a node pushed to the horizon by a forged token and
+# then loaded for real still hands out tokens that are accepted: to run a further horizon ahead,
+# it would have to coordinate 2^47 (1.4e14) writes beyond one per millisecond, 4.5 years at a
+# sustained million writes a second. And a clock at the bound is still 2^64 - 2^48 writes away
+# from overflowing a u64.
+CLOCK_HORIZON_MS = 2**47
+MAX_CLOCK_AHEAD_MS = 2 * CLOCK_HORIZON_MS
+# Entries per token or seen-marker clock: a token of 256 entries is 5,472 characters, inside
+# aiohttp's 8,190-byte header line. Coordinators stop adding entries a client names for nodes
+# an item does not know once it has ITEM_CLOCK_SOFT_CAP of them, so concurrent writes merging
+# on replicas cannot grow an item's own token past the bound.
+MAX_CLOCK_ENTRIES = 256
+ITEM_CLOCK_SOFT_CAP = 64
+_MAX_TOKEN_CHARS = -(-(8 + 16 * MAX_CLOCK_ENTRIES) * 4 // 3)
+
 # Only the URL-safe alphabet, no padding, no whitespace: anything else is not a token we issued.
 _URLSAFE_RE = re.compile(r"[A-Za-z0-9_-]*")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def max_client_time(now: int | None = None) -> int:
+    """The largest time a client-supplied clock may carry at wall-clock ``now`` (ms)."""
+    return (now_ms() if now is None else now) + MAX_CLOCK_AHEAD_MS
+
+
+def check_client_clock(vclock: Mapping[int, int], what: str, now: int | None = None) -> None:
+    """Refuse (400 ``InvalidRequest``) a clock no node could have issued: too many entries, or
+    a time beyond :func:`max_client_time`. Such a clock would push a node's timestamps toward
+    the u64 limit or hide later writes behind it."""
+    if len(vclock) > MAX_CLOCK_ENTRIES:
+        raise BadRequest(f"Invalid {what}: {len(vclock)} clock entries (at most {MAX_CLOCK_ENTRIES})")
+    limit = max_client_time(now)
+    for node, t in vclock.items():
+        if t > limit:
+            raise BadRequest(f"Invalid {what}: time {t} for node {node:016x} is beyond any node's clock")
 
 
 def vclock_gt(a: Mapping[int, int], b: Mapping[int, int]) -> bool:
@@ -120,3 +159,15 @@ class CausalContext:
         if checksum != 0:
             raise InvalidCausalityToken()
         return cls(vclock)
+
+    @classmethod
+    def parse_client(cls, s: str, now: int | None = None) -> CausalContext:
+        """Parse a token a client sent: :meth:`parse`, then :func:`check_client_clock`.
+
+        An over-long token is refused before it is decoded.
+        """
+        if isinstance(s, str) and len(s) > _MAX_TOKEN_CHARS:
+            raise BadRequest(f"Invalid causality token: more than {MAX_CLOCK_ENTRIES} clock entries")
+        ctx = cls.parse(s)
+        check_client_clock(ctx.vclock, "causality token", now)
+        return ctx

@@ -13,13 +13,21 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from garagekv.model.k2v.causality import CausalContext, is_u64
+from garagekv.model.k2v.causality import ITEM_CLOCK_SOFT_CAP, U64_MAX, CausalContext, is_u64
 from garagekv.util import codec
 
 # Bumped whenever the encoded layout changes; decode refuses anything else.
 ITEM_FORMAT_VERSION = 1
 
 Value = bytes | None  # None is a tombstone (DeleteItem / DeleteBatch)
+
+
+class ClockExhausted(ValueError):
+    """This node cannot add a dot to this item without passing the u64 limit (or the clock bound).
+
+    Only data stored before clocks were bounded can get there; the write is refused (and tried
+    on another storage node) instead of overflowing while encoding or poisoning the node's clock.
+    """
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -93,29 +101,49 @@ class K2VItem:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def update(self, node: int, ctx: CausalContext | None, value: Value, node_ts: int) -> int:
+    def update(
+        self, node: int, ctx: CausalContext | None, value: Value, node_ts: int, others_limit: int | None = None
+    ) -> int:
         """Apply a client write coordinated by ``node``; returns the new dot's timestamp.
 
         Everything ``ctx`` covers is discarded, then the value is appended to ``node``'s entry at
-        ``max(entry's max time + 1, node_ts + 1)``. The caller passes its last issued timestamp
+        ``max(entry's max time, node_ts) + 1``. The caller passes its last issued timestamp
         (or the wall clock, whichever is larger) as ``node_ts`` and persists the result, which is
         what keeps dots unique per node. Without ``ctx`` nothing is discarded: the new value is
         concurrent with the existing ones.
+
+        ``ctx`` comes from a client, so it may claim times no node issued. ``node``'s own time
+        in it is cut to what ``node`` has issued or recorded (``node_ts``, its entry's max
+        time), other nodes' times to ``others_limit``, and nodes the item does not know are not
+        added once it holds ``ITEM_CLOCK_SOFT_CAP`` entries: a forged token can neither push
+        this node's clock nor grow the item's token without bound.
         """
         if not is_u64(node) or not is_u64(node_ts):
             raise ValueError("node id and node_ts must be u64")
         if value is not None:
             value = bytes(value)
         if ctx is not None:
+            own = self.items.get(node)
+            own_limit = max(node_ts, own.max_time() if own is not None else 0)
             for n, t in ctx.items():
+                if n == node:
+                    t = min(t, own_limit)
+                elif others_limit is not None:
+                    t = min(t, others_limit)
                 if t == 0:
                     continue  # discards nothing; don't create a noise entry
-                entry = self.items.setdefault(n, DvvsEntry())
+                entry = self.items.get(n)
+                if entry is None:
+                    if n != node and len(self.items) >= ITEM_CLOCK_SOFT_CAP:
+                        continue
+                    entry = self.items[n] = DvvsEntry()
                 entry.t_discard = max(entry.t_discard, t)
         for entry in self.items.values():
             entry.discard()
         entry = self.items.setdefault(node, DvvsEntry())
-        t_new = max(entry.max_time() + 1, node_ts + 1)
+        t_new = max(entry.max_time(), node_ts) + 1
+        if t_new > U64_MAX:
+            raise ClockExhausted(f"node {node:016x} has no timestamp left for this item")
         entry.values.append((t_new, value))
         return t_new
 

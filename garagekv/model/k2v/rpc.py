@@ -226,7 +226,7 @@ class K2VService:
         ]
         tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
         deadline = time.monotonic() + timeout + POLL_ANSWER_GRACE
-        replies: list[tuple[int, list[bytes]]] = []
+        replies: list[list[Any]] = []  # [node, encoded items, node's issued clock]
         errors: list[str] = []
         pending = set(tasks)
         try:
@@ -251,9 +251,11 @@ class K2VService:
             raise ServiceUnavailable(f"PollRange: only {len(replies)} of {len(nodes)} storage nodes answered")
         new_marker = marker if marker is not None else RangeSeenMarker({}, {})
         merged: dict[str, K2VItem] = {}
-        for node, raws in replies:
+        for reply in replies:
+            node, raws = reply[0], reply[1]
+            issued = reply[2] if len(reply) > 2 else 0  # a node that does not say: only its dots count
             items = [K2VItem.decode(r) for r in raws]
-            new_marker.mark_seen_node_items(node, items)
+            new_marker.mark_seen_node_items(node, items, issued)
             for item in items:
                 if item.sort_key in merged:
                     merged[item.sort_key].merge(item)
@@ -294,8 +296,9 @@ class K2VService:
         if kind == "poll_range":
             _, bucket_id, pk, prefix, start, end, marker_s, timeout = msg
             marker = None if marker_s is None else RangeSeenMarker.decode(marker_s)
+            issued = self.store.issued_clock()  # before the scan: every later dot is newer
             items = await self.store.poll_range(
                 bytes(bucket_id), pk, RangeQuery(prefix, start, end), marker, float(timeout)
             )
-            return [self.store.node, [i.encode() for i in items or []]]
+            return [self.store.node, [i.encode() for i in items or []], issued]
         raise BadRequest(f"unknown K2V request {kind!r}")

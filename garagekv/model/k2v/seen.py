@@ -5,44 +5,90 @@ whose clock is covered by it is old news. An item seen only in part (its clock s
 ``vector_clock``, e.g. a dot from another node that the replying node had) keeps its own clock in
 ``items``. The marker is opaque to clients: standard base64 (with padding) of zlib-compressed
 canonical msgpack. Garage uses zstd; zlib is in the standard library and the format is ours.
+
+Format 2 (written since clocks were bounded) is ``[2, clock, [sk, clock, sk, clock, ...]]`` where
+a clock is one binary string of big-endian u64 pairs ``(node, time)`` sorted by node: a marker of
+n items is about 2n msgpack objects, however long its clocks, so decoding one costs little and
+can be bounded before it starts. Format 1 (``[1, [[node, time], ...], [[sk, [[node, time],
+...]], ...]]``, one object per number) is still read, from markers handed out before, but only
+up to MAX_V1_DECOMPRESSED.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from garagekv.model.k2v.causality import is_u64, vclock_gt, vclock_max
+import msgpack
+
+from garagekv.model.k2v.causality import (
+    MAX_CLOCK_ENTRIES,
+    is_u64,
+    max_client_time,
+    vclock_gt,
+    vclock_max,
+)
 from garagekv.model.k2v.item import K2VItem
 from garagekv.util import codec
 from garagekv.util.errors import BadRequest
 
-MARKER_FORMAT_VERSION = 1
-# A marker comes from a client: cap what its decompression may allocate (zlib bombs).
-MAX_MARKER_DECOMPRESSED = 64 * 1024 * 1024
+MARKER_FORMAT_VERSION = 2
+# A marker comes from a client and is decoded on the event loop of every node it reaches, so
+# each stage is bounded before it runs (docs/k2v-compat.md, "Hostile input"): the text before
+# base64, the output of zlib (bombs), then msgpack with a cap on every array, string and binary
+# (no maps or extensions at all), then the number of per-item clocks and the length and times of
+# each clock (as for tokens). Format 2 keeps the object count at about two per item, so the
+# largest accepted marker decodes in milliseconds; format 1 spends one object per number and is
+# held to a sixteenth of the size. encode() sheds per-item clocks to stay inside the bounds: an
+# item whose clock is shed may be reported once more, never missed.
+MAX_MARKER_DECOMPRESSED = 1024 * 1024
+MAX_V1_DECOMPRESSED = 64 * 1024
+MAX_MARKER_CHARS = 2 * 1024 * 1024
+MAX_MARKER_ITEMS = 10_000
+MAX_MARKER_KEY_BYTES = 64 * 1024  # far above any configurable key length limit
+_PAIR = struct.Struct(">QQ")
 
 
-def _invalid() -> BadRequest:
-    return BadRequest("Invalid seenMarker")
+def _invalid(why: str = "") -> BadRequest:
+    return BadRequest("Invalid seenMarker" + (f": {why}" if why else ""))
 
 
-def _clock_to_wire(vc: dict[int, int]) -> list[list[int]]:
-    return [[n, t] for n, t in sorted(vc.items())]
+def _clock_to_wire(vc: dict[int, int]) -> bytes:
+    return b"".join(_PAIR.pack(n, t) for n, t in sorted(vc.items()))
 
 
-def _clock_from_wire(w: Any) -> dict[int, int]:
+def _clock_from_bin(w: Any, limit: int) -> dict[int, int]:
+    """A format-2 clock: a binary string of (node, time) u64 pairs."""
+    if not isinstance(w, bytes) or len(w) % _PAIR.size:
+        raise _invalid()
+    if len(w) > _PAIR.size * MAX_CLOCK_ENTRIES:
+        raise _invalid(f"a clock has more than {MAX_CLOCK_ENTRIES} entries")
+    vc = dict(_PAIR.iter_unpack(w))
+    if len(vc) * _PAIR.size != len(w):
+        raise _invalid()  # a node listed twice
+    if vc and (t := max(vc.values())) > limit:
+        raise _invalid(f"time {t} is beyond any node's clock")
+    return vc
+
+
+def _clock_from_wire(w: Any, limit: int) -> dict[int, int]:
     if not isinstance(w, list):
         raise _invalid()
+    if len(w) > MAX_CLOCK_ENTRIES:
+        raise _invalid(f"a clock has more than {MAX_CLOCK_ENTRIES} entries")
     vc: dict[int, int] = {}
     for pair in w:
         if not (isinstance(pair, list) and len(pair) == 2 and is_u64(pair[0]) and is_u64(pair[1])):
             raise _invalid()
         if pair[0] in vc:
             raise _invalid()
+        if pair[1] > limit:
+            raise _invalid(f"time {pair[1]} is beyond any node's clock")
         vc[pair[0]] = pair[1]
     return vc
 
@@ -68,17 +114,26 @@ class RangeSeenMarker:
 
         self.items = {sk: vc for sk, vc in self.items.items() if keep(sk)}
 
-    def mark_seen_node_items(self, node: int, items: Iterable[K2VItem]) -> None:
+    def mark_seen_node_items(self, node: int, items: Iterable[K2VItem], issued: int = 0) -> None:
         """Record that ``node`` answered with ``items``: everything it had of them is now seen.
 
-        The node's own entry of each item is complete on that node (it coordinated those dots),
-        so ``vector_clock[node]`` can move up to it. Dots of other nodes carried by the item may
-        not be covered yet; then the item's whole clock is remembered under its sort key.
+        The node's own entry of each item is complete on that node (it created those dots), so
+        ``vector_clock[node]`` can move up to its latest dot: every later dot of the node is
+        newer. The entry's discard time moves it too, but only up to ``issued``, the node's own
+        clock read before it looked at the items: a discard time beyond it came from a token
+        the node never handed out (forged, and recorded by another coordinator), and trusting
+        it would hide the node's next writes from this marker. Dots of other nodes, and such
+        discard times, are remembered in the item's own clock under its sort key.
         """
         for item in items:
             cc = item.causal_context().vclock
-            if node in cc:
-                self.vector_clock[node] = max(self.vector_clock.get(node, 0), cc[node])
+            own = item.items.get(node)
+            if own is not None:
+                t = own.values[-1][0] if own.values else 0
+                if own.t_discard <= issued:
+                    t = max(t, own.t_discard)
+                if t > self.vector_clock.get(node, 0):
+                    self.vector_clock[node] = t
             if vclock_gt(cc, self.vector_clock):
                 self.items[item.sort_key] = vclock_max(self.items.get(item.sort_key, {}), cc)
 
@@ -95,16 +150,30 @@ class RangeSeenMarker:
         return seen is None or vclock_gt(cc, seen)
 
     def encode(self) -> str:
-        """Opaque text form of the canonicalized marker (``self`` is left untouched)."""
-        items = [[sk, _clock_to_wire(vc)] for sk, vc in sorted(self.items.items()) if vclock_gt(vc, self.vector_clock)]
-        body = [MARKER_FORMAT_VERSION, _clock_to_wire(self.vector_clock), items]
-        return base64.b64encode(zlib.compress(codec.encode(body), 6)).decode("ascii")
+        """Opaque text form (format 2) of the canonicalized marker (``self`` is left untouched).
+
+        Per-item clocks beyond what :meth:`decode` accepts are shed, last sort keys first.
+        """
+        items = [(sk, _clock_to_wire(vc)) for sk, vc in sorted(self.items.items()) if vclock_gt(vc, self.vector_clock)]
+        del items[MAX_MARKER_ITEMS:]
+        clock = _clock_to_wire(self.vector_clock)
+
+        def pack(items: list[tuple[str, bytes]]) -> bytes:
+            return codec.encode_lists([MARKER_FORMAT_VERSION, clock, [x for pair in items for x in pair]])
+
+        packed = pack(items)
+        while len(packed) > MAX_MARKER_DECOMPRESSED and items:
+            del items[len(items) // 2 :]
+            packed = pack(items)
+        return base64.b64encode(zlib.compress(packed, 6)).decode("ascii")
 
     @classmethod
     def decode(cls, s: str) -> RangeSeenMarker:
         """Parse a client-supplied marker; anything malformed is ``BadRequest("Invalid seenMarker")``."""
         if not isinstance(s, str) or not s.isascii():
             raise _invalid()
+        if len(s) > MAX_MARKER_CHARS:
+            raise _invalid(f"longer than {MAX_MARKER_CHARS} characters")
         try:
             raw = base64.b64decode(s, validate=True)
         except (binascii.Error, ValueError):
@@ -113,24 +182,60 @@ class RangeSeenMarker:
             raise _invalid()  # non-canonical padding bits
         try:
             d = zlib.decompressobj()
-            packed = d.decompress(raw, MAX_MARKER_DECOMPRESSED)
+            packed = d.decompress(raw, MAX_MARKER_DECOMPRESSED + 1)
         except zlib.error:
             raise _invalid()
+        if len(packed) > MAX_MARKER_DECOMPRESSED:
+            raise _invalid(f"more than {MAX_MARKER_DECOMPRESSED} bytes once decompressed")
         if not d.eof or d.unused_data or d.unconsumed_tail:
-            raise _invalid()  # truncated, trailing garbage, or over the size cap
+            raise _invalid()  # truncated or trailing garbage
+        # Every format starts with a 3-element array and the version as a positive fixint.
+        if packed[:2] == b"\x93\x01":
+            if len(packed) > MAX_V1_DECOMPRESSED:
+                raise _invalid(f"more than {MAX_V1_DECOMPRESSED} bytes once decompressed (format 1)")
+            return cls._decode_v1(packed)
         try:
-            body = codec.decode(packed)
+            body = msgpack.unpackb(
+                packed,
+                raw=False,
+                max_array_len=2 * MAX_MARKER_ITEMS,
+                max_str_len=MAX_MARKER_KEY_BYTES,
+                max_bin_len=_PAIR.size * MAX_CLOCK_ENTRIES,
+                max_map_len=0,
+                max_ext_len=0,
+            )
         except Exception:
             raise _invalid()
-        if not (isinstance(body, list) and len(body) == 3 and is_u64(body[0])):
+        if not (isinstance(body, list) and len(body) == 3 and body[0] == MARKER_FORMAT_VERSION):
             raise _invalid()
-        if body[0] != MARKER_FORMAT_VERSION or not isinstance(body[2], list):
+        if type(body[0]) is not int or not isinstance(body[2], list) or len(body[2]) % 2:
             raise _invalid()
-        marker = cls(_clock_from_wire(body[1]), {})
+        limit = max_client_time()
+        marker = cls(_clock_from_bin(body[1], limit), {})
+        flat = body[2]
+        for i in range(0, len(flat), 2):
+            sk = flat[i]
+            if not isinstance(sk, str) or sk in marker.items:
+                raise _invalid()
+            marker.items[sk] = _clock_from_bin(flat[i + 1], limit)
+        return marker
+
+    @classmethod
+    def _decode_v1(cls, packed: bytes) -> RangeSeenMarker:
+        try:
+            body = msgpack.unpackb(
+                packed, raw=False, max_array_len=MAX_MARKER_ITEMS, max_map_len=0, max_bin_len=0, max_ext_len=0
+            )
+        except Exception:
+            raise _invalid()
+        if not (isinstance(body, list) and len(body) == 3 and isinstance(body[2], list)):
+            raise _invalid()
+        limit = max_client_time()
+        marker = cls(_clock_from_wire(body[1], limit), {})
         for ent in body[2]:
             if not (isinstance(ent, list) and len(ent) == 2 and isinstance(ent[0], str)):
                 raise _invalid()
             if ent[0] in marker.items:
                 raise _invalid()
-            marker.items[ent[0]] = _clock_from_wire(ent[1])
+            marker.items[ent[0]] = _clock_from_wire(ent[1], limit)
         return marker

@@ -9,14 +9,15 @@ read-modify-writes, which is what makes per-node times strictly increasing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
-from garagekv.model.k2v.causality import MAX_CONTEXT_ENTRIES, CausalContext
-from garagekv.model.k2v.item import K2VItem, Value, partition_hash
+from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS, MAX_CONTEXT_ENTRIES, CausalContext
+from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, partition_hash
 from garagekv.model.k2v.range import RangeQuery, local_page, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
@@ -28,6 +29,8 @@ from garagekv.util.time import now_ms
 
 _TS_KEY = b"timestamp"
 _WHOLE_RANGE = 2**62
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class K2VStore:
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
         self.node = node
+        self.db = db
         self.writer = writer
         self.subs = subs
         self.item_data = item_data
@@ -84,17 +88,34 @@ class K2VStore:
 
     # ---- coordinated inserts -------------------------------------------------------------------
 
-    def _insert_in(self, tx: WriteTxn, bucket_id: bytes, ins: InsertedItem) -> K2VItem:
-        raw = tx.get(self._local_ts, _TS_KEY)
+    def _node_ts(self, raw: bytes | None, now: int) -> int:
+        """The time to build on: the last one this node issued, or the wall clock if later.
+
+        A stored time beyond what any client clock may carry (written before clocks were
+        bounded) is ignored rather than built on, so it cannot leave the node without
+        timestamps; seen markers and tokens that carry it are refused anyway.
+        """
         local_ts = struct.unpack(">Q", raw)[0] if raw else 0
-        node_ts = max(local_ts, now_ms())
+        if local_ts > now + MAX_CLOCK_AHEAD_MS:
+            log.warning("ignoring a stored K2V timestamp %d beyond the clock bound (now %d)", local_ts, now)
+            return now
+        return max(local_ts, now)
+
+    def _insert_in(self, tx: WriteTxn, bucket_id: bytes, ins: InsertedItem) -> K2VItem:
+        now = now_ms()
+        node_ts = self._node_ts(tx.get(self._local_ts, _TS_KEY), now)
         result: dict[str, Any] = {}
 
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
             before = len(item.items)
-            result["ts"] = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            ts = item.update(self.node, ins.causal_context, ins.value, node_ts, now + CLOCK_HORIZON_MS)
+            if ts > now + MAX_CLOCK_AHEAD_MS:
+                # Only data stored before clocks were bounded gets here: issuing this time would
+                # hand out a token no node accepts. Another storage node can take the write.
+                raise ClockExhausted(f"this item's entry for node {self.node:016x} is beyond the clock bound")
             check_context(ins, before, len(item.items))
+            result["ts"] = ts
             result["item"] = item
             return item
 
@@ -105,6 +126,18 @@ class K2VStore:
             raise _too_large(ins, e)
         tx.put(self._local_ts, _TS_KEY, struct.pack(">Q", result["ts"]))
         return result["item"]
+
+    def issued_clock(self) -> int:
+        """The last timestamp this node issued (0 before its first write, or if out of bounds).
+
+        Every dot this node creates from now on is later than this, and every time this node has
+        issued is at most this: PollRange's seen markers rely on both (a later time in an item's
+        entry for this node came from a client, not from this node).
+        """
+        with self.db.read() as txn:
+            raw = txn.get(_TS_KEY, db=self._local_ts)
+        local_ts = struct.unpack(">Q", raw)[0] if raw else 0
+        return local_ts if local_ts <= now_ms() + MAX_CLOCK_AHEAD_MS else 0
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate).
