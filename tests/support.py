@@ -33,12 +33,12 @@ def free_port() -> int:
 
 
 def free_dev_port(nodes: int = 1) -> int:
-    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i and P-1+10i all free."""
+    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i, P-1+10i and P+1+10i all free."""
     for _ in range(200):
         base = free_port()
         if base < 1100 or base > 60000:
             continue
-        wanted = [base + 10 * i + d for i in range(nodes) for d in (0, -3, -1)]
+        wanted = [base + 10 * i + d for i in range(nodes) for d in (0, -3, -1, 1)]
         try:
             for port in wanted:
                 with socket.socket() as s:
