@@ -25,7 +25,7 @@ from garagekv.util.config import canonical_uuid
 #: Huly deployments choose their secret (its examples use "secret"): the node warns once at
 #: start-up (``short_secret_warning``) instead of PyJWT warning on every request.
 if InsecureKeyLengthWarning is not None:
-    warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning, module=r"jwt\.")
+    warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 MIN_SECRET_BYTES = 32
 
 #: The account of Huly's own services: allowed in every workspace.
