@@ -248,10 +248,15 @@ def _cfg(section, monkeypatch=None):
 SECTION = {"api_bind_addr": "127.0.0.1:8094", "token_secret": "secret", "default_workspace_uuid": U.upper()}
 
 
+ENV_NAMES = (
+    "HULY_BIND_HOST", "HULY_BIND_PORT", "HULY_TOKEN_SECRET", "HULY_PAYLOAD_SIZE_LIMIT", "HULY_DEFAULT_WORKSPACE_UUID",
+    "HULY_DB_CONNECTION", "HULY_DB_SCHEME", "GARAGEKV_HULY_TOKEN_SECRET",
+)  # fmt: skip
+
+
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ["HULY_BIND_HOST", "HULY_BIND_PORT", "HULY_TOKEN_SECRET", "HULY_PAYLOAD_SIZE_LIMIT",
-                 "HULY_DEFAULT_WORKSPACE_UUID", "HULY_DB_CONNECTION", "HULY_DB_SCHEME", "GARAGEKV_HULY_TOKEN_SECRET"]:  # fmt: skip
+    for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
