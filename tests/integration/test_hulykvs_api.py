@@ -541,3 +541,24 @@ def test_hulykvs_test_script(huly):
     assert huly.get(*zp).body == b"my value"
     assert huly.put(*zp, "my new value").status == 204
     assert huly.get(*zp).body == b"my new value"
+
+
+def test_racing_conditional_writes_through_one_node(huly_node, ws):
+    """Writes to one key through one node are serialised: exactly one create-only PUT wins, and of
+    PUTs on the same ETag exactly one succeeds (races through different nodes wait for the
+    consensus path, docs/hulykvs.md "Consistency")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [HulyHttp(huly_node.huly_port, token()) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(
+            pool.map(lambda i: clients[i].put(ws, "race", "k", f"v{i}", if_none_match="*").status, range(8))
+        )
+    assert sorted(statuses) == [201] + [412] * 7
+    winner = clients[0].get(ws, "race", "k")
+    assert winner.body == f"v{statuses.index(201)}".encode()
+    etag = winner.header("ETag")
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda i: clients[i].put(ws, "race", "k", f"w{i}", if_match=etag).status, range(8)))
+    assert sorted(statuses) == [204] + [412] * 7
+    assert clients[0].get(ws, "race", "k").body == f"w{statuses.index(204)}".encode()

@@ -3,14 +3,16 @@
 Handlers only see :class:`HulyStore`. :class:`K2VHulyStore` implements it with the K2V model:
 a conditional write reads the item (a quorum read, with its causal context), checks the
 condition against the value that read returned, then writes with that context so the new value
-supersedes everything that was read. Two conditional writes racing on different nodes can both
-pass their check, so this is NOT linearizable; the consensus path will replace this module
+supersedes everything that was read. Writes to one key through one node are serialised (a lock
+per key), so they never race each other; but two conditional writes racing through different
+nodes can both pass their check, so this is NOT linearizable; the consensus path will replace this module
 (docs/hulykvs.md, "Consistency").
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,6 +81,8 @@ class K2VHulyStore:
         self.bucket = bucket
         self._bucket_id: bytes | None = None
         self._bucket_lock = asyncio.Lock()
+        # one lock per key being written through this node; gone once nobody holds or waits on it
+        self._key_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def bucket_id(self) -> bytes:
         """The bucket's id: its global alias, or a bucket created under that alias."""
@@ -118,6 +122,15 @@ class K2VHulyStore:
     ) -> bytes | None:
         """Check ``condition`` against a quorum read, then write over what was read; returns the
         value that was current before the write."""
+        lock = self._key_locks.get((workspace, namespace, key))
+        if lock is None:
+            lock = self._key_locks[(workspace, namespace, key)] = asyncio.Lock()
+        async with lock:
+            return await self._write_locked(workspace, namespace, key, value, condition)
+
+    async def _write_locked(
+        self, workspace: str, namespace: str, key: str, value: bytes | None, condition: Condition
+    ) -> bytes | None:
         bid, item = await self._read(workspace, namespace, key)
         current = current_value(item)
         if not condition.holds(None if current is None else md5_hex(current)):
