@@ -26,6 +26,9 @@ from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.store import InsertedItem
 from garagekv.util.errors import BucketAlreadyExists
 
+#: Items read per round of a listing.
+LIST_PAGE = 1000
+
 
 class PreconditionFailed(Exception):
     """The write's condition does not hold: nothing was written."""
@@ -111,11 +114,16 @@ class K2VHulyStore:
 
     async def list(self, workspace: str, namespace: str, prefix: str | None) -> list[str]:
         bid = await self.bucket_id()
-        # No limit: read_range walks every page of the partition itself.
-        page = await self.k2v.read_range(
-            bid, partition_key(workspace, namespace), RangeQuery(prefix=prefix or None), ItemFilter(True)
-        )
-        return [sk for sk, item in page.entries if current_value(item) is not None]
+        pk = partition_key(workspace, namespace)
+        keys: list[str] = []
+        start: str | None = None
+        while True:  # page by page, keeping only the keys: values are never all in memory at once
+            q = RangeQuery(prefix=prefix or None, start=start, limit=LIST_PAGE)
+            page = await self.k2v.read_range(bid, pk, q, ItemFilter(exclude_only_tombstones=True))
+            keys.extend(sk for sk, item in page.entries if current_value(item) is not None)
+            if not page.more:
+                return keys
+            start = page.next_start
 
     async def _write(
         self, workspace: str, namespace: str, key: str, value: bytes | None, condition: Condition
