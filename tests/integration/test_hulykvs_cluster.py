@@ -86,6 +86,24 @@ def test_every_node_serves_the_same_data(hulys):
     assert hulys[0].put(ws, "ns", "k", b"again", if_none_match="*").status == 201
 
 
+def test_listing_many_keys_across_nodes(hulys):
+    """More keys than one K2V page, written through every node, listed through each one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws = str(uuid.uuid4())
+    keys = [f"k{i:04d}" for i in range(1050)]
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(lambda i: hulys[i % 3].put(ws, "many", keys[i], b"v").status, range(len(keys))))
+    assert set(statuses) == {204}
+    hulys[1].put(ws, "many", "k1049", b"changed")
+    hulys[2].delete(ws, "many", "k0500")
+    expected = [k for k in keys if k != "k0500"]
+    for h in hulys:
+        body = h.list(ws, "many").json()
+        assert (body["count"], body["keys"]) == (1049, expected)
+    assert hulys[0].list(ws, "many", "k10").json()["keys"] == [f"k10{i:02d}" for i in range(50)]
+
+
 def test_status_and_ready_on_every_node(hulys):
     for h in hulys:
         assert h.request("GET", "/status", auth=False).body == b"ok"
