@@ -24,6 +24,9 @@ class HulyState:
     default_workspace: str  # canonical UUID: the workspace of API v1
     payload_limit: int
     ready: Callable[[], bool] = lambda: True  # /ready: can this node reach its quorums?
+    #: Why /api and /api2 requests must be refused with 503 right now (None: serve them), e.g.
+    #: a node that has no cluster layout yet and would otherwise acknowledge writes on its own.
+    refusal: Callable[[], str | None] = lambda: None
     max_key_bytes: int = MAX_KEY_BYTES
 
 

@@ -24,6 +24,8 @@ from garagekv.util.log import bind_request_id
 
 log = logging.getLogger(__name__)
 
+PROBES = ("Status", "Ready")
+
 #: called once per answered request with (request, endpoint name or None, status, seconds)
 Observer = Callable[[web.BaseRequest, str | None, int, float], None]
 
@@ -78,6 +80,10 @@ class HulykvsApiServer:
             else:
                 r = route(request.method, raw_path)
                 endpoint = r.name
+                if r.name not in PROBES:
+                    refusal = self.state.refusal()
+                    if refusal is not None:
+                        raise HulyError(503, refusal)
                 resp = await r.handler(HulyRequest(self.state, request, r.segments, raw_query))
         except HulyError as e:
             resp = error_response(e.status, e.message)
