@@ -316,3 +316,18 @@ def test_config_errors(clean_env, change, env, words):
     with pytest.raises(ConfigError) as e:
         _cfg(section)
     assert words in str(e.value)
+
+
+def test_metrics_hook():
+    from prometheus_client import generate_latest
+
+    from garagekv.admin.metrics import NodeMetrics
+
+    m = NodeMetrics()
+    m.observe_hulykvs("Put", 204, 0.01)
+    m.observe_hulykvs("Put", 204, 0.02)
+    m.observe_hulykvs(None, 404, 0.001)
+    text = generate_latest(m.registry).decode()
+    assert 'garagekv_api_hulykvs_requests_total{api_endpoint="Put",status_code="204"} 2.0' in text
+    assert 'garagekv_api_hulykvs_requests_total{api_endpoint="Unknown",status_code="404"} 1.0' in text
+    assert 'garagekv_api_hulykvs_request_duration_seconds_count{api_endpoint="Put"} 2.0' in text
