@@ -571,8 +571,8 @@ def _toml_type(value: object) -> str:
 
 #: Default payload limit of the Hulykvs API, as Hulykvs's own default (2 MiB).
 HULYKVS_DEFAULT_PAYLOAD = 2 * MiB
-#: A Hulykvs value is one K2V value: it must leave room in an item for a concurrent value or two.
-HULYKVS_MAX_PAYLOAD = 4 * MiB
+#: A Hulykvs value is one K2V value: two of them (a K2V client writing concurrently) must fit in an item.
+HULYKVS_MAX_PAYLOAD = 7 * MiB
 #: The canonical form of a workspace UUID (8-4-4-4-12 lowercase hex digits).
 _UUID_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HULYKVS_KEYS = (

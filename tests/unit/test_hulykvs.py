@@ -303,7 +303,7 @@ def test_config_env_overrides(clean_env):
     "change,env,words",
     [({"token_secret": None}, {}, "token_secret"), ({"default_workspace_uuid": "nope"}, {}, "default_workspace_uuid"),
      ({"default_workspace_uuid": None}, {}, "default_workspace_uuid"), ({"payload_size_limit": "lots"}, {}, "payload"),
-     ({"payload_size_limit": "5MiB"}, {}, "payload_size_limit"), ({"payload_size_limit": 0}, {}, "payload_size_limit"),
+     ({"payload_size_limit": "8MiB"}, {}, "payload_size_limit"), ({"payload_size_limit": 0}, {}, "payload_size_limit"),
      ({"api_bind_addr": "nowhere"}, {}, "api_bind_addr"), ({"bucket": "Bad_Name"}, {}, "bucket"),
      ({"unknown": 1}, {}, "hulykvs_api.unknown"), ({}, {"HULY_BIND_PORT": "99999"}, "HULY_BIND_PORT"),
      ({}, {"HULY_PAYLOAD_SIZE_LIMIT": "big"}, "HULY_PAYLOAD_SIZE_LIMIT"),
