@@ -47,6 +47,7 @@ from garagekv.util.errors import AdminError, ConfigError
 
 log = logging.getLogger("garagekv")
 access_log = logging.getLogger("garagekv.access.k2v")
+hulykvs_access_log = logging.getLogger("garagekv.access.hulykvs")
 
 
 def garagekv_version() -> str:
@@ -263,6 +264,22 @@ class Node:
                 },
             )
 
+    def _observe_hulykvs(self, request: web.BaseRequest, endpoint: str | None, status: int, seconds: float) -> None:
+        self.metrics.observe_hulykvs(endpoint, status, seconds)
+        level = logging.WARNING if status >= 500 else logging.DEBUG
+        if hulykvs_access_log.isEnabledFor(level):
+            hulykvs_access_log.log(
+                level,
+                "hulykvs request",
+                extra={
+                    "method": request.method,
+                    "path": request.raw_path,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
+
     async def stop(self) -> None:
         self.stopping = True  # /health answers 503 from now on
         if self.hulykvs is not None:
@@ -305,7 +322,7 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
         refusal=readiness.refusal if readiness is not None else (lambda: None),
     )
     server = HulykvsApiServer(state)
-    server.observer = lambda request, endpoint, status, seconds: node.metrics.observe_hulykvs(endpoint, status, seconds)
+    server.observer = node._observe_hulykvs
     host, port = split_host_port(huly.api_bind_addr)
     await _listening(f"{huly.api_bind_addr} ([hulykvs_api] api_bind_addr)", server.start(host, port))
     log.info("Hulykvs API listening on %s (bucket %s)", huly.api_bind_addr, huly.bucket)
