@@ -29,6 +29,10 @@ from garagekv.admin.registry import OPS, run_op
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
 from garagekv.api.context import ApiLimits, ApiState
+from garagekv.api.hulykvs.auth import short_secret_warning
+from garagekv.api.hulykvs.context import HulyState
+from garagekv.api.hulykvs.server import HulykvsApiServer
+from garagekv.api.hulykvs.store import K2VHulyStore
 from garagekv.api.server import K2VApiServer
 from garagekv.db.env import Database
 from garagekv.db.snapshot import AutoSnapshotWorker, Snapshotter
@@ -38,11 +42,12 @@ from garagekv.net.identity import load_or_create_node_key, short_id
 from garagekv.rpc import quorum
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.rpc.system import System
-from garagekv.util.config import Config, split_host_port
+from garagekv.util.config import MAX_KEY_BYTES, Config, split_host_port
 from garagekv.util.errors import AdminError, ConfigError
 
 log = logging.getLogger("garagekv")
 access_log = logging.getLogger("garagekv.access.k2v")
+hulykvs_access_log = logging.getLogger("garagekv.access.hulykvs")
 
 
 def garagekv_version() -> str:
@@ -58,6 +63,7 @@ class Node:
         self.db: Database | None = None
         self.writer: GroupCommitWriter | None = None
         self.api: K2VApiServer | None = None
+        self.hulykvs: HulykvsApiServer | None = None
         self.system: System | None = None
         self.model: Model | None = None
         self.snapshotter: Snapshotter | None = None
@@ -146,6 +152,8 @@ class Node:
             host, port = split_host_port(k2v.api_bind_addr)
             await _listening(f"{k2v.api_bind_addr} ([k2v_api] api_bind_addr)", self.api.start(host, port))
             log.info("K2V API listening on %s", k2v.api_bind_addr)
+        if cfg.hulykvs_api is not None:
+            self.hulykvs = await _start_hulykvs(self)
         log.info("node %s ready", self.node_id.hex())
 
     async def _cluster_status(self) -> dict[str, Any]:
@@ -171,6 +179,7 @@ class Node:
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
             "admin_endpoint": None if self.admin_http is None else f"http://{self.config.admin.api_bind_addr}",
+            "hulykvs_endpoint": None if self.hulykvs is None else f"http://{self.config.hulykvs_api.api_bind_addr}",
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
             "poll_subscriptions": self.model.subs.count(),
         }
@@ -256,8 +265,26 @@ class Node:
                 },
             )
 
+    def _observe_hulykvs(self, request: web.BaseRequest, endpoint: str | None, status: int, seconds: float) -> None:
+        self.metrics.observe_hulykvs(endpoint, status, seconds)
+        level = logging.WARNING if status >= 500 else logging.DEBUG
+        if hulykvs_access_log.isEnabledFor(level):
+            hulykvs_access_log.log(
+                level,
+                "hulykvs request",
+                extra={
+                    "method": request.method,
+                    "path": request.raw_path,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                },
+            )
+
     async def stop(self) -> None:
         self.stopping = True  # /health answers 503 from now on
+        if self.hulykvs is not None:
+            await self.hulykvs.stop()
         if self.api is not None:
             await self.api.stop()
         if self.admin_http is not None:
@@ -273,6 +300,34 @@ class Node:
         if self.db is not None:
             self.db.close()
         log.info("node stopped cleanly")
+
+
+async def _start_hulykvs(node: Node) -> HulykvsApiServer:
+    """The Hulykvs-compatible listener (docs/hulykvs.md), over the node's K2V model."""
+    cfg = node.config
+    huly = cfg.hulykvs_api
+    # The same gate as the K2V API's where the cluster plane provides one (no layout yet: refuse).
+    readiness = getattr(node.system, "readiness", None)
+    short = short_secret_warning(huly.token_secret)
+    if short is not None:
+        log.warning("%s", short)
+    for name in huly.ignored_env:
+        log.warning("$%s is a Hulykvs database setting and has no meaning for garagekv: ignored", name)
+    state = HulyState(
+        K2VHulyStore(node.k2v, node.helper, huly.bucket),
+        huly.token_secret,
+        huly.default_workspace_uuid,
+        huly.payload_size_limit,
+        ready=lambda: node.health().ready,
+        max_key_bytes=cfg.k2v_api.max_key_bytes if cfg.k2v_api is not None else MAX_KEY_BYTES,
+        refusal=readiness.refusal if readiness is not None else (lambda: None),
+    )
+    server = HulykvsApiServer(state)
+    server.observer = node._observe_hulykvs
+    host, port = split_host_port(huly.api_bind_addr)
+    await _listening(f"{huly.api_bind_addr} ([hulykvs_api] api_bind_addr)", server.start(host, port))
+    log.info("Hulykvs API listening on %s (bucket %s)", huly.api_bind_addr, huly.bucket)
+    return server
 
 
 _LISTEN_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,12 +34,14 @@ def free_port() -> int:
 
 
 def free_dev_port(nodes: int = 1) -> int:
-    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i and P-1+10i all free."""
-    for _ in range(200):
-        base = free_port()
+    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i, P-1+10i and P+1+10i all free."""
+    for attempt in range(400):
+        # Below the usual ephemeral range first: there, client connections of earlier tests (many
+        # in TIME-WAIT on a busy machine) cannot hold the ports next to the one picked.
+        base = random.randrange(12000, 32000) if attempt < 200 else free_port()
         if base < 1100 or base > 60000:
             continue
-        wanted = [base + 10 * i + d for i in range(nodes) for d in (0, -3, -1)]
+        wanted = [base + 10 * i + d for i in range(nodes) for d in (0, -3, -1, 1)]
         try:
             for port in wanted:
                 with socket.socket() as s:

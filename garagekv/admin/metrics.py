@@ -87,6 +87,20 @@ class NodeMetrics:
             registry=r,
         )
         self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}  # see observe_k2v
+        # Hulykvs-compatible API (docs/hulykvs.md): requests by endpoint and status, as K2V's
+        self.hulykvs_requests = Counter(
+            "garagekv_api_hulykvs_requests",
+            "Hulykvs API requests answered",
+            ["api_endpoint", "status_code"],
+            registry=r,
+        )
+        self.hulykvs_duration = Histogram(
+            "garagekv_api_hulykvs_request_duration_seconds",
+            "Hulykvs API request duration",
+            ["api_endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # admin API (Garage: api_admin_*)
         self.admin_requests = Counter(
             "garagekv_api_admin_requests", "Admin API requests answered", ["api_endpoint", "status_code"], registry=r
@@ -147,6 +161,11 @@ class NodeMetrics:
         if error_code is not None:
             self.k2v_errors.labels(name, error_code).inc()
         children[1].observe(seconds)
+
+    def observe_hulykvs(self, endpoint: str | None, status: int, seconds: float) -> None:
+        name = endpoint or "Unknown"
+        self.hulykvs_requests.labels(name, str(status)).inc()
+        self.hulykvs_duration.labels(name).observe(seconds)
 
     def observe_admin(self, endpoint: str, status: int, seconds: float) -> None:
         self.admin_requests.labels(endpoint, str(status)).inc()

@@ -21,11 +21,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from garagekv.admin.remote import admin_call
+from garagekv.api.hulykvs.auth import SYSTEM_ACCOUNT, mint
 from garagekv.util.config import Config, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 
@@ -34,6 +36,7 @@ DEFAULT_PORT = 3904
 DEFAULT_NODES = 3
 REGION = "garage"
 BUCKET = "dev-bucket"
+HULYKVS_BUCKET = "hulykvs"
 READY_TIMEOUT = 30.0
 NODE_CAPACITY = "1G"
 
@@ -42,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dev",
         help="run a local development cluster with a key and a bucket",
-        description="Node i listens on PORT+10i (K2V), PORT-3+10i (RPC) and PORT-1+10i (admin API), "
-        "as Garage's 3904/3901/3903. The nodes stop when dev stops, however it stops.",
+        description="Node i listens on PORT+10i (K2V), PORT-3+10i (RPC), PORT-1+10i (admin API), as "
+        "Garage's 3904/3901/3903, and PORT+1+10i (Hulykvs API). The nodes stop when dev stops, however it stops.",
     )
     p.add_argument("--dir", default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
     p.add_argument(
@@ -51,16 +54,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_PORT,
         help=f"K2V port of the first node (default {DEFAULT_PORT}); node i uses PORT+10i for K2V, "
-        "PORT-3+10i for RPC and PORT-1+10i for the admin API",
+        "PORT-3+10i for RPC, PORT-1+10i for the admin API and PORT+1+10i for the Hulykvs API",
     )
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help=f"number of nodes (default {DEFAULT_NODES})")
     p.add_argument("--json", action="store_true", help="print only the JSON line once ready")
 
 
 def node_ports(base: int, index: int) -> dict[str, int]:
-    """K2V on ``base``, RPC on base-3, admin on base-1, as Garage's 3904/3901/3903; +10 per node."""
+    """K2V on ``base``, RPC on base-3, admin on base-1, as Garage's 3904/3901/3903, Hulykvs on
+    base+1; +10 per node."""
     off = 10 * index
-    return {"k2v": base + off, "rpc": base - 3 + off, "admin": base - 1 + off}
+    return {"k2v": base + off, "rpc": base - 3 + off, "admin": base - 1 + off, "hulykvs": base + 1 + off}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -75,8 +79,9 @@ def _read_or_create(path: Path, make: Any) -> str:
     return path.read_text().strip()
 
 
-def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf: int) -> Path:
-    """The admin token is read from ``admin_token`` in the state directory (the parent of ``node_dir``)."""
+def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf: int, workspace: str) -> Path:
+    """The admin token and the Hulykvs token secret are read from files in the state directory
+    (the parent of ``node_dir``); ``workspace`` is the Hulykvs API v1 workspace."""
     node_dir.mkdir(parents=True, exist_ok=True)
     path = node_dir / "garagekv.toml"
     _write_private(
@@ -100,6 +105,12 @@ api_bind_addr = "127.0.0.1:{ports["k2v"]}"
 [admin]
 api_bind_addr = "127.0.0.1:{ports["admin"]}"
 admin_token_file = "../admin_token"
+
+[hulykvs_api]
+api_bind_addr = "127.0.0.1:{ports["hulykvs"]}"
+bucket = "{HULYKVS_BUCKET}"
+token_secret_file = "../hulykvs_secret"
+default_workspace_uuid = "{workspace}"
 """,
     )
     return path
@@ -182,6 +193,7 @@ class DevNode:
             "k2v_endpoint": f"http://127.0.0.1:{self.ports['k2v']}",
             "rpc_addr": f"127.0.0.1:{self.ports['rpc']}",
             "admin_endpoint": f"http://127.0.0.1:{self.ports['admin']}",
+            "hulykvs_endpoint": f"http://127.0.0.1:{self.ports['hulykvs']}",
             "config": str(self.config_path),
             "pid": self.proc.pid,
         }
@@ -226,10 +238,11 @@ async def _ensure_credentials(state_dir: Path, node: DevNode) -> dict[str, str]:
         key = await node.call("key.create", {"name": "dev"})
         creds = {"access_key_id": key["accessKeyId"], "secret_access_key": key["secretAccessKey"]}
         _write_private(cred_path, json.dumps(creds))
-    try:
-        await node.call("bucket.info", {"name": BUCKET})
-    except GarageKVError:
-        await node.call("bucket.create", {"name": BUCKET})
+    for bucket in (BUCKET, HULYKVS_BUCKET):  # Hulykvs's too: one node creates it, before any request
+        try:
+            await node.call("bucket.info", {"name": bucket})
+        except GarageKVError:
+            await node.call("bucket.create", {"name": bucket})
     await node.call(
         "bucket.permissions",
         {"bucket": BUCKET, "key": creds["access_key_id"], "allow": True, "read": True, "write": True, "owner": True},
@@ -255,6 +268,8 @@ EXAMPLE = """\
 #   print(urllib.request.urlopen(r).status)  # 204
 #   PY
 # Admin API: curl -H "Authorization: Bearer $(cat {admin_token_path})" {admin_endpoint}/v1/status
+# Hulykvs API: curl -X PUT -H "Authorization: Bearer <hulykvs_token>" --data hello \\
+#   {hulykvs_endpoint}/api2/{hulykvs_workspace}/notes/greeting
 """
 
 
@@ -266,12 +281,14 @@ def run(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     rpc_secret = _read_or_create(state_dir / "rpc_secret", lambda: secrets.token_hex(32))
     admin_token = _read_or_create(state_dir / "admin_token", lambda: secrets.token_urlsafe(32))
+    huly_secret = _read_or_create(state_dir / "hulykvs_secret", lambda: secrets.token_urlsafe(32))
+    huly_workspace = _read_or_create(state_dir / "hulykvs_workspace", lambda: str(uuid.uuid4()))
     rf = min(3, args.nodes)
     nodes = []
     for i in range(args.nodes):
         ports = node_ports(args.port, i)
         node_dir = state_dir / f"node{i}"
-        nodes.append(DevNode(i, node_dir, ports, write_node_config(node_dir, ports, rpc_secret, rf)))
+        nodes.append(DevNode(i, node_dir, ports, write_node_config(node_dir, ports, rpc_secret, rf, huly_workspace)))
 
     stopping = False
 
@@ -307,6 +324,10 @@ def run(args: argparse.Namespace) -> int:
         "bucket": BUCKET,
         "admin_endpoint": first["admin_endpoint"],
         "admin_token": admin_token,
+        "hulykvs_endpoint": first["hulykvs_endpoint"],
+        "hulykvs_secret": huly_secret,
+        "hulykvs_token": mint(huly_secret, SYSTEM_ACCOUNT),
+        "hulykvs_default_workspace": huly_workspace,
         "nodes": [n.info() for n in nodes],
     }
     print(json.dumps(line), flush=True)
@@ -320,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
                 region=REGION,
                 admin_endpoint=first["admin_endpoint"],
                 admin_token_path=state_dir / "admin_token",
+                hulykvs_endpoint=first["hulykvs_endpoint"],
+                hulykvs_workspace=huly_workspace,
             ),
             file=sys.stderr,
         )

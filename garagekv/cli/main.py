@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from garagekv.cli import bench, cluster, dev, k2v, meta, ops
+from garagekv.cli import bench, cluster, dev, hulykvs, k2v, meta, ops
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_parsers(sub)
     cluster.add_parsers(sub)
     ops.add_parsers(sub)
+    hulykvs.add_parser(sub)
     _accept_config_anywhere(sub)
     return p
 
@@ -77,11 +78,18 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(
                 config.log_level,
                 config.log_format,
-                secrets=(config.rpc_secret, config.admin.admin_token, config.admin.metrics_token),
+                secrets=(
+                    config.rpc_secret,
+                    config.admin.admin_token,
+                    config.admin.metrics_token,
+                    config.hulykvs_api.token_secret if config.hulykvs_api is not None else None,
+                ),
             )
             with new_runner() as runner:
                 runner.run(run_node(config, getattr(args, "stop_on_eof", None)))
             return 0
+        if args.command == "hulykvs":
+            return hulykvs.run(args, config)
         if args.command in ("status", "node", "layout"):
             return asyncio.run(cluster.run(args, config))
         if args.command in ops.COMMANDS:

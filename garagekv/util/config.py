@@ -105,6 +105,7 @@ class Config:
     ignored_keys: tuple[str, ...] = ()  # Garage keys present in the file that a K2V node ignores
     k2v_api: K2VApiConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
+    hulykvs_api: HulykvsApiConfig | None = None
 
     @property
     def snapshots_dir(self) -> Path:
@@ -181,7 +182,7 @@ _TOP_KEYS = (
     "allow_world_readable_secrets",
     "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "sync_interval_sec",
     "sync_startup_delay_sec", "metadata_snapshots_dir", "metadata_auto_snapshot_interval",
-    "metadata_snapshots_keep", "s3_api", "k2v_api", "admin",
+    "metadata_snapshots_keep", "s3_api", "k2v_api", "admin", "hulykvs_api",
 )  # fmt: skip
 # Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
 _TOP_TOLERATED = frozenset({
@@ -285,6 +286,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         s3_api=_s3_api(top.table("s3_api", _S3_KEYS, required=True)),
         k2v_api=_k2v_api(top.table("k2v_api", _K2V_KEYS)),
         admin=_admin(admin_table, base_dir, allow_wr),
+        hulykvs_api=_hulykvs_api(top.table("hulykvs_api", _HULYKVS_KEYS), base_dir, allow_wr),
     )
 
 
@@ -572,3 +574,105 @@ def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
 def _toml_type(value: object) -> str:
     names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
     return names.get(type(value), type(value).__name__)
+
+
+# ---- [hulykvs_api]: the Hulykvs-compatible HTTP API (docs/hulykvs.md) ------------------------------
+
+#: Default payload limit of the Hulykvs API, as Hulykvs's own default (2 MiB).
+HULYKVS_DEFAULT_PAYLOAD = 2 * MiB
+#: A Hulykvs value is one K2V value: two of them (a K2V client writing concurrently) must fit in an item.
+HULYKVS_MAX_PAYLOAD = 7 * MiB
+#: The canonical form of a workspace UUID (8-4-4-4-12 lowercase hex digits).
+_UUID_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HULYKVS_KEYS = (
+    "api_bind_addr", "bucket", "token_secret", "token_secret_file", "payload_size_limit", "default_workspace_uuid",
+)  # fmt: skip
+_EXAMPLES.update(
+    {
+        "hulykvs_api": '[hulykvs_api] api_bind_addr = "[::]:8094"',
+        "hulykvs_api.api_bind_addr": '"[::]:8094"',
+        "hulykvs_api.bucket": '"hulykvs"',
+        "hulykvs_api.token_secret": '"<the token secret of the Huly deployment>"',
+        "hulykvs_api.token_secret_file": '"/etc/garagekv/huly_token_secret"',
+        "hulykvs_api.payload_size_limit": '"2MiB"',
+        "hulykvs_api.default_workspace_uuid": '"4a5b1c2d-0000-4000-8000-000000000001"',
+    }
+)
+_SECTION_EXAMPLES["hulykvs_api"] = _EXAMPLES["hulykvs_api"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HulykvsApiConfig:
+    """``[hulykvs_api]``: the section's presence enables the Hulykvs-compatible listener."""
+
+    api_bind_addr: str
+    bucket: str = "hulykvs"
+    token_secret: str = field(repr=False)
+    payload_size_limit: int = HULYKVS_DEFAULT_PAYLOAD
+    default_workspace_uuid: str  # canonical hyphenated lowercase
+    ignored_env: tuple[str, ...] = ()  # HULY_* variables that make no sense here (logged at start-up)
+
+
+def canonical_uuid(text: str) -> str | None:
+    """A UUID in any of its usual spellings (hyphenated, 32 hex digits, ``{...}``, ``urn:uuid:...``;
+    any case) as canonical lowercase hyphenated text, or None. Stricter than ``uuid.UUID``, which
+    also accepts hyphens in any place."""
+    t = text.strip() if isinstance(text, str) else ""
+    if t[:9].lower() == "urn:uuid:":
+        t = t[9:]
+    elif t.startswith("{") and t.endswith("}"):
+        t = t[1:-1]
+    t = t.lower()
+    if len(t) == 32 and re.fullmatch(r"[0-9a-f]{32}", t):
+        t = f"{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:]}"
+    return t if _UUID_CANONICAL.fullmatch(t) else None
+
+
+def _hulykvs_api(t: _Table | None, base_dir: Path | None, allow_wr: bool) -> HulykvsApiConfig | None:
+    """Hulykvs's ``HULY_*`` environment variables override the file, as they configure Hulykvs."""
+    if t is None:
+        return None
+    env = os.environ
+    addr = t.address("api_bind_addr", None, required=True)
+    host, port = split_host_port(_present(addr))
+    env_host, env_port = env.get("HULY_BIND_HOST"), env.get("HULY_BIND_PORT")
+    if env_host or env_port:
+        host = env_host or host
+        port_text = env_port or str(port)
+        bracket = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        addr = f"{bracket}:{port_text}"
+        try:
+            split_host_port(addr)
+        except ValueError as e:
+            raise ConfigError(f"$HULY_BIND_HOST/$HULY_BIND_PORT give {addr!r}, not a valid host:port address: {e}")
+    secret = env.get("HULY_TOKEN_SECRET") or None
+    if secret is None:
+        secret, _ = _secret(t, "token_secret", "GARAGEKV_HULY_TOKEN_SECRET", base_dir, allow_wr)
+    if secret is None:
+        raise ConfigError(
+            f"missing required key '{t.name('token_secret')}' (example: {_example(t.name('token_secret'))}), "
+            "or token_secret_file / $HULY_TOKEN_SECRET"
+        )
+    limit = t.size("payload_size_limit", HULYKVS_DEFAULT_PAYLOAD)
+    if env.get("HULY_PAYLOAD_SIZE_LIMIT"):
+        try:
+            limit = parse_size(env["HULY_PAYLOAD_SIZE_LIMIT"])
+        except ValueError as e:
+            raise ConfigError(f"$HULY_PAYLOAD_SIZE_LIMIT: {e} (example: 2MiB)")
+    if not 1 <= limit <= HULYKVS_MAX_PAYLOAD:
+        raise t.error("payload_size_limit", f"must be between 1 byte and {HULYKVS_MAX_PAYLOAD} bytes, got {limit}")
+    ws_text = env.get("HULY_DEFAULT_WORKSPACE_UUID") or t.string("default_workspace_uuid", _MISSING)
+    ws = canonical_uuid(_present(ws_text))
+    if ws is None:
+        raise t.error("default_workspace_uuid", f"must be a UUID, got {ws_text!r}")
+    bucket = _present(t.string("bucket", "hulykvs"))
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise t.error("bucket", f"must be a bucket name (3-63 of a-z, 0-9, '.', '-'), got {bucket!r}")
+    return HulykvsApiConfig(
+        api_bind_addr=_present(addr),
+        bucket=bucket,
+        token_secret=secret,
+        payload_size_limit=limit,
+        default_workspace_uuid=ws,
+        ignored_env=tuple(k for k in ("HULY_DB_CONNECTION", "HULY_DB_SCHEME") if k in env),
+    )

@@ -159,7 +159,7 @@ def test_dev_prints_credentials_serves_and_persists(tmp_path):
     try:
         assert set(info) >= {"k2v_endpoint", "region", "access_key_id", "secret_access_key", "bucket", "nodes"}
         node = info["nodes"][0]
-        assert set(node) == {"id", "k2v_endpoint", "rpc_addr", "admin_endpoint", "config", "pid"}
+        assert set(node) == {"id", "k2v_endpoint", "rpc_addr", "admin_endpoint", "hulykvs_endpoint", "config", "pid"}
         client = K2VHttp(
             info["k2v_endpoint"].removeprefix("http://"),
             info["access_key_id"],
