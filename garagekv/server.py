@@ -306,8 +306,6 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
     """The Hulykvs-compatible listener (docs/hulykvs.md), over the node's K2V model."""
     cfg = node.config
     huly = cfg.hulykvs_api
-    # The same gate as the K2V API's where the cluster plane provides one (no layout yet: refuse).
-    readiness = getattr(node.system, "readiness", None)
     short = short_secret_warning(huly.token_secret)
     if short is not None:
         log.warning("%s", short)
@@ -320,7 +318,7 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
         huly.payload_size_limit,
         ready=lambda: node.health().ready,
         max_key_bytes=cfg.k2v_api.max_key_bytes if cfg.k2v_api is not None else MAX_KEY_BYTES,
-        refusal=readiness.refusal if readiness is not None else (lambda: None),
+        refusal=node.system.readiness.refusal,  # the K2V API's gate: no layout yet, refuse
     )
     server = HulykvsApiServer(state)
     server.observer = node._observe_hulykvs

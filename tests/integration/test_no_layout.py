@@ -73,3 +73,29 @@ def test_a_new_node_joining_stops_refusing_once_gossip_brings_the_layout(tmp_pat
     finally:
         for n in nodes + [new]:
             n.kill()
+
+
+def test_hulykvs_api_refuses_writes_until_the_layout_is_applied(tmp_path):
+    """The Hulykvs listener shares the K2V API's gate: no layout, no writes (probes still answer)."""
+    import uuid
+
+    from tests.hulykvs_client import HulyHttp, section, token
+    from tests.support import free_port
+
+    ports = [free_port() for _ in range(3)]
+    nodes = [make_node(tmp_path / f"n{i}", 3, k2v_extra="\n" + section(p)) for i, p in enumerate(ports)]
+    try:
+        nodes[0].start()
+        for n in nodes[1:]:
+            join(n, nodes[0])
+        ids = {n.node_id for n in nodes}
+        wait_for(lambda: up_ids(nodes[0]) >= ids, timeout=30)
+        huly = HulyHttp(ports[1], token())
+        ws = str(uuid.uuid4())
+        assert huly.put(ws, "ns", "early", b"v").status == 503
+        assert huly.request("GET", "/status").status == 200
+        apply_layout(nodes, nodes)
+        wait_for(lambda: huly.put(ws, "ns", "late", b"v").status == 204, timeout=30)
+    finally:
+        for n in nodes:
+            n.kill()
