@@ -53,12 +53,17 @@ class QuorumError(ServiceUnavailable):
         errors: list[str],
         sets: int | None = None,
         operation: str | None = None,
+        summary: str | None = None,
     ):
         where = f" (sets={sets})" if sets is not None else ""
-        super().__init__(
-            f"Could not reach quorum of {quorum}{where}. {successes} of {total} request succeeded, "
-            f"others returned errors: {errors!r}"
-        )
+        if summary is not None:  # the caller knows better what failed than the counts say
+            message = f"{summary}: {'; '.join(errors)}"
+        else:
+            message = (
+                f"Could not reach quorum of {quorum}{where}. {successes} of {total} request succeeded, "
+                f"others returned errors: {errors!r}"
+            )
+        super().__init__(message)
         self.quorum, self.successes, self.total, self.errors = quorum, successes, total, errors
         self.operation = operation or ("read" if sets is None else "write")
         for hook in list(quorum_failure_hooks):

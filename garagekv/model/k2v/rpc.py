@@ -103,6 +103,7 @@ class K2VService:
         (``EntityTooLarge``) is final: another coordinator would refuse too.
         """
         others = nodes
+        failures: list[str] = []
         if self.node_id in nodes:
             # No timeout here: giving up waiting would not stop a local write that is queued.
             try:
@@ -111,10 +112,12 @@ class K2VService:
             except EntityTooLarge:
                 raise
             except Exception as e:  # noqa: BLE001 - the next storage node may still take it
-                if len(nodes) == 1:
-                    raise QuorumError(1, 0, 1, [describe_failure(self.node_id, e)], operation="k2v_insert")
-                log.warning("local K2V %s failed, trying other storage nodes: %s", kind, e)
+                failures.append(describe_failure(self.node_id, e))
+                if len(nodes) > 1:
+                    log.warning("local K2V %s failed, trying other storage nodes: %s", kind, e)
                 others = [n for n in nodes if n != self.node_id]
+        if not others:
+            raise self._no_coordinator(nodes, failures)
         order = self.items.order(others)
         msg = [kind, bucket_id, [ins.to_wire() for ins in items]]
 
@@ -125,9 +128,19 @@ class K2VService:
                 return e  # an answer, not a failure: don't ask the next node
             return None
 
-        (refused,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
+        try:
+            (refused,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
+        except QuorumError as e:
+            raise self._no_coordinator(nodes, failures + e.errors) from None
         if refused is not None:
             raise refused
+
+    def _no_coordinator(self, nodes: list[bytes], failures: list[str]) -> QuorumError:
+        """Every storage node failed to coordinate: say what a write needs and why each failed
+        (each coordinator's own error names the replicas it could not reach)."""
+        wq = self.replication.write_quorum()
+        summary = f"No storage node could take the write (it needs {wq} of the {len(nodes)} replicas of its partition)"
+        return QuorumError(wq, 0, len(nodes), failures, operation="k2v_insert", summary=summary)
 
     async def _handle_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> None:
         if kind == "check":
