@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any, Generic, Protocol, TypeVar
 
 from garagekv.net.netapp import NetApp
-from garagekv.rpc.batching import CallBatcher
+from garagekv.rpc.batching import CallBatcher, forward_outcome
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import try_call_many, wait_read_quorum, wait_write_quorum
 from garagekv.table.data import TableData
@@ -163,26 +163,16 @@ class Table(Generic[E]):
         answer, so that big entries read together never exceed the frame limit; those are asked
         again on their own.
         """
-        loop = asyncio.get_running_loop()
-        out = loop.create_future()
+        out = asyncio.get_running_loop().create_future()
 
-        def settle(f: asyncio.Future, alone: bool) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                out.cancel()
-            elif f.exception() is not None:
-                out.set_exception(f.exception())
-                out.exception()  # the reader may have its quorum already and never look
+        def answered(raw: Any, alone: bool) -> None:
+            if raw is False and not alone:
+                again = asyncio.ensure_future(self._call(node, ["get_many", [tree_key]]))
+                forward_outcome(again, out, lambda answer: answered(answer[0], True))
             else:
-                raw = f.result()[0] if alone else f.result()
-                if raw is False and not alone:
-                    again = asyncio.ensure_future(self._call(node, ["get_many", [tree_key]]))
-                    again.add_done_callback(lambda g: settle(g, True))
-                else:
-                    out.set_result(None if raw is None or raw is False else bytes(raw))
+                out.set_result(None if raw is None or raw is False else bytes(raw))
 
-        self._gets.item_future(node, tree_key).add_done_callback(lambda f: settle(f, False))
+        forward_outcome(self._gets.item_future(node, tree_key), out, lambda raw: answered(raw, False))
         return out
 
     async def get_shared(self, tree_key: bytes) -> E | None:
