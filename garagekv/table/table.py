@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import CallBatcher, forward_outcome
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.quorum import try_call_many, wait_read_quorum, wait_write_quorum
-from garagekv.table.data import TableData
+from garagekv.table.data import ScanRange, TableData
 from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.util.errors import BadRequest
 
@@ -184,47 +185,34 @@ class Table(Generic[E]):
             return self.data.get_shared(tree_key)
         return await self.get(tree_key)
 
-    async def get_range(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> list[tuple[bytes, E]]:
+    async def get_range(self, partition: bytes, start: bytes = b"", **opts: Any) -> list[tuple[bytes, E]]:
+        """``range_all`` of ``ScanRange(partition, start, **opts)`` (prefix, end, reverse, ...)."""
+        return await self.range_all(ScanRange(partition, start, **opts))
+
+    async def get_range_page(
+        self, partition: bytes, start: bytes = b"", **opts: Any
+    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """``range_page`` of ``ScanRange(partition, start, **opts)``: for callers that page with
+        keyword arguments (the K2V range reader)."""
+        return await self.range_page(ScanRange(partition, start, **opts))
+
+    async def range_all(self, q: ScanRange) -> list[tuple[bytes, E]]:
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
-        Up to ``limit`` entries that pass ``filt`` (all of them without a limit): the pages of
-        ``get_range_page`` are followed until the limit is reached or nothing is left.
+        Up to ``q.limit`` entries that pass ``q.filt`` (all of them without a limit): the pages
+        of ``range_page`` are followed until the limit is reached or nothing is left.
         """
         out: list[tuple[bytes, E]] = []
         while True:
-            want = None if limit is None else limit - len(out)
-            rows, resume = await self.get_range_page(
-                partition, start, prefix=prefix, end=end, reverse=reverse, limit=want, filt=filt, skip_start=skip_start
-            )
+            want = None if q.limit is None else q.limit - len(out)
+            rows, resume = await self.range_page(replace(q, limit=want))
             out.extend(rows)
-            if resume is None or (limit is not None and len(out) >= limit):
+            if resume is None or (q.limit is not None and len(out) >= q.limit):
                 return out
-            start, skip_start = resume, True
+            q = q.after(resume)
 
-    async def get_range_page(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
-        """One page of ``get_range`` and the key to continue after (None: nothing is left).
+    async def range_page(self, q: ScanRange) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """One page of ``range_all`` and the key to continue after (None: nothing is left).
 
         Replicas answer unfiltered: a replica that filtered would leave out its tombstone for a
         key another, stale replica still holds alive, and the merge would bring the deleted
@@ -235,15 +223,14 @@ class Table(Generic[E]):
         the page then ends at that key. The page ends where the replicas' keys end, not where
         the filtered entries do, so entries hidden by the merge never end the paging.
         """
-        nodes = self.replication.read_nodes(partition)
+        limit, filt, reverse = q.limit, q.filt, q.reverse
+        nodes = self.replication.read_nodes(q.partition)
         if nodes == [self.node_id]:
             # One source: the scan filters as it goes and stops only at ``limit`` matches.
-            rows = await self.data.scan_async(
-                partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
-            )
+            rows = await self.data.scan_async(q)
             return rows, (rows[-1][0] if limit is not None and rows and len(rows) >= limit else None)
         ask = limit if limit is None or filt is None else max(limit, FILTERED_RANGE_PAGE)
-        msg = ["range", partition, start, prefix, end, reverse, ask, None, skip_start]
+        msg = ["range", q.partition, q.start, q.prefix, q.end, reverse, ask, None, q.skip_start]
         answers = await try_call_many(
             lambda node: self._call(node, msg),
             self.order(nodes),
@@ -338,10 +325,9 @@ class Table(Generic[E]):
         if kind == "range":
             _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
             filt = self.schema.filter_from_wire(fw) if fw is not None else None
-            rows = await self.data.scan_async(
+            q = ScanRange(
                 bytes(partition),
                 bytes(start),
-                raw=True,
                 prefix=bytes(prefix),
                 end=None if end is None else bytes(end),
                 reverse=bool(reverse),
@@ -349,6 +335,7 @@ class Table(Generic[E]):
                 filt=filt,
                 skip_start=bool(skip_start),
             )
+            rows = await self.data.scan_async(q, raw=True)
             out_rows: list[list[bytes]] = []
             size = 0
             for sk, raw in rows:
