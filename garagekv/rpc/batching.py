@@ -162,8 +162,10 @@ def forward_outcome(
             return
         if f.cancelled():
             out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())
+            return
+        err = f.exception()
+        if err is not None:
+            out.set_exception(err)
             out.exception()
         elif on_result is None:
             out.set_result(f.result())
