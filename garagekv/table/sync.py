@@ -36,7 +36,7 @@ reads move to the new layout and old layout versions retire.
 The RPC endpoint ``garagekv/table/sync:<table>`` answers ``["root", partition, hash]`` (does our
 root differ?), ``["node", partition, prefix]`` (our node there), ``["items", [bytes...]]``
 (CRDT-merge these entries) and ``["digest"]`` (a summary of the local data, for operators and
-tests).
+tests); each has its class in garagekv/table/messages.py, checked once on receipt.
 """
 
 from __future__ import annotations
