@@ -74,19 +74,7 @@ class CallBatcher(Generic[N]):
         batch = self._add(node, [item])
         index = len(batch.items) - 1
         mine = batch.future.get_loop().create_future()
-
-        def pick(shared: asyncio.Future[Any]) -> None:
-            if mine.done():
-                return
-            if shared.cancelled():
-                mine.cancel()
-            elif shared.exception() is not None:
-                mine.set_exception(shared.exception())
-                mine.exception()  # the reader may have its quorum already and never look
-            else:
-                mine.set_result(shared.result()[index])
-
-        batch.future.add_done_callback(pick)
+        forward_outcome(batch.future, mine, lambda answers: mine.set_result(answers[index]))
         return mine
 
     def _add(self, node: N, items: list[bytes]) -> _Batch:
@@ -135,17 +123,8 @@ class CallBatcher(Generic[N]):
             del self._open[node]
         task = asyncio.ensure_future(self._call(node, batch.items))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._done(t, batch.future))
-
-    def _done(self, task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            future.cancel()
-        elif task.exception() is not None:
-            future.set_exception(task.exception())
-            future.exception()  # every submitter may have gone: don't warn about it
-        else:
-            future.set_result(task.result())
+        task.add_done_callback(self._tasks.discard)
+        forward_outcome(task, batch.future)
 
     def in_flight(self) -> int:
         """Calls sent and not answered yet (for tests and shutdown)."""
@@ -157,18 +136,40 @@ def _all_of(futures: list[asyncio.Future[Any]]) -> asyncio.Future[Any]:
     out = futures[0].get_loop().create_future()
     left = [len(futures)]
 
-    def one_done(f: asyncio.Future[Any]) -> None:
+    def one_done(_: Any) -> None:
         left[0] -= 1
+        if left[0] == 0:
+            out.set_result([g.result() for g in futures])
+
+    for f in futures:
+        forward_outcome(f, out, one_done)
+    return out
+
+
+def forward_outcome(
+    src: asyncio.Future[Any], out: asyncio.Future[Any], on_result: Callable[[Any], None] | None = None
+) -> None:
+    """When ``src`` is done, settle ``out`` with its outcome, unless ``out`` is done already.
+
+    A cancellation cancels ``out``; a failure fails it, and is marked as seen (the reader may
+    have its quorum already, or every submitter may have gone, and never look: no "exception
+    was never retrieved" warning). A result goes to ``on_result`` if given (which settles
+    ``out`` itself, or arranges for it to be settled later), else becomes ``out``'s result.
+    """
+
+    def settle(f: asyncio.Future[Any]) -> None:
         if out.done():
             return
         if f.cancelled():
             out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())
-            out.exception()  # every submitter may have gone: don't warn about it
-        elif left[0] == 0:
-            out.set_result([g.result() for g in futures])
+            return
+        err = f.exception()
+        if err is not None:
+            out.set_exception(err)
+            out.exception()
+        elif on_result is None:
+            out.set_result(f.result())
+        else:
+            on_result(f.result())
 
-    for f in futures:
-        f.add_done_callback(one_done)
-    return out
+    src.add_done_callback(settle)

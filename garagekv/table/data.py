@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from garagekv.db.env import Database
@@ -23,6 +24,29 @@ E = TypeVar("E")
 INLINE_SCAN_LIMIT = 128
 #: Decoded entries ``get_shared`` keeps (the cache is simply emptied when full).
 SHARED_CACHE_ENTRIES = 4096
+
+
+@dataclass(frozen=True)
+class ScanRange:
+    """One range read of a partition's entries, in sort-key order (see ``TableData.scan``).
+
+    The same value is what a local scan runs, what the ``range`` message carries to a replica
+    (see garagekv/table/messages.py) and what ``Table.range_page`` merges over a read quorum.
+    ``filt`` is the schema's filter object (``TableSchema.matches_filter``); None keeps all.
+    """
+
+    partition: bytes
+    start: bytes = b""
+    prefix: bytes = b""
+    end: bytes | None = None
+    reverse: bool = False
+    limit: int | None = None
+    filt: Any = None
+    skip_start: bool = False
+
+    def after(self, key: bytes) -> ScanRange:
+        """The same range, continued past ``key`` (the last key of a page)."""
+        return replace(self, start=key, skip_start=True)
 
 
 class TableData(Generic[E]):
@@ -78,53 +102,21 @@ class TableData(Generic[E]):
         with self.db.read() as txn:
             return [txn.get(k, db=self.store) for k in tree_keys]
 
-    def scan(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> list[tuple[bytes, E]]:
-        """Entries of ``partition`` whose sort key begins with ``prefix``, from ``start`` on.
+    def scan(self, q: ScanRange) -> list[tuple[bytes, E]]:
+        """Entries of ``q.partition`` whose sort key begins with ``q.prefix``, from ``q.start`` on.
 
         Forward scans stop at ``end`` (excluded); reverse scans start at the greatest key
         <= ``start`` (the end of the partition when ``start`` is empty) and stop at ``end``
         (excluded). ``skip_start`` excludes ``start`` itself (to continue after a page).
         ``limit`` counts only entries that pass ``filt``. Blocking: run big scans in a thread.
         """
-        return [
-            (sk, entry)
-            for sk, _, entry in self._scan(partition, start, prefix, end, reverse, limit, filt, skip_start, decode=True)
-        ]
+        return [(sk, entry) for sk, _, entry in self._scan(q, decode=True)]
 
-    def scan_raw(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> list[tuple[bytes, bytes]]:
+    def scan_raw(self, q: ScanRange) -> list[tuple[bytes, bytes]]:
         """``scan`` as (sort key, stored bytes), decoding only to apply ``filt`` (replica answers)."""
-        return [
-            (sk, raw)
-            for sk, raw, _ in self._scan(
-                partition, start, prefix, end, reverse, limit, filt, skip_start, decode=filt is not None
-            )
-        ]
+        return [(sk, raw) for sk, raw, _ in self._scan(q, decode=q.filt is not None)]
 
-    async def scan_async(
-        self, partition: bytes, start: bytes = b"", *, raw: bool = False, **kw: Any
-    ) -> list[tuple[bytes, Any]]:
+    async def scan_async(self, q: ScanRange, *, raw: bool = False) -> list[tuple[bytes, Any]]:
         """``scan`` (``scan_raw`` with ``raw``) without blocking the event loop for long.
 
         Pages of up to ``INLINE_SCAN_LIMIT`` entries run right here: they take well under a
@@ -132,29 +124,18 @@ class TableData(Generic[E]):
         loop serves other requests (a 100-item page took milliseconds instead of microseconds).
         Bigger or unbounded scans go to a worker thread.
         """
-        fn = self.scan_raw if raw else self.scan
-        limit = kw.get("limit")
-        if limit is not None and limit <= INLINE_SCAN_LIMIT:
-            return fn(partition, start, **kw)
-        return await asyncio.to_thread(fn, partition, start, **kw)
+        fn: Callable[[ScanRange], list[tuple[bytes, Any]]] = self.scan_raw if raw else self.scan
+        if q.limit is not None and q.limit <= INLINE_SCAN_LIMIT:
+            return fn(q)
+        return await asyncio.to_thread(fn, q)
 
-    def _scan(
-        self,
-        partition: bytes,
-        start: bytes,
-        prefix: bytes,
-        end: bytes | None,
-        reverse: bool,
-        limit: int | None,
-        filt: Any,
-        skip_start: bool,
-        decode: bool,
-    ) -> list[tuple[bytes, bytes, Any]]:
+    def _scan(self, q: ScanRange, decode: bool) -> list[tuple[bytes, bytes, Any]]:
+        partition, start, prefix, end, reverse = q.partition, q.start, q.prefix, q.end, q.reverse
         out: list[tuple[bytes, bytes, Any]] = []
         with self.db.read() as txn:
             for key, raw in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
                 sk = key[len(partition) :]
-                if skip_start and sk == start:
+                if q.skip_start and sk == start:
                     continue
                 if not sk.startswith(prefix):
                     if reverse and sk > prefix:
@@ -163,10 +144,10 @@ class TableData(Generic[E]):
                 if end is not None and (sk <= end if reverse else sk >= end):
                     break
                 entry = self.schema.decode(raw) if decode else None
-                if filt is not None and not self.schema.matches_filter(entry, filt):
+                if q.filt is not None and not self.schema.matches_filter(entry, q.filt):
                     continue
                 out.append((sk, raw, entry))
-                if limit is not None and len(out) >= limit:
+                if q.limit is not None and len(out) >= q.limit:
                     break
         return out
 

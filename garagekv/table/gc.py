@@ -38,10 +38,11 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.net.identity import short_id
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.table.messages import DeleteIfEqualHash, GcRequest, Update, parse_gc_request
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
 from garagekv.util.codec import blake2sum
-from garagekv.util.errors import BadRequest, ServiceUnavailable
+from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
@@ -208,11 +209,11 @@ class TableGc:
 
         await self.writer.submit(apply)
 
-    async def _call_all(self, nodes: tuple[bytes, ...], msg: list, what: str, count: int) -> None:
+    async def _call_all(self, nodes: tuple[bytes, ...], req: GcRequest, what: str, count: int) -> None:
         async def one(node: bytes) -> Any:
             if node == self.node_id:
-                return await self._handle(node, msg)
-            return await self.table.netapp.call(node, self.endpoint, msg, timeout=self.table.timeout)
+                return await self._serve(req)
+            return await self.table.netapp.call(node, self.endpoint, req.to_wire(), timeout=self.table.timeout)
 
         results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
         errors = [f"{short_id(n)}: {r}" for n, r in zip(nodes, results, strict=True) if isinstance(r, BaseException)]
@@ -225,10 +226,10 @@ class TableGc:
     async def collect(self, others: tuple[bytes, ...], cands: list[Candidate]) -> int:
         """Both phases for one group; returns how many tombstones this node deleted."""
         if others:
-            await self._call_all(others, ["update", [c.raw for c in cands]], "pushing the tombstones", len(cands))
+            await self._call_all(others, Update(tuple(c.raw for c in cands)), "pushing the tombstones", len(cands))
             await self._call_all(
                 others,
-                ["delete_if_equal_hash", [[c.tree_key, c.value_hash] for c in cands]],
+                DeleteIfEqualHash(tuple((c.tree_key, c.value_hash) for c in cands)),
                 "deleting them",
                 len(cands),
             )
@@ -276,12 +277,11 @@ class TableGc:
     # ---- the GC RPC (served on every node) --------------------------------------------------------
 
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
-        if not isinstance(msg, list) or len(msg) != 2 or not isinstance(msg[1], list):
-            raise BadRequest("malformed GC request")
-        kind, body = msg
-        if kind == "update":
-            await self.data.merge_many([self.table.schema.decode(bytes(r)) for r in body])
+        """The endpoint: the request is checked once here (``MalformedMessage`` if it is not one)."""
+        return await self._serve(parse_gc_request(msg))
+
+    async def _serve(self, req: GcRequest) -> Any:
+        if isinstance(req, Update):
+            await self.data.merge_many([self.table.schema.decode(r) for r in req.raws])
             return None
-        if kind == "delete_if_equal_hash":
-            return await self.data.delete_if_equal_hash([(bytes(k), bytes(h)) for k, h in body])
-        raise BadRequest(f"unknown GC request {kind!r}")
+        return await self.data.delete_if_equal_hash(list(req.items))

@@ -36,7 +36,7 @@ reads move to the new layout and old layout versions retire.
 The RPC endpoint ``garagekv/table/sync:<table>`` answers ``["root", partition, hash]`` (does our
 root differ?), ``["node", partition, prefix]`` (our node there), ``["items", [bytes...]]``
 (CRDT-merge these entries) and ``["digest"]`` (a summary of the local data, for operators and
-tests).
+tests); each has its class in garagekv/table/messages.py, checked once on receipt.
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import try_call_many
 from garagekv.table.merkle import MerkleNode, MerkleUpdater
+from garagekv.table.messages import ItemsPush, NodeRequest, RootRequest, SyncRequest, parse_sync_request
 from garagekv.table.replication import SyncPartition
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
 from garagekv.util.codec import blake2sum
-from garagekv.util.errors import BadRequest, ServiceUnavailable
+from garagekv.util.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class TableSyncer:
         root = self.merkle.get_node(partition)
         if root.is_empty:
             return  # nothing to push; the peer pushes what it has
-        if not await self._call(peer, ["root", partition, root.hash()]):
+        if not await self._call(peer, RootRequest(partition, root.hash())):
             return
         # (prefix, whether the peer may have nodes below it)
         todo: deque[tuple[bytes, bool]] = deque([(b"", True)])
@@ -373,7 +374,7 @@ class TableSyncer:
                 remote: dict[int, bytes] = {}
                 remote_has_subtrees = False
                 if ask:
-                    theirs = MerkleNode.from_wire(await self._call(peer, ["node", partition, prefix]))
+                    theirs = MerkleNode.from_wire(await self._call(peer, NodeRequest(partition, prefix)))
                     if theirs.is_intermediate:
                         remote = dict(theirs.children)
                         remote_has_subtrees = True
@@ -393,7 +394,7 @@ class TableSyncer:
             if raw is not None and not self._too_big(partition, k, len(raw))
         ]
         for chunk in chunks(raws):
-            await self._call(peer, ["items", chunk])
+            await self._call(peer, ItemsPush(tuple(chunk)))
             self.items_sent += len(chunk)
         if raws:
             log.debug("%s: sent %d entries to %s", self.table_name, len(raws), short_id(peer))
@@ -426,9 +427,9 @@ class TableSyncer:
                     f"cannot offload {self.table_name} partition {sp.partition}: only {len(nodes)} storage nodes"
                 )
             for chunk in chunks([raw for _, raw in batch]):
-                msg = ["items", chunk]
+                req = ItemsPush(tuple(chunk))
                 await try_call_many(
-                    lambda n, msg=msg: self._call(n, msg),
+                    lambda n, req=req: self._call(n, req),
                     nodes,
                     len(nodes),
                     send_all_at_once=True,
@@ -466,25 +467,25 @@ class TableSyncer:
 
     # ---- RPC ---------------------------------------------------------------------------------
 
-    async def _call(self, node: bytes, msg: list) -> Any:
+    async def _call(self, node: bytes, req: SyncRequest) -> Any:
+        """The answer of ``req`` at ``node``, in its wire form (served here when it is this node)."""
         if node == self.node_id:
-            return await self._handle(node, msg)
-        return await self.table.netapp.call(node, self.endpoint, msg, timeout=self.timeout)
+            return await self._serve(req)
+        return await self.table.netapp.call(node, self.endpoint, req.to_wire(), timeout=self.timeout)
 
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
-        if not isinstance(msg, list) or not msg:
-            raise BadRequest("malformed sync request")
-        kind = msg[0]
-        if kind == "root":
-            return self.merkle.root_hash(int(msg[1])) != bytes(msg[2])
-        if kind == "node":
-            return self.merkle.get_node(int(msg[1]), bytes(msg[2])).to_wire()
-        if kind == "items":
-            await self.data.merge_many([self.data.schema.decode(bytes(r)) for r in msg[1]])
+        """The endpoint: the request is checked once here (``MalformedMessage`` if it is not one)."""
+        return await self._serve(parse_sync_request(msg))
+
+    async def _serve(self, req: SyncRequest) -> Any:
+        if isinstance(req, RootRequest):
+            return self.merkle.root_hash(req.partition) != req.root_hash
+        if isinstance(req, NodeRequest):
+            return self.merkle.get_node(req.partition, req.prefix).to_wire()
+        if isinstance(req, ItemsPush):
+            await self.data.merge_many([self.data.schema.decode(r) for r in req.raws])
             return None
-        if kind == "digest":
-            return await asyncio.to_thread(self.local_digest)
-        raise BadRequest(f"unknown sync request {kind!r}")
+        return await asyncio.to_thread(self.local_digest)
 
     def local_digest(self) -> dict[str, Any]:
         """Entries held here, a hash of them all and of the Merkle roots (equal on replicas holding

@@ -10,15 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from garagekv.net.netapp import NetApp
-from garagekv.rpc.batching import CallBatcher
+from garagekv.rpc.batching import CallBatcher, forward_outcome
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.rpc.messages import malformed
 from garagekv.rpc.quorum import try_call_many, wait_read_quorum, wait_write_quorum
-from garagekv.table.data import TableData
+from garagekv.table.data import ScanRange, TableData
+from garagekv.table.messages import (
+    LEFT_OUT,
+    GetMany,
+    GetManyAnswer,
+    RangeAnswer,
+    RangeRequest,
+    TableRequest,
+    Update,
+    parse_table_request,
+)
 from garagekv.table.replication import FullReplication, ShardedReplication
-from garagekv.util.errors import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +74,8 @@ class Table(Generic[E]):
         registry.register(self.endpoint, self._handle)
         self._repairs: set[asyncio.Task] = set()
         # Updates and single-key reads bound for the same peer in one loop turn share one RPC.
-        self._updates = CallBatcher(lambda node, raws: self._call(node, ["update", raws]))
-        self._gets = CallBatcher(lambda node, keys: self._call(node, ["get_many", keys]))
+        self._updates = CallBatcher(lambda node, raws: self._send(node, Update(tuple(raws))))
+        self._gets = CallBatcher(self._get_many)
 
     @property
     def node_id(self) -> bytes:
@@ -121,7 +132,7 @@ class Table(Generic[E]):
 
     async def _update(self, node: bytes, raws: list[bytes]) -> None:
         if node == self.node_id:
-            await self._handle(node, ["update", raws])
+            await self._merge(tuple(raws))
         else:
             await self._updates.submit(node, raws)
 
@@ -163,26 +174,16 @@ class Table(Generic[E]):
         answer, so that big entries read together never exceed the frame limit; those are asked
         again on their own.
         """
-        loop = asyncio.get_running_loop()
-        out = loop.create_future()
+        out = asyncio.get_running_loop().create_future()
 
-        def settle(f: asyncio.Future, alone: bool) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                out.cancel()
-            elif f.exception() is not None:
-                out.set_exception(f.exception())
-                out.exception()  # the reader may have its quorum already and never look
+        def answered(raw: Any, alone: bool) -> None:
+            if raw is False and not alone:
+                again = asyncio.ensure_future(self._get_many(node, [tree_key]))
+                forward_outcome(again, out, lambda answer: answered(answer[0], True))
             else:
-                raw = f.result()[0] if alone else f.result()
-                if raw is False and not alone:
-                    again = asyncio.ensure_future(self._call(node, ["get_many", [tree_key]]))
-                    again.add_done_callback(lambda g: settle(g, True))
-                else:
-                    out.set_result(None if raw is None or raw is False else bytes(raw))
+                out.set_result(None if raw is None or raw is False else bytes(raw))
 
-        self._gets.item_future(node, tree_key).add_done_callback(lambda f: settle(f, False))
+        forward_outcome(self._gets.item_future(node, tree_key), out, lambda raw: answered(raw, False))
         return out
 
     async def get_shared(self, tree_key: bytes) -> E | None:
@@ -194,47 +195,34 @@ class Table(Generic[E]):
             return self.data.get_shared(tree_key)
         return await self.get(tree_key)
 
-    async def get_range(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> list[tuple[bytes, E]]:
+    async def get_range(self, partition: bytes, start: bytes = b"", **opts: Any) -> list[tuple[bytes, E]]:
+        """``range_all`` of ``ScanRange(partition, start, **opts)`` (prefix, end, reverse, ...)."""
+        return await self.range_all(ScanRange(partition, start, **opts))
+
+    async def get_range_page(
+        self, partition: bytes, start: bytes = b"", **opts: Any
+    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """``range_page`` of ``ScanRange(partition, start, **opts)``: for callers that page with
+        keyword arguments (the K2V range reader)."""
+        return await self.range_page(ScanRange(partition, start, **opts))
+
+    async def range_all(self, q: ScanRange) -> list[tuple[bytes, E]]:
         """Entries of one partition in key order, as (sort key, entry), merged over a read quorum.
 
-        Up to ``limit`` entries that pass ``filt`` (all of them without a limit): the pages of
-        ``get_range_page`` are followed until the limit is reached or nothing is left.
+        Up to ``q.limit`` entries that pass ``q.filt`` (all of them without a limit): the pages
+        of ``range_page`` are followed until the limit is reached or nothing is left.
         """
         out: list[tuple[bytes, E]] = []
         while True:
-            want = None if limit is None else limit - len(out)
-            rows, resume = await self.get_range_page(
-                partition, start, prefix=prefix, end=end, reverse=reverse, limit=want, filt=filt, skip_start=skip_start
-            )
+            want = None if q.limit is None else q.limit - len(out)
+            rows, resume = await self.range_page(replace(q, limit=want))
             out.extend(rows)
-            if resume is None or (limit is not None and len(out) >= limit):
+            if resume is None or (q.limit is not None and len(out) >= q.limit):
                 return out
-            start, skip_start = resume, True
+            q = q.after(resume)
 
-    async def get_range_page(
-        self,
-        partition: bytes,
-        start: bytes = b"",
-        *,
-        prefix: bytes = b"",
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-        filt: Any = None,
-        skip_start: bool = False,
-    ) -> tuple[list[tuple[bytes, E]], bytes | None]:
-        """One page of ``get_range`` and the key to continue after (None: nothing is left).
+    async def range_page(self, q: ScanRange) -> tuple[list[tuple[bytes, E]], bytes | None]:
+        """One page of ``range_all`` and the key to continue after (None: nothing is left).
 
         Replicas answer unfiltered: a replica that filtered would leave out its tombstone for a
         key another, stale replica still holds alive, and the merge would bring the deleted
@@ -245,17 +233,16 @@ class Table(Generic[E]):
         the page then ends at that key. The page ends where the replicas' keys end, not where
         the filtered entries do, so entries hidden by the merge never end the paging.
         """
-        nodes = self.replication.read_nodes(partition)
+        limit, filt, reverse = q.limit, q.filt, q.reverse
+        nodes = self.replication.read_nodes(q.partition)
         if nodes == [self.node_id]:
             # One source: the scan filters as it goes and stops only at ``limit`` matches.
-            rows = await self.data.scan_async(
-                partition, start, prefix=prefix, end=end, reverse=reverse, limit=limit, filt=filt, skip_start=skip_start
-            )
+            rows = await self.data.scan_async(q)
             return rows, (rows[-1][0] if limit is not None and rows and len(rows) >= limit else None)
         ask = limit if limit is None or filt is None else max(limit, FILTERED_RANGE_PAGE)
-        msg = ["range", partition, start, prefix, end, reverse, ask, None, skip_start]
+        req = RangeRequest(replace(q, limit=ask, filt=None))
         answers = await try_call_many(
-            lambda node: self._call(node, msg),
+            lambda node: self._range(node, req),
             self.order(nodes),
             self.replication.read_quorum(),
             send_all_at_once=True,
@@ -266,13 +253,11 @@ class Table(Generic[E]):
         by_key: dict[bytes, list[bytes]] = defaultdict(list)
         cut: bytes | None = None
         for answer in answers:
-            rows = answer
-            if isinstance(answer, dict):  # stopped at the budget: {"rows": [...], "more": True}
-                rows = answer["rows"]
-                last = bytes(rows[-1][0])
+            if answer.more:  # stopped at its byte budget
+                last = answer.rows[-1][0]
                 cut = last if cut is None else (max(cut, last) if reverse else min(cut, last))
-            for sk, raw in rows:
-                by_key[bytes(sk)].append(bytes(raw))
+            for sk, raw in answer.rows:
+                by_key[sk].append(raw)
         keys = sorted(by_key, reverse=reverse)
         resume = None
         if cut is not None:  # a replica stopped at its byte budget: nothing is known past it
@@ -321,53 +306,64 @@ class Table(Generic[E]):
         self._repairs.add(t)
         t.add_done_callback(self._repairs.discard)
 
-    async def _call(self, node: bytes, msg: list) -> Any:
+    async def _send(self, node: bytes, req: TableRequest) -> Any:
+        """``req`` to another node; its answer as it came off the wire."""
+        return await self.netapp.call(node, self.endpoint, req.to_wire(), timeout=self.timeout)
+
+    async def _get_many(self, node: bytes, keys: list[bytes]) -> list[bytes | None | bool]:
+        req = GetMany(tuple(keys))
         if node == self.node_id:
-            return await self._handle(node, msg)
-        return await self.netapp.call(node, self.endpoint, msg, timeout=self.timeout)
+            return list(self._serve_get_many(req).raws)
+        return list(GetManyAnswer.from_wire(await self._send(node, req), len(keys)).raws)
+
+    async def _range(self, node: bytes, req: RangeRequest) -> RangeAnswer:
+        if node == self.node_id:
+            return await self._serve_range(req)
+        return RangeAnswer.from_wire(await self._send(node, req))
 
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
-        if not isinstance(msg, list) or not msg:
-            raise BadRequest("malformed table request")
-        kind = msg[0]
+        """The endpoint: the request is checked once here (``MalformedMessage`` if it is not one)."""
+        req = parse_table_request(msg)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "table rpc %s", kind, extra={"table": self.schema.name, "op": kind, "from_node": from_node[:8].hex()}
+                "table rpc %s",
+                req.TAG,
+                extra={"table": self.schema.name, "op": req.TAG, "from_node": from_node[:8].hex()},
             )
-        if kind == "update":
-            raws = [bytes(r) for r in msg[1]]
-            await self.data.merge_many([self.schema.decode(r) for r in raws], raws)
+        if isinstance(req, Update):
+            await self._merge(req.raws)
             return None
-        if kind == "get_many":
-            out: list[bytes | None | bool] = []
-            size = 0
-            for raw in self.data.get_raw_many([bytes(k) for k in msg[1]]):
-                size += 0 if raw is None else len(raw)
-                out.append(False if out and size > GET_MANY_BUDGET else raw)  # the first always fits
-            return out
-        if kind == "range":
-            _, partition, start, prefix, end, reverse, limit, fw, skip_start = msg
-            filt = self.schema.filter_from_wire(fw) if fw is not None else None
-            rows = await self.data.scan_async(
-                bytes(partition),
-                bytes(start),
-                raw=True,
-                prefix=bytes(prefix),
-                end=None if end is None else bytes(end),
-                reverse=bool(reverse),
-                limit=limit,
-                filt=filt,
-                skip_start=bool(skip_start),
-            )
-            out_rows: list[list[bytes]] = []
-            size = 0
-            for sk, raw in rows:
-                size += len(raw)
-                if out_rows and size > RANGE_BUDGET:  # the first always fits
-                    return {"rows": out_rows, "more": True}
-                out_rows.append([sk, raw])
-            return out_rows
-        raise BadRequest(f"unknown table request {kind!r}")
+        if isinstance(req, GetMany):
+            return self._serve_get_many(req).to_wire()
+        return (await self._serve_range(req)).to_wire()
+
+    async def _merge(self, raws: tuple[bytes, ...]) -> None:
+        await self.data.merge_many([self.schema.decode(r) for r in raws], list(raws))
+
+    def _serve_get_many(self, req: GetMany) -> GetManyAnswer:
+        out: list[bytes | None | bool] = []
+        size = 0
+        for raw in self.data.get_raw_many(list(req.keys)):
+            size += 0 if raw is None else len(raw)
+            out.append(LEFT_OUT if out and size > GET_MANY_BUDGET else raw)  # the first always fits
+        return GetManyAnswer(tuple(out))
+
+    async def _serve_range(self, req: RangeRequest) -> RangeAnswer:
+        q = req.query
+        if q.filt is not None:
+            try:
+                q = replace(q, filt=self.schema.filter_from_wire(q.filt))
+            except (TypeError, ValueError, KeyError, IndexError) as e:
+                raise malformed("table range", f"bad filter: {e}") from None
+        rows = await self.data.scan_async(q, raw=True)
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        for sk, raw in rows:
+            size += len(raw)
+            if out and size > RANGE_BUDGET:  # the first always fits
+                return RangeAnswer(tuple(out), more=True)
+            out.append((sk, raw))
+        return RangeAnswer(tuple(out))
 
 
 def _retrieve(fut: asyncio.Future) -> None:

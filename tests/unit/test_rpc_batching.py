@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from garagekv.rpc.batching import CallBatcher
+from garagekv.rpc.batching import CallBatcher, forward_outcome
 
 
 class Recorder:
@@ -142,3 +142,41 @@ async def test_a_split_update_future_waits_for_every_call_and_fails_with_any():
         await b.future("a", [b"aaa", b"bbb", b"ccc"])
     with pytest.raises(RuntimeError, match="second call failed"):
         await b.submit("a", [b"aaa", b"bbb", b"ccc"])
+
+
+async def test_forward_outcome_settles_once_and_marks_failures_seen():
+    """The one helper behind the batcher's and the table's futures: cancellation, failure and
+    result pass on; a result goes through ``on_result`` when given; a settled target is left alone."""
+    loop = asyncio.get_running_loop()
+    src, out = loop.create_future(), loop.create_future()
+    forward_outcome(src, out)
+    src.set_result(3)
+    await asyncio.sleep(0)
+    assert out.result() == 3
+
+    src, out = loop.create_future(), loop.create_future()
+    forward_outcome(src, out, lambda r: out.set_result(r * 2))
+    src.set_result(3)
+    await asyncio.sleep(0)
+    assert out.result() == 6
+
+    src, out = loop.create_future(), loop.create_future()
+    forward_outcome(src, out)
+    src.cancel()
+    await asyncio.sleep(0)
+    assert out.cancelled()
+
+    src, out = loop.create_future(), loop.create_future()
+    forward_outcome(src, out)
+    src.set_exception(RuntimeError("down"))
+    await asyncio.sleep(0)
+    assert out.done() and out._log_traceback is False  # seen: no "never retrieved" warning
+    with pytest.raises(RuntimeError, match="down"):
+        out.result()
+
+    src, out = loop.create_future(), loop.create_future()
+    out.set_result("first")
+    forward_outcome(src, out, lambda r: out.set_result(r))  # would raise InvalidStateError
+    src.set_result("second")
+    await asyncio.sleep(0)
+    assert out.result() == "first"

@@ -10,7 +10,7 @@ import pytest
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.range import RangeQuery, local_page, read_range
-from garagekv.table.data import TableData
+from garagekv.table.data import ScanRange, TableData
 from garagekv.table.schema import BaseSchema
 from garagekv.util.errors import BadRequest, StorageError
 
@@ -128,7 +128,7 @@ async def spec_table(table):
 
 async def run(table, filt=None, page_size=1000, **kw):
     async def fetch(start, **a):
-        return local_page(table.scan(P, start, **a), a.get("limit"))
+        return local_page(table.scan(ScanRange(P, start, **a)), a.get("limit"))
 
     page = await read_range(fetch, RangeQuery(**kw), filt, page=page_size)
     return [k for k, _ in page.entries], page.more, page.next_start

@@ -15,6 +15,7 @@ from garagekv.net.errors import NetError
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.table.data import TableData
 from garagekv.table.merkle import MerkleUpdater
+from garagekv.table.messages import ItemsPush
 from garagekv.table.replication import SyncPartition
 from garagekv.table.sync import (
     SYNC_BATCH,
@@ -353,7 +354,7 @@ async def test_offload_needs_every_owner_and_keeps_changed_items(cluster, monkey
 
     async def call(node, msg):
         result = await real_call(node, msg)
-        if msg[0] == "items" and not changed:
+        if isinstance(msg, ItemsPush) and not changed:
             changed.append(True)
             await a.data.merge(Reg(part_hash(2), b"k0", 50))
         return result

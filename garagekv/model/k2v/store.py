@@ -22,7 +22,7 @@ from garagekv.model.k2v.range import RangeQuery, local_page, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
-from garagekv.table.data import TableData, check_size
+from garagekv.table.data import ScanRange, TableData, check_size
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES
 from garagekv.util.errors import EntityTooLarge
 from garagekv.util.time import now_ms
@@ -208,7 +208,7 @@ class K2VStore:
         """
 
         async def fetch(start: bytes, **kw: Any) -> tuple[list, bytes | None]:
-            return local_page(await self.item_data.scan_async(ph, start, **kw), kw.get("limit"))
+            return local_page(await self.item_data.scan_async(ScanRange(ph, start, **kw)), kw.get("limit"))
 
         # One page as big as the range: one scan call, hence one transaction.
         page = await read_range(fetch, q, ItemFilter(), page=_WHOLE_RANGE)

@@ -1,0 +1,319 @@
+"""The table layer's RPC messages: one small class per message, checked once when received.
+
+Three endpoints per table speak these (formats in docs/protocol.md):
+
+- ``garagekv/table/rpc:<table>`` (``Table``): ``update``, ``get_many``, ``range``;
+- ``garagekv/table/sync:<table>`` (anti-entropy): ``root``, ``node``, ``items``, ``digest``;
+- ``garagekv/table/gc:<table>`` (tombstone GC): ``update``, ``delete_if_equal_hash``.
+
+``to_wire`` gives the msgpack array the message has always been (so nodes of earlier versions
+understand it); ``from_wire`` accepts exactly that and raises ``MalformedMessage`` (a 400-class
+``InvalidRequest`` for the sender) on an unknown tag, a wrong arity or a field of the wrong type.
+Answers whose shape the caller relies on (``get_many``, ``range``) have a class too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from garagekv.rpc.messages import (
+    MalformedMessage,
+    as_bool,
+    as_bytes,
+    as_bytes_list,
+    as_int,
+    as_opt_bytes,
+    as_opt_int,
+    fields,
+    malformed,
+    tag_of,
+)
+from garagekv.table.data import ScanRange
+
+__all__ = [
+    "DeleteIfEqualHash",
+    "DigestRequest",
+    "GetMany",
+    "GetManyAnswer",
+    "ItemsPush",
+    "MalformedMessage",
+    "NodeRequest",
+    "RangeAnswer",
+    "RangeRequest",
+    "RootRequest",
+    "Update",
+    "parse_gc_request",
+    "parse_sync_request",
+    "parse_table_request",
+]
+
+#: A Merkle node's path is a prefix of a 32-byte key hash; the tries have 256 partitions.
+MAX_MERKLE_PREFIX = 32
+MAX_MERKLE_PARTITION = 255
+
+
+# ---- the table endpoint (Table) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Update:
+    """Merge these entries (canonical bytes): ``["update", [raw, ...]]`` (table and GC endpoints)."""
+
+    TAG: ClassVar[str] = "update"
+    raws: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, list(self.raws)]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> Update:
+        _, raws = fields("table update", w, cls.TAG, 2)
+        return cls(as_bytes_list("table update", "entries", raws))
+
+
+@dataclass(frozen=True)
+class GetMany:
+    """The stored bytes of these tree keys: ``["get_many", [tree key, ...]]``."""
+
+    TAG: ClassVar[str] = "get_many"
+    keys: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, list(self.keys)]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> GetMany:
+        _, keys = fields("table get_many", w, cls.TAG, 2)
+        return cls(as_bytes_list("table get_many", "keys", keys))
+
+
+#: In a ``get_many`` answer: the entry exists but was left out (past the answer's byte budget).
+LEFT_OUT = False
+
+
+@dataclass(frozen=True)
+class GetManyAnswer:
+    """One value per key asked, in order: the stored bytes, None (absent) or ``LEFT_OUT``."""
+
+    raws: tuple[bytes | None | bool, ...]
+
+    def to_wire(self) -> list[Any]:
+        return list(self.raws)
+
+    @classmethod
+    def from_wire(cls, w: Any, asked: int) -> GetManyAnswer:
+        what = "table get_many answer"
+        if not isinstance(w, list | tuple) or len(w) != asked:
+            raise malformed(what, f"expected an array of {asked} values")
+        if not all(v is None or v is LEFT_OUT or isinstance(v, bytes) for v in w):
+            raise malformed(what, "every value must be bytes, nil or false")
+        return cls(tuple(w))
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """A replica's entries of a range, unmerged:
+    ``["range", partition, start, prefix, end, reverse, limit, filter, skip_start]``.
+
+    ``query.filt`` is the filter in its wire form (the schema's ``filter_to_wire``), None for
+    none: the receiver rebuilds it with its schema. ``Table`` itself always asks unfiltered.
+    """
+
+    TAG: ClassVar[str] = "range"
+    query: ScanRange
+
+    def to_wire(self) -> list[Any]:
+        q = self.query
+        return [self.TAG, q.partition, q.start, q.prefix, q.end, q.reverse, q.limit, q.filt, q.skip_start]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> RangeRequest:
+        what = "table range"
+        _, partition, start, prefix, end, reverse, limit, filt, skip_start = fields(what, w, cls.TAG, 9)
+        return cls(
+            ScanRange(
+                as_bytes(what, "partition", partition),
+                as_bytes(what, "start", start),
+                prefix=as_bytes(what, "prefix", prefix),
+                end=as_opt_bytes(what, "end", end),
+                reverse=as_bool(what, "reverse", reverse),
+                limit=as_opt_int(what, "limit", limit, 0),
+                filt=filt,
+                skip_start=as_bool(what, "skip_start", skip_start),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class RangeAnswer:
+    """(sort key, stored bytes) rows in scan order. ``more``: the replica stopped at its byte
+    budget, and knows nothing past the last row. On the wire ``[[sort key, raw], ...]``, or
+    ``{"rows": [...], "more": true}`` when it stopped early (then never empty)."""
+
+    rows: tuple[tuple[bytes, bytes], ...]
+    more: bool = False
+
+    def to_wire(self) -> Any:
+        rows = [[sk, raw] for sk, raw in self.rows]
+        return {"rows": rows, "more": True} if self.more else rows
+
+    @classmethod
+    def from_wire(cls, w: Any) -> RangeAnswer:
+        what = "table range answer"
+        more = False
+        if isinstance(w, dict):
+            if set(w) != {"rows", "more"} or w["more"] is not True or not w["rows"]:
+                raise malformed(what, 'expected {"rows": [non-empty array], "more": true}')
+            w, more = w["rows"], True
+        if not isinstance(w, list | tuple):
+            raise malformed(what, "expected an array of rows")
+        rows = []
+        for row in w:
+            if not isinstance(row, list | tuple) or len(row) != 2:
+                raise malformed(what, "every row must be [sort key, entry]")
+            rows.append((as_bytes(what, "sort key", row[0]), as_bytes(what, "entry", row[1])))
+        return cls(tuple(rows), more)
+
+
+TableRequest = Update | GetMany | RangeRequest
+_TABLE_REQUESTS: dict[str, Callable[[Any], TableRequest]] = {
+    Update.TAG: Update.from_wire,
+    GetMany.TAG: GetMany.from_wire,
+    RangeRequest.TAG: RangeRequest.from_wire,
+}
+
+
+def parse_table_request(w: Any) -> TableRequest:
+    """Rebuild a request to ``garagekv/table/rpc:<table>`` (MalformedMessage if it is not one)."""
+    return _TABLE_REQUESTS[tag_of("table request", w, tuple(_TABLE_REQUESTS))](w)
+
+
+# ---- the sync endpoint (anti-entropy) ----------------------------------------------------------
+
+
+def _partition(what: str, v: Any) -> int:
+    return as_int(what, "partition", v, 0, MAX_MERKLE_PARTITION)
+
+
+@dataclass(frozen=True)
+class RootRequest:
+    """Does the receiver's Merkle root of ``partition`` differ from ``root_hash``?
+    ``["root", partition, hash]``; the answer is a boolean."""
+
+    TAG: ClassVar[str] = "root"
+    partition: int
+    root_hash: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.partition, self.root_hash]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> RootRequest:
+        _, partition, root_hash = fields("sync root", w, cls.TAG, 3)
+        return cls(_partition("sync root", partition), as_bytes("sync root", "hash", root_hash))
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """The receiver's Merkle node of ``partition`` at ``prefix``: ``["node", partition, prefix]``;
+    the answer is the node's wire form (``MerkleNode.to_wire``)."""
+
+    TAG: ClassVar[str] = "node"
+    partition: int
+    prefix: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.partition, self.prefix]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> NodeRequest:
+        _, partition, prefix = fields("sync node", w, cls.TAG, 3)
+        return cls(_partition("sync node", partition), as_bytes("sync node", "prefix", prefix, MAX_MERKLE_PREFIX))
+
+
+@dataclass(frozen=True)
+class ItemsPush:
+    """Merge these entries (canonical bytes), pushed by anti-entropy or an offload:
+    ``["items", [raw, ...]]``."""
+
+    TAG: ClassVar[str] = "items"
+    raws: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, list(self.raws)]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> ItemsPush:
+        _, raws = fields("sync items", w, cls.TAG, 2)
+        return cls(as_bytes_list("sync items", "entries", raws))
+
+
+@dataclass(frozen=True)
+class DigestRequest:
+    """A summary of the receiver's local data (operators and tests): ``["digest"]``."""
+
+    TAG: ClassVar[str] = "digest"
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> DigestRequest:
+        fields("sync digest", w, cls.TAG, 1)
+        return cls()
+
+
+SyncRequest = RootRequest | NodeRequest | ItemsPush | DigestRequest
+_SYNC_REQUESTS: dict[str, Callable[[Any], SyncRequest]] = {
+    RootRequest.TAG: RootRequest.from_wire,
+    NodeRequest.TAG: NodeRequest.from_wire,
+    ItemsPush.TAG: ItemsPush.from_wire,
+    DigestRequest.TAG: DigestRequest.from_wire,
+}
+
+
+def parse_sync_request(w: Any) -> SyncRequest:
+    """Rebuild a request to ``garagekv/table/sync:<table>`` (MalformedMessage if it is not one)."""
+    return _SYNC_REQUESTS[tag_of("sync request", w, tuple(_SYNC_REQUESTS))](w)
+
+
+# ---- the GC endpoint ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeleteIfEqualHash:
+    """Delete each entry whose stored bytes still hash to the given hash:
+    ``["delete_if_equal_hash", [[tree key, hash], ...]]``; the answer is how many went."""
+
+    TAG: ClassVar[str] = "delete_if_equal_hash"
+    items: tuple[tuple[bytes, bytes], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, [[k, h] for k, h in self.items]]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> DeleteIfEqualHash:
+        what = "GC delete_if_equal_hash"
+        _, items = fields(what, w, cls.TAG, 2)
+        if not isinstance(items, list | tuple):
+            raise malformed(what, "expected an array of [tree key, hash]")
+        out = []
+        for item in items:
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise malformed(what, "every item must be [tree key, hash]")
+            out.append((as_bytes(what, "tree key", item[0]), as_bytes(what, "hash", item[1])))
+        return cls(tuple(out))
+
+
+GcRequest = Update | DeleteIfEqualHash
+_GC_REQUESTS: dict[str, Callable[[Any], GcRequest]] = {
+    Update.TAG: Update.from_wire,
+    DeleteIfEqualHash.TAG: DeleteIfEqualHash.from_wire,
+}
+
+
+def parse_gc_request(w: Any) -> GcRequest:
+    """Rebuild a request to ``garagekv/table/gc:<table>`` (MalformedMessage if it is not one)."""
+    return _GC_REQUESTS[tag_of("GC request", w, tuple(_GC_REQUESTS))](w)
