@@ -13,10 +13,11 @@ from garagekv.consensus.acceptor import Acceptor
 from garagekv.consensus.ballot import ZERO_BALLOT, Ballot, BallotClock
 from garagekv.consensus.gc import ConsensusGcWorker
 from garagekv.consensus.machine import Decision, StateMachine
-from garagekv.consensus.messages import MalformedMessage, Proposal
+from garagekv.consensus.messages import Proposal
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import LayoutPlacement, Placement
 from garagekv.consensus.proposer import Proposer, Transport
+from garagekv.rpc.messages import MalformedMessage
 
 __all__ = [
     "ZERO_BALLOT",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garagekv.consensus.ballot import ZERO_BALLOT, Ballot
-from garagekv.util.errors import BadRequest
+from garagekv.rpc.messages import MalformedMessage, malformed
 
 #: A consensus key starts with the 32-byte ring hash of its partition; LMDB caps keys at 511 B.
 MIN_KEY_LEN = 32
@@ -22,12 +22,8 @@ MAX_KEY_LEN = 511
 MAX_READ_KEYS = 1024
 
 
-class MalformedMessage(BadRequest):
-    """A peer sent a consensus message of the wrong shape (arity, types, sizes)."""
-
-
 def _fail(kind: str, why: str) -> MalformedMessage:
-    return MalformedMessage(f"malformed consensus {kind}: {why}")
+    return malformed(f"consensus {kind}", why)
 
 
 def _fields(kind: str, w: Any, n: int) -> Sequence[Any]:
