@@ -15,7 +15,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from garagekv.net.errors import ProtocolError
+from garagekv.net.errors import PeerProtocolError
 from garagekv.net.handshake import SessionKeys
 
 #: Largest plaintext record: a 16 MiB body plus room for the message envelope.
@@ -29,7 +29,7 @@ def _nonce(counter: int) -> bytes:
     return b"\x00\x00\x00\x00" + counter.to_bytes(8, "big")
 
 
-class ChannelClosed(ProtocolError):
+class ChannelClosed(PeerProtocolError):
     """The peer closed the socket, or a record failed authentication."""
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from garagekv.net.channel import ChannelClosed, SecureChannel
-from garagekv.net.errors import NetError, ProtocolError, RpcTimeout
+from garagekv.net.errors import NetError, PeerProtocolError, RpcTimeout
 from garagekv.net.frame import (
     Cancel,
     EncodeError,
@@ -161,7 +161,7 @@ class Connection:
                     task = self._serving.get(msg.id)
                     if task is not None:
                         task.cancel()
-        except ProtocolError as e:
+        except PeerProtocolError as e:
             reason = str(e)
             log.debug("closing connection to %s: %s", short_id(self.peer_id), reason)
         except asyncio.CancelledError:
@@ -183,7 +183,7 @@ class Connection:
 
     def _on_request(self, msg: Request) -> None:
         if msg.id in self._serving:
-            raise ProtocolError("duplicate request id")
+            raise PeerProtocolError("duplicate request id")
         if len(self._serving) >= self._max_in_flight:
             self._send_nowait(encode_error(msg.id, ServiceUnavailable("too many requests in flight")))
             return

@@ -2,7 +2,7 @@
 
 Everything a caller can observe from the network layer is a ``ServiceUnavailable`` (HTTP 503):
 the request may or may not have taken effect on the peer, so retrying elsewhere is the right move.
-``ProtocolError`` is internal: it means "this peer broke the protocol, drop the connection" and
+``PeerProtocolError`` is internal: it means "this peer broke the protocol, drop the connection" and
 never leaves the ``net`` package.
 """
 
@@ -23,5 +23,5 @@ class RpcTimeout(NetError):
     """A remote call did not answer within its deadline (the request was cancelled remotely)."""
 
 
-class ProtocolError(Exception):
+class PeerProtocolError(Exception):
     """The peer sent something the protocol does not allow; the connection must be closed."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from garagekv.net.errors import ProtocolError
+from garagekv.net.errors import PeerProtocolError
 from garagekv.util.errors import GarageKVError, InternalError, error_from_code
 
 REQUEST = 0
@@ -94,21 +94,21 @@ def error_from_body(body: Any) -> GarageKVError:
 
 def _req_id(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= MAX_REQUEST_ID:
-        raise ProtocolError("bad request id")
+        raise PeerProtocolError("bad request id")
     return value
 
 
 def decode_message(data: bytes) -> Message:
-    """Parse and validate one message; raises ``ProtocolError`` on anything unexpected."""
+    """Parse and validate one message; raises ``PeerProtocolError`` on anything unexpected."""
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises a zoo of exception types on garbage
-        raise ProtocolError(f"undecodable message: {e}")
+        raise PeerProtocolError(f"undecodable message: {e}")
     if not isinstance(msg, list) or not msg:
-        raise ProtocolError("message is not a non-empty array")
+        raise PeerProtocolError("message is not a non-empty array")
     kind = msg[0]
     if type(kind) is not int:  # a bool would compare equal to 0/1
-        raise ProtocolError("bad message kind")
+        raise PeerProtocolError("bad message kind")
     if kind == REQUEST and len(msg) == 4 and isinstance(msg[2], str):
         return Request(_req_id(msg[1]), msg[2], msg[3])
     if kind == REQUEST and len(msg) == 5 and isinstance(msg[2], str) and isinstance(msg[4], str | None):
@@ -117,4 +117,4 @@ def decode_message(data: bytes) -> Message:
         return Response(_req_id(msg[1]), msg[2], msg[3])
     if kind == CANCEL and len(msg) == 2:
         return Cancel(_req_id(msg[1]))
-    raise ProtocolError("unknown message shape")
+    raise PeerProtocolError("unknown message shape")

@@ -102,8 +102,16 @@ class ServiceUnavailable(GarageKVError):
     prefix = "Service unavailable: "
 
 
-class ConfigError(Exception):
-    """A configuration problem; the message names the key and an expected value."""
+class ConfigError(GarageKVError):
+    """A configuration problem; the message names the key and an expected value.
+
+    Part of the one hierarchy, though never a K2V answer: the node refuses to start with it, and
+    the CLI prints its message as is.
+    """
+
+    code = "InvalidConfig"
+    status = 400
+    prefix = ""
 
 
 class StorageError(InternalError):
@@ -118,7 +126,7 @@ class AdminError(GarageKVError):
     prefix = ""
 
 
-class NotFound(AdminError):
+class NoSuchEntity(AdminError):
     code = "NoSuchEntity"
     status = 404
 
@@ -126,7 +134,7 @@ class NotFound(AdminError):
 # Admin errors with the codes and statuses of Garage's admin API (the message is the CLI's).
 
 
-class NoSuchAccessKey(NotFound):
+class NoSuchAccessKey(NoSuchEntity):
     code = "NoSuchAccessKey"
 
 

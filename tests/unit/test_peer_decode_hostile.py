@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from garagekv.model.k2v.item import ITEM_FORMAT_VERSION, K2VItem
-from garagekv.net.errors import ProtocolError
+from garagekv.net.errors import PeerProtocolError
 from garagekv.net.frame import decode_message
 from garagekv.util import codec
 
@@ -22,7 +22,7 @@ HUGE_INT = b"\xcf" + b"\xff" * 8  # u64 max: the largest integer msgpack can car
 
 @pytest.mark.parametrize("raw", [DEEP, b"\x94\x00\x01\xa1p" + DEEP, b"\x94\x00\x01" + SURROGATE_STR + b"\xc0"])
 def test_hostile_frames_are_protocol_errors(raw):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerProtocolError):
         decode_message(raw)
 
 

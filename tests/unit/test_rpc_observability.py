@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from garagekv.admin.cluster_metrics import peer_families, worker_families
 from garagekv.admin.metrics import NodeMetrics
-from garagekv.net.errors import NetError, ProtocolError
+from garagekv.net.errors import NetError, PeerProtocolError
 from garagekv.net.frame import Request, decode_message, encode_request
 from garagekv.net.identity import NodeKey, short_id
 from garagekv.net.netapp import NetApp
@@ -38,9 +38,9 @@ def test_request_frames_carry_an_optional_request_id():
     assert plain == msgpack.packb([0, 7, "p", {"a": 1}], use_bin_type=True)
     assert decode_message(plain) == Request(7, "p", {"a": 1}, None)
     assert decode_message(msgpack.packb([0, 1, "p", None, None])).request_id is None
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerProtocolError):
         decode_message(msgpack.packb([0, 1, "p", None, 42]))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(PeerProtocolError):
         decode_message(msgpack.packb([0, 1, "p", None, "id", "extra"]))
 
 
