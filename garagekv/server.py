@@ -33,7 +33,7 @@ from garagekv.api.hulykvs.auth import short_secret_warning
 from garagekv.api.hulykvs.context import HulyState
 from garagekv.api.hulykvs.server import HulykvsApiServer
 from garagekv.api.hulykvs.store import K2VHulyStore
-from garagekv.api.server import K2VApiServer
+from garagekv.api.k2v_server import K2VApiServer
 from garagekv.db.env import Database
 from garagekv.db.snapshot import AutoSnapshotWorker, Snapshotter
 from garagekv.db.writer import GroupCommitWriter

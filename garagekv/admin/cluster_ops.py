@@ -1,6 +1,6 @@
 """Operator operations on the cluster: status, peers, and the staged role table.
 
-Like ``admin.ops`` for keys and buckets, these are called by name from the CLI (over RPC) and
+Like ``admin.key_bucket_ops`` for keys and buckets, these are called by name from the CLI (over RPC) and
 the admin HTTP API through the node's operation registry, so both share one implementation.
 """
 

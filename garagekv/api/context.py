@@ -14,7 +14,7 @@ try:
 except ImportError:  # optional: the standard library encodes the same JSON, only slower
     orjson = None
 
-from garagekv.api.endpoint import Endpoint
+from garagekv.api.routing import Endpoint
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.key_table import Key

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from garagekv.api import endpoint as ep
+from garagekv.api import routing as ep
 from garagekv.api.context import RequestContext
 from garagekv.api.handlers import batch, index, item, poll_range
 

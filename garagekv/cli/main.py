@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from garagekv.cli import bench, cluster, dev, hulykvs, k2v, meta, ops
+from garagekv.cli import bench, cluster, dev, hulykvs, k2v, maintenance, meta
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     meta.add_parsers(sub)
     cluster.add_parsers(sub)
-    ops.add_parsers(sub)
+    maintenance.add_parsers(sub)
     hulykvs.add_parser(sub)
     _accept_config_anywhere(sub)
     return p
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return hulykvs.run(args, config)
         if args.command in ("status", "node", "layout"):
             return asyncio.run(cluster.run(args, config))
-        if args.command in ops.COMMANDS:
-            return asyncio.run(ops.run(args, config))
+        if args.command in maintenance.COMMANDS:
+            return asyncio.run(maintenance.run(args, config))
         return asyncio.run(meta.run(args, config))
     except (ConfigError, GarageKVError) as e:
         msg = e.full_message if isinstance(e, GarageKVError) else str(e)

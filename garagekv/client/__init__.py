@@ -13,6 +13,7 @@ May import only garagekv.util (layer 1 beside db): applications install and use 
 server's layers.
 """
 
+from garagekv.client.blocking import K2VClientSync
 from garagekv.client.client import K2VClient, RawResponse
 from garagekv.client.config import ConnectionSettings
 from garagekv.client.errors import (
@@ -41,7 +42,6 @@ from garagekv.client.errors import (
     ServiceUnavailable,
 )
 from garagekv.client.request import PreparedRequest
-from garagekv.client.sync import K2VClientSync
 from garagekv.client.types import (
     CausalityToken,
     DeleteQuery,

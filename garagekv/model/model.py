@@ -19,12 +19,12 @@ from garagekv.model.k2v.sub import SubscriptionManager
 from garagekv.model.key_table import KeySchema
 from garagekv.net.identity import node_number
 from garagekv.rpc.system import System
+from garagekv.table.anti_entropy import SyncCoordinator, TableSyncer
 from garagekv.table.data import TableData
 from garagekv.table.gc import TableGc
 from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.queue import InsertQueue
 from garagekv.table.replication import FullReplication, ShardedReplication
-from garagekv.table.sync import SyncCoordinator, TableSyncer
 from garagekv.table.table import Table
 from garagekv.util.background import BackgroundRunner
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES, Config

@@ -13,11 +13,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.net.errors import NetError
 from garagekv.rpc.endpoint import EndpointRegistry
-from garagekv.table.data import TableData
-from garagekv.table.merkle import MerkleUpdater
-from garagekv.table.messages import ItemsPush
-from garagekv.table.replication import SyncPartition
-from garagekv.table.sync import (
+from garagekv.table.anti_entropy import (
     SYNC_BATCH,
     SyncCoordinator,
     SyncError,
@@ -25,6 +21,10 @@ from garagekv.table.sync import (
     layout_sync_digest,
     unsyncable_entry_bytes,
 )
+from garagekv.table.data import TableData
+from garagekv.table.merkle import MerkleUpdater
+from garagekv.table.messages import ItemsPush
+from garagekv.table.replication import SyncPartition
 from garagekv.util import codec
 from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
@@ -508,7 +508,7 @@ def test_sync_config_keys():
 
 
 def test_items_messages_are_bounded_by_count_and_bytes():
-    from garagekv.table.sync import chunks
+    from garagekv.table.anti_entropy import chunks
 
     assert chunks([]) == []
     assert [len(c) for c in chunks([b"x"] * 600)] == [256, 256, 88]
@@ -517,7 +517,7 @@ def test_items_messages_are_bounded_by_count_and_bytes():
 
 
 def test_worker_list_shows_partitions_that_cannot_sync():
-    from garagekv.cli.ops import format_worker, format_workers
+    from garagekv.cli.maintenance import format_worker, format_workers
 
     w = {
         "tid": 7,

@@ -12,10 +12,10 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.net.identity import NodeKey
 from garagekv.rpc.endpoint import EndpointRegistry, NetApp
+from garagekv.table.anti_entropy import TableSyncer
 from garagekv.table.data import TableData
 from garagekv.table.gc import TableGc
 from garagekv.table.merkle import MerkleUpdater
-from garagekv.table.sync import TableSyncer
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest
 from tests.unit.test_gc import Lww, LwwSchema

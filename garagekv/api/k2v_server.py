@@ -15,10 +15,10 @@ from aiohttp import web
 
 from garagekv.api import cors
 from garagekv.api.context import ApiState, RequestContext
-from garagekv.api.endpoint import OPTIONS, POLL_ITEM, POLL_RANGE, parse_endpoint
 from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
 from garagekv.api.router import HANDLERS
+from garagekv.api.routing import OPTIONS, POLL_ITEM, POLL_RANGE, parse_endpoint
 from garagekv.api.sigv4 import Headers, parse_request
 from garagekv.util.errors import AccessDenied, GarageKVError, ServiceUnavailable
 from garagekv.util.log import bind_request_id
