@@ -10,8 +10,8 @@ import pytest
 from garagekv.model.counter_repair import CounterRepair
 from garagekv.model.index_counter import LocalCounter
 from garagekv.model.k2v.item import partition_hash
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
-from garagekv.model.k2v.store import InsertedItem
 from garagekv.util.background import WorkerState
 from garagekv.util.config import parse_config
 from tests.standalone import NODE_ID, StandaloneModel

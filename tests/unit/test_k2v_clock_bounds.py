@@ -15,8 +15,8 @@ from garagekv.model.k2v.causality import (
     CausalContext,
 )
 from garagekv.model.k2v.item import ClockExhausted, DvvsEntry, K2VItem
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.seen import RangeSeenMarker
-from garagekv.model.k2v.store import InsertedItem
 from garagekv.util.errors import BadRequest
 from garagekv.util.time import now_ms
 from tests.standalone import NODE, StandaloneModel

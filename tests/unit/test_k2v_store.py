@@ -8,10 +8,10 @@ import struct
 import pytest
 
 from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import PAGE, RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
-from garagekv.model.k2v.store import InsertedItem
 from garagekv.model.k2v.sub import Subscription
 from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory

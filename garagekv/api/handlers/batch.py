@@ -23,9 +23,9 @@ from garagekv.api.json_fields import (
     req_str,
 )
 from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
-from garagekv.model.k2v.store import InsertedItem
 from garagekv.util.errors import BadRequest
 
 

@@ -8,7 +8,7 @@ from garagekv.api.context import BINARY_TYPE, TOKEN_HEADER, RequestContext, json
 from garagekv.api.json_fields import values_json
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem
-from garagekv.model.k2v.store import InsertedItem
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.util.errors import BadRequest, InvalidCausalityToken, InvalidHeaderValue, NoSuchKey, NotAcceptable
 
 DEFAULT_POLL_TIMEOUT = 300

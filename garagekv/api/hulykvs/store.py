@@ -20,10 +20,10 @@ from garagekv.api.hulykvs.conditions import Condition, md5_hex
 from garagekv.api.hulykvs.mapping import partition_key
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.item import K2VItem
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import ItemFilter
-from garagekv.model.k2v.store import InsertedItem
 from garagekv.util.errors import BucketAlreadyExists
 
 #: Items read per round of a listing.

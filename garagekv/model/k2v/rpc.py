@@ -17,17 +17,26 @@ from typing import Any
 from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem, partition_hash
+from garagekv.model.k2v.messages import (
+    InsertedItem,
+    InsertRequest,
+    PollItemRequest,
+    PollRangeReply,
+    PollRangeRequest,
+    parse_request,
+)
 from garagekv.model.k2v.range import RangePage, RangeQuery, read_range
 from garagekv.model.k2v.schema import CounterFilter, ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
-from garagekv.model.k2v.store import InsertedItem, K2VStore
+from garagekv.model.k2v.store import K2VStore
 from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.rpc.messages import MalformedMessage
 from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
-from garagekv.util.errors import BadRequest, EntityTooLarge, ServiceUnavailable
+from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +128,7 @@ class K2VService:
         if not others:
             raise self._no_coordinator(nodes, failures)
         order = self.items.order(others)
-        msg = [kind, bucket_id, [ins.to_wire() for ins in items]]
+        msg = InsertRequest(kind, bucket_id, tuple(items)).to_wire()
 
         async def call(n: bytes) -> EntityTooLarge | None:
             try:
@@ -192,7 +201,7 @@ class K2VService:
     async def poll_item(self, bucket_id: bytes, pk: str, sk: str, ct: CausalContext, timeout: float) -> K2VItem | None:
         """The item once a read quorum of its storage nodes have answered; None on timeout."""
         nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
-        msg = ["poll_item", bucket_id, pk, sk, [[n, t] for n, t in ct.items()], timeout]
+        msg = PollItemRequest(bucket_id, pk, sk, ct, timeout).to_wire()
         try:
             async with asyncio.timeout(timeout + POLL_ANSWER_GRACE):
                 answers = await try_call_many(
@@ -227,19 +236,11 @@ class K2VService:
         quorum = self.replication.read_quorum()
         if marker is not None:
             marker.restrict(q.prefix, q.start, q.end)
-        msg = [
-            "poll_range",
-            bucket_id,
-            pk,
-            q.prefix,
-            q.start,
-            q.end,
-            None if marker is None else marker.encode(),
-            timeout,
-        ]
+        seen = None if marker is None else marker.encode()
+        msg = PollRangeRequest(bucket_id, pk, q.prefix, q.start, q.end, seen, timeout).to_wire()
         tasks = [asyncio.ensure_future(self._call(n, msg, None)) for n in nodes]
         deadline = time.monotonic() + timeout + POLL_ANSWER_GRACE
-        replies: list[list[Any]] = []  # [node, encoded items, node's issued clock]
+        replies: list[PollRangeReply] = []
         errors: list[str] = []
         pending = set(tasks)
         try:
@@ -252,7 +253,10 @@ class K2VService:
                     if t.exception() is not None:
                         errors.append(str(t.exception()))
                     else:
-                        replies.append(t.result())
+                        try:
+                            replies.append(PollRangeReply.from_wire(t.result()))
+                        except MalformedMessage as e:  # that storage node failed
+                            errors.append(str(e))
                 if len(replies) >= quorum:
                     deadline = min(deadline, time.monotonic() + POLL_RANGE_EXTRA_DELAY)
         finally:
@@ -265,10 +269,8 @@ class K2VService:
         new_marker = marker if marker is not None else RangeSeenMarker({}, {})
         merged: dict[str, K2VItem] = {}
         for reply in replies:
-            node, raws = reply[0], reply[1]
-            issued = reply[2] if len(reply) > 2 else 0  # a node that does not say: only its dots count
-            items = [K2VItem.decode(r) for r in raws]
-            new_marker.mark_seen_node_items(node, items, issued)
+            items = [K2VItem.decode(r) for r in reply.raws]
+            new_marker.mark_seen_node_items(reply.node, items, reply.issued)
             for item in items:
                 if item.sort_key in merged:
                     merged[item.sort_key].merge(item)
@@ -288,30 +290,25 @@ class K2VService:
         return self._ring
 
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
-        if not isinstance(msg, list) or not msg:
-            raise BadRequest("malformed K2V request")
-        kind = msg[0]
+        req = parse_request(msg)
         if log.isEnabledFor(logging.DEBUG):
+            kind = msg[0]
             log.debug("k2v rpc %s", kind, extra={"op": kind, "from_node": from_node[:8].hex()})
-        if kind in ("insert", "check"):
+        if isinstance(req, InsertRequest):
             if not self._has_ring():
                 # Another node sees this one as a storage node, but it has no layout (lost
                 # file, not gossiped yet): coordinating here would replicate to itself alone
                 # and report a quorum. Failing sends the caller to the next storage node.
                 raise ServiceUnavailable("this node has no cluster layout yet: it cannot coordinate inserts")
-            await self._handle_here(kind, bytes(msg[1]), [InsertedItem.from_wire(w) for w in msg[2]])
+            await self._handle_here(req.kind, req.bucket_id, list(req.items))
             return None
-        if kind == "poll_item":
-            _, bucket_id, pk, sk, ct, timeout = msg
-            ctx = CausalContext({int(n): int(t) for n, t in ct})
-            item = await self.store.poll_item(bytes(bucket_id), pk, sk, ctx, float(timeout))
-            return None if item is None else item.encode()
-        if kind == "poll_range":
-            _, bucket_id, pk, prefix, start, end, marker_s, timeout = msg
-            marker = None if marker_s is None else RangeSeenMarker.decode(marker_s)
-            issued = self.store.issued_clock()  # before the scan: every later dot is newer
-            items = await self.store.poll_range(
-                bytes(bucket_id), pk, RangeQuery(prefix, start, end), marker, float(timeout)
+        if isinstance(req, PollItemRequest):
+            item = await self.store.poll_item(
+                req.bucket_id, req.partition_key, req.sort_key, req.causal_context, req.timeout
             )
-            return [self.store.node, [i.encode() for i in items or []], issued]
-        raise BadRequest(f"unknown K2V request {kind!r}")
+            return None if item is None else item.encode()
+        marker = None if req.seen_marker is None else RangeSeenMarker.decode(req.seen_marker)
+        issued = self.store.issued_clock()  # before the scan: every later dot is newer
+        q = RangeQuery(req.prefix, req.start, req.end)
+        items = await self.store.poll_range(req.bucket_id, req.partition_key, q, marker, req.timeout)
+        return PollRangeReply(self.store.node, tuple(i.encode() for i in items or []), issued).to_wire()

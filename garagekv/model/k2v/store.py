@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS, MAX_CONTEXT_ENTRIES, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, partition_hash
+from garagekv.model.k2v.item import ClockExhausted, K2VItem, partition_hash
+from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery, local_page, read_range
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
@@ -31,24 +31,6 @@ _TS_KEY = b"timestamp"
 _WHOLE_RANGE = 2**62
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class InsertedItem:
-    partition_key: str
-    sort_key: str
-    causal_context: CausalContext | None
-    value: Value
-
-    def to_wire(self) -> list:
-        ct = None if self.causal_context is None else [[n, t] for n, t in self.causal_context.items()]
-        return [self.partition_key, self.sort_key, ct, self.value]
-
-    @classmethod
-    def from_wire(cls, w: Any) -> InsertedItem:
-        pk, sk, ct, value = w
-        ctx = None if ct is None else CausalContext({int(n): int(t) for n, t in ct})
-        return cls(str(pk), str(sk), ctx, None if value is None else bytes(value))
 
 
 def _too_large(ins: InsertedItem, e: EntityTooLarge) -> EntityTooLarge:

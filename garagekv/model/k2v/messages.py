@@ -1,0 +1,201 @@
+"""The K2V endpoint's RPC messages, one class each, checked once on receipt.
+
+Requests go from the node that took a client's request to the partition's storage nodes:
+``insert``/``check`` (coordinate, or only size-check, a group of inserts), ``poll_item`` and
+``poll_range``; ``PollRangeReply`` is the one structured answer. The wire forms are msgpack
+arrays (docs/protocol.md); a request of the wrong shape is a ``MalformedMessage`` (400
+``InvalidRequest`` at the sender), never an internal error inside a handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from garagekv.model.k2v.causality import CausalContext, is_u64
+from garagekv.model.k2v.item import Value
+from garagekv.rpc.messages import as_bytes, as_int, fields, malformed, tag_of
+
+_WHAT = "K2V request"
+
+
+def _as_str(field: str, v: Any, what: str = _WHAT) -> str:
+    if not isinstance(v, str):
+        raise malformed(what, f"{field} must be a string")
+    return v
+
+
+def _as_opt_str(field: str, v: Any) -> str | None:
+    return None if v is None else _as_str(field, v)
+
+
+def _as_timeout(v: Any) -> float:
+    if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 3600:
+        raise malformed(_WHAT, "timeout must be a number of seconds from 0 to 3600")
+    return float(v)
+
+
+def context_to_wire(ctx: CausalContext) -> list[list[int]]:
+    return [[n, t] for n, t in ctx.items()]
+
+
+def context_from_wire(w: Any, what: str = _WHAT) -> CausalContext:
+    if not isinstance(w, list | tuple):
+        raise malformed(what, "causal context must be an array of [node, time] pairs")
+    vclock: dict[int, int] = {}
+    for pair in w:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and is_u64(pair[0]) and is_u64(pair[1])):
+            raise malformed(what, "causal context must be an array of [node, time] pairs of u64")
+        vclock[pair[0]] = pair[1]
+    return CausalContext(vclock)
+
+
+@dataclass
+class InsertedItem:
+    """One insert to coordinate: ``[pk, sk, context or None, value or None]`` (None: a delete)."""
+
+    partition_key: str
+    sort_key: str
+    causal_context: CausalContext | None
+    value: Value
+
+    def to_wire(self) -> list[Any]:
+        ct = None if self.causal_context is None else context_to_wire(self.causal_context)
+        return [self.partition_key, self.sort_key, ct, self.value]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> InsertedItem:
+        what = "K2V insert"
+        if not isinstance(w, list | tuple) or len(w) != 4:
+            raise malformed(what, "an item must be [partition key, sort key, context, value]")
+        pk, sk, ct, value = w
+        return cls(
+            _as_str("partition key", pk, what),
+            _as_str("sort key", sk, what),
+            None if ct is None else context_from_wire(ct, what),
+            None if value is None else as_bytes(what, "value", value),
+        )
+
+
+@dataclass(frozen=True)
+class InsertRequest:
+    """``[kind, bucket id, [item, ...]]``: coordinate these inserts (``insert``) or only check that
+    none would grow its item past the size limits (``check``)."""
+
+    TAGS: ClassVar[tuple[str, str]] = ("insert", "check")
+    kind: str
+    bucket_id: bytes
+    items: tuple[InsertedItem, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.kind, self.bucket_id, [ins.to_wire() for ins in self.items]]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> InsertRequest:
+        kind = tag_of(_WHAT, w, cls.TAGS)
+        _, bucket_id, items = fields(f"K2V {kind}", w, kind, 3)
+        if not isinstance(items, list | tuple):
+            raise malformed(f"K2V {kind}", "items must be an array")
+        return cls(kind, as_bytes(_WHAT, "bucket id", bucket_id), tuple(InsertedItem.from_wire(i) for i in items))
+
+
+@dataclass(frozen=True)
+class PollItemRequest:
+    """``["poll_item", bucket id, pk, sk, context, timeout]``: answer once the item is newer."""
+
+    TAG: ClassVar[str] = "poll_item"
+    bucket_id: bytes
+    partition_key: str
+    sort_key: str
+    causal_context: CausalContext
+    timeout: float
+
+    def to_wire(self) -> list[Any]:
+        ct = context_to_wire(self.causal_context)
+        return [self.TAG, self.bucket_id, self.partition_key, self.sort_key, ct, self.timeout]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> PollItemRequest:
+        _, bucket_id, pk, sk, ct, timeout = fields("K2V poll_item", w, cls.TAG, 6)
+        return cls(
+            as_bytes(_WHAT, "bucket id", bucket_id),
+            _as_str("partition key", pk),
+            _as_str("sort key", sk),
+            context_from_wire(ct),
+            _as_timeout(timeout),
+        )
+
+
+@dataclass(frozen=True)
+class PollRangeRequest:
+    """``["poll_range", bucket id, pk, prefix, start, end, seen marker or None, timeout]``."""
+
+    TAG: ClassVar[str] = "poll_range"
+    bucket_id: bytes
+    partition_key: str
+    prefix: str | None
+    start: str | None
+    end: str | None
+    seen_marker: str | None
+    timeout: float
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.TAG,
+            self.bucket_id,
+            self.partition_key,
+            self.prefix,
+            self.start,
+            self.end,
+            self.seen_marker,
+            self.timeout,
+        ]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> PollRangeRequest:
+        _, bucket_id, pk, prefix, start, end, marker, timeout = fields("K2V poll_range", w, cls.TAG, 8)
+        return cls(
+            as_bytes(_WHAT, "bucket id", bucket_id),
+            _as_str("partition key", pk),
+            _as_opt_str("prefix", prefix),
+            _as_opt_str("start", start),
+            _as_opt_str("end", end),
+            _as_opt_str("seen marker", marker),
+            _as_timeout(timeout),
+        )
+
+
+@dataclass(frozen=True)
+class PollRangeReply:
+    """``[node, [encoded item, ...], issued clock]``: a storage node's new items, and the last
+    timestamp it had issued before it read them (see ``RangeSeenMarker.mark_seen_node_items``)."""
+
+    node: int
+    raws: tuple[bytes, ...]
+    issued: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, list(self.raws), self.issued]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> PollRangeReply:
+        what = "K2V poll_range reply"
+        if not isinstance(w, list | tuple) or len(w) != 3:
+            raise malformed(what, "expected [node, items, issued clock]")
+        node, raws, issued = w
+        if not isinstance(raws, list | tuple) or not all(isinstance(r, bytes) for r in raws):
+            raise malformed(what, "items must be an array of bytes")
+        return cls(as_int(what, "node", node, 0, 2**64 - 1), tuple(raws), as_int(what, "issued", issued, 0, 2**64 - 1))
+
+
+K2VRequest = InsertRequest | PollItemRequest | PollRangeRequest
+
+
+def parse_request(w: Any) -> K2VRequest:
+    """The request a peer sent, checked; an unknown tag or a wrong shape is ``MalformedMessage``."""
+    tag = tag_of(_WHAT, w, (*InsertRequest.TAGS, PollItemRequest.TAG, PollRangeRequest.TAG))
+    if tag in InsertRequest.TAGS:
+        return InsertRequest.from_wire(w)
+    if tag == PollItemRequest.TAG:
+        return PollItemRequest.from_wire(w)
+    return PollRangeRequest.from_wire(w)
