@@ -25,9 +25,11 @@ from garagekv.net.conn import Connection
 from garagekv.net.identity import NodeKey, parse_node_id
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.layout.history import LayoutDigest, LayoutHistory
+from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
+from garagekv.rpc.messages import MalformedMessage
 from garagekv.rpc.readiness import Readiness
+from garagekv.rpc.system_messages import NodeStatus, peers_from_wire, peers_to_wire
 from garagekv.util import codec
 from garagekv.util.config import Config, split_host_port
 from garagekv.util.errors import BadRequest, GarageKVError
@@ -55,7 +57,7 @@ class PeerInfo:
     node_id: bytes
     addr: str | None = None
     hostname: str = ""
-    status: dict[str, Any] = field(default_factory=dict)
+    status: NodeStatus | None = None
     rtt_ms: float | None = None
     failed_pings: int = 0
     last_seen: float = 0.0
@@ -259,13 +261,8 @@ class System:
     # ---- ping + status gossip --------------------------------------------------------------------
 
     def local_status(self) -> dict[str, Any]:
-        return {
-            "hostname": self.hostname,
-            "addr": self.public_addr,
-            "layout": self.layout.history.digest().to_wire(),
-            "meta_free": self.meta_free(),
-            "peers_hash": self.peers_hash(),
-        }
+        digest = self.layout.history.digest()
+        return NodeStatus(self.hostname, self.public_addr, digest, self.meta_free(), self.peers_hash()).to_wire()
 
     async def _ping_loop(self) -> None:
         while True:
@@ -299,25 +296,22 @@ class System:
         self._on_status(from_node, status)
         return self.local_status()
 
-    def _on_status(self, node_id: bytes, status: Any) -> None:
-        if not isinstance(status, dict):
+    def _on_status(self, node_id: bytes, wire: Any) -> None:
+        try:
+            status = NodeStatus.from_wire(wire)
+        except MalformedMessage as e:
+            log.debug("ignoring a malformed status from %s: %s", node_id.hex()[:16], e)
             return
         info = self.peers.get(node_id) or self.peers.setdefault(node_id, PeerInfo(node_id))
         if self.netapp.is_connected(node_id):
             info.down_since = None
         info.status = status
-        info.hostname = str(status.get("hostname", ""))
+        info.hostname = status.hostname
         info.last_seen = time.time()
-        addr = status.get("addr")
-        if isinstance(addr, str):
-            self._learn(node_id, addr)
-        try:
-            remote = LayoutDigest.from_wire(status.get("layout"))
-        except GarageKVError:
-            return
-        if self.layout.history.digest().pull_needed(remote):
+        self._learn(node_id, status.addr)
+        if self.layout.history.digest().pull_needed(status.layout):
             self._spawn(self._pull_layout(node_id))
-        if status.get("peers_hash") != self.peers_hash():
+        if status.peers_hash != self.peers_hash():
             self._spawn(self._pull_peers(node_id))
 
     def _spawn(self, coro: Any) -> None:
@@ -359,13 +353,12 @@ class System:
 
     async def _pull_peers(self, node_id: bytes) -> None:
         try:
-            peers = await self.netapp.call(node_id, EP_PEERS, None, timeout=self.ping_timeout)
+            peers = peers_from_wire(await self.netapp.call(node_id, EP_PEERS, None, timeout=self.ping_timeout))
             for nid, addr in peers:
-                self._learn(bytes(nid), str(addr))
+                self._learn(nid, addr)
         except Exception as e:  # noqa: BLE001 - retried at the next status exchange
             log.debug("peer list pull from %s failed: %s", node_id.hex()[:16], e)
 
     async def _handle_peers(self, from_node: bytes, body: Any) -> list:
-        out = [[self.node_id, self.public_addr]]
-        out += [[p.node_id, p.addr] for p in self._shared_peers() if p.addr]
-        return out
+        shared = [(p.node_id, p.addr) for p in self._shared_peers() if p.addr]
+        return peers_to_wire([(self.node_id, self.public_addr), *shared])
