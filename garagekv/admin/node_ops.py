@@ -164,7 +164,7 @@ def _db_stats(db: Database) -> dict[str, Any]:
     out: dict[str, Any] = {"engine": "lmdb"}
     if db is None or db.env is None:
         return out
-    info, stat = db.env.info(), db.env.stat()
+    info, stat = db.environment.info(), db.environment.stat()
     out["used_bytes"] = (info["last_pgno"] + 1) * stat["psize"]
     out["map_size"] = info["map_size"]
     try:

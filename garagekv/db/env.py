@@ -32,7 +32,7 @@ class Database:
             raise StorageError(f"cannot create database directory {self.path}: {e}") from e
         self._lock_fd = self._acquire_lock(self.path / "LOCK")
         try:
-            self.env = lmdb.open(
+            self.env: lmdb.Environment | None = lmdb.open(
                 str(self.path / "db.lmdb"),
                 map_size=map_size,
                 max_dbs=128,
@@ -68,7 +68,7 @@ class Database:
         """The named tree, created on first use (creation takes a short write transaction)."""
         t = self._trees.get(name)
         if t is None:
-            t = self.env.open_db(name.encode(), create=True)
+            t = self.environment.open_db(name.encode(), create=True)
             self._trees[name] = t
         return t
 
@@ -90,14 +90,22 @@ class Database:
 
     def read(self) -> lmdb.Transaction:
         """A read-only transaction; use as a context manager."""
-        return self.env.begin(write=False, buffers=False)
+        return self.environment.begin(write=False, buffers=False)
+
+    @property
+    def environment(self) -> lmdb.Environment:
+        """The open environment; a closed database is a ``StorageError``, never an AttributeError."""
+        if self.env is None:
+            raise StorageError(f"the database in {self.path} is closed")
+        return self.env
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
     def close(self) -> None:
-        if getattr(self, "env", None) is not None:
-            self.env.close()
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
             self.env = None
         self._release_lock()

@@ -36,15 +36,13 @@ def snapshot_name(at: float) -> str:
 
 def take_snapshot(db: Database, metadata_dir: Path, snapshots_dir: Path) -> Path:
     """Copy the environment (compacted) and the node's files; blocking: run it in a thread."""
-    if db.env is None:
-        raise RuntimeError("the database is closed")
     snapshots_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = snapshot_name(time.time())
     tmp = snapshots_dir / (_TMP_PREFIX + name)
     final = snapshots_dir / name
     (tmp / "db.lmdb").mkdir(parents=True, mode=0o700)
     try:
-        db.env.copy(str(tmp / "db.lmdb"), compact=True)
+        db.environment.copy(str(tmp / "db.lmdb"), compact=True)
         for file in NODE_FILES:
             src = metadata_dir / file
             if src.exists():

@@ -38,7 +38,8 @@ class WriteTxn:
         self._after_commit: list[Callable[[], None]] = []
 
     def get(self, tree: lmdb._Database, key: bytes) -> bytes | None:
-        return self.txn.get(key, db=tree)
+        value = self.txn.get(key, db=tree)
+        return value if value is None or isinstance(value, bytes) else bytes(value)
 
     def put(self, tree: lmdb._Database, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=tree)
@@ -57,7 +58,9 @@ class WriteTxn:
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
-    def __init__(self, fn: Callable[[WriteTxn], Any], future: asyncio.Future, loop) -> None:
+    def __init__(
+        self, fn: Callable[[WriteTxn], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
@@ -82,7 +85,7 @@ class GroupCommitWriter:
         if self._closed:
             raise StorageError("database is closed")
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[R] = loop.create_future()
         self._queue.put(_Job(fn, fut, loop))
         # A cancelled caller cancels ``fut`` only: the job still runs and commits (``_resolve``
         # then finds the future cancelled and drops the result).
@@ -90,7 +93,7 @@ class GroupCommitWriter:
 
     def run_sync(self, fn: Callable[[WriteTxn], R]) -> R:
         """Run ``fn`` in its own committed transaction from a non-async context (startup, tools)."""
-        with self.db.env.begin(write=True) as txn:
+        with self.db.environment.begin(write=True) as txn:
             wt = WriteTxn(txn)
             result = fn(wt)
         for cb in wt._after_commit:
@@ -120,12 +123,12 @@ class GroupCommitWriter:
         return not self._closed and self._thread.is_alive()
 
     def _commit_batch(self, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, bool, Any, list]] = []
+        outcomes: list[tuple[_Job, bool, Any, list[Callable[[], None]]]] = []
         started = time.monotonic()
         try:
-            with self.db.env.begin(write=True) as parent:
+            with self.db.environment.begin(write=True) as parent:
                 for job in batch:
-                    child = self.db.env.begin(write=True, parent=parent)
+                    child = self.db.environment.begin(write=True, parent=parent)
                     wt = WriteTxn(child)
                     try:
                         result = job.fn(wt)
@@ -170,7 +173,7 @@ def _post(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
         pass
 
 
-def _resolve(fut: asyncio.Future, ok: bool, value: Any, callbacks: list[Callable[[], None]]) -> None:
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any, callbacks: list[Callable[[], None]]) -> None:
     for cb in callbacks:
         try:
             cb()

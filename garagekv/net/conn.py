@@ -189,7 +189,8 @@ class Connection:
             return
         task = asyncio.create_task(self._serve(msg))
         # A done callback, not a ``finally``: a task cancelled before its first step runs no code.
-        task.add_done_callback(lambda _t, req_id=msg.id: self._served(req_id))
+        req_id = msg.id
+        task.add_done_callback(lambda _t: self._served(req_id))
         self._serving[msg.id] = task
         self._touch()
 
@@ -265,9 +266,9 @@ class Connection:
         for task in list(self._serving.values()):
             task.cancel()
         current = asyncio.current_task()
-        for task in (self._reader, self._linger):
-            if task is not None and task is not current:
-                task.cancel()
+        for own in (self._reader, self._linger):
+            if own is not None and own is not current:
+                own.cancel()
         self._done.set()
         for callback in self._on_close:
             try:

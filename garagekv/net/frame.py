@@ -60,7 +60,8 @@ class EncodeError(ValueError):
 
 def _pack(obj: list[Any]) -> bytes:
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
     except (TypeError, ValueError, OverflowError) as e:
         raise EncodeError(f"cannot encode RPC body: {e}")
 
