@@ -15,6 +15,8 @@ from garagekv.rpc.layout import (
     LayoutError,
     LayoutHistory,
     NodeRole,
+    describe_history,
+    describe_layout_history,
     read_quorum,
     write_quorum,
 )
@@ -302,9 +304,9 @@ def test_decode_rejects_non_consecutive_versions(v1):
 
 
 def test_show_ends_with_the_apply_line(v1):
-    assert "apply --version" not in v1.describe()
+    assert "apply --version" not in describe_history(v1)
     v1.stage_role(nid(4), NodeRole("dc1", 10**9, ["new"]))
-    text = v1.describe()
+    text = describe_history(v1)
     assert "==== STAGED ROLE CHANGES ====" in text
     assert "==== NEW CLUSTER LAYOUT AFTER APPLYING CHANGES ====" in text
     assert "A total of" in text and "new copies of partitions need to be transferred." in text
@@ -314,7 +316,7 @@ def test_show_ends_with_the_apply_line(v1):
 
 def test_show_explains_an_impossible_layout(v1):
     v1.stage_role(nid(1), None)
-    text = v1.describe()
+    text = describe_history(v1)
     assert f"{nid(1).hex()[:16]}  REMOVED" in text
     assert "Error while trying to compute the assignment: The number of nodes with positive capacity" in text
     assert "This new layout cannot yet be applied." in text
@@ -322,8 +324,8 @@ def test_show_explains_an_impossible_layout(v1):
 
 
 def test_history_text_shows_trackers_during_migration(v1):
-    assert "stable state" in v1.describe_versions()
-    text = migrating(v1).describe_versions()
+    assert "stable state" in describe_layout_history(v1)
+    text = describe_layout_history(migrating(v1))
     assert re.search(r"^#2 +current +4 +0$", text, re.M)
     assert re.search(r"^#1 +draining +3 +0$", text, re.M)
     assert "==== UPDATE TRACKERS ====" in text
