@@ -17,10 +17,11 @@ T = TypeVar("T")
 
 
 def merge_values(a: Any, b: Any) -> Any:
-    """Merge two plain values deterministically: CRDTs merge, others keep the larger wire form."""
-    if hasattr(a, "merge"):
-        a.merge(b)
-        return a
+    """Pick one of two plain values deterministically: the larger in ``_order_key``'s order.
+
+    Register values are plain data (names, flags, ids, layout roles and parameters), never
+    CRDTs themselves, so a tie between two of them is settled by order alone.
+    """
     return max(a, b, key=_order_key)
 
 
@@ -104,20 +105,3 @@ class LwwMap(Generic[T]):
     @classmethod
     def from_wire(cls, w: list, dec: Callable[[Any], T] = lambda v: v) -> LwwMap[T]:
         return cls({k: Lww(int(ts), dec(v)) for k, ts, v in w})
-
-
-@dataclass
-class Deletable(Generic[T]):
-    """A value that can be deleted for good: deleted wins over present (Garage's Deletable)."""
-
-    value: T | None
-
-    @property
-    def is_deleted(self) -> bool:
-        return self.value is None
-
-    def merge(self, other: Deletable[T]) -> None:
-        if self.value is None or other.value is None:
-            self.value = None
-        else:
-            merge_values(self.value, other.value)
