@@ -325,7 +325,8 @@ def _parse_header_auth(
         raise RequestTimeTooSkewed("The difference between the request time and the server's time is too large")
     creq = canonical_request(method, uri_encode(path, False), _canonical_query(query), signed, content_sha256)
     decoded = h.get("x-amz-decoded-content-length")
-    if decoded is not None and not (decoded.isascii() and decoded.isdigit()):
+    # At most 20 digits (a u64): int() refuses strings over 4300 digits with a ValueError.
+    if decoded is not None and not (decoded.isascii() and decoded.isdigit() and len(decoded) <= 20):
         raise BadRequest("Invalid x-amz-decoded-content-length")
     return PendingAuth(
         key_id,
