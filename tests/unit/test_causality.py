@@ -217,3 +217,8 @@ def test_vclock_max_leaves_its_arguments_untouched(a: dict[int, int], b: dict[in
     a0, b0 = dict(a), dict(b)
     vclock_max(a, b)
     assert (a, b) == (a0, b0)
+
+
+def test_get_defaults_to_zero_for_an_unseen_node() -> None:
+    cc = CausalContext({3: 9})
+    assert cc.get(3) == 9 and cc.get(4) == 0 and cc.get(4, 7) == 7

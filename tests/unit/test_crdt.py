@@ -36,6 +36,8 @@ def test_newer_timestamp_wins_whatever_the_value() -> None:
         (None, b""),
         (7, "a"),  # numbers < text < bytes
         ("zzz", b""),
+        (b"zzz", ("role", 1)),  # ... < anything else (layout roles, parameters), by repr
+        (("a", 2), ("b", 1)),
     ],
 )
 def test_equal_timestamps_keep_the_larger_value(small: object, large: object) -> None:
@@ -51,6 +53,13 @@ def test_lww_merge_laws(a: Lww, b: Lww, c: Lww) -> None:
     assert merged(a, b) == merged(b, a)
     assert merged(merged(a, b), c) == merged(a, merged(b, c))
     assert merged(a, a) == a
+
+
+def test_new_starts_past_zero() -> None:
+    """A fresh register beats the all-zero defaults a fresh node starts with."""
+    r = Lww.new("v")
+    assert r.ts > 0 and r.value == "v"
+    assert merged(Lww(0, "zzz"), r) == r
 
 
 def test_update_moves_the_clock_forward() -> None:
@@ -84,7 +93,8 @@ def test_lww_map_merges_per_key() -> None:
 
 def test_lww_map_put_without_ts_goes_past_the_previous_one() -> None:
     m = LwwMap()
-    m.put("k", 1, ts=100)
+    ahead = 2**62  # a timestamp from a peer whose clock is far ahead of ours
+    m.put("k", 1, ts=ahead)
     m.put("k", 2)
-    assert m.get("k") == 2 and m.get_ts("k") > 100
+    assert m.get("k") == 2 and m.get_ts("k") > ahead
     assert m.get("missing") is None and m.get_ts("missing") == 0

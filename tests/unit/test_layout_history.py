@@ -16,6 +16,8 @@ from garagekv.rpc.layout import (
     LayoutHistory,
     LayoutVersion,
     NodeRole,
+    UpdateTracker,
+    UpdateTrackers,
     describe_history,
     describe_layout_history,
     read_quorum,
@@ -532,3 +534,13 @@ def test_skip_dead_nodes_raises_the_trackers_themselves(v1):
     h.skip_dead_nodes(2, up, True)
     assert all(t.sync_map.get(nid(i), 0) == 2 for i in range(1, 5))
     assert all(t.ack_map.get(nid(i), 0) == 2 for i in range(1, 5))
+
+
+def test_tracker_basics():
+    t = UpdateTracker()
+    assert t.min_among([], 5) == 5  # no node to wait for: the caller's floor
+    assert t.min_among([nid(1)], 5) == 5
+    assert t.set_max(nid(1), 0) is True and t.set_max(nid(1), 0) is False
+    assert t.min_among([nid(1), nid(2)], 5) == 0
+    with pytest.raises(LayoutError, match="Malformed layout trackers"):
+        UpdateTrackers.from_wire({"ack_map": [], "sync_map": []})

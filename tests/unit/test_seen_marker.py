@@ -159,7 +159,7 @@ def test_marker_survives_encoding_for_is_new_item() -> None:
     ],
 )
 def test_decode_rejects_garbage(s: str) -> None:
-    with pytest.raises(BadRequest, match="Invalid seenMarker"):
+    with pytest.raises(BadRequest, match="^Invalid seenMarker$"):
         RangeSeenMarker.decode(s)
 
 
