@@ -222,3 +222,11 @@ def test_vclock_max_leaves_its_arguments_untouched(a: dict[int, int], b: dict[in
 def test_get_defaults_to_zero_for_an_unseen_node() -> None:
     cc = CausalContext({3: 9})
     assert cc.get(3) == 9 and cc.get(4) == 0 and cc.get(4, 7) == 7
+
+
+def test_token_ending_in_a_padding_lookalike_keeps_its_last_character() -> None:
+    """Only ``=`` is stripped from the base64 text: {0: 23} encodes 24 bytes ending in 0x17,
+    whose last character is ``X``."""
+    tok = CausalContext({0: 23}).serialize()
+    assert tok == b64url(raw_token([(0, 23)])) and tok.endswith("X") and len(tok) == 32
+    assert CausalContext.parse(tok) == CausalContext({0: 23})
