@@ -406,3 +406,15 @@ async def test_recording_a_tombstone_wakes_the_worker(cluster):
     assert not leader.gc._wake._ev().is_set()
     await leader.put(P1 + b"k", 2, b"")
     assert leader.gc._wake._ev().is_set()
+
+
+async def test_the_leader_is_chosen_per_partition(cluster, monkeypatch):
+    """Leadership follows the tree key's partition (its first 32 bytes), not one global node."""
+    leader, b, _ = nodes(cluster)
+    homes = {P1: [leader.id, b.id], P2: [b.id]}
+    for n in (leader, b):
+        monkeypatch.setattr(n.table.replication, "storage_nodes", lambda h32: homes[h32])
+    for n in (leader, b):
+        await n.put(P1 + b"k", 2, b"")
+        await n.put(P2 + b"k", 2, b"")
+    assert (len(leader.gc), len(b.gc)) == (1, 1)

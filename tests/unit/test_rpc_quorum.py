@@ -232,7 +232,8 @@ async def test_quorum_errors_carry_operation_counts_and_reach_the_hooks(monkeypa
     fake = Fake(fail={"b", "c"})
     with pytest.raises(QuorumError) as err:
         await wait_write_quorum(start_all(fake, "abc"), [["a", "b", "c"]], 2, operation="table_insert")
-    assert err.value.operation == "table_insert" and err.value.successes == 1
+    assert err.value.operation == "table_insert"
+    assert (err.value.quorum, err.value.successes, err.value.total) == (2, 1, 3)
     with pytest.raises(QuorumError) as err:
         await wait_read_quorum(start_all(Fake(fail={"b", "c"}), "abc"), 2, operation="table_get")
     assert err.value.operation == "table_get"
@@ -258,3 +259,11 @@ def test_quorum_error_operation_defaults_to_read_or_write_by_sets():
     assert QuorumError(2, 0, 3, []).operation == "read"
     assert QuorumError(2, 0, 3, [], sets=2).operation == "write"
     assert QuorumError(2, 0, 3, [], sets=2, operation="gc").operation == "gc"
+
+
+async def test_calls_still_running_after_a_quorum_error_are_left_to_finish():
+    fake = Fake(fail={"a", "b"}, delays={"c": 0.05})
+    with pytest.raises(QuorumError):
+        await try_call_many(fake, ["a", "b", "c"], 2, send_all_at_once=True)
+    await settle()
+    assert fake.cancelled == [] and "c" in fake.finished
