@@ -418,3 +418,20 @@ async def test_the_leader_is_chosen_per_partition(cluster, monkeypatch):
         await n.put(P1 + b"k", 2, b"")
         await n.put(P2 + b"k", 2, b"")
     assert (len(leader.gc), len(b.gc)) == (1, 1)
+
+
+async def test_gc_calls_carry_the_table_timeout(cluster, monkeypatch):
+    """A replica that never answers must postpone GC, not hang the worker."""
+    leader, _, _ = nodes(cluster)
+    seen: list[float | None] = []
+    real_call = cluster.call
+
+    async def call(to, path, msg, timeout=None):
+        seen.append(timeout)
+        return await real_call(to, path, msg, timeout)
+
+    monkeypatch.setattr(cluster, "call", call)
+    await everywhere(cluster, P1 + b"k", 2, b"")
+    cluster.clock += DELAY
+    await leader.gc.work()
+    assert seen and all(t == leader.table.timeout and t is not None for t in seen)
