@@ -14,7 +14,13 @@ from typing import Any
 from garagekv.admin.operation import NoArgs, Op, OpServices
 from garagekv.net.identity import NODE_ID_LEN, parse_node_id
 from garagekv.rpc.endpoint import endpoint_path
-from garagekv.rpc.layout import LayoutError, NodeRole, parse_zone_redundancy
+from garagekv.rpc.layout import (
+    LayoutError,
+    NodeRole,
+    describe_history,
+    describe_layout_history,
+    parse_zone_redundancy,
+)
 from garagekv.rpc.system import System, parse_peer
 from garagekv.util.config import parse_size
 from garagekv.util.errors import AdminError
@@ -128,12 +134,12 @@ async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict:
 
 async def layout_show(s: OpServices, a: NoArgs) -> dict:
     h = s.system.layout.history
-    text = await asyncio.to_thread(h.describe)
+    text = await asyncio.to_thread(describe_history, h)
     return {"text": text, "version": h.current().version, "staged_changes": h.has_staged_changes()}
 
 
 async def layout_history(s: OpServices, a: NoArgs) -> dict:
-    return {"text": s.system.layout.history.describe_versions()}
+    return {"text": describe_layout_history(s.system.layout.history)}
 
 
 async def layout_get(s: OpServices, a: NoArgs) -> dict:

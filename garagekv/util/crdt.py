@@ -18,10 +18,11 @@ T = TypeVar("T")
 
 
 def merge_values(a: Any, b: Any) -> Any:
-    """Merge two plain values deterministically: CRDTs merge, others keep the larger wire form."""
-    if hasattr(a, "merge"):
-        a.merge(b)
-        return a
+    """Pick one of two plain values deterministically: the larger in ``_order_key``'s order.
+
+    Register values are plain data (names, flags, ids, layout roles and parameters), never
+    CRDTs themselves, so a tie between two of them is settled by order alone.
+    """
     return max(a, b, key=_order_key)
 
 
@@ -107,23 +108,6 @@ class LwwMap(Generic[T]):
         return cls({k: Lww(int(ts), dec(v)) for k, ts, v in w})
 
 
-@dataclass
-class Deletable(Generic[T]):
-    """A value that can be deleted for good: deleted wins over present (Garage's Deletable)."""
-
-    value: T | None
-
-    @property
-    def is_deleted(self) -> bool:
-        return self.value is None
-
-    def merge(self, other: Deletable[T]) -> None:
-        if self.value is None or other.value is None:
-            self.value = None
-        else:
-            merge_values(self.value, other.value)
-
-
 class EntryParams(Protocol):
     """The live part of a :class:`DeletableEntry`: a CRDT with a canonical wire form."""
 
@@ -138,7 +122,7 @@ P = TypeVar("P", bound=EntryParams)
 class DeletableEntry(Generic[P]):
     """Base of the table entries that are an id plus params deleted for good (keys, buckets).
 
-    ``params`` None is the tombstone; it wins every merge, as :class:`Deletable`, so a stale
+    ``params`` None is the tombstone; it wins every merge, so a stale
     replica never brings a deleted entry back. The stored form, compared byte for byte between
     replicas, is ``FORMAT + {"id": id, "p": params wire form or nil}``. Subclasses are
     dataclasses built as ``cls(id, params)``; they name their params class (which has

@@ -526,6 +526,26 @@ def test_streaming_unsigned_trailer(k2v, pk):
     assert partition(k2v, pk) == {"a": [b64(data)]}
 
 
+@pytest.mark.parametrize("value", ["abc", "-5", "1e3", "9" * 5000])
+def test_streaming_with_a_bad_decoded_length_is_400(k2v, pk, value):
+    """x-amz-decoded-content-length must be a plain number; one too long for ``int()`` (Python
+    caps string conversion at 4300 digits) used to escape as a 500."""
+    data = b"payload"
+    body = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+    hdrs = send_signed_headers(
+        k2v,
+        "PUT",
+        ipath(pk),
+        "sort_key=a",
+        {"x-amz-decoded-content-length": value},
+        STREAMING_UNSIGNED_TRAILER,
+        time.time(),
+    )
+    r = raw_send(k2v.host, "PUT", f"{ipath(pk)}?sort_key=a", body, hdrs)
+    assert_error(r, 400, "InvalidRequest")
+    assert_partition_empty(k2v, pk)
+
+
 # ---- §3 signed headers -------------------------------------------------------------------------
 
 

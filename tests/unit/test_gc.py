@@ -355,3 +355,83 @@ async def test_delete_if_equal_hash(cluster):
     assert leader.has(P1 + b"k")
     assert await leader.data.delete_if_equal_hash([(P1 + b"k", blake2sum(raw)), (P1 + b"zz", b"h")]) == 1
     assert not leader.has(P1 + b"k") and leader.schema.updates[-1] == (b"v", None)
+
+
+# ---- found by mutation testing --------------------------------------------------------------
+
+
+def test_todo_key_of_an_empty_sort_key():
+    """A tree key is a 32-byte partition hash plus a sort key that may be empty."""
+    assert parse_todo_key(todo_key(7, P1)) == (7, P1)
+    with pytest.raises(ValueError):
+        parse_todo_key(todo_key(7, P1)[:-1])
+
+
+async def test_counters_accumulate_over_batches_and_rounds(cluster):
+    leader, b, _ = nodes(cluster)
+    for k in (b"a", b"b"):
+        await everywhere(cluster, P1 + k, 2, b"")
+    cluster.clock += DELAY
+    assert await leader.gc.work() is WorkerState.BUSY
+    assert leader.gc.collected == 2  # both tombstones of the batch count
+    await everywhere(cluster, P1 + b"c", 2, b"")
+    cluster.clock += DELAY
+    await leader.gc.work()
+    assert leader.gc.collected == 3 and leader.gc.last_collect_at is not None
+    await everywhere(cluster, P1 + b"d", 2, b"")
+    cluster.clock += DELAY
+    cluster.down.add(b.id)
+    for _ in range(2):
+        with pytest.raises(GcPostponed):
+            await leader.gc.work()
+    assert leader.gc.postponed == 2
+
+
+async def test_a_tombstone_is_recorded_when_the_layout_cannot_say_who_leads(cluster, monkeypatch):
+    """Recording too much is harmless (the leader check runs again at collection time);
+    recording too little would leave the tombstone forever."""
+    _, b, _ = nodes(cluster)
+
+    def no_layout(h32: bytes) -> list[bytes]:
+        raise RuntimeError("layout in flux")
+
+    monkeypatch.setattr(b.table.replication, "storage_nodes", no_layout)
+    await b.put(P1 + b"k", 2, b"")
+    assert len(b.gc) == 1
+
+
+async def test_recording_a_tombstone_wakes_the_worker(cluster):
+    leader, _, _ = nodes(cluster)
+    await leader.gc._wake.wait(0)  # clears any earlier wake-up
+    assert not leader.gc._wake._ev().is_set()
+    await leader.put(P1 + b"k", 2, b"")
+    assert leader.gc._wake._ev().is_set()
+
+
+async def test_the_leader_is_chosen_per_partition(cluster, monkeypatch):
+    """Leadership follows the tree key's partition (its first 32 bytes), not one global node."""
+    leader, b, _ = nodes(cluster)
+    homes = {P1: [leader.id, b.id], P2: [b.id]}
+    for n in (leader, b):
+        monkeypatch.setattr(n.table.replication, "storage_nodes", lambda h32: homes[h32])
+    for n in (leader, b):
+        await n.put(P1 + b"k", 2, b"")
+        await n.put(P2 + b"k", 2, b"")
+    assert (len(leader.gc), len(b.gc)) == (1, 1)
+
+
+async def test_gc_calls_carry_the_table_timeout(cluster, monkeypatch):
+    """A replica that never answers must postpone GC, not hang the worker."""
+    leader, _, _ = nodes(cluster)
+    seen: list[float | None] = []
+    real_call = cluster.call
+
+    async def call(to, path, msg, timeout=None):
+        seen.append(timeout)
+        return await real_call(to, path, msg, timeout)
+
+    monkeypatch.setattr(cluster, "call", call)
+    await everywhere(cluster, P1 + b"k", 2, b"")
+    cluster.clock += DELAY
+    await leader.gc.work()
+    assert seen and all(t == leader.table.timeout and t is not None for t in seen)

@@ -343,3 +343,47 @@ def test_decode_rejects_malformed(mutate) -> None:
 def test_decode_rejects_garbage(data: bytes) -> None:
     with pytest.raises(ValueError):
         K2VItem.decode(data)
+
+
+# --- edge cases found by mutation testing ------------------------------------------------------
+
+
+def test_zero_entry_in_a_token_does_not_stop_the_discards_after_it() -> None:
+    """A token's pairs are applied in node order; a 0 time is skipped, not the end of the token."""
+    it = new()
+    it.update(1, None, b"one", 0)
+    it.update(2, None, b"two", 0)
+    token = CausalContext({0: 0, 1: 0, 2: it.causal_context().get(2)})
+    it.update(3, token, b"three", 0)
+    assert it.values() == [b"one", b"three"]  # node 2's value superseded, node 1's kept
+    assert 0 not in it.items and it.items[1].t_discard == 0
+
+
+def test_tombstone_and_bytes_under_one_dot_keep_the_bytes() -> None:
+    """Two values under one dot (a node that reissued a timestamp): bytes win over a tombstone."""
+    with_bytes, with_tombstone = new(), new()
+    with_bytes.items[1] = DvvsEntry(0, [(5, b"data")])
+    with_tombstone.items[1] = DvvsEntry(0, [(5, None)])
+    for a, b in ((with_bytes, with_tombstone), (with_tombstone, with_bytes)):
+        m = merged(a, b)
+        assert m.items[1].values == [(5, b"data")]
+        assert not m.is_tombstone()
+    # Two different byte strings under one dot: the larger one, whichever side it came from.
+    x, y = new(), new()
+    x.items[1] = DvvsEntry(0, [(5, b"b")])
+    y.items[1] = DvvsEntry(0, [(5, b"a")])
+    assert merged(x, y).values() == merged(y, x).values() == [b"b"]
+
+
+def test_merge_leaves_the_other_replica_untouched() -> None:
+    """``a.merge(b)`` copies what it takes from ``b``: later writes to ``a`` never show in ``b``."""
+    a, b = new(), new()
+    a.update(1, None, b"a", 0)
+    b.update(2, None, b"b", 0)
+    b.update(1, CausalContext({1: 0}), b"b1", 5)
+    before = b.encode()
+    a.merge(b)
+    assert b.encode() == before
+    a.update(2, a.causal_context(), b"later", 10)
+    a.update(1, None, b"later1", 10)
+    assert b.encode() == before

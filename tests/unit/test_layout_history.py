@@ -14,7 +14,12 @@ from garagekv.rpc.layout import (
     LayoutDigest,
     LayoutError,
     LayoutHistory,
+    LayoutVersion,
     NodeRole,
+    UpdateTracker,
+    UpdateTrackers,
+    describe_history,
+    describe_layout_history,
     read_quorum,
     write_quorum,
 )
@@ -302,9 +307,9 @@ def test_decode_rejects_non_consecutive_versions(v1):
 
 
 def test_show_ends_with_the_apply_line(v1):
-    assert "apply --version" not in v1.describe()
+    assert "apply --version" not in describe_history(v1)
     v1.stage_role(nid(4), NodeRole("dc1", 10**9, ["new"]))
-    text = v1.describe()
+    text = describe_history(v1)
     assert "==== STAGED ROLE CHANGES ====" in text
     assert "==== NEW CLUSTER LAYOUT AFTER APPLYING CHANGES ====" in text
     assert "A total of" in text and "new copies of partitions need to be transferred." in text
@@ -314,7 +319,7 @@ def test_show_ends_with_the_apply_line(v1):
 
 def test_show_explains_an_impossible_layout(v1):
     v1.stage_role(nid(1), None)
-    text = v1.describe()
+    text = describe_history(v1)
     assert f"{nid(1).hex()[:16]}  REMOVED" in text
     assert "Error while trying to compute the assignment: The number of nodes with positive capacity" in text
     assert "This new layout cannot yet be applied." in text
@@ -322,8 +327,8 @@ def test_show_explains_an_impossible_layout(v1):
 
 
 def test_history_text_shows_trackers_during_migration(v1):
-    assert "stable state" in v1.describe_versions()
-    text = migrating(v1).describe_versions()
+    assert "stable state" in describe_layout_history(v1)
+    text = describe_layout_history(migrating(v1))
     assert re.search(r"^#2 +current +4 +0$", text, re.M)
     assert re.search(r"^#1 +draining +3 +0$", text, re.M)
     assert "==== UPDATE TRACKERS ====" in text
@@ -350,3 +355,192 @@ def test_quorums(rf, mode, write, read):
 def test_unknown_consistency_mode():
     with pytest.raises(LayoutError, match="consistent, degraded or dangerous"):
         ConsistencyMode.parse("eventual")
+
+
+# ---------------------------------------------------------------------- sync_map_min against a model
+
+
+def reference_sync_map_min(h: LayoutHistory) -> int:
+    """sync_map_min from its definition: for every partition of every non-current live version,
+    the version a write quorum of its nodes has synced (the quorum-th highest); the minimum."""
+    if len(h.versions) == 1:
+        return h.current().version
+    lo, sync = h.min_stored(), h.update_trackers.sync_map
+    quorum = write_quorum(h.replication_factor)
+    out = h.current().version
+    for v in h.versions[:-1]:
+        for p in range(NB_PARTITIONS):
+            synced = sorted((sync.get(n, lo) for n in v.nodes_of(p)), reverse=True)
+            out = min(out, synced[quorum - 1])
+    return out
+
+
+def assert_sync_map_min_matches_model(h: LayoutHistory) -> None:
+    """Every way of leaving one or two storage nodes behind (each at every older version)."""
+    nodes = h.all_storage_nodes()
+    versions = [v.version for v in h.versions]
+    behind = [(a, b) for i, a in enumerate(nodes) for b in nodes[i:]]
+    checked = set()
+    for a, b in behind:
+        for va in versions[:-1]:
+            for vb in versions[:-1]:
+                t = h.clone()
+                t.update_trackers.sync_map.values = dict.fromkeys(nodes, versions[-1])
+                t.update_trackers.sync_map.values[a] = va
+                t.update_trackers.sync_map.values[b] = min(vb, va) if a == b else vb
+                expected = reference_sync_map_min(t)
+                assert t.sync_map_min() == expected, (a.hex()[:2], va, b.hex()[:2], vb)
+                checked.add(expected)
+    assert len(checked) > 1  # the scenarios did move the answer
+
+
+def late_node_sets(v: LayoutVersion, *earlier: LayoutVersion) -> set[tuple[bytes, ...]]:
+    """Node sets of ``v`` first used after a partition whose set was already seen (in ``v`` or in
+    ``earlier`` versions): a scan that stopped at the first repeat would miss them."""
+    seen = {tuple(sorted(e.nodes_of(p))) for e in earlier for p in range(NB_PARTITIONS)}
+    sets = [tuple(sorted(v.nodes_of(p))) for p in range(NB_PARTITIONS)]
+    first_repeat = next(p for p, s in enumerate(sets) if s in seen or s in sets[:p])
+    return set(sets[first_repeat:]) - set(sets[:first_repeat]) - seen
+
+
+FIVE_IN_TWO_ZONES = {1: ("a", 10**9), 2: ("a", 10**9), 3: ("a", 10**9), 4: ("b", 10**9), 5: ("b", 10**9)}
+
+
+def test_sync_map_min_with_an_old_version_of_many_node_sets():
+    """Five nodes in two zones give the old version nine node sets, some first used only after
+    another set repeats; every one of them must be checked before reads move on."""
+    h = with_nodes(LayoutHistory.new(3), FIVE_IN_TWO_ZONES)
+    h = with_nodes(h, {6: ("c", 10**9)})
+    assert late_node_sets(h.versions[0])  # the case this test is about
+    assert_sync_map_min_matches_model(h)
+
+
+def test_sync_map_min_with_three_live_versions():
+    """v1, v2 and v3 live at once, with v2's first partitions still on a v1 node set: the sets
+    v1 already had are skipped, not the rest of v2 (and sync values between the oldest and the
+    current version count as such)."""
+    h = with_nodes(LayoutHistory.new(3), {i: (f"dc{i}", 10**9) for i in range(1, 5)})
+    h = with_nodes(h, {5: ("dc1", 10**9)})
+    h = with_nodes(h, {6: ("dc6", 10**9)})
+    assert [v.version for v in h.versions] == [1, 2, 3]
+    v1_sets = {tuple(sorted(h.versions[0].nodes_of(p))) for p in range(NB_PARTITIONS)}
+    assert tuple(sorted(h.versions[1].nodes_of(0))) in v1_sets  # the case this test is about
+    assert late_node_sets(h.versions[1], h.versions[0])
+    assert_sync_map_min_matches_model(h)
+
+
+# ---------------------------------------------------------------------- gossip and change reports
+
+
+DIGEST = LayoutDigest(7, 2, b"t" * 32, b"s" * 32)
+
+
+@pytest.mark.parametrize(
+    ("remote", "expected"),
+    [
+        (DIGEST, None),
+        (LayoutDigest(8, 2, b"t" * 32, b"s" * 32), "full"),  # a newer version
+        (LayoutDigest(6, 2, b"t" * 32, b"s" * 32), None),  # an older one: they will pull from us
+        (LayoutDigest(7, 3, b"t" * 32, b"s" * 32), "full"),  # more live versions
+        (LayoutDigest(7, 1, b"t" * 32, b"s" * 32), "full"),  # fewer (an old version retired)
+        (LayoutDigest(7, 2, b"T" * 32, b"s" * 32), "trackers"),
+        (LayoutDigest(7, 2, b"t" * 32, b"S" * 32), "full"),  # staged changes
+        (LayoutDigest(6, 2, b"T" * 32, b"s" * 32), "trackers"),
+        (LayoutDigest(8, 3, b"T" * 32, b"S" * 32), "full"),
+    ],
+)
+def test_pull_needed_for_each_field(remote, expected):
+    assert DIGEST.pull_needed(remote) == expected
+
+
+def test_digest_fields_stay_in_their_places(v1):
+    """A digest whose fields all differ, so a field swapped in ``digest``/``to_wire``/
+    ``from_wire`` shows."""
+    h = migrating(v1)
+    h.normalize(ConsistencyMode.DEGRADED)  # only v2 lives: current 2, one active version
+    h.stage_role(nid(9), NodeRole("dc9", 5))
+    d = h.digest()
+    assert (d.current_version, d.active_versions) == (2, 1)
+    assert (d.trackers_hash, d.staging_hash) == (h.trackers_hash(), h.staging_hash())
+    assert d.trackers_hash != d.staging_hash
+    assert d.to_wire() == [2, 1, h.trackers_hash(), h.staging_hash()]
+    assert LayoutDigest.from_wire(d.to_wire()) == d
+    with pytest.raises(LayoutError, match="Malformed layout digest"):
+        LayoutDigest.from_wire([2, 1, b""])
+
+
+def test_merge_reports_a_change_when_only_a_version_is_new(v1):
+    ahead = migrating(v1)
+    behind = ahead.clone()
+    behind.versions.pop()  # same trackers and staging, one version short
+    assert behind.merge(ahead) is True
+    assert behind == ahead
+    assert behind.merge(ahead) is False
+
+
+@pytest.mark.parametrize("tracker", ["ack_map", "sync_map", "sync_ack_map"])
+def test_merge_reports_a_change_when_only_one_tracker_moved(v1, tracker):
+    h = migrating(v1)
+    h.clamp_update_trackers()
+    other = h.clone()
+    getattr(other.update_trackers, tracker).set_max(nid(1), 2)
+    assert h.clone().update_trackers.merge(other.update_trackers) is True
+    assert h.merge(other) is True
+    assert h.update_trackers == other.update_trackers
+    assert h.merge(other) is False
+
+
+def test_merge_reports_a_change_when_only_staging_moved(v1):
+    other = v1.clone()
+    other.stage_role(nid(9), NodeRole("dc9", 5))
+    assert v1.merge(other) is True
+    assert v1.merge(other) is False
+
+
+def test_update_local_trackers_reports_each_tracker_alone(v1):
+    h = migrating(v1)
+    n = nid(1)
+    t = h.update_trackers
+    assert h.update_local_trackers(n, ack_version=1) is True
+    assert (t.ack_map.get(n, 0), t.sync_map.get(n, 0), t.sync_ack_map.get(n, 0)) == (1, 1, 1)
+    assert h.update_local_trackers(n, ack_version=1) is False
+    # Only the ack tracker moves.
+    assert h.update_local_trackers(n) is True
+    assert (t.ack_map.get(n, 0), t.sync_map.get(n, 0), t.sync_ack_map.get(n, 0)) == (2, 1, 1)
+    # Only the sync tracker moves (it had been lost).
+    del t.sync_map.values[n]
+    assert h.update_local_trackers(n) is True
+    assert t.sync_map.get(n, 0) == 1
+    # Only the sync-ack tracker moves: a write quorum of the old set synced v2.
+    h.mark_synced(nid(2), 2)
+    h.mark_synced(nid(3), 2)
+    assert h.sync_map_min() == 2
+    assert h.update_local_trackers(n) is True
+    assert (t.ack_map.get(n, 0), t.sync_map.get(n, 0), t.sync_ack_map.get(n, 0)) == (2, 1, 2)
+    assert h.update_local_trackers(n) is False
+
+
+def test_skip_dead_nodes_raises_the_trackers_themselves(v1):
+    h = migrating(v1)
+    up = {nid(1), nid(2), nid(3)}
+    for n in up:
+        h.update_local_trackers(n)
+    t = h.update_trackers
+    assert t.ack_map.get(nid(4), 0) == 0 and h.ack_map_min() == 1
+    h.skip_dead_nodes(2, up, False)
+    assert t.ack_map.get(nid(4), 0) == 2 and h.ack_map_min() == 2
+    assert t.sync_map.get(nid(4), 0) == 0  # without --allow-missing-data, sync is left alone
+    assert all(t.sync_map.get(n, 0) == 1 for n in up)
+    h.skip_dead_nodes(2, up, True)
+    assert all(t.sync_map.get(nid(i), 0) == 2 for i in range(1, 5))
+    assert all(t.ack_map.get(nid(i), 0) == 2 for i in range(1, 5))
+
+
+def test_tracker_basics():
+    t = UpdateTracker()
+    assert t.min_among([], 5) == 5  # no node to wait for: the caller's floor
+    assert t.min_among([nid(1)], 5) == 5
+    assert t.set_max(nid(1), 0) is True and t.set_max(nid(1), 0) is False
+    assert t.min_among([nid(1), nid(2)], 5) == 0
+    with pytest.raises(LayoutError, match="Malformed layout trackers"):
+        UpdateTrackers.from_wire({"ack_map": [], "sync_map": []})

@@ -12,6 +12,7 @@ from garagekv.rpc.layout import (
     LayoutHistory,
     LayoutVersion,
     NodeRole,
+    describe_version,
     format_bytes,
     parse_zone_redundancy,
 )
@@ -173,7 +174,7 @@ def test_format_bytes_matches_garage(n, text):
 
 
 def test_describe_lists_roles(version):
-    text = version.describe()
+    text = describe_version(version)
     assert "ID                Tags   Zone  Capacity  Usable capacity" in text
     assert nid(1).hex()[:16] in text and "rack1" in text
     assert "gateway" in text

@@ -461,3 +461,33 @@ async def test_rebuild_restores_the_same_tries(env, monkeypatch):
 def _all(db: Database, data: TableData) -> list[tuple[bytes, bytes]]:
     with db.read() as txn:
         return list(txn.cursor(db=data.store))
+
+
+async def test_work_reports_busy_while_a_backlog_remains(env):
+    """A full batch means more may be waiting: the worker must come straight back for it."""
+    from garagekv.util.background import WorkerState
+
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(250)])
+    assert [await merkle.work() for _ in range(3)] == [WorkerState.BUSY, WorkerState.BUSY, WorkerState.IDLE]
+    assert merkle.todo_len() == 0 and merkle.done == 250
+
+
+async def test_worker_drains_a_backlog_without_a_new_write(env, monkeypatch):
+    """One notification for 250 queued entries: the worker drains them all without another wake-up
+    (the idle timer is set far beyond the test's deadline, so only BUSY can keep it going)."""
+    from garagekv.util.background import BackgroundRunner
+
+    db, writer, data, merkle = env
+    monkeypatch.setattr("garagekv.table.merkle.IDLE_WAKEUP", 3600.0)
+    runner = BackgroundRunner()
+    runner.spawn(merkle)
+    try:
+        await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(250)])
+        for _ in range(3000):
+            if merkle.todo_len() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert merkle.todo_len() == 0 and merkle.done == 250
+    finally:
+        await runner.stop()

@@ -192,3 +192,78 @@ async def test_wait_read_quorum_returns_at_quorum_and_fails_when_out_of_reach():
     assert err.value.operation == "read" and "sets=" not in str(err.value)
     calls["a"].cancel()
     await asyncio.gather(*calls.values(), return_exceptions=True)
+
+
+# ---- what a QuorumError carries (metrics and messages), found by mutation testing --------------
+
+
+async def test_quorum_errors_carry_operation_counts_and_reach_the_hooks(monkeypatch, caplog):
+    import logging
+
+    from garagekv.rpc import quorum as quorum_mod
+
+    def broken_hook(err: QuorumError) -> None:
+        raise RuntimeError("metrics broke")
+
+    seen: list[QuorumError] = []
+    monkeypatch.setattr(quorum_mod, "quorum_failure_hooks", [broken_hook, seen.append])
+
+    with caplog.at_level(logging.ERROR, logger="garagekv.rpc.quorum"), pytest.raises(QuorumError) as err:
+        await try_call_many(Fake(), ["a", "b"], 3)
+    assert (err.value.quorum, err.value.successes, err.value.total) == (3, 0, 2)
+    assert err.value.operation == "read" and seen == [err.value]
+    assert "quorum failure hook failed" in caplog.text  # a failing hook never replaces the error
+
+    with pytest.raises(QuorumError) as err:
+        await try_call_many(Fake(), ["a"], 2, operation="k2v_insert")
+    assert err.value.operation == "k2v_insert"
+    with pytest.raises(QuorumError) as err:
+        await try_call_many(Fake(fail={"a", "b"}), ["a", "b", "c"], 2, operation="k2v_poll")
+    assert err.value.operation == "k2v_poll" and err.value.successes == 0
+
+    with pytest.raises(QuorumError) as err:
+        await wait_write_quorum(start_all(Fake(), "a"), [["a"]], 2)
+    assert err.value.operation == "write" and "(sets=1)" in str(err.value)
+    assert (err.value.quorum, err.value.successes, err.value.total) == (2, 0, 1)
+    with pytest.raises(QuorumError) as err:
+        await wait_write_quorum(start_all(Fake(), "a"), [["a"]], 2, operation="table_insert")
+    assert err.value.operation == "table_insert"
+
+    fake = Fake(fail={"b", "c"})
+    with pytest.raises(QuorumError) as err:
+        await wait_write_quorum(start_all(fake, "abc"), [["a", "b", "c"]], 2, operation="table_insert")
+    assert err.value.operation == "table_insert"
+    assert (err.value.quorum, err.value.successes, err.value.total) == (2, 1, 3)
+    with pytest.raises(QuorumError) as err:
+        await wait_read_quorum(start_all(Fake(fail={"b", "c"}), "abc"), 2, operation="table_get")
+    assert err.value.operation == "table_get"
+    assert len(seen) == 7
+
+
+async def test_failures_without_a_message_and_cancelled_calls_are_described():
+    class Silent(Exception):
+        pass
+
+    async def call(node):
+        raise Silent()
+
+    with pytest.raises(QuorumError, match="a: Silent"):
+        await try_call_many(call, ["a"], 1)
+    cancelled = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+    with pytest.raises(QuorumError, match="a: call was cancelled"):
+        await wait_read_quorum({"a": cancelled}, 1)
+
+
+def test_quorum_error_operation_defaults_to_read_or_write_by_sets():
+    assert QuorumError(2, 0, 3, []).operation == "read"
+    assert QuorumError(2, 0, 3, [], sets=2).operation == "write"
+    assert QuorumError(2, 0, 3, [], sets=2, operation="gc").operation == "gc"
+
+
+async def test_calls_still_running_after_a_quorum_error_are_left_to_finish():
+    fake = Fake(fail={"a", "b"}, delays={"c": 0.05})
+    with pytest.raises(QuorumError):
+        await try_call_many(fake, ["a", "b", "c"], 2, send_all_at_once=True)
+    await settle()
+    assert fake.cancelled == [] and "c" in fake.finished

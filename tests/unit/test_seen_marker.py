@@ -160,7 +160,7 @@ def test_marker_survives_encoding_for_is_new_item() -> None:
     ],
 )
 def test_decode_rejects_garbage(s: str) -> None:
-    with pytest.raises(BadRequest, match="Invalid seenMarker"):
+    with pytest.raises(BadRequest, match="^Invalid seenMarker$"):
         RangeSeenMarker.decode(s)
 
 
@@ -215,3 +215,23 @@ def test_decode_caps_decompressed_size(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_decode_rejects_non_str() -> None:
     with pytest.raises(BadRequest):
         RangeSeenMarker.decode(b"AAAA")  # type: ignore[arg-type]
+
+
+# --- found by mutation testing ---------------------------------------------------------------
+
+
+def test_vector_clock_never_goes_backwards_within_one_answer() -> None:
+    """Items come in sort-key order, not clock order: a later key with an older dot must not
+    pull ``vector_clock`` back (PollRange would then hand the newer key out again)."""
+    a = K2VItem.new(BUCKET, "pk", "a")
+    b = K2VItem.new(BUCKET, "pk", "b")
+    b.update(1, None, b"old", 0)  # node 1 writes b first (ts 1) ...
+    a.update(1, None, b"new", 7)  # ... then a (ts 8): clocks decrease in sort-key order
+    m = RangeSeenMarker()
+    m.mark_seen_node_items(1, [a, b])
+    assert m.vector_clock == {1: 8}
+    assert not m.is_new_item(a) and not m.is_new_item(b)
+    # Nor across answers: a later answer with only the old key keeps the clock where it was.
+    m.mark_seen_node_items(1, [b])
+    assert m.vector_clock == {1: 8}
+    assert not RangeSeenMarker.decode(m.encode()).is_new_item(a)

@@ -980,3 +980,90 @@ def test_uri_encode_fast_path_agrees_with_percent_encoding(s, encode_slash):
 def test_headers_join_repeated_values_and_strip_single_ones():
     h = Headers([("X-A", " 1 "), ("x-a", "2"), ("X-B", "  v ")])
     assert h.get("x-a") == "1,2" and h.get("X-B") == "v" and h.get("x-c") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Edge cases found by mutation testing
+
+
+def test_a_skipped_checksum_trailer_does_not_hide_the_next_one() -> None:
+    """crc32c cannot be checked with the stdlib and is skipped; a wrong crc32 after it still fails."""
+    v, _ = streaming_request(
+        DATA, STREAMING_UNSIGNED_TRAILER, {"X-Amz-Trailer": "x-amz-checksum-crc32c,x-amz-checksum-crc32"}
+    )
+    good = b64(zlib.crc32(DATA).to_bytes(4, "big"))
+    wrong = b64((zlib.crc32(DATA) ^ 1).to_bytes(4, "big"))
+    crc32c = ("x-amz-checksum-crc32c", "AAAAAA==")
+    assert v.check_body(unsigned_chunks(PIECES, [crc32c, ("x-amz-checksum-crc32", good)])) == DATA
+    with pytest.raises(InvalidDigest, match="crc32 trailer"):
+        v.check_body(unsigned_chunks(PIECES, [crc32c, ("x-amz-checksum-crc32", wrong)]))
+
+
+def test_signed_chunks_may_not_carry_trailer_lines() -> None:
+    """Trailers are for STREAMING-UNSIGNED-PAYLOAD-TRAILER; after signed chunks they are unsigned
+    data nobody vouched for."""
+    v, seed = streaming_request(DATA)
+    body = build_signed_chunks(PIECES, seed, "20240301T120000Z")
+    assert body.endswith(b"\r\n\r\n")
+    with_trailer = (
+        body[:-2] + b"x-amz-checksum-crc32:" + b64(zlib.crc32(DATA).to_bytes(4, "big")).encode() + b"\r\n\r\n"
+    )
+    with pytest.raises(BadRequest, match="after the final chunk") as e:
+        v.check_body(with_trailer)
+    assert type(e.value) is BadRequest
+
+
+def test_presigned_url_that_signs_a_content_digest() -> None:
+    """A generic AWS presigner signs the x-amz-content-sha256 header it is given: that digest,
+    not UNSIGNED-PAYLOAD or the empty-body hash, is what the body is then held to."""
+    body = b'{"k": "v"}'
+    digest = hashlib.sha256(body).hexdigest()
+    req = AWSRequest(
+        method="PUT", url=f"http://{HOST}/b/pk", params={"sort_key": "s"}, headers={"X-Amz-Content-SHA256": digest}
+    )
+    SigV4QueryAuth(BOTO_CREDS, "k2v", REGION, expires=300).add_auth(req)
+    v = run_botocore(req)
+    assert v.presigned and v.content_sha256 == digest
+    assert v.check_body(body) == body
+    with pytest.raises(InvalidDigest):
+        v.check_body(body + b" ")
+    prepared = req.prepare()
+    url = urlsplit(prepared.url)
+    headers = {"Host": HOST, "X-Amz-Content-SHA256": "not-a-digest"}
+    with pytest.raises(BadRequest, match="content sha256"):
+        verify_request("PUT", url.path, url.query, headers, REGION, KEYS.get, now=None)
+
+
+@pytest.mark.parametrize("value", ["abc", "", "-1", "+5", "1.5", "0x10", "1_000", "٣", "9" * 5000, "1" * 21])
+def test_bad_decoded_content_length_is_400(value: str) -> None:
+    """Not a plain number of at most 20 digits: 400 (5000 digits used to escape ``int()`` as a 500)."""
+    headers = signed_headers("PUT", "/b/pk", [("sort_key", "s")], extra={"X-Amz-Decoded-Content-Length": value})
+    with pytest.raises(BadRequest, match="decoded-content-length") as e:
+        verify("PUT", "/b/pk", "sort_key=s", headers)
+    assert type(e.value) is BadRequest
+
+
+def test_decoded_content_length_of_20_digits_is_read() -> None:
+    headers = signed_headers(
+        "PUT", "/b/pk", [("sort_key", "s")], extra={"X-Amz-Decoded-Content-Length": "0" * 19 + "7"}
+    )
+    assert verify("PUT", "/b/pk", "sort_key=s", headers).decoded_length == 7
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_clock_skew_boundary_is_exactly_15_minutes(sign: int) -> None:
+    headers = signed_headers("GET", "/b", now=T0)
+    verify("GET", "/b", "", headers, now=T0 + sign * 900)
+    with pytest.raises(RequestTimeTooSkewed):
+        verify("GET", "/b", "", headers, now=T0 + sign * 901)
+
+
+def test_presign_expiry_and_not_yet_valid_boundaries() -> None:
+    url = SIGNER.presign_url("GET", "/b", None, HOST, expires=600, now=T0)
+    path, _, query = url.partition("?")
+    verify("GET", path, query, {"Host": HOST}, now=T0 + 600)  # the last valid second
+    with pytest.raises(AccessDenied, match="expired"):
+        verify("GET", path, query, {"Host": HOST}, now=T0 + 601)
+    verify("GET", path, query, {"Host": HOST}, now=T0 - 900)  # signed by a clock 15 minutes ahead
+    with pytest.raises(AccessDenied, match="not valid yet"):
+        verify("GET", path, query, {"Host": HOST}, now=T0 - 901)

@@ -8,6 +8,8 @@ that the rest of rpc, table and model read. See docs/architecture.md §5.
 """
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
+from garagekv.rpc.layout.compute import calculate_next
+from garagekv.rpc.layout.describe import describe_history, describe_layout_history, describe_version
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory
 from garagekv.rpc.layout.parameters import (
@@ -21,7 +23,7 @@ from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTracker, UpdateTrackers
 from garagekv.rpc.layout.units import format_bytes
-from garagekv.rpc.layout.version import LayoutVersion, calculate_next
+from garagekv.rpc.layout.version import LayoutVersion
 
 __all__ = [
     "MAXIMUM",
@@ -41,6 +43,9 @@ __all__ = [
     "UpdateTrackers",
     "ZoneRedundancy",
     "calculate_next",
+    "describe_history",
+    "describe_layout_history",
+    "describe_version",
     "format_bytes",
     "parse_zone_redundancy",
     "read_quorum",

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS
-from garagekv.rpc.layout.describe import describe_history, describe_layout_history
+from garagekv.rpc.layout.compute import calculate_next
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.parameters import LayoutParameters, ZoneRedundancy, validate_zone_redundancy
 from garagekv.rpc.layout.quorum import ConsistencyMode, write_quorum
 from garagekv.rpc.layout.roles import NodeRole
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTrackers
-from garagekv.rpc.layout.version import LayoutVersion, calculate_next
+from garagekv.rpc.layout.version import LayoutVersion
 from garagekv.util import codec
 from garagekv.util.crdt import Lww
 from garagekv.util.time import increment_logical_clock
@@ -367,7 +367,7 @@ class LayoutHistory:
         out.staging.reset(params)
         return out
 
-    # ------------------------------------------------------------------ wire and text
+    # ------------------------------------------------------------------ wire
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -408,14 +408,6 @@ class LayoutHistory:
         except Exception as e:  # msgpack raises several unrelated types on garbage
             raise LayoutError(f"Malformed cluster layout: {e!r}")
         return cls.from_wire(w)
-
-    def describe(self) -> str:
-        """``layout show``: current layout, staged changes, dry run, then the apply line."""
-        return describe_history(self)
-
-    def describe_versions(self) -> str:
-        """``layout history``: live and retired versions, plus trackers during a migration."""
-        return describe_layout_history(self)
 
 
 def _is_valid(version: LayoutVersion) -> bool:

@@ -61,13 +61,6 @@ class UpdateTrackers:
         c = self.sync_ack_map.merge(other.sync_ack_map)
         return a or b or c
 
-    def clone(self) -> UpdateTrackers:
-        return UpdateTrackers(
-            UpdateTracker(dict(self.ack_map.values)),
-            UpdateTracker(dict(self.sync_map.values)),
-            UpdateTracker(dict(self.sync_ack_map.values)),
-        )
-
     def to_wire(self) -> dict[str, Any]:
         return {
             "ack_map": self.ack_map.to_wire(),

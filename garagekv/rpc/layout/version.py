@@ -1,6 +1,6 @@
 """One layout version: the role table plus the ring (256 partitions -> rf storage nodes).
 
-A version is computed once, by whoever applies the staged changes (``calculate_next``), and then
+A version is computed once, by whoever applies the staged changes (``compute.calculate_next``), and then
 shipped as data. Every receiver runs ``check()`` before trusting it, which re-derives everything
 that can be re-derived cheaply: the node list, the ring's shape and constraints, and the optimal
 partition size (closed form, see ``assignment.py``).
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from garagekv.rpc.layout.assignment import (
     NB_PARTITIONS,
     Problem,
-    assign,
     optimal_partition_size,
 )
-from garagekv.rpc.layout.describe import assignment_report, describe_version
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.parameters import (
     MAXIMUM,
@@ -34,9 +32,6 @@ from garagekv.rpc.layout.roles import (
     storage_nodes,
     zones_in_order,
 )
-
-if TYPE_CHECKING:
-    from garagekv.rpc.layout.staging import LayoutStaging
 
 
 @dataclass
@@ -201,11 +196,6 @@ class LayoutVersion:
         if optimal != size:
             raise LayoutError(f"partition_size ({size}) is different than optimal value ({optimal})")
 
-    # ------------------------------------------------------------------ next version
-
-    def calculate_next(self, staging: LayoutStaging) -> tuple[LayoutVersion, list[str]]:
-        return calculate_next(self, staging)
-
     # ------------------------------------------------------------------ wire
 
     def to_wire(self) -> dict[str, Any]:
@@ -240,62 +230,3 @@ class LayoutVersion:
         if len(roles) != len(w["roles"]):
             raise LayoutError("Malformed layout version: duplicate role entries")
         return v
-
-    def describe(self) -> str:
-        return describe_version(self)
-
-
-def calculate_next(prev: LayoutVersion, staging: LayoutStaging) -> tuple[LayoutVersion, list[str]]:
-    """Apply staged roles/parameters to ``prev`` and compute version ``prev.version + 1``.
-
-    Returns the new version and the human-readable computation report (``layout show``).
-    """
-    roles = staging.effective_roles(prev.roles)
-    return compute_version(prev, roles, staging.parameters.value.zone_redundancy)
-
-
-def compute_version(
-    prev: LayoutVersion, roles: dict[bytes, NodeRole], zone_redundancy: ZoneRedundancy
-) -> tuple[LayoutVersion, list[str]]:
-    """The assignment proper: optimal partition size, then minimal movement from ``prev``."""
-    rf = prev.replication_factor
-    zone_redundancy = validate_zone_redundancy(zone_redundancy, rf)
-    storage = storage_nodes(roles)
-    if len(storage) > MAX_NODE_NUMBER:
-        raise LayoutError(
-            f"There are more than {MAX_NODE_NUMBER} non-gateway nodes in the new layout. This is not allowed."
-        )
-    new = LayoutVersion(prev.version + 1, rf, zone_redundancy, roles, node_id_vec_of(roles), b"", 0)
-    zr = new.effective_zone_redundancy()
-    nb_zones = len(new.storage_zones())
-    if len(storage) < rf:
-        raise LayoutError(
-            f"The number of nodes with positive capacity ({len(storage)}) is smaller than the "
-            f"replication factor ({rf})."
-        )
-    if nb_zones < zr:
-        raise LayoutError(
-            f"The number of zones with non-gateway nodes ({nb_zones}) is smaller than the redundancy parameter ({zr})"
-        )
-
-    problem = new.assignment_problem()
-    size = optimal_partition_size(problem)
-
-    previous: list[list[int]] | None = None
-    if prev.is_ready:
-        index = {n: i for i, n in enumerate(storage)}
-        previous = [[index[n] for n in prev.nodes_of(p) if n in index] for p in range(NB_PARTITIONS)]
-    ring = assign(problem, size, previous)
-
-    new.partition_size = size
-    new.ring_assignment_data = bytes(i for nodes in ring for i in nodes)
-    report = assignment_report(new, prev if prev.is_ready else None)
-    try:
-        new.check()
-    except LayoutError as e:
-        raise LayoutError(
-            f"Layout check returned an error: {e.message}\nOriginal result of computation: <<<<\n"
-            + "\n".join(report)
-            + "\n>>>>"
-        )
-    return new, report
