@@ -17,6 +17,7 @@ from garagekv.rpc.endpoint import endpoint_path
 from garagekv.rpc.layout import (
     LayoutError,
     NodeRole,
+    check_next_version,
     describe_history,
     describe_layout_history,
     parse_zone_redundancy,
@@ -317,8 +318,8 @@ async def layout_revert(s: OpServices, a: LayoutVersionArgs) -> dict:
     system = s.system
     h = system.layout.history
     version = a.version
-    if version is not None and version != h.current().version + 1:
-        raise LayoutError("Invalid new layout version")
+    if version is not None:
+        check_next_version(h.current().version, version)
     system.layout.replace(h.revert_staged_changes())
     return {
         "message": "All proposed role changes in cluster layout have been canceled.",

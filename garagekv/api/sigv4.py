@@ -425,6 +425,10 @@ def _signed_headers(spec: str, h: Headers) -> list[tuple[str, str]]:
 def _check_scope(credential: str, amz_date: str, region: str, service: str) -> tuple[str, str]:
     """Split ``AK/scope`` and require the scope to be exactly today's for this region and k2v."""
     key_id, _, scope = credential.partition("/")
-    if scope != credential_scope(amz_date[:8], region, service):
-        raise AuthorizationHeaderMalformed(f"Authorization header malformed, unexpected scope: {scope}")
+    expected = credential_scope(amz_date[:8], region, service)
+    if scope != expected:
+        raise AuthorizationHeaderMalformed(
+            f"Authorization header malformed, unexpected scope: {scope} (expected {expected}: "
+            f"region {region!r}, service {service!r}, the date of X-Amz-Date)"
+        )
     return key_id, scope

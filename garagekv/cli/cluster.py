@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from garagekv.admin.remote import admin_call, local_target
+from garagekv.cli.hints import with_config
 from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
@@ -82,8 +83,10 @@ def _print_status(st: dict[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if st["staged_changes"]:
         print(
-            "\nThere are staged role changes: run `garagekv layout show` to review them, then "
-            "`garagekv layout apply --version N`."
+            with_config(
+                "\nThere are staged role changes: run `garagekv layout show` to review them, then "
+                "`garagekv layout apply --version N`."
+            )
         )
 
 
@@ -123,10 +126,10 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     a = args.action
     if a == "show":
         res = await call("layout.show")
-        print(json.dumps(res, indent=2) if args.json else res["text"])
+        print(json.dumps(res, indent=2) if args.json else with_config(res["text"]))
     elif a == "history":
         res = await call("layout.history")
-        print(json.dumps(res, indent=2) if args.json else res["text"])
+        print(json.dumps(res, indent=2) if args.json else with_config(res["text"]))
     elif a == "assign":
         res = await call(
             "layout.assign",
@@ -139,11 +142,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                 "replace": args.replace,
             },
         )
-        print(res["message"])
+        print(with_config(res["message"]))
     elif a == "remove":
-        print((await call("layout.remove", {"node": args.node}))["message"])
+        print(with_config((await call("layout.remove", {"node": args.node}))["message"]))
     elif a == "config":
-        print((await call("layout.config", {"zone_redundancy": args.redundancy}))["message"])
+        print(with_config((await call("layout.config", {"zone_redundancy": args.redundancy}))["message"]))
     elif a == "apply":
         res = await call("layout.apply", {"version": args.version})
         print("\n".join(res["messages"]))

@@ -8,6 +8,7 @@ import os
 import sys
 
 from garagekv.cli import bench, cluster, dev, hulykvs, k2v, maintenance, meta
+from garagekv.cli.hints import use_config, with_config
 from garagekv.util.config import default_config_path, load_config
 from garagekv.util.errors import ConfigError, GarageKVError
 from garagekv.util.log import setup_logging as log_setup
@@ -64,6 +65,7 @@ def setup_logging(level: str, fmt: str = "text", secrets: tuple[str | None, ...]
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_config(getattr(args, "config", None))
     try:
         if args.command == "dev":
             return dev.run(args)
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(meta.run(args, config))
     except (ConfigError, GarageKVError) as e:
         msg = e.full_message if isinstance(e, GarageKVError) else str(e)
-        print(f"Error: {msg}", file=sys.stderr)
+        print(f"Error: {with_config(msg)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -49,10 +49,13 @@ def test_stage_apply_revert_propagate(make_cluster):
     for i, n in enumerate(nodes):
         out = a.cli("layout", "assign", n.node_id[:10], "-z", f"z{i}", "-c", "1G", "-t", "ssd").stdout
         assert "staged" in out
-    show = wait_for(lambda: (t := b.cli("layout", "show").stdout) and "garagekv layout apply --version 1" in t and t)
-    assert show.rstrip().endswith("garagekv layout apply --version 1")
+    # The hints name the config file the command was run with, so they can be copied as printed.
+    hint = f"garagekv -c {b.config_path} layout apply --version 1"
+    show = wait_for(lambda: (t := b.cli("layout", "show").stdout) and hint in t and t)
+    assert show.rstrip().endswith(hint)
     r = c.cli("layout", "apply", "--version", "2", check=False)
-    assert r.returncode == 1 and "Invalid new layout version" in r.stderr
+    assert r.returncode == 1 and "Invalid new layout version 2" in r.stderr
+    assert "the current version is 0, so the next one is 1 (--version 1)" in r.stderr
     c.cli("layout", "apply", "--version", "1")
     for n in nodes:
         wait_for(lambda n=n: status(n)["layout_version"] == 1)

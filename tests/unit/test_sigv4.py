@@ -808,7 +808,10 @@ def test_wrong_scope(scope: str) -> None:
     headers = with_auth(signed_headers("GET", "/b"), Credential=f"{AK}/{scope}" if scope else AK)
     with pytest.raises(AuthorizationHeaderMalformed) as e:
         verify("GET", "/b", "", headers)
-    assert e.value.message == f"Authorization header malformed, unexpected scope: {scope}"
+    assert e.value.message == (
+        f"Authorization header malformed, unexpected scope: {scope} (expected 20240301/garage/k2v/aws4_request: "
+        "region 'garage', service 'k2v', the date of X-Amz-Date)"
+    )
     assert e.value.status == 400 and e.value.code == "AuthorizationHeaderMalformed"
 
 

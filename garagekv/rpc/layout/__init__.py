@@ -11,7 +11,7 @@ from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
 from garagekv.rpc.layout.compute import calculate_next
 from garagekv.rpc.layout.describe import describe_history, describe_layout_history, describe_version
 from garagekv.rpc.layout.errors import LayoutError
-from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory
+from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory, check_next_version
 from garagekv.rpc.layout.parameters import (
     MAXIMUM,
     LayoutParameters,
@@ -35,6 +35,7 @@ __all__ = [
     "LayoutDigest",
     "LayoutError",
     "LayoutHistory",
+    "check_next_version",
     "LayoutParameters",
     "LayoutStaging",
     "LayoutVersion",

@@ -74,6 +74,15 @@ class LayoutDigest:
             raise LayoutError(f"Malformed layout digest: {e!r}")
 
 
+def check_next_version(current: int, version: int) -> None:
+    """``apply``/``revert --version`` must name the next version: say which one when it does not."""
+    if version != current + 1:
+        raise LayoutError(
+            f"Invalid new layout version {version}: the current version is {current}, "
+            f"so the next one is {current + 1} (--version {current + 1})"
+        )
+
+
 @dataclass
 class LayoutHistory:
     versions: list[LayoutVersion]  # live versions, consecutive numbers, oldest first
@@ -351,8 +360,7 @@ class LayoutHistory:
         """A new history with version ``current+1`` appended; ``version`` must be exactly that."""
         if version is None:
             raise LayoutError(_MISSING_VERSION)
-        if version != self.current().version + 1:
-            raise LayoutError("Invalid new layout version")
+        check_next_version(self.current().version, version)
         new_version, msg = self.preview_staged_changes()
         out = self.clone()
         out.versions.append(new_version)
