@@ -17,6 +17,11 @@ DVVS lets it supersede them. The rules, checked against every read:
 token) through several K2V endpoints from background threads, recording everything in a
 ``History``; ``final_check`` then reads every key through every endpoint and checks the whole
 history against those reads.
+
+The rules are checked as each read is recorded (``History.violations``, used by the fault tests),
+and again offline by ``check_reads``, which sorts what it finds into anomaly kinds: rule 2 in a
+final read (after the heal) is a *lost write*, in any other read a *stale read* (a quorum read
+through some node that misses a write acknowledged before it started: read-your-writes broken).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from tests.checker.anomaly import Anomaly
 from tests.support import K2VHttp
 
 TOKEN = "X-Garage-Causality-Token"
@@ -64,6 +70,8 @@ class Read:
     seen: frozenset[int]  # ids of the writes whose values are visible
     tombstone: bool  # a deleted value (null) or 404
     token: str | None
+    phantoms: tuple[bytes, ...] = ()  # values that no write of this key produced
+    final: bool = False  # one of the reads made after the heal, by ``final_check``
 
 
 class History:
@@ -75,7 +83,9 @@ class History:
         self.by_key: dict[Key, list[Write]] = defaultdict(list)
         self.reads: list[Read] = []
         self.violations: list[str] = []
+        self.anomalies: list[Anomaly] = []  # found while recording (refused writes, failed final reads)
         self._next = 0
+        self.t0 = time.monotonic()  # times in messages and records are seconds since this
 
     # ---- recording ------------------------------------------------------------------------------
 
@@ -109,6 +119,7 @@ class History:
         """``values``: the values returned (None entries are tombstones), None for a 404."""
         end = time.monotonic()
         seen: set[int] = set()
+        phantoms: list[bytes] = []
         tombstone = values is None
         with self._lock:
             for v in values or []:
@@ -119,15 +130,25 @@ class History:
                 w = self.writes.get(wid) if wid is not None else None
                 if w is None or w.key != key or w.value != v:
                     self.violations.append(f"read of {key} via {via} returned {v[:40]!r}, which nobody wrote")
+                    phantoms.append(v)
                     continue
                 if w.start > end:
                     self.violations.append(f"read of {key} via {via} returned w{wid} before it was written")
+                    phantoms.append(v)
                 seen.add(wid)
-            r = Read(key, via, start, end, frozenset(seen), tombstone, token)
+            r = Read(key, via, start, end, frozenset(seen), tombstone, token, tuple(phantoms))
             self.reads.append(r)
             if check:
                 self.violations.extend(self._check_read(r))
         return r
+
+    def value_id(self, value: bytes, key: Key, before: float) -> int | None:
+        """The id of the write of ``key`` that produced ``value``, if it had started by ``before``."""
+        wid = self._id_of(value)
+        w = self.writes.get(wid) if wid is not None else None
+        if w is None or w.key != key or w.value != value or w.start > before:
+            return None
+        return wid
 
     @staticmethod
     def _id_of(value: bytes) -> int | None:
@@ -138,7 +159,8 @@ class History:
 
     # ---- checks ---------------------------------------------------------------------------------
 
-    def _closure(self, ids: set[int]) -> set[int]:
+    def closure(self, ids: set[int]) -> set[int]:
+        """``ids`` and every write they (transitively) supersede through their tokens."""
         out = set(ids)
         todo = list(ids)
         while todo:
@@ -151,26 +173,84 @@ class History:
     def accounted(self, r: Read) -> set[int]:
         """Writes of ``r.key`` that ``r`` accounts for: visible, or (transitively) superseded."""
         seeds = set(r.seen) | {w.id for w in self.by_key[r.key] if w.value is None and w.acked}
-        return self._closure(seeds)
+        return self.closure(seeds)
 
     def _check_read(self, r: Read) -> list[str]:
-        before = [w for w in self.by_key[r.key] if w.acked and w.end is not None and w.end < r.start]
+        return self._missing(r) + self._resurrected(r)
+
+    def _acked_before(self, r: Read) -> list[Write]:
+        return [w for w in self.by_key[r.key] if w.acked and w.end is not None and w.end < r.start]
+
+    def _missing(self, r: Read) -> list[str]:
+        """Rule 2: acknowledged writes that ``r`` does not account for."""
         acc = self.accounted(r)
-        out = [
-            f"acknowledged write w{w.id} to {r.key} (via {w.via}, acked at {w.end:.3f}) is missing from the "
-            f"read via {r.via} started at {r.start:.3f}, which saw {sorted(r.seen)}"
-            for w in before
+        return [
+            f"acknowledged write w{w.id} to {r.key} (via {w.via}, acked at {w.end - self.t0:.3f}) is missing from the "
+            f"read via {r.via} started at {r.start - self.t0:.3f}, which saw {sorted(r.seen)}"
+            for w in self._acked_before(r)
             if w.value is not None and w.id not in acc
         ]
-        # 3. A value superseded by an acknowledged write never comes back (e.g. a deleted value
-        # resurrected by a replica that missed the delete after its tombstone was collected).
-        dead = self._closure({c for w in before for c in w.covers})
-        out += [
-            f"read of {r.key} via {r.via} started at {r.start:.3f} returned w{wid}, superseded by a write "
+
+    def _resurrected(self, r: Read) -> list[str]:
+        """Rule 3: a value superseded by an acknowledged write never comes back (e.g. a deleted value
+        resurrected by a replica that missed the delete after its tombstone was collected)."""
+        dead = self.closure({c for w in self._acked_before(r) for c in w.covers})
+        return [
+            f"read of {r.key} via {r.via} started at {r.start - self.t0:.3f} returned w{wid}, superseded by a write "
             f"acknowledged before"
             for wid in sorted(r.seen & dead)
         ]
+
+    def check_reads(self) -> list[Anomaly]:
+        """Every read against the whole history (offline: the order of recording does not matter)."""
+        out: list[Anomaly] = list(self.anomalies)
+        for r in list(self.reads):
+            out += [
+                Anomaly("phantom", f"read of {r.key} via {r.via} returned {v[:40]!r}, which no write made")
+                for v in r.phantoms
+            ]
+            kind = "lost-write" if r.final else "stale-read"
+            out += [Anomaly(kind, ("final " if r.final else "") + msg) for msg in self._missing(r)]
+            out += [Anomaly("resurrected", msg) for msg in self._resurrected(r)]
         return out
+
+    def records(self) -> list[dict[str, Any]]:
+        """The writes and reads as JSON-ready records (times in seconds since ``t0``)."""
+        t0 = self.t0
+        with self._lock:
+            out: list[dict[str, Any]] = [
+                {
+                    "type": "delete" if w.value is None else "write",
+                    "key": list(w.key),
+                    "id": w.id,
+                    "value": None if w.value is None else w.value.decode(errors="replace"),
+                    "token": w.token,
+                    "covers": sorted(w.covers),
+                    "via": w.via,
+                    "invoke": round(w.start - t0, 6),
+                    "complete": None if w.end is None else round(w.end - t0, 6),
+                    "status": w.status,
+                    "detail": w.detail,
+                }
+                for w in self.writes.values()
+            ]
+            out += [
+                {
+                    "type": "read",
+                    "key": list(r.key),
+                    "via": r.via,
+                    "invoke": round(r.start - t0, 6),
+                    "complete": round(r.end - t0, 6),
+                    "status": "ok",
+                    "seen": sorted(r.seen),
+                    "tombstone": r.tombstone,
+                    "token": r.token,
+                    "phantoms": [v.decode(errors="replace") for v in r.phantoms],
+                    "final": r.final,
+                }
+                for r in self.reads
+            ]
+            return out
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -217,6 +297,7 @@ def read_item(
     if resp.status != 200:
         if resp.status < 500:
             history.violations.append(f"read of {key} via {via}: unexpected {resp.status} {resp.body[:200]!r}")
+            history.anomalies.append(Anomaly("refused", f"read of {key} via {via}: {resp.status} {resp.body[:200]!r}"))
         return None
     values = [None if v is None else base64.b64decode(v) for v in resp.json()]
     return history.record_read(key, via, start, values, resp.header(TOKEN), check)
@@ -251,6 +332,7 @@ def write_item(
     else:
         history.end_write(w, "failed", f"{resp.status} {resp.body[:200]!r}")
         history.violations.append(f"write w{w.id} via {via} refused: {resp.status} {resp.body[:200]!r}")
+        history.anomalies.append(Anomaly("refused", f"write w{w.id} via {via}: {resp.status} {resp.body[:200]!r}"))
     return w
 
 
@@ -276,6 +358,8 @@ class Workload:
     pk: str = "load"
     timeout: float = 10.0
     pause: float = 0.0
+    seed: int = 0
+    check: bool = True  # check each read as it is recorded (else only offline, by ``check_reads``)
     endpoints: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -310,7 +394,7 @@ class Workload:
         self.stop()
 
     def _run(self, t: int) -> None:
-        rng = random.Random(t)
+        rng = random.Random(self.seed * 1000 + t)
         mine = self.own_keys(t)
         shared = [(f"{self.pk}-shared-{k}", "shared") for k in range(self.shared_keys)]
         i = 0
@@ -323,7 +407,7 @@ class Workload:
                 if rng.random() < 0.5:
                     write_item(self.history, client, via, self.bucket, key, timeout=self.timeout)
                 else:
-                    r = read_item(self.history, client, via, self.bucket, key, timeout=self.timeout)
+                    r = read_item(self.history, client, via, self.bucket, key, self.timeout, self.check)
                     if r is not None:
                         write_item(self.history, client, via, self.bucket, key, read=r, timeout=self.timeout)
             except Exception as e:  # noqa: BLE001 - reported by the test
@@ -343,6 +427,8 @@ def final_check(
             r = read_item(history, client, via, bucket, key, timeout=timeout)
             if r is None:
                 history.violations.append(f"final read of {key} via {via} failed")
+                history.anomalies.append(Anomaly("final-read-failed", f"final read of {key} via {via} failed"))
                 continue
+            r.final = True
             out[key][via] = r.seen
     return out
