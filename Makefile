@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-cluster lint venv clean bench bench-scale
+.PHONY: run test test-cluster lint venv clean bench bench-scale chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python scripts/bench_scale.py
+
+# Long randomized fault schedules under the history checkers (not part of `make test`, which runs
+# a bounded one): `make chaos SEED=7 DURATION=600 RUNS=3`. Without SEED, one is drawn and printed.
+# History (JSON lines) and verdict per run: chaos-results/chaos-<seed>.jsonl. See docs/testing.md.
+DURATION ?= 300
+RUNS ?= 1
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py $(if $(SEED),--seed $(SEED)) --duration $(DURATION) --runs $(RUNS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

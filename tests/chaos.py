@@ -34,7 +34,8 @@ from tests.support import K2VHttp, wait_for
 #: As in the fault tests: a 5 s RPC timeout, the first anti-entropy pass 1 s after start.
 CHAOS_CONFIG = "rpc_timeout_msec = 5000\nsync_startup_delay_sec = 1\n"
 WATCH_PK = "watch"
-WATCH_ITEMS = 6
+WATCH_ITEMS = 8
+WATCH_WRITERS = 4
 
 
 @dataclass
@@ -122,7 +123,9 @@ def run_chaos(
         sets = SetHistory(history.t0)
         watch = WatchHistory(history)
         watch_keys = [(WATCH_PK, f"i{k}") for k in range(WATCH_ITEMS)]
-        writer = WatchWriter(history=history, clients=clients, bucket=bucket, keys=watch_keys, seed=seed)
+        writer = WatchWriter(
+            history=history, clients=clients, bucket=bucket, keys=watch_keys, threads=WATCH_WRITERS, seed=seed
+        )
         writer.seed_items()
         watchers = [RangeWatcher(watch=watch, client=c, via=v, bucket=bucket, pk=WATCH_PK) for v, c in clients.items()]
         watchers += [

@@ -82,6 +82,7 @@ class History:
         self.writes: dict[int, Write] = {}
         self.by_key: dict[Key, list[Write]] = defaultdict(list)
         self.reads: list[Read] = []
+        self.failed_reads: list[tuple[Key, str, float, float, str]] = []  # key, via, start, end, detail
         self.violations: list[str] = []
         self.anomalies: list[Anomaly] = []  # found while recording (refused writes, failed final reads)
         self._next = 0
@@ -149,6 +150,11 @@ class History:
         if w is None or w.key != key or w.value != value or w.start > before:
             return None
         return wid
+
+    def read_failed(self, key: Key, via: str, start: float, detail: str) -> None:
+        """A read that failed (error, timeout, 5xx): it proves nothing, but it is part of the history."""
+        with self._lock:
+            self.failed_reads.append((key, via, start, time.monotonic(), detail))
 
     @staticmethod
     def _id_of(value: bytes) -> int | None:
@@ -250,6 +256,18 @@ class History:
                 }
                 for r in self.reads
             ]
+            out += [
+                {
+                    "type": "read",
+                    "key": list(key),
+                    "via": via,
+                    "invoke": round(start - t0, 6),
+                    "complete": round(end - t0, 6),
+                    "status": "unknown",
+                    "detail": detail,
+                }
+                for key, via, start, end, detail in self.failed_reads
+            ]
             return out
 
     def stats(self) -> dict[str, int]:
@@ -290,11 +308,13 @@ def read_item(
     start = time.monotonic()
     try:
         resp = client.request("GET", path, query, headers={"Accept": "application/json"}, timeout=timeout)
-    except Exception:  # noqa: BLE001 - a failed read proves nothing
+    except Exception as e:  # noqa: BLE001 - a failed read proves nothing
+        history.read_failed(key, via, start, f"{type(e).__name__}: {e}")
         return None
     if resp.status == 404:
         return history.record_read(key, via, start, None, None, check)
     if resp.status != 200:
+        history.read_failed(key, via, start, f"{resp.status} {resp.body[:200]!r}")
         if resp.status < 500:
             history.violations.append(f"read of {key} via {via}: unexpected {resp.status} {resp.body[:200]!r}")
             history.anomalies.append(Anomaly("refused", f"read of {key} via {via}: {resp.status} {resp.body[:200]!r}"))

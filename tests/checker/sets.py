@@ -56,6 +56,7 @@ class SetHistory:
         self._lock = threading.Lock()
         self.batches: list[Batch] = []
         self.reads: list[SetRead] = []
+        self.failed_reads: list[tuple[str, tuple[str, ...], float, float, str]] = []  # via, pks, start, end, detail
         self.anomalies: list[Anomaly] = []  # found while recording (refused batches, failed final reads)
 
     def begin_batch(self, keys: list[Key], via: str) -> Batch:
@@ -71,6 +72,10 @@ class SetHistory:
     def add_read(self, r: SetRead) -> None:
         with self._lock:
             self.reads.append(r)
+
+    def read_failed(self, via: str, pks: list[str], start: float, detail: str) -> None:
+        with self._lock:
+            self.failed_reads.append((via, tuple(pks), start, time.monotonic(), detail))
 
     def check(self) -> list[Anomaly]:
         out = list(self.anomalies)
@@ -129,6 +134,18 @@ class SetHistory:
                 }
                 for r in self.reads
             ]
+            out += [
+                {
+                    "type": "set_read",
+                    "via": via,
+                    "pks": list(pks),
+                    "invoke": round(start - t0, 6),
+                    "complete": round(end - t0, 6),
+                    "status": "unknown",
+                    "detail": detail,
+                }
+                for via, pks, start, end, detail in self.failed_reads
+            ]
             return out
 
 
@@ -171,6 +188,7 @@ def read_set(
             queries = [{"partitionKey": pk, "limit": page, "start": cur} for pk, cur in cursors.items()]
             resp = client.json("POST", f"/{bucket}", queries, query="search", timeout=timeout)
             if resp.status != 200:
+                sets.read_failed(via, pks, start, f"{resp.status} {resp.body[:200]!r}")
                 if resp.status < 500:
                     sets.anomalies.append(Anomaly("refused", f"set read via {via}: {resp.status} {resp.body[:200]!r}"))
                 return None
@@ -182,7 +200,8 @@ def read_set(
                     cursors[pk] = q["nextStart"]
                 else:
                     del cursors[pk]
-    except Exception:  # noqa: BLE001 - a failed read proves nothing
+    except Exception as e:  # noqa: BLE001 - a failed read proves nothing
+        sets.read_failed(via, pks, start, f"{type(e).__name__}: {e}")
         return None
     r = SetRead(via, tuple(pks), start, time.monotonic(), frozenset(found), pages, final)
     sets.add_read(r)

@@ -1,9 +1,10 @@
 """Watch completeness: clients looping on PollRange and PollItem see every item's final state.
 
-The watched items have a single writer (``WatchWriter``), which reads an item and writes it back
-with the read's causality token. Its values are ``History`` writes, whose ids grow with every
-attempt; a write *covers* the values its token's read showed (``History.closure``: and what those
-covered, transitively).
+Each watched item has a single writer (a ``WatchWriter`` thread; several run at once on
+different items of the partition), which reads the item and writes it back with the read's
+causality token. Its values are ``History`` writes, whose ids grow with every attempt; a write
+*covers* the values its token's read showed (``History.closure``: and what those covered,
+transitively).
 
 Watchers record every answer (``Observation``): a ``RangeWatcher`` loops on PollRange with the
 last ``seenMarker`` it got, an ``ItemWatcher`` loops on PollItem with the last causality token.
@@ -238,12 +239,17 @@ class _Loop:
 
 @dataclass
 class WatchWriter(_Loop):
-    """The single writer of the watched items: read, then write back with the read's token."""
+    """The writers of the watched items: read, then write back with the read's token.
+
+    ``threads`` writers run at once, each the single writer of its own share of the items (so
+    the partition sees concurrent writes, as a real one does, while every item keeps one writer).
+    """
 
     history: History = None  # type: ignore[assignment]
     clients: dict[str, K2VHttp] = field(default_factory=dict)
     bucket: str = ""
     keys: list[Key] = field(default_factory=list)
+    threads: int = 1
     seed: int = 0
     timeout: float = 10.0
     pause: float = 0.05
@@ -256,14 +262,16 @@ class WatchWriter(_Loop):
             assert w.acked, w.detail
 
     def start(self) -> WatchWriter:
-        self._spawn("watch-writer", self._run)
+        for t in range(self.threads):
+            self._spawn(f"watch-writer-{t}", self._run, t)
         return self
 
-    def _run(self) -> None:
-        rng = random.Random(self.seed)
+    def _run(self, t: int) -> None:
+        rng = random.Random(self.seed * 1000 + 500 + t)
         vias = sorted(self.clients)
+        mine = self.keys[t :: self.threads]
         while not self._stop.is_set():
-            key = rng.choice(self.keys)
+            key = rng.choice(mine)
             via = rng.choice(vias)
             r = read_item(self.history, self.clients[via], via, self.bucket, key, self.timeout, False)
             if r is not None:
