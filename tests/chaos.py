@@ -168,6 +168,7 @@ def run_chaos(
             w.stop()
 
         anomalies = history.check_reads() + sets.check() + watch.check(final) + extra
+        notes = history.check_resurrections()
         errors = workload.errors + set_workload.errors + writer.errors + [e for w in watchers for e in w.errors]
         anomalies += [Anomaly("harness-error", e) for e in errors]
         records = history.records() + sets.records() + watch.records()
@@ -190,6 +191,7 @@ def run_chaos(
                 "acknowledged_writes": sum(1 for w in history.writes.values() if w.acked),
                 "acknowledged_batches": sum(1 for b in sets.batches if b.status == "ok"),
                 "watch_observations": len(watch.observations),
+                "notes": [a.record() for a in notes[:50]],
                 "elapsed": round(time.monotonic() - t0, 1),
             },
         )
@@ -200,6 +202,8 @@ def run_chaos(
                     f.write(json.dumps(r) + "\n")
                 f.write(json.dumps(verdict.record()) + "\n")
         log(verdict.summary())
+        if notes:
+            log(f"notes: {len(notes)} reads showed a value superseded by an acknowledged write ({notes[0].message})")
         return verdict
     finally:
         for s in stoppers:

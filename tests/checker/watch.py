@@ -11,8 +11,8 @@ last ``seenMarker`` it got, an ``ItemWatcher`` loops on PollItem with the last c
 Polls that fail or time out are retried with the same marker or token. The checks:
 
 - ``watch-phantom``: every value observed was written to that item by a write that had started;
-- ``watch-backwards``: an answer never shows a value that a value the watcher saw earlier covers
-  (the watcher went back to an older state);
+- ``watch-backwards``: an answer never shows a state whose values are all covered by values the
+  watcher was shown earlier (the watcher went back to an older state);
 - ``watch-missed-final``: after the writer stopped and the cluster healed, every acknowledged
   value of the item's final state (read through every node, all agreeing) was observed by each
   watcher;
@@ -29,7 +29,11 @@ What is deliberately *not* required, because K2V legitimately does it:
   marker may already cover such a value (its timestamp is older than ones the watcher saw), so the
   watcher may never be shown it. Such values are neither required in the final state nor taken as
   "older" (they are concurrent), hence the causal definition of going back rather than "a
-  smaller id".
+  smaller id";
+- a write can be stored twice (its coordinator applied it but could not replicate it, and the
+  next storage node applied it again under another dot), so a value the watcher saw superseded
+  may surface once more *next to* the newer values: going back means a state made only of
+  superseded values.
 """
 
 from __future__ import annotations
@@ -160,13 +164,12 @@ class WatchHistory:
         out = []
         dead: set[int] = set()  # values superseded by one the watcher was shown
         for o in obs:
-            back = sorted(o.ids & dead)
-            if back:
+            if o.ids and o.ids <= dead:
                 out.append(
                     Anomaly(
                         "watch-backwards",
-                        f"{watcher}: the answer at {o.end - self.history.t0:.3f} shows {key} = w{back[0]}, which a "
-                        f"value it was shown before supersedes",
+                        f"{watcher}: the answer at {o.end - self.history.t0:.3f} shows {key} = "
+                        f"{sorted(o.ids)}, all superseded by values it was shown before",
                     )
                 )
             dead |= self.history.closure({c for i in o.ids for c in self.history.writes[i].covers})

@@ -78,12 +78,17 @@ def test_a_read_started_after_the_ack_that_misses_the_write_is_stale():
     assert kinds(h.check_reads()) == ["stale-read"]
 
 
-def test_a_superseded_value_that_comes_back_is_resurrected():
+def test_a_superseded_value_that_comes_back_is_noted_as_resurrected_but_is_no_anomaly():
+    # A write stored twice (two coordinators) can surface again next to the newer value.
     h = History()
     w1 = write(h, A, 0, 1)
     w2 = write(h, A, 2, 3, covers={w1.id})
     read(h, A, 4, 5, {w1.id, w2.id})
-    assert kinds(h.check_reads()) == ["resurrected"]
+    assert kinds(h.check_resurrections()) == ["resurrected"]
+    assert h.check_reads() == []
+    # Alone, it would be a stale read: the acknowledged w2 is missing.
+    read(h, A, 6, 7, {w1.id})
+    assert kinds(h.check_reads()) == ["stale-read"]
 
 
 # ---- (c) sets read back complete -----------------------------------------------------------------------
@@ -170,6 +175,12 @@ def test_a_watcher_shown_an_older_state_again_went_backwards():
     assert kinds(watch.check(final_of(ctx, 1))) == ["watch-backwards"]
 
 
+def test_a_superseded_value_surfacing_again_next_to_the_newer_one_is_not_going_back():
+    # w0 stored twice: its second copy shows up again beside w1, which superseded the first.
+    watch, ctx = watched([("w", None), ("o", [0]), ("w", 0), ("o", [1]), ("o", [0, 1]), ("o", [1])])
+    assert watch.check(final_of(ctx, 1)) == []
+
+
 def test_a_watcher_never_shown_the_final_state_missed_it():
     watch, ctx = watched([("w", None), ("o", [0]), ("w", 0), ("o", [1]), ("w", 1)])
     assert kinds(watch.check(final_of(ctx, 2))) == ["watch-missed-change", "watch-missed-final"]
@@ -185,3 +196,20 @@ def test_caught_up_once_every_acknowledged_final_value_was_shown():
     assert watch.caught_up(final_of(ctx, 1, 2))  # w1 timed out: not required
     watch2, ctx2 = watched([("w", None), ("w", 0), ("o", [0])])
     assert not watch2.caught_up(final_of(ctx2, 1))
+
+
+def test_every_history_serializes_to_json_records_with_invoke_and_complete_times():
+    import json
+
+    watch, ctx = watched([("w", None), ("u", 0), ("o", [0])])
+    watch.poll("range@n0", "n0", watch.history.t0 + 1, "not-modified", "marker")
+    watch.history.read_failed(A, "n1", watch.history.t0 + 2, "TimeoutError")
+    sets = set_history({("set-0", "e1-0")})
+    sets.read_failed("n0", ["set-0"], sets.t0 + 3, "503")
+    records = watch.history.records() + watch.records() + sets.records()
+    types = sorted({r["type"] for r in records})
+    assert types == ["insert_batch", "observation", "poll", "read", "set_read", "write"], types
+    for r in records:
+        assert {"invoke", "complete", "status"} <= set(r), r
+        json.dumps(r)
+    assert {r["status"] for r in records if r["type"] == "write"} == {"ok", "unknown"}
