@@ -151,7 +151,7 @@ def run_chaos(
         extra += [
             Anomaly("not-healed", f"{f.kind} on {f.node}: not seen up in time") for f in nemesis.faults if not f.healed
         ]
-        final_check(history, clients, bucket, keys=[k for k in history.by_key if k[0] != WATCH_PK])
+        final_check(history, clients, bucket, keys=[k for k in history.by_key if k[0] != WATCH_PK], patience=30)
         pks = list(set_workload.pks)
         for via, client in clients.items():
             try:

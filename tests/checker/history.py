@@ -449,14 +449,27 @@ class Workload:
 
 
 def final_check(
-    history: History, clients: dict[str, K2VHttp], bucket: str, keys: list[Key] | None = None, timeout: float = 10.0
+    history: History,
+    clients: dict[str, K2VHttp],
+    bucket: str,
+    keys: list[Key] | None = None,
+    timeout: float = 10.0,
+    patience: float = 0.0,
 ) -> dict[Key, dict[str, frozenset[int]]]:
-    """Read every key through every endpoint; all must succeed. Returns what each saw, per key."""
+    """Read every key through every endpoint; all must succeed. Returns what each saw, per key.
+
+    ``patience``: seconds during which a failed read is tried again (a node that has just come
+    back may answer 503 for a moment); the default, 0, is one attempt.
+    """
     out: dict[Key, dict[str, frozenset[int]]] = {}
     for key in keys if keys is not None else list(history.by_key):
         out[key] = {}
         for via, client in clients.items():
+            deadline = time.monotonic() + patience
             r = read_item(history, client, via, bucket, key, timeout=timeout)
+            while r is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                r = read_item(history, client, via, bucket, key, timeout=timeout)
             if r is None:
                 history.violations.append(f"final read of {key} via {via} failed")
                 history.anomalies.append(Anomaly("final-read-failed", f"final read of {key} via {via} failed"))
