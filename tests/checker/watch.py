@@ -172,7 +172,13 @@ class WatchHistory:
                         f"{sorted(o.ids)}, all superseded by values it was shown before",
                     )
                 )
-            dead |= self.history.closure({c for i in o.ids for c in self.history.writes[i].covers})
+            # ``dead`` is closed under covers: the walk stops at what it already holds.
+            todo = [c for i in o.ids for c in self.history.writes[i].covers if c not in dead]
+            while todo:
+                c = todo.pop()
+                if c not in dead:
+                    dead.add(c)
+                    todo.extend(d for d in self.history.writes[c].covers if d not in dead)
         return out
 
     def records(self) -> list[dict[str, Any]]:
