@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-cluster lint venv clean bench bench-scale mutate
+.PHONY: run test test-cluster lint venv clean bench bench-scale mutate chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ mutate: $(STAMP)
 	@$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[mutate]'
 	set -f; $(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python scripts/mutation_score.py
+
+# Long randomized fault schedules under the history checkers (not part of `make test`, which runs
+# a bounded one): `make chaos SEED=7 DURATION=600 RUNS=3`. Without SEED, one is drawn and printed.
+# History (JSON lines) and verdict per run: chaos-results/chaos-<seed>.jsonl. See docs/testing.md.
+DURATION ?= 300
+RUNS ?= 1
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py $(if $(SEED),--seed $(SEED)) --duration $(DURATION) --runs $(RUNS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis mutants

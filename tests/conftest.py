@@ -17,6 +17,10 @@ from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
 CLUSTER_SIZE = int(os.environ.get("GARAGEKV_TEST_CLUSTER") or 0)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "chaos: the bounded chaos run with every history checker (about a minute)")
+
+
 @pytest.fixture(scope="session")
 def node(tmp_path_factory) -> NodeProcess:
     """One node for the whole session (tests use their own partition keys to stay independent)."""

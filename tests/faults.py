@@ -278,11 +278,12 @@ def apply_layout(
     via: NodeProcess | None = None,
     wait_on: list[NodeProcess] | None = None,
     timeout: float = 30.0,
+    capacity: str = "1G",
 ) -> int:
-    """Give ``assign`` a role (zone z1, 1G), remove ``remove``, apply; wait until ``wait_on`` see it."""
+    """Give ``assign`` a role (zone z1, ``capacity``), remove ``remove``, apply; wait until ``wait_on`` see it."""
     via = via or nodes[0]
     if assign:
-        via.admin("layout.assign", {"nodes": [n.node_id for n in assign], "zone": "z1", "capacity": "1G"})
+        via.admin("layout.assign", {"nodes": [n.node_id for n in assign], "zone": "z1", "capacity": capacity})
     for n in remove:
         via.admin("layout.remove", {"node": n.node_id})
     version = status(via)["layout_version"] + 1
