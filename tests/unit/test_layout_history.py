@@ -67,7 +67,7 @@ def test_apply_requires_exactly_the_next_version(v1):
         v1.apply_staged_changes(None)
     assert "`garagekv layout show`" in e.value.message
     for wrong in (0, 1, 3):
-        with pytest.raises(LayoutError, match="^Invalid new layout version$"):
+        with pytest.raises(LayoutError, match=f"^Invalid new layout version {wrong}: .* the next one is 2 "):
             v1.apply_staged_changes(wrong)
     out, msg = v1.apply_staged_changes(2)
     assert out.current().version == 2
