@@ -20,6 +20,8 @@ from garagekv.rpc.layout import (
     check_next_version,
     describe_history,
     describe_layout_history,
+    history_document,
+    layout_document,
     parse_zone_redundancy,
 )
 from garagekv.rpc.system import System, parse_peer
@@ -135,12 +137,14 @@ async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict:
 
 async def layout_show(s: OpServices, a: NoArgs) -> dict:
     h = s.system.layout.history
-    text = await asyncio.to_thread(describe_history, h)
-    return {"text": text, "version": h.current().version, "staged_changes": h.has_staged_changes()}
+    # Both compute the next assignment (a max-flow): off the event loop.
+    text, doc = await asyncio.to_thread(lambda: (describe_history(h), layout_document(h)))
+    return {**doc, "text": text}
 
 
 async def layout_history(s: OpServices, a: NoArgs) -> dict:
-    return {"text": describe_layout_history(s.system.layout.history)}
+    h = s.system.layout.history
+    return {**history_document(h), "text": describe_layout_history(h)}
 
 
 async def layout_get(s: OpServices, a: NoArgs) -> dict:

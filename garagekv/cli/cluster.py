@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from garagekv.admin.remote import admin_call, local_target
+from garagekv.cli import jsonout
 from garagekv.cli.hints import with_config
 from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
@@ -90,6 +90,11 @@ def _print_status(st: dict[str, Any]) -> None:
         )
 
 
+def _json_without_text(res: dict[str, Any]) -> str:
+    """The structured fields only: the text is what the command prints without --json."""
+    return jsonout.dumps({k: v for k, v in res.items() if k != "text"})
+
+
 async def run(args: argparse.Namespace, config: Config) -> int:
     host = args.rpc_host
 
@@ -99,7 +104,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "status":
         st = await call("cluster.status")
         if args.json:
-            print(json.dumps(st, indent=2))
+            print(jsonout.dumps(st))
         else:
             _print_status(st)
         return 0
@@ -126,10 +131,10 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     a = args.action
     if a == "show":
         res = await call("layout.show")
-        print(json.dumps(res, indent=2) if args.json else with_config(res["text"]))
+        print(_json_without_text(res) if args.json else with_config(res["text"]))
     elif a == "history":
         res = await call("layout.history")
-        print(json.dumps(res, indent=2) if args.json else with_config(res["text"]))
+        print(_json_without_text(res) if args.json else with_config(res["text"]))
     elif a == "assign":
         res = await call(
             "layout.assign",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from typing import Any
 
 from garagekv.admin.remote import admin_call
+from garagekv.cli import jsonout
 from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
@@ -215,7 +215,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "stats":
         st = await call("stats", {"all_nodes": args.all_nodes})
         if args.json:
-            print(json.dumps(st, indent=2))
+            print(jsonout.dumps(st))
         elif args.all_nodes:
             parts = []
             for n in st["nodes"]:
@@ -230,7 +230,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "meta":
         res = await call("meta.snapshot", {"all_nodes": args.all})
         if args.json:
-            print(json.dumps(res, indent=2))
+            print(jsonout.dumps(res))
             return 0
         failed = 0
         for n in res.get("nodes", [res]):
@@ -243,14 +243,14 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "worker":
         if args.action == "info":
             w = await call("worker.info", {"tid": args.tid})
-            print(json.dumps(w, indent=2) if args.json else format_worker(w))
+            print(jsonout.dumps(w) if args.json else format_worker(w))
             return 0
         workers = (await call("worker.list"))["workers"]
         if args.busy:
             workers = [w for w in workers if w["state"] == "busy"]
         if args.errors:
             workers = [w for w in workers if w.get("errors")]
-        print(json.dumps(workers, indent=2) if args.json else format_workers(workers))
+        print(jsonout.dumps(workers) if args.json else format_workers(workers))
         return 0
     # repair
     if not args.yes:

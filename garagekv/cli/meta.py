@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from garagekv.admin.remote import admin_call
+from garagekv.cli import jsonout
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             result = await call("bucket.unalias", {"alias": args.alias, "local_key": args.local})
 
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonout.dumps(result))
         return 0
     _print_human(args.command, a, args, result)
     return 0

@@ -23,7 +23,7 @@ def test_bootstrap_forms_full_mesh(make_cluster):
     st = status(nodes[2])
     assert st["node"] == nodes[2].node_id
     assert {x["id"] for x in st["nodes"]} == {n.node_id for n in nodes}
-    assert all(x["role"] is None for x in st["nodes"]) and st["layout_version"] == 0
+    assert all(x["role"] is None for x in st["nodes"]) and st["layoutVersion"] == 0
 
 
 def test_node_id_and_node_connect(make_cluster, tmp_path):
@@ -56,9 +56,17 @@ def test_stage_apply_revert_propagate(make_cluster):
     r = c.cli("layout", "apply", "--version", "2", check=False)
     assert r.returncode == 1 and "Invalid new layout version 2" in r.stderr
     assert "the current version is 0, so the next one is 1 (--version 1)" in r.stderr
+    shown = json.loads(b.cli("layout", "show", "--json").stdout)
+    assert shown["version"] == 0 and len(shown["stagedRoleChanges"]) == 3 and "text" not in shown
+    nxt = shown["next"]
+    assert nxt["version"] == 1 and {r["zone"] for r in nxt["roles"]} == {"z0", "z1", "z2"}
+    assert all(r["partitions"] == 256 and r["tags"] == ["ssd"] for r in nxt["roles"])  # rf 3 over 3 nodes
     c.cli("layout", "apply", "--version", "1")
+    hist = json.loads(a.cli("layout", "history", "--json").stdout)
+    assert hist["currentVersion"] == 1 and hist["versions"][0]["version"] == 1
+    assert hist["versions"][0]["status"] == "current" and hist["versions"][0]["storageNodes"] == 3
     for n in nodes:
-        wait_for(lambda n=n: status(n)["layout_version"] == 1)
+        wait_for(lambda n=n: status(n)["layoutVersion"] == 1)
     st = status(a)
     assert {x["role"]["zone"] for x in st["nodes"]} == {"z0", "z1", "z2"}
     assert all(x["role"]["capacity"] == 10**9 and x["role"]["tags"] == ["ssd"] for x in st["nodes"])
@@ -67,12 +75,12 @@ def test_stage_apply_revert_propagate(make_cluster):
 
     # Revert drops staged changes everywhere and creates no version.
     a.cli("layout", "remove", c.node_id[:12])
-    wait_for(lambda: status(b)["staged_changes"])
+    wait_for(lambda: status(b)["stagedChanges"])
     assert b.cli("layout", "revert", check=False).returncode == 1  # needs --yes
     b.cli("layout", "revert", "--yes")
     for n in nodes:
-        wait_for(lambda n=n: not status(n)["staged_changes"])
-    assert status(a)["layout_version"] == 1
+        wait_for(lambda n=n: not status(n)["stagedChanges"])
+    assert status(a)["layoutVersion"] == 1
 
 
 def test_actionable_layout_errors(make_cluster):
@@ -90,7 +98,7 @@ def test_actionable_layout_errors(make_cluster):
     a.cli("layout", "assign", a.node_id[:8], "-z", "dc1", "-c", "1G")
     r = a.cli("layout", "apply", "--version", "1", check=False)
     assert r.returncode == 1
-    assert status(a)["layout_version"] == 0
+    assert status(a)["layoutVersion"] == 0
 
 
 def test_killed_node_reported_down_then_rejoins_from_persisted_peers(make_cluster):

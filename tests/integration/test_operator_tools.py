@@ -32,7 +32,7 @@ def test_stats_text_and_json(cluster):
     for x in nodes:  # every write reached every replica
         wait_for(lambda x=x: local_items(x) == 4)
     st = json.loads(a.cli("stats", "--json").stdout)
-    assert st["node"] == a.node_id and st["layout_version"] == 1 and st["replication_factor"] == 3
+    assert st["node"] == a.node_id and st["layoutVersion"] == 1 and st["replicationFactor"] == 3
     rows = {t["table"]: t for t in st["tables"]}
     assert set(rows) >= TABLES
     assert rows["k2v_item"]["items"] == 4 and rows["k2v_index_counter"]["items"] == 2
@@ -40,10 +40,10 @@ def test_stats_text_and_json(cluster):
     for r in rows.values():
         assert {"merkleTodo", "gcTodo", "insertQueue"} <= set(r)
     assert st["partitions"] == {"total": 256, "stored": 256}
-    assert {n["id"] for n in st["storage_nodes"]} == {x.node_id for x in nodes}
-    assert all(n["partitions"] == 256 and n["up"] for n in st["storage_nodes"])
-    assert st["db"]["engine"] == "lmdb" and st["db"]["used_bytes"] > 0
-    assert st["tombstone_gc_delay_sec"] == 2
+    assert {n["id"] for n in st["storageNodes"]} == {x.node_id for x in nodes}
+    assert all(n["partitions"] == 256 and n["up"] for n in st["storageNodes"])
+    assert st["db"]["engine"] == "lmdb" and st["db"]["usedBytes"] > 0
+    assert st["tombstoneGcDelaySec"] == 2
     if st["sync"] is not None:  # anti-entropy state, per table
         assert {s["table"] for s in st["sync"]} >= TABLES
 
@@ -66,7 +66,7 @@ def test_stats_text_and_json(cluster):
 def test_stats_on_a_node_without_layout(make_cluster):
     (a,) = make_cluster(1, rf=1)
     st = json.loads(a.cli("stats", "--json").stdout)
-    assert st["layout_version"] == 0 and st["storage_nodes"] == []
+    assert st["layoutVersion"] == 0 and st["storageNodes"] == []
     assert st["partitions"]["stored"] == 256  # standalone: everything lives here
     assert "Partitions stored by this node: 256 of 256" in a.cli("stats").stdout
 
@@ -79,7 +79,7 @@ def test_worker_list_and_info(cluster):
     assert {"k2v_item GC", "k2v_index_counter GC", "k2v_index_counter queue"} <= names
     assert "key GC" not in names and "bucket GC" not in names  # deleted keys/buckets are kept forever
     for w in workers:
-        assert {"tid", "state", "name", "errors", "consecutive_errors", "last_error"} <= set(w)
+        assert {"tid", "state", "name", "errors", "consecutiveErrors", "lastError"} <= set(w)
         assert w["state"] in ("busy", "idle", "throttled", "done")
     text = a.cli("worker", "list").stdout.splitlines()
     assert text[0].split() == ["TID", "State", "Name", "Done", "Queue", "Errors", "Consec", "Last", "error"]

@@ -9,7 +9,13 @@ that the rest of rpc, table and model read. See docs/architecture.md §5.
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
 from garagekv.rpc.layout.compute import calculate_next
-from garagekv.rpc.layout.describe import describe_history, describe_layout_history, describe_version
+from garagekv.rpc.layout.describe import (
+    describe_history,
+    describe_layout_history,
+    describe_version,
+    history_document,
+    layout_document,
+)
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.history import OLD_VERSION_COUNT, LayoutDigest, LayoutHistory, check_next_version
 from garagekv.rpc.layout.parameters import (
@@ -46,6 +52,8 @@ __all__ = [
     "calculate_next",
     "describe_history",
     "describe_layout_history",
+    "history_document",
+    "layout_document",
     "describe_version",
     "format_bytes",
     "parse_zone_redundancy",

@@ -9,6 +9,8 @@ the package imports it (the admin API calls it), so the package's imports run on
 
 from __future__ import annotations
 
+from typing import Any
+
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.parameters import zone_redundancy_string
@@ -138,3 +140,85 @@ def describe_layout_history(history: LayoutHistory) -> str:
             "No metadata migration is in progress.",
         ]
     return "\n".join(out) + "\n"
+
+
+# ---- the same, as data (``layout show --json``, ``layout history --json``, the admin API) ---------
+
+
+def _roles_document(version: LayoutVersion) -> list[dict[str, Any]]:
+    usage = version.usage() if version.is_ready else {}
+    out = []
+    for node in version.node_id_vec:
+        role = version.roles[node]
+        partitions = usage.get(node, 0)
+        out.append(
+            {
+                "id": node.hex(),
+                "zone": role.zone,
+                "capacity": role.capacity,
+                "tags": list(role.tags),
+                "partitions": partitions,
+                "usableCapacity": None if role.capacity is None else partitions * version.partition_size,
+            }
+        )
+    return out
+
+
+def layout_document(history: LayoutHistory) -> dict[str, Any]:
+    """``layout show`` as fields: the current roles with their partitions, the staged changes,
+    and the version applying them would give (or why it cannot be computed)."""
+    current = history.current()
+    changes = history.staging.changes(current.roles)
+    new_params = history.staging.parameters.value
+    params_changed = new_params.zone_redundancy != current.zone_redundancy
+    doc: dict[str, Any] = {
+        "version": current.version,
+        "zoneRedundancy": zone_redundancy_string(current.zone_redundancy),
+        "roles": _roles_document(current),
+        "stagedRoleChanges": [
+            {"id": n.hex(), "remove": True}
+            if r is None
+            else {"id": n.hex(), "zone": r.zone, "capacity": r.capacity, "tags": list(r.tags)}
+            for n, r in changes
+        ],
+        "stagedZoneRedundancy": zone_redundancy_string(new_params.zone_redundancy) if params_changed else None,
+        "next": None,
+    }
+    if changes or params_changed:
+        try:
+            new, msg = history.preview_staged_changes()
+        except LayoutError as e:
+            doc["next"] = {"error": e.message}
+        else:
+            doc["next"] = {
+                "version": new.version,
+                "zoneRedundancy": zone_redundancy_string(new.zone_redundancy),
+                "roles": _roles_document(new),
+                "messages": msg,
+            }
+    return doc
+
+
+def history_document(history: LayoutHistory) -> dict[str, Any]:
+    """``layout history`` as fields: every known version with its status, and the update
+    trackers of every node while several versions are live (null once the cluster is stable)."""
+    current = history.current().version
+
+    def entry(v: LayoutVersion, status: str) -> dict[str, Any]:
+        return {
+            "version": v.version,
+            "status": status,
+            "storageNodes": len(v.storage_nodes()),
+            "gatewayNodes": len(v.gateway_nodes()),
+        }
+
+    versions = [entry(v, "current" if v.version == current else "draining") for v in reversed(history.versions)]
+    versions += [entry(v, "historical") for v in reversed(history.old_versions)]
+    trackers = None
+    if len(history.versions) > 1:
+        t, lo = history.update_trackers, history.min_stored()
+        trackers = {
+            n.hex(): {"ack": t.ack_map.get(n, lo), "sync": t.sync_map.get(n, lo), "syncAck": t.sync_ack_map.get(n, lo)}
+            for n in history.all_nodes()
+        }
+    return {"currentVersion": current, "versions": versions, "updateTrackers": trackers}
