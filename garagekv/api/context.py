@@ -53,7 +53,7 @@ class RequestContext:
     endpoint: Endpoint
     key: Key
     bucket_id: bytes
-    verified: Any  # api.sigv4.Verified: checks the body against x-amz-content-sha256
+    verified: Any  # api.signature.Verified: checks the body against x-amz-content-sha256
 
     async def body(self) -> bytes:
         """The request body, size-limited and checked against the signed payload hash."""

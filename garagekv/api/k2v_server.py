@@ -19,10 +19,10 @@ from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
 from garagekv.api.router import HANDLERS
 from garagekv.api.routing import OPTIONS, POLL_ITEM, POLL_RANGE, parse_endpoint
-from garagekv.api.sigv4 import Headers, parse_request
+from garagekv.api.signature import Headers, parse_request
 from garagekv.util.errors import AccessDenied, GarageKVError, ServiceUnavailable
 from garagekv.util.log import bind_request_id
-from garagekv.util.sigv4 import SigningKeyCache
+from garagekv.util.signing import SigningKeyCache
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from garagekv.bench.config import BenchConfig, host_header
 from garagekv.bench.http import HttpConnection, ParseError, Response, connect, parse_endpoint
 from garagekv.bench.workload import EtcdTarget, K2VTarget, make_target
-from garagekv.util.sigv4 import SigningKeyCache
+from garagekv.util.signing import SigningKeyCache
 
 CONNECT_TIMEOUT = 5.0
 

@@ -14,7 +14,7 @@ from garagekv.bench.conn import Conn, describe, make_conn, run_on_all, send
 from garagekv.bench.http import Response
 from garagekv.bench.worker import hot_item, make_value, stamp
 from garagekv.bench.workload import K2VTarget
-from garagekv.util.sigv4 import SigningKeyCache
+from garagekv.util.signing import SigningKeyCache
 
 
 async def prepare(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:

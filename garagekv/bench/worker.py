@@ -34,7 +34,7 @@ from garagekv.bench.conn import CONNECT_TIMEOUT, Conn, make_conn, send
 from garagekv.bench.hist import Histogram
 from garagekv.bench.http import Response, connect
 from garagekv.bench.workload import K2VTarget, sha256_hex
-from garagekv.util.sigv4 import SigningKeyCache
+from garagekv.util.signing import SigningKeyCache
 
 
 class OpStats:

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from garagekv.bench.http import Response
-from garagekv.util.sigv4 import (
+from garagekv.util.signing import (
     ALGORITHM,
     SigningKeyCache,
     canonical_request,
@@ -47,7 +47,7 @@ def _enc(s: str) -> str:
 
 def encode_pairs(pairs: list[tuple[str, str]]) -> tuple[str, str]:
     """(query string as sent, canonical query as signed) of decoded pairs; same result as
-    :func:`garagekv.util.sigv4.encode_query` and :func:`~garagekv.util.sigv4.canonical_query`."""
+    :func:`garagekv.util.signing.encode_query` and :func:`~garagekv.util.signing.canonical_query`."""
     encoded = [f"{_enc(k)}={_enc(v)}" for k, v in pairs]
     wire = "&".join(encoded)
     return wire, ("&".join(sorted(encoded)) if len(encoded) > 1 else wire)

@@ -4,7 +4,7 @@ The wire format follows docs/k2v-api.md and what Garage's k2v-client sends: buck
 ``/bucket`` (no trailing slash), keywords are written ``?search=``, the partition key is
 percent-encoded (``/`` included, so any key — even one starting with ``/`` — is addressable), and
 query values use the AWS encoding, which is also their canonical form. Signatures come from
-:class:`garagekv.util.sigv4.Signer` (signing key cached per day), service ``k2v``.
+:class:`garagekv.util.signing.Signer` (signing key cached per day), service ``k2v``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote_from_bytes, urlsplit
 
 from garagekv.client.config import ConnectionSettings
-from garagekv.util.sigv4 import Signer, encode_query
+from garagekv.util.signing import Signer, encode_query
 
 CAUSALITY_HEADER = "X-Garage-Causality-Token"
 ACCEPT_ITEM = "application/octet-stream, application/json"

@@ -16,7 +16,7 @@ from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from garagekv.util.sigv4 import (
+from garagekv.util.signing import (
     STREAMING_PAYLOAD,
     STREAMING_UNSIGNED_TRAILER,
     UNSIGNED_PAYLOAD,

@@ -23,7 +23,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from garagekv.util.sigv4 import (
+from garagekv.util.signing import (
     ALGORITHM,
     canonical_query,
     canonical_request,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from garagekv.util.sigv4 import UNSIGNED_PAYLOAD
+from garagekv.util.signing import UNSIGNED_PAYLOAD
 from tests.integration.test_k2v_helpers import (
     BUCKET,
     EMPTY_TOKEN,

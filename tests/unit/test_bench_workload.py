@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from garagekv.api.sigv4 import Headers, parse_request
+from garagekv.api.signature import Headers, parse_request
 from garagekv.bench.config import BenchConfig, BenchError
 from garagekv.bench.summary import summarize
 from garagekv.bench.workload import EtcdTarget, K2VSigner, K2VTarget, KeySpace, encode_pairs
 from garagekv.cli import bench as bench_cli
-from garagekv.util.sigv4 import Signer, canonical_query, encode_query
+from garagekv.util.signing import Signer, canonical_query, encode_query
 
 AK, SK, REGION = "GKbench0123", "s3cr3t" * 8, "garage"
 NOW = 1_700_000_000.5

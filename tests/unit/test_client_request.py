@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from garagekv.api.sigv4 import verify_request
+from garagekv.api.signature import verify_request
 from garagekv.client import K2VClient
 from garagekv.client.config import resolve
 from garagekv.client.request import ACCEPT_ITEM, RequestBuilder, encode_partition_key
@@ -84,7 +84,7 @@ def test_signature_verified_by_server_code(method, pk, query, body, headers):
     assert v.access_key_id == AK
     assert v.check_body(body) == body
     # what the server decodes from the wire is what we asked for
-    from garagekv.util.sigv4 import parse_query
+    from garagekv.util.signing import parse_query
 
     assert parse_query(req.query) == query
 

@@ -14,7 +14,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
-from garagekv.api.sigv4 import Headers, verify_request
+from garagekv.api.signature import Headers, verify_request
 from garagekv.util.errors import AccessDenied
 
 AK, SK, REGION, HOST = "GKtest", "secret", "garage", "127.0.0.1:3904"

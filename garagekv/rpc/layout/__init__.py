@@ -9,6 +9,7 @@ that the rest of rpc, table and model read. See docs/architecture.md §5.
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, PARTITION_BITS
 from garagekv.rpc.layout.compute import calculate_next
+from garagekv.rpc.layout.consistency import ConsistencyMode, read_quorum, write_quorum
 from garagekv.rpc.layout.describe import (
     describe_history,
     describe_layout_history,
@@ -24,7 +25,6 @@ from garagekv.rpc.layout.parameters import (
     ZoneRedundancy,
     parse_zone_redundancy,
 )
-from garagekv.rpc.layout.quorum import ConsistencyMode, read_quorum, write_quorum
 from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTracker, UpdateTrackers

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from garagekv.rpc.layout.assignment import NB_PARTITIONS
 from garagekv.rpc.layout.compute import calculate_next
+from garagekv.rpc.layout.consistency import ConsistencyMode, write_quorum
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.parameters import LayoutParameters, ZoneRedundancy, validate_zone_redundancy
-from garagekv.rpc.layout.quorum import ConsistencyMode, write_quorum
 from garagekv.rpc.layout.roles import NodeRole
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTrackers

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-import garagekv.util.sigv4 as sv
-from garagekv.api.sigv4 import Headers, Verified, parse_request, verify_request
+import garagekv.util.signing as sv
+from garagekv.api.signature import Headers, Verified, parse_request, verify_request
 from garagekv.util.errors import (
     AccessDenied,
     AuthorizationHeaderMalformed,
@@ -32,7 +32,7 @@ from garagekv.util.errors import (
     InvalidDigest,
     RequestTimeTooSkewed,
 )
-from garagekv.util.sigv4 import (
+from garagekv.util.signing import (
     EMPTY_SHA256,
     STREAMING_PAYLOAD,
     STREAMING_UNSIGNED_TRAILER,

@@ -3,7 +3,7 @@
 Pure stdlib on purpose: the client, the benchmark and the server all import this, and a signer
 and a verifier built from the same canonicalisation code cannot silently drift apart. The
 server-side rules (which headers must be signed, clock skew, error types) live in
-``garagekv.api.sigv4``; this module only knows how AWS builds the strings it signs.
+``garagekv.api.signature``; this module only knows how AWS builds the strings it signs.
 
 K2V is a non-S3 service, so the canonical URI is the *raw* request path URI-encoded a second
 time (``/b/my%20pk`` is signed as ``/b/my%2520pk``), with no path normalisation.

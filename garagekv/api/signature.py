@@ -30,7 +30,7 @@ from garagekv.util.errors import (
     InvalidDigest,
     RequestTimeTooSkewed,
 )
-from garagekv.util.sigv4 import (
+from garagekv.util.signing import (
     ALGORITHM,
     AMZ_DATE_FORMAT,
     EMPTY_SHA256,
