@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.chaos import run_chaos  # noqa: E402
+from tests.support.chaos import run_chaos  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from tests.faults import start_cluster
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
+from tests.support.faults import start_cluster
 
 #: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
 #: 3-node cluster (rf=3, layout applied), so the single-node suite runs against a real cluster;

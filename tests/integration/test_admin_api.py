@@ -16,20 +16,8 @@ ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
 
-def cli(node: NodeProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        [sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
-
-
 def cli_json(node: NodeProcess, *args: str):
-    return json.loads(cli(node, *args, "--json").stdout)
+    return json.loads(node.cli(*args, "--json").stdout)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +178,7 @@ def test_keys_cli_to_admin_api(anode):
     # ?id= is exact: a prefix is not an id.
     assert_error(anode.admin_http("GET", "/v1/key", f"id={kid[:10]}"), 404, "NoSuchAccessKey")
     assert_error(anode.admin_http("GET", "/v1/key", "search=no-such-key"), 404, "NoSuchAccessKey")
-    cli(anode, "key", "rename", kid, "cli-key-2")
+    anode.cli("key", "rename", kid, "cli-key-2")
     assert anode.admin_http("GET", "/v1/key", f"id={kid}").json()["name"] == "cli-key-2"
 
 
@@ -244,11 +232,11 @@ def test_buckets_admin_api_to_cli_and_k2v(anode):
     assert sorted(r.json()["globalAliases"]) == ["api-bucket", "api-bucket-2"]
     assert cli_json(anode, "bucket", "info", "api-bucket-2")["id"] == bid
     assert k2v.request("GET", "/api-bucket-2/pk", "sort_key=sk").status == 200
-    cli(anode, "bucket", "alias", "api-bucket", "cli-alias")
+    anode.cli("bucket", "alias", "api-bucket", "cli-alias")
     assert "cli-alias" in anode.admin_http("GET", "/v1/bucket", f"id={bid}").json()["globalAliases"]
     r = anode.admin_http("DELETE", "/v1/bucket/alias/global", f"id={bid}&alias=api-bucket-2")
     assert sorted(r.json()["globalAliases"]) == ["api-bucket", "cli-alias"]
-    cli(anode, "bucket", "unalias", "cli-alias")
+    anode.cli("bucket", "unalias", "cli-alias")
     # An alias of another bucket is not this bucket's.
     other = anode.admin_http("POST", "/v1/bucket", body={"globalAlias": "other-bucket"}).json()
     r = anode.admin_http("DELETE", "/v1/bucket/alias/global", f"id={other['id']}&alias=api-bucket")
@@ -294,9 +282,9 @@ def test_bucket_lookup_errors(anode):
 
 
 def test_bucket_cli_to_admin_api(anode):
-    cli(anode, "bucket", "create", "cli-bucket")
+    anode.cli("bucket", "create", "cli-bucket")
     key = cli_json(anode, "key", "create", "cli-bucket-key")
-    cli(anode, "bucket", "allow", "cli-bucket", "--read", "--owner", "--key", key["accessKeyId"])
+    anode.cli("bucket", "allow", "cli-bucket", "--read", "--owner", "--key", key["accessKeyId"])
     info = anode.admin_http("GET", "/v1/bucket", "globalAlias=cli-bucket").json()
     assert info["keys"] == [
         {

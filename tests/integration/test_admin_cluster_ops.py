@@ -7,8 +7,8 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.faults import apply_layout, k2v_client, make_bucket, up_ids
 from tests.support import NodeProcess, free_port, wait_for
+from tests.support.faults import apply_layout, k2v_client, make_bucket, up_ids
 
 TOKEN = "cluster-ops-admin-token"
 GB = 1 << 30

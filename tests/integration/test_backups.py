@@ -5,22 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 
-from tests.faults import bucket_visible, k2v_client, local_keys, make_bucket, start_cluster
 from tests.support import NodeProcess, wait_for
-
-
-def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "garagekv.cli.main", "-c", str(node.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    return r
+from tests.support.faults import bucket_visible, k2v_client, local_keys, make_bucket, start_cluster
 
 
 def put(node: NodeProcess, creds: dict, sk: str) -> None:
@@ -38,7 +25,7 @@ def test_snapshot_restore_and_catch_up(tmp_path):
         target = nodes[2]
         wait_for(lambda: len(local_keys(target)) == 20, timeout=30)
 
-        taken = json.loads(cli(target, "meta", "snapshot", "--json").stdout)
+        taken = json.loads(target.cli("meta", "snapshot", "--json").stdout)
         snap = tmp_path / "n2" / "meta" / "snapshots"
         assert taken["path"].startswith(str(snap)) and taken["bytes"] > 0
         assert (snap / taken["path"].rsplit("/", 1)[1] / "db.lmdb" / "data.mdb").is_file()
@@ -54,7 +41,7 @@ def test_snapshot_restore_and_catch_up(tmp_path):
         shutil.copytree(snap / taken["path"] / "db.lmdb", target.metadata_dir / "db.lmdb")
         assert len(local_keys(target)) == 20  # the state of the snapshot
         target.start()
-        r = cli(target, "repair", "tables", "--yes")
+        r = target.cli("repair", "tables", "--yes", timeout=120)
         assert "Done" in r.stdout
         wait_for(lambda: len(local_keys(target)) == 40, timeout=60)
         # The restored node serves what was written after its snapshot.
@@ -69,13 +56,13 @@ def test_snapshot_of_every_node_and_retention(tmp_path):
     nodes = start_cluster(tmp_path, n=2, rf=2, extra="metadata_snapshots_keep = 2\n")
     try:
         for _ in range(3):
-            res = json.loads(cli(nodes[0], "meta", "snapshot", "--all", "--json").stdout)
+            res = json.loads(nodes[0].cli("meta", "snapshot", "--all", "--json").stdout)
             assert sorted(n["node"] for n in res["nodes"]) == sorted(n.node_id for n in nodes)
             assert all("error" not in n for n in res["nodes"])
         for n in nodes:
             kept = [p for p in (n.metadata_dir / "snapshots").iterdir()]
             assert len(kept) == 2, kept
-        text = cli(nodes[1], "meta", "snapshot").stdout
+        text = nodes[1].cli("meta", "snapshot").stdout
         assert text.startswith(f"Node {nodes[1].node_id[:16]}: snapshot ")
     finally:
         for n in nodes:

@@ -1,4 +1,4 @@
-"""Fault tests: real node processes on loopback, a write stream checked by ``tests.checker``.
+"""Fault tests: real node processes on loopback, a write stream checked by ``tests.support.checker``.
 
 Each test starts its own cluster (rf=3, fast pings, 5 s RPC timeout, first anti-entropy pass 1 s
 after start), injects one fault while a workload writes through the nodes, and asserts that
@@ -27,8 +27,9 @@ import pytest
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem
 from garagekv.net.identity import node_number
-from tests.checker import History, Workload, final_check, read_item, write_item
-from tests.faults import (
+from tests.support import K2VHttp, NodeProcess, wait_for
+from tests.support.checker import History, Workload, final_check, read_item, write_item
+from tests.support.faults import (
     FaultProxy,
     apply_layout,
     bucket_visible,
@@ -42,7 +43,6 @@ from tests.faults import (
     start_cluster,
     up_ids,
 )
-from tests.support import K2VHttp, NodeProcess, wait_for
 
 RPC_TIMEOUT = 5.0
 FAULT_CONFIG = f"rpc_timeout_msec = {int(RPC_TIMEOUT * 1000)}\nsync_startup_delay_sec = 1\n"

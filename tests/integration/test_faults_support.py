@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.checker import History
-from tests.faults import FaultProxy, proxy_supported
+from tests.support.checker import History
+from tests.support.faults import FaultProxy, proxy_supported
 
 KEY = ("pk", "sk")
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from tests.chaos import run_chaos
-from tests.faults import proxy_supported
+from tests.support.chaos import run_chaos
+from tests.support.faults import proxy_supported
 
 SEED = 1
 DURATION = 35.0

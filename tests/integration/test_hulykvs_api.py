@@ -10,7 +10,8 @@ import uuid
 import jwt
 import pytest
 
-from tests.hulykvs_client import (
+from tests.support import NodeProcess, free_port
+from tests.support.hulykvs_client import (
     DEFAULT_WS,
     SECRET,
     SYSTEM,
@@ -21,7 +22,6 @@ from tests.hulykvs_client import (
     token,
     user_token,
 )
-from tests.support import NodeProcess, free_port
 
 LIMIT = 4096
 

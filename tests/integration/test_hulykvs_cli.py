@@ -14,8 +14,8 @@ import uuid
 import jwt
 import pytest
 
-from tests.hulykvs_client import SECRET, SYSTEM, HulyHttp, section
 from tests.support import NodeProcess, free_dev_port, free_port, wait_for
+from tests.support.hulykvs_client import SECRET, SYSTEM, HulyHttp, section
 
 
 def _dev(tmp_path, port: int) -> tuple[subprocess.Popen, dict]:

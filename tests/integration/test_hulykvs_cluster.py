@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from tests.faults import apply_layout, join, k2v_client, make_node, up_ids
-from tests.hulykvs_client import HulyHttp, section, token
 from tests.support import free_port, q, wait_for
+from tests.support.faults import apply_layout, join, k2v_client, make_node, up_ids
+from tests.support.hulykvs_client import HulyHttp, section, token
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ from garagekv.util.signing import (
     string_to_sign,
     uri_encode,
 )
-from tests.integration.test_k2v_helpers import (
+from tests.support import K2VHttp
+from tests.support.k2v import (
     BUCKET,
     EMPTY_TOKEN,
     TOKEN,
@@ -48,7 +49,6 @@ from tests.integration.test_k2v_helpers import (
     send_signed,
     sign_headers,
 )
-from tests.support import K2VHttp
 
 
 def _key(node, name: str, **perms: bool) -> K2VHttp:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_k2v_helpers import BUCKET, TOKEN, assert_error, ipath, put, raw_send
 from tests.support import K2VHttp, NodeProcess
+from tests.support.k2v import BUCKET, TOKEN, assert_error, ipath, put, raw_send
 
 ORIGIN = "https://app.example"
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import REGION, K2VHttp
+from tests.support.k2v import (
     BINARY,
     BUCKET,
     EMPTY_TOKEN,
@@ -20,7 +21,6 @@ from tests.integration.test_k2v_helpers import (
     put,
     token_of,
 )
-from tests.support import REGION, K2VHttp
 
 # (name, request builder, status, code, message prefix)
 CASES = [

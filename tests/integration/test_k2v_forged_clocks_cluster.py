@@ -11,8 +11,8 @@ import time
 
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS
 from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, make_bucket, same_everywhere, via
-from tests.integration.test_k2v_helpers import decode_token, encode_token
 from tests.support import K2VHttp, wait_for
+from tests.support.k2v import decode_token, encode_token
 
 TOKEN = "X-Garage-Causality-Token"
 PK = "forged"

@@ -20,7 +20,8 @@ from botocore.credentials import Credentials
 from garagekv.db.env import Database
 from garagekv.model.k2v.causality import MAX_CLOCK_AHEAD_MS
 from garagekv.util import codec
-from tests.integration.test_k2v_helpers import (
+from tests.support import K2VHttp, NodeProcess, Response
+from tests.support.k2v import (
     BINARY,
     BUCKET,
     JSON,
@@ -36,7 +37,6 @@ from tests.integration.test_k2v_helpers import (
     send_signed,
     token_of,
 )
-from tests.support import K2VHttp, NodeProcess, Response
 
 DEEP = b"[" * 20000
 

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import wait_for
+from tests.support.k2v import (
     JSON,
     TOKEN,
     assert_error,
@@ -16,7 +17,6 @@ from tests.integration.test_k2v_helpers import (
     put,
     q,
     token_of,
-    wait_until,
 )
 
 
@@ -46,7 +46,7 @@ def _counters(k2v, bucket: str) -> dict[str, dict]:
 def _wait_counters(k2v, bucket: str, expected: dict[str, dict]) -> None:
     """Counters are updated asynchronously: poll for a few seconds before asserting."""
     try:
-        wait_until(lambda: _counters(k2v, bucket) == expected, timeout=5)
+        wait_for(lambda: _counters(k2v, bucket) == expected, timeout=5)
     except AssertionError:
         assert _counters(k2v, bucket) == expected
 
@@ -116,7 +116,7 @@ def test_empty_bucket_index_echo(k2v, bucket):
 def test_index_echo_fields(k2v, bucket):
     put(k2v, "pa", "s", b"v", bucket=bucket)
     put(k2v, "pb", "s", b"v", bucket=bucket)
-    wait_until(lambda: len(_index(k2v, bucket)["partitionKeys"]) == 2)
+    wait_for(lambda: len(_index(k2v, bucket)["partitionKeys"]) == 2)
     body = _index(k2v, bucket, "prefix=p&start=pa&end=pz&limit=1&reverse=false")
     assert body == {
         "prefix": "p",
@@ -137,7 +137,7 @@ def test_index_limit_counts_only_listed_partitions(k2v, bucket):
     insert_batch(k2v, [{"pk": "a", "sk": "s"}], bucket=bucket)  # tombstone-only: not listed
     for p in ("b", "c", "d"):
         put(k2v, p, "s", b"v", bucket=bucket)
-    wait_until(lambda: len(_index(k2v, bucket)["partitionKeys"]) == 3)
+    wait_for(lambda: len(_index(k2v, bucket)["partitionKeys"]) == 3)
     body = _index(k2v, bucket, "limit=2")
     assert [p["pk"] for p in body["partitionKeys"]] == ["b", "c"]
     assert (body["more"], body["nextStart"]) == (True, "d")
@@ -146,7 +146,7 @@ def test_index_limit_counts_only_listed_partitions(k2v, bucket):
 def test_index_of_unicode_and_odd_partition_keys(k2v, bucket):
     keys = [" space", "a/b", "a%2Fb", "é", "😀"]
     insert_batch(k2v, [{"pk": k, "sk": "s", "v": b64("v")} for k in keys], bucket=bucket)
-    wait_until(lambda: [p["pk"] for p in _index(k2v, bucket)["partitionKeys"]] == sorted(keys))
+    wait_for(lambda: [p["pk"] for p in _index(k2v, bucket)["partitionKeys"]] == sorted(keys))
     body = _index(k2v, bucket, f"prefix={q('a/')}")
     assert [p["pk"] for p in body["partitionKeys"]] == ["a/b"]
     assert body["prefix"] == "a/"
@@ -155,7 +155,7 @@ def test_index_of_unicode_and_odd_partition_keys(k2v, bucket):
 def test_index_is_per_bucket(k2v, bucket, pk):
     put(k2v, pk, "s", b"v")  # in test-bucket
     put(k2v, "here", "s", b"v", bucket=bucket)
-    wait_until(lambda: [p["pk"] for p in _index(k2v, bucket)["partitionKeys"]] == ["here"])
+    wait_for(lambda: [p["pk"] for p in _index(k2v, bucket)["partitionKeys"]] == ["here"])
 
 
 def test_index_start_not_in_prefix(k2v, bucket):

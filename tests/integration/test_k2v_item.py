@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import wait_for
+from tests.support.k2v import (
     BINARY,
     EMPTY_TOKEN,
     JSON,
@@ -31,7 +32,6 @@ from tests.integration.test_k2v_helpers import (
     send_signed,
     sign_headers,
     token_of,
-    wait_until,
 )
 
 # ---- Accept negotiation ------------------------------------------------------------------------
@@ -496,11 +496,11 @@ def test_poll_disconnect_frees_subscription(node, k2v, pk):
             headers=sign_headers(k2v, "POST", ipath(pk), "poll_range", range_body),
         )
         conns.append(c)
-    wait_until(lambda: node.admin("node.info")["poll_subscriptions"] == base + 4, timeout=10)
+    wait_for(lambda: node.admin("node.info")["poll_subscriptions"] == base + 4, timeout=10)
     for c in conns:
         c.sock.close()
         c.close()
-    wait_until(lambda: node.admin("node.info")["poll_subscriptions"] == base, timeout=10)
+    wait_for(lambda: node.admin("node.info")["poll_subscriptions"] == base, timeout=10)
     # Writes are unaffected by the departed pollers.
     put(k2v, pk, "s", b"after", token=token)
     assert read_json(k2v, pk, "s")[0] == [b64("after")]

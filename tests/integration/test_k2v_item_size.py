@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import K2VHttp, NodeProcess
+from tests.support.k2v import (
     BUCKET,
     TOKEN,
     assert_error,
@@ -18,7 +19,6 @@ from tests.integration.test_k2v_helpers import (
     q,
     read_json,
 )
-from tests.support import K2VHttp, NodeProcess
 
 MAX_ITEM = 4096
 MiB = 1024 * 1024

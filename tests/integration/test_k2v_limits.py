@@ -7,7 +7,8 @@ import json
 import pytest
 
 from garagekv.util.signing import UNSIGNED_PAYLOAD
-from tests.integration.test_k2v_helpers import (
+from tests.support import K2VHttp, NodeProcess
+from tests.support.k2v import (
     BUCKET,
     EMPTY_TOKEN,
     assert_error,
@@ -22,7 +23,6 @@ from tests.integration.test_k2v_helpers import (
     read_batch,
     sign_headers,
 )
-from tests.support import K2VHttp, NodeProcess
 
 MAX_BODY = 1024
 MAX_ITEMS = 3

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import K2VHttp
+from tests.support.k2v import (
     BUCKET,
     JSON,
     TOKEN,
@@ -20,7 +21,6 @@ from tests.integration.test_k2v_helpers import (
     put,
     token_of,
 )
-from tests.support import K2VHttp
 
 
 def poll(k2v, pk: str, body: dict | bytes, method: str = "POST", query: str = "poll_range", timeout: float = 30):

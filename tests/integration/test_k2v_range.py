@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support import wait_for
+from tests.support.k2v import (
     assert_error,
     b64,
     delete,
@@ -15,7 +16,6 @@ from tests.integration.test_k2v_helpers import (
     q,
     read_batch,
     token_of,
-    wait_until,
 )
 
 KEYS = ["a", "b", "c", "d.1", "d.2", "e"]
@@ -93,7 +93,7 @@ def index_bucket(node, creds, k2v) -> str:
         r = k2v.request("GET", f"/{name}")
         return [p["pk"] for p in r.json()["partitionKeys"]] == KEYS
 
-    wait_until(ready, timeout=10)
+    wait_for(ready, timeout=10)
     return name
 
 
@@ -273,7 +273,7 @@ def test_unicode_partition_keys_in_index(node, creds, k2v):
     def listed():
         return [p["pk"] for p in k2v.request("GET", f"/{name}").json()["partitionKeys"]] == pks
 
-    wait_until(listed, timeout=10)
+    wait_for(listed, timeout=10)
     body = k2v.request("GET", f"/{name}", f"prefix={q(chr(0xE9))}&reverse=true").json()
     assert [p["pk"] for p in body["partitionKeys"]] == ["\u00e9t\u00e9", "\u00e9"]
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.integration.test_k2v_helpers import (
+from tests.support.k2v import (
     BUCKET,
     EMPTY_TOKEN,
     JSON,

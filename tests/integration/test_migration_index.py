@@ -12,8 +12,17 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.faults import apply_layout, bucket_visible, join, k2v_client, make_bucket, make_node, start_cluster, up_ids
 from tests.support import K2VHttp, NodeProcess, wait_for
+from tests.support.faults import (
+    apply_layout,
+    bucket_visible,
+    join,
+    k2v_client,
+    make_bucket,
+    make_node,
+    start_cluster,
+    up_ids,
+)
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from tests.faults import apply_layout, join, k2v_client, make_bucket, make_node, start_cluster, up_ids
 from tests.support import K2VHttp, wait_for
+from tests.support.faults import apply_layout, join, k2v_client, make_bucket, make_node, start_cluster, up_ids
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,8 +79,8 @@ def test_hulykvs_api_refuses_writes_until_the_layout_is_applied(tmp_path):
     """The Hulykvs listener shares the K2V API's gate: no layout, no writes (probes still answer)."""
     import uuid
 
-    from tests.hulykvs_client import HulyHttp, section, token
     from tests.support import free_port
+    from tests.support.hulykvs_client import HulyHttp, section, token
 
     ports = [free_port() for _ in range(3)]
     nodes = [make_node(tmp_path / f"n{i}", 3, k2v_extra="\n" + section(p)) for i, p in enumerate(ports)]

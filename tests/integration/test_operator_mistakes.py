@@ -156,7 +156,7 @@ def test_wrong_rpc_secret_is_logged_on_the_target_and_cli_sessions_are_quiet(tmp
 
 
 def test_a_node_without_a_role_is_forgotten_once_down(tmp_path):
-    from tests.faults import join, make_node, start_cluster, status
+    from tests.support.faults import join, make_node, start_cluster, status
 
     nodes = start_cluster(tmp_path, n=3, rf=3)
     extra = make_node(tmp_path / "extra")
@@ -190,7 +190,7 @@ def test_a_node_without_a_role_is_forgotten_once_down(tmp_path):
 
 
 def test_a_write_without_quorum_says_what_it_needs_and_who_failed(tmp_path):
-    from tests.faults import bucket_visible, k2v_client, make_bucket, start_cluster
+    from tests.support.faults import bucket_visible, k2v_client, make_bucket, start_cluster
 
     nodes = start_cluster(tmp_path, n=3, rf=3)
     try:

@@ -13,7 +13,7 @@ import base64
 import threading
 import time
 
-from tests.integration.test_k2v_helpers import b64, insert_batch, ipath, put, token_of
+from tests.support.k2v import b64, insert_batch, ipath, put, token_of
 
 PAGE = 1000  # garagekv.model.k2v.range.PAGE: the scan page of a range read
 N_ITEMS = PAGE + 100

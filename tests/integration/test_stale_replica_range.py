@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults import FaultProxy, bucket_visible, k2v_client, make_bucket, proxy_supported, start_cluster, up_ids
-from tests.integration.test_k2v_helpers import b64, insert_batch, read_batch
 from tests.support import wait_for
+from tests.support.faults import (
+    FaultProxy,
+    bucket_visible,
+    k2v_client,
+    make_bucket,
+    proxy_supported,
+    start_cluster,
+    up_ids,
+)
+from tests.support.k2v import b64, insert_batch, read_batch
 
 pytestmark = [
     pytest.mark.timeout(120),

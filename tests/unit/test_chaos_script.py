@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from tests.chaos import Verdict
-from tests.checker import Anomaly
+from tests.support.chaos import Verdict
+from tests.support.checker import Anomaly
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
 

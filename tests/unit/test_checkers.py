@@ -6,9 +6,9 @@ happened when, without any cluster.
 
 from __future__ import annotations
 
-from tests.checker import History, Read, Write
-from tests.checker.sets import SetHistory, SetRead
-from tests.checker.watch import Observation, WatchHistory
+from tests.support.checker import History, Read, Write
+from tests.support.checker.sets import SetHistory, SetRead
+from tests.support.checker.watch import Observation, WatchHistory
 
 A = ("pk", "a")
 

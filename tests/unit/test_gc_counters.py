@@ -14,7 +14,7 @@ from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.util.background import WorkerState
 from garagekv.util.config import parse_config
-from tests.standalone import NODE_ID, StandaloneModel
+from tests.support.standalone import NODE_ID, StandaloneModel
 
 BUCKET = b"\x07" * 32
 

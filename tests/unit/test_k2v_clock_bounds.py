@@ -19,7 +19,7 @@ from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.util.errors import BadRequest
 from garagekv.util.time import now_ms
-from tests.standalone import NODE, StandaloneModel
+from tests.support.standalone import NODE, StandaloneModel
 
 BUCKET = b"\x07" * 32
 NOW = 1_800_000_000_000

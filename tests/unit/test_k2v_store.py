@@ -17,7 +17,7 @@ from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
 from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
-from tests.standalone import NODE, StandaloneModel
+from tests.support.standalone import NODE, StandaloneModel
 from tests.unit.test_layout_history import THREE, nid, with_nodes
 
 BUCKET = b"\x07" * 32

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.lincheck import CAS_REGISTER, INFINITY, UNKNOWN, Op, SearchLimitExceeded, check
+from tests.support.lincheck import CAS_REGISTER, INFINITY, UNKNOWN, Op, SearchLimitExceeded, check
 
 
 def op(inp, out, call, ret=INFINITY, key="k", client=0):

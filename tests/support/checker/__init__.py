@@ -8,8 +8,8 @@
 Each checker returns ``Anomaly`` objects; ``docs/testing.md`` says what each one proves.
 """
 
-from tests.checker.anomaly import Anomaly, count_kinds
-from tests.checker.history import TOKEN, History, Key, Read, Workload, Write, final_check, read_item, write_item
+from tests.support.checker.anomaly import Anomaly, count_kinds
+from tests.support.checker.history import TOKEN, History, Key, Read, Workload, Write, final_check, read_item, write_item
 
 __all__ = [
     "TOKEN",

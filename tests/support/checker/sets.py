@@ -22,8 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.checker.anomaly import Anomaly
 from tests.support import K2VHttp
+from tests.support.checker.anomaly import Anomaly
 
 Key = tuple[str, str]
 

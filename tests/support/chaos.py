@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.checker import Anomaly, History, Workload, count_kinds, final_check, read_item
-from tests.checker.sets import SetHistory, SetWorkload, read_set
-from tests.checker.watch import ItemWatcher, RangeWatcher, WatchHistory, WatchWriter
-from tests.faults import FaultProxy, bucket_visible, k2v_client, make_bucket, start_cluster
-from tests.nemesis import ChaosCluster, Nemesis
 from tests.support import K2VHttp, wait_for
+from tests.support.checker import Anomaly, History, Workload, count_kinds, final_check, read_item
+from tests.support.checker.sets import SetHistory, SetWorkload, read_set
+from tests.support.checker.watch import ItemWatcher, RangeWatcher, WatchHistory, WatchWriter
+from tests.support.faults import FaultProxy, bucket_visible, k2v_client, make_bucket, start_cluster
+from tests.support.nemesis import ChaosCluster, Nemesis
 
 #: As in the fault tests: a 5 s RPC timeout, the first anti-entropy pass 1 s after start.
 CHAOS_CONFIG = "rpc_timeout_msec = 5000\nsync_startup_delay_sec = 1\n"

@@ -147,18 +147,6 @@ def assert_partition_empty(k2v: K2VHttp, pk: str, bucket: str = BUCKET) -> None:
     assert partition(k2v, pk, bucket) == {}
 
 
-def wait_until(fn: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Call ``fn`` until it returns something truthy (returned) or time runs out (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not reached within {timeout}s (last: {last!r})")
-
-
 def decode_token(token: str) -> tuple[int, list[tuple[int, int]]]:
     """(checksum, [(node, time)]) of a causality token; asserts the documented layout."""
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.faults import FaultProxy, apply_layout, join, make_node, up_ids
 from tests.support import NodeProcess, wait_for
+from tests.support.faults import FaultProxy, apply_layout, join, make_node, up_ids
 
 #: The schedule deals faults from a shuffled deck holding each kind this many times, so even a
 #: short run sees every kind (a deck is 9 faults).

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from tests.checker.anomaly import Anomaly
 from tests.support import K2VHttp
+from tests.support.checker.anomaly import Anomaly
 
 TOKEN = "X-Garage-Causality-Token"
 MAX_MISSING = 1000  # offline rule 2 stops looking once it has found this many missing writes

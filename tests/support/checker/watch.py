@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from tests.checker.anomaly import Anomaly
-from tests.checker.history import TOKEN, History, Key, read_item, write_item
 from tests.support import K2VHttp
+from tests.support.checker.anomaly import Anomaly
+from tests.support.checker.history import TOKEN, History, Key, read_item, write_item
 
 
 @dataclass(eq=False)
