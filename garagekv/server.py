@@ -250,36 +250,11 @@ class Node:
         self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None, seconds: float
     ) -> None:
         self.metrics.observe_k2v(endpoint, status, error_code, seconds)
-        level = logging.WARNING if status >= 500 else logging.DEBUG
-        if access_log.isEnabledFor(level):
-            access_log.log(
-                level,
-                "k2v request",
-                extra={
-                    "method": request.method,
-                    "path": request.raw_path,
-                    "endpoint": endpoint,
-                    "status": status,
-                    "error_code": error_code,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+        _log_access(access_log, "k2v request", request, endpoint, status, seconds, {"error_code": error_code})
 
     def _observe_hulykvs(self, request: web.BaseRequest, endpoint: str | None, status: int, seconds: float) -> None:
         self.metrics.observe_hulykvs(endpoint, status, seconds)
-        level = logging.WARNING if status >= 500 else logging.DEBUG
-        if hulykvs_access_log.isEnabledFor(level):
-            hulykvs_access_log.log(
-                level,
-                "hulykvs request",
-                extra={
-                    "method": request.method,
-                    "path": request.raw_path,
-                    "endpoint": endpoint,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+        _log_access(hulykvs_access_log, "hulykvs request", request, endpoint, status, seconds)
 
     async def stop(self) -> None:
         self.stopping = True  # /health answers 503 from now on
@@ -326,6 +301,24 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
     await _listening(f"{huly.api_bind_addr} ([hulykvs_api] api_bind_addr)", server.start(host, port))
     log.info("Hulykvs API listening on %s (bucket %s)", huly.api_bind_addr, huly.bucket)
     return server
+
+
+def _log_access(
+    logger: logging.Logger,
+    what: str,
+    request: web.BaseRequest,
+    endpoint: str | None,
+    status: int,
+    seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """One access log line per request: DEBUG, or WARNING for a 5xx (an operator wants those)."""
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    if logger.isEnabledFor(level):
+        fields = {"method": request.method, "path": request.raw_path, "endpoint": endpoint, "status": status}
+        fields.update(extra or {})
+        fields["duration_ms"] = round(seconds * 1000, 3)
+        logger.log(level, what, extra=fields)
 
 
 _LISTEN_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import pytest
 
@@ -34,6 +33,7 @@ from tests.support.faults import (
     apply_layout,
     bucket_visible,
     describe_divergence,
+    index_entries,
     join,
     k2v_client,
     local_keys,
@@ -232,20 +232,6 @@ def assert_probes_ok(probes: list[tuple[str, int, float]]) -> None:
     for name, status, secs in probes:
         assert status in expected.get(name, (200,)), probes
         assert secs < RPC_TIMEOUT, f"{name} took {secs:.2f}s: {probes}"
-
-
-def index_entries(client: K2VHttp, bucket: str) -> dict[str, int]:
-    """ReadIndex, all pages: partition key -> number of entries."""
-    out: dict[str, int] = {}
-    start = None
-    while True:
-        r = client.request("GET", f"/{bucket}", "" if start is None else f"start={quote(start, safe='')}")
-        assert r.status == 200, r.body
-        body = r.json()
-        out.update({e["pk"]: e["entries"] for e in body["partitionKeys"]})
-        if not body.get("more"):
-            return out
-        start = body["nextStart"]
 
 
 def wait_index_matches(history: History, clients: dict[str, K2VHttp], bucket: str, timeout: float = 20.0) -> None:

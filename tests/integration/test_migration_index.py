@@ -8,7 +8,6 @@ could drop a bucket that still held items.
 from __future__ import annotations
 
 import time
-from urllib.parse import quote
 
 import pytest
 
@@ -16,6 +15,7 @@ from tests.support import K2VHttp, NodeProcess, wait_for
 from tests.support.faults import (
     apply_layout,
     bucket_visible,
+    index_entries,
     join,
     k2v_client,
     make_bucket,
@@ -28,20 +28,6 @@ pytestmark = pytest.mark.timeout(180)
 
 CONFIG = "rpc_timeout_msec = 5000\nsync_startup_delay_sec = 1\n"
 PKS = [f"pk{i}" for i in range(4)]
-
-
-def index_entries(client: K2VHttp, bucket: str) -> dict[str, int]:
-    """ReadIndex, all pages: partition key -> number of entries."""
-    out: dict[str, int] = {}
-    start = None
-    while True:
-        r = client.request("GET", f"/{bucket}", "" if start is None else f"start={quote(start, safe='')}")
-        assert r.status == 200, r.body
-        body = r.json()
-        out.update({e["pk"]: e["entries"] for e in body["partitionKeys"]})
-        if not body.get("more"):
-            return out
-        start = body["nextStart"]
 
 
 def put(client: K2VHttp, bucket: str, pk: str, sk: str) -> None:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import lmdb
 
@@ -332,6 +333,20 @@ def start_cluster(
             node.kill()
         raise
     return nodes
+
+
+def index_entries(client: K2VHttp, bucket: str) -> dict[str, int]:
+    """ReadIndex, all pages: partition key -> number of entries."""
+    out: dict[str, int] = {}
+    start = None
+    while True:
+        r = client.request("GET", f"/{bucket}", "" if start is None else f"start={quote(start, safe='')}")
+        assert r.status == 200, r.body
+        body = r.json()
+        out.update({e["pk"]: e["entries"] for e in body["partitionKeys"]})
+        if not body.get("more"):
+            return out
+        start = body["nextStart"]
 
 
 def make_bucket(node: NodeProcess, bucket: str = "fault-bucket") -> dict:
