@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
-from tests.support.faults import start_cluster
+from tests.support.faults import make_bucket, start_cluster
 
 #: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
 #: 3-node cluster (rf=3, layout applied), so the single-node suite runs against a real cluster;
@@ -39,13 +39,7 @@ def node(tmp_path_factory) -> NodeProcess:
 
 @pytest.fixture(scope="session")
 def creds(node) -> dict:
-    key = node.admin("key.create", {"name": "tests"})
-    node.admin("bucket.create", {"name": "test-bucket"})
-    node.admin(
-        "bucket.permissions",
-        {"bucket": "test-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
-    )
-    return {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": "test-bucket"}
+    return make_bucket(node, "test-bucket")
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +84,12 @@ def make_cluster(tmp_path):
     yield make
     for node in started:
         node.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster3(tmp_path) -> list[NodeProcess]:
+    """Three nodes, one zone each, replication factor 3, the layout applied; killed afterwards."""
+    nodes = start_cluster(tmp_path / "cluster3", 3, rf=3)
+    yield nodes
+    for n in nodes:
+        n.kill()

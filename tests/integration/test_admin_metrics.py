@@ -5,20 +5,15 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import K2VHttp, NodeProcess, free_port
+from tests.support import NodeProcess, free_port
+from tests.support.faults import k2v_client, make_bucket
 
 
 @pytest.fixture(scope="module")
 def mnode(tmp_path_factory):
     n = NodeProcess(tmp_path_factory.mktemp("metrics"), admin_port=free_port(), admin_token="metrics-test-admin")
     n.start()
-    key = n.admin("key.create", {"name": "m"})
-    n.admin("bucket.create", {"name": "metrics-bucket"})
-    n.admin(
-        "bucket.permissions",
-        {"bucket": "metrics-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
-    )
-    n.k2v = K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
+    n.k2v = k2v_client(n, make_bucket(n, "metrics-bucket"))
     yield n
     n.stop()
 

@@ -7,6 +7,7 @@ import base64
 import json
 
 from tests.support import K2VHttp, NodeProcess, wait_for
+from tests.support.faults import k2v_client, make_bucket
 
 FAST_SYNC = "sync_startup_delay_sec = 1\n"
 BUCKET = "ae-bucket"
@@ -39,14 +40,9 @@ def apply_layout(via: NodeProcess, assign: list[NodeProcess], everyone: list[Nod
     return version
 
 
-def make_bucket(node: NodeProcess) -> K2VHttp:
-    key = node.admin("key.create", {"name": "ae"})
-    node.admin("bucket.create", {"name": BUCKET})
-    node.admin(
-        "bucket.permissions",
-        {"bucket": BUCKET, "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
-    )
-    return K2VHttp(node.endpoint, key["accessKeyId"], key["secretAccessKey"])
+def bucket_client(node: NodeProcess) -> K2VHttp:
+    """A new key and bucket, and a client of the node with that key."""
+    return k2v_client(node, make_bucket(node, BUCKET))
 
 
 def via(client: K2VHttp, node: NodeProcess) -> K2VHttp:
@@ -78,7 +74,7 @@ def test_restarted_node_converges_without_manual_action(make_cluster):
     for n in nodes:
         wait_for(lambda n=n: all_up(n, 3))
     apply_layout(a, nodes, nodes)
-    client = make_bucket(a)
+    client = bucket_client(a)
     for i in range(10):
         put(client, f"pk{i}", "s", f"before-{i}")
     wait_for(lambda: same_everywhere(nodes, "k2v_item", 10))
@@ -105,7 +101,7 @@ def test_before_the_layout_k2v_is_refused_and_full_copy_data_reaches_the_owners(
         wait_for(lambda n=n: all_up(n, 3))
     # No layout yet: a would be standalone; a cluster node refuses K2V rather than keep writes
     # that the real replicas would never see (docs/operations.md section 3).
-    client = make_bucket(a)
+    client = bucket_client(a)
     r = client.request("PUT", f"/{BUCKET}/early", "sort_key=s", b"v")
     assert r.status == 503, (r.status, r.body)
     assert table_state(a, "k2v_item")[0] == 0
@@ -129,7 +125,7 @@ def test_layout_change_raises_sync_trackers_and_retires_the_old_version(make_clu
     for n in nodes:
         wait_for(lambda n=n: all_up(n, 3))
     apply_layout(a, nodes, nodes)
-    client = make_bucket(a)
+    client = bucket_client(a)
     n_items = 40
     for i in range(n_items):
         put(client, f"m{i}", "s", f"v{i}")
@@ -167,7 +163,7 @@ def test_identical_replicas_have_identical_tries_and_repairs_run_on_demand(make_
     for n in nodes:
         wait_for(lambda n=n: all_up(n, 3))
     apply_layout(a, nodes, nodes)
-    client = make_bucket(a)
+    client = bucket_client(a)
     for i in range(25):
         put(via(client, nodes[i % 3]), f"r{i}", "s", f"v{i}")
 

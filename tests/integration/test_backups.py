@@ -15,41 +15,37 @@ def put(node: NodeProcess, creds: dict, sk: str) -> None:
     assert r.status == 204, r.body
 
 
-def test_snapshot_restore_and_catch_up(tmp_path):
-    nodes = start_cluster(tmp_path, n=3, rf=3)
-    try:
-        creds = make_bucket(nodes[0])
-        wait_for(lambda: all(bucket_visible(n, creds) for n in nodes), timeout=30)
-        for i in range(20):
-            put(nodes[0], creds, f"before-{i:02d}")
-        target = nodes[2]
-        wait_for(lambda: len(local_keys(target)) == 20, timeout=30)
+def test_snapshot_restore_and_catch_up(cluster3):
+    nodes = cluster3
+    creds = make_bucket(nodes[0])
+    wait_for(lambda: all(bucket_visible(n, creds) for n in nodes), timeout=30)
+    for i in range(20):
+        put(nodes[0], creds, f"before-{i:02d}")
+    target = nodes[2]
+    wait_for(lambda: len(local_keys(target)) == 20, timeout=30)
 
-        taken = json.loads(target.cli("meta", "snapshot", "--json").stdout)
-        snap = tmp_path / "n2" / "meta" / "snapshots"
-        assert taken["path"].startswith(str(snap)) and taken["bytes"] > 0
-        assert (snap / taken["path"].rsplit("/", 1)[1] / "db.lmdb" / "data.mdb").is_file()
-        assert {"node_key", "node_key.pub", "cluster_layout"} <= {p.name for p in (snap / taken["path"]).iterdir()}
+    taken = json.loads(target.cli("meta", "snapshot", "--json").stdout)
+    snap = nodes[2].metadata_dir / "snapshots"
+    assert taken["path"].startswith(str(snap)) and taken["bytes"] > 0
+    assert (snap / taken["path"].rsplit("/", 1)[1] / "db.lmdb" / "data.mdb").is_file()
+    assert {"node_key", "node_key.pub", "cluster_layout"} <= {p.name for p in (snap / taken["path"]).iterdir()}
 
-        for i in range(20):
-            put(nodes[0], creds, f"after-{i:02d}")
-        wait_for(lambda: len(local_keys(target)) == 40, timeout=30)
+    for i in range(20):
+        put(nodes[0], creds, f"after-{i:02d}")
+    wait_for(lambda: len(local_keys(target)) == 40, timeout=30)
 
-        # Restore: stop the node, put the snapshot's database in place, start it again.
-        target.stop()
-        shutil.rmtree(target.metadata_dir / "db.lmdb")
-        shutil.copytree(snap / taken["path"] / "db.lmdb", target.metadata_dir / "db.lmdb")
-        assert len(local_keys(target)) == 20  # the state of the snapshot
-        target.start()
-        r = target.cli("repair", "tables", "--yes", timeout=120)
-        assert "Done" in r.stdout
-        wait_for(lambda: len(local_keys(target)) == 40, timeout=60)
-        # The restored node serves what was written after its snapshot.
-        r = k2v_client(target, creds).request("GET", f"/{creds['bucket']}/backup", "sort_key=after-19")
-        assert r.status == 200 and r.json() == [base64.b64encode(b"after-19").decode()]
-    finally:
-        for n in nodes:
-            n.kill()
+    # Restore: stop the node, put the snapshot's database in place, start it again.
+    target.stop()
+    shutil.rmtree(target.metadata_dir / "db.lmdb")
+    shutil.copytree(snap / taken["path"] / "db.lmdb", target.metadata_dir / "db.lmdb")
+    assert len(local_keys(target)) == 20  # the state of the snapshot
+    target.start()
+    r = target.cli("repair", "tables", "--yes", timeout=120)
+    assert "Done" in r.stdout
+    wait_for(lambda: len(local_keys(target)) == 40, timeout=60)
+    # The restored node serves what was written after its snapshot.
+    r = k2v_client(target, creds).request("GET", f"/{creds['bucket']}/backup", "sort_key=after-19")
+    assert r.status == 200 and r.json() == [base64.b64encode(b"after-19").decode()]
 
 
 def test_snapshot_of_every_node_and_retention(tmp_path):

@@ -9,16 +9,11 @@ import time
 import pytest
 
 from tests.support import K2VHttp, NodeProcess
+from tests.support.faults import k2v_client, make_bucket
 
 
 def _setup(n: NodeProcess) -> K2VHttp:
-    key = n.admin("key.create", {"name": "dur"})
-    n.admin("bucket.create", {"name": "dur-bucket"})
-    n.admin(
-        "bucket.permissions",
-        {"bucket": "dur-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
-    )
-    return K2VHttp(n.endpoint, key["accessKeyId"], key["secretAccessKey"])
+    return k2v_client(n, make_bucket(n, "dur-bucket"))
 
 
 @pytest.fixture

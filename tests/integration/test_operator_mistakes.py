@@ -189,21 +189,17 @@ def test_a_node_without_a_role_is_forgotten_once_down(tmp_path):
             n.kill()
 
 
-def test_a_write_without_quorum_says_what_it_needs_and_who_failed(tmp_path):
-    from tests.support.faults import bucket_visible, k2v_client, make_bucket, start_cluster
+def test_a_write_without_quorum_says_what_it_needs_and_who_failed(cluster3):
+    from tests.support.faults import bucket_visible, k2v_client, make_bucket
 
-    nodes = start_cluster(tmp_path, n=3, rf=3)
-    try:
-        creds = make_bucket(nodes[0])
-        wait_for(lambda: bucket_visible(nodes[0], creds), timeout=30)
-        for n in nodes[1:]:
-            n.kill()
-        r = k2v_client(nodes[0], creds).request("PUT", f"/{creds['bucket']}/pk", "sort_key=k", b"v", timeout=60)
-        assert r.status == 503
-        message = r.json()["message"]
-        assert "No storage node could take the write (it needs 2 of the 3 replicas of its partition)" in message
-        assert nodes[0].node_id[:16] in message  # the coordinator's own failure is not hidden
-        assert "quorum of 2" in message
-    finally:
-        for n in nodes:
-            n.kill()
+    nodes = cluster3
+    creds = make_bucket(nodes[0])
+    wait_for(lambda: bucket_visible(nodes[0], creds), timeout=30)
+    for n in nodes[1:]:
+        n.kill()
+    r = k2v_client(nodes[0], creds).request("PUT", f"/{creds['bucket']}/pk", "sort_key=k", b"v", timeout=60)
+    assert r.status == 503
+    message = r.json()["message"]
+    assert "No storage node could take the write (it needs 2 of the 3 replicas of its partition)" in message
+    assert nodes[0].node_id[:16] in message  # the coordinator's own failure is not hidden
+    assert "quorum of 2" in message

@@ -350,6 +350,7 @@ def index_entries(client: K2VHttp, bucket: str) -> dict[str, int]:
 
 
 def make_bucket(node: NodeProcess, bucket: str = "fault-bucket") -> dict:
+    """A key allowed to read, write and own a new bucket: ``{access_key, secret_key, bucket}``."""
     key = node.admin("key.create", {"name": f"{bucket}-key"})
     node.admin("bucket.create", {"name": bucket})
     node.admin(
