@@ -102,8 +102,8 @@ class CallBatcher(Generic[N]):
         ``max_bytes`` (an item bigger than that alone in its call).
         """
         if sum(len(i) for i in items) <= self._max_bytes:
-            batch = self._add(node, items)
-            return [(batch, len(batch.items) - len(items), len(items))]
+            whole = self._add(node, items)
+            return [(whole, len(whole.items) - len(items), len(items))]
         parts: list[tuple[_Batch, int, int]] = []
         for item in items:
             batch = self._open.get(node)

@@ -126,7 +126,7 @@ async def call_one(call: Callable[[N], Awaitable[T]], node: N, timeout: float | 
         raise
 
 
-def _outcome(task: asyncio.Task[T]) -> BaseException | None:
+def _outcome(task: asyncio.Future[T]) -> BaseException | None:
     if task.cancelled():
         return asyncio.CancelledError("call was cancelled")
     return task.exception()

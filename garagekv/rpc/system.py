@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,10 @@ class System:
         self.node_id = key.node_id
         self.registry = registry
         self.meta_free = meta_free or (lambda: 0)
-        self.netapp = NetApp(
-            key, config.rpc_secret_bytes, registry.dispatch, default_timeout=config.rpc_timeout_msec / 1000
-        )
+        secret = config.rpc_secret_bytes
+        if secret is None:  # the server refuses such a config at start, with the config error
+            raise ValueError("rpc_secret is not set")
+        self.netapp = NetApp(key, secret, registry.dispatch, default_timeout=config.rpc_timeout_msec / 1000)
         self.public_addr = config.rpc_public_addr or config.rpc_bind_addr
         self.hostname = socket.gethostname()
         self.layout = LayoutManager(
@@ -97,8 +99,8 @@ class System:
         self.peers: dict[bytes, PeerInfo] = {}
         self.readiness = Readiness(config, lambda: self.layout.history, self.peers)
         self._peer_file = Path(config.metadata_dir) / PEER_LIST_FILE
-        self._tasks: list[asyncio.Task] = []
-        self._pulls: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pulls: set[asyncio.Task[None]] = set()
         self.ping_interval = config.rpc_ping_interval_msec / 1000
         self.ping_timeout = config.rpc_ping_timeout_msec / 1000
         self.layout.listeners.append(self._on_layout_change)
@@ -206,6 +208,8 @@ class System:
             await asyncio.sleep(min(RECONNECT_MIN, self.ping_interval))
 
     async def _try_dial(self, info: PeerInfo) -> None:
+        if not info.addr:  # only peers with a known address are dialled
+            return
         try:
             host, port = split_host_port(info.addr)
             await self.netapp.connect(info.node_id, (host, port))
@@ -314,7 +318,7 @@ class System:
         if status.peers_hash != self.peers_hash():
             self._spawn(self._pull_peers(node_id))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.create_task(coro)
         self._pulls.add(t)
         t.add_done_callback(self._pulls.discard)
@@ -359,6 +363,6 @@ class System:
         except Exception as e:  # noqa: BLE001 - retried at the next status exchange
             log.debug("peer list pull from %s failed: %s", node_id.hex()[:16], e)
 
-    async def _handle_peers(self, from_node: bytes, body: Any) -> list:
+    async def _handle_peers(self, from_node: bytes, body: Any) -> list[list[Any]]:
         shared = [(p.node_id, p.addr) for p in self._shared_peers() if p.addr]
         return peers_to_wire([(self.node_id, self.public_addr), *shared])

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import heapq
 
-INF = float("inf")
+# "Unreached" / "unbounded" as an integer, so distances and flows stay ``int`` throughout: larger
+# than any capacity total or path cost a layout graph can have (Python ints do not overflow).
+INF = 1 << 62
 
 
 class FlowGraph:
@@ -82,9 +84,9 @@ class FlowGraph:
             remaining -= f
         return pushed
 
-    def _dijkstra(self, s: int, t: int, pi: list[int]) -> list[float]:
+    def _dijkstra(self, s: int, t: int, pi: list[int]) -> list[int]:
         adj, to, cap, cost = self.adj, self.to, self.cap, self.cost
-        dist: list[float] = [INF] * self.n
+        dist = [INF] * self.n
         dist[s] = 0
         heap = [(0, s)]
         pop, push = heapq.heappop, heapq.heappush
@@ -104,7 +106,7 @@ class FlowGraph:
                         push(heap, (nd, v))
         return dist
 
-    def _dinic(self, s: int, t: int, pi: list[int], limit: float) -> int:
+    def _dinic(self, s: int, t: int, pi: list[int], limit: int) -> int:
         """Max flow (up to ``limit``) over arcs with residual capacity and zero reduced cost."""
         adj, to, cap, cost = self.adj, self.to, self.cap, self.cost
         n = self.n
@@ -169,4 +171,4 @@ class FlowGraph:
                 a = stack.pop()
                 u = to[a ^ 1]
                 it[u] += 1
-        return int(total)
+        return total
