@@ -88,7 +88,7 @@ class Database:
                     out[name] = txn.stat(t)["entries"]
         return out
 
-    def read(self) -> lmdb.Transaction:
+    def read(self) -> lmdb.Transaction[bytes]:
         """A read-only transaction; use as a context manager."""
         return self.environment.begin(write=False, buffers=False)
 

@@ -33,13 +33,12 @@ class WriteTxn:
 
     __slots__ = ("txn", "_after_commit")
 
-    def __init__(self, txn: lmdb.Transaction) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes]) -> None:
         self.txn = txn
         self._after_commit: list[Callable[[], None]] = []
 
     def get(self, tree: lmdb._Database, key: bytes) -> bytes | None:
-        value = self.txn.get(key, db=tree)
-        return value if value is None or isinstance(value, bytes) else bytes(value)
+        return self.txn.get(key, db=tree)
 
     def put(self, tree: lmdb._Database, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=tree)
@@ -47,7 +46,7 @@ class WriteTxn:
     def delete(self, tree: lmdb._Database, key: bytes) -> bool:
         return self.txn.delete(key, db=tree)
 
-    def cursor(self, tree: lmdb._Database) -> lmdb.Cursor:
+    def cursor(self, tree: lmdb._Database) -> lmdb.Cursor[bytes]:
         return self.txn.cursor(db=tree)
 
     def on_commit(self, fn: Callable[[], None]) -> None:

@@ -145,7 +145,7 @@ class TableSyncer:
 
     def __init__(
         self,
-        table: Table,
+        table: Table[Any],
         merkle: MerkleUpdater,
         layout: LayoutManager,
         registry: EndpointRegistry,
@@ -279,11 +279,12 @@ class TableSyncer:
         await self._wake.wait(max(0.0, deadline - now))
 
     def progress(self) -> dict[str, Any]:
-        running = self._todo is not None
+        todo = self._todo
+        running = todo is not None
         return {
             "done": self._done if running else 0,
             "total": self._total if running else 0,
-            "queue": len(self._todo) if running else 0,
+            "queue": len(todo) if todo is not None else 0,
             "version": self._version,
             "full_syncs": self.full_syncs,
             "last_full_sync_secs_ago": None
@@ -428,8 +429,12 @@ class TableSyncer:
                 )
             for chunk in chunks([raw for _, raw in batch]):
                 req = ItemsPush(tuple(chunk))
+
+                async def push(node: bytes, req: SyncRequest = req) -> Any:
+                    return await self._call(node, req)
+
                 await try_call_many(
-                    lambda n, req=req: self._call(n, req),
+                    push,
                     nodes,
                     len(nodes),
                     send_all_at_once=True,

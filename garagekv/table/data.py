@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
-from garagekv.table.schema import TableSchema
+from garagekv.table.schema import Entry, TableSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
 
-E = TypeVar("E")
+if TYPE_CHECKING:
+    import lmdb
+
+E = TypeVar("E", bound=Entry)
 
 #: Range pages up to this many entries are read on the event loop (see ``scan_async``).
 INLINE_SCAN_LIMIT = 128
@@ -143,9 +146,12 @@ class TableData(Generic[E]):
                     break
                 if end is not None and (sk <= end if reverse else sk >= end):
                     break
-                entry = self.schema.decode(raw) if decode else None
-                if q.filt is not None and not self.schema.matches_filter(entry, q.filt):
-                    continue
+                entry: E | None = None
+                if decode or q.filt is not None:
+                    decoded = self.schema.decode(raw)
+                    if q.filt is not None and not self.schema.matches_filter(decoded, q.filt):
+                        continue
+                    entry = decoded
                 out.append((sk, raw, entry))
                 if q.limit is not None and len(out) >= q.limit:
                     break
@@ -182,7 +188,7 @@ class TableData(Generic[E]):
         """
         old_raw = tx.get(self.store, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
-        new = fn(None if old is None else self.schema.decode(old_raw))
+        new = fn(None if old_raw is None else self.schema.decode(old_raw))
         new_raw = fresh_raw if old_raw is None and fresh_raw is not None else new.encode()
         if new_raw == old_raw:
             return None
@@ -243,7 +249,7 @@ def _merged(old: Any, new: Any) -> Any:
     return old
 
 
-def _iter_prefix(cur, prefix: bytes, start: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+def _iter_prefix(cur: lmdb.Cursor[bytes], prefix: bytes, start: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
     if not reverse:
         if not cur.set_range(prefix + start):
             return

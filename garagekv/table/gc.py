@@ -137,7 +137,7 @@ class TableGc:
 
     def __init__(
         self,
-        table: Table,
+        table: Table[Any],
         db: Database,
         writer: GroupCommitWriter,
         delay_sec: float,

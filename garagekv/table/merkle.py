@@ -111,7 +111,7 @@ class MerkleNode:
 
     def body(self) -> bytes:
         """Canonical msgpack of the node (only lists, ints and bytes: no map to sort)."""
-        return msgpack.packb(self.to_wire(), use_bin_type=True)
+        return codec.encode_lists(self.to_wire())
 
     def hash(self) -> bytes:
         return blake2sum(self.body())
@@ -162,7 +162,7 @@ def partition_of(tree_key: bytes) -> int:
 class MerkleUpdater:
     """The tries of one table, and the background worker that keeps them up to date."""
 
-    def __init__(self, db: Database, writer: GroupCommitWriter, data: TableData) -> None:
+    def __init__(self, db: Database, writer: GroupCommitWriter, data: TableData[Any]) -> None:
         self.db = db
         self.writer = writer
         self.data = data

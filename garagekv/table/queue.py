@@ -14,12 +14,13 @@ from typing import Any, Generic, TypeVar
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.table.schema import Entry
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
 
 log = logging.getLogger(__name__)
 
-E = TypeVar("E")
+E = TypeVar("E", bound=Entry)
 BATCH = 1000
 IDLE_WAKEUP = 10.0
 #: Once woken, wait this long before draining, so that a burst of writes to a partition leaves as

@@ -30,10 +30,11 @@ from garagekv.table.messages import (
     parse_table_request,
 )
 from garagekv.table.replication import FullReplication, ShardedReplication
+from garagekv.table.schema import Entry
 
 log = logging.getLogger(__name__)
 
-E = TypeVar("E")
+E = TypeVar("E", bound=Entry)
 
 EMPTY_PARTITION = b"\x00" * 32
 RANGE_PAGE = 1000
@@ -72,10 +73,10 @@ class Table(Generic[E]):
         self.timeout = timeout
         self.endpoint = endpoint_path("table", "rpc", self.schema.name)
         registry.register(self.endpoint, self._handle)
-        self._repairs: set[asyncio.Task] = set()
+        self._repairs: set[asyncio.Task[None]] = set()
         # Updates and single-key reads bound for the same peer in one loop turn share one RPC.
-        self._updates = CallBatcher(lambda node, raws: self._send(node, Update(tuple(raws))))
-        self._gets = CallBatcher(self._get_many)
+        self._updates: CallBatcher[bytes] = CallBatcher(lambda node, raws: self._send(node, Update(tuple(raws))))
+        self._gets: CallBatcher[bytes] = CallBatcher(self._get_many)
 
     @property
     def node_id(self) -> bytes:
@@ -111,7 +112,7 @@ class Table(Generic[E]):
         quorum = self.replication.write_quorum()
         if stored_here and quorum == 1 and per_node.keys() == {self.node_id}:
             return  # this node is the only replica (a single-node layout): already written
-        calls: dict[bytes, asyncio.Future] = {}
+        calls: dict[bytes, asyncio.Future[Any]] = {}
         for node, raws in per_node.items():
             if node != self.node_id:
                 calls[node] = self._updates.future(node, raws)
@@ -144,7 +145,7 @@ class Table(Generic[E]):
         if nodes == [self.node_id]:
             return self.data.get(tree_key)
         # Ask every read node at once and keep the first quorum: a hung replica costs nothing.
-        calls: dict[bytes, asyncio.Future] = {}
+        calls: dict[bytes, asyncio.Future[bytes | None]] = {}
         for node in nodes:
             if node == self.node_id:
                 calls[node] = asyncio.get_running_loop().create_future()
@@ -167,14 +168,14 @@ class Table(Generic[E]):
                 self._repair(nodes, [final])
         return merged
 
-    def _get_future(self, node: bytes, tree_key: bytes) -> asyncio.Future:
+    def _get_future(self, node: bytes, tree_key: bytes) -> asyncio.Future[bytes | None]:
         """The raw entry at ``node`` through the batched ``get_many``.
 
         A replica leaves out (answers ``False`` for) entries past ``GET_MANY_BUDGET`` bytes of
         answer, so that big entries read together never exceed the frame limit; those are asked
         again on their own.
         """
-        out = asyncio.get_running_loop().create_future()
+        out: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def answered(raw: Any, alone: bool) -> None:
             if raw is False and not alone:
@@ -366,7 +367,7 @@ class Table(Generic[E]):
         return RangeAnswer(tuple(out))
 
 
-def _retrieve(fut: asyncio.Future) -> None:
+def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a local write's failure as seen: the quorum may not have needed it."""
     if not fut.cancelled():
         fut.exception()
