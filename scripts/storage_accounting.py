@@ -220,7 +220,9 @@ def per_item(v: float, n: int) -> str:
     return f"{v / n:,.1f}" if n else "-"
 
 
-def split_small(trees: list[dict[str, Any]], n: int, limit: float = 0.5) -> tuple[list[dict], list[dict]]:
+def split_small(
+    trees: list[dict[str, Any]], n: int, limit: float = 0.5
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Trees costing at least ``limit`` bytes per item (largest first), and the rest."""
     ordered = sorted(trees, key=lambda t: (-t["page_bytes"], t["name"]))
     big = [t for t in ordered if n and t["page_bytes"] / n >= limit]
