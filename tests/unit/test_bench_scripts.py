@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,55 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-@pytest.mark.parametrize("name", ["bench", "bench_scale"])
-def test_script_imports(name):
+def _load(name):
     spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
-    assert callable(module.main)
+    return module
+
+
+@pytest.mark.parametrize("name", ["bench", "bench_scale", "storage_accounting"])
+def test_script_imports(name):
+    assert callable(_load(name).main)
+
+
+def test_storage_accounting_splits_an_item_into_parts_that_sum_to_its_size():
+    from garagekv.model.k2v.item import K2VItem
+
+    acc = _load("storage_accounting")
+    item = K2VItem.new(bytes(32), "pk-0001", "sk-01")
+    item.update(7, None, b"v" * 100, 1_700_000_000_000)
+    raw = item.encode()
+    parts = acc.item_breakdown(raw)
+    assert sum(parts.values()) == len(raw)
+    assert parts["value"] == 100 and parts["bucket id"] == 32
+    assert parts["partition key"] == 7 and parts["sort key"] == 5
+    assert parts["causal context"] == 1 + 1 + 9  # node id 7, t_discard 0, a u64 timestamp
+    assert parts["msgpack framing"] > 0
+
+
+def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
+    from garagekv.db.env import Database
+    from garagekv.model.k2v.item import K2VItem
+    from garagekv.table.merkle import MerkleNode
+
+    acc = _load("storage_accounting")
+    db = Database(tmp_path, fsync=False)  # the environment is tmp_path/db.lmdb
+    items, merkle = db.tree(acc.ITEM_TREE), db.tree(acc.MERKLE_TREE)
+    with db.environment.begin(write=True) as txn:
+        for i in range(10):
+            item = K2VItem.new(bytes(32), "p", f"s{i}")
+            item.update(1, None, b"x" * 100, 5)
+            txn.put(item.tree_key(), item.encode(), db=items)
+        txn.put(b"\x00", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
+        txn.put(b"\x00\x01", MerkleNode.leaf(b"k", bytes(32)).encode(), db=merkle)
+    db.close()
+    out = acc.account(tmp_path / "db.lmdb")
+    trees = {t["name"]: t for t in out["trees"]}
+    assert trees[acc.ITEM_TREE]["entries"] == 10 and trees[acc.ITEM_TREE]["key_bytes"] == 10 * 34
+    assert trees[acc.MERKLE_TREE]["parts"]["leaf count"] == 1
+    assert trees[acc.MERKLE_TREE]["parts"]["intermediate count"] == 1
+    assert out["item_sample"] == 10 and out["item_parts"]["value"] == 1000
+    text = acc.render(out, 10, 100, "test")
+    assert acc.ITEM_TREE in text and "data.mdb" in text

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Where a node's disk bytes go, per K2V item (not in CI: minutes of load).
+
+Starts one ``garagekv dev`` node, prefills N items (``make bench-scale``'s loader), waits for the
+node's background work (Merkle to-do, index counters) to finish, stops it, then opens its LMDB
+environment read-only and reports per named tree: entries, key and value bytes, the pages LMDB
+uses (branch, leaf, overflow) and what that costs per item. It also splits a K2V item's stored
+value into its parts and the Merkle trie into leaves and intermediate nodes. The numbers behind
+the "Bytes per item" table of docs/storage.md.
+
+Usage: scripts/storage_accounting.py [--items N] [--value-size B] [--out FILE.json]
+       scripts/storage_accounting.py --db PATH/TO/db.lmdb --items N   (an existing, stopped node)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from garagekv.bench.clusters import DevCluster, settle  # noqa: E402
+from garagekv.bench.procstat import disk_usage  # noqa: E402
+from garagekv.model.k2v.item import K2VItem  # noqa: E402
+from garagekv.table.merkle import MerkleNode  # noqa: E402
+
+ITEM_TREE = "k2v_item:data"
+MERKLE_TREE = "k2v_item:merkle"
+SAMPLE = 1000
+NODE_OVERHEAD = 8 + 2  # LMDB leaf node header and its slot in the page's offset array
+PAGE_HEADER = 16  # item values decoded for the breakdown
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class TreeStats:
+    """One named tree: what it holds and the pages LMDB spends on it."""
+
+    name: str
+    entries: int = 0
+    key_bytes: int = 0
+    value_bytes: int = 0
+    branch_pages: int = 0
+    leaf_pages: int = 0
+    overflow_pages: int = 0
+    depth: int = 0
+    page_size: int = 4096
+    parts: dict[str, int] = field(default_factory=dict)  # optional finer split (Merkle node kinds)
+
+    @property
+    def pages(self) -> int:
+        return self.branch_pages + self.leaf_pages + self.overflow_pages
+
+    @property
+    def page_bytes(self) -> int:
+        return self.pages * self.page_size
+
+    @property
+    def slack(self) -> int:
+        """Page bytes not holding key or value bytes: node headers, free space, branch pages."""
+        return self.page_bytes - self.key_bytes - self.value_bytes
+
+    @property
+    def branch_bytes(self) -> int:
+        return self.branch_pages * self.page_size
+
+    @property
+    def header_bytes(self) -> int:
+        """LMDB's fixed costs in leaf pages: an 8-byte node header and a 2-byte slot per entry,
+        16 bytes per page."""
+        return NODE_OVERHEAD * self.entries + PAGE_HEADER * self.leaf_pages
+
+    @property
+    def free_bytes(self) -> int:
+        """What is left: unused space in leaf pages and overflow pages' last-page rounding."""
+        return self.slack - self.branch_bytes - self.header_bytes
+
+
+def packed_len(obj: Any) -> int:
+    return len(msgpack.packb(obj, use_bin_type=True))
+
+
+def item_breakdown(raw: bytes) -> dict[str, int]:
+    """Split one stored K2V item value into what each part costs (sums to ``len(raw)``).
+
+    ``ids``: the bucket id, partition and sort key payloads (all three are also in the tree key,
+    the key in hashed form); ``causal context``: the packed node ids and timestamps;
+    ``value``: the client's bytes; ``msgpack framing``: list, string and bin headers.
+    """
+    item = K2VItem.decode(raw)
+    out = {
+        "format byte": 1,
+        "bucket id": len(item.bucket_id),
+        "partition key": len(item.partition_key.encode()),
+        "sort key": len(item.sort_key.encode()),
+        "causal context": 0,
+        "value": 0,
+    }
+    for node, entry in item.items.items():
+        out["causal context"] += packed_len(node) + packed_len(entry.t_discard)
+        for ts, v in entry.values:
+            out["causal context"] += packed_len(ts)
+            out["value"] += len(v) if v is not None else 0
+    out["msgpack framing"] = len(raw) - sum(out.values())
+    return out
+
+
+def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
+    """One stored Merkle node, split: a leaf's stored tree key and value hash, an intermediate
+    node's children and their hashes; the rest of its value is the format byte and msgpack framing."""
+    node = MerkleNode.decode(raw)
+    kind = "leaf" if node.is_leaf else "intermediate" if node.is_intermediate else "empty"
+    out = {f"{kind} count": 1, f"{kind} key bytes": len(key), f"{kind} value bytes": len(raw)}
+    if node.is_leaf:
+        out["leaf tree key bytes"] = len(node.key)
+        out["leaf hash bytes"] = len(node.value_hash)
+    elif node.is_intermediate:
+        out["intermediate children"] = len(node.children)
+        out["intermediate hash bytes"] = sum(len(h) for _, h in node.children)
+    return out
+
+
+def _tree_names(env: lmdb.Environment) -> list[str]:
+    with env.begin() as txn:
+        return [k.decode() for k, _ in txn.cursor()]
+
+
+def account(db_path: Path, sample: int = SAMPLE) -> dict[str, Any]:
+    """Read a stopped node's LMDB environment (read-only, no lock) and measure every tree."""
+    env = lmdb.open(str(db_path), readonly=True, lock=False, max_dbs=256, readahead=False)
+    try:
+        names = _tree_names(env)
+        trees: list[TreeStats] = []
+        items: dict[str, int] = {}
+        sampled = 0
+        with env.begin(buffers=True) as txn:
+            main = txn.stat()
+            for name in names:
+                db = env.open_db(name.encode(), txn=txn, create=False)
+                st = txn.stat(db)
+                t = TreeStats(
+                    name,
+                    entries=st["entries"],
+                    branch_pages=st["branch_pages"],
+                    leaf_pages=st["leaf_pages"],
+                    overflow_pages=st["overflow_pages"],
+                    depth=st["depth"],
+                    page_size=st["psize"],
+                )
+                for k, v in txn.cursor(db):
+                    t.key_bytes += len(k)
+                    t.value_bytes += len(v)
+                    if name == MERKLE_TREE:
+                        for part, c in merkle_parts(bytes(k), bytes(v)).items():
+                            t.parts[part] = t.parts.get(part, 0) + c
+                    elif name == ITEM_TREE and sampled < sample:
+                        for part, n in item_breakdown(bytes(v)).items():
+                            items[part] = items.get(part, 0) + n
+                        sampled += 1
+                trees.append(t)
+        info = env.info()
+        psize = env.stat()["psize"]
+    finally:
+        env.close()
+    data_file = Path(db_path) / "data.mdb"
+    used = sum(t.pages for t in trees) + main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"] + 2
+    return {
+        "file_bytes": data_file.stat().st_size,
+        "page_size": psize,
+        "last_page": info["last_pgno"],
+        # pages below the high-water mark that no tree holds: LMDB's free list (and its own pages)
+        "free_pages": info["last_pgno"] + 1 - used,
+        "catalog_pages": main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"],
+        "trees": [
+            asdict(t)
+            | {
+                "pages": t.pages,
+                "page_bytes": t.page_bytes,
+                "slack": t.slack,
+                "branch_bytes": t.branch_bytes,
+                "header_bytes": t.header_bytes,
+                "free_bytes": t.free_bytes,
+            }
+            for t in trees
+        ],
+        "item_sample": sampled,
+        "item_parts": items,
+    }
+
+
+def load_node(root: Path, items: int, value_size: int, settle_s: float) -> Path:
+    """One dev node with ``items`` prefilled items, stopped after its background work; its LMDB path."""
+    from bench_scale import load  # the loader of ``make bench-scale``
+
+    with DevCluster(root, 1) as dev:
+        say(f"loading {items:,} items of {value_size} B")
+        load(dev, items, value_size)
+        waited = settle(dev.pids, settle_s)
+        say(f"background work after loading took {waited:.0f}s")
+        meta = dev.meta_dirs[0]
+    return meta / "db.lmdb"
+
+
+def per_item(v: float, n: int) -> str:
+    return f"{v / n:,.1f}" if n else "-"
+
+
+def split_small(
+    trees: list[dict[str, Any]], n: int, limit: float = 0.5
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Trees costing at least ``limit`` bytes per item (largest first), and the rest."""
+    ordered = sorted(trees, key=lambda t: (-t["page_bytes"], t["name"]))
+    big = [t for t in ordered if n and t["page_bytes"] / n >= limit]
+    return big, [t for t in ordered if t not in big]
+
+
+def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
+    """The Markdown tables of docs/storage.md's "Bytes per item"."""
+    lines = [
+        f"Measured {stamp}: one node, N = {n:,} items of {value_size} B, page size {acc['page_size']} B.",
+        "",
+        "| tree | entries | key B/item | value B/item | pages (branch/leaf/overflow) | page B/item | slack B/item "
+        "| of which node+page headers | branch pages | free space |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    total_pages = sum(t["page_bytes"] for t in acc["trees"])
+    big, small = split_small(acc["trees"], n)
+    for t in big:
+        lines.append(
+            f"| `{t['name']}` | {t['entries']:,} | {per_item(t['key_bytes'], n)} | {per_item(t['value_bytes'], n)} | "
+            f"{t['branch_pages']:,}/{t['leaf_pages']:,}/{t['overflow_pages']:,} | {per_item(t['page_bytes'], n)} | "
+            f"{per_item(t['slack'], n)} | {per_item(t['header_bytes'], n)} | {per_item(t['branch_bytes'], n)} | "
+            f"{per_item(t['free_bytes'], n)} |"
+        )
+    ps = acc["page_size"]
+    other = acc["file_bytes"] - total_pages
+    if small:
+        sp = sum(t["pages"] for t in small)
+        lines.append(
+            f"| {len(small)} other trees (configuration, counters, empty queues) | "
+            f"{sum(t['entries'] for t in small):,} | | | {sp:,} pages | {per_item(sp * ps, n)} | |"
+        )
+    lines += [
+        f"| tree catalog, meta pages | | | | {acc['catalog_pages'] + 2} pages | "
+        f"{per_item((acc['catalog_pages'] + 2) * ps, n)} | |",
+        f"| free pages (LMDB free list) | | | | {acc['free_pages']:,} pages | "
+        f"{per_item(acc['free_pages'] * ps, n)} | |",
+        f"| file above the last page | | | | | {per_item(acc['file_bytes'] - (acc['last_page'] + 1) * ps, n)} | |",
+        f"| **data.mdb** | | | | | **{per_item(acc['file_bytes'], n)}** | |",
+        f"| metadata directory on disk (du) | | | | | {per_item(acc.get('dir_bytes') or 0, n)} | |",
+        "",
+        f"(trees' pages: {per_item(total_pages, n)} B/item; the file's remaining {per_item(other, n)} B/item are "
+        "the rows below them.)",
+    ]
+    parts = acc["item_parts"]
+    if acc["item_sample"]:
+        total = sum(parts.values())
+        lines += [
+            "",
+            f"A `{ITEM_TREE}` value, averaged over {acc['item_sample']:,} items:",
+            "",
+            "| part | B/item | share |",
+            "|---|---:|---:|",
+        ]
+        for part, b in parts.items():
+            lines.append(f"| {part} | {b / acc['item_sample']:.1f} | {100 * b / total:.0f}% |")
+        lines.append(f"| **total** | **{total / acc['item_sample']:.1f}** | |")
+    merkle = next((t for t in acc["trees"] if t["name"] == MERKLE_TREE), None)
+    if merkle and merkle["parts"]:
+        mp = merkle["parts"]
+        lines += [
+            "",
+            f"`{MERKLE_TREE}` nodes (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
+            "",
+            "| kind | count | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
+            "| of which framing | children per node |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind in ("leaf", "intermediate"):
+            c = mp.get(f"{kind} count", 0)
+            kb, vb = mp.get(f"{kind} key bytes", 0), mp.get(f"{kind} value bytes", 0)
+            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get("leaf tree key bytes", 0) if kind == "leaf" else 0
+            ch = f"{mp['intermediate children'] / c:.1f}" if kind == "intermediate" and c else ""
+            lines.append(
+                f"| {kind} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
+                f"| {per_item(vb - hb - tk, n)} | {ch} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--value-size", type=int, default=100)
+    p.add_argument("--settle", type=float, default=900.0, help="max seconds to wait for background work")
+    p.add_argument("--db", type=Path, help="measure this (stopped) node's db.lmdb instead of loading one")
+    p.add_argument("--out", type=Path, help="also write the raw figures as JSON here")
+    a = p.parse_args(list(argv) if argv is not None else None)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    work = None
+    try:
+        if a.db is None:
+            work = Path(tempfile.mkdtemp(prefix="storage-accounting-"))
+            db = load_node(work / "garagekv", a.items, a.value_size, a.settle)
+        else:
+            db = a.db
+        acc = account(db)
+        acc["dir_bytes"] = disk_usage(db.parent)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(render(acc, a.items, a.value_size, stamp))
+    if a.out:
+        a.out.write_text(json.dumps({"items": a.items, "value_size": a.value_size, "date": stamp} | acc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
