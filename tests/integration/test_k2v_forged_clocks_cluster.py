@@ -10,7 +10,7 @@ import json
 import time
 
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS
-from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, make_bucket, same_everywhere, via
+from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, bucket_client, same_everywhere, via
 from tests.support import K2VHttp, wait_for
 from tests.support.k2v import decode_token, encode_token
 
@@ -41,7 +41,7 @@ def test_forged_tokens_naming_another_node(make_cluster):
     for n in nodes:
         wait_for(lambda n=n: all_up(n, 3))
     apply_layout(a, nodes, nodes)
-    ca = make_bucket(a)
+    ca = bucket_client(a)
     cb = via(ca, b)
     wait_for(lambda: put(cb, "probe", b"p") == 204)  # b knows the key and bucket
     (pair,) = decode_token(token(cb, "probe"))[1]  # b coordinated: its id is the only pair

@@ -11,7 +11,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.item import DvvsEntry, K2VItem
 from garagekv.util.codec import blake2sum
-from tests.integration.test_anti_entropy import BUCKET, FAST_SYNC, all_up, apply_layout, make_bucket
+from tests.integration.test_anti_entropy import BUCKET, FAST_SYNC, all_up, apply_layout, bucket_client
 from tests.support import K2VHttp, NodeProcess, wait_for
 
 MiB = 1024 * 1024
@@ -26,7 +26,7 @@ def start(make_cluster, n: int, rf: int, k2v_extra: str = "") -> tuple[list[Node
     for node in nodes:
         wait_for(lambda node=node: all_up(node, n))
     apply_layout(nodes[0], nodes, nodes)
-    return nodes, make_bucket(nodes[0])
+    return nodes, bucket_client(nodes[0])
 
 
 def put(client: K2VHttp, pk: str, sk: str, value: bytes) -> None:
