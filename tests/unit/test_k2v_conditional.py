@@ -104,3 +104,14 @@ async def test_apply_in_is_idempotent_and_raises_the_local_clock(node):
     with pytest.raises(ValueError):
         wrong = codec.encode_lists([K2VItem.new(BUCKET, "elsewhere", "k").encode()])
         node.writer.run_sync(lambda tx: m.apply_in(tx, key, wrong))
+
+
+async def test_consensus_counters_are_exported(node):
+    from prometheus_client.core import Metric
+
+    from garagekv.admin.cluster_metrics import consensus_families
+
+    await node.model.conditional.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v")
+    families: dict[str, Metric] = {f.name: f for f in consensus_families(node.model)}
+    assert families["garagekv_consensus_rounds"].samples[0].value == 1
+    assert families["garagekv_consensus_commits"].samples[0].value == 1
