@@ -115,3 +115,12 @@ async def test_consensus_counters_are_exported(node):
     families: dict[str, Metric] = {f.name: f for f in consensus_families(node.model)}
     assert families["garagekv_consensus_rounds"].samples[0].value == 1
     assert families["garagekv_consensus_commits"].samples[0].value == 1
+
+
+async def test_a_node_without_layout_refuses_forwarded_operations(node):
+    from garagekv.util.errors import ServiceUnavailable
+
+    msg = ["write", BUCKET, "p", "k", IF_NONE_MATCH_ANY, None, b"v"]
+    with pytest.raises(ServiceUnavailable):
+        await node.model.conditional._handle(b"\x01" * 32, msg)
+    assert await node.model.conditional.read(BUCKET, "p", "k") is None

@@ -25,6 +25,7 @@ from garagekv.model.k2v.store import _TS_KEY, K2VStore
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
+from garagekv.rpc.readiness import has_ring
 from garagekv.table.data import TableData, check_size
 from garagekv.util import codec
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
@@ -166,6 +167,10 @@ class ConditionalK2V:
 
     async def _handle(self, from_node: bytes, msg: Any) -> Any:
         what = "conditional K2V request"
+        if from_node != self.node_id and not has_ring(self.replication.layout.history):
+            # Another node sees this one as a storage node but it has no layout yet: alone, it
+            # would be its own quorum and decide against nobody. The caller gets a 503.
+            raise ServiceUnavailable("this node has no cluster layout yet: it cannot run a consensus round")
         op, bucket_id, pk, sk, kind, token, value = _fields7(what, msg)
         bucket_id = as_bytes(what, "bucket", bucket_id, 32)
         if not isinstance(pk, str) or not isinstance(sk, str):
