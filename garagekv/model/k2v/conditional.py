@@ -20,8 +20,9 @@ from garagekv.consensus import Decision, Proposer
 from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import K2VItem, Value, partition_hash
-from garagekv.model.k2v.store import _TS_KEY, K2VStore
+from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, partition_hash
+from garagekv.model.k2v.messages import InsertedItem
+from garagekv.model.k2v.store import _TS_KEY, K2VStore, check_context
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
@@ -218,7 +219,12 @@ class ConditionalK2V:
                 return Decision(None, WriteOutcome(False, None if item is None else item.causal_context().serialize()))
             new = item.copy() if item is not None else K2VItem.new(bucket_id, pk, sk)
             ctx = None if item is None else item.causal_context()
-            new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
+            before = len(new.items)
+            try:
+                new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
+            except ClockExhausted as e:  # only data stored before clocks were bounded
+                raise ServiceUnavailable(str(e)) from None
+            check_context(InsertedItem(pk, sk, ctx, value), before, len(new.items))
             new_raw = new.encode()
             check_size(len(new_raw), None if raw is None else len(raw), max_bytes)
             update = codec.encode_lists([new_raw])
