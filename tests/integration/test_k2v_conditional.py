@@ -11,7 +11,7 @@ import threading
 import time
 
 from tests.support import wait_for
-from tests.support.faults import bucket_visible, k2v_client, make_bucket
+from tests.support.faults import bucket_visible, k2v_client, make_bucket, start_cluster
 from tests.support.lincheck import CAS_REGISTER, INFINITY, UNKNOWN, Op, check
 
 TOKEN = "X-Garage-Causality-Token"
@@ -212,3 +212,27 @@ def test_concurrent_conditional_writes_through_different_nodes(cluster3):
     assert json.loads(r.body)["code"] == "ServiceUnavailable"
     r = _read(clients[0], creds, "race", "counter", {CONSISTENCY: "linearizable"})
     assert r.status == 503, r.body
+
+
+def test_non_storage_nodes_forward_to_a_storage_node(tmp_path):
+    # Four nodes, three replicas: every partition key has a node that does not store it.
+    nodes = start_cluster(tmp_path / "c4", 4, rf=3)
+    try:
+        creds, clients = _setup(nodes)
+        for i in range(8):
+            pk = f"pk{i}"
+            for j, cl in enumerate(clients):
+                r = _put(cl, creds, pk, f"k{j}", b"first", {"If-None-Match": "*"})
+                assert r.status == 204, r.body
+                token = r.headers[TOKEN]
+                other = clients[(j + 1) % 4]
+                r = _put(other, creds, pk, f"k{j}", b"second", {"If-None-Match": "*"})
+                assert r.status == 412 and r.headers[TOKEN] == token
+                r = _put(other, creds, pk, f"k{j}", b"second", {"If-Match": token})
+                assert r.status == 204, r.body
+                for reader in clients:
+                    rd = _read(reader, creds, pk, f"k{j}", {CONSISTENCY: "linearizable"})
+                    assert rd.status == 200 and _values(rd) == ["c2Vjb25k"], rd.body
+    finally:
+        for n in nodes:
+            n.kill()
