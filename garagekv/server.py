@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from garagekv.admin.cluster_metrics import peer_families, worker_families
+from garagekv.admin.cluster_metrics import consensus_families, peer_families, worker_families
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
@@ -109,6 +109,7 @@ class Node:
         quorum.quorum_failure_hooks.append(self._on_quorum_failure)
         self.metrics.add_source(lambda: peer_families(self.system))
         self.metrics.add_source(lambda: worker_families(self.model))
+        self.metrics.add_source(lambda: consensus_families(self.model))
         self.helper = self.model.helper
         self.k2v = self.model.k2v
         await _listening(f"{cfg.rpc_bind_addr} (rpc_bind_addr)", self.system.start())

@@ -53,6 +53,12 @@ def peer_families(system: System) -> Iterable[Metric]:
     yield from (refused, pending)
 
 
+def consensus_families(model: Model) -> Iterable[Metric]:
+    """The consensus layer's counters (docs/consensus.md §12), one family per counter."""
+    for name, value in model.consensus_metrics.snapshot().items():
+        yield CounterMetricFamily(f"garagekv_consensus_{name}", f"Consensus: {name} (docs/consensus.md)", value=value)
+
+
 def worker_families(model: Model) -> Iterable[Metric]:
     """Anti-entropy sync and GC progress per table, and background worker errors."""
     sent = CounterMetricFamily(

@@ -24,4 +24,6 @@ def error_response(err: BaseException, region: str, path: str) -> web.Response:
     if not isinstance(err, GarageKVError):
         log.exception("internal error while handling %s", path, exc_info=err)
         err = InternalError(str(err) or type(err).__name__)
-    return web.Response(status=err.status, body=error_body(err, region, path), headers={"Content-Type": JSON_TYPE})
+    headers = {"Content-Type": JSON_TYPE}
+    headers.update(getattr(err, "headers", None) or {})
+    return web.Response(status=err.status, body=error_body(err, region, path), headers=headers)

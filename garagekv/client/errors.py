@@ -101,6 +101,13 @@ class EntityTooLarge(K2VError):
     default_status = 413
 
 
+class PreconditionFailed(K2VError):
+    """A conditional write's condition was false; nothing was written."""
+
+    default_code = "PreconditionFailed"
+    default_status = 412
+
+
 class ServerError(K2VError):
     default_code = "InternalError"
     default_status = 500
@@ -183,6 +190,7 @@ BY_CODE: dict[str, type[K2VError]] = {
         NoSuchBucket,
         NotAcceptable,
         EntityTooLarge,
+        PreconditionFailed,
         InternalError,
         ServiceUnavailable,
     )
@@ -193,6 +201,7 @@ BY_STATUS: dict[int, type[K2VError]] = {
     404: NotFound,
     406: NotAcceptable,
     409: Conflict,
+    412: PreconditionFailed,
     413: EntityTooLarge,
 }
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from garagekv.consensus import Acceptor, ConsensusGcWorker, ConsensusMetrics, LayoutPlacement, Proposer
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.bucket_table import BucketAliasSchema, BucketSchema
 from garagekv.model.helper import MetaHelper
+from garagekv.model.k2v.conditional import ConditionalK2V, K2VMachine
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import CounterSchema, ItemSchema
 from garagekv.model.k2v.store import K2VStore
@@ -58,6 +60,27 @@ class Model:
         max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES
         self.store = K2VStore(db, writer, node, self.items.data, self.subs, max_item)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
+        # Consensus for conditional operations (docs/consensus.md §10): one acceptor per node,
+        # one proposer, and the GC of acceptor state for partitions that left this node.
+        self.consensus_metrics = ConsensusMetrics()
+        machine = K2VMachine(self.items.data, db, node)
+        placement = LayoutPlacement(system.layout)
+        self.acceptor = Acceptor(db, writer, machine, self.consensus_metrics)
+        self.acceptor.register(system.registry)
+        self.proposer = Proposer(placement, system.netapp, machine, metrics=self.consensus_metrics, timeout=timeout)
+        self.consensus_gc = ConsensusGcWorker(db, writer, placement)
+        system.layout.listeners.append(lambda _history: self.consensus_gc.notify())
+        self.conditional = ConditionalK2V(
+            self.store,
+            self.proposer,
+            self.items.replication,
+            self.items.order,
+            system.netapp,
+            system.registry,
+            system.node_id,
+            timeout,
+        )
+        self.k2v.conditional = self.conditional
         self.helper = MetaHelper(
             self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty, allow_punycode=config.allow_punycode
         )
@@ -86,6 +109,7 @@ class Model:
 
     async def start(self) -> None:
         self.background.spawn(self.counter_queue)
+        self.background.spawn(self.consensus_gc)
         for gc in self.gcs:
             self.background.spawn(gc)
         for worker in [*self.merkle_updaters, *self.syncers]:

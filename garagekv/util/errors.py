@@ -84,6 +84,19 @@ class NotAcceptable(GarageKVError):
     prefix = "Not acceptable: "
 
 
+class PreconditionFailed(GarageKVError):
+    """A conditional write's condition was false: nothing was written. ``headers`` go into the
+    answer (the item's current causality token, so a client can retry without reading)."""
+
+    code = "PreconditionFailed"
+    status = 412
+    prefix = "Precondition failed: "
+
+    def __init__(self, message: str = "the condition does not hold", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = dict(headers or {})
+
+
 class EntityTooLarge(GarageKVError):
     code = "EntityTooLarge"
     status = 413

@@ -7,10 +7,19 @@ from aiohttp import web
 from garagekv.api.context import BINARY_TYPE, TOKEN_HEADER, RequestContext, json_response
 from garagekv.api.json_fields import values_json
 from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY, Condition
 from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.messages import InsertedItem
-from garagekv.util.errors import BadRequest, InvalidCausalityToken, InvalidHeaderValue, NoSuchKey, NotAcceptable
+from garagekv.util.errors import (
+    BadRequest,
+    InvalidCausalityToken,
+    InvalidHeaderValue,
+    NoSuchKey,
+    NotAcceptable,
+    PreconditionFailed,
+)
 
+CONSISTENCY_HEADER = "X-Garage-Consistency"
 DEFAULT_POLL_TIMEOUT = 300
 MAX_POLL_TIMEOUT = 600
 
@@ -77,33 +86,79 @@ def _check_keys(ctx: RequestContext) -> None:
     ctx.check_key_len("sort_key", ctx.endpoint.sort_key)
 
 
+def _linearizable(ctx: RequestContext) -> bool:
+    raw = _header(ctx, CONSISTENCY_HEADER)
+    if raw is None:
+        return False
+    if raw.strip() != "linearizable":
+        raise BadRequest(f"{CONSISTENCY_HEADER} must be 'linearizable'")
+    return True
+
+
+def _condition(ctx: RequestContext) -> Condition | None:
+    """The write's If-Match / If-None-Match condition (docs/k2v-api.md, conditional writes);
+    every malformed combination is a 400 before anything is read or written."""
+    im = _header(ctx, "If-Match")
+    inm = _header(ctx, "If-None-Match")
+    if im is None and inm is None:
+        return None
+    if im is not None and inm is not None:
+        raise BadRequest("If-Match and If-None-Match cannot be used together")
+    if _header(ctx, TOKEN_HEADER) is not None:
+        raise BadRequest(f"{TOKEN_HEADER} cannot be used with If-Match or If-None-Match")
+    if inm is not None:
+        if inm.strip() != "*":
+            raise BadRequest("If-None-Match only accepts '*'")
+        return Condition(IF_NONE_MATCH_ANY)
+    assert im is not None
+    im = im.strip()
+    if im == "*":
+        return Condition(IF_MATCH_ANY)
+    _visible_ascii(im, "If-Match")
+    try:
+        return Condition(IF_MATCH, CausalContext.parse_client(im))
+    except InvalidCausalityToken:
+        raise BadRequest("If-Match must be '*' or a causality token") from None
+
+
 async def read_item(ctx: RequestContext) -> web.StreamResponse:
     json_ok, bin_ok = _accept(ctx)
     _check_keys(ctx)
     ep = ctx.endpoint
-    item = await ctx.state.store.read_item(ctx.bucket_id, ep.partition_key, ep.sort_key)
+    if _linearizable(ctx):
+        item = await ctx.state.store.conditional.read(ctx.bucket_id, ep.partition_key, ep.sort_key)
+    else:
+        item = await ctx.state.store.read_item(ctx.bucket_id, ep.partition_key, ep.sort_key)
     if item is None or not item.values():
         raise NoSuchKey()
     return item_response(item, json_ok, bin_ok)
 
 
-async def _insert(ctx: RequestContext, value: bytes | None) -> web.StreamResponse:
+async def _insert(ctx: RequestContext, value: bytes | None, cond: Condition | None = None) -> web.StreamResponse:
     ep = ctx.endpoint
+    if cond is not None:
+        out = await ctx.state.store.conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value)
+        if not out.applied:
+            raise PreconditionFailed(headers={} if out.token is None else {TOKEN_HEADER: out.token})
+        assert out.token is not None
+        return web.Response(status=204, headers={TOKEN_HEADER: out.token})
     await ctx.state.store.insert(ctx.bucket_id, InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value))
     return web.Response(status=204)
 
 
 async def insert_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
+    cond = _condition(ctx)
     _header_token(ctx)  # a bad token is refused before the body is read
-    return await _insert(ctx, await ctx.body())
+    return await _insert(ctx, await ctx.body(), cond)
 
 
 async def delete_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
+    cond = _condition(ctx)
     _header_token(ctx)
     await ctx.body()  # verifies the payload hash of whatever was sent
-    return await _insert(ctx, None)
+    return await _insert(ctx, None, cond)
 
 
 async def poll_item(ctx: RequestContext) -> web.StreamResponse:

@@ -66,6 +66,8 @@ class K2VService:
         self.node_id = items.node_id
         self._ring_of: Any = None  # the layout history last checked by _has_ring, and its answer
         self._ring = False
+        #: Conditional writes and linearizable reads (set by the model once consensus is wired).
+        self.conditional: Any = None
         registry.register(ENDPOINT, self._handle)
 
     @property

@@ -1,0 +1,126 @@
+"""The K2V consensus adapter (model/k2v/conditional.py) on one standalone node and real LMDB."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY, Condition
+from garagekv.model.k2v.item import K2VItem, partition_hash
+from garagekv.model.k2v.messages import InsertedItem
+from garagekv.model.k2v.range import RangeQuery
+from garagekv.rpc.endpoint import EndpointRegistry
+from garagekv.util import codec
+from tests.support.standalone import NODE, StandaloneModel
+
+BUCKET = b"\x07" * 32
+
+
+class LoopbackTransport:
+    """A standalone node's calls to itself, through its registry and the wire encoding."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
+        reply = await self.registry.dispatch(node, path, codec.decode(codec.encode(body)))
+        return codec.decode(codec.encode(reply))
+
+
+@pytest.fixture
+def node(tmp_path):
+    o = StandaloneModel(tmp_path / "db")
+    registry = EndpointRegistry()
+    o.model.acceptor.register(registry)
+    o.model.proposer.transport = LoopbackTransport(registry)
+    yield o
+    o.close()
+
+
+def _item(sk: str, node: int, ts: int, value: bytes | None) -> K2VItem:
+    item = K2VItem.new(BUCKET, "p", sk)
+    item.update(node, None, value, ts - 1)
+    return item
+
+
+async def test_conditions_and_chained_tokens(node):
+    c = node.model.conditional
+    out = await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v1")
+    assert out.applied and out.token is not None
+    again = await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v2")
+    assert not again.applied and again.token == out.token
+    chained = await c.write(BUCKET, "p", "k", Condition(IF_MATCH, CausalContext.parse(out.token)), b"v2")
+    assert chained.applied
+    stale = await c.write(BUCKET, "p", "k", Condition(IF_MATCH, CausalContext.parse(out.token)), b"v3")
+    assert not stale.applied and stale.token == chained.token
+    missing = await c.write(BUCKET, "p", "none", Condition(IF_MATCH_ANY), b"x")
+    assert missing == type(missing)(False, None)
+    item = await c.read(BUCKET, "p", "k")
+    assert item is not None and item.values() == [b"v2"]
+    assert item.causal_context().serialize() == chained.token
+    assert await c.read(BUCKET, "p", "none") is None
+
+
+async def test_a_commit_reaches_counters_and_later_inserts_issue_above_it(node):
+    c = node.model.conditional
+    out = await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"abc")
+    ts = CausalContext.parse(out.token).get(NODE)
+    await node.model.counter_queue.flush()
+    page, filt = await node.model.k2v.read_index(BUCKET, RangeQuery())
+    ((pk, entry),) = page.entries
+    assert node.model.k2v.counter_values(entry, filt) == {"entries": 1, "conflicts": 0, "values": 1, "bytes": 3}
+    # A plain insert on another item gets a later time than the conditional write's dot.
+    await node.model.k2v.insert(BUCKET, InsertedItem("p", "other", None, b"x"))
+    other = await node.model.k2v.read_item(BUCKET, "p", "other")
+    assert other.causal_context().get(NODE) > ts
+
+
+def test_merge_is_a_join(node):
+    m = node.model.acceptor.machine
+    a = _item("k", 1, 10, b"a").encode()
+    b = _item("k", 2, 20, b"b").encode()
+    ab = m.merge(b"k", [a, b])
+    assert ab == m.merge(b"k", [b, a]) == m.merge(b"k", [a, None, b, a])
+    assert m.merge(b"k", [None, None]) is None
+    assert m.merge(b"k", [ab, a]) == ab
+    assert sorted(K2VItem.decode(ab).values()) == [b"a", b"b"]
+
+
+async def test_apply_in_is_idempotent_and_raises_the_local_clock(node):
+    m = node.model.acceptor.machine
+    far = 10**13  # a dot of this node's entry far beyond what it issued so far
+    update = codec.encode_lists([_item("k", NODE, far, b"v").encode()])
+    key = partition_hash(BUCKET, "p")
+    for _ in range(2):
+        node.writer.run_sync(lambda tx: m.apply_in(tx, key, update))
+    item = await node.model.k2v.read_item(BUCKET, "p", "k")
+    assert item.values() == [b"v"]
+    with node.db.read() as txn:
+        raw = txn.get(b"timestamp", db=node.model.store._local_ts)
+    assert raw is not None and struct.unpack(">Q", raw)[0] >= far
+    with pytest.raises(ValueError):
+        wrong = codec.encode_lists([K2VItem.new(BUCKET, "elsewhere", "k").encode()])
+        node.writer.run_sync(lambda tx: m.apply_in(tx, key, wrong))
+
+
+async def test_consensus_counters_are_exported(node):
+    from prometheus_client.core import Metric
+
+    from garagekv.admin.cluster_metrics import consensus_families
+
+    await node.model.conditional.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v")
+    families: dict[str, Metric] = {f.name: f for f in consensus_families(node.model)}
+    assert families["garagekv_consensus_rounds"].samples[0].value == 1
+    assert families["garagekv_consensus_commits"].samples[0].value == 1
+
+
+async def test_a_node_without_layout_refuses_forwarded_operations(node):
+    from garagekv.util.errors import ServiceUnavailable
+
+    msg = ["write", BUCKET, "p", "k", IF_NONE_MATCH_ANY, None, b"v"]
+    with pytest.raises(ServiceUnavailable):
+        await node.model.conditional._handle(b"\x01" * 32, msg)
+    assert await node.model.conditional.read(BUCKET, "p", "k") is None
