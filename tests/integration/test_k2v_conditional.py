@@ -134,7 +134,10 @@ def test_concurrent_conditional_writes_through_different_nodes(cluster3):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(statuses) == [204] + [412] * 15, statuses
+    # One value wins. Its writer is told 204, or 503 when its round lost to another proposer after
+    # proposing (the outcome is then unknown to it); nobody else is told 204.
+    assert set(statuses) <= {204, 412, 503} and statuses.count(204) <= 1, statuses
+    assert statuses.count(204) == 1 or 503 in statuses, statuses
     r = _read(clients[1], creds, "race", "once", {CONSISTENCY: "linearizable"})
     assert len(_values(r)) == 1
 
@@ -142,7 +145,7 @@ def test_concurrent_conditional_writes_through_different_nodes(cluster3):
     # nodes; the final value is exactly the number of successful writes.
     r = _put(clients[0], creds, "race", "counter", b"0", {"If-None-Match": "*"})
     assert r.status == 204
-    wins = [0]
+    wins, unknown = [0], [0]
 
     def incrementer(i: int) -> None:
         cl = clients[i % 3]
@@ -157,6 +160,10 @@ def test_concurrent_conditional_writes_through_different_nodes(cluster3):
                     with lock:
                         wins[0] += 1
                     break
+                if w.status == 503:  # may or may not have applied: counted apart, and tried again
+                    with lock:
+                        unknown[0] += 1
+                    continue
                 assert w.status == 412, w.body
 
     threads = [threading.Thread(target=incrementer, args=(i,)) for i in range(4)]
@@ -166,7 +173,10 @@ def test_concurrent_conditional_writes_through_different_nodes(cluster3):
         t.join()
     assert wins[0] == 20
     r = _read(clients[2], creds, "race", "counter", {CONSISTENCY: "linearizable"})
-    assert _values(r) == [base64.b64encode(b"20").decode()]
+    (val,) = _values(r)
+    # Every acknowledged increment is there, and nothing a client was told failed (412) applied:
+    # only the ones whose outcome was reported unknown (503) may have.
+    assert 20 <= int(base64.b64decode(val)) <= 20 + unknown[0], (val, unknown[0])
 
     # A recorded history of linearizable reads and token-based compare-and-sets through every
     # node, checked against a CAS register. Each written value is unique, so "the token of the

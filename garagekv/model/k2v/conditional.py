@@ -20,7 +20,7 @@ from garagekv.consensus import Decision, Proposer
 from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, partition_hash
+from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.store import _TS_KEY, K2VStore, check_context
 from garagekv.net.netapp import NetApp
@@ -85,15 +85,7 @@ class K2VMachine:
         return out
 
     def merge(self, read_key: bytes, states: Sequence[bytes | None]) -> bytes | None:
-        merged: K2VItem | None = None
-        for s in states:
-            if s is None:
-                continue
-            item = K2VItem.decode(s)
-            if merged is None:
-                merged = item
-            else:
-                merged.merge(item)
+        merged = merge_encoded(states)
         return None if merged is None else merged.encode()
 
     def apply_in(self, tx: WriteTxn, key: bytes, update: bytes) -> None:
@@ -207,8 +199,10 @@ class ConditionalK2V:
         rk = sk.encode()
         node = self.store.node
         max_bytes = self.store.max_item_bytes
+        proposed = False  # an earlier attempt of this operation proposed its write
 
         def decide(merged: Mapping[bytes, bytes | None]) -> Decision[WriteOutcome]:
+            nonlocal proposed
             raw = merged[rk]
             item = None if raw is None else K2VItem.decode(raw)
             if item is not None and _has_own_write(item, node, node_ts + 1):
@@ -216,6 +210,13 @@ class ConditionalK2V:
                 # proposer (this attempt lost its ballot after proposing): it applied.
                 return Decision(None, WriteOutcome(True, item.causal_context().serialize()))
             if not cond.holds(item):
+                if proposed:
+                    # The earlier proposal may have been accepted, completed by another
+                    # proposer and superseded since: a 412 could deny a write that applied.
+                    raise ServiceUnavailable(
+                        "the conditional write lost its round to a concurrent one after proposing: "
+                        "it may or may not have been applied (read the item to know)"
+                    )
                 return Decision(None, WriteOutcome(False, None if item is None else item.causal_context().serialize()))
             new = item.copy() if item is not None else K2VItem.new(bucket_id, pk, sk)
             ctx = None if item is None else item.causal_context()
@@ -228,6 +229,7 @@ class ConditionalK2V:
             new_raw = new.encode()
             check_size(len(new_raw), None if raw is None else len(raw), max_bytes)
             update = codec.encode_lists([new_raw])
+            proposed = True
             return Decision(update, WriteOutcome(True, new.causal_context().serialize()))
 
         key = partition_hash(bucket_id, pk)

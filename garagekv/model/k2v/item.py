@@ -10,6 +10,7 @@ uniquely and replicas can merge without coordination.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,3 +274,17 @@ class K2VItem:
                 values.append((ts, v))
             items[node] = DvvsEntry(t_discard, values)
         return cls(bucket_id, pk, sk, items)
+
+
+def merge_encoded(raws: Iterable[bytes | None]) -> K2VItem | None:
+    """The merge of replicas' encoded copies of one item (None: no replica had it)."""
+    merged: K2VItem | None = None
+    for raw in raws:
+        if raw is None:
+            continue
+        item = K2VItem.decode(raw)
+        if merged is None:
+            merged = item
+        else:
+            merged.merge(item)
+    return merged

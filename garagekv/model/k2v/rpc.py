@@ -16,7 +16,7 @@ from typing import Any
 
 from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
 from garagekv.model.k2v.causality import CausalContext
-from garagekv.model.k2v.item import K2VItem, partition_hash
+from garagekv.model.k2v.item import K2VItem, merge_encoded, partition_hash
 from garagekv.model.k2v.messages import (
     InsertedItem,
     InsertRequest,
@@ -215,16 +215,7 @@ class K2VService:
                 )
         except TimeoutError:
             return None
-        merged = None
-        for raw in answers:
-            if raw is None:
-                continue
-            item = K2VItem.decode(raw)
-            if merged is None:
-                merged = item
-            else:
-                merged.merge(item)
-        return merged
+        return merge_encoded(answers)
 
     async def poll_range(
         self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
