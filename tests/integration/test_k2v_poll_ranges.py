@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 
 import pytest
@@ -205,3 +207,62 @@ def test_bad_range_is_named_and_nothing_waits(k2v):
     r = poll(k2v, body)  # validated before the first range's poll starts: not a 304 after 20 s
     assert_error(r, 400, "InvalidRequest", message="ranges[1]")
     assert "partitionKey" in r.json()["message"]
+
+
+def test_looping_client_sees_every_last_value_and_never_goes_back(k2v):
+    """Writers update keys of four partitions while a client loops on poll_ranges, always sending
+    back the latest marker of each range: every key's last value reaches it, and no answer
+    carries an older value of a key than one it already carried."""
+    pks = [new_pk() for _ in range(4)]
+    keys = [(p, f"k{i}") for p in pks for i in range(3)]
+    rounds = 15
+    final: dict[tuple[str, str], int] = {}
+    latest: dict[tuple[str, str], int] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(mine: list[tuple[str, str]]) -> None:
+        try:
+            for r in range(1, rounds + 1):
+                for p, k in mine:
+                    put(k2v, p, k, str(r).encode(), token_of(k2v, p, k) if r > 1 else None)
+                    final[(p, k)] = r
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def poller() -> None:
+        try:
+            ranges: list[dict] = [{"partitionKey": p} for p in pks]
+            while not stop.is_set():
+                r = poll(k2v, {"timeout": 1, "ranges": ranges})
+                if r.status == 304:
+                    continue
+                assert r.status == 200, r.body
+                answered = r.json()["ranges"]
+                assert [a["partitionKey"] for a in answered] == pks
+                for a in answered:
+                    for item in a["items"]:
+                        value = max(int(base64.b64decode(v)) for v in item["v"] if v is not None)
+                        key = (a["partitionKey"], item["sk"])
+                        assert value >= latest.get(key, 0), f"{key} went back from {latest[key]} to {value}"
+                        latest[key] = value
+                ranges = with_markers(pks, answered)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    poll_thread = threading.Thread(target=poller, daemon=True)
+    poll_thread.start()
+    writers = [threading.Thread(target=writer, args=(keys[i::3],), daemon=True) for i in range(3)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(timeout=120)
+    assert not errors, errors
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(latest.get(k) != final[k] for k in keys):
+        time.sleep(0.2)
+    stop.set()
+    poll_thread.join(timeout=10)
+    assert not errors, errors
+    missed = {k: final[k] for k in keys if latest.get(k) != final[k]}
+    assert not missed, f"poll_ranges never reported these last values: {missed}"
