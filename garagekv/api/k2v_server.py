@@ -18,7 +18,7 @@ from garagekv.api.context import ApiState, RequestContext
 from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
 from garagekv.api.router import HANDLERS
-from garagekv.api.routing import OPTIONS, POLL_ITEM, POLL_RANGE, parse_endpoint
+from garagekv.api.routing import OPTIONS, POLL_ITEM, POLL_RANGE, POLL_RANGES, parse_endpoint
 from garagekv.api.signature import Headers, parse_request
 from garagekv.util.errors import AccessDenied, GarageKVError, ServiceUnavailable
 from garagekv.util.log import bind_request_id
@@ -26,7 +26,7 @@ from garagekv.util.signing import SigningKeyCache
 
 log = logging.getLogger(__name__)
 
-POLL_ENDPOINTS = (POLL_ITEM, POLL_RANGE)
+POLL_ENDPOINTS = (POLL_ITEM, POLL_RANGE, POLL_RANGES)
 
 
 class K2VApiServer:

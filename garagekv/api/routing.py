@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from garagekv.util.errors import BadRequest, InvalidUtf8String
 
-KEYWORDS = ("search", "delete", "poll_range")
+KEYWORDS = ("search", "delete", "poll_range", "poll_ranges")
 FIELDS = ("sort_key", "causality_token", "timeout", "prefix", "start", "end", "limit", "reverse")
 # At most 20 significant digits (u64): int() is never handed the thousands of digits Python refuses with a
 # ValueError, and fullmatch (not match with $) refuses a trailing newline.
@@ -29,9 +29,10 @@ INSERT_BATCH = "InsertBatch"
 READ_BATCH = "ReadBatch"
 DELETE_BATCH = "DeleteBatch"
 POLL_RANGE = "PollRange"
+POLL_RANGES = "PollRanges"
 OPTIONS = "Options"
 
-READ_ENDPOINTS = frozenset({READ_ITEM, POLL_ITEM, READ_INDEX, READ_BATCH, POLL_RANGE})
+READ_ENDPOINTS = frozenset({READ_ITEM, POLL_ITEM, READ_INDEX, READ_BATCH, POLL_RANGE, POLL_RANGES})
 
 
 @dataclass
@@ -154,11 +155,15 @@ def _route(method: str, has_pk: bool, kw: str | None, ep: Endpoint) -> str:
             return READ_BATCH
         if kw == "delete":
             return DELETE_BATCH
+        if kw == "poll_ranges":
+            return POLL_RANGES
         raise invalid()
     if method == "SEARCH":
         if has_pk and kw == "poll_range":
             return POLL_RANGE
         if not has_pk and kw is None:
             return READ_BATCH
+        if not has_pk and kw == "poll_ranges":
+            return POLL_RANGES
         raise invalid()
     raise BadRequest(f"Unknown method: {method}")

@@ -88,6 +88,16 @@ def test_poll_range_forms(k2v, pk, method, query):
     assert [i["sk"] for i in r.json()["items"]] == ["s"]
 
 
+@pytest.mark.parametrize("method", ["POST", "SEARCH"])
+@pytest.mark.parametrize("query", ["poll_ranges", "poll_ranges=", "poll_ranges=1"])
+@pytest.mark.parametrize("path", [f"/{BUCKET}", f"/{BUCKET}/"])
+def test_poll_ranges_forms(k2v, pk, method, query, path):
+    put(k2v, pk, "s", b"v")
+    r = k2v.json(method, path, {"ranges": [{"partitionKey": pk}]}, query=query)
+    assert r.status == 200, r.body
+    assert [i["sk"] for i in r.json()["ranges"][0]["items"]] == ["s"]
+
+
 @pytest.mark.parametrize("path", [f"/{BUCKET}", f"/{BUCKET}/"])
 def test_search_bucket_is_read_batch(k2v, pk, path):
     put(k2v, pk, "s", b"v")
@@ -119,6 +129,12 @@ INVALID = [
     ("SEARCH", "/test-bucket", "delete"),
     ("SEARCH", "/test-bucket/pk", ""),
     ("SEARCH", "/test-bucket/pk", "search"),
+    ("POST", "/test-bucket/pk", "poll_ranges"),
+    ("SEARCH", "/test-bucket/pk", "poll_ranges"),
+    ("GET", "/test-bucket", "poll_ranges"),
+    ("GET", "/test-bucket/pk", "sort_key=a&poll_ranges"),
+    ("PUT", "/test-bucket/pk", "sort_key=a&poll_ranges"),
+    ("DELETE", "/test-bucket/pk", "sort_key=a&poll_ranges"),
 ]
 
 
@@ -136,7 +152,17 @@ def test_invalid_put_writes_nothing(k2v, pk):
 
 
 @pytest.mark.parametrize("sign", [True, False], ids=["signed", "unsigned"])
-@pytest.mark.parametrize("query", ["search&delete", "search=&poll_range=", "delete&poll_range", "poll_range&search"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "search&delete",
+        "search=&poll_range=",
+        "delete&poll_range",
+        "poll_range&search",
+        "poll_range&poll_ranges",
+        "poll_ranges&search",
+    ],
+)
 def test_two_keywords_rejected(k2v, query, sign):
     for path in (f"/{BUCKET}", f"/{BUCKET}/pk"):
         r = k2v.request("POST", path, query, b"[]", sign=sign)
