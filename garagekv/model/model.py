@@ -63,7 +63,7 @@ class Model:
         # Consensus for conditional operations (docs/consensus.md §10): one acceptor per node,
         # one proposer, and the GC of acceptor state for partitions that left this node.
         self.consensus_metrics = ConsensusMetrics()
-        machine = K2VMachine(self.items.data, db, node)
+        machine = K2VMachine(self.items.data, self.store.clock, node)
         placement = LayoutPlacement(system.layout)
         self.acceptor = Acceptor(db, writer, machine, self.consensus_metrics)
         self.acceptor.register(system.registry)

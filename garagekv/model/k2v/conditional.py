@@ -11,18 +11,16 @@ conditional write is a storage node's and the round's view is a layout member's.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from garagekv.consensus import Decision, Proposer
-from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
 from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
-from garagekv.model.k2v.store import _TS_KEY, K2VStore, check_context
+from garagekv.model.k2v.store import K2VStore, LocalClock, check_context
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
@@ -30,7 +28,6 @@ from garagekv.rpc.readiness import has_ring
 from garagekv.table.data import TableData, check_size
 from garagekv.util import codec
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
-from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +62,13 @@ class WriteOutcome:
     token: str | None
 
 
-def _read_ts(raw: bytes | None) -> int:
-    return struct.unpack(">Q", raw)[0] if raw else 0
-
-
 class K2VMachine:
     """The consensus ``StateMachine`` for K2V items (read keys are UTF-8 sort keys)."""
 
-    def __init__(self, item_data: TableData[K2VItem], db: Database, node: int) -> None:
+    def __init__(self, item_data: TableData[K2VItem], clock: LocalClock, node: int) -> None:
         self.item_data = item_data
         self.node = node
-        self._local_ts = db.tree("k2v:local_ts")
+        self.clock = clock
 
     def read_in(self, tx: WriteTxn, key: bytes, read_keys: Sequence[bytes]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -102,9 +95,9 @@ class K2VMachine:
             own = item.items.get(self.node)
             if own is not None:
                 top = max(top, own.max_time())
-        if top and top > _read_ts(tx.get(self._local_ts, _TS_KEY)):
+        if top:
             # Dots of this node's entry applied here: later plain inserts must issue above them.
-            tx.put(self._local_ts, _TS_KEY, struct.pack(">Q", top))
+            self.clock.raise_in(tx, top)
 
 
 class ConditionalK2V:
@@ -185,14 +178,7 @@ class ConditionalK2V:
     async def _reserve_ts(self) -> int:
         """A timestamp above every one this node issued, persisted before the round (decide is
         pure, so it cannot raise the clock itself); the new dot gets exactly ``ts + 1``."""
-        store = self.store
-
-        def job(tx: WriteTxn) -> int:
-            ts = store._node_ts(tx.get(store._local_ts, _TS_KEY), now_ms())
-            tx.put(store._local_ts, _TS_KEY, struct.pack(">Q", ts + 1))
-            return ts
-
-        return await store.writer.submit(job)
+        return await self.store.writer.submit(self.store.clock.reserve_in)
 
     async def _write_here(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
         node_ts = await self._reserve_ts()

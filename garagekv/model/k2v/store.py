@@ -48,6 +48,61 @@ def check_context(ins: InsertedItem, before: int, after: int) -> None:
         )
 
 
+class LocalClock:
+    """This node's K2V timestamp, persisted in the writer's transactions.
+
+    Every dot this node creates is above every time it has issued; plain inserts, reserved
+    conditional writes and commits applied by consensus all move it through here.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.tree = db.tree("k2v:local_ts")
+
+    def stored_in(self, tx: WriteTxn) -> int:
+        raw = tx.get(self.tree, _TS_KEY)
+        return struct.unpack(">Q", raw)[0] if raw else 0
+
+    def base_in(self, tx: WriteTxn, now: int) -> int:
+        """The time to build on: the last one this node issued, or the wall clock if later.
+
+        A stored time beyond what any client clock may carry (written before clocks were
+        bounded) is ignored rather than built on, so it cannot leave the node without
+        timestamps; seen markers and tokens that carry it are refused anyway.
+        """
+        local_ts = self.stored_in(tx)
+        if local_ts > now + MAX_CLOCK_AHEAD_MS:
+            log.warning("ignoring a stored K2V timestamp %d beyond the clock bound (now %d)", local_ts, now)
+            return now
+        return max(local_ts, now)
+
+    def set_in(self, tx: WriteTxn, ts: int) -> None:
+        tx.put(self.tree, _TS_KEY, struct.pack(">Q", ts))
+
+    def raise_in(self, tx: WriteTxn, ts: int) -> None:
+        """Dots up to ``ts`` of this node exist now (applied by a commit): issue above them."""
+        if ts > self.stored_in(tx):
+            self.set_in(tx, ts)
+
+    def reserve_in(self, tx: WriteTxn) -> int:
+        """A time for one operation decided later (a conditional write): its dot is ``ts + 1``."""
+        ts = self.base_in(tx, now_ms())
+        self.set_in(tx, ts + 1)
+        return ts
+
+    def issued(self) -> int:
+        """The last timestamp this node issued (0 before its first write, or if out of bounds).
+
+        Every dot this node creates from now on is later than this, and every time this node has
+        issued is at most this: PollRange's seen markers rely on both (a later time in an item's
+        entry for this node came from a client, not from this node).
+        """
+        with self.db.read() as txn:
+            raw = txn.get(_TS_KEY, db=self.tree)
+        local_ts = struct.unpack(">Q", raw)[0] if raw else 0
+        return local_ts if local_ts <= now_ms() + MAX_CLOCK_AHEAD_MS else 0
+
+
 class K2VStore:
     def __init__(
         self,
@@ -66,26 +121,14 @@ class K2VStore:
         # An item bigger than one RPC message could not be replicated, read or synced: inserts
         # that would grow one past this are refused before anything is written.
         self.max_item_bytes = max_item_bytes
-        self._local_ts = db.tree("k2v:local_ts")
+        self.clock = LocalClock(db)
+        self._local_ts = self.clock.tree
 
     # ---- coordinated inserts -------------------------------------------------------------------
 
-    def _node_ts(self, raw: bytes | None, now: int) -> int:
-        """The time to build on: the last one this node issued, or the wall clock if later.
-
-        A stored time beyond what any client clock may carry (written before clocks were
-        bounded) is ignored rather than built on, so it cannot leave the node without
-        timestamps; seen markers and tokens that carry it are refused anyway.
-        """
-        local_ts = struct.unpack(">Q", raw)[0] if raw else 0
-        if local_ts > now + MAX_CLOCK_AHEAD_MS:
-            log.warning("ignoring a stored K2V timestamp %d beyond the clock bound (now %d)", local_ts, now)
-            return now
-        return max(local_ts, now)
-
     def _insert_in(self, tx: WriteTxn, bucket_id: bytes, ins: InsertedItem) -> K2VItem:
         now = now_ms()
-        node_ts = self._node_ts(tx.get(self._local_ts, _TS_KEY), now)
+        node_ts = self.clock.base_in(tx, now)
         result: dict[str, Any] = {}
 
         def update(old: K2VItem | None) -> K2VItem:
@@ -106,20 +149,11 @@ class K2VStore:
             self.item_data.update_in(tx, key, update, max_bytes=self.max_item_bytes)
         except EntityTooLarge as e:
             raise _too_large(ins, e)
-        tx.put(self._local_ts, _TS_KEY, struct.pack(">Q", result["ts"]))
+        self.clock.set_in(tx, result["ts"])
         return result["item"]
 
     def issued_clock(self) -> int:
-        """The last timestamp this node issued (0 before its first write, or if out of bounds).
-
-        Every dot this node creates from now on is later than this, and every time this node has
-        issued is at most this: PollRange's seen markers rely on both (a later time in an item's
-        entry for this node came from a client, not from this node).
-        """
-        with self.db.read() as txn:
-            raw = txn.get(_TS_KEY, db=self._local_ts)
-        local_ts = struct.unpack(">Q", raw)[0] if raw else 0
-        return local_ts if local_ts <= now_ms() + MAX_CLOCK_AHEAD_MS else 0
+        return self.clock.issued()
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate).
