@@ -26,12 +26,15 @@ def new() -> K2VItem:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[K2VItem]:
+def histories(draw: st.DrawFn, ttl: bool = False) -> list[K2VItem]:
     """Replica states reachable in a real cluster.
 
     Each node coordinates writes on its own replica only (so it holds all its own dots and issues
     increasing timestamps), clients write with tokens from earlier reads (or none), and replicas
     exchange state in any order. Returns snapshots taken along the way plus the final replicas.
+
+    ``ttl``: writes may carry an expiry, and a node's expiry worker may expire its replica's due
+    values in place and add its tombstone dot (what ``ExpiryWorker`` does).
     """
     nodes = draw(st.lists(NODE_IDS, min_size=1, max_size=4, unique=True))
     replicas = {n: new() for n in nodes}
@@ -39,12 +42,18 @@ def histories(draw: st.DrawFn) -> list[K2VItem]:
     tokens: list[CausalContext | None] = [None]
     snapshots: list[K2VItem] = []
     for _ in range(draw(st.integers(1, 25))):
-        op = draw(st.sampled_from(["write", "write", "write", "sync", "read"]))
+        op = draw(st.sampled_from(["write", "write", "write", "sync", "read"] + (["expire"] if ttl else [])))
         n = draw(st.sampled_from(nodes))
         if op == "write":
             now = draw(st.integers(0, 40))
             ctx = draw(st.sampled_from(tokens))
-            last_ts[n] = replicas[n].update(n, ctx, draw(VALUES), max(last_ts[n], now))
+            value = draw(VALUES)
+            exp = draw(st.one_of(st.none(), st.integers(0, 60))) if ttl and value is not None else None
+            last_ts[n] = replicas[n].update(n, ctx, value, max(last_ts[n], now), expires=exp)
+        elif op == "expire":
+            now = draw(st.integers(0, 60))
+            if replicas[n].expire(now):
+                last_ts[n] = replicas[n].update(n, None, None, max(last_ts[n], now))
         elif op == "sync":
             replicas[n].merge(replicas[draw(st.sampled_from(nodes))])
         else:  # a quorum read of two replicas hands out a token
