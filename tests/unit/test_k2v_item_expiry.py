@@ -70,9 +70,7 @@ def test_reading_at_a_time_commutes_with_merge(a: K2VItem, b: K2VItem, now: int)
 @given(histories(ttl=True), NOW)
 def test_expiry_never_resurrects(snaps: list[K2VItem], now: int) -> None:
     """Once a replica holds a dot as expired, no merge shows that dot's value again."""
-    expired = {
-        (n, ts) for s in snaps for n, e in s.items.items() for ts, v in e.values if v is None and ts in e.expiry
-    }
+    expired = {(n, ts) for s in snaps for n, e in s.items.items() for ts, v in e.values if v is None and ts in e.expiry}
     assert not expired & live_dots(merged(*snaps)).keys()
 
 

@@ -18,16 +18,17 @@ from typing import Any
 from garagekv.consensus import Decision, Proposer
 from garagekv.db.writer import WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
+from garagekv.model.k2v.item import MAX_TTL_SEC, ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.store import K2VStore, LocalClock, check_context
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
+from garagekv.rpc.messages import as_bytes, as_int, as_opt_bytes, malformed
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.data import TableData, check_size
 from garagekv.util import codec
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
+from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Condition:
         if self.kind == IF_MATCH:
             assert self.token is not None
             return item is not None and dict(item.causal_context().items()) == dict(self.token.items())
-        live = item is not None and not item.is_tombstone()
+        live = item is not None and not item.at(now_ms()).is_tombstone()  # an expired value is not live
         return live if self.kind == IF_MATCH_ANY else not live
 
 
@@ -125,15 +126,20 @@ class ConditionalK2V:
 
     # ---- entry points (any node) -----------------------------------------------------------------
 
-    async def write(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
+    async def write(
+        self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value, ttl: int | None = None
+    ) -> WriteOutcome:
+        """``ttl``: the new value expires that many seconds after the storage node decides it."""
         token = None if cond.token is None else cond.token.serialize()
         msg = ["write", bucket_id, pk, sk, cond.kind, token, value]
+        if ttl is not None:
+            msg.append(ttl)
         ok, tok = await self._forward(bucket_id, pk, msg)
         return WriteOutcome(bool(ok), tok)
 
     async def read(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
         raw = await self._forward(bucket_id, pk, ["read", bucket_id, pk, sk, None, None, None])
-        return None if raw is None else K2VItem.decode(raw)
+        return None if raw is None else K2VItem.decode(raw).at(now_ms())
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
         nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
@@ -157,7 +163,8 @@ class ConditionalK2V:
             # Another node sees this one as a storage node but it has no layout yet: alone, it
             # would be its own quorum and decide against nobody. The caller gets a 503.
             raise ServiceUnavailable("this node has no cluster layout yet: it cannot run a consensus round")
-        op, bucket_id, pk, sk, kind, token, value = _fields7(what, msg)
+        op, bucket_id, pk, sk, kind, token, value = _fields7(what, msg)[:7]
+        ttl = None if len(msg) == 7 else as_int(what, "ttl", msg[7], 1, MAX_TTL_SEC)
         bucket_id = as_bytes(what, "bucket", bucket_id, 32)
         if not isinstance(pk, str) or not isinstance(sk, str):
             raise malformed(what, "keys must be strings")
@@ -172,7 +179,10 @@ class ConditionalK2V:
             cond = Condition(kind, CausalContext.parse_client(token))
         else:
             cond = Condition(kind)
-        outcome = await self._write_here(bucket_id, pk, sk, cond, as_opt_bytes(what, "value", value))
+        value = as_opt_bytes(what, "value", value)
+        if ttl is not None and value is None:
+            raise malformed(what, "a deletion cannot have a TTL")
+        outcome = await self._write_here(bucket_id, pk, sk, cond, value, ttl)
         return [outcome.applied, outcome.token]
 
     async def _reserve_ts(self) -> int:
@@ -180,7 +190,9 @@ class ConditionalK2V:
         pure, so it cannot raise the clock itself); the new dot gets exactly ``ts + 1``."""
         return await self.store.writer.submit(self.store.clock.reserve_in)
 
-    async def _write_here(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
+    async def _write_here(
+        self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value, ttl: int | None = None
+    ) -> WriteOutcome:
         node_ts = await self._reserve_ts()
         rk = sk.encode()
         node = self.store.node
@@ -207,8 +219,9 @@ class ConditionalK2V:
             new = item.copy() if item is not None else K2VItem.new(bucket_id, pk, sk)
             ctx = None if item is None else item.causal_context()
             before = len(new.items)
+            expires = None if ttl is None else now_ms() + ttl * 1000
             try:
-                new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
+                new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS, expires)
             except ClockExhausted as e:  # only data stored before clocks were bounded
                 raise ServiceUnavailable(str(e)) from None
             check_context(InsertedItem(pk, sk, ctx, value), before, len(new.items))
@@ -244,6 +257,7 @@ def _has_own_write(item: K2VItem, node: int, ts: int) -> bool:
 
 
 def _fields7(what: str, msg: Any) -> list[Any]:
-    if not isinstance(msg, list) or len(msg) != 7:
-        raise malformed(what, "expected 7 fields")
+    """The 7 fields of a request, and an eighth for a write's TTL."""
+    if not isinstance(msg, list) or len(msg) not in (7, 8) or (len(msg) == 8 and msg[0] != "write"):
+        raise malformed(what, "expected 7 fields (8 for a write with a TTL)")
     return msg

@@ -32,6 +32,8 @@ from garagekv.util import codec
 ITEM_FORMAT_VERSION = 1
 ITEM_FORMAT_EXPIRY = 2
 _NO_EXPIRY = 1 << 64  # ranks a dot without expiry above every expiry (see _dot_rank)
+#: The longest TTL a write may ask for (one year), in seconds.
+MAX_TTL_SEC = 31_536_000
 
 Value = bytes | None  # None is a tombstone (DeleteItem / DeleteBatch)
 
@@ -327,7 +329,8 @@ class K2VItem:
         if any(e.expiry for e in self.items.values()):
             version = ITEM_FORMAT_EXPIRY
             entries = [
-                [n, e.t_discard, [[ts, v, e.expiry.get(ts)] for ts, v in e.values]] for n, e in sorted(self.items.items())
+                [n, e.t_discard, [[ts, v, e.expiry.get(ts)] for ts, v in e.values]]
+                for n, e in sorted(self.items.items())
             ]
         else:
             version = ITEM_FORMAT_VERSION

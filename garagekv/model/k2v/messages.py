@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from garagekv.model.k2v.causality import CausalContext, is_u64
-from garagekv.model.k2v.item import Value
+from garagekv.model.k2v.item import MAX_TTL_SEC, Value
 from garagekv.rpc.messages import as_bytes, as_int, fields, malformed, tag_of
 
 _WHAT = "K2V request"
@@ -52,28 +52,38 @@ def context_from_wire(w: Any, what: str = _WHAT) -> CausalContext:
 
 @dataclass
 class InsertedItem:
-    """One insert to coordinate: ``[pk, sk, context or None, value or None]`` (None: a delete)."""
+    """One insert to coordinate: ``[pk, sk, context or None, value or None]`` (None: a delete),
+    plus ``ttl`` (seconds) as a fifth element for a value that expires.
+
+    The coordinator turns ``ttl`` into the value's expiry from its own clock (write time + ttl).
+    """
 
     partition_key: str
     sort_key: str
     causal_context: CausalContext | None
     value: Value
+    ttl: int | None = None
 
     def to_wire(self) -> list[Any]:
         ct = None if self.causal_context is None else context_to_wire(self.causal_context)
-        return [self.partition_key, self.sort_key, ct, self.value]
+        w = [self.partition_key, self.sort_key, ct, self.value]
+        return w if self.ttl is None else [*w, self.ttl]
 
     @classmethod
     def from_wire(cls, w: Any) -> InsertedItem:
         what = "K2V insert"
-        if not isinstance(w, list | tuple) or len(w) != 4:
-            raise malformed(what, "an item must be [partition key, sort key, context, value]")
-        pk, sk, ct, value = w
+        if not isinstance(w, list | tuple) or len(w) not in (4, 5):
+            raise malformed(what, "an item must be [partition key, sort key, context, value(, ttl)]")
+        pk, sk, ct, value = w[:4]
+        ttl = None if len(w) == 4 else as_int(what, "ttl", w[4], 1, MAX_TTL_SEC)
+        if ttl is not None and value is None:
+            raise malformed(what, "a deletion cannot have a TTL")
         return cls(
             _as_str("partition key", pk, what),
             _as_str("sort key", sk, what),
             None if ct is None else context_from_wire(ct, what),
             None if value is None else as_bytes(what, "value", value),
+            ttl,
         )
 
 

@@ -4,6 +4,8 @@ Inserts go to one coordinator among the partition's storage nodes (self first, t
 fastest; the next one only if that call fails), which applies the DVVS update and replicates the
 merged item with a quorum write. Reads are quorum reads of the item and counter tables. Polls go
 to the storage nodes, which answer as soon as they see something newer than the client has.
+Every item handed back is as a reader sees it now: values past their expiry read as tombstones
+(``K2VItem.at``), whether or not the expiry worker has written their tombstone yet.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
@@ -37,6 +40,7 @@ from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
 from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
+from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +170,16 @@ class K2VService:
     # ---- reads ----------------------------------------------------------------------------------
 
     async def read_item(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        return await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
+        item = await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
+        return None if item is None else item.at(now_ms())
 
     async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
         ph = partition_hash(bucket_id, pk)
-        return await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
+        now = now_ms()
+        filt = replace(filt, now=now)  # the filter sees the values as they are returned
+        page = await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
+        page.entries = [(sk, item.at(now)) for sk, item in page.entries]
+        return page
 
     def counter_filter(self) -> CounterFilter:
         """Counters count from the storage nodes of every live layout version.
@@ -215,7 +224,8 @@ class K2VService:
                 )
         except TimeoutError:
             return None
-        return merge_encoded(answers)
+        item = merge_encoded(answers)
+        return None if item is None else item.at(now_ms())
 
     async def poll_range(
         self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
@@ -272,7 +282,8 @@ class K2VService:
         if marker is not None and not merged:
             return None
         new_marker.canonicalize()
-        return sorted(merged.values(), key=lambda i: i.sort_key.encode()), new_marker
+        now = now_ms()
+        return sorted((i.at(now) for i in merged.values()), key=lambda i: i.sort_key.encode()), new_marker
 
     # ---- storage node side ------------------------------------------------------------------------
 

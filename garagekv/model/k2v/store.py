@@ -134,7 +134,8 @@ class K2VStore:
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
             before = len(item.items)
-            ts = item.update(self.node, ins.causal_context, ins.value, node_ts, now + CLOCK_HORIZON_MS)
+            expires = None if ins.ttl is None else now + ins.ttl * 1000
+            ts = item.update(self.node, ins.causal_context, ins.value, node_ts, now + CLOCK_HORIZON_MS, expires)
             if ts > now + MAX_CLOCK_AHEAD_MS:
                 # Only data stored before clocks were bounded gets here: issuing this time would
                 # hand out a token no node accepts. Another storage node can take the write.
@@ -154,6 +155,36 @@ class K2VStore:
 
     def issued_clock(self) -> int:
         return self.clock.issued()
+
+    # ---- expiry ----------------------------------------------------------------------------------
+
+    def expire_in(self, tx: WriteTxn, tree_key: bytes, now: int) -> K2VItem | None:
+        """Make permanent the expiry of the item's values due at ``now``; returns the changed item
+        (to replicate), None if nothing was due.
+
+        The due dots become tombstones in place (``K2VItem.expire``: those dots alone), and this
+        node adds a tombstone dot of its own, as a DeleteItem would: the token moves on, so
+        PollItem and PollRange wake up, and the counters drop with the values. The tombstone dot
+        is left out only where it could not be issued (an item at its context bound, or an entry
+        beyond the clock bound): the values still read as deleted everywhere.
+        """
+        if tx.get(self.item_data.store, tree_key) is None:
+            return None
+
+        def fn(old: K2VItem | None) -> K2VItem:
+            assert old is not None
+            if not old.expire(now):
+                return old
+            node_ts = self.clock.base_in(tx, now)
+            own = old.items.get(self.node)
+            if own is None and len(old.items) >= MAX_CONTEXT_ENTRIES:
+                return old
+            if max(own.max_time() if own is not None else 0, node_ts) + 1 > now + MAX_CLOCK_AHEAD_MS:
+                return old
+            self.clock.set_in(tx, old.update(self.node, None, None, node_ts))
+            return old
+
+        return self.item_data.update_in(tx, tree_key, fn)
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate).
@@ -186,7 +217,8 @@ class K2VStore:
                 else:
                     item = self.item_data.schema.decode(raw)
             before = len(item.items)
-            node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            expires = None if ins.ttl is None else node_ts + ins.ttl * 1000
+            node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts, expires=expires)
             check_context(ins, before, len(item.items))
             merged[key] = (item, old_size)
             try:
