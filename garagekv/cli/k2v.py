@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import datetime
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -118,6 +119,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument("-f", "--file", help="read the value from FILE (- for stdin)")
     c.add_argument("--b64", help="the value in base64")
     _token_flag(c, "causality token of the read this write replaces (without: a concurrent value is added)")
+    c.add_argument("--ttl", type=int, metavar="SECONDS", help="the value expires SECONDS after the write")
     _output_flags(c)
     c.set_defaults(handler=cmd_insert)
 
@@ -183,7 +185,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         _output_flags(c)
         c.set_defaults(handler=cmd_poll_range, **({"follow": True} if follow else {}))
 
-    c = cmds.add_parser("insert-batch", help='write items given as JSON lines {"pk","sk","v"|"text","ct"?} on stdin')
+    c = cmds.add_parser(
+        "insert-batch", help='write items given as JSON lines {"pk","sk","v"|"text","ct"?,"ttl"?} on stdin'
+    )
     c.add_argument("-f", "--file", default="-", help="read the JSON lines from FILE (default stdin)")
     _output_flags(c)
     c.set_defaults(handler=cmd_insert_batch)
@@ -223,10 +227,17 @@ def _value_text(v: bytes | None) -> str:
     return "base64: " + base64.b64encode(v).decode()
 
 
+def _expiry_text(ms: int) -> str:
+    when = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    return f"{when.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} ({ms})"
+
+
 def _print_item(item: Item, with_key: bool = False) -> None:
     if with_key:
         print(f"sort key: {item.sort_key}")
     print(f"token: {item.token}")
+    if item.expires is not None:
+        print(f"expires: {_expiry_text(item.expires)}")
     for v in item.values:
         print(f"  {_value_text(v)}")
 
@@ -298,7 +309,7 @@ async def cmd_insert(client: K2VClient, args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             raise CliError("no value: give it as an argument, with --file, --b64, or on stdin", 2)
         value = sys.stdin.buffer.read()
-    await client.insert_item(args.partition_key, args.sort_key, value, args.token)
+    await client.insert_item(args.partition_key, args.sort_key, value, args.token, ttl=args.ttl)
     if _want_json(args):
         _print_json({"pk": args.partition_key, "sk": args.sort_key, "inserted": True, "bytes": len(value)})
     return 0
@@ -476,7 +487,10 @@ def _insert_op(n: int, obj: dict[str, Any]) -> InsertOp:
     ct = obj.get("ct")
     if ct is not None and not isinstance(ct, str):
         raise CliError(f"item {n}: `ct` must be a string")
-    return InsertOp(pk, sk, value, None if ct is None else CausalityToken(ct))
+    ttl = obj.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)):
+        raise CliError(f"item {n}: `ttl` must be an integer number of seconds")
+    return InsertOp(pk, sk, value, None if ct is None else CausalityToken(ct), ttl)
 
 
 async def cmd_insert_batch(client: K2VClient, args: argparse.Namespace) -> int:

@@ -148,9 +148,15 @@ class K2VClientSync:
         return self._run(self._client.read_item(partition_key, sort_key))
 
     def insert_item(
-        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        ttl: int | None = None,
     ) -> None:
-        return self._run(self._client.insert_item(partition_key, sort_key, value, token))
+        return self._run(self._client.insert_item(partition_key, sort_key, value, token, ttl=ttl))
 
     def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None:
         return self._run(self._client.delete_item(partition_key, sort_key, token))

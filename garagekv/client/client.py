@@ -64,6 +64,8 @@ CONNECTION_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "
 MAX_BATCH = 1000  # the server's default limit on items/queries per batch
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = "garagekv-client/0.1"
+TTL_HEADER = "X-Garage-TTL"  # an expiring write (docs/k2v-api.md, expiring values)
+EXPIRES_HEADER = "X-Garage-Expires"
 # Errors raised before anything was sent (connect timeouts are their own class since aiohttp 3.10).
 _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
@@ -347,7 +349,8 @@ class K2VClient:
                 values = decode_values(resp.json())
             except (ValueError, TypeError) as e:
                 raise errors.ProtocolError(f"unexpected item body: {e}", status=resp.status)
-        return Item(pk, sk, values, CausalityToken(token))
+        exp = resp.headers.get(EXPIRES_HEADER)
+        return Item(pk, sk, values, CausalityToken(token), int(exp) if exp and exp.isdigit() else None)
 
     async def read_item(self, partition_key: str, sort_key: str) -> Item:
         """The item's concurrent values and token; :class:`NoSuchKey` if it was never written.
@@ -365,18 +368,27 @@ class K2VClient:
         return self._item(partition_key, sort_key, resp)
 
     async def insert_item(
-        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        ttl: int | None = None,
     ) -> None:
         """Write ``value`` (``str`` is UTF-8 encoded).
 
         With the ``token`` of an earlier read, the values that read saw are replaced; without
-        one, the value is added next to the existing ones (concurrent values). Never retried
-        once sent (see the module docstring).
+        one, the value is added next to the existing ones (concurrent values). ``ttl``: the
+        value expires that many seconds after it is written (it then reads as deleted). Never
+        retried once sent (see the module docstring).
         """
         data = _value_bytes(value)
         if sort_key == "":
-            return await self.insert_batch([InsertOp(partition_key, sort_key, data, self._token(token))])
+            return await self.insert_batch([InsertOp(partition_key, sort_key, data, self._token(token), ttl)])
         headers = {} if token is None else {CAUSALITY_HEADER: str(token)}
+        if ttl is not None:
+            headers[TTL_HEADER] = str(ttl)
         await self.request("PUT", partition_key, [("sort_key", sort_key)], data, headers)
 
     async def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None:

@@ -96,6 +96,8 @@ class Item:
     sort_key: str
     values: list[Value]
     token: CausalityToken
+    expires: int | None = None
+    """When the earliest-expiring live value expires (unix ms; values written with a TTL), or None."""
 
     @property
     def is_conflict(self) -> bool:
@@ -119,27 +121,33 @@ class Item:
         return self.values[0]
 
     def to_json(self) -> dict[str, Any]:
-        """The K2V item format ``{"pk", "sk", "ct", "v": [base64 | null]}``."""
-        return {
+        """The K2V item format ``{"pk", "sk", "ct", "v": [base64 | null]}`` (and ``"exp"`` if set)."""
+        out: dict[str, Any] = {
             "pk": self.partition_key,
             "sk": self.sort_key,
             "ct": self.token.value,
             "v": [None if v is None else b64encode(v) for v in self.values],
         }
+        if self.expires is not None:
+            out["exp"] = self.expires
+        return out
 
     @classmethod
     def from_json(cls, pk: str, obj: dict[str, Any]) -> Item:
-        return cls(pk, obj["sk"], decode_values(obj["v"]), CausalityToken(obj["ct"]))
+        exp = obj.get("exp")
+        return cls(pk, obj["sk"], decode_values(obj["v"]), CausalityToken(obj["ct"]), None if exp is None else int(exp))
 
 
 @dataclass(frozen=True, slots=True)
 class InsertOp:
-    """One write of an InsertBatch; ``value=None`` writes a tombstone (a delete)."""
+    """One write of an InsertBatch; ``value=None`` writes a tombstone (a delete). ``ttl``: the
+    value expires that many seconds after it is written (1 to 31,536,000; not on a delete)."""
 
     partition_key: str
     sort_key: str
     value: bytes | None
     token: CausalityToken | None = None
+    ttl: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,6 +156,8 @@ class InsertOp:
             "ct": None if self.token is None else str(self.token),
             "v": None if self.value is None else b64encode(self.value),
         }
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
         return out
 
 

@@ -81,7 +81,10 @@ def test_ttl_on_delete_item_is_400(k2v):
 @pytest.mark.parametrize("ttl", [0, -1, 1.5, "60", True, 31_536_001, [5]])
 def test_bad_batch_ttl_is_400_and_writes_nothing(k2v, ttl):
     pk = new_pk("ttl-batch-bad")
-    items = [{"pk": pk, "sk": "good", "ct": None, "v": b64("x")}, {"pk": pk, "sk": "bad", "ct": None, "v": b64("y"), "ttl": ttl}]
+    items = [
+        {"pk": pk, "sk": "good", "ct": None, "v": b64("x")},
+        {"pk": pk, "sk": "bad", "ct": None, "v": b64("y"), "ttl": ttl},
+    ]
     r = k2v.json("POST", f"/{BUCKET}", items)
     assert_error(r, 400, "InvalidRequest")
     assert read(k2v, pk, "good").status == 404
