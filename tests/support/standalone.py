@@ -20,8 +20,8 @@ NODE = node_number(NODE_ID)
 
 
 class StandaloneModel:
-    def __init__(self, path: Path, **config: Any) -> None:
-        self.db = Database(path, map_size=64 << 20)
+    def __init__(self, path: Path, *, map_size: int = 64 << 20, fsync: bool = True, **config: Any) -> None:
+        self.db = Database(path, map_size=map_size, fsync=fsync)
         self.writer = GroupCommitWriter(self.db)
         layout = SimpleNamespace(
             node_id=NODE_ID,

@@ -221,6 +221,14 @@ class K2VItem:
                 continue
             t_discard = max(mine.t_discard, theirs.t_discard)
             mine_exp, their_exp = mine.expiry, theirs.expiry
+            if not mine_exp and not their_exp:  # the usual case, without the expiry bookkeeping
+                values: dict[int, Value] = {ts: v for ts, v in mine.values if ts > t_discard}
+                for ts, v in theirs.values:
+                    if ts > t_discard:
+                        values[ts] = _join_dot((values[ts], None), (v, None))[0] if ts in values else v
+                mine.t_discard = t_discard
+                mine.values = sorted(values.items(), key=lambda d: d[0])
+                continue
             dots: dict[int, Dot] = {ts: (v, mine_exp.get(ts)) for ts, v in mine.values if ts > t_discard}
             for ts, v in theirs.values:
                 if ts > t_discard:
@@ -229,7 +237,7 @@ class K2VItem:
             mine.t_discard = t_discard
             ordered = sorted(dots.items(), key=lambda d: d[0])
             mine.values = [(ts, d[0]) for ts, d in ordered]
-            mine.expiry = {ts: d[1] for ts, d in ordered if d[1] is not None} if mine_exp or their_exp else {}
+            mine.expiry = {ts: d[1] for ts, d in ordered if d[1] is not None}
 
     # --- expiry -----------------------------------------------------------------------------
 
