@@ -252,3 +252,22 @@ async def test_stale_entries_are_dropped_without_writing(opened):
 async def test_expiry_on_a_delete_is_refused():
     with pytest.raises(ValueError):
         K2VItem.new(BUCKET, PK, "a").update(NODE, CausalContext(), None, 0, expires=5)
+
+
+async def test_entries_left_to_another_node_do_not_hide_this_nodes_own(opened, monkeypatch):
+    """More due entries than a step takes wait for another node: this node's own due entry,
+    behind them in the index, is still expired in the same step."""
+    o = opened
+    other = b"\x01" * 32
+    mine = partition_hash(BUCKET, PK)
+    monkeypatch.setattr(
+        o.model.items.replication, "storage_nodes", lambda ph: [NODE_ID] if ph[0] == mine[0] else [other, NODE_ID]
+    )
+    pks = [f"d{i}" for i in range(3000) if partition_hash(BUCKET, f"d{i}")[0] != mine[0]][:2000]
+    await o.k2v.insert_many(BUCKET, [InsertedItem(pk, "x", None, b"v", 1) for pk in pks])
+    await asyncio.sleep(0.01)
+    await put(o, "a", b"mine", ttl=1)  # written later: its index entry comes after all of them
+    o.clock_ms += 2_000
+    await o.worker.work()
+    assert o.raw_item("a").values() == [None]
+    assert o.worker.expired == 1 and o.worker.deferred == 2000

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from garagekv.db.writer import WriteTxn
-from garagekv.model.k2v.expiry_index import ALWAYS, SCAN_LIMIT, ExpiryIndex
+from garagekv.model.k2v.expiry_index import ALWAYS, ExpiryIndex
 from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.store import K2VStore
 from garagekv.table.table import Table
@@ -93,29 +93,26 @@ class ExpiryWorker:
         # Until the next sleep, any new entry wakes the worker: this step may not have seen it.
         self.index.wake_before_ms = ALWAYS
         now = self.clock()
-        due, next_at = await asyncio.to_thread(self.index.due, now)
-        ready: list[tuple[bytes, bytes]] = []
-        retry: int | None = None
-        for key, exp, tree_key in due:
-            act_at = exp + self.rank(tree_key[:32]) * FALLBACK_STEP_MS
-            if act_at <= now:
-                ready.append((key, tree_key))
-            elif retry is None or act_at < retry:
-                retry = act_at
-        self.deferred = len(due) - len(ready)
-        wakes = [t for t in (next_at, retry) if t is not None]
-        self._next_ms = min(wakes) if wakes else None
-        if ready:
+        ranks: dict[int, int] = {}  # per ring partition (the tree key's first byte), for this step
+
+        def act_at(exp: int, tree_key: bytes) -> int:
+            rank = ranks.get(tree_key[0])
+            if rank is None:
+                rank = ranks[tree_key[0]] = self.rank(tree_key[:32])
+            return exp + rank * FALLBACK_STEP_MS
+
+        sel = await asyncio.to_thread(self.index.select, now, act_at)
+        self.deferred = sel.deferred
+        self._next_ms = sel.next_ms
+        if sel.ready:
             while len(self._inflight) >= MAX_INFLIGHT:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            changed = await self.store.writer.submit(lambda tx: self._expire_in(tx, ready, now))
+            changed = await self.store.writer.submit(lambda tx: self._expire_in(tx, sel.ready, now))
             self.expired += len(changed)
             if changed:
                 self.last_expired_at = time.time()
                 self._replicate(changed)
-        if ready and len(due) >= SCAN_LIMIT:
-            return WorkerState.BUSY
-        return WorkerState.IDLE
+        return WorkerState.BUSY if sel.more else WorkerState.IDLE
 
     def _expire_in(self, tx: WriteTxn, ready: list[tuple[bytes, bytes]], now: int) -> list[K2VItem]:
         out: list[K2VItem] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
@@ -18,8 +19,10 @@ from garagekv.model.k2v.item import K2VItem
 from garagekv.util.codec import blake2sum
 
 EXPIRY_TREE = "k2v:expiry"
-#: Index entries read per step of the worker.
+#: Entries the worker expires per step.
 SCAN_LIMIT = 1024
+#: Entries a walk passes over, due but left to another node, before it stops.
+MAX_DEFERRED = 65_536
 ALWAYS = 1 << 64
 _EMPTY: frozenset[int] = frozenset()
 _BE64 = struct.Struct(">Q")
@@ -63,16 +66,43 @@ class ExpiryIndex:
         with self.db.read() as txn:
             return int(txn.stat(self.tree)["entries"])
 
-    def due(self, now: int, limit: int = SCAN_LIMIT) -> tuple[list[tuple[bytes, int, bytes]], int | None]:
-        """Entries due at ``now`` (index key, expiry, tree key), at most ``limit``, and the
-        expiry of the first entry not due (None if there is none)."""
-        out: list[tuple[bytes, int, bytes]] = []
+    def select(self, now: int, act_at: Callable[[int, bytes], int], limit: int = SCAN_LIMIT) -> Selection:
+        """Walk the due entries in expiry order: those whose ``act_at(expiry, tree key)`` has
+        come are ready (at most ``limit``), the others are left for later.
+
+        At most ``MAX_DEFERRED`` entries are left per walk, so entries this node leaves to
+        another one never hide its own due ones from it for long.
+        """
+        sel = Selection()
         with self.db.read() as txn:
             for key, tree_key in txn.cursor(db=self.tree):
                 (exp,) = _BE64.unpack_from(key)
                 if exp > now:
-                    return out, exp
-                out.append((bytes(key), exp, bytes(tree_key)))
-                if len(out) >= limit:
+                    sel.wake_at(exp)
                     break
-        return out, None
+                at = act_at(exp, bytes(tree_key))
+                if at <= now:
+                    sel.ready.append((bytes(key), bytes(tree_key)))
+                    if len(sel.ready) >= limit:
+                        sel.more = True
+                        break
+                else:
+                    sel.deferred += 1
+                    sel.wake_at(at)
+                    if sel.deferred >= MAX_DEFERRED:
+                        break
+        return sel
+
+
+@dataclass
+class Selection:
+    """One walk of the index: the entries to expire now, and when to look again."""
+
+    ready: list[tuple[bytes, bytes]] = field(default_factory=list)  # (index key, tree key)
+    deferred: int = 0
+    more: bool = False  # ``limit`` ready entries were taken: more may be due
+    next_ms: int | None = None
+
+    def wake_at(self, ms: int) -> None:
+        if self.next_ms is None or ms < self.next_ms:
+            self.next_ms = ms
