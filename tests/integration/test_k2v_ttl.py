@@ -230,3 +230,11 @@ def test_conditional_insert_with_ttl_expires(k2v):
     r = k2v.request("PUT", ipath(pk), "sort_key=lock", b"next", headers={"If-None-Match": "*"})
     assert r.status == 204, (r.status, r.body)
     assert values_of(k2v, pk, "lock") == [b64("next")]
+
+
+def test_browsers_may_read_the_expiry_header(k2v):
+    pk = new_pk("ttl-cors")
+    put_ttl(k2v, pk, "a", "v", 60)
+    r = k2v.request("GET", ipath(pk), "sort_key=a", headers={"Origin": "https://app.example", "Accept": BINARY})
+    assert r.status == 200 and r.header(EXPIRES) is not None
+    assert EXPIRES.lower() in r.header("Access-Control-Expose-Headers").lower()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from garagekv.api.context import BINARY_TYPE, TOKEN_HEADER, RequestContext, json_response
+from garagekv.api.context import BINARY_TYPE, EXPIRES_HEADER, TOKEN_HEADER, RequestContext, json_response
 from garagekv.api.json_fields import ttl_seconds, values_json
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY, Condition
@@ -21,7 +21,6 @@ from garagekv.util.errors import (
 
 CONSISTENCY_HEADER = "X-Garage-Consistency"
 TTL_HEADER = "X-Garage-TTL"
-EXPIRES_HEADER = "X-Garage-Expires"
 DEFAULT_POLL_TIMEOUT = 300
 MAX_POLL_TIMEOUT = 600
 
