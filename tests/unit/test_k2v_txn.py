@@ -154,3 +154,29 @@ def test_wire_round_trip(cs, success, failure):
 def test_malformed_wire_transactions(raw):
     with pytest.raises(MalformedMessage):
         from_wire("t", raw)
+
+
+def test_dot_discarded_tells_superseded_from_never_applied():
+    from garagekv.model.k2v.txn import dot_discarded
+
+    mine = item("a", (9, b"mine"))  # dot (9, 101)
+    assert has_dot(mine, 9, 101) and not dot_discarded(mine, 9, 101)
+    # Superseded by a write whose context covered it: not held, but covered.
+    later = mine.copy()
+    later.update(4, mine.causal_context(), b"later", 500)
+    assert not has_dot(later, 9, 101) and dot_discarded(later, 9, 101)
+    # Another node's concurrent value only: neither held nor covered (never applied).
+    other = item("a", (4, b"other"))
+    assert not has_dot(other, 9, 101) and not dot_discarded(other, 9, 101)
+    assert not dot_discarded(None, 9, 101)
+
+
+def test_latest_md5_compare_uses_the_latest_live_value():
+    from garagekv.model.k2v.txn import LATEST_MD5, latest_value
+
+    it = item("a", (1, b"old"), (2, b"new"), (3, None))
+    assert latest_value(it) == b"new" and latest_value(None) is None
+    assert Compare("a", LATEST_MD5, md5=hashlib.md5(b"new").hexdigest()).holds(it)
+    assert not Compare("a", LATEST_MD5, md5=hashlib.md5(b"old").hexdigest()).holds(it)
+    # Unlike the public md5 target, which needs exactly one live value.
+    assert not Compare("a", MD5, md5=hashlib.md5(b"new").hexdigest()).holds(it)

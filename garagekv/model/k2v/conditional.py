@@ -10,8 +10,11 @@ conditional write is a storage node's and the round's view is a layout member's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,7 @@ from garagekv.model.k2v.txn import (
     Txn,
     TxnOp,
     TxnResult,
+    dot_discarded,
     evaluate,
     from_wire,
     has_dot,
@@ -127,6 +131,7 @@ class ConditionalK2V:
         registry: EndpointRegistry,
         node_id: bytes,
         timeout: float,
+        is_up: Callable[[bytes], bool] = lambda _node: True,
     ) -> None:
         self.store = store
         self.proposer = proposer
@@ -135,6 +140,10 @@ class ConditionalK2V:
         self.netapp = netapp
         self.node_id = node_id
         self.timeout = timeout
+        self.is_up = is_up
+        # Operations on one consensus key coordinated here run one at a time: rounds of this
+        # node would otherwise only take each other's ballots away (docs/consensus.md §10).
+        self._key_locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = weakref.WeakValueDictionary()
         registry.register(RPC_PATH, self._handle)
 
     # ---- entry points (any node) -----------------------------------------------------------------
@@ -156,18 +165,27 @@ class ConditionalK2V:
         return _result_from_wire(raw)
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
-        nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
-        if self.node_id in nodes or not nodes:
+        target = self.coordinator(self.replication.storage_nodes(partition_hash(bucket_id, pk)))
+        if target is None or target == self.node_id:
             return await self._handle(self.node_id, msg)
         # One storage node only: retrying elsewhere after a failure could run the operation
         # twice and answer the second run's view (a 412 for a write that applied).
-        target = self.order(nodes)[0]
         try:
             return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
         except GarageKVError:
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
+
+    def coordinator(self, nodes: Sequence[bytes]) -> bytes | None:
+        """The storage node that runs a partition's operations: the first one in the layout's
+        order that is up, the same for every node that agrees on the layout, so operations on
+        a hot partition key meet in one node's queue instead of taking each other's ballots
+        (any node may run them safely; this one choice only avoids the duels)."""
+        for node in nodes:
+            if self.is_up(node):
+                return node
+        return self.order(list(nodes))[0] if nodes else None
 
     # ---- on a storage node -----------------------------------------------------------------------
 
@@ -205,7 +223,8 @@ class ConditionalK2V:
             state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
             if proposed is not None:
                 branch = txn.branch(proposed)
-                if any(o.writes and has_dot(state[o.sort_key], node, node_ts + 1) for o in branch):
+                written = [state[o.sort_key] for o in branch if o.writes]
+                if any(has_dot(i, node, node_ts + 1) for i in written):
                     # An earlier attempt was chosen and completed by another proposer (this one
                     # lost its ballot after proposing): it applied. Its writes' tokens are read
                     # from the state now; its reads' results are gone with that attempt.
@@ -216,6 +235,11 @@ class ConditionalK2V:
                         )
                     done = [OpResult(o.op, o.sort_key, state[o.sort_key]) for o in branch]
                     return Decision(None, TxnResult(proposed, done))
+                if not any(dot_discarded(i, node, node_ts + 1) for i in written):
+                    # Neither held nor superseded anywhere: the earlier proposal was never
+                    # chosen (a chosen one is completed before any later round decides), and
+                    # this round's own accepted proposal fences it off for good.
+                    proposed = None
             sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
             ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
             if proposed is not None and ev.succeeded != proposed:
@@ -232,7 +256,22 @@ class ConditionalK2V:
             return Decision(update, TxnResult(ev.succeeded, ev.results))
 
         key = partition_hash(bucket_id, pk)
-        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = self._key_locks[key] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"the operation waited {self.timeout}s behind others on its partition key"
+            ) from None
+        try:
+            remaining = max(0.001, deadline - time.monotonic())
+            return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=remaining)
+        finally:
+            lock.release()
 
 
 def _result_from_wire(raw: Any) -> TxnResult:

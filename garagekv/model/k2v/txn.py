@@ -29,6 +29,10 @@ EXISTS = "exists"  # the item has a live value (``exists``) / has none (``not ex
 VALUE = "value"  # the item has exactly one live value, equal to ``value``
 MD5 = "md5"  # the same, by the value's MD5 (lower-case hex)
 TARGETS = (TOKEN, EXISTS, VALUE, MD5)
+#: Not in the HTTP API: the MD5 of the item's latest live value (``latest_value``), the one a
+#: Hulykvs client sees in an item with concurrent values (docs/hulykvs.md).
+LATEST_MD5 = "latest-md5"
+WIRE_TARGETS = (*TARGETS, LATEST_MD5)
 
 # Operations of a branch.
 PUT = "put"
@@ -54,6 +58,9 @@ class Compare:
         if self.target == TOKEN:
             assert self.token is not None
             return item is not None and dict(item.causal_context().items()) == dict(self.token.items())
+        if self.target == LATEST_MD5:
+            latest = latest_value(item)
+            return latest is not None and hashlib.md5(latest, usedforsecurity=False).hexdigest() == self.md5
         live = [] if item is None else [v for v in item.values() if v is not None]
         if self.target == EXISTS:
             return bool(live) == self.exists
@@ -62,6 +69,20 @@ class Compare:
         if self.target == VALUE:
             return live[0] == self.value
         return hashlib.md5(live[0], usedforsecurity=False).hexdigest() == self.md5
+
+
+def latest_value(item: K2VItem | None) -> bytes | None:
+    """The live value with the highest DVVS timestamp (ties: the highest node number); a
+    tombstone among the values does not hide a live one. ``None``: no live value."""
+    if item is None:
+        return None
+    best: tuple[int, int] | None = None
+    value = None
+    for node, entry in item.items.items():
+        for ts, v in entry.values:
+            if v is not None and (best is None or (ts, node) > best):
+                best, value = (ts, node), v
+    return value
 
 
 @dataclass(frozen=True)
@@ -183,16 +204,22 @@ def evaluate(
 
 def has_dot(item: K2VItem | None, node: int, ts: int) -> bool:
     """The dot ``(node, ts)`` is among ``item``'s values: a timestamp reserved for one operation
-    marks that operation's writes, which no other write of this node carries.
-
-    (A discard time past ``ts`` is not taken as proof: another coordinator may record a
-    client-supplied time for this node. So a write completed by another proposer *and*
-    superseded before this proposer's next attempt is judged on the newer state.)
-    """
+    marks that operation's writes, which no other write of this node carries."""
     if item is None:
         return False
     entry = item.items.get(node)
     return entry is not None and any(t == ts for t, _ in entry.values)
+
+
+def dot_discarded(item: K2VItem | None, node: int, ts: int) -> bool:
+    """``item``'s context covers the dot ``(node, ts)`` without holding it: the write with that
+    dot may have been applied and superseded since. (A client-supplied context may also claim a
+    time of this node it never issued, so this is "maybe", never proof.) When a dot is neither
+    held nor discarded, no write carrying it was ever applied."""
+    if item is None:
+        return False
+    entry = item.items.get(node)
+    return entry is not None and entry.t_discard >= ts
 
 
 # ---- the wire form, for forwarding a transaction to a storage node of its partition --------------
@@ -219,7 +246,7 @@ def from_wire(what: str, raw: Any) -> Txn:
         if not isinstance(c, list) or len(c) != 6:
             raise malformed(what, "a compare has 6 fields")
         sk, target, token, exists, value, md5 = c
-        if not isinstance(sk, str) or target not in TARGETS or not isinstance(exists, bool):
+        if not isinstance(sk, str) or target not in WIRE_TARGETS or not isinstance(exists, bool):
             raise malformed(what, "bad compare")
         if not isinstance(value, bytes) or not isinstance(md5, str):
             raise malformed(what, "bad compare operand")
