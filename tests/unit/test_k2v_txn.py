@@ -180,3 +180,73 @@ def test_latest_md5_compare_uses_the_latest_live_value():
     assert not Compare("a", LATEST_MD5, md5=hashlib.md5(b"old").hexdigest()).holds(it)
     # Unlike the public md5 target, which needs exactly one live value.
     assert not Compare("a", MD5, md5=hashlib.md5(b"new").hexdigest()).holds(it)
+
+
+# ---- several transactions in one round -----------------------------------------------------------
+
+
+def batch(txns, state, previous=None, node_ts=1000):
+    from garagekv.model.k2v.txn import decide_batch
+
+    return decide_batch(txns, state, {}, BUCKET, "p", 9, node_ts, 1 << 24, previous)
+
+
+def test_a_round_decides_its_transactions_in_order():
+    create = Txn((Compare("a", EXISTS, exists=False),), (TxnOp(PUT, "a", b"first"),), (TxnOp(READ, "a"),))
+    outcomes, written, attempt = batch([create, create, Txn(success=(TxnOp(READ, "a"),))], {"a": None})
+    assert [o.succeeded for o in outcomes] == [True, False, True]
+    # The second saw the first's write (its failure branch read it), as did the read.
+    assert outcomes[1].results[0].item.values() == [b"first"]
+    assert outcomes[2].results[0].item.values() == [b"first"]
+    assert [i.values() for i in written] == [[b"first"]]
+    assert attempt is not None and attempt.branches == (True, None, None) and attempt.dots == {"a": 1001}
+
+
+def test_writes_to_one_item_in_a_round_get_increasing_dots():
+    put = lambda v: Txn(success=(TxnOp(PUT, "a", v),))  # noqa: E731
+    outcomes, written, attempt = batch([put(b"1"), put(b"2")], {"a": None})
+    assert [i.values() for i in written] == [[b"2"]]
+    t1 = outcomes[0].results[0].item.causal_context().get(9)
+    t2 = outcomes[1].results[0].item.causal_context().get(9)
+    assert (t1, t2) == (1001, 1002) and attempt.dots == {"a": 1002}
+
+
+def test_an_attempt_applied_by_another_proposer_keeps_its_outcomes():
+    put = Txn(success=(TxnOp(READ, "a"), TxnOp(PUT, "a", b"mine")))
+    outcomes, written, attempt = batch([put], {"a": None})
+    # The next attempt finds the dot: the first attempt's outcome (and its read) stands.
+    again, written2, proposed = batch([put], {"a": written[0]}, previous=attempt)
+    assert again == outcomes and written2 == [] and proposed is None
+
+
+def test_an_attempt_never_applied_is_decided_afresh_and_an_ambiguous_one_is_503():
+    from garagekv.util.errors import ServiceUnavailable
+
+    create = Txn((Compare("a", EXISTS, exists=False),), (TxnOp(PUT, "a", b"mine"),))
+    _, _, attempt = batch([create], {"a": None})
+    theirs = item("a", (4, b"theirs"))
+    # Another value won, without seeing ours: ours never applied, the compare is now false.
+    (out,), _, _ = batch([create], {"a": theirs}, previous=attempt)
+    assert out.succeeded is False
+    # Another value superseded ours' dot (its context covers it): ours may have applied.
+    covering = item("a", (9, b"x"))
+    covering.update(4, CausalContext({9: 5000}), b"theirs", 10, 10**6)
+    (out,), _, _ = batch([create], {"a": covering}, previous=attempt)
+    assert isinstance(out, ServiceUnavailable)
+
+
+def test_an_operation_over_the_update_limit_waits_for_the_next_round():
+    from garagekv.model.k2v import txn as txn_module
+
+    big = Txn(success=(TxnOp(PUT, "a", b"x" * 1000),))
+    big2 = Txn(success=(TxnOp(PUT, "b", b"y" * 1000),))
+    old = txn_module.MAX_UPDATE_BYTES
+    txn_module.MAX_UPDATE_BYTES = 1500
+    try:
+        outcomes, written, _ = batch([big, big2], {"a": None, "b": None})
+        assert isinstance(outcomes[1], txn_module.Deferred) and len(written) == 1
+        # Alone and still too large: 413.
+        (alone,), _, _ = batch([Txn(success=(TxnOp(PUT, "a", b"x" * 2000),))], {"a": None})
+        assert isinstance(alone, EntityTooLarge)
+    finally:
+        txn_module.MAX_UPDATE_BYTES = old

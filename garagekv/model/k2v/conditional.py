@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,15 +29,16 @@ from garagekv.model.k2v.txn import (
     PUT,
     READ,
     TOKEN,
+    Attempt,
+    BatchOutcome,
     Compare,
+    Deferred,
     OpResult,
     Txn,
     TxnOp,
     TxnResult,
-    dot_discarded,
-    evaluate,
+    decide_batch,
     from_wire,
-    has_dot,
     to_wire,
 )
 from garagekv.net.netapp import NetApp
@@ -141,9 +141,10 @@ class ConditionalK2V:
         self.node_id = node_id
         self.timeout = timeout
         self.is_up = is_up
-        # Operations on one consensus key coordinated here run one at a time: rounds of this
-        # node would otherwise only take each other's ballots away (docs/consensus.md §10).
-        self._key_locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Operations on one consensus key coordinated here are decided by one round at a time,
+        # several per round: rounds of this node would otherwise only take each other's ballots
+        # away (docs/consensus.md §9).
+        self._queues: dict[bytes, _KeyQueue] = {}
         registry.register(RPC_PATH, self._handle)
 
     # ---- entry points (any node) -----------------------------------------------------------------
@@ -210,68 +211,116 @@ class ConditionalK2V:
         return await self.store.writer.submit(self.store.clock.reserve_in)
 
     async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
-        sort_keys = txn.read_keys()
-        writes = any(o.writes for o in (*txn.success, *txn.failure))
+        """Queue the operation on its key; the key's runner decides it in the next round."""
+        key = partition_hash(bucket_id, pk)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _KeyQueue(bucket_id, pk)
+        op = _Queued(txn, asyncio.get_running_loop().create_future())
+        queue.pending.append(op)
+        if queue.runner is None:
+            queue.runner = asyncio.create_task(self._run_queue(key, queue))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(op.result)
+        except TimeoutError:
+            op.abandoned = True  # a round that has not taken it yet leaves it out
+            raise ServiceUnavailable(
+                f"no consensus round decided the operation within {self.timeout}s: it may or may not have been applied"
+            ) from None
+
+    async def _run_queue(self, key: bytes, queue: _KeyQueue) -> None:
+        try:
+            while queue.pending:
+                batch = queue.take()
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self._round(key, queue, [op.txn for op in batch])
+                except Exception as e:  # noqa: BLE001 - the round failed: every operation in it answers so
+                    outcomes = [e] * len(batch)
+                for op, out in reversed(list(zip(batch, outcomes, strict=True))):
+                    if isinstance(out, Deferred):
+                        queue.pending.appendleft(op)  # first in the next round, in its order
+                    elif isinstance(out, BaseException):
+                        _settle(op.result, exc=out)
+                    else:
+                        _settle(op.result, value=out)
+        finally:
+            queue.runner = None
+            if not queue.pending and self._queues.get(key) is queue:
+                del self._queues[key]
+
+    async def _round(self, key: bytes, queue: _KeyQueue, txns: list[Txn]) -> list[BatchOutcome]:
+        """One consensus round deciding ``txns`` in order."""
+        sort_keys = list(dict.fromkeys(sk for t in txns for sk in t.read_keys()))
+        writes = any(o.writes for t in txns for o in (*t.success, *t.failure))
         node_ts = await self._reserve_ts() if writes else 0
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        proposed: bool | None = None  # the branch an earlier attempt of this operation proposed
+        attempt: Attempt | None = None  # what the last attempt proposed
 
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[TxnResult]:
-            nonlocal proposed
+        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[list[BatchOutcome]]:
+            nonlocal attempt
             raws = {sk: merged[sk.encode()] for sk in sort_keys}
             state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
-            if proposed is not None:
-                branch = txn.branch(proposed)
-                written = [state[o.sort_key] for o in branch if o.writes]
-                if any(has_dot(i, node, node_ts + 1) for i in written):
-                    # An earlier attempt was chosen and completed by another proposer (this one
-                    # lost its ballot after proposing): it applied. Its writes' tokens are read
-                    # from the state now; its reads' results are gone with that attempt.
-                    if any(not o.writes for o in branch):
-                        raise ServiceUnavailable(
-                            "the transaction was applied by a concurrent round, but its read results are "
-                            "unknown (read the items again)"
-                        )
-                    done = [OpResult(o.op, o.sort_key, state[o.sort_key]) for o in branch]
-                    return Decision(None, TxnResult(proposed, done))
-                if not any(dot_discarded(i, node, node_ts + 1) for i in written):
-                    # Neither held nor superseded anywhere: the earlier proposal was never
-                    # chosen (a chosen one is completed before any later round decides), and
-                    # this round's own accepted proposal fences it off for good.
-                    proposed = None
             sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
-            ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
-            if proposed is not None and ev.succeeded != proposed:
-                # The earlier proposal may have been accepted, completed by another proposer and
-                # superseded since: answering the other branch could deny a write that applied.
-                raise ServiceUnavailable(
-                    "the transaction lost its round to a concurrent one after proposing: it may or may "
-                    "not have been applied (read the items to know)"
-                )
-            if not ev.written:
-                return Decision(None, TxnResult(ev.succeeded, ev.results))
-            proposed = ev.succeeded
-            update = codec.encode_lists([i.encode() for i in ev.written])
-            return Decision(update, TxnResult(ev.succeeded, ev.results))
+            outcomes, written, proposed = decide_batch(
+                txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempt
+            )
+            if proposed is None:
+                return Decision(None, outcomes)
+            attempt = proposed
+            return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
 
-        key = partition_hash(bucket_id, pk)
-        deadline = time.monotonic() + self.timeout
-        lock = self._key_locks.get(key)
-        if lock is None:
-            lock = self._key_locks[key] = asyncio.Lock()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await lock.acquire()
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"the operation waited {self.timeout}s behind others on its partition key"
-            ) from None
-        try:
-            remaining = max(0.001, deadline - time.monotonic())
-            return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=remaining)
-        finally:
-            lock.release()
+        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
+
+
+@dataclass
+class _Queued:
+    txn: Txn
+    result: asyncio.Future[TxnResult]
+    abandoned: bool = False
+
+
+class _KeyQueue:
+    """The operations waiting for a round on one consensus key, and the task running them."""
+
+    #: At most this many operations, and sort keys, per round (a promise carries every item read).
+    MAX_OPS = 32
+    MAX_SORT_KEYS = 128
+
+    def __init__(self, bucket_id: bytes, pk: str) -> None:
+        self.bucket_id = bucket_id
+        self.pk = pk
+        self.pending: deque[_Queued] = deque()
+        self.runner: asyncio.Task[None] | None = None
+
+    def take(self) -> list[_Queued]:
+        """The next round's operations, in arrival order: the first always, then as many as fit."""
+        batch: list[_Queued] = []
+        keys: set[str] = set()
+        while self.pending and len(batch) < self.MAX_OPS:
+            op = self.pending[0]
+            if op.abandoned or op.result.done():
+                self.pending.popleft()
+                continue
+            more = set(op.txn.read_keys()) - keys
+            if batch and len(keys) + len(more) > self.MAX_SORT_KEYS:
+                break
+            keys |= more
+            batch.append(self.pending.popleft())
+        return batch
+
+
+def _settle(fut: asyncio.Future[TxnResult], *, value: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+        fut.exception()  # retrieved here: its caller may have given up waiting
+    else:
+        fut.set_result(value)
 
 
 def _result_from_wire(raw: Any) -> TxnResult:

@@ -21,7 +21,7 @@ from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.store import check_context
 from garagekv.rpc.messages import malformed
 from garagekv.table.data import check_size
-from garagekv.util.errors import BadRequest, ServiceUnavailable
+from garagekv.util.errors import BadRequest, EntityTooLarge, GarageKVError, ServiceUnavailable
 
 # Compare targets (E2's names).
 TOKEN = "token"  # the item's causal context is exactly ``token``
@@ -43,6 +43,9 @@ OPS = (PUT, DELETE, READ)
 MAX_COMPARES = 64
 MAX_OPS = 128
 MAX_TTL_SECONDS = 31_536_000
+#: The encoded items one consensus round may commit: Propose and Commit carry them in one RPC
+#: frame (16 MiB + 64 KiB), with room for the rest of the message.
+MAX_UPDATE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,97 @@ def dot_discarded(item: K2VItem | None, node: int, ts: int) -> bool:
         return False
     entry = item.items.get(node)
     return entry is not None and entry.t_discard >= ts
+
+
+# ---- several transactions in one round ------------------------------------------------------------
+
+
+class Deferred(Exception):
+    """The operation did not fit in this round's update: it runs in a later round."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What an attempt proposed: each operation's outcome, the branch whose writes it proposed
+    for each (``None``: none), and the dot of each written item's final version."""
+
+    outcomes: tuple[BatchOutcome, ...]
+    branches: tuple[bool | None, ...]
+    dots: Mapping[str, int]
+
+
+BatchOutcome = TxnResult | GarageKVError | Deferred
+
+
+def decide_batch(
+    txns: Sequence[Txn],
+    state: Mapping[str, K2VItem | None],
+    sizes: Mapping[str, int | None],
+    bucket_id: bytes,
+    partition_key: str,
+    node: int,
+    node_ts: int,
+    max_item_bytes: int,
+    previous: Attempt | None,
+) -> tuple[list[BatchOutcome], list[K2VItem], Attempt | None]:
+    """Decide the transactions of one round, in order, each seeing the writes of those before it.
+
+    Returns each one's outcome, the items to commit (final versions) and what this attempt
+    proposes (``None``: nothing to commit). ``previous`` is what an earlier attempt of the same
+    round proposed before losing its ballot. If one of its dots is held, it was chosen (and
+    completed by another proposer): its outcomes stand, as of the state it was decided on, which
+    is where it took effect. If none is held or covered, it was never applied and everything is
+    decided afresh. Otherwise it may have applied and been superseded: an operation whose branch
+    would change answers 503 (outcome unknown).
+    """
+    if previous is not None:
+        if any(has_dot(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
+            return list(previous.outcomes), [], None
+        if not any(dot_discarded(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
+            previous = None
+    work: dict[str, K2VItem | None] = dict(state)
+    written: dict[str, K2VItem] = {}
+    outcomes: list[BatchOutcome] = []
+    branches: list[bool | None] = []
+    update_bytes = 0
+    for i, txn in enumerate(txns):
+        branches.append(None)
+        try:
+            ev = evaluate(txn, work, bucket_id, partition_key, node, node_ts, max_item_bytes, sizes)
+        except GarageKVError as e:
+            outcomes.append(e)
+            continue
+        if previous is not None and previous.branches[i] is not None and previous.branches[i] != ev.succeeded:
+            outcomes.append(
+                ServiceUnavailable(
+                    "the transaction lost its round to a concurrent one after proposing: it may or may "
+                    "not have been applied (read the items to know)"
+                )
+            )
+            continue
+        if ev.written:
+            grown = {i.sort_key: len(i.encode()) for i in ev.written}
+            size = update_bytes + sum(grown.values()) - sum(len(written[k].encode()) for k in grown if k in written)
+            if size > MAX_UPDATE_BYTES:
+                outcomes.append(
+                    Deferred()
+                    if written
+                    else EntityTooLarge(
+                        f"the transaction writes {size} bytes of items, over the limit of one commit "
+                        f"({MAX_UPDATE_BYTES} bytes)"
+                    )
+                )
+                continue
+            update_bytes = size
+            for item in ev.written:
+                work[item.sort_key] = item
+                written[item.sort_key] = item
+            branches[i] = ev.succeeded
+        outcomes.append(TxnResult(ev.succeeded, ev.results))
+    if not written:
+        return outcomes, [], None
+    dots = {sk: item.items[node].values[-1][0] for sk, item in written.items()}
+    return outcomes, list(written.values()), Attempt(tuple(outcomes), tuple(branches), dots)
 
 
 # ---- the wire form, for forwarding a transaction to a storage node of its partition --------------
