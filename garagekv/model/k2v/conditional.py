@@ -17,15 +17,31 @@ from typing import Any
 
 from garagekv.consensus import Decision, Proposer
 from garagekv.db.writer import WriteTxn
-from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
-from garagekv.model.k2v.messages import InsertedItem
-from garagekv.model.k2v.store import K2VStore, LocalClock, check_context
+from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.item import K2VItem, Value, merge_encoded, partition_hash
+from garagekv.model.k2v.store import K2VStore, LocalClock
+from garagekv.model.k2v.txn import (
+    DELETE,
+    EXISTS,
+    OPS,
+    PUT,
+    READ,
+    TOKEN,
+    Compare,
+    OpResult,
+    Txn,
+    TxnOp,
+    TxnResult,
+    evaluate,
+    from_wire,
+    has_dot,
+    to_wire,
+)
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
 from garagekv.rpc.readiness import has_ring
-from garagekv.table.data import TableData, check_size
+from garagekv.table.data import TableData
 from garagekv.util import codec
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
 
@@ -45,12 +61,10 @@ class Condition:
     kind: str
     token: CausalContext | None = None
 
-    def holds(self, item: K2VItem | None) -> bool:
+    def as_compare(self, sort_key: str) -> Compare:
         if self.kind == IF_MATCH:
-            assert self.token is not None
-            return item is not None and dict(item.causal_context().items()) == dict(self.token.items())
-        live = item is not None and not item.is_tombstone()
-        return live if self.kind == IF_MATCH_ANY else not live
+            return Compare(sort_key, TOKEN, self.token)
+        return Compare(sort_key, EXISTS, exists=self.kind == IF_MATCH_ANY)
 
 
 @dataclass(frozen=True)
@@ -126,14 +140,20 @@ class ConditionalK2V:
     # ---- entry points (any node) -----------------------------------------------------------------
 
     async def write(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
-        token = None if cond.token is None else cond.token.serialize()
-        msg = ["write", bucket_id, pk, sk, cond.kind, token, value]
-        ok, tok = await self._forward(bucket_id, pk, msg)
-        return WriteOutcome(bool(ok), tok)
+        """A conditional InsertItem (``value``) or DeleteItem (``None``): a transaction of one
+        compare, the write on success and a read of the item (its current token) on failure."""
+        write = TxnOp(PUT, sk, value) if value is not None else TxnOp(DELETE, sk)
+        res = await self.txn(bucket_id, pk, Txn((cond.as_compare(sk),), (write,), (TxnOp(READ, sk),)))
+        item = res.results[0].item
+        return WriteOutcome(res.succeeded, None if item is None else item.causal_context().serialize())
 
     async def read(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        raw = await self._forward(bucket_id, pk, ["read", bucket_id, pk, sk, None, None, None])
-        return None if raw is None else K2VItem.decode(raw)
+        res = await self.txn(bucket_id, pk, Txn(success=(TxnOp(READ, sk),)))
+        return res.results[0].item
+
+    async def txn(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
+        raw = await self._forward(bucket_id, pk, ["txn", bucket_id, pk, to_wire(txn)])
+        return _result_from_wire(raw)
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
         nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
@@ -157,93 +177,72 @@ class ConditionalK2V:
             # Another node sees this one as a storage node but it has no layout yet: alone, it
             # would be its own quorum and decide against nobody. The caller gets a 503.
             raise ServiceUnavailable("this node has no cluster layout yet: it cannot run a consensus round")
-        op, bucket_id, pk, sk, kind, token, value = _fields7(what, msg)
+        if not isinstance(msg, list) or len(msg) != 4 or msg[0] != "txn":
+            raise malformed(what, 'expected ["txn", bucket, partition key, transaction]')
+        _, bucket_id, pk, raw_txn = msg
         bucket_id = as_bytes(what, "bucket", bucket_id, 32)
-        if not isinstance(pk, str) or not isinstance(sk, str):
-            raise malformed(what, "keys must be strings")
-        if op == "read":
-            item = await self._read_here(bucket_id, pk, sk)
-            return None if item is None else item.encode()
-        if op != "write" or kind not in CONDITIONS:
-            raise malformed(what, "unknown operation or condition")
-        if kind == IF_MATCH:
-            if not isinstance(token, str):
-                raise malformed(what, "If-Match needs a token")
-            cond = Condition(kind, CausalContext.parse_client(token))
-        else:
-            cond = Condition(kind)
-        outcome = await self._write_here(bucket_id, pk, sk, cond, as_opt_bytes(what, "value", value))
-        return [outcome.applied, outcome.token]
+        if not isinstance(pk, str):
+            raise malformed(what, "the partition key must be a string")
+        res = await self._txn_here(bucket_id, pk, from_wire(what, raw_txn))
+        return [res.succeeded, [[r.op, r.sort_key, None if r.item is None else r.item.encode()] for r in res.results]]
 
     async def _reserve_ts(self) -> int:
         """A timestamp above every one this node issued, persisted before the round (decide is
-        pure, so it cannot raise the clock itself); the new dot gets exactly ``ts + 1``."""
+        pure, so it cannot raise the clock itself); the new dots get exactly ``ts + 1``."""
         return await self.store.writer.submit(self.store.clock.reserve_in)
 
-    async def _write_here(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
-        node_ts = await self._reserve_ts()
-        rk = sk.encode()
+    async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
+        sort_keys = txn.read_keys()
+        writes = any(o.writes for o in (*txn.success, *txn.failure))
+        node_ts = await self._reserve_ts() if writes else 0
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        proposed = False  # an earlier attempt of this operation proposed its write
+        proposed: bool | None = None  # the branch an earlier attempt of this operation proposed
 
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[WriteOutcome]:
+        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[TxnResult]:
             nonlocal proposed
-            raw = merged[rk]
-            item = None if raw is None else K2VItem.decode(raw)
-            if item is not None and _has_own_write(item, node, node_ts + 1):
-                # An earlier attempt of this operation was chosen and completed by another
-                # proposer (this attempt lost its ballot after proposing): it applied.
-                return Decision(None, WriteOutcome(True, item.causal_context().serialize()))
-            if not cond.holds(item):
-                if proposed:
-                    # The earlier proposal may have been accepted, completed by another
-                    # proposer and superseded since: a 412 could deny a write that applied.
-                    raise ServiceUnavailable(
-                        "the conditional write lost its round to a concurrent one after proposing: "
-                        "it may or may not have been applied (read the item to know)"
-                    )
-                return Decision(None, WriteOutcome(False, None if item is None else item.causal_context().serialize()))
-            new = item.copy() if item is not None else K2VItem.new(bucket_id, pk, sk)
-            ctx = None if item is None else item.causal_context()
-            before = len(new.items)
-            try:
-                new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
-            except ClockExhausted as e:  # only data stored before clocks were bounded
-                raise ServiceUnavailable(str(e)) from None
-            check_context(InsertedItem(pk, sk, ctx, value), before, len(new.items))
-            new_raw = new.encode()
-            check_size(len(new_raw), None if raw is None else len(raw), max_bytes)
-            update = codec.encode_lists([new_raw])
-            proposed = True
-            return Decision(update, WriteOutcome(True, new.causal_context().serialize()))
+            raws = {sk: merged[sk.encode()] for sk in sort_keys}
+            state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
+            if proposed is not None:
+                branch = txn.branch(proposed)
+                if any(o.writes and has_dot(state[o.sort_key], node, node_ts + 1) for o in branch):
+                    # An earlier attempt was chosen and completed by another proposer (this one
+                    # lost its ballot after proposing): it applied. Its writes' tokens are read
+                    # from the state now; its reads' results are gone with that attempt.
+                    if any(not o.writes for o in branch):
+                        raise ServiceUnavailable(
+                            "the transaction was applied by a concurrent round, but its read results are "
+                            "unknown (read the items again)"
+                        )
+                    done = [OpResult(o.op, o.sort_key, state[o.sort_key]) for o in branch]
+                    return Decision(None, TxnResult(proposed, done))
+            sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
+            ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
+            if proposed is not None and ev.succeeded != proposed:
+                # The earlier proposal may have been accepted, completed by another proposer and
+                # superseded since: answering the other branch could deny a write that applied.
+                raise ServiceUnavailable(
+                    "the transaction lost its round to a concurrent one after proposing: it may or may "
+                    "not have been applied (read the items to know)"
+                )
+            if not ev.written:
+                return Decision(None, TxnResult(ev.succeeded, ev.results))
+            proposed = ev.succeeded
+            update = codec.encode_lists([i.encode() for i in ev.written])
+            return Decision(update, TxnResult(ev.succeeded, ev.results))
 
         key = partition_hash(bucket_id, pk)
-        return await self.proposer.run(key, [rk], decide, timeout=self.timeout)
-
-    async def _read_here(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        rk = sk.encode()
-
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[bytes | None]:
-            return Decision(None, merged[rk])
-
-        raw = await self.proposer.run(partition_hash(bucket_id, pk), [rk], decide, timeout=self.timeout)
-        return None if raw is None else K2VItem.decode(raw)
+        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
 
 
-def _has_own_write(item: K2VItem, node: int, ts: int) -> bool:
-    """The dot ``(node, ts)`` this operation creates is in ``item``: the timestamp was reserved
-    for this one operation, so no other write of this node carries it.
-
-    (A discard time past ``ts`` is not taken as proof: another coordinator may record a
-    client-supplied time for this node. So a write completed by another proposer *and*
-    superseded before this proposer's next attempt is judged on the newer state.)
-    """
-    entry = item.items.get(node)
-    return entry is not None and any(t == ts for t, _ in entry.values)
-
-
-def _fields7(what: str, msg: Any) -> list[Any]:
-    if not isinstance(msg, list) or len(msg) != 7:
-        raise malformed(what, "expected 7 fields")
-    return msg
+def _result_from_wire(raw: Any) -> TxnResult:
+    what = "transaction result"
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], bool) or not isinstance(raw[1], list):
+        raise malformed(what, "expected [succeeded, results]")
+    out = []
+    for r in raw[1]:
+        if not isinstance(r, list) or len(r) != 3 or r[0] not in OPS or not isinstance(r[1], str):
+            raise malformed(what, "a result is [op, sort key, item]")
+        item = as_opt_bytes(what, "item", r[2])
+        out.append(OpResult(r[0], r[1], None if item is None else K2VItem.decode(item)))
+    return TxnResult(raw[0], out)
