@@ -4,6 +4,7 @@ PollRanges (and the watch loop over it) and partition transactions (docs/client.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -21,6 +22,7 @@ from garagekv.client import (
     Put,
     RangeSpec,
     Read,
+    ServiceUnavailable,
     TxnResult,
 )
 from tests.integration.test_client_api import kwargs
@@ -222,7 +224,7 @@ async def test_txn_compare_and_branches(client, pk):
             Compare.value("a", "A"),
             Compare.md5("a", "7FC56270E7A70FA81A5935B72EACBE29"),  # MD5("A"), any case
         ],
-        success=[Put("a", b"A2"), Put("b", "B", ttl=3600), Read("a"), Read("never")],
+        success=[Put("a", b"A2"), Put("b", "B"), Read("a"), Read("never")],
         failure=[Read("a")],
     )
     assert isinstance(res, TxnResult) and res.succeeded
@@ -245,19 +247,29 @@ async def test_txn_compare_and_branches(client, pk):
     assert (await client.read_item(pk, "b")).values == [None]
 
 
-async def test_txn_compare_and_set_counter(client, pk):
-    """The compare-and-set loop a counter needs: concurrent increments never overcount."""
+async def test_txn_compare_and_set_loop(client, pk):
+    """Concurrent compare-and-set loops, each appending its id to a list: none lost, none twice.
 
-    async def increment() -> None:
+    A 503 leaves the outcome unknown; the next linearizable read (a read-only transaction)
+    settles it, which is why the loop looks for its own id before trying again.
+    """
+
+    async def append(me: str) -> None:
         while True:
-            cur = (await client.txn(pk, success=[Read("n")])).results[0]
-            value = int(cur.values[0]) if cur.values else 0
-            cond = Compare.exists("n", False) if cur.token is None else Compare.token("n", cur.token)
-            if (await client.txn(pk, [cond], [Put("n", str(value + 1))])).succeeded:
-                return
+            cur = (await client.txn(pk, success=[Read("ids")])).results[0]
+            ids = json.loads(cur.values[0]) if cur.values else []
+            if me in ids:
+                return  # an attempt that answered 503 had applied
+            cond = Compare.exists("ids", False) if cur.token is None else Compare.token("ids", cur.token)
+            try:
+                if (await client.txn(pk, [cond], [Put("ids", json.dumps([*ids, me]))])).succeeded:
+                    return
+            except ServiceUnavailable:
+                pass
 
-    await asyncio.gather(*(increment() for _ in range(5)))
-    assert (await client.read_item(pk, "n", linearizable=True)).values == [b"5"]
+    await asyncio.gather(*(append(f"w{i}") for i in range(5)))
+    final = json.loads((await client.read_item(pk, "ids", linearizable=True)).value or b"")
+    assert sorted(final) == [f"w{i}" for i in range(5)]
 
 
 async def test_txn_limits_are_checked_before_sending(client, pk):
