@@ -527,8 +527,9 @@ class Compare:
         if target == "exists":
             return cls.exists(sk, _need(obj, "exists", bool, where))
         if target == "value":
+            raw = _need(obj, "value", str, where)
             try:
-                return cls(sk, "value", b64decode(_need(obj, "value", str, where)))
+                return cls(sk, "value", b64decode(raw))
             except (binascii.Error, ValueError):
                 raise ValueError(f"{where}: `value` is not base64") from None
         if target == "md5":
@@ -591,8 +592,9 @@ def txn_op_from_json(obj: Any, where: str = "op") -> TxnOp:
     sk = _need(obj, "sk", str, where)
     op = _need(obj, "op", str, where)
     if op == "put":
+        raw = _need(obj, "v", str, where)
         try:
-            value = b64decode(_need(obj, "v", str, where))
+            value = b64decode(raw)
         except (binascii.Error, ValueError):
             raise ValueError(f"{where}: `v` is not base64") from None
         ttl = obj.get("ttl")
