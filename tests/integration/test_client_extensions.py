@@ -182,12 +182,12 @@ async def test_watch_yields_per_range_changes_and_resumes_from_saved_markers(cli
     async for ch in watch:
         saved[ch.index] = ch.seen_marker
         seen.extend((ch.index, i.sort_key, i.values[0]) for i in ch.items)
-        if (0, "c", b"3") in seen:
+        if {(1, "b", b"2"), (0, "c", b"3")} <= set(seen):
             break
     await watch.aclose()
     await task
-    # the initial scans (p2's is empty: it still has news, its first marker), then each change
-    assert seen == [(0, "a", b"1"), (1, "b", b"2"), (0, "c", b"3")]
+    # the initial scans (p2's is empty: it still has news, its first marker), then each change, once
+    assert sorted(seen) == [(0, "a", b"1"), (0, "c", b"3"), (1, "b", b"2")]
     assert saved.keys() == {0, 1} and all(saved.values())
 
     # written while nobody watches: a watch resumed from the saved markers sees exactly that
