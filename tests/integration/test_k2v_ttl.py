@@ -238,3 +238,29 @@ def test_browsers_may_read_the_expiry_header(k2v):
     r = k2v.request("GET", ipath(pk), "sort_key=a", headers={"Origin": "https://app.example", "Accept": BINARY})
     assert r.status == 200 and r.header(EXPIRES) is not None
     assert EXPIRES.lower() in r.header("Access-Control-Expose-Headers").lower()
+
+
+def txn(k2v, pk: str, body: dict) -> dict:
+    r = k2v.request("POST", ipath(pk), "txn", json.dumps(body).encode())
+    assert r.status == 200, (r.status, r.body)
+    return r.json()
+
+
+def test_transaction_put_ttl_and_compares_after_expiry(k2v):
+    pk = new_pk("ttl-txn")
+    res = txn(k2v, pk, {"success": [{"op": "put", "sk": "lease", "v": b64("me"), "ttl": 1}]})
+    assert res["succeeded"]
+    assert read(k2v, pk, "lease", accept=BINARY).header(EXPIRES) is not None
+    held = {
+        "compare": [{"sk": "lease", "target": "exists", "exists": False}],
+        "failure": [{"op": "read", "sk": "lease"}],
+    }
+    res = txn(k2v, pk, held)
+    assert not res["succeeded"] and res["results"][0]["v"] == [b64("me")]
+    wait_for(lambda: expired(k2v, pk, "lease"), timeout=30)
+    # Expired: the lease is free for the next owner.
+    put_you = {"op": "put", "sk": "lease", "v": b64("you"), "ttl": 3600}
+    take = {**held, "success": [put_you, {"op": "read", "sk": "lease"}]}
+    res = txn(k2v, pk, take)
+    assert res["succeeded"] and res["results"][1]["v"] == [b64("you")]
+    assert int(read(k2v, pk, "lease", accept=BINARY).header(EXPIRES)) > 0

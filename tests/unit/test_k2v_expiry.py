@@ -16,6 +16,7 @@ from garagekv.model.k2v.item import K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
+from garagekv.model.k2v.txn import EXISTS, PUT, READ, VALUE, Compare, Txn, TxnOp, evaluate
 from garagekv.util.codec import blake2sum
 from garagekv.util.time import now_ms
 from tests.support.standalone import NODE, NODE_ID, StandaloneModel
@@ -271,3 +272,31 @@ async def test_entries_left_to_another_node_do_not_hide_this_nodes_own(opened, m
     await o.worker.work()
     assert o.raw_item("a").values() == [None]
     assert o.worker.expired == 1 and o.worker.deferred == 2000
+
+
+# ---- transactions (the consensus path of conditional writes, reads and txn) -------------------------
+
+
+def test_transactions_see_expired_values_as_tombstones_and_apply_a_puts_ttl():
+    it = K2VItem.new(BUCKET, PK, "a")
+    it.update(1, None, b"ttl", 100, expires=5_000)
+    it.update(2, None, b"kept", 100)
+    only = K2VItem.new(BUCKET, PK, "b")
+    only.update(1, None, b"ttl", 100, expires=5_000)
+    state = {"a": it, "b": only}
+
+    def run(txn: Txn, now: int):
+        return evaluate(txn, state, BUCKET, PK, 9, 10_000, 1 << 20, {}, now)
+
+    before = run(Txn((Compare("b", EXISTS, exists=True),), (TxnOp(READ, "a"),)), 4_999)
+    assert before.succeeded and before.results[0].item.values() == [b"ttl", b"kept"]
+    compares = (Compare("b", EXISTS, exists=False), Compare("a", VALUE, value=b"kept"))
+    after = run(Txn(compares, (TxnOp(READ, "a"),)), 5_000)
+    assert after.succeeded and after.results[0].item.values() == [None, b"kept"]
+
+    put = run(Txn(success=(TxnOp(PUT, "b", b"new", 60), TxnOp(READ, "b"))), 7_000)
+    (written,) = put.written
+    assert written.values() == [b"new"] and written.expires() == 7_000 + 60_000
+    assert put.results[1].item.expires() == 67_000
+    plain = run(Txn(success=(TxnOp(PUT, "b", b"new"),)), 7_000)
+    assert plain.written[0].expires() is None
