@@ -226,7 +226,9 @@ def _local_families(s: LocalSnapshot) -> Iterable[Metric]:
         "garagekv_api_k2v_requests_in_flight", "K2V API requests being served", value=s.k2v_in_flight
     )
     yield GaugeMetricFamily(
-        "garagekv_k2v_poll_subscriptions", "PollItem/PollRange waiters on this node", value=s.poll_subscriptions
+        "garagekv_k2v_poll_subscriptions",
+        "Open PollItem/PollRange/PollRanges waits on this node (one per storage-node poll)",
+        value=s.poll_subscriptions,
     )
     yield CounterMetricFamily("garagekv_db_commits", "Group commits of the database writer", value=s.db_commits)
     yield CounterMetricFamily("garagekv_db_writes", "Write transactions committed", value=s.db_writes)
