@@ -90,7 +90,7 @@ class K2VApiServer:
 
         bucket_id = await helper.resolve_bucket(ep.bucket, key)
         perm = key.bucket_permissions(bucket_id)
-        if not (perm.allow_write if ep.needs_write else perm.allow_read):
+        if (ep.needs_write and not perm.allow_write) or (ep.needs_read and not perm.allow_read):
             raise AccessDenied("Operation is not allowed for this key.")
         ctx = RequestContext(self.state, request, ep, key, bucket_id, verified)
         return await HANDLERS[ep.name](ctx)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from garagekv.api import routing as ep
 from garagekv.api.context import RequestContext
-from garagekv.api.handlers import batch, index, item, poll_range, poll_ranges
+from garagekv.api.handlers import batch, index, item, poll_range, poll_ranges, txn
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
@@ -23,4 +23,5 @@ HANDLERS: dict[str, Handler] = {
     ep.DELETE_BATCH: batch.delete_batch,
     ep.POLL_RANGE: poll_range.poll_range,
     ep.POLL_RANGES: poll_ranges.poll_ranges,
+    ep.TXN: txn.txn,
 }

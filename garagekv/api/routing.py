@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from garagekv.util.errors import BadRequest, InvalidUtf8String
 
-KEYWORDS = ("search", "delete", "poll_range", "poll_ranges")
+KEYWORDS = ("search", "delete", "poll_range", "poll_ranges", "txn")
 FIELDS = ("sort_key", "causality_token", "timeout", "prefix", "start", "end", "limit", "reverse")
 # At most 20 significant digits (u64): int() is never handed the thousands of digits Python refuses with a
 # ValueError, and fullmatch (not match with $) refuses a trailing newline.
@@ -30,9 +30,12 @@ READ_BATCH = "ReadBatch"
 DELETE_BATCH = "DeleteBatch"
 POLL_RANGE = "PollRange"
 POLL_RANGES = "PollRanges"
+TXN = "Txn"
 OPTIONS = "Options"
 
 READ_ENDPOINTS = frozenset({READ_ITEM, POLL_ITEM, READ_INDEX, READ_BATCH, POLL_RANGE, POLL_RANGES})
+# Endpoints that need both permissions (a transaction reads what it compares).
+READ_WRITE_ENDPOINTS = frozenset({TXN})
 
 
 @dataclass
@@ -53,6 +56,10 @@ class Endpoint:
     @property
     def needs_write(self) -> bool:
         return self.name not in READ_ENDPOINTS
+
+    @property
+    def needs_read(self) -> bool:
+        return self.name in READ_ENDPOINTS or self.name in READ_WRITE_ENDPOINTS
 
 
 def parse_query(raw_query: str) -> list[tuple[str, str]]:
@@ -148,6 +155,8 @@ def _route(method: str, has_pk: bool, kw: str | None, ep: Endpoint) -> str:
         if has_pk:
             if kw == "poll_range":
                 return POLL_RANGE
+            if kw == "txn":
+                return TXN
             raise invalid()
         if kw is None:
             return INSERT_BATCH

@@ -79,6 +79,7 @@ class Model:
             system.registry,
             system.node_id,
             timeout,
+            system.is_up,
         )
         self.k2v.conditional = self.conditional
         self.helper = MetaHelper(

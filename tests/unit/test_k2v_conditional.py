@@ -12,9 +12,10 @@ from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH
 from garagekv.model.k2v.item import K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
+from garagekv.model.k2v.txn import DELETE, EXISTS, PUT, READ, Compare, Txn, TxnOp, to_wire
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.util import codec
-from tests.support.standalone import NODE, StandaloneModel
+from tests.support.standalone import NODE, NODE_ID, StandaloneModel
 
 BUCKET = b"\x07" * 32
 
@@ -120,7 +121,43 @@ async def test_consensus_counters_are_exported(node):
 async def test_a_node_without_layout_refuses_forwarded_operations(node):
     from garagekv.util.errors import ServiceUnavailable
 
-    msg = ["write", BUCKET, "p", "k", IF_NONE_MATCH_ANY, None, b"v"]
+    put = Txn(success=(TxnOp(PUT, "k", b"v"),))
     with pytest.raises(ServiceUnavailable):
-        await node.model.conditional._handle(b"\x01" * 32, msg)
+        await node.model.conditional._handle(b"\x01" * 32, ["txn", BUCKET, "p", to_wire(put)])
     assert await node.model.conditional.read(BUCKET, "p", "k") is None
+
+
+async def test_a_transaction_commits_its_branch_as_one_update(node):
+    c = node.model.conditional
+    txn = Txn(
+        (Compare("a", EXISTS, exists=False), Compare("b", EXISTS, exists=False)),
+        (TxnOp(PUT, "a", b"1"), TxnOp(PUT, "b", b"2"), TxnOp(DELETE, "c"), TxnOp(READ, "b")),
+        (TxnOp(READ, "a"),),
+    )
+    res = await c.txn(BUCKET, "p", txn)
+    assert res.succeeded and [r.op for r in res.results] == [PUT, PUT, DELETE, READ]
+    assert res.results[3].item is not None and res.results[3].item.values() == [b"2"]
+    # One round, one reserved timestamp: every write of the branch carries the same dot.
+    dots = {r.sort_key: r.item.causal_context().get(NODE) for r in res.results if r.item is not None}
+    assert len(set(dots.values())) == 1
+    for sk, want in (("a", [b"1"]), ("b", [b"2"]), ("c", [None])):
+        item = await node.model.k2v.read_item(BUCKET, "p", sk)
+        assert item is not None and item.values() == want
+    # Run again: the compares are false now, the failure branch reads.
+    again = await c.txn(BUCKET, "p", txn)
+    assert not again.succeeded and again.results[0].item.values() == [b"1"]
+    assert node.model.consensus_metrics.rounds == 2
+
+
+async def test_malformed_forwarded_transactions_are_refused(node):
+    from garagekv.rpc.messages import MalformedMessage
+
+    for msg in (
+        ["write", BUCKET, "p", []],
+        ["txn", BUCKET, "p"],
+        ["txn", BUCKET, 5, [[], [], []]],
+        ["txn", BUCKET, "p", [[["a", "size", None, False, b"", ""]], [], []]],
+        ["txn", BUCKET, "p", [[], [["put", "a", None, None]], []]],
+    ):
+        with pytest.raises(MalformedMessage):
+            await node.model.conditional._handle(NODE_ID, msg)

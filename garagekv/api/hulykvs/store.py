@@ -1,18 +1,15 @@
-"""The storage interface of the Hulykvs front-end, and its interim implementation over K2V.
+"""The storage interface of the Hulykvs front-end, and its implementation over K2V.
 
-Handlers only see :class:`HulyStore`. :class:`K2VHulyStore` implements it with the K2V model:
-a conditional write reads the item (a quorum read, with its causal context), checks the
-condition against the value that read returned, then writes with that context so the new value
-supersedes everything that was read. Writes to one key through one node are serialised (a lock
-per key), so they never race each other; but two conditional writes racing through different
-nodes can both pass their check, so this is NOT linearizable; the consensus path will replace this module
-(docs/hulykvs.md, "Consistency").
+Handlers only see :class:`HulyStore`. :class:`K2VHulyStore` implements it with the K2V model.
+Every write is a partition transaction on the consensus path (docs/consensus.md): the condition
+is a compare, the write supersedes every value the round saw, so conditional writes are
+linearizable whichever nodes they go through and two racing ``If-None-Match: *`` PUTs have
+exactly one winner (docs/hulykvs.md, "Consistency"). Reads are K2V quorum reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,10 +17,10 @@ from garagekv.api.hulykvs.conditions import Condition, md5_hex
 from garagekv.api.hulykvs.mapping import partition_key
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.item import K2VItem
-from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import ItemFilter
+from garagekv.model.k2v.txn import DELETE, EXISTS, LATEST_MD5, PUT, READ, Compare, Txn, TxnOp, latest_value
 from garagekv.util.errors import BucketAlreadyExists
 
 #: Items read per round of a listing.
@@ -59,20 +56,20 @@ class HulyStore(Protocol):
 
 
 def current_value(item: K2VItem | None) -> bytes | None:
-    """The value a Hulykvs client sees in a K2V item that may hold concurrent values.
+    """The value a Hulykvs client sees in a K2V item that may hold concurrent values: the
+    latest live one (a tombstone among them does not hide it). None if there is no live value."""
+    return latest_value(item)
 
-    The live value with the highest DVVS timestamp, ties broken by the highest node id; a
-    tombstone among the values does not hide a live one. None if there is no live value.
-    """
-    if item is None:
-        return None
-    best: tuple[int, int] | None = None
-    value = None
-    for node, entry in item.items.items():
-        for ts, v in entry.values:
-            if v is not None and (best is None or (ts, node) > best):
-                best, value = (ts, node), v
-    return value
+
+def _compares(key: str, condition: Condition) -> tuple[Compare, ...]:
+    if condition.kind == "absent":
+        return (Compare(key, EXISTS, exists=False),)
+    if condition.kind == "exists":
+        return (Compare(key, EXISTS, exists=True),)
+    if condition.kind == "md5":
+        assert condition.md5 is not None
+        return (Compare(key, LATEST_MD5, md5=condition.md5),)
+    return ()
 
 
 class K2VHulyStore:
@@ -84,8 +81,6 @@ class K2VHulyStore:
         self.bucket = bucket
         self._bucket_id: bytes | None = None
         self._bucket_lock = asyncio.Lock()
-        # one lock per key being written through this node; gone once nobody holds or waits on it
-        self._key_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def bucket_id(self) -> bytes:
         """The bucket's id: its global alias, or a bucket created under that alias."""
@@ -125,32 +120,22 @@ class K2VHulyStore:
                 return keys
             start = page.next_start
 
-    async def _write(
-        self, workspace: str, namespace: str, key: str, value: bytes | None, condition: Condition
-    ) -> bytes | None:
-        """Check ``condition`` against a quorum read, then write over what was read; returns the
-        value that was current before the write."""
-        lock = self._key_locks.get((workspace, namespace, key))
-        if lock is None:
-            lock = self._key_locks[(workspace, namespace, key)] = asyncio.Lock()
-        async with lock:
-            return await self._write_locked(workspace, namespace, key, value, condition)
-
-    async def _write_locked(
-        self, workspace: str, namespace: str, key: str, value: bytes | None, condition: Condition
-    ) -> bytes | None:
-        bid, item = await self._read(workspace, namespace, key)
-        current = current_value(item)
-        if not condition.holds(None if current is None else md5_hex(current)):
-            raise PreconditionFailed()
-        if value is None and current is None:
-            return None  # deleting an absent key writes nothing
-        ctx = None if item is None else item.causal_context()
-        await self.k2v.insert(bid, InsertedItem(partition_key(workspace, namespace), key, ctx, value))
-        return current
-
     async def put(self, workspace: str, namespace: str, key: str, value: bytes, condition: Condition) -> bool:
-        return await self._write(workspace, namespace, key, value, condition) is None
+        # The read before the put gives the value it replaced (201 or 204).
+        txn = Txn(_compares(key, condition), (TxnOp(READ, key), TxnOp(PUT, key, value)))
+        res = await self.k2v.conditional.txn(await self.bucket_id(), partition_key(workspace, namespace), txn)
+        if not res.succeeded:
+            raise PreconditionFailed()
+        return current_value(res.results[0].item) is None
 
     async def delete(self, workspace: str, namespace: str, key: str, condition: Condition) -> bool:
-        return await self._write(workspace, namespace, key, None, condition) is not None
+        # Only a live key is deleted (an absent one gets no tombstone): "exists" is always a
+        # compare, and the failure branch's read tells "absent" from "condition false".
+        exists = Compare(key, EXISTS, exists=True)
+        txn = Txn((exists, *_compares(key, condition)), (TxnOp(DELETE, key),), (TxnOp(READ, key),))
+        res = await self.k2v.conditional.txn(await self.bucket_id(), partition_key(workspace, namespace), txn)
+        if res.succeeded:
+            return True
+        if current_value(res.results[0].item) is None and condition.kind == "none":
+            return False
+        raise PreconditionFailed()

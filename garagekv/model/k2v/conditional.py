@@ -10,22 +10,42 @@ conditional write is a storage node's and the round's view is a layout member's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from garagekv.consensus import Decision, Proposer
 from garagekv.db.writer import WriteTxn
-from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value, merge_encoded, partition_hash
-from garagekv.model.k2v.messages import InsertedItem
-from garagekv.model.k2v.store import K2VStore, LocalClock, check_context
+from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.item import K2VItem, Value, merge_encoded, partition_hash
+from garagekv.model.k2v.store import K2VStore, LocalClock
+from garagekv.model.k2v.txn import (
+    DELETE,
+    EXISTS,
+    OPS,
+    PUT,
+    READ,
+    TOKEN,
+    Attempt,
+    BatchOutcome,
+    Compare,
+    Deferred,
+    OpResult,
+    Txn,
+    TxnOp,
+    TxnResult,
+    decide_batch,
+    from_wire,
+    to_wire,
+)
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
 from garagekv.rpc.readiness import has_ring
-from garagekv.table.data import TableData, check_size
+from garagekv.table.data import TableData
 from garagekv.util import codec
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
 
@@ -45,12 +65,10 @@ class Condition:
     kind: str
     token: CausalContext | None = None
 
-    def holds(self, item: K2VItem | None) -> bool:
+    def as_compare(self, sort_key: str) -> Compare:
         if self.kind == IF_MATCH:
-            assert self.token is not None
-            return item is not None and dict(item.causal_context().items()) == dict(self.token.items())
-        live = item is not None and not item.is_tombstone()
-        return live if self.kind == IF_MATCH_ANY else not live
+            return Compare(sort_key, TOKEN, self.token)
+        return Compare(sort_key, EXISTS, exists=self.kind == IF_MATCH_ANY)
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,7 @@ class ConditionalK2V:
         registry: EndpointRegistry,
         node_id: bytes,
         timeout: float,
+        is_up: Callable[[bytes], bool] = lambda _node: True,
     ) -> None:
         self.store = store
         self.proposer = proposer
@@ -121,33 +140,53 @@ class ConditionalK2V:
         self.netapp = netapp
         self.node_id = node_id
         self.timeout = timeout
+        self.is_up = is_up
+        # Operations on one consensus key coordinated here are decided by one round at a time,
+        # several per round: rounds of this node would otherwise only take each other's ballots
+        # away (docs/consensus.md §9).
+        self._queues: dict[bytes, _KeyQueue] = {}
         registry.register(RPC_PATH, self._handle)
 
     # ---- entry points (any node) -----------------------------------------------------------------
 
     async def write(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
-        token = None if cond.token is None else cond.token.serialize()
-        msg = ["write", bucket_id, pk, sk, cond.kind, token, value]
-        ok, tok = await self._forward(bucket_id, pk, msg)
-        return WriteOutcome(bool(ok), tok)
+        """A conditional InsertItem (``value``) or DeleteItem (``None``): a transaction of one
+        compare, the write on success and a read of the item (its current token) on failure."""
+        write = TxnOp(PUT, sk, value) if value is not None else TxnOp(DELETE, sk)
+        res = await self.txn(bucket_id, pk, Txn((cond.as_compare(sk),), (write,), (TxnOp(READ, sk),)))
+        item = res.results[0].item
+        return WriteOutcome(res.succeeded, None if item is None else item.causal_context().serialize())
 
     async def read(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        raw = await self._forward(bucket_id, pk, ["read", bucket_id, pk, sk, None, None, None])
-        return None if raw is None else K2VItem.decode(raw)
+        res = await self.txn(bucket_id, pk, Txn(success=(TxnOp(READ, sk),)))
+        return res.results[0].item
+
+    async def txn(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
+        raw = await self._forward(bucket_id, pk, ["txn", bucket_id, pk, to_wire(txn)])
+        return _result_from_wire(raw)
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
-        nodes = self.replication.storage_nodes(partition_hash(bucket_id, pk))
-        if self.node_id in nodes or not nodes:
+        target = self.coordinator(self.replication.storage_nodes(partition_hash(bucket_id, pk)))
+        if target is None or target == self.node_id:
             return await self._handle(self.node_id, msg)
         # One storage node only: retrying elsewhere after a failure could run the operation
         # twice and answer the second run's view (a 412 for a write that applied).
-        target = self.order(nodes)[0]
         try:
             return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
         except GarageKVError:
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
+
+    def coordinator(self, nodes: Sequence[bytes]) -> bytes | None:
+        """The storage node that runs a partition's operations: the first one in the layout's
+        order that is up, the same for every node that agrees on the layout, so operations on
+        a hot partition key meet in one node's queue instead of taking each other's ballots
+        (any node may run them safely; this one choice only avoids the duels)."""
+        for node in nodes:
+            if self.is_up(node):
+                return node
+        return self.order(list(nodes))[0] if nodes else None
 
     # ---- on a storage node -----------------------------------------------------------------------
 
@@ -157,93 +196,141 @@ class ConditionalK2V:
             # Another node sees this one as a storage node but it has no layout yet: alone, it
             # would be its own quorum and decide against nobody. The caller gets a 503.
             raise ServiceUnavailable("this node has no cluster layout yet: it cannot run a consensus round")
-        op, bucket_id, pk, sk, kind, token, value = _fields7(what, msg)
+        if not isinstance(msg, list) or len(msg) != 4 or msg[0] != "txn":
+            raise malformed(what, 'expected ["txn", bucket, partition key, transaction]')
+        _, bucket_id, pk, raw_txn = msg
         bucket_id = as_bytes(what, "bucket", bucket_id, 32)
-        if not isinstance(pk, str) or not isinstance(sk, str):
-            raise malformed(what, "keys must be strings")
-        if op == "read":
-            item = await self._read_here(bucket_id, pk, sk)
-            return None if item is None else item.encode()
-        if op != "write" or kind not in CONDITIONS:
-            raise malformed(what, "unknown operation or condition")
-        if kind == IF_MATCH:
-            if not isinstance(token, str):
-                raise malformed(what, "If-Match needs a token")
-            cond = Condition(kind, CausalContext.parse_client(token))
-        else:
-            cond = Condition(kind)
-        outcome = await self._write_here(bucket_id, pk, sk, cond, as_opt_bytes(what, "value", value))
-        return [outcome.applied, outcome.token]
+        if not isinstance(pk, str):
+            raise malformed(what, "the partition key must be a string")
+        res = await self._txn_here(bucket_id, pk, from_wire(what, raw_txn))
+        return [res.succeeded, [[r.op, r.sort_key, None if r.item is None else r.item.encode()] for r in res.results]]
 
     async def _reserve_ts(self) -> int:
         """A timestamp above every one this node issued, persisted before the round (decide is
-        pure, so it cannot raise the clock itself); the new dot gets exactly ``ts + 1``."""
+        pure, so it cannot raise the clock itself); the new dots get exactly ``ts + 1``."""
         return await self.store.writer.submit(self.store.clock.reserve_in)
 
-    async def _write_here(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
-        node_ts = await self._reserve_ts()
-        rk = sk.encode()
+    async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
+        """Queue the operation on its key; the key's runner decides it in the next round."""
+        key = partition_hash(bucket_id, pk)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _KeyQueue(bucket_id, pk)
+        op = _Queued(txn, asyncio.get_running_loop().create_future())
+        queue.pending.append(op)
+        if queue.runner is None:
+            queue.runner = asyncio.create_task(self._run_queue(key, queue))
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(op.result)
+        except TimeoutError:
+            op.abandoned = True  # a round that has not taken it yet leaves it out
+            raise ServiceUnavailable(
+                f"no consensus round decided the operation within {self.timeout}s: it may or may not have been applied"
+            ) from None
+
+    async def _run_queue(self, key: bytes, queue: _KeyQueue) -> None:
+        try:
+            while queue.pending:
+                batch = queue.take()
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self._round(key, queue, [op.txn for op in batch])
+                except Exception as e:  # noqa: BLE001 - the round failed: every operation in it answers so
+                    outcomes = [e] * len(batch)
+                for op, out in reversed(list(zip(batch, outcomes, strict=True))):
+                    if isinstance(out, Deferred):
+                        queue.pending.appendleft(op)  # first in the next round, in its order
+                    elif isinstance(out, BaseException):
+                        _settle(op.result, exc=out)
+                    else:
+                        _settle(op.result, value=out)
+        finally:
+            queue.runner = None
+            if not queue.pending and self._queues.get(key) is queue:
+                del self._queues[key]
+
+    async def _round(self, key: bytes, queue: _KeyQueue, txns: list[Txn]) -> list[BatchOutcome]:
+        """One consensus round deciding ``txns`` in order."""
+        sort_keys = list(dict.fromkeys(sk for t in txns for sk in t.read_keys()))
+        writes = any(o.writes for t in txns for o in (*t.success, *t.failure))
+        node_ts = await self._reserve_ts() if writes else 0
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        proposed = False  # an earlier attempt of this operation proposed its write
+        attempt: Attempt | None = None  # what the last attempt proposed
 
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[WriteOutcome]:
-            nonlocal proposed
-            raw = merged[rk]
-            item = None if raw is None else K2VItem.decode(raw)
-            if item is not None and _has_own_write(item, node, node_ts + 1):
-                # An earlier attempt of this operation was chosen and completed by another
-                # proposer (this attempt lost its ballot after proposing): it applied.
-                return Decision(None, WriteOutcome(True, item.causal_context().serialize()))
-            if not cond.holds(item):
-                if proposed:
-                    # The earlier proposal may have been accepted, completed by another
-                    # proposer and superseded since: a 412 could deny a write that applied.
-                    raise ServiceUnavailable(
-                        "the conditional write lost its round to a concurrent one after proposing: "
-                        "it may or may not have been applied (read the item to know)"
-                    )
-                return Decision(None, WriteOutcome(False, None if item is None else item.causal_context().serialize()))
-            new = item.copy() if item is not None else K2VItem.new(bucket_id, pk, sk)
-            ctx = None if item is None else item.causal_context()
-            before = len(new.items)
-            try:
-                new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
-            except ClockExhausted as e:  # only data stored before clocks were bounded
-                raise ServiceUnavailable(str(e)) from None
-            check_context(InsertedItem(pk, sk, ctx, value), before, len(new.items))
-            new_raw = new.encode()
-            check_size(len(new_raw), None if raw is None else len(raw), max_bytes)
-            update = codec.encode_lists([new_raw])
-            proposed = True
-            return Decision(update, WriteOutcome(True, new.causal_context().serialize()))
+        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[list[BatchOutcome]]:
+            nonlocal attempt
+            raws = {sk: merged[sk.encode()] for sk in sort_keys}
+            state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
+            sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
+            outcomes, written, proposed = decide_batch(
+                txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempt
+            )
+            if proposed is None:
+                return Decision(None, outcomes)
+            attempt = proposed
+            return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
 
-        key = partition_hash(bucket_id, pk)
-        return await self.proposer.run(key, [rk], decide, timeout=self.timeout)
-
-    async def _read_here(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        rk = sk.encode()
-
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[bytes | None]:
-            return Decision(None, merged[rk])
-
-        raw = await self.proposer.run(partition_hash(bucket_id, pk), [rk], decide, timeout=self.timeout)
-        return None if raw is None else K2VItem.decode(raw)
+        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
 
 
-def _has_own_write(item: K2VItem, node: int, ts: int) -> bool:
-    """The dot ``(node, ts)`` this operation creates is in ``item``: the timestamp was reserved
-    for this one operation, so no other write of this node carries it.
-
-    (A discard time past ``ts`` is not taken as proof: another coordinator may record a
-    client-supplied time for this node. So a write completed by another proposer *and*
-    superseded before this proposer's next attempt is judged on the newer state.)
-    """
-    entry = item.items.get(node)
-    return entry is not None and any(t == ts for t, _ in entry.values)
+@dataclass
+class _Queued:
+    txn: Txn
+    result: asyncio.Future[TxnResult]
+    abandoned: bool = False
 
 
-def _fields7(what: str, msg: Any) -> list[Any]:
-    if not isinstance(msg, list) or len(msg) != 7:
-        raise malformed(what, "expected 7 fields")
-    return msg
+class _KeyQueue:
+    """The operations waiting for a round on one consensus key, and the task running them."""
+
+    #: At most this many operations, and sort keys, per round (a promise carries every item read).
+    MAX_OPS = 32
+    MAX_SORT_KEYS = 128
+
+    def __init__(self, bucket_id: bytes, pk: str) -> None:
+        self.bucket_id = bucket_id
+        self.pk = pk
+        self.pending: deque[_Queued] = deque()
+        self.runner: asyncio.Task[None] | None = None
+
+    def take(self) -> list[_Queued]:
+        """The next round's operations, in arrival order: the first always, then as many as fit."""
+        batch: list[_Queued] = []
+        keys: set[str] = set()
+        while self.pending and len(batch) < self.MAX_OPS:
+            op = self.pending[0]
+            if op.abandoned or op.result.done():
+                self.pending.popleft()
+                continue
+            more = set(op.txn.read_keys()) - keys
+            if batch and len(keys) + len(more) > self.MAX_SORT_KEYS:
+                break
+            keys |= more
+            batch.append(self.pending.popleft())
+        return batch
+
+
+def _settle(fut: asyncio.Future[TxnResult], *, value: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+        fut.exception()  # retrieved here: its caller may have given up waiting
+    else:
+        fut.set_result(value)
+
+
+def _result_from_wire(raw: Any) -> TxnResult:
+    what = "transaction result"
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], bool) or not isinstance(raw[1], list):
+        raise malformed(what, "expected [succeeded, results]")
+    out = []
+    for r in raw[1]:
+        if not isinstance(r, list) or len(r) != 3 or r[0] not in OPS or not isinstance(r[1], str):
+            raise malformed(what, "a result is [op, sort key, item]")
+        item = as_opt_bytes(what, "item", r[2])
+        out.append(OpResult(r[0], r[1], None if item is None else K2VItem.decode(item)))
+    return TxnResult(raw[0], out)
