@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from garagekv.model.k2v import rpc as k2v_rpc
 from garagekv.model.k2v.item import K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.poll_ranges import RangePoll, merge_answers
@@ -159,6 +160,27 @@ async def test_a_wakeup_does_not_swallow_writes_committed_before_the_read(opened
     ((items, after),) = await asyncio.wait_for(waiter, 10)
     page = await opened.model.k2v.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
     _claims_only_what_it_answered(RangeSeenMarker.decode(m), items, after, [e for _, e in page.entries])
+
+
+async def test_a_big_answer_leaves_ranges_for_the_next_call_and_misses_nothing(opened, monkeypatch):
+    """A storage node's answer stops taking ranges with a marker past its byte budget (the RPC
+    record limit): those stay new to their markers, so the next calls report them."""
+    pks = ["a", "b", "c"]
+    markers = await first_markers(opened, pks)
+    for p in pks:
+        await put(opened, p, "big", b"x" * 1000)
+    monkeypatch.setattr(k2v_rpc, "REPLY_BUDGET", 1500)  # room for one range's item, not two
+    seen: dict[str, list[str]] = {}
+    for _ in range(3):
+        res = await opened.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 30)
+        assert res is not None
+        changed = [i for i, r in enumerate(res) if r is not None]
+        assert len(changed) == 1, "one range per answer within the budget"
+        (i,) = changed
+        seen[pks[i]] = [it.sort_key for it in res[i][0]]
+        markers[i] = res[i][1].encode()
+    assert seen == {"a": ["big"], "b": ["big"], "c": ["big"]}
+    assert await opened.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 0.1) is None
 
 
 # ---- the coordinator: one call per storage node, PollRange's quorum rules per range -------------

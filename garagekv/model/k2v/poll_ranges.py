@@ -41,6 +41,12 @@ POLL_RANGE_EXTRA_DELAY = 0.2
 #: right before the quorum's second answer when only one node had the news.
 POLL_ANSWER_GRACE = 2.0
 
+#: A storage node's ``poll_ranges`` answer stops taking ranges that have a marker once their
+#: items pass this many bytes (the first range with news always goes): all of a call's ranges
+#: in one answer could otherwise pass the RPC record limit. A range left out is still new to
+#: its marker, so the client's next call reports it.
+REPLY_BUDGET = 4 * 1024 * 1024
+
 #: A range's new items and the marker that covers them; None: nothing new.
 RangeResult = tuple[list[K2VItem], RangeSeenMarker] | None
 #: One storage node's answer for one range: (its node number, encoded items, its issued clock).

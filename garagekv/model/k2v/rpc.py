@@ -33,6 +33,7 @@ from garagekv.model.k2v.outcomes import ConditionalOutcomes
 from garagekv.model.k2v.poll_ranges import (
     POLL_ANSWER_GRACE,
     POLL_RANGE_EXTRA_DELAY,
+    REPLY_BUDGET,
     RangePoll,
     RangeResult,
     RangesTally,
@@ -346,5 +347,13 @@ class K2VService:
     async def _poll_ranges_here(self, ranges: list[LocalRange], timeout: float) -> PollRangesReply:
         issued = self.store.issued_clock()  # before the first scan: every later dot is newer
         news = await self.store.poll_ranges(ranges, timeout)
-        listed = tuple((i, tuple(item.encode() for item in items)) for i, items in sorted(news.items()))
-        return PollRangesReply(self.store.node, issued, listed)
+        listed: list[tuple[int, tuple[bytes, ...]]] = []
+        size = 0
+        for i, items in sorted(news.items()):
+            raws = tuple(item.encode() for item in items)
+            n = sum(len(r) for r in raws)
+            if listed and ranges[i].marker is not None and size + n > REPLY_BUDGET:
+                continue  # still new to its marker: the client's next call gets it
+            listed.append((i, raws))
+            size += n
+        return PollRangesReply(self.store.node, issued, tuple(listed))
