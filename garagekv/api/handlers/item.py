@@ -17,6 +17,7 @@ from garagekv.util.errors import (
     NoSuchKey,
     NotAcceptable,
     PreconditionFailed,
+    ServiceUnavailable,
 )
 
 CONSISTENCY_HEADER = "X-Garage-Consistency"
@@ -137,10 +138,17 @@ async def read_item(ctx: RequestContext) -> web.StreamResponse:
 async def _insert(ctx: RequestContext, value: bytes | None, cond: Condition | None = None) -> web.StreamResponse:
     ep = ctx.endpoint
     if cond is not None:
-        out = await ctx.state.store.conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value)
+        outcomes = ctx.state.store.conditional_outcomes
+        try:
+            out = await ctx.state.store.conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value)
+        except ServiceUnavailable:
+            outcomes.count("unavailable")
+            raise
         if not out.applied:
+            outcomes.count("precondition_failed")
             raise PreconditionFailed(headers={} if out.token is None else {TOKEN_HEADER: out.token})
         assert out.token is not None
+        outcomes.count("applied")
         return web.Response(status=204, headers={TOKEN_HEADER: out.token})
     await ctx.state.store.insert(ctx.bucket_id, InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value))
     return web.Response(status=204)
