@@ -67,6 +67,15 @@ def consensus_families(model: Model) -> Iterable[Metric]:
     for outcome, n in model.k2v.conditional_outcomes.snapshot().items():
         writes.add_metric([outcome], n)
     yield writes
+    txns = CounterMetricFamily(
+        "garagekv_k2v_transactions",
+        "Partition transactions answered by this node, by outcome: succeeded (success branch), failed "
+        "(failure branch), unavailable (503)",
+        labels=["outcome"],
+    )
+    for outcome, n in model.k2v.transaction_outcomes.snapshot().items():
+        txns.add_metric([outcome], n)
+    yield txns
 
 
 def worker_families(model: Model) -> Iterable[Metric]:

@@ -91,6 +91,10 @@ def test_conditional_write_outcomes_and_the_consensus_tree(mnode):
     assert r.status == 204, r.body
     r = mnode.k2v.request("PUT", path, "sort_key=k", b"v2", headers={"If-None-Match": "*"})
     assert r.status == 412, r.body
+    for exists in (True, False, False):  # one transaction whose compare holds, two whose does not
+        body = json.dumps({"compare": [{"sk": "k", "target": "exists", "exists": exists}]}).encode()
+        r = mnode.k2v.request("POST", path, "txn", body)
+        assert r.status == 200, r.body
     after = scrape(mnode)
 
     def delta(name, **labels):
@@ -99,8 +103,11 @@ def test_conditional_write_outcomes_and_the_consensus_tree(mnode):
     assert delta("garagekv_k2v_conditional_writes_total", outcome="applied") == 1
     assert delta("garagekv_k2v_conditional_writes_total", outcome="precondition_failed") == 1
     assert delta("garagekv_k2v_conditional_writes_total", outcome="unavailable") == 0
-    assert delta("garagekv_consensus_rounds_total") == 2
-    assert delta("garagekv_consensus_decided_total") == 2
+    assert delta("garagekv_k2v_transactions_total", outcome="succeeded") == 1
+    assert delta("garagekv_k2v_transactions_total", outcome="failed") == 2
+    assert delta("garagekv_k2v_transactions_total", outcome="unavailable") == 0
+    assert delta("garagekv_consensus_rounds_total") == 5
+    assert delta("garagekv_consensus_decided_total") == 5
     assert delta("garagekv_api_k2v_requests_total", api_endpoint="InsertItem", status_code="412") == 1
     assert value(after, "garagekv_table_size", table_name="consensus") >= 1
     assert value(after, "garagekv_table_bytes", table_name="consensus") > 0

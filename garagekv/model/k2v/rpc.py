@@ -29,7 +29,7 @@ from garagekv.model.k2v.messages import (
     WatchedRange,
     parse_request,
 )
-from garagekv.model.k2v.outcomes import ConditionalOutcomes
+from garagekv.model.k2v.outcomes import CONDITIONAL_WRITE_OUTCOMES, TRANSACTION_OUTCOMES, Outcomes
 from garagekv.model.k2v.poll_ranges import (
     POLL_ANSWER_GRACE,
     POLL_RANGE_EXTRA_DELAY,
@@ -79,7 +79,8 @@ class K2VService:
         #: Conditional writes and linearizable reads (set by the model once consensus is wired).
         self.conditional: Any = None
         #: How the conditional writes this node answered ended (counted by the API handlers).
-        self.conditional_outcomes = ConditionalOutcomes()
+        self.conditional_outcomes = Outcomes(CONDITIONAL_WRITE_OUTCOMES)
+        self.transaction_outcomes = Outcomes(TRANSACTION_OUTCOMES)
         registry.register(ENDPOINT, self._handle)
 
     @property
