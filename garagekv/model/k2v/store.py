@@ -84,10 +84,11 @@ class LocalClock:
         if ts > self.stored_in(tx):
             self.set_in(tx, ts)
 
-    def reserve_in(self, tx: WriteTxn) -> int:
-        """A time for one operation decided later (a conditional write): its dot is ``ts + 1``."""
-        ts = self.base_in(tx, now_ms())
-        self.set_in(tx, ts + 1)
+    def reserve_in(self, tx: WriteTxn, count: int = 1, above: int = 0) -> int:
+        """Times for writes decided later (a consensus round): their dots are ``ts + 1`` to
+        ``ts + count``, and ``ts`` is at least ``above``. Nothing else this node writes gets them."""
+        ts = max(self.base_in(tx, now_ms()), above)
+        self.set_in(tx, ts + count)
         return ts
 
     def issued(self) -> int:
