@@ -31,10 +31,11 @@ class StandaloneModel:
             listeners=[],
         )
         netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
+        self.registry = EndpointRegistry()  # the node's endpoints, to serve them over a real NetApp
         system = SimpleNamespace(
             layout=layout,
             netapp=netapp,
-            registry=EndpointRegistry(),
+            registry=self.registry,
             node_id=NODE_ID,
             is_up=lambda n: True,
             rtt_of=lambda n: None,

@@ -161,3 +161,24 @@ async def test_malformed_forwarded_transactions_are_refused(node):
     ):
         with pytest.raises(MalformedMessage):
             await node.model.conditional._handle(NODE_ID, msg)
+
+
+async def test_a_round_reserves_again_above_a_time_of_this_node_already_in_an_item(node):
+    """An item may hold a time of this node beyond its clock (a client's token, recorded by
+    another coordinator). The round's dot must still be one it reserved, never one past it that
+    this node could issue again."""
+    from garagekv.model.k2v.causality import now_ms
+
+    far = now_ms() + 60_000
+    seeded = K2VItem.new(BUCKET, "p", "k")
+    seeded.update(2, CausalContext({NODE: far}), b"old", 10, others_limit=far)
+    assert seeded.items[NODE].t_discard == far
+    node.writer.run_sync(lambda tx: node.model.items.data.merge_in(tx, seeded))
+    out = await node.model.conditional.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"new")
+    assert out.applied
+    dot = CausalContext.parse(out.token).get(NODE)
+    assert dot > far
+    # The reservation covered it: the next plain insert of this node is above it.
+    await node.model.k2v.insert(BUCKET, InsertedItem("p", "other", None, b"x"))
+    other = await node.model.k2v.read_item(BUCKET, "p", "other")
+    assert other.causal_context().get(NODE) > dot

@@ -17,6 +17,7 @@ from garagekv.util.errors import (
     NoSuchKey,
     NotAcceptable,
     PreconditionFailed,
+    ServiceUnavailable,
 )
 
 CONSISTENCY_HEADER = "X-Garage-Consistency"
@@ -155,11 +156,18 @@ async def _insert(
 ) -> web.StreamResponse:
     ep = ctx.endpoint
     if cond is not None:
+        outcomes = ctx.state.store.conditional_outcomes
         conditional = ctx.state.store.conditional
-        out = await conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value, ttl=ttl)
+        try:
+            out = await conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value, ttl=ttl)
+        except ServiceUnavailable:
+            outcomes.count("unavailable")
+            raise
         if not out.applied:
+            outcomes.count("precondition_failed")
             raise PreconditionFailed(headers={} if out.token is None else {TOKEN_HEADER: out.token})
         assert out.token is not None
+        outcomes.count("applied")
         return web.Response(status=204, headers={TOKEN_HEADER: out.token})
     ins = InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value, ttl)
     await ctx.state.store.insert(ctx.bucket_id, ins)

@@ -31,7 +31,7 @@ from garagekv.model.k2v.txn import (
     TxnResult,
     valid_ttl,
 )
-from garagekv.util.errors import BadRequest, InvalidCausalityToken
+from garagekv.util.errors import BadRequest, InvalidCausalityToken, ServiceUnavailable
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -131,5 +131,11 @@ async def txn(ctx: RequestContext) -> web.StreamResponse:
     parsed = parse_txn(ctx, await ctx.json_body())
     pk = ctx.endpoint.partition_key
     assert pk is not None
-    res = await ctx.state.store.conditional.txn(ctx.bucket_id, pk, parsed)
+    outcomes = ctx.state.store.transaction_outcomes
+    try:
+        res = await ctx.state.store.conditional.txn(ctx.bucket_id, pk, parsed)
+    except ServiceUnavailable:
+        outcomes.count("unavailable")
+        raise
+    outcomes.count("succeeded" if res.succeeded else "failed")
     return json_response(result_json(res))
