@@ -161,3 +161,117 @@ async def test_malformed_forwarded_transactions_are_refused(node):
     ):
         with pytest.raises(MalformedMessage):
             await node.model.conditional._handle(NODE_ID, msg)
+
+
+# ---- an attempt that lost its round after proposing -----------------------------------------------
+#
+# A scripted proposer stands in for the real one for the operation under test: it calls
+# ``decide`` the way the real one would on each attempt, and does between attempts what other
+# rounds could do meanwhile (complete the lost proposal, write the item). Other operations go
+# through the real proposer.
+
+
+class ScriptedProposer:
+    def __init__(self, real: Any, script: list[Any]) -> None:
+        self.real = real
+        self.script = script
+        self.calls = 0
+
+    async def run(self, key: bytes, read_keys: Any, decide: Any, *, timeout: float | None = None) -> Any:
+        self.calls += 1
+        if not self.script:
+            return await self.real.run(key, read_keys, decide, timeout=timeout)
+        return await self.script.pop(0)(key, read_keys, decide)
+
+
+def _states(node, key: bytes, read_keys: Any) -> dict[bytes, bytes | None]:
+    m = node.model.acceptor.machine
+    states = node.writer.run_sync(lambda tx: m.read_in(tx, key, list(read_keys)))
+    return dict(zip(read_keys, states, strict=True))
+
+
+def _apply(node, key: bytes, update: bytes) -> None:
+    m = node.model.acceptor.machine
+    node.writer.run_sync(lambda tx: m.apply_in(tx, key, update))
+
+
+async def test_a_lost_write_completed_then_superseded_is_not_applied_again(node):
+    from garagekv.util.errors import ServiceUnavailable
+
+    c = node.model.conditional
+    first = await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v0")
+    other: list[Any] = []
+
+    async def attempts(key, read_keys, decide):
+        proposal = decide(_states(node, key, read_keys))  # attempt 1 proposes "mine", then loses
+        assert proposal.update is not None
+        _apply(node, key, proposal.update)  # another proposer completes it...
+        mine = await c.read(BUCKET, "p", "k")
+        assert mine.values() == [b"mine"]
+        token = CausalContext.parse(mine.causal_context().serialize())
+        other.append(await c.write(BUCKET, "p", "k", Condition(IF_MATCH, token), b"theirs"))  # ...and it is replaced
+        again = decide(_states(node, key, read_keys))  # attempt 2: If-Match: * holds on "theirs"
+        assert again.update is None, "the write would be applied a second time"
+        return again.result
+
+    c.proposer = ScriptedProposer(c.proposer, [attempts])
+    assert first.applied
+    with pytest.raises(ServiceUnavailable, match="may or may not"):
+        await c.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"mine")
+    assert other[0].applied
+    item = await c.read(BUCKET, "p", "k")
+    assert item.values() == [b"theirs"]  # "mine" applied once, then replaced: it stays replaced
+
+
+async def test_a_write_reserved_before_another_of_its_node_keeps_its_own_dot(node):
+    # Operation A reserves its timestamp, then B, on the same node, reserves a later one and
+    # writes the item first. A's dot must not be bumped past B's: its later attempts look for
+    # exactly its reserved dot to know whether it applied.
+    c = node.model.conditional
+    real = c.proposer
+
+    async def attempts(key, read_keys, decide):
+        c.proposer = real
+        assert (await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"B")).applied
+        proposal = decide(_states(node, key, read_keys))  # A's attempt 1 proposes, then loses
+        _apply(node, key, proposal.update)  # completed by another proposer
+        again = decide(_states(node, key, read_keys))  # A's attempt 2 must find its write applied
+        assert again.update is None, "the write would be applied a second time"
+        return again.result
+
+    c.proposer = ScriptedProposer(real, [attempts])
+    out = await c.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"A")
+    assert out.applied
+    item = await c.read(BUCKET, "p", "k")
+    assert item.values() == [b"A"] and item.causal_context().serialize() == out.token
+    assert len(item.items[NODE].values) == 1
+
+
+async def test_a_lost_write_found_applied_answers_the_tokens_of_its_own_write(node):
+    # A transaction writes a and b, loses its round after proposing; another proposer completes
+    # it, then a conditional write replaces a. The next attempt finds the transaction applied (its
+    # dot is still in b): the token it answers for a is the one right after its own write, not
+    # the one after the write that replaced it (a client would take that for its own value's).
+    c = node.model.conditional
+    txn = Txn(
+        (Compare("a", EXISTS, exists=False), Compare("b", EXISTS, exists=False)),
+        (TxnOp(PUT, "a", b"a1"), TxnOp(PUT, "b", b"b1")),
+    )
+    tokens: list[str] = []
+
+    async def attempts(key, read_keys, decide):
+        proposal = decide(_states(node, key, read_keys))
+        _apply(node, key, proposal.update)  # completed by another proposer
+        a = await c.read(BUCKET, "p", "a")
+        tokens.append(a.causal_context().serialize())
+        token = CausalContext.parse(tokens[0])
+        assert (await c.write(BUCKET, "p", "a", Condition(IF_MATCH, token), b"a2")).applied
+        again = decide(_states(node, key, read_keys))
+        assert again.update is None
+        return again.result
+
+    c.proposer = ScriptedProposer(c.proposer, [attempts])
+    res = await c.txn(BUCKET, "p", txn)
+    assert res.succeeded
+    assert res.results[0].item.causal_context().serialize() == tokens[0]
+    assert res.results[0].item.values() == [b"a1"]

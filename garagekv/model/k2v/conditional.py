@@ -11,6 +11,7 @@ conditional write is a storage node's and the round's view is a layout member's.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,53 +187,118 @@ class ConditionalK2V:
         res = await self._txn_here(bucket_id, pk, from_wire(what, raw_txn))
         return [res.succeeded, [[r.op, r.sort_key, None if r.item is None else r.item.encode()] for r in res.results]]
 
-    async def _reserve_ts(self) -> int:
-        """A timestamp above every one this node issued, persisted before the round (decide is
-        pure, so it cannot raise the clock itself); the new dots get exactly ``ts + 1``."""
-        return await self.store.writer.submit(self.store.clock.reserve_in)
+    async def _reserve_ts(self, above: int = 0) -> int:
+        """A timestamp above every one this node issued (and above ``above``), persisted before
+        the round (decide is pure, so it cannot raise the clock itself); the new dots get exactly
+        ``ts + 1``."""
+        clock = self.store.clock
+
+        def reserve(tx: WriteTxn) -> int:
+            clock.raise_in(tx, above)
+            return clock.reserve_in(tx)
+
+        return await self.store.writer.submit(reserve)
 
     async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
+        """Run ``txn`` as one consensus round, its writes all at the dot ``(node, ts + 1)``.
+
+        That dot is what tells a later attempt of this operation whether an earlier one applied
+        (docs/consensus.md §10), so it must be exactly ``ts + 1``, never bumped past a newer dot
+        of this node already in an item: when an operation of this node that reserved later has
+        written one of the items first, the round is run again with a new reservation.
+        """
         sort_keys = txn.read_keys()
         writes = any(o.writes for o in (*txn.success, *txn.failure))
-        node_ts = await self._reserve_ts() if writes else 0
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        proposed: bool | None = None  # the branch an earlier attempt of this operation proposed
-
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[TxnResult]:
-            nonlocal proposed
-            raws = {sk: merged[sk.encode()] for sk in sort_keys}
-            state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
-            if proposed is not None:
-                branch = txn.branch(proposed)
-                if any(o.writes and has_dot(state[o.sort_key], node, node_ts + 1) for o in branch):
-                    # An earlier attempt was chosen and completed by another proposer (this one
-                    # lost its ballot after proposing): it applied. Its writes' tokens are read
-                    # from the state now; its reads' results are gone with that attempt.
-                    if any(not o.writes for o in branch):
-                        raise ServiceUnavailable(
-                            "the transaction was applied by a concurrent round, but its read results are "
-                            "unknown (read the items again)"
-                        )
-                    done = [OpResult(o.op, o.sort_key, state[o.sort_key]) for o in branch]
-                    return Decision(None, TxnResult(proposed, done))
-            sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
-            ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
-            if proposed is not None and ev.succeeded != proposed:
-                # The earlier proposal may have been accepted, completed by another proposer and
-                # superseded since: answering the other branch could deny a write that applied.
-                raise ServiceUnavailable(
-                    "the transaction lost its round to a concurrent one after proposing: it may or may "
-                    "not have been applied (read the items to know)"
-                )
-            if not ev.written:
-                return Decision(None, TxnResult(ev.succeeded, ev.results))
-            proposed = ev.succeeded
-            update = codec.encode_lists([i.encode() for i in ev.written])
-            return Decision(update, TxnResult(ev.succeeded, ev.results))
-
         key = partition_hash(bucket_id, pk)
-        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        proposed: bool | None = None  # the branch an earlier attempt of this operation proposed
+        dot = 0  # the time of that attempt's dot
+        outcome: TxnResult | None = None  # and its results, the written items' tokens among them
+        above = 0
+        for _ in range(MAX_RESERVATIONS):
+            node_ts = await self._reserve_ts(above) if writes else 0
+
+            def decide(merged: Mapping[bytes, bytes | None], node_ts: int = node_ts) -> Decision[TxnResult]:
+                nonlocal proposed, dot, outcome
+                raws = {sk: merged[sk.encode()] for sk in sort_keys}
+                state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
+                if proposed is not None:
+                    branch = txn.branch(proposed)
+                    written = [o.sort_key for o in branch if o.writes]
+                    if any(has_dot(state[sk], node, dot) for sk in written):
+                        # An earlier attempt was chosen and completed by another proposer (this
+                        # one lost its ballot after proposing): it applied. Its writes' tokens are
+                        # those it computed (the items now may hold later writes on top of it);
+                        # its reads' results are not trusted.
+                        if any(not o.writes for o in branch):
+                            raise ServiceUnavailable(
+                                "the transaction was applied by a concurrent round, but its read results are "
+                                "unknown (read the items again)"
+                            )
+                        assert outcome is not None
+                        return Decision(None, outcome)
+                    if any(_seen(state[sk], node) >= dot for sk in written):
+                        # The items' clocks have passed the dot without showing it: the earlier
+                        # attempt may have applied and been superseded since. Deciding again on
+                        # this state could apply the operation a second time.
+                        raise ServiceUnavailable(
+                            "the transaction lost its round to a concurrent one after proposing and the items "
+                            "changed since: it may or may not have been applied (read the items to know)"
+                        )
+                    # Below the dot: the earlier attempt never applied, and this round's ballot
+                    # outranks it, so it never will.
+                sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
+                ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
+                if proposed is not None and ev.succeeded != proposed:
+                    # The earlier proposal may have been accepted, completed by another proposer and
+                    # superseded since: answering the other branch could deny a write that applied.
+                    raise ServiceUnavailable(
+                        "the transaction lost its round to a concurrent one after proposing: it may or may "
+                        "not have been applied (read the items to know)"
+                    )
+                if not ev.written:
+                    return Decision(None, TxnResult(ev.succeeded, ev.results))
+                seen = max(_seen(state[i.sort_key], node) for i in ev.written)
+                if seen > node_ts:
+                    # A later reservation of this node wrote here first: a dot at node_ts + 1
+                    # would not be above the item's clock (update would bump it past, where
+                    # another operation's reserved dot may lie).
+                    assert proposed is None  # else the checks above raised
+                    raise _StaleReservation(seen)
+                proposed, dot = ev.succeeded, node_ts + 1
+                outcome = TxnResult(ev.succeeded, ev.results)
+                update = codec.encode_lists([i.encode() for i in ev.written])
+                return Decision(update, outcome)
+
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=remaining)
+            except _StaleReservation as e:
+                above = e.seen
+        raise ServiceUnavailable("the transaction could not reserve a timestamp above its items' clocks in time")
+
+
+#: Rounds one operation may start over with a new timestamp (each time, another operation of
+#: this node wrote one of its items between its reservation and its round).
+MAX_RESERVATIONS = 8
+
+
+class _StaleReservation(Exception):
+    """``decide`` found a newer dot of this node in an item than the operation's reservation."""
+
+    def __init__(self, seen: int) -> None:
+        super().__init__(seen)
+        self.seen = seen
+
+
+def _seen(item: K2VItem | None, node: int) -> int:
+    """The latest time of ``node`` that ``item`` has seen (its token's entry for the node)."""
+    entry = None if item is None else item.items.get(node)
+    return 0 if entry is None else entry.max_time()
 
 
 def _result_from_wire(raw: Any) -> TxnResult:

@@ -153,7 +153,9 @@ def evaluate(
     """Run the compares on ``state`` (the round's merged items), then the branch they select.
 
     Every write is a dot ``(node, node_ts + 1)`` with the item's current causal context, so it
-    supersedes exactly what the compares saw; a read sees the branch's earlier writes.
+    supersedes exactly what the compares saw (the caller makes sure no item already holds a time
+    of ``node`` past ``node_ts``, or the dot would land higher); a read sees the branch's earlier
+    writes.
     ``sizes`` are the stored sizes of the items before, for the item size limit.
     """
     succeeded = all(c.holds(state.get(c.sort_key)) for c in txn.compare)
