@@ -48,7 +48,7 @@ def test_bounded_chaos_run_finds_no_anomaly(tmp_path):
     assert cas["operations"] >= 300 and cas["histories"] >= 4 and cas["non_linearizable"] == 0, cas
     assert cas["succeeded"] >= 50 and cas["compare_failed"] >= 20, cas
     assert {"read-item", "txn-read", "if-match", "if-none-match", "if-match-any", "txn"} <= set(cas["by_kind"]), cas
-    assert cas["hot_partition_moves"], "no layout change moved a hot partition"
+    assert any(m["answered_within_10s"] >= 10 for m in cas["hot_partition_moves"]), cas["hot_partition_moves"]
     history = ConsensusHistory.from_records(lines)
     assert history.check() == []
     for doctor in (_a_replaced_value_read_back, _a_second_winner):

@@ -358,16 +358,13 @@ def test_the_workload_aims_at_a_hot_partition_that_a_layout_change_moves():
     assert "cas-7" in w.hot and len(w.hot) == 2
     said = w.layout_applied(old, new, {n0: "n0", n1: "n1", n2: "n2", n3: "n3"}, w.history.t0 + 5)
     assert said == "cas-7 moved n0,n1,n2 -> n0,n2,n3"
-    assert w.history.moves == [
-        {
-            "pk": "cas-7",
-            "partition": target,
-            "from": ["n0", "n1", "n2"],
-            "to": ["n0", "n2", "n3"],
-            "version": 4,
-            "at": 5.0,
-        }
-    ]
+    move = {"pk": "cas-7", "partition": target, "from": ["n0", "n1", "n2"], "to": ["n0", "n2", "n3"]}
+    move |= {"version": 4, "at": 5.0}
+    assert w.history.moves == [move]
+    # Operations on the moved key within 10 s of the change are counted.
+    for start in (6, 16):
+        cas(w.history, ("cas-7", ("r0",)), "read-item", start, start + 1, reads=(0,), observed={0: None})
+    assert w.history.stats()["hot_partition_moves"] == [{**move, "answered_within_10s": 1}]
     # A hot key already moves: nothing changes. A change that moves nothing: nothing either.
     before = list(w.hot)
     assert w.layout_planned(old, new) and not w.layout_planned(old, old)

@@ -258,8 +258,18 @@ class ConsensusHistory:
             "largest_history": max(sizes, default=0),
             "search_steps": sum(r.explored for r in self.results),
             "non_linearizable": sum(1 for r in self.results if not r.ok),
-            "hot_partition_moves": list(self.moves),
+            "hot_partition_moves": [{**m, "answered_within_10s": self._answered_after(m)} for m in self.moves],
         }
+
+    def _answered_after(self, move: dict[str, Any], span: float = 10.0) -> int:
+        """Operations on the moved partition key answered (ok) that started within ``span`` s of
+        the layout change: the partition was in use while it moved."""
+        at = self.t0 + move["at"]
+        return sum(
+            1
+            for op in self.ops
+            if op.pk == move["pk"] and op.status == "ok" and at <= op.start <= at + span and not op.final
+        )
 
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -333,16 +343,11 @@ def run_op(history: ConsensusHistory, client: K2VHttp, bucket: str, op: CasOp, t
         elif op.kind in ("if-match", "if-none-match", "if-match-any"):
             ((i, target, _, token),) = op.compares
             ((_, value),) = op.writes
-            headers = {"If-None-Match": "*"} if target == ABSENT else {"If-Match": "*" if target == ANY else token}
+            cond = "*" if target in (ABSENT, ANY) else str(token)
+            headers = {"If-None-Match" if target == ABSENT else "If-Match": cond}
             body = None if value is None else value.encode()
-            resp = client.request(
-                "PUT" if value is not None else "DELETE",
-                path,
-                f"sort_key={quote(op.sks[i], safe='')}",
-                body,
-                headers=headers,  # type: ignore[arg-type]
-                timeout=timeout,
-            )
+            query = f"sort_key={quote(op.sks[i], safe='')}"
+            resp = client.request("PUT" if value is not None else "DELETE", path, query, body, headers, timeout=timeout)
             _outcome(op, resp.status, resp.body)
             if resp.status in (200, 204, 412):
                 op.status, op.succeeded = "ok", resp.status != 412
