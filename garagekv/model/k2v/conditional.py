@@ -247,8 +247,10 @@ class ConditionalK2V:
                             "the transaction lost its round to a concurrent one after proposing and the items "
                             "changed since: it may or may not have been applied (read the items to know)"
                         )
-                    # Below the dot: the earlier attempt never applied, and this round's ballot
-                    # outranks it, so it never will.
+                    # Below the dot: the earlier attempt has not applied. It may still be completed
+                    # later, but only in this same instance (no commit came after it), where at
+                    # most one proposal is chosen: that one, or the one made now, with the same
+                    # branch and dot. Either way the operation applies once.
                 sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
                 ev = evaluate(txn, state, bucket_id, pk, node, node_ts, max_bytes, sizes)
                 if proposed is not None and ev.succeeded != proposed:
