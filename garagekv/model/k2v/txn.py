@@ -188,8 +188,9 @@ def has_dot(item: K2VItem | None, node: int, ts: int) -> bool:
     marks that operation's writes, which no other write of this node carries.
 
     (A discard time past ``ts`` is not taken as proof: another coordinator may record a
-    client-supplied time for this node. So a write completed by another proposer *and*
-    superseded before this proposer's next attempt is judged on the newer state.)
+    client-supplied time for this node. A write completed by another proposer *and* superseded
+    before this proposer's next attempt therefore cannot be told from one that never applied
+    once the item's clock passed its dot: the adapter answers 503 then, docs/consensus.md §10.)
     """
     if item is None:
         return False
