@@ -272,24 +272,28 @@ class ConditionalK2V:
         writers = sum(1 for t in txns if any(o.writes for o in (*t.success, *t.failure)))
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        attempt: Attempt | None = None  # what the last attempt proposed
+        attempts: list[Attempt] = []  # what the earlier attempts proposed, each with its own dots
         above = 0
         for _ in range(MAX_RESERVATIONS):
             node_ts = await self._reserve_ts(writers, above) if writers else 0
 
             def decide(merged: Mapping[bytes, bytes | None], node_ts: int = node_ts) -> Decision[list[BatchOutcome]]:
-                nonlocal attempt
                 raws = {sk: merged[sk.encode()] for sk in sort_keys}
                 state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
                 sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
                 outcomes, written, proposed = decide_batch(
-                    txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempt
+                    txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempts
                 )
                 if proposed is None:
                     return Decision(None, outcomes)
                 if any(not node_ts < dot <= node_ts + writers for dot in proposed.dots.values()):
                     raise _Reserve(max(_own_time(state.get(sk), node) for sk in proposed.dots))
-                attempt = proposed
+                used = max((d for att in attempts for d in att.dots.values()), default=0)
+                if min(proposed.dots.values()) <= used:
+                    # A new proposal after one that was never applied: under new dots, so that a
+                    # dot found later names exactly one attempt.
+                    raise _Reserve(used)
+                attempts.append(proposed)
                 return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
 
             try:

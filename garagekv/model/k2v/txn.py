@@ -260,24 +260,32 @@ def decide_batch(
     node: int,
     node_ts: int,
     max_item_bytes: int,
-    previous: Attempt | None,
+    previous: Sequence[Attempt] = (),
     now: int | None = None,
 ) -> tuple[list[BatchOutcome], list[K2VItem], Attempt | None]:
     """Decide the transactions of one round, in order, each seeing the writes of those before it.
 
     Returns each one's outcome, the items to commit (final versions) and what this attempt
-    proposes (``None``: nothing to commit). ``previous`` is what an earlier attempt of the same
-    round proposed before losing its ballot. If one of its dots is held, it was chosen (and
-    completed by another proposer): its outcomes stand, as of the state it was decided on, which
-    is where it took effect. If none is held or covered, it was never applied and everything is
-    decided afresh. Otherwise it may have applied and been superseded: an operation whose branch
-    would change answers 503 (outcome unknown).
+    proposes (``None``: nothing to commit). ``previous`` are what the earlier attempts of the
+    same round proposed before losing their ballots (each with its own dots), of which at most
+    one was chosen. If the dots of one are held, it was chosen (and completed by another
+    proposer): its outcomes stand, as of the state it was decided on, which is where it took
+    effect. If none is held or covered, none was ever applied, and everything is decided afresh
+    (the caller then proposes with new dots). Otherwise one may have applied and been superseded
+    since: every operation whose writes they proposed answers 503 (outcome unknown), as deciding
+    it again could apply it a second time; the others (reads, false compares) have no effect and
+    are decided afresh.
     """
-    if previous is not None:
-        if any(has_dot(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
-            return list(previous.outcomes), [], None
-        if not any(dot_discarded(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
-            previous = None
+    for att in previous:
+        if any(has_dot(state.get(sk), node, dot) for sk, dot in att.dots.items()):
+            return list(att.outcomes), [], None
+    unknown = {
+        i
+        for att in previous
+        if any(dot_discarded(state.get(sk), node, dot) for sk, dot in att.dots.items())
+        for i, branch in enumerate(att.branches)
+        if branch is not None
+    }
     now = now_ms() if now is None else now  # one time for every transaction of the round
     work: dict[str, K2VItem | None] = dict(state)
     written: dict[str, K2VItem] = {}
@@ -286,18 +294,18 @@ def decide_batch(
     update_bytes = 0
     for i, txn in enumerate(txns):
         branches.append(None)
+        if i in unknown:
+            outcomes.append(
+                ServiceUnavailable(
+                    "the transaction lost its round to a concurrent one after proposing and its items "
+                    "changed since: it may or may not have been applied (read the items to know)"
+                )
+            )
+            continue
         try:
             ev = evaluate(txn, work, bucket_id, partition_key, node, node_ts, max_item_bytes, sizes, now)
         except GarageKVError as e:
             outcomes.append(e)
-            continue
-        if previous is not None and previous.branches[i] is not None and previous.branches[i] != ev.succeeded:
-            outcomes.append(
-                ServiceUnavailable(
-                    "the transaction lost its round to a concurrent one after proposing: it may or may "
-                    "not have been applied (read the items to know)"
-                )
-            )
             continue
         if ev.written:
             grown = {i.sort_key: len(i.encode()) for i in ev.written}
