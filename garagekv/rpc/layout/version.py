@@ -118,9 +118,6 @@ class LayoutVersion:
         counts = Counter(self.ring_assignment_data)
         return {n: counts.get(i, 0) for i, n in enumerate(self.storage_nodes())}
 
-    def node_usage(self, node: bytes) -> int:
-        return self.usage().get(node, 0)
-
     # ------------------------------------------------------------------ validation
 
     def assignment_problem(self) -> Problem:
