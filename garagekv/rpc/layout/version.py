@@ -68,12 +68,6 @@ class LayoutVersion:
     def gateway_nodes(self) -> list[bytes]:
         return self.node_id_vec[self.nongateway_node_count :]
 
-    def all_nodes(self) -> list[bytes]:
-        return list(self.node_id_vec)
-
-    def role_of(self, node: bytes) -> NodeRole | None:
-        return self.roles.get(node)
-
     def storage_zones(self) -> list[str]:
         return zones_in_order(storage_nodes(self.roles), self.roles)
 
