@@ -496,3 +496,18 @@ def test_merge_encoded_is_the_merge_of_the_replicas_it_was_given():
     assert merged is not None and sorted(merged.values()) == [b"a", b"b"]
     assert merge_encoded([]) is None and merge_encoded([None, None]) is None
     assert merge_encoded([a.encode()]).encode() == a.encode()
+
+
+def test_soft_cap_is_reached_at_exactly_its_size_and_does_not_stop_the_other_discards():
+    """An item holding exactly ITEM_CLOCK_SOFT_CAP entries refuses a new other node, written by a
+    node it already knows (so the writer adds no entry first); the refusal skips that node only:
+    a known node after it in the context still has its values discarded."""
+    from garagekv.model.k2v.causality import ITEM_CLOCK_SOFT_CAP
+
+    item = new()
+    item.update(1, CausalContext({n: 5 for n in range(100, 100 + ITEM_CLOCK_SOFT_CAP - 1)}), b"v", 10)
+    assert len(item.items) == ITEM_CLOCK_SOFT_CAP
+    known = 100 + ITEM_CLOCK_SOFT_CAP - 2
+    item.update(1, CausalContext({99: 5, known: 9}), b"w", 20)
+    assert 99 not in item.items and len(item.items) == ITEM_CLOCK_SOFT_CAP
+    assert item.items[known].t_discard == 9
