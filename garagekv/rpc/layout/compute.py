@@ -49,6 +49,12 @@ def compute_version(
         raise LayoutError(
             f"The number of zones with non-gateway nodes ({nb_zones}) is smaller than the redundancy parameter ({zr})"
         )
+    nb_hosts = len(new.storage_hosts())
+    if nb_hosts < rf:
+        raise LayoutError(
+            f"The number of hosts with positive capacity ({nb_hosts}) is smaller than the replication factor "
+            f"({rf}): the replicas of a partition must be on distinct hosts."
+        )
 
     problem = new.assignment_problem()
     size = optimal_partition_size(problem)
