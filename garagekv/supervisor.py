@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -115,9 +116,10 @@ class Worker:
 class Supervisor:
     """Runs ``workers`` worker processes for ``config`` (read from ``config_path``) until stopped."""
 
-    def __init__(self, config: Config, config_path: Path, workers: int) -> None:
+    def __init__(self, config: Config, config_path: Path, workers: int, parent_fd: int | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.parent_fd = parent_fd  # stop at its end of file (``--stop-on-eof``, from garagekv dev)
         self.workers = [Worker(i) for i in range(workers)]
         self.stopping = False
         self.host_id = b""
@@ -184,6 +186,19 @@ class Supervisor:
         w.proc = None
         return None
 
+    def _parent_gone(self) -> bool:
+        if self.parent_fd is None:
+            return False
+        readable, _, _ = select.select([self.parent_fd], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return os.read(self.parent_fd, 4096) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
 
@@ -199,6 +214,9 @@ class Supervisor:
                 self._start(w, lifeline)
             log.info("host %s: %d workers", self.host_id.hex()[:16], len(self.workers))
             while not self.stopping:
+                if self._parent_gone():
+                    log.info("parent process gone: stopping")
+                    break
                 now = time.monotonic()
                 for w in self.workers:
                     if w.proc is not None and (code := w.proc.poll()) is not None:
@@ -236,8 +254,8 @@ class Supervisor:
         return clean
 
 
-def supervise(config: Config, workers: int) -> int:
+def supervise(config: Config, workers: int, parent_fd: int | None = None) -> int:
     """``garagekv server`` for a host with ``workers`` > 1 (the config must come from a file)."""
     if config.source is None:
         raise ValueError("a host with several workers needs its config file: the workers read it")
-    return Supervisor(config, Path(config.source).absolute(), workers).run()
+    return Supervisor(config, Path(config.source).absolute(), workers, parent_fd).run()

@@ -305,12 +305,16 @@ async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict:
         for p in a.replace:
             for n in resolve_targets(system, p):
                 h.stage_role(n, None)
+    lines = []
     for group in groups:
         for n, role in _group_roles(system, group, planned, a, cap_bytes):
             h.stage_role(n, role)
+        host = node_host(system, group[0])
+        if host is not None:
+            lines.append(f"Host {host.hex()[:16]}: {len(group)} workers ({', '.join(n.hex()[:16] for n in group)}).")
     system.layout.replace(h)
     return {
-        "message": "Role changes are staged but not yet committed.\n"
+        "message": "".join(line + "\n" for line in lines) + "Role changes are staged but not yet committed.\n"
         "Use `garagekv layout show` to view staged role changes,\n"
         "and `garagekv layout apply` to enact staged changes."
     }

@@ -130,7 +130,7 @@ def _server(args: argparse.Namespace, config: Config) -> int:
         )
         handler.addFilter(WorkerTag(args.worker_index))
     elif workers > 1:
-        return supervise(replace(config, workers=workers), workers)
+        return supervise(replace(config, workers=workers), workers, getattr(args, "stop_on_eof", None))
     with new_runner() as runner:
         runner.run(run_node(config, getattr(args, "stop_on_eof", None)))
     return 0

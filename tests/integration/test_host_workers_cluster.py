@@ -1,4 +1,5 @@
-"""A host with two workers and two one-worker hosts, rf 3, one zone (real processes).
+"""A host with two workers and two one-worker hosts, rf 3, one zone (real processes); and
+`garagekv dev --workers 2`.
 
 One zone makes zone redundancy 1, so only the host constraint keeps the two workers of the big
 host from holding two replicas of a partition. Checked: the shared K2V port spreads connections
@@ -10,16 +11,20 @@ host cleanly.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
 
 from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory
-from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port, wait_for
+from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_dev_port, free_port, wait_for
 from tests.support.faults import make_bucket, status
 from tests.support.hosts import HostProcess
 
@@ -132,3 +137,68 @@ def test_a_host_with_two_workers_acts_as_one(hosts):
             os.kill(pid, 0)
     log = (big.root / "node.log").read_text()
     assert log.count("node stopped cleanly") >= 2 and "all workers stopped" in log, time.monotonic() - t0
+
+
+def free_dev_block(nodes: int, workers: int) -> int:
+    """A base port for `garagekv dev --nodes N --workers W`: its K2V/admin/Hulykvs ports and the
+    workers' RPC ports (PORT+100+100i+w) all free."""
+    for _ in range(200):
+        base = free_dev_port(nodes)
+        try:
+            for port in [base + 100 + 100 * i + w for i in range(nodes) for w in range(workers)]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port block")
+
+
+def test_dev_workers_gives_each_dev_node_its_workers(tmp_path):
+    """`garagekv dev --workers 2`: three hosts of two workers, still replication factor 3."""
+    port = free_dev_block(3, 2)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "garagekv.cli.main",
+            "dev",
+            "--json",
+            "--dir",
+            str(tmp_path / "dev"),
+            "--port",
+            str(port),
+        ]
+        + ["--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        info = json.loads(line)
+        nodes = info["nodes"]
+        assert len(nodes) == 3 and len({n["host"] for n in nodes}) == 3
+        assert all(len(n["workers"]) == 2 and n["workers"][0]["id"] == n["id"] for n in nodes)
+        assert [n["workers"][1]["rpc_addr"] for n in nodes] == [f"127.0.0.1:{port + 101 + 100 * i}" for i in range(3)]
+        first = NodeProcess(tmp_path / "dev" / "node0")  # only for its config file: the CLI's target
+        layout = first.admin("layout.get")
+        host_of = {r["id"]: r["host"] for r in layout["roles"]}
+        assert host_of == {w["id"]: n["host"] for n in nodes for w in n["workers"]}
+        assert first.admin("cluster.status")["layout_version"] == 1
+        history = LayoutHistory.decode(
+            (tmp_path / "dev" / "node0" / "meta" / "worker-0" / "cluster_layout").read_bytes()
+        )
+        v = history.current()
+        assert v.replication_factor == 3
+        assert all(len({v.roles[n].host for n in v.nodes_of(p)}) == 3 for p in range(NB_PARTITIONS))
+        client = K2VHttp(info["k2v_endpoint"].removeprefix("http://"), info["access_key_id"], info["secret_access_key"])
+        last = K2VHttp(
+            nodes[2]["k2v_endpoint"].removeprefix("http://"), info["access_key_id"], info["secret_access_key"]
+        )
+        assert client.request("PUT", f"/{info['bucket']}/p", "sort_key=k", b"kept").status == 204
+        assert last.request("GET", f"/{info['bucket']}/p", "sort_key=k").json() == ["a2VwdA=="]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=90) == 0
