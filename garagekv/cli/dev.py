@@ -143,6 +143,7 @@ class DevNode:
     config: Config | None = None
     node_id: str = ""  # of worker 0 for a host of several workers
     worker_ids: list[str] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
     host_id: str = ""
     log_offset: int = 0
 
@@ -199,7 +200,7 @@ class DevNode:
         """Wait until this very process answers (every worker of a host), not another one holding its ports."""
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
-        ready: dict[int, str] = {}
+        ready: dict[int, dict[str, Any]] = {}
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -218,11 +219,12 @@ class DevNode:
                         f"node {str(info.get('id'))[:16]}): stop it or choose other ports with --port/--dir.\n"
                         f"{self.new_log()}"
                     )
-                ready[w] = info["id"]
+                ready[w] = info
                 self.host_id = info.get("host") or ""
             if len(ready) == self.workers:
-                self.node_id = ready[0]
-                self.worker_ids = [ready[w] for w in range(self.workers)]
+                self.node_id = ready[0]["id"]
+                self.worker_ids = [ready[w]["id"] for w in range(self.workers)]
+                self.worker_pids = [ready[w]["pid"] for w in range(self.workers)]
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node {self.index} not ready after {READY_TIMEOUT:.0f}s; see {self.log_path}")
@@ -240,7 +242,10 @@ class DevNode:
         }
         if self.workers > 1:
             out["host"] = self.host_id
-            out["workers"] = [{"id": n, "rpc_addr": self.rpc_addr(w)} for w, n in enumerate(self.worker_ids)]
+            out["workers"] = [
+                {"id": n, "rpc_addr": self.rpc_addr(w), "pid": pid}
+                for w, (n, pid) in enumerate(zip(self.worker_ids, self.worker_pids, strict=True))
+            ]
         return out
 
 
