@@ -258,4 +258,7 @@ def supervise(config: Config, workers: int, parent_fd: int | None = None) -> int
     """``garagekv server`` for a host with ``workers`` > 1 (the config must come from a file)."""
     if config.source is None:
         raise ValueError("a host with several workers needs its config file: the workers read it")
+    for addr in (config.rpc_bind_addr, config.rpc_public_addr):
+        if addr is not None:
+            worker_port(addr, workers - 1)  # the last worker's RPC port must exist (ConfigError)
     return Supervisor(config, Path(config.source).absolute(), workers, parent_fd).run()

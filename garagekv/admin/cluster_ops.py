@@ -76,9 +76,18 @@ def host_members(system: System) -> dict[bytes, list[bytes]]:
 
 def resolve_targets(system: System, prefix: str) -> list[bytes]:
     """The nodes an operator means by ``prefix``: a node (every worker of its host, if it is one)
-    or a host id (all its workers). A prefix matching several nodes or hosts is an error."""
+    or a host id (all its workers). A prefix matching several nodes or hosts is an error.
+
+    A host's workers are those up now or with a planned role: a worker removed from the layout
+    after the host was given fewer workers is not assigned again while peers still remember it.
+    """
     p = prefix.lower()
-    hosts = host_members(system)
+    planned = system.layout.history.planned_roles()
+    is_up = getattr(system, "is_up", lambda n: True)
+    hosts = {
+        host: [n for n in members if is_up(n) or n in planned] or members
+        for host, members in host_members(system).items()
+    }
     matching_hosts = [h for h in hosts if h.hex().startswith(p)]
     matching_nodes = [n for n in known_nodes(system) if n.hex().startswith(p)]
     if len(matching_hosts) == 1 and not matching_nodes:

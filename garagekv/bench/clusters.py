@@ -63,7 +63,7 @@ class DevCluster:
 
     def start(self, timeout: float = 90.0) -> DevCluster:
         self.root.mkdir(parents=True, exist_ok=True)
-        offsets = [o + 10 * i for i in range(self.nodes) for o in (0, -3, -1)]
+        offsets = [o + 10 * i for i in range(self.nodes) for o in (0, -3, -1, 1)]  # K2V, RPC, admin, Hulykvs
         if self.workers > 1:  # the workers' RPC ports (garagekv dev --workers)
             offsets += [100 + 100 * i + w for i in range(self.nodes) for w in range(self.workers)]
         base = pick_ports(offsets, lo=20010)

@@ -184,3 +184,23 @@ async def test_tables_without_hosts_are_unchanged(system):
     text = (await op(system, "layout.show"))["text"]
     assert "Host" not in text
     assert "ID                Tags  Zone  Capacity" in text
+
+
+def test_the_cli_of_a_multi_worker_host_talks_to_worker_0(tmp_path):
+    from garagekv.admin.remote import local_target
+    from garagekv.net.identity import load_or_create_node_key
+
+    cfg = parse_config({**BASE, "metadata_dir": str(tmp_path), "rpc_bind_addr": "0.0.0.0:3901", "workers": 2})
+    w0 = load_or_create_node_key(tmp_path / "worker-0").node_id
+    assert local_target(cfg) == (w0, ("127.0.0.1", 3901))
+    # A node that ran here before with workers = 1 keeps its key; the host's config still means worker 0.
+    old = load_or_create_node_key(tmp_path).node_id
+    assert local_target(cfg)[0] == w0
+    assert local_target(parse_config({**BASE, "metadata_dir": str(tmp_path)}))[0] == old
+
+
+def test_bench_counts_the_workers_of_a_dev_node_as_its_server():
+    from garagekv.cli.bench import dev_pids
+
+    nodes = [{"pid": 10}, {"pid": 20, "workers": [{"id": "a", "pid": 21}, {"id": "b", "pid": 22}]}, {"pid": None}]
+    assert dev_pids(nodes) == [10, 21, 22]
