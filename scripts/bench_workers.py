@@ -17,6 +17,9 @@ Environment (defaults in brackets):
   BENCH_KEYS [10000]           prefilled items              BENCH_VALUE_SIZE [100]
   BENCH_SETTLE [120]           wait for the servers' background work before each run
   BENCH_WAIT_QUIET [0]         wait up to this long for other processes to go idle before each run
+  BENCH_MAX_OTHER [0.25]       a run during which other processes used more cores than this is
+  BENCH_RETRIES [0]            run again, up to this many times; the least disturbed run is kept
+                               and a row still above the limit is flagged (the machine is shared)
   BENCH_OUT [bench-results]
 """
 
@@ -58,11 +61,27 @@ def settings() -> dict[str, Any]:
         "value_size": int(env("BENCH_VALUE_SIZE", "100")),
         "settle": float(env("BENCH_SETTLE", "120")),
         "wait_quiet": float(env("BENCH_WAIT_QUIET", "0")),
+        "max_other": float(env("BENCH_MAX_OTHER", "0.25")),
+        "retries": int(env("BENCH_RETRIES", "0")),
         "out": Path(env("BENCH_OUT", "bench-results")),
     }
 
 
 def run(s: dict[str, Any], dev: DevCluster, workers: int, scenario: str, prefill: bool) -> dict[str, Any]:
+    """One measured run; again (up to BENCH_RETRIES times) while other processes disturb it."""
+    best: dict[str, Any] | None = None
+    for attempt in range(1 + s["retries"]):
+        row = run_once(s, dev, workers, scenario, prefill and attempt == 0)
+        if best is None or row["other_cores"] < best["other_cores"]:
+            best = row
+        if row["other_cores"] <= s["max_other"]:
+            break
+    assert best is not None
+    best["disturbed"] = best["other_cores"] > s["max_other"]
+    return best
+
+
+def run_once(s: dict[str, Any], dev: DevCluster, workers: int, scenario: str, prefill: bool) -> dict[str, Any]:
     settle(dev.pids, s["settle"])
     if s["wait_quiet"] > 0 and not wait_quiet(s["wait_quiet"], exclude=dev.pids):
         say(f"  (the machine stayed busy for {s['wait_quiet']:g}s; running anyway)")
@@ -106,7 +125,9 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(s: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         f"{s['conns']} connections, {s['duration']:g} s measured after {s['warmup']:g} s, median of "
-        f"{s['rounds']} alternating rounds; one host (`garagekv dev --nodes 1 --workers W`, rf 1).",
+        f"{s['rounds']} alternating rounds; one host (`garagekv dev --nodes 1 --workers W`, rf 1). "
+        f"Other cores marked *: other processes used more than {s['max_other']:g} cores during every attempt "
+        f"({1 + s['retries']}) of that run.",
         "",
         "| workers | scenario | ops/s | p99 ms | server cores | server CPU us/op | ops/s per server core "
         "| generator cores | other cores | rounds (ops/s) |",
@@ -116,7 +137,8 @@ def markdown(s: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['workers']} | {r['scenario']} | {fmt_num(r['ops_per_sec'])} | {fmt_ms(r['p99_ms'])} "
             f"| {r['server_cores']:.2f} | {fmt_num(r['server_us_per_op'])} | {fmt_num(r['ops_per_server_core'])} "
-            f"| {r['generator_cores']:.2f} | {r['other_cores']:.2f} | {', '.join(fmt_num(x) for x in r['rounds'])} |"
+            f"| {r['generator_cores']:.2f} | {r['other_cores']:.2f}{' *' if r['disturbed'] else ''} "
+            f"| {', '.join(fmt_num(x) for x in r['rounds'])} |"
         )
     return "\n".join(lines) + "\n"
 
