@@ -37,6 +37,7 @@ from typing import Any
 from garagekv.net.identity import PUB_FILE, load_or_create_node_key
 from garagekv.rpc.layout import HOST_ID_LEN
 from garagekv.util.config import Config, for_worker, split_host_port, worker_port
+from garagekv.util.errors import ConfigError
 
 log = logging.getLogger("garagekv.supervisor")
 
@@ -67,7 +68,7 @@ def load_or_create_host_id(metadata_dir: Path) -> bytes:
     if len(raw) == HOST_ID_LEN:
         return raw
     if raw:
-        raise ValueError(f"{path} should hold {HOST_ID_LEN} bytes, found {len(raw)}: delete it to make a new host id")
+        raise ConfigError(f"{path} should hold {HOST_ID_LEN} bytes, found {len(raw)}: delete it to make a new host id")
     host_id = os.urandom(HOST_ID_LEN)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(host_id)
@@ -257,7 +258,7 @@ class Supervisor:
 def supervise(config: Config, workers: int, parent_fd: int | None = None) -> int:
     """``garagekv server`` for a host with ``workers`` > 1 (the config must come from a file)."""
     if config.source is None:
-        raise ValueError("a host with several workers needs its config file: the workers read it")
+        raise ConfigError("a host with several workers needs its config file: the workers read it")
     for addr in (config.rpc_bind_addr, config.rpc_public_addr):
         if addr is not None:
             worker_port(addr, workers - 1)  # the last worker's RPC port must exist (ConfigError)

@@ -20,6 +20,7 @@ from garagekv.supervisor import (
     worker_dir,
 )
 from garagekv.util.config import parse_config
+from garagekv.util.errors import ConfigError
 
 
 def config(tmp_path: Path, **extra):
@@ -33,7 +34,7 @@ def test_the_host_id_is_made_once_and_kept(tmp_path):
     first = load_or_create_host_id(tmp_path)
     assert len(first) == 32 and load_or_create_host_id(tmp_path) == first
     (tmp_path / "host_id").write_bytes(b"short")
-    with pytest.raises(ValueError, match="should hold 32 bytes"):
+    with pytest.raises(ConfigError, match="should hold 32 bytes"):
         load_or_create_host_id(tmp_path)
 
 
