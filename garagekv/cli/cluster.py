@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from garagekv.admin.remote import admin_call, local_target
@@ -149,6 +150,14 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                     "or add it to their bootstrap_peers. Keep rpc_secret private: it admits nodes.",
                     file=sys.stderr,
                 )
+                host_file = Path(config.metadata_dir) / "host_id"
+                if config.workers > 1 and host_file.exists():
+                    host = host_file.read_bytes().hex()
+                    print(
+                        f"This is worker 0 of host {host[:16]} ({config.workers} workers): "
+                        f"`garagekv layout assign {host[:16]} -z <zone> -c <capacity>` assigns them all.",
+                        file=sys.stderr,
+                    )
             return 0
         if args.action == "forget":
             print(f"Forgot node {(await call('node.forget', {'node': args.node}))['forgotten'][:16]}.")
