@@ -12,6 +12,7 @@ Environment (defaults in brackets):
   BENCH_CONNS [64]    connections                       BENCH_PROCS [1]   generator processes
   BENCH_VALUE_SIZE [100]  value bytes                   BENCH_KEYS [10000]  prefilled items
   BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
+                      (also ttl: writes with a 2 s TTL, so values expire while the run goes on)
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
   BENCH_REPEAT [1]    runs per scenario; the median run (by ops/s, the lower one of an even count) is kept
@@ -49,6 +50,8 @@ from garagekv.bench.report import comparison_rows, fmt_ms, fmt_num, markdown_tab
 
 ETCD_SCENARIOS = ("write", "read")
 ALL_SCENARIOS = ("write", "read", "mixed", "batch", "poll")
+#: Also known, run only when named in BENCH_SCENARIOS: ``ttl`` (writes that expire during the run).
+EXTRA_SCENARIOS = ("ttl",)
 
 
 def env(name: str, default: str) -> str:
@@ -206,7 +209,7 @@ def bench_etcd(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
 
 def main() -> int:
     s = settings()
-    unknown = set(s["scenarios"]) - set(ALL_SCENARIOS)
+    unknown = set(s["scenarios"]) - set(ALL_SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
         say(f"unknown scenarios: {', '.join(sorted(unknown))}")
         return 2

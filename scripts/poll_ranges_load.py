@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """What idle PollRanges calls cost a node (not in CI: a minute or more of load).
 
-Starts one ``garagekv dev`` node, takes markers for R partitions with one call, then holds C
-concurrent ``poll_ranges`` calls of those R ranges open (markers sent: nothing new, they wait).
-Reports the node's resident memory before and while they wait, its CPU use while they wait
-(idle: should be near zero), and, after one write to one of the watched partitions, how long
-until every call has answered. The client's own CPU is not counted.
+Starts a ``garagekv dev`` cluster (one node unless ``--nodes``), takes markers for R
+partitions with one call, then holds C concurrent ``poll_ranges`` calls of those R ranges open
+on the first node (markers sent: nothing new, they wait). Reports the nodes' resident memory
+before and while they wait, their CPU use to accept the calls and while they wait (idle: should
+be near zero), and, after one write to one of the watched partitions, how long until every call
+has answered and the CPU that took. Memory and CPU are summed over the cluster's nodes; the
+client's own CPU is not counted.
 
-Usage: scripts/poll_ranges_load.py [--calls C] [--ranges R] [--window S]
+Usage: scripts/poll_ranges_load.py [--calls C] [--ranges R] [--nodes N] [--window S]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from garagekv.bench.clusters import DevCluster, settle  # noqa: E402
-from garagekv.bench.procstat import cpu_seconds, rss_bytes  # noqa: E402
+from garagekv.bench.procstat import rss_bytes, total_cpu_seconds  # noqa: E402
 from garagekv.client import K2VClient  # noqa: E402
 
 
@@ -40,7 +42,14 @@ async def poll_ranges(c: K2VClient, ranges: list[dict[str, Any]], timeout: int) 
 
 async def run(dev: DevCluster, calls: int, nranges: int, window: float) -> dict[str, Any]:
     info = dev.info
-    pid = dev.pids[0]
+    pids = dev.pids
+
+    def cpu() -> float:
+        return total_cpu_seconds(pids) or 0.0
+
+    def rss() -> int:
+        return sum(rss_bytes(pid) or 0 for pid in pids)
+
     async with K2VClient(
         endpoint=dev.endpoints[0],
         access_key_id=info["access_key_id"],
@@ -56,25 +65,26 @@ async def run(dev: DevCluster, calls: int, nranges: int, window: float) -> dict[
         status, first = await poll_ranges(c, [{"partitionKey": pk} for pk in pks], 10)
         assert status == 200, status
         ranges = [{"partitionKey": r["partitionKey"], "seenMarker": r["seenMarker"]} for r in first["ranges"]]
-        settle([pid], 30)
-        rss0 = rss_bytes(pid) or 0
-        t0, cpu_start = time.monotonic(), cpu_seconds(pid) or 0.0
+        settle(pids, 30)
+        rss0 = rss()
+        t0, cpu_start = time.monotonic(), cpu()
         tasks = [asyncio.ensure_future(poll_ranges(c, ranges, 300)) for _ in range(calls)]
         await asyncio.sleep(window)  # lets every call reach the node and start waiting
         setup_s = time.monotonic() - t0
-        cpu0, w0 = cpu_seconds(pid) or 0.0, time.monotonic()
+        cpu0, w0 = cpu(), time.monotonic()
         start_cpu = cpu0 - cpu_start
         await asyncio.sleep(window)
-        idle_cpu = ((cpu_seconds(pid) or 0.0) - cpu0) / (time.monotonic() - w0)
-        rss1 = rss_bytes(pid) or 0
+        idle_cpu = (cpu() - cpu0) / (time.monotonic() - w0)
+        rss1 = rss()
         done_early = sum(t.done() for t in tasks)
-        cpu1, t1 = cpu_seconds(pid) or 0.0, time.monotonic()
+        cpu1, t1 = cpu(), time.monotonic()
         await c.insert_item(pks[nranges // 2], "b", b"2")
         results = await asyncio.gather(*tasks)
         wake_s = time.monotonic() - t1
-        wake_cpu = (cpu_seconds(pid) or 0.0) - cpu1
+        wake_cpu = cpu() - cpu1
     woken = sum(1 for s, _ in results if s == 200)
     return {
+        "nodes": len(pids),
         "calls": calls,
         "ranges_per_call": nranges,
         "rss_before_MiB": round(rss0 / 2**20, 1),
@@ -94,9 +104,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--ranges", type=int, default=64)
+    ap.add_argument("--nodes", type=int, default=1, help="cluster size (the calls all go to the first node)")
     ap.add_argument("--window", type=float, default=10.0, help="seconds to start the calls, then to measure idle")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="poll-ranges-load-") as tmp, DevCluster(Path(tmp), 1) as dev:
+    with tempfile.TemporaryDirectory(prefix="poll-ranges-load-") as tmp, DevCluster(Path(tmp), args.nodes) as dev:
         res = asyncio.run(run(dev, args.calls, args.ranges, args.window))
     print(json.dumps(res, indent=2))
     return 0

@@ -100,7 +100,8 @@ def item_breakdown(raw: bytes) -> dict[str, int]:
 
     ``ids``: the bucket id, partition and sort key payloads (all three are also in the tree key,
     the key in hashed form); ``causal context``: the packed node ids and timestamps;
-    ``value``: the client's bytes; ``msgpack framing``: list, string and bin headers.
+    ``value``: the client's bytes; ``expiry``: the expiries of values written with a TTL;
+    ``msgpack framing``: list, string and bin headers.
     """
     item = K2VItem.decode(raw)
     out = {
@@ -116,6 +117,8 @@ def item_breakdown(raw: bytes) -> dict[str, int]:
         for ts, v in entry.values:
             out["causal context"] += packed_len(ts)
             out["value"] += len(v) if v is not None else 0
+        if entry.expiry:  # format 2: values written with a TTL carry their expiry
+            out["expiry"] = out.get("expiry", 0) + sum(packed_len(e) for e in entry.expiry.values())
     out["msgpack framing"] = len(raw) - sum(out.values())
     return out
 

@@ -54,9 +54,28 @@ def peer_families(system: System) -> Iterable[Metric]:
 
 
 def consensus_families(model: Model) -> Iterable[Metric]:
-    """The consensus layer's counters (docs/consensus.md §12), one family per counter."""
+    """The consensus layer's counters (docs/consensus.md §12), one family per counter, and how
+    the conditional writes this node answered ended (204, 412 or 503)."""
     for name, value in model.consensus_metrics.snapshot().items():
         yield CounterMetricFamily(f"garagekv_consensus_{name}", f"Consensus: {name} (docs/consensus.md)", value=value)
+    writes = CounterMetricFamily(
+        "garagekv_k2v_conditional_writes",
+        "Conditional writes answered by this node, by outcome: applied (204), precondition_failed (412), "
+        "unavailable (503)",
+        labels=["outcome"],
+    )
+    for outcome, n in model.k2v.conditional_outcomes.snapshot().items():
+        writes.add_metric([outcome], n)
+    yield writes
+    txns = CounterMetricFamily(
+        "garagekv_k2v_transactions",
+        "Partition transactions answered by this node, by outcome: succeeded (success branch), failed "
+        "(failure branch), unavailable (503)",
+        labels=["outcome"],
+    )
+    for outcome, n in model.k2v.transaction_outcomes.snapshot().items():
+        txns.add_metric([outcome], n)
+    yield txns
 
 
 def worker_families(model: Model) -> Iterable[Metric]:

@@ -30,6 +30,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # table statistic (admin/stats.py) -> metric name
 TABLE_GAUGES = {
     "items": ("garagekv_table_size", "Entries stored in the table on this node (Garage: table_size)"),
+    "bytes": ("garagekv_table_bytes", "Bytes of database pages holding the table's entries on this node"),
     "merkleItems": ("garagekv_table_merkle_tree_size", "Nodes of the table's Merkle trees on this node"),
     "merkleTodo": (
         "garagekv_table_merkle_updater_todo_queue_length",
@@ -288,7 +289,9 @@ def _local_families(s: LocalSnapshot) -> Iterable[Metric]:
         "garagekv_api_k2v_requests_in_flight", "K2V API requests being served", value=s.k2v_in_flight
     )
     yield GaugeMetricFamily(
-        "garagekv_k2v_poll_subscriptions", "PollItem/PollRange waiters on this node", value=s.poll_subscriptions
+        "garagekv_k2v_poll_subscriptions",
+        "Open PollItem/PollRange/PollRanges waits on this node (one per storage-node poll)",
+        value=s.poll_subscriptions,
     )
     yield CounterMetricFamily("garagekv_db_commits", "Group commits of the database writer", value=s.db_commits)
     yield CounterMetricFamily("garagekv_db_writes", "Write transactions committed", value=s.db_writes)

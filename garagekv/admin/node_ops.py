@@ -193,6 +193,7 @@ async def stats(node: OpServices, a: StatsArgs) -> dict:
         row = {
             "table": name,
             "items": t.get("items", 0),
+            "bytes": t.get("bytes"),
             "merkleItems": t.get("merkleItems"),
             "merkleTodo": t.get("merkleTodo", 0),
             "gcTodo": t.get("gcTodo", 0),

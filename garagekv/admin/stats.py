@@ -1,4 +1,6 @@
-"""Storage statistics of a node: how many entries each table's trees hold, read in O(1) per tree."""
+"""Storage statistics of a node: how many entries each table's trees hold and how big the tree of
+its entries is, read in O(1) per tree. The consensus acceptors' state (tree ``consensus:state``)
+counts as a table named ``consensus``."""
 
 from __future__ import annotations
 
@@ -11,16 +13,22 @@ TREE_KINDS = {
     "merkle_todo": "merkleTodo",
     "gc_todo": "gcTodo",
     "insert_queue": "insertQueue",
+    "state": "items",  # consensus:state, one entry per consensus key this node has state for
 }
+#: The trees holding a table's entries: their size is the table's ``bytes``.
+ENTRY_TREES = ("data", "state")
 
 
 def table_stats(db: Database | None) -> dict[str, dict[str, int]]:
-    """``{table: {items, merkleTodo, ...}}`` for every table tree this node has opened."""
+    """``{table: {items, bytes, merkleTodo, ...}}`` for every table tree this node has opened."""
     if db is None or db.env is None:
         return {}
     out: dict[str, dict[str, int]] = {}
-    for name, n in db.entries(db.tree_names()).items():
+    for name, (n, size) in db.tree_stats(db.tree_names()).items():
         table, _, kind = name.rpartition(":")
         if table and kind in TREE_KINDS:
-            out.setdefault(table, {})[TREE_KINDS[kind]] = n
+            row = out.setdefault(table, {})
+            row[TREE_KINDS[kind]] = n
+            if kind in ENTRY_TREES:
+                row["bytes"] = size
     return out

@@ -24,6 +24,7 @@ from garagekv.util.errors import BadRequest, EntityTooLarge
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 TOKEN_HEADER = "X-Garage-Causality-Token"
+EXPIRES_HEADER = "X-Garage-Expires"  # when a live value expires (docs/k2v-api.md §5c)
 
 
 @dataclass

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from garagekv.api.context import TOKEN_HEADER
+from garagekv.api.context import EXPIRES_HEADER, TOKEN_HEADER
 from garagekv.util.errors import AccessDenied
 
 ALLOWED_METHODS = "GET, PUT, POST, DELETE, SEARCH"
+EXPOSED_HEADERS = f"{TOKEN_HEADER}, {EXPIRES_HEADER}"
 
 
 def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
@@ -26,7 +27,7 @@ def preflight(origins: tuple[str, ...], request: web.Request) -> web.Response:
     headers = {
         "Access-Control-Allow-Origin": allow,
         "Access-Control-Allow-Methods": ALLOWED_METHODS,
-        "Access-Control-Expose-Headers": TOKEN_HEADER,
+        "Access-Control-Expose-Headers": EXPOSED_HEADERS,
     }
     requested = request.headers.get("Access-Control-Request-Headers")
     if requested:
@@ -38,4 +39,4 @@ def add_cors_headers(origins: tuple[str, ...], request: web.Request, response: w
     allow = allowed_origin(origins, request.headers.get("Origin"))
     if allow is not None:
         response.headers["Access-Control-Allow-Origin"] = allow
-        response.headers["Access-Control-Expose-Headers"] = TOKEN_HEADER
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS

@@ -10,7 +10,7 @@ import base64
 import binascii
 from typing import Any
 
-from garagekv.model.k2v.item import K2VItem
+from garagekv.model.k2v.item import MAX_TTL_SEC, K2VItem
 from garagekv.util.errors import BadRequest
 
 
@@ -74,6 +74,18 @@ def opt_bool(obj: dict, name: str) -> bool:
     return v
 
 
+def ttl_seconds(v: Any, where: str) -> int:
+    """A TTL: a whole number of seconds from 1 to one year (booleans and floats are not)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TTL_SEC:
+        raise BadRequest(f"{where} must be an integer number of seconds from 1 to {MAX_TTL_SEC}")
+    return v
+
+
+def opt_ttl(obj: dict, name: str = "ttl") -> int | None:
+    v = obj.get(name)
+    return None if v is None else ttl_seconds(v, f"Invalid JSON: field `{name}`")
+
+
 def b64_value(v: str) -> bytes:
     """Standard base64 with canonical padding; anything else is a 400."""
     try:
@@ -90,4 +102,9 @@ def values_json(item: K2VItem) -> list[str | None]:
 
 
 def item_json(item: K2VItem) -> dict[str, Any]:
-    return {"sk": item.sort_key, "ct": item.causal_context().serialize(), "v": values_json(item)}
+    """An item of ReadBatch, PollRange and PollRanges; ``exp`` (unix ms) when a live value expires."""
+    out: dict[str, Any] = {"sk": item.sort_key, "ct": item.causal_context().serialize(), "v": values_json(item)}
+    exp = item.expires()
+    if exp is not None:
+        out["exp"] = exp
+    return out

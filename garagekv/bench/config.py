@@ -14,8 +14,9 @@ MIXES: dict[str, tuple[str, ...]] = {
     "batch": ("batch",),
     "index": ("index",),
     "poll": ("notify",),
+    "ttl": ("write",),
 }
-K2V_ONLY = frozenset({"batch", "index", "poll"})
+K2V_ONLY = frozenset({"batch", "index", "poll", "ttl"})
 
 
 class BenchError(Exception):
@@ -44,6 +45,7 @@ class BenchConfig:
     poll_keys: int = 1
     poll_interval: float = 0.01
     poll_timeout: int = 10
+    ttl: int = 2
     timeout: float = 30.0
     server_pids: list[int] = field(default_factory=list)
     run_id: str = ""
@@ -77,6 +79,8 @@ class BenchConfig:
             raise BenchError("the poll scenario needs --value-size of at least 8 (the value carries a timestamp)")
         if self.value_size < 0:
             raise BenchError("--value-size cannot be negative")
+        if self.ttl < 1:
+            raise BenchError("--ttl must be at least 1 second")
 
     @property
     def keyspace(self) -> KeySpace:

@@ -7,6 +7,8 @@ the window).
 Scenarios (``mix``):
 
 - ``write``: InsertItem of new items (etcd: put of new keys);
+- ``ttl``: ``write`` with ``X-Garage-TTL: ttl`` (2 s by default), so values expire during the run
+  and the nodes' expiry workers write tombstones while the writes go on;
 - ``read``: ReadItem of random prefilled items (etcd: linearizable range);
 - ``mixed``: ReadItem of a random item, then InsertItem of it with the causality token just read
   (read-modify-write; items stay single-valued), so half reads and half writes;
@@ -153,6 +155,16 @@ class Worker:
             seq += 1
             await self.call(c, "write", t.write(pk, sk, v, vh), t.check_write)
 
+    async def _ttl_loop(self, c: Conn) -> None:
+        tag = f"{self.cfg.run_id}.{c.index}"
+        ks, t, v, vh, ttl = self.keyspace, c.target, self.value, self.value_hash, self.cfg.ttl
+        assert isinstance(t, K2VTarget)
+        seq = 0
+        while time.monotonic() < self.m_end:
+            pk, sk = ks.new_item(tag, seq)
+            seq += 1
+            await self.call(c, "write", t.write_ttl(pk, sk, v, vh, ttl), t.check_write)
+
     async def _read_loop(self, c: Conn) -> None:
         ks, t, n, rnd = self.keyspace, c.target, self.cfg.keys, self.rng.randrange
         while time.monotonic() < self.m_end:
@@ -241,6 +253,7 @@ class Worker:
             "batch": self._batch_loop,
             "index": self._index_loop,
             "poll": self._watch_loop,
+            "ttl": self._ttl_loop,
         }[self.cfg.mix]
 
     # --- phases ----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Two targets speak the same small vocabulary (``write``, ``read``) so the scenarios run unchanged
 against garagekv (or any K2V server) and against etcd's v3 JSON gateway:
 
-- :class:`K2VTarget`: InsertItem, ReadItem, ReadBatch, PollItem, InsertBatch, ReadIndex, signed
+- :class:`K2VTarget`: InsertItem (with or without a TTL), ReadItem, ReadBatch, PollItem, InsertBatch, ReadIndex, signed
   with SigV4 (service ``k2v``). The signing key is derived once per UTC day and the date strings
   once per second, so a request costs one SHA-256 of the canonical request and one HMAC.
 - :class:`EtcdTarget`: ``POST /v3/kv/put`` and ``POST /v3/kv/range`` with base64 keys and values
@@ -34,6 +34,7 @@ from garagekv.util.signing import (
 )
 
 TOKEN_HEADER = "X-Garage-Causality-Token"
+TTL_HEADER = "X-Garage-TTL"
 _TOKEN_KEY = TOKEN_HEADER.lower()
 READ_ACCEPT = "application/octet-stream, application/json"  # what k2v-client sends
 SIGNED_NAMES = "host;x-amz-content-sha256;x-amz-date"
@@ -220,6 +221,12 @@ class K2VTarget:
         return resp.headers.get(_TOKEN_KEY)
 
     # --- K2V only ----------------------------------------------------------------------------
+    def write_ttl(self, pk: str, sk: str, value: bytes, value_hash: str | None, ttl: int) -> bytes:
+        """InsertItem of a value that expires ``ttl`` seconds later."""
+        return self._request(
+            "PUT", self._item_path(pk), [("sort_key", sk)], value, value_hash, f"{TTL_HEADER}: {ttl}\r\n"
+        )
+
     def read_batch(self, pk: str, start: str, limit: int) -> bytes:
         body = json.dumps([{"partitionKey": pk, "start": start, "limit": limit}]).encode()
         return self._request("POST", self._bucket_path, [("search", "")], body)

@@ -69,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--poll-keys", type=int, default=1, help="poll: hot items the connections watch (default 1)")
     load.add_argument("--poll-interval", type=float, default=0.01, help="poll: seconds between updates (0.01)")
     load.add_argument("--poll-timeout", type=int, default=10, help="poll: PollItem timeout in seconds (default 10)")
+    load.add_argument("--ttl", type=int, default=2, help="ttl: seconds before each written value expires (default 2)")
     load.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -138,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         poll_keys=args.poll_keys,
         poll_interval=args.poll_interval,
         poll_timeout=args.poll_timeout,
+        ttl=args.ttl,
         timeout=args.timeout,
         server_pids=pids,
         label=args.label or "",

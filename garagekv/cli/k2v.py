@@ -10,7 +10,9 @@ Output is text by default and JSON with ``--json`` (values as standard base64, `
 tombstone; items as K2V's ``{"pk", "sk", "ct", "v"}``). ``--raw`` writes a single value's bytes.
 
 Exit status: 0 success, 1 error, 2 usage, 3 item not found (or deleted, with ``--raw``),
-4 a poll timed out without a change.
+4 a poll timed out without a change, 5 a conditional write's condition was false (nothing
+written). A transaction whose compares fail still exits 0, as ``etcdctl txn`` does: it ran, and
+its answer says which branch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import datetime
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -27,19 +30,26 @@ from typing import Any
 
 from garagekv.client import (
     CausalityToken,
+    Compare,
     DeleteQuery,
     InsertOp,
     Item,
     K2VClient,
     K2VError,
     NoSuchKey,
+    PreconditionFailed,
+    RangeChanges,
+    RangeSpec,
     ReadQuery,
+    TxnOp,
 )
 from garagekv.client.config import env_settings, load_dev_json, resolve
+from garagekv.client.types import txn_op_from_json
 
 EXIT_ERROR = 1
 EXIT_NOT_FOUND = 3
 EXIT_TIMEOUT = 4
+EXIT_PRECONDITION = 5
 
 
 class CliError(Exception):
@@ -86,6 +96,15 @@ def _token_flag(p: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def _if_match_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--if-match",
+        metavar="TOKEN|*",
+        help=f"{what} only if the item's token is exactly TOKEN (nothing written since the read that gave it), "
+        'or with "*" only if it has a live value; prints the new token. Write --if-match=TOKEN',
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "k2v",
@@ -93,7 +112,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Talk to a K2V endpoint (no config file needed). Connection settings: flags, then "
         "--dev-json, then GARAGEKV_K2V_ENDPOINT / AWS_REGION / GARAGEKV_BUCKET / "
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
-        epilog="exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 poll timeout",
+        epilog="exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 poll timeout, 5 condition false",
     )
     p.add_argument("--endpoint", help="K2V endpoint URL, e.g. http://127.0.0.1:3904")
     p.add_argument("--region", help="region (default: $AWS_REGION or garage)")
@@ -108,6 +127,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c = cmds.add_parser("read", help="read an item")
     c.add_argument("partition_key")
     c.add_argument("sort_key")
+    c.add_argument(
+        "--linearizable",
+        action="store_true",
+        help="a consensus read: sees every conditional write and transaction acknowledged before it",
+    )
     _output_flags(c, raw=True)
     c.set_defaults(handler=cmd_read)
 
@@ -118,6 +142,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument("-f", "--file", help="read the value from FILE (- for stdin)")
     c.add_argument("--b64", help="the value in base64")
     _token_flag(c, "causality token of the read this write replaces (without: a concurrent value is added)")
+    _if_match_flag(c, "write")
+    c.add_argument(
+        "--if-none-match",
+        action="store_true",
+        help="write only if the item has no live value (never written, or deleted); prints the new token",
+    )
+    c.add_argument("--ttl", type=int, metavar="SECONDS", help="the value expires SECONDS after the write")
     _output_flags(c)
     c.set_defaults(handler=cmd_insert)
 
@@ -126,6 +157,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument("sort_key")
     _token_flag(c, "causality token of the values to delete (default: read the item first and use its token)")
     c.add_argument("--blind", action="store_true", help="send no token: add a tombstone next to the values")
+    _if_match_flag(c, "delete")
     _output_flags(c)
     c.set_defaults(handler=cmd_delete)
 
@@ -157,12 +189,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     for name, helptext, follow in (
         ("poll-range", "items of a range changed since a seen marker", False),
-        ("watch", "print the changes of a range as they happen", True),
+        ("watch", "print the changes of one or more ranges as they happen (one long poll for all)", True),
     ):
         c = cmds.add_parser(name, help=helptext)
-        c.add_argument("partition_key")
+        if follow:
+            c.add_argument(
+                "ranges",
+                nargs="+",
+                metavar="PK[/PREFIX]",
+                help="a partition, or the keys starting with PREFIX in it (split at the first /); up to 64",
+            )
+        else:
+            c.add_argument("partition_key")
         _range_flags(c, limit=False, filters=False)
-        c.add_argument("--seen-marker", help="marker of an earlier poll-range (without: the whole range at once)")
+        if follow:
+            c.add_argument(
+                "--seen-marker",
+                action="append",
+                help="resume from this marker: once per range, in order ('' for a range to scan afresh)",
+            )
+        else:
+            c.add_argument("--seen-marker", help="marker of an earlier poll-range (without: the whole range at once)")
         c.add_argument("--poll-timeout", type=int, default=300, help="seconds to wait (1..600, default 300)")
         if not follow:
             c.add_argument("--follow", action="store_true", help="keep polling, one result per change")
@@ -181,9 +228,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             help=f"{following}without --seen-marker, skip the current state and print only changes",
         )
         _output_flags(c)
-        c.set_defaults(handler=cmd_poll_range, **({"follow": True} if follow else {}))
+        c.set_defaults(handler=cmd_watch if follow else cmd_poll_range)
 
-    c = cmds.add_parser("insert-batch", help='write items given as JSON lines {"pk","sk","v"|"text","ct"?} on stdin')
+    c = cmds.add_parser(
+        "txn",
+        help="run a transaction on one partition (JSON body from FILE or stdin; prints the JSON answer)",
+        description='Body: {"compare": [{"sk", "target": "token"|"exists"|"value"|"md5", ...}], '
+        '"success": [{"op": "put"|"delete"|"read", "sk", "v"?, "ttl"?}], "failure": [...]}. '
+        'Prints {"succeeded", "results"}; exits 0 whichever branch ran (check "succeeded").',
+    )
+    c.add_argument("partition_key")
+    c.add_argument("file", nargs="?", default="-", metavar="FILE", help="the JSON body (default or -: stdin)")
+    c.set_defaults(handler=cmd_txn)
+
+    c = cmds.add_parser(
+        "insert-batch", help='write items given as JSON lines {"pk","sk","v"|"text","ct"?,"ttl"?} on stdin'
+    )
     c.add_argument("-f", "--file", default="-", help="read the JSON lines from FILE (default stdin)")
     _output_flags(c)
     c.set_defaults(handler=cmd_insert_batch)
@@ -223,10 +283,17 @@ def _value_text(v: bytes | None) -> str:
     return "base64: " + base64.b64encode(v).decode()
 
 
+def _expiry_text(ms: int) -> str:
+    when = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    return f"{when.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} ({ms})"
+
+
 def _print_item(item: Item, with_key: bool = False) -> None:
     if with_key:
         print(f"sort key: {item.sort_key}")
     print(f"token: {item.token}")
+    if item.expires is not None:
+        print(f"expires: {_expiry_text(item.expires)}")
     for v in item.values:
         print(f"  {_value_text(v)}")
 
@@ -278,10 +345,40 @@ def _json_lines(path: str) -> list[Any]:
 
 
 async def cmd_read(client: K2VClient, args: argparse.Namespace) -> int:
-    return _output_item(await client.read_item(args.partition_key, args.sort_key), args)
+    item = await client.read_item(args.partition_key, args.sort_key, linearizable=args.linearizable)
+    return _output_item(item, args)
+
+
+def _check_condition(args: argparse.Namespace) -> None:
+    if_none_match = getattr(args, "if_none_match", False)
+    if args.if_match is not None and if_none_match:
+        raise CliError("--if-match and --if-none-match cannot be used together", 2)
+    if args.token is not None and (args.if_match is not None or if_none_match):
+        raise CliError("--token cannot be used with --if-match or --if-none-match (the condition is the token)", 2)
+    if args.if_match == "":
+        raise CliError('--if-match takes a causality token or "*"', 2)
+
+
+def _conditional_done(args: argparse.Namespace, done: str, token: CausalityToken) -> int:
+    if _want_json(args):
+        _print_json({"pk": args.partition_key, "sk": args.sort_key, done: True, "ct": token.value})
+    else:
+        print(f"token: {token}")
+    return 0
+
+
+def _condition_false(args: argparse.Namespace, done: str, e: PreconditionFailed) -> int:
+    current = e.current_token
+    if _want_json(args):
+        ct = None if current is None else current.value
+        _print_json({"pk": args.partition_key, "sk": args.sort_key, done: False, "ct": ct})
+    state = "the item was never written" if current is None else f"current token: {current}"
+    print(f"Error: condition false, nothing written ({state})", file=sys.stderr)
+    return EXIT_PRECONDITION
 
 
 async def cmd_insert(client: K2VClient, args: argparse.Namespace) -> int:
+    _check_condition(args)
     given = [x for x in (args.value, args.file, args.b64) if x is not None]
     if len(given) > 1:
         raise CliError("give the value once: as an argument, with --file or with --b64", 2)
@@ -298,13 +395,36 @@ async def cmd_insert(client: K2VClient, args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             raise CliError("no value: give it as an argument, with --file, --b64, or on stdin", 2)
         value = sys.stdin.buffer.read()
-    await client.insert_item(args.partition_key, args.sort_key, value, args.token)
+    if args.if_match is not None or args.if_none_match:
+        try:
+            new = await client.insert_item(
+                args.partition_key,
+                args.sort_key,
+                value,
+                if_match=args.if_match,
+                if_none_match=args.if_none_match,
+                ttl=args.ttl,
+            )
+        except PreconditionFailed as e:
+            return _condition_false(args, "inserted", e)
+        assert new is not None
+        return _conditional_done(args, "inserted", new)
+    await client.insert_item(args.partition_key, args.sort_key, value, args.token, ttl=args.ttl)
     if _want_json(args):
         _print_json({"pk": args.partition_key, "sk": args.sort_key, "inserted": True, "bytes": len(value)})
     return 0
 
 
 async def cmd_delete(client: K2VClient, args: argparse.Namespace) -> int:
+    _check_condition(args)
+    if args.if_match is not None:
+        if args.blind:
+            raise CliError("--blind cannot be used with --if-match", 2)
+        try:
+            new = await client.delete_item(args.partition_key, args.sort_key, if_match=args.if_match)
+        except PreconditionFailed as e:
+            return _condition_false(args, "deleted", e)
+        return _conditional_done(args, "deleted", new)
     token = args.token
     if token is None and not args.blind:
         token = (await client.read_item(args.partition_key, args.sort_key)).token
@@ -449,6 +569,86 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _watched_ranges(args: argparse.Namespace) -> list[RangeSpec]:
+    if len(args.ranges) > 64:
+        raise CliError(f"at most 64 ranges in one watch, got {len(args.ranges)}", 2)
+    markers: list[str | None] = [None] * len(args.ranges)
+    if args.seen_marker is not None:
+        if len(args.seen_marker) != len(args.ranges):
+            raise CliError(
+                f"give --seen-marker once per range ({len(args.ranges)}), got {len(args.seen_marker)}; "
+                "'' for a range without one",
+                2,
+            )
+        markers = [m or None for m in args.seen_marker]
+    out = []
+    for arg, marker in zip(args.ranges, markers, strict=True):
+        pk, slash, prefix = arg.partition("/")
+        if not pk:
+            raise CliError(f"{arg!r}: the partition key is empty", 2)
+        if slash and args.prefix is not None:
+            raise CliError(f"{arg!r}: give the prefix after / or with --prefix, not both", 2)
+        out.append(RangeSpec(pk, prefix if slash else args.prefix, args.start, args.end, marker))
+    return out
+
+
+async def cmd_watch(client: K2VClient, args: argparse.Namespace) -> int:
+    ranges = _watched_ranges(args)
+    count = 0
+    try:
+        async with asyncio.timeout(args.watch_timeout):
+            async for ch in client.watch(ranges, timeout=args.poll_timeout, include_initial=not args.no_initial):
+                _print_changes(ch, args)
+                count += 1
+                if args.count is not None and count >= args.count:
+                    break
+    except TimeoutError:
+        if count == 0:
+            print("timeout: no change", file=sys.stderr)
+            return EXIT_TIMEOUT
+    return 0
+
+
+def _print_changes(ch: RangeChanges, args: argparse.Namespace) -> None:
+    if _want_json(args):
+        _print_json({"index": ch.index, **ch.to_json()})
+        return
+    prefix = "" if ch.range.prefix is None else f" prefix: {ch.range.prefix}"
+    print(f"range {ch.index}: partition key: {ch.partition_key}{prefix}")
+    for item in ch.items:
+        _print_item(item, with_key=True)
+    print(f"seen marker: {ch.seen_marker}", flush=True)
+
+
+def _txn_list(body: dict[str, Any], name: str) -> list[Any]:
+    raw = body.get(name)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise CliError(f"`{name}` must be a list")
+    return raw
+
+
+async def cmd_txn(client: K2VClient, args: argparse.Namespace) -> int:
+    try:
+        body = json.loads(_read_source(args.file))
+    except ValueError as e:
+        raise CliError(f"invalid JSON: {e}")
+    if not isinstance(body, dict):
+        raise CliError("the transaction must be a JSON object")
+    try:
+        compare = [Compare.from_json(c, f"compare[{i}]") for i, c in enumerate(_txn_list(body, "compare"))]
+        branches: dict[str, list[TxnOp]] = {
+            name: [txn_op_from_json(op, f"{name}[{i}]") for i, op in enumerate(_txn_list(body, name))]
+            for name in ("success", "failure")
+        }
+        res = await client.txn(args.partition_key, compare, branches["success"], branches["failure"])
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e))
+    _print_json(res.to_json())
+    return 0
+
+
 def _print_poll(res: Any, args: argparse.Namespace) -> None:
     if _want_json(args):
         _print_json(res.to_json())
@@ -476,7 +676,10 @@ def _insert_op(n: int, obj: dict[str, Any]) -> InsertOp:
     ct = obj.get("ct")
     if ct is not None and not isinstance(ct, str):
         raise CliError(f"item {n}: `ct` must be a string")
-    return InsertOp(pk, sk, value, None if ct is None else CausalityToken(ct))
+    ttl = obj.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)):
+        raise CliError(f"item {n}: `ttl` must be an integer number of seconds")
+    return InsertOp(pk, sk, value, None if ct is None else CausalityToken(ct), ttl)
 
 
 async def cmd_insert_batch(client: K2VClient, args: argparse.Namespace) -> int:

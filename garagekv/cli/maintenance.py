@@ -138,12 +138,14 @@ def format_stats(st: dict[str, Any]) -> str:
     )
     out.append("")
     out.append("==== TABLES ====")
-    rows = [("Table", "Items", "MklItems", "MklTodo", "GcTodo", "InsertQueue", "GC'd")]
+    rows = [("Table", "Items", "Size", "MklItems", "MklTodo", "GcTodo", "InsertQueue", "GC'd")]
     for t in st["tables"]:
+        size = t.get("bytes")
         rows.append(
             (
                 t["table"],
                 str(t["items"]),
+                "-" if size is None else format_bytes(size),
                 _n(t.get("merkleItems")),
                 str(t["merkleTodo"]),
                 str(t["gcTodo"]),

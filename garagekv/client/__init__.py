@@ -5,6 +5,7 @@
 >>> k2v.insert_item("inbox", "msg-1", b"hello")
 >>> item = k2v.read_item("inbox", "msg-1")
 >>> item.values, item.token               # ([b'hello'], CausalityToken('...'))
+>>> new = k2v.insert_item("inbox", "msg-1", b"hi", if_match=item.token)   # compare-and-set
 
 :class:`K2VClient` is the asyncio client; :class:`K2VClientSync` runs it on a private loop thread.
 See ``docs/client.md``; the wire format it speaks is docs/k2v-api.md.
@@ -36,6 +37,7 @@ from garagekv.client.errors import (
     NoSuchKey,
     NotAcceptable,
     NotFound,
+    PreconditionFailed,
     ProtocolError,
     RequestTimeTooSkewed,
     ServerError,
@@ -44,6 +46,8 @@ from garagekv.client.errors import (
 from garagekv.client.request import PreparedRequest
 from garagekv.client.types import (
     CausalityToken,
+    Compare,
+    Delete,
     DeleteQuery,
     DeleteResult,
     IndexEntry,
@@ -51,8 +55,16 @@ from garagekv.client.types import (
     InsertOp,
     Item,
     ItemPage,
+    OpResult,
     PollRangeResult,
+    PollRangesResult,
+    Put,
+    RangeChanges,
+    RangeSpec,
+    Read,
     ReadQuery,
+    TxnOp,
+    TxnResult,
     Value,
 )
 
@@ -61,8 +73,10 @@ __all__ = [
     "AuthorizationHeaderMalformed",
     "BadRequest",
     "CausalityToken",
+    "Compare",
     "Conflict",
     "ConnectionSettings",
+    "Delete",
     "DeleteQuery",
     "DeleteResult",
     "EntityTooLarge",
@@ -87,13 +101,22 @@ __all__ = [
     "NoSuchKey",
     "NotAcceptable",
     "NotFound",
+    "OpResult",
     "PollRangeResult",
+    "PollRangesResult",
+    "PreconditionFailed",
     "PreparedRequest",
     "ProtocolError",
+    "Put",
+    "RangeChanges",
+    "RangeSpec",
     "RawResponse",
+    "Read",
     "ReadQuery",
     "RequestTimeTooSkewed",
     "ServerError",
     "ServiceUnavailable",
+    "TxnOp",
+    "TxnResult",
     "Value",
 ]

@@ -12,12 +12,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypeVar, overload
 
-from garagekv.client.client import InsertLike, K2VClient, RawResponse, TokenLike
+from garagekv.client.client import InsertLike, K2VClient, RangeLike, RawResponse, TokenLike
 from garagekv.client.config import ConnectionSettings
 from garagekv.client.request import PreparedRequest
 from garagekv.client.types import (
+    CausalityToken,
+    Compare,
     DeleteQuery,
     DeleteResult,
     IndexEntry,
@@ -25,7 +27,11 @@ from garagekv.client.types import (
     Item,
     ItemPage,
     PollRangeResult,
+    PollRangesResult,
+    RangeChanges,
     ReadQuery,
+    TxnOp,
+    TxnResult,
 )
 
 T = TypeVar("T")
@@ -144,16 +150,93 @@ class K2VClientSync:
     ) -> RawResponse:
         return self._run(self._client.request(method, partition_key, query, body, headers, **kwargs))
 
-    def read_item(self, partition_key: str, sort_key: str) -> Item:
-        return self._run(self._client.read_item(partition_key, sort_key))
+    def read_item(self, partition_key: str, sort_key: str, *, linearizable: bool = False) -> Item:
+        return self._run(self._client.read_item(partition_key, sort_key, linearizable=linearizable))
+
+    @overload
+    def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        ttl: int | None = None,
+    ) -> None: ...
+
+    @overload
+    def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: None = None,
+        *,
+        if_match: TokenLike,
+        if_none_match: Literal[False] = False,
+        ttl: int | None = None,
+    ) -> CausalityToken: ...
+
+    @overload
+    def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: None = None,
+        *,
+        if_match: None = None,
+        if_none_match: Literal[True],
+        ttl: int | None = None,
+    ) -> CausalityToken: ...
+
+    @overload
+    def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        if_match: TokenLike | None = None,
+        if_none_match: bool = False,
+        ttl: int | None = None,
+    ) -> CausalityToken | None: ...
 
     def insert_item(
-        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
-    ) -> None:
-        return self._run(self._client.insert_item(partition_key, sort_key, value, token))
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        if_match: TokenLike | None = None,
+        if_none_match: bool = False,
+        ttl: int | None = None,
+    ) -> CausalityToken | None:
+        return self._run(
+            self._client.insert_item(
+                partition_key, sort_key, value, token, if_match=if_match, if_none_match=if_none_match, ttl=ttl
+            )
+        )
 
-    def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None:
-        return self._run(self._client.delete_item(partition_key, sort_key, token))
+    @overload
+    def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None: ...
+
+    @overload
+    def delete_item(
+        self, partition_key: str, sort_key: str, token: None = None, *, if_match: TokenLike
+    ) -> CausalityToken: ...
+
+    @overload
+    def delete_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, *, if_match: TokenLike | None = None
+    ) -> CausalityToken | None: ...
+
+    def delete_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, *, if_match: TokenLike | None = None
+    ) -> CausalityToken | None:
+        return self._run(self._client.delete_item(partition_key, sort_key, token, if_match=if_match))
 
     def poll_item(
         self, partition_key: str, sort_key: str, token: TokenLike, timeout: float | None = None
@@ -329,3 +412,20 @@ class K2VClientSync:
                 include_initial=include_initial,
             )
         )
+
+    def poll_ranges(self, ranges: Sequence[RangeLike], *, timeout: float | None = None) -> PollRangesResult | None:
+        return self._run(self._client.poll_ranges(ranges, timeout=timeout))
+
+    def watch(
+        self, ranges: Sequence[RangeLike], *, timeout: float | None = None, include_initial: bool = True
+    ) -> Iterator[RangeChanges]:
+        return self._iter(self._client.watch(ranges, timeout=timeout, include_initial=include_initial))
+
+    def txn(
+        self,
+        partition_key: str,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        return self._run(self._client.txn(partition_key, compare, success, failure))

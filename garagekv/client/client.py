@@ -6,13 +6,16 @@ A request is retried (``max_retries`` times, exponential backoff with jitter) on
 cannot change the outcome:
 
 * any request whose connection could not even be opened (nothing was sent);
-* reads and polls (ReadItem, PollItem, ReadIndex, ReadBatch, PollRange) after a timeout, a
-  dropped connection, or a 500/502/503/504 answer.
+* reads and polls (ReadItem, linearizable or not, PollItem, ReadIndex, ReadBatch, PollRange,
+  PollRanges, transactions that only read) after a timeout, a dropped connection, or a
+  500/502/503/504 answer.
 
-Writes (InsertItem, DeleteItem, InsertBatch, DeleteBatch) are never retried once they may have
-reached the server. A token-less insert that is replayed adds a *second* concurrent value (a
-sibling); even a replay with a token can resurrect a value that another client replaced in the
-meantime. On a write error, read the item again and write with the fresh token (see
+Writes (InsertItem, DeleteItem, InsertBatch, DeleteBatch, conditional writes and transactions
+that write) are never retried once they may have reached the server. A token-less insert that
+is replayed adds a *second* concurrent value (a sibling); even a replay with a token can
+resurrect a value that another client replaced in the meantime; a replayed conditional write
+that had applied would answer 412 for a write that happened. On a write error, read the item
+again (linearizably, for conditional writes) and write with the fresh token (see
 ``docs/client.md``).
 """
 
@@ -23,7 +26,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, overload
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -41,6 +44,8 @@ from garagekv.client.config import (
 from garagekv.client.request import ACCEPT_ITEM, CAUSALITY_HEADER, PreparedRequest, RequestBuilder
 from garagekv.client.types import (
     CausalityToken,
+    Compare,
+    Delete,
     DeleteQuery,
     DeleteResult,
     IndexEntry,
@@ -49,21 +54,35 @@ from garagekv.client.types import (
     Item,
     ItemPage,
     PollRangeResult,
+    PollRangesResult,
+    Put,
+    RangeChanges,
+    RangeSpec,
+    Read,
     ReadQuery,
+    TxnOp,
+    TxnResult,
     Value,
     decode_values,
+    txn_body,
 )
 
-__all__ = ["K2VClient", "RawResponse", "InsertLike", "TokenLike"]
+__all__ = ["K2VClient", "RawResponse", "InsertLike", "RangeLike", "TokenLike"]
 
 TokenLike = CausalityToken | str
 InsertLike = InsertOp | tuple[str, str, bytes | str | None] | tuple[str, str, bytes | str | None, TokenLike | None]
+RangeLike = RangeSpec | str
+
+CONSISTENCY_HEADER = "X-Garage-Consistency"
+MAX_POLL_RANGES = 64  # ranges per PollRanges call (a limit of the API)
 
 DEFAULT_POLL_TIMEOUT = 300
 CONNECTION_KEYS = ("endpoint", "region", "access_key_id", "secret_access_key", "bucket")
 MAX_BATCH = 1000  # the server's default limit on items/queries per batch
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = "garagekv-client/0.1"
+TTL_HEADER = "X-Garage-TTL"  # an expiring write (docs/k2v-api.md, expiring values)
+EXPIRES_HEADER = "X-Garage-Expires"
 # Errors raised before anything was sent (connect timeouts are their own class since aiohttp 3.10).
 _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
@@ -300,7 +319,7 @@ class K2VClient:
             else:
                 if resp.status < 400 or not check:
                     return resp
-                err = errors.error_from_response(resp.status, resp.body, req.path)
+                err = errors.error_from_response(resp.status, resp.body, req.path, resp.headers)
                 retry = idempotent and resp.status in RETRY_STATUSES
             if not retry or attempt >= self.max_retries:
                 raise err
@@ -347,45 +366,220 @@ class K2VClient:
                 values = decode_values(resp.json())
             except (ValueError, TypeError) as e:
                 raise errors.ProtocolError(f"unexpected item body: {e}", status=resp.status)
-        return Item(pk, sk, values, CausalityToken(token))
+        exp = resp.headers.get(EXPIRES_HEADER)
+        return Item(pk, sk, values, CausalityToken(token), int(exp) if exp and exp.isdigit() else None)
 
-    async def read_item(self, partition_key: str, sort_key: str) -> Item:
+    async def read_item(self, partition_key: str, sort_key: str, *, linearizable: bool = False) -> Item:
         """The item's concurrent values and token; :class:`NoSuchKey` if it was never written.
 
-        A deleted item is not an error: its values are ``[None]``.
+        A deleted item is not an error: its values are ``[None]``. ``linearizable`` makes the
+        read a consensus round of the partition: it sees every conditional write and transaction
+        acknowledged before it, and settles one left in flight (after a 503, it tells whether
+        the write applied: one it does not show never will).
         """
         if sort_key == "":  # `?sort_key=` means "no sort key": go through ReadBatch instead
+            if linearizable:  # a read-only transaction is a linearizable read too
+                res = (await self.txn(partition_key, success=[Read("")])).results[0]
+                item = res.item(partition_key)
+                if item is None:
+                    raise errors.NoSuchKey("Key not found", status=404, path=self._builder.path(partition_key))
+                return item
             page = (await self.read_batch([ReadQuery(partition_key, start="", single_item=True, tombstones=True)]))[0]
             if not page.items:
                 raise errors.NoSuchKey("Key not found", status=404, path=self._builder.path(partition_key))
             return page.items[0]
-        resp = await self.request(
-            "GET", partition_key, [("sort_key", sort_key)], headers={"Accept": ACCEPT_ITEM}, idempotent=True
-        )
+        headers = {"Accept": ACCEPT_ITEM}
+        if linearizable:
+            headers[CONSISTENCY_HEADER] = "linearizable"
+        resp = await self.request("GET", partition_key, [("sort_key", sort_key)], headers=headers, idempotent=True)
         return self._item(partition_key, sort_key, resp)
 
+    @overload
     async def insert_item(
-        self, partition_key: str, sort_key: str, value: bytes | str, token: TokenLike | None = None
-    ) -> None:
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        ttl: int | None = None,
+    ) -> None: ...
+
+    @overload
+    async def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: None = None,
+        *,
+        if_match: TokenLike,
+        if_none_match: Literal[False] = False,
+        ttl: int | None = None,
+    ) -> CausalityToken: ...
+
+    @overload
+    async def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: None = None,
+        *,
+        if_match: None = None,
+        if_none_match: Literal[True],
+        ttl: int | None = None,
+    ) -> CausalityToken: ...
+
+    @overload
+    async def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        if_match: TokenLike | None = None,
+        if_none_match: bool = False,
+        ttl: int | None = None,
+    ) -> CausalityToken | None: ...
+
+    async def insert_item(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | str,
+        token: TokenLike | None = None,
+        *,
+        if_match: TokenLike | None = None,
+        if_none_match: bool = False,
+        ttl: int | None = None,
+    ) -> CausalityToken | None:
         """Write ``value`` (``str`` is UTF-8 encoded).
 
         With the ``token`` of an earlier read, the values that read saw are replaced; without
-        one, the value is added next to the existing ones (concurrent values). Never retried
-        once sent (see the module docstring).
+        one, the value is added next to the existing ones (concurrent values). Returns ``None``.
+
+        Conditional forms (one at a time, never with ``token``) return the item's new token:
+
+        * ``if_match=token``: only if nothing was written since the read that returned ``token``;
+        * ``if_match="*"``: only if the item has a live value;
+        * ``if_none_match=True``: only if it has none (never written, or deleted).
+
+        A false condition raises :class:`PreconditionFailed` (nothing written) carrying the
+        item's ``current_token``. ``ttl``: the value expires that many seconds after it is
+        written (it then reads as deleted). Never retried once sent (see the module docstring).
         """
         data = _value_bytes(value)
+        cond = self._condition(token, if_match, if_none_match)
+        if cond is not None:
+            if sort_key == "":
+                return await self._conditional_txn(partition_key, sort_key, data, if_match, if_none_match, ttl)
+            if ttl is not None:
+                cond[TTL_HEADER] = str(ttl)
+            resp = await self.request("PUT", partition_key, [("sort_key", sort_key)], data, cond)
+            return self._new_token(resp)
         if sort_key == "":
-            return await self.insert_batch([InsertOp(partition_key, sort_key, data, self._token(token))])
+            await self.insert_batch([InsertOp(partition_key, sort_key, data, self._token(token), ttl)])
+            return None
         headers = {} if token is None else {CAUSALITY_HEADER: str(token)}
+        if ttl is not None:
+            headers[TTL_HEADER] = str(ttl)
         await self.request("PUT", partition_key, [("sort_key", sort_key)], data, headers)
+        return None
 
-    async def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None:
+    @overload
+    async def delete_item(self, partition_key: str, sort_key: str, token: TokenLike | None = None) -> None: ...
+
+    @overload
+    async def delete_item(
+        self, partition_key: str, sort_key: str, token: None = None, *, if_match: TokenLike
+    ) -> CausalityToken: ...
+
+    @overload
+    async def delete_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, *, if_match: TokenLike | None = None
+    ) -> CausalityToken | None: ...
+
+    async def delete_item(
+        self, partition_key: str, sort_key: str, token: TokenLike | None = None, *, if_match: TokenLike | None = None
+    ) -> CausalityToken | None:
         """Write a tombstone. Pass the token of a read to delete exactly what was read; without a
-        token the tombstone is only added next to the existing values."""
+        token the tombstone is only added next to the existing values. Returns ``None``.
+
+        ``if_match=token`` (or ``"*"``, "if it has a live value") deletes only if the condition
+        holds and returns the item's new token; :class:`PreconditionFailed` otherwise.
+        """
+        cond = self._condition(token, if_match, False)
+        if cond is not None:
+            if sort_key == "":
+                return await self._conditional_txn(partition_key, sort_key, None, if_match, False)
+            resp = await self.request("DELETE", partition_key, [("sort_key", sort_key)], headers=cond)
+            return self._new_token(resp)
         if sort_key == "":
-            return await self.insert_batch([InsertOp(partition_key, sort_key, None, self._token(token))])
+            await self.insert_batch([InsertOp(partition_key, sort_key, None, self._token(token))])
+            return None
         headers = {} if token is None else {CAUSALITY_HEADER: str(token)}
         await self.request("DELETE", partition_key, [("sort_key", sort_key)], headers=headers)
+        return None
+
+    @staticmethod
+    def _condition(token: TokenLike | None, if_match: TokenLike | None, if_none_match: bool) -> dict[str, str] | None:
+        """The condition headers of a write, or ``None`` for a plain write; the combinations the
+        server refuses with 400 are refused here first."""
+        if not isinstance(if_none_match, bool):
+            raise TypeError("if_none_match is True or False (it always means `If-None-Match: *`)")
+        if if_match is not None and if_none_match:
+            raise ValueError("if_match and if_none_match cannot be used together")
+        if token is not None and (if_match is not None or if_none_match):
+            raise ValueError("a conditional write takes no token: the condition's token is its causal context")
+        if if_none_match:
+            return {"If-None-Match": "*"}
+        if if_match is not None:
+            value = str(if_match)
+            if not value:
+                raise ValueError("if_match is a causality token or '*'")
+            return {"If-Match": value}
+        return None
+
+    @staticmethod
+    def _new_token(resp: RawResponse) -> CausalityToken:
+        token = resp.headers.get(CAUSALITY_HEADER)
+        if token is None:
+            raise errors.ProtocolError(
+                f"conditional write answered {resp.status} without the new causality token", status=resp.status
+            )
+        return CausalityToken(token)
+
+    async def _conditional_txn(
+        self,
+        partition_key: str,
+        sort_key: str,
+        value: bytes | None,
+        if_match: TokenLike | None,
+        if_none_match: bool,
+        ttl: int | None = None,
+    ) -> CausalityToken:
+        """A conditional write as a transaction (for the empty sort key, which a URL cannot name)."""
+        if if_none_match:
+            cond = Compare.exists(sort_key, False)
+        elif str(if_match) == "*":
+            cond = Compare.exists(sort_key, True)
+        else:
+            assert if_match is not None
+            cond = Compare.token(sort_key, if_match)
+        op: TxnOp = Delete(sort_key) if value is None else Put(sort_key, value, ttl)
+        res = await self.txn(partition_key, [cond], [op], [Read(sort_key)])
+        if not res.results:
+            raise errors.ProtocolError("transaction answered without results", status=200)
+        first = res.results[0]
+        if not res.succeeded:
+            raise errors.PreconditionFailed(
+                "the condition of the write is false", current_token=first.token, path=self._builder.path(partition_key)
+            )
+        if first.token is None:
+            raise errors.ProtocolError("transaction write answered without a token", status=200)
+        return first.token
 
     async def poll_item(
         self, partition_key: str, sort_key: str, token: TokenLike, timeout: float | None = None
@@ -668,3 +862,93 @@ class K2VClient:
             if res is not None:
                 marker = res.seen_marker
                 yield res
+
+    # --- PollRanges --------------------------------------------------------------------------
+
+    async def poll_ranges(
+        self, ranges: Sequence[RangeLike], *, timeout: float | None = None
+    ) -> PollRangesResult | None:
+        """One long poll over 1 to 64 ranges (``RangeSpec`` or a partition key for a whole partition).
+
+        Returns as soon as one range has news: a range without a seen marker always has (its
+        initial scan), one with a marker once an item changed or appeared since. The answer has
+        every range in request order (unchanged ones with no items and their marker); send
+        :meth:`PollRangesResult.next_ranges` back to continue. ``None`` after ``timeout`` s
+        (server default 300, clamped to 1..600) with no news.
+        """
+        specs = [RangeSpec.coerce(r) for r in ranges]
+        if not 1 <= len(specs) <= MAX_POLL_RANGES:
+            raise ValueError(f"poll_ranges takes 1 to {MAX_POLL_RANGES} ranges, got {len(specs)}")
+        payload: dict[str, Any] = {"ranges": [r.to_json() for r in specs]}
+        t = _clamp_poll(timeout)
+        if timeout is not None:
+            payload["timeout"] = t
+        resp = await self._json(
+            "POST", None, [("poll_ranges", "")], payload, idempotent=True, read_timeout=t + self.timeout
+        )
+        if resp.status == 304:
+            return None
+        try:
+            return PollRangesResult.from_json(specs, resp.json())
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise errors.ProtocolError(f"unexpected PollRanges answer: {e!r}", status=resp.status)
+
+    async def watch(
+        self, ranges: Sequence[RangeLike], *, timeout: float | None = None, include_initial: bool = True
+    ) -> AsyncIterator[RangeChanges]:
+        """Yield each range's changes as they happen (forever; break out to stop).
+
+        Loops on :meth:`poll_ranges`, always sending back the latest markers. Each
+        :class:`RangeChanges` carries ``index`` (the range's position in ``ranges``) and the
+        ``seen_marker`` that covers it: store them, and pass ``RangeSpec(..., seen_marker=...)``
+        later to resume with no change missed (one not yet handled when the process stopped is
+        delivered again). Ranges without a marker first yield their current content, unless
+        ``include_initial`` is false. Poll timeouts are silent.
+        """
+        current = [RangeSpec.coerce(r) for r in ranges]
+        if not 1 <= len(current) <= MAX_POLL_RANGES:
+            raise ValueError(f"watch takes 1 to {MAX_POLL_RANGES} ranges, got {len(current)}")
+        silent = set() if include_initial else {i for i, r in enumerate(current) if r.seen_marker is None}
+        while True:
+            res = await self.poll_ranges(current, timeout=timeout)
+            if res is None:
+                continue
+            current = res.next_ranges()
+            for ch in res.ranges:
+                if not ch.changed:
+                    continue
+                if ch.index in silent and ch.range.seen_marker is None:
+                    silent.discard(ch.index)  # the initial scan the caller did not ask for
+                    continue
+                yield ch
+
+    # --- transactions ------------------------------------------------------------------------
+
+    async def txn(
+        self,
+        partition_key: str,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """A transaction on one partition, decided by one consensus round.
+
+        If every ``compare`` holds the ``success`` ops run, otherwise the ``failure`` ops; the
+        writes of the branch become visible together. Returns whether the compares held and one
+        :class:`OpResult` per op of the branch that ran. Limits (checked here): 64 compares,
+        128 ops per branch, a sort key written at most once per branch. Retried like a read
+        when it only reads, never once sent otherwise.
+        """
+        body = txn_body(list(compare), list(success), list(failure))
+        read_only = all(isinstance(op, Read) for op in (*success, *failure))
+        resp = await self._json("POST", partition_key, [("txn", "")], body, idempotent=read_only)
+        try:
+            res = TxnResult.from_json(resp.json())
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise errors.ProtocolError(f"unexpected transaction answer: {e!r}", status=resp.status)
+        ran = success if res.succeeded else failure
+        if len(res.results) != len(ran):
+            raise errors.ProtocolError(
+                f"transaction answered {len(res.results)} results for {len(ran)} ops", status=resp.status
+            )
+        return res

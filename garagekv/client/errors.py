@@ -12,7 +12,11 @@ are :class:`K2VError` and carry ``code``, ``message``, ``status``, ``path`` and 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
+
+from garagekv.client.request import CAUSALITY_HEADER
+from garagekv.client.types import CausalityToken
 
 
 class K2VError(Exception):
@@ -102,10 +106,22 @@ class EntityTooLarge(K2VError):
 
 
 class PreconditionFailed(K2VError):
-    """A conditional write's condition was false; nothing was written."""
+    """A conditional write's condition was false; nothing was written.
+
+    ``current_token`` is the item's token at that moment (retry with it after re-reading), or
+    ``None`` when the item was never written.
+    """
 
     default_code = "PreconditionFailed"
     default_status = 412
+
+    def __init__(self, message: str = "", *, current_token: CausalityToken | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.current_token = current_token
+
+    def __str__(self) -> str:
+        current = "never written" if self.current_token is None else f"current token {self.current_token}"
+        return f"{super().__str__()} [{current}]"
 
 
 class ServerError(K2VError):
@@ -206,8 +222,13 @@ BY_STATUS: dict[int, type[K2VError]] = {
 }
 
 
-def error_from_response(status: int, body: bytes, path: str | None = None) -> K2VError:
-    """The exception for an error answer; tolerant of non-JSON bodies (proxies, load balancers)."""
+def error_from_response(
+    status: int, body: bytes, path: str | None = None, headers: Mapping[str, str] | None = None
+) -> K2VError:
+    """The exception for an error answer; tolerant of non-JSON bodies (proxies, load balancers).
+
+    ``headers`` (case-insensitive) give a :class:`PreconditionFailed` its ``current_token``.
+    """
     data: Any = None
     if body:
         try:
@@ -226,4 +247,8 @@ def error_from_response(status: int, body: bytes, path: str | None = None) -> K2
     cls = BY_CODE.get(code or "")
     if cls is None:
         cls = BY_STATUS.get(status) or (ServerError if status >= 500 else K2VError)
-    return cls(message, code=code or cls.default_code, status=status, path=path, region=region)
+    err = cls(message, code=code or cls.default_code, status=status, path=path, region=region)
+    if isinstance(err, PreconditionFailed) and headers is not None:
+        token = headers.get(CAUSALITY_HEADER)
+        err.current_token = None if token is None else CausalityToken(token)
+    return err

@@ -96,6 +96,8 @@ class Item:
     sort_key: str
     values: list[Value]
     token: CausalityToken
+    expires: int | None = None
+    """When the earliest-expiring live value expires (unix ms; values written with a TTL), or None."""
 
     @property
     def is_conflict(self) -> bool:
@@ -119,27 +121,33 @@ class Item:
         return self.values[0]
 
     def to_json(self) -> dict[str, Any]:
-        """The K2V item format ``{"pk", "sk", "ct", "v": [base64 | null]}``."""
-        return {
+        """The K2V item format ``{"pk", "sk", "ct", "v": [base64 | null]}`` (and ``"exp"`` if set)."""
+        out: dict[str, Any] = {
             "pk": self.partition_key,
             "sk": self.sort_key,
             "ct": self.token.value,
             "v": [None if v is None else b64encode(v) for v in self.values],
         }
+        if self.expires is not None:
+            out["exp"] = self.expires
+        return out
 
     @classmethod
     def from_json(cls, pk: str, obj: dict[str, Any]) -> Item:
-        return cls(pk, obj["sk"], decode_values(obj["v"]), CausalityToken(obj["ct"]))
+        exp = obj.get("exp")
+        return cls(pk, obj["sk"], decode_values(obj["v"]), CausalityToken(obj["ct"]), None if exp is None else int(exp))
 
 
 @dataclass(frozen=True, slots=True)
 class InsertOp:
-    """One write of an InsertBatch; ``value=None`` writes a tombstone (a delete)."""
+    """One write of an InsertBatch; ``value=None`` writes a tombstone (a delete). ``ttl``: the
+    value expires that many seconds after it is written (1 to 31,536,000; not on a delete)."""
 
     partition_key: str
     sort_key: str
     value: bytes | None
     token: CausalityToken | None = None
+    ttl: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,6 +156,8 @@ class InsertOp:
             "ct": None if self.token is None else str(self.token),
             "v": None if self.value is None else b64encode(self.value),
         }
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
         return out
 
 
@@ -324,3 +334,371 @@ class PollRangeResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"items": [i.to_json() for i in self.items], "seenMarker": self.seen_marker}
+
+
+# --- PollRanges (several ranges in one long poll) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """One range of a :meth:`~garagekv.client.K2VClient.poll_ranges` call, with its seen marker.
+
+    ``seen_marker=None`` asks for the range's current content at once (its initial scan); with a
+    marker, the range has news once one of its items changed or appeared since that marker.
+    """
+
+    partition_key: str
+    prefix: str | None = None
+    start: str | None = None
+    end: str | None = None
+    seen_marker: str | None = None
+
+    @classmethod
+    def coerce(cls, spec: RangeSpec | str) -> RangeSpec:
+        """A spec, or a whole partition given by its key."""
+        if isinstance(spec, RangeSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        raise TypeError(f"a range is a RangeSpec or a partition key, not {type(spec).__name__}")
+
+    def with_marker(self, seen_marker: str | None) -> RangeSpec:
+        """The same range, resuming from ``seen_marker``."""
+        return RangeSpec(self.partition_key, self.prefix, self.start, self.end, seen_marker)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"partitionKey": self.partition_key}
+        for name, key in (("prefix", "prefix"), ("start", "start"), ("end", "end"), ("seen_marker", "seenMarker")):
+            v = getattr(self, name)
+            if v is not None:
+                out[key] = v
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RangeSpec:
+        return cls(obj["partitionKey"], obj.get("prefix"), obj.get("start"), obj.get("end"), obj.get("seenMarker"))
+
+
+@dataclass(frozen=True, slots=True)
+class RangeChanges:
+    """What one range of a PollRanges answer reports.
+
+    ``range`` is the range as it was sent (old marker included) and ``index`` its position in the
+    request. ``items`` are new or changed since that marker (the whole range after an initial
+    scan); ``seen_marker`` is the marker to send next time. An unchanged range has no items and
+    a marker that means the same as the one sent. ``seen_marker`` is ``None`` only for a range
+    sent without a marker whose initial scan is not in this answer (it is scanned next time).
+    """
+
+    range: RangeSpec
+    items: list[Item]
+    seen_marker: str | None
+    index: int = 0
+
+    @property
+    def partition_key(self) -> str:
+        return self.range.partition_key
+
+    @property
+    def changed(self) -> bool:
+        """True when this answer carries news for the range (items, or its first marker)."""
+        return bool(self.items) or (self.range.seen_marker is None and self.seen_marker is not None)
+
+    @property
+    def next_range(self) -> RangeSpec:
+        """The range with the marker to send next."""
+        return self.range.with_marker(self.seen_marker)
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer's range object, plus the range's filters (so it can be sent back as is)."""
+        return {
+            **self.next_range.to_json(),
+            "seenMarker": self.seen_marker,
+            "items": [i.to_json() for i in self.items],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PollRangesResult:
+    """A PollRanges answer: one :class:`RangeChanges` per range of the request, in its order."""
+
+    ranges: list[RangeChanges]
+
+    @property
+    def changed(self) -> list[RangeChanges]:
+        """Only the ranges with news."""
+        return [r for r in self.ranges if r.changed]
+
+    def next_ranges(self) -> list[RangeSpec]:
+        """Every range of the request with its latest marker: what the next call sends."""
+        return [r.next_range for r in self.ranges]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ranges": [r.to_json() for r in self.ranges]}
+
+    @classmethod
+    def from_json(cls, sent: list[RangeSpec], obj: dict[str, Any]) -> PollRangesResult:
+        """Decode an answer to the request ``sent`` (raises ``ValueError`` when they do not match)."""
+        raw = obj["ranges"]
+        if not isinstance(raw, list) or len(raw) != len(sent):
+            raise ValueError(f"expected {len(sent)} ranges in the answer")
+        out = []
+        for i, (spec, r) in enumerate(zip(sent, raw, strict=True)):
+            if r["partitionKey"] != spec.partition_key:
+                raise ValueError(f"ranges[{i}] is {r['partitionKey']!r}, {spec.partition_key!r} was sent")
+            marker = r.get("seenMarker")
+            if marker is not None and not isinstance(marker, str):
+                raise ValueError(f"ranges[{i}].seenMarker is not a string")
+            items = [Item.from_json(spec.partition_key, it) for it in r["items"]]
+            out.append(RangeChanges(spec, items, marker, i))
+        return cls(out)
+
+
+# --- partition transactions --------------------------------------------------------------------
+
+MAX_TXN_COMPARES = 64
+MAX_TXN_OPS = 128
+MAX_TTL = 31_536_000
+COMPARE_TARGETS = ("token", "exists", "value", "md5")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _as_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"a K2V value must be bytes or str, not {type(value).__name__}")
+
+
+def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ValueError(f"{where}: missing `{key}`")
+    v = obj[key]
+    if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+        raise ValueError(f"{where}: `{key}` has the wrong type")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One condition of a transaction, on one sort key of its partition.
+
+    Build them with :meth:`token`, :meth:`exists`, :meth:`value` or :meth:`md5`.
+    """
+
+    sort_key: str
+    target: str
+    expected: CausalityToken | bool | bytes | str
+
+    @classmethod
+    def token(cls, sort_key: str, token: CausalityToken | str) -> Compare:
+        """The item's causal context is exactly ``token`` (nothing written since the read that gave it)."""
+        return cls(sort_key, "token", CausalityToken.coerce(token))
+
+    @classmethod
+    def exists(cls, sort_key: str, exists: bool = True) -> Compare:
+        """The item has a live (non-tombstone) value, or (``exists=False``) has none."""
+        return cls(sort_key, "exists", bool(exists))
+
+    @classmethod
+    def value(cls, sort_key: str, value: bytes | str) -> Compare:
+        """The item has exactly one live value, equal to ``value`` (``str`` is UTF-8 encoded)."""
+        return cls(sort_key, "value", _as_bytes(value))
+
+    @classmethod
+    def md5(cls, sort_key: str, digest: str) -> Compare:
+        """The item has exactly one live value, whose MD5 is ``digest`` (32 hex digits, any case)."""
+        if not isinstance(digest, str) or len(digest) != 32 or not set(digest) <= _HEX:
+            raise ValueError(f"an MD5 digest is 32 hex digits, not {digest!r}")
+        return cls(sort_key, "md5", digest)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sk": self.sort_key, "target": self.target}
+        e = self.expected
+        if self.target == "token":
+            out["token"] = str(e)
+        elif self.target == "exists":
+            out["exists"] = e
+        elif self.target == "value" and isinstance(e, bytes):
+            out["value"] = b64encode(e)
+        elif self.target == "md5":
+            out["md5"] = e
+        else:
+            raise ValueError(f"unknown compare target {self.target!r}")
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "compare") -> Compare:
+        sk = _need(obj, "sk", str, where)
+        target = _need(obj, "target", str, where)
+        if target == "token":
+            return cls.token(sk, _need(obj, "token", str, where))
+        if target == "exists":
+            return cls.exists(sk, _need(obj, "exists", bool, where))
+        if target == "value":
+            raw = _need(obj, "value", str, where)
+            try:
+                return cls(sk, "value", b64decode(raw))
+            except (binascii.Error, ValueError):
+                raise ValueError(f"{where}: `value` is not base64") from None
+        if target == "md5":
+            try:
+                return cls.md5(sk, _need(obj, "md5", str, where))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        raise ValueError(f"{where}: unknown target {target!r} (token, exists, value or md5)")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Put:
+    """Write ``value`` (``str`` is UTF-8 encoded) over whatever the item holds.
+
+    ``ttl`` (seconds, 1 to 31,536,000) makes the value expire; without it the value does not.
+    """
+
+    sort_key: str
+    value: bytes
+    ttl: int | None
+
+    def __init__(self, sort_key: str, value: bytes | str, ttl: int | None = None) -> None:
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL):
+            raise ValueError(f"ttl is a number of seconds from 1 to {MAX_TTL}, not {ttl!r}")
+        object.__setattr__(self, "sort_key", sort_key)
+        object.__setattr__(self, "value", _as_bytes(value))
+        object.__setattr__(self, "ttl", ttl)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": "put", "sk": self.sort_key, "v": b64encode(self.value)}
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Write a tombstone over whatever the item holds."""
+
+    sort_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "delete", "sk": self.sort_key}
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Read the item as of the transaction (after the branch's earlier writes)."""
+
+    sort_key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": "read", "sk": self.sort_key}
+
+
+TxnOp = Put | Delete | Read
+
+
+def txn_op_from_json(obj: Any, where: str = "op") -> TxnOp:
+    sk = _need(obj, "sk", str, where)
+    op = _need(obj, "op", str, where)
+    if op == "put":
+        raw = _need(obj, "v", str, where)
+        try:
+            value = b64decode(raw)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where}: `v` is not base64") from None
+        ttl = obj.get("ttl")
+        try:
+            return Put(sk, value, ttl)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    if op == "delete":
+        return Delete(sk)
+    if op == "read":
+        return Read(sk)
+    raise ValueError(f"{where}: unknown op {op!r} (put, delete or read)")
+
+
+def check_txn(compare: list[Compare], success: list[TxnOp], failure: list[TxnOp]) -> None:
+    """The limits of a transaction that can be checked without the server (``ValueError``)."""
+    if len(compare) > MAX_TXN_COMPARES:
+        raise ValueError(f"at most {MAX_TXN_COMPARES} compares, got {len(compare)}")
+    for c in compare:
+        if not isinstance(c, Compare):
+            raise TypeError(f"a compare is a Compare, not {type(c).__name__}")
+    for name, ops in (("success", success), ("failure", failure)):
+        if len(ops) > MAX_TXN_OPS:
+            raise ValueError(f"at most {MAX_TXN_OPS} {name} ops, got {len(ops)}")
+        written: set[str] = set()
+        for op in ops:
+            if not isinstance(op, Put | Delete | Read):
+                raise TypeError(f"a transaction op is a Put, Delete or Read, not {type(op).__name__}")
+            if isinstance(op, Put | Delete):
+                if op.sort_key in written:
+                    raise ValueError(f"{name}: sort key {op.sort_key!r} is written twice")
+                written.add(op.sort_key)
+
+
+def txn_body(compare: list[Compare], success: list[TxnOp], failure: list[TxnOp]) -> dict[str, Any]:
+    """The JSON body of ``POST /<bucket>/<pk>?txn``."""
+    check_txn(compare, success, failure)
+    return {
+        "compare": [c.to_json() for c in compare],
+        "success": [op.to_json() for op in success],
+        "failure": [op.to_json() for op in failure],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """The result of one op of the branch that ran.
+
+    ``token`` is the item's token after the op (``None`` for a never-written item). ``values``
+    is set for a ``read`` only: the concurrent values (``None`` = tombstone), ``[]`` for an item
+    never written.
+    """
+
+    sort_key: str
+    token: CausalityToken | None
+    values: list[Value] | None = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> OpResult:
+        ct = obj.get("ct")
+        if ct is not None and not isinstance(ct, str):
+            raise ValueError("`ct` is not a string")
+        sk = obj["sk"]
+        if not isinstance(sk, str):
+            raise ValueError("`sk` is not a string")
+        values = decode_values(obj["v"]) if obj.get("v") is not None else None
+        return cls(sk, None if ct is None else CausalityToken(ct), values)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sk": self.sort_key, "ct": None if self.token is None else self.token.value}
+        if self.values is not None:
+            out["v"] = [None if v is None else b64encode(v) for v in self.values]
+        return out
+
+    def item(self, partition_key: str) -> Item | None:
+        """A read's result as an :class:`Item` (``None`` if the item was never written)."""
+        if self.token is None or self.values is None:
+            return None
+        return Item(partition_key, self.sort_key, self.values, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """The answer of a transaction: whether the compares held, and one result per op that ran."""
+
+    succeeded: bool
+    results: list[OpResult]
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TxnResult:
+        ok = obj["succeeded"]
+        if not isinstance(ok, bool) or not isinstance(obj["results"], list):
+            raise ValueError("`succeeded` must be a boolean and `results` a list")
+        return cls(ok, [OpResult.from_json(r) for r in obj["results"]])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"succeeded": self.succeeded, "results": [r.to_json() for r in self.results]}

@@ -78,14 +78,21 @@ class Database:
 
     def entries(self, names: list[str]) -> dict[str, int]:
         """Number of entries in each named, already opened tree; O(1) per tree."""
-        out: dict[str, int] = {}
+        return {name: n for name, (n, _) in self.tree_stats(names).items()}
+
+    def tree_stats(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(entries, bytes of its B-tree and overflow pages) of each named, already opened tree;
+        O(1) per tree (LMDB keeps both in the tree's header)."""
+        out: dict[str, tuple[int, int]] = {}
         if self.env is None:
             return out
         with self.env.begin(write=False) as txn:
             for name in names:
                 t = self._trees.get(name)
                 if t is not None:
-                    out[name] = txn.stat(t)["entries"]
+                    st = txn.stat(t)
+                    pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                    out[name] = (st["entries"], pages * st["psize"])
         return out
 
     def read(self) -> lmdb.Transaction[bytes]:

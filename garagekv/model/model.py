@@ -1,7 +1,8 @@
 """All of a node's tables and the services built on them, wired once.
 
 Full-copy tables (keys, buckets, aliases) live on every node; K2V items and their index
-counters are sharded by the ring. The counter insert queue's worker runs for the node's life.
+counters are sharded by the ring. The counter insert queue's worker and the expiry worker run
+for the node's life.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.bucket_table import BucketAliasSchema, BucketSchema
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.conditional import ConditionalK2V, K2VMachine
+from garagekv.model.k2v.expiry import ExpiryWorker
+from garagekv.model.k2v.expiry_index import ExpiryIndex
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import CounterSchema, ItemSchema
 from garagekv.model.k2v.store import K2VStore
@@ -55,10 +58,14 @@ class Model:
         self.counter_queue = InsertQueue(db, writer, self.counters)
         self.subs = SubscriptionManager()
         node = node_number(system.node_id)
-        item_schema = ItemSchema(node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.replace_in)
+        self.expiry_index = ExpiryIndex(db)
+        item_schema = ItemSchema(
+            node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.replace_in, self.expiry_index
+        )
         self.items = table(item_schema, sharded)
         max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES
         self.store = K2VStore(db, writer, node, self.items.data, self.subs, max_item)
+        self.expiry = ExpiryWorker(self.expiry_index, self.store, self.items)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
         # Consensus for conditional operations (docs/consensus.md §10): one acceptor per node,
         # one proposer, and the GC of acceptor state for partitions that left this node.
@@ -111,6 +118,7 @@ class Model:
     async def start(self) -> None:
         self.background.spawn(self.counter_queue)
         self.background.spawn(self.consensus_gc)
+        self.background.spawn(self.expiry)
         for gc in self.gcs:
             self.background.spawn(gc)
         for worker in [*self.merkle_updaters, *self.syncers]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,3 +79,46 @@ def test_request_id_is_echoed_when_well_formed(mnode):
     assert r.header("X-Request-Id") == "trace-abc.123"
     r = mnode.k2v.request("GET", "/metrics-bucket/pk", "sort_key=a", headers={"X-Request-Id": "bad id\twith junk"})
     assert r.header("X-Request-Id") not in (None, "bad id\twith junk")
+
+
+def test_conditional_write_outcomes_and_the_consensus_tree(mnode):
+    """A conditional write that applies and one whose condition fails (412) are counted by
+    outcome, the consensus rounds behind them too, and the consensus tree appears as a table
+    with its entries and size (docs/admin-api.md) and in ``garagekv stats``."""
+    before = scrape(mnode)
+    path = "/metrics-bucket/cond"
+    r = mnode.k2v.request("PUT", path, "sort_key=k", b"v1", headers={"If-None-Match": "*"})
+    assert r.status == 204, r.body
+    r = mnode.k2v.request("PUT", path, "sort_key=k", b"v2", headers={"If-None-Match": "*"})
+    assert r.status == 412, r.body
+    for exists in (True, False, False):  # one transaction whose compare holds, two whose does not
+        body = json.dumps({"compare": [{"sk": "k", "target": "exists", "exists": exists}]}).encode()
+        r = mnode.k2v.request("POST", path, "txn", body)
+        assert r.status == 200, r.body
+    after = scrape(mnode)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("garagekv_k2v_conditional_writes_total", outcome="applied") == 1
+    assert delta("garagekv_k2v_conditional_writes_total", outcome="precondition_failed") == 1
+    assert delta("garagekv_k2v_conditional_writes_total", outcome="unavailable") == 0
+    assert delta("garagekv_k2v_transactions_total", outcome="succeeded") == 1
+    assert delta("garagekv_k2v_transactions_total", outcome="failed") == 2
+    assert delta("garagekv_k2v_transactions_total", outcome="unavailable") == 0
+    assert delta("garagekv_consensus_rounds_total") == 5
+    assert delta("garagekv_consensus_decided_total") == 5
+    assert delta("garagekv_api_k2v_requests_total", api_endpoint="InsertItem", status_code="412") == 1
+    assert value(after, "garagekv_table_size", table_name="consensus") >= 1
+    assert value(after, "garagekv_table_bytes", table_name="consensus") > 0
+    assert value(after, "garagekv_table_bytes", table_name="k2v_item") > 0
+
+    st = json.loads(mnode.cli("stats", "--json").stdout)
+    rows = {t["table"]: t for t in st["tables"]}
+    assert rows["consensus"]["items"] >= 1 and rows["consensus"]["bytes"] > 0
+    assert rows["k2v_item"]["bytes"] > 0
+    text = mnode.cli("stats").stdout
+    header = next(ln for ln in text.splitlines() if ln.startswith("Table "))
+    assert header.split()[:3] == ["Table", "Items", "Size"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("consensus "))
+    assert int(line.split()[1]) == rows["consensus"]["items"]

@@ -231,3 +231,122 @@ def test_watch_help_names_only_its_own_flags(cli):
     out = cli("watch", "--help").stdout.decode()
     assert "--follow" not in out and "--timeout" in out
     assert "--follow" in cli("poll-range", "--help").stdout.decode()
+
+
+# --- extensions: conditional writes, linearizable reads, transactions, multi-range watch ------
+
+
+def test_conditional_insert_and_delete(cli, sync, pk):
+    r = cli("insert", pk, "k", "v1", "--if-none-match")
+    t1 = ok(r).strip().removeprefix("token: ")
+    assert sync.read_item(pk, "k").token.value == t1
+
+    r = cli("insert", pk, "k", "again", "--if-none-match")  # the item exists now: 412
+    assert r.returncode == 5 and r.stdout == b""
+    assert b"condition false" in r.stderr and t1.encode() in r.stderr
+
+    out = json.loads(ok(cli("insert", pk, "k", "v2", f"--if-match={t1}", "--json")))
+    assert out["inserted"] is True and out["ct"] == sync.read_item(pk, "k").token.value
+    t2 = out["ct"]
+    r = cli("insert", pk, "k", "stale", f"--if-match={t1}", "--json")
+    assert r.returncode == 5
+    assert json.loads(r.stdout) == {"pk": pk, "sk": "k", "inserted": False, "ct": t2}
+    assert sync.read_item(pk, "k").values == [b"v2"]
+
+    r = cli("insert", pk, "new", "x", "--if-match=*", "--json")
+    assert r.returncode == 5 and json.loads(r.stdout)["ct"] is None and b"never written" in r.stderr
+
+    t3 = ok(cli("delete", pk, "k", f"--if-match={t2}")).strip().removeprefix("token: ")
+    item = sync.read_item(pk, "k")
+    assert item.values == [None] and item.token.value == t3
+    r = cli("delete", pk, "k", "--if-match=*")
+    assert r.returncode == 5 and t3.encode() in r.stderr
+
+
+def test_read_linearizable(cli, sync, pk):
+    sync.insert_item(pk, "k", b"lin", if_none_match=True)
+    item = json.loads(ok(cli("read", pk, "k", "--linearizable", "--json")))
+    assert item["v"] == [base64.b64encode(b"lin").decode()] and item["ct"] == sync.read_item(pk, "k").token.value
+    assert cli("read", pk, "k", "--linearizable", "--raw").stdout == b"lin"
+    r = cli("read", pk, "missing", "--linearizable")
+    assert r.returncode == 3 and b"NoSuchKey" in r.stderr
+
+
+def test_txn_from_file_and_stdin(cli, sync, pk, tmp_path):
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    body = {
+        "compare": [{"sk": "a", "target": "exists", "exists": False}],
+        "success": [{"op": "put", "sk": "a", "v": b64("one")}, {"op": "read", "sk": "a"}],
+        "failure": [{"op": "read", "sk": "a"}],
+    }
+    f = tmp_path / "txn.json"
+    f.write_text(json.dumps(body))
+    res = json.loads(ok(cli("txn", pk, str(f))))
+    assert res["succeeded"] is True and [r["sk"] for r in res["results"]] == ["a", "a"]
+    token = sync.read_item(pk, "a").token.value
+    assert res["results"][0]["ct"] == token and res["results"][1] == {"sk": "a", "ct": token, "v": [b64("one")]}
+
+    # the compare fails now: the failure branch ran, which is not an error (as etcdctl txn)
+    res = json.loads(ok(cli("txn", pk, input=json.dumps(body))))
+    assert res == {"succeeded": False, "results": [{"sk": "a", "ct": token, "v": [b64("one")]}]}
+    res = json.loads(ok(cli("txn", pk, "-", input='{"success": [{"op": "read", "sk": "none"}]}')))
+    assert res == {"succeeded": True, "results": [{"sk": "none", "ct": None, "v": []}]}
+
+    for bad, why in (
+        ("not json", b"invalid JSON"),
+        ("[]", b"JSON object"),
+        ('{"success": [{"op": "grow", "sk": "a"}]}', b"success[0]: unknown op"),
+        ('{"compare": [{"sk": "a", "target": "md5", "md5": "xyz"}]}', b"compare[0]"),
+    ):
+        r = cli("txn", pk, input=bad)
+        assert r.returncode == 1 and why in r.stderr, (bad, r.stderr)
+    assert sync.read_item(pk, "a").values == [b"one"]
+
+
+def test_watch_several_ranges_and_resume(cli, node, creds, sync, pk):
+    p1, p2 = pk + "-1", pk + "-2"
+    sync.insert_item(p1, "a", b"1")
+    env = run_env(node, creds)
+    watch = subprocess.Popen(
+        command("watch", p1, f"{p2}/x", "--json", "--count", "3", "--poll-timeout", "20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        lines = [json.loads(watch.stdout.readline()) for _ in range(2)]  # the two initial states
+        assert [(x["index"], x["partitionKey"], [i["sk"] for i in x["items"]]) for x in lines] == [
+            (0, p1, ["a"]),
+            (1, p2, []),
+        ]
+        assert lines[1]["prefix"] == "x" and all(x["seenMarker"] for x in lines)
+        sync.insert_item(p2, "y", b"outside the prefix")
+        sync.insert_item(p2, "x1", b"2")
+        out, err = watch.communicate(timeout=30)
+        assert watch.returncode == 0, err
+        change = json.loads(out)
+        assert (change["index"], [(i["sk"], i["v"]) for i in change["items"]]) == (1, [("x1", ["Mg=="])])
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+
+    # resume from the saved markers: only what was written since, no initial state
+    sync.insert_item(p1, "b", b"3")
+    r = cli(
+        "watch",
+        p1,
+        f"{p2}/x",
+        f"--seen-marker={lines[0]['seenMarker']}",
+        f"--seen-marker={change['seenMarker']}",
+        "--count",
+        "1",
+        "--timeout",
+        "20",
+    )
+    text = ok(r)
+    assert f"range 0: partition key: {p1}" in text and "sort key: b" in text and "utf-8: 3" in text
+    assert "sort key: a" not in text and p2 not in text
+
+    r = cli("watch", p1, p2, "--seen-marker=x")  # one marker for two ranges: a usage error
+    assert r.returncode == 2 and b"once per range" in r.stderr

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import threading
 import time
 
 import pytest
 
-from tests.support import K2VHttp
-from tests.support.k2v import BUCKET, JSON, Background, assert_error, b64, ipath, new_pk, put, token_of
+from tests.support import K2VHttp, wait_for
+from tests.support.k2v import (
+    BUCKET,
+    JSON,
+    Background,
+    assert_error,
+    b64,
+    ipath,
+    new_pk,
+    put,
+    sign_headers,
+    token_of,
+)
 
 
 def poll(k2v, body: dict | bytes, method: str = "POST", timeout: float = 30):
@@ -71,6 +83,26 @@ def test_one_change_wakes_the_call_and_only_that_range_has_items(k2v):
     # Unchanged ranges keep a marker that means what the one sent meant.
     assert ranges[0]["seenMarker"] == first[0]["seenMarker"]
     assert ranges[2]["seenMarker"] == first[2]["seenMarker"]
+
+
+def test_a_64_range_call_holds_one_poll_on_the_node_and_leaving_frees_it(node, k2v):
+    """docs/k2v-api.md §8: one long poll per storage node per call, whatever its number of ranges."""
+    pks = [new_pk() for _ in range(64)]
+    first = poll_ok(k2v, {"ranges": [{"partitionKey": p} for p in pks]})
+    body = json.dumps({"timeout": 600, "ranges": with_markers(pks, first)}).encode()
+    base = node.admin("node.info")["poll_subscriptions"]
+    conn = http.client.HTTPConnection(k2v.host, timeout=5)
+    conn.request(
+        "POST", f"{ipath()}?poll_ranges", body=body, headers=sign_headers(k2v, "POST", ipath(), "poll_ranges", body)
+    )
+    try:
+        wait_for(lambda: node.admin("node.info")["poll_subscriptions"] == base + 1, timeout=10)
+        time.sleep(0.3)
+        assert node.admin("node.info")["poll_subscriptions"] == base + 1, "more than one poll for one call"
+    finally:
+        conn.sock.close()
+        conn.close()
+    wait_for(lambda: node.admin("node.info")["poll_subscriptions"] == base, timeout=10)
 
 
 def test_markers_round_trip(k2v):

@@ -6,14 +6,17 @@ Used by the bounded test (``tests/integration/test_history.py``, part of ``make 
 1. starts 3 nodes (rf=3) behind the fault proxy, and a bucket;
 2. starts the clients, each recording every operation: the read/write ``Workload`` (blind writes
    and read-modify-writes with tokens, on own and shared keys), the ``SetWorkload`` (InsertBatch of
-   fresh keys, paged set reads), the ``WatchWriter`` (single writer of the watched items) and the
-   watchers (a PollRange watcher through each node, PollItem watchers through two of them);
+   fresh keys, paged set reads), the ``WatchWriter`` (single writer of the watched items), the
+   watchers (a PollRange watcher through each node, PollItem watchers through two of them) and
+   the ``ConsensusWorkload`` (conditional writes, transactions and linearizable reads on hot
+   partition keys, which the nemesis's layout changes are made to move);
 3. runs the ``Nemesis`` for ``duration`` seconds, then heals everything and lets the clients run
    a few more seconds on the healed cluster before stopping the writers;
-4. final reads of every key, every set partition and every watched item through every node, and
-   waits (up to a deadline) for the watchers to observe the final states;
-5. runs every checker and writes the history (JSON lines: one record per operation with its
-   invoke and complete times, status, values and tokens; faults; the verdict last).
+4. final reads of every key, every set partition, every watched item and every consensus object
+   through every node, and waits (up to a deadline) for the watchers to observe the final states;
+5. runs every checker (the linearizability checker over the consensus objects among them) and
+   writes the history (JSON lines: one record per operation with its invoke and complete times,
+   status, values and tokens; faults; the verdict last).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from tests.support import K2VHttp, wait_for
 from tests.support.checker import Anomaly, History, Workload, count_kinds, final_check, read_item
+from tests.support.checker.registers import ConsensusHistory, ConsensusWorkload
 from tests.support.checker.sets import SetHistory, SetWorkload, read_set
 from tests.support.checker.watch import ItemWatcher, RangeWatcher, WatchHistory, WatchWriter
 from tests.support.faults import FaultProxy, bucket_visible, k2v_client, make_bucket, start_cluster
@@ -36,6 +40,7 @@ CHAOS_CONFIG = "rpc_timeout_msec = 5000\nsync_startup_delay_sec = 1\n"
 WATCH_PK = "watch"
 WATCH_ITEMS = 8
 WATCH_WRITERS = 4
+CONSENSUS_CLIENTS = 8
 
 
 @dataclass
@@ -71,6 +76,18 @@ class Verdict:
             f"chaos seed={self.seed} duration={self.duration:.0f}s: operations={self.operations} "
             f"faults={self.faults} anomalies={len(self.anomalies)} ({kinds})"
         )
+
+
+def consensus_summary(stats: dict[str, Any]) -> str:
+    """One line of figures of the consensus workload and its linearizability check."""
+    moves = stats["hot_partition_moves"]
+    return (
+        f"consensus: histories={stats['histories']} operations={stats['operations']} "
+        f"{' '.join(f'{k}={n}' for k, n in stats['by_status'].items())} "
+        f"largest-history={stats['largest_history']} non-linearizable={stats['non_linearizable']} "
+        f"hot-partition-moves={len(moves)}"
+        + (f" ({moves[0]['pk']}: {','.join(moves[0]['from'])} -> {','.join(moves[0]['to'])})" if moves else "")
+    )
 
 
 def final_watch_states(
@@ -116,6 +133,7 @@ def run_chaos(
         for n in nodes:
             wait_for(lambda n=n: bucket_visible(n, creds))
         bucket = creds["bucket"]
+        bucket_id = bytes.fromhex(nodes[0].admin("bucket.info", {"name": bucket})["id"])
         clients = {name: k2v_client(n, creds) for name, n in cluster.nodes.items()}
         log(f"chaos seed={seed}: cluster up after {time.monotonic() - t0:.1f}s, nemesis for {duration:.0f}s")
 
@@ -133,18 +151,20 @@ def run_chaos(
         ]
         workload = Workload(history, clients, bucket, threads=3, pk="rw", seed=seed, check=False)
         set_workload = SetWorkload(sets, clients, bucket, seed=seed)
-        stoppers = [*watchers, writer, workload, set_workload]
+        consensus = ConsensusHistory(history.t0)
+        cas = ConsensusWorkload(consensus, clients, bucket, bucket_id, threads=CONSENSUS_CLIENTS, seed=seed)
+        stoppers = [*watchers, writer, workload, set_workload, cas]
         for w in watchers:
             w.start()
-        for w in (writer, workload, set_workload):
+        for w in (writer, workload, set_workload, cas):
             w.start()
 
-        nemesis = Nemesis(cluster, seed)
+        nemesis = Nemesis(cluster, seed, watchers=[cas])
         nemesis.run(duration)
         healed = nemesis.heal_all()
         log(f"chaos seed={seed}: {len(nemesis.faults)} faults {nemesis.counts()}, healed={healed}")
         time.sleep(settle)  # the clients keep going on the healed cluster for a moment
-        for w in (writer, workload, set_workload):
+        for w in (writer, workload, set_workload, cas):
             w.stop()
 
         extra: list[Anomaly] = [] if healed else [Anomaly("heal-failed", "nodes not all up after the heal")]
@@ -158,6 +178,7 @@ def run_chaos(
                 wait_for(lambda via=via, client=client: read_set(sets, client, via, bucket, pks, final=True))
             except AssertionError:
                 extra.append(Anomaly("final-read-failed", f"final set read via {via} failed"))
+        extra += cas.final_reads()
         final, unsettled = final_watch_states(history, clients, bucket, watch_keys)
         extra += unsettled
         try:
@@ -167,11 +188,14 @@ def run_chaos(
         for w in watchers:
             w.stop()
 
-        anomalies = history.check_reads() + sets.check() + watch.check(final) + extra
+        checked = time.monotonic()
+        anomalies = history.check_reads() + sets.check() + watch.check(final) + consensus.check() + extra
+        checked = time.monotonic() - checked
         notes = history.check_resurrections()
-        errors = workload.errors + set_workload.errors + writer.errors + [e for w in watchers for e in w.errors]
+        errors = workload.errors + set_workload.errors + writer.errors + cas.errors
+        errors += [e for w in watchers for e in w.errors]
         anomalies += [Anomaly("harness-error", e) for e in errors]
-        records = history.records() + sets.records() + watch.records()
+        records = history.records() + sets.records() + watch.records() + consensus.records()
         operations = len(records)
         records += [f.record(history.t0) for f in nemesis.faults]
         records.sort(key=lambda r: r["invoke"])
@@ -191,6 +215,8 @@ def run_chaos(
                 "acknowledged_writes": sum(1 for w in history.writes.values() if w.acked),
                 "acknowledged_batches": sum(1 for b in sets.batches if b.status == "ok"),
                 "watch_observations": len(watch.observations),
+                "consensus": consensus.stats(),
+                "check_seconds": round(checked, 1),
                 "notes": [a.record() for a in notes[:50]],
                 "elapsed": round(time.monotonic() - t0, 1),
             },
@@ -202,6 +228,7 @@ def run_chaos(
                     f.write(json.dumps(r) + "\n")
                 f.write(json.dumps(verdict.record()) + "\n")
         log(verdict.summary())
+        log(consensus_summary(consensus.stats()))
         if notes:
             log(f"notes: {len(notes)} reads showed a value superseded by an acknowledged write ({notes[0].message})")
         return verdict

@@ -34,6 +34,8 @@ from urllib.parse import quote
 
 import lmdb
 
+from garagekv.rpc.layout.history import LayoutHistory
+from garagekv.rpc.layout.manager import LAYOUT_FILE
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port, wait_for
 
 LOCALHOST = "127.0.0.1"
@@ -283,15 +285,32 @@ def apply_layout(
 ) -> int:
     """Give ``assign`` a role (zone z1, ``capacity``), remove ``remove``, apply; wait until ``wait_on`` see it."""
     via = via or nodes[0]
+    stage_layout(via, assign, remove, capacity)
+    return commit_layout(via, wait_on if wait_on is not None else nodes, timeout)
+
+
+def stage_layout(
+    via: NodeProcess, assign: list[NodeProcess], remove: list[NodeProcess] = (), capacity: str = "1G"
+) -> None:
+    """Stage roles (zone z1, ``capacity``) for ``assign`` and removals for ``remove`` on ``via``."""
     if assign:
         via.admin("layout.assign", {"nodes": [n.node_id for n in assign], "zone": "z1", "capacity": capacity})
     for n in remove:
         via.admin("layout.remove", {"node": n.node_id})
+
+
+def commit_layout(via: NodeProcess, wait_on: list[NodeProcess], timeout: float = 30.0) -> int:
+    """Apply what ``via`` has staged; wait until ``wait_on`` see the new version (returned)."""
     version = status(via)["layout_version"] + 1
     via.admin("layout.apply", {"version": version})
-    for n in wait_on if wait_on is not None else nodes:
+    for n in wait_on:
         wait_for(lambda n=n: status(n)["layout_version"] >= version, timeout=timeout)
     return version
+
+
+def layout_of(node: NodeProcess) -> LayoutHistory:
+    """``node``'s layout history (versions, staged changes) as it last persisted it."""
+    return LayoutHistory.decode((node.metadata_dir / LAYOUT_FILE).read_bytes())
 
 
 def make_node(root: Path, rf: int = 3, extra: str = "", k2v_extra: str = "") -> NodeProcess:

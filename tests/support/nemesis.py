@@ -10,7 +10,10 @@ One fault at a time, on one node at a time, so a quorum of every partition stays
   five minutes either way: more than fifteen would make clients' signatures too skewed); it stays
   shifted until its next restart;
 - ``layout``: a new layout version: a fourth node joins the layout (started on first use) or
-  leaves it again, or an endpoint node's capacity changes.
+  leaves it again, or an endpoint node's capacity changes. Layout watchers (``LayoutWatcher``)
+  are shown the version the staged change will produce before it is applied (a workload can then
+  aim at partitions that move), and the version applied after; what they say goes in the
+  fault's detail.
 
 After each fault the nemesis waits until the others see the node up again, then a short gap.
 ``heal_all`` ends every fault for the final checks. Every fault is recorded (``Fault``).
@@ -25,15 +28,27 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from garagekv.rpc.layout.errors import LayoutError
+from garagekv.rpc.layout.version import LayoutVersion
 from tests.support import NodeProcess, wait_for
-from tests.support.faults import FaultProxy, apply_layout, join, make_node, up_ids
+from tests.support.faults import FaultProxy, commit_layout, join, layout_of, make_node, stage_layout, up_ids
 
 #: The schedule deals faults from a shuffled deck holding each kind this many times, so even a
 #: short run sees every kind (a deck is 9 faults).
 DECK = {"kill": 2, "pause": 1, "cut-drop": 1, "cut-blackhole": 1, "cut-delay": 1, "clock": 1, "layout": 2}
 CLOCK_ENV = "GARAGEKV_CLOCK_OFFSET_MS"
+#: Seconds between showing watchers a planned layout version and applying it.
+LAYOUT_LEAD = 1.0
+
+
+class LayoutWatcher(Protocol):
+    def layout_planned(self, old: LayoutVersion, planned: LayoutVersion) -> bool:
+        """True if what the watcher works on will move (the nemesis then waits before applying)."""
+        ...
+
+    def layout_applied(self, old: LayoutVersion, new: LayoutVersion, names: dict[bytes, str], at: float) -> str: ...
 
 
 @dataclass(eq=False)
@@ -90,6 +105,7 @@ class Nemesis:
     hold: tuple[float, float] = (1.0, 3.0)
     gap: tuple[float, float] = (0.5, 2.0)
     faults: list[Fault] = field(default_factory=list)
+    watchers: list[LayoutWatcher] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -171,18 +187,51 @@ class Nemesis:
                 wait_for(lambda: all(up_ids(n) >= ids for n in c.running()), timeout=30)
             elif c.spare.proc is None:
                 self._start(c.spare, None)
-            apply_layout(c.running(), [c.spare], via=via, wait_on=c.running())
-            c.spare_member = True
             f.node, f.detail = "n3", "n3 joins the layout"
+            self._change_layout(f, via, [c.spare], [], c.running())
+            c.spare_member = True
         elif choice < 0.6:
             assert c.spare is not None
-            apply_layout(running, [], remove=[c.spare], via=via, wait_on=running)
-            c.spare_member = False
             f.node, f.detail = "n3", "n3 leaves the layout"
+            self._change_layout(f, via, [], [c.spare], running)
+            c.spare_member = False
         else:
             cap = self.rng.choice(("1G", "2G", "3G"))
-            apply_layout(running, [via], via=via, wait_on=running, capacity=cap)
             f.detail = f"capacity {cap}"
+            self._change_layout(f, via, [via], [], running, cap)
+
+    def _change_layout(
+        self,
+        f: Fault,
+        via: NodeProcess,
+        assign: list[NodeProcess],
+        remove: list[NodeProcess],
+        wait_on: list[NodeProcess],
+        capacity: str = "1G",
+    ) -> None:
+        """Stage, show the watchers the planned version, apply, show them the version applied."""
+        stage_layout(via, assign, remove, capacity)
+        before = layout_of(via)
+        old = before.current()
+        if self.watchers:
+            try:
+                planned, _ = before.preview_staged_changes()
+            except LayoutError:
+                planned = None  # the apply below reports why
+            if planned is not None and any([w.layout_planned(old, planned) for w in self.watchers]):
+                time.sleep(LAYOUT_LEAD)  # the clients start on what is about to move
+        applied_at = time.monotonic()
+        version = commit_layout(via, wait_on)
+        if not self.watchers:
+            return
+        new = next((v for v in layout_of(via).versions if v.version == version), None)
+        if new is None:
+            return
+        names = {bytes.fromhex(n.node_id): name for name, n in self.cluster.nodes.items()}
+        if self.cluster.spare is not None:
+            names[bytes.fromhex(self.cluster.spare.node_id)] = "n3"
+        said = [w.layout_applied(old, new, names, applied_at) for w in self.watchers]
+        f.detail = "; ".join([f.detail, *[x for x in said if x]])
 
     # ---- healing ----------------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ NODE = node_number(NODE_ID)
 
 
 class StandaloneModel:
-    def __init__(self, path: Path, **config: Any) -> None:
-        self.db = Database(path, map_size=64 << 20)
+    def __init__(self, path: Path, *, map_size: int = 64 << 20, fsync: bool = True, **config: Any) -> None:
+        self.db = Database(path, map_size=map_size, fsync=fsync)
         self.writer = GroupCommitWriter(self.db)
         layout = SimpleNamespace(
             node_id=NODE_ID,
@@ -31,10 +31,11 @@ class StandaloneModel:
             listeners=[],
         )
         netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
+        self.registry = EndpointRegistry()  # the node's endpoints, to serve them over a real NetApp
         system = SimpleNamespace(
             layout=layout,
             netapp=netapp,
-            registry=EndpointRegistry(),
+            registry=self.registry,
             node_id=NODE_ID,
             is_up=lambda n: True,
             rtt_of=lambda n: None,

@@ -218,3 +218,10 @@ def test_summarize_merges_workers():
     assert s["machine_cpu"]["kernel_cores"] == 0.1  # (2.0 - 0.2 - 1.0 - 0.6) / 2 s
     assert "secret_access_key" not in s["config"]
     json.dumps(s)
+
+
+def test_ttl_write_carries_the_header_and_passes_the_verifier():
+    t = K2VTarget("127.0.0.1:3904", "b", AK, SK, REGION)
+    data = t.write_ttl("p", "s", b"v", None, 2)
+    assert verify(data) == ("PUT", b"v")
+    assert split_request(data)[3]["X-Garage-TTL"] == "2"

@@ -7,6 +7,7 @@ happened when, without any cluster.
 from __future__ import annotations
 
 from tests.support.checker import History, Read, Write
+from tests.support.checker.registers import ABSENT, ANY, CasOp, ConsensusHistory, ConsensusWorkload
 from tests.support.checker.sets import SetHistory, SetRead
 from tests.support.checker.watch import Observation, WatchHistory
 
@@ -213,3 +214,158 @@ def test_every_history_serializes_to_json_records_with_invoke_and_complete_times
         assert {"invoke", "complete", "status"} <= set(r), r
         json.dumps(r)
     assert {r["status"] for r in records if r["type"] == "write"} == {"ok", "unknown"}
+
+
+# ---- (e) linearizability of the consensus path ----------------------------------------------------
+
+REG = ("cas-0", ("r0",))
+PAIR = ("cas-0", ("a0", "b0"))
+
+
+def cas(h: ConsensusHistory, obj, kind: str, start: float, end: float | None, status: str = "ok", **kw) -> CasOp:
+    """A recorded consensus operation on ``obj`` (``REG`` or ``PAIR``), as ``run_op`` fills it."""
+    pk, sks = obj
+    name = f"{pk}/{'reg' if len(sks) == 1 else 'pair'}/g0"
+    op = CasOp(len(h.ops) + 1, kw.pop("client", 0), "n0", name, pk, sks, kind, **kw)
+    op.start, op.end, op.status = h.t0 + start, None if end is None else h.t0 + end, status
+    h.ops.append(op)
+    return op
+
+
+def read_reg(h, start, end, value, token, **kw):
+    return cas(h, REG, "read-item", start, end, reads=(0,), observed={0: value}, tokens={0: token}, **kw)
+
+
+def put_reg(h, start, end, expected, token, new, succeeded=True, after=None, status="ok", **kw):
+    """If-Match ``token`` (``expected`` its value) or If-None-Match (``expected`` None)."""
+    if expected is None:
+        compares, kind = ((0, ABSENT, None, None),), "if-none-match"
+    else:
+        compares, kind = ((0, "token", expected, token),), "if-match"
+    return cas(
+        h,
+        REG,
+        kind,
+        start,
+        end,
+        status,
+        compares=compares,
+        writes=((0, new),),
+        fail_reads=(0,),
+        succeeded=succeeded if status == "ok" else None,
+        tokens={0: after} if status == "ok" else {},
+        **kw,
+    )
+
+
+def good_consensus_history() -> ConsensusHistory:
+    h = ConsensusHistory()
+    read_reg(h, 0, 1, None, None)
+    put_reg(h, 2, 3, None, None, "v2.0", after="T2")  # insert if absent
+    put_reg(h, 2.5, 4, None, None, "v3.0", succeeded=False, after="T2", client=1)  # 412: it is there
+    read_reg(h, 5, 6, "v2.0", "T2", client=2)
+    put_reg(h, 7, 8, "v2.0", "T2", "v5.0", after="T5")
+    put_reg(h, 7.5, None, "v2.0", "T2", "v6.0", status="unknown", client=1)  # 503: lost its round
+    put_reg(h, 9, 10, "v2.0", "T2", "v7.0", succeeded=False, after="T5", client=2)  # 412 shows v5.0
+    cas(h, REG, "if-match-any", 11, 12, compares=((0, ANY, "*", None),), writes=((0, "v8.0"),), fail_reads=(0,))
+    h.ops[-1].succeeded, h.ops[-1].tokens = True, {0: "T8"}
+    read_reg(h, 13, 14, "v8.0", "T8")
+    # The pair: a transaction writes both, a read-only transaction sees both or neither.
+    cas(h, PAIR, "txn", 0, 5, compares=((0, ABSENT, None, None), (1, ABSENT, None, None)))
+    h.ops[-1].writes, h.ops[-1].fail_reads = ((0, "v10.0"), (1, "v10.1")), (0, 1)
+    h.ops[-1].succeeded, h.ops[-1].tokens = True, {0: "A10", 1: "B10"}
+    cas(h, PAIR, "txn-read", 1, 2, reads=(0, 1), observed={0: None, 1: None}, tokens={0: None, 1: None})
+    cas(h, PAIR, "txn-read", 6, 7, reads=(0, 1), observed={0: "v10.0", 1: "v10.1"}, tokens={0: "A10", 1: "B10"})
+    cas(h, PAIR, "txn", 8, 9, compares=((0, "value", "v10.0", None), (1, "token", "v10.1", "B10")))
+    h.ops[-1].writes, h.ops[-1].fail_reads = ((1, None),), (0, 1)  # delete b if a and b are as read
+    h.ops[-1].succeeded, h.ops[-1].tokens = True, {1: "B13"}
+    cas(h, PAIR, "read-item", 10, 11, reads=(1,), observed={1: None}, tokens={1: "B13"})
+    return h
+
+
+def test_a_linearizable_consensus_history_passes():
+    h = good_consensus_history()
+    assert h.check() == []
+    stats = h.stats()
+    assert stats["histories"] == 2 and stats["operations"] == 14 and stats["non_linearizable"] == 0
+    assert stats["by_status"] == {"ok": 13, "unknown": 1}
+    # The records read back give the same history.
+    again = ConsensusHistory.from_records(h.records())
+    assert [op.record(0.0) for op in again.ops] == [op.record(h.t0) for op in h.ops]
+    assert again.check() == []
+
+
+def test_a_stale_linearizable_read_is_not_linearizable():
+    h = good_consensus_history()
+    read_reg(h, 15, 16, "v5.0", "T5")  # v8.0 replaced v5.0 at 12, before this read began
+    (a,) = h.check()
+    assert a.kind == "non-linearizable" and "cas-0/reg/g0" in a.message and "v5.0" in a.message
+
+
+def test_two_winners_from_one_token_are_not_linearizable():
+    h = good_consensus_history()
+    put_reg(h, 7.2, 8.5, "v2.0", "T2", "v9.0", after="T9", client=3)  # also won, from v2.0
+    assert [a.kind for a in h.check()] == ["non-linearizable"]
+
+
+def test_a_torn_transaction_is_not_linearizable():
+    h = good_consensus_history()
+    cas(h, PAIR, "txn-read", 6.5, 7.5, reads=(0, 1), observed={0: "v10.0", 1: None}, tokens={0: "A10", 1: None})
+    assert [a.kind for a in h.check()] == ["non-linearizable"]
+
+
+def test_a_412_whose_token_stands_for_the_expected_value_is_not_linearizable():
+    h = good_consensus_history()
+    # If-Match T8 refused with the current token T8: the condition held, yet nothing was written.
+    put_reg(h, 15, 16, "v8.0", "T8", "v20.0", succeeded=False, after="T8")
+    assert [a.kind for a in h.check()] == ["non-linearizable"]
+
+
+def test_a_write_applied_twice_is_not_linearizable():
+    h = good_consensus_history()
+    read_reg(h, 15, 16, "v5.0", "T5b")  # v5.0 (replaced at 12) is back, under another token
+    assert [a.kind for a in h.check()] == ["non-linearizable"]
+
+
+def test_one_token_for_two_states_and_refused_requests_are_reported():
+    h = good_consensus_history()
+    read_reg(h, 15, 16, "v8.0", "T5")  # T5 stood for v5.0
+    cas(h, REG, "read-item", 17, 18, status="refused", reads=(0,), detail="400 InvalidRequest")
+    kinds = sorted(a.kind for a in h.check())
+    assert kinds == ["refused", "token-conflict"]
+
+
+class _Version:
+    """A layout version as the workload's layout hooks use it: partition -> node set."""
+
+    def __init__(self, version: int, nodes: dict[int, list[bytes]], default: list[bytes]) -> None:
+        self.version, self.nodes, self.default = version, nodes, default
+
+    def nodes_of_hash(self, h: bytes) -> list[bytes]:
+        return self.nodes.get(h[0], self.default)
+
+
+def test_the_workload_aims_at_a_hot_partition_that_a_layout_change_moves():
+    n0, n1, n2, n3 = (bytes([i]) * 32 for i in range(4))
+    w = ConsensusWorkload(ConsensusHistory(), {}, "b", bucket_id=b"\x01" * 32, hot_count=2)
+    assert w.hot == ["cas-0", "cas-1"]
+    target = w._partition("cas-7")[0]
+    hot = {w._partition(pk)[0] for pk in w.hot}
+    assert target not in hot  # (else pick another pool key for this test)
+    old = _Version(3, {}, [n0, n1, n2])
+    new = _Version(4, {target: [n0, n3, n2]}, [n0, n1, n2])  # only cas-7's partition moves
+    assert w.layout_planned(old, new)
+    assert "cas-7" in w.hot and len(w.hot) == 2
+    said = w.layout_applied(old, new, {n0: "n0", n1: "n1", n2: "n2", n3: "n3"}, w.history.t0 + 5)
+    assert said == "cas-7 moved n0,n1,n2 -> n0,n2,n3"
+    move = {"pk": "cas-7", "partition": target, "from": ["n0", "n1", "n2"], "to": ["n0", "n2", "n3"]}
+    move |= {"version": 4, "at": 5.0}
+    assert w.history.moves == [move]
+    # Operations on the moved key within 10 s of the change are counted.
+    for start in (6, 16):
+        cas(w.history, ("cas-7", ("r0",)), "read-item", start, start + 1, reads=(0,), observed={0: None})
+    assert w.history.stats()["hot_partition_moves"] == [{**move, "answered_within_10s": 1}]
+    # A hot key already moves: nothing changes. A change that moves nothing: nothing either.
+    before = list(w.hot)
+    assert w.layout_planned(old, new) and not w.layout_planned(old, old)
+    assert w.hot == before and w.layout_applied(old, old, {}, 0.0) == ""

@@ -44,8 +44,8 @@ def test_json_flag_before_or_after_the_command():
         parse("read", "p", "s", "--json", "--raw")
 
 
-def test_watch_is_poll_range_follow():
-    assert parse("watch", "pk").follow is True
+def test_watch_takes_ranges_and_poll_range_follows_one():
+    assert parse("watch", "pk").handler is k2v.cmd_watch and parse("watch", "a", "b/c").ranges == ["a", "b/c"]
     assert parse("poll-range", "pk").follow is False
     assert parse("poll-range", "pk", "--follow", "--count", "2").count == 2
 

@@ -161,3 +161,152 @@ async def test_malformed_forwarded_transactions_are_refused(node):
     ):
         with pytest.raises(MalformedMessage):
             await node.model.conditional._handle(NODE_ID, msg)
+
+
+async def test_a_round_reserves_again_above_a_time_of_this_node_already_in_an_item(node):
+    """An item may hold a time of this node beyond its clock (a client's token, recorded by
+    another coordinator). The round's dot must still be one it reserved, never one past it that
+    this node could issue again."""
+    from garagekv.model.k2v.causality import now_ms
+
+    far = now_ms() + 60_000
+    seeded = K2VItem.new(BUCKET, "p", "k")
+    seeded.update(2, CausalContext({NODE: far}), b"old", 10, others_limit=far)
+    assert seeded.items[NODE].t_discard == far
+    node.writer.run_sync(lambda tx: node.model.items.data.merge_in(tx, seeded))
+    out = await node.model.conditional.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"new")
+    assert out.applied
+    dot = CausalContext.parse(out.token).get(NODE)
+    assert dot > far
+    # The reservation covered it: the next plain insert of this node is above it.
+    await node.model.k2v.insert(BUCKET, InsertedItem("p", "other", None, b"x"))
+    other = await node.model.k2v.read_item(BUCKET, "p", "other")
+    assert other.causal_context().get(NODE) > dot
+
+
+# ---- an attempt that lost its round after proposing -----------------------------------------------
+#
+# A scripted proposer stands in for the real one for the round under test: it calls ``decide``
+# the way the real one would on each attempt, and does between attempts what other rounds could
+# do meanwhile (complete the lost proposal, write the item). Those other rounds run directly
+# (``_direct``), not through the key's queue, which the round under test holds.
+
+
+class ScriptedProposer:
+    def __init__(self, real: Any, script: list[Any]) -> None:
+        self.real = real
+        self.script = script
+
+    async def run(self, key: bytes, read_keys: Any, decide: Any, *, timeout: float | None = None) -> Any:
+        if not self.script:
+            return await self.real.run(key, read_keys, decide, timeout=timeout)
+        return await self.script.pop(0)(key, read_keys, decide)
+
+
+def _states(node, key: bytes, read_keys: Any) -> dict[bytes, bytes | None]:
+    m = node.model.acceptor.machine
+    states = node.writer.run_sync(lambda tx: m.read_in(tx, key, list(read_keys)))
+    return dict(zip(read_keys, states, strict=True))
+
+
+def _apply(node, key: bytes, update: bytes) -> None:
+    m = node.model.acceptor.machine
+    node.writer.run_sync(lambda tx: m.apply_in(tx, key, update))
+
+
+def _stored(node, sk: str) -> K2VItem:
+    key = partition_hash(BUCKET, "p")
+    raw = _states(node, key, [sk.encode()])[sk.encode()]
+    assert raw is not None
+    return K2VItem.decode(raw)
+
+
+async def _direct(c, txn: Txn):
+    """Another round on the same key, run at once (the real proposer, no queue)."""
+    from garagekv.model.k2v.conditional import _KeyQueue
+
+    (out,) = await c._round(partition_hash(BUCKET, "p"), _KeyQueue(BUCKET, "p"), [txn])
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+def _cond_write(sk: str, cond: Condition, value: bytes) -> Txn:
+    return Txn((cond.as_compare(sk),), (TxnOp(PUT, sk, value),), (TxnOp(READ, sk),))
+
+
+async def test_a_lost_write_completed_then_superseded_is_not_applied_again(node):
+    from garagekv.util.errors import ServiceUnavailable
+
+    c = node.model.conditional
+    assert (await c.write(BUCKET, "p", "k", Condition(IF_NONE_MATCH_ANY), b"v0")).applied
+    other: list[Any] = []
+
+    async def attempts(key, read_keys, decide):
+        proposal = decide(_states(node, key, read_keys))  # attempt 1 proposes "mine", then loses
+        assert proposal.update is not None
+        _apply(node, key, proposal.update)  # another proposer completes it...
+        mine = _stored(node, "k")
+        assert mine.values() == [b"mine"]
+        replace = _cond_write("k", Condition(IF_MATCH, mine.causal_context()), b"theirs")
+        other.append(await _direct(c, replace))  # ...and it is replaced
+        again = decide(_states(node, key, read_keys))  # attempt 2: If-Match: * holds on "theirs"
+        assert again.update is None, "the write would be applied a second time"
+        return again.result
+
+    c.proposer = ScriptedProposer(c.proposer, [attempts])
+    with pytest.raises(ServiceUnavailable, match="may or may not"):
+        await c.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"mine")
+    assert other[0].succeeded
+    assert (await c.read(BUCKET, "p", "k")).values() == [b"theirs"]  # applied once, replaced: stays so
+
+
+async def test_a_write_reserved_before_another_of_its_node_keeps_its_own_dot(node):
+    # Operation A reserves its times, then B, on the same node, reserves later ones and writes
+    # the item first. A's dot must not be bumped past B's (its later attempts look for exactly a
+    # dot it reserved): A's round reserves again and starts over.
+    from garagekv.model.k2v.conditional import _Reserve
+
+    c = node.model.conditional
+
+    async def attempts(key, read_keys, decide):
+        assert (await _direct(c, _cond_write("k", Condition(IF_NONE_MATCH_ANY), b"B"))).succeeded
+        with pytest.raises(_Reserve):
+            decide(_states(node, key, read_keys))
+        raise _Reserve(_stored(node, "k").items[NODE].max_time())
+
+    c.proposer = ScriptedProposer(c.proposer, [attempts])
+    out = await c.write(BUCKET, "p", "k", Condition(IF_MATCH_ANY), b"A")
+    assert out.applied
+    item = await c.read(BUCKET, "p", "k")
+    assert item.values() == [b"A"] and item.causal_context().serialize() == out.token
+    assert len(item.items[NODE].values) == 1
+
+
+async def test_a_lost_write_found_applied_answers_the_tokens_of_its_own_write(node):
+    # A transaction writes a and b, loses its round after proposing; another proposer completes
+    # it, then a conditional write replaces a. The next attempt finds the transaction applied (its
+    # dot is still in b): the token it answers for a is the one right after its own write, not
+    # the one after the write that replaced it (a client would take that for its own value's).
+    c = node.model.conditional
+    txn = Txn(
+        (Compare("a", EXISTS, exists=False), Compare("b", EXISTS, exists=False)),
+        (TxnOp(PUT, "a", b"a1"), TxnOp(PUT, "b", b"b1")),
+    )
+    tokens: list[str] = []
+
+    async def attempts(key, read_keys, decide):
+        proposal = decide(_states(node, key, read_keys))
+        _apply(node, key, proposal.update)  # completed by another proposer
+        a = _stored(node, "a")
+        tokens.append(a.causal_context().serialize())
+        assert (await _direct(c, _cond_write("a", Condition(IF_MATCH, a.causal_context()), b"a2"))).succeeded
+        again = decide(_states(node, key, read_keys))
+        assert again.update is None
+        return again.result
+
+    c.proposer = ScriptedProposer(c.proposer, [attempts])
+    res = await c.txn(BUCKET, "p", txn)
+    assert res.succeeded
+    assert res.results[0].item.causal_context().serialize() == tokens[0]
+    assert res.results[0].item.values() == [b"a1"]

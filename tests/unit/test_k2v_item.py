@@ -26,12 +26,15 @@ def new() -> K2VItem:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[K2VItem]:
+def histories(draw: st.DrawFn, ttl: bool = False) -> list[K2VItem]:
     """Replica states reachable in a real cluster.
 
     Each node coordinates writes on its own replica only (so it holds all its own dots and issues
     increasing timestamps), clients write with tokens from earlier reads (or none), and replicas
     exchange state in any order. Returns snapshots taken along the way plus the final replicas.
+
+    ``ttl``: writes may carry an expiry, and a node's expiry worker may expire its replica's due
+    values in place and add its tombstone dot (what ``ExpiryWorker`` does).
     """
     nodes = draw(st.lists(NODE_IDS, min_size=1, max_size=4, unique=True))
     replicas = {n: new() for n in nodes}
@@ -39,12 +42,18 @@ def histories(draw: st.DrawFn) -> list[K2VItem]:
     tokens: list[CausalContext | None] = [None]
     snapshots: list[K2VItem] = []
     for _ in range(draw(st.integers(1, 25))):
-        op = draw(st.sampled_from(["write", "write", "write", "sync", "read"]))
+        op = draw(st.sampled_from(["write", "write", "write", "sync", "read"] + (["expire"] if ttl else [])))
         n = draw(st.sampled_from(nodes))
         if op == "write":
             now = draw(st.integers(0, 40))
             ctx = draw(st.sampled_from(tokens))
-            last_ts[n] = replicas[n].update(n, ctx, draw(VALUES), max(last_ts[n], now))
+            value = draw(VALUES)
+            exp = draw(st.one_of(st.none(), st.integers(0, 60))) if ttl and value is not None else None
+            last_ts[n] = replicas[n].update(n, ctx, value, max(last_ts[n], now), expires=exp)
+        elif op == "expire":
+            now = draw(st.integers(0, 60))
+            if replicas[n].expire(now):
+                last_ts[n] = replicas[n].update(n, None, None, max(last_ts[n], now))
         elif op == "sync":
             replicas[n].merge(replicas[draw(st.sampled_from(nodes))])
         else:  # a quorum read of two replicas hands out a token
@@ -387,3 +396,118 @@ def test_merge_leaves_the_other_replica_untouched() -> None:
     a.update(2, a.causal_context(), b"later", 10)
     a.update(1, None, b"later1", 10)
     assert b.encode() == before
+
+
+# --- bounds of client-supplied contexts and of the encoding (found by mutation testing) -------
+
+
+def test_other_nodes_times_in_a_context_are_cut_to_others_limit():
+    item = new()
+    item.update(1, CausalContext({2: 10**15, 3: 50}), b"v", 100, others_limit=1000)
+    assert item.items[2].t_discard == 1000 and item.items[3].t_discard == 50
+    # Without a limit the times are taken as they come.
+    free = new()
+    free.update(1, CausalContext({2: 10**15}), b"v", 100)
+    assert free.items[2].t_discard == 10**15
+
+
+def test_this_nodes_time_in_a_context_is_cut_to_what_it_issued():
+    item = new()
+    item.update(1, CausalContext({1: 10**15}), b"v", 0)
+    # Nothing issued yet (node_ts 0, no entry): the claimed time discards nothing.
+    assert item.items[1].t_discard == 0 and item.items[1].values == [(1, b"v")]
+    item.update(1, CausalContext({1: 10**15}), b"w", 7)
+    assert item.items[1].t_discard == 7 and item.items[1].values == [(8, b"w")]
+
+
+def test_unknown_nodes_stop_entering_an_item_at_the_soft_cap_but_its_own_node_always_does():
+    from garagekv.model.k2v.causality import ITEM_CLOCK_SOFT_CAP
+
+    item = new()
+    ctx = CausalContext({n: 5 for n in range(100, 100 + ITEM_CLOCK_SOFT_CAP - 1)})
+    item.update(1, ctx, b"v", 10)
+    assert len(item.items) == ITEM_CLOCK_SOFT_CAP  # the cap minus one known nodes, plus node 1
+    item.update(2, CausalContext({999: 5, 2: 3}), b"w", 10)
+    assert 999 not in item.items and 2 in item.items  # at the cap: new others refused, the writer kept
+    below = new()
+    below.update(1, CausalContext({n: 5 for n in range(100, 100 + ITEM_CLOCK_SOFT_CAP - 2)}), b"v", 10)
+    below.update(1, CausalContext({999: 5}), b"w", 10)
+    assert 999 in below.items  # one below the cap: still admitted
+
+
+def test_the_last_timestamp_of_a_node_is_usable_and_the_next_is_refused():
+    from garagekv.model.k2v.item import ClockExhausted
+
+    item = new()
+    assert item.update(1, None, b"v", 2**64 - 2) == 2**64 - 1
+    with pytest.raises(ClockExhausted, match="no timestamp left"):
+        item.update(1, None, b"w", 2**64 - 2)
+
+
+def test_precondition_messages_name_what_is_wrong():
+    with pytest.raises(ValueError, match="bucket_id must be 32 bytes"):
+        K2VItem.new(b"short", "pk", "sk")
+    with pytest.raises(ValueError, match="must be u64"):
+        new().update(-1, None, b"v", 1)
+    other = K2VItem.new(BUCKET, "pk", "other")
+    with pytest.raises(ValueError, match="different K2V items"):
+        new().merge(other)
+    with pytest.raises(ValueError, match="unknown K2V item format"):
+        K2VItem.decode(b"\x09" + new().encode()[1:])
+    with pytest.raises(ValueError, match="corrupt K2V item"):
+        K2VItem.decode(b"\x01\xc1")
+
+
+def _encoded(body: object) -> bytes:
+    return b"\x01" + codec.encode_lists(body)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [[1, 0, [[1, b"a"]]], [1, 0, [[2, b"b"]]]],  # the same node twice
+        [[2, 0, [[1, b"a"]]], [1, 0, [[2, b"b"]]]],  # nodes out of order
+        [[1, 0, [[1, b"a"], [1, b"b"]]]],  # the same dot twice
+        [[1, 5, [[5, b"a"]]]],  # a value at or below the discard time
+        [[1, 0, [[1, b"a", 3]]]],  # a dot of three fields
+        [[1, 0]],  # an entry of two fields
+    ],
+)
+def test_non_canonical_encodings_are_refused(entries):
+    ok = _encoded([BUCKET, "pk", "sk", [[1, 0, [[1, b"a"]]]]])
+    assert K2VItem.decode(ok).values() == [b"a"]
+    with pytest.raises(ValueError, match="corrupt K2V item"):
+        K2VItem.decode(_encoded([BUCKET, "pk", "sk", entries]))
+
+
+@pytest.mark.parametrize("body", [[BUCKET, "pk", "sk"], [BUCKET, "pk", "sk", [], 5], {"a": 1, "b": 2, "c": 3, "d": 4}])
+def test_bodies_of_the_wrong_shape_are_refused(body):
+    with pytest.raises(ValueError, match="corrupt K2V item"):
+        K2VItem.decode(_encoded(body))
+
+
+def test_merge_encoded_is_the_merge_of_the_replicas_it_was_given():
+    from garagekv.model.k2v.item import merge_encoded
+
+    a, b = new(), new()
+    a.update(1, None, b"a", 10)
+    b.update(2, None, b"b", 20)
+    merged = merge_encoded([None, a.encode(), None, b.encode(), a.encode()])
+    assert merged is not None and sorted(merged.values()) == [b"a", b"b"]
+    assert merge_encoded([]) is None and merge_encoded([None, None]) is None
+    assert merge_encoded([a.encode()]).encode() == a.encode()
+
+
+def test_soft_cap_is_reached_at_exactly_its_size_and_does_not_stop_the_other_discards():
+    """An item holding exactly ITEM_CLOCK_SOFT_CAP entries refuses a new other node, written by a
+    node it already knows (so the writer adds no entry first); the refusal skips that node only:
+    a known node after it in the context still has its values discarded."""
+    from garagekv.model.k2v.causality import ITEM_CLOCK_SOFT_CAP
+
+    item = new()
+    item.update(1, CausalContext({n: 5 for n in range(100, 100 + ITEM_CLOCK_SOFT_CAP - 1)}), b"v", 10)
+    assert len(item.items) == ITEM_CLOCK_SOFT_CAP
+    known = 100 + ITEM_CLOCK_SOFT_CAP - 2
+    item.update(1, CausalContext({99: 5, known: 9}), b"w", 20)
+    assert 99 not in item.items and len(item.items) == ITEM_CLOCK_SOFT_CAP
+    assert item.items[known].t_discard == 9

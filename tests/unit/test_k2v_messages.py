@@ -13,6 +13,9 @@ from garagekv.model.k2v.messages import (
     PollItemRequest,
     PollRangeReply,
     PollRangeRequest,
+    PollRangesReply,
+    PollRangesRequest,
+    WatchedRange,
     parse_request,
 )
 from garagekv.rpc.messages import MalformedMessage
@@ -47,6 +50,20 @@ def test_poll_requests_round_trip_and_wire_form():
     assert PollRangeReply.from_wire(reply.to_wire()) == reply
 
 
+def test_poll_ranges_round_trip_and_wire_form():
+    ranges = (WatchedRange("p", "a", None, "z", "marker"), WatchedRange("q", None, None, None, None))
+    req = PollRangesRequest(BUCKET, ranges, 300)
+    hand_built = ["poll_ranges", BUCKET, [["p", "a", None, "z", "marker"], ["q", None, None, None, None]], 300]
+    assert packed(req.to_wire()) == packed(hand_built)
+    assert parse_request(msgpack.unpackb(packed(req.to_wire()), raw=False)) == req
+    reply = PollRangesReply(9, 1234, ((0, (b"x", b"y")), (1, ())))
+    assert packed(reply.to_wire()) == packed([9, 1234, [[0, [b"x", b"y"]], [1, []]]])
+    assert PollRangesReply.from_wire(msgpack.unpackb(packed(reply.to_wire()), raw=False), 2) == reply
+
+
+GOOD_RANGE = ["p", None, None, None, None]
+
+
 @pytest.mark.parametrize(
     "wire",
     [
@@ -68,6 +85,20 @@ def test_poll_requests_round_trip_and_wire_form():
         ["poll_range", BUCKET, "p", None, None, None, None],  # arity
         ["poll_range", BUCKET, "p", 1, None, None, None, 30],
         ["poll_range", BUCKET, "p", None, None, None, b"bytes marker", 30],
+        ["poll_ranges", BUCKET, [GOOD_RANGE]],  # arity
+        ["poll_ranges", BUCKET, [GOOD_RANGE], 30, "extra"],
+        ["poll_ranges", "bucket", [GOOD_RANGE], 30],
+        ["poll_ranges", BUCKET, [], 30],  # no range
+        ["poll_ranges", BUCKET, [GOOD_RANGE] * 65, 30],  # more than a call may have
+        ["poll_ranges", BUCKET, "not a list", 30],
+        ["poll_ranges", BUCKET, [GOOD_RANGE], -1],
+        ["poll_ranges", BUCKET, [GOOD_RANGE], None],
+        ["poll_ranges", BUCKET, [["p", None, None, None]], 30],  # range arity
+        ["poll_ranges", BUCKET, [[b"p", None, None, None, None]], 30],  # partition key type
+        ["poll_ranges", BUCKET, [["p", 1, None, None, None]], 30],
+        ["poll_ranges", BUCKET, [["p", None, None, None, b"bytes marker"]], 30],
+        ["poll_ranges", BUCKET, [["p", None, "k" * 480, None, None]], 30],  # past any sort key
+        ["poll_ranges", BUCKET, [None], 30],
     ],
 )
 def test_malformed_requests_are_protocol_errors(wire):
@@ -80,3 +111,26 @@ def test_malformed_requests_are_protocol_errors(wire):
 def test_malformed_poll_range_replies_are_protocol_errors(wire):
     with pytest.raises(MalformedMessage):
         PollRangeReply.from_wire(wire)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        None,
+        [9, 0],
+        [9, 0, [], "extra"],
+        ["9", 0, []],
+        [9, -1, []],
+        [9, 0, "news"],
+        [9, 0, [[0]]],
+        [9, 0, [[2, []]]],  # the request had 2 ranges: indices 0 and 1
+        [9, 0, [[-1, []]]],
+        [9, 0, [[True, []]]],
+        [9, 0, [[0, []], [0, []]]],  # a range listed twice
+        [9, 0, [[0, "x"]]],
+        [9, 0, [[0, ["not bytes"]]]],
+    ],
+)
+def test_malformed_poll_ranges_replies_are_protocol_errors(wire):
+    with pytest.raises(MalformedMessage):
+        PollRangesReply.from_wire(wire, 2)

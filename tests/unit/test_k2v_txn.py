@@ -185,7 +185,7 @@ def test_latest_md5_compare_uses_the_latest_live_value():
 # ---- several transactions in one round -----------------------------------------------------------
 
 
-def batch(txns, state, previous=None, node_ts=1000):
+def batch(txns, state, previous=(), node_ts=1000):
     from garagekv.model.k2v.txn import decide_batch
 
     return decide_batch(txns, state, {}, BUCKET, "p", 9, node_ts, 1 << 24, previous)
@@ -215,7 +215,7 @@ def test_an_attempt_applied_by_another_proposer_keeps_its_outcomes():
     put = Txn(success=(TxnOp(READ, "a"), TxnOp(PUT, "a", b"mine")))
     outcomes, written, attempt = batch([put], {"a": None})
     # The next attempt finds the dot: the first attempt's outcome (and its read) stands.
-    again, written2, proposed = batch([put], {"a": written[0]}, previous=attempt)
+    again, written2, proposed = batch([put], {"a": written[0]}, previous=[attempt])
     assert again == outcomes and written2 == [] and proposed is None
 
 
@@ -226,12 +226,12 @@ def test_an_attempt_never_applied_is_decided_afresh_and_an_ambiguous_one_is_503(
     _, _, attempt = batch([create], {"a": None})
     theirs = item("a", (4, b"theirs"))
     # Another value won, without seeing ours: ours never applied, the compare is now false.
-    (out,), _, _ = batch([create], {"a": theirs}, previous=attempt)
+    (out,), _, _ = batch([create], {"a": theirs}, previous=[attempt])
     assert out.succeeded is False
     # Another value superseded ours' dot (its context covers it): ours may have applied.
     covering = item("a", (9, b"x"))
     covering.update(4, CausalContext({9: 5000}), b"theirs", 10, 10**6)
-    (out,), _, _ = batch([create], {"a": covering}, previous=attempt)
+    (out,), _, _ = batch([create], {"a": covering}, previous=[attempt])
     assert isinstance(out, ServiceUnavailable)
 
 
@@ -250,3 +250,14 @@ def test_an_operation_over_the_update_limit_waits_for_the_next_round():
         assert isinstance(alone, EntityTooLarge)
     finally:
         txn_module.MAX_UPDATE_BYTES = old
+
+
+def test_of_several_lost_attempts_the_one_whose_dots_are_held_gives_the_outcomes():
+    read_then_put = Txn(success=(TxnOp(READ, "b"), TxnOp(PUT, "a", b"mine")))
+    first, written1, att1 = batch([read_then_put], {"a": None, "b": None}, node_ts=1000)
+    b = item("b", (4, b"later"))
+    second, _, att2 = batch([read_then_put], {"a": None, "b": b}, previous=[att1], node_ts=1010)
+    assert att2.dots == {"a": 1011} and second != first
+    # The first attempt was the one completed: its outcomes (its read of b included) stand.
+    again, _, proposed = batch([read_then_put], {"a": written1[0], "b": b}, previous=[att1, att2], node_ts=1020)
+    assert again == first and proposed is None

@@ -67,7 +67,8 @@ def test_apply_requires_exactly_the_next_version(v1):
         v1.apply_staged_changes(None)
     assert "`garagekv layout show`" in e.value.message
     for wrong in (0, 1, 3):
-        with pytest.raises(LayoutError, match=f"^Invalid new layout version {wrong}: .* the next one is 2 "):
+        expected = rf"^Invalid new layout version {wrong}: .* the next one is 2 \(--version 2\)$"
+        with pytest.raises(LayoutError, match=expected):
             v1.apply_staged_changes(wrong)
     out, msg = v1.apply_staged_changes(2)
     assert out.current().version == 2
@@ -198,7 +199,7 @@ def test_skip_dead_nodes(v1):
     with pytest.raises(LayoutError, match="only one live cluster layout version"):
         v1.skip_dead_nodes(1, set(), False)
     h = migrating(v1)
-    with pytest.raises(LayoutError, match="Invalid version, you may use the following version numbers: 2"):
+    with pytest.raises(LayoutError, match="Invalid version, you may use the following version numbers: 2$"):
         h.skip_dead_nodes(1, set(), False)
     up = {nid(1), nid(2), nid(3)}
     for n in up:
@@ -208,7 +209,7 @@ def test_skip_dead_nodes(v1):
     with pytest.raises(LayoutError, match="allow-missing-data"):
         h.skip_dead_nodes(2, up, False)
     lines = h.skip_dead_nodes(2, up, True)
-    assert len([x for x in lines if "SYNC" in x]) == 4
+    assert lines == [f"Increased the SYNC tracker for node {nid(i).hex()[:16]}" for i in range(1, 5)]
     assert h.sync_map_min() == 2
     with pytest.raises(LayoutError, match="nothing I can do"):
         h.skip_dead_nodes(2, up, True)
@@ -544,3 +545,57 @@ def test_tracker_basics():
     assert t.min_among([nid(1), nid(2)], 5) == 0
     with pytest.raises(LayoutError, match="Malformed layout trackers"):
         UpdateTrackers.from_wire({"ack_map": [], "sync_map": []})
+
+
+# ---------------------------------------------------------------------- edge cases found by mutation testing
+
+
+def live_versions(count: int) -> LayoutHistory:
+    """Versions 1..count all live: each adds a node and nobody syncs."""
+    h = with_nodes(LayoutHistory.new(3), THREE)
+    for i in range(4, count + 3):
+        h = with_nodes(h, {i: (f"dc{i}", 10**9)})
+    assert [v.version for v in h.versions] == list(range(1, count + 1))
+    return h
+
+
+def test_skip_dead_nodes_lists_every_version_it_accepts():
+    h = live_versions(3)
+    with pytest.raises(LayoutError, match="you may use the following version numbers: 2, 3$"):
+        h.skip_dead_nodes(1, set(), False)
+
+
+@pytest.mark.parametrize("live", [2, OLD_VERSION_COUNT + 3])
+def test_keep_current_version_only_keeps_the_newest_old_versions(live):
+    h = live_versions(live)
+    h.keep_current_version_only()
+    assert [v.version for v in h.versions] == [live]
+    assert [v.version for v in h.old_versions] == list(range(max(1, live - OLD_VERSION_COUNT), live))
+
+
+def test_check_accepts_three_live_versions_and_refuses_a_gap():
+    h = live_versions(3)
+    h.check()
+    gap = LayoutHistory([h.versions[0], h.versions[2]])
+    with pytest.raises(LayoutError, match="not consecutive"):
+        gap.check()
+
+
+def test_merging_versions_held_alike_or_retired_logs_no_conflict(v1, caplog):
+    a = migrating(v1)
+    b = a.clone()
+    a.keep_current_version_only()  # a retired v1, which b still holds live
+    with caplog.at_level(logging.WARNING):
+        assert a.merge(b) is False
+        assert b.merge(b.clone()) is False
+    assert caplog.records == []
+    assert [v.version for v in a.versions] == [2]
+
+
+def test_cleanup_never_retires_the_only_version(v1):
+    """Trackers ahead of the only live version (which skip_dead_nodes or a peer cannot cause, but
+    nothing forbids) must not retire it: a history always has a current version."""
+    for n in v1.all_nodes():
+        v1.update_trackers.sync_ack_map.set_max(n, 5)
+    v1.cleanup_old_versions()
+    assert [v.version for v in v1.versions] == [1]

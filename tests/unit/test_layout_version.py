@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from garagekv.rpc.layout import (
+    MAX_NODE_NUMBER,
     NB_PARTITIONS,
     LayoutError,
     LayoutHistory,
@@ -60,8 +61,9 @@ def test_ring_lookup(version):
     assert len(nodes) == 3 and len(set(nodes)) == 3
     assert set(nodes) <= set(version.storage_nodes())
     assert sum(version.usage().values()) == NB_PARTITIONS * 3
-    assert version.node_usage(nid(5)) == 0  # the gateway
+    assert nid(5) not in version.usage()  # the gateway
     assert all(7 in version.partitions_of(n) for n in nodes)
+    assert all(len(version.partitions_of(n)) == used for n, used in version.usage().items())
 
 
 def test_nodes_are_listed_in_zone_order(version):
@@ -91,12 +93,19 @@ def test_layout_error_is_an_admin_error():
         (lambda v: set_ring(v, 3, [0, 0, 2]), "partition does not contain 3 unique node ids"),
         (lambda v: set_ring(v, 3, [0, 1, 2]), "nodes of partition are in less than 3 distinct zones"),
         (lambda v: set_ring(v, 3, [0, 2, 9]), "ring_assignment_data contains invalid node id 9"),
+        (lambda v: set_ring(v, 3, [0, 2, 5]), "ring_assignment_data contains invalid node id 5"),
         (lambda v: set_ring(v, 3, [0, 2, 4]), "ring_assignment_data contains id of a gateway node"),
         (lambda v: tampered(v, ring_assignment_data=v.ring_assignment_data[:-1]), "length 767 instead of 768"),
         (lambda v: tampered(v, replication_factor=2), "incorrect length 768 instead of 512"),
         (lambda v: tampered(v, node_id_vec=v.node_id_vec[:-1]), "node_id_vec does not contain the correct set"),
         (lambda v: tampered(v, node_id_vec=list(reversed(v.node_id_vec))), "node_id_vec is not ordered"),
         (lambda v: tampered(v, zone_redundancy=4), "smaller or equal to the replication factor"),
+        (lambda v: tampered(v, replication_factor=0), "^invalid replication factor 0$"),
+        (lambda v: tampered(v, replication_factor=True), "^invalid replication factor True$"),
+        (lambda v: tampered(v, replication_factor="3"), "^invalid replication factor '3'$"),
+        (lambda v: tampered(v, partition_size=0), "^invalid partition_size 0$"),
+        (lambda v: tampered(v, partition_size=True), "^invalid partition_size True$"),
+        (lambda v: tampered(v, partition_size="5"), "^invalid partition_size '5'$"),
     ],
 )
 def test_check_rejects_tampered_layouts(version, mutate, message):
@@ -108,6 +117,13 @@ def test_check_rejects_a_role_changed_after_computation(version):
     bad = tampered(version)
     bad.roles[nid(3)] = NodeRole("dc2", 10)  # shrinks a node below what it holds
     with pytest.raises(LayoutError, match="bigger than node capacity"):
+        bad.check()
+
+
+def test_check_refuses_more_storage_nodes_than_the_ring_can_index(version):
+    roles = {i.to_bytes(32, "big"): NodeRole("z", 10**6) for i in range(MAX_NODE_NUMBER + 1)}
+    bad = tampered(version, roles=roles, node_id_vec=sorted(roles))
+    with pytest.raises(LayoutError, match=f"^There are more than {MAX_NODE_NUMBER} non-gateway nodes"):
         bad.check()
 
 

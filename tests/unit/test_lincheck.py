@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.lincheck import CAS_REGISTER, INFINITY, UNKNOWN, Op, SearchLimitExceeded, check
+from tests.support.lincheck import (
+    CAS_REGISTER,
+    INFINITY,
+    LIVE,
+    REGISTERS,
+    UNKNOWN,
+    Op,
+    SearchLimitExceeded,
+    check,
+)
 
 
 def op(inp, out, call, ret=INFINITY, key="k", client=0):
@@ -157,3 +166,110 @@ def test_memoisation_prunes_orders_that_reach_the_same_state():
     h.append(op(("read",), "never", 200, 201, client=99))
     result = check(h, CAS_REGISTER, max_steps=100_000)
     assert not result.ok and result.keys[0].explored < 100_000
+
+
+def test_many_unanswered_operations_stay_cheap():
+    # 40 writes that never answered, each may or may not have applied: 2^40 subsets. Only the
+    # ones a read needs are placed; the rest go last, so the search stays tiny.
+    h = [op(("write", f"v{i}"), UNKNOWN, i * 0.1, client=i) for i in range(40)]
+    h += [op(("read",), "v7", 10, 11, client=99), op(("read",), "v31", 12, 13, client=98)]
+    result = check(h, CAS_REGISTER, max_steps=10_000)
+    assert result.ok and result.keys[0].explored < 10_000
+    order = [o.input for o in result.keys[0].order]
+    assert order[:4] == [("write", "v7"), ("read",), ("write", "v31"), ("read",)]  # the others come last
+    assert len(order) == 42
+    # ...and a read that needs one of them twice is still rejected, as cheaply.
+    h += [op(("read",), "v7", 14, 15, client=97)]
+    result = check(h, CAS_REGISTER, max_steps=10_000)
+    assert not result.ok and result.keys[0].explored < 10_000
+
+
+def test_unanswered_compare_and_sets_can_chain():
+    # Two unanswered CAS, the second building on the first, explain a read: both must be placed.
+    h = [
+        op(("write", "a"), None, 0, 1),
+        op(("cas", "a", "b"), UNKNOWN, 2, client=1),
+        op(("cas", "b", "c"), UNKNOWN, 3, client=2),
+        op(("read",), "c", 5, 6),
+    ]
+    result = check(h, CAS_REGISTER)
+    assert result.ok and [o.input for o in result.keys[0].order][1:3] == [("cas", "a", "b"), ("cas", "b", "c")]
+    # Without the first one, the second cannot apply.
+    assert not ok([h[0], h[2], h[3]])
+
+
+# ---- REGISTERS: the items of one object, written by transactions -----------------------------------
+
+
+def txn(compares, writes, fail_reads=()):
+    return ("txn", tuple(compares), tuple(writes), tuple(fail_reads))
+
+
+def rok(history):
+    return check(history, REGISTERS).ok
+
+
+def test_registers_sequential_transactions():
+    h = [
+        op(("read", (0, 1)), (None, None), 0, 1),
+        op(txn([(0, None), (1, None)], [(0, "a"), (1, "b")]), (True, None), 2, 3),
+        op(("read", (1,)), ("b",), 4, 5),
+        op(txn([(0, "a")], [(0, "c")]), (True, None), 6, 7),  # a conditional write of register 0
+        op(txn([(0, "a"), (1, "b")], [(1, "d")], (0, 1)), (False, ("c", "b")), 8, 9),  # fails, shows both
+        op(txn([(1, LIVE)], [(1, None)]), (True, None), 10, 11),  # If-Match: * delete
+        op(("read", (0, 1)), ("c", None), 12, 13),
+        op(txn([(1, LIVE)], [(1, "e")], (1,)), (False, (None,)), 14, 15),
+    ]
+    assert rok(h)
+
+
+def test_registers_reject_a_torn_transaction():
+    # A read sees one of the two writes of a transaction and not the other.
+    put_both = op(txn([], [(0, "a"), (1, "b")]), (True, None), 0, 1)
+    assert not rok([put_both, op(("read", (0, 1)), ("a", None), 2, 3)])
+    # Even while the transaction runs: it is all or nothing at its one point in time.
+    put_both = op(txn([], [(0, "a"), (1, "b")]), (True, None), 0, 10)
+    assert rok([put_both, op(("read", (0, 1)), (None, None), 2, 3)])
+    assert not rok([put_both, op(("read", (0, 1)), (None, "b"), 2, 3)])
+
+
+def test_registers_reject_a_failure_that_shows_a_state_the_compare_holds_on():
+    h = [op(txn([], [(0, "a")]), (True, None), 0, 1), op(txn([(0, "a")], [(0, "b")], (0,)), (False, ("a",)), 2, 3)]
+    assert not rok(h)
+    h[1] = op(txn([(0, "z")], [(0, "b")], (0,)), (False, ("a",)), 2, 3)
+    assert rok(h)
+    h[1] = op(txn([(0, "z")], [(0, "b")], (0,)), (False, ("q",)), 2, 3)  # "q" was never there
+    assert not rok(h)
+    h[1] = op(txn([(0, "z")], [(0, "b")], (0,)), (False, (UNKNOWN,)), 2, 3)  # not observed
+    assert rok(h)
+
+
+def test_registers_reject_two_winners_from_one_value():
+    h = [
+        op(txn([(0, None)], [(0, "a")]), (True, None), 0, 1),
+        op(txn([(0, "a")], [(0, "b")]), (True, None), 2, 6, client=1),
+        op(txn([(0, "a")], [(0, "c")]), (True, None), 3, 7, client=2),
+    ]
+    assert not rok(h)
+    # One of them unanswered: it may have failed, or applied before the other... but not both.
+    h[2] = op(txn([(0, "a")], [(0, "c")]), UNKNOWN, 3, client=2)
+    assert rok(h)
+    assert not rok([*h, op(("read", (0,)), ("c",), 8, 9), op(("read", (0,)), ("b",), 10, 11)])
+
+
+def test_registers_a_write_applied_twice_is_rejected():
+    # If-Match: * applied, replaced by another client, then shown again: applied a second time.
+    h = [
+        op(txn([(0, None)], [(0, "a")]), (True, None), 0, 1),
+        op(txn([(0, LIVE)], [(0, "m")]), (True, None), 2, 20, client=1),
+        op(("read", (0,)), ("m",), 3, 4, client=2),
+        op(txn([(0, "m")], [(0, "t")]), (True, None), 5, 6, client=2),
+        op(("read", (0,)), ("t",), 7, 8, client=2),
+    ]
+    assert rok(h)
+    assert not rok([*h, op(("read", (0,)), ("m",), 21, 22, client=2)])
+
+
+def test_registers_a_fork_is_never_a_state():
+    h = [op(txn([], [(0, "a")]), (True, None), 0, 1), op(("read", (0,)), (("fork", "a", "b"),), 2, 3)]
+    assert not rok(h)

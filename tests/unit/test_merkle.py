@@ -491,3 +491,100 @@ async def test_worker_drains_a_backlog_without_a_new_write(env, monkeypatch):
         assert merkle.todo_len() == 0 and merkle.done == 250
     finally:
         await runner.stop()
+
+
+# ---- edge cases found by mutation testing -------------------------------------------------------
+
+
+def test_a_leaf_hash_covers_the_value(env):
+    """Two replicas holding one key with different values must not agree on the root."""
+    db, writer, _, merkle = env
+    k = P0 + b"a"
+    assert MerkleNode.leaf(k, vh(1)).value_hash == vh(1)
+    assert MerkleNode.leaf(k, vh(1)).hash() != MerkleNode.leaf(k, vh(2)).hash()
+    apply(writer, merkle, [(k, vh(1))])
+    first = merkle.root_hash(0)
+    assert merkle.get_node(0).value_hash == vh(1)
+    apply(writer, merkle, [(k, vh(2))])
+    assert merkle.root_hash(0) != first and merkle.get_node(0).value_hash == vh(2)
+
+
+def put_raw(writer: GroupCommitWriter, merkle: MerkleUpdater, nodes: dict[bytes, MerkleNode]) -> None:
+    writer.run_sync(lambda tx: [tx.put(merkle.tree, key, node.encode()) for key, node in nodes.items()])
+
+
+def test_a_damaged_intermediate_node_is_repaired_when_its_last_child_goes(env, caplog):
+    """An intermediate node with a single child (which the updater never writes) becomes Empty
+    when that child is deleted, instead of staying behind as a childless node."""
+    db, writer, _, merkle = env
+    k = P0 + b"a"
+    byte = blake2sum(k)[0]
+    leaf = MerkleNode.leaf(k, vh(1))
+    put_raw(writer, merkle, {b"\x00": MerkleNode.intermediate({byte: leaf.hash()}), bytes([0, byte]): leaf})
+    apply(writer, merkle, [(k, None)])
+    assert stored_raw(db, merkle) == {}
+    assert "reg: Merkle intermediate node left without children" in caplog.messages
+
+
+def test_a_damaged_intermediate_node_pointing_to_nothing_is_repaired(env, caplog):
+    """A child hash whose node is missing: once the other child goes, the node becomes Empty."""
+    db, writer, _, merkle = env
+    k = P0 + b"a"
+    byte = blake2sum(k)[0]
+    leaf = MerkleNode.leaf(k, vh(1))
+    missing = (byte + 1) % 256
+    root = MerkleNode.intermediate({byte: leaf.hash(), missing: vh("gone")})
+    put_raw(writer, merkle, {b"\x00": root, bytes([0, byte]): leaf})
+    apply(writer, merkle, [(k, None)])
+    assert stored_raw(db, merkle) == {}
+    assert "reg: Merkle intermediate node pointing to an empty child" in caplog.messages
+
+
+async def test_rebuild_progress_counts_every_entry_until_it_is_queued(env, monkeypatch):
+    """While a rebuild runs, each entry is either still to be queued (rebuild_left) or in the
+    to-do queue: with no worker draining, the queue shown stays the number of entries."""
+    db, writer, data, merkle = env
+    monkeypatch.setattr("garagekv.table.merkle.REBUILD_BATCH", 7)
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(40)])
+    await merkle.flush()
+    shown: list[int] = []
+    monkeypatch.setattr(merkle, "notify", lambda: shown.append(merkle.progress()["queue"]))
+    assert await merkle.rebuild() == 40
+    assert shown == [40] * 6  # batches of 7, 7, 7, 7, 7 and 5
+    assert merkle.progress()["queue"] == 40 and merkle.rebuild_left == 0
+
+
+async def test_rebuild_of_an_empty_table(env):
+    _, _, _, merkle = env
+    task = asyncio.create_task(merkle.rebuild())
+    await asyncio.sleep(0)  # the rebuild has read the table and waits for its first transaction
+    assert merkle.progress()["queue"] == 1  # under way from the start, even with nothing to queue
+    assert await task == 0
+    assert merkle.progress()["queue"] == 0 and merkle.todo_len() == 0
+
+
+async def test_a_failed_rebuild_leaves_no_phantom_work(env, monkeypatch):
+    _, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(5)])
+    await merkle.flush()
+    submit, calls = writer.submit, []
+
+    async def failing_submit(fn):
+        calls.append(fn)
+        if len(calls) == 2:  # the first requeue transaction, after the trie was dropped
+            raise StorageError("disk full")
+        return await submit(fn)
+
+    monkeypatch.setattr(writer, "submit", failing_submit)
+    with pytest.raises(StorageError, match="disk full"):
+        await merkle.rebuild()
+    assert merkle.rebuild_left == 0 and merkle.progress()["queue"] == 0
+
+
+async def test_the_worker_looks_at_its_queue_without_being_woken(env, monkeypatch):
+    """The idle wake-up is a safety net for a missed notification: wait_for_work returns on its
+    own (the bound only turns a hang into a failure)."""
+    _, _, _, merkle = env
+    monkeypatch.setattr("garagekv.table.merkle.IDLE_WAKEUP", 0.0)
+    monkeypatch.setattr("garagekv.table.merkle.LINGER", 0.0)
+    await asyncio.wait_for(merkle.wait_for_work(), timeout=30)

@@ -1070,3 +1070,50 @@ def test_presign_expiry_and_not_yet_valid_boundaries() -> None:
     verify("GET", path, query, {"Host": HOST}, now=T0 - 900)  # signed by a clock 15 minutes ahead
     with pytest.raises(AccessDenied, match="not valid yet"):
         verify("GET", path, query, {"Host": HOST}, now=T0 - 901)
+
+
+def test_decoded_content_length_with_thousands_of_leading_zeros_is_read() -> None:
+    """Leading zeros are stripped before ``int()``, which refuses more than 4300 digits."""
+    headers = signed_headers(
+        "PUT", "/b/pk", [("sort_key", "s")], extra={"X-Amz-Decoded-Content-Length": "0" * 5000 + "7"}
+    )
+    assert verify("PUT", "/b/pk", "sort_key=s", headers).decoded_length == 7
+
+
+@pytest.mark.parametrize(("expires", "seconds"), [("0" * 5000 + "60", 60), ("0", 0), ("000", 0)])
+def test_presign_expiry_with_leading_zeros_or_zero(expires: str, seconds: int) -> None:
+    """X-Amz-Expires is read as a decimal number whatever its zeros; 0 is valid for the signing
+    second only. (Only the parsing is checked here: the altered query no longer verifies.)"""
+    query = _presigned_query(**{"X-Amz-Expires": expires})
+    assert parse_request("GET", "/b", query, {"Host": HOST}, REGION, now=T0 + seconds).presigned
+    with pytest.raises(AccessDenied, match="expired"):
+        parse_request("GET", "/b", query, {"Host": HOST}, REGION, now=T0 + seconds + 1)
+
+
+def test_raw_query_given_wins_over_a_query_left_in_the_path() -> None:
+    headers = signed_headers("GET", "/b/pk", [("sort_key", "x")])
+    verify("GET", "/b/pk?sort_key=y", "sort_key=x", headers)
+    with pytest.raises(AccessDenied, match="Invalid signature"):
+        verify("GET", "/b/pk?sort_key=x", "sort_key=y", headers)
+
+
+def test_trailer_line_without_a_colon_is_400() -> None:
+    v, _ = streaming_request(b"abc", STREAMING_UNSIGNED_TRAILER)
+    with pytest.raises(BadRequest, match="bad trailer line"):
+        v.check_body(b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32\r\n\r\n")
+
+
+def test_trailer_value_may_contain_colons() -> None:
+    """Only the first colon separates the name: ``name:a:b`` is the name with the value ``a:b``."""
+    v, _ = streaming_request(DATA, STREAMING_UNSIGNED_TRAILER, {"X-Amz-Trailer": "x-amz-meta-at"})
+    assert v.check_body(unsigned_chunks(PIECES, [("x-amz-meta-at", "12:00:00")])) == DATA
+
+
+def test_checksum_trailer_with_a_stray_character_is_rejected() -> None:
+    """The base64 of a checksum is decoded strictly: a character outside the alphabet is an error,
+    not skipped (a lenient decoder would accept this otherwise correct crc32)."""
+    good = b64(zlib.crc32(DATA).to_bytes(4, "big"))
+    v, _ = streaming_request(DATA, STREAMING_UNSIGNED_TRAILER, {"X-Amz-Trailer": "x-amz-checksum-crc32"})
+    assert v.check_body(unsigned_chunks(PIECES, [("x-amz-checksum-crc32", good)])) == DATA
+    with pytest.raises(InvalidDigest, match="Invalid x-amz-checksum-crc32 trailer"):
+        v.check_body(unsigned_chunks(PIECES, [("x-amz-checksum-crc32", good[:2] + "!" + good[2:])]))

@@ -19,6 +19,7 @@ from garagekv.api.json_fields import (
     item_json,
     opt_bool,
     opt_str,
+    opt_ttl,
     opt_uint,
     req_str,
 )
@@ -47,7 +48,10 @@ async def insert_batch(ctx: RequestContext) -> web.StreamResponse:
         ctx.check_key_len("sk", sk)
         ct = None if ct_raw is None else CausalContext.parse_client(ct_raw)
         value = None if v_raw is None else b64_value(v_raw)
-        items.append(InsertedItem(pk, sk, ct, value))
+        ttl = opt_ttl(obj)
+        if ttl is not None and value is None:
+            raise BadRequest("Invalid JSON: a deletion (`v` null) cannot have a `ttl`")
+        items.append(InsertedItem(pk, sk, ct, value, ttl))
     if items:
         await ctx.state.store.insert_many(ctx.bucket_id, items)
     return web.Response(status=204)

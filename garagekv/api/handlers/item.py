@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from garagekv.api.context import BINARY_TYPE, TOKEN_HEADER, RequestContext, json_response
-from garagekv.api.json_fields import values_json
+from garagekv.api.context import BINARY_TYPE, EXPIRES_HEADER, TOKEN_HEADER, RequestContext, json_response
+from garagekv.api.json_fields import ttl_seconds, values_json
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY, Condition
 from garagekv.model.k2v.item import K2VItem
@@ -17,9 +17,11 @@ from garagekv.util.errors import (
     NoSuchKey,
     NotAcceptable,
     PreconditionFailed,
+    ServiceUnavailable,
 )
 
 CONSISTENCY_HEADER = "X-Garage-Consistency"
+TTL_HEADER = "X-Garage-TTL"
 DEFAULT_POLL_TIMEOUT = 300
 MAX_POLL_TIMEOUT = 600
 
@@ -61,16 +63,20 @@ def _accept(ctx: RequestContext) -> tuple[bool, bool]:
 
 
 def item_response(item: K2VItem, json_ok: bool, bin_ok: bool) -> web.StreamResponse:
-    token = item.causal_context().serialize()
+    headers = {TOKEN_HEADER: item.causal_context().serialize()}
+    exp = item.expires()
+    if exp is not None:
+        headers[EXPIRES_HEADER] = str(exp)
     values = item.values()
     if bin_ok and len(values) == 1:
         v = values[0]
+        headers["Content-Type"] = BINARY_TYPE
         if v is None:
-            return web.Response(status=204, headers={TOKEN_HEADER: token, "Content-Type": BINARY_TYPE})
-        return web.Response(status=200, body=v, headers={TOKEN_HEADER: token, "Content-Type": BINARY_TYPE})
+            return web.Response(status=204, headers=headers)
+        return web.Response(status=200, body=v, headers=headers)
     if not json_ok:
-        return web.Response(status=409, headers={TOKEN_HEADER: token})
-    return json_response(values_json(item), headers={TOKEN_HEADER: token})
+        return web.Response(status=409, headers=headers)
+    return json_response(values_json(item), headers=headers)
 
 
 def _header_token(ctx: RequestContext) -> CausalContext | None:
@@ -79,6 +85,17 @@ def _header_token(ctx: RequestContext) -> CausalContext | None:
         return None
     _visible_ascii(raw, TOKEN_HEADER)
     return CausalContext.parse_client(raw)
+
+
+def _ttl(ctx: RequestContext) -> int | None:
+    """The X-Garage-TTL header: whole seconds, 1 to one year (docs/k2v-api.md, expiring values)."""
+    raw = _header(ctx, TTL_HEADER)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise BadRequest(f"{TTL_HEADER} must be an integer number of seconds")
+    return ttl_seconds(int(raw), TTL_HEADER)
 
 
 def _check_keys(ctx: RequestContext) -> None:
@@ -134,15 +151,26 @@ async def read_item(ctx: RequestContext) -> web.StreamResponse:
     return item_response(item, json_ok, bin_ok)
 
 
-async def _insert(ctx: RequestContext, value: bytes | None, cond: Condition | None = None) -> web.StreamResponse:
+async def _insert(
+    ctx: RequestContext, value: bytes | None, cond: Condition | None = None, ttl: int | None = None
+) -> web.StreamResponse:
     ep = ctx.endpoint
     if cond is not None:
-        out = await ctx.state.store.conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value)
+        outcomes = ctx.state.store.conditional_outcomes
+        conditional = ctx.state.store.conditional
+        try:
+            out = await conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value, ttl=ttl)
+        except ServiceUnavailable:
+            outcomes.count("unavailable")
+            raise
         if not out.applied:
+            outcomes.count("precondition_failed")
             raise PreconditionFailed(headers={} if out.token is None else {TOKEN_HEADER: out.token})
         assert out.token is not None
+        outcomes.count("applied")
         return web.Response(status=204, headers={TOKEN_HEADER: out.token})
-    await ctx.state.store.insert(ctx.bucket_id, InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value))
+    ins = InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value, ttl)
+    await ctx.state.store.insert(ctx.bucket_id, ins)
     return web.Response(status=204)
 
 
@@ -150,13 +178,16 @@ async def insert_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
     cond = _condition(ctx)
     _header_token(ctx)  # a bad token is refused before the body is read
-    return await _insert(ctx, await ctx.body(), cond)
+    ttl = _ttl(ctx)
+    return await _insert(ctx, await ctx.body(), cond, ttl)
 
 
 async def delete_item(ctx: RequestContext) -> web.StreamResponse:
     _check_keys(ctx)
     cond = _condition(ctx)
     _header_token(ctx)
+    if _header(ctx, TTL_HEADER) is not None:
+        raise BadRequest(f"{TTL_HEADER} cannot be used with DeleteItem")
     await ctx.body()  # verifies the payload hash of whatever was sent
     return await _insert(ctx, None, cond)
 

@@ -1,14 +1,13 @@
 """PollRanges: one long poll over several ranges, each tracked by its own seen marker.
 
-This first version runs one PollRange per range concurrently (each one long poll per storage
-node of its partition) and answers once one of them has news, after a short grace so that
-changes landing together are reported together. Every range is validated before any poll
+The model sends each storage node one poll carrying every range of the call it holds, and
+answers once one range has news, after a short grace so that changes landing together are
+reported together (garagekv/model/k2v/poll_ranges.py). Every range is validated before any poll
 starts, so one bad range fails the request with nothing waited for.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +16,13 @@ from aiohttp import web
 from garagekv.api.context import RequestContext, json_response
 from garagekv.api.handlers.item import clamp_timeout
 from garagekv.api.json_fields import expect_list, expect_object, item_json, opt_str, opt_uint, req_str
-from garagekv.model.k2v.item import K2VItem
+from garagekv.model.k2v.messages import MAX_POLLED_RANGES
+from garagekv.model.k2v.poll_ranges import RangePoll
 from garagekv.model.k2v.range import RangeQuery
-from garagekv.model.k2v.rpc import POLL_RANGE_EXTRA_DELAY
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.util.errors import BadRequest
 
-MAX_RANGES = 64
-
-PollResult = tuple[list[K2VItem], RangeSeenMarker] | None
+MAX_RANGES = MAX_POLLED_RANGES
 
 
 @dataclass
@@ -67,37 +64,11 @@ def parse_ranges(ctx: RequestContext, body: Any) -> tuple[list[PolledRange], int
     return out, timeout
 
 
-async def _first_news(polls: list[asyncio.Future[PollResult]]) -> None:
-    """Wait until one poll has news (or all are over), then a short grace for the others."""
-    pending: set[asyncio.Future[PollResult]] = set(polls)
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            t.result()  # a failed poll fails the request
-        if any(t.result() is not None for t in done):
-            break
-    if pending:
-        done, _ = await asyncio.wait(pending, timeout=POLL_RANGE_EXTRA_DELAY)
-        for t in done:
-            t.result()
-
-
 async def poll_ranges(ctx: RequestContext) -> web.StreamResponse:
     ranges, timeout = parse_ranges(ctx, await ctx.json_body())
-    store = ctx.state.store
-    polls: list[asyncio.Future[PollResult]] = [
-        asyncio.ensure_future(store.poll_range(ctx.bucket_id, r.partition_key, r.query, r.marker, timeout))
-        for r in ranges
-    ]
-    try:
-        await _first_news(polls)
-    finally:
-        for t in polls:
-            t.cancel()
-        # Collect the cancelled ones so no "exception never retrieved" is left behind.
-        await asyncio.gather(*polls, return_exceptions=True)
-    results = [t.result() if t.done() and not t.cancelled() and t.exception() is None else None for t in polls]
-    if all(res is None for res in results):
+    polls = [RangePoll(r.partition_key, r.query, r.marker) for r in ranges]
+    results = await ctx.state.store.poll_ranges(ctx.bucket_id, polls, timeout)
+    if results is None:
         return web.Response(status=304)
     out = []
     for r, res in zip(ranges, results, strict=True):

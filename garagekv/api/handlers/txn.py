@@ -31,7 +31,7 @@ from garagekv.model.k2v.txn import (
     TxnResult,
     valid_ttl,
 )
-from garagekv.util.errors import BadRequest, InvalidCausalityToken
+from garagekv.util.errors import BadRequest, InvalidCausalityToken, ServiceUnavailable
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -89,10 +89,8 @@ def _op(ctx: RequestContext, raw: Any) -> TxnOp:
         return TxnOp(op, sk)
     value = b64_value(req_str(obj, "v"))
     ttl = obj.get("ttl")
-    if ttl is not None:
-        if not valid_ttl(ttl):
-            raise BadRequest(f"field `ttl` must be an integer number of seconds from 1 to {MAX_TTL_SECONDS}")
-        raise BadRequest("field `ttl`: expiring values are not supported by this server yet")
+    if ttl is not None and not valid_ttl(ttl):
+        raise BadRequest(f"field `ttl` must be an integer number of seconds from 1 to {MAX_TTL_SECONDS}")
     return TxnOp(PUT, sk, value, ttl)
 
 
@@ -133,5 +131,11 @@ async def txn(ctx: RequestContext) -> web.StreamResponse:
     parsed = parse_txn(ctx, await ctx.json_body())
     pk = ctx.endpoint.partition_key
     assert pk is not None
-    res = await ctx.state.store.conditional.txn(ctx.bucket_id, pk, parsed)
+    outcomes = ctx.state.store.transaction_outcomes
+    try:
+        res = await ctx.state.store.conditional.txn(ctx.bucket_id, pk, parsed)
+    except ServiceUnavailable:
+        outcomes.count("unavailable")
+        raise
+    outcomes.count("succeeded" if res.succeeded else "failed")
     return json_response(result_json(res))

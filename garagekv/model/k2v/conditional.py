@@ -149,10 +149,13 @@ class ConditionalK2V:
 
     # ---- entry points (any node) -----------------------------------------------------------------
 
-    async def write(self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value) -> WriteOutcome:
-        """A conditional InsertItem (``value``) or DeleteItem (``None``): a transaction of one
-        compare, the write on success and a read of the item (its current token) on failure."""
-        write = TxnOp(PUT, sk, value) if value is not None else TxnOp(DELETE, sk)
+    async def write(
+        self, bucket_id: bytes, pk: str, sk: str, cond: Condition, value: Value, ttl: int | None = None
+    ) -> WriteOutcome:
+        """A conditional InsertItem (``value``, expiring after ``ttl`` seconds if given) or
+        DeleteItem (``None``): a transaction of one compare, the write on success and a read of
+        the item (its current token) on failure."""
+        write = TxnOp(PUT, sk, value, ttl) if value is not None else TxnOp(DELETE, sk)
         res = await self.txn(bucket_id, pk, Txn((cond.as_compare(sk),), (write,), (TxnOp(READ, sk),)))
         item = res.results[0].item
         return WriteOutcome(res.succeeded, None if item is None else item.causal_context().serialize())
@@ -205,10 +208,15 @@ class ConditionalK2V:
         res = await self._txn_here(bucket_id, pk, from_wire(what, raw_txn))
         return [res.succeeded, [[r.op, r.sort_key, None if r.item is None else r.item.encode()] for r in res.results]]
 
-    async def _reserve_ts(self) -> int:
-        """A timestamp above every one this node issued, persisted before the round (decide is
-        pure, so it cannot raise the clock itself); the new dots get exactly ``ts + 1``."""
-        return await self.store.writer.submit(self.store.clock.reserve_in)
+    async def _reserve_ts(self, count: int, above: int) -> int:
+        """Timestamps above every one this node issued (and at least ``above``), persisted before
+        the round: decide is pure, so it cannot raise the clock itself. The round's dots are
+        ``ts + 1`` to ``ts + count``."""
+
+        def reserve(tx: WriteTxn) -> int:
+            return self.store.clock.reserve_in(tx, count, above)
+
+        return await self.store.writer.submit(reserve)
 
     async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
         """Queue the operation on its key; the key's runner decides it in the next round."""
@@ -252,28 +260,65 @@ class ConditionalK2V:
                 del self._queues[key]
 
     async def _round(self, key: bytes, queue: _KeyQueue, txns: list[Txn]) -> list[BatchOutcome]:
-        """One consensus round deciding ``txns`` in order."""
+        """One consensus round deciding ``txns`` in order.
+
+        Its writes get the dots it reserved, exactly: a dot is how a later attempt tells whether
+        an earlier one applied (docs/consensus.md §10), and one past the reservation could be
+        issued again by this node. So when an item already holds a time of this node above the
+        reservation (written by this node since), the round reserves again above it and starts
+        over, keeping what its earlier attempts proposed.
+        """
         sort_keys = list(dict.fromkeys(sk for t in txns for sk in t.read_keys()))
-        writes = any(o.writes for t in txns for o in (*t.success, *t.failure))
-        node_ts = await self._reserve_ts() if writes else 0
+        writers = sum(1 for t in txns if any(o.writes for o in (*t.success, *t.failure)))
         node = self.store.node
         max_bytes = self.store.max_item_bytes
-        attempt: Attempt | None = None  # what the last attempt proposed
+        attempts: list[Attempt] = []  # what the earlier attempts proposed, each with its own dots
+        above = 0
+        for _ in range(MAX_RESERVATIONS):
+            node_ts = await self._reserve_ts(writers, above) if writers else 0
 
-        def decide(merged: Mapping[bytes, bytes | None]) -> Decision[list[BatchOutcome]]:
-            nonlocal attempt
-            raws = {sk: merged[sk.encode()] for sk in sort_keys}
-            state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
-            sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
-            outcomes, written, proposed = decide_batch(
-                txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempt
-            )
-            if proposed is None:
-                return Decision(None, outcomes)
-            attempt = proposed
-            return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
+            def decide(merged: Mapping[bytes, bytes | None], node_ts: int = node_ts) -> Decision[list[BatchOutcome]]:
+                raws = {sk: merged[sk.encode()] for sk in sort_keys}
+                state = {sk: None if raw is None else K2VItem.decode(raw) for sk, raw in raws.items()}
+                sizes = {sk: None if raw is None else len(raw) for sk, raw in raws.items()}
+                outcomes, written, proposed = decide_batch(
+                    txns, state, sizes, queue.bucket_id, queue.pk, node, node_ts, max_bytes, attempts
+                )
+                if proposed is None:
+                    return Decision(None, outcomes)
+                if any(not node_ts < dot <= node_ts + writers for dot in proposed.dots.values()):
+                    raise _Reserve(max(_own_time(state.get(sk), node) for sk in proposed.dots))
+                used = max((d for att in attempts for d in att.dots.values()), default=0)
+                if min(proposed.dots.values()) <= used:
+                    # A new proposal after one that was never applied: under new dots, so that a
+                    # dot found later names exactly one attempt.
+                    raise _Reserve(used)
+                attempts.append(proposed)
+                return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
 
-        return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
+            try:
+                return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
+            except _Reserve as r:
+                above = r.above
+        raise ServiceUnavailable("this node kept writing the items of the round faster than it could reserve times")
+
+
+class _Reserve(Exception):
+    """The round must reserve its times again, at least ``above``."""
+
+    def __init__(self, above: int) -> None:
+        super().__init__(above)
+        self.above = above
+
+
+#: How many times a round reserves its times before giving up (each one is a write of this node
+#: to one of its items in between: a handful at most).
+MAX_RESERVATIONS = 8
+
+
+def _own_time(item: K2VItem | None, node: int) -> int:
+    entry = None if item is None else item.items.get(node)
+    return 0 if entry is None else entry.max_time()
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """The K2V endpoint's RPC messages, one class each, checked once on receipt.
 
 Requests go from the node that took a client's request to the partition's storage nodes:
-``insert``/``check`` (coordinate, or only size-check, a group of inserts), ``poll_item`` and
-``poll_range``; ``PollRangeReply`` is the one structured answer. The wire forms are msgpack
-arrays (docs/protocol.md); a request of the wrong shape is a ``MalformedMessage`` (400
-``InvalidRequest`` at the sender), never an internal error inside a handler.
+``insert``/``check`` (coordinate, or only size-check, a group of inserts), ``poll_item``,
+``poll_range`` and ``poll_ranges`` (every range of one PollRanges call that a storage node
+holds, in one long poll); ``PollRangeReply`` and ``PollRangesReply`` are the structured
+answers. The wire forms are msgpack arrays (docs/protocol.md); a request of the wrong shape is
+a ``MalformedMessage`` (400 ``InvalidRequest`` at the sender), never an internal error inside a
+handler.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from garagekv.model.k2v.causality import CausalContext, is_u64
-from garagekv.model.k2v.item import Value
+from garagekv.model.k2v.item import MAX_TTL_SEC, Value
+from garagekv.model.k2v.range import MAX_KEY_BYTES
 from garagekv.rpc.messages import as_bytes, as_int, fields, malformed, tag_of
 
 _WHAT = "K2V request"
@@ -52,28 +55,38 @@ def context_from_wire(w: Any, what: str = _WHAT) -> CausalContext:
 
 @dataclass
 class InsertedItem:
-    """One insert to coordinate: ``[pk, sk, context or None, value or None]`` (None: a delete)."""
+    """One insert to coordinate: ``[pk, sk, context or None, value or None]`` (None: a delete),
+    plus ``ttl`` (seconds) as a fifth element for a value that expires.
+
+    The coordinator turns ``ttl`` into the value's expiry from its own clock (write time + ttl).
+    """
 
     partition_key: str
     sort_key: str
     causal_context: CausalContext | None
     value: Value
+    ttl: int | None = None
 
     def to_wire(self) -> list[Any]:
         ct = None if self.causal_context is None else context_to_wire(self.causal_context)
-        return [self.partition_key, self.sort_key, ct, self.value]
+        w = [self.partition_key, self.sort_key, ct, self.value]
+        return w if self.ttl is None else [*w, self.ttl]
 
     @classmethod
     def from_wire(cls, w: Any) -> InsertedItem:
         what = "K2V insert"
-        if not isinstance(w, list | tuple) or len(w) != 4:
-            raise malformed(what, "an item must be [partition key, sort key, context, value]")
-        pk, sk, ct, value = w
+        if not isinstance(w, list | tuple) or len(w) not in (4, 5):
+            raise malformed(what, "an item must be [partition key, sort key, context, value(, ttl)]")
+        pk, sk, ct, value = w[:4]
+        ttl = None if len(w) == 4 else as_int(what, "ttl", w[4], 1, MAX_TTL_SEC)
+        if ttl is not None and value is None:
+            raise malformed(what, "a deletion cannot have a TTL")
         return cls(
             _as_str("partition key", pk, what),
             _as_str("sort key", sk, what),
             None if ct is None else context_from_wire(ct, what),
             None if value is None else as_bytes(what, "value", value),
+            ttl,
         )
 
 
@@ -188,14 +201,112 @@ class PollRangeReply:
         return cls(as_int(what, "node", node, 0, 2**64 - 1), tuple(raws), as_int(what, "issued", issued, 0, 2**64 - 1))
 
 
-K2VRequest = InsertRequest | PollItemRequest | PollRangeRequest
+#: The most ranges one ``poll_ranges`` request may carry: a PollRanges call has at most this many
+#: (docs/k2v-api.md §8), and a storage node gets at most all of them.
+MAX_POLLED_RANGES = 64
+
+
+@dataclass(frozen=True)
+class WatchedRange:
+    """One range of a ``poll_ranges`` request: ``[pk, prefix, start, end, seen marker or None]``."""
+
+    partition_key: str
+    prefix: str | None
+    start: str | None
+    end: str | None
+    seen_marker: str | None
+
+    def to_wire(self) -> list[Any]:
+        return [self.partition_key, self.prefix, self.start, self.end, self.seen_marker]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> WatchedRange:
+        what = "K2V poll_ranges range"
+        if not isinstance(w, list | tuple) or len(w) != 5:
+            raise malformed(what, "a range must be [partition key, prefix, start, end, seen marker]")
+        pk, prefix, start, end, marker = w
+        keys = [_as_opt_str(name, v) for name, v in (("prefix", prefix), ("start", start), ("end", end))]
+        if any(k is not None and len(k.encode()) > MAX_KEY_BYTES for k in keys):
+            raise malformed(what, f"a sort key bound must be at most {MAX_KEY_BYTES} bytes")
+        return cls(_as_str("partition key", pk, what), *keys, _as_opt_str("seen marker", marker))
+
+
+@dataclass(frozen=True)
+class PollRangesRequest:
+    """``["poll_ranges", bucket id, [range, ...], timeout]``: the ranges of one PollRanges call
+    that this storage node holds, watched together; answer once one of them has news."""
+
+    TAG: ClassVar[str] = "poll_ranges"
+    bucket_id: bytes
+    ranges: tuple[WatchedRange, ...]
+    timeout: float
+
+    def to_wire(self) -> list[Any]:
+        return [self.TAG, self.bucket_id, [r.to_wire() for r in self.ranges], self.timeout]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> PollRangesRequest:
+        what = "K2V poll_ranges"
+        _, bucket_id, ranges, timeout = fields(what, w, cls.TAG, 4)
+        if not isinstance(ranges, list | tuple) or not 1 <= len(ranges) <= MAX_POLLED_RANGES:
+            raise malformed(what, f"ranges must be an array of 1 to {MAX_POLLED_RANGES} ranges")
+        return cls(
+            as_bytes(_WHAT, "bucket id", bucket_id),
+            tuple(WatchedRange.from_wire(r) for r in ranges),
+            _as_timeout(timeout),
+        )
+
+
+@dataclass(frozen=True)
+class PollRangesReply:
+    """``[node, issued clock, [[range index, [encoded item, ...]], ...]]``: the ranges of the
+    request (by their index in it) in which the storage node has items their markers have not
+    seen (every range without a marker is listed, with its whole content); the ranges not listed
+    had nothing new. ``issued`` as in ``PollRangeReply``, read before the first range was."""
+
+    node: int
+    issued: int
+    news: tuple[tuple[int, tuple[bytes, ...]], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.issued, [[i, list(raws)] for i, raws in self.news]]
+
+    @classmethod
+    def from_wire(cls, w: Any, n_ranges: int) -> PollRangesReply:
+        """Checked against the request it answers, which had ``n_ranges`` ranges."""
+        what = "K2V poll_ranges reply"
+        if not isinstance(w, list | tuple) or len(w) != 3:
+            raise malformed(what, "expected [node, issued clock, news]")
+        node, issued, news = w
+        if not isinstance(news, list | tuple):
+            raise malformed(what, "news must be an array of [range index, items]")
+        out: list[tuple[int, tuple[bytes, ...]]] = []
+        seen: set[int] = set()
+        for entry in news:
+            if not isinstance(entry, list | tuple) or len(entry) != 2:
+                raise malformed(what, "news must be an array of [range index, items]")
+            i = as_int(what, "range index", entry[0], 0, n_ranges - 1)
+            if i in seen:
+                raise malformed(what, f"range {i} is listed twice")
+            seen.add(i)
+            raws = entry[1]
+            if not isinstance(raws, list | tuple) or not all(isinstance(r, bytes) for r in raws):
+                raise malformed(what, "items must be an array of bytes")
+            out.append((i, tuple(raws)))
+        return cls(as_int(what, "node", node, 0, 2**64 - 1), as_int(what, "issued", issued, 0, 2**64 - 1), tuple(out))
+
+
+K2VRequest = InsertRequest | PollItemRequest | PollRangeRequest | PollRangesRequest
+_TAGS = (*InsertRequest.TAGS, PollItemRequest.TAG, PollRangeRequest.TAG, PollRangesRequest.TAG)
 
 
 def parse_request(w: Any) -> K2VRequest:
     """The request a peer sent, checked; an unknown tag or a wrong shape is ``MalformedMessage``."""
-    tag = tag_of(_WHAT, w, (*InsertRequest.TAGS, PollItemRequest.TAG, PollRangeRequest.TAG))
+    tag = tag_of(_WHAT, w, _TAGS)
     if tag in InsertRequest.TAGS:
         return InsertRequest.from_wire(w)
     if tag == PollItemRequest.TAG:
         return PollItemRequest.from_wire(w)
+    if tag == PollRangesRequest.TAG:
+        return PollRangesRequest.from_wire(w)
     return PollRangeRequest.from_wire(w)

@@ -3,7 +3,10 @@
 Inserts go to one coordinator among the partition's storage nodes (self first, then the
 fastest; the next one only if that call fails), which applies the DVVS update and replicates the
 merged item with a quorum write. Reads are quorum reads of the item and counter tables. Polls go
-to the storage nodes, which answer as soon as they see something newer than the client has.
+to the storage nodes, which answer as soon as they see something newer than the client has; a
+PollRanges call sends each storage node one poll with all its ranges (model/k2v/poll_ranges.py).
+Every item handed back is as a reader sees it now: values past their expiry read as tombstones
+(``K2VItem.at``), whether or not the expiry worker has written their tombstone yet.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
@@ -23,12 +27,26 @@ from garagekv.model.k2v.messages import (
     PollItemRequest,
     PollRangeReply,
     PollRangeRequest,
+    PollRangesReply,
+    PollRangesRequest,
+    WatchedRange,
     parse_request,
+)
+from garagekv.model.k2v.outcomes import CONDITIONAL_WRITE_OUTCOMES, TRANSACTION_OUTCOMES, Outcomes
+from garagekv.model.k2v.poll_ranges import (
+    POLL_ANSWER_GRACE,
+    POLL_RANGE_EXTRA_DELAY,
+    REPLY_BUDGET,
+    RangePoll,
+    RangeResult,
+    RangesTally,
+    collect,
+    merge_answers,
 )
 from garagekv.model.k2v.range import RangePage, RangeQuery, read_range
 from garagekv.model.k2v.schema import CounterFilter, ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
-from garagekv.model.k2v.store import K2VStore
+from garagekv.model.k2v.store import K2VStore, LocalRange
 from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
@@ -37,15 +55,11 @@ from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
 from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
+from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = endpoint_path("model/k2v", "rpc")
-POLL_RANGE_EXTRA_DELAY = 0.2
-#: A poll's coordinator waits this much longer than its storage nodes do, so their "nothing
-#: new" answers, sent at the client's timeout, still reach it: with equal deadlines it gave up
-#: right before the quorum's second answer when only one node had the news.
-POLL_ANSWER_GRACE = 2.0
 
 
 class K2VService:
@@ -68,6 +82,9 @@ class K2VService:
         self._ring = False
         #: Conditional writes and linearizable reads (set by the model once consensus is wired).
         self.conditional: Any = None
+        #: How the conditional writes this node answered ended (counted by the API handlers).
+        self.conditional_outcomes = Outcomes(CONDITIONAL_WRITE_OUTCOMES)
+        self.transaction_outcomes = Outcomes(TRANSACTION_OUTCOMES)
         registry.register(ENDPOINT, self._handle)
 
     @property
@@ -166,11 +183,16 @@ class K2VService:
     # ---- reads ----------------------------------------------------------------------------------
 
     async def read_item(self, bucket_id: bytes, pk: str, sk: str) -> K2VItem | None:
-        return await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
+        item = await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
+        return None if item is None else item.at(now_ms())
 
     async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
         ph = partition_hash(bucket_id, pk)
-        return await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
+        now = now_ms()
+        filt = replace(filt, now=now)  # the filter sees the values as they are returned
+        page = await read_range(lambda start, **kw: self.items.get_range_page(ph, start, **kw), q, filt)
+        page.entries = [(sk, item.at(now)) for sk, item in page.entries]
+        return page
 
     def counter_filter(self) -> CounterFilter:
         """Counters count from the storage nodes of every live layout version.
@@ -215,7 +237,8 @@ class K2VService:
                 )
         except TimeoutError:
             return None
-        return merge_encoded(answers)
+        item = merge_encoded(answers)
+        return None if item is None else item.at(now_ms())
 
     async def poll_range(
         self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
@@ -259,20 +282,38 @@ class K2VService:
             raise QuorumError(quorum, len(replies), len(nodes), errors, operation="k2v_poll_range")
         if len(replies) < quorum and marker is None:
             raise ServiceUnavailable(f"PollRange: only {len(replies)} of {len(nodes)} storage nodes answered")
-        new_marker = marker if marker is not None else RangeSeenMarker({}, {})
-        merged: dict[str, K2VItem] = {}
-        for reply in replies:
-            items = [K2VItem.decode(r) for r in reply.raws]
-            new_marker.mark_seen_node_items(reply.node, items, reply.issued)
-            for item in items:
-                if item.sort_key in merged:
-                    merged[item.sort_key].merge(item)
-                else:
-                    merged[item.sort_key] = item
-        if marker is not None and not merged:
-            return None
-        new_marker.canonicalize()
-        return sorted(merged.values(), key=lambda i: i.sort_key.encode()), new_marker
+        return merge_answers(marker, ((r.node, r.raws, r.issued) for r in replies))
+
+    async def poll_ranges(self, bucket_id: bytes, ranges: list[RangePoll], timeout: float) -> list[RangeResult] | None:
+        """Each range's new items and marker (None: unchanged), in order; None if none changed.
+
+        One ``poll_ranges`` call per storage node, carrying every range of the call that the node
+        holds (see model/k2v/poll_ranges.py). This node's own share runs in-process, with the
+        markers as decoded; the others get each marker encoded once, whatever their number.
+        """
+        quorum = self.replication.read_quorum()
+        hashes = [partition_hash(bucket_id, r.partition_key) for r in ranges]
+        nodes_of = [self.replication.storage_nodes(h) for h in hashes]
+        asks: dict[bytes, list[int]] = {}
+        for i, (r, nodes) in enumerate(zip(ranges, nodes_of, strict=True)):
+            if r.marker is not None:
+                r.marker.restrict(r.query.prefix, r.query.start, r.query.end)
+            for n in nodes:
+                asks.setdefault(n, []).append(i)
+        wire: list[WatchedRange] = []
+
+        async def ask(node: bytes, indices: list[int]) -> PollRangesReply:
+            if node == self.node_id:
+                local = [LocalRange(hashes[i], ranges[i].query, ranges[i].marker) for i in indices]
+                return await self._poll_ranges_here(local, timeout)
+            if not wire:
+                for r in ranges:
+                    q, marker = r.query, None if r.marker is None else r.marker.encode()
+                    wire.append(WatchedRange(r.partition_key, q.prefix, q.start, q.end, marker))
+            msg = PollRangesRequest(bucket_id, tuple(wire[i] for i in indices), timeout).to_wire()
+            return PollRangesReply.from_wire(await self.netapp.call(node, ENDPOINT, msg, timeout=None), len(indices))
+
+        return await collect(asks, ask, RangesTally(ranges, nodes_of, quorum), timeout)
 
     # ---- storage node side ------------------------------------------------------------------------
 
@@ -300,8 +341,30 @@ class K2VService:
                 req.bucket_id, req.partition_key, req.sort_key, req.causal_context, req.timeout
             )
             return None if item is None else item.encode()
+        if isinstance(req, PollRangesRequest):
+            local = []
+            for r in req.ranges:
+                q = RangeQuery(r.prefix, r.start, r.end)
+                q.check()
+                marker = None if r.seen_marker is None else RangeSeenMarker.decode(r.seen_marker)
+                local.append(LocalRange(partition_hash(req.bucket_id, r.partition_key), q, marker))
+            return (await self._poll_ranges_here(local, req.timeout)).to_wire()
         marker = None if req.seen_marker is None else RangeSeenMarker.decode(req.seen_marker)
         issued = self.store.issued_clock()  # before the scan: every later dot is newer
         q = RangeQuery(req.prefix, req.start, req.end)
         items = await self.store.poll_range(req.bucket_id, req.partition_key, q, marker, req.timeout)
         return PollRangeReply(self.store.node, tuple(i.encode() for i in items or []), issued).to_wire()
+
+    async def _poll_ranges_here(self, ranges: list[LocalRange], timeout: float) -> PollRangesReply:
+        issued = self.store.issued_clock()  # before the first scan: every later dot is newer
+        news = await self.store.poll_ranges(ranges, timeout)
+        listed: list[tuple[int, tuple[bytes, ...]]] = []
+        size = 0
+        for i, items in sorted(news.items()):
+            raws = tuple(item.encode() for item in items)
+            n = sum(len(r) for r in raws)
+            if listed and ranges[i].marker is not None and size + n > REPLY_BUDGET:
+                continue  # still new to its marker: the client's next call gets it
+            listed.append((i, raws))
+            size += n
+        return PollRangesReply(self.store.node, issued, tuple(listed))

@@ -2,8 +2,8 @@
 
 The item schema's ``updated`` hook runs inside the transaction that changed an item, on every
 replica and for every kind of change (coordinated insert, replication, repair, sync): it updates
-this node's counters for the partition, queues them for replication, and wakes pollers once the
-transaction is durable.
+this node's counters for the partition, queues them for replication, keeps the expiry index
+(garagekv/model/k2v/expiry.py) and wakes pollers once the transaction is durable.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from garagekv.db.writer import WriteTxn
 from garagekv.model.index_counter import CounterEntry, LocalCounter, counts_diff
+from garagekv.model.k2v.expiry_index import ExpiryIndex
 from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.sub import SubscriptionManager
 from garagekv.table.schema import BaseSchema
@@ -22,8 +23,12 @@ from garagekv.util.time import now_ms
 
 @dataclass(frozen=True)
 class ItemFilter:
+    """``now``: the time (unix ms) the read sees values at, so that the filter and the values
+    returned agree on what has expired (a replica filtering on its own uses its clock)."""
+
     exclude_only_tombstones: bool = False
     conflicts_only: bool = False
+    now: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,16 +63,19 @@ class ItemSchema(BaseSchema):
         subs: SubscriptionManager,
         local_counters: Any,
         queue_counter: Callable[[WriteTxn, CounterEntry], None],
+        expiry: ExpiryIndex | None = None,
     ) -> None:
         self.node = node
         self.subs = subs
         self.local_counters = local_counters
         self.queue_counter = queue_counter
+        self.expiry = expiry
 
     def decode(self, data: bytes) -> K2VItem:
         return K2VItem.decode(data)
 
     def matches_filter(self, item: K2VItem, filt: ItemFilter) -> bool:
+        item = item.at(now_ms() if filt.now is None else filt.now)  # expired values are tombstones
         if filt.exclude_only_tombstones and item.is_tombstone():
             return False
         return not (filt.conflicts_only and len(item.values()) < 2)
@@ -88,5 +96,7 @@ class ItemSchema(BaseSchema):
             local.apply_diff(diff, now_ms())
             tx.put(self.local_counters, key, local.encode())
             self.queue_counter(tx, local.to_entry(self.node))
+        if self.expiry is not None:
+            self.expiry.updated_in(tx, old, new)
         if new is not None:
             tx.on_commit(lambda: self.subs.notify(new))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from garagekv.db.env import Database
@@ -18,17 +20,15 @@ from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS, MAX_CONTEXT_ENTRIES, CausalContext
 from garagekv.model.k2v.item import ClockExhausted, K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
-from garagekv.model.k2v.range import RangeQuery, local_page, read_range
-from garagekv.model.k2v.schema import ItemFilter
+from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
-from garagekv.table.data import ScanRange, TableData, check_size
+from garagekv.table.data import INLINE_SCAN_LIMIT, ScanRange, TableData, check_size
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES
 from garagekv.util.errors import EntityTooLarge
 from garagekv.util.time import now_ms
 
 _TS_KEY = b"timestamp"
-_WHOLE_RANGE = 2**62
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,11 @@ class LocalClock:
         if ts > self.stored_in(tx):
             self.set_in(tx, ts)
 
-    def reserve_in(self, tx: WriteTxn) -> int:
-        """A time for one operation decided later (a conditional write): its dot is ``ts + 1``."""
-        ts = self.base_in(tx, now_ms())
-        self.set_in(tx, ts + 1)
+    def reserve_in(self, tx: WriteTxn, count: int = 1, above: int = 0) -> int:
+        """Times for writes decided later (a consensus round): their dots are ``ts + 1`` to
+        ``ts + count``, and ``ts`` is at least ``above``. Nothing else this node writes gets them."""
+        ts = max(self.base_in(tx, now_ms()), above)
+        self.set_in(tx, ts + count)
         return ts
 
     def issued(self) -> int:
@@ -101,6 +102,22 @@ class LocalClock:
             raw = txn.get(_TS_KEY, db=self.tree)
         local_ts = struct.unpack(">Q", raw)[0] if raw else 0
         return local_ts if local_ts <= now_ms() + MAX_CLOCK_AHEAD_MS else 0
+
+
+@dataclass(frozen=True)
+class LocalRange:
+    """One range a storage node watches for a PollRanges call, its seen marker decoded."""
+
+    partition_hash: bytes
+    query: RangeQuery
+    marker: RangeSeenMarker | None
+
+
+def _whole_range(ph: bytes, q: RangeQuery) -> ScanRange:
+    """The scan of every item of a (forward, unlimited) poll range ``q`` of partition ``ph``."""
+    prefix = (q.prefix or "").encode()
+    start = prefix if q.start is None else q.start.encode()
+    return ScanRange(ph, start, prefix, None if q.end is None else q.end.encode())
 
 
 class K2VStore:
@@ -134,7 +151,8 @@ class K2VStore:
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
             before = len(item.items)
-            ts = item.update(self.node, ins.causal_context, ins.value, node_ts, now + CLOCK_HORIZON_MS)
+            expires = None if ins.ttl is None else now + ins.ttl * 1000
+            ts = item.update(self.node, ins.causal_context, ins.value, node_ts, now + CLOCK_HORIZON_MS, expires)
             if ts > now + MAX_CLOCK_AHEAD_MS:
                 # Only data stored before clocks were bounded gets here: issuing this time would
                 # hand out a token no node accepts. Another storage node can take the write.
@@ -154,6 +172,36 @@ class K2VStore:
 
     def issued_clock(self) -> int:
         return self.clock.issued()
+
+    # ---- expiry ----------------------------------------------------------------------------------
+
+    def expire_in(self, tx: WriteTxn, tree_key: bytes, now: int) -> K2VItem | None:
+        """Make permanent the expiry of the item's values due at ``now``; returns the changed item
+        (to replicate), None if nothing was due.
+
+        The due dots become tombstones in place (``K2VItem.expire``: those dots alone), and this
+        node adds a tombstone dot of its own, as a DeleteItem would: the token moves on, so
+        PollItem and PollRange wake up, and the counters drop with the values. The tombstone dot
+        is left out only where it could not be issued (an item at its context bound, or an entry
+        beyond the clock bound): the values still read as deleted everywhere.
+        """
+        if tx.get(self.item_data.store, tree_key) is None:
+            return None
+
+        def fn(old: K2VItem | None) -> K2VItem:
+            assert old is not None
+            if not old.expire(now):
+                return old
+            node_ts = self.clock.base_in(tx, now)
+            own = old.items.get(self.node)
+            if own is None and len(old.items) >= MAX_CONTEXT_ENTRIES:
+                return old
+            if max(own.max_time() if own is not None else 0, node_ts) + 1 > now + MAX_CLOCK_AHEAD_MS:
+                return old
+            self.clock.set_in(tx, old.update(self.node, None, None, node_ts))
+            return old
+
+        return self.item_data.update_in(tx, tree_key, fn)
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate).
@@ -186,7 +234,8 @@ class K2VStore:
                 else:
                     item = self.item_data.schema.decode(raw)
             before = len(item.items)
-            node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts)
+            expires = None if ins.ttl is None else node_ts + ins.ttl * 1000
+            node_ts = item.update(self.node, ins.causal_context, ins.value, node_ts, expires=expires)
             check_context(ins, before, len(item.items))
             merged[key] = (item, old_size)
             try:
@@ -221,14 +270,15 @@ class K2VStore:
         snapshot every earlier write is present too; a read spread over several transactions
         (pages, or per-item re-reads after a wake-up) could carry a late write of one key while
         missing an earlier write of another, which the marker would then swallow.
+
+        A small range (the usual watched partition) is read right here; one with more than
+        ``INLINE_SCAN_LIMIT`` items is read again, whole, in one scan in a worker thread.
         """
-
-        async def fetch(start: bytes, **kw: Any) -> tuple[list, bytes | None]:
-            return local_page(await self.item_data.scan_async(ScanRange(ph, start, **kw)), kw.get("limit"))
-
-        # One page as big as the range: one scan call, hence one transaction.
-        page = await read_range(fetch, q, ItemFilter(), page=_WHOLE_RANGE)
-        return [e for _, e in page.entries]
+        scan = _whole_range(ph, q)
+        rows = self.item_data.scan(ScanRange(ph, scan.start, scan.prefix, scan.end, limit=INLINE_SCAN_LIMIT + 1))
+        if len(rows) > INLINE_SCAN_LIMIT:
+            rows = await self.item_data.scan_async(scan)
+        return [e for _, e in rows]
 
     async def poll_range(
         self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
@@ -259,3 +309,49 @@ class K2VStore:
                         items = await self._snapshot(ph, q)
             except TimeoutError:
                 return None
+
+    async def poll_ranges(self, ranges: list[LocalRange], timeout: float) -> dict[int, list[K2VItem]]:
+        """Local items the ranges' markers have not seen, by index in ``ranges``: every range
+        without a marker (all its items), and each range with one that has such items.
+
+        Blocks until there is one; {} on timeout. ONE subscription, registered under every
+        partition of the ranges, is opened before the first scan, so a write landing in between
+        is never missed. After a wake-up only the ranges a notified change is new to are read
+        again, each from one snapshot as in ``poll_range`` (the others were read after their
+        last change was committed, and any later one notifies this subscription).
+        """
+        by_partition: dict[bytes, list[int]] = {}
+        for i, r in enumerate(ranges):
+            by_partition.setdefault(r.partition_hash, []).append(i)
+        with self.subs.partitions(by_partition) as sub:
+            news = await self._news(ranges, range(len(ranges)))
+            if news:
+                return news
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        dirty: set[int] = set()
+                        while not dirty:
+                            for item in await sub.wait():
+                                for i in by_partition.get(item.partition_hash(), ()):
+                                    marker = ranges[i].marker
+                                    if ranges[i].query.contains(item.sort_key) and (
+                                        marker is None or marker.is_new_item(item)
+                                    ):
+                                        dirty.add(i)
+                        news = await self._news(ranges, sorted(dirty))
+                        if news:
+                            return news
+            except TimeoutError:
+                return {}
+
+    async def _news(self, ranges: list[LocalRange], indices: Iterable[int]) -> dict[int, list[K2VItem]]:
+        news: dict[int, list[K2VItem]] = {}
+        for i in indices:
+            r = ranges[i]
+            items = await self._snapshot(r.partition_hash, r.query)
+            if r.marker is None:
+                news[i] = items
+            elif new := [item for item in items if r.marker.is_new_item(item)]:
+                news[i] = new
+        return news

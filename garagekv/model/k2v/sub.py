@@ -1,14 +1,16 @@
-"""In-process subscriptions that wake PollItem and PollRange when an item changes locally.
+"""In-process subscriptions that wake PollItem, PollRange and PollRanges when an item changes locally.
 
 Notifications are sent after the transaction that changed the item has committed, for every
 local change (client inserts, replication, repair), so a woken poller always reads what woke it.
-A waiter is a plain future; a slow or departed poller can never make a write fail.
+A waiter is a plain future; a slow or departed poller can never make a write fail. One
+subscription may watch several partitions (all those of one PollRanges call on this node): it is
+registered under each of them, and a write to any of them wakes its single waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from garagekv.model.k2v.item import K2VItem
@@ -38,15 +40,22 @@ class SubscriptionManager:
     def __init__(self) -> None:
         self._items: dict[bytes, set[Subscription]] = {}
         self._partitions: dict[bytes, set[Subscription]] = {}
+        self._open = 0  # subscriptions open (one may be registered under several partitions)
 
     @contextmanager
     def item(self, tree_key: bytes) -> Iterator[Subscription]:
-        with _subscribed(self._items, tree_key) as sub:
+        with self._subscribed(self._items, (tree_key,)) as sub:
             yield sub
 
     @contextmanager
     def partition(self, partition_hash: bytes) -> Iterator[Subscription]:
-        with _subscribed(self._partitions, partition_hash) as sub:
+        with self._subscribed(self._partitions, (partition_hash,)) as sub:
+            yield sub
+
+    @contextmanager
+    def partitions(self, partition_hashes: Iterable[bytes]) -> Iterator[Subscription]:
+        """One subscription woken by a change in any of ``partition_hashes``."""
+        with self._subscribed(self._partitions, set(partition_hashes)) as sub:
             yield sub
 
     def notify(self, item: K2VItem) -> None:
@@ -56,18 +65,23 @@ class SubscriptionManager:
             sub.push(item)
 
     def count(self) -> int:
-        return sum(len(s) for s in self._items.values()) + sum(len(s) for s in self._partitions.values())
+        """Subscriptions open: one per local PollItem, PollRange or PollRanges poll."""
+        return self._open
 
-
-@contextmanager
-def _subscribed(registry: dict[bytes, set[Subscription]], key: bytes) -> Iterator[Subscription]:
-    sub = Subscription()
-    registry.setdefault(key, set()).add(sub)
-    try:
-        yield sub
-    finally:
-        subs = registry.get(key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del registry[key]
+    @contextmanager
+    def _subscribed(self, registry: dict[bytes, set[Subscription]], keys: Iterable[bytes]) -> Iterator[Subscription]:
+        sub = Subscription()
+        keys = tuple(keys)  # iterated again on the way out
+        for key in keys:
+            registry.setdefault(key, set()).add(sub)
+        self._open += 1
+        try:
+            yield sub
+        finally:
+            self._open -= 1
+            for key in keys:
+                subs = registry.get(key)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del registry[key]

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, CausalContext
-from garagekv.model.k2v.item import ClockExhausted, K2VItem, Value
+from garagekv.model.k2v.item import MAX_TTL_SEC, ClockExhausted, K2VItem, Value
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.store import check_context
 from garagekv.rpc.messages import malformed
 from garagekv.table.data import check_size
 from garagekv.util.errors import BadRequest, EntityTooLarge, GarageKVError, ServiceUnavailable
+from garagekv.util.time import now_ms
 
 # Compare targets (E2's names).
 TOKEN = "token"  # the item's causal context is exactly ``token``
@@ -42,7 +43,7 @@ OPS = (PUT, DELETE, READ)
 
 MAX_COMPARES = 64
 MAX_OPS = 128
-MAX_TTL_SECONDS = 31_536_000
+MAX_TTL_SECONDS = MAX_TTL_SEC
 #: The encoded items one consensus round may commit: Propose and Commit carry them in one RPC
 #: frame (16 MiB + 64 KiB), with room for the rest of the message.
 MAX_UPDATE_BYTES = 16 * 1024 * 1024
@@ -93,7 +94,7 @@ class TxnOp:
     op: str
     sort_key: str
     value: bytes | None = None  # a put's value
-    ttl: int | None = None  # a put's time to live in seconds (docs/k2v-compat.md, TTL)
+    ttl: int | None = None  # a put's time to live in seconds (docs/k2v-api.md §5c)
 
     @property
     def writes(self) -> bool:
@@ -173,15 +174,19 @@ def evaluate(
     node_ts: int,
     max_item_bytes: int,
     sizes: Mapping[str, int | None],
+    now: int | None = None,
 ) -> Evaluation:
     """Run the compares on ``state`` (the round's merged items), then the branch they select.
 
     Every write is a dot ``(node, node_ts + 1)`` with the item's current causal context, so it
     supersedes exactly what the compares saw; a read sees the branch's earlier writes.
-    ``sizes`` are the stored sizes of the items before, for the item size limit.
+    ``sizes`` are the stored sizes of the items before, for the item size limit. ``now`` (unix
+    ms, the clock by default) is when the transaction sees the items: values expired by then
+    are tombstones to its compares and reads, and a put's ``ttl`` counts from it.
     """
-    succeeded = all(c.holds(state.get(c.sort_key)) for c in txn.compare)
-    work: dict[str, K2VItem | None] = dict(state)
+    now = now_ms() if now is None else now
+    work: dict[str, K2VItem | None] = {sk: None if i is None else i.at(now) for sk, i in state.items()}
+    succeeded = all(c.holds(work.get(c.sort_key)) for c in txn.compare)
     written: dict[str, K2VItem] = {}
     results: list[OpResult] = []
     for o in txn.branch(succeeded):
@@ -192,9 +197,10 @@ def evaluate(
         new = current.copy() if current is not None else K2VItem.new(bucket_id, partition_key, o.sort_key)
         ctx = None if current is None else current.causal_context()
         value: Value = o.value if o.op == PUT else None
+        expires = now + o.ttl * 1000 if o.op == PUT and o.ttl is not None else None
         before = len(new.items)
         try:
-            new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS)
+            new.update(node, ctx, value, node_ts, node_ts + CLOCK_HORIZON_MS, expires)
         except ClockExhausted as e:  # only data stored before clocks were bounded
             raise ServiceUnavailable(str(e)) from None
         check_context(InsertedItem(partition_key, o.sort_key, ctx, value), before, len(new.items))
@@ -254,23 +260,33 @@ def decide_batch(
     node: int,
     node_ts: int,
     max_item_bytes: int,
-    previous: Attempt | None,
+    previous: Sequence[Attempt] = (),
+    now: int | None = None,
 ) -> tuple[list[BatchOutcome], list[K2VItem], Attempt | None]:
     """Decide the transactions of one round, in order, each seeing the writes of those before it.
 
     Returns each one's outcome, the items to commit (final versions) and what this attempt
-    proposes (``None``: nothing to commit). ``previous`` is what an earlier attempt of the same
-    round proposed before losing its ballot. If one of its dots is held, it was chosen (and
-    completed by another proposer): its outcomes stand, as of the state it was decided on, which
-    is where it took effect. If none is held or covered, it was never applied and everything is
-    decided afresh. Otherwise it may have applied and been superseded: an operation whose branch
-    would change answers 503 (outcome unknown).
+    proposes (``None``: nothing to commit). ``previous`` are what the earlier attempts of the
+    same round proposed before losing their ballots (each with its own dots), of which at most
+    one was chosen. If the dots of one are held, it was chosen (and completed by another
+    proposer): its outcomes stand, as of the state it was decided on, which is where it took
+    effect. If none is held or covered, none was ever applied, and everything is decided afresh
+    (the caller then proposes with new dots). Otherwise one may have applied and been superseded
+    since: every operation whose writes they proposed answers 503 (outcome unknown), as deciding
+    it again could apply it a second time; the others (reads, false compares) have no effect and
+    are decided afresh.
     """
-    if previous is not None:
-        if any(has_dot(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
-            return list(previous.outcomes), [], None
-        if not any(dot_discarded(state.get(sk), node, dot) for sk, dot in previous.dots.items()):
-            previous = None
+    for att in previous:
+        if any(has_dot(state.get(sk), node, dot) for sk, dot in att.dots.items()):
+            return list(att.outcomes), [], None
+    unknown = {
+        i
+        for att in previous
+        if any(dot_discarded(state.get(sk), node, dot) for sk, dot in att.dots.items())
+        for i, branch in enumerate(att.branches)
+        if branch is not None
+    }
+    now = now_ms() if now is None else now  # one time for every transaction of the round
     work: dict[str, K2VItem | None] = dict(state)
     written: dict[str, K2VItem] = {}
     outcomes: list[BatchOutcome] = []
@@ -278,18 +294,18 @@ def decide_batch(
     update_bytes = 0
     for i, txn in enumerate(txns):
         branches.append(None)
-        try:
-            ev = evaluate(txn, work, bucket_id, partition_key, node, node_ts, max_item_bytes, sizes)
-        except GarageKVError as e:
-            outcomes.append(e)
-            continue
-        if previous is not None and previous.branches[i] is not None and previous.branches[i] != ev.succeeded:
+        if i in unknown:
             outcomes.append(
                 ServiceUnavailable(
-                    "the transaction lost its round to a concurrent one after proposing: it may or may "
-                    "not have been applied (read the items to know)"
+                    "the transaction lost its round to a concurrent one after proposing and its items "
+                    "changed since: it may or may not have been applied (read the items to know)"
                 )
             )
+            continue
+        try:
+            ev = evaluate(txn, work, bucket_id, partition_key, node, node_ts, max_item_bytes, sizes, now)
+        except GarageKVError as e:
+            outcomes.append(e)
             continue
         if ev.written:
             grown = {i.sort_key: len(i.encode()) for i in ev.written}

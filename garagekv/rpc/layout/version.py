@@ -71,12 +71,6 @@ class LayoutVersion:
     def gateway_nodes(self) -> list[bytes]:
         return self.node_id_vec[self.nongateway_node_count :]
 
-    def all_nodes(self) -> list[bytes]:
-        return list(self.node_id_vec)
-
-    def role_of(self, node: bytes) -> NodeRole | None:
-        return self.roles.get(node)
-
     def storage_zones(self) -> list[str]:
         return zones_in_order(storage_nodes(self.roles), self.roles)
 
@@ -120,9 +114,6 @@ class LayoutVersion:
         """Partitions held by each storage node (0 for idle ones)."""
         counts = Counter(self.ring_assignment_data)
         return {n: counts.get(i, 0) for i, n in enumerate(self.storage_nodes())}
-
-    def node_usage(self, node: bytes) -> int:
-        return self.usage().get(node, 0)
 
     # ------------------------------------------------------------------ validation
 
