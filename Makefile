@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-cluster lint venv clean bench bench-scale mutate chaos
+.PHONY: run test test-cluster lint venv clean bench bench-scale bench-workers mutate chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python scripts/bench_scale.py
+
+# One host with 2 workers against 1 worker, alternating in one run (docs/performance.md §5).
+bench-workers: $(STAMP)
+	$(BIN)/python scripts/bench_workers.py
 
 # Mutation testing of the core modules against their unit tests (not part of `make test` or CI:
 # a full run is ~3,350 mutants, hours on two cores). Modules and tests: [tool.mutmut] in

@@ -24,7 +24,7 @@ from aiohttp import web
 from garagekv.admin.cluster_metrics import consensus_families, peer_families, worker_families
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
-from garagekv.admin.metrics import LocalSnapshot, NodeMetrics
+from garagekv.admin.metrics import LocalSnapshot, NodeMetrics, merge_host_metrics
 from garagekv.admin.registry import OPS, run_op
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
@@ -40,12 +40,15 @@ from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.model import Model
 from garagekv.net.identity import load_or_create_node_key, short_id
 from garagekv.rpc import quorum
-from garagekv.rpc.endpoint import EndpointRegistry
+from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.system import System
 from garagekv.util.config import MAX_KEY_BYTES, Config, split_host_port
-from garagekv.util.errors import AdminError, ConfigError
+from garagekv.util.errors import AdminError, ConfigError, GarageKVError
 
 log = logging.getLogger("garagekv")
+#: A worker of a multi-worker host asks its siblings for their metrics here (``GET /metrics``).
+EP_HOST_METRICS = endpoint_path("server", "host_metrics")
+HOST_METRICS_TIMEOUT = 5.0
 access_log = logging.getLogger("garagekv.access.k2v")
 hulykvs_access_log = logging.getLogger("garagekv.access.hulykvs")
 
@@ -100,6 +103,9 @@ class Node:
 
         self.registry = EndpointRegistry()
         self.registry.register(ADMIN_ENDPOINT, self._handle_admin_rpc)
+        self.registry.register(EP_HOST_METRICS, self._handle_host_metrics)
+        if cfg.is_worker:
+            self.metrics.gather = self._host_metrics
         self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
         self.model = Model(cfg, self.db, self.writer, self.system)
         self.cluster_health = lambda: cluster_health_of(self.system)
@@ -132,7 +138,9 @@ class Node:
                 )
             )
             host, port = split_host_port(cfg.admin.api_bind_addr)
-            await _listening(f"{cfg.admin.api_bind_addr} ([admin] api_bind_addr)", self.admin_http.start(host, port))
+            await _listening(
+                f"{cfg.admin.api_bind_addr} ([admin] api_bind_addr)", self.admin_http.start(host, port, cfg.is_worker)
+            )
             log.info(
                 "admin API listening on %s%s",
                 cfg.admin.api_bind_addr,
@@ -151,7 +159,9 @@ class Node:
             self.api = K2VApiServer(state)
             self.api.observer = self._observe_k2v
             host, port = split_host_port(k2v.api_bind_addr)
-            await _listening(f"{k2v.api_bind_addr} ([k2v_api] api_bind_addr)", self.api.start(host, port))
+            await _listening(
+                f"{k2v.api_bind_addr} ([k2v_api] api_bind_addr)", self.api.start(host, port, cfg.is_worker)
+            )
             log.info("K2V API listening on %s", k2v.api_bind_addr)
         if cfg.hulykvs_api is not None:
             self.hulykvs = await _start_hulykvs(self)
@@ -176,6 +186,8 @@ class Node:
         return {
             "id": self.node_id.hex(),
             "pid": os.getpid(),
+            "host": None if self.config.host_id is None else self.config.host_id.hex(),
+            "worker": self.config.worker_index,
             "k2v_endpoint": None if self.api is None else f"http://{self.config.k2v_api.api_bind_addr}",
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
@@ -184,6 +196,49 @@ class Node:
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
             "poll_subscriptions": self.model.subs.count(),
         }
+
+    # ---- a worker of a multi-worker host: the host's view ----------------------------------------
+
+    def host_workers(self) -> list[tuple[int, bytes]]:
+        """``(worker index, node id)`` of this host's workers that this worker knows, itself included."""
+        assert self.config.worker_index is not None and self.system is not None
+        found = {self.config.worker_index: self.node_id}
+        for node, info in self.system.peers.items():
+            st = info.status
+            if st is not None and st.host == self.config.host_id and st.worker is not None:
+                found.setdefault(st.worker, node)
+        return sorted(found.items())
+
+    def host_health(self) -> dict[str, Any]:
+        """The ``host`` part of /health on a worker: every worker of the host, up as this one sees it."""
+        assert self.config.host_id is not None and self.system is not None
+        nodes = [{"worker": i, "node": n.hex(), "up": self.system.is_up(n)} for i, n in self.host_workers()]
+        return {
+            "id": self.config.host_id.hex(),
+            "workers": self.config.workers,
+            "workersUp": sum(1 for n in nodes if n["up"]),
+            "nodes": nodes,
+        }
+
+    async def _handle_host_metrics(self, from_node: bytes, body: Any) -> bytes:
+        return self.metrics.render()
+
+    async def _host_metrics(self) -> bytes:
+        """/metrics on a worker: every worker's metrics (asked over RPC), labelled by worker."""
+        assert self.config.host_id is not None and self.system is not None
+
+        async def ask(index: int, node: bytes) -> tuple[int, str, bytes | None]:
+            if node == self.node_id:
+                return index, node.hex(), self.metrics.render()
+            try:
+                text = await self.system.netapp.call(node, EP_HOST_METRICS, None, timeout=HOST_METRICS_TIMEOUT)
+            except GarageKVError as e:
+                log.debug("worker %d gave no metrics: %s", index, e)
+                return index, node.hex(), None
+            return index, node.hex(), text if isinstance(text, bytes) else None
+
+        texts = await asyncio.gather(*(ask(i, n) for i, n in self.host_workers()))
+        return merge_host_metrics(self.config.host_id.hex(), self.config.workers, list(texts))
 
     # ---- operations surface: health, status, metrics, access log ---------------------------------
 
@@ -201,7 +256,10 @@ class Node:
             "k2vApi": k2v,
         }
         cluster = self.cluster_health() if self.cluster_health is not None else None
-        return evaluate(checks, cluster, self.node_id.hex())
+        report = evaluate(checks, cluster, self.node_id.hex())
+        if self.config.is_worker and self.system is not None:
+            report.host = self.host_health()
+        return report
 
     async def status(self) -> dict[str, Any]:
         cfg = self.config
@@ -299,7 +357,7 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
     server = HulykvsApiServer(state)
     server.observer = node._observe_hulykvs
     host, port = split_host_port(huly.api_bind_addr)
-    await _listening(f"{huly.api_bind_addr} ([hulykvs_api] api_bind_addr)", server.start(host, port))
+    await _listening(f"{huly.api_bind_addr} ([hulykvs_api] api_bind_addr)", server.start(host, port, cfg.is_worker))
     log.info("Hulykvs API listening on %s (bucket %s)", huly.api_bind_addr, huly.bucket)
     return server
 

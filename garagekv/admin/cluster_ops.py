@@ -30,9 +30,13 @@ from garagekv.util.errors import AdminError
 
 
 def _role_json(role: NodeRole | None) -> dict[str, Any] | None:
+    """``{zone, capacity, tags}``, plus ``host`` (hex) for a worker of a multi-worker host."""
     if role is None:
         return None
-    return {"zone": role.zone, "capacity": role.capacity, "tags": list(role.tags)}
+    out: dict[str, Any] = {"zone": role.zone, "capacity": role.capacity, "tags": list(role.tags)}
+    if role.host is not None:
+        out["host"] = role.host.hex()
+    return out
 
 
 def known_nodes(system: System) -> list[bytes]:
@@ -41,6 +45,59 @@ def known_nodes(system: System) -> list[bytes]:
     for v in h.versions:
         nodes.update(v.roles)
     return sorted(nodes)
+
+
+def announced_host(system: System, node: bytes) -> tuple[bytes | None, int | None]:
+    """``(host id, worker index)`` a node announces (gossip), or ``(None, None)``."""
+    host_of = getattr(system, "host_of", None)  # a System; tests may pass a stand-in without it
+    return host_of(node) if host_of is not None else (None, None)
+
+
+def node_host(system: System, node: bytes) -> bytes | None:
+    """The host a node runs on: what it announces, else what its (planned or current) role says."""
+    host, _ = announced_host(system, node)
+    if host is not None:
+        return host
+    h = system.layout.history
+    role = h.planned_roles().get(node) or h.current().roles.get(node)
+    return None if role is None else role.host
+
+
+def host_members(system: System) -> dict[bytes, list[bytes]]:
+    """Every known multi-worker host id with its known workers (by worker index, then id)."""
+    hosts: dict[bytes, list[tuple[int, bytes]]] = {}
+    for n in known_nodes(system):
+        host = node_host(system, n)
+        if host is not None:
+            _, index = announced_host(system, n)
+            hosts.setdefault(host, []).append((index if index is not None else 1 << 30, n))
+    return {host: [n for _, n in sorted(members)] for host, members in sorted(hosts.items())}
+
+
+def resolve_targets(system: System, prefix: str) -> list[bytes]:
+    """The nodes an operator means by ``prefix``: a node (every worker of its host, if it is one)
+    or a host id (all its workers). A prefix matching several nodes or hosts is an error.
+
+    A host's workers are those up now or with a planned role: a worker removed from the layout
+    after the host was given fewer workers is not assigned again while peers still remember it.
+    """
+    p = prefix.lower()
+    planned = system.layout.history.planned_roles()
+    is_up = getattr(system, "is_up", lambda n: True)
+    hosts = {
+        host: [n for n in members if is_up(n) or n in planned] or members
+        for host, members in host_members(system).items()
+    }
+    matching_hosts = [h for h in hosts if h.hex().startswith(p)]
+    matching_nodes = [n for n in known_nodes(system) if n.hex().startswith(p)]
+    if len(matching_hosts) == 1 and not matching_nodes:
+        return hosts[matching_hosts[0]]
+    if matching_hosts:
+        listing = ", ".join(x.hex()[:16] for x in [*matching_hosts, *matching_nodes])
+        raise AdminError(f"'{prefix}' matches several nodes or hosts ({listing}); use a longer prefix.")
+    node = resolve_node(system, prefix)
+    host = node_host(system, node)
+    return hosts.get(host, [node]) if host is not None else [node]
 
 
 def resolve_node(system: System, prefix: str) -> bytes:
@@ -74,9 +131,14 @@ async def status(s: OpServices, a: NoArgs) -> dict:
     for n in known_nodes(system):
         info = system.peers.get(n)
         role = current.roles.get(n)
+        host, worker = announced_host(system, n)
+        if host is None and role is not None:
+            host = role.host
         nodes.append(
             {
                 "id": n.hex(),
+                "host": None if host is None else host.hex(),
+                "worker": worker,
                 "addr": system.public_addr if n == system.node_id else (info.addr if info else None),
                 "hostname": system.hostname if n == system.node_id else (info.hostname if info else ""),
                 "up": system.is_up(n),
@@ -169,6 +231,10 @@ def _role_change(system: System, change: Any, index: int) -> tuple[bytes, NodeRo
     if not isinstance(node_text, str) or not node_text:
         raise AdminError(f"Invalid layout change ({where}): missing node id")
     node = node_by_id(system, node_text)
+    if "host" in change:
+        raise AdminError(
+            f"Invalid layout change ({where}): a role's host is the one its node announces, it cannot be set"
+        )
     if "remove" in change:
         if change["remove"] is not True or set(change) - {"id", "remove"}:
             raise AdminError(f"Invalid layout change ({where}): use {{id, remove: true}} to remove a role")
@@ -181,7 +247,7 @@ def _role_change(system: System, change: Any, index: int) -> tuple[bytes, NodeRo
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise AdminError(f"Invalid layout change ({where}): tags must be a list of strings")
     try:
-        return node, NodeRole(zone, capacity, tuple(tags))
+        return node, NodeRole(zone, capacity, tuple(tags), node_host(system, node))
     except LayoutError as e:
         raise AdminError(f"Invalid layout change ({where}): {e.message}")
 
@@ -209,7 +275,7 @@ async def layout_stage(s: OpServices, a: LayoutStageArgs) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class LayoutAssignArgs:
-    nodes: list[str]  # node id prefixes
+    nodes: list[str]  # node or host id prefixes
     zone: str | None = None
     capacity: int | str | None = None  # bytes, or a size such as "1G"
     gateway: bool = False
@@ -217,7 +283,15 @@ class LayoutAssignArgs:
     replace: list[str] | None = None  # nodes whose roles are removed in the same change
 
 
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` integers that differ by at most one and add up to it."""
+    q, r = divmod(total, parts)
+    return [q + (1 if i < r else 0) for i in range(parts)]
+
+
 async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict:
+    """Stage roles. A host (its id, or any of its workers' ids) gets one role for all its workers:
+    the zone and tags for each, the capacity split evenly between them."""
     system = s.system
     capacity = a.capacity
     gateway = a.gateway
@@ -229,49 +303,88 @@ async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict:
             cap_bytes = parse_size(capacity)
         except ValueError as e:
             raise AdminError(f"Invalid capacity '{capacity}': {e} (examples: 500M, 1G, 2TiB)")
-    nodes = [resolve_node(system, p) for p in a.nodes]
+    groups: list[list[bytes]] = []
+    for p in a.nodes:
+        group = resolve_targets(system, p)
+        if not any(set(group) & set(g) for g in groups):
+            groups.append(group)
     h = system.layout.history.clone()
     planned = h.planned_roles()
     if a.replace:
         for p in a.replace:
-            h.stage_role(resolve_node(system, p), None)
-    for n in nodes:
-        old = planned.get(n)
-        zone = a.zone or (old.zone if old else None)
-        if zone is None:
-            raise AdminError(f"Node {n.hex()[:16]} has no role yet: give its zone with -z ZONE")
-        if cap_bytes is None and not gateway:
-            if old is None:
-                raise AdminError(
-                    f"Node {n.hex()[:16]} has no role yet: give its capacity with -c SIZE "
-                    "(e.g. -c 1G) or make it a gateway with -g"
-                )
-            cap = old.capacity
-        else:
-            cap = None if gateway else cap_bytes
-        tags = a.tags if a.tags else (list(old.tags) if old else [])
-        try:
-            h.stage_role(n, NodeRole(zone, cap, tuple(tags)))
-        except LayoutError as e:
-            raise AdminError(e.message)
+            for n in resolve_targets(system, p):
+                h.stage_role(n, None)
+    lines = []
+    for group in groups:
+        for n, role in _group_roles(system, group, planned, a, cap_bytes):
+            h.stage_role(n, role)
+        host = node_host(system, group[0])
+        if host is not None:
+            lines.append(f"Host {host.hex()[:16]}: {len(group)} workers ({', '.join(n.hex()[:16] for n in group)}).")
     system.layout.replace(h)
     return {
-        "message": "Role changes are staged but not yet committed.\n"
+        "message": "".join(line + "\n" for line in lines) + "Role changes are staged but not yet committed.\n"
         "Use `garagekv layout show` to view staged role changes,\n"
         "and `garagekv layout apply` to enact staged changes."
     }
 
 
+def _group_roles(
+    system: System, group: list[bytes], planned: dict[bytes, NodeRole], a: LayoutAssignArgs, cap_bytes: int | None
+) -> list[tuple[bytes, NodeRole]]:
+    """The roles of one node, or of all the workers of one host, for ``layout assign``.
+
+    Without ``-z``/``-c``/``-t`` a host keeps what its workers had: their zone and tags, their
+    total capacity (split anew, so a host that gained workers spreads it over all of them).
+    """
+    olds = [planned[n] for n in group if n in planned]
+    host = node_host(system, group[0])
+    name = f"host {host.hex()[:16]}" if host is not None and len(group) > 1 else group[0].hex()[:16]
+    zone = a.zone or (olds[0].zone if olds else None)
+    if zone is None:
+        raise AdminError(f"Node {name} has no role yet: give its zone with -z ZONE")
+    caps: list[int | None]
+    if a.gateway:
+        caps = [None] * len(group)
+    elif cap_bytes is not None:
+        caps = list(split_evenly(cap_bytes, len(group)))
+    elif any(o.capacity is not None for o in olds):
+        caps = list(split_evenly(sum(o.capacity or 0 for o in olds), len(group)))
+    elif olds and len(olds) == len(group):
+        caps = [None] * len(group)  # gateways stay gateways
+    else:
+        raise AdminError(
+            f"Node {name} has no role yet: give its capacity with -c SIZE (e.g. -c 1G) or make it a gateway with -g"
+        )
+    tags = a.tags if a.tags else (list(olds[0].tags) if olds else [])
+    out = []
+    for n, cap in zip(group, caps, strict=True):
+        try:
+            out.append((n, NodeRole(zone, cap, tuple(tags), node_host(system, n))))
+        except LayoutError as e:
+            raise AdminError(e.message)
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class LayoutRemoveArgs:
-    node: str  # a node id prefix
+    node: str  # a node id prefix, or a host id prefix (all its workers)
 
 
 async def layout_remove(s: OpServices, a: LayoutRemoveArgs) -> dict:
+    """Stage the removal of one node's role (a single worker too: a host that runs fewer workers
+    than before), or of every worker of a host given by its host id."""
     system = s.system
-    n = resolve_node(system, a.node)
+    hosts = host_members(system)
+    p = a.node.lower()
+    matching_hosts = [x for x in hosts if x.hex().startswith(p)]
+    if len(matching_hosts) == 1 and not any(n.hex().startswith(p) for n in known_nodes(system)):
+        targets = hosts[matching_hosts[0]]
+    else:
+        targets = [resolve_node(system, a.node)]
     h = system.layout.history.clone()
-    h.stage_role(n, None)
+    for n in targets:
+        h.stage_role(n, None)
     system.layout.replace(h)
     return {
         "message": "Role removal is staged but not yet committed.\n"

@@ -59,6 +59,9 @@ class HealthReport:
     checks: dict[str, str]  # check name -> "ok" | "disabled" | what is wrong
     cluster: ClusterHealth | None = None
     node: str | None = None
+    # On a worker of a multi-worker host: {id, workers, workersUp, nodes: [{worker, node, up}]}
+    # as this worker sees its host (it answers for the shared port).
+    host: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -96,6 +99,8 @@ class HealthReport:
             body["partitions"] = c.partitions
             body["partitionsQuorum"] = c.partitions_quorum
             body["partitionsLackingQuorum"] = partition_ranges(c.partitions_lacking_quorum)
+        if self.host is not None:
+            body["host"] = self.host
         return body
 
     def detail_body(self) -> dict[str, Any]:
@@ -107,7 +112,7 @@ class HealthReport:
             garage_status = "degraded"
         else:
             garage_status = "healthy"
-        return {
+        body = {
             "status": garage_status,
             "health": self.status,
             "message": self.message,
@@ -124,6 +129,9 @@ class HealthReport:
             "partitionsLackingQuorum": None if c is None else c.partitions_lacking_quorum,
             "consistencyMode": None if c is None else c.consistency_mode,
         }
+        if self.host is not None:
+            body["host"] = self.host
+        return body
 
 
 def partition_ranges(partitions: list[int]) -> str:

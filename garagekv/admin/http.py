@@ -163,7 +163,8 @@ async def handle_status(req: AdminRequest) -> web.StreamResponse:
 
 
 async def handle_metrics(req: AdminRequest) -> web.StreamResponse:
-    return web.Response(body=req.services.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    body = await req.services.metrics.render_host()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 # ---- cluster: layout and peers -----------------------------------------------------------------
@@ -422,10 +423,13 @@ class AdminApiServer:
         request_id_var.reset(token)
         return resp
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port``: share the port with the other workers of the host (SO_REUSEPORT)."""
         self._http = JsonErrorServer(self.handle, region=self.services.region, access_log=None)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._http, host, port, reuse_address=True)
+        self._server = await loop.create_server(
+            self._http, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
 
     @property
     def port(self) -> int:

@@ -11,7 +11,7 @@ corresponds to, where there is one (``docs/admin-api.md`` has the table).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,9 @@ class NodeMetrics:
     ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.local_snapshot: Callable[[], LocalSnapshot] | None = None
+        # Set on a worker of a multi-worker host: the whole host's metrics (``merge_host_metrics``
+        # of every worker's ``render()``), which /metrics then serves instead of this worker's.
+        self.gather: Callable[[], Awaitable[bytes]] | None = None
         self.cluster_health: ClusterHealthSource | Callable[[], ClusterHealth | None] | None = None
         self._sources: list[Callable[[], Iterable[Metric]]] = []
 
@@ -202,6 +205,65 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def render_host(self) -> bytes:
+        """What ``GET /metrics`` serves: this node's metrics, or its whole host's (``gather``)."""
+        return await self.gather() if self.gather is not None else self.render()
+
+
+def _label_sample(line: str, label: str) -> str:
+    """``name{a="b"} 1`` -> ``name{<label>,a="b"} 1``; ``name 1`` -> ``name{<label>} 1``."""
+    brace, space = line.find("{"), line.find(" ")
+    if 0 <= brace < space:
+        rest = line[brace + 1 :]
+        return f"{line[:brace]}{{{label}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{line[:space]}{{{label}}}{line[space:]}"
+
+
+def merge_host_metrics(host: str, expected: int, texts: list[tuple[int, str, bytes | None]]) -> bytes:
+    """The metrics of a host's workers as one exposition, so one scrape of the shared port sees them all.
+
+    ``texts``: ``(worker index, node id, its /metrics text or None if it did not answer)``. Every
+    sample gets a ``host_worker="<index>"`` label; each family appears once, with the HELP and
+    TYPE lines of the first worker that has it and the samples of all. Three families describe
+    the host: ``garagekv_host_workers{host}`` (configured), ``garagekv_host_workers_up{host}``
+    (answered this scrape) and ``garagekv_host_worker_up{host,host_worker,node_id}``.
+    """
+    families: dict[str, tuple[list[str], list[str]]] = {}  # name -> (HELP/TYPE lines, samples)
+    header_from: dict[str, int] = {}  # name -> the worker whose HELP/TYPE lines are kept
+    for index, _, text in sorted(texts):
+        if text is None:
+            continue
+        current: tuple[list[str], list[str]] | None = None
+        for line in text.decode().splitlines():
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    current = families.setdefault(parts[2], ([], []))
+                    if header_from.setdefault(parts[2], index) == index:
+                        current[0].append(line)
+            elif line:
+                if current is None:  # a sample before any header: a family of its own
+                    current = families.setdefault(line.split("{", 1)[0].split(" ", 1)[0], ([], []))
+                current[1].append(_label_sample(line, f'host_worker="{index}"'))
+    up = sum(1 for _, _, text in texts if text is not None)
+    out = [
+        "# HELP garagekv_host_workers Worker processes configured on this host (workers = N)",
+        "# TYPE garagekv_host_workers gauge",
+        f'garagekv_host_workers{{host="{host}"}} {expected}',
+        "# HELP garagekv_host_workers_up Workers of this host that answered this scrape",
+        "# TYPE garagekv_host_workers_up gauge",
+        f'garagekv_host_workers_up{{host="{host}"}} {up}',
+        "# HELP garagekv_host_worker_up 1 if the worker answered this scrape; the labels name its node",
+        "# TYPE garagekv_host_worker_up gauge",
+    ]
+    for index, node, text in sorted(texts):
+        out.append(
+            f'garagekv_host_worker_up{{host="{host}",host_worker="{index}",node_id="{node}"}} {int(text is not None)}'
+        )
+    for headers, samples in families.values():
+        out += headers + samples
+    return ("\n".join(out) + "\n").encode()
 
 
 class _ScrapeCollector(Collector):

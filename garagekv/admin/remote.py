@@ -20,8 +20,15 @@ ADMIN_ENDPOINT = endpoint_path("admin", "op")
 
 
 def local_target(config: Config) -> tuple[bytes, tuple[str, int]]:
-    """The node id and RPC address of the node this config describes."""
+    """The node id and RPC address of the node this config describes.
+
+    For a host running several workers that is worker 0 (``metadata_dir/worker-0``, on the
+    configured RPC port): any worker answers for the cluster.
+    """
     pub = Path(config.metadata_dir) / "node_key.pub"
+    worker0 = Path(config.metadata_dir) / "worker-0" / "node_key.pub"
+    if (config.workers > 1 or not pub.exists()) and worker0.exists():
+        pub = worker0
     try:
         node_id = pub.read_bytes()
     except OSError as e:

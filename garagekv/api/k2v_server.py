@@ -95,13 +95,16 @@ class K2VApiServer:
         ctx = RequestContext(self.state, request, ep, key, bucket_id, verified)
         return await HANDLERS[ep.name](ctx)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port``: share the port with the other workers of the host (SO_REUSEPORT)."""
         # Bodies are taken as sent (no Content-Encoding decoding): the signature covers those bytes.
         self._http = JsonErrorServer(
             self.handle, region=self.state.region, handler_cancellation=True, auto_decompress=False, access_log=None
         )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._http, host, port, reuse_address=True, backlog=1024)
+        self._server = await loop.create_server(
+            self._http, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
+        )
 
     @property
     def port(self) -> int:

@@ -53,16 +53,19 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 class DevCluster:
     """``garagekv dev --json --nodes N`` in ``root``; :attr:`info` is its JSON line."""
 
-    def __init__(self, root: Path, nodes: int = 1) -> None:
+    def __init__(self, root: Path, nodes: int = 1, workers: int = 1) -> None:
         self.root = Path(root)
         self.nodes = nodes
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.json_path = self.root / "dev.json"
 
     def start(self, timeout: float = 90.0) -> DevCluster:
         self.root.mkdir(parents=True, exist_ok=True)
-        offsets = [o + 10 * i for i in range(self.nodes) for o in (0, -3, -1)]
+        offsets = [o + 10 * i for i in range(self.nodes) for o in (0, -3, -1, 1)]  # K2V, RPC, admin, Hulykvs
+        if self.workers > 1:  # the workers' RPC ports (garagekv dev --workers)
+            offsets += [100 + 100 * i + w for i in range(self.nodes) for w in range(self.workers)]
         base = pick_ports(offsets, lo=20010)
         log = open(self.root / "dev.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
@@ -78,6 +81,8 @@ class DevCluster:
                 str(self.root / "state"),
                 "--port",
                 str(base),
+                "--workers",
+                str(self.workers),
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -100,7 +105,8 @@ class DevCluster:
 
     @property
     def pids(self) -> list[int]:
-        return [n["pid"] for n in self.info["nodes"]]
+        """The server processes: each node's, or its workers' (``garagekv bench``'s ``dev_pids``)."""
+        return [w["pid"] for n in self.info["nodes"] for w in n.get("workers") or [n]]
 
     @property
     def meta_dirs(self) -> list[Path]:

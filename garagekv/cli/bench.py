@@ -88,6 +88,13 @@ def _read_dev_json(spec: str) -> dict[str, Any]:
     raise BenchError(f"no JSON object in {'stdin' if spec == '-' else spec}")
 
 
+def dev_pids(nodes: list[dict[str, Any]]) -> list[int]:
+    """The server processes of a ``garagekv dev --json`` line: a node's, or its workers' for a
+    node of several workers (its own process only supervises them)."""
+    processes = [w for n in nodes for w in n.get("workers") or [n]]
+    return [int(p["pid"]) for p in processes if p.get("pid")]
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     endpoints = [e.strip() for spec in args.endpoint for e in spec.split(",") if e.strip()]
     bucket, ak, sk, region = args.bucket, args.access_key_id, args.secret_access_key, args.region
@@ -103,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ak = ak or dev.get("access_key_id")
         sk = sk or dev.get("secret_access_key")
         region = region or dev.get("region")
-        pids = [n["pid"] for n in nodes if n.get("pid") and Path(f"/proc/{n['pid']}").exists()]
+        pids = [p for p in dev_pids(nodes) if Path(f"/proc/{p}").exists()]
     ak = ak or os.environ.get("AWS_ACCESS_KEY_ID")
     sk = sk or os.environ.get("AWS_SECRET_ACCESS_KEY")
     if args.server_pids:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from garagekv.admin.remote import admin_call, local_target
@@ -34,7 +35,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     layout = layout_parser.add_subparsers(dest="action", required=True)
     show = layout.add_parser("show", help="current roles, staged changes and the next assignment")
     show.add_argument("--json", action="store_true")
-    a = layout.add_parser("assign", help="stage a role for nodes")
+    a = layout.add_parser(
+        "assign",
+        help="stage a role for nodes",
+        description="A node that is a worker of a multi-worker host (or the host's id) stands for all the "
+        "workers of its host: each gets the zone and tags, and the capacity is split evenly between them.",
+    )
     a.add_argument("nodes", nargs="+", metavar="NODE_ID_PREFIX")
     a.add_argument("-z", "--zone")
     a.add_argument("-c", "--capacity", help="storage capacity: 500M, 1G, 2TiB ...")
@@ -43,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--replace", action="append", default=[], metavar="NODE_ID_PREFIX", help="remove these nodes in the same change"
     )
-    r = layout.add_parser("remove", help="stage the removal of a node's role")
+    r = layout.add_parser("remove", help="stage the removal of a node's role (of all its workers for a host id)")
     r.add_argument("node")
     cfg = layout.add_parser("config", help="stage layout parameters")
     cfg.add_argument("-r", "--redundancy", required=True, help="zone redundancy: a number or 'maximum'")
@@ -59,8 +65,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_status(st: dict[str, Any]) -> None:
-    rows = [("ID", "Hostname", "Address", "Zone", "Capacity", "Tags", "Status")]
-    for n in st["nodes"]:
+    nodes = st["nodes"]
+    # Workers of a multi-worker host: a Host column ("<host id>/<worker index>"), listed together.
+    hosts = any(n.get("host") for n in nodes)
+    if hosts:
+        nodes = sorted(nodes, key=lambda n: (n.get("host") or n["id"], n.get("worker") or 0, n["id"]))
+    header = ["ID", "Host"] if hosts else ["ID"]
+    rows = [(*header, "Hostname", "Address", "Zone", "Capacity", "Tags", "Status")]
+    for n in nodes:
         role = n["role"]
         if role is None:
             zone, cap, tags = "", "NO ROLE ASSIGNED" if not n["draining"] else "draining metadata...", ""
@@ -76,11 +88,20 @@ def _print_status(st: dict[str, Any]) -> None:
             else "DOWN"
             + (f" (last seen {n['last_seen_secs_ago']}s ago)" if n["last_seen_secs_ago"] is not None else "")
         )
-        rows.append((n["id"][:16], n["hostname"] or "", n["addr"] or "", zone, cap, tags, status))
+        ident = [n["id"][:16]]
+        if hosts:
+            host, worker = n.get("host"), n.get("worker")
+            ident.append("" if not host else host[:16] + ("" if worker is None else f"/{worker}"))
+        rows.append((*ident, n["hostname"] or "", n["addr"] or "", zone, cap, tags, status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"==== CLUSTER (layout version {st['layout_version']}) ====")
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if hosts:
+        print()
+        for host, members in _hosts_of(nodes).items():
+            up = sum(1 for m in members if m["up"])
+            print(f"Host {host[:16]}: {len(members)} workers, {up} up")
     if st["staged_changes"]:
         print(
             with_config(
@@ -88,6 +109,14 @@ def _print_status(st: dict[str, Any]) -> None:
                 "`garagekv layout apply --version N`."
             )
         )
+
+
+def _hosts_of(nodes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        if n.get("host"):
+            out.setdefault(n["host"], []).append(n)
+    return out
 
 
 def _json_without_text(res: dict[str, Any]) -> str:
@@ -121,6 +150,14 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                     "or add it to their bootstrap_peers. Keep rpc_secret private: it admits nodes.",
                     file=sys.stderr,
                 )
+                host_file = Path(config.metadata_dir) / "host_id"
+                if config.workers > 1 and host_file.exists():
+                    host = host_file.read_bytes().hex()
+                    print(
+                        f"This is worker 0 of host {host[:16]} ({config.workers} workers): "
+                        f"`garagekv layout assign {host[:16]} -z <zone> -c <capacity>` assigns them all.",
+                        file=sys.stderr,
+                    )
             return 0
         if args.action == "forget":
             print(f"Forgot node {(await call('node.forget', {'node': args.node}))['forgotten'][:16]}.")

@@ -8,6 +8,9 @@ given one zone each and a layout is applied, then the JSON line is printed.
 The nodes never outlive ``dev``: each inherits the read end of a pipe whose write end only
 ``dev`` holds, and stops cleanly when it reads end of file, which the kernel delivers however
 ``dev`` ends (Ctrl-C, SIGTERM, SIGHUP from a closed terminal, SIGKILL).
+
+``--workers N`` makes each node a host of N workers (``workers = N`` in its config, see
+docs/deploy.md §10): the nodes stay separate hosts, so three of them keep replication factor 3.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from garagekv.util.errors import ConfigError, GarageKVError
 DEFAULT_DIR = ".garagekv-dev"
 DEFAULT_PORT = 3904
 DEFAULT_NODES = 3
+MAX_DEV_WORKERS = 64
 REGION = "garage"
 BUCKET = "dev-bucket"
 HULYKVS_BUCKET = "hulykvs"
@@ -57,14 +61,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "PORT-3+10i for RPC, PORT-1+10i for the admin API and PORT+1+10i for the Hulykvs API",
     )
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help=f"number of nodes (default {DEFAULT_NODES})")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per node (default 1): each node is then a host of that many workers sharing its "
+        "K2V, admin and Hulykvs ports; worker w of node i uses RPC port PORT+100+100i+w",
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON line once ready")
 
 
-def node_ports(base: int, index: int) -> dict[str, int]:
+def node_ports(base: int, index: int, workers: int = 1) -> dict[str, int]:
     """K2V on ``base``, RPC on base-3, admin on base-1, as Garage's 3904/3901/3903, Hulykvs on
-    base+1; +10 per node."""
+    base+1; +10 per node. A node of several workers has its RPC ports (one per worker, from the
+    one given here) at base+100, +100 per node."""
     off = 10 * index
-    return {"k2v": base + off, "rpc": base - 3 + off, "admin": base - 1 + off, "hulykvs": base + 1 + off}
+    rpc = base - 3 + off if workers == 1 else base + 100 + 100 * index
+    return {"k2v": base + off, "rpc": rpc, "admin": base - 1 + off, "hulykvs": base + 1 + off}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -79,7 +92,9 @@ def _read_or_create(path: Path, make: Any) -> str:
     return path.read_text().strip()
 
 
-def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf: int, workspace: str) -> Path:
+def write_node_config(
+    node_dir: Path, ports: dict[str, int], rpc_secret: str, rf: int, workspace: str, workers: int = 1
+) -> Path:
     """The admin token and the Hulykvs token secret are read from files in the state directory
     (the parent of ``node_dir``); ``workspace`` is the Hulykvs API v1 workspace."""
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +104,7 @@ def write_node_config(node_dir: Path, ports: dict[str, int], rpc_secret: str, rf
         f"""# Written by `garagekv dev`; an ordinary config file (`garagekv -c {path.name} ...`).
 metadata_dir = "meta"
 replication_factor = {rf}
+workers = {workers}
 rpc_bind_addr = "127.0.0.1:{ports["rpc"]}"
 rpc_public_addr = "127.0.0.1:{ports["rpc"]}"
 rpc_secret = "{rpc_secret}"
@@ -122,9 +138,13 @@ class DevNode:
     dir: Path
     ports: dict[str, int]
     config_path: Path
+    workers: int = 1
     proc: subprocess.Popen[bytes] | None = None
     config: Config | None = None
-    node_id: str = ""
+    node_id: str = ""  # of worker 0 for a host of several workers
+    worker_ids: list[str] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
+    host_id: str = ""
     log_offset: int = 0
 
     @property
@@ -156,61 +176,103 @@ class DevNode:
             return ""
         return "\n".join(lines[-20:])
 
-    async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    def rpc_addr(self, worker: int = 0) -> str:
+        return f"127.0.0.1:{self.ports['rpc'] + worker}"
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30.0, worker: int = 0) -> Any:
         if self.config is None:
             self.config = load_config(self.config_path)
-        return await admin_call(self.config, op, args, timeout=timeout)
+        target = None
+        if worker:
+            worker_id = (self.dir / "meta" / f"worker-{worker}" / "node_key.pub").read_bytes().hex()
+            target = f"{worker_id}@{self.rpc_addr(worker)}"
+        return await admin_call(self.config, op, args, rpc_host=target, timeout=timeout)
+
+    def _ours(self, info: dict[str, Any]) -> bool:
+        """The answering process is this node's (not another one holding its ports)."""
+        assert self.proc is not None
+        if self.workers == 1:
+            return bool(info.get("pid") == self.proc.pid)
+        host_file = self.dir / "meta" / "host_id"
+        return host_file.exists() and info.get("host") == host_file.read_bytes().hex()
 
     async def wait_ready(self) -> None:
-        """Wait until this very process answers (not another one holding its ports)."""
+        """Wait until this very process answers (every worker of a host), not another one holding its ports."""
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
+        ready: dict[int, dict[str, Any]] = {}
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"node {self.index} exited with code {self.proc.returncode}; see {self.log_path}:\n{self.new_log()}"
                 )
-            try:
-                info = await self.call("node.info", timeout=2.0)
-            except (GarageKVError, ConfigError):
-                info = None
-            if info is not None and info.get("pid") == self.proc.pid:
-                self.node_id = info["id"]
+            for w in range(self.workers):
+                if w in ready:
+                    continue
+                try:
+                    info = await self.call("node.info", timeout=2.0, worker=w)
+                except (GarageKVError, ConfigError, OSError):
+                    continue
+                if not self._ours(info):
+                    raise RuntimeError(
+                        f"node {self.index}'s ports are held by another garagekv process (pid {info.get('pid')}, "
+                        f"node {str(info.get('id'))[:16]}): stop it or choose other ports with --port/--dir.\n"
+                        f"{self.new_log()}"
+                    )
+                ready[w] = info
+                self.host_id = info.get("host") or ""
+            if len(ready) == self.workers:
+                self.node_id = ready[0]["id"]
+                self.worker_ids = [ready[w]["id"] for w in range(self.workers)]
+                self.worker_pids = [ready[w]["pid"] for w in range(self.workers)]
                 return
-            if info is not None:
-                raise RuntimeError(
-                    f"node {self.index}'s ports are held by another garagekv process (pid {info.get('pid')}, "
-                    f"node {str(info.get('id'))[:16]}): stop it or choose other ports with --port/--dir.\n"
-                    f"{self.new_log()}"
-                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node {self.index} not ready after {READY_TIMEOUT:.0f}s; see {self.log_path}")
             await asyncio.sleep(0.1)
 
     def info(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.node_id,
             "k2v_endpoint": f"http://127.0.0.1:{self.ports['k2v']}",
-            "rpc_addr": f"127.0.0.1:{self.ports['rpc']}",
+            "rpc_addr": self.rpc_addr(),
             "admin_endpoint": f"http://127.0.0.1:{self.ports['admin']}",
             "hulykvs_endpoint": f"http://127.0.0.1:{self.ports['hulykvs']}",
             "config": str(self.config_path),
-            "pid": self.proc.pid,
+            "pid": self.proc.pid if self.proc is not None else None,
         }
+        if self.workers > 1:
+            out["host"] = self.host_id
+            out["workers"] = [
+                {"id": n, "rpc_addr": self.rpc_addr(w), "pid": pid}
+                for w, (n, pid) in enumerate(zip(self.worker_ids, self.worker_pids, strict=True))
+            ]
+        return out
 
 
 async def _form_cluster(nodes: list[DevNode]) -> None:
     """Connect every node to the first, give each a role in its own zone, apply, wait for all."""
     first = nodes[0]
     for n in nodes[1:]:
-        await first.call("node.connect", {"peer": f"{n.node_id}@{n.info()['rpc_addr']}"})
+        await first.call("node.connect", {"peer": f"{n.node_id}@{n.rpc_addr()}"})
+    # Every worker of every host must be known, with its host, before its host is assigned
+    # (peers pass them on; a worker's host comes with its first status).
+    expected = {w: n.host_id or None for n in nodes for w in n.worker_ids}
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        known = {x["id"]: x.get("host") for x in (await first.call("cluster.status"))["nodes"]}
+        if all(w in known and known[w] == host for w, host in expected.items()):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the nodes did not all learn of each other")
+        await asyncio.sleep(0.2)
     status = await first.call("cluster.status")
     roles = {x["id"]: x["role"] for x in status["nodes"]}
-    missing = [n for n in nodes if roles.get(n.node_id) is None]
+    missing = [n for n in nodes if any(roles.get(w) is None for w in n.worker_ids)]
     if missing:
         for n in missing:
+            target = n.host_id if n.workers > 1 else n.node_id  # a host: all its workers, capacity split
             await first.call(
-                "layout.assign", {"nodes": [n.node_id], "zone": f"dc{n.index + 1}", "capacity": NODE_CAPACITY}
+                "layout.assign", {"nodes": [target], "zone": f"dc{n.index + 1}", "capacity": NODE_CAPACITY}
             )
         await first.call("layout.apply", {"version": status["layout_version"] + 1})
     target = (await first.call("cluster.status"))["layout_version"]
@@ -277,6 +339,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print("Error: --nodes must be at least 1", file=sys.stderr)
         return 1
+    if not 1 <= args.workers <= MAX_DEV_WORKERS:
+        print(f"Error: --workers must be between 1 and {MAX_DEV_WORKERS}", file=sys.stderr)
+        return 1
     state_dir = Path(args.dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     rpc_secret = _read_or_create(state_dir / "rpc_secret", lambda: secrets.token_hex(32))
@@ -286,9 +351,10 @@ def run(args: argparse.Namespace) -> int:
     rf = min(3, args.nodes)
     nodes = []
     for i in range(args.nodes):
-        ports = node_ports(args.port, i)
+        ports = node_ports(args.port, i, args.workers)
         node_dir = state_dir / f"node{i}"
-        nodes.append(DevNode(i, node_dir, ports, write_node_config(node_dir, ports, rpc_secret, rf, huly_workspace)))
+        config_path = write_node_config(node_dir, ports, rpc_secret, rf, huly_workspace, args.workers)
+        nodes.append(DevNode(i, node_dir, ports, config_path, args.workers))
 
     stopping = False
 
@@ -347,7 +413,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         print(
-            f"Serving {len(nodes)} node(s); logs in {state_dir}/node*/node.log. Press Ctrl-C to stop.",
+            f"Serving {len(nodes)} node(s)"
+            + (f" of {args.workers} workers each" if args.workers > 1 else "")
+            + f"; logs in {state_dir}/node*/node.log. Press Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,
         )

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 import sys
+from dataclasses import replace
 
 from garagekv.cli import bench, cluster, dev, hulykvs, k2v, maintenance, meta
 from garagekv.cli.hints import use_config, with_config
-from garagekv.util.config import default_config_path, load_config
+from garagekv.util.config import Config, default_config_path, load_config, parse_workers
 from garagekv.util.errors import ConfigError, GarageKVError
+from garagekv.util.log import WorkerTag
 from garagekv.util.log import setup_logging as log_setup
 from garagekv.util.loop import new_runner
 
@@ -27,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FD",
         help="stop cleanly when this inherited file descriptor reaches end of file (used by garagekv dev)",
     )
+    server.add_argument(
+        "--workers",
+        metavar="N",
+        help='node processes on this host (default: the config\'s workers, else 1; "auto": one per CPU core)',
+    )
+    # A worker of a multi-worker host, started by its supervisor (garagekv/supervisor.py).
+    server.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    server.add_argument("--host-id", help=argparse.SUPPRESS)
     dev.add_parser(sub)
     k2v.add_parser(sub)
     bench.add_parser(sub)
@@ -75,21 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench.run(args)
         config = load_config(args.config)
         if args.command == "server":
-            from garagekv.server import run_node
-
-            setup_logging(
-                config.log_level,
-                config.log_format,
-                secrets=(
-                    config.rpc_secret,
-                    config.admin.admin_token,
-                    config.admin.metrics_token,
-                    config.hulykvs_api.token_secret if config.hulykvs_api is not None else None,
-                ),
-            )
-            with new_runner() as runner:
-                runner.run(run_node(config, getattr(args, "stop_on_eof", None)))
-            return 0
+            return _server(args, config)
         if args.command == "hulykvs":
             return hulykvs.run(args, config)
         if args.command in ("status", "node", "layout"):
@@ -108,6 +104,36 @@ def main(argv: list[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _server(args: argparse.Namespace, config: Config) -> int:
+    """A node, or with several workers their supervisor (or one of them, as it starts them)."""
+    from garagekv.server import run_node
+    from garagekv.supervisor import supervise, worker_config
+
+    workers = parse_workers(args.workers) if args.workers is not None else config.workers
+    handler = log_setup(
+        config.log_level,
+        config.log_format,
+        secrets_=(
+            config.rpc_secret,
+            config.admin.admin_token,
+            config.admin.metrics_token,
+            config.hulykvs_api.token_secret if config.hulykvs_api is not None else None,
+        ),
+    )
+    if args.worker_index is not None:
+        if args.host_id is None or not 0 <= args.worker_index < workers:
+            raise ConfigError("--worker-index needs --host-id and --workers above it (set by the supervisor)")
+        config = worker_config(
+            replace(config, workers=workers), args.worker_index, bytes.fromhex(args.host_id), workers
+        )
+        handler.addFilter(WorkerTag(args.worker_index))
+    elif workers > 1:
+        return supervise(replace(config, workers=workers), workers, getattr(args, "stop_on_eof", None))
+    with new_runner() as runner:
+        runner.run(run_node(config, getattr(args, "stop_on_eof", None)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ class System:
         self.netapp = NetApp(key, secret, registry.dispatch, default_timeout=config.rpc_timeout_msec / 1000)
         self.public_addr = config.rpc_public_addr or config.rpc_bind_addr
         self.hostname = socket.gethostname()
+        # Set when this node is one worker of a host running several (``workers = N``).
+        self.host_id = config.host_id
+        self.worker_index = config.worker_index
         self.layout = LayoutManager(
             self.node_id, config.metadata_dir, config.replication_factor, config.consistency_mode
         )
@@ -186,6 +189,16 @@ class System:
     def up_nodes(self) -> set[bytes]:
         return {self.node_id} | {n for n in self.peers if self.is_up(n)}
 
+    def host_of(self, node_id: bytes) -> tuple[bytes | None, int | None]:
+        """``(host id, worker index)`` of a node as it announces itself (this node's own, or a
+        peer's last status); ``(None, None)`` for a node that is a host by itself or not heard of."""
+        if node_id == self.node_id:
+            return self.host_id, self.worker_index if self.host_id is not None else None
+        info = self.peers.get(node_id)
+        if info is None or info.status is None:
+            return None, None
+        return info.status.host, info.status.worker
+
     def rtt_of(self, node_id: bytes) -> float | None:
         info = self.peers.get(node_id)
         return None if info is None or info.rtt_ms is None else info.rtt_ms / 1000
@@ -266,7 +279,15 @@ class System:
 
     def local_status(self) -> dict[str, Any]:
         digest = self.layout.history.digest()
-        return NodeStatus(self.hostname, self.public_addr, digest, self.meta_free(), self.peers_hash()).to_wire()
+        return NodeStatus(
+            self.hostname,
+            self.public_addr,
+            digest,
+            self.meta_free(),
+            self.peers_hash(),
+            self.host_id,
+            self.worker_index if self.host_id is not None else None,
+        ).to_wire()
 
     async def _ping_loop(self) -> None:
         while True:

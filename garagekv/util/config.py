@@ -103,6 +103,13 @@ class Config:
     metadata_auto_snapshot_interval: float | None = None  # seconds; None: only on request
     metadata_snapshots_keep: int = 2
     ignored_keys: tuple[str, ...] = ()  # Garage keys present in the file that a K2V node ignores
+    # Node processes this host runs (``workers``; "auto" = the CPU cores it may use). Above 1,
+    # ``garagekv server`` supervises that many workers, each a node of its own (docs/deploy.md).
+    workers: int = 1
+    # Set only in a worker's own config (``for_worker``), never from the file: the supervising
+    # process's persisted host id and this worker's index on the host.
+    host_id: bytes | None = field(default=None, repr=False)
+    worker_index: int | None = None
     k2v_api: K2VApiConfig | None = None
     admin: AdminConfig = field(default_factory=AdminConfig)
     hulykvs_api: HulykvsApiConfig | None = None
@@ -110,6 +117,11 @@ class Config:
     @property
     def snapshots_dir(self) -> Path:
         return self.metadata_snapshots_dir or self.metadata_dir / "snapshots"
+
+    @property
+    def is_worker(self) -> bool:
+        """This config is one worker's of a host running several (the listeners are shared)."""
+        return self.worker_index is not None
 
     @property
     def single_node_deployment(self) -> bool:
@@ -153,6 +165,7 @@ _EXAMPLES: dict[str, str] = {
     "metadata_snapshots_dir": '"/var/lib/garagekv/snapshots"',
     "metadata_auto_snapshot_interval": '"6h"',
     "metadata_snapshots_keep": "2",
+    "workers": '4 (or "auto": one per CPU core)',
     "s3_api.s3_region": '"garage"',
     "s3_api.api_bind_addr": '"[::]:3900"',
     "s3_api.root_domain": '".s3.garage.localhost"',
@@ -182,7 +195,7 @@ _TOP_KEYS = (
     "allow_world_readable_secrets",
     "allow_punycode", "log_level", "log_format", "tombstone_gc_delay_sec", "sync_interval_sec",
     "sync_startup_delay_sec", "metadata_snapshots_dir", "metadata_auto_snapshot_interval",
-    "metadata_snapshots_keep", "s3_api", "k2v_api", "admin", "hulykvs_api",
+    "metadata_snapshots_keep", "workers", "s3_api", "k2v_api", "admin", "hulykvs_api",
 )  # fmt: skip
 # Garage keys with no meaning for a K2V-only node: accepted without any check so garage.toml loads.
 _TOP_TOLERATED = frozenset({
@@ -282,11 +295,68 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         metadata_snapshots_dir=top.path("metadata_snapshots_dir", base_dir),
         metadata_auto_snapshot_interval=top.duration("metadata_auto_snapshot_interval"),
         metadata_snapshots_keep=top.integer("metadata_snapshots_keep", 2, lo=1),
+        workers=parse_workers(top.data.get("workers", 1), f"'{top.name('workers')}'"),
         ignored_keys=tuple(top.ignored + (admin_table.ignored if admin_table is not None else [])),
         s3_api=_s3_api(top.table("s3_api", _S3_KEYS, required=True)),
         k2v_api=_k2v_api(top.table("k2v_api", _K2V_KEYS)),
         admin=_admin(admin_table, base_dir, allow_wr),
         hulykvs_api=_hulykvs_api(top.table("hulykvs_api", _HULYKVS_KEYS), base_dir, allow_wr),
+    )
+
+
+#: Most worker processes one host may run: every worker is a storage node of the layout, which
+#: holds at most 256 of them.
+MAX_WORKERS = 256
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(value: Any, what: str = "--workers") -> int:
+    """``workers``: an integer in 1..256, or "auto" for one per available CPU core."""
+    if value == "auto":
+        return min(MAX_WORKERS, available_cores())
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f'{what} must be an integer between 1 and {MAX_WORKERS}, or "auto" (one per CPU core); got {value!r} '
+            f"(example: workers = {_EXAMPLES['workers']})"
+        )
+    return value
+
+
+def worker_port(addr: str, index: int) -> str:
+    """``host:port`` with the port moved up by ``index``: worker i's RPC address."""
+    host, port = split_host_port(addr)
+    if port + index > 65535:
+        raise ConfigError(f"{addr}: worker {index} would need port {port + index}, above 65535")
+    return f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"
+
+
+def for_worker(config: Config, index: int, host_id: bytes, siblings: tuple[str, ...] = ()) -> Config:
+    """Worker ``index``'s own config on a host running several: a node of its own.
+
+    Its metadata (node key, LMDB environment, layout and peer list) lives in
+    ``metadata_dir/worker-<index>/`` (snapshots in ``<snapshots dir>/worker-<index>/``), its RPC
+    listens on ``rpc_bind_addr``'s port + ``index`` (and announces ``rpc_public_addr``'s port +
+    ``index``), and it knows its siblings (``<id>@<addr>``) as bootstrap peers. The K2V, admin and
+    Hulykvs listeners keep their addresses: the workers share them (SO_REUSEPORT).
+    """
+    return replace(
+        config,
+        metadata_dir=config.metadata_dir / f"worker-{index}",
+        metadata_snapshots_dir=config.snapshots_dir / f"worker-{index}",
+        rpc_bind_addr=worker_port(config.rpc_bind_addr, index),
+        rpc_public_addr=None if config.rpc_public_addr is None else worker_port(config.rpc_public_addr, index),
+        bootstrap_peers=tuple(dict.fromkeys((*config.bootstrap_peers, *siblings))),
+        host_id=host_id,
+        worker_index=index,
     )
 
 

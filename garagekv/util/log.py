@@ -149,6 +149,19 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class WorkerTag(logging.Filter):
+    """Adds ``worker=<index>`` to every line of a worker of a multi-worker host: their lines
+    share the supervisor's output."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
 # ---- formats ---------------------------------------------------------------------------------
 
 

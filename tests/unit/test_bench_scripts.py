@@ -20,7 +20,7 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", ["bench", "bench_scale", "bench_expiry", "storage_accounting"])
+@pytest.mark.parametrize("name", ["bench", "bench_scale", "bench_expiry", "bench_workers", "storage_accounting"])
 def test_script_imports(name):
     assert callable(_load(name).main)
 

@@ -27,6 +27,7 @@ RANKS = {
     "client": 1,
     "admin": 7,
     "server": 8,
+    "supervisor": 8,
     "bench": 8,
     "cli": 9,
 }

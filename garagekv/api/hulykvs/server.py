@@ -106,10 +106,13 @@ class HulykvsApiServer:
             self.observer(request, endpoint, resp.status, time.monotonic() - started)
         return resp
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listen; ``reuse_port``: share the port with the other workers of the host (SO_REUSEPORT)."""
         self._http = _JsonErrorServer(self.handle, handler_cancellation=True, access_log=None)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._http, host, port, reuse_address=True, backlog=1024)
+        self._server = await loop.create_server(
+            self._http, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
+        )
 
     @property
     def port(self) -> int:

@@ -25,13 +25,17 @@ from garagekv.rpc.layout.parameters import (
     ZoneRedundancy,
     parse_zone_redundancy,
 )
-from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole
+from garagekv.rpc.layout.roles import HOST_ID_LEN, MAX_NODE_NUMBER, HostKey, NodeRole, host_groups, host_key
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.trackers import UpdateTracker, UpdateTrackers
 from garagekv.rpc.layout.units import format_bytes
 from garagekv.rpc.layout.version import LayoutVersion
 
 __all__ = [
+    "HOST_ID_LEN",
+    "HostKey",
+    "host_groups",
+    "host_key",
     "MAXIMUM",
     "MAX_NODE_NUMBER",
     "NB_PARTITIONS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from garagekv.rpc.layout.assignment import NB_PARTITIONS, assign, optimal_partition_size
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.parameters import ZoneRedundancy, validate_zone_redundancy
-from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole, node_id_vec_of, storage_nodes
+from garagekv.rpc.layout.roles import MAX_NODE_NUMBER, NodeRole, host_groups, node_id_vec_of, storage_nodes
 from garagekv.rpc.layout.staging import LayoutStaging
 from garagekv.rpc.layout.text import format_table, pct, short_id
 from garagekv.rpc.layout.units import format_bytes
@@ -48,6 +48,12 @@ def compute_version(
     if nb_zones < zr:
         raise LayoutError(
             f"The number of zones with non-gateway nodes ({nb_zones}) is smaller than the redundancy parameter ({zr})"
+        )
+    nb_hosts = len(new.storage_hosts())
+    if nb_hosts < rf:
+        raise LayoutError(
+            f"The number of hosts with positive capacity ({nb_hosts}) is smaller than the replication factor "
+            f"({rf}): the replicas of a partition must be on distinct hosts."
         )
 
     problem = new.assignment_problem()
@@ -129,22 +135,29 @@ def assignment_report(new: LayoutVersion, prev: LayoutVersion | None) -> list[st
     if prev is not None:
         msg += [f"A total of {sum(fresh.values())} new copies of partitions need to be transferred.", ""]
 
+    # With multi-worker hosts: a Host column, and each host's workers listed together.
+    hosts = any(new.roles[n].host is not None for n in storage)
+    host_cell = "\t" if hosts else ""  # the empty Host cell of the header and TOTAL rows
     rows = []
     for zone in new.storage_zones():
         members = [n for n in storage if new.roles[n].zone == zone]
+        if hosts:
+            members = [n for group in host_groups(members, new.roles).values() for n in group]
         replicated = sum(stored[n] for n in members)
         zone_cap = sum(new.roles[n].capacity or 0 for n in members)
-        rows.append(f"{zone}\tTags\tPartitions\tCapacity\tUsable capacity")
+        rows.append(f"{zone}\t{'Host' + host_cell if hosts else ''}Tags\tPartitions\tCapacity\tUsable capacity")
         for n in members:
             cap = new.roles[n].capacity or 0
             usable = stored[n] * size
+            host = new.roles[n].host
+            ident = f"  {short_id(n)}\t{'' if host is None else short_id(host)}" if hosts else f"  {short_id(n)}"
             rows.append(
-                f"  {short_id(n)}\t{new.roles[n].tags_string()}\t{stored[n]} ({fresh[n]} new)"
+                f"{ident}\t{new.roles[n].tags_string()}\t{stored[n]} ({fresh[n]} new)"
                 f"\t{format_bytes(cap)}\t{format_bytes(usable)} ({pct(usable, cap)}%)"
             )
         rows.append(
-            f"  TOTAL\t\t{replicated} ({unique_in_zone.get(zone, 0)} unique)\t{format_bytes(zone_cap)}"
-            f"\t{format_bytes(replicated * size)} ({pct(replicated * size, zone_cap)}%)"
+            f"  TOTAL\t{host_cell}\t{replicated} ({unique_in_zone.get(zone, 0)} unique)"
+            f"\t{format_bytes(zone_cap)}\t{format_bytes(replicated * size)} ({pct(replicated * size, zone_cap)}%)"
         )
         rows.append("")
     msg.append(format_table(rows).rstrip("\n"))

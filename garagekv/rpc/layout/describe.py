@@ -14,25 +14,45 @@ from typing import Any
 from garagekv.rpc.layout.errors import LayoutError
 from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.parameters import zone_redundancy_string
+from garagekv.rpc.layout.roles import NodeRole, host_groups
 from garagekv.rpc.layout.text import format_table, pct, short_id
 from garagekv.rpc.layout.units import format_bytes
 from garagekv.rpc.layout.version import LayoutVersion
 
 
+def has_hosts(roles: dict[bytes, NodeRole] | list[NodeRole | None]) -> bool:
+    """Some role names a host: the tables then get a Host column and list a host's workers together."""
+    values = roles.values() if isinstance(roles, dict) else roles
+    return any(r is not None and r.host is not None for r in values)
+
+
+def host_column(role: NodeRole | None) -> str:
+    return "" if role is None or role.host is None else short_id(role.host)
+
+
 def role_table(version: LayoutVersion) -> str | None:
-    """The ``ID Tags Zone Capacity Usable capacity`` table, or None if no node has a role."""
+    """The ``ID Tags Zone Capacity Usable capacity`` table, or None if no node has a role.
+
+    With multi-worker hosts, a ``Host`` column follows the ID and the workers of a host are
+    listed together (where the first of them would be), each with its own share.
+    """
     if not version.roles:
         return None
     usage = version.usage() if version.is_ready else {}
-    rows = ["ID\tTags\tZone\tCapacity\tUsable capacity"]
-    for node in version.node_id_vec:
+    hosts = has_hosts(version.roles)
+    rows = ["ID\tHost\tTags\tZone\tCapacity\tUsable capacity" if hosts else "ID\tTags\tZone\tCapacity\tUsable capacity"]
+    order = version.node_id_vec
+    if hosts:
+        order = [n for members in host_groups(order, version.roles).values() for n in members]
+    for node in order:
         role = version.roles[node]
+        ident = f"{short_id(node)}\t{host_column(role)}" if hosts else short_id(node)
         if role.capacity is None:
-            rows.append(f"{short_id(node)}\t{role.tags_string()}\t{role.zone}\tgateway\t")
+            rows.append(f"{ident}\t{role.tags_string()}\t{role.zone}\tgateway\t")
         else:
             usable = usage.get(node, 0) * version.partition_size
             rows.append(
-                f"{short_id(node)}\t{role.tags_string()}\t{role.zone}\t{format_bytes(role.capacity)}"
+                f"{ident}\t{role.tags_string()}\t{role.zone}\t{format_bytes(role.capacity)}"
                 f"\t{format_bytes(usable)} ({pct(usable, role.capacity)}%)"
             )
     return format_table(rows)
@@ -67,12 +87,20 @@ def describe_history(history: LayoutHistory) -> str:
 
     out += ["", "==== STAGED ROLE CHANGES ===="]
     if changes:
-        rows = ["ID\tTags\tZone\tCapacity"]
+        hosts = has_hosts([r for _, r in changes])
+        rows = ["ID\tHost\tTags\tZone\tCapacity" if hosts else "ID\tTags\tZone\tCapacity"]
+        if hosts:  # the workers of a host together, in order of their first staged change
+            by_host: dict[object, list[tuple[bytes, NodeRole | None]]] = {}
+            for node, role in changes:
+                key = node if role is None or role.host is None else role.host
+                by_host.setdefault(key, []).append((node, role))
+            changes = [c for group in by_host.values() for c in group]
         for node, role in changes:
+            ident = f"{short_id(node)}\t{host_column(role)}" if hosts else short_id(node)
             if role is None:
-                rows.append(f"{short_id(node)}\tREMOVED")
+                rows.append(f"{ident}\tREMOVED")
             else:
-                rows.append(f"{short_id(node)}\t{role.tags_string()}\t{role.zone}\t{role.capacity_string()}")
+                rows.append(f"{ident}\t{role.tags_string()}\t{role.zone}\t{role.capacity_string()}")
         out.append(format_table(rows))
     if params_changed:
         out += ["", f"Zone redundancy: {zone_redundancy_string(new_params.zone_redundancy)}"]
@@ -151,16 +179,17 @@ def _roles_document(version: LayoutVersion) -> list[dict[str, Any]]:
     for node in version.node_id_vec:
         role = version.roles[node]
         partitions = usage.get(node, 0)
-        out.append(
-            {
-                "id": node.hex(),
-                "zone": role.zone,
-                "capacity": role.capacity,
-                "tags": list(role.tags),
-                "partitions": partitions,
-                "usableCapacity": None if role.capacity is None else partitions * version.partition_size,
-            }
-        )
+        entry = {
+            "id": node.hex(),
+            "zone": role.zone,
+            "capacity": role.capacity,
+            "tags": list(role.tags),
+            "partitions": partitions,
+            "usableCapacity": None if role.capacity is None else partitions * version.partition_size,
+        }
+        if role.host is not None:
+            entry["host"] = role.host.hex()
+        out.append(entry)
     return out
 
 
@@ -178,7 +207,13 @@ def layout_document(history: LayoutHistory) -> dict[str, Any]:
         "stagedRoleChanges": [
             {"id": n.hex(), "remove": True}
             if r is None
-            else {"id": n.hex(), "zone": r.zone, "capacity": r.capacity, "tags": list(r.tags)}
+            else {
+                "id": n.hex(),
+                "zone": r.zone,
+                "capacity": r.capacity,
+                "tags": list(r.tags),
+                **({} if r.host is None else {"host": r.host.hex()}),
+            }
             for n, r in changes
         ],
         "stagedZoneRedundancy": zone_redundancy_string(new_params.zone_redundancy) if params_changed else None,

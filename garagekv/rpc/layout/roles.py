@@ -16,6 +16,12 @@ from garagekv.rpc.layout.units import format_bytes
 
 #: Ring entries are one byte each, so at most this many storage nodes fit in a layout.
 MAX_NODE_NUMBER = 256
+#: A host id is random bytes persisted by the supervising process (``metadata_dir/host_id``).
+HOST_ID_LEN = 32
+
+#: How roles are grouped into hosts: ``(1, host id)`` for a role that names its host, else
+#: ``(0, node id)`` (the node is its own host). Two namespaces, so no id can alias another.
+HostKey = tuple[int, bytes]
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,15 @@ class NodeRole:
     """A node's role; ``capacity is None`` marks a gateway (routes requests, stores nothing).
 
     Frozen so CRDT merges can share instances between replicas of the staging map safely.
-    ``tags`` is kept as a tuple (a list given to the constructor is converted).
+    ``tags`` is kept as a tuple (a list given to the constructor is converted). ``host`` is the
+    id of the host whose worker this node is, or None for a node that is a host by itself; it is
+    part of the value, so the staging map's LWW merge (which compares whole roles) covers it.
     """
 
     zone: str
     capacity: int | None
     tags: tuple[str, ...] = ()
+    host: bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.zone, str) or not self.zone:
@@ -42,6 +51,8 @@ class NodeRole:
         if not all(isinstance(t, str) for t in tags):
             raise LayoutError("node tags must be strings")
         object.__setattr__(self, "tags", tags)
+        if self.host is not None and (not isinstance(self.host, bytes) or len(self.host) != HOST_ID_LEN):
+            raise LayoutError(f"Invalid host id {self.host!r}: expected {HOST_ID_LEN} bytes")
 
     @property
     def is_gateway(self) -> bool:
@@ -54,13 +65,18 @@ class NodeRole:
         return ",".join(self.tags)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"zone": self.zone, "capacity": self.capacity, "tags": list(self.tags)}
+        """``{zone, capacity, tags}``, plus ``host`` only when set: a role without a host encodes
+        exactly as before hosts existed (same bytes, same layout digests)."""
+        w: dict[str, Any] = {"zone": self.zone, "capacity": self.capacity, "tags": list(self.tags)}
+        if self.host is not None:
+            w["host"] = self.host
+        return w
 
     @classmethod
     def from_wire(cls, w: Any) -> NodeRole:
         if not isinstance(w, Mapping):
             raise LayoutError("Malformed node role")
-        return cls(w["zone"], w["capacity"], tuple(w.get("tags", ())))
+        return cls(w["zone"], w["capacity"], tuple(w.get("tags", ())), w.get("host"))
 
 
 def role_to_wire(role: NodeRole | None) -> dict[str, Any] | None:
@@ -98,3 +114,16 @@ def zones_in_order(nodes: Iterable[bytes], roles: Mapping[bytes, NodeRole]) -> l
     for n in nodes:
         seen.setdefault(roles[n].zone, None)
     return list(seen)
+
+
+def host_key(node: bytes, role: NodeRole) -> HostKey:
+    """The host ``node`` runs on: its role's host id, or the node itself."""
+    return (1, role.host) if role.host is not None else (0, node)
+
+
+def host_groups(nodes: Iterable[bytes], roles: Mapping[bytes, NodeRole]) -> dict[HostKey, list[bytes]]:
+    """``nodes`` grouped by host, hosts in order of their first node, nodes in the given order."""
+    groups: dict[HostKey, list[bytes]] = {}
+    for n in nodes:
+        groups.setdefault(host_key(n, roles[n]), []).append(n)
+    return groups

@@ -26,8 +26,11 @@ from garagekv.rpc.layout.parameters import (
 )
 from garagekv.rpc.layout.roles import (
     MAX_NODE_NUMBER,
+    HostKey,
     NodeRole,
     check_node_id,
+    host_groups,
+    host_key,
     node_id_vec_of,
     storage_nodes,
     zones_in_order,
@@ -114,18 +117,39 @@ class LayoutVersion:
 
     # ------------------------------------------------------------------ validation
 
+    def storage_hosts(self) -> dict[HostKey, list[bytes]]:
+        """Storage nodes grouped by host (``roles.host_key``), hosts in ring-index order."""
+        return host_groups(storage_nodes(self.roles), self.roles)
+
     def assignment_problem(self) -> Problem:
-        """The flow problem of this version's roles (storage nodes in ring-index order)."""
+        """The flow problem of this version's roles (storage nodes in ring-index order).
+
+        Raises ``LayoutError`` if the storage nodes of one host are in several zones: a host is
+        in one place, and the flow graph's host layer hangs below one zone.
+        """
         nodes = storage_nodes(self.roles)
         zones = zones_in_order(nodes, self.roles)
         zone_id = {z: i for i, z in enumerate(zones)}
         caps = [int(self.roles[n].capacity or 0) for n in nodes]
+        groups = host_groups(nodes, self.roles)
+        host_of: list[int] | None = None
+        if len(groups) < len(nodes):  # some host runs several nodes: add the host layer
+            index = {n: i for i, members in enumerate(groups.values()) for n in members}
+            host_of = [index[n] for n in nodes]
+            for (_, host), members in groups.items():
+                host_zones = sorted({self.roles[n].zone for n in members})
+                if len(host_zones) > 1:
+                    raise LayoutError(
+                        f"The nodes of host {host.hex()[:16]} are in several zones ({', '.join(host_zones)}); "
+                        "the workers of a host must all be in its zone."
+                    )
         return Problem(
             caps,
             [zone_id[self.roles[n].zone] for n in nodes],
             len(zones),
             self.replication_factor,
             self.effective_zone_redundancy(),
+            host_of,
         )
 
     def check(self) -> None:
@@ -171,6 +195,9 @@ class LayoutVersion:
             zones = {self.roles[self.node_id_vec[i]].zone for i in members}
             if len(zones) < zr:
                 raise LayoutError(f"nodes of partition are in less than {zr} distinct zones")
+            hosts = {host_key(self.node_id_vec[i], self.roles[self.node_id_vec[i]]) for i in members}
+            if len(hosts) != rf:
+                raise LayoutError(f"nodes of partition are on less than {rf} distinct hosts")
 
         size = self.partition_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
