@@ -55,6 +55,7 @@ class BenchConfig:
     poll_timeout: int = 10
     timeout: float = 30.0
     cas_items: int = 1  # cas: items per connection, each connection in its own partition
+    counter_read: str = "linearizable"  # counter: how K2V reads after a conflict (or "plain")
     hulykvs_endpoints: list[str] = field(default_factory=list)
     hulykvs_secret: str = ""  # mints one token per connection; or:
     hulykvs_token: str = ""  # one token shared by every connection
@@ -110,6 +111,8 @@ class BenchConfig:
             raise BenchError("--keys, --per-partition, --batch-size, --poll-keys and --cas-items must be at least 1")
         if self.mix == "poll" and self.value_size < 8:
             raise BenchError("the poll scenario needs --value-size of at least 8 (the value carries a timestamp)")
+        if self.counter_read not in ("linearizable", "plain"):
+            raise BenchError(f"--counter-read is linearizable or plain, not {self.counter_read!r}")
         if self.value_size < 0:
             raise BenchError("--value-size cannot be negative")
 

@@ -28,10 +28,11 @@ The consensus path (K2V conditional writes and transactions, etcd ``Txn``):
   transaction's results returned, then 2 puts (etcd: a ``Txn`` comparing 2 ``mod_revision`` values,
   putting 2 keys); a failed one reads both items, which gives the tokens to resume with.
 - ``counter``: every connection increments one hot item with a CAS loop: linearizable read
-  (value and token), conditional write of value + 1; a 412 (etcd: failed compare) is a retry:
-  read again, write again. ops = applied increments, latency from the first attempt to the one
-  that applied; retries counted apart. The workers return how many increments applied so the
-  runner can check the item's final value against them.
+  (value and token; ``counter_read="plain"``: a K2V quorum read, which may be stale), conditional
+  write of value + 1; a 412 (etcd: failed compare) is a retry: read again, write again. ops =
+  applied increments, latency from the first attempt to the one that applied; retries counted
+  apart. The workers return how many increments applied so the runner can check the item's
+  final value against them.
 
 The Hulykvs-compatible API: ``hulykvs-put`` (PUT of new keys, as ``write``) and ``hulykvs-get``
 (GET of random prefilled keys, as ``read``), one bearer token per connection.
@@ -248,6 +249,7 @@ class Worker:
     async def _counter_loop(self, c: Conn) -> None:
         t, cnt = _consensus(c), self.counter
         pk, sk = counter_item(self.cfg)
+        read = t.read if self.cfg.counter_read == "plain" and isinstance(t, K2VTarget) else t.read_latest
         value: int | None = None
         token: str | None = None
         while time.monotonic() < self.m_end:
@@ -255,7 +257,7 @@ class Worker:
             while time.monotonic() < self.m_end:
                 if value is None:
                     tr = time.monotonic()
-                    r = await send(c, t.read_latest(pk, sk))
+                    r = await send(c, read(pk, sk))
                     t1 = time.monotonic()
                     if isinstance(r, str):
                         await self._failed("read", t1, r)

@@ -75,6 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--poll-interval", type=float, default=0.01, help="poll: seconds between updates (0.01)")
     load.add_argument("--poll-timeout", type=int, default=10, help="poll: PollItem timeout in seconds (default 10)")
     load.add_argument("--cas-items", type=int, default=1, help="cas: items per connection (default 1)")
+    load.add_argument(
+        "--counter-read",
+        choices=("linearizable", "plain"),
+        default="linearizable",
+        help="counter: K2V read after a conflict, linearizable (a consensus round) or plain (a quorum read "
+        "that may be stale: one more retry); etcd ranges are linearizable either way",
+    )
     load.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -146,6 +153,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         poll_timeout=args.poll_timeout,
         timeout=args.timeout,
         cas_items=args.cas_items,
+        counter_read=args.counter_read,
         hulykvs_endpoints=huly_eps,
         hulykvs_secret=huly_secret or "",
         hulykvs_token=args.hulykvs_token or "",

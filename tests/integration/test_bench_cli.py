@@ -94,8 +94,9 @@ def test_bench_chains_conditional_writes_and_transactions(node, creds, k2v, mix)
         assert r.status == 200 and len(r.json()) == 1  # one value: every write replaced the previous
 
 
-def test_bench_counter_ends_at_the_number_of_increments(node, creds):
-    s = run_bench(*k2v_args(node, creds), "--mix", "counter", "--conns", "4")
+@pytest.mark.parametrize("read", ["linearizable", "plain"])
+def test_bench_counter_ends_at_the_number_of_increments(node, creds, read):
+    s = run_bench(*k2v_args(node, creds), "--mix", "counter", "--conns", "4", "--counter-read", read)
     c = s["counter"]
     assert c["ok"], c
     assert c["increments"] > 0 and s["ops"] > 0
