@@ -2,17 +2,22 @@
 """``make bench``: garagekv (1 node, 3 nodes rf=3) and, when installed, etcd side by side.
 
 Runs the generator's selftest, then for each cluster size starts ``garagekv dev`` and runs the
-write, read, mixed, ReadBatch and PollItem fan-out scenarios, then (when an ``etcd`` binary is on
-PATH: ``apt-get install etcd-server``) starts etcd with as many members and runs write and read.
-Prints one table with the garagekv/etcd ratios and writes ``bench-results/bench-<time>.{json,md}``
-(and ``.png`` when matplotlib is installed: ``pip install -e '.[bench]'``).
+write, read, mixed, ReadBatch and PollItem fan-out scenarios, the consensus path (cas: conditional
+writes, txn: partition transactions, counter: a hot CAS loop) and the Hulykvs-compatible API
+(hulykvs-put, hulykvs-get), then (when an ``etcd`` binary is on PATH: ``apt-get install
+etcd-server``) starts etcd with as many members and runs write, read, and cas/txn/counter as etcd
+transactions. Prints one table with the garagekv/etcd ratios, one with Hulykvs against K2V, and writes
+``bench-results/bench-<time>.{json,md}`` (and ``.png`` when matplotlib is installed:
+``pip install -e '.[bench]'``).
 
 Environment (defaults in brackets):
   BENCH_DURATION [8]  measured seconds per scenario     BENCH_WARMUP [2]  warmup seconds
   BENCH_CONNS [64]    connections                       BENCH_PROCS [1]   generator processes
   BENCH_VALUE_SIZE [100]  value bytes                   BENCH_KEYS [10000]  prefilled items
-  BENCH_NODES [1,3]   cluster sizes                     BENCH_SCENARIOS [write,read,mixed,batch,poll]
+  BENCH_NODES [1,3]   cluster sizes
+  BENCH_SCENARIOS [write,read,mixed,batch,poll,cas,txn,counter,hulykvs-put,hulykvs-get]
                       (also ttl: writes with a 2 s TTL, so values expire while the run goes on)
+  BENCH_COUNTER_CONNS [16]  connections of the counter scenario (all on one hot item)
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
   BENCH_REPEAT [1]    runs per scenario; the median run (by ops/s, the lower one of an even count) is kept
@@ -46,10 +51,31 @@ from garagekv.bench.clusters import (  # noqa: E402
     settle,
     wait_quiet,
 )
-from garagekv.bench.report import comparison_rows, fmt_ms, fmt_num, markdown_table, plot, suite_markdown  # noqa: E402
+from garagekv.bench.report import (  # noqa: E402
+    comparison_rows,
+    counter_verdict,
+    fmt_ms,
+    fmt_num,
+    huly_rows,
+    huly_table,
+    markdown_table,
+    plot,
+    suite_markdown,
+)
 
-ETCD_SCENARIOS = ("write", "read")
-ALL_SCENARIOS = ("write", "read", "mixed", "batch", "poll")
+ETCD_SCENARIOS = ("write", "read", "cas", "txn", "counter")
+ALL_SCENARIOS = (
+    "write",
+    "read",
+    "mixed",
+    "batch",
+    "poll",
+    "cas",
+    "txn",
+    "counter",
+    "hulykvs-put",
+    "hulykvs-get",
+)
 #: Also known, run only when named in BENCH_SCENARIOS: ``ttl`` (writes that expire during the run).
 EXTRA_SCENARIOS = ("ttl",)
 
@@ -66,6 +92,7 @@ def settings() -> dict[str, Any]:
         "procs": int(env("BENCH_PROCS", "1")),
         "value_size": int(env("BENCH_VALUE_SIZE", "100")),
         "keys": int(env("BENCH_KEYS", "10000")),
+        "counter_conns": int(env("BENCH_COUNTER_CONNS", "16")),
         "nodes": [int(n) for n in env("BENCH_NODES", "1,3").split(",") if n.strip()],
         "scenarios": [s.strip() for s in env("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s.strip()],
         "etcd": env("BENCH_ETCD", "auto").lower(),
@@ -89,6 +116,14 @@ def common_args(s: dict[str, Any]) -> list[str]:
         "--keys",
         str(s["keys"]),
     ]
+
+
+def scenario_args(s: dict[str, Any], sc: str) -> list[str]:
+    """``--mix`` and the common load, with the counter's own connection count (flags given last win)."""
+    args = ["--mix", sc, *common_args(s)]
+    if sc == "counter":
+        args += ["--conns", str(s["counter_conns"]), "--procs", str(min(s["procs"], s["counter_conns"]))]
+    return args
 
 
 def cluster_name(n: int) -> str:
@@ -130,9 +165,13 @@ def _run_once(system: str, cluster: str, scenario: str, args: list[str]) -> dict
     r.update(system=system, cluster=cluster, scenario=scenario, settled_before_s=round(settled, 1))
     errs = f", {r['error_count']:,} errors" if r["error_count"] else ""
     say(
-        f"  {system:<8} {cluster:<7} {scenario:<6} {fmt_num(r['ops_per_sec']):>9} ops/s  "
-        f"p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  ({time.monotonic() - t0:.0f}s)"
+        f"  {system:<8} {cluster:<7} {scenario:<11} {fmt_num(r['ops_per_sec']):>9} ops/s  "
+        f"p50 {fmt_ms(r['latency_ms']['p50']):>6}  p99 {fmt_ms(r['latency_ms']['p99']):>6} ms{errs}  "
+        f"({time.monotonic() - t0:.0f}s)"
     )
+    if r.get("counter"):
+        loud = "" if r["counter"].get("ok") else "!!! "
+        say(f"  {loud}{system} {cluster} counter: {counter_verdict(r)}")
     return r
 
 
@@ -160,18 +199,12 @@ def bench_garagekv(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]
                 return skipped("garagekv", cluster, s["scenarios"], f"no replication yet: {problem}")
         prefilled = False
         for sc in s["scenarios"]:
-            args = [
-                "--dev-json",
-                str(dev.json_path),
-                "--mix",
-                sc,
-                *common_args(s),
-                "--label",
-                f"garagekv {cluster} {sc}",
-            ]
+            args = ["--dev-json", str(dev.json_path), *scenario_args(s, sc), "--label", f"garagekv {cluster} {sc}"]
             if sc in ("read", "mixed", "batch") and not prefilled:
                 args.append("--prefill")
                 prefilled = True
+            if sc == "hulykvs-get":
+                args.append("--prefill")  # the Hulykvs keys live in their own bucket
             results.append(run_one("garagekv", cluster, sc, args))
     return results
 
@@ -194,9 +227,7 @@ def bench_etcd(s: dict[str, Any], work: Path, n: int) -> list[dict[str, Any]]:
                 ",".join(etcd.endpoints),
                 "--server-pids",
                 ",".join(str(p) for p in etcd.pids),
-                "--mix",
-                sc,
-                *common_args(s),
+                *scenario_args(s, sc),
                 "--label",
                 f"etcd {cluster} {sc}",
             ]
@@ -271,6 +302,13 @@ def main() -> int:
     print()
     print(markdown_table(comparison_rows(results)))
     print()
+    hrows = huly_rows(results)
+    if hrows:
+        print(huly_table(hrows))
+        print()
+    for r in results:
+        if r.get("counter") and not r["counter"].get("ok"):
+            print(f"!!! {r['system']} {r['cluster']} counter: {counter_verdict(r)}")
     for k, v in meta.items():
         print(f"{k}: {v}")
     print(

@@ -15,8 +15,17 @@ MIXES: dict[str, tuple[str, ...]] = {
     "index": ("index",),
     "poll": ("notify",),
     "ttl": ("write",),
+    "cas": ("cas",),
+    "txn": ("txn",),
+    "counter": ("increment",),
+    "hulykvs-put": ("put",),
+    "hulykvs-get": ("get",),
 }
 K2V_ONLY = frozenset({"batch", "index", "poll", "ttl"})
+#: Scenarios of the Hulykvs-compatible API (their connections go to the Hulykvs endpoints).
+HULY_MIXES = frozenset({"hulykvs-put", "hulykvs-get"})
+#: Scenarios that need a K2V or etcd target (the consensus path / etcd Txn).
+CONSENSUS_MIXES = frozenset({"cas", "txn", "counter"})
 
 
 class BenchError(Exception):
@@ -47,6 +56,12 @@ class BenchConfig:
     poll_timeout: int = 10
     ttl: int = 2
     timeout: float = 30.0
+    cas_items: int = 1  # cas: items per connection, each connection in its own partition
+    counter_read: str = "linearizable"  # counter: how K2V reads after a conflict (or "plain")
+    hulykvs_endpoints: list[str] = field(default_factory=list)
+    hulykvs_secret: str = ""  # mints one token per connection; or:
+    hulykvs_token: str = ""  # one token shared by every connection
+    hulykvs_workspace: str = ""
     server_pids: list[int] = field(default_factory=list)
     run_id: str = ""
     label: str = ""
@@ -58,6 +73,9 @@ class BenchConfig:
             raise BenchError(f"unknown mix {self.mix!r} (one of {', '.join(MIXES)})")
         if self.target == "etcd" and self.mix in K2V_ONLY:
             raise BenchError(f"the {self.mix} scenario needs a K2V endpoint")
+        if self.mix in HULY_MIXES:
+            self._validate_huly()
+            return self._validate_load()
         if not self.endpoints:
             raise BenchError("no endpoint given (--endpoint, --dev-json or --selftest)")
         for ep in self.endpoints:
@@ -67,16 +85,36 @@ class BenchConfig:
                 raise BenchError(str(e))
         if self.target == "k2v" and not (self.bucket and self.access_key_id and self.secret_access_key):
             raise BenchError("a K2V target needs --bucket, --access-key-id and --secret-access-key (or --dev-json)")
+        self._validate_load()
+
+    def _validate_huly(self) -> None:
+        if self.target != "k2v":
+            raise BenchError(f"the {self.mix} scenario runs against garagekv's Hulykvs-compatible API, not etcd")
+        if not self.hulykvs_endpoints:
+            raise BenchError(f"the {self.mix} scenario needs --hulykvs-endpoint (or --dev-json)")
+        for ep in self.hulykvs_endpoints:
+            try:
+                parse_endpoint(ep)
+            except ValueError as e:
+                raise BenchError(str(e))
+        if not (self.hulykvs_secret or self.hulykvs_token):
+            raise BenchError(f"the {self.mix} scenario needs --hulykvs-secret or --hulykvs-token (or --dev-json)")
+        if not self.hulykvs_workspace:
+            raise BenchError(f"the {self.mix} scenario needs --hulykvs-workspace (or --dev-json)")
+
+    def _validate_load(self) -> None:
         if self.conns < 1 or self.procs < 1:
             raise BenchError("--conns and --procs must be at least 1")
         if self.procs > self.conns:
             raise BenchError("--procs cannot exceed --conns")
         if self.duration <= 0 or self.warmup < 0:
             raise BenchError("--duration must be positive and --warmup not negative")
-        if self.keys < 1 or self.per_partition < 1 or self.batch_size < 1 or self.poll_keys < 1:
-            raise BenchError("--keys, --per-partition, --batch-size and --poll-keys must be at least 1")
+        if self.keys < 1 or self.per_partition < 1 or self.batch_size < 1 or self.poll_keys < 1 or self.cas_items < 1:
+            raise BenchError("--keys, --per-partition, --batch-size, --poll-keys and --cas-items must be at least 1")
         if self.mix == "poll" and self.value_size < 8:
             raise BenchError("the poll scenario needs --value-size of at least 8 (the value carries a timestamp)")
+        if self.counter_read not in ("linearizable", "plain"):
+            raise BenchError(f"--counter-read is linearizable or plain, not {self.counter_read!r}")
         if self.value_size < 0:
             raise BenchError("--value-size cannot be negative")
         if self.ttl < 1:

@@ -1,13 +1,13 @@
-"""One benchmark connection: its target (K2V or etcd), reconnecting sends and error codes."""
+"""One benchmark connection: its target (K2V, etcd or Hulykvs), reconnecting sends and error codes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from garagekv.bench.config import BenchConfig, host_header
+from garagekv.bench.config import HULY_MIXES, BenchConfig, host_header
 from garagekv.bench.http import HttpConnection, ParseError, Response, connect, parse_endpoint
-from garagekv.bench.workload import EtcdTarget, K2VTarget, make_target
+from garagekv.bench.workload import HulyTarget, Target, make_target, mint_huly_token
 from garagekv.util.signing import SigningKeyCache
 
 CONNECT_TIMEOUT = 5.0
@@ -16,7 +16,7 @@ CONNECT_TIMEOUT = 5.0
 class Conn:
     __slots__ = ("index", "host", "port", "target", "http")
 
-    def __init__(self, index: int, host: str, port: int, target: K2VTarget | EtcdTarget) -> None:
+    def __init__(self, index: int, host: str, port: int, target: Target) -> None:
         self.index = index
         self.host = host
         self.port = port
@@ -25,8 +25,13 @@ class Conn:
 
 
 def make_conn(cfg: BenchConfig, index: int, keys: SigningKeyCache) -> Conn:
+    if cfg.mix in HULY_MIXES:
+        # a Hulykvs client: its own token (minted once, as a service does at start-up)
+        host, port = parse_endpoint(cfg.hulykvs_endpoints[index % len(cfg.hulykvs_endpoints)])
+        token = cfg.hulykvs_token or mint_huly_token(cfg.hulykvs_secret, cfg.hulykvs_workspace)
+        return Conn(index, host, port, HulyTarget(host_header(host, port), cfg.hulykvs_workspace, token))
     host, port = parse_endpoint(cfg.endpoints[index % len(cfg.endpoints)])
-    target = make_target(
+    target: Target = make_target(
         cfg.target, host_header(host, port), cfg.bucket, cfg.access_key_id, cfg.secret_access_key, cfg.region, keys
     )
     return Conn(index, host, port, target)

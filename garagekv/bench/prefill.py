@@ -1,4 +1,5 @@
-"""Before a run: prefill the keyspace and write the poll scenario's hot items."""
+"""Before a run: prefill the keyspace, write the poll scenario's hot items and the counter's item;
+after a counter run: check the counter against the increments that applied."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from garagekv.bench.config import BenchConfig, BenchError
+from garagekv.bench.config import HULY_MIXES, BenchConfig, BenchError
 from garagekv.bench.conn import Conn, describe, make_conn, run_on_all, send
 from garagekv.bench.http import Response
-from garagekv.bench.worker import hot_item, make_value, stamp
-from garagekv.bench.workload import K2VTarget
+from garagekv.bench.worker import counter_item, hot_item, make_value, stamp
+from garagekv.bench.workload import EtcdTarget, K2VTarget
 from garagekv.util.signing import SigningKeyCache
 
 
@@ -22,15 +23,17 @@ async def prepare(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None)
     info: dict[str, Any] = {}
     if cfg.prefill:
         t0 = time.monotonic()
-        if cfg.target == "k2v":
+        if cfg.target == "k2v" and cfg.mix not in HULY_MIXES:
             await _prefill_k2v(cfg, log)
         else:
-            await _prefill_etcd(cfg)
+            await _prefill_puts(cfg)  # etcd, or the Hulykvs API's keys
         dt = time.monotonic() - t0
         info["prefill"] = {"items": cfg.keys, "seconds": round(dt, 3), "items_per_sec": round(cfg.keys / dt, 1)}
         log(f"prefilled {cfg.keys:,} items in {dt:.1f}s ({cfg.keys / dt:,.0f} items/s)")
     if cfg.mix == "poll":
         await _write_hot_items(cfg)
+    if cfg.mix == "counter":
+        await _create_counter(cfg)
     return info
 
 
@@ -76,7 +79,8 @@ async def _prefill_k2v(cfg: BenchConfig, log: Callable[[str], None] = lambda s: 
     await run_on_all(conns, run)
 
 
-async def _prefill_etcd(cfg: BenchConfig) -> None:
+async def _prefill_puts(cfg: BenchConfig) -> None:
+    """One write per item (etcd puts, Hulykvs PUTs): no batch endpoint, so 64 connections."""
     ks = cfg.keyspace
     value = make_value(cfg.value_size, random.Random(secrets.randbits(64)))
     todo = list(range(cfg.keys))
@@ -86,7 +90,7 @@ async def _prefill_etcd(cfg: BenchConfig) -> None:
         while todo:
             pk, sk = ks.item(todo.pop())
             r = await send(c, c.target.write(pk, sk, value))
-            if isinstance(r, str) or r.status != 200:
+            if isinstance(r, str) or c.target.check_write(r) is not None:
                 raise BenchError(f"prefill: put failed: {describe(r)}")
 
     await run_on_all(conns, run)
@@ -106,3 +110,62 @@ async def _write_hot_items(cfg: BenchConfig) -> None:
     finally:
         if c.http is not None:
             c.http.close()
+
+
+def _consensus_conn(cfg: BenchConfig) -> tuple[Conn, K2VTarget | EtcdTarget]:
+    c = make_conn(cfg, 0, SigningKeyCache())
+    assert isinstance(c.target, K2VTarget | EtcdTarget)
+    return c, c.target
+
+
+async def _create_counter(cfg: BenchConfig) -> None:
+    """The counter's item, holding ``0`` (a conditional create: the item is new for each run)."""
+    c, t = _consensus_conn(cfg)
+    pk, sk = counter_item(cfg)
+    try:
+        r = await send(c, t.cas(pk, sk, b"0", None, None))
+        if isinstance(r, str) or t.cas_result(r)[0] is not None:
+            raise BenchError(f"cannot create the counter {pk}/{sk}: {describe(r)}")
+    finally:
+        if c.http is not None:
+            c.http.close()
+
+
+async def check_counter(cfg: BenchConfig, totals: dict[str, int]) -> dict[str, Any]:
+    """Read the counter (linearizably) and compare it with the increments that applied.
+
+    ``totals`` are the workers' whole-run counts (warmup included). An attempt whose outcome is
+    unknown (503, timeout, connection lost, cancelled at the end of the run) may have applied,
+    so the counter may exceed the increments by at most that many; anything else is a lost or
+    invented update.
+    """
+    c, t = _consensus_conn(cfg)
+    pk, sk = counter_item(cfg)
+    unknown = totals["attempts"] - totals["increments"] - totals["conflicts"] - totals["rejected"]
+    out: dict[str, Any] = {**totals, "unknown": unknown, "expected": totals["increments"], "final": None}
+    try:
+        r = await send(c, t.read_latest(pk, sk))
+    finally:
+        if c.http is not None:
+            c.http.close()
+    if isinstance(r, str):
+        out.update(ok=False, problem=f"cannot read the counter: {r}")
+        return out
+    code, raw, _ = t.latest_result(r)
+    try:
+        final = int(raw) if code is None and raw is not None else None
+    except ValueError:
+        final = None
+    if final is None:
+        out.update(ok=False, problem=f"cannot read the counter: {describe(r)}")
+        return out
+    out["final"] = final
+    if final == totals["increments"]:
+        out["ok"] = True
+    elif totals["increments"] < final <= totals["increments"] + unknown:
+        out["ok"] = True
+        out["problem"] = f"{final - totals['increments']} attempt(s) of unknown outcome applied"
+    else:
+        out["ok"] = False
+        out["problem"] = f"COUNTER MISMATCH: the counter is {final}, {totals['increments']} increments applied"
+    return out

@@ -39,7 +39,8 @@ def fmt_latency(lat: dict[str, float]) -> str:
 def format_text(s: dict[str, Any]) -> str:
     """A few aligned lines describing one run (the output of ``garagekv bench``)."""
     cfg = s["config"]
-    eps = cfg["endpoints"]
+    eps = cfg.get("hulykvs_endpoints") if s.get("mix", "").startswith("hulykvs") else cfg["endpoints"]
+    eps = eps or cfg["endpoints"]
     where = eps[0] if len(eps) == 1 else f"{len(eps)} endpoints"
     lines = [
         f"{s['label']} @ {where}: {cfg['conns']} conns x {cfg['procs']} proc(s), {cfg['value_size']} B values, "
@@ -57,6 +58,8 @@ def format_text(s: dict[str, Any]) -> str:
                 f"  {kind:<12} {fmt_num(op['ops_per_sec'], 1):>10} ops/s  p50 {fmt_ms(lat['p50'])}"
                 f"  p99 {fmt_ms(lat['p99'])} ms  errors {fmt_errors(op['errors'])}"
             )
+    if s.get("counter"):
+        lines.append(f"  counter      {counter_verdict(s)}")
     sc = s.get("server_cpu")
     if sc:
         lines.append(
@@ -83,6 +86,22 @@ def format_text(s: dict[str, Any]) -> str:
         p = s["prefill"]
         lines.append(f"  prefill      {p['items']:,} items in {p['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def counter_verdict(s: dict[str, Any]) -> str:
+    """The counter scenario's check: the final value against the increments that applied."""
+    c = s["counter"]
+    retries = s.get("retries_per_sec")
+    head = (
+        f"{c['increments']:,} increments applied in the whole run, {c['conflicts']:,} retries"
+        + (f" ({fmt_num(retries)}/s measured)" if retries is not None else "")
+        + f", {c.get('unknown', 0):,} of unknown outcome; final value {fmt_num(c.get('final'))}"
+    )
+    if c.get("ok") is None:
+        return head
+    if not c["ok"]:
+        return f"{head}: !!! {c.get('problem', 'COUNTER MISMATCH')} !!!"
+    return f"{head}: {c['problem']}" if c.get("problem") else f"{head}: matches"
 
 
 # --- suites (make bench) --------------------------------------------------------------------------
@@ -179,6 +198,61 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: (Hulykvs scenario, the K2V scenario it is compared with): the same operation, the same cluster
+HULY_PAIRS = (("hulykvs-put", "write"), ("hulykvs-get", "read"))
+
+
+def huly_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cluster and Hulykvs scenario measured: it and its K2V counterpart of the run."""
+    g = {(r["cluster"], r["scenario"]): r for r in results if r.get("system") == "garagekv"}
+    rows = []
+    for cluster in dict.fromkeys(r["cluster"] for r in results):
+        for huly, k2v in HULY_PAIRS:
+            h, k = _measured(g.get((cluster, huly))), _measured(g.get((cluster, k2v)))
+            if h is None:
+                continue
+            rows.append(
+                {
+                    "cluster": cluster,
+                    "scenario": huly,
+                    "k2v_scenario": k2v,
+                    "hulykvs": h,
+                    "k2v": k,
+                    "ops_ratio": ratio(_ops(h), _ops(k)),
+                    "p99_ratio": ratio(_p99(h), _p99(k)),
+                    "cpu_ratio": ratio(_cpu(h), _cpu(k)),
+                }
+            )
+    return rows
+
+
+def _stat_cells(r: dict[str, Any] | None) -> list[str]:
+    p50 = None if r is None else r["latency_ms"]["p50"]
+    return [_cell_ops(r), fmt_ms(p50), fmt_ms(_p99(r)), fmt_num(_cpu(r), 1)]
+
+
+def huly_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = (
+        "| cluster | Hulykvs | ops/s | p50 ms | p99 ms | CPU us/op | K2V | ops/s | p50 ms | p99 ms | CPU us/op "
+        "| ops ratio | p99 ratio | CPU ratio |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        h, k = row["hulykvs"], row["k2v"]
+        cells = [
+            row["cluster"] + (" *" if disturbed(h) or disturbed(k) else ""),
+            row["scenario"],
+            *_stat_cells(h),
+            row["k2v_scenario"],
+            *_stat_cells(k),
+            fmt_ratio(row["ops_ratio"]),
+            fmt_ratio(row["p99_ratio"]),
+            fmt_ratio(row["cpu_ratio"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def disturbed(r: dict[str, Any] | None) -> bool:
     """Other processes used more than ``NOISY_CORES`` of CPU while this run was measured."""
     other = ((r or {}).get("machine_cpu") or {}).get("other_cores")
@@ -218,6 +292,8 @@ def notes(results: Sequence[dict[str, Any]]) -> list[str]:
                 f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
                 f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)"
             )
+        if r.get("counter") and not r.get("skipped"):
+            out.append(f"- {r['system']} {r['cluster']} counter: {counter_verdict(r)}")
         if r.get("scenario") == "batch" and not r.get("skipped") and r.get("items_per_sec"):
             out.append(f"- {r['system']} {r['cluster']} batch: {fmt_num(r['items_per_sec'])} items/s")
     return out
@@ -230,6 +306,9 @@ def suite_markdown(meta: dict[str, Any], results: Sequence[dict[str, Any]]) -> s
         if k != "date":
             parts.append(f"- {k}: {v}")
     parts += ["", markdown_table(rows), ""]
+    hrows = huly_rows(results)
+    if hrows:
+        parts += ["Hulykvs-compatible API against K2V (same cluster, same run):", "", huly_table(hrows), ""]
     n = notes(results)
     if n:
         parts += ["Notes:", "", *n, ""]

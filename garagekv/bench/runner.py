@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from garagekv.bench.config import BenchConfig, BenchError
-from garagekv.bench.prefill import prepare
+from garagekv.bench.prefill import check_counter, prepare
 from garagekv.bench.procstat import machine_busy_seconds, total_cpu_seconds, user_processes_cpu
 from garagekv.bench.summary import summarize
 from garagekv.bench.worker import Worker
@@ -125,6 +125,9 @@ def run_bench(
     summary = summarize(cfg, results, server_cpu.server_seconds, server_cpu.machine_seconds, server_cpu.other_seconds)
     summary["started_at"] = t_wall
     summary.update(setup)
+    if "counter" in summary:
+        with new_runner() as runner:
+            summary["counter"] = runner.run(check_counter(cfg, summary["counter"]))
     return summary
 
 

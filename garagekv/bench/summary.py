@@ -11,6 +11,7 @@ from garagekv.bench.hist import Histogram
 from garagekv.util.loop import loop_name
 
 PERCENTILES = (50, 90, 99, 99.9)
+SECRET_FIELDS = ("secret_access_key", "hulykvs_secret", "hulykvs_token")
 
 
 def _latency(h: Histogram) -> dict[str, float]:
@@ -65,7 +66,7 @@ def summarize(
         "label": cfg.label or f"{cfg.target} {cfg.mix}",
         "target": cfg.target,
         "mix": cfg.mix,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("secret_access_key",)},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in SECRET_FIELDS},
         "loop": loop_name(),
         "ops": ops,
         "ops_per_sec": round(ops / dur, 1),
@@ -81,6 +82,12 @@ def summarize(
     }
     if items:
         summary["items_per_sec"] = round(items / dur, 1)
+    counters = [r["counter"] for r in results if "counter" in r]
+    if counters:
+        # whole-run totals (warmup included): what the counter's final value is checked against
+        summary["counter"] = {k: sum(c[k] for c in counters) for k in counters[0]}
+        conflicts = merged.get("conflict")
+        summary["retries_per_sec"] = round((conflicts["ok"] if conflicts else 0) / dur, 1)
     if machine_cpu_s is not None:
         # Busy CPU of the whole machine, split into the server, the generator, other user
         # processes (their load disturbs the numbers: shared machines, CI neighbours) and the

@@ -17,6 +17,27 @@ Scenarios (``mix``):
 - ``poll``: PollItem fan-out: every connection long-polls one of ``poll_keys`` hot items while one
   extra connection updates them every ``poll_interval`` seconds (read + write with the token);
   the value carries its write time, so each delivered update gives a notification latency.
+
+The consensus path (K2V conditional writes and transactions, etcd ``Txn``):
+
+- ``cas``: uncontended conditional writes: every connection writes its own ``cas_items`` items in
+  its own partition, the first write of an item with ``If-None-Match: *`` (etcd: ``mod_revision
+  == 0``), every later one with ``If-Match`` and the token the previous 204 returned (etcd: the
+  txn's revision), as a client chaining its writes does. ops = conditional writes that applied;
+  412 (etcd: a failed compare) and 503 are errors. After an error the next write is sent with
+  the token it has; a 412 gives the current one, so the chain resumes.
+- ``txn``: a partition transaction per request, 2 compares on the tokens the previous
+  transaction's results returned, then 2 puts (etcd: a ``Txn`` comparing 2 ``mod_revision`` values,
+  putting 2 keys); a failed one reads both items, which gives the tokens to resume with.
+- ``counter``: every connection increments one hot item with a CAS loop: linearizable read
+  (value and token; ``counter_read="plain"``: a K2V quorum read, which may be stale), conditional
+  write of value + 1; a 412 (etcd: failed compare) is a retry: read again, write again. ops =
+  applied increments, latency from the first attempt to the one that applied; retries counted
+  apart. The workers return how many increments applied so the runner can check the item's
+  final value against them.
+
+The Hulykvs-compatible API: ``hulykvs-put`` (PUT of new keys, as ``write``) and ``hulykvs-get``
+(GET of random prefilled keys, as ``read``), one bearer token per connection.
 """
 
 from __future__ import annotations
@@ -35,7 +56,7 @@ from garagekv.bench.config import BenchConfig, BenchError
 from garagekv.bench.conn import CONNECT_TIMEOUT, Conn, make_conn, send
 from garagekv.bench.hist import Histogram
 from garagekv.bench.http import Response, connect
-from garagekv.bench.workload import K2VTarget, sha256_hex
+from garagekv.bench.workload import CONFLICT, EtcdTarget, K2VTarget, sha256_hex
 from garagekv.util.signing import SigningKeyCache
 
 
@@ -80,6 +101,22 @@ def hot_item(cfg: BenchConfig, i: int) -> tuple[str, str]:
     return f"{cfg.key_prefix}-hot", f"{i:04d}"
 
 
+def counter_item(cfg: BenchConfig) -> tuple[str, str]:
+    """The counter scenario's hot item: new for every run (``run_id``), so it starts at 0."""
+    return f"{cfg.key_prefix}-counter-{cfg.run_id}", "n"
+
+
+def own_partition(cfg: BenchConfig, scenario: str, conn_index: int) -> str:
+    """A connection's own partition key: its conditional operations never contend with others'."""
+    return f"{cfg.key_prefix}-{scenario}-{cfg.run_id}-{conn_index:04d}"
+
+
+def _consensus(c: Conn) -> K2VTarget | EtcdTarget:
+    t = c.target
+    assert isinstance(t, K2VTarget | EtcdTarget), "the consensus scenarios need a K2V or etcd target"
+    return t
+
+
 class Worker:
     """The connections of one process and their scenario loops."""
 
@@ -100,6 +137,8 @@ class Worker:
         self.p_ops = 0
         self.p_errs = 0
         self.p_lat = 0.0
+        # counter: whole-run totals (warmup included), to check the item's final value against
+        self.counter = {"attempts": 0, "increments": 0, "conflicts": 0, "rejected": 0}
 
     # --- recording -----------------------------------------------------------------------------
     def _st(self, kind: str) -> OpStats:
@@ -146,14 +185,14 @@ class Worker:
         return r
 
     # --- scenarios -----------------------------------------------------------------------------
-    async def _write_loop(self, c: Conn) -> None:
+    async def _write_loop(self, c: Conn, kind: str = "write") -> None:
         tag = f"{self.cfg.run_id}.{c.index}"
         ks, t, v, vh = self.keyspace, c.target, self.value, self.value_hash
         seq = 0
         while time.monotonic() < self.m_end:
             pk, sk = ks.new_item(tag, seq)
             seq += 1
-            await self.call(c, "write", t.write(pk, sk, v, vh), t.check_write)
+            await self.call(c, kind, t.write(pk, sk, v, vh), t.check_write)
 
     async def _ttl_loop(self, c: Conn) -> None:
         tag = f"{self.cfg.run_id}.{c.index}"
@@ -165,11 +204,110 @@ class Worker:
             seq += 1
             await self.call(c, "write", t.write_ttl(pk, sk, v, vh, ttl), t.check_write)
 
-    async def _read_loop(self, c: Conn) -> None:
+    async def _read_loop(self, c: Conn, kind: str = "read") -> None:
         ks, t, n, rnd = self.keyspace, c.target, self.cfg.keys, self.rng.randrange
         while time.monotonic() < self.m_end:
             pk, sk = ks.item(rnd(n))
-            await self.call(c, "read", t.read(pk, sk), t.check_read)
+            await self.call(c, kind, t.read(pk, sk), t.check_read)
+
+    async def _failed(self, kind: str, t1: float, code: str) -> None:
+        self._err(kind, t1, code)
+        if not code.isdigit():
+            await asyncio.sleep(0.01)  # timeout or connection: do not spin on a dead endpoint
+
+    async def _cas_loop(self, c: Conn) -> None:
+        t, v, vh = _consensus(c), self.value, self.value_hash
+        pk = own_partition(self.cfg, "cas", c.index)
+        sks = [f"{j:04d}" for j in range(self.cfg.cas_items)]
+        tokens: dict[str, str | None] = dict.fromkeys(sks)
+        i = 0
+        while time.monotonic() < self.m_end:
+            sk = sks[i % len(sks)]
+            i += 1
+            t0 = time.monotonic()
+            r = await send(c, t.cas(pk, sk, v, vh, tokens[sk]))
+            t1 = time.monotonic()
+            if isinstance(r, str):
+                await self._failed("cas", t1, r)
+                continue
+            code, token = t.cas_result(r)
+            if code is None:
+                self._ok("cas", t1, t1 - t0)
+            else:
+                await self._failed("cas", t1, code)
+            if code is None or code == CONFLICT:
+                tokens[sk] = token  # after a 503 the old token stays: a 412 will bring the current one
+
+    async def _txn_loop(self, c: Conn) -> None:
+        t, v = _consensus(c), self.value
+        pk = own_partition(self.cfg, "txn", c.index)
+        sks = ["a", "b"]
+        tokens: list[str | None] = [None, None]
+        while time.monotonic() < self.m_end:
+            t0 = time.monotonic()
+            r = await send(c, t.txn(pk, list(zip(sks, tokens, strict=True)), [(sk, v) for sk in sks]))
+            t1 = time.monotonic()
+            if isinstance(r, str):
+                await self._failed("txn", t1, r)
+                continue
+            code, new = t.txn_result(r, sks)
+            if code is None:
+                self._ok("txn", t1, t1 - t0)
+            else:
+                await self._failed("txn", t1, code)
+            if code is None or code == CONFLICT:
+                tokens = new
+
+    async def _counter_loop(self, c: Conn) -> None:
+        t, cnt = _consensus(c), self.counter
+        pk, sk = counter_item(self.cfg)
+        read = t.read if self.cfg.counter_read == "plain" and isinstance(t, K2VTarget) else t.read_latest
+        value: int | None = None
+        token: str | None = None
+        while time.monotonic() < self.m_end:
+            t0 = time.monotonic()  # one increment: from its first attempt to the one that applies
+            while time.monotonic() < self.m_end:
+                if value is None:
+                    tr = time.monotonic()
+                    r = await send(c, read(pk, sk))
+                    t1 = time.monotonic()
+                    if isinstance(r, str):
+                        await self._failed("read", t1, r)
+                        continue
+                    code, raw, token = t.latest_result(r)
+                    if code is None and raw is None:
+                        code = "missing"
+                    if code is not None or raw is None:
+                        await self._failed("read", t1, code or "missing")
+                        continue
+                    try:
+                        value = int(raw)
+                    except ValueError:
+                        await self._failed("read", t1, "not-a-number")
+                        continue
+                    self._ok("read", t1, t1 - tr)
+                cnt["attempts"] += 1
+                ta = time.monotonic()
+                r = await send(c, t.cas(pk, sk, b"%d" % (value + 1), None, token, read_on_failure=False))
+                t1 = time.monotonic()
+                if isinstance(r, str):
+                    value = None
+                    await self._failed("increment", t1, r)
+                    continue
+                code, new_token = t.cas_result(r)
+                if code is None:
+                    cnt["increments"] += 1
+                    self._ok("increment", t1, t1 - t0)
+                    value, token = value + 1, new_token
+                    break
+                value = None  # read again before the next attempt
+                if code == CONFLICT:
+                    cnt["conflicts"] += 1
+                    self._ok("conflict", t1, t1 - ta)
+                else:
+                    if code.startswith("4"):
+                        cnt["rejected"] += 1  # refused: nothing written
+                    await self._failed("increment", t1, code)
 
     async def _mixed_loop(self, c: Conn) -> None:
         ks, t, n, rnd, v, vh = self.keyspace, c.target, self.cfg.keys, self.rng.randrange, self.value, self.value_hash
@@ -245,6 +383,12 @@ class Worker:
             else:
                 next_at = time.monotonic()
 
+    async def _huly_put_loop(self, c: Conn) -> None:
+        await self._write_loop(c, "put")
+
+    async def _huly_get_loop(self, c: Conn) -> None:
+        await self._read_loop(c, "get")
+
     def _loop_fn(self) -> Callable[[Conn], Any]:
         return {
             "write": self._write_loop,
@@ -254,6 +398,11 @@ class Worker:
             "index": self._index_loop,
             "poll": self._watch_loop,
             "ttl": self._ttl_loop,
+            "cas": self._cas_loop,
+            "txn": self._txn_loop,
+            "counter": self._counter_loop,
+            "hulykvs-put": self._huly_put_loop,
+            "hulykvs-get": self._huly_get_loop,
         }[self.cfg.mix]
 
     # --- phases ----------------------------------------------------------------------------------
@@ -318,7 +467,10 @@ class Worker:
         finally:
             watchdog.cancel()
             self.close()
-        return {"stats": {k: s.to_dict() for k, s in self.stats.items()}, "client_cpu": self.cpu}
+        result: dict[str, Any] = {"stats": {k: s.to_dict() for k, s in self.stats.items()}, "client_cpu": self.cpu}
+        if cfg.mix == "counter":
+            result["counter"] = dict(self.counter)
+        return result
 
     async def _clock(
         self, progress: Callable[[dict[str, Any]], None] | None, sampler: Callable[[str], None] | None

@@ -1,13 +1,24 @@
 """What the benchmark sends: key naming, SigV4 signing and the request bytes of each operation.
 
-Two targets speak the same small vocabulary (``write``, ``read``) so the scenarios run unchanged
-against garagekv (or any K2V server) and against etcd's v3 JSON gateway:
+Three targets speak the same small vocabulary (``write``, ``read``), and the K2V and etcd targets
+also ``cas``, ``txn`` and ``read_latest``, so the scenarios run unchanged against garagekv (or any
+K2V server), against etcd's v3 JSON gateway and (``write``/``read`` only) against the
+Hulykvs-compatible API:
 
 - :class:`K2VTarget`: InsertItem (with or without a TTL), ReadItem, ReadBatch, PollItem, InsertBatch, ReadIndex, signed
   with SigV4 (service ``k2v``). The signing key is derived once per UTC day and the date strings
   once per second, so a request costs one SHA-256 of the canonical request and one HMAC.
-- :class:`EtcdTarget`: ``POST /v3/kv/put`` and ``POST /v3/kv/range`` with base64 keys and values
-  (linearizable ranges, etcd's default).
+  Conditional InsertItem (``If-Match`` / ``If-None-Match``), linearizable ReadItem and partition
+  transactions (``POST /<bucket>/<pk>?txn``): docs/k2v-api.md §5a and §5b.
+- :class:`EtcdTarget`: ``POST /v3/kv/put``, ``POST /v3/kv/range`` (linearizable, etcd's default)
+  and ``POST /v3/kv/txn`` comparing ``mod_revision``, with base64 keys and values.
+- :class:`HulyTarget`: API v2 ``PUT``/``GET /api2/<workspace>/<namespace>/<key>`` with one
+  bearer token per connection (docs/hulykvs.md).
+
+The consensus scenarios chain **tokens**: a K2V causality token, or an etcd ``mod_revision`` as
+a decimal string. ``None`` stands for "the item does not exist yet" (``If-None-Match: *``, or
+``mod_revision == 0``). Each target parses its own answers into ``(error code or None, ...)``
+so the scenario loops do not know which protocol they speak.
 """
 
 from __future__ import annotations
@@ -17,9 +28,12 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+import jwt
 
 from garagekv.bench.http import Response
 from garagekv.util.signing import (
@@ -37,6 +51,9 @@ TOKEN_HEADER = "X-Garage-Causality-Token"
 TTL_HEADER = "X-Garage-TTL"
 _TOKEN_KEY = TOKEN_HEADER.lower()
 READ_ACCEPT = "application/octet-stream, application/json"  # what k2v-client sends
+LINEARIZABLE = "X-Garage-Consistency: linearizable\r\n"
+#: A conditional write that did not happen because its condition did not hold (nothing written).
+CONFLICT = "412"
 SIGNED_NAMES = "host;x-amz-content-sha256;x-amz-date"
 _SAFE = re.compile(r"[A-Za-z0-9._~-]*")
 
@@ -169,6 +186,7 @@ class K2VTarget:
         self.signer = K2VSigner(access_key_id, secret, region, host, keys)
         self._bucket_path = "/" + quote(bucket, safe="")
         self._paths: dict[str, str] = {}
+        self._value: tuple[bytes, str] = (b"", "")  # the last value put by txn and its base64
 
     def _request(
         self,
@@ -219,6 +237,84 @@ class K2VTarget:
     @staticmethod
     def token(resp: Response) -> str | None:
         return resp.headers.get(_TOKEN_KEY)
+
+    # --- the consensus path (docs/k2v-api.md §5a, §5b) -------------------------------------------
+    def cas(
+        self,
+        pk: str,
+        sk: str,
+        value: bytes,
+        value_hash: str | None = None,
+        token: str | None = None,
+        read_on_failure: bool = True,
+    ) -> bytes:
+        """Conditional InsertItem: ``If-Match: <token>``, or ``If-None-Match: *`` without one.
+
+        A 412 always carries the item's current token, so ``read_on_failure`` costs nothing here.
+        """
+        extra = f"If-Match: {token}\r\n" if token else "If-None-Match: *\r\n"
+        return self._request("PUT", self._item_path(pk), [("sort_key", sk)], value, value_hash, extra)
+
+    @staticmethod
+    def cas_result(resp: Response) -> tuple[str | None, str | None]:
+        """(error code or None, the item's token now): after the write on 204, current on 412."""
+        if resp.status == 204 or resp.status == 200:
+            return None, resp.headers.get(_TOKEN_KEY)
+        if resp.status == 412:
+            return CONFLICT, resp.headers.get(_TOKEN_KEY)
+        return str(resp.status), None
+
+    def read_latest(self, pk: str, sk: str) -> bytes:
+        """Linearizable ReadItem: a consensus round that returns the state later rounds build on."""
+        return self._request(
+            "GET", self._item_path(pk), [("sort_key", sk)], extra=f"Accept: {READ_ACCEPT}\r\n{LINEARIZABLE}"
+        )
+
+    @staticmethod
+    def latest_result(resp: Response) -> tuple[str | None, bytes | None, str | None]:
+        """(error code or None, the single live value or None, token) of :meth:`read_latest`."""
+        if resp.status == 404:
+            return None, None, None
+        token = resp.headers.get(_TOKEN_KEY)
+        if resp.status == 204:
+            return None, None, token
+        if resp.status != 200:
+            return str(resp.status), None, None
+        if resp.headers.get("content-type", "").startswith("application/octet-stream"):
+            return None, resp.body, token
+        live = [v for v in json.loads(resp.body) if v is not None]
+        if len(live) != 1:
+            return "values", None, token  # concurrent values: not a single-valued item
+        return None, base64.b64decode(live[0]), token
+
+    def txn(self, pk: str, compares: list[tuple[str, str | None]], puts: list[tuple[str, bytes]]) -> bytes:
+        """A partition transaction: every (sort key, token) of ``compares`` holds (a None token:
+        the item does not exist), then ``puts``; otherwise read the compared items, so a failed
+        transaction returns the tokens to retry with."""
+        obj = {
+            "compare": [
+                {"sk": sk, "target": "token", "token": tok} if tok else {"sk": sk, "target": "exists", "exists": False}
+                for sk, tok in compares
+            ],
+            "success": [{"op": "put", "sk": sk, "v": self._b64_value(v)} for sk, v in puts],
+            "failure": [{"op": "read", "sk": sk} for sk, _ in compares],
+        }
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return self._request("POST", self._item_path(pk), [("txn", "")], body)
+
+    @staticmethod
+    def txn_result(resp: Response, sks: list[str]) -> tuple[str | None, list[str | None]]:
+        """(error code or None, the tokens of ``sks`` now: written on success, read on failure)."""
+        if resp.status != 200:
+            return str(resp.status), [None] * len(sks)
+        answer = json.loads(resp.body)
+        cts = {r["sk"]: r.get("ct") for r in answer.get("results", [])}
+        return (None if answer.get("succeeded") else CONFLICT), [cts.get(sk) for sk in sks]
+
+    def _b64_value(self, value: bytes) -> str:
+        if self._value[0] is not value:
+            self._value = (value, base64.b64encode(value).decode())
+        return self._value[1]
 
     # --- K2V only ----------------------------------------------------------------------------
     def write_ttl(self, pk: str, sk: str, value: bytes, value_hash: str | None, ttl: int) -> bytes:
@@ -297,6 +393,136 @@ class EtcdTarget:
     def token(resp: Response) -> str | None:
         return None
 
+    # --- Txn (compare on mod_revision) ---------------------------------------------------------
+    def _txn(self, compares: list[tuple[str, str | None]], success: list[Any], failure: list[Any]) -> bytes:
+        return self._post(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": tok or "0"}
+                    for key, tok in compares
+                ],
+                "success": success,
+                "failure": failure,
+            },
+        )
+
+    def cas(
+        self,
+        pk: str,
+        sk: str,
+        value: bytes,
+        value_hash: str | None = None,
+        token: str | None = None,
+        read_on_failure: bool = True,
+    ) -> bytes:
+        """Txn: ``mod_revision == token`` (0: the key does not exist), then put; on failure a
+        range of the key when ``read_on_failure``, which gives its current ``mod_revision`` (as a
+        K2V 412 gives the current token)."""
+        key = self._b64(f"{pk}/{sk}")
+        put = {"request_put": {"key": key, "value": self._b64_value(value)}}
+        failure = [{"request_range": {"key": key}}] if read_on_failure else []
+        return self._txn([(key, token)], [put], failure)
+
+    @staticmethod
+    def _revision(answer: dict[str, Any]) -> str | None:
+        rev = answer.get("header", {}).get("revision")
+        return None if rev is None else str(rev)
+
+    @staticmethod
+    def _range_mod(rng: dict[str, Any]) -> str | None:
+        kvs = rng.get("kvs") or []
+        return str(kvs[0]["mod_revision"]) if kvs else None
+
+    @classmethod
+    def cas_result(cls, resp: Response) -> tuple[str | None, str | None]:
+        """(error code or None, the key's mod_revision now, when known)."""
+        if resp.status != 200:
+            return str(resp.status), None
+        answer = json.loads(resp.body)
+        if answer.get("succeeded"):
+            return None, cls._revision(answer)  # a put's mod_revision is the txn's revision
+        responses = answer.get("responses") or []
+        rng = responses[0].get("response_range", {}) if responses else {}
+        return CONFLICT, cls._range_mod(rng)
+
+    def read_latest(self, pk: str, sk: str) -> bytes:
+        return self.read(pk, sk)  # ranges are linearizable unless asked to be serializable
+
+    @classmethod
+    def latest_result(cls, resp: Response) -> tuple[str | None, bytes | None, str | None]:
+        if resp.status != 200:
+            return str(resp.status), None, None
+        kvs = json.loads(resp.body).get("kvs") or []
+        if not kvs:
+            return None, None, None
+        return None, base64.b64decode(kvs[0].get("value", "")), str(kvs[0]["mod_revision"])
+
+    def txn(self, pk: str, compares: list[tuple[str, str | None]], puts: list[tuple[str, bytes]]) -> bytes:
+        """Txn comparing the ``mod_revision`` of every (sort key, token), then the puts; on
+        failure a range of each compared key (their current revisions)."""
+        return self._txn(
+            [(self._b64(f"{pk}/{sk}"), tok) for sk, tok in compares],
+            [{"request_put": {"key": self._b64(f"{pk}/{sk}"), "value": self._b64_value(v)}} for sk, v in puts],
+            [{"request_range": {"key": self._b64(f"{pk}/{sk}")}} for sk, _ in compares],
+        )
+
+    @classmethod
+    def txn_result(cls, resp: Response, sks: list[str]) -> tuple[str | None, list[str | None]]:
+        if resp.status != 200:
+            return str(resp.status), [None] * len(sks)
+        answer = json.loads(resp.body)
+        if answer.get("succeeded"):
+            return None, [cls._revision(answer)] * len(sks)
+        ranges = [r.get("response_range", {}) for r in answer.get("responses") or []]
+        mods = [cls._range_mod(r) for r in ranges]
+        return CONFLICT, (mods + [None] * len(sks))[: len(sks)]
+
+
+def mint_huly_token(secret: str, workspace: str, account: str | None = None) -> str:
+    """An HS256 token as Huly's services mint them (``garagekv hulykvs token``): a fresh account
+    bound to ``workspace``, without expiry. A client mints one and reuses it for every request."""
+    payload = {"account": account or str(uuid.uuid4()), "workspace": workspace}
+    return str(jwt.encode(payload, secret, algorithm="HS256"))
+
+
+class HulyTarget:
+    """The Hulykvs-compatible API v2: the item (pk, sk) is the key ``sk`` of namespace ``pk``."""
+
+    kind = "hulykvs"
+
+    def __init__(self, host: str, workspace: str, token: str) -> None:
+        self.host = host
+        self._prefix = f"/api2/{quote(workspace, safe='')}/"
+        self._auth = f"Host: {host}\r\nAuthorization: Bearer {token}\r\n"
+
+    def _path(self, pk: str, sk: str) -> str:
+        return f"{self._prefix}{quote(pk, safe='')}/{quote(sk, safe='')}"
+
+    def write(self, pk: str, sk: str, value: bytes, value_hash: str | None = None, token: str | None = None) -> bytes:
+        """PUT (an upsert: Hulykvs clients send no condition for a plain store)."""
+        head = f"PUT {self._path(pk, sk)} HTTP/1.1\r\n{self._auth}Content-Length: {len(value)}\r\n\r\n"
+        return head.encode("latin-1") + value
+
+    def read(self, pk: str, sk: str) -> bytes:
+        return f"GET {self._path(pk, sk)} HTTP/1.1\r\n{self._auth}\r\n".encode("latin-1")
+
+    @staticmethod
+    def check_write(resp: Response) -> str | None:
+        return None if resp.status == 204 or resp.status == 201 else str(resp.status)
+
+    @staticmethod
+    def check_read(resp: Response) -> str | None:
+        return None if resp.status == 200 else str(resp.status)
+
+    @staticmethod
+    def token(resp: Response) -> str | None:
+        return None
+
+
+Target = K2VTarget | EtcdTarget | HulyTarget
+ConsensusTarget = K2VTarget | EtcdTarget
+
 
 def make_target(
     kind: str,
@@ -313,12 +539,17 @@ def make_target(
 
 
 __all__ = [
+    "CONFLICT",
     "EMPTY_HASH",
+    "ConsensusTarget",
     "EtcdTarget",
+    "HulyTarget",
     "K2VSigner",
     "K2VTarget",
     "KeySpace",
     "encode_pairs",
     "make_target",
+    "mint_huly_token",
     "sha256_hex",
+    "Target",
 ]

@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PID,...",
         help="server processes whose CPU time to report per op (default: the nodes of --dev-json)",
     )
+    huly = p.add_argument_group("Hulykvs-compatible API (hulykvs-put, hulykvs-get; default: --dev-json)")
+    huly.add_argument("--hulykvs-endpoint", action="append", default=[], metavar="HOST:PORT", help="endpoint(s)")
+    huly.add_argument("--hulykvs-secret", help="token secret: each connection mints its own token")
+    huly.add_argument("--hulykvs-token", help="one token for every connection (instead of --hulykvs-secret)")
+    huly.add_argument("--hulykvs-workspace", metavar="UUID", help="the workspace the keys are written in")
     src.add_argument(
         "--selftest", action="store_true", help="run against a built-in null HTTP server: the generator's own ceiling"
     )
@@ -70,6 +75,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--poll-interval", type=float, default=0.01, help="poll: seconds between updates (0.01)")
     load.add_argument("--poll-timeout", type=int, default=10, help="poll: PollItem timeout in seconds (default 10)")
     load.add_argument("--ttl", type=int, default=2, help="ttl: seconds before each written value expires (default 2)")
+    load.add_argument("--cas-items", type=int, default=1, help="cas: items per connection (default 1)")
+    load.add_argument(
+        "--counter-read",
+        choices=("linearizable", "plain"),
+        default="linearizable",
+        help="counter: K2V read after a conflict, linearizable (a consensus round) or plain (a quorum read "
+        "that may be stale: one more retry); etcd ranges are linearizable either way",
+    )
     load.add_argument("--timeout", type=float, default=30.0, help="request timeout in seconds (default 30)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -98,6 +111,8 @@ def dev_pids(nodes: list[dict[str, Any]]) -> list[int]:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     endpoints = [e.strip() for spec in args.endpoint for e in spec.split(",") if e.strip()]
     bucket, ak, sk, region = args.bucket, args.access_key_id, args.secret_access_key, args.region
+    huly_eps = [e.strip() for spec in args.hulykvs_endpoint for e in spec.split(",") if e.strip()]
+    huly_secret, huly_ws = args.hulykvs_secret, args.hulykvs_workspace
     pids: list[int] = []
     if args.dev_json:
         try:
@@ -110,6 +125,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         ak = ak or dev.get("access_key_id")
         sk = sk or dev.get("secret_access_key")
         region = region or dev.get("region")
+        huly_eps = huly_eps or [n["hulykvs_endpoint"] for n in nodes if n.get("hulykvs_endpoint")]
+        huly_eps = huly_eps or ([dev["hulykvs_endpoint"]] if dev.get("hulykvs_endpoint") else [])
+        if not args.hulykvs_token:
+            huly_secret = huly_secret or dev.get("hulykvs_secret")
+        huly_ws = huly_ws or dev.get("hulykvs_default_workspace")
         pids = [p for p in dev_pids(nodes) if Path(f"/proc/{p}").exists()]
     ak = ak or os.environ.get("AWS_ACCESS_KEY_ID")
     sk = sk or os.environ.get("AWS_SECRET_ACCESS_KEY")
@@ -141,6 +161,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         poll_timeout=args.poll_timeout,
         ttl=args.ttl,
         timeout=args.timeout,
+        cas_items=args.cas_items,
+        counter_read=args.counter_read,
+        hulykvs_endpoints=huly_eps,
+        hulykvs_secret=huly_secret or "",
+        hulykvs_token=args.hulykvs_token or "",
+        hulykvs_workspace=huly_ws or "",
         server_pids=pids,
         label=args.label or "",
     )

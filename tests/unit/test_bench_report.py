@@ -6,9 +6,12 @@ import pytest
 
 from garagekv.bench.report import (
     comparison_rows,
+    counter_verdict,
     fmt_errors,
     fmt_ms,
     format_text,
+    huly_rows,
+    huly_table,
     markdown_table,
     notes,
     plot,
@@ -127,3 +130,40 @@ def test_disturbed_rows_are_marked():
     assert "| 1 node | write |" in markdown_table(comparison_rows([quiet]))
     n = notes([quiet, noisy])
     assert n[0].startswith("- `*`") and any("etcd 1 node write: other processes used 0.90 cores" in x for x in n)
+
+
+def test_hulykvs_rows_pair_each_scenario_with_its_k2v_counterpart():
+    results = [
+        result("garagekv", "1 node", "write", 2000, 20, cpu=400),
+        result("garagekv", "1 node", "read", 5000, 8, cpu=200),
+        result("garagekv", "1 node", "hulykvs-put", 1600, 30, cpu=500),
+        result("garagekv", "1 node", "hulykvs-get", 5500, 6, cpu=180),
+        result("garagekv", "3 nodes", "hulykvs-put", 900, 40),  # no K2V write measured there
+        result("etcd", "1 node", "write", 6000, 10),
+    ]
+    rows = huly_rows(results)
+    assert [(r["cluster"], r["scenario"], r["k2v_scenario"]) for r in rows] == [
+        ("1 node", "hulykvs-put", "write"),
+        ("1 node", "hulykvs-get", "read"),
+        ("3 nodes", "hulykvs-put", "write"),
+    ]
+    assert rows[0]["ops_ratio"] == pytest.approx(0.8) and rows[0]["p99_ratio"] == pytest.approx(1.5)
+    assert rows[1]["ops_ratio"] == pytest.approx(1.1) and rows[1]["cpu_ratio"] == pytest.approx(0.9)
+    assert rows[2]["ops_ratio"] is None
+    table = huly_table(rows).splitlines()
+    assert len(table) == 5 and all(line.count("|") == table[0].count("|") for line in table)
+    assert table[2].startswith("| 1 node | hulykvs-put | 1,600 | 7.50 | 30.0 | 500.0 | write | 2,000 | 5.00 | 20.0 |")
+    assert "Hulykvs-compatible API against K2V" in suite_markdown({"date": "d"}, results)
+
+
+def test_counter_verdict_says_loudly_when_the_counter_is_off():
+    r = result("garagekv", "3 nodes", "counter", 300, 50)
+    r["retries_per_sec"] = 12.0
+    r["counter"] = {"increments": 3000, "conflicts": 120, "unknown": 4, "final": 3000, "ok": True}
+    assert counter_verdict(r).endswith(": matches") and "120 retries (12/s measured)" in counter_verdict(r)
+    assert "counter      3,000 increments" in format_text(r)
+    r["counter"] |= {"final": 3002, "problem": "2 attempt(s) of unknown outcome applied"}
+    assert counter_verdict(r).endswith("2 attempt(s) of unknown outcome applied")
+    r["counter"] |= {"final": 2990, "ok": False, "problem": "COUNTER MISMATCH: the counter is 2990"}
+    assert "!!! COUNTER MISMATCH: the counter is 2990 !!!" in counter_verdict(r)
+    assert any("COUNTER MISMATCH" in line for line in notes([r]))

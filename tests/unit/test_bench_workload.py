@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 
 from garagekv.api.signature import Headers, parse_request
 from garagekv.bench.config import BenchConfig, BenchError
+from garagekv.bench.http import Response
 from garagekv.bench.summary import summarize
-from garagekv.bench.workload import EtcdTarget, K2VSigner, K2VTarget, KeySpace, encode_pairs
+from garagekv.bench.workload import (
+    EtcdTarget,
+    HulyTarget,
+    K2VSigner,
+    K2VTarget,
+    KeySpace,
+    encode_pairs,
+    mint_huly_token,
+)
 from garagekv.cli import bench as bench_cli
 from garagekv.util.signing import Signer, canonical_query, encode_query
 
@@ -225,3 +234,160 @@ def test_ttl_write_carries_the_header_and_passes_the_verifier():
     data = t.write_ttl("p", "s", b"v", None, 2)
     assert verify(data) == ("PUT", b"v")
     assert split_request(data)[3]["X-Garage-TTL"] == "2"
+
+
+# --- the consensus scenarios (cas, txn, counter) and the Hulykvs target ----------------------------
+
+
+def _resp(status: int, body: bytes = b"", **headers: str) -> Response:
+    return Response(status, {k.lower().replace("_", "-"): v for k, v in headers.items()}, body)
+
+
+def test_k2v_conditional_requests_pass_the_verifier_and_carry_their_condition():
+    t = K2VTarget("127.0.0.1:3904", "my-bucket", AK, SK, REGION)
+    _, _, query, headers, _ = split_request(t.cas("pk", "sk", b"v"))
+    assert (query, headers["If-None-Match"]) == ("sort_key=sk", "*") and "If-Match" not in headers
+    data = t.cas("pk", "sk", b"v", None, "TOKEN1")
+    assert verify(data) == ("PUT", b"v")
+    assert split_request(data)[3]["If-Match"] == "TOKEN1"
+    data = t.read_latest("pk", "sk")
+    assert verify(data)[0] == "GET" and split_request(data)[3]["X-Garage-Consistency"] == "linearizable"
+    data = t.txn("pk", [("a", "TA"), ("b", None)], [("a", b"x"), ("b", b"y")])
+    method, body = verify(data)
+    _, path, query, _, _ = split_request(data)
+    assert (method, path, query) == ("POST", "/my-bucket/pk", "txn=")
+    assert json.loads(body) == {
+        "compare": [{"sk": "a", "target": "token", "token": "TA"}, {"sk": "b", "target": "exists", "exists": False}],
+        "success": [{"op": "put", "sk": "a", "v": "eA=="}, {"op": "put", "sk": "b", "v": "eQ=="}],
+        "failure": [{"op": "read", "sk": "a"}, {"op": "read", "sk": "b"}],
+    }
+
+
+def test_k2v_consensus_answers():
+    t = K2VTarget
+    assert t.cas_result(_resp(204, x_garage_causality_token="NEW")) == (None, "NEW")
+    assert t.cas_result(_resp(412, x_garage_causality_token="CUR")) == ("412", "CUR")
+    assert t.cas_result(_resp(503)) == ("503", None)
+    ok = {"succeeded": True, "results": [{"sk": "a", "ct": "A2"}, {"sk": "b", "ct": "B2"}]}
+    assert t.txn_result(_resp(200, json.dumps(ok).encode()), ["a", "b"]) == (None, ["A2", "B2"])
+    failed = {"succeeded": False, "results": [{"sk": "a", "ct": "A1", "v": ["eA=="]}, {"sk": "b", "ct": None, "v": []}]}
+    assert t.txn_result(_resp(200, json.dumps(failed).encode()), ["a", "b"]) == ("412", ["A1", None])
+    assert t.txn_result(_resp(503), ["a", "b"]) == ("503", [None, None])
+    binary = _resp(200, b"41", content_type="application/octet-stream", x_garage_causality_token="T")
+    assert t.latest_result(binary) == (None, b"41", "T")
+    as_json = _resp(200, b'["NDI=", null]', content_type="application/json", x_garage_causality_token="T")
+    assert t.latest_result(as_json) == (None, b"42", "T")
+    two = _resp(200, b'["NDI=", "NDM="]', content_type="application/json", x_garage_causality_token="T")
+    assert t.latest_result(two)[0] == "values"
+    assert t.latest_result(_resp(404)) == (None, None, None)
+
+
+def test_etcd_txn_requests_compare_mod_revisions():
+    t = EtcdTarget("127.0.0.1:2379")
+    method, path, _, _, body = split_request(t.cas("pk", "sk", b"v", None, "17"))
+    obj = json.loads(body)
+    key = base64.b64encode(b"pk/sk").decode()
+    assert (method, path) == ("POST", "/v3/kv/txn")
+    assert obj["compare"] == [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": "17"}]
+    assert obj["success"] == [{"request_put": {"key": key, "value": base64.b64encode(b"v").decode()}}]
+    assert obj["failure"] == [{"request_range": {"key": key}}]
+    obj = json.loads(split_request(t.cas("pk", "sk", b"v", None, None, read_on_failure=False))[4])
+    assert obj["compare"][0]["mod_revision"] == "0" and obj["failure"] == []  # 0: the key does not exist
+    obj = json.loads(split_request(t.txn("pk", [("a", "5"), ("b", None)], [("a", b"x"), ("b", b"y")]))[4])
+    assert [c["mod_revision"] for c in obj["compare"]] == ["5", "0"]
+    assert [base64.b64decode(p["request_put"]["key"]) for p in obj["success"]] == [b"pk/a", b"pk/b"]
+    assert len(obj["failure"]) == 2
+
+
+def test_etcd_txn_answers():
+    t = EtcdTarget
+    header = {"cluster_id": "1", "member_id": "2", "revision": "9", "raft_term": "2"}
+    ok = {"header": header, "succeeded": True, "responses": [{"response_put": {"header": {"revision": "9"}}}]}
+    assert t.cas_result(_resp(200, json.dumps(ok).encode())) == (None, "9")
+    kv = {"key": "YS9i", "create_revision": "2", "mod_revision": "7", "version": "3", "value": "NDI="}
+    failed = {"header": header, "responses": [{"response_range": {"header": header, "kvs": [kv], "count": "1"}}]}
+    assert t.cas_result(_resp(200, json.dumps(failed).encode())) == ("412", "7")
+    absent = {"header": header, "responses": [{"response_range": {"header": header}}]}
+    assert t.cas_result(_resp(200, json.dumps(absent).encode())) == ("412", None)
+    assert t.txn_result(_resp(200, json.dumps(ok).encode()), ["a", "b"]) == (None, ["9", "9"])
+    two = {"header": header, "responses": [failed["responses"][0], absent["responses"][0]]}
+    assert t.txn_result(_resp(200, json.dumps(two).encode()), ["a", "b"]) == ("412", ["7", None])
+    assert t.latest_result(_resp(200, json.dumps({"header": header, "kvs": [kv]}).encode())) == (None, b"42", "7")
+    assert t.latest_result(_resp(200, json.dumps({"header": header}).encode())) == (None, None, None)
+    assert t.cas_result(_resp(500)) == ("500", None)
+
+
+def test_hulykvs_requests_carry_a_token_the_server_accepts():
+    from garagekv.api.hulykvs.auth import authorize_v2
+    from garagekv.api.hulykvs.auth import verify as verify_token
+
+    ws = "0f1e2d3c-4b5a-4678-9abc-def012345678"
+    token = mint_huly_token("s3cret" * 6, ws)
+    t = HulyTarget("127.0.0.1:3905", ws, token)
+    method, path, _, headers, body = split_request(t.write("ns/1", "k 1", b"value"))
+    assert (method, path, body) == ("PUT", f"/api2/{ws}/ns%2F1/k%201", b"value")
+    claims = verify_token(headers["Authorization"], "s3cret" * 6)
+    assert claims.workspace == ws and not claims.is_system
+    authorize_v2(claims, ws)  # allowed in its workspace
+    assert mint_huly_token("s3cret" * 6, ws) != token  # every client gets its own account
+    method, path, _, headers, body = split_request(t.read("ns", "k"))
+    assert (method, path, body, headers["Host"]) == ("GET", f"/api2/{ws}/ns/k", b"", "127.0.0.1:3905")
+    assert (t.check_write(_resp(204)), t.check_write(_resp(201)), t.check_write(_resp(401))) == (None, None, "401")
+    assert (t.check_read(_resp(200)), t.check_read(_resp(404))) == (None, "404")
+
+
+def test_config_of_the_hulykvs_scenarios(tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    dev = {
+        "k2v_endpoint": "http://127.0.0.1:3904",
+        "access_key_id": "GKa",
+        "secret_access_key": "sec",
+        "bucket": "b",
+        "hulykvs_endpoint": "http://127.0.0.1:3905",
+        "hulykvs_secret": "huly-secret",
+        "hulykvs_default_workspace": "0f1e2d3c-4b5a-4678-9abc-def012345678",
+        "nodes": [
+            {"k2v_endpoint": "http://127.0.0.1:3904", "hulykvs_endpoint": "http://127.0.0.1:3905"},
+            {"k2v_endpoint": "http://127.0.0.1:3914", "hulykvs_endpoint": "http://127.0.0.1:3915"},
+        ],
+    }
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps(dev) + "\n")
+    cfg = bench_cli.config_from_args(_args(dev_json=f, mix="hulykvs-put"))
+    assert cfg.hulykvs_endpoints == ["http://127.0.0.1:3905", "http://127.0.0.1:3915"]
+    assert (cfg.hulykvs_secret, cfg.hulykvs_workspace) == ("huly-secret", dev["hulykvs_default_workspace"])
+    cfg.validate()
+    assert "huly-secret" not in json.dumps(summarize(cfg, [], None)["config"])
+    cfg = bench_cli.config_from_args(_args(dev_json=f, mix="hulykvs-get", hulykvs_token="TOK"))
+    assert (cfg.hulykvs_token, cfg.hulykvs_secret) == ("TOK", "")  # a given token wins over the secret
+    with pytest.raises(BenchError, match="needs --hulykvs-endpoint"):
+        bench_cli.config_from_args(_args(endpoint="127.0.0.1:1", mix="hulykvs-get")).validate()
+    with pytest.raises(BenchError, match="not etcd"):
+        bench_cli.config_from_args(_args(endpoint="127.0.0.1:1", target="etcd", mix="hulykvs-put")).validate()
+    bench_cli.config_from_args(_args(endpoint="127.0.0.1:1", target="etcd", mix="counter")).validate()
+
+
+def test_summarize_adds_up_the_counter_totals():
+    from garagekv.bench.hist import Histogram
+
+    def worker(increments: int, conflicts: int) -> dict:
+        h = Histogram()
+        h.record_many([2000] * increments)
+        return {
+            "stats": {
+                "increment": {"hist": h.to_dict(), "ok": increments, "errors": {}, "items": 0},
+                "conflict": {"hist": h.to_dict(), "ok": conflicts, "errors": {}, "items": 0},
+            },
+            "client_cpu": 0.1,
+            "counter": {
+                "attempts": increments + conflicts + 1,
+                "increments": increments,
+                "conflicts": conflicts,
+                "rejected": 0,
+            },
+        }
+
+    cfg = BenchConfig(endpoints=["127.0.0.1:1"], mix="counter", duration=2.0)
+    s = summarize(cfg, [worker(10, 4), worker(6, 2)], server_cpu_s=None)
+    assert s["ops"] == 16 and s["retries_per_sec"] == 3.0
+    assert s["counter"] == {"attempts": 24, "increments": 16, "conflicts": 6, "rejected": 0}
