@@ -275,9 +275,7 @@ class Worker:
                         await self._failed("read", t1, r)
                         continue
                     code, raw, token = t.latest_result(r)
-                    if code is None and raw is None:
-                        code = "missing"
-                    if code is not None or raw is None:
+                    if code is not None or raw is None:  # raw None: no live value, never expected here
                         await self._failed("read", t1, code or "missing")
                         continue
                     try:
