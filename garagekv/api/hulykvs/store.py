@@ -55,10 +55,10 @@ class HulyStore(Protocol):
         ...
 
 
-def current_value(item: K2VItem | None) -> bytes | None:
-    """The value a Hulykvs client sees in a K2V item that may hold concurrent values: the
-    latest live one (a tombstone among them does not hide it). None if there is no live value."""
-    return latest_value(item)
+#: The value a Hulykvs client sees in a K2V item that may hold concurrent values: the latest
+#: live one (a tombstone among them does not hide it); None if there is no live value. The same
+#: rule the consensus path's ``latest-md5`` compare uses.
+current_value = latest_value
 
 
 def _compares(key: str, condition: Condition) -> tuple[Compare, ...]:

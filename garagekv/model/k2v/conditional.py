@@ -57,7 +57,6 @@ RPC_PATH = endpoint_path("model/k2v", "conditional")
 IF_MATCH = "if-match"  # token: the item's causal context is exactly this
 IF_MATCH_ANY = "if-match-any"  # the item has a live value
 IF_NONE_MATCH_ANY = "if-none-match-any"  # the item has no live value
-CONDITIONS = (IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY)
 
 
 @dataclass(frozen=True)
