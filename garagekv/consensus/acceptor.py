@@ -19,7 +19,7 @@ from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Prop
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.state import AcceptorState
 from garagekv.db.env import Database
-from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.db.writer import GroupCommitWriter, ReadTxn, WriteTxn
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ TREE = "consensus:state"
 PREPARE = endpoint_path("consensus/acceptor", "Prepare")
 PROPOSE = endpoint_path("consensus/acceptor", "Propose")
 COMMIT = endpoint_path("consensus/acceptor", "Commit")
+READ = endpoint_path("consensus/acceptor", "Read")
 
 
 class Acceptor:
@@ -48,6 +49,7 @@ class Acceptor:
         registry.register(PREPARE, self._handle_prepare)
         registry.register(PROPOSE, self._handle_propose)
         registry.register(COMMIT, self._handle_commit)
+        registry.register(READ, self._handle_read)
 
     # ---- state -----------------------------------------------------------------------------------
 
@@ -95,15 +97,42 @@ class Acceptor:
         self.metrics.count("accepts" if answer.ok else "refusals")
         return answer
 
-    async def commit(self, msg: Commit) -> None:
-        def job(tx: WriteTxn) -> None:
+    async def commit(self, msg: Commit) -> Accepted | None:
+        def job(tx: WriteTxn) -> Accepted | None:
             old = self._state_in(tx, msg.key)
-            self._store(tx, msg.key, old, old.on_commit(msg.proposal))
+            new = old.on_commit(msg.proposal)
+            renewal = None
+            if msg.next_ballot is not None:
+                new, held = new.on_renew(msg.proposal.ballot, msg.next_ballot)
+                renewal = Accepted(held, new.promised)
+            self._store(tx, msg.key, old, new)
             if msg.proposal.update is not None:
                 self.machine.apply_in(tx, msg.key, msg.proposal.update)
+            return renewal
 
-        await self.writer.submit(job)
+        renewal = await self.writer.submit(job)
         self.metrics.count("commits")
+        if renewal is not None and renewal.ok:
+            self.metrics.count("promises")
+        return renewal
+
+    async def read(self, msg: Prepare) -> Promise:
+        """The states of the read keys if ``msg.ballot`` is still this node's promise and nothing
+        was accepted since (a holder's round, docs/consensus.md §3b); a refusal otherwise.
+
+        Reads one snapshot on the event loop: it writes nothing, so it needs neither the writer
+        thread nor an fsync; the promise it checks and the states it reads are of one instant.
+        """
+        with self.db.read() as txn:
+            view = ReadTxn(txn)
+            raw = view.get(self.tree, msg.key)
+            state = AcceptorState.decode(None if raw is None else bytes(raw))
+            if not state.holds(msg.ballot):
+                return Promise(False, state.promised, None, None, ())
+            values = self.machine.read_in(view, msg.key, msg.read_keys)
+        if len(values) != len(msg.read_keys):
+            raise ValueError("state machine returned the wrong number of states")
+        return Promise(True, state.promised, None, None, tuple(zip(msg.read_keys, values, strict=True)))
 
     # ---- RPC handlers: validate once, then work on typed messages ---------------------------------
 
@@ -114,5 +143,8 @@ class Acceptor:
         return (await self.propose(Propose.from_wire(body))).to_wire()
 
     async def _handle_commit(self, from_node: bytes, body: Any) -> Any:
-        await self.commit(Commit.from_wire(body))
-        return None
+        renewal = await self.commit(Commit.from_wire(body))
+        return None if renewal is None else renewal.to_wire()
+
+    async def _handle_read(self, from_node: bytes, body: Any) -> Any:
+        return (await self.read(Prepare.from_wire(body))).to_wire()

@@ -11,16 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from garagekv.db.writer import WriteTxn
+from garagekv.db.writer import TxnReader, WriteTxn
 
 T_co = TypeVar("T_co", covariant=True)
 
 
 class StateMachine(Protocol):
-    def read_in(self, tx: WriteTxn, key: bytes, read_keys: Sequence[bytes]) -> list[bytes | None]:
+    def read_in(self, tx: TxnReader, key: bytes, read_keys: Sequence[bytes]) -> list[bytes | None]:
         """The local state of each read key of ``key`` (``None``: absent), read inside the
-        transaction that records the promise (so it is exactly the state promised upon).
-        Runs on the writer thread: no asyncio, no blocking beyond LMDB reads."""
+        transaction that records the promise (so it is exactly the state promised upon), or in
+        the snapshot of a held ballot's Read (docs/consensus.md §3b). Runs on the writer thread
+        or the event loop: no asyncio, nothing beyond LMDB reads."""
         ...
 
     def merge(self, read_key: bytes, states: Sequence[bytes | None]) -> bytes | None:

@@ -173,15 +173,25 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Commit:
-    """Phase 3: ``proposal`` was chosen for ``key``: apply it and record its ballot."""
+    """Phase 3: ``proposal`` was chosen for ``key``: apply it and record its ballot. With
+    ``next_ballot``, also promise that ballot for the proposer's next operation on the key, if
+    nothing else happened on it since (docs/consensus.md §3b); the answer is then an
+    ``Accepted`` saying whether it did."""
 
     key: bytes
     proposal: Proposal
+    next_ballot: Ballot | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.key, self.proposal.to_wire()]
+        w = [self.key, self.proposal.to_wire()]
+        if self.next_ballot is not None:
+            w.append(self.next_ballot.to_wire())
+        return w
 
     @classmethod
     def from_wire(cls, w: Any) -> Commit:
+        if isinstance(w, list | tuple) and len(w) == 3:
+            key, p, nb = w
+            return cls(_key("Commit", key), Proposal.from_wire(p, "Commit"), _ballot("Commit", nb))
         key, p = _fields("Commit", w, 2)
         return cls(_key("Commit", key), Proposal.from_wire(p, "Commit"))

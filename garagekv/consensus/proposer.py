@@ -17,10 +17,12 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE
+from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.ballot import Ballot, BallotClock
 from garagekv.consensus.machine import Decision, StateMachine
 from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
@@ -38,6 +40,9 @@ R = TypeVar("R")
 BACKOFF_BASE = 0.005
 BACKOFF_MAX = 0.5
 DEFAULT_TIMEOUT = 30.0
+#: Keys whose next ballot this proposer holds, at most (the least recently used are forgotten,
+#: which only costs their next operation a Prepare).
+MAX_HOLDS = 16384
 
 
 class Transport(Protocol):
@@ -52,6 +57,16 @@ class _Lost(Exception):
     def __init__(self, ballot: Ballot) -> None:
         super().__init__(str(ballot))
         self.ballot = ballot
+        self.proposed = False
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """A ballot a majority of every set promised to this proposer with its last commit on the
+    key (docs/consensus.md §3b): the next operation may skip Prepare while the view is the same."""
+
+    ballot: Ballot
+    sets: tuple[tuple[bytes, ...], ...]
 
 
 _background: set[asyncio.Task[Any]] = set()
@@ -92,6 +107,7 @@ class Proposer:
         self.timeout = timeout
         self.clock = BallotClock(placement.node_id)
         self._rng = rng or random.Random()
+        self._holds: OrderedDict[bytes, _Hold] = OrderedDict()
 
     async def run(
         self,
@@ -133,15 +149,29 @@ class Proposer:
         deadline: float,
     ) -> T:
         lost = 0
+        hold = self._holds.pop(key, None)
         while True:
             # Read together (no await in between): the ballot's layout version is the one of the
             # view whose node sets this attempt uses.
             epoch = self.placement.layout_version()
             sets = self.placement.write_sets(key[:MIN_KEY_LEN])
-            ballot = self.clock.next(epoch)
-            self.metrics.count("attempts")
             if not sets or not all(sets):
                 raise QuorumError(1, 0, 0, ["no storage node for this partition"], operation="consensus_prepare")
+            view = tuple(tuple(g) for g in sets)
+            if hold is not None:
+                held, hold = hold, None
+                if held.ballot.epoch == epoch and held.sets == view:
+                    try:
+                        return await self._run_held(key, held, read_keys, decide, sets, deadline)
+                    except _Lost as e:
+                        self.clock.observe(e.ballot)
+                        self.metrics.count("contention")
+                        if e.proposed:
+                            lost += 1
+                            await self._backoff(lost, deadline)
+                        continue
+            ballot = self.clock.next(epoch)
+            self.metrics.count("attempts")
             try:
                 promises = await self._prepare(key, ballot, read_keys, sets, deadline)
                 in_flight = _in_flight(promises)
@@ -162,7 +192,7 @@ class Proposer:
                 proposal = Proposal(ballot, decision.update)
                 await self._propose(key, proposal, sets, deadline)
                 if proposal.update is not None:
-                    await self._commit(key, proposal, sets, deadline)
+                    await self._commit_and_renew(key, proposal, epoch, view, sets, deadline)
                 self.metrics.count("decided")
                 return decision.result
             except _Lost as e:
@@ -170,6 +200,50 @@ class Proposer:
                 self.metrics.count("contention")
                 lost += 1
                 await self._backoff(lost, deadline)
+
+    async def _run_held(
+        self,
+        key: bytes,
+        hold: _Hold,
+        read_keys: tuple[bytes, ...],
+        decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
+        sets: list[list[bytes]],
+        deadline: float,
+    ) -> T:
+        """An attempt under a held ballot (docs/consensus.md §3b): read the states from a
+        majority of every set that still holds it, decide, and propose under it; no Prepare.
+
+        Raises ``_Lost`` when the ballot is no longer held (``proposed``: after proposing, so the
+        proposal may be in flight and the caller backs off before preparing).
+        """
+        self.metrics.count("attempts")
+        states = await self._read(key, hold.ballot, read_keys, sets, deadline)
+        try:
+            decision = decide(_merge_states(self.machine, read_keys, states))
+        except BaseException:
+            self._remember(key, hold)  # nothing was proposed: the ballot is still held
+            raise
+        if decision.update is None:
+            # Nothing to write: a majority still held the ballot when it answered, so nothing
+            # newer was proposed before the read and nothing older can be accepted any more.
+            self._remember(key, hold)
+        else:
+            proposal = Proposal(hold.ballot, decision.update)
+            try:
+                await self._propose(key, proposal, sets, deadline)
+            except _Lost as e:
+                e.proposed = True
+                raise
+            await self._commit_and_renew(key, proposal, hold.ballot.epoch, hold.sets, sets, deadline)
+        self.metrics.count("held")
+        self.metrics.count("decided")
+        return decision.result
+
+    def _remember(self, key: bytes, hold: _Hold) -> None:
+        self._holds[key] = hold
+        self._holds.move_to_end(key)
+        while len(self._holds) > MAX_HOLDS:
+            self._holds.popitem(last=False)
 
     async def _backoff(self, lost: int, deadline: float) -> None:
         cap = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** min(lost, 16)))
@@ -202,6 +276,19 @@ class Proposer:
 
         await self._quorum(PROPOSE, body, sets, deadline, verdict, "consensus_propose", keep=False)
 
+    async def _read(
+        self, key: bytes, ballot: Ballot, read_keys: tuple[bytes, ...], sets: list[list[bytes]], deadline: float
+    ) -> list[Promise]:
+        body = Prepare(key, ballot, read_keys).to_wire()
+
+        def verdict(raw: Any) -> tuple[bool, Ballot, Promise]:
+            p = Promise.from_wire(raw)
+            if p.ok and tuple(k for k, _ in p.states) != read_keys:
+                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            return p.ok, p.promised, p
+
+        return await self._quorum(READ, body, sets, deadline, verdict, "consensus_read", keep=False)
+
     async def _commit(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
         body = Commit(key, proposal).to_wire()
 
@@ -209,6 +296,31 @@ class Proposer:
             return True, proposal.ballot, None
 
         await self._quorum(COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True)
+
+    async def _commit_and_renew(
+        self,
+        key: bytes,
+        proposal: Proposal,
+        epoch: int,
+        view: tuple[tuple[bytes, ...], ...],
+        sets: list[list[bytes]],
+        deadline: float,
+    ) -> None:
+        """Commit our own decided proposal, asking each acceptor to promise our next ballot too.
+
+        Every answer counted for the commit's majority must have renewed: those answers then
+        come from a majority of every set, so the next ballot is held (docs/consensus.md §3b).
+        """
+        nxt = self.clock.next(epoch)
+        body = Commit(key, proposal, nxt).to_wire()
+
+        def verdict(raw: Any) -> tuple[bool, Ballot, bool]:
+            renewed = raw is not None and Accepted.from_wire(raw).ok
+            return True, proposal.ballot, renewed
+
+        renewals = await self._quorum(COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True)
+        if all(renewals):
+            self._remember(key, _Hold(nxt, view))
 
     # ---- waiting for a majority in every set -----------------------------------------------------
 
@@ -242,9 +354,8 @@ class Proposer:
         refused: Ballot | None = None
 
         async def one(node: bytes) -> Any:
-            remaining = max(0.0, deadline - time.monotonic())
-            async with asyncio.timeout(remaining):
-                return await self.transport.call(node, path, body, timeout=remaining)
+            # The transport enforces the timeout (and ``run`` the deadline as a whole).
+            return await self.transport.call(node, path, body, timeout=max(0.0, deadline - time.monotonic()))
 
         running: dict[asyncio.Task[Any], bytes] = {asyncio.ensure_future(one(n)): n for n in members}
         finished = False

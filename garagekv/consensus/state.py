@@ -68,6 +68,18 @@ class AcceptorState:
             accepted = None
         return AcceptorState(promised, accepted, commit)
 
+    def on_renew(self, committed: Ballot, ballot: Ballot) -> tuple[AcceptorState, bool]:
+        """Promise ``ballot`` to the proposer whose commit at ``committed`` was just applied, if
+        that commit is still the most recent, nothing newer was accepted, and ``ballot`` is above
+        every promise: the proposer then holds the key (docs/consensus.md §3b)."""
+        if self.committed != committed or self.accepted is not None:
+            return self, False
+        return self.on_prepare(ballot)
+
+    def holds(self, ballot: Ballot) -> bool:
+        """``ballot`` is still the promise and nothing was accepted since it was made."""
+        return self.promised == ballot and self.accepted is None
+
     # ---- storage ---------------------------------------------------------------------------------
 
     def in_flight(self) -> Proposal | None:

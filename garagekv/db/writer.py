@@ -54,6 +54,23 @@ class WriteTxn:
         self._after_commit.append(fn)
 
 
+class ReadTxn:
+    """A read-only transaction with ``WriteTxn``'s ``get``, so code that only reads (a state
+    machine's ``read_in``) runs the same inside a write job or in a snapshot on the event loop."""
+
+    __slots__ = ("txn",)
+
+    def __init__(self, txn: lmdb.Transaction[bytes]) -> None:
+        self.txn = txn
+
+    def get(self, tree: lmdb._Database, key: bytes) -> bytes | None:
+        return self.txn.get(key, db=tree)
+
+
+#: Either kind of transaction, for code that only reads.
+TxnReader = WriteTxn | ReadTxn
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop")
 

@@ -43,7 +43,7 @@ from garagekv.net.identity import NODE_ID_LEN, SIGNATURE_LEN, NodeKey, short_id,
 #: Protocol name and version: bumped on any incompatible change to the handshake, the framing or
 #: the RPC messages nodes exchange (2: request ids in frames, batched table reads and updates;
 #: 3: PollRange answers carry the issued clock; 4: K2V's ``poll_ranges``, docs/protocol.md).
-PROTOCOL_MAGIC = b"GKVNET\x00\x04"
+PROTOCOL_MAGIC = b"GKVNET\x00\x05"
 HANDSHAKE_TIMEOUT = 10.0
 SECRET_LEN = 32
 

@@ -90,6 +90,24 @@ def test_commit_clears_older_accepted_and_never_regresses():
     assert ok and s.accepted is None
 
 
+def test_a_commit_renews_the_promise_only_if_nothing_happened_since():
+    """The next ballot is promised with a commit only while that commit is the most recent and
+    nothing newer is accepted; then it is held until anything else is promised or accepted."""
+    b1, nxt = Ballot(0, 5, A), Ballot(0, 6, A)
+    s = AcceptorState(b1).on_commit(Proposal(b1, b"v"))
+    renewed, ok = s.on_renew(b1, nxt)
+    assert ok and renewed.promised == nxt and renewed.holds(nxt) and not renewed.holds(b1)
+    newer = AcceptorState(Ballot(0, 7, B)).on_commit(Proposal(Ballot(0, 7, B), b"w"))
+    assert newer.on_renew(b1, Ballot(0, 8, A)) == (newer, False)  # a newer commit landed first
+    s, _ = AcceptorState().on_prepare(Ballot(0, 9, C))
+    s, _ = s.on_propose(Proposal(Ballot(0, 9, C), b"x"))
+    s = s.on_commit(Proposal(b1, b"v"))  # our commit arrives after C's proposal was accepted
+    assert s.on_renew(b1, Ballot(0, 10, A)) == (s, False)
+    assert not renewed.on_prepare(Ballot(0, 7, B))[0].holds(nxt)
+    taken, _ = renewed.on_propose(Proposal(nxt, b"y"))
+    assert not taken.holds(nxt)  # a proposal under the held ballot uses it up
+
+
 def test_state_round_trips_and_corruption_is_detected():
     s = AcceptorState(Ballot(0, 9, B), Proposal(Ballot(0, 8, A), None), Proposal(Ballot(0, 2, C), b"u"))
     assert AcceptorState.decode(s.encode()) == s
@@ -200,6 +218,7 @@ KEY = b"\x01" * 32 + b"pk"
         Propose(KEY, Proposal(Ballot(0, 1, A), None)),
         Accepted(False, Ballot(0, 2, B)),
         Commit(KEY, Proposal(Ballot(0, 1, A), b"u")),
+        Commit(KEY, Proposal(Ballot(0, 1, A), b"u"), Ballot(0, 2, A)),
     ],
 )
 def test_messages_round_trip_through_msgpack(msg):
@@ -227,6 +246,7 @@ def test_messages_round_trip_through_msgpack(msg):
         (Accepted, [True]),
         (Commit, [KEY * 20, [[0, 1, A], None]]),
         (Commit, {"key": KEY}),
+        (Commit, [KEY, [[0, 1, A], None], "next"]),
     ],
 )
 def test_malformed_messages_are_protocol_errors(cls, bad):

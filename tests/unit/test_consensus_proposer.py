@@ -9,7 +9,7 @@ import contextvars
 import pytest
 
 from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
-from garagekv.consensus.acceptor import COMMIT, PROPOSE
+from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.messages import Commit
 from garagekv.consensus.proposer import background_tasks
 from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
@@ -125,6 +125,69 @@ async def test_accepted_but_uncommitted_proposal_is_completed_first(cluster):
     await settle()
     assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(1, 1)}
     assert all(n.acceptor.load(KEY).committed > ZERO_BALLOT for n in cluster.nodes[:3])
+
+
+async def test_a_proposer_holding_the_next_ballot_skips_prepare(cluster):
+    """Its commit got the next ballot promised (docs/consensus.md §3b): the following writes read
+    the states and propose at once, and a read under the held ballot is one round trip."""
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    before = len(cluster.transport.calls)
+    assert [await p.run(KEY, [b"x"], increment()) for _ in range(2)] == [2, 3]
+    paths = {path for path, _ in cluster.transport.calls[before:]}
+    assert PREPARE not in paths and {READ, PROPOSE, COMMIT} <= paths
+    before = len(cluster.transport.calls)
+    assert await p.run(KEY, [b"x"], read()) == (3, 3)
+    assert {path for path, _ in cluster.transport.calls[before:]} == {READ}
+    assert (p.metrics.held, p.metrics.decided, p.metrics.contention) == (3, 4, 0)
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(3, 3)}
+
+
+async def test_a_ballot_taken_by_another_proposer_is_no_longer_held(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    a, b = cluster.proposer(0, sets), cluster.proposer(1, sets)
+    assert await a.run(KEY, [b"x"], increment()) == 1
+    assert await b.run(KEY, [b"x"], increment()) == 2  # prepares above a's held ballot
+    before = len(cluster.transport.calls)
+    assert await a.run(KEY, [b"x"], increment()) == 3  # the read is refused: a prepares again
+    assert PREPARE in {path for path, _ in cluster.transport.calls[before:]}
+    assert a.metrics.held == 0
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(3, 3)}
+
+
+async def test_a_held_read_never_hides_a_write_that_could_still_apply(cluster):
+    """b's increment is promised everywhere, accepted by node 2 only, then fails (503). A read
+    by a, which held the key's ballot before, must not answer from the states alone: b's
+    proposal could be completed after it. a's ballot is no longer held (b's promise replaced
+    it), so a runs a full round, which completes or discards b's increment for good."""
+    sets = [cluster.ids(0, 1, 2)]
+    a, b = cluster.proposer(0, sets), cluster.proposer(1, sets, timeout=1.0)
+    c = cluster.proposer(2, sets)
+    assert await a.run(KEY, [b"x"], increment()) == 1
+    n0, n1, n2 = cluster.ids(0, 1, 2)
+    cluster.transport.drop = lambda path, node, body=None: path == PROPOSE and node != n2
+    with pytest.raises(ServiceUnavailable):
+        await b.run(KEY, [b"x"], increment())
+    await settle()
+    cluster.transport.drop = lambda path, node, body=None: False
+    seen = await a.run(KEY, [b"x"], read())
+    cluster.transport.down = {n0}  # c's quorum is {1, 2}: it would find b's proposal if it survived
+    assert await c.run(KEY, [b"x"], read()) == seen
+
+
+async def test_a_held_ballot_is_dropped_when_the_view_changes(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    p.placement.sets = [cluster.ids(0, 1, 2), cluster.ids(2, 3, 4)]
+    p.placement.epoch = 1
+    before = len(cluster.transport.calls)
+    assert await p.run(KEY, [b"x"], increment()) == 2
+    assert PREPARE in {path for path, _ in cluster.transport.calls[before:]}
+    assert p.metrics.held == 0
 
 
 async def test_a_majority_is_needed_in_every_live_version(cluster):

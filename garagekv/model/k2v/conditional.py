@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garagekv.consensus import Decision, Proposer
-from garagekv.db.writer import WriteTxn
+from garagekv.db.writer import TxnReader, WriteTxn
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, merge_encoded, partition_hash
 from garagekv.model.k2v.store import K2VStore, LocalClock
@@ -87,7 +87,7 @@ class K2VMachine:
         self.node = node
         self.clock = clock
 
-    def read_in(self, tx: WriteTxn, key: bytes, read_keys: Sequence[bytes]) -> list[bytes | None]:
+    def read_in(self, tx: TxnReader, key: bytes, read_keys: Sequence[bytes]) -> list[bytes | None]:
         out: list[bytes | None] = []
         for rk in read_keys:
             raw = tx.get(self.item_data.store, key + rk)
