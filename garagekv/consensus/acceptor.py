@@ -11,6 +11,7 @@ hash), value = ``AcceptorState.encode()`` (docs/consensus.md, "Storage").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,14 +22,24 @@ from garagekv.consensus.state import AcceptorState
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, ReadTxn, WriteTxn
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
+from garagekv.rpc.messages import malformed
+from garagekv.util import codec
+from garagekv.util.errors import GarageKVError, InternalError
 
 log = logging.getLogger(__name__)
+
+#: Messages in one batch call, at most (a proposer sends what one loop turn queued).
+MAX_BATCH = 4096
 
 TREE = "consensus:state"
 PREPARE = endpoint_path("consensus/acceptor", "Prepare")
 PROPOSE = endpoint_path("consensus/acceptor", "Propose")
 COMMIT = endpoint_path("consensus/acceptor", "Commit")
 READ = endpoint_path("consensus/acceptor", "Read")
+#: Several of the messages above in one call: ``[msgpack([path, body]), ...]`` answered by
+#: ``[[true, answer] | [false, {"code", "message"}], ...]`` in the same order (a proposer sends
+#: what its rounds queued for this node during one event-loop turn, docs/consensus.md §5).
+BATCH = endpoint_path("consensus/acceptor", "Batch")
 
 
 class Acceptor:
@@ -50,6 +61,13 @@ class Acceptor:
         registry.register(PROPOSE, self._handle_propose)
         registry.register(COMMIT, self._handle_commit)
         registry.register(READ, self._handle_read)
+        registry.register(BATCH, self._handle_batch)
+        self._handlers = {
+            PREPARE: self._handle_prepare,
+            PROPOSE: self._handle_propose,
+            COMMIT: self._handle_commit,
+            READ: self._handle_read,
+        }
 
     # ---- state -----------------------------------------------------------------------------------
 
@@ -148,3 +166,25 @@ class Acceptor:
 
     async def _handle_read(self, from_node: bytes, body: Any) -> Any:
         return (await self.read(Prepare.from_wire(body))).to_wire()
+
+    async def _handle_batch(self, from_node: bytes, body: Any) -> Any:
+        if not isinstance(body, list) or len(body) > MAX_BATCH:
+            raise malformed("consensus batch", f"expected an array of at most {MAX_BATCH} messages")
+
+        async def one(raw: Any) -> list[Any]:
+            try:
+                try:
+                    item = codec.decode(raw) if isinstance(raw, bytes) else None
+                except Exception:  # noqa: BLE001 - msgpack raises many unrelated types on garbage
+                    item = None
+                if not isinstance(item, list) or len(item) != 2 or item[0] not in self._handlers:
+                    raise malformed("consensus batch", "a message is the msgpack of [consensus endpoint, body]")
+                return [True, await self._handlers[item[0]](from_node, item[1])]
+            except GarageKVError as e:
+                return [False, {"code": str(e.code), "message": str(e.message)}]
+            except Exception as e:  # noqa: BLE001 - one message's failure is that message's answer
+                log.exception("consensus message in a batch failed")
+                return [False, {"code": InternalError.code, "message": f"{type(e).__name__}: {e}"}]
+
+        # Concurrently: their writer jobs share one group commit.
+        return list(await asyncio.gather(*(one(item) for item in body)))

@@ -18,17 +18,20 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.acceptor import BATCH, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.ballot import Ballot, BallotClock
 from garagekv.consensus.machine import Decision, StateMachine
 from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import Placement, majority
+from garagekv.net.frame import error_from_body
+from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher
 from garagekv.rpc.quorum import QuorumError, describe_failure
+from garagekv.util import codec
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,20 @@ class _Lost(Exception):
     def __init__(self, ballot: Ballot) -> None:
         super().__init__(str(ballot))
         self.ballot = ballot
-        self.proposed = False
+
+
+class _Unreachable(Exception):
+    """Some of the nodes asked (``only``) failed: no majority among them (internal)."""
+
+
+class _NotHeld(Exception):
+    """A held ballot's attempt could not go on (internal: a full attempt follows). ``ballot``: the
+    higher one that took the key, if a refusal said so; ``backoff``: wait before retrying."""
+
+    def __init__(self, ballot: Ballot | None, *, backoff: bool) -> None:
+        super().__init__(str(ballot))
+        self.ballot = ballot
+        self.backoff = backoff
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,9 @@ class _Hold:
 
     ballot: Ballot
     sets: tuple[tuple[bytes, ...], ...]
+    #: The acceptors whose renewal made the hold: a majority of every set. The held round asks
+    #: only them (the others would only add messages); if one of them fails, it falls back.
+    holders: frozenset[bytes]
 
 
 _background: set[asyncio.Task[Any]] = set()
@@ -108,6 +127,9 @@ class Proposer:
         self.clock = BallotClock(placement.node_id)
         self._rng = rng or random.Random()
         self._holds: OrderedDict[bytes, _Hold] = OrderedDict()
+        # Messages of concurrent rounds to one node leave as one call per loop turn: under load
+        # the per-call costs (framing, encryption, dispatch, timers) are most of a round's CPU.
+        self._batcher: CallBatcher[bytes] = CallBatcher(self._send_batch)
 
     async def run(
         self,
@@ -163,10 +185,11 @@ class Proposer:
                 if held.ballot.epoch == epoch and held.sets == view:
                     try:
                         return await self._run_held(key, held, read_keys, decide, sets, deadline)
-                    except _Lost as e:
-                        self.clock.observe(e.ballot)
-                        self.metrics.count("contention")
-                        if e.proposed:
+                    except _NotHeld as e:
+                        if e.ballot is not None:
+                            self.clock.observe(e.ballot)
+                            self.metrics.count("contention")
+                        if e.backoff:
                             lost += 1
                             await self._backoff(lost, deadline)
                         continue
@@ -213,11 +236,16 @@ class Proposer:
         """An attempt under a held ballot (docs/consensus.md §3b): read the states from a
         majority of every set that still holds it, decide, and propose under it; no Prepare.
 
-        Raises ``_Lost`` when the ballot is no longer held (``proposed``: after proposing, so the
-        proposal may be in flight and the caller backs off before preparing).
+        Only the acceptors that renewed the hold are asked. Raises ``_NotHeld`` when the ballot is
+        no longer held or one of them fails before the proposal is accepted.
         """
         self.metrics.count("attempts")
-        states = await self._read(key, hold.ballot, read_keys, sets, deadline)
+        try:
+            states = await self._read(key, hold.ballot, read_keys, sets, deadline, only=hold.holders)
+        except _Lost as e:
+            raise _NotHeld(e.ballot, backoff=False) from None
+        except _Unreachable:
+            raise _NotHeld(None, backoff=False) from None
         try:
             decision = decide(_merge_states(self.machine, read_keys, states))
         except BaseException:
@@ -230,10 +258,13 @@ class Proposer:
         else:
             proposal = Proposal(hold.ballot, decision.update)
             try:
-                await self._propose(key, proposal, sets, deadline)
+                await self._propose(key, proposal, sets, deadline, only=hold.holders)
             except _Lost as e:
-                e.proposed = True
-                raise
+                raise _NotHeld(e.ballot, backoff=True) from None  # a competitor: let it finish
+            except _Unreachable:
+                # A holder failed: the proposal may be accepted somewhere; the full attempt that
+                # follows completes it or outbids it.
+                raise _NotHeld(None, backoff=False) from None
             await self._commit_and_renew(key, proposal, hold.ballot.epoch, hold.sets, sets, deadline)
         self.metrics.count("held")
         self.metrics.count("decided")
@@ -267,17 +298,30 @@ class Proposer:
 
         return await self._quorum(PREPARE, body, sets, deadline, verdict, "consensus_prepare", keep=False)
 
-    async def _propose(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
+    async def _propose(
+        self,
+        key: bytes,
+        proposal: Proposal,
+        sets: list[list[bytes]],
+        deadline: float,
+        only: Collection[bytes] | None = None,
+    ) -> None:
         body = Propose(key, proposal).to_wire()
 
         def verdict(raw: Any) -> tuple[bool, Ballot, None]:
             a = Accepted.from_wire(raw)
             return a.ok, a.promised, None
 
-        await self._quorum(PROPOSE, body, sets, deadline, verdict, "consensus_propose", keep=False)
+        await self._quorum(PROPOSE, body, sets, deadline, verdict, "consensus_propose", keep=False, only=only)
 
     async def _read(
-        self, key: bytes, ballot: Ballot, read_keys: tuple[bytes, ...], sets: list[list[bytes]], deadline: float
+        self,
+        key: bytes,
+        ballot: Ballot,
+        read_keys: tuple[bytes, ...],
+        sets: list[list[bytes]],
+        deadline: float,
+        only: Collection[bytes] | None = None,
     ) -> list[Promise]:
         body = Prepare(key, ballot, read_keys).to_wire()
 
@@ -287,7 +331,7 @@ class Proposer:
                 raise ServiceUnavailable("acceptor answered the state of other keys than asked")
             return p.ok, p.promised, p
 
-        return await self._quorum(READ, body, sets, deadline, verdict, "consensus_read", keep=False)
+        return await self._quorum(READ, body, sets, deadline, verdict, "consensus_read", keep=False, only=only)
 
     async def _commit(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
         body = Commit(key, proposal).to_wire()
@@ -318,9 +362,35 @@ class Proposer:
             renewed = raw is not None and Accepted.from_wire(raw).ok
             return True, proposal.ballot, renewed
 
-        renewals = await self._quorum(COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True)
+        holders: list[bytes] = []
+        renewals = await self._quorum(
+            COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True, answered=holders
+        )
         if all(renewals):
-            self._remember(key, _Hold(nxt, view))
+            self._remember(key, _Hold(nxt, view, _fewest(holders, sets, self.placement.node_id)))
+
+    # ---- calls ------------------------------------------------------------------------------------
+
+    async def _call(self, node: bytes, path: str, body: Any, deadline: float) -> Any:
+        """One message to one acceptor: in-process for this node, batched for the others (the
+        transport enforces the timeout, and ``run`` the deadline as a whole)."""
+        remaining = max(0.0, deadline - time.monotonic())
+        if node != self.placement.node_id:
+            item = codec.encode([path, body])
+            if len(item) <= MAX_BATCH_BYTES:
+                answer = await self._batcher.item_future(node, item)
+                if not isinstance(answer, list) or len(answer) != 2 or not isinstance(answer[0], bool):
+                    raise ServiceUnavailable("malformed answer in a consensus batch")
+                if not answer[0]:
+                    raise error_from_body(answer[1])
+                return answer[1]
+        return await self.transport.call(node, path, body, timeout=remaining)
+
+    async def _send_batch(self, node: bytes, items: list[Any]) -> list[Any]:
+        answers = await self.transport.call(node, BATCH, items, timeout=self.timeout)
+        if not isinstance(answers, list) or len(answers) != len(items):
+            raise ServiceUnavailable("malformed answer to a consensus batch")
+        return answers
 
     # ---- waiting for a majority in every set -----------------------------------------------------
 
@@ -334,18 +404,23 @@ class Proposer:
         operation: str,
         *,
         keep: bool,
+        only: Collection[bytes] | None = None,
+        answered: list[bytes] | None = None,
     ) -> list[R]:
         """The yes-answers once a majority of every set said yes.
 
         Raises ``_Lost`` once refusals leave some set short of a majority (with the highest ballot
         refused), and ``QuorumError`` once failures do. Calls still running at the end are
-        cancelled, or kept running with ``keep`` (a commit must reach every node it can).
+        cancelled, or kept running with ``keep`` (a commit must reach every node it can). With
+        ``only``, just those nodes are asked; ``answered`` receives the nodes that said yes, in the
+        order of the answers.
         """
         members: dict[bytes, list[int]] = {}
         for i, group in enumerate(sets):
             for node in dict.fromkeys(group):
-                members.setdefault(node, []).append(i)
-        sizes = [len(set(g)) for g in sets]
+                if only is None or node in only:
+                    members.setdefault(node, []).append(i)
+        sizes = [sum(1 for n in set(g) if n in members) for g in sets]
         needed = [majority(g) for g in sets]
         yes = [0] * len(sets)
         no = [0] * len(sets)
@@ -354,8 +429,7 @@ class Proposer:
         refused: Ballot | None = None
 
         async def one(node: bytes) -> Any:
-            # The transport enforces the timeout (and ``run`` the deadline as a whole).
-            return await self.transport.call(node, path, body, timeout=max(0.0, deadline - time.monotonic()))
+            return await self._call(node, path, body, deadline)
 
         running: dict[asyncio.Task[Any], bytes] = {asyncio.ensure_future(one(n)): n for n in members}
         finished = False
@@ -369,6 +443,8 @@ class Proposer:
                     finished = True
                     if refused is not None:
                         raise _Lost(refused)
+                    if only is not None:
+                        raise _Unreachable()  # the caller falls back to asking every node
                     raise QuorumError(max(needed), sum(yes), len(members), errors, sets=len(sets), operation=operation)
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -388,6 +464,8 @@ class Proposer:
                         else:
                             if ok:
                                 results.append(value)
+                                if answered is not None:
+                                    answered.append(node)
                             elif refused is None or seen > refused:
                                 refused = seen
                     for i in members[node]:
@@ -402,6 +480,20 @@ class Proposer:
                 else:
                     task.cancel()
                     _keep(task)
+
+
+def _fewest(answered: list[bytes], sets: list[list[bytes]], me: bytes) -> frozenset[bytes]:
+    """The fewest of ``answered`` (which hold a majority of every set) that still do: this node
+    first (its calls are in-process), then in the order they answered."""
+    needed = [majority(g) for g in sets]
+    chosen: list[bytes] = []
+    for node in sorted(answered, key=lambda n: n != me):  # stable: answer order otherwise
+        short = [i for i, g in enumerate(sets) if sum(1 for n in chosen if n in g) < needed[i]]
+        if not short:
+            break
+        if any(node in sets[i] for i in short):
+            chosen.append(node)
+    return frozenset(chosen)
 
 
 def _in_flight(promises: list[Promise]) -> Proposal | None:

@@ -26,6 +26,12 @@ def test_applied_412_and_503_are_counted(make_cluster):
         for b, d in zip(before, decided, strict=True)
     )
     assert rounds == 2
+    # The 204's commit renewed the coordinator's ballot: the 412 needed no Prepare.
+    held = sum(
+        value(d, "garagekv_consensus_held_total") - value(b, "garagekv_consensus_held_total")
+        for b, d in zip(before, decided, strict=True)
+    )
+    assert held == 1
     assert any(value(d, "garagekv_table_size", table_name="consensus") >= 1 for d in decided)
     nodes[1].kill()
     nodes[2].kill()

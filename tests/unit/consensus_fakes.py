@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from garagekv.consensus import Acceptor, ConsensusMetrics, Decision, Proposer
+from garagekv.consensus.acceptor import BATCH
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.net.errors import NetError
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.util import codec
+from garagekv.util.errors import GarageKVError
 
 REGISTER_TREE = "test:register"
 
@@ -121,6 +123,16 @@ class FakeTransport:
         self.calls: list[tuple[str, bytes]] = []
 
     async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
+        if path == BATCH:
+            # Deliver a batch's messages one by one, so faults and ``calls`` see each of them.
+            async def one(raw: bytes) -> list[Any]:
+                inner_path, inner_body = codec.decode(raw)
+                try:
+                    return [True, await self.call(node, inner_path, inner_body, timeout)]
+                except GarageKVError as e:
+                    return [False, {"code": e.code, "message": e.message}]
+
+            return list(await asyncio.gather(*(one(raw) for raw in body)))
         self.calls.append((path, node))
         if self.before is not None:
             await self.before(path, node)

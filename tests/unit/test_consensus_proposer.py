@@ -178,6 +178,26 @@ async def test_a_held_read_never_hides_a_write_that_could_still_apply(cluster):
     assert await c.run(KEY, [b"x"], read()) == seen
 
 
+async def test_a_held_round_asks_only_the_holders_and_falls_back_when_one_fails(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    holders = p._holds[KEY].holders
+    assert len(holders) == 2 and cluster.ids(0)[0] in holders
+    before = len(cluster.transport.calls)
+    assert await p.run(KEY, [b"x"], increment()) == 2
+    asked = [(path, node) for path, node in cluster.transport.calls[before:] if path in (READ, PROPOSE)]
+    assert {node for _, node in asked} == holders and len(asked) == 4
+    holders = p._holds[KEY].holders
+    (peer,) = holders - {cluster.ids(0)[0]}
+    cluster.transport.down = {peer}
+    assert await p.run(KEY, [b"x"], increment()) == 3  # read fails on the peer: a full attempt
+    assert p.metrics.failures == 0 and p.metrics.held == 1
+    assert peer not in p._holds[KEY].holders
+    assert await p.run(KEY, [b"x"], increment()) == 4  # held again, by the nodes that are up
+    assert p.metrics.held == 2
+
+
 async def test_a_held_ballot_is_dropped_when_the_view_changes(cluster):
     sets = [cluster.ids(0, 1, 2)]
     p = cluster.proposer(0, sets)

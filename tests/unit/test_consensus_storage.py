@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from garagekv.consensus import Ballot, ConsensusGcWorker, MalformedMessage, Proposal
-from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE
-from garagekv.consensus.messages import Commit, Prepare, Promise, Propose
+from garagekv.consensus.acceptor import BATCH, COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Propose
 from garagekv.util.background import WorkerState
 from tests.unit.consensus_fakes import Node, StaticPlacement, codec, encode_register, key_of
 
@@ -61,6 +61,40 @@ async def test_handlers_validate_messages_once(node):
         with pytest.raises(MalformedMessage):
             await node.registry.dispatch(A, path, ["garbage"])
     assert node.acceptor.load(KEY).promised == Ballot(0, 3, A)  # nothing changed by bad messages
+
+
+async def test_a_batch_answers_each_message_on_its_own(node):
+    """Good messages take effect and answer; a malformed one, an unknown endpoint or bytes that
+    are not msgpack answer a typed error in their slot and change nothing."""
+    b1, nxt = Ballot(0, 3, A), Ballot(0, 4, A)
+    other = key_of(4)
+    items = [
+        codec.encode([PREPARE, Prepare(KEY, b1, ()).to_wire()]),
+        codec.encode([PROPOSE, ["garbage"]]),
+        codec.encode(["garagekv/table/whatever", []]),
+        b"\xc1 not msgpack",
+        codec.encode([PREPARE, Prepare(other, b1, ()).to_wire()]),
+    ]
+    answers = await node.registry.dispatch(A, BATCH, items)
+    assert [ok for ok, _ in answers] == [True, False, False, False, True]
+    assert Promise.from_wire(answers[0][1]).ok
+    assert {answers[i][1]["code"] for i in (1, 2, 3)} == {"InvalidRequest"}
+    # The commit renews the next ballot; a Read under it answers the states, under another refuses.
+    answers = await node.registry.dispatch(
+        A,
+        BATCH,
+        [
+            codec.encode([PROPOSE, Propose(KEY, Proposal(b1, None)).to_wire()]),
+            codec.encode([COMMIT, Commit(other, Proposal(b1, codec.encode_lists([])), nxt).to_wire()]),
+        ],
+    )
+    assert Accepted.from_wire(answers[0][1]).ok and Accepted.from_wire(answers[1][1]).ok
+    held = await node.registry.dispatch(A, READ, Prepare(other, nxt, (b"x",)).to_wire())
+    assert Promise.from_wire(held) == Promise(True, nxt, None, None, ((b"x", None),))
+    refused = await node.registry.dispatch(A, READ, Prepare(other, Ballot(0, 5, A), (b"x",)).to_wire())
+    assert Promise.from_wire(refused) == Promise(False, nxt, None, None, ())
+    with pytest.raises(MalformedMessage):
+        await node.registry.dispatch(A, BATCH, "not a list")
 
 
 async def test_gc_forgets_partitions_no_longer_stored_here(node):

@@ -47,6 +47,7 @@ from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.data import TableData
 from garagekv.util import codec
+from garagekv.util.codec import blake2sum
 from garagekv.util.errors import GarageKVError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,8 @@ class ConditionalK2V:
         return _result_from_wire(raw)
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
-        target = self.coordinator(self.replication.storage_nodes(partition_hash(bucket_id, pk)))
+        key = partition_hash(bucket_id, pk)
+        target = self.coordinator(key, self.replication.storage_nodes(key))
         if target is None or target == self.node_id:
             return await self._handle(self.node_id, msg)
         # One storage node only: retrying elsewhere after a failure could run the operation
@@ -180,15 +182,18 @@ class ConditionalK2V:
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
 
-    def coordinator(self, nodes: Sequence[bytes]) -> bytes | None:
-        """The storage node that runs a partition's operations: the first one in the layout's
-        order that is up, the same for every node that agrees on the layout, so operations on
-        a hot partition key meet in one node's queue instead of taking each other's ballots
-        (any node may run them safely; this one choice only avoids the duels)."""
-        for node in nodes:
+    def coordinator(self, key: bytes, nodes: Sequence[bytes]) -> bytes | None:
+        """The storage node that runs a partition key's operations: the first one that is up in
+        an order drawn from the key (rendezvous hashing), the same for every node that agrees on
+        the layout and on who is up. Operations on a hot key then meet in one node's queue
+        instead of taking each other's ballots (any node may run them safely; this choice only
+        avoids the duels), and the keys of a partition spread over all its storage nodes
+        instead of loading the first one with all of them."""
+        ranked = sorted(nodes, key=lambda node: blake2sum(key + node))
+        for node in ranked:
             if self.is_up(node):
                 return node
-        return self.order(list(nodes))[0] if nodes else None
+        return self.order(ranked)[0] if ranked else None
 
     # ---- on a storage node -----------------------------------------------------------------------
 
