@@ -7,8 +7,10 @@ items never change their sum, as seen by linearizable reads), and exactness by a
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import threading
+import time
 
 from tests.support import wait_for
 from tests.support.faults import bucket_visible, k2v_client, make_bucket
@@ -161,8 +163,10 @@ def test_a_plain_write_racing_a_transaction_is_kept_as_a_concurrent_value(cluste
     t.start()
     superseded: set[bytes] = {b"plain"}
     applied = 0
-    for i in range(60):
-        if applied >= 5 and len(plain) > 10:
+    deadline = time.monotonic() + 60
+    for i in itertools.count():
+        # Until both sides made progress (transactions may be much faster than the plain writer).
+        if (applied >= 5 and len(plain) > 10) or time.monotonic() > deadline:
             break
         (cur,) = _read_all(clients[i % 3], creds, "p", ["k"])
         body = {
