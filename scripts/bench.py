@@ -16,7 +16,10 @@ Environment (defaults in brackets):
   BENCH_VALUE_SIZE [100]  value bytes                   BENCH_KEYS [10000]  prefilled items
   BENCH_NODES [1,3]   cluster sizes
   BENCH_SCENARIOS [write,read,mixed,batch,poll,cas,txn,counter,hulykvs-put,hulykvs-get]
-                      (also ttl: writes with a 2 s TTL, so values expire while the run goes on)
+                      (also ttl: writes with a 2 s TTL, so values expire while the run goes on;
+                      watch: PollRanges pollers over 64 partitions while writers insert into them)
+  BENCH_WATCH_POLLERS [BENCH_CONNS]  watch: poller connections (each one PollRanges call of 64 ranges)
+  BENCH_WATCH_WRITERS [16]  watch: writer connections (InsertItem into the watched partitions)
   BENCH_COUNTER_CONNS [16]  connections of the counter scenario (all on one hot item)
   BENCH_ETCD [auto]   auto | 0 (skip) | 1 (required)    BENCH_SELFTEST [1]  run the selftest
   BENCH_OUT [bench-results]  output directory
@@ -76,8 +79,10 @@ ALL_SCENARIOS = (
     "hulykvs-put",
     "hulykvs-get",
 )
-#: Also known, run only when named in BENCH_SCENARIOS: ``ttl`` (writes that expire during the run).
-EXTRA_SCENARIOS = ("ttl",)
+#: Also known, run only when named in BENCH_SCENARIOS: ``ttl`` (writes that expire during the run)
+#: and ``watch`` (one write fanning out to PollRanges pollers: no etcd counterpart here, and its
+#: pollers load a small machine for a figure that changes only when the poll path does).
+EXTRA_SCENARIOS = ("ttl", "watch")
 
 
 def env(name: str, default: str) -> str:
@@ -93,6 +98,8 @@ def settings() -> dict[str, Any]:
         "value_size": int(env("BENCH_VALUE_SIZE", "100")),
         "keys": int(env("BENCH_KEYS", "10000")),
         "counter_conns": int(env("BENCH_COUNTER_CONNS", "16")),
+        "watch_pollers": int(env("BENCH_WATCH_POLLERS", env("BENCH_CONNS", "64"))),
+        "watch_writers": int(env("BENCH_WATCH_WRITERS", "16")),
         "nodes": [int(n) for n in env("BENCH_NODES", "1,3").split(",") if n.strip()],
         "scenarios": [s.strip() for s in env("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s.strip()],
         "etcd": env("BENCH_ETCD", "auto").lower(),
@@ -123,6 +130,15 @@ def scenario_args(s: dict[str, Any], sc: str) -> list[str]:
     args = ["--mix", sc, *common_args(s)]
     if sc == "counter":
         args += ["--conns", str(s["counter_conns"]), "--procs", str(min(s["procs"], s["counter_conns"]))]
+    if sc == "watch":
+        args += [
+            "--conns",
+            str(s["watch_pollers"]),
+            "--procs",
+            str(min(s["procs"], s["watch_pollers"])),
+            "--watch-writers",
+            str(s["watch_writers"]),
+        ]
     return args
 
 

@@ -20,8 +20,11 @@ MIXES: dict[str, tuple[str, ...]] = {
     "counter": ("increment",),
     "hulykvs-put": ("put",),
     "hulykvs-get": ("get",),
+    "watch": ("write",),
 }
-K2V_ONLY = frozenset({"batch", "index", "poll", "ttl"})
+K2V_ONLY = frozenset({"batch", "index", "poll", "ttl", "watch"})
+#: PollRanges takes at most this many ranges per call (docs/k2v-api.md §8).
+MAX_POLL_RANGES = 64
 #: Scenarios of the Hulykvs-compatible API (their connections go to the Hulykvs endpoints).
 HULY_MIXES = frozenset({"hulykvs-put", "hulykvs-get"})
 #: Scenarios that need a K2V or etcd target (the consensus path / etcd Txn).
@@ -55,6 +58,8 @@ class BenchConfig:
     poll_interval: float = 0.01
     poll_timeout: int = 10
     ttl: int = 2
+    watch_writers: int = 16  # watch: InsertItem connections writing into the watched partitions
+    watch_ranges: int = 64  # watch: partitions each poller follows in one PollRanges call
     timeout: float = 30.0
     cas_items: int = 1  # cas: items per connection, each connection in its own partition
     counter_read: str = "linearizable"  # counter: how K2V reads after a conflict (or "plain")
@@ -119,6 +124,11 @@ class BenchConfig:
             raise BenchError("--value-size cannot be negative")
         if self.ttl < 1:
             raise BenchError("--ttl must be at least 1 second")
+        if self.mix == "watch":
+            if not 1 <= self.watch_ranges <= MAX_POLL_RANGES:
+                raise BenchError(f"--watch-ranges must be 1 to {MAX_POLL_RANGES} (the PollRanges limit)")
+            if self.watch_writers < 1:
+                raise BenchError("--watch-writers must be at least 1")
 
     @property
     def keyspace(self) -> KeySpace:

@@ -60,6 +60,8 @@ def format_text(s: dict[str, Any]) -> str:
             )
     if s.get("counter"):
         lines.append(f"  counter      {counter_verdict(s)}")
+    if s.get("mix") == "watch":
+        lines.append(f"  watch        {watch_summary(s)}")
     sc = s.get("server_cpu")
     if sc:
         lines.append(
@@ -86,6 +88,27 @@ def format_text(s: dict[str, Any]) -> str:
         p = s["prefill"]
         lines.append(f"  prefill      {p['items']:,} items in {p['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def watch_summary(s: dict[str, Any]) -> str:
+    """The watch scenario in one line: its writes, and what the range pollers received."""
+    cfg, by_op = s["config"], s.get("by_op", {})
+    w, n, a = by_op.get("write"), by_op.get("notify"), by_op.get("answer")
+    head = (
+        f"{cfg['conns']:,} pollers x {cfg['watch_ranges']} ranges, {cfg['watch_writers']} writers: "
+        f"{fmt_num(w['ops_per_sec'] if w else None)} writes/s"
+    )
+    if n is None or a is None:
+        return head + ", no notification received"
+    early = by_op.get("notify-before-ack", {}).get("ops", 0)
+    sent = by_op.get("notify-from-send", {}).get("latency_ms", {})
+    return (
+        f"{head}; {fmt_num(n['ops_per_sec'])} notifications/s, from the write's ack p50 "
+        f"{fmt_ms(n['latency_ms']['p50'])} p99 {fmt_ms(n['latency_ms']['p99'])} ms "
+        f"({early / max(1, n['ops']):.0%} before the ack; from its request p50 {fmt_ms(sent.get('p50'))} "
+        f"p99 {fmt_ms(sent.get('p99'))} ms); {fmt_num(a['ops_per_sec'])} answers/s, "
+        f"{fmt_num(a.get('items_per_sec'))} items/s"
+    )
 
 
 def counter_verdict(s: dict[str, Any]) -> str:
@@ -292,6 +315,8 @@ def notes(results: Sequence[dict[str, Any]]) -> list[str]:
                 f"- {r['system']} {r['cluster']} poll: ops = delivered notifications, latency = write "
                 f"to delivery (writer every {r['config']['poll_interval'] * 1000:g} ms)"
             )
+        if r.get("scenario") == "watch" and not r.get("skipped"):
+            out.append(f"- {r['system']} {r['cluster']} watch: {watch_summary(r)}")
         if r.get("counter") and not r.get("skipped"):
             out.append(f"- {r['system']} {r['cluster']} counter: {counter_verdict(r)}")
         if r.get("scenario") == "batch" and not r.get("skipped") and r.get("items_per_sec"):

@@ -17,6 +17,16 @@ Scenarios (``mix``):
 - ``poll``: PollItem fan-out: every connection long-polls one of ``poll_keys`` hot items while one
   extra connection updates them every ``poll_interval`` seconds (read + write with the token);
   the value carries its write time, so each delivered update gives a notification latency.
+- ``watch``: PollRanges fan-out (one write, many range pollers): every connection is a poller
+  that loops on one ``poll_ranges`` call over the same ``watch_ranges`` (64) partitions, sending
+  back the latest markers each time, while ``watch_writers`` extra connections insert new items
+  into those partitions (closed loop, round-robin over them). ops = the writes, so the scenario's
+  throughput is that of InsertItem with the pollers attached; ``notify`` is one item delivered to
+  one poller, its latency from the write's acknowledgement to the answer that carries it (0 when
+  the answer came first: ``notify-before-ack`` counts those, ``notify-from-send`` measures from
+  the write's request instead); ``answer`` is one PollRanges answer. Latencies are taken within a
+  process (monotonic clock): with ``procs > 1`` a poller measures the writes of its own process
+  and only counts the others' (``items`` of ``answer``).
 
 The consensus path (K2V conditional writes and transactions, etcd ``Txn``):
 
@@ -58,6 +68,9 @@ from garagekv.bench.hist import Histogram
 from garagekv.bench.http import Response, connect
 from garagekv.bench.workload import CONFLICT, EtcdTarget, K2VTarget, sha256_hex
 from garagekv.util.signing import SigningKeyCache
+
+#: Scenarios whose connections wait in long polls: cancelled at the end of the window, not awaited.
+LONG_POLLS = frozenset({"poll", "watch"})
 
 
 class OpStats:
@@ -106,6 +119,11 @@ def counter_item(cfg: BenchConfig) -> tuple[str, str]:
     return f"{cfg.key_prefix}-counter-{cfg.run_id}", "n"
 
 
+def watch_partitions(cfg: BenchConfig) -> list[str]:
+    """The watch scenario's partitions: new for every run, so a poller's first scan is empty."""
+    return [f"{cfg.key_prefix}-watch-{cfg.run_id}-{i:02d}" for i in range(cfg.watch_ranges)]
+
+
 def own_partition(cfg: BenchConfig, scenario: str, conn_index: int) -> str:
     """A connection's own partition key: its conditional operations never contend with others'."""
     return f"{cfg.key_prefix}-{scenario}-{cfg.run_id}-{conn_index:04d}"
@@ -127,6 +145,16 @@ class Worker:
         keys = SigningKeyCache(maxsize=4)
         self.conns = [make_conn(cfg, g, keys) for g in range(proc_index, cfg.conns, cfg.procs)]
         self.writer = make_conn(cfg, 0, keys) if cfg.mix == "poll" and proc_index == 0 else None
+        #: watch: this process's share of the writers, and the times of their writes (by sort
+        #: key, which names the process: ``w<proc>.``) for the pollers to measure against
+        self.watch_writers = (
+            [make_conn(cfg, w, keys) for w in range(proc_index, cfg.watch_writers, cfg.procs)]
+            if cfg.mix == "watch"
+            else []
+        )
+        self.watch_tag = f"w{proc_index:03d}."
+        self.sent: dict[str, float] = {}
+        self.acked: dict[str, float] = {}
         self.stats: dict[str, OpStats] = {}
         self.rng = random.Random(secrets.randbits(64))
         self.value = make_value(cfg.value_size, self.rng)
@@ -381,6 +409,56 @@ class Worker:
             else:
                 next_at = time.monotonic()
 
+    async def _watch_writer(self, c: Conn) -> None:
+        """InsertItem of new items into the watched partitions, noting when each was sent and
+        acknowledged."""
+        t, v, vh = c.target, self.value, self.value_hash
+        assert isinstance(t, K2VTarget)
+        pks = watch_partitions(self.cfg)
+        prefix = f"{self.watch_tag}{c.index:04d}."
+        sent, acked = self.sent, self.acked
+        seq = 0
+        while time.monotonic() < self.m_end:
+            pk = pks[(c.index + seq) % len(pks)]
+            sk = f"{prefix}{seq:010d}"
+            seq += 1
+            sent[sk] = time.monotonic()
+            if await self.call(c, "write", t.write(pk, sk, v, vh), t.check_write) is not None:
+                acked[sk] = time.monotonic()
+
+    async def _range_poller(self, c: Conn) -> None:
+        """One PollRanges call after another over every watched partition, with the latest markers."""
+        cfg, t = self.cfg, c.target
+        assert isinstance(t, K2VTarget)
+        ranges: list[tuple[str, str | None]] = [(pk, None) for pk in watch_partitions(cfg)]
+        own, sent, acked = self.watch_tag, self.sent, self.acked
+        while time.monotonic() < self.m_end:
+            t0 = time.monotonic()
+            r = await send(c, t.poll_ranges(ranges, cfg.poll_timeout))
+            t1 = time.monotonic()
+            if isinstance(r, str):
+                await self._failed("answer", t1, r)
+                continue
+            code, ranges, sks = t.poll_ranges_result(r, ranges)
+            if code is not None:
+                self._err("answer", t1, code)
+                await asyncio.sleep(0.01)  # a 400 or 503 would come back at once: do not spin
+                continue
+            if r.status == 304:
+                self._ok("poll-timeout", t1, t1 - t0)
+                continue
+            self._ok("answer", t1, t1 - t0, len(sks))
+            for sk in sks:
+                if not sk.startswith(own):
+                    continue  # another process's write: its times are not known here
+                at = acked.get(sk)
+                if at is None:
+                    self._ok("notify-before-ack", t1, 0.0)
+                self._ok("notify", t1, 0.0 if at is None else max(0.0, t1 - at))
+                st = sent.get(sk)
+                if st is not None:
+                    self._ok("notify-from-send", t1, t1 - st)
+
     async def _huly_put_loop(self, c: Conn) -> None:
         await self._write_loop(c, "put")
 
@@ -401,11 +479,15 @@ class Worker:
             "counter": self._counter_loop,
             "hulykvs-put": self._huly_put_loop,
             "hulykvs-get": self._huly_get_loop,
+            "watch": self._range_poller,
         }[self.cfg.mix]
 
     # --- phases ----------------------------------------------------------------------------------
+    def _all_conns(self) -> list[Conn]:
+        return self.conns + ([self.writer] if self.writer else []) + self.watch_writers
+
     async def connect_all(self) -> None:
-        conns = self.conns + ([self.writer] if self.writer else [])
+        conns = self._all_conns()
         try:
             for c in conns:
                 c.http = await asyncio.wait_for(connect(c.host, c.port), CONNECT_TIMEOUT)
@@ -414,15 +496,15 @@ class Worker:
             raise BenchError(f"cannot connect to {c.host}:{c.port}: {e}")
 
     def close(self) -> None:
-        for c in self.conns + ([self.writer] if self.writer else []):
+        for c in self._all_conns():
             if c.http is not None:
                 c.http.close()
                 c.http = None
 
     async def _watchdog(self) -> None:
         loop = asyncio.get_running_loop()
-        limit = self.cfg.timeout + (self.cfg.poll_timeout if self.cfg.mix == "poll" else 0)
-        conns = self.conns + ([self.writer] if self.writer else [])
+        limit = self.cfg.timeout + (self.cfg.poll_timeout if self.cfg.mix in LONG_POLLS else 0)
+        conns = self._all_conns()
         while True:
             await asyncio.sleep(0.5)
             now = loop.time()
@@ -450,10 +532,11 @@ class Worker:
         tasks = [asyncio.create_task(fn(c)) for c in self.conns]
         if self.writer is not None:
             tasks.append(asyncio.create_task(self._poll_writer(self.writer)))
+        tasks += [asyncio.create_task(self._watch_writer(c)) for c in self.watch_writers]
         watchdog = asyncio.create_task(self._watchdog())
         try:
             await self._clock(progress, sampler)
-            grace = 0.0 if cfg.mix == "poll" else 2.0
+            grace = 0.0 if cfg.mix in LONG_POLLS else 2.0
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for t in pending:
                 t.cancel()

@@ -5,7 +5,8 @@ also ``cas``, ``txn`` and ``read_latest``, so the scenarios run unchanged agains
 K2V server), against etcd's v3 JSON gateway and (``write``/``read`` only) against the
 Hulykvs-compatible API:
 
-- :class:`K2VTarget`: InsertItem (with or without a TTL), ReadItem, ReadBatch, PollItem, InsertBatch, ReadIndex, signed
+- :class:`K2VTarget`: InsertItem (with or without a TTL), ReadItem, ReadBatch, PollItem, PollRanges, InsertBatch,
+  ReadIndex, signed
   with SigV4 (service ``k2v``). The signing key is derived once per UTC day and the date strings
   once per second, so a request costs one SHA-256 of the canonical request and one HMAC.
   Conditional InsertItem (``If-Match`` / ``If-None-Match``), linearizable ReadItem and partition
@@ -330,6 +331,44 @@ class K2VTarget:
     def poll(self, pk: str, sk: str, token: str, timeout: int) -> bytes:
         pairs = [("sort_key", sk), ("causality_token", token), ("timeout", str(timeout))]
         return self._request("GET", self._item_path(pk), pairs, extra=f"Accept: {READ_ACCEPT}\r\n")
+
+    def poll_ranges(self, ranges: list[tuple[str, str | None]], timeout: int) -> bytes:
+        """PollRanges (docs/k2v-api.md §8) over whole partitions: (partition key, seen marker or
+        None for the partition's first scan) each, in the order the answer will follow."""
+        obj = {
+            "timeout": timeout,
+            "ranges": [{"partitionKey": pk, "seenMarker": m} if m else {"partitionKey": pk} for pk, m in ranges],
+        }
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return self._request("POST", self._bucket_path, [("poll_ranges", "")], body)
+
+    @staticmethod
+    def poll_ranges_result(
+        resp: Response, ranges: list[tuple[str, str | None]]
+    ) -> tuple[str | None, list[tuple[str, str | None]], list[str]]:
+        """(error code or None, the ranges with the markers to send next, the sort keys reported).
+
+        A 304 (nothing new before the timeout) keeps the markers and reports nothing; a range the
+        answer carries no marker for (its first scan is still to come) keeps the one it was sent.
+        """
+        if resp.status == 304:
+            return None, ranges, []
+        if resp.status != 200:
+            return str(resp.status), ranges, []
+        try:
+            answer = json.loads(resp.body)["ranges"]
+            if len(answer) != len(ranges):
+                return "bad-answer", ranges, []
+            after: list[tuple[str, str | None]] = []
+            sks: list[str] = []
+            for (pk, marker), r in zip(ranges, answer, strict=True):
+                if r["partitionKey"] != pk:
+                    return "bad-answer", ranges, []
+                after.append((pk, r.get("seenMarker") or marker))
+                sks.extend(item["sk"] for item in r["items"])
+        except (ValueError, KeyError, TypeError):
+            return "bad-answer", ranges, []
+        return None, after, sks
 
     def insert_batch(self, items: list[tuple[str, str, str | None, bytes | None]]) -> bytes:
         """InsertBatch of (pk, sk, causality token or None, value or None for a tombstone)."""

@@ -73,7 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--batch-size", type=int, default=100, help="items per ReadBatch range / ReadIndex page")
     load.add_argument("--poll-keys", type=int, default=1, help="poll: hot items the connections watch (default 1)")
     load.add_argument("--poll-interval", type=float, default=0.01, help="poll: seconds between updates (0.01)")
-    load.add_argument("--poll-timeout", type=int, default=10, help="poll: PollItem timeout in seconds (default 10)")
+    load.add_argument(
+        "--poll-timeout", type=int, default=10, help="poll, watch: PollItem/PollRanges timeout in seconds (default 10)"
+    )
+    load.add_argument(
+        "--watch-writers", type=int, default=16, help="watch: writer connections besides the --conns pollers (16)"
+    )
+    load.add_argument(
+        "--watch-ranges", type=int, default=64, help="watch: partitions each poller follows, at most 64 (64)"
+    )
     load.add_argument("--ttl", type=int, default=2, help="ttl: seconds before each written value expires (default 2)")
     load.add_argument("--cas-items", type=int, default=1, help="cas: items per connection (default 1)")
     load.add_argument(
@@ -160,6 +168,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         poll_interval=args.poll_interval,
         poll_timeout=args.poll_timeout,
         ttl=args.ttl,
+        watch_writers=args.watch_writers,
+        watch_ranges=args.watch_ranges,
         timeout=args.timeout,
         cas_items=args.cas_items,
         counter_read=args.counter_read,

@@ -104,6 +104,21 @@ def test_bench_counter_ends_at_the_number_of_increments(node, creds, read):
     assert c["attempts"] == c["increments"] + c["conflicts"] + c["rejected"] + c["unknown"]
 
 
+def test_bench_watch_delivers_every_write_to_every_range_poller(node, creds):
+    s = run_bench(
+        *k2v_args(node, creds), "--mix", "watch", "--conns", "3", "--watch-writers", "2", "--watch-ranges", "4"
+    )
+    assert s["error_count"] == 0, s["errors"]
+    by_op = s["by_op"]
+    writes, notified = by_op["write"]["ops"], by_op["notify"]["ops"]
+    assert s["ops"] == writes > 0  # the scenario's throughput is its writes
+    # each write reaches each of the 3 pollers once (up to the edges of the measured window)
+    assert 0.7 * 3 * writes <= notified <= 1.3 * 3 * writes, (writes, notified)
+    assert by_op["answer"]["ops"] > 0 and by_op["answer"]["items_per_sec"] == pytest.approx(notified)  # 1 s window
+    assert by_op["notify-from-send"]["ops"] == notified
+    assert by_op["notify"]["latency_ms"]["p50"] <= by_op["notify-from-send"]["latency_ms"]["p50"]
+
+
 @pytest.fixture(scope="module")
 def huly_node(tmp_path_factory):
     port = free_port()

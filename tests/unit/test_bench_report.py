@@ -16,6 +16,7 @@ from garagekv.bench.report import (
     notes,
     plot,
     suite_markdown,
+    watch_summary,
 )
 
 
@@ -167,3 +168,34 @@ def test_counter_verdict_says_loudly_when_the_counter_is_off():
     r["counter"] |= {"final": 2990, "ok": False, "problem": "COUNTER MISMATCH: the counter is 2990"}
     assert "!!! COUNTER MISMATCH: the counter is 2990 !!!" in counter_verdict(r)
     assert any("COUNTER MISMATCH" in line for line in notes([r]))
+
+
+def test_watch_summary_reports_writes_notifications_and_answers():
+    r = result("garagekv", "3 nodes", "watch", 1000, 40)
+    r["mix"] = "watch"
+    r["config"] |= {"watch_ranges": 64, "watch_writers": 16}
+
+    def op(ops_per_sec, p50, p99, **extra):
+        return {
+            "ops": int(ops_per_sec * 10),
+            "ops_per_sec": ops_per_sec,
+            "latency_ms": {"p50": p50, "p99": p99},
+            "errors": {},
+        } | extra
+
+    r["by_op"] = {"write": op(1000, 10, 40)}
+    assert watch_summary(r) == "64 pollers x 64 ranges, 16 writers: 1,000 writes/s, no notification received"
+    r["by_op"] |= {
+        "notify": op(64000, 2.5, 30),
+        "notify-before-ack": op(16000, 0, 0),
+        "notify-from-send": op(64000, 12, 60),
+        "answer": op(4000, 15, 80, items_per_sec=64000.0),
+    }
+    line = watch_summary(r)
+    assert line == (
+        "64 pollers x 64 ranges, 16 writers: 1,000 writes/s; 64,000 notifications/s, from the write's ack "
+        "p50 2.50 p99 30.0 ms (25% before the ack; from its request p50 12.0 p99 60.0 ms); 4,000 answers/s, "
+        "64,000 items/s"
+    )
+    assert f"watch        {line}" in format_text(r)
+    assert f"- garagekv 3 nodes watch: {line}" in notes([r])

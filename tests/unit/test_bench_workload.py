@@ -391,3 +391,89 @@ def test_summarize_adds_up_the_counter_totals():
     s = summarize(cfg, [worker(10, 4), worker(6, 2)], server_cpu_s=None)
     assert s["ops"] == 16 and s["retries_per_sec"] == 3.0
     assert s["counter"] == {"attempts": 24, "increments": 16, "conflicts": 6, "rejected": 0}
+
+
+# --- the watch scenario (PollRanges fan-out) -------------------------------------------------------
+
+
+class _KeyLimits:
+    """What the PollRanges body parser asks of a request context."""
+
+    @staticmethod
+    def check_key_len(name: str, value: str | None) -> None:
+        pass
+
+
+def test_poll_ranges_request_is_routed_signed_and_parsed_as_the_server_does():
+    from garagekv.api.handlers.poll_ranges import parse_ranges
+    from garagekv.api.routing import POLL_RANGES, parse_endpoint
+    from garagekv.model.k2v.seen import RangeSeenMarker
+
+    t = K2VTarget("127.0.0.1:3904", "my-bucket", AK, SK, REGION)
+    marker = RangeSeenMarker().encode()
+    data = t.poll_ranges([("p0", None), ("p1", marker), ("p/2 é", marker)], 7)
+    method, body = verify(data)
+    _, path, query, _, _ = split_request(data)
+    assert (method, path, query) == ("POST", "/my-bucket", "poll_ranges=")
+    assert parse_endpoint(method, path, query).name == POLL_RANGES
+    assert json.loads(body) == {
+        "timeout": 7,
+        "ranges": [
+            {"partitionKey": "p0"},
+            {"partitionKey": "p1", "seenMarker": marker},
+            {"partitionKey": "p/2 é", "seenMarker": marker},
+        ],
+    }
+    ranges, timeout = parse_ranges(_KeyLimits(), json.loads(body))  # type: ignore[arg-type]
+    assert timeout == 7 and [r.partition_key for r in ranges] == ["p0", "p1", "p/2 é"]
+    assert [r.raw_marker for r in ranges] == [None, marker, marker]
+
+
+def test_poll_ranges_answers_give_the_next_markers_and_the_sort_keys():
+    t = K2VTarget
+    sent: list[tuple[str, str | None]] = [("a", None), ("b", "MB"), ("c", "MC")]
+    answer = {
+        "ranges": [
+            {"partitionKey": "a", "seenMarker": "MA1", "items": []},
+            {"partitionKey": "b", "seenMarker": "MB2", "items": [{"sk": "x", "ct": "T", "v": ["dg=="]}]},
+            {"partitionKey": "c", "seenMarker": "MC", "items": [{"sk": "y", "ct": "T", "v": [None]}, {"sk": "z"}]},
+        ]
+    }
+    assert t.poll_ranges_result(_resp(200, json.dumps(answer).encode()), sent) == (
+        None,
+        [("a", "MA1"), ("b", "MB2"), ("c", "MC")],
+        ["x", "y", "z"],
+    )
+    # a range whose first scan is not in this answer keeps the marker it was sent (none)
+    answer["ranges"][0]["seenMarker"] = None
+    assert t.poll_ranges_result(_resp(200, json.dumps(answer).encode()), sent)[1][0] == ("a", None)
+    assert t.poll_ranges_result(_resp(304), sent) == (None, sent, [])
+    assert t.poll_ranges_result(_resp(503), sent) == ("503", sent, [])
+    for bad in [b"not json", b"{}", json.dumps({"ranges": answer["ranges"][:2]}).encode(),
+                json.dumps({"ranges": answer["ranges"][::-1]}).encode()]:  # fmt: skip
+        assert t.poll_ranges_result(_resp(200, bad), sent) == ("bad-answer", sent, [])
+
+
+def test_watch_config_and_partitions(monkeypatch):
+    from garagekv.bench.worker import Worker, watch_partitions
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    base = {"endpoint": "127.0.0.1:1,127.0.0.1:2", "bucket": "b", "access_key_id": "a", "secret_access_key": "s"}
+    cfg = bench_cli.config_from_args(_args(**base, mix="watch", conns=5, procs=2, watch_writers=3, watch_ranges=8))
+    cfg.validate()
+    cfg.run_id = "r1"
+    assert (cfg.watch_writers, cfg.watch_ranges) == (3, 8)
+    pks = watch_partitions(cfg)
+    assert len(set(pks)) == 8 and all(pk.startswith("bench-watch-r1-") for pk in pks)
+    # pollers and writers are dealt to the processes; writers go round-robin over the endpoints
+    w0, w1 = Worker(cfg, 0), Worker(cfg, 1)
+    assert [c.index for c in w0.conns] == [0, 2, 4] and [c.index for c in w1.conns] == [1, 3]
+    assert [c.index for c in w0.watch_writers] == [0, 2] and [c.index for c in w1.watch_writers] == [1]
+    assert [c.port for c in w0.watch_writers + w1.watch_writers] == [1, 1, 2]
+    assert w0.watch_tag != w1.watch_tag
+    for kw, message in [({"watch_ranges": 65}, "at most|1 to 64"), ({"watch_ranges": 0}, "1 to 64"),
+                        ({"watch_writers": 0}, "at least 1")]:  # fmt: skip
+        with pytest.raises(BenchError, match=message):
+            bench_cli.config_from_args(_args(**base, mix="watch", **kw)).validate()
+    with pytest.raises(BenchError, match="needs a K2V endpoint"):
+        bench_cli.config_from_args(_args(endpoint="127.0.0.1:1", target="etcd", mix="watch")).validate()

@@ -125,6 +125,141 @@ def test_verify_refuses_other_algorithms_and_bad_claims():
     assert _status(f"Bearer {ok}") == 200
 
 
+class Clock:
+    """A settable wall clock for the token cache (PyJWT itself keeps the real one)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many tokens went through PyJWT (a cache miss each)."""
+    calls = []
+    real = jwt.decode
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    return calls
+
+
+def _outcome(fn, header):
+    try:
+        return fn(header)
+    except HulyError as e:
+        return (e.status, str(e))
+
+
+def test_cached_token_is_accepted_without_verifying_again(decodes):
+    v = auth.TokenVerifier(SECRET)
+    tok = jwt.encode({"account": U, "workspace": U, "extra": {"service": "x"}}, SECRET, algorithm="HS256")
+    first = v.verify(f"Bearer {tok}")
+    assert v.verify(f"bearer  {tok} ") == first == auth.Claims(U, U, {"service": "x"})
+    assert decodes == [tok] and len(v) == 1
+    other = auth.mint(SECRET, auth.SYSTEM_ACCOUNT)
+    assert v.verify(f"Bearer {other}").is_system and len(decodes) == 2 and len(v) == 2
+
+
+def test_cached_token_expires_at_its_exp(decodes):
+    clock = Clock()
+    v = auth.TokenVerifier(SECRET, clock=clock)
+    exp = int(clock.now) + 60
+    tok = jwt.encode({"account": U, "exp": exp}, SECRET, algorithm="HS256")
+    assert v.verify(f"Bearer {tok}").account == U
+    clock.now = exp - 0.001
+    assert v.verify(f"Bearer {tok}").account == U and len(decodes) == 1  # still valid: from the cache
+    clock.now = exp  # PyJWT: expired once exp <= now
+    assert _outcome(v.verify, f"Bearer {tok}") == (401, "invalid token: expired")
+    assert len(v) == 0 and len(decodes) == 1  # refused from the cache, and evicted
+
+
+def test_cached_token_is_refused_before_its_nbf():
+    clock = Clock()
+    v = auth.TokenVerifier(SECRET, clock=clock)
+    nbf = int(clock.now) - 5
+    tok = jwt.encode({"account": U, "nbf": nbf, "iat": nbf}, SECRET, algorithm="HS256")
+    assert v.verify(f"Bearer {tok}").account == U and len(v) == 1
+    clock.now = nbf - 1  # the clock stepped back: PyJWT would refuse it now
+    assert _outcome(v.verify, f"Bearer {tok}") == (401, "invalid token: The token is not yet valid (iat)")
+    tok = jwt.encode({"account": U, "nbf": nbf}, SECRET, algorithm="HS256")
+    clock.now = time.time()
+    v.verify(f"Bearer {tok}")
+    clock.now = nbf - 1
+    assert _outcome(v.verify, f"Bearer {tok}") == (401, "invalid token: The token is not yet valid (nbf)")
+    assert len(v) == 0
+
+
+def test_tampered_and_refused_tokens_are_not_cached(decodes):
+    v = auth.TokenVerifier(SECRET)
+    tok = auth.mint(SECRET, U, U)
+    v.verify(f"Bearer {tok}")
+    head, payload, sig = tok.split(".")
+    forged = _b64(json.dumps({"account": auth.SYSTEM_ACCOUNT}).encode())
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    for bad in [f"{head}.{forged}.{sig}", f"{head}.{payload}.{flipped}", auth.mint("t" * 32, U, U)]:
+        for _ in range(2):
+            assert _outcome(v.verify, f"Bearer {bad}") == (401, "invalid token: bad signature")
+    assert len(v) == 1  # only the valid token
+    assert v.verify(f"Bearer {tok}") == auth.Claims(U, U)
+
+
+def test_token_cache_is_a_bounded_lru(decodes):
+    v = auth.TokenVerifier(SECRET, maxsize=8)
+    toks = [auth.mint(SECRET, U, extra={"n": str(i)}) for i in range(20)]
+    for t in toks:
+        v.verify(f"Bearer {t}")
+    assert len(v) == 8 and len(decodes) == 20
+    v.verify(f"Bearer {toks[12]}")  # the oldest cached one, now the most recent
+    v.verify(f"Bearer {toks[0]}")  # evicted long ago: verified again, evicts toks[13]
+    assert len(decodes) == 21 and len(v) == 8
+    v.verify(f"Bearer {toks[12]}")
+    assert len(decodes) == 21
+    v.verify(f"Bearer {toks[13]}")
+    assert len(decodes) == 22 and len(v) == 8
+    with pytest.raises(ValueError):
+        auth.TokenVerifier(SECRET, maxsize=0)
+
+
+def test_token_cache_gives_the_uncached_answers():
+    none_tok = _b64(b'{"alg":"none"}') + "." + _b64(json.dumps({"account": U}).encode()) + "."
+    now = int(time.time())
+    headers = [None, "", "Basic abc", "Bearer x.y.z", f"Bearer {none_tok}"] + [
+        f"Bearer {jwt.encode(p, key, algorithm=alg)}"
+        for p, key, alg in [
+            ({"account": U}, SECRET, "HS256"),
+            ({"account": U}, SECRET, "HS512"),
+            ({"account": U, "workspace": U.upper(), "extra": {"a": "b"}}, SECRET, "HS256"),
+            ({"account": U, "exp": now - 1}, SECRET, "HS256"),
+            ({"account": U, "exp": now + 60, "nbf": now - 1, "iat": now - 1}, SECRET, "HS256"),
+            ({"account": U, "nbf": now + 60}, SECRET, "HS256"),
+            ({"account": U, "iat": "soon"}, SECRET, "HS256"),
+            ({"account": U, "aud": "x"}, SECRET, "HS256"),
+            ({"account": "nope"}, SECRET, "HS256"),
+            ({"account": U, "extra": {"a": 1}}, SECRET, "HS256"),
+            ({"account": U}, "t" * 32, "HS256"),
+        ]
+    ]
+    v = auth.TokenVerifier(SECRET)
+    for h in headers:
+        expected = _outcome(lambda x: auth.verify(x, SECRET), h)
+        assert _outcome(v.verify, h) == expected, h  # cold
+        assert _outcome(v.verify, h) == expected, h  # warm
+    assert len(v) == 3  # the three valid tokens
+
+
+def test_new_secret_gets_a_new_cache():
+    from garagekv.api.hulykvs.context import HulyState
+
+    state = HulyState(None, SECRET, U, 1024)  # type: ignore[arg-type]  # no store needed
+    tok = auth.mint(SECRET, U, U)
+    assert state.verifier.verify(f"Bearer {tok}").account == U
+    assert state.verifier is state.verifier and len(state.verifier) == 1
+    state.token_secret = "n" * 64
+    assert _outcome(state.verifier.verify, f"Bearer {tok}") == (401, "invalid token: bad signature")
+    assert state.verifier.verify(f"Bearer {auth.mint(state.token_secret, U)}").account == U
+
+
 def test_workspace_rules():
     system = auth.Claims(auth.SYSTEM_ACCOUNT)
     other = "11111111-1111-1111-1111-111111111111"

@@ -3,12 +3,19 @@
 Verification is PyJWT's (signature, algorithm, ``exp`` with no leeway); this module adds Huly's
 claim rules and the workspace checks of API v1 and v2. Only HS256 is accepted: a token naming
 ``none``, another HMAC size or a public-key algorithm is refused before any key is used.
+
+A client sends the same token on every request, and verifying it costs tens of microseconds of
+the event loop (docs/performance.md §6), so :class:`TokenVerifier` keeps the claims of recently
+verified tokens and re-checks only their time claims when one comes back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +94,12 @@ def claims_of(payload: Any) -> Claims:
 
 
 def verify(header: str | None, secret: str) -> Claims:
-    """The claims of the request's token, or a 401 naming what is wrong with it."""
-    token = bearer_token(header)
+    """The claims of the request's token, or a 401 naming what is wrong with it (no cache)."""
+    return claims_of(_decode(bearer_token(header), secret))
+
+
+def _decode(token: str, secret: str) -> dict[str, Any]:
+    """The verified payload of ``token`` (signature, algorithm and time claims), or a 401."""
     try:
         alg = jwt.get_unverified_header(token).get("alg")
     except jwt.InvalidTokenError as e:
@@ -96,14 +107,84 @@ def verify(header: str | None, secret: str) -> Claims:
     if alg != ALGORITHM:
         raise unauthorized(f"invalid token: algorithm {alg!r} is not accepted (only {ALGORITHM})")
     try:
-        payload = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": []}, leeway=0)
+        payload: dict[str, Any] = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": []}, leeway=0)
     except jwt.ExpiredSignatureError:
         raise unauthorized("invalid token: expired")
     except jwt.InvalidSignatureError:
         raise unauthorized("invalid token: bad signature")
     except jwt.InvalidTokenError as e:
         raise unauthorized(f"invalid token: {e}")
-    return claims_of(payload)
+    return payload
+
+
+#: Verified tokens a :class:`TokenVerifier` remembers: a few per client service is plenty.
+TOKEN_CACHE_SIZE = 4096
+
+
+class TokenVerifier:
+    """:func:`verify` with a bounded cache of the tokens it verified, for one secret.
+
+    The cache maps the SHA-256 of a token (not the token: its size is the client's choice) to
+    its claims and its time claims (``iat``, ``nbf``, ``exp``, as PyJWT reads them). A token
+    found in the cache is accepted only if those still hold at the time of use, in PyJWT's order
+    and with its messages; the one entry found expired (or, after the clock stepped back, not
+    yet valid) is dropped, so a cached token answers exactly as verifying it again would. The
+    cache is an LRU of ``maxsize`` entries, so many distinct tokens cost at most ``maxsize``
+    entries. It lives in the verifier, which is built for one secret: a new secret means a new
+    verifier with an empty cache, and tokens of the old one are verified again (and refused).
+
+    Refused tokens are not remembered. Entries are only made by tokens signed with the secret,
+    which clients cannot forge, so the cache's content stays under the token issuer's control;
+    a negative cache would be keyed by whatever strings a client sends, which a hostile client
+    can vary at will (it would never hit, and would churn the LRU out of the valid tokens), and
+    a refusal costs one verification, as every request did before the cache.
+    """
+
+    def __init__(self, secret: str, maxsize: int = TOKEN_CACHE_SIZE, clock: Callable[[], float] = time.time) -> None:
+        if maxsize < 1:
+            raise ValueError("the token cache needs at least one entry")
+        self.secret = secret
+        self.maxsize = maxsize
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[Claims, int | None, int | None, int | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def verify(self, header: str | None) -> Claims:
+        """The claims of the request's token (cached while its time claims hold), or a 401."""
+        token = bearer_token(header)
+        key = hashlib.sha256(token.encode()).digest()
+        hit = self._cache.get(key)
+        if hit is not None:
+            claims, iat, nbf, exp = hit
+            now = self._clock()
+            # PyJWT's checks and order (leeway 0): iat and nbf not in the future, exp not reached
+            if iat is not None and iat > now:
+                del self._cache[key]
+                raise unauthorized("invalid token: The token is not yet valid (iat)")
+            if nbf is not None and nbf > now:
+                del self._cache[key]
+                raise unauthorized("invalid token: The token is not yet valid (nbf)")
+            if exp is not None and exp <= now:
+                del self._cache[key]
+                raise unauthorized("invalid token: expired")
+            self._cache.move_to_end(key)
+            return claims
+        payload = _decode(token, self.secret)
+        claims = claims_of(payload)
+        # PyJWT has checked that these are integers (int() of the claim) and hold now
+        entry = (claims, _int_claim(payload, "iat"), _int_claim(payload, "nbf"), _int_claim(payload, "exp"))
+        self._cache[key] = entry
+        if len(self._cache) > self.maxsize:
+            self._cache.popitem(last=False)
+        return claims
+
+
+def _int_claim(payload: dict[str, Any], name: str) -> int | None:
+    """A time claim as PyJWT compares it (``int()`` of the value), or None when absent."""
+    value = payload.get(name)
+    return None if value is None else int(value)
 
 
 def authorize_v2(claims: Claims, workspace: str) -> None:

@@ -28,6 +28,17 @@ class HulyState:
     #: a node that has no cluster layout yet and would otherwise acknowledge writes on its own.
     refusal: Callable[[], str | None] = lambda: None
     max_key_bytes: int = MAX_KEY_BYTES
+    _verifier: auth.TokenVerifier | None = field(default=None, init=False, repr=False)
+
+    @property
+    def verifier(self) -> auth.TokenVerifier:
+        """The token verifier (and cache) of the current ``token_secret``: built on first use,
+        and again if the secret is ever replaced, so no token verified with an old secret is
+        accepted from the cache of the old verifier."""
+        v = self._verifier
+        if v is None or v.secret is not self.token_secret:
+            v = self._verifier = auth.TokenVerifier(self.token_secret)
+        return v
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class HulyRequest:
         return value
 
     def authenticate(self) -> auth.Claims:
-        self.claims = auth.verify(self.request.headers.get("Authorization"), self.state.token_secret)
+        self.claims = self.state.verifier.verify(self.request.headers.get("Authorization"))
         return self.claims
 
     def v2_target(self) -> Target:
