@@ -17,6 +17,7 @@ from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.conditional import ConditionalK2V, K2VMachine
 from garagekv.model.k2v.expiry import ExpiryWorker
 from garagekv.model.k2v.expiry_index import ExpiryIndex
+from garagekv.model.k2v.reservations import ReservationSweeper
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import CounterSchema, ItemSchema
 from garagekv.model.k2v.store import K2VStore
@@ -89,6 +90,9 @@ class Model:
             system.is_up,
         )
         self.k2v.conditional = self.conditional
+        # Times reserved by rounds that ended without settling them (model/k2v/reservations.py):
+        # a round writing nothing on the key, run here, settles them.
+        self.reservation_sweeper = ReservationSweeper(self.store.clock, writer, self.conditional.settle_round)
         self.helper = MetaHelper(
             self.keys, self.buckets, self.aliases, self.k2v.bucket_is_empty, allow_punycode=config.allow_punycode
         )
@@ -118,6 +122,7 @@ class Model:
     async def start(self) -> None:
         self.background.spawn(self.counter_queue)
         self.background.spawn(self.consensus_gc)
+        self.background.spawn(self.reservation_sweeper)
         self.background.spawn(self.expiry)
         for gc in self.gcs:
             self.background.spawn(gc)

@@ -97,6 +97,28 @@ def test_items_from_their_own_coordinator_advance_the_vector_clock() -> None:
     assert m.is_new_item(a)
 
 
+def test_the_vector_clock_stops_at_the_answering_nodes_stable_bound() -> None:
+    """Node 1 had issued time 1 (item a) and reserved time 2 for a conditional write when it read
+    its items; b got time 3 from a plain insert. The marker must not claim time 2."""
+    m = RangeSeenMarker()
+    a = item("a", 1)
+    b = K2VItem.new(BUCKET, "pk", "b")
+    b.update(1, None, b"plain", 2)  # dot 3 of node 1
+    m.mark_seen_node_items(1, [a, b], issued=1, stable=1)
+    assert m.vector_clock == {1: 1}
+    assert m.items == {"b": {1: 3}}
+    assert not m.is_new_item(a) and not m.is_new_item(b)  # b is seen, through its own clock
+    cond = K2VItem.new(BUCKET, "pk", "c")
+    cond.update(1, None, b"conditional", 1)  # dot 2, committed after b was reported
+    assert m.is_new_item(cond)
+    m2 = RangeSeenMarker.decode(m.encode())
+    assert m2.is_new_item(cond) and not m2.is_new_item(b)
+    # Without the bound, node 1's answer claimed dot 2 as well.
+    unbounded = RangeSeenMarker()
+    unbounded.mark_seen_node_items(1, [a, b], issued=1)
+    assert not unbounded.is_new_item(cond)
+
+
 def test_partially_covered_item_is_remembered_per_sort_key() -> None:
     m = RangeSeenMarker()
     x = item("x", 1, 2)  # dots from nodes 1 and 2, answered by node 1 only

@@ -103,7 +103,7 @@ class K2VMachine:
         raws = codec.decode(update)
         if not isinstance(raws, list):
             raise ValueError("a K2V consensus update is a list of encoded items")
-        top = 0
+        top = dot = 0
         for raw in raws:
             item = K2VItem.decode(bytes(raw))
             if item.partition_hash() != key[:32]:
@@ -113,9 +113,14 @@ class K2VMachine:
             own = item.items.get(self.node)
             if own is not None:
                 top = max(top, own.max_time())
+                dot = max([dot, *(ts for ts, _ in own.values)])
         if top:
             # Dots of this node's entry applied here: later plain inserts must issue above them.
             self.clock.raise_in(tx, top)
+        if dot:
+            # A value of this node's own is one of its rounds' writes: that round's times are
+            # settled (LocalClock.settle_in), in this transaction.
+            self.clock.settle_in(tx, key, dot)
 
 
 class ConditionalK2V:
@@ -212,15 +217,24 @@ class ConditionalK2V:
         res = await self._txn_here(bucket_id, pk, from_wire(what, raw_txn))
         return [res.succeeded, [[r.op, r.sort_key, None if r.item is None else r.item.encode()] for r in res.results]]
 
-    async def _reserve_ts(self, count: int, above: int) -> int:
+    async def _reserve_ts(self, queue: _KeyQueue, count: int, above: int) -> int:
         """Timestamps above every one this node issued (and at least ``above``), persisted before
         the round: decide is pure, so it cannot raise the clock itself. The round's dots are
-        ``ts + 1`` to ``ts + count``."""
+        ``ts + 1`` to ``ts + count``, unsettled until the round's commit is applied here or the
+        round ends without proposing them (``LocalClock``)."""
 
         def reserve(tx: WriteTxn) -> int:
-            return self.store.clock.reserve_in(tx, count, above)
+            return self.store.clock.reserve_in(tx, count, above, queue.bucket_id, queue.pk)
 
-        return await self.store.writer.submit(reserve)
+        ts = await self.store.writer.submit(reserve)
+        queue.reserved.append(ts + 1)
+        return ts
+
+    async def settle_round(self, bucket_id: bytes, pk: str) -> None:
+        """A round that writes nothing on the partition key, run here after every round of this
+        node on it that is still running: it settles what those rounds proposed and left in
+        flight (model/k2v/reservations.py)."""
+        await self._txn_here(bucket_id, pk, Txn())
 
     async def _txn_here(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
         """Queue the operation on its key; the key's runner decides it in the next round."""
@@ -251,6 +265,8 @@ class ConditionalK2V:
                     outcomes = await self._round(key, queue, [op.txn for op in batch])
                 except Exception as e:  # noqa: BLE001 - the round failed: every operation in it answers so
                     outcomes = [e] * len(batch)
+                finally:
+                    queue.end_round(self.store)
                 for op, out in reversed(list(zip(batch, outcomes, strict=True))):
                     if isinstance(out, Deferred):
                         queue.pending.appendleft(op)  # first in the next round, in its order
@@ -279,7 +295,7 @@ class ConditionalK2V:
         attempts: list[Attempt] = []  # what the earlier attempts proposed, each with its own dots
         above = 0
         for _ in range(MAX_RESERVATIONS):
-            node_ts = await self._reserve_ts(writers, above) if writers else 0
+            node_ts = await self._reserve_ts(queue, writers, above) if writers else 0
 
             def decide(merged: Mapping[bytes, bytes | None], node_ts: int = node_ts) -> Decision[list[BatchOutcome]]:
                 raws = {sk: merged[sk.encode()] for sk in sort_keys}
@@ -298,6 +314,7 @@ class ConditionalK2V:
                     # dot found later names exactly one attempt.
                     raise _Reserve(used)
                 attempts.append(proposed)
+                queue.proposed.add(node_ts + 1)
                 return Decision(codec.encode_lists([i.encode() for i in written]), outcomes)
 
             try:
@@ -344,6 +361,16 @@ class _KeyQueue:
         self.pk = pk
         self.pending: deque[_Queued] = deque()
         self.runner: asyncio.Task[None] | None = None
+        # The current round's reservations (their first dots) and those an attempt proposed.
+        self.reserved: list[int] = []
+        self.proposed: set[int] = set()
+
+    def end_round(self, store: K2VStore) -> None:
+        """Settle the round's reservations that no attempt proposed; the others are settled when
+        a commit holding their dots is applied here, or by the sweep (model/k2v/reservations.py)."""
+        if unproposed := [first for first in self.reserved if first not in self.proposed]:
+            store.release_reservations(unproposed)
+        self.reserved, self.proposed = [], set()
 
     def take(self) -> list[_Queued]:
         """The next round's operations, in arrival order: the first always, then as many as fit."""

@@ -180,8 +180,10 @@ class PollRangeRequest:
 
 @dataclass(frozen=True)
 class PollRangeReply:
-    """``[node, [encoded item, ...], issued clock]``: a storage node's new items, and the last
-    timestamp it had issued before it read them (see ``RangeSeenMarker.mark_seen_node_items``)."""
+    """``[node, [encoded item, ...], issued clock]``: a storage node's new items, and its stable
+    clock read before it read them: the last timestamp it had issued, or less, up to which every
+    dot of its own was in its store (``LocalClock.stable``; what seen markers may claim of the
+    node, see ``RangeSeenMarker.mark_seen_node_items``)."""
 
     node: int
     raws: tuple[bytes, ...]

@@ -50,7 +50,7 @@ REPLY_BUDGET = 4 * 1024 * 1024
 
 #: A range's new items and the marker that covers them; None: nothing new.
 RangeResult = tuple[list[K2VItem], RangeSeenMarker] | None
-#: One storage node's answer for one range: (its node number, encoded items, its issued clock).
+#: One storage node's answer for one range: (its node number, encoded items, its stable clock).
 NodeAnswer = tuple[int, Iterable[bytes], int]
 
 
@@ -72,9 +72,11 @@ def merge_answers(marker: RangeSeenMarker | None, answers: Iterable[NodeAnswer])
     """
     new_marker = RangeSeenMarker() if marker is None else RangeSeenMarker(dict(marker.vector_clock), dict(marker.items))
     merged: dict[str, K2VItem] = {}
-    for node, raws, issued in answers:
+    for node, raws, stable in answers:
         items = [K2VItem.decode(r) for r in raws]
-        new_marker.mark_seen_node_items(node, items, issued)
+        # A node's one bound serves both: its own dots are all in its store up to it, and it
+        # issued every time up to it (LocalClock.stable).
+        new_marker.mark_seen_node_items(node, items, issued=stable, stable=stable)
         for item in items:
             if item.sort_key in merged:
                 merged[item.sort_key].merge(item)

@@ -350,13 +350,13 @@ class K2VService:
                 local.append(LocalRange(partition_hash(req.bucket_id, r.partition_key), q, marker))
             return (await self._poll_ranges_here(local, req.timeout)).to_wire()
         marker = None if req.seen_marker is None else RangeSeenMarker.decode(req.seen_marker)
-        issued = self.store.issued_clock()  # before the scan: every later dot is newer
+        issued = self.store.stable_clock()  # before the scan: the marker's bound for this node
         q = RangeQuery(req.prefix, req.start, req.end)
         items = await self.store.poll_range(req.bucket_id, req.partition_key, q, marker, req.timeout)
         return PollRangeReply(self.store.node, tuple(i.encode() for i in items or []), issued).to_wire()
 
     async def _poll_ranges_here(self, ranges: list[LocalRange], timeout: float) -> PollRangesReply:
-        issued = self.store.issued_clock()  # before the first scan: every later dot is newer
+        issued = self.store.stable_clock()  # before the first scan: the marker's bound for this node
         news = await self.store.poll_ranges(ranges, timeout)
         listed: list[tuple[int, tuple[bytes, ...]]] = []
         size = 0

@@ -114,16 +114,23 @@ class RangeSeenMarker:
 
         self.items = {sk: vc for sk, vc in self.items.items() if keep(sk)}
 
-    def mark_seen_node_items(self, node: int, items: Iterable[K2VItem], issued: int = 0) -> None:
+    def mark_seen_node_items(
+        self, node: int, items: Iterable[K2VItem], issued: int = 0, stable: int | None = None
+    ) -> None:
         """Record that ``node`` answered with ``items``: everything it had of them is now seen.
 
         The node's own entry of each item is complete on that node (it created those dots), so
-        ``vector_clock[node]`` can move up to its latest dot: every later dot of the node is
-        newer. The entry's discard time moves it too, but only up to ``issued``, the node's own
-        clock read before it looked at the items: a discard time beyond it came from a token
-        the node never handed out (forged, and recorded by another coordinator), and trusting
-        it would hide the node's next writes from this marker. Dots of other nodes, and such
-        discard times, are remembered in the item's own clock under its sort key.
+        ``vector_clock[node]`` can move up to its latest dot, but never past ``stable``: the
+        node's bound, read before it looked at the items, up to which every dot of its own was
+        already in its store. A later dot may have been issued before a lower one appeared (a
+        conditional write's dot is reserved before its round and shows up at its commit, after
+        plain inserts that got later times: docs/k2v-compat.md), and an answer read after a
+        wake-up holds only some of the range's items. The entry's discard time moves it too,
+        but only up to ``issued``, the node's own clock read before it looked at the items: a
+        discard time beyond it came from a token the node never handed out (forged, and
+        recorded by another coordinator), and trusting it would hide the node's next writes
+        from this marker. Dots beyond those bounds, and dots of other nodes, are remembered in
+        the item's own clock under its sort key.
         """
         for item in items:
             cc = item.causal_context().vclock
@@ -132,6 +139,8 @@ class RangeSeenMarker:
                 t = own.values[-1][0] if own.values else 0
                 if own.t_discard <= issued:
                     t = max(t, own.t_discard)
+                if stable is not None:
+                    t = min(t, stable)
                 if t > self.vector_clock.get(node, 0):
                     self.vector_clock[node] = t
             if vclock_gt(cc, self.vector_clock):

@@ -24,11 +24,13 @@ from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
 from garagekv.table.data import INLINE_SCAN_LIMIT, ScanRange, TableData, check_size
+from garagekv.util import codec
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES
 from garagekv.util.errors import EntityTooLarge
 from garagekv.util.time import now_ms
 
 _TS_KEY = b"timestamp"
+_U64 = struct.Struct(">Q")
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,38 @@ def check_context(ins: InsertedItem, before: int, after: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """Times a consensus round of this node reserved and that are not settled yet: its dots
+    ``first`` to ``first + count - 1`` may still appear in items (docs/k2v-compat.md,
+    "PollRange and conditional writes")."""
+
+    first: int
+    key: bytes  # the consensus key (the partition hash)
+    bucket_id: bytes
+    partition_key: str
+    count: int
+
+
 class LocalClock:
     """This node's K2V timestamp, persisted in the writer's transactions.
 
     Every dot this node creates is above every time it has issued; plain inserts, reserved
     conditional writes and commits applied by consensus all move it through here.
+
+    Times reserved for a consensus round (``reserve_in``) are also recorded in ``k2v:reserved``
+    until they are *settled*: their dots are in this node's store, or can never appear in an
+    item any more without being on a majority of the partition's storage nodes first. A plain
+    insert is visible here as soon as its time is issued; a conditional write's dot only when
+    its round commits here, which can be much later (a round that failed may be completed by
+    another one, possibly after a restart). ``stable()`` is the bound PollRange answers give
+    seen markers for this node's own dots.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.tree = db.tree("k2v:local_ts")
+        self.reserved = db.tree("k2v:reserved")
 
     def stored_in(self, tx: WriteTxn) -> int:
         raw = tx.get(self.tree, _TS_KEY)
@@ -84,24 +108,92 @@ class LocalClock:
         if ts > self.stored_in(tx):
             self.set_in(tx, ts)
 
-    def reserve_in(self, tx: WriteTxn, count: int = 1, above: int = 0) -> int:
-        """Times for writes decided later (a consensus round): their dots are ``ts + 1`` to
-        ``ts + count``, and ``ts`` is at least ``above``. Nothing else this node writes gets them."""
+    def reserve_in(self, tx: WriteTxn, count: int, above: int, bucket_id: bytes, partition_key: str) -> int:
+        """Times for writes decided later (a consensus round on the partition key): their dots
+        are ``ts + 1`` to ``ts + count``, and ``ts`` is at least ``above``. Nothing else this
+        node writes gets them. Recorded as unsettled in the same transaction."""
         ts = max(self.base_in(tx, now_ms()), above)
         self.set_in(tx, ts + count)
+        key = partition_hash(bucket_id, partition_key)
+        tx.put(self.reserved, _U64.pack(ts + 1), codec.encode([key, bucket_id, partition_key, count]))
         return ts
+
+    def release_in(self, tx: WriteTxn, firsts: Iterable[int]) -> None:
+        """Settle the reservations starting at ``firsts`` (their dots were never proposed, or
+        can no longer appear unless a majority holds them)."""
+        for first in firsts:
+            tx.delete(self.reserved, _U64.pack(first))
+
+    def settle_in(self, tx: WriteTxn, key: bytes, dot: int) -> None:
+        """A commit of consensus key ``key`` applied here holds ``dot``, a value of this node's
+        own entry: the round that reserved it proposed it, so its reservation is settled, and
+        so is every earlier one of this node on the key.
+
+        Only this node's rounds on the key reserve under it, one round at a time, each after the
+        previous one ended; an earlier reservation's proposal (if any) had a majority of
+        promises before this one was proposed, so this one, being chosen, has a higher ballot:
+        the earlier proposal was chosen before (then it is on a majority) or never will be
+        (docs/consensus.md §7). Runs in the commit's transaction: a poll's read sees the items
+        and the settlement together, or neither.
+        """
+        cur = tx.cursor(self.reserved)
+        # The last reservation starting at or before ``dot``.
+        if not (cur.prev() if cur.set_range(_U64.pack(dot + 1)) else cur.last()):
+            return
+        first = _U64.unpack(cur.key())[0]
+        r = _decode_reservation(first, cur.value())
+        if r.key != key or not first <= dot < first + r.count:
+            return
+        settled = [first]
+        while cur.prev():
+            earlier = _decode_reservation(_U64.unpack(cur.key())[0], cur.value())
+            if earlier.key == key:
+                settled.append(earlier.first)
+        self.release_in(tx, settled)
+
+    def reservations(self) -> list[Reservation]:
+        """The unsettled reservations, oldest first (a short read transaction)."""
+        with self.db.read() as txn:
+            return [_decode_reservation(_U64.unpack(k)[0], v) for k, v in txn.cursor(db=self.reserved).iternext()]
 
     def issued(self) -> int:
         """The last timestamp this node issued (0 before its first write, or if out of bounds).
 
         Every dot this node creates from now on is later than this, and every time this node has
-        issued is at most this: PollRange's seen markers rely on both (a later time in an item's
-        entry for this node came from a client, not from this node).
+        issued is at most this.
         """
         with self.db.read() as txn:
             raw = txn.get(_TS_KEY, db=self.tree)
+        return self._bounded(raw)
+
+    def stable(self) -> int:
+        """The time up to which every dot of this node's own entry is in this node's store now
+        (or, for a conditional write's, on a majority of its partition's storage nodes): the
+        last time it issued, or just below its oldest unsettled reservation. At most
+        ``issued()``.
+
+        PollRange's seen markers rely on it (``RangeSeenMarker.mark_seen_node_items``): a
+        storage node's answer moves the marker's clock for the node only up to this bound, read
+        before the node looks at the items, and a discard time in the node's entry counts only
+        up to it (a later one came from a client, not from this node). One read transaction,
+        so a reservation and the time it issued are seen together.
+        """
+        with self.db.read() as txn:
+            raw = txn.get(_TS_KEY, db=self.tree)
+            cur = txn.cursor(db=self.reserved)
+            first = _U64.unpack(cur.key())[0] if cur.first() else None
+        bound = self._bounded(raw)
+        return bound if first is None else min(bound, first - 1)
+
+    @staticmethod
+    def _bounded(raw: bytes | None) -> int:
         local_ts = struct.unpack(">Q", raw)[0] if raw else 0
         return local_ts if local_ts <= now_ms() + MAX_CLOCK_AHEAD_MS else 0
+
+
+def _decode_reservation(first: int, raw: bytes) -> Reservation:
+    key, bucket_id, partition_key, count = codec.decode(bytes(raw))
+    return Reservation(first, bytes(key), bytes(bucket_id), partition_key, count)
 
 
 @dataclass(frozen=True)
@@ -140,6 +232,7 @@ class K2VStore:
         self.max_item_bytes = max_item_bytes
         self.clock = LocalClock(db)
         self._local_ts = self.clock.tree
+        self._background: set[asyncio.Future[None]] = set()
 
     # ---- coordinated inserts -------------------------------------------------------------------
 
@@ -172,6 +265,26 @@ class K2VStore:
 
     def issued_clock(self) -> int:
         return self.clock.issued()
+
+    def stable_clock(self) -> int:
+        """What a poll answer tells seen markers about this node's own dots (``LocalClock.stable``)."""
+        return self.clock.stable()
+
+    def release_reservations(self, firsts: list[int]) -> None:
+        """Settle reservations whose dots were never proposed, in the background: a poll merely
+        keeps more per-item clocks in its markers until it is written."""
+
+        def release(tx: WriteTxn) -> None:
+            self.clock.release_in(tx, firsts)
+
+        task = asyncio.ensure_future(self.writer.submit(release))
+        self._background.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("settling reserved K2V times failed (the sweep retries): %s", task.exception())
 
     # ---- expiry ----------------------------------------------------------------------------------
 
