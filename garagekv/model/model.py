@@ -66,6 +66,7 @@ class Model:
         self.items = table(item_schema, sharded)
         max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES
         self.store = K2VStore(db, writer, node, self.items.data, self.subs, max_item)
+        item_schema.on_change_in = self.store.poll_index.updated_in
         self.expiry = ExpiryWorker(self.expiry_index, self.store, self.items)
         self.k2v = K2VService(self.store, self.items, self.counters, system.netapp, system.registry, timeout)
         # Consensus for conditional operations (docs/consensus.md §10): one acceptor per node,

@@ -257,3 +257,19 @@ def test_vector_clock_never_goes_backwards_within_one_answer() -> None:
     m.mark_seen_node_items(1, [b])
     assert m.vector_clock == {1: 8}
     assert not RangeSeenMarker.decode(m.encode()).is_new_item(a)
+
+
+def test_decode_shared_remembers_small_markers_and_copies_are_independent() -> None:
+    m = RangeSeenMarker({1: 5}, {"a": {2: 3}})
+    s = m.encode()
+    shared = RangeSeenMarker.decode_shared(s)
+    assert shared == m and RangeSeenMarker.decode_shared(s) is shared
+    mine = shared.copy()
+    mine.restrict(start="b")
+    mine.mark_seen_node_items(1, [item("z", 1, 1)])
+    assert RangeSeenMarker.decode_shared(s) == m  # the shared one did not change
+    big = RangeSeenMarker({1: 5}, {f"k{i:05}": {2: i + 1} for i in range(2000)}).encode()
+    assert len(big) > seen_mod.SHARED_MAX_CHARS
+    assert RangeSeenMarker.decode_shared(big) is not RangeSeenMarker.decode_shared(big)
+    with pytest.raises(BadRequest):
+        RangeSeenMarker.decode_shared("AAAA")

@@ -42,7 +42,8 @@ def _parse_range(ctx: RequestContext, raw: Any) -> PolledRange:
     for name in ("prefix", "start", "end"):
         ctx.check_key_len(name, getattr(q, name))
     q.check()
-    marker = None if raw_marker is None else RangeSeenMarker.decode(raw_marker)
+    # Pollers send the same markers call after call; this one is changed (restrict): a copy.
+    marker = None if raw_marker is None else RangeSeenMarker.decode_shared(raw_marker).copy()
     return PolledRange(pk, q, raw_marker, marker)
 
 
@@ -66,7 +67,7 @@ def parse_ranges(ctx: RequestContext, body: Any) -> tuple[list[PolledRange], int
 
 async def poll_ranges(ctx: RequestContext) -> web.StreamResponse:
     ranges, timeout = parse_ranges(ctx, await ctx.json_body())
-    polls = [RangePoll(r.partition_key, r.query, r.marker) for r in ranges]
+    polls = [RangePoll(r.partition_key, r.query, r.marker, r.raw_marker) for r in ranges]
     results = await ctx.state.store.poll_ranges(ctx.bucket_id, polls, timeout)
     if results is None:
         return web.Response(status=304)

@@ -61,6 +61,9 @@ class RangePoll:
     partition_key: str
     query: RangeQuery
     marker: RangeSeenMarker | None
+    #: The marker as the client sent it (its storage nodes are sent this text unless the range
+    #: restricted the marker).
+    text: str | None = None
 
 
 def merge_answers(marker: RangeSeenMarker | None, answers: Iterable[NodeAnswer]) -> RangeResult:

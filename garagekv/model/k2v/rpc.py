@@ -297,7 +297,10 @@ class K2VService:
         asks: dict[bytes, list[int]] = {}
         for i, (r, nodes) in enumerate(zip(ranges, nodes_of, strict=True)):
             if r.marker is not None:
+                before = len(r.marker.items)
                 r.marker.restrict(r.query.prefix, r.query.start, r.query.end)
+                if len(r.marker.items) != before:
+                    r.text = None
             for n in nodes:
                 asks.setdefault(n, []).append(i)
         wire: list[WatchedRange] = []
@@ -308,7 +311,8 @@ class K2VService:
                 return await self._poll_ranges_here(local, timeout)
             if not wire:
                 for r in ranges:
-                    q, marker = r.query, None if r.marker is None else r.marker.encode()
+                    # The client's own text when it still says the same: encoding costs more.
+                    q, marker = r.query, None if r.marker is None else r.text or r.marker.encode()
                     wire.append(WatchedRange(r.partition_key, q.prefix, q.start, q.end, marker))
             msg = PollRangesRequest(bucket_id, tuple(wire[i] for i in indices), timeout).to_wire()
             return PollRangesReply.from_wire(await self.netapp.call(node, ENDPOINT, msg, timeout=None), len(indices))
@@ -346,10 +350,10 @@ class K2VService:
             for r in req.ranges:
                 q = RangeQuery(r.prefix, r.start, r.end)
                 q.check()
-                marker = None if r.seen_marker is None else RangeSeenMarker.decode(r.seen_marker)
+                marker = None if r.seen_marker is None else RangeSeenMarker.decode_shared(r.seen_marker)
                 local.append(LocalRange(partition_hash(req.bucket_id, r.partition_key), q, marker))
             return (await self._poll_ranges_here(local, req.timeout)).to_wire()
-        marker = None if req.seen_marker is None else RangeSeenMarker.decode(req.seen_marker)
+        marker = None if req.seen_marker is None else RangeSeenMarker.decode_shared(req.seen_marker)
         issued = self.store.stable_clock()  # before the scan: the marker's bound for this node
         q = RangeQuery(req.prefix, req.start, req.end)
         items = await self.store.poll_range(req.bucket_id, req.partition_key, q, marker, req.timeout)

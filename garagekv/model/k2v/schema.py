@@ -70,6 +70,8 @@ class ItemSchema(BaseSchema):
         self.local_counters = local_counters
         self.queue_counter = queue_counter
         self.expiry = expiry
+        #: Called with every changed item inside its transaction (the poll index, model/k2v/poll_index.py).
+        self.on_change_in: Callable[[K2VItem], None] | None = None
 
     def decode(self, data: bytes) -> K2VItem:
         return K2VItem.decode(data)
@@ -99,4 +101,6 @@ class ItemSchema(BaseSchema):
         if self.expiry is not None:
             self.expiry.updated_in(tx, old, new)
         if new is not None:
+            if self.on_change_in is not None:
+                self.on_change_in(new)
             tx.on_commit(lambda: self.subs.notify(new))

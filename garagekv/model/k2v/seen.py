@@ -20,6 +20,7 @@ import base64
 import binascii
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,12 @@ MAX_MARKER_CHARS = 2 * 1024 * 1024
 MAX_MARKER_ITEMS = 10_000
 MAX_MARKER_KEY_BYTES = 64 * 1024  # far above any configurable key length limit
 _PAIR = struct.Struct(">QQ")
+#: Markers ``decode_shared`` remembers (by their text, only those of at most
+#: ``SHARED_MAX_CHARS``): a PollRanges client sends back the marker of every range without news
+#: as it got it, call after call, and each storage node decodes each of them again.
+SHARED_MARKERS = 8192
+SHARED_MAX_CHARS = 4096
+_shared: OrderedDict[str, RangeSeenMarker] = OrderedDict()
 
 
 def _invalid(why: str = "") -> BadRequest:
@@ -97,6 +104,11 @@ def _clock_from_wire(w: Any, limit: int) -> dict[int, int]:
 class RangeSeenMarker:
     vector_clock: dict[int, int] = field(default_factory=dict)
     items: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def copy(self) -> RangeSeenMarker:
+        """A marker that can be changed without changing this one (per-item clocks are shared:
+        every change replaces them)."""
+        return RangeSeenMarker(dict(self.vector_clock), dict(self.items))
 
     def restrict(self, prefix: str | None = None, start: str | None = None, end: str | None = None) -> None:
         """Forget per-item clocks outside ``[start, end)`` / ``prefix``.
@@ -152,10 +164,13 @@ class RangeSeenMarker:
 
     def is_new_item(self, item: K2VItem) -> bool:
         """Whether ``item`` has something the marker's holder has not seen yet."""
-        cc = item.causal_context().vclock
+        return self.is_new_clock(item.sort_key, item.causal_context().vclock)
+
+    def is_new_clock(self, sort_key: str, cc: dict[int, int]) -> bool:
+        """Whether an item of ``sort_key`` whose causal context is ``cc`` is new to the marker."""
         if not vclock_gt(cc, self.vector_clock):
             return False
-        seen = self.items.get(item.sort_key)
+        seen = self.items.get(sort_key)
         return seen is None or vclock_gt(cc, seen)
 
     def encode(self) -> str:
@@ -227,6 +242,21 @@ class RangeSeenMarker:
             if not isinstance(sk, str) or sk in marker.items:
                 raise _invalid()
             marker.items[sk] = _clock_from_bin(flat[i + 1], limit)
+        return marker
+
+    @classmethod
+    def decode_shared(cls, s: str) -> RangeSeenMarker:
+        """``decode``, remembering the last ``SHARED_MARKERS`` small markers decoded: the marker
+        returned may be shared, so it must not be changed (``copy()`` first)."""
+        hit = _shared.get(s) if isinstance(s, str) else None
+        if hit is not None:
+            _shared.move_to_end(s)
+            return hit
+        marker = cls.decode(s)
+        if len(s) <= SHARED_MAX_CHARS:
+            _shared[s] = marker
+            if len(_shared) > SHARED_MARKERS:
+                _shared.popitem(last=False)
         return marker
 
     @classmethod

@@ -20,6 +20,7 @@ from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS, MAX_CONTEXT_ENTRIES, CausalContext
 from garagekv.model.k2v.item import ClockExhausted, K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
+from garagekv.model.k2v.poll_index import PollIndex
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.sub import SubscriptionManager
@@ -233,6 +234,8 @@ class K2VStore:
         self.clock = LocalClock(db)
         self._local_ts = self.clock.tree
         self._background: set[asyncio.Future[None]] = set()
+        #: What a poll with a marker reads first (kept up to date by the item schema's hook).
+        self.poll_index = PollIndex(item_data, writer)
 
     # ---- coordinated inserts -------------------------------------------------------------------
 
@@ -377,12 +380,11 @@ class K2VStore:
     async def _snapshot(self, ph: bytes, q: RangeQuery) -> list[K2VItem]:
         """Every local item of the range, read in ONE read transaction.
 
-        A PollRange answer must be a consistent snapshot: the coordinator raises the marker's
-        clock for this node to the newest own timestamp in the answer, which claims every item
-        this node wrote up to that time. This node's timestamps grow in commit order, so in one
-        snapshot every earlier write is present too; a read spread over several transactions
-        (pages, or per-item re-reads after a wake-up) could carry a late write of one key while
-        missing an earlier write of another, which the marker would then swallow.
+        A poll's first answer is filtered from it: the coordinator raises the marker's clock for
+        this node up to the newest own dot in the answer (within the node's stable time, read
+        before this read), which claims every item this node wrote up to that time; one snapshot
+        holds all of them. A read spread over several transactions (pages) could carry a late
+        write of one key while missing an earlier write of another.
 
         A small range (the usual watched partition) is read right here; one with more than
         ``INLINE_SCAN_LIMIT`` items is read again, whole, in one scan in a worker thread.
@@ -393,33 +395,51 @@ class K2VStore:
             rows = await self.item_data.scan_async(scan)
         return [e for _, e in rows]
 
+    def _read_changed(self, changed: Iterable[tuple[bytes, str]]) -> dict[tuple[bytes, str], K2VItem]:
+        """The local items of (partition hash, sort key) pairs that changed, from ONE read
+        transaction (missing ones are left out).
+
+        What a wake-up answers: only the items that changed since the first read, not their
+        whole ranges. That claims nothing about the rest of a range: the marker's clock for this
+        node never moves past its stable time, read before the first read (``stable_clock``),
+        and every item of the range holding a dot of the node up to that time was in the first
+        read already; the items read here are remembered by their own clocks. A write committed
+        but not notified yet is left to the next poll, still new to the marker.
+        """
+        wanted = sorted(set(changed))
+        raws = self.item_data.get_raw_many([ph + sk.encode() for ph, sk in wanted])
+        decode = self.item_data.schema.decode
+        return {k: decode(raw) for k, raw in zip(wanted, raws, strict=True) if raw is not None}
+
     async def poll_range(
         self, bucket_id: bytes, pk: str, q: RangeQuery, marker: RangeSeenMarker | None, timeout: float
     ) -> list[K2VItem] | None:
         """Local items of the range the marker has not seen (all of them without a marker).
 
-        Blocks until there is one; None on timeout. The subscription is opened before the scan
-        so a write landing in between is never missed. Every answer is filtered from one
-        snapshot of the whole range (see ``_snapshot``): after a wake-up the range is read again
-        rather than the notified items alone, since writes of other items committed before that
-        read may not have been notified yet.
+        Blocks until there is one; None on timeout. The subscription is opened before the first
+        read so a write landing in between is never missed. The first answer is read as
+        ``_news`` says; after a wake-up, only the items the notifications named are read again
+        (``_read_changed``): a wake-up costs what changed.
         """
         ph = partition_hash(bucket_id, pk)
         with self.subs.partition(ph) as sub:
-            items = await self._snapshot(ph, q)
-            if marker is None:
-                return items
+            first = await self._news([LocalRange(ph, q, marker)])
+            if marker is None or first:
+                return first[0]
             try:
                 async with asyncio.timeout(timeout):
                     while True:
-                        items = [i for i in items if marker.is_new_item(i)]
-                        if items:
-                            return items
-                        # Wait for a change that is new to the marker; changes already in the
-                        # snapshot just read may wake this once more, the next read sorts it out.
-                        while not any(q.contains(i.sort_key) and marker.is_new_item(i) for i in await sub.wait()):
-                            pass
-                        items = await self._snapshot(ph, q)
+                        # Changes already in the snapshot just read may wake this once more;
+                        # they are not new to the marker, so they are skipped here.
+                        changed = {
+                            (ph, i.sort_key)
+                            for i in await sub.wait()
+                            if q.contains(i.sort_key) and marker.is_new_item(i)
+                        }
+                        if changed:
+                            now = self._read_changed(changed)
+                            if items := [i for _, i in sorted(now.items()) if marker.is_new_item(i)]:
+                                return items
             except TimeoutError:
                 return None
 
@@ -428,22 +448,23 @@ class K2VStore:
         without a marker (all its items), and each range with one that has such items.
 
         Blocks until there is one; {} on timeout. ONE subscription, registered under every
-        partition of the ranges, is opened before the first scan, so a write landing in between
-        is never missed. After a wake-up only the ranges a notified change is new to are read
-        again, each from one snapshot as in ``poll_range`` (the others were read after their
-        last change was committed, and any later one notifies this subscription).
+        partition of the ranges, is opened before the first read (``_news``), so a write landing
+        in between is never missed. After a wake-up only the items the notifications named are
+        read again, for the ranges they are new to, all from one read transaction
+        (``_read_changed``).
         """
         by_partition: dict[bytes, list[int]] = {}
         for i, r in enumerate(ranges):
             by_partition.setdefault(r.partition_hash, []).append(i)
         with self.subs.partitions(by_partition) as sub:
-            news = await self._news(ranges, range(len(ranges)))
+            news = await self._news(ranges)
             if news:
                 return news
+            # No range lacks a marker here: those have news at once.
             try:
                 async with asyncio.timeout(timeout):
                     while True:
-                        dirty: set[int] = set()
+                        dirty: dict[int, set[str]] = {}
                         while not dirty:
                             for item in await sub.wait():
                                 for i in by_partition.get(item.partition_hash(), ()):
@@ -451,20 +472,49 @@ class K2VStore:
                                     if ranges[i].query.contains(item.sort_key) and (
                                         marker is None or marker.is_new_item(item)
                                     ):
-                                        dirty.add(i)
-                        news = await self._news(ranges, sorted(dirty))
+                                        dirty.setdefault(i, set()).add(item.sort_key)
+                        now = self._read_changed(
+                            (ranges[i].partition_hash, sk) for i, sks in dirty.items() for sk in sks
+                        )
+                        for i, sks in sorted(dirty.items()):
+                            r = ranges[i]
+                            items = [now[k] for sk in sorted(sks) if (k := (r.partition_hash, sk)) in now]
+                            if new := [item for item in items if r.marker is None or r.marker.is_new_item(item)]:
+                                news[i] = new
                         if news:
                             return news
             except TimeoutError:
                 return {}
 
-    async def _news(self, ranges: list[LocalRange], indices: Iterable[int]) -> dict[int, list[K2VItem]]:
+    async def _news(self, ranges: list[LocalRange]) -> dict[int, list[K2VItem]]:
+        """Every range's first answer, by index: all its items without a marker (one snapshot,
+        ``_snapshot``), else its items the marker has not seen, if any.
+
+        A range with a marker reads only the items the poll index names (``PollIndex``: those
+        whose causal context may have a time beyond the marker's clock), all ranges' in one read
+        transaction, as a wake-up does (``_read_changed``); a partition too big for the index is
+        read whole. Either way every item holding a dot of this node up to its stable time,
+        read before (``stable_clock``), is in the answer or already seen by the marker.
+        """
         news: dict[int, list[K2VItem]] = {}
-        for i in indices:
-            r = ranges[i]
+        wanted: dict[int, list[str]] = {}
+        for i, r in enumerate(ranges):
+            if r.marker is not None and await self.poll_index.ensure(r.partition_hash):
+                sort_keys = self.poll_index.candidates(r.partition_hash, r.query, r.marker)
+                if sort_keys is not None:
+                    wanted[i] = sort_keys
+                    continue
             items = await self._snapshot(r.partition_hash, r.query)
             if r.marker is None:
                 news[i] = items
             elif new := [item for item in items if r.marker.is_new_item(item)]:
                 news[i] = new
-        return news
+        if wanted:
+            now = self._read_changed((ranges[i].partition_hash, sk) for i, sks in wanted.items() for sk in sks)
+            for i, sks in wanted.items():
+                marker = ranges[i].marker
+                assert marker is not None
+                items = [now[k] for sk in sks if (k := (ranges[i].partition_hash, sk)) in now]
+                if new := [item for item in items if marker.is_new_item(item)]:
+                    news[i] = new
+        return dict(sorted(news.items()))
