@@ -116,19 +116,20 @@ class PollIndex:
             with self._lock:
                 if partition_hash in self._parts:
                     return True
-            part = _Partition()
-            count = 0
+            raws: list[bytes] = []
             cur = tx.cursor(self.item_data.store)
             if cur.set_range(partition_hash):
-                decode = self.item_data.schema.decode
                 for key, raw in cur:
                     if not key.startswith(partition_hash):
                         break
-                    count += 1
-                    if count > MAX_PARTITION_ITEMS:
-                        return False
-                    item = decode(raw)
-                    part.update(item.sort_key, item.causal_context().vclock)
+                    if len(raws) == MAX_PARTITION_ITEMS:
+                        return False  # counted without decoding anything
+                    raws.append(raw)
+            part = _Partition()
+            for raw in raws:
+                item = self.item_data.schema.decode(raw)
+                part.update(item.sort_key, item.causal_context().vclock)
+            count = len(raws)
             with self._lock:
                 self._parts[partition_hash] = part
                 self._items += count

@@ -498,8 +498,12 @@ class K2VStore:
         """
         news: dict[int, list[K2VItem]] = {}
         wanted: dict[int, list[str]] = {}
+        # Partitions new to the index are read into it together (each is a writer job).
+        partitions = list(dict.fromkeys(r.partition_hash for r in ranges if r.marker is not None))
+        found = await asyncio.gather(*(self.poll_index.ensure(ph) for ph in partitions))
+        indexed = dict(zip(partitions, found, strict=True))
         for i, r in enumerate(ranges):
-            if r.marker is not None and await self.poll_index.ensure(r.partition_hash):
+            if r.marker is not None and indexed[r.partition_hash]:
                 sort_keys = self.poll_index.candidates(r.partition_hash, r.query, r.marker)
                 if sort_keys is not None:
                     wanted[i] = sort_keys
