@@ -10,8 +10,16 @@ batch: what is queued during one turn of the loop leaves at the start of the nex
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
+
+from garagekv.net.frame import error_from_body
+from garagekv.rpc.messages import malformed
+from garagekv.util import codec
+from garagekv.util.errors import GarageKVError, InternalError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 N = TypeVar("N", bound=Hashable)
 
@@ -173,3 +181,40 @@ def forward_outcome(
             on_result(f.result())
 
     src.add_done_callback(settle)
+
+
+# ---- batches of whole messages: [msgpack(message), ...] answered [[ok, answer | error], ...] -------
+
+
+async def answer_each(what: str, items: Any, handle: Callable[[Any], Awaitable[Any]], max_items: int) -> list[Any]:
+    """Answer a batch of independent messages, each its own msgpack bytes: ``[true, answer]`` or
+    ``[false, {"code", "message"}]`` per message, in order. They run concurrently (their writer
+    jobs share a group commit); one message's failure is only that message's answer."""
+    if not isinstance(items, list) or len(items) > max_items:
+        raise malformed(what, f"expected an array of at most {max_items} messages")
+
+    async def one(raw: Any) -> list[Any]:
+        try:
+            try:
+                msg = codec.decode(raw) if isinstance(raw, bytes) else None
+            except Exception:  # noqa: BLE001 - msgpack raises many unrelated types on garbage
+                msg = None
+            if msg is None:
+                raise malformed(what, "a message must be msgpack bytes")
+            return [True, await handle(msg)]
+        except GarageKVError as e:
+            return [False, {"code": str(e.code), "message": str(e.message)}]
+        except Exception as e:  # noqa: BLE001 - reported in the message's own answer
+            log.exception("%s: a message failed", what)
+            return [False, {"code": InternalError.code, "message": f"{type(e).__name__}: {e}"}]
+
+    return list(await asyncio.gather(*(one(raw) for raw in items)))
+
+
+def unwrap_answer(answer: Any) -> Any:
+    """One message's answer from ``answer_each``, or its error (typed, as the RPC layer does)."""
+    if not isinstance(answer, list) or len(answer) != 2 or not isinstance(answer[0], bool):
+        raise ServiceUnavailable("malformed answer in a batch")
+    if not answer[0]:
+        raise error_from_body(answer[1])
+    return answer[1]
