@@ -20,7 +20,7 @@ from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.state import AcceptorState
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, ReadTxn, WriteTxn
-from garagekv.rpc.batching import answer_each
+from garagekv.rpc.batching import HeldAnswers, answer_each
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import malformed
 
@@ -38,6 +38,8 @@ READ = endpoint_path("consensus/acceptor", "Read")
 #: ``[[true, answer] | [false, {"code", "message"}], ...]`` in the same order (a proposer sends
 #: what its rounds queued for this node during one event-loop turn, docs/consensus.md §5).
 BATCH = endpoint_path("consensus/acceptor", "Batch")
+#: Fetches an answer of a batch that was too big to travel with the others (``HeldAnswers``).
+BATCH_HELD = endpoint_path("consensus/acceptor", "BatchHeld")
 
 
 class Acceptor:
@@ -53,6 +55,7 @@ class Acceptor:
         self.machine = machine
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.tree = db.tree(TREE)
+        self.held = HeldAnswers()
 
     def register(self, registry: EndpointRegistry) -> None:
         registry.register(PREPARE, self._handle_prepare)
@@ -60,6 +63,7 @@ class Acceptor:
         registry.register(COMMIT, self._handle_commit)
         registry.register(READ, self._handle_read)
         registry.register(BATCH, self._handle_batch)
+        registry.register(BATCH_HELD, self._handle_batch_held)
         self._handlers = {
             PREPARE: self._handle_prepare,
             PROPOSE: self._handle_propose,
@@ -171,4 +175,7 @@ class Acceptor:
                 raise malformed("consensus batch", "a message is [consensus endpoint, body]")
             return await self._handlers[msg[0]](from_node, msg[1])
 
-        return await answer_each("consensus batch", body, one, MAX_BATCH)
+        return await answer_each("consensus batch", body, one, MAX_BATCH, self.held)
+
+    async def _handle_batch_held(self, from_node: bytes, body: Any) -> Any:
+        return self.held.take(body)

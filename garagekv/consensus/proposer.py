@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from garagekv.consensus.acceptor import BATCH, COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.acceptor import BATCH, BATCH_HELD, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.ballot import Ballot, BallotClock
 from garagekv.consensus.machine import Decision, StateMachine
 from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import Placement, majority
-from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, unwrap_answer
+from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, resolve_held, unwrap_answer
 from garagekv.rpc.quorum import QuorumError, describe_failure
 from garagekv.util import codec
 from garagekv.util.errors import BadRequest, ServiceUnavailable
@@ -385,7 +385,10 @@ class Proposer:
         else:
             item = codec.encode([path, body])
             if len(item) <= MAX_BATCH_BYTES:
-                return self._batcher.item_future(node, item)
+                return resolve_held(
+                    self._batcher.item_future(node, item),
+                    lambda token: self.transport.call(node, BATCH_HELD, token, timeout=self.timeout),
+                )
         remaining = max(0.0, deadline - time.monotonic())
         return asyncio.ensure_future(self._wrapped(node, path, body, remaining))
 
