@@ -50,7 +50,7 @@ bench-workers: $(STAMP)
 	$(BIN)/python scripts/bench_workers.py
 
 # Mutation testing of the core modules against their unit tests (not part of `make test` or CI:
-# a full run is ~3,350 mutants, hours on two cores). Modules and tests: [tool.mutmut] in
+# a full run is ~3,760 mutants, hours on two cores). Modules and tests: [tool.mutmut] in
 # pyproject.toml; restrict with e.g. MUTANTS='garagekv.util.crdt* garagekv.model.k2v.seen*'.
 # Results accumulate in mutants/; the last step prints the per-module score (docs/testing.md).
 MUTANTS ?=

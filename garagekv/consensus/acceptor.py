@@ -11,7 +11,6 @@ hash), value = ``AcceptorState.encode()`` (docs/consensus.md, "Storage").
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -21,10 +20,9 @@ from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.state import AcceptorState
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, ReadTxn, WriteTxn
+from garagekv.rpc.batching import HeldAnswers, answer_each
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import malformed
-from garagekv.util import codec
-from garagekv.util.errors import GarageKVError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +38,8 @@ READ = endpoint_path("consensus/acceptor", "Read")
 #: ``[[true, answer] | [false, {"code", "message"}], ...]`` in the same order (a proposer sends
 #: what its rounds queued for this node during one event-loop turn, docs/consensus.md §5).
 BATCH = endpoint_path("consensus/acceptor", "Batch")
+#: Fetches an answer of a batch that was too big to travel with the others (``HeldAnswers``).
+BATCH_HELD = endpoint_path("consensus/acceptor", "BatchHeld")
 
 
 class Acceptor:
@@ -55,6 +55,7 @@ class Acceptor:
         self.machine = machine
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.tree = db.tree(TREE)
+        self.held = HeldAnswers()
 
     def register(self, registry: EndpointRegistry) -> None:
         registry.register(PREPARE, self._handle_prepare)
@@ -62,6 +63,7 @@ class Acceptor:
         registry.register(COMMIT, self._handle_commit)
         registry.register(READ, self._handle_read)
         registry.register(BATCH, self._handle_batch)
+        registry.register(BATCH_HELD, self._handle_batch_held)
         self._handlers = {
             PREPARE: self._handle_prepare,
             PROPOSE: self._handle_propose,
@@ -168,23 +170,12 @@ class Acceptor:
         return (await self.read(Prepare.from_wire(body))).to_wire()
 
     async def _handle_batch(self, from_node: bytes, body: Any) -> Any:
-        if not isinstance(body, list) or len(body) > MAX_BATCH:
-            raise malformed("consensus batch", f"expected an array of at most {MAX_BATCH} messages")
+        async def one(msg: Any) -> Any:
+            if not isinstance(msg, list) or len(msg) != 2 or msg[0] not in self._handlers:
+                raise malformed("consensus batch", "a message is [consensus endpoint, body]")
+            return await self._handlers[msg[0]](from_node, msg[1])
 
-        async def one(raw: Any) -> list[Any]:
-            try:
-                try:
-                    item = codec.decode(raw) if isinstance(raw, bytes) else None
-                except Exception:  # noqa: BLE001 - msgpack raises many unrelated types on garbage
-                    item = None
-                if not isinstance(item, list) or len(item) != 2 or item[0] not in self._handlers:
-                    raise malformed("consensus batch", "a message is the msgpack of [consensus endpoint, body]")
-                return [True, await self._handlers[item[0]](from_node, item[1])]
-            except GarageKVError as e:
-                return [False, {"code": str(e.code), "message": str(e.message)}]
-            except Exception as e:  # noqa: BLE001 - one message's failure is that message's answer
-                log.exception("consensus message in a batch failed")
-                return [False, {"code": InternalError.code, "message": f"{type(e).__name__}: {e}"}]
+        return await answer_each("consensus batch", body, one, MAX_BATCH, self.held)
 
-        # Concurrently: their writer jobs share one group commit.
-        return list(await asyncio.gather(*(one(item) for item in body)))
+    async def _handle_batch_held(self, from_node: bytes, body: Any) -> Any:
+        return self.held.take(body)

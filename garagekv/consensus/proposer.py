@@ -18,18 +18,17 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from garagekv.consensus.acceptor import BATCH, COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.acceptor import BATCH, BATCH_HELD, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.ballot import Ballot, BallotClock
 from garagekv.consensus.machine import Decision, StateMachine
 from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import Placement, majority
-from garagekv.net.frame import error_from_body
-from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher
+from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, resolve_held, unwrap_answer
 from garagekv.rpc.quorum import QuorumError, describe_failure
 from garagekv.util import codec
 from garagekv.util.errors import BadRequest, ServiceUnavailable
@@ -88,22 +87,22 @@ class _Hold:
     holders: frozenset[bytes]
 
 
-_background: set[asyncio.Task[Any]] = set()
+_background: set[asyncio.Future[Any]] = set()
 
 
-def _keep(task: asyncio.Task[Any]) -> None:
+def _keep(task: asyncio.Future[Any]) -> None:
     """Let a call finish after its quorum was reached (a commit must still reach every node)."""
     _background.add(task)
     task.add_done_callback(_forget)
 
 
-def _forget(task: asyncio.Task[Any]) -> None:
+def _forget(task: asyncio.Future[Any]) -> None:
     _background.discard(task)
     if not task.cancelled():
         task.exception()
 
 
-def background_tasks() -> set[asyncio.Task[Any]]:
+def background_tasks() -> set[asyncio.Future[Any]]:
     """Commits still running after their round returned (for shutdown and tests)."""
     return set(_background)
 
@@ -118,12 +117,16 @@ class Proposer:
         metrics: ConsensusMetrics | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
+        local: Callable[[str, Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.placement = placement
         self.transport = transport
         self.machine = machine
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.timeout = timeout
+        #: This node's acceptor endpoints, called in-process (``EndpointRegistry.dispatch`` of
+        #: this node); without it, calls to this node go through the transport.
+        self.local = local
         self.clock = BallotClock(placement.node_id)
         self._rng = rng or random.Random()
         self._holds: OrderedDict[bytes, _Hold] = OrderedDict()
@@ -371,20 +374,28 @@ class Proposer:
 
     # ---- calls ------------------------------------------------------------------------------------
 
-    async def _call(self, node: bytes, path: str, body: Any, deadline: float) -> Any:
-        """One message to one acceptor: in-process for this node, batched for the others (the
-        transport enforces the timeout, and ``run`` the deadline as a whole)."""
-        remaining = max(0.0, deadline - time.monotonic())
-        if node != self.placement.node_id:
+    def _send(self, node: bytes, path: str, body: Any, deadline: float) -> asyncio.Future[Any]:
+        """One message to one acceptor, as a future: in-process for this node (through ``local``
+        when given: no RPC layer, ``run`` enforces the deadline), otherwise batched with what the
+        other rounds send that node in this loop turn. A batched answer is still wrapped (see
+        ``unwrap_answer``); no task is made for it."""
+        if node == self.placement.node_id:
+            if self.local is not None:
+                return asyncio.ensure_future(self.local(path, body))
+        else:
             item = codec.encode([path, body])
             if len(item) <= MAX_BATCH_BYTES:
-                answer = await self._batcher.item_future(node, item)
-                if not isinstance(answer, list) or len(answer) != 2 or not isinstance(answer[0], bool):
-                    raise ServiceUnavailable("malformed answer in a consensus batch")
-                if not answer[0]:
-                    raise error_from_body(answer[1])
-                return answer[1]
-        return await self.transport.call(node, path, body, timeout=remaining)
+                return resolve_held(
+                    self._batcher.item_future(node, item),
+                    lambda token: self.transport.call(node, BATCH_HELD, token, timeout=self.timeout),
+                )
+        remaining = max(0.0, deadline - time.monotonic())
+        return asyncio.ensure_future(self._wrapped(node, path, body, remaining))
+
+    async def _wrapped(self, node: bytes, path: str, body: Any, timeout: float) -> Any:
+        """A call outside the batches, answered in the batches' form."""
+        answer = await self.transport.call(node, path, body, timeout=timeout)
+        return answer if node == self.placement.node_id else [True, answer]
 
     async def _send_batch(self, node: bytes, items: list[Any]) -> list[Any]:
         answers = await self.transport.call(node, BATCH, items, timeout=self.timeout)
@@ -415,6 +426,7 @@ class Proposer:
         ``only``, just those nodes are asked; ``answered`` receives the nodes that said yes, in the
         order of the answers.
         """
+        me = self.placement.node_id
         members: dict[bytes, list[int]] = {}
         for i, group in enumerate(sets):
             for node in dict.fromkeys(group):
@@ -428,10 +440,7 @@ class Proposer:
         errors: list[str] = []
         refused: Ballot | None = None
 
-        async def one(node: bytes) -> Any:
-            return await self._call(node, path, body, deadline)
-
-        running: dict[asyncio.Task[Any], bytes] = {asyncio.ensure_future(one(n)): n for n in members}
+        running: dict[asyncio.Future[Any], bytes] = {self._send(n, path, body, deadline): n for n in members}
         finished = False
         try:
             while True:
@@ -458,7 +467,7 @@ class Proposer:
                         errors.append(describe_failure(node, err))
                     else:
                         try:
-                            ok, seen, value = verdict(task.result())
+                            ok, seen, value = verdict(unwrap_answer(task.result()) if node != me else task.result())
                         except Exception as e:  # noqa: BLE001 - a malformed answer counts as a failure
                             errors.append(describe_failure(node, e))
                         else:

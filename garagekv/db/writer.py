@@ -25,17 +25,19 @@ from garagekv.util.errors import GarageKVError, StorageError
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+A = TypeVar("A")
 MAX_BATCH = 512
 
 
 class WriteTxn:
     """A nested write transaction handed to submitted functions."""
 
-    __slots__ = ("txn", "_after_commit")
+    __slots__ = ("txn", "_after_commit", "_at_end")
 
     def __init__(self, txn: lmdb.Transaction[bytes]) -> None:
         self.txn = txn
         self._after_commit: list[Callable[[], None]] = []
+        self._at_end: dict[object, tuple[Any, Callable[[Any], None]]] | None = None
 
     def get(self, tree: lmdb._Database, key: bytes) -> bytes | None:
         return self.txn.get(key, db=tree)
@@ -52,6 +54,32 @@ class WriteTxn:
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the event loop once the batch holding this transaction is durable."""
         self._after_commit.append(fn)
+
+    def accumulate(self, key: object, start: Callable[[], A], finish: Callable[[A], None]) -> A:
+        """A per-transaction accumulator: the first call for ``key`` makes it with ``start()`` and
+        arranges ``finish(acc)`` for when the submitted function returns, still inside this
+        transaction (what it writes commits or rolls back with the rest); later calls for ``key``
+        return the same object.
+
+        Bookkeeping that every change of a batch would otherwise rewrite (the index counters of a
+        partition whose items change together) is then written once per transaction.
+        """
+        if self._at_end is None:
+            self._at_end = {}
+        hit = self._at_end.get(key)
+        if hit is None:
+            acc = start()
+            self._at_end[key] = (acc, finish)
+            return acc
+        return hit[0]  # type: ignore[no-any-return]
+
+    def finish(self) -> None:
+        """Run the accumulators' ``finish`` in the order they were started (the writer does, after
+        the submitted function); one may start another, which is finished in turn."""
+        while self._at_end:
+            pending, self._at_end = self._at_end, None
+            for acc, fn in pending.values():
+                fn(acc)
 
 
 class ReadTxn:
@@ -112,6 +140,7 @@ class GroupCommitWriter:
         with self.db.environment.begin(write=True) as txn:
             wt = WriteTxn(txn)
             result = fn(wt)
+            wt.finish()
         for cb in wt._after_commit:
             cb()
         return result
@@ -148,6 +177,7 @@ class GroupCommitWriter:
                     wt = WriteTxn(child)
                     try:
                         result = job.fn(wt)
+                        wt.finish()
                     except BaseException as e:  # noqa: BLE001 - reported to the submitter
                         child.abort()
                         outcomes.append((job, False, e, []))

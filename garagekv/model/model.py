@@ -76,7 +76,15 @@ class Model:
         placement = LayoutPlacement(system.layout)
         self.acceptor = Acceptor(db, writer, machine, self.consensus_metrics)
         self.acceptor.register(system.registry)
-        self.proposer = Proposer(placement, system.netapp, machine, metrics=self.consensus_metrics, timeout=timeout)
+        registry, node_id = system.registry, system.node_id
+        self.proposer = Proposer(
+            placement,
+            system.netapp,
+            machine,
+            metrics=self.consensus_metrics,
+            timeout=timeout,
+            local=lambda path, body: registry.dispatch(node_id, path, body),
+        )
         self.consensus_gc = ConsensusGcWorker(db, writer, placement)
         system.layout.listeners.append(lambda _history: self.consensus_gc.notify())
         self.conditional = ConditionalK2V(

@@ -10,8 +10,18 @@ batch: what is queued during one turn of the loop leaves at the start of the nex
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
+
+from garagekv.net.frame import error_from_body
+from garagekv.rpc.messages import malformed
+from garagekv.util import codec
+from garagekv.util.errors import GarageKVError, InternalError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 N = TypeVar("N", bound=Hashable)
 
@@ -173,3 +183,108 @@ def forward_outcome(
             on_result(f.result())
 
     src.add_done_callback(settle)
+
+
+# ---- batches of whole messages: [msgpack(message), ...] answered [[ok, answer | error], ...] -------
+
+
+#: The answers of one batch stay under this many bytes together (a frame holds 16 MiB, and one
+#: answer may carry a 15 MiB item): the answers past it are held for their caller to fetch alone.
+MAX_BATCH_ANSWER_BYTES = 8 * 1024 * 1024
+
+
+class HeldAnswers:
+    """Answers too big to share their batch's frame, kept until their caller fetches them.
+
+    The message was handled (it may have written): its answer must not be lost, and the message
+    cannot be sent again (a repeated Prepare is refused, a repeated operation applies twice).
+    An answer nobody fetches within ``ttl`` seconds (its caller gave up) is dropped.
+    """
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._held: dict[int, tuple[float, Any]] = {}
+
+    def hold(self, answer: Any) -> int:
+        now = time.monotonic()
+        for token in [t for t, (until, _) in self._held.items() if until < now]:
+            del self._held[token]
+        token = secrets.randbits(62)
+        self._held[token] = (now + self.ttl, answer)
+        return token
+
+    def take(self, token: Any) -> Any:
+        entry = self._held.pop(token, None) if isinstance(token, int) else None
+        if entry is None:
+            raise ServiceUnavailable("the answer of a batched message expired before it was fetched")
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+async def answer_each(
+    what: str,
+    items: Any,
+    handle: Callable[[Any], Awaitable[Any]],
+    max_items: int,
+    held: HeldAnswers,
+    max_bytes: int = MAX_BATCH_ANSWER_BYTES,
+) -> list[Any]:
+    """Answer a batch of independent messages, each its own msgpack bytes: ``[true, answer]`` or
+    ``[false, {"code", "message"}]`` per message, in order, or ``[null, token]`` for an answer
+    that would push the batch's answers past ``max_bytes``: it is in ``held``, for the caller to
+    fetch (``resolve_held``). They run concurrently (their writer jobs share a group commit); one
+    message's failure is only that message's answer."""
+    if not isinstance(items, list) or len(items) > max_items:
+        raise malformed(what, f"expected an array of at most {max_items} messages")
+
+    async def one(raw: Any) -> list[Any]:
+        try:
+            try:
+                msg = codec.decode(raw) if isinstance(raw, bytes) else None
+            except Exception:  # noqa: BLE001 - msgpack raises many unrelated types on garbage
+                msg = None
+            if msg is None:
+                raise malformed(what, "a message must be msgpack bytes")
+            return [True, await handle(msg)]
+        except GarageKVError as e:
+            return [False, {"code": str(e.code), "message": str(e.message)}]
+        except Exception as e:  # noqa: BLE001 - reported in the message's own answer
+            log.exception("%s: a message failed", what)
+            return [False, {"code": InternalError.code, "message": f"{type(e).__name__}: {e}"}]
+
+    answers = list(await asyncio.gather(*(one(raw) for raw in items)))
+    if len(answers) > 1:
+        total = 0
+        for i, answer in enumerate(answers):
+            size = len(codec.encode(answer))
+            if i and total + size > max_bytes:
+                answers[i] = [None, held.hold(answer)]
+            else:
+                total += size
+    return answers
+
+
+def resolve_held(answer: asyncio.Future[Any], fetch: Callable[[Any], Awaitable[Any]]) -> asyncio.Future[Any]:
+    """``answer`` (one message's, from ``answer_each``), fetched with ``fetch(token)`` if it was
+    held; as a future, so that a caller waiting on many makes no task for the common case."""
+    out = answer.get_loop().create_future()
+
+    def on_result(a: Any) -> None:
+        if isinstance(a, list) and len(a) == 2 and a[0] is None:
+            forward_outcome(asyncio.ensure_future(fetch(a[1])), out)
+        else:
+            out.set_result(a)
+
+    forward_outcome(answer, out, on_result)
+    return out
+
+
+def unwrap_answer(answer: Any) -> Any:
+    """One message's answer from ``answer_each``, or its error (typed, as the RPC layer does)."""
+    if not isinstance(answer, list) or len(answer) != 2 or not isinstance(answer[0], bool):
+        raise ServiceUnavailable("malformed answer in a batch")
+    if not answer[0]:
+        raise error_from_body(answer[1])
+    return answer[1]

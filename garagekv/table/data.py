@@ -188,7 +188,9 @@ class TableData(Generic[E]):
         """
         old_raw = tx.get(self.store, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
-        new = fn(None if old_raw is None else self.schema.decode(old_raw))
+        # ``fn`` may change its argument in place while ``old`` must stay as it was (the schema's
+        # ``updated`` compares them): it gets a copy, made without decoding again if it can be.
+        new = fn(None if old_raw is None else _fresh_copy(old, old_raw, self.schema))
         new_raw = fresh_raw if old_raw is None and fresh_raw is not None else new.encode()
         if new_raw == old_raw:
             return None
@@ -240,6 +242,12 @@ def check_size(new_size: int, old_size: int | None, max_bytes: int) -> None:
     """Raise ``EntityTooLarge`` if an entry would grow to ``new_size`` bytes, over ``max_bytes``."""
     if new_size > max_bytes and (old_size is None or new_size > old_size):
         raise EntityTooLarge(f"the stored item would be {new_size} bytes, over the limit of {max_bytes} bytes")
+
+
+def _fresh_copy(entry: Any, raw: bytes, schema: TableSchema[Any]) -> Any:
+    """An independent copy of ``entry`` (decoded from ``raw``): its ``copy()`` if it has one."""
+    copy = getattr(entry, "copy", None)
+    return copy() if copy is not None else schema.decode(raw)
 
 
 def _merged(old: Any, new: Any) -> Any:

@@ -79,6 +79,24 @@ def increment(rk: bytes = b"x") -> Callable[[Any], Decision[int]]:
     return decide
 
 
+def increment_once(op: bytes, rk: bytes = b"x") -> Callable[[Any], Decision[int]]:
+    """``increment`` that applies at most once however many attempts it takes: it also writes
+    the register ``op`` (read key) with the version it wrote, and an attempt that finds it there
+    (an earlier attempt of the operation was completed by some round after it lost its ballot)
+    returns that version instead of incrementing again — what the K2V adapter does with its dots.
+    Run it with read keys ``[rk, op]``."""
+
+    def decide(merged: Any) -> Decision[int]:
+        done, _ = decode_register(merged[op])
+        if done:
+            return Decision(None, done)
+        version, value = decode_register(merged[rk])
+        mine = encode_register(version + 1, value + 1)
+        return Decision(codec.encode_lists([[rk, mine], [op, encode_register(version + 1, 0)]]), version + 1)
+
+    return decide
+
+
 def read(rk: bytes = b"x") -> Callable[[Any], Decision[tuple[int, int]]]:
     def decide(merged: Any) -> Decision[tuple[int, int]]:
         return Decision(None, decode_register(merged[rk]))

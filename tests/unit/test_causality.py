@@ -122,9 +122,9 @@ def test_error_is_a_bad_request_with_the_k2v_code() -> None:
 
 
 def test_serialize_rejects_out_of_range() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^clock entry 18446744073709551616: 1 is not a pair of u64$"):
         CausalContext({2**64: 1}).serialize()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^clock entry 1: -1 is not a pair of u64$"):
         CausalContext({1: -1}).serialize()
 
 
@@ -243,3 +243,11 @@ def test_token_ending_in_a_padding_lookalike_keeps_its_last_character() -> None:
     tok = CausalContext({0: 23}).serialize()
     assert tok == b64url(raw_token([(0, 23)])) and tok.endswith("X") and len(tok) == 32
     assert CausalContext.parse(tok) == CausalContext({0: 23})
+
+
+@pytest.mark.parametrize("not_text", [None, 5, b"AAAAAAAAAAA", ["AAAAAAAAAAA"]])
+def test_a_token_that_is_not_text_is_the_plain_invalid_token_error(not_text) -> None:
+    """Only an over-long *string* is told it holds too many pairs; anything not text is just invalid."""
+    with pytest.raises(InvalidCausalityToken) as ei:
+        CausalContext.parse(not_text)
+    assert ei.value.message == "Invalid causality token"

@@ -13,6 +13,7 @@ from garagekv.model.k2v.causality import (
     MAX_CLOCK_ENTRIES,
     U64_MAX,
     CausalContext,
+    check_client_clock,
 )
 from garagekv.model.k2v.item import ClockExhausted, DvvsEntry, K2VItem
 from garagekv.model.k2v.messages import InsertedItem
@@ -37,7 +38,7 @@ def test_token_time_beyond_any_node_clock_is_invalid_request(t):
     with pytest.raises(BadRequest) as e:
         CausalContext.parse_client(token({5: 1, 7: t}), now=NOW)
     assert e.value.code == "InvalidRequest" and e.value.status == 400
-    assert "beyond any node's clock" in e.value.message
+    assert e.value.message == f"Invalid causality token: time {t} for node 0000000000000007 is beyond any node's clock"
 
 
 def test_token_time_at_the_bound_is_accepted():
@@ -51,6 +52,15 @@ def test_token_with_too_many_entries_is_refused_before_decoding():
         with pytest.raises(BadRequest) as e:
             CausalContext.parse_client(token({i: 1 for i in range(n)}), now=NOW)
         assert e.value.code == "InvalidRequest" and "clock entries" in e.value.message
+
+
+def test_check_client_clock_refuses_more_entries_than_a_token_may_carry():
+    """``parse_client`` refuses such a token by its length before decoding it; the clock check
+    itself still refuses a clock of too many entries, and says how many it got."""
+    check_client_clock({n: 1 for n in range(MAX_CLOCK_ENTRIES)}, "seen clock", now=NOW)
+    with pytest.raises(BadRequest) as e:
+        check_client_clock({n: 1 for n in range(MAX_CLOCK_ENTRIES + 1)}, "seen clock", now=NOW)
+    assert e.value.message == f"Invalid seen clock: {MAX_CLOCK_ENTRIES + 1} clock entries (at most {MAX_CLOCK_ENTRIES})"
 
 
 def test_bound_is_far_from_overflow_and_from_legitimate_load():
@@ -172,3 +182,20 @@ def test_discard_time_within_the_nodes_clock_advances_the_marker():
     m = RangeSeenMarker()
     m.mark_seen_node_items(2, [x], issued=t)
     assert m.vector_clock[2] == t
+
+
+def test_a_discard_time_the_node_has_not_issued_adds_nothing_to_the_vector_clock():
+    """Node 2's entry of x is only a discard time (1), beyond what node 2 says it issued (0), or
+    with no ``issued`` given at all (then no discard time is trusted). The marker's clock gets no
+    entry for node 2, not even a 0 or a 1: a 1 would hide node 2's first dot on any other key."""
+    x = K2VItem.new(BUCKET, "p", "x")
+    x.update(1, CausalContext({2: 1}), b"x", 0)
+    assert x.items[2] == DvvsEntry(1, [])
+    for issued in ({}, {"issued": 0}):
+        m = RangeSeenMarker()
+        m.mark_seen_node_items(2, [x], **issued)
+        assert m.vector_clock == {}
+        assert m.items == {"x": {1: 1, 2: 1}}  # x itself is seen, under its sort key
+        y = K2VItem.new(BUCKET, "p", "y")
+        y.update(2, None, b"y", 0)  # node 2's dot at time 1
+        assert m.is_new_item(y) and not m.is_new_item(x)

@@ -10,13 +10,14 @@ from types import SimpleNamespace
 import pytest
 
 from garagekv.model.k2v.causality import CausalContext
-from garagekv.model.k2v.expiry import FALLBACK_STEP_MS, ExpiryWorker
-from garagekv.model.k2v.expiry_index import ALWAYS, index_key
+from garagekv.model.k2v.expiry import FALLBACK_STEP_MS, LINGER_MS, ExpiryWorker
+from garagekv.model.k2v.expiry_index import ALWAYS, SCAN_LIMIT, index_key
 from garagekv.model.k2v.item import K2VItem, partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.txn import EXISTS, PUT, READ, VALUE, Compare, Txn, TxnOp, evaluate
+from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
 from garagekv.util.time import now_ms
 from tests.support.standalone import NODE, NODE_ID, StandaloneModel
@@ -300,3 +301,81 @@ def test_transactions_see_expired_values_as_tombstones_and_apply_a_puts_ttl():
     assert put.results[1].item.expires() == 67_000
     plain = run(Txn(success=(TxnOp(PUT, "b", b"new"),)), 7_000)
     assert plain.written[0].expires() is None
+
+
+# ---- batches ---------------------------------------------------------------------------------------
+
+
+async def test_many_values_expiring_together_are_written_in_one_step_and_one_replication(opened):
+    """500 values due in the same second: one step writes every tombstone in one transaction and
+    hands them to replication in one call; counters drop by all of them, and no entry is left."""
+    o = opened
+    pks = [f"p{i % 7}" for i in range(500)]  # a few partitions, many items each
+    await o.k2v.insert_many(BUCKET, [InsertedItem(pk, f"k{i:04d}", None, b"v", 1) for i, pk in enumerate(pks)])
+    await o.model.counter_queue.flush()
+    page, filt = await o.k2v.read_index(BUCKET, RangeQuery())
+    assert sum(o.k2v.counter_values(e, filt)["entries"] for _, e in page.entries) == 500
+    commits = o.model.store.writer.commits
+    sent: list[list[K2VItem]] = []
+    o.worker._replicate = sent.append
+
+    o.clock_ms += 2_000
+    assert await o.worker.work() is WorkerState.IDLE
+    assert o.worker.expired == 500 and len(sent) == 1 and len(sent[0]) == 500
+    assert o.model.store.writer.commits == commits + 1
+    assert o.entries() == []
+    for i, pk in enumerate(pks):
+        item = o.model.items.data.get(partition_hash(BUCKET, pk) + f"k{i:04d}".encode())
+        assert item is not None and item.is_tombstone() and item.values() == [None]
+    await o.model.counter_queue.flush()
+    page, _ = await o.k2v.read_index(BUCKET, RangeQuery())
+    assert page.entries == []  # every partition's counters are back to zero
+
+
+async def test_a_full_batch_is_written_at_once_and_the_rest_follows(opened):
+    """More due values than one step takes: the worker says it is busy and the next step writes
+    the rest, without waiting for the linger delay."""
+    o = opened
+    n = SCAN_LIMIT + 10
+    await o.k2v.insert_many(BUCKET, [InsertedItem(f"q{i % 3}", f"k{i:05d}", None, b"v", 1) for i in range(n)])
+    sent: list[list[K2VItem]] = []
+    o.worker._replicate = sent.append
+    o.clock_ms += 2_000
+    assert await o.worker.work() is WorkerState.BUSY
+    assert await o.worker.work() is WorkerState.IDLE
+    assert [len(s) for s in sent] == [SCAN_LIMIT, 10] and o.entries() == []
+
+
+async def test_the_first_due_value_waits_for_later_ones_before_a_step(opened):
+    """A value that has just come due waits up to ``LINGER_MS`` so that those due right after it
+    share its step; a value due for that long is written at once."""
+    o = opened
+    await put(o, "a", b"v", ttl=1)
+    (exp, _) = o.entries()[0]
+    o.clock_ms = exp  # due, but only just
+    await o.worker.work()
+    assert o.worker.expired == 0 and o.raw_item("a").values() == [b"v"]
+    assert o.worker._next_ms == exp + LINGER_MS
+    await put(o, "b", b"w", ttl=1)  # comes due during the wait: same step
+    await put(o, "c", b"x", ttl=60)  # not due by then: left for later
+    o.clock_ms = exp + LINGER_MS
+    await o.worker.work()
+    assert o.worker.expired == 2
+    assert o.raw_item("a").values() == [None] and o.raw_item("b").values() == [None]
+    assert o.raw_item("c").values() == [b"x"] and [tk for _, tk in o.entries()] == [tree_key("c")]
+
+
+async def test_counters_sum_every_change_of_a_transaction(opened):
+    """Counter deltas are summed per partition over a transaction and written once at its end:
+    items written, rewritten and deleted in one job count as if changed one by one."""
+    o = opened
+    await o.k2v.insert_many(BUCKET, [InsertedItem(PK, f"k{i}", None, b"abc", None) for i in range(10)])
+    ct = (await o.k2v.read_item(BUCKET, PK, "k0")).causal_context()
+    changes = [InsertedItem(PK, "k0", ct, None, None), InsertedItem(PK, "k1", None, b"second", None)]
+    changes += [InsertedItem("other", f"o{i}", None, b"xy", None) for i in range(3)]
+    await o.k2v.insert_many(BUCKET, changes)
+    await o.model.counter_queue.flush()
+    page, filt = await o.k2v.read_index(BUCKET, RangeQuery())
+    got = {e.partition_key: o.k2v.counter_values(e, filt) for _, e in page.entries}
+    assert got[PK] == {"entries": 9, "conflicts": 1, "values": 10, "bytes": 33}
+    assert got["other"] == {"entries": 3, "conflicts": 0, "values": 3, "bytes": 6}

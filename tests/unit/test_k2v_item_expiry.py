@@ -138,9 +138,9 @@ def test_decode_rejects_malformed_expiring_dots(dots: list) -> None:
 
 
 def test_only_values_can_expire() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^only a value can expire, at a u64 time$"):
         new().update(1, None, None, 0, expires=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^only a value can expire, at a u64 time$"):
         new().update(1, None, b"v", 0, expires=-1)
 
 
@@ -209,3 +209,28 @@ def test_context_covering_an_expired_dot_discards_it_and_its_expiry() -> None:
     it.update(2, CausalContext({1: 1}), b"new", 0)
     assert it.items[1].values == [] and it.items[1].expiry == {}
     assert it.values() == [b"new"]
+
+
+# --- found by mutation testing -----------------------------------------------------------------
+
+
+def test_expire_counts_every_value_it_turns_into_a_tombstone() -> None:
+    it = new()
+    it.update(1, None, b"a", 0, expires=100)
+    it.update(1, None, b"b", 0, expires=90)
+    it.update(1, None, b"late", 0, expires=200)
+    it.update(2, None, b"c", 0, expires=50)
+    assert it.expire(100) == 3
+    assert it.values() == [None, b"late"]
+    assert it.expire(100) == 0  # already tombstones
+
+
+@pytest.mark.parametrize("expiry", [None, 10])
+def test_under_one_dot_the_larger_bytes_win_even_against_the_empty_value(expiry: int | None) -> None:
+    """The rank of a dot's bytes is the bytes themselves: the empty value is below every other
+    value, under one expiry as without one, and no two values rank alike."""
+    for small, large in ((b"", b"a"), (b"", b"XXXX"), (b"a", b"b")):
+        x, y = new(), new()
+        x.items[1] = DvvsEntry(0, [(5, small)], {} if expiry is None else {5: expiry})
+        y.items[1] = DvvsEntry(0, [(5, large)], {} if expiry is None else {5: expiry})
+        assert merged(x, y).values() == merged(y, x).values() == [large]

@@ -65,6 +65,7 @@ def opened(path: Any) -> tuple[StandaloneModel, GatedTransport]:
     o.model.acceptor.register(registry)
     transport = GatedTransport(registry)
     o.model.proposer.transport = transport
+    o.model.proposer.local = None  # this node's acceptor through the transport too
     return o, transport
 
 

@@ -266,7 +266,11 @@ def test_fewer_hosts_than_replicas_is_refused():
 
 def test_a_host_in_two_zones_is_refused():
     nodes = [("dc1", 10**6, 0), ("dc2", 10**6, 0), ("dc3", 10**6, 1), ("dc3", 10**6, 2)]
-    with pytest.raises(LayoutError, match=r"nodes of host f000000000000000 are in several zones \(dc1, dc2\)"):
+    with pytest.raises(
+        LayoutError,
+        match=r"^The nodes of host f000000000000000 are in several zones \(dc1, dc2\); "
+        r"the workers of a host must all be in its zone\.$",
+    ):
         build(3, nodes)
 
 

@@ -73,20 +73,33 @@ def header(v: LayoutVersion, prev: LayoutVersion | None) -> list[str]:
 
 
 def table(v: LayoutVersion, prev: LayoutVersion | None) -> list[list[list[str]]]:
-    """Per zone, its rows as cells: [zone, headings...], one row per node, then TOTAL."""
+    """Per zone, its rows as cells: [zone, headings...], one row per node, then TOTAL.
+
+    Empty cells are left out (``cells`` cannot see them): the Tags of these tests, and the Host of
+    a node that is a host by itself. When some storage node names a host, the table has a Host
+    column and the workers of each host follow each other, in order of the host's first node.
+    """
     size = v.partition_size
+    hosts = any(v.roles[n].host is not None for n in v.storage_nodes())
     blocks = []
     for zone in sorted({v.roles[n].zone for n in v.storage_nodes()}):
         members = [n for n in v.storage_nodes() if v.roles[n].zone == zone]
-        rows = [[zone, "Tags", "Partitions", "Capacity", "Usable capacity"]]
+        if hosts:
+            first = {}
+            for i, n in enumerate(members):
+                first.setdefault(v.roles[n].host or n, i)
+            members.sort(key=lambda n: first[v.roles[n].host or n])
+        rows = [[zone, *(["Host"] if hosts else []), "Tags", "Partitions", "Capacity", "Usable capacity"]]
         for n in members:
             held = [p for p in range(NB_PARTITIONS) if n in v.nodes_of(p)]
             new = [p for p in held if prev is None or n not in prev.nodes_of(p)]
             cap = v.roles[n].capacity or 0
             usable = len(held) * size
+            host = v.roles[n].host
             rows.append(
                 [
                     n.hex()[:16],
+                    *([] if host is None else [host.hex()[:16]]),
                     f"{len(held)} ({len(new)} new)",
                     format_bytes(cap),
                     f"{format_bytes(usable)} ({percent(usable, cap)}%)",
@@ -113,6 +126,22 @@ def cells(text: str) -> list[list[list[str]]]:
     return [[re.split(r" {2,}", line.strip()) for line in block.split("\n")] for block in text.split("\n\n")]
 
 
+def assert_aligned(text: str, v: LayoutVersion) -> None:
+    """Every figure of the table stands under its heading: the last three cells of each row
+    (partitions, capacity, usable capacity) start where the last three headings do, and a host id
+    where the Host heading does. ``cells`` alone would not see a row shifted by an extra column."""
+    hosts = {h.hex()[:16] for h in (v.roles[n].host for n in v.storage_nodes()) if h is not None}
+    for block in text.split("\n\n"):
+        heading, *rows = [
+            [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", line)] for line in block.split("\n")
+        ]
+        starts = {name: col for col, name in heading}
+        for row in rows:
+            assert [col for col, _ in row[-3:]] == [col for col, _ in heading[-3:]], block
+            if len(row) > 1 and row[1][1] in hosts:
+                assert row[1][0] == starts["Host"], block
+
+
 def check_report(msg: list[str], v: LayoutVersion, prev: LayoutVersion | None) -> None:
     """``msg`` is the report of ``v`` computed from ``prev``; the low-size warning is left out."""
     msg = [line for line in msg if not line.startswith(LOW_SIZE)]
@@ -126,6 +155,7 @@ def check_report(msg: list[str], v: LayoutVersion, prev: LayoutVersion | None) -
         assert not any("new copies" in line or "previous layout" in line for line in msg)
         assert msg[-3] != "" and msg[-2] == ""
     assert cells(msg[-1]) == table(v, prev)
+    assert_aligned(msg[-1], v)
 
 
 THREE_ZONES = {1: ("dc1", 10**9), 2: ("dc1", 2 * 10**9), 3: ("dc2", 10**9), 4: ("dc3", 3 * 10**9)}
@@ -188,3 +218,31 @@ def test_compute_refuses_a_zone_redundancy_above_the_replication_factor():
         compute_version(prev, dict(prev.roles), 3)
     new, _ = compute_version(prev, dict(prev.roles), 2)
     assert new.version == prev.version + 1 and new.zone_redundancy == 2
+
+
+def hid(i: int) -> bytes:
+    return bytes([0xF0, i]) + bytes(30)
+
+
+def test_report_with_hosts_has_a_host_column_and_lists_a_hosts_workers_together():
+    """Nodes 1 and 3 are the workers of one host, node 2 a host by itself (an empty Host cell),
+    4 and 5 the workers of a host in dc2: dc1 lists 1, 3, then 2."""
+    nodes = {
+        1: ("dc1", 2 * 10**9, (), hid(1)),
+        2: ("dc1", 10**9),
+        3: ("dc1", 2 * 10**9, (), hid(1)),
+        4: ("dc2", 10**9, (), hid(2)),
+        5: ("dc2", 3 * 10**9, (), hid(2)),
+    }
+    h1, msg1 = apply(LayoutHistory.new(2), nodes)
+    check_report(msg1, h1.current(), None)
+    dc1, dc2 = cells(msg1[-1])
+    assert dc1[0] == ["dc1", "Host", "Tags", "Partitions", "Capacity", "Usable capacity"]
+    assert [row[:2] for row in dc1[1:3]] == [
+        [nid(1).hex()[:16], hid(1).hex()[:16]],
+        [nid(3).hex()[:16], hid(1).hex()[:16]],
+    ]
+    assert dc1[3][0] == nid(2).hex()[:16] and dc1[3][1].endswith(" new)")  # no Host cell
+    assert [row[1] for row in dc2[1:3]] == [hid(2).hex()[:16]] * 2
+    h2, msg2 = apply(h1.clone(), {6: ("dc2", 2 * 10**9)})
+    check_report(msg2, h2.current(), h1.current())

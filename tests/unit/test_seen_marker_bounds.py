@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import struct
+import tracemalloc
 import zlib
 
 import msgpack
 import pytest
 
+from garagekv.model.k2v import causality
+from garagekv.model.k2v import seen as seen_mod
 from garagekv.model.k2v.causality import MAX_CLOCK_AHEAD_MS, MAX_CLOCK_ENTRIES
 from garagekv.model.k2v.seen import (
     MAX_MARKER_CHARS,
     MAX_MARKER_DECOMPRESSED,
     MAX_MARKER_ITEMS,
+    MAX_MARKER_KEY_BYTES,
     MAX_V1_DECOMPRESSED,
     RangeSeenMarker,
 )
@@ -87,6 +91,7 @@ def test_too_long_clocks_are_refused():
     refused(v2([], [("a", long_clock)]))
     refused(v1([1, [list(p) for p in long_clock], []]), ": a clock has more than")
     RangeSeenMarker.decode(v2(long_clock[:-1], [("a", long_clock[:-1])]))
+    RangeSeenMarker.decode(v1([1, [list(p) for p in long_clock[:-1]], [["a", [list(p) for p in long_clock[:-1]]]]]))
 
 
 @pytest.mark.parametrize("t", [2**64 - 1, 2**63, "bound+1"])
@@ -133,3 +138,93 @@ def test_encode_sheds_per_item_clocks_to_stay_decodable():
     big_keys = RangeSeenMarker({1: 5}, {f"{i:06d}" + "x" * 400: {2: 3} for i in range(5000)})
     back = RangeSeenMarker.decode(big_keys.encode())
     assert back.vector_clock == {1: 5} and 0 < len(back.items) < 5000
+
+
+# ---- exact bounds (found by mutation testing) --------------------------------------------------
+
+
+def packed_size(s: str) -> int:
+    return len(zlib.decompress(base64.b64decode(s)))
+
+
+def test_a_time_exactly_at_the_bound_is_accepted_one_more_is_refused(monkeypatch):
+    now = 1_800_000_000_000
+    monkeypatch.setattr(causality, "now_ms", lambda: now)
+    bound = now + MAX_CLOCK_AHEAD_MS
+    assert RangeSeenMarker.decode(v2([(7, bound)], [("a", [(8, bound)])])) == RangeSeenMarker(
+        {7: bound}, {"a": {8: bound}}
+    )
+    assert RangeSeenMarker.decode(v1([1, [[7, bound]], [["a", [[8, bound]]]]])).items == {"a": {8: bound}}
+    refused(v2([(7, bound + 1)], []), ": time")
+    refused(v2([], [("a", [(8, bound + 1)])]), ": time")
+    refused(v1([1, [[7, bound + 1]], []]), ": time")
+    refused(v1([1, [], [["a", [[8, bound + 1]]]]]), ": time")
+
+
+def test_text_exactly_at_the_length_bound_is_decoded(monkeypatch):
+    s = RangeSeenMarker({1: 5}, {"a": {2: 3}}).encode()
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_CHARS", len(s))
+    assert RangeSeenMarker.decode(s) == RangeSeenMarker({1: 5}, {"a": {2: 3}})
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_CHARS", len(s) - 1)
+    refused(s, ": longer than")
+
+
+def test_a_marker_decompressing_to_exactly_the_bound_is_decoded(monkeypatch):
+    expected = RangeSeenMarker({1: 5}, {"a": {2: 3}})
+    s = v2([(1, 5)], [("a", [(2, 3)])])
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_DECOMPRESSED", packed_size(s))
+    assert RangeSeenMarker.decode(s) == expected
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_DECOMPRESSED", packed_size(s) - 1)
+    refused(s, ": more than")
+    monkeypatch.undo()
+    old = v1([1, [[1, 5]], [["a", [[2, 3]]]]])
+    monkeypatch.setattr(seen_mod, "MAX_V1_DECOMPRESSED", packed_size(old))
+    assert RangeSeenMarker.decode(old) == expected
+    monkeypatch.setattr(seen_mod, "MAX_V1_DECOMPRESSED", packed_size(old) - 1)
+    refused(old, r": more than \d+ bytes once decompressed \(format 1\)")
+
+
+def test_a_zlib_bomb_is_never_inflated_beyond_the_bound():
+    """32 MiB of zeros compress to 32 KiB: decoding stops after the first MiB instead of
+    inflating the rest and then finding it too large."""
+    bomb = base64.b64encode(zlib.compress(bytes(32 << 20), 9)).decode()
+    tracemalloc.start()
+    try:
+        refused(bomb, ": more than")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_sort_keys_are_bounded_in_length():
+    at_bound = "k" * MAX_MARKER_KEY_BYTES
+    assert list(RangeSeenMarker.decode(v2([], [(at_bound, [(1, 1)])])).items) == [at_bound]
+    refused(v2([], [(at_bound + "k", [(1, 1)])]))
+
+
+def test_format_1_is_held_to_max_marker_items_per_item_list():
+    """One-character keys (3 bytes of UTF-8) keep 10,001 items inside format 1's size bound, so
+    only the array cap can refuse them."""
+    keys = [chr(0x4E00 + i) for i in range(MAX_MARKER_ITEMS + 1)]
+    over = v1([1, [], [[k, []] for k in keys]])
+    assert packed_size(over) <= MAX_V1_DECOMPRESSED
+    refused(over)
+    assert len(RangeSeenMarker.decode(v1([1, [], [[k, []] for k in keys[:-1]]])).items) == MAX_MARKER_ITEMS
+
+
+@pytest.mark.parametrize("not_text", [None, 5, ["AAAA"], b"AAAA"])
+def test_a_marker_that_is_not_text_is_refused(not_text):
+    with pytest.raises(BadRequest, match="^Invalid seenMarker$"):
+        RangeSeenMarker.decode(not_text)
+
+
+def test_encode_halves_the_per_item_clocks_until_the_marker_fits(monkeypatch):
+    """At exactly the bound nothing is shed; one byte below, the last half of the sort keys goes
+    (the first keys are kept, so the holder sees again only items of the shed keys)."""
+    m = RangeSeenMarker({1: 5}, {k: {2: 3} for k in "abcd"})
+    size = packed_size(m.encode())
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_DECOMPRESSED", size)
+    assert RangeSeenMarker.decode(m.encode()) == m
+    monkeypatch.setattr(seen_mod, "MAX_MARKER_DECOMPRESSED", size - 1)
+    assert RangeSeenMarker.decode(m.encode()) == RangeSeenMarker({1: 5}, {"a": {2: 3}, "b": {2: 3}})

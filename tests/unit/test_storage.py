@@ -100,6 +100,36 @@ async def test_on_commit_runs_after_commit(table):
     assert seen == [1]
 
 
+async def test_accumulators_finish_once_inside_their_own_transaction(table):
+    """``WriteTxn.accumulate``: one accumulator per key and job, finished when the job's function
+    returns and committed with it; a job that fails drops its accumulator with its writes."""
+    finished: list[list[int]] = []
+
+    def add(tx, n: int) -> None:
+        acc = tx.accumulate("sum", list, lambda acc: (finished.append(acc), table.merge_in(tx, Reg(b"sum", sum(acc)))))
+        acc.append(n)
+
+    def job(tx):
+        for n in (1, 2, 3):
+            add(tx, n)
+
+    def bad(tx):
+        add(tx, 100)
+        raise BadRequest("nope")
+
+    results = await asyncio.gather(table.writer.submit(job), table.writer.submit(bad), return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], BadRequest)
+    assert finished == [[1, 2, 3]]  # the failed job's accumulator never finished
+    assert table.get(P + b"sum").value == 6
+
+    # A finish that starts another accumulator: that one is finished too.
+    def chained(tx):
+        tx.accumulate("first", list, lambda _: tx.accumulate("second", list, lambda _: finished.append(["second"])))
+
+    table.writer.run_sync(chained)
+    assert finished[-1] == ["second"]
+
+
 def test_second_open_of_same_directory_is_refused(tmp_path):
     db = Database(tmp_path / "db", map_size=1 << 20)
     try:

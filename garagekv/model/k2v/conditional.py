@@ -42,6 +42,7 @@ from garagekv.model.k2v.txn import (
     to_wire,
 )
 from garagekv.net.netapp import NetApp
+from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, HeldAnswers, answer_each, resolve_held, unwrap_answer
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import as_bytes, as_opt_bytes, malformed
 from garagekv.rpc.readiness import has_ring
@@ -53,6 +54,12 @@ from garagekv.util.errors import GarageKVError, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 RPC_PATH = endpoint_path("model/k2v", "conditional")
+#: Several operations forwarded to one coordinator in one call (those of one loop turn):
+#: ``[msgpack(RPC_PATH message), ...]``, answered per operation (``rpc.batching.answer_each``).
+RPC_BATCH_PATH = endpoint_path("model/k2v", "conditional_batch")
+#: Fetches an answer too big to travel with the rest of its batch (``rpc.batching.HeldAnswers``).
+RPC_BATCH_HELD_PATH = endpoint_path("model/k2v", "conditional_batch_held")
+MAX_FORWARD_BATCH = 4096
 
 #: The kinds of condition a write may carry.
 IF_MATCH = "if-match"  # token: the item's causal context is exactly this
@@ -151,6 +158,10 @@ class ConditionalK2V:
         # away (docs/consensus.md §9).
         self._queues: dict[bytes, _KeyQueue] = {}
         registry.register(RPC_PATH, self._handle)
+        registry.register(RPC_BATCH_PATH, self._handle_batch)
+        registry.register(RPC_BATCH_HELD_PATH, self._handle_batch_held)
+        self._held_answers = HeldAnswers()
+        self._forwards: CallBatcher[bytes] = CallBatcher(self._send_batch)
 
     # ---- entry points (any node) -----------------------------------------------------------------
 
@@ -180,12 +191,34 @@ class ConditionalK2V:
             return await self._handle(self.node_id, msg)
         # One storage node only: retrying elsewhere after a failure could run the operation
         # twice and answer the second run's view (a 412 for a write that applied).
+        item = codec.encode(msg)
         try:
-            return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
+            if len(item) > MAX_BATCH_BYTES:
+                return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
+            answer = resolve_held(
+                self._forwards.item_future(target, item),
+                lambda token: self.netapp.call(target, RPC_BATCH_HELD_PATH, token, timeout=self.timeout + 5.0),
+            )
+            return unwrap_answer(await answer)
         except GarageKVError:
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
+
+    async def _send_batch(self, target: bytes, items: list[Any]) -> list[Any]:
+        answers = await self.netapp.call(target, RPC_BATCH_PATH, items, timeout=self.timeout + 5.0)
+        if not isinstance(answers, list) or len(answers) != len(items):
+            raise ServiceUnavailable("malformed answer to forwarded conditional operations")
+        return answers
+
+    async def _handle_batch_held(self, from_node: bytes, token: Any) -> Any:
+        return self._held_answers.take(token)
+
+    async def _handle_batch(self, from_node: bytes, body: Any) -> Any:
+        def handle(msg: Any) -> Any:
+            return self._handle(from_node, msg)
+
+        return await answer_each("conditional K2V batch", body, handle, MAX_FORWARD_BATCH, self._held_answers)
 
     def coordinator(self, key: bytes, nodes: Sequence[bytes]) -> bytes | None:
         """The storage node that runs a partition key's operations: the first one that is up in

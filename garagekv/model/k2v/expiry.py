@@ -6,7 +6,10 @@ tombstone so that pollers wake up, index counters drop and tombstone GC can coll
 
 The worker never scans the items: it reads the expiry index (garagekv/model/k2v/expiry_index.py)
 from its first entry, and sleeps until that entry is due (a write adding an earlier one wakes
-it), so a million pending expiries cost nothing until one is due.
+it), so a million pending expiries cost nothing until one is due. A due entry then waits
+``LINGER_MS`` for those due right after it: the tombstones of one step share one transaction
+(and one counter update per partition) here and one update call, hence one transaction, per
+replica. Under a steady stream of expiring writes a step takes half a second's worth of them.
 
 Who writes the tombstone: every replica has the entry, but the first storage node of the
 partition (in the layout's order) that this node sees up writes it right away; the others wait
@@ -40,6 +43,11 @@ FALLBACK_STEP_MS = 10_000
 #: Shortest sleep between two steps: expiries due within it are handled together (one
 #: transaction and one replication call per step rather than one per value).
 MIN_GAP = 0.05
+#: How long the oldest due expiry waits for later ones before a step writes them all: the
+#: values already read as deleted, and one step of many tombstones costs each replica far less
+#: per value (one transaction, one update of each partition's counters, one replication call
+#: per node) than steps of a few. Well within the 2 s the tombstone is due by (docs/k2v-api.md).
+LINGER_MS = 500
 #: Longest sleep (a clock step never leaves an expiry waiting longer than this).
 IDLE_WAKEUP = 60.0
 #: Replications of tombstones in flight before the worker waits for one to finish.
@@ -104,6 +112,10 @@ class ExpiryWorker:
         sel = await asyncio.to_thread(self.index.select, now, act_at)
         self.deferred = sel.deferred
         self._next_ms = sel.next_ms
+        first = sel.first_ready_exp
+        if first is not None and not sel.more and first + LINGER_MS > now:
+            self._next_ms = first + LINGER_MS  # let more expiries join this step
+            return WorkerState.IDLE
         if sel.ready:
             while len(self._inflight) >= MAX_INFLIGHT:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
@@ -116,13 +128,12 @@ class ExpiryWorker:
 
     def _expire_in(self, tx: WriteTxn, ready: list[tuple[bytes, bytes]], now: int) -> list[K2VItem]:
         out: list[K2VItem] = []
-        for key, tree_key in ready:
-            # Every value of the item due at ``now`` is expired below, so the entry goes in any
-            # case (also when it was stale: the item gone or already expired).
-            tx.delete(self.index.tree, key)
-            item = self.store.expire_in(tx, tree_key, now)
+        changed = self.store.expire_many_in(tx, [tree_key for _, tree_key in ready], now)
+        for (key, _), item in zip(ready, changed, strict=True):
             if item is not None:
-                out.append(item)
+                out.append(item)  # its due entries left the index with the change
+            else:
+                tx.delete(self.index.tree, key)  # a stale entry: the item gone or already expired
         return out
 
     def _replicate(self, items: list[K2VItem]) -> None:

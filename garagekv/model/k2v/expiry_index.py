@@ -82,6 +82,8 @@ class ExpiryIndex:
                     break
                 at = act_at(exp, bytes(tree_key))
                 if at <= now:
+                    if not sel.ready:
+                        sel.first_ready_exp = exp
                     sel.ready.append((bytes(key), bytes(tree_key)))
                     if len(sel.ready) >= limit:
                         sel.more = True
@@ -102,6 +104,7 @@ class Selection:
     deferred: int = 0
     more: bool = False  # ``limit`` ready entries were taken: more may be due
     next_ms: int | None = None
+    first_ready_exp: int | None = None  # the expiry of the first ready entry (the oldest one)
 
     def wake_at(self, ms: int) -> None:
         if self.next_ms is None or ms < self.next_ms:

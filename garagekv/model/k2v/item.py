@@ -358,7 +358,7 @@ class K2VItem:
         return cls._from_body(body, data[0] == ITEM_FORMAT_EXPIRY)
 
     @classmethod
-    def _from_body(cls, body: Any, with_expiry: bool = False) -> K2VItem:
+    def _from_body(cls, body: Any, with_expiry: bool) -> K2VItem:
         bad = ValueError("corrupt K2V item")
         if not isinstance(body, list) or len(body) != 4:
             raise bad

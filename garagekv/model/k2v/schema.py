@@ -90,17 +90,37 @@ class ItemSchema(BaseSchema):
 
     def updated(self, tx: WriteTxn, old: K2VItem | None, new: K2VItem | None) -> None:
         ref = new if new is not None else old
+        assert ref is not None
         diff = counts_diff(old.counts() if old else None, new.counts() if new else None)
         if diff:
+            # Summed per partition over the transaction and written once at its end: a batch
+            # (InsertBatch, a replica's merge of many updates, the expiry worker's step) changes
+            # many items of few partitions.
+            pending = tx.accumulate(self, dict, lambda acc: self._write_counters(tx, acc))
             key = ref.bucket_id + ref.partition_key.encode()
-            raw = tx.get(self.local_counters, key)
-            local = LocalCounter.decode(raw) if raw else LocalCounter(ref.bucket_id, ref.partition_key)
-            local.apply_diff(diff, now_ms())
-            tx.put(self.local_counters, key, local.encode())
-            self.queue_counter(tx, local.to_entry(self.node))
+            hit = pending.get(key)
+            if hit is None:
+                pending[key] = (ref.bucket_id, ref.partition_key, diff)
+            else:
+                total = hit[2]
+                for name, d in diff.items():
+                    total[name] = total.get(name, 0) + d
         if self.expiry is not None:
             self.expiry.updated_in(tx, old, new)
         if new is not None:
             if self.on_change_in is not None:
                 self.on_change_in(new)
             tx.on_commit(lambda: self.subs.notify(new))
+
+    def _write_counters(self, tx: WriteTxn, pending: dict[bytes, tuple[bytes, str, dict[str, int]]]) -> None:
+        """Apply a transaction's summed deltas to this node's counters and queue them."""
+        now = now_ms()
+        for key, (bucket_id, pk, total) in pending.items():
+            diff = {name: d for name, d in total.items() if d}
+            if not diff:
+                continue  # changes that cancel out (an item written and deleted in one batch)
+            raw = tx.get(self.local_counters, key)
+            local = LocalCounter.decode(raw) if raw else LocalCounter(bucket_id, pk)
+            local.apply_diff(diff, now)
+            tx.put(self.local_counters, key, local.encode())
+            self.queue_counter(tx, local.to_entry(self.node))

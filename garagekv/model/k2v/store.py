@@ -293,31 +293,44 @@ class K2VStore:
 
     def expire_in(self, tx: WriteTxn, tree_key: bytes, now: int) -> K2VItem | None:
         """Make permanent the expiry of the item's values due at ``now``; returns the changed item
-        (to replicate), None if nothing was due.
+        (to replicate), None if nothing was due (see ``expire_many_in``)."""
+        return self.expire_many_in(tx, [tree_key], now)[0]
+
+    def expire_many_in(self, tx: WriteTxn, tree_keys: list[bytes], now: int) -> list[K2VItem | None]:
+        """``expire_in`` for each of ``tree_keys``, in order: the changed item or None for each.
 
         The due dots become tombstones in place (``K2VItem.expire``: those dots alone), and this
         node adds a tombstone dot of its own, as a DeleteItem would: the token moves on, so
         PollItem and PollRange wake up, and the counters drop with the values. The tombstone dot
         is left out only where it could not be issued (an item at its context bound, or an entry
-        beyond the clock bound): the values still read as deleted everywhere.
+        beyond the clock bound): the values still read as deleted everywhere. This node's clock
+        is read once and stored once for the whole batch.
         """
-        if tx.get(self.item_data.store, tree_key) is None:
-            return None
+        clock = self.clock.base_in(tx, now)
+        issued = clock
+        out: list[K2VItem | None] = []
 
         def fn(old: K2VItem | None) -> K2VItem:
+            nonlocal issued
             assert old is not None
             if not old.expire(now):
                 return old
-            node_ts = self.clock.base_in(tx, now)
             own = old.items.get(self.node)
             if own is None and len(old.items) >= MAX_CONTEXT_ENTRIES:
                 return old
-            if max(own.max_time() if own is not None else 0, node_ts) + 1 > now + MAX_CLOCK_AHEAD_MS:
+            if max(own.max_time() if own is not None else 0, issued) + 1 > now + MAX_CLOCK_AHEAD_MS:
                 return old
-            self.clock.set_in(tx, old.update(self.node, None, None, node_ts))
+            issued = old.update(self.node, None, None, issued)
             return old
 
-        return self.item_data.update_in(tx, tree_key, fn)
+        for tree_key in tree_keys:
+            if tx.get(self.item_data.store, tree_key) is None:
+                out.append(None)
+            else:
+                out.append(self.item_data.update_in(tx, tree_key, fn))
+        if issued != clock:
+            self.clock.set_in(tx, issued)
+        return out
 
     async def insert_many(self, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts in one transaction; returns the resulting items (to replicate).
