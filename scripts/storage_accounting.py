@@ -124,17 +124,24 @@ def item_breakdown(raw: bytes) -> dict[str, int]:
 
 
 def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
-    """One stored Merkle node, split: a leaf's stored tree key and value hash, an intermediate
-    node's children and their hashes; the rest of its value is the format byte and msgpack framing."""
+    """One stored Merkle node, split into what its value holds.
+
+    ``leaf``: a leaf with an entry of its own (a partition's root, or format 1, before leaves were
+    stored in their parent): its tree key and hash. ``intermediate``: its children's hashes and the
+    tree keys of the leaves stored in it (``inline leaves``). The rest of a value is the format
+    byte and msgpack framing.
+    """
     node = MerkleNode.decode(raw)
     kind = "leaf" if node.is_leaf else "intermediate" if node.is_intermediate else "empty"
     out = {f"{kind} count": 1, f"{kind} key bytes": len(key), f"{kind} value bytes": len(raw)}
     if node.is_leaf:
         out["leaf tree key bytes"] = len(node.key)
-        out["leaf hash bytes"] = len(node.value_hash)
+        out["leaf hash bytes"] = len(node.value_hash or node.hash())
     elif node.is_intermediate:
         out["intermediate children"] = len(node.children)
         out["intermediate hash bytes"] = sum(len(h) for _, h in node.children)
+        out["intermediate tree key bytes"] = sum(len(k) for _, k in node.inline_keys)
+        out["inline leaves"] = len(node.inline_keys)
     return out
 
 
@@ -288,20 +295,21 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
         mp = merkle["parts"]
         lines += [
             "",
-            f"`{MERKLE_TREE}` nodes (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
+            f"`{MERKLE_TREE}` entries (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
             "",
-            "| kind | count | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
-            "| of which framing | children per node |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| kind | entries | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
+            "| of which framing | children per node | leaves stored in it |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for kind in ("leaf", "intermediate"):
+        for kind, label in (("leaf", "leaf with an entry of its own"), ("intermediate", "intermediate")):
             c = mp.get(f"{kind} count", 0)
             kb, vb = mp.get(f"{kind} key bytes", 0), mp.get(f"{kind} value bytes", 0)
-            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get("leaf tree key bytes", 0) if kind == "leaf" else 0
+            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get(f"{kind} tree key bytes", 0)
             ch = f"{mp['intermediate children'] / c:.1f}" if kind == "intermediate" and c else ""
+            inl = f"{mp.get('inline leaves', 0):,}" if kind == "intermediate" else ""
             lines.append(
-                f"| {kind} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
-                f"| {per_item(vb - hb - tk, n)} | {ch} |"
+                f"| {label} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
+                f"| {per_item(vb - hb - tk, n)} | {ch} | {inl} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -313,11 +321,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=900.0, help="max seconds to wait for background work")
     p.add_argument("--db", type=Path, help="measure this (stopped) node's db.lmdb instead of loading one")
     p.add_argument("--out", type=Path, help="also write the raw figures as JSON here")
+    p.add_argument("--keep", type=Path, help="load the node under this (new) directory and keep it afterwards")
     a = p.parse_args(list(argv) if argv is not None else None)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     work = None
     try:
-        if a.db is None:
+        if a.db is None and a.keep is not None:
+            db = load_node(a.keep, a.items, a.value_size, a.settle)
+        elif a.db is None:
             work = Path(tempfile.mkdtemp(prefix="storage-accounting-"))
             db = load_node(work / "garagekv", a.items, a.value_size, a.settle)
         else:
