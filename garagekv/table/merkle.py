@@ -198,7 +198,10 @@ def encode_inner(children: list[tuple[int, bytes]], inline: dict[int, bytes]) ->
     pairs = msgpack.packb(children, use_bin_type=True)
     raw = bytes([NODE_FORMAT_INNER]) + len(pairs).to_bytes(4, "big") + pairs
     if inline:
-        raw += msgpack.packb([x for b in sorted(inline) for x in (b, inline[b])], use_bin_type=True)
+        flat: list[int | bytes] = []
+        for b in sorted(inline):
+            flat += (b, inline[b])
+        raw += msgpack.packb(flat, use_bin_type=True)
     return raw, blake2sum(_INNER_BODY_HEAD + pairs)
 
 
@@ -208,18 +211,20 @@ def decode_inner(raw: bytes) -> tuple[dict[int, bytes], dict[int, bytes]]:
         n = int.from_bytes(raw[1:5], "big")
         if len(raw) < 5 + n:
             raise ValueError("truncated")
-        children = _children_from_wire(codec.decode(raw[5 : 5 + n]))
+        view = memoryview(raw)  # no copy of the (up to 9 KiB of) children
+        children = _children_from_wire(msgpack.unpackb(view[5 : 5 + n]))
         inline: dict[int, bytes] = {}
         if len(raw) > 5 + n:
-            flat = codec.decode(raw[5 + n :])
+            flat = msgpack.unpackb(view[5 + n :])
             if type(flat) is not list or not flat or len(flat) % 2:
                 raise ValueError("leaf children must be [byte, tree key, ...]")
-            leaf_bytes, keys = flat[0::2], flat[1::2]
-            if not set(map(type, leaf_bytes)) <= {int} or not set(map(type, keys)) <= {bytes}:
-                raise TypeError("leaf children must be [byte, tree key, ...]")
-            if leaf_bytes != sorted(set(leaf_bytes)) or not set(leaf_bytes) <= children.keys():
+            leaf_bytes = flat[0::2]
+            inline = dict(zip(leaf_bytes, flat[1::2], strict=True))
+            # The children's bytes are checked ints, so this checks the leaves' bytes too.
+            if not inline.keys() <= children.keys() or leaf_bytes != sorted(inline):
                 raise ValueError("leaf children out of order or not among the children")
-            inline = dict(zip(leaf_bytes, keys, strict=True))
+            if not set(map(type, inline.values())) <= {bytes}:
+                raise TypeError("a leaf child's tree key must be bytes")
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise StorageError(f"malformed Merkle node: {e!r}") from e
     return children, inline
