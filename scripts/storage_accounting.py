@@ -230,13 +230,17 @@ def per_item(v: float, n: int) -> str:
     return f"{v / n:,.1f}" if n else "-"
 
 
-def split_small(
-    trees: list[dict[str, Any]], n: int, limit: float = 0.5
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Trees costing at least ``limit`` bytes per item (largest first), and the rest."""
+def ratio(entries: int, n: int) -> str:
+    """Entries per item: ``1.13``, or ``1/1,000`` when there is one per many items."""
+    if not n or not entries:
+        return "0"
+    return f"{entries / n:.2f}" if entries >= n / 100 else f"1/{n / entries:,.0f}"
+
+
+def split_empty(trees: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Trees holding pages (largest first), and the empty ones."""
     ordered = sorted(trees, key=lambda t: (-t["page_bytes"], t["name"]))
-    big = [t for t in ordered if n and t["page_bytes"] / n >= limit]
-    return big, [t for t in ordered if t not in big]
+    return [t for t in ordered if t["pages"]], [t for t in ordered if not t["pages"]]
 
 
 def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
@@ -244,39 +248,38 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
     lines = [
         f"Measured {stamp}: one node, N = {n:,} items of {value_size} B, page size {acc['page_size']} B.",
         "",
-        "| tree | entries | key B/item | value B/item | pages (branch/leaf/overflow) | page B/item | slack B/item "
-        "| of which node+page headers | branch pages | free space |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| tree | entries | per item | key B/item | value B/item | pages (branch/leaf/overflow) | page B/item "
+        "| slack B/item | of which node+page headers | branch pages | free space |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     total_pages = sum(t["page_bytes"] for t in acc["trees"])
-    big, small = split_small(acc["trees"], n)
-    for t in big:
+    full, empty = split_empty(acc["trees"])
+    for t in full:
         lines.append(
-            f"| `{t['name']}` | {t['entries']:,} | {per_item(t['key_bytes'], n)} | {per_item(t['value_bytes'], n)} | "
-            f"{t['branch_pages']:,}/{t['leaf_pages']:,}/{t['overflow_pages']:,} | {per_item(t['page_bytes'], n)} | "
-            f"{per_item(t['slack'], n)} | {per_item(t['header_bytes'], n)} | {per_item(t['branch_bytes'], n)} | "
-            f"{per_item(t['free_bytes'], n)} |"
+            f"| `{t['name']}` | {t['entries']:,} | {ratio(t['entries'], n)} | {per_item(t['key_bytes'], n)} | "
+            f"{per_item(t['value_bytes'], n)} | {t['branch_pages']:,}/{t['leaf_pages']:,}/{t['overflow_pages']:,} | "
+            f"{per_item(t['page_bytes'], n)} | {per_item(t['slack'], n)} | {per_item(t['header_bytes'], n)} | "
+            f"{per_item(t['branch_bytes'], n)} | {per_item(t['free_bytes'], n)} |"
         )
     ps = acc["page_size"]
     other = acc["file_bytes"] - total_pages
-    if small:
-        sp = sum(t["pages"] for t in small)
-        lines.append(
-            f"| {len(small)} other trees (configuration, counters, empty queues) | "
-            f"{sum(t['entries'] for t in small):,} | | | {sp:,} pages | {per_item(sp * ps, n)} | |"
-        )
     lines += [
-        f"| tree catalog, meta pages | | | | {acc['catalog_pages'] + 2} pages | "
+        f"| tree catalog, meta pages | | | | | {acc['catalog_pages'] + 2} pages | "
         f"{per_item((acc['catalog_pages'] + 2) * ps, n)} | |",
-        f"| free pages (LMDB free list) | | | | {acc['free_pages']:,} pages | "
+        f"| free pages (LMDB free list) | | | | | {acc['free_pages']:,} pages | "
         f"{per_item(acc['free_pages'] * ps, n)} | |",
-        f"| file above the last page | | | | | {per_item(acc['file_bytes'] - (acc['last_page'] + 1) * ps, n)} | |",
-        f"| **data.mdb** | | | | | **{per_item(acc['file_bytes'], n)}** | |",
-        f"| metadata directory on disk (du) | | | | | {per_item(acc.get('dir_bytes') or 0, n)} | |",
+        f"| file above the last page | | | | | | {per_item(acc['file_bytes'] - (acc['last_page'] + 1) * ps, n)} | |",
+        f"| **data.mdb** | | | | | | **{per_item(acc['file_bytes'], n)}** | |",
+        f"| metadata directory on disk (du) | | | | | | {per_item(acc.get('dir_bytes') or 0, n)} | |",
         "",
         f"(trees' pages: {per_item(total_pages, n)} B/item; the file's remaining {per_item(other, n)} B/item are "
         "the rows below them.)",
     ]
+    if empty:
+        lines += [
+            "",
+            "Empty (no page): " + ", ".join(f"`{t['name']}`" for t in sorted(empty, key=lambda t: t["name"])) + ".",
+        ]
     parts = acc["item_parts"]
     if acc["item_sample"]:
         total = sum(parts.values())
