@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from garagekv.bench.clusters import DevCluster, settle  # noqa: E402
 from garagekv.bench.procstat import disk_usage  # noqa: E402
 from garagekv.model.k2v.item import K2VItem  # noqa: E402
+from garagekv.model.k2v.stored import PACKED, ItemStoredForm  # noqa: E402
 from garagekv.table.merkle import MerkleNode  # noqa: E402
 
 ITEM_TREE = "k2v_item:data"
@@ -95,23 +96,31 @@ def packed_len(obj: Any) -> int:
     return len(msgpack.packb(obj, use_bin_type=True))
 
 
-def item_breakdown(raw: bytes) -> dict[str, int]:
+def item_breakdown(raw: bytes, tree_key: bytes = b"") -> dict[str, int]:
     """Split one stored K2V item value into what each part costs (sums to ``len(raw)``).
 
-    ``ids``: the bucket id, partition and sort key payloads (all three are also in the tree key,
-    the key in hashed form); ``causal context``: the packed node ids and timestamps;
-    ``value``: the client's bytes; ``expiry``: the expiries of values written with a TTL;
-    ``msgpack framing``: list, string and bin headers.
+    Canonical bytes (items stored before they were packed) hold the bucket id, partition and
+    sort key; packed ones (garagekv/model/k2v/stored.py) a bucket number and the partition key
+    (a ``tree_key`` is then needed, for the sort key). ``causal context``: the packed node ids
+    and timestamps; ``value``: the client's bytes; ``expiry``: the expiries of values written
+    with a TTL; ``msgpack framing``: list, string and bin headers.
     """
-    item = K2VItem.decode(raw)
-    out = {
-        "format byte": 1,
-        "bucket id": len(item.bucket_id),
-        "partition key": len(item.partition_key.encode()),
-        "sort key": len(item.sort_key.encode()),
-        "causal context": 0,
-        "value": 0,
-    }
+    if raw and raw[0] & PACKED:
+        form = ItemStoredForm(_AnyBucket())  # the split does not need the real bucket ids
+        n_at = 1
+        while raw[n_at] & 0x80:
+            n_at += 1
+        item = K2VItem.decode(form.unpack(tree_key, raw))
+        out = {"format byte": 1, "bucket number": n_at, "partition key": len(item.partition_key.encode())}
+    else:
+        item = K2VItem.decode(raw)
+        out = {
+            "format byte": 1,
+            "bucket id": len(item.bucket_id),
+            "partition key": len(item.partition_key.encode()),
+            "sort key": len(item.sort_key.encode()),
+        }
+    out |= {"causal context": 0, "value": 0}
     for node, entry in item.items.items():
         out["causal context"] += packed_len(node) + packed_len(entry.t_discard)
         for ts, v in entry.values:
@@ -121,6 +130,16 @@ def item_breakdown(raw: bytes) -> dict[str, int]:
             out["expiry"] = out.get("expiry", 0) + sum(packed_len(e) for e in entry.expiry.values())
     out["msgpack framing"] = len(raw) - sum(out.values())
     return out
+
+
+class _AnyBucket:
+    """Bucket numbers for ``item_breakdown``, which only reads."""
+
+    def number_in(self, tx: Any, bucket_id: bytes) -> int:
+        raise NotImplementedError
+
+    def bucket_id(self, n: int) -> bytes:
+        return bytes(32)
 
 
 def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
@@ -179,7 +198,7 @@ def account(db_path: Path, sample: int = SAMPLE) -> dict[str, Any]:
                         for part, c in merkle_parts(bytes(k), bytes(v)).items():
                             t.parts[part] = t.parts.get(part, 0) + c
                     elif name == ITEM_TREE and sampled < sample:
-                        for part, n in item_breakdown(bytes(v)).items():
+                        for part, n in item_breakdown(bytes(v), bytes(k)).items():
                             items[part] = items.get(part, 0) + n
                         sampled += 1
                 trees.append(t)

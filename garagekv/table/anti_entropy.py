@@ -472,7 +472,7 @@ class TableSyncer:
             for k, v in cur:
                 if last is not None and k >= last:
                     break
-                out.append((k, v))
+                out.append((k, self.data.canonical(k, v)))
                 if len(out) >= limit:
                     break
         return out
@@ -506,7 +506,7 @@ class TableSyncer:
         n = 0
         with self.data.db.read() as txn:
             for k, v in txn.cursor(db=self.data.store):
-                h.update(len(k).to_bytes(4, "big") + k + blake2sum(v))
+                h.update(len(k).to_bytes(4, "big") + k + blake2sum(self.data.canonical(k, v)))
                 n += 1
         roots = hashlib.blake2b(digest_size=32)
         for p in range(256):

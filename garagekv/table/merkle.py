@@ -290,7 +290,7 @@ class MerkleUpdater:
         with self.db.read() as txn:
             node = self._get(txn, node_key(partition, prefix))
             if node.is_leaf and not node.value_hash:
-                raw = txn.get(node.key, db=self.data.store)
+                raw = self.data.get_raw_at(txn, node.key)
                 if raw is not None:
                     full = MerkleNode.leaf(node.key, blake2sum(raw))
                     if full.leaf_hash == node.leaf_hash:
@@ -394,7 +394,7 @@ class MerkleUpdater:
                 for k, v in cur:
                     if k == after:
                         continue
-                    tx.put(self.todo, k, blake2sum(v))
+                    tx.put(self.todo, k, blake2sum(self.data.canonical(k, v)))
                     last, n = k, n + 1
                     if n >= REBUILD_BATCH:
                         break

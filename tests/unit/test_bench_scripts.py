@@ -41,6 +41,30 @@ def test_storage_accounting_splits_an_item_into_parts_that_sum_to_its_size():
     assert parts["msgpack framing"] > 0
 
 
+def test_storage_accounting_splits_a_packed_item(tmp_path):
+    from garagekv.db.env import Database
+    from garagekv.db.writer import GroupCommitWriter
+    from garagekv.model.k2v.item import K2VItem
+    from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
+
+    acc = _load("storage_accounting")
+    db = Database(tmp_path, fsync=False)
+    writer = GroupCommitWriter(db)
+    try:
+        item = K2VItem.new(bytes(range(32)), "pk-0001", "sk-01")
+        item.update(7, None, b"v" * 100, 1_700_000_000_000)
+        form = ItemStoredForm(BucketNumbers(db))
+        packed = writer.run_sync(lambda tx: form.pack(tx, item.tree_key(), item.encode()))
+    finally:
+        writer.close()
+        db.close()
+    parts = acc.item_breakdown(packed, item.tree_key())
+    assert sum(parts.values()) == len(packed) == len(item.encode()) - 35 - 6 + 1
+    assert parts["bucket number"] == 1 and parts["partition key"] == 7 and parts["value"] == 100
+    assert "sort key" not in parts and "bucket id" not in parts
+    assert parts["causal context"] == 1 + 1 + 9
+
+
 def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
     from garagekv.db.env import Database
     from garagekv.model.k2v.item import K2VItem
