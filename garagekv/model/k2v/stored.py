@@ -19,6 +19,7 @@ the expected one (a sort key that is not the tree key's) is stored as it is rath
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from garagekv.db.env import Database
@@ -108,15 +109,19 @@ class BucketNumbers:
                 self.by_number[n] = bytes(bucket_id)
         self.next = max(self.by_number, default=0) + 1
         self._durable: set[bytes] = set(self.by_id)  # bucket ids whose entry is committed
+        self._lock = threading.Lock()
 
     def number_in(self, tx: WriteTxn, bucket_id: bytes) -> int:
         """The bucket's number, its entry written in ``tx`` if it may not be on disk yet."""
         n = self.by_id.get(bucket_id)
         if n is None:
-            n = self.next
-            self.next += 1
-            self.by_id[bucket_id] = n
-            self.by_number[n] = bucket_id
+            with self._lock:  # the writer thread, or a tool's run_sync next to it
+                n = self.by_id.get(bucket_id)
+                if n is None:
+                    n = self.next
+                    self.next += 1
+                    self.by_number[n] = bucket_id
+                    self.by_id[bucket_id] = n
         if bucket_id not in self._durable and tx.get(self.tree, bucket_id) is None:
             tx.put(self.tree, bucket_id, n.to_bytes(4, "big"))
             tx.on_commit(lambda: self._durable.add(bucket_id))
