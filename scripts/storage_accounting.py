@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from garagekv.bench.clusters import DevCluster, settle  # noqa: E402
 from garagekv.bench.procstat import disk_usage  # noqa: E402
 from garagekv.model.k2v.item import K2VItem  # noqa: E402
+from garagekv.model.k2v.stored import PACKED, ItemStoredForm  # noqa: E402
 from garagekv.table.merkle import MerkleNode  # noqa: E402
 
 ITEM_TREE = "k2v_item:data"
@@ -95,23 +96,31 @@ def packed_len(obj: Any) -> int:
     return len(msgpack.packb(obj, use_bin_type=True))
 
 
-def item_breakdown(raw: bytes) -> dict[str, int]:
+def item_breakdown(raw: bytes, tree_key: bytes = b"") -> dict[str, int]:
     """Split one stored K2V item value into what each part costs (sums to ``len(raw)``).
 
-    ``ids``: the bucket id, partition and sort key payloads (all three are also in the tree key,
-    the key in hashed form); ``causal context``: the packed node ids and timestamps;
-    ``value``: the client's bytes; ``expiry``: the expiries of values written with a TTL;
-    ``msgpack framing``: list, string and bin headers.
+    Canonical bytes (items stored before they were packed) hold the bucket id, partition and
+    sort key; packed ones (garagekv/model/k2v/stored.py) a bucket number and the partition key
+    (a ``tree_key`` is then needed, for the sort key). ``causal context``: the packed node ids
+    and timestamps; ``value``: the client's bytes; ``expiry``: the expiries of values written
+    with a TTL; ``msgpack framing``: list, string and bin headers.
     """
-    item = K2VItem.decode(raw)
-    out = {
-        "format byte": 1,
-        "bucket id": len(item.bucket_id),
-        "partition key": len(item.partition_key.encode()),
-        "sort key": len(item.sort_key.encode()),
-        "causal context": 0,
-        "value": 0,
-    }
+    if raw and raw[0] & PACKED:
+        form = ItemStoredForm(_AnyBucket())  # the split does not need the real bucket ids
+        n_at = 1
+        while raw[n_at] & 0x80:
+            n_at += 1
+        item = K2VItem.decode(form.unpack(tree_key, raw))
+        out = {"format byte": 1, "bucket number": n_at, "partition key": len(item.partition_key.encode())}
+    else:
+        item = K2VItem.decode(raw)
+        out = {
+            "format byte": 1,
+            "bucket id": len(item.bucket_id),
+            "partition key": len(item.partition_key.encode()),
+            "sort key": len(item.sort_key.encode()),
+        }
+    out |= {"causal context": 0, "value": 0}
     for node, entry in item.items.items():
         out["causal context"] += packed_len(node) + packed_len(entry.t_discard)
         for ts, v in entry.values:
@@ -123,18 +132,35 @@ def item_breakdown(raw: bytes) -> dict[str, int]:
     return out
 
 
+class _AnyBucket:
+    """Bucket numbers for ``item_breakdown``, which only reads."""
+
+    def number_in(self, tx: Any, bucket_id: bytes) -> int:
+        raise NotImplementedError
+
+    def bucket_id(self, n: int) -> bytes:
+        return bytes(32)
+
+
 def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
-    """One stored Merkle node, split: a leaf's stored tree key and value hash, an intermediate
-    node's children and their hashes; the rest of its value is the format byte and msgpack framing."""
+    """One stored Merkle node, split into what its value holds.
+
+    ``leaf``: a leaf with an entry of its own (a partition's root, or format 1, before leaves were
+    stored in their parent): its tree key and hash. ``intermediate``: its children's hashes and the
+    tree keys of the leaves stored in it (``inline leaves``). The rest of a value is the format
+    byte and msgpack framing.
+    """
     node = MerkleNode.decode(raw)
     kind = "leaf" if node.is_leaf else "intermediate" if node.is_intermediate else "empty"
     out = {f"{kind} count": 1, f"{kind} key bytes": len(key), f"{kind} value bytes": len(raw)}
     if node.is_leaf:
         out["leaf tree key bytes"] = len(node.key)
-        out["leaf hash bytes"] = len(node.value_hash)
+        out["leaf hash bytes"] = len(node.value_hash or node.hash())
     elif node.is_intermediate:
         out["intermediate children"] = len(node.children)
         out["intermediate hash bytes"] = sum(len(h) for _, h in node.children)
+        out["intermediate tree key bytes"] = sum(len(k) for _, k in node.inline_keys)
+        out["inline leaves"] = len(node.inline_keys)
     return out
 
 
@@ -172,7 +198,7 @@ def account(db_path: Path, sample: int = SAMPLE) -> dict[str, Any]:
                         for part, c in merkle_parts(bytes(k), bytes(v)).items():
                             t.parts[part] = t.parts.get(part, 0) + c
                     elif name == ITEM_TREE and sampled < sample:
-                        for part, n in item_breakdown(bytes(v)).items():
+                        for part, n in item_breakdown(bytes(v), bytes(k)).items():
                             items[part] = items.get(part, 0) + n
                         sampled += 1
                 trees.append(t)
@@ -223,13 +249,17 @@ def per_item(v: float, n: int) -> str:
     return f"{v / n:,.1f}" if n else "-"
 
 
-def split_small(
-    trees: list[dict[str, Any]], n: int, limit: float = 0.5
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Trees costing at least ``limit`` bytes per item (largest first), and the rest."""
+def ratio(entries: int, n: int) -> str:
+    """Entries per item: ``1.13``, or ``1/1,000`` when there is one per many items."""
+    if not n or not entries:
+        return "0"
+    return f"{entries / n:.2f}" if entries >= n / 100 else f"1/{n / entries:,.0f}"
+
+
+def split_empty(trees: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Trees holding pages (largest first), and the empty ones."""
     ordered = sorted(trees, key=lambda t: (-t["page_bytes"], t["name"]))
-    big = [t for t in ordered if n and t["page_bytes"] / n >= limit]
-    return big, [t for t in ordered if t not in big]
+    return [t for t in ordered if t["pages"]], [t for t in ordered if not t["pages"]]
 
 
 def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
@@ -237,39 +267,38 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
     lines = [
         f"Measured {stamp}: one node, N = {n:,} items of {value_size} B, page size {acc['page_size']} B.",
         "",
-        "| tree | entries | key B/item | value B/item | pages (branch/leaf/overflow) | page B/item | slack B/item "
-        "| of which node+page headers | branch pages | free space |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| tree | entries | per item | key B/item | value B/item | pages (branch/leaf/overflow) | page B/item "
+        "| slack B/item | of which node+page headers | branch pages | free space |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     total_pages = sum(t["page_bytes"] for t in acc["trees"])
-    big, small = split_small(acc["trees"], n)
-    for t in big:
+    full, empty = split_empty(acc["trees"])
+    for t in full:
         lines.append(
-            f"| `{t['name']}` | {t['entries']:,} | {per_item(t['key_bytes'], n)} | {per_item(t['value_bytes'], n)} | "
-            f"{t['branch_pages']:,}/{t['leaf_pages']:,}/{t['overflow_pages']:,} | {per_item(t['page_bytes'], n)} | "
-            f"{per_item(t['slack'], n)} | {per_item(t['header_bytes'], n)} | {per_item(t['branch_bytes'], n)} | "
-            f"{per_item(t['free_bytes'], n)} |"
+            f"| `{t['name']}` | {t['entries']:,} | {ratio(t['entries'], n)} | {per_item(t['key_bytes'], n)} | "
+            f"{per_item(t['value_bytes'], n)} | {t['branch_pages']:,}/{t['leaf_pages']:,}/{t['overflow_pages']:,} | "
+            f"{per_item(t['page_bytes'], n)} | {per_item(t['slack'], n)} | {per_item(t['header_bytes'], n)} | "
+            f"{per_item(t['branch_bytes'], n)} | {per_item(t['free_bytes'], n)} |"
         )
     ps = acc["page_size"]
     other = acc["file_bytes"] - total_pages
-    if small:
-        sp = sum(t["pages"] for t in small)
-        lines.append(
-            f"| {len(small)} other trees (configuration, counters, empty queues) | "
-            f"{sum(t['entries'] for t in small):,} | | | {sp:,} pages | {per_item(sp * ps, n)} | |"
-        )
     lines += [
-        f"| tree catalog, meta pages | | | | {acc['catalog_pages'] + 2} pages | "
+        f"| tree catalog, meta pages | | | | | {acc['catalog_pages'] + 2} pages | "
         f"{per_item((acc['catalog_pages'] + 2) * ps, n)} | |",
-        f"| free pages (LMDB free list) | | | | {acc['free_pages']:,} pages | "
+        f"| free pages (LMDB free list) | | | | | {acc['free_pages']:,} pages | "
         f"{per_item(acc['free_pages'] * ps, n)} | |",
-        f"| file above the last page | | | | | {per_item(acc['file_bytes'] - (acc['last_page'] + 1) * ps, n)} | |",
-        f"| **data.mdb** | | | | | **{per_item(acc['file_bytes'], n)}** | |",
-        f"| metadata directory on disk (du) | | | | | {per_item(acc.get('dir_bytes') or 0, n)} | |",
+        f"| file above the last page | | | | | | {per_item(acc['file_bytes'] - (acc['last_page'] + 1) * ps, n)} | |",
+        f"| **data.mdb** | | | | | | **{per_item(acc['file_bytes'], n)}** | |",
+        f"| metadata directory on disk (du) | | | | | | {per_item(acc.get('dir_bytes') or 0, n)} | |",
         "",
         f"(trees' pages: {per_item(total_pages, n)} B/item; the file's remaining {per_item(other, n)} B/item are "
         "the rows below them.)",
     ]
+    if empty:
+        lines += [
+            "",
+            "Empty (no page): " + ", ".join(f"`{t['name']}`" for t in sorted(empty, key=lambda t: t["name"])) + ".",
+        ]
     parts = acc["item_parts"]
     if acc["item_sample"]:
         total = sum(parts.values())
@@ -288,20 +317,21 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
         mp = merkle["parts"]
         lines += [
             "",
-            f"`{MERKLE_TREE}` nodes (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
+            f"`{MERKLE_TREE}` entries (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
             "",
-            "| kind | count | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
-            "| of which framing | children per node |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| kind | entries | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
+            "| of which framing | children per node | leaves stored in it |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for kind in ("leaf", "intermediate"):
+        for kind, label in (("leaf", "leaf with an entry of its own"), ("intermediate", "intermediate")):
             c = mp.get(f"{kind} count", 0)
             kb, vb = mp.get(f"{kind} key bytes", 0), mp.get(f"{kind} value bytes", 0)
-            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get("leaf tree key bytes", 0) if kind == "leaf" else 0
+            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get(f"{kind} tree key bytes", 0)
             ch = f"{mp['intermediate children'] / c:.1f}" if kind == "intermediate" and c else ""
+            inl = f"{mp.get('inline leaves', 0):,}" if kind == "intermediate" else ""
             lines.append(
-                f"| {kind} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
-                f"| {per_item(vb - hb - tk, n)} | {ch} |"
+                f"| {label} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
+                f"| {per_item(vb - hb - tk, n)} | {ch} | {inl} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -313,11 +343,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=900.0, help="max seconds to wait for background work")
     p.add_argument("--db", type=Path, help="measure this (stopped) node's db.lmdb instead of loading one")
     p.add_argument("--out", type=Path, help="also write the raw figures as JSON here")
+    p.add_argument("--keep", type=Path, help="load the node under this (new) directory and keep it afterwards")
     a = p.parse_args(list(argv) if argv is not None else None)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     work = None
     try:
-        if a.db is None:
+        if a.db is None and a.keep is not None:
+            db = load_node(a.keep, a.items, a.value_size, a.settle)
+        elif a.db is None:
             work = Path(tempfile.mkdtemp(prefix="storage-accounting-"))
             db = load_node(work / "garagekv", a.items, a.value_size, a.settle)
         else:

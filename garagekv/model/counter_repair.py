@@ -76,7 +76,7 @@ class CounterRepair:
             for key, raw in cur:
                 if not key.startswith(ph):
                     break
-                item = K2VItem.decode(raw)
+                item = K2VItem.decode(self.data.canonical(key, raw))
                 c = counts[(item.bucket_id, item.partition_key)]
                 for name, v in item.counts().items():
                     c[name] = c.get(name, 0) + v

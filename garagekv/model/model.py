@@ -21,6 +21,7 @@ from garagekv.model.k2v.reservations import ReservationSweeper
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.k2v.schema import CounterSchema, ItemSchema
 from garagekv.model.k2v.store import K2VStore
+from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
 from garagekv.model.k2v.sub import SubscriptionManager
 from garagekv.model.key_table import KeySchema
 from garagekv.net.identity import node_number
@@ -61,7 +62,12 @@ class Model:
         node = node_number(system.node_id)
         self.expiry_index = ExpiryIndex(db)
         item_schema = ItemSchema(
-            node, self.subs, db.tree("k2v:local_counters"), self.counter_queue.replace_in, self.expiry_index
+            node,
+            self.subs,
+            db.tree("k2v:local_counters"),
+            self.counter_queue.replace_in,
+            self.expiry_index,
+            ItemStoredForm(BucketNumbers(db)),
         )
         self.items = table(item_schema, sharded)
         max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES

@@ -379,9 +379,16 @@ class TableSyncer:
                     if theirs.is_intermediate:
                         remote = dict(theirs.children)
                         remote_has_subtrees = True
+                leaves = dict(node.inline_keys)  # children stored in this node: no need to read them
                 for byte, h in node.children:
                     if remote.get(byte) != h:
-                        todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
+                        if byte not in leaves:
+                            todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
+                            continue
+                        keys.append(leaves[byte])
+                        if len(keys) >= SYNC_BATCH:
+                            await self._send_items(partition, peer, keys)
+                            keys = []
             if len(keys) >= SYNC_BATCH:
                 await self._send_items(partition, peer, keys)
                 keys = []
@@ -465,7 +472,7 @@ class TableSyncer:
             for k, v in cur:
                 if last is not None and k >= last:
                     break
-                out.append((k, v))
+                out.append((k, self.data.canonical(k, v)))
                 if len(out) >= limit:
                     break
         return out
@@ -499,7 +506,7 @@ class TableSyncer:
         n = 0
         with self.data.db.read() as txn:
             for k, v in txn.cursor(db=self.data.store):
-                h.update(len(k).to_bytes(4, "big") + k + blake2sum(v))
+                h.update(len(k).to_bytes(4, "big") + k + blake2sum(self.data.canonical(k, v)))
                 n += 1
         roots = hashlib.blake2b(digest_size=32)
         for p in range(256):

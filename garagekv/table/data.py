@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
-from garagekv.table.schema import Entry, TableSchema
+from garagekv.table.schema import Entry, StoredForm, TableSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
 
@@ -65,13 +65,29 @@ class TableData(Generic[E]):
         # becomes a tombstone, with its tree key and new bytes (see garagekv/table/gc.py).
         self.on_tombstone: Callable[[WriteTxn, bytes, bytes], None] | None = None
         self._shared: dict[bytes, tuple[bytes, E]] = {}  # see get_shared
+        # Entries kept in another form than their canonical bytes (see TableSchema / StoredForm).
+        self.stored_form: StoredForm | None = getattr(schema, "stored_form", None)
+
+    def canonical(self, tree_key: bytes, stored: bytes) -> bytes:
+        """The canonical bytes of an entry read from ``store`` under ``tree_key``.
+
+        Whoever reads the entry tree without going through this class (a cursor of its own)
+        must pass what it read through here before hashing, sending or decoding it.
+        """
+        sf = self.stored_form
+        return stored if sf is None else sf.unpack(tree_key, stored)
+
+    def get_raw_at(self, txn: Any, tree_key: bytes) -> bytes | None:
+        """The entry's canonical bytes, read in ``txn``, a read transaction of the caller's."""
+        raw = txn.get(tree_key, db=self.store)
+        return None if raw is None else self.canonical(tree_key, raw)
 
     # ---- reads -------------------------------------------------------------------------------
 
     def get(self, tree_key: bytes) -> E | None:
         """A single-key read; short enough to run on the event loop."""
         with self.db.read() as txn:
-            raw = txn.get(tree_key, db=self.store)
+            raw = self.get_raw_at(txn, tree_key)
         return None if raw is None else self.schema.decode(raw)
 
     def get_shared(self, tree_key: bytes) -> E | None:
@@ -87,23 +103,28 @@ class TableData(Generic[E]):
         hit = self._shared.get(tree_key)
         if hit is not None and hit[0] == raw:
             return hit[1]
-        entry = self.schema.decode(raw)
+        entry = self.schema.decode(self.canonical(tree_key, raw))
         if len(self._shared) >= SHARED_CACHE_ENTRIES:
             self._shared.clear()
         self._shared[tree_key] = (raw, entry)
         return entry
 
     def get_in(self, tx: WriteTxn, tree_key: bytes) -> E | None:
-        raw = tx.get(self.store, tree_key)
+        raw = self.get_raw_in(tx, tree_key)
         return None if raw is None else self.schema.decode(raw)
+
+    def get_raw_in(self, tx: WriteTxn, tree_key: bytes) -> bytes | None:
+        """The entry's canonical bytes, read in ``tx``."""
+        raw = tx.get(self.store, tree_key)
+        return None if raw is None else self.canonical(tree_key, raw)
 
     def get_raw(self, tree_key: bytes) -> bytes | None:
         with self.db.read() as txn:
-            return txn.get(tree_key, db=self.store)
+            return self.get_raw_at(txn, tree_key)
 
     def get_raw_many(self, tree_keys: list[bytes]) -> list[bytes | None]:
         with self.db.read() as txn:
-            return [txn.get(k, db=self.store) for k in tree_keys]
+            return [self.get_raw_at(txn, k) for k in tree_keys]
 
     def scan(self, q: ScanRange) -> list[tuple[bytes, E]]:
         """Entries of ``q.partition`` whose sort key begins with ``q.prefix``, from ``q.start`` on.
@@ -135,8 +156,9 @@ class TableData(Generic[E]):
     def _scan(self, q: ScanRange, decode: bool) -> list[tuple[bytes, bytes, Any]]:
         partition, start, prefix, end, reverse = q.partition, q.start, q.prefix, q.end, q.reverse
         out: list[tuple[bytes, bytes, Any]] = []
+        unpack = None if self.stored_form is None else self.stored_form.unpack
         with self.db.read() as txn:
-            for key, raw in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
+            for key, stored in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):
                 sk = key[len(partition) :]
                 if q.skip_start and sk == start:
                     continue
@@ -146,6 +168,7 @@ class TableData(Generic[E]):
                     break
                 if end is not None and (sk <= end if reverse else sk >= end):
                     break
+                raw = stored if unpack is None else unpack(key, stored)
                 entry: E | None = None
                 if decode or q.filt is not None:
                     decoded = self.schema.decode(raw)
@@ -160,7 +183,7 @@ class TableData(Generic[E]):
     def iter_all(self) -> Iterator[tuple[bytes, E]]:
         with self.db.read() as txn:
             for key, raw in txn.cursor(db=self.store):
-                yield key, self.schema.decode(raw)
+                yield key, self.schema.decode(self.canonical(key, raw))
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -186,7 +209,7 @@ class TableData(Generic[E]):
         entry bigger than this and bigger than it was. An entry already over the limit (older
         data) may still shrink, so it can be repaired.
         """
-        old_raw = tx.get(self.store, tree_key)
+        old_raw = self.get_raw_in(tx, tree_key)
         old = None if old_raw is None else self.schema.decode(old_raw)
         # ``fn`` may change its argument in place while ``old`` must stay as it was (the schema's
         # ``updated`` compares them): it gets a copy, made without decoding again if it can be.
@@ -196,7 +219,8 @@ class TableData(Generic[E]):
             return None
         if max_bytes is not None:
             check_size(len(new_raw), None if old_raw is None else len(old_raw), max_bytes)
-        tx.put(self.store, tree_key, new_raw)
+        sf = self.stored_form
+        tx.put(self.store, tree_key, new_raw if sf is None else sf.pack(tx, tree_key, new_raw))
         tx.put(self.merkle_todo, tree_key, blake2sum(new_raw))
         if self.on_merkle_todo is not None:
             tx.on_commit(self.on_merkle_todo)
@@ -207,7 +231,7 @@ class TableData(Generic[E]):
 
     def delete_if_equal_hash_in(self, tx: WriteTxn, tree_key: bytes, value_hash: bytes) -> bool:
         """Delete the entry only if its stored bytes still hash to ``value_hash`` (GC, offload)."""
-        old_raw = tx.get(self.store, tree_key)
+        old_raw = self.get_raw_in(tx, tree_key)
         if old_raw is None or blake2sum(old_raw) != value_hash:
             return False
         tx.delete(self.store, tree_key)

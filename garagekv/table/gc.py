@@ -199,7 +199,7 @@ class TableGc:
                         return
                     yield kv
 
-            return select_candidates(rows(), lambda k: txn.get(k, db=self.data.store), self.clock(), self.delay_ms)
+            return select_candidates(rows(), lambda k: self.data.get_raw_at(txn, k), self.clock(), self.delay_ms)
 
     async def _drop_todo(self, entries: list[tuple[bytes, bytes]]) -> None:
         def apply(tx: WriteTxn) -> None:

@@ -41,6 +41,22 @@ class TableSchema(Protocol[E]):
     def filter_from_wire(self, w: Any) -> Any: ...
 
 
+class StoredForm(Protocol):
+    """How a table keeps its entries in its LMDB tree when not as their canonical bytes.
+
+    A schema may have one as ``stored_form`` (the K2V items do: garagekv/model/k2v/stored.py) to
+    leave out what the tree key already says. ``TableData`` packs on every write and unpacks on
+    every read, so that everything above it (hashes, replication, the wire, decoding) sees only
+    canonical bytes; other modules reading the entry tree directly go through
+    ``TableData.canonical``. ``unpack`` must return bytes it is given unchanged if they are not
+    packed (entries written before the table had a stored form).
+    """
+
+    def pack(self, tx: WriteTxn, tree_key: bytes, raw: bytes) -> bytes: ...
+
+    def unpack(self, tree_key: bytes, stored: bytes) -> bytes: ...
+
+
 class BaseSchema:
     """Defaults for schemas with no side effects and no filters."""
 

@@ -10,6 +10,7 @@ import base64
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.item import DvvsEntry, K2VItem
+from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
 from garagekv.util.codec import blake2sum
 from tests.integration.test_anti_entropy import BUCKET, FAST_SYNC, all_up, apply_layout, bucket_client
 from tests.support import K2VHttp, NodeProcess, wait_for
@@ -80,8 +81,9 @@ def write_behind_its_back(node: NodeProcess, pk: str, sk: str, extra: int, new: 
     writer = GroupCommitWriter(db)
     try:
         data, todo = db.tree("k2v_item:data"), db.tree("k2v_item:merkle_todo")
+        form = ItemStoredForm(BucketNumbers(db))  # the node keeps items packed
         with db.read() as txn:
-            found = [K2VItem.decode(v) for _, v in txn.cursor(db=data)]
+            found = [K2VItem.decode(form.unpack(k, v)) for k, v in txn.cursor(db=data)]
         item = next(i for i in found if (i.partition_key, i.sort_key) == (pk, sk))
         item.items[12345] = DvvsEntry(0, [(1, b"y" * extra), (2, b"z" * extra)])
         others = [K2VItem(item.bucket_id, pk, f"only-here-{n}", {12345: DvvsEntry(0, [(1, b"v")])}) for n in range(new)]

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import lmdb
 
+from garagekv.model.k2v.stored import ItemStoredForm
 from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LAYOUT_FILE
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port, wait_for
@@ -406,9 +407,31 @@ def local_keys(node: NodeProcess, table: str = "k2v_item") -> dict[bytes, bytes]
                 db = env.open_db(f"{table}:data".encode(), txn=txn, create=False)
             except lmdb.NotFoundError:
                 return {}
-            return dict(txn.cursor(db=db))
+            out = dict(txn.cursor(db=db))
+            if table == "k2v_item":  # canonical bytes, as the node itself reads them
+                form = ItemStoredForm(_StoredBuckets(env, txn))
+                out = {k: form.unpack(k, v) for k, v in out.items()}
+            return out
     finally:
         env.close()
+
+
+class _StoredBuckets:
+    """A node's bucket numbers (``k2v_item:buckets``), read-only, for ``local_keys``."""
+
+    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        try:
+            db = env.open_db(b"k2v_item:buckets", txn=txn, create=False)
+        except lmdb.NotFoundError:
+            self.by_number: dict[int, bytes] = {}
+        else:
+            self.by_number = {int.from_bytes(v, "big"): bytes(k) for k, v in txn.cursor(db=db)}
+
+    def number_in(self, tx: object, bucket_id: bytes) -> int:
+        raise NotImplementedError("read-only")
+
+    def bucket_id(self, n: int) -> bytes:
+        return self.by_number[n]
 
 
 def describe_divergence(nodes: list[NodeProcess], table: str = "k2v_item") -> str:

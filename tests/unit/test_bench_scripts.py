@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import msgpack
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -40,10 +41,34 @@ def test_storage_accounting_splits_an_item_into_parts_that_sum_to_its_size():
     assert parts["msgpack framing"] > 0
 
 
+def test_storage_accounting_splits_a_packed_item(tmp_path):
+    from garagekv.db.env import Database
+    from garagekv.db.writer import GroupCommitWriter
+    from garagekv.model.k2v.item import K2VItem
+    from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
+
+    acc = _load("storage_accounting")
+    db = Database(tmp_path, fsync=False)
+    writer = GroupCommitWriter(db)
+    try:
+        item = K2VItem.new(bytes(range(32)), "pk-0001", "sk-01")
+        item.update(7, None, b"v" * 100, 1_700_000_000_000)
+        form = ItemStoredForm(BucketNumbers(db))
+        packed = writer.run_sync(lambda tx: form.pack(tx, item.tree_key(), item.encode()))
+    finally:
+        writer.close()
+        db.close()
+    parts = acc.item_breakdown(packed, item.tree_key())
+    assert sum(parts.values()) == len(packed) == len(item.encode()) - 35 - 6 + 1
+    assert parts["bucket number"] == 1 and parts["partition key"] == 7 and parts["value"] == 100
+    assert "sort key" not in parts and "bucket id" not in parts
+    assert parts["causal context"] == 1 + 1 + 9
+
+
 def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
     from garagekv.db.env import Database
     from garagekv.model.k2v.item import K2VItem
-    from garagekv.table.merkle import MerkleNode
+    from garagekv.table.merkle import MerkleNode, encode_inner
 
     acc = _load("storage_accounting")
     db = Database(tmp_path, fsync=False)  # the environment is tmp_path/db.lmdb
@@ -53,14 +78,20 @@ def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
             item = K2VItem.new(bytes(32), "p", f"s{i}")
             item.update(1, None, b"x" * 100, 5)
             txn.put(item.tree_key(), item.encode(), db=items)
+        # partition 0 in format 1 (a leaf under its own key), partition 1 in formats 2 and 3
         txn.put(b"\x00", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
         txn.put(b"\x00\x01", MerkleNode.leaf(b"k", bytes(32)).encode(), db=merkle)
+        txn.put(b"\x01", encode_inner([(1, bytes(32)), (2, bytes(32))], {1: b"k" * 40})[0], db=merkle)
+        txn.put(b"\x02", b"\x03" + msgpack.packb([b"k" * 40, bytes(32)]), db=merkle)
     db.close()
     out = acc.account(tmp_path / "db.lmdb")
     trees = {t["name"]: t for t in out["trees"]}
     assert trees[acc.ITEM_TREE]["entries"] == 10 and trees[acc.ITEM_TREE]["key_bytes"] == 10 * 34
-    assert trees[acc.MERKLE_TREE]["parts"]["leaf count"] == 1
-    assert trees[acc.MERKLE_TREE]["parts"]["intermediate count"] == 1
+    parts = trees[acc.MERKLE_TREE]["parts"]
+    assert parts["leaf count"] == 2 and parts["leaf tree key bytes"] == 1 + 40 and parts["leaf hash bytes"] == 64
+    assert parts["intermediate count"] == 2 and parts["intermediate children"] == 4
+    assert parts["inline leaves"] == 1 and parts["intermediate tree key bytes"] == 40
+    assert parts["intermediate hash bytes"] == 4 * 32
     assert out["item_sample"] == 10 and out["item_parts"]["value"] == 1000
     text = acc.render(out, 10, 100, "test")
     assert acc.ITEM_TREE in text and "data.mdb" in text

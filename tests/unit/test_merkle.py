@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,17 @@ from hypothesis import strategies as st
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.table.data import TableData
-from garagekv.table.merkle import EMPTY, EMPTY_HASH, PENDING, MerkleNode, MerkleUpdater, _Inner, _TrieBatch, node_key
+from garagekv.table.merkle import (
+    EMPTY,
+    EMPTY_HASH,
+    PENDING,
+    MerkleNode,
+    MerkleUpdater,
+    _Inner,
+    _TrieBatch,
+    encode_inner,
+    node_key,
+)
 from garagekv.table.schema import BaseSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import StorageError
@@ -63,13 +74,34 @@ def env(tmp_path):
     db.close()
 
 
+def norm(node: MerkleNode) -> MerkleNode:
+    """A node as storage knows it: a leaf by its tree key and hash (its value hash is not stored)."""
+    return MerkleNode.stored_leaf(node.key, node.hash()) if node.is_leaf else node
+
+
 def stored_nodes(db: Database, merkle: MerkleUpdater) -> dict[bytes, MerkleNode]:
+    """Every node of the tries by position (normalised), the leaves stored in their parent included.
+
+    A position stored twice (a leaf left under its own key after moving into its parent) fails.
+    """
+    out: dict[bytes, MerkleNode] = {}
+
+    def add(key: bytes, node: MerkleNode) -> None:
+        assert key not in out, f"Merkle node {key.hex()} stored twice"
+        out[key] = norm(node)
+
     with db.read() as txn:
-        return {k: MerkleNode.decode(v) for k, v in txn.cursor(db=merkle.tree)}
+        for k, v in txn.cursor(db=merkle.tree):
+            node = MerkleNode.decode(v)
+            add(k, node)
+            children = dict(node.children)
+            for byte, tree_key in node.inline_keys:
+                add(k + bytes([byte]), MerkleNode.stored_leaf(tree_key, children[byte]))
+    return out
 
 
 def expected_nodes(entries: dict[bytes, bytes]) -> dict[bytes, MerkleNode]:
-    """The canonical tries for ``tree_key -> value hash``, built from scratch."""
+    """The canonical tries for ``tree_key -> value hash``, built from scratch (normalised)."""
     out: dict[bytes, MerkleNode] = {}
 
     def build(partition: int, prefix: bytes, keys: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -84,7 +116,7 @@ def expected_nodes(entries: dict[bytes, bytes]) -> dict[bytes, MerkleNode]:
                 groups.setdefault(kh[d], []).append((kh, k))
             children = {b: build(partition, prefix + bytes([b]), g) for b, g in groups.items()}
             node = MerkleNode.intermediate(children)
-        out[node_key(partition, prefix)] = node
+        out[node_key(partition, prefix)] = norm(node)
         return node.hash()
 
     by_partition: dict[int, list] = {}
@@ -126,7 +158,33 @@ def stored_raw(db: Database, merkle: MerkleUpdater) -> dict[bytes, bytes]:
 
 
 def expected_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {k: node.encode() for k, node in expected_nodes(entries).items()}
+    """The stored bytes of the canonical tries: intermediate nodes in format 2 with their leaf
+    children in them, a leaf at a root in format 3, no other entry."""
+    nodes = expected_nodes(entries)
+    out: dict[bytes, bytes] = {}
+    for key, node in nodes.items():
+        if node.is_leaf and len(key) == 1:
+            out[key] = b"\x03" + msgpack.packb([node.key, node.hash()])
+        elif node.is_intermediate:
+            leaves = {b: nodes[key + bytes([b])].key for b, _ in node.children if nodes[key + bytes([b])].is_leaf}
+            out[key] = fmt2([list(c) for c in node.children], leaves)
+    return out
+
+
+def fmt2(children: list, leaves: dict[int, bytes]) -> bytes:
+    """Format 2 by hand: 2, the length of the children's msgpack, the children, the leaves' keys."""
+    pairs = msgpack.packb(children)
+    flat = [x for b in sorted(leaves) for x in (b, leaves[b])]
+    return b"\x02" + len(pairs).to_bytes(4, "big") + pairs + (msgpack.packb(flat) if leaves else b"")
+
+
+def legacy_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The same tries as nodes were stored before format 2: format 1, every leaf under its own key."""
+    return {k: full(n, entries).encode() for k, n in expected_nodes(entries).items()}
+
+
+def full(node: MerkleNode, entries: dict[bytes, bytes]) -> MerkleNode:
+    return MerkleNode.leaf(node.key, entries[node.key]) if node.is_leaf else node
 
 
 def reset(writer: GroupCommitWriter, merkle: MerkleUpdater) -> None:
@@ -178,6 +236,44 @@ def test_node_encoding_round_trips_and_rejects_garbage():
     assert MerkleNode.from_wire([1, []]).children == ()
 
 
+def test_stored_formats_decode_and_reject_garbage():
+    """Format 2 (an intermediate node holding its leaf children) and format 3 (a root leaf)."""
+    leaf = MerkleNode.leaf(b"k" * 40, vh(1))
+    raw = fmt2([[1, vh(2)], [3, leaf.hash()]], {3: leaf.key})
+    node = MerkleNode.decode(raw)
+    assert node == MerkleNode.intermediate({1: vh(2), 3: leaf.hash()})
+    assert node.inline_keys == ((3, leaf.key),) and node.hash() == MerkleNode.intermediate(dict(node.children)).hash()
+    root = MerkleNode.decode(b"\x03" + msgpack.packb([leaf.key, leaf.hash()]))
+    assert root.is_leaf and root.key == leaf.key and root.hash() == leaf.hash() and root.value_hash == b""
+    assert root == norm(leaf) and root != leaf  # the value hash is not stored
+    assert MerkleNode.stored_leaf(leaf.key, vh(9)) != root  # a stored leaf is its hash
+    assert MerkleNode.decode(fmt2([], {})).children == ()
+    assert encode_inner([(1, vh(2)), (3, leaf.hash())], {3: leaf.key}) == (raw, node.hash())
+    good = fmt2([[1, vh(1)], [2, vh(2)]], {})
+    for bad in (
+        fmt2([[3, vh(1)], [1, vh(2)]], {}),  # out of order
+        fmt2([[1, vh(1)], [1, vh(2)]], {}),
+        fmt2([[256, vh(1)]], {}),
+        fmt2([[1, "text"]], {}),
+        fmt2([[1]], {}),
+        fmt2([[1, vh(1), 2]], {}),
+        fmt2([[1, vh(1)]], {2: b"k"}),  # a leaf that is not a child
+        fmt2([[1, vh(1)]], {1: "k"}),
+        good + msgpack.packb([1]),  # a byte without its key
+        good + msgpack.packb([2, b"k", 1, b"k"]),  # out of order
+        good + msgpack.packb([]),
+        good + msgpack.packb(5),
+        good[:-3],  # truncated
+        b"\x02\x00",
+        b"\x02" + msgpack.packb([[1, vh(1)]]),  # no length
+    ):
+        with pytest.raises(StorageError):
+            MerkleNode.decode(bad)
+    for bad in ([b"k"], [b"k", vh(1), b"x"], [b"k", "h"], 5):
+        with pytest.raises(StorageError):
+            MerkleNode.decode(b"\x03" + msgpack.packb(bad))
+
+
 # ---- trie shape -----------------------------------------------------------------------------------
 
 
@@ -187,14 +283,15 @@ def test_empty_then_single_leaf_at_root(env):
     k = P0 + b"a"
     apply(writer, merkle, [(k, vh(1))])
     root = merkle.get_node(0)
-    assert root == MerkleNode.leaf(k, vh(1)) and merkle.root_hash(0) == root.hash()
+    # no data behind the leaf here: get_node knows it by its key and hash only
+    assert root == norm(MerkleNode.leaf(k, vh(1))) and merkle.root_hash(0) == root.hash()
     assert set(stored_nodes(db, merkle)) == {b"\x00"}
     apply(writer, merkle, [(k, vh(1))])  # same value: nothing changes
     assert merkle.get_node(0) == root
     apply(writer, merkle, [(k, vh(2))])
-    assert merkle.get_node(0) == MerkleNode.leaf(k, vh(2))
+    assert merkle.get_node(0) == norm(MerkleNode.leaf(k, vh(2)))
     apply(writer, merkle, [(P0 + b"other", None)])  # deleting an absent key: no-op
-    assert merkle.get_node(0) == MerkleNode.leaf(k, vh(2))
+    assert merkle.get_node(0) == norm(MerkleNode.leaf(k, vh(2)))
     apply(writer, merkle, [(k, None)])
     assert stored_nodes(db, merkle) == {} and merkle.root_hash(0) == EMPTY_HASH
 
@@ -208,7 +305,7 @@ def test_insert_splits_as_deep_as_the_shared_prefix_and_delete_pulls_up(env):
     nodes = stored_nodes(db, merkle)
     # root -> one child -> one child -> two leaves
     assert set(nodes) == {b"\x00", b"\x00" + kh_a[:1], b"\x00" + kh_a[:2], b"\x00" + kh_a[:3], b"\x00" + kh_b[:3]}
-    assert nodes[b"\x00" + kh_a[:3]] == MerkleNode.leaf(a, vh("a"))
+    assert nodes[b"\x00" + kh_a[:3]] == norm(MerkleNode.leaf(a, vh("a")))
     assert nodes[b"\x00" + kh_a[:2]].children == tuple(
         sorted([(kh_a[2], nodes[b"\x00" + kh_a[:3]].hash()), (kh_b[2], nodes[b"\x00" + kh_b[:3]].hash())])
     )
@@ -224,10 +321,10 @@ def test_insert_splits_as_deep_as_the_shared_prefix_and_delete_pulls_up(env):
     apply(writer, merkle, [(b, None)])
     nodes = stored_nodes(db, merkle)
     assert nodes == expected_nodes({a: vh("a"), c: vh("c")})
-    assert nodes[b"\x00" + kh_a[:1]] == MerkleNode.leaf(a, vh("a")) and len(nodes) == 3
+    assert nodes[b"\x00" + kh_a[:1]] == norm(MerkleNode.leaf(a, vh("a"))) and len(nodes) == 3
     # Deleting c: a becomes the root leaf.
     apply(writer, merkle, [(c, None)])
-    assert stored_nodes(db, merkle) == {b"\x00": MerkleNode.leaf(a, vh("a"))}
+    assert stored_nodes(db, merkle) == {b"\x00": norm(MerkleNode.leaf(a, vh("a")))}
 
 
 def test_lone_intermediate_child_is_not_pulled_up(env):
@@ -247,8 +344,8 @@ def test_partitions_are_separate_tries(env):
     db, writer, _, merkle = env
     k0, k7 = P0 + b"x", P7 + b"x"
     apply(writer, merkle, [(k0, vh(0)), (k7, vh(7))])
-    assert merkle.get_node(0) == MerkleNode.leaf(k0, vh(0))
-    assert merkle.get_node(7) == MerkleNode.leaf(k7, vh(7))
+    assert merkle.get_node(0) == norm(MerkleNode.leaf(k0, vh(0)))
+    assert merkle.get_node(7) == norm(MerkleNode.leaf(k7, vh(7)))
     assert merkle.get_node(1).is_empty
     apply(writer, merkle, [(k7, None)])
     assert merkle.get_node(7).is_empty and not merkle.get_node(0).is_empty
@@ -334,6 +431,92 @@ def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, 
     assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
 
 
+def test_leaves_below_a_root_have_no_entry_of_their_own(env):
+    db, writer, _, merkle = env
+    entries = {k: vh(k) for k in POOL}
+    apply(writer, merkle, list(entries.items()))
+    raw = stored_raw(db, merkle)
+    assert raw == expected_raw(entries)
+    # one entry per intermediate node, none per leaf (but a lone root leaf: P7's keys share no trie
+    # with P0's, and P7 holds three keys, so both roots are intermediate)
+    nodes = stored_nodes(db, merkle)
+    assert len(raw) == sum(n.is_intermediate for n in nodes.values())
+    assert sum(n.is_leaf for n in nodes.values()) == len(entries)
+
+
+def write_raw(writer: GroupCommitWriter, merkle: MerkleUpdater, raw: dict[bytes, bytes]) -> None:
+    writer.run_sync(lambda tx: [tx.put(merkle.tree, k, v) for k, v in raw.items()])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.sets(st.integers(0, len(POOL) - 1), min_size=0, max_size=len(POOL)),
+    ops=st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.none() | st.integers(0, 2)), max_size=30),
+    batched=st.booleans(),
+)
+def test_tries_stored_in_format_1_are_read_and_moved_on_update(env, start, ops, batched):
+    """A node of an earlier version (format 1: every leaf under its own key) reads the same: the
+    roots match, updates give the trie of the final set with no leaf left behind under its old
+    key, and a rebuild leaves only the new formats."""
+    db, writer, _, merkle = env
+    reset(writer, merkle)
+    model = {POOL[i]: vh(("start", i)) for i in start}
+    write_raw(writer, merkle, legacy_raw(model))
+    assert stored_nodes(db, merkle) == expected_nodes(model)
+    fresh = {p: (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7)}
+    assert {p: merkle.root_hash(p) for p in (0, 7)} == fresh
+    updates = [(POOL[i], None if v is None else vh(v)) for i, v in ops]
+    if batched:
+
+        def fn(tx):
+            for k, v in updates:
+                tx.put(merkle.todo, k, v or b"")
+            return merkle.apply_batch_in(tx, [(k, v or b"") for k, v in updates])
+
+        writer.run_sync(fn)
+    else:
+        apply(writer, merkle, updates)
+    for k, v in updates:
+        if v is None:
+            model.pop(k, None)
+        else:
+            model[k] = v
+    assert stored_nodes(db, merkle) == expected_nodes(model)  # fails on a position stored twice
+    assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
+    # Every leaf an update wrote is in its parent now (or a root); untouched ones may stay where
+    # they were, and an intermediate node that was rewritten is in format 2.
+    for k, v in stored_raw(db, merkle).items():
+        node = MerkleNode.decode(v)
+        if v[0] == 1:
+            assert v == legacy_raw(model).get(k), k.hex()
+            assert not (node.is_leaf and node.key in dict(updates)), k.hex()
+    writer.run_sync(lambda tx: tx.txn.drop(merkle.tree, delete=False))
+    apply(writer, merkle, sorted(model.items()))  # what ``repair merkle`` does, through the to-do queue
+    assert stored_raw(db, merkle) == expected_raw(model)
+
+
+async def test_get_node_gives_a_leaf_its_value_hash_back_from_the_data(env):
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(40)])
+    await merkle.flush()
+    root = merkle.get_node(0)
+    assert root.is_intermediate and root.inline_keys  # 40 keys over 256 children: mostly leaves
+    byte, tree_key = root.inline_keys[0]
+    leaf = merkle.get_node(0, bytes([byte]))
+    assert leaf == MerkleNode.leaf(tree_key, blake2sum(data.get_raw(tree_key)))
+    assert leaf.hash() == dict(root.children)[byte]
+    assert merkle.get_node(0, bytes([byte])).to_wire() == [2, tree_key, leaf.value_hash]
+    # While the entry's change waits in the to-do queue, the leaf has its hash but no value hash.
+    await data.merge(Reg(P0, tree_key[32:], 10_000))
+    pending = merkle.get_node(0, bytes([byte]))
+    assert pending == MerkleNode.stored_leaf(tree_key, leaf.hash()) and pending.value_hash == b""
+    await merkle.flush()
+    assert merkle.get_node(0, bytes([byte])) == MerkleNode.leaf(tree_key, blake2sum(data.get_raw(tree_key)))
+    # A position nobody holds is Empty, below a leaf too.
+    free = next(b for b in range(256) if b not in dict(root.children))
+    assert merkle.get_node(0, bytes([free])).is_empty and merkle.get_node(0, bytes([byte, 0])).is_empty
+
+
 def test_large_batches_over_a_wide_root(env):
     """Batches of 100 over a root with ~all 256 children, as in a full-copy table."""
     db, writer, _, merkle = env
@@ -406,7 +589,7 @@ async def test_deletion_todo_removes_the_leaf(env):
     with db.read() as txn:
         assert txn.get(P0 + b"a", db=merkle.todo) == b""  # empty value: deleted
     await merkle.flush()
-    assert stored_nodes(db, merkle) == {b"\x00": MerkleNode.leaf(P0 + b"b", blake2sum(data.get_raw(P0 + b"b")))}
+    assert stored_nodes(db, merkle) == {b"\x00": norm(MerkleNode.leaf(P0 + b"b", blake2sum(data.get_raw(P0 + b"b"))))}
 
 
 async def test_todo_entry_removed_only_if_unchanged(env):
@@ -504,9 +687,9 @@ def test_a_leaf_hash_covers_the_value(env):
     assert MerkleNode.leaf(k, vh(1)).hash() != MerkleNode.leaf(k, vh(2)).hash()
     apply(writer, merkle, [(k, vh(1))])
     first = merkle.root_hash(0)
-    assert merkle.get_node(0).value_hash == vh(1)
+    assert first == MerkleNode.leaf(k, vh(1)).hash()
     apply(writer, merkle, [(k, vh(2))])
-    assert merkle.root_hash(0) != first and merkle.get_node(0).value_hash == vh(2)
+    assert merkle.root_hash(0) != first and merkle.root_hash(0) == MerkleNode.leaf(k, vh(2)).hash()
 
 
 def put_raw(writer: GroupCommitWriter, merkle: MerkleUpdater, nodes: dict[bytes, MerkleNode]) -> None:

@@ -22,14 +22,14 @@ from garagekv.table.anti_entropy import (
     unsyncable_entry_bytes,
 )
 from garagekv.table.data import TableData
-from garagekv.table.merkle import MerkleUpdater
+from garagekv.table.merkle import MerkleNode, MerkleUpdater
 from garagekv.table.messages import ItemsPush
 from garagekv.table.replication import SyncPartition
 from garagekv.util import codec
 from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
-from tests.unit.test_merkle import Reg, RegSchema
+from tests.unit.test_merkle import Reg, RegSchema, legacy_raw
 
 A, B, C = (bytes([i]) * 32 for i in (1, 2, 3))
 
@@ -236,6 +236,27 @@ async def test_push_only_sync_sends_just_the_differences(cluster):
     await b.syncer.do_sync_with(5, A)
     await a.merkle.flush()
     assert a.items() == b.items() and a.merkle.root_hash(5) == b.merkle.root_hash(5)
+
+
+async def test_a_replica_with_tries_of_the_earlier_format_syncs_with_one_of_the_new(cluster):
+    """Format 1 (every leaf under its own key) and format 2 (leaves in their parent) describe the
+    same trie: equal data means equal roots, and a sync walks both to the entries that differ."""
+    a, b = cluster(A, [A, B]), cluster(B, [A, B])
+    common = regs(5, 300)
+    await a.put(*common, Reg(part_hash(5), b"k7", 9))  # one newer
+    await b.put(*common)
+    entries = {k: blake2sum(v) for k, v in b.items().items()}
+    b.writer.run_sync(lambda tx: tx.txn.drop(b.merkle.tree, delete=False))
+    b.writer.run_sync(lambda tx: [tx.put(b.merkle.tree, k, v) for k, v in legacy_raw(entries).items()])
+    assert b.merkle.root_hash(5) == MerkleNode.decode(legacy_raw(entries)[bytes([5])]).hash()
+    cluster.net.calls.clear()
+    await a.syncer.do_sync_with(5, B)  # a (format 2) asks b (format 1) for its nodes
+    await b.merkle.flush()
+    assert a.syncer.items_sent <= 2 and a.items() == b.items()
+    assert a.merkle.root_hash(5) == b.merkle.root_hash(5)
+    before = b.syncer.items_sent
+    await b.syncer.do_sync_with(5, A)  # equal now: roots only
+    assert b.syncer.items_sent == before and cluster.net.calls[-1] == (B, A, "root")
 
 
 async def test_items_are_sent_in_bounded_batches(cluster):

@@ -99,7 +99,7 @@ class K2VMachine:
         out: list[bytes | None] = []
         for rk in read_keys:
             raw = tx.get(self.item_data.store, key + rk)
-            out.append(None if raw is None else bytes(raw))
+            out.append(None if raw is None else self.item_data.canonical(key + rk, raw))
         return out
 
     def merge(self, read_key: bytes, states: Sequence[bytes | None]) -> bytes | None:

@@ -16,6 +16,7 @@ from garagekv.db.writer import WriteTxn
 from garagekv.model.index_counter import CounterEntry, LocalCounter, counts_diff
 from garagekv.model.k2v.expiry_index import ExpiryIndex
 from garagekv.model.k2v.item import K2VItem
+from garagekv.model.k2v.stored import ItemStoredForm
 from garagekv.model.k2v.sub import SubscriptionManager
 from garagekv.table.schema import BaseSchema
 from garagekv.util.time import now_ms
@@ -64,8 +65,11 @@ class ItemSchema(BaseSchema):
         local_counters: Any,
         queue_counter: Callable[[WriteTxn, CounterEntry], None],
         expiry: ExpiryIndex | None = None,
+        stored_form: ItemStoredForm | None = None,
     ) -> None:
         self.node = node
+        # Items kept without their bucket id and sort key (garagekv/model/k2v/stored.py).
+        self.stored_form = stored_form
         self.subs = subs
         self.local_counters = local_counters
         self.queue_counter = queue_counter
