@@ -116,7 +116,7 @@ class PollIndex:
             with self._lock:
                 if partition_hash in self._parts:
                     return True
-            raws: list[bytes] = []
+            raws: list[tuple[bytes, bytes]] = []
             cur = tx.cursor(self.item_data.store)
             if cur.set_range(partition_hash):
                 for key, raw in cur:
@@ -124,10 +124,10 @@ class PollIndex:
                         break
                     if len(raws) == MAX_PARTITION_ITEMS:
                         return False  # counted without decoding anything
-                    raws.append(raw)
+                    raws.append((key, raw))
             part = _Partition()
-            for raw in raws:
-                item = self.item_data.schema.decode(raw)
+            for key, raw in raws:
+                item = self.item_data.schema.decode(self.item_data.canonical(key, raw))
                 part.update(item.sort_key, item.causal_context().vclock)
             count = len(raws)
             with self._lock:
