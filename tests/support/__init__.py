@@ -27,29 +27,45 @@ from garagekv.util.config import load_config
 REGION = "garage"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports handed out in this run: a node may not have bound its port yet when the next one is picked.
+_HANDED_OUT: set[int] = set()
 
 
-def free_dev_port(nodes: int = 1) -> int:
-    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i, P-1+10i and P+1+10i all free."""
-    for attempt in range(400):
-        # Below the usual ephemeral range first: there, client connections of earlier tests (many
-        # in TIME-WAIT on a busy machine) cannot hold the ports next to the one picked.
-        base = random.randrange(12000, 32000) if attempt < 200 else free_port()
-        if base < 1100 or base > 60000:
+def _pick_ports(offsets: list[int]) -> int:
+    """A base port P with P+d free for every d in offsets, none handed out before in this run.
+
+    Picked below the kernel's ephemeral range (32768 and up): there, no outgoing connection of
+    this or an earlier test (many in TIME-WAIT on a busy machine) can take the port between the
+    pick and the node's bind, which a port the kernel chose for us (bind to 0) would allow.
+    """
+    for _ in range(1000):
+        base = random.randrange(12000, 32000)
+        wanted = [base + d for d in offsets]
+        if any(port in _HANDED_OUT for port in wanted):
             continue
-        wanted = [base + 10 * i + d for i in range(nodes) for d in (0, -3, -1, 1)]
         try:
             for port in wanted:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
             continue
+        _HANDED_OUT.update(wanted)
         return base
     raise RuntimeError("no free port block")
+
+
+def free_port() -> int:
+    return _pick_ports([0])
+
+
+def free_port_block(size: int) -> int:
+    """A port P with P .. P+size-1 all free (a host's workers use RPC ports P+i)."""
+    return _pick_ports(list(range(size)))
+
+
+def free_dev_port(nodes: int = 1) -> int:
+    """A base port P for ``garagekv dev --port P``: P+10i, P-3+10i, P-1+10i and P+1+10i all free."""
+    return _pick_ports([10 * i + d for i in range(nodes) for d in (0, -3, -1, 1)])
 
 
 @dataclass

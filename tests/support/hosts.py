@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from garagekv.admin.remote import admin_call
 from garagekv.util.config import load_config
-from tests.support import NodeProcess
-
-
-def free_port_block(size: int) -> int:
-    """A port P with P .. P+size-1 all free (a host's workers use RPC ports P+i)."""
-    for _ in range(400):
-        # Below the ephemeral range, like free_dev_port: client connections of earlier tests
-        # (TIME-WAIT) cannot hold the ports next to the one picked there.
-        base = random.randrange(12000, 32000)
-        try:
-            for port in range(base, base + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
+from tests.support import NodeProcess, free_port_block
 
 
 @dataclass
