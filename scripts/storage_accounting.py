@@ -145,22 +145,23 @@ class _AnyBucket:
 def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
     """One stored Merkle node, split into what its value holds.
 
-    ``leaf``: a leaf with an entry of its own (a partition's root, or format 1, before leaves were
-    stored in their parent): its tree key and hash. ``intermediate``: its children's hashes and the
-    tree keys of the leaves stored in it (``inline leaves``). The rest of a value is the format
-    byte and msgpack framing.
+    ``leaf``: its tree key and, in format 1 (earlier versions) its value hash, in format 3 (at a
+    partition's root) its own hash; in format 4 (below a root) the tree key alone, its hash
+    being its parent's. ``intermediate``: its children's hashes, and in format 2 (an earlier
+    version) the tree keys of the leaves it holds. The rest of a value is the format byte and
+    msgpack framing.
     """
-    node = MerkleNode.decode(raw)
+    node = MerkleNode.decode(raw, b"-" if raw[:1] == b"\x04" else b"")  # format 4: the hash is elsewhere
     kind = "leaf" if node.is_leaf else "intermediate" if node.is_intermediate else "empty"
     out = {f"{kind} count": 1, f"{kind} key bytes": len(key), f"{kind} value bytes": len(raw)}
     if node.is_leaf:
         out["leaf tree key bytes"] = len(node.key)
-        out["leaf hash bytes"] = len(node.value_hash or node.hash())
+        out["leaf hash bytes"] = 0 if raw[0] == 4 else len(node.value_hash or node.hash())
     elif node.is_intermediate:
         out["intermediate children"] = len(node.children)
         out["intermediate hash bytes"] = sum(len(h) for _, h in node.children)
-        out["intermediate tree key bytes"] = sum(len(k) for _, k in node.inline_keys)
-        out["inline leaves"] = len(node.inline_keys)
+        if node.inline_keys:
+            out["intermediate tree key bytes"] = sum(len(k) for _, k in node.inline_keys)
     return out
 
 
@@ -320,18 +321,17 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
             f"`{MERKLE_TREE}` entries (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
             "",
             "| kind | entries | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
-            "| of which framing | children per node | leaves stored in it |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| of which framing | children per node |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for kind, label in (("leaf", "leaf with an entry of its own"), ("intermediate", "intermediate")):
+        for kind in ("leaf", "intermediate"):
             c = mp.get(f"{kind} count", 0)
             kb, vb = mp.get(f"{kind} key bytes", 0), mp.get(f"{kind} value bytes", 0)
             hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get(f"{kind} tree key bytes", 0)
             ch = f"{mp['intermediate children'] / c:.1f}" if kind == "intermediate" and c else ""
-            inl = f"{mp.get('inline leaves', 0):,}" if kind == "intermediate" else ""
             lines.append(
-                f"| {label} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
-                f"| {per_item(vb - hb - tk, n)} | {ch} | {inl} |"
+                f"| {kind} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
+                f"| {per_item(vb - hb - tk, n)} | {ch} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -31,10 +31,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TABLE_GAUGES = {
     "items": ("garagekv_table_size", "Entries stored in the table on this node (Garage: table_size)"),
     "bytes": ("garagekv_table_bytes", "Bytes of database pages holding the table's entries on this node"),
-    "merkleItems": (
-        "garagekv_table_merkle_tree_size",
-        "Stored nodes of the table's Merkle trees on this node (leaves below a root are in their parent)",
-    ),
+    "merkleItems": ("garagekv_table_merkle_tree_size", "Nodes of the table's Merkle trees on this node"),
     "merkleTodo": (
         "garagekv_table_merkle_updater_todo_queue_length",
         "Entries waiting for the Merkle updater (Garage: table_merkle_updater_todo_queue_length)",

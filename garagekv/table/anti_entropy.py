@@ -379,16 +379,9 @@ class TableSyncer:
                     if theirs.is_intermediate:
                         remote = dict(theirs.children)
                         remote_has_subtrees = True
-                leaves = dict(node.inline_keys)  # children stored in this node: no need to read them
                 for byte, h in node.children:
                     if remote.get(byte) != h:
-                        if byte not in leaves:
-                            todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
-                            continue
-                        keys.append(leaves[byte])
-                        if len(keys) >= SYNC_BATCH:
-                            await self._send_items(partition, peer, keys)
-                            keys = []
+                        todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
             if len(keys) >= SYNC_BATCH:
                 await self._send_items(partition, peer, keys)
                 keys = []

@@ -19,19 +19,23 @@ A node's hash is ``blake2sum(msgpack(node))`` with the node in its wire form (``
 ``[2, tree key, value hash]`` for a leaf, ``[1, [[byte, child hash], ...]]`` for an intermediate.
 Anti-entropy compares these hashes, so they never depend on how nodes are stored.
 
-Storage, in ``<table>:merkle`` at ``partition byte || prefix`` (a format byte, then msgpack):
+Storage, in ``<table>:merkle`` at ``partition byte || prefix``, a format byte first:
 
-- format 2, an intermediate node: its children ``[[byte, child hash], ...]`` (the bytes its hash
-  is computed over), then the tree keys of the children that are leaves, ``[byte, tree key, ...]``.
-  Such a leaf has no entry of its own: one LMDB entry per leaf (10 bytes of LMDB header, a 3-byte
-  key, framing, its value hash, in pages a third empty) was the biggest cost of the tries
-  (docs/storage.md, "Bytes per item"). The leaf's hash, among the children, stands in for its
-  value hash: it is all the parent needs, and the value hash is the entry's own hash, read back
-  from the data when a caller asks for the leaf (``get_node``);
-- format 3, a leaf at a partition's root (it has no parent): ``[tree key, leaf hash]``;
-- format 1, how nodes were stored before: the wire form, every leaf under its own key. Still read;
-  the updater moves such a leaf into its parent when it rewrites it (``repair merkle`` moves them
-  all at once).
+- format 1, the wire form as msgpack: every intermediate node, and the leaves stored before
+  format 4 (with their value hash);
+- format 4, a leaf below a partition's root: the tree key and nothing else. Its hash is the
+  parent's child hash, which stands in for its value hash (the value hash is the entry's own
+  hash, read back from the data when a caller asks for the leaf, ``get_node``): a leaf took
+  82 bytes in format 1 (the tree key, its value hash, framing), 41 now, and its entry is
+  rewritten only when its key changes, not its value (docs/storage.md, "Bytes per item");
+- format 3, a leaf at a partition's root (it has no parent): msgpack ``[tree key, leaf hash]``;
+- format 2, read only: an intermediate node holding its leaf children's tree keys (``decode_inner``),
+  as a version between formats 1 and 4 stored them. Nodes of 1 to 4 KiB (the level that
+  holds most leaves, from about a million items per node) fill LMDB pages badly and are costly to
+  rewrite, which format 4 avoids.
+
+A leaf of format 1 and a node of format 2 (with its leaves) are rewritten in the current formats
+when the updater next rewrites them (``repair merkle`` rewrites them all).
 
 ``TableData`` writes ``merkle_todo[tree_key] = blake2sum(new bytes)`` (empty bytes: deleted) in the
 same transaction as each change; ``MerkleUpdater`` drains it in batches, one writer transaction
@@ -45,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 
@@ -59,13 +63,15 @@ from garagekv.util.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-#: First byte of every stored node, so the format can migrate. Format 1 (the wire form, every
-#: leaf under its own key) is only read; the updater writes formats 2 and 3.
+#: First byte of every stored node, so the format can migrate. Format 1 (the wire form) for
+#: intermediate nodes, and leaves of earlier versions; formats 3 and 4 for leaves.
 NODE_FORMAT = 1
-#: An intermediate node whose leaf children are stored in it (``encode_inner``).
-NODE_FORMAT_INNER = 2
-#: A leaf at a partition's root: ``[tree key, leaf hash]``.
+#: Read only: an intermediate node with its leaf children's tree keys in it (``decode_inner``).
+NODE_FORMAT_INLINE = 2
+#: A leaf at a partition's root: msgpack ``[tree key, leaf hash]``.
 NODE_FORMAT_ROOT_LEAF = 3
+#: A leaf below a partition's root: its tree key; its hash is in its parent.
+NODE_FORMAT_LEAF = 4
 #: To-do entries applied per ``work()`` step (one writer transaction each).
 BATCH = 100
 #: Entries re-queued per transaction by ``rebuild``.
@@ -89,9 +95,9 @@ class MerkleNode:
     # Leaf: blake2sum of the entry's bytes; empty when only the leaf's hash is known (read from
     # storage and the entry changed since, see MerkleUpdater.get_node).
     value_hash: bytes = b""
-    # Leaf: the node's hash, computed once when it is built, or read from storage (formats 2, 3).
+    # Leaf: the node's hash, computed once when it is built, or read from storage (formats 3, 4).
     leaf_hash: bytes = field(default=b"", repr=False)
-    # Intermediate read from storage: its children stored in it as leaves, (byte, tree key).
+    # Intermediate read in format 2: its leaf children stored in it, (byte, tree key).
     inline_keys: tuple[tuple[int, bytes], ...] = field(default=(), compare=False, repr=False)
 
     @staticmethod
@@ -147,6 +153,8 @@ class MerkleNode:
     def hash(self) -> bytes:
         if self.leaf_hash:
             return self.leaf_hash
+        if self.kind == _LEAF:  # a leaf of format 4 decoded without its parent's hash
+            raise StorageError("the hash of this Merkle leaf is in its parent")
         return blake2sum(self.body())
 
     def encode(self) -> bytes:
@@ -154,12 +162,15 @@ class MerkleNode:
         return bytes([NODE_FORMAT]) + self.body()
 
     @classmethod
-    def decode(cls, raw: bytes) -> MerkleNode:
-        """A stored node in any format; an intermediate of format 2 lists its leaf children in
-        ``inline_keys`` (their hashes are its children's), a leaf of format 3 has no value hash."""
-        if not raw or raw[0] not in (NODE_FORMAT, NODE_FORMAT_INNER, NODE_FORMAT_ROOT_LEAF):
+    def decode(cls, raw: bytes, leaf_hash: bytes = b"") -> MerkleNode:
+        """A stored node in any format. A leaf of format 4 has its hash in its parent: pass it
+        as ``leaf_hash`` (without it the leaf has a key but no hash). A leaf of format 3 has
+        no value hash; a node of format 2 lists its leaf children in ``inline_keys``."""
+        if not raw or raw[0] not in (NODE_FORMAT, NODE_FORMAT_INLINE, NODE_FORMAT_ROOT_LEAF, NODE_FORMAT_LEAF):
             raise StorageError("unknown Merkle node format")
-        if raw[0] == NODE_FORMAT_INNER:
+        if raw[0] == NODE_FORMAT_LEAF:
+            return cls(_LEAF, key=bytes(raw[1:]), leaf_hash=leaf_hash)
+        if raw[0] == NODE_FORMAT_INLINE:
             children, inline = decode_inner(raw)
             return cls(_INTERMEDIATE, children=tuple(children.items()), inline_keys=tuple(inline.items()))
         try:
@@ -169,12 +180,12 @@ class MerkleNode:
         if raw[0] == NODE_FORMAT:
             return cls.from_wire(wire)
         try:
-            key, leaf_hash = wire
-            if type(key) is not bytes or type(leaf_hash) is not bytes:
+            key, h = wire
+            if type(key) is not bytes or type(h) is not bytes:
                 raise TypeError("a leaf's key and hash must be bytes")
         except (TypeError, ValueError) as e:
             raise StorageError(f"malformed Merkle node: {e!r}") from e
-        return cls.stored_leaf(key, leaf_hash)
+        return cls.stored_leaf(key, h)
 
 
 def _leaf_body(key: bytes, value_hash: bytes) -> bytes:
@@ -182,36 +193,15 @@ def _leaf_body(key: bytes, value_hash: bytes) -> bytes:
     return codec.encode_lists([_LEAF, key, value_hash])
 
 
-#: ``MerkleNode.body()`` of an intermediate node is this, then the msgpack of its children (a
-#: msgpack array of 2, then the kind 1): format 2 stores those children bytes as they are hashed.
-_INNER_BODY_HEAD = b"\x92\x01"
-
-
-def encode_inner(children: list[tuple[int, bytes]], inline: dict[int, bytes]) -> tuple[bytes, bytes]:
-    """A format-2 node and its hash, from its sorted (byte, hash) children and its leaf children's
-    tree keys: ``2 ‖ be32(n) ‖ n bytes of msgpack [[byte, hash], ...]`` (the node's body without
-    its head), then, if some children are leaves stored here, msgpack ``[byte, tree key, ...]``.
-
-    The children are packed once, for the hash and for storage; a 256-child node is what a batch
-    rewrites most.
-    """
-    pairs = msgpack.packb(children, use_bin_type=True)
-    raw = bytes([NODE_FORMAT_INNER]) + len(pairs).to_bytes(4, "big") + pairs
-    if inline:
-        flat: list[int | bytes] = []
-        for b in sorted(inline):
-            flat += (b, inline[b])
-        raw += msgpack.packb(flat, use_bin_type=True)
-    return raw, blake2sum(_INNER_BODY_HEAD + pairs)
-
-
 def decode_inner(raw: bytes) -> tuple[dict[int, bytes], dict[int, bytes]]:
-    """A format-2 node: ``({byte: child hash}, {byte: tree key of a leaf child stored here})``."""
+    """A format-2 node, ``2 ‖ be32(n) ‖ n bytes of msgpack [[byte, child hash], ...]`` then,
+    if some children are leaves stored in it, msgpack ``[byte, tree key, ...]``:
+    ``({byte: child hash}, {byte: tree key of a leaf child stored here})``."""
     try:
         n = int.from_bytes(raw[1:5], "big")
         if len(raw) < 5 + n:
             raise ValueError("truncated")
-        view = memoryview(raw)  # no copy of the (up to 9 KiB of) children
+        view = memoryview(raw)
         children = _children_from_wire(msgpack.unpackb(view[5 : 5 + n]))
         inline: dict[int, bytes] = {}
         if len(raw) > 5 + n:
@@ -299,16 +289,23 @@ class MerkleUpdater:
 
     def _get(self, txn: Any, key: bytes) -> MerkleNode:
         raw = txn.get(key, db=self.tree)
-        if raw is not None:
+        if raw is None:
+            if len(key) > 1:  # a leaf held by a format-2 parent
+                parent_raw = txn.get(key[:-1], db=self.tree)
+                if parent_raw is not None and parent_raw[0] == NODE_FORMAT_INLINE:
+                    children, inline = decode_inner(parent_raw)
+                    if key[-1] in inline:
+                        return MerkleNode.stored_leaf(inline[key[-1]], children[key[-1]])
+            return EMPTY
+        if raw[0] != NODE_FORMAT_LEAF:
             return MerkleNode.decode(raw)
-        if len(key) > 1:  # a leaf is stored in its parent
-            parent_raw = txn.get(key[:-1], db=self.tree)
-            if parent_raw is not None and parent_raw[0] == NODE_FORMAT_INNER:
-                children, inline = decode_inner(parent_raw)
-                tree_key = inline.get(key[-1])
-                if tree_key is not None:
-                    return MerkleNode.stored_leaf(tree_key, children[key[-1]])
-        return EMPTY
+        # A leaf below a root: its hash is its parent's child hash.
+        parent_raw = txn.get(key[:-1], db=self.tree) if len(key) > 1 else None
+        parent = None if parent_raw is None else MerkleNode.decode(parent_raw)
+        h = None if parent is None else dict(parent.children).get(key[-1])
+        if h is None:
+            raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} has no parent holding its hash")
+        return MerkleNode.decode(raw, h)
 
     def root_hash(self, partition: int) -> bytes:
         with self.db.read() as txn:
@@ -456,8 +453,8 @@ class _Inner:
 
     def __init__(self, children: dict[int, bytes | _Pending], inline: dict[int, bytes] | None = None) -> None:
         self.children = children
-        # The children that are leaves stored in this node (byte -> tree key); their hashes are
-        # in ``children`` like the others'.
+        # Read in format 2: the leaf children it holds (byte -> tree key), which get entries of
+        # their own (format 4) when it is written.
         self.inline = {} if inline is None else inline
 
 
@@ -476,7 +473,7 @@ class _TrieBatch:
         self.table_name = table_name
         self.nodes: dict[bytes, MerkleNode | _Inner] = {}  # every node read or written so far
         self.dirty: set[bytes] = set()  # the keys of the nodes written
-        self.stored: set[bytes] = set()  # keys of the nodes read that have an entry of their own
+        self.stored: dict[bytes, bytes] = {}  # what is stored at the keys read (or written) so far
 
     def update(self, tree_key: bytes, value_hash: bytes | None) -> None:
         kh = blake2sum(tree_key)
@@ -488,44 +485,47 @@ class _TrieBatch:
 
         Deepest first because a node's hash depends on its children's: when a node is reached, every
         ``PENDING`` among its children has been replaced by the hash of that child's final state.
-        A leaf below a root goes into its parent (which is written after it); an entry of its own
-        that it had (format 1, or the intermediate node it replaced) is deleted.
+        A leaf below a root stores its tree key only (format 2), so its entry is written only
+        when that changes; its hash goes to its parent, written after it.
         """
         nodes, tx, tree, stored = self.nodes, self.tx, self.tree, self.stored
         for key in sorted(self.dirty, key=len, reverse=True):
             node = nodes[key]
-            leaf_key: bytes | None = None
             if isinstance(node, _Inner):
                 if PENDING in node.children.values():  # a placeholder must never reach the disk
                     raise StorageError(f"{self.table_name}: Merkle child hash left pending at {key.hex()}")
-                raw, node_hash = encode_inner(sorted(cast("dict[int, bytes]", node.children).items()), node.inline)
-                tx.put(tree, key, raw)
-                stored.add(key)
-                if len(key) == 1:  # a partition's root
-                    continue
+                # The bytes of MerkleNode.body(): msgpack packs tuples as arrays, like lists.
+                body = msgpack.packb([_INTERMEDIATE, sorted(node.children.items())], use_bin_type=True)
+                raw: bytes | None = bytes([NODE_FORMAT]) + body
+                node_hash = blake2sum(body)
+                for byte, tree_key in node.inline.items():  # format 2 before: its leaves move out
+                    leaf_raw = bytes([NODE_FORMAT_LEAF]) + tree_key
+                    tx.put(tree, key + bytes([byte]), leaf_raw)
+                    stored[key + bytes([byte])] = leaf_raw
+                node.inline = {}
             elif node.is_empty:
-                if key in stored:
-                    tx.delete(tree, key)
-                    stored.discard(key)
-                continue
+                raw, node_hash = None, b""
             elif len(key) == 1:  # a leaf at a partition's root
-                tx.put(tree, key, bytes([NODE_FORMAT_ROOT_LEAF]) + codec.encode_lists([node.key, node.hash()]))
-                stored.add(key)
-                continue
+                node_hash = node.hash()
+                raw = bytes([NODE_FORMAT_ROOT_LEAF]) + codec.encode_lists([node.key, node_hash])
             else:
-                node_hash, leaf_key = node.hash(), node.key
-                if key in stored:
+                node_hash = node.hash()
+                raw = bytes([NODE_FORMAT_LEAF]) + node.key
+            old = stored.get(key)
+            if raw is None:
+                if old is not None:
                     tx.delete(tree, key)
-                    stored.discard(key)
-            # below a partition's root (the key holds the partition byte): the parent takes its hash
-            parent = nodes.get(key[:-1])
-            if not isinstance(parent, _Inner) or parent.children.get(key[-1]) is not PENDING:
-                raise StorageError(f"{self.table_name}: Merkle node {key.hex()} written without its parent")
-            parent.children[key[-1]] = node_hash
-            if leaf_key is None:
-                parent.inline.pop(key[-1], None)
-            else:
-                parent.inline[key[-1]] = leaf_key
+                    del stored[key]
+                continue
+            if raw != old:
+                tx.put(tree, key, raw)
+                stored[key] = raw
+            if len(key) > 1:  # below a partition's root (the key holds the partition byte)
+                parent = nodes.get(key[:-1])
+                if not isinstance(parent, _Inner) or parent.children.get(key[-1]) is not PENDING:
+                    raise StorageError(f"{self.table_name}: Merkle node {key.hex()} written without its parent")
+                parent.children[key[-1]] = node_hash
+                parent.inline.pop(key[-1], None)  # it has an entry of its own now, if anything
         self.dirty = set()
 
     def _read(self, key: bytes) -> MerkleNode | _Inner:
@@ -533,28 +533,30 @@ class _TrieBatch:
         if node is not None:
             return node
         parent = self.nodes.get(key[:-1]) if len(key) > 1 else None
-        if isinstance(parent, _Inner):  # the parent knows whether the child exists, and may hold it
-            byte = key[-1]
-            tree_key = parent.inline.get(byte)
-            if tree_key is not None:
-                h = parent.children[byte]
-                if isinstance(h, _Pending):  # a child changed in this batch is in self.nodes
-                    raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} pending but not in the batch")
-                node = MerkleNode.stored_leaf(tree_key, h)
-            elif byte not in parent.children:
-                node = EMPTY
-        if node is None:
+        if isinstance(parent, _Inner) and key[-1] not in parent.children:
+            node = EMPTY  # the parent knows its children: nothing to read
+        elif isinstance(parent, _Inner) and key[-1] in parent.inline:  # held by a format-2 parent
+            held = parent.children[key[-1]]
+            if not isinstance(held, bytes):  # a child changed in this batch is in self.nodes
+                raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} without its hash")
+            node = MerkleNode.stored_leaf(parent.inline[key[-1]], held)
+        else:
             raw = self.tx.get(self.tree, key)
             if raw is None:
                 node = EMPTY
             else:
-                self.stored.add(key)
-                if raw[0] == NODE_FORMAT_INNER:
+                self.stored[key] = raw
+                if raw[0] == NODE_FORMAT_LEAF:  # its hash is the parent's
+                    h = parent.children.get(key[-1]) if isinstance(parent, _Inner) else None
+                    if not isinstance(h, bytes):  # a child changed in this batch is in self.nodes
+                        raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} without its hash")
+                    node = MerkleNode.decode(raw, h)
+                elif raw[0] == NODE_FORMAT_INLINE:
                     children, inline = decode_inner(raw)
-                    node = _Inner(cast("dict[int, bytes | _Pending]", children), inline)
+                    node = _Inner(dict(children), inline)
                 else:
                     node = MerkleNode.decode(raw)
-                    if node.is_intermediate:  # format 1
+                    if node.is_intermediate:
                         node = _Inner(dict(node.children))
         self.nodes[key] = node
         return node

@@ -68,7 +68,7 @@ def test_storage_accounting_splits_a_packed_item(tmp_path):
 def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
     from garagekv.db.env import Database
     from garagekv.model.k2v.item import K2VItem
-    from garagekv.table.merkle import MerkleNode, encode_inner
+    from garagekv.table.merkle import MerkleNode
 
     acc = _load("storage_accounting")
     db = Database(tmp_path, fsync=False)  # the environment is tmp_path/db.lmdb
@@ -78,20 +78,25 @@ def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
             item = K2VItem.new(bytes(32), "p", f"s{i}")
             item.update(1, None, b"x" * 100, 5)
             txn.put(item.tree_key(), item.encode(), db=items)
-        # partition 0 in format 1 (a leaf under its own key), partition 1 in formats 2 and 3
+        # partition 0 in format 1 (as earlier versions stored leaves), partition 1 in formats 3 and 4,
+        # partition 3 in format 2 (an intermediate node holding a leaf)
         txn.put(b"\x00", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
         txn.put(b"\x00\x01", MerkleNode.leaf(b"k", bytes(32)).encode(), db=merkle)
-        txn.put(b"\x01", encode_inner([(1, bytes(32)), (2, bytes(32))], {1: b"k" * 40})[0], db=merkle)
+        txn.put(b"\x01", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
+        txn.put(b"\x01\x01", b"\x04" + b"k" * 40, db=merkle)
         txn.put(b"\x02", b"\x03" + msgpack.packb([b"k" * 40, bytes(32)]), db=merkle)
+        pairs = msgpack.packb([[1, bytes(32)], [2, bytes(32)]])
+        inline = b"\x02" + len(pairs).to_bytes(4, "big") + pairs + msgpack.packb([1, b"k" * 40])
+        txn.put(b"\x03", inline, db=merkle)
     db.close()
     out = acc.account(tmp_path / "db.lmdb")
     trees = {t["name"]: t for t in out["trees"]}
     assert trees[acc.ITEM_TREE]["entries"] == 10 and trees[acc.ITEM_TREE]["key_bytes"] == 10 * 34
     parts = trees[acc.MERKLE_TREE]["parts"]
-    assert parts["leaf count"] == 2 and parts["leaf tree key bytes"] == 1 + 40 and parts["leaf hash bytes"] == 64
-    assert parts["intermediate count"] == 2 and parts["intermediate children"] == 4
-    assert parts["inline leaves"] == 1 and parts["intermediate tree key bytes"] == 40
-    assert parts["intermediate hash bytes"] == 4 * 32
+    assert parts["leaf count"] == 3 and parts["leaf tree key bytes"] == 1 + 40 + 40
+    assert parts["leaf hash bytes"] == 32 + 0 + 32  # format 1: value hash; format 2: none; format 3: its own
+    assert parts["intermediate count"] == 3 and parts["intermediate children"] == 6
+    assert parts["intermediate hash bytes"] == 6 * 32 and parts["intermediate tree key bytes"] == 40
     assert out["item_sample"] == 10 and out["item_parts"]["value"] == 1000
     text = acc.render(out, 10, 100, "test")
     assert acc.ITEM_TREE in text and "data.mdb" in text

@@ -14,17 +14,7 @@ from hypothesis import strategies as st
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.table.data import TableData
-from garagekv.table.merkle import (
-    EMPTY,
-    EMPTY_HASH,
-    PENDING,
-    MerkleNode,
-    MerkleUpdater,
-    _Inner,
-    _TrieBatch,
-    encode_inner,
-    node_key,
-)
+from garagekv.table.merkle import EMPTY, EMPTY_HASH, PENDING, MerkleNode, MerkleUpdater, _Inner, _TrieBatch, node_key
 from garagekv.table.schema import BaseSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import StorageError
@@ -80,23 +70,25 @@ def norm(node: MerkleNode) -> MerkleNode:
 
 
 def stored_nodes(db: Database, merkle: MerkleUpdater) -> dict[bytes, MerkleNode]:
-    """Every node of the tries by position (normalised), the leaves stored in their parent included.
-
-    A position stored twice (a leaf left under its own key after moving into its parent) fails.
-    """
+    """Every stored node of the tries by position (normalised); a leaf below a root takes its
+    hash from its parent (and fails without one)."""
+    with db.read() as txn:
+        raw = dict(txn.cursor(db=merkle.tree))
     out: dict[bytes, MerkleNode] = {}
 
     def add(key: bytes, node: MerkleNode) -> None:
         assert key not in out, f"Merkle node {key.hex()} stored twice"
         out[key] = norm(node)
 
-    with db.read() as txn:
-        for k, v in txn.cursor(db=merkle.tree):
+    for k, v in raw.items():
+        if v[0] == 4:
+            parent = MerkleNode.decode(raw[k[:-1]])
+            add(k, MerkleNode.decode(v, dict(parent.children)[k[-1]]))
+        else:
             node = MerkleNode.decode(v)
             add(k, node)
-            children = dict(node.children)
-            for byte, tree_key in node.inline_keys:
-                add(k + bytes([byte]), MerkleNode.stored_leaf(tree_key, children[byte]))
+            for byte, tree_key in node.inline_keys:  # format 2: leaves held by their parent
+                add(k + bytes([byte]), MerkleNode.stored_leaf(tree_key, dict(node.children)[byte]))
     return out
 
 
@@ -158,8 +150,22 @@ def stored_raw(db: Database, merkle: MerkleUpdater) -> dict[bytes, bytes]:
 
 
 def expected_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """The stored bytes of the canonical tries: intermediate nodes in format 2 with their leaf
-    children in them, a leaf at a root in format 3, no other entry."""
+    """The stored bytes of the canonical tries: intermediate nodes in format 1, a leaf below a
+    root as its tree key (format 4), a leaf at a root as its key and hash (format 3)."""
+    out: dict[bytes, bytes] = {}
+    for key, node in expected_nodes(entries).items():
+        if node.is_intermediate:
+            out[key] = node.encode()
+        elif len(key) == 1:
+            out[key] = b"\x03" + msgpack.packb([node.key, node.hash()])
+        else:
+            out[key] = b"\x04" + node.key
+    return out
+
+
+def inline_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The same tries as format 2 stored them (a version between formats 1 and 4): intermediate
+    nodes holding their leaf children's tree keys, root leaves in format 3."""
     nodes = expected_nodes(entries)
     out: dict[bytes, bytes] = {}
     for key, node in nodes.items():
@@ -237,18 +243,24 @@ def test_node_encoding_round_trips_and_rejects_garbage():
 
 
 def test_stored_formats_decode_and_reject_garbage():
-    """Format 2 (an intermediate node holding its leaf children) and format 3 (a root leaf)."""
+    """Format 4 (a leaf below a root: its tree key, its hash in the parent), format 3 (a root
+    leaf: key and hash) and format 2 (an intermediate node holding its leaves, read only)."""
     leaf = MerkleNode.leaf(b"k" * 40, vh(1))
-    raw = fmt2([[1, vh(2)], [3, leaf.hash()]], {3: leaf.key})
-    node = MerkleNode.decode(raw)
-    assert node == MerkleNode.intermediate({1: vh(2), 3: leaf.hash()})
-    assert node.inline_keys == ((3, leaf.key),) and node.hash() == MerkleNode.intermediate(dict(node.children)).hash()
+    below = MerkleNode.decode(b"\x04" + leaf.key, leaf.hash())
+    assert below.is_leaf and below.key == leaf.key and below.hash() == leaf.hash() and below.value_hash == b""
+    assert below == norm(leaf) and below != leaf  # the value hash is not stored
+    with pytest.raises(StorageError, match="in its parent"):
+        MerkleNode.decode(b"\x04" + leaf.key).hash()  # no hash without the parent's
     root = MerkleNode.decode(b"\x03" + msgpack.packb([leaf.key, leaf.hash()]))
-    assert root.is_leaf and root.key == leaf.key and root.hash() == leaf.hash() and root.value_hash == b""
-    assert root == norm(leaf) and root != leaf  # the value hash is not stored
-    assert MerkleNode.stored_leaf(leaf.key, vh(9)) != root  # a stored leaf is its hash
+    assert root == below and MerkleNode.stored_leaf(leaf.key, vh(9)) != root  # a stored leaf is its hash
+    for bad in ([b"k"], [b"k", vh(1), b"x"], [b"k", "h"], 5):
+        with pytest.raises(StorageError):
+            MerkleNode.decode(b"\x03" + msgpack.packb(bad))
+    with pytest.raises(StorageError):
+        MerkleNode.decode(b"\x05" + leaf.key)
+    node = MerkleNode.decode(fmt2([[1, vh(2)], [3, leaf.hash()]], {3: leaf.key}))
+    assert node == MerkleNode.intermediate({1: vh(2), 3: leaf.hash()}) and node.inline_keys == ((3, leaf.key),)
     assert MerkleNode.decode(fmt2([], {})).children == ()
-    assert encode_inner([(1, vh(2)), (3, leaf.hash())], {3: leaf.key}) == (raw, node.hash())
     good = fmt2([[1, vh(1)], [2, vh(2)]], {})
     for bad in (
         fmt2([[3, vh(1)], [1, vh(2)]], {}),  # out of order
@@ -265,13 +277,9 @@ def test_stored_formats_decode_and_reject_garbage():
         good + msgpack.packb(5),
         good[:-3],  # truncated
         b"\x02\x00",
-        b"\x02" + msgpack.packb([[1, vh(1)]]),  # no length
     ):
         with pytest.raises(StorageError):
             MerkleNode.decode(bad)
-    for bad in ([b"k"], [b"k", vh(1), b"x"], [b"k", "h"], 5):
-        with pytest.raises(StorageError):
-            MerkleNode.decode(b"\x03" + msgpack.packb(bad))
 
 
 # ---- trie shape -----------------------------------------------------------------------------------
@@ -431,17 +439,23 @@ def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, 
     assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
 
 
-def test_leaves_below_a_root_have_no_entry_of_their_own(env):
+def test_a_leaf_below_a_root_stores_its_tree_key_only(env):
     db, writer, _, merkle = env
     entries = {k: vh(k) for k in POOL}
     apply(writer, merkle, list(entries.items()))
     raw = stored_raw(db, merkle)
     assert raw == expected_raw(entries)
-    # one entry per intermediate node, none per leaf (but a lone root leaf: P7's keys share no trie
-    # with P0's, and P7 holds three keys, so both roots are intermediate)
-    nodes = stored_nodes(db, merkle)
-    assert len(raw) == sum(n.is_intermediate for n in nodes.values())
-    assert sum(n.is_leaf for n in nodes.values()) == len(entries)
+    leaves = {k: v for k, v in raw.items() if v[0] == 4}
+    assert sorted(v[1:] for v in leaves.values()) == sorted(entries)  # P0 and P7 roots are intermediate
+    # A new value changes the leaf's hash in its parent, not its entry.
+    k = POOL[0]
+    before = stored_raw(db, merkle)
+    apply(writer, merkle, [(k, vh("new"))])
+    after = stored_raw(db, merkle)
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed and all(after[key][0] == 1 for key in changed)  # only intermediate nodes
+    entries[k] = vh("new")
+    assert after == expected_raw(entries)
 
 
 def write_raw(writer: GroupCommitWriter, merkle: MerkleUpdater, raw: dict[bytes, bytes]) -> None:
@@ -453,16 +467,21 @@ def write_raw(writer: GroupCommitWriter, merkle: MerkleUpdater, raw: dict[bytes,
     start=st.sets(st.integers(0, len(POOL) - 1), min_size=0, max_size=len(POOL)),
     ops=st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.none() | st.integers(0, 2)), max_size=30),
     batched=st.booleans(),
+    layout=st.sampled_from(["format 1", "format 2"]),
 )
-def test_tries_stored_in_format_1_are_read_and_moved_on_update(env, start, ops, batched):
-    """A node of an earlier version (format 1: every leaf under its own key) reads the same: the
-    roots match, updates give the trie of the final set with no leaf left behind under its old
-    key, and a rebuild leaves only the new formats."""
+def test_tries_of_earlier_formats_are_read_and_rewritten_on_update(env, start, ops, batched, layout):
+    """Tries stored by earlier versions (format 1: every leaf under its own key with its value
+    hash; format 2: leaves held by their parent) read the same: the roots match, updates give the
+    trie of the final set with no leaf left behind or lost, and a rebuild leaves only the current
+    formats."""
     db, writer, _, merkle = env
     reset(writer, merkle)
     model = {POOL[i]: vh(("start", i)) for i in start}
-    write_raw(writer, merkle, legacy_raw(model))
+    earlier = legacy_raw if layout == "format 1" else inline_raw
+    write_raw(writer, merkle, earlier(model))
     assert stored_nodes(db, merkle) == expected_nodes(model)
+    for pos, node in expected_nodes(model).items():  # what anti-entropy reads and sends to peers
+        assert norm(merkle.get_node(pos[0], pos[1:])) == node, pos.hex()
     fresh = {p: (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7)}
     assert {p: merkle.root_hash(p) for p in (0, 7)} == fresh
     updates = [(POOL[i], None if v is None else vh(v)) for i, v in ops]
@@ -481,15 +500,16 @@ def test_tries_stored_in_format_1_are_read_and_moved_on_update(env, start, ops, 
             model.pop(k, None)
         else:
             model[k] = v
-    assert stored_nodes(db, merkle) == expected_nodes(model)  # fails on a position stored twice
+    assert stored_nodes(db, merkle) == expected_nodes(model)  # no stray node left behind
     assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
-    # Every leaf an update wrote is in its parent now (or a root); untouched ones may stay where
-    # they were, and an intermediate node that was rewritten is in format 2.
+    # Every leaf an update wrote is in format 3 or 4 now; untouched nodes may be as they were.
+    new, old = expected_raw(model), earlier(model)
     for k, v in stored_raw(db, merkle).items():
-        node = MerkleNode.decode(v)
-        if v[0] == 1:
-            assert v == legacy_raw(model).get(k), k.hex()
-            assert not (node.is_leaf and node.key in dict(updates)), k.hex()
+        assert v in (new.get(k), old.get(k)), k.hex()
+        if v != new.get(k):
+            node = MerkleNode.decode(v, b"-")
+            assert node.key not in dict(updates), k.hex()
+            assert not {tk for _, tk in node.inline_keys} & set(dict(updates)), k.hex()
     writer.run_sync(lambda tx: tx.txn.drop(merkle.tree, delete=False))
     apply(writer, merkle, sorted(model.items()))  # what ``repair merkle`` does, through the to-do queue
     assert stored_raw(db, merkle) == expected_raw(model)
@@ -500,11 +520,11 @@ async def test_get_node_gives_a_leaf_its_value_hash_back_from_the_data(env):
     await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(40)])
     await merkle.flush()
     root = merkle.get_node(0)
-    assert root.is_intermediate and root.inline_keys  # 40 keys over 256 children: mostly leaves
-    byte, tree_key = root.inline_keys[0]
+    assert root.is_intermediate  # 40 keys over 256 children: mostly leaves
+    byte, h = next((b, h) for b, h in root.children if merkle.get_node(0, bytes([b])).is_leaf)
     leaf = merkle.get_node(0, bytes([byte]))
-    assert leaf == MerkleNode.leaf(tree_key, blake2sum(data.get_raw(tree_key)))
-    assert leaf.hash() == dict(root.children)[byte]
+    tree_key = leaf.key
+    assert leaf == MerkleNode.leaf(tree_key, blake2sum(data.get_raw(tree_key))) and leaf.hash() == h
     assert merkle.get_node(0, bytes([byte])).to_wire() == [2, tree_key, leaf.value_hash]
     # While the entry's change waits in the to-do queue, the leaf has its hash but no value hash.
     await data.merge(Reg(P0, tree_key[32:], 10_000))
@@ -512,9 +532,12 @@ async def test_get_node_gives_a_leaf_its_value_hash_back_from_the_data(env):
     assert pending == MerkleNode.stored_leaf(tree_key, leaf.hash()) and pending.value_hash == b""
     await merkle.flush()
     assert merkle.get_node(0, bytes([byte])) == MerkleNode.leaf(tree_key, blake2sum(data.get_raw(tree_key)))
-    # A position nobody holds is Empty, below a leaf too.
+    # A position nobody holds is Empty, below a leaf too; a leaf whose parent lost it is an error.
     free = next(b for b in range(256) if b not in dict(root.children))
     assert merkle.get_node(0, bytes([free])).is_empty and merkle.get_node(0, bytes([byte, 0])).is_empty
+    writer.run_sync(lambda tx: tx.put(merkle.tree, bytes([0, free]), b"\x04" + tree_key))
+    with pytest.raises(StorageError, match="no parent holding its hash"):
+        merkle.get_node(0, bytes([free]))
 
 
 def test_large_batches_over_a_wide_root(env):
