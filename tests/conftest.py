@@ -1,15 +1,18 @@
-"""Shared fixtures: a real single node process, and clients signed with botocore."""
+"""Shared fixtures: a real single node process, clusters of them, clients signed with botocore, and
+one node's model in-process for unit tests."""
 
 from __future__ import annotations
 
 import os
 import signal
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
 from tests.support.faults import make_bucket, start_cluster
+from tests.support.standalone import StandaloneModel
 
 #: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
 #: 3-node cluster (rf=3, layout applied), so the single-node suite runs against a real cluster;
@@ -51,6 +54,14 @@ def k2v(node, creds) -> K2VHttp:
 def pk() -> str:
     """A fresh partition key per test."""
     return f"pk-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def standalone(tmp_path) -> Iterator[StandaloneModel]:
+    """One node's model in this process on real LMDB, with no peers (tests/support/standalone.py)."""
+    model = StandaloneModel(tmp_path / "db")
+    yield model
+    model.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,13 +23,6 @@ from tests.unit.test_k2v_store import _claims_only_what_it_answered
 
 BUCKET = b"\x07" * 32
 PKS = [f"p{i}" for i in range(4)]
-
-
-@pytest.fixture
-def opened(tmp_path):
-    o = StandaloneModel(tmp_path / "db")
-    yield o
-    o.close()
 
 
 async def put(o: StandaloneModel, pk: str, sk: str, value: bytes = b"v") -> None:
@@ -57,16 +49,16 @@ def no_scans(o: StandaloneModel, monkeypatch: Any) -> None:
     monkeypatch.setattr(o.model.items.data, "scan_async", refuse)
 
 
-async def test_polls_with_markers_read_only_what_may_be_new(opened, monkeypatch):
+async def test_polls_with_markers_read_only_what_may_be_new(standalone, monkeypatch):
     for pk in PKS:
         for i in range(50):
-            await put(opened, pk, f"k{i:03}")
-    markers = await first(opened)
-    assert await call(opened, markers) is None  # builds the index of every partition
-    assert len(opened.model.store.poll_index) == 200
-    no_scans(opened, monkeypatch)
+            await put(standalone, pk, f"k{i:03}")
+    markers = await first(standalone)
+    assert await call(standalone, markers) is None  # builds the index of every partition
+    assert len(standalone.model.store.poll_index) == 200
+    no_scans(standalone, monkeypatch)
     decoded = 0
-    schema = opened.model.items.data.schema
+    schema = standalone.model.items.data.schema
     orig = schema.decode
 
     def counting(raw: bytes) -> K2VItem:
@@ -75,86 +67,86 @@ async def test_polls_with_markers_read_only_what_may_be_new(opened, monkeypatch)
         return orig(raw)
 
     monkeypatch.setattr(schema, "decode", counting)
-    await put(opened, PKS[2], "k007", b"again")
-    await put(opened, PKS[2], "new")
+    await put(standalone, PKS[2], "k007", b"again")
+    await put(standalone, PKS[2], "new")
     decoded = 0
-    res = await call(opened, markers)
+    res = await call(standalone, markers)
     assert [None if r is None else sorted(i.sort_key for i in r[0]) for r in res] == [None, None, ["k007", "new"], None]
     assert decoded <= 4, "the poll decoded more than the changed items"
     markers[2] = res[2][1]
-    assert await call(opened, markers) is None
+    assert await call(standalone, markers) is None
     # PollRange reads the same way.
-    await put(opened, PKS[0], "k010", b"again")
-    items, marker = await opened.model.k2v.poll_range(BUCKET, PKS[0], RangeQuery(), markers[0], 1)
+    await put(standalone, PKS[0], "k010", b"again")
+    items, marker = await standalone.model.k2v.poll_range(BUCKET, PKS[0], RangeQuery(), markers[0], 1)
     assert [i.sort_key for i in items] == ["k010"]
-    assert await opened.model.k2v.poll_range(BUCKET, PKS[0], RangeQuery(), marker, 0.1) is None
+    assert await standalone.model.k2v.poll_range(BUCKET, PKS[0], RangeQuery(), marker, 0.1) is None
 
 
-async def test_a_change_not_notified_yet_is_answered_or_left_new(opened, monkeypatch):
+async def test_a_change_not_notified_yet_is_answered_or_left_new(standalone, monkeypatch):
     """The index is kept in the writer's transactions: a change committed before a poll looks,
     whose notification has not reached the poll yet, is still found. (Kept from notifications
     instead, the poll would answer without it while its marker claims the node's dots up to the
     node's stable time, which includes it.)"""
-    await put(opened, PKS[0], "a")
-    markers = await first(opened)
-    assert await call(opened, markers) is None
+    await put(standalone, PKS[0], "a")
+    markers = await first(standalone)
+    assert await call(standalone, markers) is None
     # What runs once a transaction is durable (the notifications among it) is held back.
     held: list[Any] = []
     monkeypatch.setattr(WriteTxn, "on_commit", lambda self, fn: held.append(fn))
-    await put(opened, PKS[0], "b")
-    await put(opened, PKS[1], "c")
-    await put(opened, PKS[0], "a", b"2")
+    await put(standalone, PKS[0], "b")
+    await put(standalone, PKS[1], "c")
+    await put(standalone, PKS[0], "a", b"2")
     assert held
-    res = await call(opened, markers)
+    res = await call(standalone, markers)
     monkeypatch.undo()
     for fn in held:
         fn()
     assert res is not None
     for i, pk in enumerate(PKS):
-        page = await opened.model.k2v.read_range(BUCKET, pk, RangeQuery(), ItemFilter())
+        page = await standalone.model.k2v.read_range(BUCKET, pk, RangeQuery(), ItemFilter())
         items, after = ([], markers[i]) if res[i] is None else res[i]
         _claims_only_what_it_answered(markers[i], items, after, [e for _, e in page.entries])
     assert sorted(i.sort_key for i in res[0][0]) == ["a", "b"] and [i.sort_key for i in res[1][0]] == ["c"]
 
 
-async def test_a_partition_too_big_for_the_index_is_read_whole(opened, monkeypatch):
+async def test_a_partition_too_big_for_the_index_is_read_whole(standalone, monkeypatch):
     monkeypatch.setattr(poll_index_mod, "MAX_PARTITION_ITEMS", 10)
     for i in range(12):
-        await put(opened, PKS[0], f"k{i:02}")
-    await put(opened, PKS[1], "x")
-    markers = await first(opened)
-    assert await call(opened, markers) is None
-    index = opened.model.store.poll_index
+        await put(standalone, PKS[0], f"k{i:02}")
+    await put(standalone, PKS[1], "x")
+    markers = await first(standalone)
+    assert await call(standalone, markers) is None
+    index = standalone.model.store.poll_index
     assert len(index) == 1 and index.candidates(partition_hash(BUCKET, PKS[0]), RangeQuery(), markers[0]) is None
-    await put(opened, PKS[0], "k03", b"2")
-    res = await call(opened, markers)
+    await put(standalone, PKS[0], "k03", b"2")
+    res = await call(standalone, markers)
     assert [i.sort_key for i in res[0][0]] == ["k03"]
 
 
-async def test_partitions_polled_least_recently_leave_the_index(opened, monkeypatch):
+async def test_partitions_polled_least_recently_leave_the_index(standalone, monkeypatch):
     monkeypatch.setattr(poll_index_mod, "MAX_ITEMS", 5)
     for pk in PKS:
         for i in range(3):
-            await put(opened, pk, f"k{i}")
-    markers = await first(opened)
-    assert await call(opened, markers) is None
-    index = opened.model.store.poll_index
+            await put(standalone, pk, f"k{i}")
+    markers = await first(standalone)
+    assert await call(standalone, markers) is None
+    index = standalone.model.store.poll_index
     assert len(index) <= 5 and index.builds == 4
     for pk, m in zip(PKS, markers, strict=True):  # every partition in turn: each read again, each answer right
-        await put(opened, pk, "k1", b"2")
-        items, _ = await opened.model.k2v.poll_range(BUCKET, pk, RangeQuery(), m, 1)
+        await put(standalone, pk, "k1", b"2")
+        items, _ = await standalone.model.k2v.poll_range(BUCKET, pk, RangeQuery(), m, 1)
         assert [i.sort_key for i in items] == ["k1"]
     assert len(index) <= 5
 
 
-async def test_a_wakeup_reads_only_the_changed_items(opened, monkeypatch):
+async def test_a_wakeup_reads_only_the_changed_items(standalone, monkeypatch):
     for i in range(30):
-        await put(opened, PKS[0], f"k{i:02}")
-    markers = await first(opened)
-    waiter = asyncio.create_task(call(opened, markers, 30))
+        await put(standalone, PKS[0], f"k{i:02}")
+    markers = await first(standalone)
+    waiter = asyncio.create_task(call(standalone, markers, 30))
     await asyncio.sleep(0.05)
-    no_scans(opened, monkeypatch)
-    await put(opened, PKS[0], "k05", b"2")
+    no_scans(standalone, monkeypatch)
+    await put(standalone, PKS[0], "k05", b"2")
     res = await asyncio.wait_for(waiter, 10)
     assert [i.sort_key for i in res[0][0]] == ["k05"] and res[1:] == [None] * 3
 

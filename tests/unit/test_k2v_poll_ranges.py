@@ -31,13 +31,6 @@ SECRET = b"p" * 32
 PKS = [f"p{i:02}" for i in range(64)]
 
 
-@pytest.fixture
-def opened(tmp_path):
-    o = StandaloneModel(tmp_path / "db")
-    yield o
-    o.close()
-
-
 async def put(o: StandaloneModel, pk: str, sk: str, value: bytes | None = b"v") -> K2VItem:
     """Write here (also once the tests below make other nodes the partition's storage nodes)."""
     old = await o.model.k2v.read_item(BUCKET, pk, sk)
@@ -79,69 +72,69 @@ def sort_keys(res: Any) -> list[list[str] | None]:
 # ---- one node: one subscription per call, woken by any of its ranges ---------------------------
 
 
-async def test_a_64_range_call_holds_one_subscription_and_any_range_wakes_it(opened):
+async def test_a_64_range_call_holds_one_subscription_and_any_range_wakes_it(standalone):
     for p in PKS:
-        await put(opened, p, "a")
-    markers = await first_markers(opened, PKS)
+        await put(standalone, p, "a")
+    markers = await first_markers(standalone, PKS)
     for woken in (0, 37, 63):
-        waiter = asyncio.create_task(opened.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 30))
+        waiter = asyncio.create_task(standalone.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 30))
         await asyncio.sleep(0.05)
         assert not waiter.done()
-        assert opened.model.subs.count() == 1, "one subscription for the whole call, not one per range"
-        await put(opened, PKS[woken], f"new{woken}")
+        assert standalone.model.subs.count() == 1, "one subscription for the whole call, not one per range"
+        await put(standalone, PKS[woken], f"new{woken}")
         res = await asyncio.wait_for(waiter, 10)
         assert sort_keys(res) == [[f"new{woken}"] if i == woken else None for i in range(64)]
-        await eventually(lambda: opened.model.subs.count() == 0)
+        await eventually(lambda: standalone.model.subs.count() == 0)
         markers[woken] = res[woken][1].encode()
     # Every marker sent back: nothing is new any more.
-    assert await opened.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 0.2) is None
-    assert opened.model.subs.count() == 0
+    assert await standalone.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 0.2) is None
+    assert standalone.model.subs.count() == 0
 
 
-async def test_ranges_without_a_marker_answer_at_once_with_the_others_news(opened):
-    await put(opened, "a", "1")
-    await put(opened, "b", "1")
-    (ma,) = await first_markers(opened, ["a"])
-    await put(opened, "a", "2")
+async def test_ranges_without_a_marker_answer_at_once_with_the_others_news(standalone):
+    await put(standalone, "a", "1")
+    await put(standalone, "b", "1")
+    (ma,) = await first_markers(standalone, ["a"])
+    await put(standalone, "a", "2")
     ranges = [whole("a", RangeSeenMarker.decode(ma)), whole("b"), whole("empty"), whole("b")]
-    res = await opened.model.k2v.poll_ranges(BUCKET, ranges, 30)
+    res = await standalone.model.k2v.poll_ranges(BUCKET, ranges, 30)
     assert sort_keys(res) == [["2"], ["1"], [], ["1"]]
 
 
-async def test_changes_outside_the_ranges_do_not_wake_the_call(opened):
-    markers = await first_markers(opened, ["a", "b"])
+async def test_changes_outside_the_ranges_do_not_wake_the_call(standalone):
+    markers = await first_markers(standalone, ["a", "b"])
     ranges = [
         RangePoll("a", RangeQuery(prefix="in/"), RangeSeenMarker.decode(markers[0])),
         RangePoll("b", RangeQuery(start="m"), RangeSeenMarker.decode(markers[1])),
     ]
-    waiter = asyncio.create_task(opened.model.k2v.poll_ranges(BUCKET, ranges, 30))
+    waiter = asyncio.create_task(standalone.model.k2v.poll_ranges(BUCKET, ranges, 30))
     await asyncio.sleep(0.05)
-    await put(opened, "a", "out/1")
-    await put(opened, "b", "a")
-    await put(opened, "c", "in/1")
+    await put(standalone, "a", "out/1")
+    await put(standalone, "b", "a")
+    await put(standalone, "c", "in/1")
     await asyncio.sleep(0.1)
     assert not waiter.done(), "woken by a change outside its ranges"
-    await put(opened, "b", "n")
+    await put(standalone, "b", "n")
     assert sort_keys(await asyncio.wait_for(waiter, 10)) == [None, ["n"]]
 
 
-async def test_the_markers_sent_are_left_as_they_were(opened):
-    await put(opened, "a", "1")
-    (m,) = await first_markers(opened, ["a"])
-    await put(opened, "a", "2")
+async def test_the_markers_sent_are_left_as_they_were(standalone):
+    await put(standalone, "a", "1")
+    (m,) = await first_markers(standalone, ["a"])
+    await put(standalone, "a", "2")
     sent = RangeSeenMarker.decode(m)
-    res = await opened.model.k2v.poll_ranges(BUCKET, [whole("a", sent)], 30)
+    res = await standalone.model.k2v.poll_ranges(BUCKET, [whole("a", sent)], 30)
     assert sort_keys(res) == [["2"]]
     assert sent.encode() == m
     assert merge_answers(sent, []) is None and sent.encode() == m
 
 
-async def test_a_wakeup_does_not_swallow_writes_committed_before_the_read(opened, monkeypatch):
+async def test_a_wakeup_does_not_swallow_writes_committed_before_the_read(standalone, monkeypatch):
     """As for PollRange: the call wakes on ``b``; before it reads, ``a`` then ``b`` are written
     again. The answer must carry the newest ``a`` or leave it new to the marker it returns."""
-    await put(opened, "p", "a")
-    await put(opened, "p", "b")
-    (m,) = await first_markers(opened, ["p"])
+    await put(standalone, "p", "a")
+    await put(standalone, "p", "b")
+    (m,) = await first_markers(standalone, ["p"])
     orig_wait = Subscription.wait
     injected = []
 
@@ -149,30 +142,30 @@ async def test_a_wakeup_does_not_swallow_writes_committed_before_the_read(opened
         changed = await orig_wait(self)
         if not injected:
             injected.append(True)
-            await put(opened, "p", "a", b"3")
-            await put(opened, "p", "b", b"3")
+            await put(standalone, "p", "a", b"3")
+            await put(standalone, "p", "b", b"3")
         return changed
 
     monkeypatch.setattr(Subscription, "wait", wait_then_race)
-    waiter = asyncio.create_task(opened.model.k2v.poll_ranges(BUCKET, [whole("p", RangeSeenMarker.decode(m))], 30))
+    waiter = asyncio.create_task(standalone.model.k2v.poll_ranges(BUCKET, [whole("p", RangeSeenMarker.decode(m))], 30))
     await asyncio.sleep(0.05)
-    await put(opened, "p", "b", b"2")
+    await put(standalone, "p", "b", b"2")
     ((items, after),) = await asyncio.wait_for(waiter, 10)
-    page = await opened.model.k2v.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
+    page = await standalone.model.k2v.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
     _claims_only_what_it_answered(RangeSeenMarker.decode(m), items, after, [e for _, e in page.entries])
 
 
-async def test_a_big_answer_leaves_ranges_for_the_next_call_and_misses_nothing(opened, monkeypatch):
+async def test_a_big_answer_leaves_ranges_for_the_next_call_and_misses_nothing(standalone, monkeypatch):
     """A storage node's answer stops taking ranges with a marker past its byte budget (the RPC
     record limit): those stay new to their markers, so the next calls report them."""
     pks = ["a", "b", "c"]
-    markers = await first_markers(opened, pks)
+    markers = await first_markers(standalone, pks)
     for p in pks:
-        await put(opened, p, "big", b"x" * 1000)
+        await put(standalone, p, "big", b"x" * 1000)
     monkeypatch.setattr(k2v_rpc, "REPLY_BUDGET", 1500)  # room for one range's item, not two
     seen: dict[str, list[str]] = {}
     for _ in range(3):
-        res = await opened.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 30)
+        res = await standalone.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 30)
         assert res is not None
         changed = [i for i, r in enumerate(res) if r is not None]
         assert len(changed) == 1, "one range per answer within the budget"
@@ -180,7 +173,7 @@ async def test_a_big_answer_leaves_ranges_for_the_next_call_and_misses_nothing(o
         seen[pks[i]] = [it.sort_key for it in res[i][0]]
         markers[i] = res[i][1].encode()
     assert seen == {"a": ["big"], "b": ["big"], "c": ["big"]}
-    assert await opened.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 0.1) is None
+    assert await standalone.model.k2v.poll_ranges(BUCKET, polls(pks, markers), 0.1) is None
 
 
 # ---- the coordinator: one call per storage node, PollRange's quorum rules per range -------------
@@ -229,9 +222,9 @@ def spread(o: StandaloneModel, monkeypatch, behave: dict[bytes, str], quorum: in
     return peers
 
 
-async def test_one_call_per_storage_node_carrying_exactly_its_ranges(opened, monkeypatch):
-    peers = spread(opened, monkeypatch, {})
-    res = await opened.model.k2v.poll_ranges(BUCKET, [whole(p) for p in PKS], 30)
+async def test_one_call_per_storage_node_carrying_exactly_its_ranges(standalone, monkeypatch):
+    peers = spread(standalone, monkeypatch, {})
+    res = await standalone.model.k2v.poll_ranges(BUCKET, [whole(p) for p in PKS], 30)
     assert res is not None and len(res) == 64
     assert sorted(n for n, _ in peers.calls) == sorted(IDS), "exactly one call per storage node"
     for node, pks in peers.calls:
@@ -239,45 +232,45 @@ async def test_one_call_per_storage_node_carrying_exactly_its_ranges(opened, mon
         assert pks == [p for i, p in enumerate(PKS) if k in (i % 5, (i + 1) % 5, (i + 2) % 5)]
 
 
-async def test_a_write_in_one_range_answers_once_a_quorum_of_its_nodes_has_answered(opened, monkeypatch):
+async def test_a_write_in_one_range_answers_once_a_quorum_of_its_nodes_has_answered(standalone, monkeypatch):
     for p in PKS:
-        await put(opened, p, "a")
-    markers = await first_markers(opened, PKS)
+        await put(standalone, p, "a")
+    markers = await first_markers(standalone, PKS)
     # Range 5 lives on nodes 0, 1 and 2; node 2 never answers, nodes 3 and 4 have nothing new.
-    peers = spread(opened, monkeypatch, {IDS[2]: "hang"})
-    waiter = asyncio.create_task(opened.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 300))
+    peers = spread(standalone, monkeypatch, {IDS[2]: "hang"})
+    waiter = asyncio.create_task(standalone.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 300))
     await asyncio.sleep(0.05)
-    await put(opened, PKS[5], "b")
+    await put(standalone, PKS[5], "b")
     res = await asyncio.wait_for(waiter, 10)
     assert sort_keys(res)[5] == ["b"]
     assert all(r is None for i, r in enumerate(res) if i != 5)
     await eventually(lambda: sorted(peers.cancelled) == sorted([IDS[2], IDS[3], IDS[4]]))  # nothing left waiting
-    await eventually(lambda: opened.model.subs.count() == 0)
+    await eventually(lambda: standalone.model.subs.count() == 0)
 
 
 @pytest.mark.parametrize("how", ["fail", "garbage"])
-async def test_one_failed_or_malformed_storage_node_is_tolerated(opened, monkeypatch, how):
-    await put(opened, PKS[0], "a")
-    spread(opened, monkeypatch, {IDS[0]: how})
-    res = await opened.model.k2v.poll_ranges(BUCKET, [whole(p) for p in PKS], 30)
+async def test_one_failed_or_malformed_storage_node_is_tolerated(standalone, monkeypatch, how):
+    await put(standalone, PKS[0], "a")
+    spread(standalone, monkeypatch, {IDS[0]: how})
+    res = await standalone.model.k2v.poll_ranges(BUCKET, [whole(p) for p in PKS], 30)
     assert res is not None and sort_keys(res)[0] == ["a"]
 
 
 @pytest.mark.parametrize("how", ["fail", "garbage"])
-async def test_a_range_without_a_read_quorum_fails_the_call_at_once(opened, monkeypatch, how):
-    markers = await first_markers(opened, PKS)
+async def test_a_range_without_a_read_quorum_fails_the_call_at_once(standalone, monkeypatch, how):
+    markers = await first_markers(standalone, PKS)
     # Nodes 0 and 1 both hold ranges 0, 4, 5, 9...: those can no longer get 2 answers of 3.
-    peers = spread(opened, monkeypatch, {IDS[0]: how, IDS[1]: how})
+    peers = spread(standalone, monkeypatch, {IDS[0]: how, IDS[1]: how})
     with pytest.raises(QuorumError) as info:
-        await asyncio.wait_for(opened.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 300), 10)
+        await asyncio.wait_for(standalone.model.k2v.poll_ranges(BUCKET, polls(PKS, markers), 300), 10)
     assert info.value.status == 503
     await eventually(lambda: sorted(peers.cancelled) == sorted(IDS[2:]))
 
 
-async def test_a_first_scan_needs_a_read_quorum(opened, monkeypatch):
-    spread(opened, monkeypatch, {IDS[0]: "hang", IDS[1]: "hang"}, quorum=2)
+async def test_a_first_scan_needs_a_read_quorum(standalone, monkeypatch):
+    spread(standalone, monkeypatch, {IDS[0]: "hang", IDS[1]: "hang"}, quorum=2)
     with pytest.raises(ServiceUnavailable, match=r"only 1 of 3 storage nodes of ranges\[0\] answered"):
-        await opened.model.k2v.poll_ranges(BUCKET, [whole(PKS[0])], 0.1)
+        await standalone.model.k2v.poll_ranges(BUCKET, [whole(PKS[0])], 0.1)
 
 
 # ---- a storage node refuses malformed requests cleanly over a real connection ----------------
