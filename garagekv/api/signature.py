@@ -77,23 +77,25 @@ class Headers:
 
     def __init__(self, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
         items = headers.items() if isinstance(headers, Mapping) else headers
-        self._h: dict[str, list[str]] = {}
+        # Each name's values, trimmed and joined with "," once here: the checks read some ten
+        # headers per request, a few of them twice.
+        self._h: dict[str, str] = {}
         for name, value in items:
-            self._h.setdefault(name.lower(), []).append(value)
+            key = name.lower()
+            seen = self._h.get(key)
+            self._h[key] = value.strip() if seen is None else f"{seen},{value.strip()}"
 
     def get(self, name: str) -> str | None:
-        values = self._h.get(name.lower())
-        if values is None:
-            return None
-        if len(values) == 1:  # the usual case, about ten times per request
-            return values[0].strip()
-        return ",".join(v.strip() for v in values)
+        value = self._h.get(name)
+        if value is None and not name.islower():
+            return self._h.get(name.lower())
+        return value
 
     def names(self) -> Iterable[str]:
         return self._h.keys()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Verified:
     """A request whose signature checked out; ``content_sha256`` says how the body is covered.
 
@@ -201,7 +203,7 @@ def _check_trailers(payload: bytes, trailers: dict[str, str], declared: str | No
             raise InvalidDigest(f"Body does not match the {name} trailer")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PendingAuth:
     """A parsed, well-formed signed request; :meth:`finish` checks the signature itself."""
 
@@ -303,17 +305,7 @@ def _parse_header_auth(
     service: str,
     now: float,
 ) -> PendingAuth:
-    kind, _, rest = auth.strip().partition(" ")
-    if kind != ALGORITHM:
-        raise BadRequest("Unsupported authorization method")
-    params: dict[str, str] = {}
-    for part in rest.split(","):
-        name, eq, value = part.strip().partition("=")
-        if eq:
-            params[name] = value
-    for name in ("Credential", "SignedHeaders", "Signature"):
-        if name not in params:
-            raise BadRequest(f"Could not find {name} in Authorization header")
+    params = _authorization_params(auth)
     content_sha256 = h.get("x-amz-content-sha256")
     if content_sha256 is None:
         raise BadRequest("Missing X-Amz-Content-Sha256 header")
@@ -342,6 +334,41 @@ def _parse_header_auth(
         region,
         service,
     )
+
+
+def _authorization_params(auth: str) -> dict[str, str]:
+    """The fields of an ``AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`` header.
+
+    A client sends the same header but for its last field, the signature, on every request of a
+    day: everything before the last comma is parsed once (``_authorization_head``) and only the
+    last field each time. Headers not of that shape take the same parse whole.
+    """
+    comma = auth.rfind(",")
+    if comma > len(ALGORITHM) and auth.startswith(ALGORITHM + " "):
+        params = dict(_authorization_head(auth[:comma]))
+        name, eq, value = auth[comma + 1 :].strip().partition("=")
+        if eq:
+            params[name] = value
+    else:
+        params = dict(_authorization_head(auth))
+    for name in ("Credential", "SignedHeaders", "Signature"):
+        if name not in params:
+            raise BadRequest(f"Could not find {name} in Authorization header")
+    return params
+
+
+@functools.lru_cache(maxsize=1024)
+def _authorization_head(auth: str) -> tuple[tuple[str, str], ...]:
+    """The ``name=value`` fields after the algorithm, in order (a later one wins when repeated)."""
+    kind, _, rest = auth.strip().partition(" ")
+    if kind != ALGORITHM:
+        raise BadRequest("Unsupported authorization method")
+    fields = []
+    for part in rest.split(","):
+        name, eq, value = part.strip().partition("=")
+        if eq:
+            fields.append((name, value))
+    return tuple(fields)
 
 
 def _parse_presigned(
@@ -407,9 +434,7 @@ def _timestamp(amz_date: str) -> float:
 
 def _signed_headers(spec: str, h: Headers) -> list[tuple[str, str]]:
     """(name, value) of each signed header, sorted; host and every x-amz-* header must be in it."""
-    names = sorted({n.strip().lower() for n in spec.split(";")})
-    if "host" not in names:
-        raise BadRequest("Header `Host` should be signed")
+    names = _signed_names(spec)
     for name in h.names():
         if name.startswith("x-amz-") and name not in names:
             raise BadRequest(f"Header `{name}` should be signed")
@@ -422,6 +447,16 @@ def _signed_headers(spec: str, h: Headers) -> list[tuple[str, str]]:
     return signed
 
 
+@functools.lru_cache(maxsize=256)
+def _signed_names(spec: str) -> tuple[str, ...]:
+    """A SignedHeaders list as sorted lowercase names; cached, since a client sends the same one."""
+    names = tuple(sorted({n.strip().lower() for n in spec.split(";")}))
+    if "host" not in names:
+        raise BadRequest("Header `Host` should be signed")
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
 def _check_scope(credential: str, amz_date: str, region: str, service: str) -> tuple[str, str]:
     """Split ``AK/scope`` and require the scope to be exactly today's for this region and k2v."""
     key_id, _, scope = credential.partition("/")

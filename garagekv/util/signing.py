@@ -68,7 +68,10 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
     Blank values are kept and a bare ``search`` becomes ``("search", "")``, so a keyword with
     and without ``=`` canonicalises the same way.
     """
-    return parse_qsl(raw_query, keep_blank_values=True)
+    if "%" in raw_query or "+" in raw_query:
+        return parse_qsl(raw_query, keep_blank_values=True)
+    # Nothing to unquote (the usual K2V query): parse_qsl's own splitting, without its decoding.
+    return [(name, value) for name, _, value in (part.partition("=") for part in raw_query.split("&") if part)]
 
 
 def encode_query(pairs: QueryPairs) -> str:
@@ -113,7 +116,7 @@ def chunk_string_to_sign(amz_date: str, scope: str, previous_signature: str, chu
 
 def sign(key: bytes, sts: str) -> str:
     """Hex HMAC-SHA256 of a string to sign."""
-    return hmac.new(key, sts.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, sts.encode("utf-8"), "sha256").hex()
 
 
 def derive_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
