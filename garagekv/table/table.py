@@ -124,7 +124,7 @@ class Table(Generic[E]):
                 calls[node].add_done_callback(_retrieve)
         await wait_write_quorum(calls, list(all_sets), quorum)
         own = calls.get(self.node_id)
-        if own is not None:
+        if own is not None and not own.done():
             # When this node is a replica, answer only once its own copy is written too: the
             # quorum may be met by others first, and a read served locally right after (full-copy
             # tables read locally only) must not miss the write just acknowledged here. A local
