@@ -85,6 +85,21 @@ class MetaHelper:
                 return raw
         raise NoSuchBucket(name)
 
+    async def _reread_bucket(self, bucket_id: bytes) -> Bucket:
+        """A bucket read back after a change made here: NoSuchBucket if it is gone meanwhile
+        (the lock is this node's; another node may have deleted it)."""
+        b = await self.get_bucket(bucket_id)
+        if b is None:
+            raise NoSuchBucket(bucket_id.hex())
+        return b
+
+    async def _reread_key(self, key_id: str) -> Key:
+        """A key read back after a change made here: NoSuchAccessKey if another node deleted it."""
+        k = await self.get_key(key_id)
+        if k is None:
+            raise NoSuchAccessKey(f"Key {key_id} was deleted meanwhile")
+        return k
+
     # ---- keys ---------------------------------------------------------------------------------
 
     async def list_keys(self) -> list[Key]:
@@ -204,7 +219,7 @@ class MetaHelper:
             else:
                 await self._set_local_alias(key, name, bucket)
                 await self._set_perm(bucket.id, key, BucketKeyPerm(0, True, True, True))
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     async def delete_bucket(self, name: str) -> Bucket:
         async with self._lock:
@@ -243,7 +258,7 @@ class MetaHelper:
                 flags = (cur.allow_read and not read, cur.allow_write and not write, cur.allow_owner and not owner)
             perm = BucketKeyPerm(0, *flags)
             await self._set_perm(bucket.id, key, perm)
-            return await self.get_bucket(bucket.id), await self.get_key(key.key_id), perm
+            return await self._reread_bucket(bucket.id), await self._reread_key(key.key_id), perm
 
     async def alias_bucket(self, bucket_name: str, new_alias: str, local_key: str | None = None) -> Bucket:
         self._check_name(new_alias)
@@ -262,7 +277,7 @@ class MetaHelper:
                 if not key.bucket_permissions(bucket.id).is_any():
                     raise AdminError(f"Key {key.key_id} has no permissions on bucket {bucket.id.hex()}")
                 await self._set_local_alias(key, new_alias, bucket)
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     async def unalias_bucket(self, alias: str, local_key: str | None = None) -> Bucket:
         async with self._lock:
@@ -283,7 +298,7 @@ class MetaHelper:
                 if len(bucket.global_aliases()) + len(bucket.local_aliases()) <= 1:
                     raise AdminError(_LAST_ALIAS.format(alias))
                 await self._unset_local_alias(key, alias, bid)
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     # ---- two-sided updates (called under the lock) ---------------------------------------------
 
