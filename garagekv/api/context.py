@@ -9,17 +9,19 @@ from typing import Any
 
 from aiohttp import web
 
-try:
-    import orjson
-except ImportError:  # optional: the standard library encodes the same JSON, only slower
-    orjson = None
-
 from garagekv.api.routing import Endpoint
+from garagekv.api.signature import Verified
 from garagekv.model.helper import MetaHelper
 from garagekv.model.k2v.rpc import K2VService
 from garagekv.model.key_table import Key
 from garagekv.util import jsonin
 from garagekv.util.errors import BadRequest, EntityTooLarge
+
+_orjson_dumps: Callable[[Any], bytes] | None
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # optional: the standard library encodes the same JSON, only slower
+    _orjson_dumps = None
 
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
@@ -50,11 +52,11 @@ class ApiState:
 @dataclass
 class RequestContext:
     state: ApiState
-    request: web.Request
+    request: web.BaseRequest  # aiohttp's low-level server (api/http_server.py) hands these
     endpoint: Endpoint
     key: Key
     bucket_id: bytes
-    verified: Any  # api.signature.Verified: checks the body against x-amz-content-sha256
+    verified: Verified  # checks the body against x-amz-content-sha256
 
     async def body(self) -> bytes:
         """The request body, size-limited and checked against the signed payload hash."""
@@ -89,9 +91,9 @@ class RequestContext:
 def encode_json(data: Any) -> bytes:
     """Compact UTF-8 JSON: orjson when installed (it makes big ReadBatch answers several times
     cheaper), the standard library for what orjson refuses (strings with lone surrogates)."""
-    if orjson is not None:
+    if _orjson_dumps is not None:
         try:
-            return orjson.dumps(data)
+            return _orjson_dumps(data)
         except TypeError:
             pass
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

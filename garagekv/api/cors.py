@@ -20,7 +20,7 @@ def allowed_origin(origins: tuple[str, ...], origin: str | None) -> str | None:
     return origin if origin in origins else None
 
 
-def preflight(origins: tuple[str, ...], request: web.Request) -> web.Response:
+def preflight(origins: tuple[str, ...], request: web.BaseRequest) -> web.Response:
     allow = allowed_origin(origins, request.headers.get("Origin"))
     if allow is None:
         raise AccessDenied("This CORS request is not allowed.")
@@ -35,7 +35,7 @@ def preflight(origins: tuple[str, ...], request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers)
 
 
-def add_cors_headers(origins: tuple[str, ...], request: web.Request, response: web.StreamResponse) -> None:
+def add_cors_headers(origins: tuple[str, ...], request: web.BaseRequest, response: web.StreamResponse) -> None:
     allow = allowed_origin(origins, request.headers.get("Origin"))
     if allow is not None:
         response.headers["Access-Control-Allow-Origin"] = allow

@@ -59,7 +59,9 @@ class _JsonErrorRequestHandler(RequestHandler):
 class JsonErrorServer(web.Server):
     def __init__(self, handler: Any, *, region: str, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._handler_class = type("K2VRequestHandler", (_JsonErrorRequestHandler,), {"region": region})
+        # A subclass per server carrying its region (three-argument type() is typed plain ``type``).
+        handler_class = type("K2VRequestHandler", (_JsonErrorRequestHandler,), {"region": region})
+        self._handler_class: type[_JsonErrorRequestHandler] = handler_class
 
     def __call__(self) -> RequestHandler:
         return self._handler_class(self, loop=self._loop, **self._kwargs)

@@ -18,13 +18,13 @@ def _bad(msg: str) -> BadRequest:
     return BadRequest(f"Invalid JSON: {msg}")
 
 
-def expect_list(v: Any, what: str) -> list:
+def expect_list(v: Any, what: str) -> list[Any]:
     if not isinstance(v, list):
         raise _bad(f"expected an array of {what}")
     return v
 
 
-def expect_object(v: Any, what: str) -> dict:
+def expect_object(v: Any, what: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise _bad(f"expected {what} to be an object")
     return v
@@ -40,7 +40,7 @@ def _unicode(name: str, v: str) -> str:
     return v
 
 
-def req_str(obj: dict, name: str) -> str:
+def req_str(obj: dict[str, Any], name: str) -> str:
     if name not in obj or obj[name] is None:
         raise _bad(f"missing field `{name}`")
     v = obj[name]
@@ -49,14 +49,14 @@ def req_str(obj: dict, name: str) -> str:
     return _unicode(name, v)
 
 
-def opt_str(obj: dict, name: str) -> str | None:
+def opt_str(obj: dict[str, Any], name: str) -> str | None:
     v = obj.get(name)
     if v is not None and not isinstance(v, str):
         raise _bad(f"field `{name}` must be a string or null")
     return None if v is None else _unicode(name, v)
 
 
-def opt_uint(obj: dict, name: str) -> int | None:
+def opt_uint(obj: dict[str, Any], name: str) -> int | None:
     v = obj.get(name)
     if v is None:
         return None
@@ -65,7 +65,7 @@ def opt_uint(obj: dict, name: str) -> int | None:
     return v
 
 
-def opt_bool(obj: dict, name: str) -> bool:
+def opt_bool(obj: dict[str, Any], name: str) -> bool:
     if name not in obj:
         return False
     v = obj[name]
@@ -81,7 +81,7 @@ def ttl_seconds(v: Any, where: str) -> int:
     return v
 
 
-def opt_ttl(obj: dict, name: str = "ttl") -> int | None:
+def opt_ttl(obj: dict[str, Any], name: str = "ttl") -> int | None:
     v = obj.get(name)
     return None if v is None else ttl_seconds(v, f"Invalid JSON: field `{name}`")
 

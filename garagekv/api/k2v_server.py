@@ -36,7 +36,7 @@ class K2VApiServer:
         self._server: asyncio.base_events.Server | None = None
         self._http: JsonErrorServer | None = None
         # request task -> endpoint name (None until routed), so shutdown can cut polls at once
-        self.in_flight: dict[asyncio.Task, str | None] = {}
+        self.in_flight: dict[asyncio.Task[object], str | None] = {}
         # called once per answered request with (request, endpoint name or None, status,
         # error code or None, seconds): the node's metrics and access log
         self.observer: Callable[[web.BaseRequest, str | None, int, str | None, float], None] | None = None
@@ -48,6 +48,7 @@ class K2VApiServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each request handler in a task of its own
         self.in_flight[task] = None
         started = time.monotonic()
         # each request runs in its own task, so the id stays in this request's context
@@ -71,7 +72,7 @@ class K2VApiServer:
             self.observer(request, endpoint, resp.status, error_code, time.monotonic() - started)
         return resp
 
-    async def _handle(self, request: web.BaseRequest, task: asyncio.Task) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest, task: asyncio.Task[object]) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
         ep = parse_endpoint(request.method, raw_path, raw_query)
         self.in_flight[task] = ep.name
@@ -85,8 +86,10 @@ class K2VApiServer:
             request.method, raw_path, raw_query, Headers(request.headers.items()), self.state.region
         )
         helper = self.state.helper
-        key = await helper.request_key(pending.access_key_id)
-        verified = pending.finish(None if key is None else key.params.secret_key, self.key_cache)
+        key = await helper.request_key(pending.access_key_id)  # None if unknown or deleted
+        secret = None if key is None or key.params is None else key.params.secret_key
+        verified = pending.finish(secret, self.key_cache)
+        assert key is not None  # finish refused a request whose key has no secret
 
         bucket_id = await helper.resolve_bucket(ep.bucket, key)
         perm = key.bucket_permissions(bucket_id)
@@ -108,11 +111,12 @@ class K2VApiServer:
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (polls are cut), close connections."""
-        if self._server is None:
+        if self._server is None or self._http is None:
             return
         self._server.close()
         for task, name in list(self.in_flight.items()):

@@ -43,7 +43,7 @@ class CounterRepair:
 
     def __init__(self, model: Model, db: Database, writer: GroupCommitWriter) -> None:
         self.data = model.items.data
-        self.schema = model.items.schema
+        self.schema = model.item_schema
         self.writer = writer
         self.db = db
         self.phase = "items"
@@ -137,8 +137,8 @@ class CounterRepair:
             return WorkerState.BUSY
         if self.phase == "counters":
             start = self._next or b""
-            seen = self._seen
-            nxt, n = await self.writer.submit(lambda tx: self._counters_step(tx, start, seen))
+            met = self._seen
+            nxt, n = await self.writer.submit(lambda tx: self._counters_step(tx, start, met))
             self.counters_done += n
             self._next = nxt
             if nxt is None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from garagekv.model.bucket_table import Bucket, BucketAlias, bucket_name_problem
 from garagekv.model.key_table import KEY_ID_RE, SECRET_RE, Key
 from garagekv.model.permission import BucketKeyPerm
 from garagekv.table.table import EMPTY_PARTITION, Table
-from garagekv.util.crdt import Lww
+from garagekv.util.crdt import DeletableEntry, EntryParams, Lww
 from garagekv.util.errors import (
     AdminError,
     BucketAlreadyExists,
@@ -29,6 +29,15 @@ from garagekv.util.time import increment_logical_clock
 
 _LAST_ALIAS = "Bucket {} doesn't have other aliases, please delete it instead of just unaliasing."
 _ALIAS_TAKEN = "Alias {} already exists and points to different bucket: {}"
+
+P = TypeVar("P", bound=EntryParams)
+
+
+def _live(entry: DeletableEntry[P]) -> P:
+    """The params of a key or bucket that came through a lookup dropping deleted entries
+    (``get_key``, ``find_key``, ``get_bucket``, ``find_bucket``, ``list_*``): never None there."""
+    assert entry.params is not None, "a deleted entry past a lookup that drops them"
+    return entry.params
 
 
 class MetaHelper:
@@ -80,10 +89,26 @@ class MetaHelper:
                 raw = bytes.fromhex(name)
             except ValueError:
                 raw = None
-            bucket = None if raw is None else await self.buckets.get_shared(EMPTY_PARTITION + raw)
-            if bucket is not None and not bucket.is_tombstone():
-                return raw
+            if raw is not None:
+                bucket = await self.buckets.get_shared(EMPTY_PARTITION + raw)
+                if bucket is not None and not bucket.is_tombstone():
+                    return raw
         raise NoSuchBucket(name)
+
+    async def _reread_bucket(self, bucket_id: bytes) -> Bucket:
+        """A bucket read back after a change made here: NoSuchBucket if it is gone meanwhile
+        (the lock is this node's; another node may have deleted it)."""
+        b = await self.get_bucket(bucket_id)
+        if b is None:
+            raise NoSuchBucket(bucket_id.hex())
+        return b
+
+    async def _reread_key(self, key_id: str) -> Key:
+        """A key read back after a change made here: NoSuchAccessKey if another node deleted it."""
+        k = await self.get_key(key_id)
+        if k is None:
+            raise NoSuchAccessKey(f"Key {key_id} was deleted meanwhile")
+        return k
 
     # ---- keys ---------------------------------------------------------------------------------
 
@@ -98,7 +123,7 @@ class MetaHelper:
                 return k
         p = pattern.lower()
         matches = [
-            k for k in await self.list_keys() if k.key_id.lower().startswith(p) or k.params.name.value == pattern
+            k for k in await self.list_keys() if k.key_id.lower().startswith(p) or _live(k).name.value == pattern
         ]
         if len(matches) != 1:
             if not matches:
@@ -134,24 +159,25 @@ class MetaHelper:
     async def rename_key(self, pattern: str, name: str) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            key.params.name.update(name)
+            _live(key).name.update(name)
             await self.keys.insert(key)
             return key
 
     async def set_key_create_bucket(self, pattern: str, allow: bool) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            key.params.allow_create_bucket.update(allow)
+            _live(key).allow_create_bucket.update(allow)
             await self.keys.insert(key)
             return key
 
     async def delete_key(self, pattern: str) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            for alias, bid in list(key.params.local_aliases.items()):
+            params = _live(key)
+            for alias, bid in list(params.local_aliases.items()):
                 if bid is not None:
                     await self._unset_local_alias(key, alias, bid)
-            for bid in list(key.params.authorized_buckets):
+            for bid in list(params.authorized_buckets):
                 await self._set_perm(bid, key, BucketKeyPerm(0))
             await self.keys.insert(Key(key.key_id, None))
             return key
@@ -191,7 +217,7 @@ class MetaHelper:
         async with self._lock:
             if local_key is not None:
                 key = await self.find_key(local_key)
-                if key.params.local_aliases.get(name) is not None:
+                if _live(key).local_aliases.get(name) is not None:
                     raise BucketAlreadyExists(f"Key-local alias {name} already exists")
             else:
                 key = None
@@ -204,7 +230,7 @@ class MetaHelper:
             else:
                 await self._set_local_alias(key, name, bucket)
                 await self._set_perm(bucket.id, key, BucketKeyPerm(0, True, True, True))
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     async def delete_bucket(self, name: str) -> Bucket:
         async with self._lock:
@@ -220,7 +246,7 @@ class MetaHelper:
                 key = await self.get_key(key_id)
                 if key is not None:
                     await self._unset_local_alias(key, alias, bucket.id)
-            for key_id in list(bucket.params.authorized_keys):
+            for key_id in list(_live(bucket).authorized_keys):
                 key = await self.get_key(key_id)
                 if key is not None:
                     await self._set_perm(bucket.id, key, BucketKeyPerm(0))
@@ -243,7 +269,7 @@ class MetaHelper:
                 flags = (cur.allow_read and not read, cur.allow_write and not write, cur.allow_owner and not owner)
             perm = BucketKeyPerm(0, *flags)
             await self._set_perm(bucket.id, key, perm)
-            return await self.get_bucket(bucket.id), await self.get_key(key.key_id), perm
+            return await self._reread_bucket(bucket.id), await self._reread_key(key.key_id), perm
 
     async def alias_bucket(self, bucket_name: str, new_alias: str, local_key: str | None = None) -> Bucket:
         self._check_name(new_alias)
@@ -256,13 +282,13 @@ class MetaHelper:
                 await self._set_global_alias(bucket, new_alias)
             else:
                 key = await self.find_key(local_key)
-                existing = key.params.local_aliases.get(new_alias)
+                existing = _live(key).local_aliases.get(new_alias)
                 if existing is not None and existing != bucket.id:
                     raise AdminError(_ALIAS_TAKEN.format(new_alias, existing.hex()))
                 if not key.bucket_permissions(bucket.id).is_any():
                     raise AdminError(f"Key {key.key_id} has no permissions on bucket {bucket.id.hex()}")
                 await self._set_local_alias(key, new_alias, bucket)
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     async def unalias_bucket(self, alias: str, local_key: str | None = None) -> Bucket:
         async with self._lock:
@@ -276,14 +302,14 @@ class MetaHelper:
                 await self._unset_global_alias(bucket, alias)
             else:
                 key = await self.find_key(local_key)
-                bid = key.params.local_aliases.get(alias)
+                bid = _live(key).local_aliases.get(alias)
                 bucket = None if bid is None else await self.get_bucket(bid)
-                if bucket is None:
+                if bid is None or bucket is None:
                     raise NoSuchBucket(alias)
                 if len(bucket.global_aliases()) + len(bucket.local_aliases()) <= 1:
                     raise AdminError(_LAST_ALIAS.format(alias))
                 await self._unset_local_alias(key, alias, bid)
-            return await self.get_bucket(bucket.id)
+            return await self._reread_bucket(bucket.id)
 
     # ---- two-sided updates (called under the lock) ---------------------------------------------
 
@@ -296,7 +322,7 @@ class MetaHelper:
             else 0,
         )
         perm.timestamp = increment_logical_clock(old_ts)
-        key.params.authorized_buckets[bucket_id] = perm
+        _live(key).authorized_buckets[bucket_id] = perm
         await self.keys.insert(key)
         if bucket is not None and bucket.params is not None:
             bucket.params.authorized_keys[key.key_id] = BucketKeyPerm(**vars(perm))
@@ -304,32 +330,34 @@ class MetaHelper:
 
     async def _set_global_alias(self, bucket: Bucket, name: str) -> None:
         old = await self.aliases.get(EMPTY_PARTITION + name.encode())
-        ts = increment_logical_clock(max(old.state.ts if old else 0, bucket.params.aliases.get_ts(name)))
+        ts = increment_logical_clock(max(old.state.ts if old else 0, _live(bucket).aliases.get_ts(name)))
         await self.aliases.insert(BucketAlias(name, Lww(ts, bucket.id)))
-        bucket.params.aliases.put(name, True, ts)
+        _live(bucket).aliases.put(name, True, ts)
         await self.buckets.insert(bucket)
 
     async def _unset_global_alias(self, bucket: Bucket, name: str) -> None:
         old = await self.aliases.get(EMPTY_PARTITION + name.encode())
-        ts = increment_logical_clock(max(old.state.ts if old else 0, bucket.params.aliases.get_ts(name)))
+        ts = increment_logical_clock(max(old.state.ts if old else 0, _live(bucket).aliases.get_ts(name)))
         await self.aliases.insert(BucketAlias(name, Lww(ts, None)))
-        bucket.params.aliases.put(name, False, ts)
+        _live(bucket).aliases.put(name, False, ts)
         await self.buckets.insert(bucket)
 
     async def _set_local_alias(self, key: Key, name: str, bucket: Bucket) -> None:
         lk = f"{key.key_id}:{name}"
-        ts = increment_logical_clock(max(key.params.local_aliases.get_ts(name), bucket.params.local_aliases.get_ts(lk)))
-        key.params.local_aliases.put(name, bucket.id, ts)
+        kp, bp = _live(key), _live(bucket)
+        ts = increment_logical_clock(max(kp.local_aliases.get_ts(name), bp.local_aliases.get_ts(lk)))
+        kp.local_aliases.put(name, bucket.id, ts)
         await self.keys.insert(key)
-        bucket.params.local_aliases.put(lk, True, ts)
+        bp.local_aliases.put(lk, True, ts)
         await self.buckets.insert(bucket)
 
     async def _unset_local_alias(self, key: Key, name: str, bucket_id: bytes) -> None:
         lk = f"{key.key_id}:{name}"
         bucket = await self.buckets.get(EMPTY_PARTITION + bucket_id)
         bts = bucket.params.local_aliases.get_ts(lk) if bucket and bucket.params else 0
-        ts = increment_logical_clock(max(key.params.local_aliases.get_ts(name), bts))
-        key.params.local_aliases.put(name, None, ts)
+        kp = _live(key)
+        ts = increment_logical_clock(max(kp.local_aliases.get_ts(name), bts))
+        kp.local_aliases.put(name, None, ts)
         await self.keys.insert(key)
         if bucket is not None and bucket.params is not None:
             bucket.params.local_aliases.put(lk, False, ts)
@@ -340,7 +368,7 @@ class MetaHelper:
 
 
 async def key_info(helper: MetaHelper, key: Key, show_secret: bool = False) -> dict[str, Any]:
-    p = key.params
+    p = _live(key)
     buckets = []
     for bid, perm in sorted(p.authorized_buckets.items()):
         b = await helper.get_bucket(bid)
@@ -364,7 +392,7 @@ async def key_info(helper: MetaHelper, key: Key, show_secret: bool = False) -> d
 
 
 async def bucket_info(helper: MetaHelper, bucket: Bucket) -> dict[str, Any]:
-    p = bucket.params
+    p = _live(bucket)
     keys = []
     for key_id, perm in sorted(p.authorized_keys.items()):
         if not perm.is_any():
@@ -373,7 +401,7 @@ async def bucket_info(helper: MetaHelper, bucket: Bucket) -> dict[str, Any]:
         keys.append(
             {
                 "accessKeyId": key_id,
-                "name": k.params.name.value if k else "",
+                "name": _live(k).name.value if k else "",
                 "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
                 "bucketLocalAliases": [a for kid, a in bucket.local_aliases() if kid == key_id],
             }

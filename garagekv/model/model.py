@@ -7,7 +7,7 @@ for the node's life.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from garagekv.consensus import Acceptor, ConsensusGcWorker, ConsensusMetrics, LayoutPlacement, Proposer
 from garagekv.db.env import Database
@@ -32,9 +32,12 @@ from garagekv.table.gc import TableGc
 from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.queue import InsertQueue
 from garagekv.table.replication import FullReplication, ShardedReplication
+from garagekv.table.schema import Entry, TableSchema
 from garagekv.table.table import Table
-from garagekv.util.background import BackgroundRunner
+from garagekv.util.background import BackgroundRunner, Worker
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES, Config
+
+E = TypeVar("E", bound=Entry)
 
 
 class Model:
@@ -43,7 +46,7 @@ class Model:
         sharded = ShardedReplication(system.layout)
         full = FullReplication(system.layout)
 
-        def table(schema: Any, replication: Any) -> Table:
+        def table(schema: TableSchema[E], replication: ShardedReplication | FullReplication) -> Table[E]:
             return Table(
                 TableData(db, writer, schema),
                 replication,
@@ -69,6 +72,8 @@ class Model:
             self.expiry_index,
             ItemStoredForm(BucketNumbers(db)),
         )
+        #: The items table's schema, as its own type (the counter repair writes its local counters).
+        self.item_schema = item_schema
         self.items = table(item_schema, sharded)
         max_item = config.k2v_api.max_item_bytes if config.k2v_api is not None else DEFAULT_MAX_ITEM_BYTES
         self.store = K2VStore(db, writer, node, self.items.data, self.subs, max_item)
@@ -141,7 +146,8 @@ class Model:
         self.background.spawn(self.expiry)
         for gc in self.gcs:
             self.background.spawn(gc)
-        for worker in [*self.merkle_updaters, *self.syncers]:
+        workers: list[Worker] = [*self.merkle_updaters, *self.syncers]
+        for worker in workers:
             self.background.spawn(worker)
 
     async def stop(self) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+K = TypeVar("K")  # buckets key their map by key id (str), keys theirs by bucket id (bytes)
 
 
 @dataclass
@@ -33,15 +36,15 @@ class BucketKeyPerm:
             ("R" if self.allow_read else " ") + ("W" if self.allow_write else " ") + ("O" if self.allow_owner else " ")
         )
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [self.timestamp, self.allow_read, self.allow_write, self.allow_owner]
 
     @classmethod
-    def from_wire(cls, w: list) -> BucketKeyPerm:
+    def from_wire(cls, w: list[Any]) -> BucketKeyPerm:
         return cls(int(w[0]), bool(w[1]), bool(w[2]), bool(w[3]))
 
 
-def merge_perm_maps(mine: dict, other: dict) -> None:
+def merge_perm_maps(mine: dict[K, BucketKeyPerm], other: dict[K, BucketKeyPerm]) -> None:
     for k, p in other.items():
         if k in mine:
             mine[k].merge(p)

@@ -26,7 +26,8 @@ class WorkerState(enum.Enum):
 
 
 class Worker(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: some workers compute it (a table's queue, its GC)
 
     async def work(self) -> WorkerState: ...
 

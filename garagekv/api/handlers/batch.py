@@ -24,6 +24,7 @@ from garagekv.api.json_fields import (
     req_str,
 )
 from garagekv.model.k2v.causality import CausalContext
+from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
@@ -105,12 +106,14 @@ def _parse_queries(ctx: RequestContext, body: Any, *, for_delete: bool) -> list[
     return [_parse_query(ctx, q, for_delete=for_delete) for q in queries]
 
 
-async def _run_query(ctx: RequestContext, bq: BatchQuery, filt: ItemFilter) -> tuple[list, bool, str | None]:
+async def _run_query(ctx: RequestContext, bq: BatchQuery, filt: ItemFilter) -> tuple[list[K2VItem], bool, str | None]:
     store = ctx.state.store
     if bq.single_item:
+        assert bq.range.start is not None  # _parse_query refuses singleItem without start
         item = await store.read_item(ctx.bucket_id, bq.partition_key, bq.range.start)
-        ok = item is not None and item.values() and store.items.schema.matches_filter(item, filt)
-        return ([item] if ok else []), False, None
+        if item is not None and item.values() and store.items.schema.matches_filter(item, filt):
+            return [item], False, None
+        return [], False, None
     page = await store.read_range(ctx.bucket_id, bq.partition_key, bq.range, filt)
     return [e for _, e in page.entries], page.more, page.next_start
 

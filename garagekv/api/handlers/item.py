@@ -103,6 +103,13 @@ def _check_keys(ctx: RequestContext) -> None:
     ctx.check_key_len("sort_key", ctx.endpoint.sort_key)
 
 
+def _item_keys(ctx: RequestContext) -> tuple[str, str]:
+    """(partition key, sort key) of an item endpoint: routing gives it both (api/routing.py)."""
+    pk, sk = ctx.endpoint.partition_key, ctx.endpoint.sort_key
+    assert pk is not None and sk is not None
+    return pk, sk
+
+
 def _linearizable(ctx: RequestContext) -> bool:
     raw = _header(ctx, CONSISTENCY_HEADER)
     if raw is None:
@@ -141,11 +148,11 @@ def _condition(ctx: RequestContext) -> Condition | None:
 async def read_item(ctx: RequestContext) -> web.StreamResponse:
     json_ok, bin_ok = _accept(ctx)
     _check_keys(ctx)
-    ep = ctx.endpoint
+    pk, sk = _item_keys(ctx)
     if _linearizable(ctx):
-        item = await ctx.state.store.conditional.read(ctx.bucket_id, ep.partition_key, ep.sort_key)
+        item = await ctx.state.store.conditional.read(ctx.bucket_id, pk, sk)
     else:
-        item = await ctx.state.store.read_item(ctx.bucket_id, ep.partition_key, ep.sort_key)
+        item = await ctx.state.store.read_item(ctx.bucket_id, pk, sk)
     if item is None or not item.values():
         raise NoSuchKey()
     return item_response(item, json_ok, bin_ok)
@@ -154,12 +161,12 @@ async def read_item(ctx: RequestContext) -> web.StreamResponse:
 async def _insert(
     ctx: RequestContext, value: bytes | None, cond: Condition | None = None, ttl: int | None = None
 ) -> web.StreamResponse:
-    ep = ctx.endpoint
+    pk, sk = _item_keys(ctx)
     if cond is not None:
         outcomes = ctx.state.store.conditional_outcomes
         conditional = ctx.state.store.conditional
         try:
-            out = await conditional.write(ctx.bucket_id, ep.partition_key, ep.sort_key, cond, value, ttl=ttl)
+            out = await conditional.write(ctx.bucket_id, pk, sk, cond, value, ttl=ttl)
         except ServiceUnavailable:
             outcomes.count("unavailable")
             raise
@@ -169,7 +176,7 @@ async def _insert(
         assert out.token is not None
         outcomes.count("applied")
         return web.Response(status=204, headers={TOKEN_HEADER: out.token})
-    ins = InsertedItem(ep.partition_key, ep.sort_key, _header_token(ctx), value, ttl)
+    ins = InsertedItem(pk, sk, _header_token(ctx), value, ttl)
     await ctx.state.store.insert(ctx.bucket_id, ins)
     return web.Response(status=204)
 
@@ -195,12 +202,14 @@ async def delete_item(ctx: RequestContext) -> web.StreamResponse:
 async def poll_item(ctx: RequestContext) -> web.StreamResponse:
     json_ok, bin_ok = _accept(ctx)
     _check_keys(ctx)
+    pk, sk = _item_keys(ctx)
     ep = ctx.endpoint
+    assert ep.causality_token is not None  # routing: a GET with a causality_token is PollItem
     try:
         ct = CausalContext.parse_client(ep.causality_token)
     except InvalidCausalityToken:
         raise BadRequest("Invalid causality token")
-    item = await ctx.state.store.poll_item(ctx.bucket_id, ep.partition_key, ep.sort_key, ct, clamp_timeout(ep.timeout))
+    item = await ctx.state.store.poll_item(ctx.bucket_id, pk, sk, ct, clamp_timeout(ep.timeout))
     if item is None:
         return web.Response(status=304)
     if not item.values():

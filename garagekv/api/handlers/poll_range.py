@@ -21,7 +21,9 @@ async def poll_range(ctx: RequestContext) -> web.StreamResponse:
     raw_marker = opt_str(obj, "seenMarker")
     q.check()
     marker = None if raw_marker is None else RangeSeenMarker.decode(raw_marker)
-    res = await ctx.state.store.poll_range(ctx.bucket_id, ctx.endpoint.partition_key, q, marker, timeout)
+    pk = ctx.endpoint.partition_key
+    assert pk is not None  # routing: PollRange is only on /<bucket>/<partition key>
+    res = await ctx.state.store.poll_range(ctx.bucket_id, pk, q, marker, timeout)
     if res is None:
         return web.Response(status=304)
     items, new_marker = res

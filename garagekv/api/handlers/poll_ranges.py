@@ -71,7 +71,7 @@ async def poll_ranges(ctx: RequestContext) -> web.StreamResponse:
     results = await ctx.state.store.poll_ranges(ctx.bucket_id, polls, timeout)
     if results is None:
         return web.Response(status=304)
-    out = []
+    out: list[dict[str, Any]] = []
     for r, res in zip(ranges, results, strict=True):
         if res is None:
             # Unchanged: the marker sent means exactly what it meant (a range without a marker

@@ -21,17 +21,16 @@ from typing import Any
 
 import jwt
 
-try:  # PyJWT >= 2.10 warns on every use of a short HMAC key
-    from jwt.warnings import InsecureKeyLengthWarning
-except ImportError:  # pragma: no cover - older PyJWT: nothing to silence
-    InsecureKeyLengthWarning = None
-
 from garagekv.api.hulykvs.errors import HulyError, forbidden, unauthorized
 from garagekv.util.config import canonical_uuid
 
-#: Huly deployments choose their secret (its examples use "secret"): the node warns once at
-#: start-up (``short_secret_warning``) instead of PyJWT warning on every request.
-if InsecureKeyLengthWarning is not None:
+try:  # PyJWT >= 2.10 warns on every use of a short HMAC key
+    from jwt.warnings import InsecureKeyLengthWarning
+except ImportError:  # pragma: no cover - older PyJWT: nothing to silence
+    pass
+else:
+    # Huly deployments choose their secret (its examples use "secret"): the node warns once at
+    # start-up (``short_secret_warning``) instead of PyJWT warning on every request.
     warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 MIN_SECRET_BYTES = 32
 

@@ -58,7 +58,7 @@ class HulykvsApiServer:
     def __init__(self, state: HulyState) -> None:
         self.state = state
         self.observer: Observer | None = None
-        self.in_flight: set[asyncio.Task] = set()
+        self.in_flight: set[asyncio.Task[object]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._http: _JsonErrorServer | None = None
 
@@ -68,10 +68,12 @@ class HulykvsApiServer:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each request handler in a task of its own
         self.in_flight.add(task)
         started = time.monotonic()
         request_id, _ = bind_request_id(request.headers.get("X-Request-Id"))
         endpoint: str | None = None
+        resp: web.StreamResponse
         try:
             raw_path, _, raw_query = request.raw_path.partition("?")
             if request.method == "OPTIONS" and "Origin" in request.headers and methods_of(raw_path) is not None:

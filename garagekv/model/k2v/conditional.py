@@ -294,6 +294,7 @@ class ConditionalK2V:
                 batch = queue.take()
                 if not batch:
                     continue
+                outcomes: Sequence[BatchOutcome | Exception]
                 try:
                     outcomes = await self._round(key, queue, [op.txn for op in batch])
                 except Exception as e:  # noqa: BLE001 - the round failed: every operation in it answers so

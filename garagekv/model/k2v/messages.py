@@ -227,7 +227,7 @@ class WatchedRange:
         if not isinstance(w, list | tuple) or len(w) != 5:
             raise malformed(what, "a range must be [partition key, prefix, start, end, seen marker]")
         pk, prefix, start, end, marker = w
-        keys = [_as_opt_str(name, v) for name, v in (("prefix", prefix), ("start", start), ("end", end))]
+        keys = (_as_opt_str("prefix", prefix), _as_opt_str("start", start), _as_opt_str("end", end))
         if any(k is not None and len(k.encode()) > MAX_KEY_BYTES for k in keys):
             raise malformed(what, f"a sort key bound must be at most {MAX_KEY_BYTES} bytes")
         return cls(_as_str("partition key", pk, what), *keys, _as_opt_str("seen marker", marker))

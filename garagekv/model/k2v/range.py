@@ -55,7 +55,7 @@ class RangePage(Generic[E]):
     next_start: str | None
 
 
-async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = PAGE) -> RangePage:
+async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = PAGE) -> RangePage[Any]:
     """Run ``q`` with ``fetch(start, prefix=, end=, reverse=, limit=, filt=, skip_start=)``.
 
     ``fetch`` returns (sort key bytes, entry) pairs of one partition in scan order, and where

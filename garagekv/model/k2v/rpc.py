@@ -91,7 +91,7 @@ class K2VService:
     def replication(self) -> Any:
         return self.items.replication
 
-    async def _call(self, node: bytes, msg: list, timeout: float | None = None) -> Any:
+    async def _call(self, node: bytes, msg: list[Any], timeout: float | None = None) -> Any:
         if node == self.node_id:
             return await self._handle(node, msg)
         return await self.netapp.call(node, ENDPOINT, msg, timeout=timeout)
@@ -186,7 +186,7 @@ class K2VService:
         item = await self.items.get(partition_hash(bucket_id, pk) + sk.encode())
         return None if item is None else item.at(now_ms())
 
-    async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage:
+    async def read_range(self, bucket_id: bytes, pk: str, q: RangeQuery, filt: ItemFilter) -> RangePage[K2VItem]:
         ph = partition_hash(bucket_id, pk)
         now = now_ms()
         filt = replace(filt, now=now)  # the filter sees the values as they are returned
@@ -205,7 +205,7 @@ class K2VService:
         nodes = h.all_storage_nodes() or [self.node_id]
         return CounterFilter(tuple(sorted(node_number(n) for n in nodes)))
 
-    async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage, CounterFilter]:
+    async def read_index(self, bucket_id: bytes, q: RangeQuery) -> tuple[RangePage[CounterEntry], CounterFilter]:
         filt = self.counter_filter()
         page = await read_range(lambda start, **kw: self.counters.get_range_page(bucket_id, start, **kw), q, filt)
         return page, filt

@@ -100,7 +100,9 @@ class ItemSchema(BaseSchema):
             # Summed per partition over the transaction and written once at its end: a batch
             # (InsertBatch, a replica's merge of many updates, the expiry worker's step) changes
             # many items of few partitions.
-            pending = tx.accumulate(self, dict, lambda acc: self._write_counters(tx, acc))
+            pending: dict[bytes, tuple[bytes, str, dict[str, int]]] = tx.accumulate(
+                self, dict, lambda acc: self._write_counters(tx, acc)
+            )
             key = ref.bucket_id + ref.partition_key.encode()
             hit = pending.get(key)
             if hit is None:

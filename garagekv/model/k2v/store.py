@@ -13,7 +13,7 @@ import logging
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
@@ -34,6 +34,13 @@ _TS_KEY = b"timestamp"
 _U64 = struct.Struct(">Q")
 
 log = logging.getLogger(__name__)
+
+
+class _Issued(TypedDict, total=False):
+    """What an insert's update function hands back to its caller (it runs inside the write)."""
+
+    ts: int
+    item: K2VItem
 
 
 def _too_large(ins: InsertedItem, e: EntityTooLarge) -> EntityTooLarge:
@@ -242,7 +249,7 @@ class K2VStore:
     def _insert_in(self, tx: WriteTxn, bucket_id: bytes, ins: InsertedItem) -> K2VItem:
         now = now_ms()
         node_ts = self.clock.base_in(tx, now)
-        result: dict[str, Any] = {}
+        result: _Issued = {}
 
         def update(old: K2VItem | None) -> K2VItem:
             item = old if old is not None else K2VItem.new(bucket_id, ins.partition_key, ins.sort_key)
