@@ -188,7 +188,10 @@ async def bucket_create(s: OpServices, a: BucketCreateArgs) -> dict:
         clear = {f: not bool(perms.get(f)) for f in ("read", "write", "owner")}
         if any(clear.values()):
             await h.change_permissions(bucket.id.hex(), local_key, allow=False, **clear)
-        bucket = await h.get_bucket(bucket.id)
+        reread = await h.get_bucket(bucket.id)
+        if reread is None:  # another node deleted it meanwhile: a 404, not a crash in bucket_info
+            raise NoSuchBucket(bucket.id.hex())
+        bucket = reread
     return await bucket_info(h, bucket)
 
 

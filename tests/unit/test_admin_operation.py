@@ -13,7 +13,7 @@ import pytest
 
 from garagekv.admin.operation import NoArgs, Op, registry, required
 from garagekv.admin.registry import OPS, run_op
-from garagekv.util.errors import AdminError
+from garagekv.util.errors import AdminError, NoSuchBucket
 
 KEY = "GK0123456789abcdef01234567"
 BID = "ab" * 32
@@ -158,3 +158,31 @@ def test_a_name_is_registered_once():
     op = Op("x", NoArgs, _async)
     with pytest.raises(ValueError, match="defined twice"):
         registry((op,), (op,))
+
+
+async def test_bucket_create_with_permissions_reports_a_bucket_deleted_meanwhile_as_no_such_bucket():
+    # The admin API's form: after narrowing the local key's permissions the bucket is read back;
+    # another node may have deleted it in between, which is a 404, not a crash on a missing bucket.
+    bucket = SimpleNamespace(id=bytes.fromhex(BID))
+    calls: list[str] = []
+
+    async def get_key(key_id: str) -> Any:
+        return SimpleNamespace(key_id=key_id)
+
+    async def create_bucket(name: str, local_key: str | None = None) -> Any:
+        calls.append(f"create {name} {local_key}")
+        return bucket
+
+    async def change_permissions(bucket_name: str, key_pattern: str, **flags: bool) -> Any:
+        calls.append(f"perms {bucket_name} {sorted(k for k, v in flags.items() if v)}")
+
+    async def get_bucket(bucket_id: bytes) -> Any:
+        return None
+
+    helper = SimpleNamespace(
+        get_key=get_key, create_bucket=create_bucket, change_permissions=change_permissions, get_bucket=get_bucket
+    )
+    wire = {"local_alias": "b", "local_key_id": KEY, "local_permissions": {"read": True}}
+    with pytest.raises(NoSuchBucket):
+        await OPS["bucket.create"](SimpleNamespace(model=SimpleNamespace(helper=helper)), wire)
+    assert calls == [f"create b {KEY}", f"perms {BID} ['owner', 'write']"]
