@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from garagekv.admin.cluster_metrics import consensus_families, peer_families, wo
 from garagekv.admin.health import ClusterHealthSource, HealthReport, cluster_health_of, evaluate
 from garagekv.admin.http import AdminApiServer, AdminServices
 from garagekv.admin.metrics import LocalSnapshot, NodeMetrics, merge_host_metrics
+from garagekv.admin.operation import OpServices
 from garagekv.admin.registry import OPS, run_op
 from garagekv.admin.remote import ADMIN_ENDPOINT
 from garagekv.admin.stats import table_stats
@@ -106,16 +107,16 @@ class Node:
         self.registry.register(EP_HOST_METRICS, self._handle_host_metrics)
         if cfg.is_worker:
             self.metrics.gather = self._host_metrics
-        self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
-        self.model = Model(cfg, self.db, self.writer, self.system)
+        system = self.system = System(cfg, self.node_key, self.registry, meta_free=self.db.free_bytes)
+        model = self.model = Model(cfg, self.db, self.writer, self.system)
         self.cluster_health = lambda: cluster_health_of(self.system)
         self.cluster_status = self._cluster_status
         # RPC and quorum metrics through hooks of the lower layers; states read at scrape time.
         self.system.netapp.observer = self._observe_rpc
         quorum.quorum_failure_hooks.append(self._on_quorum_failure)
-        self.metrics.add_source(lambda: peer_families(self.system))
-        self.metrics.add_source(lambda: worker_families(self.model))
-        self.metrics.add_source(lambda: consensus_families(self.model))
+        self.metrics.add_source(lambda: peer_families(system))
+        self.metrics.add_source(lambda: worker_families(model))
+        self.metrics.add_source(lambda: consensus_families(model))
         self.helper = self.model.helper
         self.k2v = self.model.k2v
         await _listening(f"{cfg.rpc_bind_addr} (rpc_bind_addr)", self.system.start())
@@ -169,8 +170,8 @@ class Node:
 
     async def _cluster_status(self) -> dict[str, Any]:
         """``{layoutVersion, layout, nodes}`` for the admin API's /v1/status."""
-        st = await OPS["cluster.status"](self, {})
-        layout = await OPS["layout.get"](self, {})
+        st = await OPS["cluster.status"](self.services(), {})
+        layout = await OPS["layout.get"](self.services(), {})
         return {"layoutVersion": st["layout_version"], "layout": layout, "nodes": st["nodes"]}
 
     async def _handle_admin_rpc(self, from_node: bytes, body: Any) -> Any:
@@ -180,19 +181,31 @@ class Node:
 
     async def dispatch_admin(self, op: str, args: dict[str, Any] | None) -> Any:
         """Run an operator command by name (CLI over RPC, admin HTTP API); the node is its services."""
-        return await run_op(self, op, args)
+        return await run_op(self.services(), op, args)
+
+    def services(self) -> OpServices:
+        """The node as its operations see it: :class:`OpServices` with every service set.
+
+        start() sets them (``snapshotter`` last, just after the RPC listener opens) before the
+        admin API listens; a lifecycle the type system cannot follow, hence the cast.
+        """
+        return cast(OpServices, self)
 
     def info(self) -> dict[str, Any]:
+        assert self.writer is not None and self.model is not None  # set by start()
+        k2v_api, hulykvs_api = self.config.k2v_api, self.config.hulykvs_api
         return {
             "id": self.node_id.hex(),
             "pid": os.getpid(),
             "host": None if self.config.host_id is None else self.config.host_id.hex(),
             "worker": self.config.worker_index,
-            "k2v_endpoint": None if self.api is None else f"http://{self.config.k2v_api.api_bind_addr}",
+            "k2v_endpoint": None if self.api is None or k2v_api is None else f"http://{k2v_api.api_bind_addr}",
             "rpc_addr": self.config.rpc_public_addr or self.config.rpc_bind_addr,
             "region": self.config.s3_api.s3_region,
             "admin_endpoint": None if self.admin_http is None else f"http://{self.config.admin.api_bind_addr}",
-            "hulykvs_endpoint": None if self.hulykvs is None else f"http://{self.config.hulykvs_api.api_bind_addr}",
+            "hulykvs_endpoint": (
+                None if self.hulykvs is None or hulykvs_api is None else f"http://{hulykvs_api.api_bind_addr}"
+            ),
             "db": {"commits": self.writer.commits, "writes": self.writer.jobs},
             "poll_subscriptions": self.model.subs.count(),
         }
@@ -221,17 +234,19 @@ class Node:
         }
 
     async def _handle_host_metrics(self, from_node: bytes, body: Any) -> bytes:
+        assert self.metrics is not None  # set by start() before the RPC listener opens
         return self.metrics.render()
 
     async def _host_metrics(self) -> bytes:
         """/metrics on a worker: every worker's metrics (asked over RPC), labelled by worker."""
-        assert self.config.host_id is not None and self.system is not None
+        assert self.config.host_id is not None and self.system is not None and self.metrics is not None
+        system, metrics = self.system, self.metrics
 
         async def ask(index: int, node: bytes) -> tuple[int, str, bytes | None]:
             if node == self.node_id:
-                return index, node.hex(), self.metrics.render()
+                return index, node.hex(), metrics.render()
             try:
-                text = await self.system.netapp.call(node, EP_HOST_METRICS, None, timeout=HOST_METRICS_TIMEOUT)
+                text = await system.netapp.call(node, EP_HOST_METRICS, None, timeout=HOST_METRICS_TIMEOUT)
             except GarageKVError as e:
                 log.debug("worker %d gave no metrics: %s", index, e)
                 return index, node.hex(), None
@@ -263,6 +278,7 @@ class Node:
 
     async def status(self) -> dict[str, Any]:
         cfg = self.config
+        assert self.writer is not None and self.model is not None  # set by start() before the admin API listens
         cluster = await self.cluster_status() if self.cluster_status is not None else {}
         return {
             "node": self.node_id.hex(),
@@ -291,6 +307,7 @@ class Node:
         }
 
     def _local_snapshot(self) -> LocalSnapshot:
+        assert self.writer is not None and self.model is not None  # set by start() before a scrape can come
         return LocalSnapshot(
             k2v_in_flight=0 if self.api is None else len(self.api.in_flight),
             poll_subscriptions=self.model.subs.count(),
@@ -299,19 +316,25 @@ class Node:
             tables=table_stats(self.db),
         )
 
+    # The observers are hooked up by start() once the metrics are set.
+
     def _observe_rpc(self, path: str, node_id: bytes, seconds: float, outcome: str) -> None:
+        assert self.metrics is not None
         self.metrics.observe_rpc(path, short_id(node_id), seconds, outcome)
 
     def _on_quorum_failure(self, err: quorum.QuorumError) -> None:
+        assert self.metrics is not None
         self.metrics.quorum_failure(err.operation)
 
     def _observe_k2v(
         self, request: web.BaseRequest, endpoint: str | None, status: int, error_code: str | None, seconds: float
     ) -> None:
+        assert self.metrics is not None
         self.metrics.observe_k2v(endpoint, status, error_code, seconds)
         _log_access(access_log, "k2v request", request, endpoint, status, seconds, {"error_code": error_code})
 
     def _observe_hulykvs(self, request: web.BaseRequest, endpoint: str | None, status: int, seconds: float) -> None:
+        assert self.metrics is not None
         self.metrics.observe_hulykvs(endpoint, status, seconds)
         _log_access(hulykvs_access_log, "hulykvs request", request, endpoint, status, seconds)
 
@@ -340,6 +363,7 @@ async def _start_hulykvs(node: Node) -> HulykvsApiServer:
     """The Hulykvs-compatible listener (docs/hulykvs.md), over the node's K2V model."""
     cfg = node.config
     huly = cfg.hulykvs_api
+    assert huly is not None and node.system is not None  # start() calls this with [hulykvs_api] set, once up
     short = short_secret_warning(huly.token_secret)
     if short is not None:
         log.warning("%s", short)
@@ -374,7 +398,12 @@ def _log_access(
     """One access log line per request: DEBUG, or WARNING for a 5xx (an operator wants those)."""
     level = logging.WARNING if status >= 500 else logging.DEBUG
     if logger.isEnabledFor(level):
-        fields = {"method": request.method, "path": request.raw_path, "endpoint": endpoint, "status": status}
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.raw_path,
+            "endpoint": endpoint,
+            "status": status,
+        }
         fields.update(extra or {})
         fields["duration_ms"] = round(seconds * 1000, 3)
         logger.log(level, what, extra=fields)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from garagekv.admin.operation import NoArgs, Op, OpServices
 from garagekv.net.identity import NODE_ID_LEN, parse_node_id
@@ -29,6 +29,10 @@ from garagekv.util.config import parse_size
 from garagekv.util.errors import AdminError
 
 
+@overload
+def _role_json(role: NodeRole) -> dict[str, Any]: ...
+@overload
+def _role_json(role: NodeRole | None) -> dict[str, Any] | None: ...
 def _role_json(role: NodeRole | None) -> dict[str, Any] | None:
     """``{zone, capacity, tags}``, plus ``host`` (hex) for a worker of a multi-worker host."""
     if role is None:
@@ -122,7 +126,7 @@ def node_by_id(system: System, text: str) -> bytes:
     return resolve_node(system, text)
 
 
-async def status(s: OpServices, a: NoArgs) -> dict:
+async def status(s: OpServices, a: NoArgs) -> dict[str, Any]:
     system = s.system
     h = system.layout.history
     current = h.current()
@@ -163,7 +167,7 @@ class NodeConnectArgs:
     peer: str  # <node id>@<host>:<port>
 
 
-async def node_connect(s: OpServices, a: NodeConnectArgs) -> dict:
+async def node_connect(s: OpServices, a: NodeConnectArgs) -> dict[str, Any]:
     system = s.system
     node_id, addr = parse_peer(a.peer)
     try:
@@ -178,7 +182,7 @@ class NodeForgetArgs:
     node: str  # id or unique prefix
 
 
-async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict:
+async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict[str, Any]:
     system = s.system
     node_id = node_by_id(system, a.node)
     name = node_id.hex()[:16]
@@ -197,19 +201,19 @@ async def node_forget(s: OpServices, a: NodeForgetArgs) -> dict:
     return {"forgotten": node_id.hex()}
 
 
-async def layout_show(s: OpServices, a: NoArgs) -> dict:
+async def layout_show(s: OpServices, a: NoArgs) -> dict[str, Any]:
     h = s.system.layout.history
     # Both compute the next assignment (a max-flow): off the event loop.
     text, doc = await asyncio.to_thread(lambda: (describe_history(h), layout_document(h)))
     return {**doc, "text": text}
 
 
-async def layout_history(s: OpServices, a: NoArgs) -> dict:
+async def layout_history(s: OpServices, a: NoArgs) -> dict[str, Any]:
     h = s.system.layout.history
     return {**history_document(h), "text": describe_layout_history(h)}
 
 
-async def layout_get(s: OpServices, a: NoArgs) -> dict:
+async def layout_get(s: OpServices, a: NoArgs) -> dict[str, Any]:
     h = s.system.layout.history
     cur = h.current()
     return {
@@ -257,7 +261,7 @@ class LayoutStageArgs:
     changes: list[Any]  # each checked by _role_change, with its index in the messages
 
 
-async def layout_stage(s: OpServices, a: LayoutStageArgs) -> dict:
+async def layout_stage(s: OpServices, a: LayoutStageArgs) -> dict[str, Any]:
     """Stage a list of role changes at once (the admin API's ``POST /v1/layout``); all or none.
 
     Each change sets a node's whole role, as in Garage: ``{id, zone, capacity, tags}`` (capacity
@@ -289,7 +293,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [q + (1 if i < r else 0) for i in range(parts)]
 
 
-async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict:
+async def layout_assign(s: OpServices, a: LayoutAssignArgs) -> dict[str, Any]:
     """Stage roles. A host (its id, or any of its workers' ids) gets one role for all its workers:
     the zone and tags for each, the capacity split evenly between them."""
     system = s.system
@@ -371,7 +375,7 @@ class LayoutRemoveArgs:
     node: str  # a node id prefix, or a host id prefix (all its workers)
 
 
-async def layout_remove(s: OpServices, a: LayoutRemoveArgs) -> dict:
+async def layout_remove(s: OpServices, a: LayoutRemoveArgs) -> dict[str, Any]:
     """Stage the removal of one node's role (a single worker too: a host that runs fewer workers
     than before), or of every worker of a host given by its host id."""
     system = s.system
@@ -398,7 +402,7 @@ class LayoutConfigArgs:
     zone_redundancy: str | int  # a number of zones, or "maximum"
 
 
-async def layout_config(s: OpServices, a: LayoutConfigArgs) -> dict:
+async def layout_config(s: OpServices, a: LayoutConfigArgs) -> dict[str, Any]:
     system = s.system
     h = system.layout.history.clone()
     try:
@@ -415,7 +419,7 @@ class LayoutVersionArgs:
     version: int | None = None  # when given, must be the current version + 1
 
 
-async def layout_apply(s: OpServices, a: LayoutVersionArgs) -> dict:
+async def layout_apply(s: OpServices, a: LayoutVersionArgs) -> dict[str, Any]:
     system = s.system
     version = a.version
     h = system.layout.history
@@ -430,7 +434,7 @@ async def layout_apply(s: OpServices, a: LayoutVersionArgs) -> dict:
     }
 
 
-async def layout_revert(s: OpServices, a: LayoutVersionArgs) -> dict:
+async def layout_revert(s: OpServices, a: LayoutVersionArgs) -> dict[str, Any]:
     """Drop the staged changes; a ``version``, when given, must be the next one (as for apply)."""
     system = s.system
     h = system.layout.history
@@ -450,7 +454,7 @@ class SkipDeadNodesArgs:
     allow_missing_data: bool = False
 
 
-async def layout_skip_dead_nodes(s: OpServices, a: SkipDeadNodesArgs) -> dict:
+async def layout_skip_dead_nodes(s: OpServices, a: SkipDeadNodesArgs) -> dict[str, Any]:
     system = s.system
     h = system.layout.history.clone()
     done = h.skip_dead_nodes(a.version, system.up_nodes(), a.allow_missing_data)
@@ -463,7 +467,7 @@ class LocalDigestArgs:
     table: str | None = None  # one table, or all of them
 
 
-async def table_local_digest(s: OpServices, a: LocalDigestArgs) -> dict:
+async def table_local_digest(s: OpServices, a: LocalDigestArgs) -> dict[str, Any]:
     """This node's local data per table (entries, a hash of them all, Merkle to-do) and trackers.
 
     Replicas holding the same entries report the same hash; tests and operators use it to check

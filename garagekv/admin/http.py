@@ -390,6 +390,7 @@ class AdminApiServer:
         raw_path, _, raw_query = request.raw_path.partition("?")
         rid, token = bind_request_id(request.headers.get(REQUEST_ID_HEADER))
         name = "Unknown"
+        resp: web.StreamResponse
         try:
             if request.method == "OPTIONS":
                 name = "Options"
@@ -433,10 +434,11 @@ class AdminApiServer:
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._server is None:
+        if self._server is None or self._http is None:  # set together by start()
             return
         self._server.close()
         await self._http.shutdown(timeout=2.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garagekv.admin.operation import NoArgs, Op, OpServices, required
-from garagekv.model.helper import MetaHelper, bucket_info, key_info
+from garagekv.model.helper import MetaHelper, bucket_info, key_info, live_params
 from garagekv.model.key_table import KEY_ID_RE
 from garagekv.util.errors import AdminError, BucketAlreadyExists, NoSuchAccessKey, NoSuchBucket
 
@@ -75,7 +75,7 @@ class KeyCreateArgs:
     name: str | None = None
 
 
-async def key_create(s: OpServices, a: KeyCreateArgs) -> dict:
+async def key_create(s: OpServices, a: KeyCreateArgs) -> dict[str, Any]:
     h = s.model.helper
     return await key_info(h, await h.create_key(a.name or "Unnamed key"), show_secret=True)
 
@@ -87,14 +87,14 @@ class KeyImportArgs:
     name: str | None = None
 
 
-async def key_import(s: OpServices, a: KeyImportArgs) -> dict:
+async def key_import(s: OpServices, a: KeyImportArgs) -> dict[str, Any]:
     h = s.model.helper
     key = await h.import_key(a.key_id, a.secret, a.name or "Imported key")
     return await key_info(h, key, show_secret=True)
 
 
-async def key_list(s: OpServices, a: NoArgs) -> list:
-    return [{"id": k.key_id, "name": k.params.name.value} for k in await s.model.helper.list_keys()]
+async def key_list(s: OpServices, a: NoArgs) -> list[dict[str, Any]]:
+    return [{"id": k.key_id, "name": live_params(k).name.value} for k in await s.model.helper.list_keys()]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +102,7 @@ class KeyInfoArgs(KeyRef):
     show_secret: bool = False
 
 
-async def key_info_op(s: OpServices, a: KeyInfoArgs) -> dict:
+async def key_info_op(s: OpServices, a: KeyInfoArgs) -> dict[str, Any]:
     h = s.model.helper
     pattern = await _key_ref(h, a.pattern, a.id)
     return await key_info(h, await h.find_key(required(pattern, "pattern")), show_secret=a.show_secret)
@@ -113,12 +113,12 @@ class KeyRenameArgs(KeyRef):
     name: str
 
 
-async def key_rename(s: OpServices, a: KeyRenameArgs) -> dict:
+async def key_rename(s: OpServices, a: KeyRenameArgs) -> dict[str, Any]:
     h = s.model.helper
     return await key_info(h, await h.rename_key(required(await _key_ref(h, a.pattern, a.id), "pattern"), a.name))
 
 
-async def key_delete(s: OpServices, a: KeyRef) -> dict:
+async def key_delete(s: OpServices, a: KeyRef) -> dict[str, Any]:
     h = s.model.helper
     key = await h.delete_key(required(await _key_ref(h, a.pattern, a.id), "pattern"))
     return {"id": key.key_id}
@@ -129,7 +129,7 @@ class KeySetCreateBucketArgs(KeyRef):
     allow: bool
 
 
-async def key_set_create_bucket(s: OpServices, a: KeySetCreateBucketArgs) -> dict:
+async def key_set_create_bucket(s: OpServices, a: KeySetCreateBucketArgs) -> dict[str, Any]:
     h = s.model.helper
     pattern = required(await _key_ref(h, a.pattern, a.id), "pattern")
     return await key_info(h, await h.set_key_create_bucket(pattern, a.allow))
@@ -141,7 +141,7 @@ class KeyUpdateArgs(KeyRef):
     allow_create_bucket: bool | None = None
 
 
-async def key_update(s: OpServices, a: KeyUpdateArgs) -> dict:
+async def key_update(s: OpServices, a: KeyUpdateArgs) -> dict[str, Any]:
     """Rename and/or change the create-bucket flag (``allow_create_bucket``: true, false or absent)."""
     h = s.model.helper
     pattern = required(await _key_ref(h, a.pattern, a.id), "pattern")
@@ -163,7 +163,7 @@ class BucketCreateArgs:
     local_permissions: dict[str, Any] | None = None
 
 
-async def bucket_create(s: OpServices, a: BucketCreateArgs) -> dict:
+async def bucket_create(s: OpServices, a: BucketCreateArgs) -> dict[str, Any]:
     """``name`` (+ ``local_key``): the CLI's form. Or ``global_alias`` and/or ``local_alias`` with
     ``local_key``/``local_key_id`` and optional ``local_permissions`` {read, write, owner} (the
     admin API's form; the key gets read, write and owner when they are not given)."""
@@ -173,6 +173,7 @@ async def bucket_create(s: OpServices, a: BucketCreateArgs) -> dict:
     if global_alias is None and local_alias is None:
         return await bucket_info(h, await h.create_bucket(required(a.name, "name"), local_key))
     if local_alias is None:
+        assert global_alias is not None  # both None was the CLI's form, above
         return await bucket_info(h, await h.create_bucket(global_alias))
     if local_key is None:
         raise AdminError("A local alias needs the access key it belongs to")
@@ -195,7 +196,7 @@ async def bucket_create(s: OpServices, a: BucketCreateArgs) -> dict:
     return await bucket_info(h, bucket)
 
 
-async def bucket_list(s: OpServices, a: NoArgs) -> list:
+async def bucket_list(s: OpServices, a: NoArgs) -> list[dict[str, Any]]:
     out = []
     for b in await s.model.helper.list_buckets():
         out.append(
@@ -208,12 +209,12 @@ async def bucket_list(s: OpServices, a: NoArgs) -> list:
     return out
 
 
-async def bucket_info_op(s: OpServices, a: BucketRef) -> dict:
+async def bucket_info_op(s: OpServices, a: BucketRef) -> dict[str, Any]:
     h = s.model.helper
     return await bucket_info(h, await h.find_bucket(await _bucket_ref(h, a.name, a.id, a.global_alias)))
 
 
-async def bucket_delete(s: OpServices, a: BucketRef) -> dict:
+async def bucket_delete(s: OpServices, a: BucketRef) -> dict[str, Any]:
     h = s.model.helper
     b = await h.delete_bucket(await _bucket_ref(h, a.name, a.id, a.global_alias))
     return {"id": b.id.hex()}
@@ -232,12 +233,12 @@ class BucketPermissionsArgs:
     owner: bool = False
 
 
-async def bucket_permissions(s: OpServices, a: BucketPermissionsArgs) -> dict:
+async def bucket_permissions(s: OpServices, a: BucketPermissionsArgs) -> dict[str, Any]:
     h = s.model.helper
-    key = required(await _key_ref(h, a.key, a.key_id), "key")
+    key_pattern = required(await _key_ref(h, a.key, a.key_id), "key")
     bucket, key, perm = await h.change_permissions(
         await _bucket_ref(h, a.bucket, a.id, a.global_alias, "bucket"),
-        key,
+        key_pattern,
         allow=a.allow,
         read=a.read,
         write=a.write,
@@ -260,7 +261,7 @@ class BucketAliasArgs:
     local_key_id: str | None = None
 
 
-async def bucket_alias(s: OpServices, a: BucketAliasArgs) -> dict:
+async def bucket_alias(s: OpServices, a: BucketAliasArgs) -> dict[str, Any]:
     h = s.model.helper
     local_key = await _key_ref(h, a.local_key, a.local_key_id)
     bucket = await _bucket_ref(h, a.bucket, a.id, a.global_alias, "bucket")
@@ -275,7 +276,7 @@ class BucketUnaliasArgs:
     local_key_id: str | None = None
 
 
-async def bucket_unalias(s: OpServices, a: BucketUnaliasArgs) -> dict:
+async def bucket_unalias(s: OpServices, a: BucketUnaliasArgs) -> dict[str, Any]:
     """Remove ``alias`` (global, or of ``local_key``); with ``id``, only if it names that bucket."""
     h = s.model.helper
     local_key = await _key_ref(h, a.local_key, a.local_key_id)
@@ -284,7 +285,7 @@ async def bucket_unalias(s: OpServices, a: BucketUnaliasArgs) -> dict:
         if local_key is None:
             target = await h.resolve_global_alias(a.alias)
         else:
-            target = (await h.find_key(local_key)).params.local_aliases.get(a.alias)
+            target = live_params(await h.find_key(local_key)).local_aliases.get(a.alias)
         if target is None or target.hex() != bid:
             raise AdminError(f"Bucket {bid} doesn't have alias {a.alias}")
     return await bucket_info(h, await h.unalias_bucket(a.alias, local_key))

@@ -50,17 +50,19 @@ def _components(obj: Any) -> list[tuple[str, Any]]:
 
 
 def _component_table(c: Any) -> str:
-    if isinstance(getattr(c, "table_name", None), str):
-        return c.table_name
+    table_name = getattr(c, "table_name", None)
+    if isinstance(table_name, str):
+        return table_name
     table = getattr(c, "table", None)
     schema = getattr(table, "schema", None) or getattr(getattr(c, "data", None), "schema", None)
-    if schema is not None and getattr(schema, "name", None):
-        return schema.name
+    schema_name = getattr(schema, "name", None) if schema is not None else None
+    if schema_name:
+        return str(schema_name)  # a schema's name is a str already
     name = getattr(c, "name", None)
     return str(name) if name else type(c).__name__
 
 
-_pending: set[asyncio.Task] = set()
+_pending: set[asyncio.Task[Any]] = set()
 
 #: how long ``repair`` waits for a component's own coroutine before leaving it in the background
 INLINE_WAIT = 10.0
@@ -85,7 +87,7 @@ async def _run_bounded(result: Any, what: str) -> Any:
     return t.result() if done else None
 
 
-def _forget(t: asyncio.Task) -> None:
+def _forget(t: asyncio.Task[Any]) -> None:
     _pending.discard(t)
     if not t.cancelled():
         t.exception()  # already logged
@@ -108,7 +110,7 @@ def _worker_info(model: Model, tid: int) -> WorkerInfo:
 # ---- operations ---------------------------------------------------------------------------------
 
 
-async def node_info(node: OpServices, a: NoArgs) -> dict:
+async def node_info(node: OpServices, a: NoArgs) -> dict[str, Any]:
     return node.info()
 
 
@@ -117,7 +119,7 @@ class RepairArgs:
     what: str  # one of REPAIRS
 
 
-async def repair(node: OpServices, a: RepairArgs) -> dict:
+async def repair(node: OpServices, a: RepairArgs) -> dict[str, Any]:
     what = a.what
     if what not in REPAIRS:
         raise AdminError(f"Unknown repair '{what}': choose one of {', '.join(REPAIRS)}")
@@ -133,7 +135,8 @@ async def repair(node: OpServices, a: RepairArgs) -> dict:
                 "follow": [],
                 "message": f"No {verb} is available on this node: nothing to repair.",
             }
-        follow, queued = [], 0
+        follow: list[dict[str, Any]] = []
+        queued = 0
         for name, c in components:
             baseline = c.progress().get("full_syncs", 0) if hasattr(c, "progress") else 0
             r = await _run_bounded(c.add_full_sync() if what == "tables" else c.rebuild(), f"{verb} of {name}")
@@ -179,7 +182,7 @@ class StatsArgs:
     all_nodes: bool = False
 
 
-async def stats(node: OpServices, a: StatsArgs) -> dict:
+async def stats(node: OpServices, a: StatsArgs) -> dict[str, Any]:
     if a.all_nodes:
         return await _stats_all(node)
     model, system = node.model, node.system
@@ -249,23 +252,26 @@ async def stats(node: OpServices, a: StatsArgs) -> dict:
     }
 
 
-async def _stats_all(node: OpServices) -> dict:
+async def _stats_all(node: OpServices) -> dict[str, Any]:
     """``stats`` of every node of the layout (and this one), each asked over the cluster RPC."""
     system = node.system
     ids = sorted({system.node_id, *system.layout.history.all_nodes()})
 
-    async def one(n: bytes) -> dict:
+    async def one(n: bytes) -> dict[str, Any]:
         try:
             if n == system.node_id:
                 return await stats(node, StatsArgs())
-            return await system.netapp.call(n, ADMIN_ENDPOINT, {"op": "stats", "args": {}}, timeout=STATS_TIMEOUT)
+            reply: dict[str, Any] = await system.netapp.call(
+                n, ADMIN_ENDPOINT, {"op": "stats", "args": {}}, timeout=STATS_TIMEOUT
+            )
+            return reply  # the remote node's `stats` answer, a map
         except Exception as e:  # noqa: BLE001 - reported per node
             return {"node": n.hex(), "error": str(e)}
 
     return {"nodes": list(await asyncio.gather(*(one(n) for n in ids)))}
 
 
-async def worker_list(node: OpServices, a: NoArgs) -> dict:
+async def worker_list(node: OpServices, a: NoArgs) -> dict[str, Any]:
     return {"workers": sorted(node.model.background.list(), key=lambda w: w["tid"])}
 
 
@@ -274,7 +280,7 @@ class WorkerInfoArgs:
     tid: int
 
 
-async def worker_info(node: OpServices, a: WorkerInfoArgs) -> dict:
+async def worker_info(node: OpServices, a: WorkerInfoArgs) -> dict[str, Any]:
     return _worker_info(node.model, a.tid).to_json()
 
 
@@ -286,19 +292,20 @@ class SnapshotArgs:
 SNAPSHOT_TIMEOUT = 3600.0  # a compacting copy of a large database takes a while
 
 
-async def meta_snapshot(node: OpServices, a: SnapshotArgs) -> dict:
+async def meta_snapshot(node: OpServices, a: SnapshotArgs) -> dict[str, Any]:
     """A consistent, compacted copy of the metadata database (docs/operations.md, Backups)."""
     if not a.all_nodes:
         return {"node": node.system.node_id.hex(), **(await node.snapshotter.take())}
     system = node.system
     ids = sorted({system.node_id, *system.layout.history.all_nodes()})
 
-    async def one(n: bytes) -> dict:
+    async def one(n: bytes) -> dict[str, Any]:
         try:
             if n == system.node_id:
                 return await meta_snapshot(node, SnapshotArgs())
             msg = {"op": "meta.snapshot", "args": {}}
-            return await system.netapp.call(n, ADMIN_ENDPOINT, msg, timeout=SNAPSHOT_TIMEOUT)
+            reply: dict[str, Any] = await system.netapp.call(n, ADMIN_ENDPOINT, msg, timeout=SNAPSHOT_TIMEOUT)
+            return reply  # the remote node's `meta.snapshot` answer, a map
         except Exception as e:  # noqa: BLE001 - reported per node
             return {"node": n.hex(), "error": str(e)}
 

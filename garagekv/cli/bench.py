@@ -21,7 +21,7 @@ from garagekv.bench.runner import run_bench, start_null_server, stop_process
 SELFTEST_MIXES = ("write", "read", "mixed", "batch")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
         help="load-test a K2V endpoint (closed loop)",
@@ -105,7 +105,8 @@ def _read_dev_json(spec: str) -> dict[str, Any]:
     for line in lines:
         line = line.strip()
         if line.startswith("{"):
-            return json.loads(line)
+            doc: dict[str, Any] = json.loads(line)  # `garagekv dev --json` writes one object a line
+            return doc
     raise BenchError(f"no JSON object in {'stdin' if spec == '-' else spec}")
 
 

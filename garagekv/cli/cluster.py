@@ -14,7 +14,7 @@ from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     st = sub.add_parser("status", help="nodes of the cluster, their roles and health")
     st.add_argument("--json", action="store_true")
 

@@ -45,7 +45,7 @@ READY_TIMEOUT = 30.0
 NODE_CAPACITY = "1G"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dev",
         help="run a local development cluster with a key and a bucket",
@@ -151,6 +151,12 @@ class DevNode:
     def log_path(self) -> Path:
         return self.dir / "node.log"
 
+    @property
+    def started(self) -> subprocess.Popen[bytes]:
+        """The node's process, once ``start`` ran (``run`` starts every node before anything else)."""
+        assert self.proc is not None, "DevNode.start() not called"
+        return self.proc
+
     def start(self, lifeline: int) -> None:
         """Start the node process; it stops when ``lifeline`` (a pipe's read end) reaches end of file."""
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, lives as long as it
@@ -231,7 +237,7 @@ class DevNode:
             await asyncio.sleep(0.1)
 
     def info(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.node_id,
             "k2v_endpoint": f"http://127.0.0.1:{self.ports['k2v']}",
             "rpc_addr": self.rpc_addr(),
@@ -377,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, GarageKVError, ConfigError) as e:
         stop()
         for n in nodes:
-            n.proc.wait(timeout=30)
+            n.started.wait(timeout=30)
         print(f"Error: {e}", file=sys.stderr)
         return 1
 
@@ -425,9 +431,9 @@ def run(args: argparse.Namespace) -> int:
 def _supervise(nodes: list[DevNode], stopping: Any) -> int:
     """Wait until every node has exited; report a node that dies on its own and keep the others."""
     reported: set[int] = set()
-    while any(n.proc.poll() is None for n in nodes):
+    while any(n.started.poll() is None for n in nodes):
         for n in nodes:
-            code = n.proc.poll()
+            code = n.started.poll()
             if code is not None and not stopping() and n.index not in reported:
                 reported.add(n.index)
                 print(
@@ -438,5 +444,5 @@ def _supervise(nodes: list[DevNode], stopping: Any) -> int:
                 )
         time.sleep(0.2)
     if stopping():
-        return 0 if all(n.proc.returncode == 0 for n in nodes) else 1
+        return 0 if all(n.started.returncode == 0 for n in nodes) else 1
     return 1

@@ -18,7 +18,7 @@ _TTL = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("hulykvs", help="Hulykvs-compatible API tools (docs/hulykvs.md)")
     hsub = p.add_subparsers(dest="hulykvs_command", required=True)
     t = hsub.add_parser(

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _accept_config_anywhere(sub: argparse._SubParsersAction) -> None:
+def _accept_config_anywhere(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``garagekv server -c FILE`` works as well as ``garagekv -c FILE server``."""
     stack = list(sub.choices.values())
     seen: set[int] = set()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from garagekv.admin.remote import admin_call
@@ -22,7 +23,7 @@ COMMANDS = ("repair", "stats", "worker", "meta")
 PROGRESS_INTERVAL = 1.0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "repair",
         help="repair this node's data: anti-entropy, Merkle tries, index counters",
@@ -58,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 # ---- formatting ---------------------------------------------------------------------------------
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
@@ -138,7 +139,7 @@ def format_stats(st: dict[str, Any]) -> str:
     )
     out.append("")
     out.append("==== TABLES ====")
-    rows = [("Table", "Items", "Size", "MklItems", "MklTodo", "GcTodo", "InsertQueue", "GC'd")]
+    rows: list[tuple[str, ...]] = [("Table", "Items", "Size", "MklItems", "MklTodo", "GcTodo", "InsertQueue", "GC'd")]
     for t in st["tables"]:
         size = t.get("bytes")
         rows.append(
@@ -195,7 +196,7 @@ async def _follow(call: Any, tid: int, interval: float = PROGRESS_INTERVAL) -> d
     last = None
     last_print = 0.0
     while True:
-        w = await call("worker.info", {"tid": tid})
+        w: dict[str, Any] = await call("worker.info", {"tid": tid})
         text = f"{w['state']}: {progress_text(w)}" + (f" [{w['phase']}]" if w.get("phase") else "")
         if w.get("consecutive_errors"):
             text += f" (retrying after error: {w.get('last_error')})"

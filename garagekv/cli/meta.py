@@ -11,7 +11,7 @@ from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     key = sub.add_parser("key", help="manage access keys").add_subparsers(dest="action", required=True)
     c = key.add_parser("create", help="create a key")
     c.add_argument("name", nargs="?", default="Unnamed key")

@@ -33,7 +33,7 @@ _ALIAS_TAKEN = "Alias {} already exists and points to different bucket: {}"
 P = TypeVar("P", bound=EntryParams)
 
 
-def _live(entry: DeletableEntry[P]) -> P:
+def live_params(entry: DeletableEntry[P]) -> P:
     """The params of a key or bucket that came through a lookup dropping deleted entries
     (``get_key``, ``find_key``, ``get_bucket``, ``find_bucket``, ``list_*``): never None there."""
     assert entry.params is not None, "a deleted entry past a lookup that drops them"
@@ -123,7 +123,7 @@ class MetaHelper:
                 return k
         p = pattern.lower()
         matches = [
-            k for k in await self.list_keys() if k.key_id.lower().startswith(p) or _live(k).name.value == pattern
+            k for k in await self.list_keys() if k.key_id.lower().startswith(p) or live_params(k).name.value == pattern
         ]
         if len(matches) != 1:
             if not matches:
@@ -159,21 +159,21 @@ class MetaHelper:
     async def rename_key(self, pattern: str, name: str) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            _live(key).name.update(name)
+            live_params(key).name.update(name)
             await self.keys.insert(key)
             return key
 
     async def set_key_create_bucket(self, pattern: str, allow: bool) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            _live(key).allow_create_bucket.update(allow)
+            live_params(key).allow_create_bucket.update(allow)
             await self.keys.insert(key)
             return key
 
     async def delete_key(self, pattern: str) -> Key:
         async with self._lock:
             key = await self.find_key(pattern)
-            params = _live(key)
+            params = live_params(key)
             for alias, bid in list(params.local_aliases.items()):
                 if bid is not None:
                     await self._unset_local_alias(key, alias, bid)
@@ -217,7 +217,7 @@ class MetaHelper:
         async with self._lock:
             if local_key is not None:
                 key = await self.find_key(local_key)
-                if _live(key).local_aliases.get(name) is not None:
+                if live_params(key).local_aliases.get(name) is not None:
                     raise BucketAlreadyExists(f"Key-local alias {name} already exists")
             else:
                 key = None
@@ -246,7 +246,7 @@ class MetaHelper:
                 key = await self.get_key(key_id)
                 if key is not None:
                     await self._unset_local_alias(key, alias, bucket.id)
-            for key_id in list(_live(bucket).authorized_keys):
+            for key_id in list(live_params(bucket).authorized_keys):
                 key = await self.get_key(key_id)
                 if key is not None:
                     await self._set_perm(bucket.id, key, BucketKeyPerm(0))
@@ -282,7 +282,7 @@ class MetaHelper:
                 await self._set_global_alias(bucket, new_alias)
             else:
                 key = await self.find_key(local_key)
-                existing = _live(key).local_aliases.get(new_alias)
+                existing = live_params(key).local_aliases.get(new_alias)
                 if existing is not None and existing != bucket.id:
                     raise AdminError(_ALIAS_TAKEN.format(new_alias, existing.hex()))
                 if not key.bucket_permissions(bucket.id).is_any():
@@ -302,7 +302,7 @@ class MetaHelper:
                 await self._unset_global_alias(bucket, alias)
             else:
                 key = await self.find_key(local_key)
-                bid = _live(key).local_aliases.get(alias)
+                bid = live_params(key).local_aliases.get(alias)
                 bucket = None if bid is None else await self.get_bucket(bid)
                 if bid is None or bucket is None:
                     raise NoSuchBucket(alias)
@@ -322,7 +322,7 @@ class MetaHelper:
             else 0,
         )
         perm.timestamp = increment_logical_clock(old_ts)
-        _live(key).authorized_buckets[bucket_id] = perm
+        live_params(key).authorized_buckets[bucket_id] = perm
         await self.keys.insert(key)
         if bucket is not None and bucket.params is not None:
             bucket.params.authorized_keys[key.key_id] = BucketKeyPerm(**vars(perm))
@@ -330,21 +330,21 @@ class MetaHelper:
 
     async def _set_global_alias(self, bucket: Bucket, name: str) -> None:
         old = await self.aliases.get(EMPTY_PARTITION + name.encode())
-        ts = increment_logical_clock(max(old.state.ts if old else 0, _live(bucket).aliases.get_ts(name)))
+        ts = increment_logical_clock(max(old.state.ts if old else 0, live_params(bucket).aliases.get_ts(name)))
         await self.aliases.insert(BucketAlias(name, Lww(ts, bucket.id)))
-        _live(bucket).aliases.put(name, True, ts)
+        live_params(bucket).aliases.put(name, True, ts)
         await self.buckets.insert(bucket)
 
     async def _unset_global_alias(self, bucket: Bucket, name: str) -> None:
         old = await self.aliases.get(EMPTY_PARTITION + name.encode())
-        ts = increment_logical_clock(max(old.state.ts if old else 0, _live(bucket).aliases.get_ts(name)))
+        ts = increment_logical_clock(max(old.state.ts if old else 0, live_params(bucket).aliases.get_ts(name)))
         await self.aliases.insert(BucketAlias(name, Lww(ts, None)))
-        _live(bucket).aliases.put(name, False, ts)
+        live_params(bucket).aliases.put(name, False, ts)
         await self.buckets.insert(bucket)
 
     async def _set_local_alias(self, key: Key, name: str, bucket: Bucket) -> None:
         lk = f"{key.key_id}:{name}"
-        kp, bp = _live(key), _live(bucket)
+        kp, bp = live_params(key), live_params(bucket)
         ts = increment_logical_clock(max(kp.local_aliases.get_ts(name), bp.local_aliases.get_ts(lk)))
         kp.local_aliases.put(name, bucket.id, ts)
         await self.keys.insert(key)
@@ -355,7 +355,7 @@ class MetaHelper:
         lk = f"{key.key_id}:{name}"
         bucket = await self.buckets.get(EMPTY_PARTITION + bucket_id)
         bts = bucket.params.local_aliases.get_ts(lk) if bucket and bucket.params else 0
-        kp = _live(key)
+        kp = live_params(key)
         ts = increment_logical_clock(max(kp.local_aliases.get_ts(name), bts))
         kp.local_aliases.put(name, None, ts)
         await self.keys.insert(key)
@@ -368,7 +368,7 @@ class MetaHelper:
 
 
 async def key_info(helper: MetaHelper, key: Key, show_secret: bool = False) -> dict[str, Any]:
-    p = _live(key)
+    p = live_params(key)
     buckets = []
     for bid, perm in sorted(p.authorized_buckets.items()):
         b = await helper.get_bucket(bid)
@@ -392,7 +392,7 @@ async def key_info(helper: MetaHelper, key: Key, show_secret: bool = False) -> d
 
 
 async def bucket_info(helper: MetaHelper, bucket: Bucket) -> dict[str, Any]:
-    p = _live(bucket)
+    p = live_params(bucket)
     keys = []
     for key_id, perm in sorted(p.authorized_keys.items()):
         if not perm.is_any():
@@ -401,7 +401,7 @@ async def bucket_info(helper: MetaHelper, bucket: Bucket) -> dict[str, Any]:
         keys.append(
             {
                 "accessKeyId": key_id,
-                "name": _live(k).name.value if k else "",
+                "name": live_params(k).name.value if k else "",
                 "permissions": {"read": perm.allow_read, "write": perm.allow_write, "owner": perm.allow_owner},
                 "bucketLocalAliases": [a for kid, a in bucket.local_aliases() if kid == key_id],
             }
