@@ -284,11 +284,17 @@ async def _form_cluster(nodes: list[DevNode]) -> None:
     target = (await first.call("cluster.status"))["layout_version"]
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        versions = [(await n.call("cluster.status"))["layout_version"] for n in nodes]
-        if all(v == target for v in versions):
+        # Every worker, with every other one up: a host's workers share its K2V port, and one
+        # without the layout, or not yet in touch with the others, would answer a client's
+        # first request with 503.
+        statuses = [await n.call("cluster.status", worker=w) for n in nodes for w in range(n.workers)]
+        versions = [st["layout_version"] for st in statuses]
+        if all(v == target for v in versions) and all(
+            x["up"] for st in statuses for x in st["nodes"] if x["id"] in expected
+        ):
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"layout did not converge (versions {versions}, expected {target})")
+            raise RuntimeError(f"layout did not converge (versions {versions}, expected {target}) or a node is down")
         await asyncio.sleep(0.2)
 
 
