@@ -119,9 +119,10 @@ class Node:
         self.metrics.add_source(lambda: consensus_families(model))
         self.helper = self.model.helper
         self.k2v = self.model.k2v
+        # Before the RPC listener opens: an admin call over RPC may come at once (meta.snapshot).
+        self.snapshotter = Snapshotter(self.db, cfg.metadata_dir, cfg.snapshots_dir, cfg.metadata_snapshots_keep)
         await _listening(f"{cfg.rpc_bind_addr} (rpc_bind_addr)", self.system.start())
         await self.model.start()
-        self.snapshotter = Snapshotter(self.db, cfg.metadata_dir, cfg.snapshots_dir, cfg.metadata_snapshots_keep)
         if cfg.metadata_auto_snapshot_interval is not None:
             self.model.background.spawn(AutoSnapshotWorker(self.snapshotter, cfg.metadata_auto_snapshot_interval))
         for key in cfg.ignored_keys:
@@ -186,8 +187,8 @@ class Node:
     def services(self) -> OpServices:
         """The node as its operations see it: :class:`OpServices` with every service set.
 
-        start() sets them (``snapshotter`` last, just after the RPC listener opens) before the
-        admin API listens; a lifecycle the type system cannot follow, hence the cast.
+        start() sets them before the RPC listener and the admin API open; a lifecycle the type
+        system cannot follow, hence the cast.
         """
         return cast(OpServices, self)
 
