@@ -436,32 +436,11 @@ class K2VStore:
     ) -> list[K2VItem] | None:
         """Local items of the range the marker has not seen (all of them without a marker).
 
-        Blocks until there is one; None on timeout. The subscription is opened before the first
-        read so a write landing in between is never missed. The first answer is read as
-        ``_news`` says; after a wake-up, only the items the notifications named are read again
-        (``_read_changed``): a wake-up costs what changed.
+        Blocks until there is one; None on timeout. A PollRanges call of one range
+        (``poll_ranges``): a wake-up reads only the items the notifications named.
         """
-        ph = partition_hash(bucket_id, pk)
-        with self.subs.partition(ph) as sub:
-            first = await self._news([LocalRange(ph, q, marker)])
-            if marker is None or first:
-                return first[0]
-            try:
-                async with asyncio.timeout(timeout):
-                    while True:
-                        # Changes already in the snapshot just read may wake this once more;
-                        # they are not new to the marker, so they are skipped here.
-                        changed = {
-                            (ph, i.sort_key)
-                            for i in await sub.wait()
-                            if q.contains(i.sort_key) and marker.is_new_item(i)
-                        }
-                        if changed:
-                            now = self._read_changed(changed)
-                            if items := [i for _, i in sorted(now.items()) if marker.is_new_item(i)]:
-                                return items
-            except TimeoutError:
-                return None
+        news = await self.poll_ranges([LocalRange(partition_hash(bucket_id, pk), q, marker)], timeout)
+        return news.get(0)
 
     async def poll_ranges(self, ranges: list[LocalRange], timeout: float) -> dict[int, list[K2VItem]]:
         """Local items the ranges' markers have not seen, by index in ``ranges``: every range
@@ -493,14 +472,7 @@ class K2VStore:
                                         marker is None or marker.is_new_item(item)
                                     ):
                                         dirty.setdefault(i, set()).add(item.sort_key)
-                        now = self._read_changed(
-                            (ranges[i].partition_hash, sk) for i, sks in dirty.items() for sk in sks
-                        )
-                        for i, sks in sorted(dirty.items()):
-                            r = ranges[i]
-                            items = [now[k] for sk in sorted(sks) if (k := (r.partition_hash, sk)) in now]
-                            if new := [item for item in items if r.marker is None or r.marker.is_new_item(item)]:
-                                news[i] = new
+                        news = self._read_news(ranges, {i: sorted(sks) for i, sks in sorted(dirty.items())})
                         if news:
                             return news
             except TimeoutError:
@@ -534,11 +506,17 @@ class K2VStore:
             elif new := [item for item in items if r.marker.is_new_item(item)]:
                 news[i] = new
         if wanted:
-            now = self._read_changed((ranges[i].partition_hash, sk) for i, sks in wanted.items() for sk in sks)
-            for i, sks in wanted.items():
-                marker = ranges[i].marker
-                assert marker is not None
-                items = [now[k] for sk in sks if (k := (ranges[i].partition_hash, sk)) in now]
-                if new := [item for item in items if marker.is_new_item(item)]:
-                    news[i] = new
+            news.update(self._read_news(ranges, wanted))
         return dict(sorted(news.items()))
+
+    def _read_news(self, ranges: list[LocalRange], wanted: dict[int, list[str]]) -> dict[int, list[K2VItem]]:
+        """For each range index, its items of the sort keys ``wanted`` (in that order) that are
+        new to its marker, read in one transaction (``_read_changed``); ranges with none left out."""
+        now = self._read_changed((ranges[i].partition_hash, sk) for i, sks in wanted.items() for sk in sks)
+        news: dict[int, list[K2VItem]] = {}
+        for i, sks in wanted.items():
+            r = ranges[i]
+            items = [now[k] for sk in sks if (k := (r.partition_hash, sk)) in now]
+            if new := [item for item in items if r.marker is None or r.marker.is_new_item(item)]:
+                news[i] = new
+        return news

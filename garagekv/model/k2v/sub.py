@@ -48,11 +48,6 @@ class SubscriptionManager:
             yield sub
 
     @contextmanager
-    def partition(self, partition_hash: bytes) -> Iterator[Subscription]:
-        with self._subscribed(self._partitions, (partition_hash,)) as sub:
-            yield sub
-
-    @contextmanager
     def partitions(self, partition_hashes: Iterable[bytes]) -> Iterator[Subscription]:
         """One subscription woken by a change in any of ``partition_hashes``."""
         with self._subscribed(self._partitions, set(partition_hashes)) as sub:
