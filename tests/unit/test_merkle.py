@@ -14,7 +14,17 @@ from hypothesis import strategies as st
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.table.data import TableData
-from garagekv.table.merkle import EMPTY, EMPTY_HASH, PENDING, MerkleNode, MerkleUpdater, _Inner, _TrieBatch, node_key
+from garagekv.table.merkle import (
+    EMPTY,
+    EMPTY_HASH,
+    PENDING,
+    MerkleNode,
+    MerkleUpdater,
+    _Inner,
+    _stored_for_batch,
+    _TrieBatch,
+    node_key,
+)
 from garagekv.table.schema import BaseSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import StorageError
@@ -240,6 +250,26 @@ def test_node_encoding_round_trips_and_rejects_garbage():
         with pytest.raises(StorageError):
             MerkleNode.from_wire([1, children])
     assert MerkleNode.from_wire([1, []]).children == ()
+
+
+def test_a_batch_reads_stored_nodes_as_decode_does_and_rejects_garbage():
+    """A batch's own decoding of format-1 nodes (``_stored_for_batch``) agrees with
+    ``MerkleNode.decode`` and refuses what it refuses."""
+    inner = MerkleNode.intermediate({3: vh(1), 1: vh(2)})
+    got = _stored_for_batch(inner.encode())
+    assert isinstance(got, _Inner) and got.children == dict(inner.children) and got.inline == {}
+    leaf = MerkleNode.leaf(b"k" * 40, vh(1))
+    assert _stored_for_batch(leaf.encode()) == leaf and _stored_for_batch(EMPTY.encode()) == EMPTY
+    for bad in (
+        inner.encode()[:-3],  # truncated
+        b"\x01" + msgpack.packb([1, [[3, vh(1)], [1, vh(2)]]]),  # children out of order
+        b"\x01" + msgpack.packb([1, [[256, vh(1)]]]),
+        b"\x01" + msgpack.packb([1, [[1, "text"]]]),
+        b"\x01" + msgpack.packb([1, 5]),
+        b"\x01" + msgpack.packb([7]),
+    ):
+        with pytest.raises(StorageError):
+            _stored_for_batch(bad)
 
 
 def test_stored_formats_decode_and_reject_garbage():
