@@ -15,7 +15,16 @@ import logging
 from typing import Any
 
 from garagekv.consensus.machine import StateMachine
-from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Propose
+from garagekv.consensus.messages import (
+    Accepted,
+    CheckedAccepted,
+    CheckedPropose,
+    Commit,
+    Prepare,
+    Promise,
+    Propose,
+    state_digest,
+)
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.state import AcceptorState
 from garagekv.db.env import Database
@@ -34,6 +43,8 @@ PREPARE = endpoint_path("consensus/acceptor", "Prepare")
 PROPOSE = endpoint_path("consensus/acceptor", "Propose")
 COMMIT = endpoint_path("consensus/acceptor", "Commit")
 READ = endpoint_path("consensus/acceptor", "Read")
+CHECKED_PROPOSE = endpoint_path("consensus/acceptor", "CheckedPropose")
+ACCEPT_COMMIT = endpoint_path("consensus/acceptor", "AcceptCommit")
 #: Several of the messages above in one call: ``[msgpack([path, body]), ...]`` answered by
 #: ``[[true, answer] | [false, {"code", "message"}], ...]`` in the same order (a proposer sends
 #: what its rounds queued for this node during one event-loop turn, docs/consensus.md §5).
@@ -62,6 +73,8 @@ class Acceptor:
         registry.register(PROPOSE, self._handle_propose)
         registry.register(COMMIT, self._handle_commit)
         registry.register(READ, self._handle_read)
+        registry.register(CHECKED_PROPOSE, self._handle_checked_propose)
+        registry.register(ACCEPT_COMMIT, self._handle_accept_commit)
         registry.register(BATCH, self._handle_batch)
         registry.register(BATCH_HELD, self._handle_batch_held)
         self._handlers = {
@@ -69,6 +82,8 @@ class Acceptor:
             PROPOSE: self._handle_propose,
             COMMIT: self._handle_commit,
             READ: self._handle_read,
+            CHECKED_PROPOSE: self._handle_checked_propose,
+            ACCEPT_COMMIT: self._handle_accept_commit,
         }
 
     # ---- state -----------------------------------------------------------------------------------
@@ -115,6 +130,57 @@ class Acceptor:
 
         answer = await self.writer.submit(job)
         self.metrics.count("accepts" if answer.ok else "refusals")
+        return answer
+
+    async def checked_propose(self, msg: CheckedPropose) -> CheckedAccepted:
+        """Accept a held ballot's proposal only if this node's states are the ones it was decided
+        on (docs/consensus.md §3c). Otherwise nothing changes: a refusal if the ballot is no
+        longer held here, the local states if they differ."""
+
+        def job(tx: WriteTxn) -> CheckedAccepted:
+            old = self._state_in(tx, msg.key)
+            if not old.holds(msg.proposal.ballot):
+                return CheckedAccepted(False, old.promised)
+            values = self.machine.read_in(tx, msg.key, msg.read_keys)
+            if len(values) != len(msg.read_keys):
+                raise ValueError("state machine returned the wrong number of states")
+            if tuple(state_digest(v) for v in values) != msg.digests:
+                return CheckedAccepted(False, old.promised, tuple(zip(msg.read_keys, values, strict=True)))
+            new, ok = old.on_propose(msg.proposal)
+            assert ok  # the ballot is the promise
+            self._store(tx, msg.key, old, new)
+            return CheckedAccepted(True, new.promised)
+
+        answer = await self.writer.submit(job)
+        if answer.ok or answer.states is None:
+            self.metrics.count("accepts" if answer.ok else "refusals")
+        return answer
+
+    async def accept_and_commit(self, msg: Commit) -> Accepted:
+        """The proposer's own acceptor in a §3c round, once the other holder accepted: with this
+        acceptance the proposal is chosen (the two are a majority), so accept, commit and renew
+        the next ballot in one transaction; or, if a higher ballot was promised here since,
+        refuse and change nothing."""
+
+        def job(tx: WriteTxn) -> Accepted:
+            old = self._state_in(tx, msg.key)
+            new, ok = old.on_propose(msg.proposal)
+            if not ok:
+                return Accepted(False, old.promised)
+            new = new.on_commit(msg.proposal)
+            if msg.next_ballot is not None:
+                new, _ = new.on_renew(msg.proposal.ballot, msg.next_ballot)
+            self._store(tx, msg.key, old, new)
+            if msg.proposal.update is not None:
+                self.machine.apply_in(tx, msg.key, msg.proposal.update)
+            return Accepted(True, new.promised)
+
+        answer = await self.writer.submit(job)
+        if answer.ok:
+            self.metrics.count("accepts")
+            self.metrics.count("commits")
+        else:
+            self.metrics.count("refusals")
         return answer
 
     async def commit(self, msg: Commit) -> Accepted | None:
@@ -168,6 +234,12 @@ class Acceptor:
 
     async def _handle_read(self, from_node: bytes, body: Any) -> Any:
         return (await self.read(Prepare.from_wire(body))).to_wire()
+
+    async def _handle_checked_propose(self, from_node: bytes, body: Any) -> Any:
+        return (await self.checked_propose(CheckedPropose.from_wire(body))).to_wire()
+
+    async def _handle_accept_commit(self, from_node: bytes, body: Any) -> Any:
+        return (await self.accept_and_commit(Commit.from_wire(body))).to_wire()
 
     async def _handle_batch(self, from_node: bytes, body: Any) -> Any:
         async def one(msg: Any) -> Any:

@@ -8,6 +8,7 @@ Formats are in docs/consensus.md, "Messages".
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,31 @@ def _opt_bytes(kind: str, what: str, w: Any) -> bytes | None:
     return w
 
 
+def _read_keys(kind: str, w: Any) -> tuple[bytes, ...]:
+    if not isinstance(w, list | tuple) or len(w) > MAX_READ_KEYS:
+        raise _fail(kind, f"read keys must be an array of at most {MAX_READ_KEYS}")
+    if not all(isinstance(k, bytes) and len(k) <= MAX_KEY_LEN for k in w):
+        raise _fail(kind, "every read key must be bytes")
+    return tuple(w)
+
+
+def _states(kind: str, w: Any) -> tuple[tuple[bytes, bytes | None], ...]:
+    if not isinstance(w, list | tuple) or len(w) > MAX_READ_KEYS:
+        raise _fail(kind, "states must be an array")
+    parsed = []
+    for s in w:
+        k, v = _fields(kind, s, 2)
+        if not isinstance(k, bytes):
+            raise _fail(kind, "a state's key must be bytes")
+        parsed.append((k, _opt_bytes(kind, "a state", v)))
+    return tuple(parsed)
+
+
+def state_digest(state: bytes | None) -> bytes:
+    """What a checked proposal compares instead of the state itself (an item may be large)."""
+    return b"" if state is None else hashlib.blake2b(state, digest_size=16).digest()
+
+
 def _bool(kind: str, what: str, w: Any) -> bool:
     if not isinstance(w, bool):
         raise _fail(kind, f"{what} must be a boolean")
@@ -89,11 +115,7 @@ class Prepare:
     @classmethod
     def from_wire(cls, w: Any) -> Prepare:
         key, b, rks = _fields("Prepare", w, 3)
-        if not isinstance(rks, list | tuple) or len(rks) > MAX_READ_KEYS:
-            raise _fail("Prepare", f"read keys must be an array of at most {MAX_READ_KEYS}")
-        if not all(isinstance(k, bytes) and len(k) <= MAX_KEY_LEN for k in rks):
-            raise _fail("Prepare", "every read key must be bytes")
-        return cls(_key("Prepare", key), _ballot("Prepare", b), tuple(rks))
+        return cls(_key("Prepare", key), _ballot("Prepare", b), _read_keys("Prepare", rks))
 
 
 @dataclass(frozen=True)
@@ -122,20 +144,12 @@ class Promise:
     @classmethod
     def from_wire(cls, w: Any) -> Promise:
         ok, promised, acc, com, states = _fields("Promise", w, 5)
-        if not isinstance(states, list | tuple) or len(states) > MAX_READ_KEYS:
-            raise _fail("Promise", "states must be an array")
-        parsed = []
-        for s in states:
-            k, v = _fields("Promise", s, 2)
-            if not isinstance(k, bytes):
-                raise _fail("Promise", "a state's key must be bytes")
-            parsed.append((k, _opt_bytes("Promise", "a state", v)))
         return cls(
             _bool("Promise", "ok", ok),
             _ballot("Promise", promised),
             None if acc is None else Proposal.from_wire(acc, "Promise"),
             None if com is None else Proposal.from_wire(com, "Promise"),
-            tuple(parsed),
+            _states("Promise", states),
         )
 
 
@@ -153,6 +167,55 @@ class Propose:
     def from_wire(cls, w: Any) -> Propose:
         key, p = _fields("Propose", w, 2)
         return cls(_key("Propose", key), Proposal.from_wire(p, "Propose"))
+
+
+@dataclass(frozen=True)
+class CheckedPropose:
+    """Phase 2a of a held ballot's round decided on the proposer's own state alone
+    (docs/consensus.md §3c): accept ``proposal`` only if its ballot is still held here and the
+    local state of each read key has the digest (``state_digest``) the decision was made on."""
+
+    key: bytes
+    proposal: Proposal
+    read_keys: tuple[bytes, ...]
+    digests: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.key, self.proposal.to_wire(), list(self.read_keys), list(self.digests)]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> CheckedPropose:
+        key, p, rks, digests = _fields("CheckedPropose", w, 4)
+        read_keys = _read_keys("CheckedPropose", rks)
+        if not isinstance(digests, list | tuple) or len(digests) != len(read_keys):
+            raise _fail("CheckedPropose", "one digest per read key")
+        if not all(isinstance(d, bytes) and len(d) <= 64 for d in digests):
+            raise _fail("CheckedPropose", "every digest must be bytes")
+        return cls(_key("CheckedPropose", key), Proposal.from_wire(p, "CheckedPropose"), read_keys, tuple(digests))
+
+
+@dataclass(frozen=True)
+class CheckedAccepted:
+    """Answer to ``CheckedPropose``: ``ok`` (accepted), or nothing accepted and either ``states``
+    (the ballot is still held but the local states differ: here they are) or, without states, a
+    refusal naming the ballot promised instead."""
+
+    ok: bool
+    promised: Ballot
+    states: tuple[tuple[bytes, bytes | None], ...] | None = None
+
+    def to_wire(self) -> list[Any]:
+        states = None if self.states is None else [list(s) for s in self.states]
+        return [self.ok, self.promised.to_wire(), states]
+
+    @classmethod
+    def from_wire(cls, w: Any) -> CheckedAccepted:
+        ok, promised, states = _fields("CheckedAccepted", w, 3)
+        return cls(
+            _bool("CheckedAccepted", "ok", ok),
+            _ballot("CheckedAccepted", promised),
+            None if states is None else _states("CheckedAccepted", states),
+        )
 
 
 @dataclass(frozen=True)

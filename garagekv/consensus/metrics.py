@@ -16,6 +16,8 @@ class ConsensusMetrics:
     decided: int = 0  # operations whose own proposal was accepted (and committed, if not a no-op)
     attempts: int = 0  # ballots tried (an operation under contention tries several)
     held: int = 0  # operations decided under a held ballot, without a Prepare
+    checked: int = 0  # held writes decided on this node's own states, accepted without a Read
+    mismatches: int = 0  # held rounds whose other holder had other states (decided again on both)
     contention: int = 0  # ballots lost to a higher one (refused promise or accept)
     completions: int = 0  # others' accepted-but-uncommitted proposals completed first
     repairs: int = 0  # most recent commits sent again to replicas that missed them

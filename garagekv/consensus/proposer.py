@@ -22,10 +22,30 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from garagekv.consensus.acceptor import BATCH, BATCH_HELD, COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.acceptor import (
+    ACCEPT_COMMIT,
+    BATCH,
+    BATCH_HELD,
+    CHECKED_PROPOSE,
+    COMMIT,
+    PREPARE,
+    PROPOSE,
+    READ,
+)
 from garagekv.consensus.ballot import Ballot, BallotClock
 from garagekv.consensus.machine import Decision, StateMachine
-from garagekv.consensus.messages import MIN_KEY_LEN, Accepted, Commit, Prepare, Promise, Proposal, Propose
+from garagekv.consensus.messages import (
+    MIN_KEY_LEN,
+    Accepted,
+    CheckedAccepted,
+    CheckedPropose,
+    Commit,
+    Prepare,
+    Promise,
+    Proposal,
+    Propose,
+    state_digest,
+)
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import Placement, majority
 from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, resolve_held, unwrap_answer
@@ -214,7 +234,7 @@ class Proposer:
                     # before anything newer is proposed, or a later round could miss its data.
                     await self._commit(key, latest, sets, deadline)
                     self.metrics.count("repairs")
-                decision = decide(_merge_states(self.machine, read_keys, promises))
+                decision = decide(_merge_states(self.machine, read_keys, [p.states for p in promises]))
                 proposal = Proposal(ballot, decision.update)
                 await self._propose(key, proposal, sets, deadline)
                 if proposal.update is not None:
@@ -243,17 +263,22 @@ class Proposer:
         no longer held or one of them fails before the proposal is accepted.
         """
         self.metrics.count("attempts")
-        try:
-            states = await self._read(key, hold.ballot, read_keys, sets, deadline, only=hold.holders)
-        except _Lost as e:
-            raise _NotHeld(e.ballot, backoff=False) from None
-        except _Unreachable:
-            raise _NotHeld(None, backoff=False) from None
-        try:
-            decision = decide(_merge_states(self.machine, read_keys, states))
-        except BaseException:
-            self._remember(key, hold)  # nothing was proposed: the ballot is still held
-            raise
+        me = self.placement.node_id
+        others = hold.holders - {me}
+        if len(sets) == 1 and len(others) == 1 and me in hold.holders:
+            (other,) = others
+            decided = await self._run_checked(key, hold, other, read_keys, decide, sets, deadline)
+            if not isinstance(decided, Decision):
+                return decided[0]  # accepted on the local states and committed
+            decision = decided
+        else:
+            try:
+                states = await self._read(key, hold.ballot, read_keys, sets, deadline, only=hold.holders)
+            except _Lost as e:
+                raise _NotHeld(e.ballot, backoff=False) from None
+            except _Unreachable:
+                raise _NotHeld(None, backoff=False) from None
+            decision = self._decide_held(key, hold, decide, read_keys, [p.states for p in states])
         if decision.update is None:
             # Nothing to write: a majority still held the ballot when it answered, so nothing
             # newer was proposed before the read and nothing older can be accepted any more.
@@ -272,6 +297,97 @@ class Proposer:
         self.metrics.count("held")
         self.metrics.count("decided")
         return decision.result
+
+    async def _run_checked(
+        self,
+        key: bytes,
+        hold: _Hold,
+        other: bytes,
+        read_keys: tuple[bytes, ...],
+        decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
+        sets: list[list[bytes]],
+        deadline: float,
+    ) -> tuple[T] | Decision[T]:
+        """A held round whose holders are this node and ``other`` (docs/consensus.md §3c).
+
+        Decide on this node's own states; a write is proposed to ``other`` with their digests, and
+        ``other`` accepts only if its states are the same, this node's acceptor only after it.
+        Then the write is committed and ``(result,)`` returned. Otherwise, with ``other``'s
+        states (from its answer, or from a Read when the local decision wrote nothing), returns
+        the decision on both, as the Read of §3b would have made it; nothing is accepted yet.
+        """
+        me, ballot = self.placement.node_id, hold.ballot
+        (own,) = await self._held_call(
+            READ, Prepare(key, ballot, read_keys).to_wire(), me, deadline, _read_verdict(read_keys), "consensus_read"
+        )
+        decision = self._decide_held(key, hold, decide, read_keys, [own.states])
+        if decision.update is None:
+            (theirs,) = await self._held_call(
+                READ,
+                Prepare(key, ballot, read_keys).to_wire(),
+                other,
+                deadline,
+                _read_verdict(read_keys),
+                "consensus_read",
+            )
+            return self._decide_held(key, hold, decide, read_keys, [own.states, theirs.states])
+        proposal = Proposal(ballot, decision.update)
+        digests = tuple(state_digest(v) for _, v in own.states)
+
+        def checked(raw: Any) -> tuple[bool, Ballot, CheckedAccepted]:
+            a = CheckedAccepted.from_wire(raw)
+            if a.states is not None and tuple(k for k, _ in a.states) != read_keys:
+                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            return a.ok or a.states is not None, a.promised, a
+
+        body = CheckedPropose(key, proposal, read_keys, digests).to_wire()
+        (answer,) = await self._held_call(CHECKED_PROPOSE, body, other, deadline, checked, "consensus_propose")
+        if answer.states is not None:
+            self.metrics.count("mismatches")
+            return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states])
+        # ``other`` accepted: its states were ours, and the two of us are a majority, so ours hold
+        # every write acknowledged before this round. Only now may this node's acceptor accept;
+        # its acceptance makes the proposal chosen, so it commits and renews in the same step.
+        nxt = self.clock.next(ballot.epoch)
+        body = Commit(key, proposal, nxt).to_wire()
+        await self._held_call(ACCEPT_COMMIT, body, me, deadline, _accept_verdict, "consensus_propose")
+        await self._commit_and_renew(key, proposal, ballot.epoch, hold.sets, sets, deadline, nxt=nxt, counted=me)
+        self.metrics.count("checked")
+        self.metrics.count("held")
+        self.metrics.count("decided")
+        return (decision.result,)
+
+    async def _held_call(
+        self,
+        path: str,
+        body: Any,
+        node: bytes,
+        deadline: float,
+        verdict: Callable[[Any], tuple[bool, Ballot, R]],
+        operation: str,
+    ) -> list[R]:
+        """One message of a held round to one holder; a refusal or a failure ends the round
+        (``_NotHeld``: a full attempt follows, after a backoff if a proposal was refused)."""
+        try:
+            return await self._quorum(path, body, [[node]], deadline, verdict, operation, keep=False)
+        except _Lost as e:
+            raise _NotHeld(e.ballot, backoff=path in (PROPOSE, ACCEPT_COMMIT)) from None
+        except QuorumError:
+            raise _NotHeld(None, backoff=False) from None
+
+    def _decide_held(
+        self,
+        key: bytes,
+        hold: _Hold,
+        decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
+        read_keys: tuple[bytes, ...],
+        states: list[tuple[tuple[bytes, bytes | None], ...]],
+    ) -> Decision[T]:
+        try:
+            return decide(_merge_states(self.machine, read_keys, states))
+        except BaseException:
+            self._remember(key, hold)  # nothing was proposed: the ballot is still held
+            raise
 
     def _remember(self, key: bytes, hold: _Hold) -> None:
         self._holds[key] = hold
@@ -310,12 +426,7 @@ class Proposer:
         only: Collection[bytes] | None = None,
     ) -> None:
         body = Propose(key, proposal).to_wire()
-
-        def verdict(raw: Any) -> tuple[bool, Ballot, None]:
-            a = Accepted.from_wire(raw)
-            return a.ok, a.promised, None
-
-        await self._quorum(PROPOSE, body, sets, deadline, verdict, "consensus_propose", keep=False, only=only)
+        await self._quorum(PROPOSE, body, sets, deadline, _accept_verdict, "consensus_propose", keep=False, only=only)
 
     async def _read(
         self,
@@ -327,13 +438,7 @@ class Proposer:
         only: Collection[bytes] | None = None,
     ) -> list[Promise]:
         body = Prepare(key, ballot, read_keys).to_wire()
-
-        def verdict(raw: Any) -> tuple[bool, Ballot, Promise]:
-            p = Promise.from_wire(raw)
-            if p.ok and tuple(k for k, _ in p.states) != read_keys:
-                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
-            return p.ok, p.promised, p
-
+        verdict = _read_verdict(read_keys)
         return await self._quorum(READ, body, sets, deadline, verdict, "consensus_read", keep=False, only=only)
 
     async def _commit(self, key: bytes, proposal: Proposal, sets: list[list[bytes]], deadline: float) -> None:
@@ -352,25 +457,46 @@ class Proposer:
         view: tuple[tuple[bytes, ...], ...],
         sets: list[list[bytes]],
         deadline: float,
+        *,
+        nxt: Ballot | None = None,
+        counted: bytes | None = None,
     ) -> None:
         """Commit our own decided proposal, asking each acceptor to promise our next ballot too.
 
-        Every answer counted for the commit's majority must have renewed: those answers then
-        come from a majority of every set, so the next ballot is held (docs/consensus.md §3b).
+        If the acceptors that renewed are a majority of every set, the next ballot is held
+        (docs/consensus.md §3b). The commit waits for this node's own answer as well: it comes
+        first as a rule (no network), and a hold with this node in it lets the next operation
+        decide on local states (§3c). ``counted``: a node that already committed and renewed
+        ``nxt`` (this node after an AcceptCommit, §3c); it is counted, not asked.
         """
-        nxt = self.clock.next(epoch)
+        if nxt is None:
+            nxt = self.clock.next(epoch)
         body = Commit(key, proposal, nxt).to_wire()
 
         def verdict(raw: Any) -> tuple[bool, Ballot, bool]:
             renewed = raw is not None and Accepted.from_wire(raw).ok
             return True, proposal.ballot, renewed
 
-        holders: list[bytes] = []
+        answered: list[bytes] = []
+        me = self.placement.node_id
         renewals = await self._quorum(
-            COMMIT, body, sets, deadline, verdict, "consensus_commit", keep=True, answered=holders
+            COMMIT,
+            body,
+            sets,
+            deadline,
+            verdict,
+            "consensus_commit",
+            keep=True,
+            answered=answered,
+            also=me,
+            counted=counted,
         )
-        if all(renewals):
-            self._remember(key, _Hold(nxt, view, _fewest(holders, sets, self.placement.node_id)))
+        renewed = [node for node, ok in zip(answered, renewals, strict=True) if ok]
+        if counted is not None:
+            renewed.insert(0, counted)
+        holders = _fewest(renewed, sets, me)
+        if holders is not None:
+            self._remember(key, _Hold(nxt, view, holders))
 
     # ---- calls ------------------------------------------------------------------------------------
 
@@ -417,6 +543,8 @@ class Proposer:
         keep: bool,
         only: Collection[bytes] | None = None,
         answered: list[bytes] | None = None,
+        also: bytes | None = None,
+        counted: bytes | None = None,
     ) -> list[R]:
         """The yes-answers once a majority of every set said yes.
 
@@ -424,7 +552,9 @@ class Proposer:
         refused), and ``QuorumError`` once failures do. Calls still running at the end are
         cancelled, or kept running with ``keep`` (a commit must reach every node it can). With
         ``only``, just those nodes are asked; ``answered`` receives the nodes that said yes, in the
-        order of the answers.
+        order of the answers. With ``also``, a majority is not enough while that node (if asked)
+        has not answered yet. ``counted``: a node that already said yes (counted, not asked, not in
+        the results).
         """
         me = self.placement.node_id
         members: dict[bytes, list[int]] = {}
@@ -436,6 +566,8 @@ class Proposer:
         needed = [majority(g) for g in sets]
         yes = [0] * len(sets)
         no = [0] * len(sets)
+        for i in members.pop(counted, []) if counted is not None else []:
+            yes[i] += 1
         results: list[R] = []
         errors: list[str] = []
         refused: Ballot | None = None
@@ -444,7 +576,9 @@ class Proposer:
         finished = False
         try:
             while True:
-                if all(y >= n for y, n in zip(yes, needed, strict=True)):
+                if all(y >= n for y, n in zip(yes, needed, strict=True)) and (
+                    also is None or also not in running.values()
+                ):
                     finished = True
                     return results
                 short = [i for i, size in enumerate(sizes) if size - no[i] < needed[i]]
@@ -491,9 +625,24 @@ class Proposer:
                     _keep(task)
 
 
-def _fewest(answered: list[bytes], sets: list[list[bytes]], me: bytes) -> frozenset[bytes]:
-    """The fewest of ``answered`` (which hold a majority of every set) that still do: this node
-    first (its calls are in-process), then in the order they answered."""
+def _read_verdict(read_keys: tuple[bytes, ...]) -> Callable[[Any], tuple[bool, Ballot, Promise]]:
+    def verdict(raw: Any) -> tuple[bool, Ballot, Promise]:
+        p = Promise.from_wire(raw)
+        if p.ok and tuple(k for k, _ in p.states) != read_keys:
+            raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+        return p.ok, p.promised, p
+
+    return verdict
+
+
+def _accept_verdict(raw: Any) -> tuple[bool, Ballot, None]:
+    a = Accepted.from_wire(raw)
+    return a.ok, a.promised, None
+
+
+def _fewest(answered: list[bytes], sets: list[list[bytes]], me: bytes) -> frozenset[bytes] | None:
+    """The fewest of ``answered`` that are a majority of every set (``None``: they are not):
+    this node first (its calls are in-process), then in the order they answered."""
     needed = [majority(g) for g in sets]
     chosen: list[bytes] = []
     for node in sorted(answered, key=lambda n: n != me):  # stable: answer order otherwise
@@ -502,6 +651,8 @@ def _fewest(answered: list[bytes], sets: list[list[bytes]], me: bytes) -> frozen
             break
         if any(node in sets[i] for i in short):
             chosen.append(node)
+    if any(sum(1 for n in chosen if n in g) < needed[i] for i, g in enumerate(sets)):
+        return None
     return frozenset(chosen)
 
 
@@ -529,7 +680,7 @@ def _most_recent_commit(promises: list[Promise]) -> Proposal | None:
 
 
 def _merge_states(
-    machine: StateMachine, read_keys: tuple[bytes, ...], promises: list[Promise]
+    machine: StateMachine, read_keys: tuple[bytes, ...], states: list[tuple[tuple[bytes, bytes | None], ...]]
 ) -> dict[bytes, bytes | None]:
-    per_replica = [dict(p.states) for p in promises]
+    per_replica = [dict(s) for s in states]
     return {rk: machine.merge(rk, [states.get(rk) for states in per_replica]) for rk in read_keys}

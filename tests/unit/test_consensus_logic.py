@@ -7,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from garagekv.consensus import ZERO_BALLOT, Ballot, BallotClock, MalformedMessage, Proposal
-from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Propose
+from garagekv.consensus.messages import (
+    Accepted,
+    CheckedAccepted,
+    CheckedPropose,
+    Commit,
+    Prepare,
+    Promise,
+    Propose,
+    state_digest,
+)
 from garagekv.consensus.proposer import _in_flight
 from garagekv.consensus.state import AcceptorState, CorruptState
 from garagekv.util import codec
@@ -219,6 +228,9 @@ KEY = b"\x01" * 32 + b"pk"
         Accepted(False, Ballot(0, 2, B)),
         Commit(KEY, Proposal(Ballot(0, 1, A), b"u")),
         Commit(KEY, Proposal(Ballot(0, 1, A), b"u"), Ballot(0, 2, A)),
+        CheckedPropose(KEY, Proposal(Ballot(0, 1, A), b"u"), (b"a", b"b"), (state_digest(b"s"), state_digest(None))),
+        CheckedAccepted(True, Ballot(0, 1, A)),
+        CheckedAccepted(False, Ballot(0, 1, A), ((b"a", b"s"), (b"b", None))),
     ],
 )
 def test_messages_round_trip_through_msgpack(msg):
@@ -247,6 +259,14 @@ def test_messages_round_trip_through_msgpack(msg):
         (Commit, [KEY * 20, [[0, 1, A], None]]),
         (Commit, {"key": KEY}),
         (Commit, [KEY, [[0, 1, A], None], "next"]),
+        (CheckedPropose, [KEY, [[0, 1, A], b"u"], [b"a"]]),
+        (CheckedPropose, [KEY, [[0, 1, A], b"u"], [b"a"], []]),  # a digest per read key
+        (CheckedPropose, [KEY, [[0, 1, A], b"u"], [b"a"], ["text"]]),
+        (CheckedPropose, [KEY, [[0, 1, A], b"u"], [b"a"], [b"d" * 65]]),
+        (CheckedPropose, [KEY, [[0, 1, A], b"u"], "keys", []]),
+        (CheckedAccepted, [True, [0, 1, A]]),
+        (CheckedAccepted, [True, [0, 1, A], [[b"k", 5]]]),
+        (CheckedAccepted, ["yes", [0, 1, A], None]),
     ],
 )
 def test_malformed_messages_are_protocol_errors(cls, bad):

@@ -9,7 +9,7 @@ import contextvars
 import pytest
 
 from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
-from garagekv.consensus.acceptor import COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.acceptor import ACCEPT_COMMIT, CHECKED_PROPOSE, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.messages import Commit
 from garagekv.consensus.proposer import background_tasks
 from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
@@ -18,9 +18,11 @@ from garagekv.rpc.quorum import QuorumError
 from garagekv.util import codec
 from garagekv.util.errors import ServiceUnavailable
 from tests.unit.consensus_fakes import (
+    REGISTER_TREE,
     Cluster,
     RegisterMachine,
     decode_register,
+    encode_register,
     increment,
     increment_once,
     key_of,
@@ -146,7 +148,7 @@ async def test_a_proposer_holding_the_next_ballot_skips_prepare(cluster):
     before = len(cluster.transport.calls)
     assert [await p.run(KEY, [b"x"], increment()) for _ in range(2)] == [2, 3]
     paths = {path for path, _ in cluster.transport.calls[before:]}
-    assert PREPARE not in paths and {READ, PROPOSE, COMMIT} <= paths
+    assert PREPARE not in paths and {READ, CHECKED_PROPOSE, ACCEPT_COMMIT, COMMIT} <= paths
     before = len(cluster.transport.calls)
     assert await p.run(KEY, [b"x"], read()) == (3, 3)
     assert {path for path, _ in cluster.transport.calls[before:]} == {READ}
@@ -196,16 +198,87 @@ async def test_a_held_round_asks_only_the_holders_and_falls_back_when_one_fails(
     assert len(holders) == 2  # a majority of the three, no more
     before = len(cluster.transport.calls)
     assert await p.run(KEY, [b"x"], increment()) == 2
-    asked = [(path, node) for path, node in cluster.transport.calls[before:] if path in (READ, PROPOSE)]
-    assert {node for _, node in asked} == holders and len(asked) == 4
+    asked = [(path, node) for path, node in cluster.transport.calls[before:] if path != COMMIT]
+    me = cluster.ids(0)[0]
+    (peer,) = holders - {me}
+    assert asked == [(READ, me), (CHECKED_PROPOSE, peer), (ACCEPT_COMMIT, me)]  # docs/consensus.md §3c
     holders = p._holds[KEY].holders
-    peer = sorted(holders - {cluster.ids(0)[0]})[0]
+    peer = sorted(holders - {me})[0]
     cluster.transport.down = {peer}
-    assert await p.run(KEY, [b"x"], increment()) == 3  # read fails on the peer: a full attempt
+    assert await p.run(KEY, [b"x"], increment()) == 3  # the peer fails: a full attempt
     assert p.metrics.failures == 0 and p.metrics.held == 1
     assert peer not in p._holds[KEY].holders
     assert await p.run(KEY, [b"x"], increment()) == 4  # held again, by the nodes that are up
     assert p.metrics.held == 2
+
+
+async def plain_write(node, key: bytes, version: int, value: int) -> None:
+    """A write outside consensus (as a plain K2V write lands on some replicas only)."""
+    tree = node.db.tree(REGISTER_TREE)
+    await node.writer.submit(lambda tx: tx.put(tree, key + b"/x", encode_register(version, value)))
+
+
+async def test_a_checked_write_never_stands_on_stale_local_states(cluster):
+    """docs/consensus.md §3c: a write acknowledged by the two replicas other than the proposer's
+    node is missing from its own states. The other holder has it, so it refuses the proposal
+    decided without it and answers its states: the round decides again on both."""
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    me = cluster.ids(0)[0]
+    assert me in p._holds[KEY].holders
+    for node in cluster.nodes[1:3]:
+        await plain_write(node, KEY, 5, 50)
+    assert await p.run(KEY, [b"x"], increment()) == 6
+    assert (p.metrics.mismatches, p.metrics.checked, p.metrics.held) == (1, 0, 1)
+    assert await p.run(KEY, [b"x"], increment()) == 7  # the states agree again
+    assert (p.metrics.mismatches, p.metrics.checked) == (1, 1)
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(7, 52)}
+
+
+async def test_a_checked_write_is_accepted_here_only_after_the_other_holder(cluster):
+    """Our own acceptor accepting a proposal decided on its own states alone could leave a stale
+    proposal for a later round to complete: it may accept only once the other holder did."""
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    me = cluster.ids(0)[0]
+    (peer,) = p._holds[KEY].holders - {me}
+    seen: list[object] = []
+
+    async def before(path: str, node: bytes) -> None:
+        if path == ACCEPT_COMMIT and node == me:
+            seen.append(cluster.by_id[peer].acceptor.load(KEY).accepted)
+
+    cluster.transport.before = before
+    assert await p.run(KEY, [b"x"], increment()) == 2
+    assert len(seen) == 1 and seen[0] is not None and p.metrics.checked == 1
+    # The other holder fails on the checked proposal: nothing was accepted here under the held
+    # ballot, and the full attempt that follows writes the increment once.
+    (peer,) = p._holds[KEY].holders - {me}
+    cluster.transport.before = None
+    held = p._holds[KEY].ballot
+    cluster.transport.drop = lambda path, node, body=None: path == CHECKED_PROPOSE
+    assert await p.run(KEY, [b"x"], increment()) == 3
+    assert p.metrics.checked == 1 and cluster.by_id[me].acceptor.load(KEY).committed > held
+    await settle()
+    assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(3, 3)}
+
+
+async def test_a_held_read_asks_the_other_holder_too(cluster):
+    """A decision that writes nothing is still made on a majority's states (docs/consensus.md
+    §3b): the proposer's own states may miss an acknowledged write."""
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    me = cluster.ids(0)[0]
+    (peer,) = p._holds[KEY].holders - {me}
+    for node in cluster.nodes[1:3]:
+        await plain_write(node, KEY, 5, 50)
+    before = len(cluster.transport.calls)
+    assert await p.run(KEY, [b"x"], read()) == (5, 50)
+    assert cluster.transport.calls[before:] == [(READ, me), (READ, peer)]
 
 
 async def test_a_held_ballot_is_dropped_when_the_view_changes(cluster):

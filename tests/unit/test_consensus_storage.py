@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from garagekv.consensus import Ballot, ConsensusGcWorker, MalformedMessage, Proposal
-from garagekv.consensus.acceptor import BATCH, COMMIT, PREPARE, PROPOSE, READ
-from garagekv.consensus.messages import Accepted, Commit, Prepare, Promise, Propose
+from garagekv.consensus.acceptor import ACCEPT_COMMIT, BATCH, CHECKED_PROPOSE, COMMIT, PREPARE, PROPOSE, READ
+from garagekv.consensus.messages import (
+    Accepted,
+    CheckedAccepted,
+    CheckedPropose,
+    Commit,
+    Prepare,
+    Promise,
+    Propose,
+    state_digest,
+)
 from garagekv.util.background import WorkerState
 from tests.unit.consensus_fakes import Node, StaticPlacement, codec, encode_register, key_of
 
@@ -95,6 +104,50 @@ async def test_a_batch_answers_each_message_on_its_own(node):
     assert Promise.from_wire(refused) == Promise(False, nxt, None, None, ())
     with pytest.raises(MalformedMessage):
         await node.registry.dispatch(A, BATCH, "not a list")
+
+
+async def test_a_checked_proposal_is_accepted_only_on_the_same_states_under_the_held_ballot(node):
+    """docs/consensus.md §3c: other states are answered and nothing is accepted; a ballot no longer
+    held is refused; only the same states under the held ballot accept."""
+    b1, held, higher = Ballot(0, 3, A), Ballot(0, 4, A), Ballot(0, 9, B)
+    state = encode_register(1, 10)
+    await node.acceptor.commit(Commit(KEY, Proposal(b1, codec.encode_lists([[b"x", state]])), held))
+    update = codec.encode_lists([[b"x", encode_register(2, 11)]])
+
+    def checked(ballot: Ballot, seen: bytes | None) -> list:
+        return CheckedPropose(KEY, Proposal(ballot, update), (b"x",), (state_digest(seen),)).to_wire()
+
+    other = CheckedAccepted.from_wire(await node.registry.dispatch(A, CHECKED_PROPOSE, checked(held, None)))
+    assert other == CheckedAccepted(False, held, ((b"x", state),))
+    refused = CheckedAccepted.from_wire(await node.registry.dispatch(A, CHECKED_PROPOSE, checked(b1, state)))
+    assert refused == CheckedAccepted(False, held)
+    assert node.acceptor.load(KEY).accepted is None and node.acceptor.load(KEY).promised == held
+    ok = CheckedAccepted.from_wire(await node.registry.dispatch(A, CHECKED_PROPOSE, checked(held, state)))
+    assert ok == CheckedAccepted(True, held)
+    assert node.acceptor.load(KEY).accepted == Proposal(held, update)
+    # Accepted once: the ballot is no longer merely held (nothing accepted), so a second is refused.
+    assert not CheckedAccepted.from_wire(await node.registry.dispatch(A, CHECKED_PROPOSE, checked(held, state))).ok
+    await node.acceptor.prepare(Prepare(KEY, higher, ()))
+    refused = CheckedAccepted.from_wire(await node.registry.dispatch(A, CHECKED_PROPOSE, checked(held, state)))
+    assert refused == CheckedAccepted(False, higher)
+    assert node.register_value(KEY) == (1, 10)  # a proposal is not a commit
+
+
+async def test_accept_and_commit_is_one_step_refused_under_a_higher_promise(node):
+    """The proposer's own acceptor after the other holder accepted (docs/consensus.md §3c)."""
+    held, nxt, higher = Ballot(0, 4, A), Ballot(0, 5, A), Ballot(0, 9, B)
+    await node.acceptor.prepare(Prepare(KEY, held, ()))
+    update = codec.encode_lists([[b"x", encode_register(1, 11)]])
+    answer = await node.registry.dispatch(A, ACCEPT_COMMIT, Commit(KEY, Proposal(held, update), nxt).to_wire())
+    assert Accepted.from_wire(answer) == Accepted(True, nxt)
+    state = node.acceptor.load(KEY)
+    assert (state.committed, state.promised, state.accepted) == (held, nxt, None)
+    assert node.register_value(KEY) == (1, 11)
+    await node.acceptor.prepare(Prepare(KEY, higher, ()))
+    late = Commit(KEY, Proposal(nxt, codec.encode_lists([[b"x", encode_register(2, 12)]])), Ballot(0, 10, A))
+    answer = await node.registry.dispatch(A, ACCEPT_COMMIT, late.to_wire())
+    assert Accepted.from_wire(answer) == Accepted(False, higher)
+    assert node.acceptor.load(KEY).committed == held and node.register_value(KEY) == (1, 11)
 
 
 async def test_gc_forgets_partitions_no_longer_stored_here(node):
