@@ -317,19 +317,11 @@ class Proposer:
         the decision on both, as the Read of §3b would have made it; nothing is accepted yet.
         """
         me, ballot = self.placement.node_id, hold.ballot
-        (own,) = await self._held_call(
-            READ, Prepare(key, ballot, read_keys).to_wire(), me, deadline, _read_verdict(read_keys), "consensus_read"
-        )
+        read = Prepare(key, ballot, read_keys).to_wire()
+        own = await self._held_call(READ, read, me, deadline, _read_verdict(read_keys))
         decision = self._decide_held(key, hold, decide, read_keys, [own.states])
         if decision.update is None:
-            (theirs,) = await self._held_call(
-                READ,
-                Prepare(key, ballot, read_keys).to_wire(),
-                other,
-                deadline,
-                _read_verdict(read_keys),
-                "consensus_read",
-            )
+            theirs = await self._held_call(READ, read, other, deadline, _read_verdict(read_keys))
             return self._decide_held(key, hold, decide, read_keys, [own.states, theirs.states])
         proposal = Proposal(ballot, decision.update)
         digests = tuple(state_digest(v) for _, v in own.states)
@@ -341,7 +333,7 @@ class Proposer:
             return a.ok or a.states is not None, a.promised, a
 
         body = CheckedPropose(key, proposal, read_keys, digests).to_wire()
-        (answer,) = await self._held_call(CHECKED_PROPOSE, body, other, deadline, checked, "consensus_propose")
+        answer = await self._held_call(CHECKED_PROPOSE, body, other, deadline, checked)
         if answer.states is not None:
             self.metrics.count("mismatches")
             return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states])
@@ -350,7 +342,7 @@ class Proposer:
         # its acceptance makes the proposal chosen, so it commits and renews in the same step.
         nxt = self.clock.next(ballot.epoch)
         body = Commit(key, proposal, nxt).to_wire()
-        await self._held_call(ACCEPT_COMMIT, body, me, deadline, _accept_verdict, "consensus_propose")
+        await self._held_call(ACCEPT_COMMIT, body, me, deadline, _accept_verdict)
         await self._commit_and_renew(key, proposal, ballot.epoch, hold.sets, sets, deadline, nxt=nxt, counted=me)
         self.metrics.count("checked")
         self.metrics.count("held")
@@ -364,16 +356,21 @@ class Proposer:
         node: bytes,
         deadline: float,
         verdict: Callable[[Any], tuple[bool, Ballot, R]],
-        operation: str,
-    ) -> list[R]:
+    ) -> R:
         """One message of a held round to one holder; a refusal or a failure ends the round
         (``_NotHeld``: a full attempt follows, after a backoff if a proposal was refused)."""
+        call = self._send(node, path, body, deadline)
         try:
-            return await self._quorum(path, body, [[node]], deadline, verdict, operation, keep=False)
-        except _Lost as e:
-            raise _NotHeld(e.ballot, backoff=path in (PROPOSE, ACCEPT_COMMIT)) from None
-        except QuorumError:
+            raw = await call
+            ok, seen, value = verdict(raw if node == self.placement.node_id else unwrap_answer(raw))
+        except Exception as e:  # noqa: BLE001 - any failure of this one call ends the held round
+            log.debug("held round: %s", describe_failure(node, e))
             raise _NotHeld(None, backoff=False) from None
+        finally:
+            call.cancel()  # no-op once done; a round cancelled meanwhile leaves nothing behind
+        if not ok:
+            raise _NotHeld(seen, backoff=path in (PROPOSE, ACCEPT_COMMIT))
+        return value
 
     def _decide_held(
         self,
