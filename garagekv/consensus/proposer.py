@@ -497,16 +497,20 @@ class Proposer:
 
     # ---- calls ------------------------------------------------------------------------------------
 
-    def _send(self, node: bytes, path: str, body: Any, deadline: float) -> asyncio.Future[Any]:
+    def _send(
+        self, node: bytes, path: str, body: Any, deadline: float, item: bytes | None = None
+    ) -> asyncio.Future[Any]:
         """One message to one acceptor, as a future: in-process for this node (through ``local``
         when given: no RPC layer, ``run`` enforces the deadline), otherwise batched with what the
         other rounds send that node in this loop turn. A batched answer is still wrapped (see
-        ``unwrap_answer``); no task is made for it."""
+        ``unwrap_answer``); no task is made for it. ``item``: ``[path, body]`` already encoded
+        (one encoding serves every node a message goes to)."""
         if node == self.placement.node_id:
             if self.local is not None:
                 return asyncio.ensure_future(self.local(path, body))
         else:
-            item = codec.encode([path, body])
+            if item is None:
+                item = _encode_item(path, body)
             if len(item) <= MAX_BATCH_BYTES:
                 return resolve_held(
                     self._batcher.item_future(node, item),
@@ -569,7 +573,8 @@ class Proposer:
         errors: list[str] = []
         refused: Ballot | None = None
 
-        running: dict[asyncio.Future[Any], bytes] = {self._send(n, path, body, deadline): n for n in members}
+        item = _encode_item(path, body) if len(members) > 1 else None
+        running: dict[asyncio.Future[Any], bytes] = {self._send(n, path, body, deadline, item): n for n in members}
         finished = False
         try:
             while True:
@@ -620,6 +625,11 @@ class Proposer:
                 else:
                     task.cancel()
                     _keep(task)
+
+
+def _encode_item(path: str, body: Any) -> bytes:
+    """A message in a batch: consensus messages are made of lists only (no map to sort)."""
+    return codec.encode_lists([path, body])
 
 
 def _read_verdict(read_keys: tuple[bytes, ...]) -> Callable[[Any], tuple[bool, Ballot, Promise]]:
