@@ -265,8 +265,8 @@ class Proposer:
         self.metrics.count("attempts")
         me = self.placement.node_id
         others = hold.holders - {me}
-        if len(sets) == 1 and len(others) == 1 and me in hold.holders:
-            (other,) = others
+        if len(sets) == 1 and len(others) <= 1 and me in hold.holders:
+            other = next(iter(others), None)
             decided = await self._run_checked(key, hold, other, read_keys, decide, sets, deadline)
             if not isinstance(decided, Decision):
                 return decided[0]  # accepted on the local states and committed
@@ -302,13 +302,14 @@ class Proposer:
         self,
         key: bytes,
         hold: _Hold,
-        other: bytes,
+        other: bytes | None,
         read_keys: tuple[bytes, ...],
         decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
         sets: list[list[bytes]],
         deadline: float,
     ) -> tuple[T] | Decision[T]:
-        """A held round whose holders are this node and ``other`` (docs/consensus.md §3c).
+        """A held round whose holders are this node and ``other`` (docs/consensus.md §3c), or
+        this node alone (``None``: the partition's only storage node).
 
         Decide on this node's own states; a write is proposed to ``other`` with their digests, and
         ``other`` accepts only if its states are the same, this node's acceptor only after it.
@@ -320,26 +321,23 @@ class Proposer:
         read = Prepare(key, ballot, read_keys).to_wire()
         own = await self._held_call(READ, read, me, deadline, _read_verdict(read_keys))
         decision = self._decide_held(key, hold, decide, read_keys, [own.states])
-        if decision.update is None:
+        if other is None:
+            # This node alone is a majority: its states are a majority's, its acceptance chooses.
+            if decision.update is None:
+                return decision
+        elif decision.update is None:
             theirs = await self._held_call(READ, read, other, deadline, _read_verdict(read_keys))
             return self._decide_held(key, hold, decide, read_keys, [own.states, theirs.states])
         proposal = Proposal(ballot, decision.update)
-        digests = tuple(state_digest(v) for _, v in own.states)
-
-        def checked(raw: Any) -> tuple[bool, Ballot, CheckedAccepted]:
-            a = CheckedAccepted.from_wire(raw)
-            if a.states is not None and tuple(k for k, _ in a.states) != read_keys:
-                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
-            return a.ok or a.states is not None, a.promised, a
-
-        body = CheckedPropose(key, proposal, read_keys, digests).to_wire()
-        answer = await self._held_call(CHECKED_PROPOSE, body, other, deadline, checked)
-        if answer.states is not None:
-            self.metrics.count("mismatches")
-            return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states])
-        # ``other`` accepted: its states were ours, and the two of us are a majority, so ours hold
-        # every write acknowledged before this round. Only now may this node's acceptor accept;
-        # its acceptance makes the proposal chosen, so it commits and renews in the same step.
+        if other is not None:
+            answer = await self._checked_propose(key, proposal, read_keys, own.states, other, deadline)
+            if answer.states is not None:
+                self.metrics.count("mismatches")
+                return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states])
+            # ``other`` accepted: its states were ours, and the two of us are a majority, so ours
+            # hold every write acknowledged before this round. Only now may this node's acceptor
+            # accept.
+        # This node's acceptance makes the proposal chosen: it commits and renews in the same step.
         nxt = self.clock.next(ballot.epoch)
         body = Commit(key, proposal, nxt).to_wire()
         await self._held_call(ACCEPT_COMMIT, body, me, deadline, _accept_verdict)
@@ -348,6 +346,25 @@ class Proposer:
         self.metrics.count("held")
         self.metrics.count("decided")
         return (decision.result,)
+
+    async def _checked_propose(
+        self,
+        key: bytes,
+        proposal: Proposal,
+        read_keys: tuple[bytes, ...],
+        states: tuple[tuple[bytes, bytes | None], ...],
+        other: bytes,
+        deadline: float,
+    ) -> CheckedAccepted:
+        def checked(raw: Any) -> tuple[bool, Ballot, CheckedAccepted]:
+            a = CheckedAccepted.from_wire(raw)
+            if a.states is not None and tuple(k for k, _ in a.states) != read_keys:
+                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            return a.ok or a.states is not None, a.promised, a
+
+        digests = tuple(state_digest(v) for _, v in states)
+        body = CheckedPropose(key, proposal, read_keys, digests).to_wire()
+        return await self._held_call(CHECKED_PROPOSE, body, other, deadline, checked)
 
     async def _held_call(
         self,

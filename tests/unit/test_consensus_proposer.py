@@ -281,6 +281,19 @@ async def test_a_held_read_asks_the_other_holder_too(cluster):
     assert cluster.transport.calls[before:] == [(READ, me), (READ, peer)]
 
 
+async def test_a_sole_storage_node_accepts_and_commits_its_held_writes_in_one_step(cluster):
+    """Replication factor 1: the node is a majority by itself (docs/consensus.md §3c)."""
+    me = cluster.ids(0)[0]
+    p = cluster.proposer(0, [[me]])
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    before = len(cluster.transport.calls)
+    assert await p.run(KEY, [b"x"], increment()) == 2
+    assert await p.run(KEY, [b"x"], read()) == (2, 2)
+    assert cluster.transport.calls[before:] == [(READ, me), (ACCEPT_COMMIT, me), (READ, me)]
+    assert (p.metrics.checked, p.metrics.held) == (1, 2)
+    assert cluster.nodes[0].register_value(KEY) == (2, 2)
+
+
 async def test_a_held_ballot_is_dropped_when_the_view_changes(cluster):
     sets = [cluster.ids(0, 1, 2)]
     p = cluster.proposer(0, sets)
