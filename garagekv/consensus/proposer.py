@@ -65,6 +65,8 @@ DEFAULT_TIMEOUT = 30.0
 #: Keys whose next ballot this proposer holds, at most (the least recently used are forgotten,
 #: which only costs their next operation a Prepare).
 MAX_HOLDS = 16384
+#: Seconds a key whose ballot another proposer took stays ``contended`` (at most MAX_HOLDS keys).
+CONTENTION_MEMORY = 30.0
 
 
 class Transport(Protocol):
@@ -150,6 +152,7 @@ class Proposer:
         self.clock = BallotClock(placement.node_id)
         self._rng = rng or random.Random()
         self._holds: OrderedDict[bytes, _Hold] = OrderedDict()
+        self._contended: OrderedDict[bytes, float] = OrderedDict()
         # Messages of concurrent rounds to one node leave as one call per loop turn: under load
         # the per-call costs (framing, encryption, dispatch, timers) are most of a round's CPU.
         self._batcher: CallBatcher[bytes] = CallBatcher(self._send_batch)
@@ -210,8 +213,7 @@ class Proposer:
                         return await self._run_held(key, held, read_keys, decide, sets, deadline)
                     except _NotHeld as e:
                         if e.ballot is not None:
-                            self.clock.observe(e.ballot)
-                            self.metrics.count("contention")
+                            self._lost(key, e.ballot)
                         if e.backoff:
                             lost += 1
                             await self._backoff(lost, deadline)
@@ -242,8 +244,7 @@ class Proposer:
                 self.metrics.count("decided")
                 return decision.result
             except _Lost as e:
-                self.clock.observe(e.ballot)
-                self.metrics.count("contention")
+                self._lost(key, e.ballot)
                 lost += 1
                 await self._backoff(lost, deadline)
 
@@ -402,6 +403,28 @@ class Proposer:
         except BaseException:
             self._remember(key, hold)  # nothing was proposed: the ballot is still held
             raise
+
+    def _lost(self, key: bytes, ballot: Ballot) -> None:
+        """A higher ballot took ``key`` from this proposer: outbid it next time, and remember
+        that another proposer works on the key (``contended``)."""
+        self.clock.observe(ballot)
+        self.metrics.count("contention")
+        if ballot.node != self.placement.node_id:
+            self._contended[key] = time.monotonic()
+            self._contended.move_to_end(key)
+            while len(self._contended) > MAX_HOLDS:
+                self._contended.popitem(last=False)
+
+    def contended(self, key: bytes) -> bool:
+        """Another proposer took one of this proposer's ballots on ``key`` in the last
+        ``CONTENTION_MEMORY`` seconds: rounds run here on it would duel with that one."""
+        since = self._contended.get(key)
+        if since is None:
+            return False
+        if time.monotonic() - since > CONTENTION_MEMORY:
+            del self._contended[key]
+            return False
+        return True
 
     def _remember(self, key: bytes, hold: _Hold) -> None:
         self._holds[key] = hold

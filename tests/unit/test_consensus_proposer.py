@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 
 import pytest
 
 from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
 from garagekv.consensus.acceptor import ACCEPT_COMMIT, CHECKED_PROPOSE, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.messages import Commit
-from garagekv.consensus.proposer import background_tasks
+from garagekv.consensus.proposer import CONTENTION_MEMORY, background_tasks
 from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import QuorumError
@@ -168,6 +169,20 @@ async def test_a_ballot_taken_by_another_proposer_is_no_longer_held(cluster):
     assert a.metrics.held == 0
     await settle()
     assert {n.register_value(KEY) for n in cluster.nodes[:3]} == {(3, 3)}
+
+
+async def test_a_key_is_contended_once_another_proposer_took_a_ballot_from_us(cluster):
+    sets = [cluster.ids(0, 1, 2)]
+    a, b = cluster.proposer(0, sets), cluster.proposer(1, sets)
+    assert await a.run(KEY, [b"x"], increment()) == 1
+    assert await a.run(KEY, [b"x"], increment()) == 2
+    assert not a.contended(KEY)
+    assert await b.run(KEY, [b"x"], increment()) == 3
+    assert not b.contended(KEY)  # it outbid a's hold without being refused
+    assert await a.run(KEY, [b"x"], increment()) == 4  # its held round is refused: b's ballot
+    assert a.contended(KEY) and not a.contended(key_of(8))
+    a._contended[KEY] = time.monotonic() - CONTENTION_MEMORY - 1  # long ago: forgotten
+    assert not a.contended(KEY) and KEY not in a._contended
 
 
 async def test_a_held_read_never_hides_a_write_that_could_still_apply(cluster):

@@ -202,6 +202,9 @@ class ScriptedProposer:
             return await self.real.run(key, read_keys, decide, timeout=timeout)
         return await self.script.pop(0)(key, read_keys, decide)
 
+    def contended(self, key: bytes) -> bool:
+        return self.real.contended(key)
+
 
 def _states(node, key: bytes, read_keys: Any) -> dict[bytes, bytes | None]:
     m = node.model.acceptor.machine

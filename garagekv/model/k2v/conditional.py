@@ -186,7 +186,14 @@ class ConditionalK2V:
 
     async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
         key = partition_hash(bucket_id, pk)
-        target = self.coordinator(key, self.replication.storage_nodes(key))
+        nodes = self.replication.storage_nodes(key)
+        if self.node_id in nodes and not self.proposer.contended(key):
+            # A storage node runs the rounds of a key nobody else proposes on: no hop. Once
+            # another proposer took a ballot from it, the key goes to its coordinator
+            # (docs/consensus.md §9).
+            target: bytes | None = self.node_id
+        else:
+            target = self.coordinator(key, nodes)
         if target is None or target == self.node_id:
             return await self._handle(self.node_id, msg)
         # One storage node only: retrying elsewhere after a failure could run the operation
