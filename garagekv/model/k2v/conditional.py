@@ -181,10 +181,6 @@ class ConditionalK2V:
         return res.results[0].item
 
     async def txn(self, bucket_id: bytes, pk: str, txn: Txn) -> TxnResult:
-        raw = await self._forward(bucket_id, pk, ["txn", bucket_id, pk, to_wire(txn)])
-        return _result_from_wire(raw)
-
-    async def _forward(self, bucket_id: bytes, pk: str, msg: list[Any]) -> Any:
         key = partition_hash(bucket_id, pk)
         nodes = self.replication.storage_nodes(key)
         if self.node_id in nodes and not self.proposer.contended(key):
@@ -195,10 +191,13 @@ class ConditionalK2V:
         else:
             target = self.coordinator(key, nodes)
         if target is None or target == self.node_id:
-            return await self._handle(self.node_id, msg)
+            return await self._txn_here(bucket_id, pk, txn)
+        return _result_from_wire(await self._forward(target, ["txn", bucket_id, pk, to_wire(txn)]))
+
+    async def _forward(self, target: bytes, msg: list[Any]) -> Any:
         # One storage node only: retrying elsewhere after a failure could run the operation
         # twice and answer the second run's view (a 412 for a write that applied).
-        item = codec.encode(msg)
+        item = codec.encode_lists(msg)  # a request is lists, strings and bytes only: no map to sort
         try:
             if len(item) > MAX_BATCH_BYTES:
                 return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
