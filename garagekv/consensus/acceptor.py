@@ -102,6 +102,21 @@ class Acceptor:
         if new != old:
             tx.put(self.tree, key, new.encode())
 
+    def _commit_in(
+        self, tx: WriteTxn, msg: Commit, old: AcceptorState, state: AcceptorState
+    ) -> tuple[AcceptorState, bool]:
+        """Record the chosen ``msg.proposal`` on top of ``state`` (``old``: what is stored), renew
+        ``msg.next_ballot`` if given, store the result and apply the update, in ``tx``. Returns
+        the new state and whether it renewed."""
+        new = state.on_commit(msg.proposal)
+        renewed = False
+        if msg.next_ballot is not None:
+            new, renewed = new.on_renew(msg.proposal.ballot, msg.next_ballot)
+        self._store(tx, msg.key, old, new)
+        if msg.proposal.update is not None:
+            self.machine.apply_in(tx, msg.key, msg.proposal.update)
+        return new, renewed
+
     # ---- the three messages ----------------------------------------------------------------------
 
     async def prepare(self, msg: Prepare) -> Promise:
@@ -164,15 +179,10 @@ class Acceptor:
 
         def job(tx: WriteTxn) -> Accepted:
             old = self._state_in(tx, msg.key)
-            new, ok = old.on_propose(msg.proposal)
+            accepted, ok = old.on_propose(msg.proposal)
             if not ok:
                 return Accepted(False, old.promised)
-            new = new.on_commit(msg.proposal)
-            if msg.next_ballot is not None:
-                new, _ = new.on_renew(msg.proposal.ballot, msg.next_ballot)
-            self._store(tx, msg.key, old, new)
-            if msg.proposal.update is not None:
-                self.machine.apply_in(tx, msg.key, msg.proposal.update)
+            new, _ = self._commit_in(tx, msg, old, accepted)
             return Accepted(True, new.promised)
 
         answer = await self.writer.submit(job)
@@ -186,15 +196,8 @@ class Acceptor:
     async def commit(self, msg: Commit) -> Accepted | None:
         def job(tx: WriteTxn) -> Accepted | None:
             old = self._state_in(tx, msg.key)
-            new = old.on_commit(msg.proposal)
-            renewal = None
-            if msg.next_ballot is not None:
-                new, held = new.on_renew(msg.proposal.ballot, msg.next_ballot)
-                renewal = Accepted(held, new.promised)
-            self._store(tx, msg.key, old, new)
-            if msg.proposal.update is not None:
-                self.machine.apply_in(tx, msg.key, msg.proposal.update)
-            return renewal
+            new, renewed = self._commit_in(tx, msg, old, old)
+            return None if msg.next_ballot is None else Accepted(renewed, new.promised)
 
         renewal = await self.writer.submit(job)
         self.metrics.count("commits")

@@ -268,11 +268,9 @@ class Proposer:
         others = hold.holders - {me}
         if len(sets) == 1 and len(others) <= 1 and me in hold.holders:
             other = next(iter(others), None)
-            decided = await self._run_checked(key, hold, other, read_keys, decide, sets, deadline)
-            if not isinstance(decided, Decision):
-                return decided[0]  # accepted on the local states and committed
-            decision = decided
+            decision, committed = await self._run_checked(key, hold, other, read_keys, decide, sets, deadline)
         else:
+            committed = False
             try:
                 states = await self._read(key, hold.ballot, read_keys, sets, deadline, only=hold.holders)
             except _Lost as e:
@@ -280,7 +278,9 @@ class Proposer:
             except _Unreachable:
                 raise _NotHeld(None, backoff=False) from None
             decision = self._decide_held(key, hold, decide, read_keys, [p.states for p in states])
-        if decision.update is None:
+        if committed:
+            pass  # accepted on the local states and committed (§3c)
+        elif decision.update is None:
             # Nothing to write: a majority still held the ballot when it answered, so nothing
             # newer was proposed before the read and nothing older can be accepted any more.
             self._remember(key, hold)
@@ -308,15 +308,16 @@ class Proposer:
         decide: Callable[[Mapping[bytes, bytes | None]], Decision[T]],
         sets: list[list[bytes]],
         deadline: float,
-    ) -> tuple[T] | Decision[T]:
+    ) -> tuple[Decision[T], bool]:
         """A held round whose holders are this node and ``other`` (docs/consensus.md §3c), or
         this node alone (``None``: the partition's only storage node).
 
         Decide on this node's own states; a write is proposed to ``other`` with their digests, and
         ``other`` accepts only if its states are the same, this node's acceptor only after it.
-        Then the write is committed and ``(result,)`` returned. Otherwise, with ``other``'s
+        Then the write is committed: returns ``(decision, True)``. Otherwise, with ``other``'s
         states (from its answer, or from a Read when the local decision wrote nothing), returns
-        the decision on both, as the Read of §3b would have made it; nothing is accepted yet.
+        the decision on both, as the Read of §3b would have made it, and ``False``: nothing is
+        accepted yet.
         """
         me, ballot = self.placement.node_id, hold.ballot
         read = Prepare(key, ballot, read_keys).to_wire()
@@ -325,16 +326,16 @@ class Proposer:
         if other is None:
             # This node alone is a majority: its states are a majority's, its acceptance chooses.
             if decision.update is None:
-                return decision
+                return decision, False
         elif decision.update is None:
             theirs = await self._held_call(READ, read, other, deadline, _read_verdict(read_keys))
-            return self._decide_held(key, hold, decide, read_keys, [own.states, theirs.states])
+            return self._decide_held(key, hold, decide, read_keys, [own.states, theirs.states]), False
         proposal = Proposal(ballot, decision.update)
         if other is not None:
             answer = await self._checked_propose(key, proposal, read_keys, own.states, other, deadline)
             if answer.states is not None:
                 self.metrics.count("mismatches")
-                return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states])
+                return self._decide_held(key, hold, decide, read_keys, [own.states, answer.states]), False
             # ``other`` accepted: its states were ours, and the two of us are a majority, so ours
             # hold every write acknowledged before this round. Only now may this node's acceptor
             # accept.
@@ -344,9 +345,7 @@ class Proposer:
         await self._held_call(ACCEPT_COMMIT, body, me, deadline, _accept_verdict)
         await self._commit_and_renew(key, proposal, ballot.epoch, hold.sets, sets, deadline, nxt=nxt, counted=me)
         self.metrics.count("checked")
-        self.metrics.count("held")
-        self.metrics.count("decided")
-        return (decision.result,)
+        return decision, True
 
     async def _checked_propose(
         self,
@@ -359,8 +358,8 @@ class Proposer:
     ) -> CheckedAccepted:
         def checked(raw: Any) -> tuple[bool, Ballot, CheckedAccepted]:
             a = CheckedAccepted.from_wire(raw)
-            if a.states is not None and tuple(k for k, _ in a.states) != read_keys:
-                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            if a.states is not None:
+                _check_states(a.states, read_keys)
             return a.ok or a.states is not None, a.promised, a
 
         digests = tuple(state_digest(v) for _, v in states)
@@ -448,8 +447,8 @@ class Proposer:
             p = Promise.from_wire(raw)
             if p.ok and p.promised != ballot:
                 raise ServiceUnavailable("acceptor promised another ballot than asked")
-            if p.ok and tuple(k for k, _ in p.states) != read_keys:
-                raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+            if p.ok:
+                _check_states(p.states, read_keys)
             return p.ok, p.promised, p
 
         return await self._quorum(PREPARE, body, sets, deadline, verdict, "consensus_prepare", keep=False)
@@ -607,8 +606,9 @@ class Proposer:
         needed = [majority(g) for g in sets]
         yes = [0] * len(sets)
         no = [0] * len(sets)
-        for i in members.pop(counted, []) if counted is not None else []:
-            yes[i] += 1
+        if counted is not None:
+            for i in members.pop(counted, []):
+                yes[i] += 1
         results: list[R] = []
         errors: list[str] = []
         refused: Ballot | None = None
@@ -675,11 +675,17 @@ def _encode_item(path: str, body: Any) -> bytes:
 def _read_verdict(read_keys: tuple[bytes, ...]) -> Callable[[Any], tuple[bool, Ballot, Promise]]:
     def verdict(raw: Any) -> tuple[bool, Ballot, Promise]:
         p = Promise.from_wire(raw)
-        if p.ok and tuple(k for k, _ in p.states) != read_keys:
-            raise ServiceUnavailable("acceptor answered the state of other keys than asked")
+        if p.ok:
+            _check_states(p.states, read_keys)
         return p.ok, p.promised, p
 
     return verdict
+
+
+def _check_states(states: tuple[tuple[bytes, bytes | None], ...], read_keys: tuple[bytes, ...]) -> None:
+    """An answer carrying states must carry those of exactly the keys asked, in order."""
+    if tuple(k for k, _ in states) != read_keys:
+        raise ServiceUnavailable("acceptor answered the state of other keys than asked")
 
 
 def _accept_verdict(raw: Any) -> tuple[bool, Ballot, None]:
