@@ -66,7 +66,7 @@ async def test_a_failing_apply_records_no_commit(node):
 async def test_handlers_validate_messages_once(node):
     reply = await node.registry.dispatch(A, PREPARE, Prepare(KEY, Ballot(0, 3, A), ()).to_wire())
     assert Promise.from_wire(reply).ok
-    for path in (PREPARE, PROPOSE, COMMIT):
+    for path in (PREPARE, PROPOSE, COMMIT, READ, CHECKED_PROPOSE, ACCEPT_COMMIT):
         with pytest.raises(MalformedMessage):
             await node.registry.dispatch(A, path, ["garbage"])
     assert node.acceptor.load(KEY).promised == Ballot(0, 3, A)  # nothing changed by bad messages
