@@ -84,6 +84,14 @@ class Response:
         return None
 
 
+async def eventually(pred: Any, limit: float = 5.0) -> None:
+    """Await (boundedly) until ``pred()`` holds: work that finishes after a call returns (the last
+    replica of a quorum write, a cancelled task unwinding) is waited for, never slept on."""
+    async with asyncio.timeout(limit):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
 def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
     """Poll ``pred`` until it returns something truthy (then return it) or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

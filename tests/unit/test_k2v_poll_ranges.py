@@ -23,6 +23,7 @@ from garagekv.net.identity import NodeKey
 from garagekv.rpc.endpoint import NetApp
 from garagekv.rpc.quorum import QuorumError
 from garagekv.util.errors import BadRequest, ServiceUnavailable
+from tests.support import eventually
 from tests.support.standalone import NODE, StandaloneModel
 from tests.unit.test_k2v_store import _claims_only_what_it_answered
 
@@ -39,15 +40,6 @@ async def put(o: StandaloneModel, pk: str, sk: str, value: bytes | None = b"v") 
     item = await o.model.k2v.read_item(BUCKET, pk, sk)
     assert item is not None
     return item
-
-
-async def eventually(pred: Any) -> None:
-    """Cancelled polls unwind on the loop's next turns: wait (boundedly) until ``pred()`` holds."""
-    for _ in range(200):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    assert pred()
 
 
 def whole(pk: str, marker: RangeSeenMarker | None = None) -> RangePoll:

@@ -17,6 +17,7 @@ from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
 from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
+from tests.support import eventually
 from tests.support.standalone import NODE, StandaloneModel
 from tests.unit.test_layout_history import THREE, nid, with_nodes
 
@@ -103,8 +104,8 @@ async def test_poll_item_wakes_on_commit_and_times_out(opened):
     woken = await asyncio.wait_for(waiter, 5)
     assert woken.values() == [b"2"]
     assert await s.poll_item(BUCKET, "p", "k", woken.causal_context(), timeout=0.1) is None
-    await asyncio.sleep(0.05)  # the storage-side poll task unwinds right after the timeout
-    assert opened.model.subs.count() == 0
+    # The storage-side poll task unwinds right after the timeout.
+    await eventually(lambda: opened.model.subs.count() == 0)
 
 
 async def test_poll_item_on_missing_key_waits_for_creation(opened):

@@ -22,6 +22,7 @@ from garagekv.util.errors import (
     NoSuchKey,
     ServiceUnavailable,
 )
+from tests.support import eventually
 
 SECRET = b"k" * 32
 ECHO, SLOW, BLOCK, FAIL, COUNT = (f"garagekv/test/{n}" for n in ("Echo", "Slow", "Block", "Fail", "Count"))
@@ -72,12 +73,6 @@ class Handlers:
     async def count(self, _frm: bytes, _body):
         self.calls += 1
         return self.calls
-
-
-async def eventually(predicate: Callable[[], bool], limit: float = 2.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from garagekv.net.handshake import (
 from garagekv.net.identity import NodeKey
 from garagekv.net.netapp import NetApp
 from garagekv.util.errors import ServiceUnavailable
+from tests.support import eventually
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(32)
@@ -300,12 +301,6 @@ async def is_closed_by_server(reader: asyncio.StreamReader) -> bool:
             return await reader.read() == b""
     except TimeoutError:
         return False
-
-
-async def eventually(predicate, limit: float = 5.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

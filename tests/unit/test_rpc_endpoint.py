@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +11,7 @@ from garagekv.net.errors import RpcTimeout
 from garagekv.net.identity import NodeKey
 from garagekv.rpc.endpoint import EndpointRegistry, NetApp, endpoint_path
 from garagekv.util.errors import BadRequest, InternalError, ServiceUnavailable
+from tests.support import eventually
 
 SECRET = b"s" * 32
 WHO = endpoint_path("test/endpoint", "Who")
@@ -40,12 +40,6 @@ def make_registry(seen: list | None = None) -> EndpointRegistry:
     registry.register(SLEEP, sleep)
     registry.register(FAIL, fail)
     return registry
-
-
-async def eventually(predicate: Callable[[], bool], limit: float = 2.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def test_registry_paths():

@@ -16,6 +16,7 @@ from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.table import table as table_mod
 from garagekv.table.data import TableData
 from garagekv.table.table import Table
+from tests.support import eventually
 from tests.unit.test_gc import Lww, LwwSchema
 
 IDS = [bytes([i]) * 32 for i in (1, 2, 3)]
@@ -80,9 +81,8 @@ async def test_concurrent_writes_share_one_update_per_replica(nodes):
     await asyncio.gather(*(a.insert(Lww(key(i), 1, b"v%d" % i)) for i in range(10)))
     updates = [(n, size) for n, kind, size in log if kind == "update"]
     assert sorted(updates) == [(IDS[1], 10), (IDS[2], 10)]
-    await asyncio.sleep(0.05)  # the write returned at quorum; let the last replica finish
-    for n in ns.values():
-        assert all(n.data.get_raw(key(i)) is not None for i in range(10))
+    # The write returned at quorum; the last replica finishes after it.
+    await eventually(lambda: all(n.data.get_raw(key(i)) for n in ns.values() for i in range(10)))
 
 
 async def test_big_entries_read_together_are_split_by_the_budget(nodes, monkeypatch):
@@ -125,7 +125,8 @@ async def test_updates_for_one_replica_over_a_frame_are_split_and_all_arrive(nod
     monkeypatch.setattr(Net, "call", framed_call)
     big = [Lww(key(i), 1, bytes([65 + i]) * (6 << 20)) for i in range(3)]
     await ns[IDS[0]].table.insert_many(big)
-    await asyncio.sleep(0.1)  # the write returned at quorum; let the last replica finish
+    # The write returned at quorum; the last replica finishes after it.
+    await eventually(lambda: all(n.data.get_raw(key(i)) for n in ns.values() for i in range(3)))
     for n in ns.values():
         assert [n.data.get(key(i)).value for i in range(3)] == [e.value for e in big]
     assert len(sizes) == 6 and max(sizes) < MAX_RECORD_SIZE  # one call per entry and peer
