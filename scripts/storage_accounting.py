@@ -146,8 +146,8 @@ def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
     """One stored Merkle node, split into what its value holds.
 
     ``leaf``: its tree key and, in format 1 (earlier versions) its value hash, in format 3 (at a
-    partition's root) its own hash; in format 4 (below a root) the tree key alone, its hash
-    being its parent's. ``intermediate``: its children's hashes, and in format 2 (an earlier
+    partition's root or one of its children) its own hash; in format 4 (deeper) the tree key
+    alone, its hash being its parent's. ``intermediate``: its children's hashes, and in format 2 (an earlier
     version) the tree keys of the leaves it holds. The rest of a value is the format byte and
     msgpack framing.
     """

@@ -28,7 +28,8 @@ Storage, in ``<table>:merkle`` at ``partition byte || prefix``, a format byte fi
   hash, read back from the data when a caller asks for the leaf, ``get_node``): a leaf took
   82 bytes in format 1 (the tree key, its value hash, framing), 41 now, and its entry is
   rewritten only when its key changes, not its value (docs/storage.md, "Bytes per item");
-- format 3, a leaf at a partition's root (it has no parent): msgpack ``[tree key, leaf hash]``;
+- format 3, a leaf at a partition's root (it has no parent) or just below it (its parent is
+  written lazily, see below): msgpack ``[tree key, leaf hash]``;
 - format 2, read only: an intermediate node holding its leaf children's tree keys (``decode_inner``),
   as a version between formats 1 and 4 stored them. Nodes of 1 to 4 KiB (the level that
   holds most leaves, from about a million items per node) fill LMDB pages badly and are costly to
@@ -36,6 +37,19 @@ Storage, in ``<table>:merkle`` at ``partition byte || prefix``, a format byte fi
 
 A leaf of format 1 and a node of format 2 (with its leaves) are rewritten in the current formats
 when the updater next rewrites them (``repair merkle`` rewrites them all).
+
+Roots are written lazily. A partition's root has up to 256 children (9.5 KiB at the top of a big
+trie), and the entries of a batch fall in as many partitions as they are entries, so rewriting
+each root a batch touched cost about one root per entry. A batch that only adds or changes
+entries leaves a stored intermediate root alone: it writes the root's children, records each
+changed child's position in ``<table>:merkle_dirty`` (``partition byte ‖ child byte``), and the
+root's stored child hashes for those positions are stale until the root is settled. Settling
+(the worker, ``SETTLE_ROOTS`` roots at a time, at most every ``SETTLE_INTERVAL`` under load and
+all of them when the queue is empty; a batch that removes entries from the partition, before it
+starts) hashes each marked child as stored, writes the root and drops its marks. Readers
+(``get_node``, ``root_hash``) apply the marks to the root they read, so what anti-entropy sees is
+always current. A leaf whose parent is a root is stored with its hash (format 3, like a leaf at a
+root), since the parent's copy of the hash may be stale.
 
 ``TableData`` writes ``merkle_todo[tree_key] = blake2sum(new bytes)`` (empty bytes: deleted) in the
 same transaction as each change; ``MerkleUpdater`` drains it in batches, one writer transaction
@@ -48,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -68,7 +83,7 @@ log = logging.getLogger(__name__)
 NODE_FORMAT = 1
 #: Read only: an intermediate node with its leaf children's tree keys in it (``decode_inner``).
 NODE_FORMAT_INLINE = 2
-#: A leaf at a partition's root: msgpack ``[tree key, leaf hash]``.
+#: A leaf at a partition's root or one of its children: msgpack ``[tree key, leaf hash]``.
 NODE_FORMAT_ROOT_LEAF = 3
 #: A leaf below a partition's root: its tree key; its hash is in its parent.
 NODE_FORMAT_LEAF = 4
@@ -81,6 +96,14 @@ IDLE_WAKEUP = 60.0
 #: Once woken, wait this long so that a burst of writes makes one batch: the top of a trie is
 #: hashed once per batch, however many entries below it changed.
 LINGER = 0.05
+#: Roots settled per writer transaction: each hashes its marked children as stored (up to 256
+#: nodes of up to 4 KiB at 10 million entries, about 2 ms), which the group commit waits for.
+SETTLE_ROOTS = 4
+#: Under load (a non-empty queue), roots are settled at most this often: each root is then
+#: rewritten once per ``256 / SETTLE_ROOTS * SETTLE_INTERVAL`` seconds rather than once per batch.
+SETTLE_INTERVAL = 1.0
+#: The start of a stored intermediate node in format 1: the format byte, then msgpack ``[1, ...``.
+_INTERMEDIATE_PREFIX = bytes([NODE_FORMAT, 0x92, 1])
 
 _EMPTY, _INTERMEDIATE, _LEAF = 0, 1, 2
 
@@ -239,6 +262,31 @@ EMPTY = MerkleNode(_EMPTY)
 EMPTY_HASH = EMPTY.hash()
 
 
+def _marked(cursor: Any, root_key: bytes) -> list[bytes]:
+    """The marks of the root at ``root_key``: the keys of its children changed since it was written."""
+    out: list[bytes] = []
+    if cursor.set_range(root_key):
+        for k in cursor.iternext(values=False):
+            if k[:1] != root_key:
+                break
+            out.append(k)
+    return out
+
+
+def stored_hash(raw: bytes) -> bytes:
+    """The hash of a root's child from its stored bytes (what settling a root needs).
+
+    A child of a root is an intermediate node (formats 1 and 2) or a leaf of format 3; a leaf of
+    format 4 there predates lazy roots and is never marked (a change rewrites it in format 3).
+    """
+    if raw.startswith(_INTERMEDIATE_PREFIX):
+        return blake2sum(raw[1:])  # the wire form: hashed as stored, no decoding
+    node = MerkleNode.decode(raw)
+    if node.is_leaf and not node.leaf_hash:
+        raise StorageError("a root's marked child is a leaf without its hash")
+    return node.hash()
+
+
 def node_key(partition: int, prefix: bytes) -> bytes:
     """Where the node of ``partition`` at ``prefix`` is stored."""
     return bytes([partition]) + prefix
@@ -258,10 +306,14 @@ class MerkleUpdater:
         self.data = data
         self.table_name = data.schema.name
         self.tree = db.tree(f"{self.table_name}:merkle")  # opened now, never from a writer job
+        self.marks = db.tree(f"{self.table_name}:merkle_dirty")  # roots' stale children
         self.todo = data.merkle_todo
         self._wake = Notify()
         self.done = 0
         self.rebuild_left = 0  # entries a running rebuild has not queued yet
+        self._settled_at = 0.0
+        self._settle_from = 0  # the partition byte where the next settle_in starts
+        self._marks_left = True  # marks may survive a restart: look at once
         data.on_merkle_todo = self.notify
 
     def notify(self) -> None:
@@ -297,6 +349,8 @@ class MerkleUpdater:
                     if key[-1] in inline:
                         return MerkleNode.stored_leaf(inline[key[-1]], children[key[-1]])
             return EMPTY
+        if len(key) == 1 and raw.startswith(_INTERMEDIATE_PREFIX):
+            return self._current_root(txn, key, raw)
         if raw[0] != NODE_FORMAT_LEAF:
             return MerkleNode.decode(raw)
         # A leaf below a root: its hash is its parent's child hash.
@@ -306,6 +360,20 @@ class MerkleUpdater:
         if h is None:
             raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} has no parent holding its hash")
         return MerkleNode.decode(raw, h)
+
+    def _current_root(self, txn: Any, key: bytes, raw: bytes) -> MerkleNode:
+        """The root stored at ``key`` with its marked children's hashes brought up to date."""
+        marked = _marked(txn.cursor(db=self.marks), key)
+        if not marked:
+            return MerkleNode.decode(raw)
+        children = dict(MerkleNode.decode(raw).children)
+        for k in marked:
+            child = txn.get(k, db=self.tree)
+            if child is None:
+                children.pop(k[-1], None)
+            else:
+                children[k[-1]] = stored_hash(child)
+        return MerkleNode.intermediate(children)
 
     def root_hash(self, partition: int) -> bytes:
         with self.db.read() as txn:
@@ -319,9 +387,30 @@ class MerkleUpdater:
 
     def update_in(self, tx: WriteTxn, tree_key: bytes, value_hash: bytes | None) -> None:
         """Set (or with ``None`` remove) the leaf of ``tree_key``: a batch of one."""
-        batch = _TrieBatch(tx, self.tree, self.table_name)
+        batch = _TrieBatch(tx, self.tree, self.table_name, self.marks)
         batch.update(tree_key, value_hash)
         batch.flush()
+
+    def settle_in(self, tx: WriteTxn, limit: int = SETTLE_ROOTS) -> bool:
+        """Write up to ``limit`` roots that have marks, from where the last call stopped (so that
+        under load every root gets its turn); returns whether some are left."""
+        cur = tx.cursor(self.marks)
+        roots: list[bytes] = []
+        found = cur.set_range(bytes([self._settle_from])) or cur.first()
+        while found and len(roots) < limit:
+            root = cur.key()[:1]
+            if root in roots:
+                break  # wrapped around
+            roots.append(root)
+            found = (root[0] < 255 and cur.set_range(bytes([root[0] + 1]))) or cur.first()
+        if not roots:
+            return False
+        self._settle_from = (roots[-1][0] + 1) % 256
+        batch = _TrieBatch(tx, self.tree, self.table_name, self.marks)
+        for root in roots:
+            batch.settle_root(root)
+        batch.flush()
+        return cur.first()
 
     # ---- the to-do queue ---------------------------------------------------------------------
 
@@ -341,7 +430,8 @@ class MerkleUpdater:
         its new value, for the next batch. Returns how many entries were applied.
         """
         n = 0
-        trie = _TrieBatch(tx, self.tree, self.table_name)
+        trie = _TrieBatch(tx, self.tree, self.table_name, self.marks, lazy_roots=True)
+        trie.eager = {partition_of(k) for k, value_hash in batch if not value_hash}
         for tree_key, value_hash in batch:
             if tx.get(self.todo, tree_key) != value_hash:
                 continue
@@ -349,6 +439,8 @@ class MerkleUpdater:
             tx.delete(self.todo, tree_key)
             n += 1
         trie.flush()
+        if trie.marked:
+            self._marks_left = True
         return n
 
     async def process_batch(self) -> int:
@@ -361,8 +453,10 @@ class MerkleUpdater:
         return len(batch)
 
     async def flush(self) -> None:
-        """Drain the to-do queue (tests, tools)."""
+        """Drain the to-do queue and settle every root (tests, tools)."""
         while await self.process_batch():
+            pass
+        while await self.writer.submit(self.settle_in):
             pass
 
     async def rebuild(self) -> int:
@@ -374,6 +468,7 @@ class MerkleUpdater:
 
         def clear(tx: WriteTxn) -> int:
             tx.txn.drop(self.tree, delete=False)
+            tx.txn.drop(self.marks, delete=False)
             return tx.txn.stat(self.data.store)["entries"]
 
         with self.db.read() as txn:  # visible in progress() at once, before the first commit
@@ -418,10 +513,19 @@ class MerkleUpdater:
         return f"{self.table_name} Merkle"
 
     async def work(self) -> WorkerState:
-        return WorkerState.BUSY if await self.process_batch() >= BATCH else WorkerState.IDLE
+        n = await self.process_batch()
+        now = time.monotonic()
+        if self._marks_left and (n == 0 or now - self._settled_at >= SETTLE_INTERVAL):
+            # A few roots per interval under load; all of them, a step at a time, once idle.
+            self._settled_at = now
+            self._marks_left = await self.writer.submit(self.settle_in)
+            if n == 0 and self._marks_left:
+                return WorkerState.BUSY
+        return WorkerState.BUSY if n >= BATCH else WorkerState.IDLE
 
     async def wait_for_work(self) -> None:
-        await self._wake.wait(IDLE_WAKEUP)
+        # Marks left when the writes stopped: come back to settle them without a write's wake-up.
+        await self._wake.wait(SETTLE_INTERVAL if self._marks_left else IDLE_WAKEUP)
         await asyncio.sleep(LINGER)
 
     def progress(self) -> dict[str, Any]:
@@ -439,6 +543,18 @@ class _Pending:
 
 
 PENDING = _Pending()
+
+
+class _LazyRoot:
+    """A stored intermediate root that this batch leaves as it is (see the module docstring)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LAZY_ROOT"
+
+
+LAZY_ROOT = _LazyRoot()
 
 
 class _Inner:
@@ -465,13 +581,20 @@ class _TrieBatch:
     thread and a ``run_sync`` caller) never share it.
     """
 
-    __slots__ = ("tx", "tree", "table_name", "nodes", "dirty", "stored")
+    __slots__ = ("tx", "tree", "table_name", "marks", "lazy_roots", "eager", "marked", "nodes", "dirty", "stored")
 
-    def __init__(self, tx: WriteTxn, tree: Any, table_name: str) -> None:
+    def __init__(self, tx: WriteTxn, tree: Any, table_name: str, marks: Any, lazy_roots: bool = False) -> None:
         self.tx = tx
         self.tree = tree
         self.table_name = table_name
-        self.nodes: dict[bytes, MerkleNode | _Inner] = {}  # every node read or written so far
+        self.marks = marks
+        # Whether a stored intermediate root may be left as it is (its changed children marked),
+        # except in the partitions of ``eager``: the updates of those remove entries, which can
+        # change a root's shape (a lone leaf moves up), so their roots are settled and written.
+        self.lazy_roots = lazy_roots
+        self.eager: set[int] = set()
+        self.marked = False  # whether flush left a root to be settled
+        self.nodes: dict[bytes, MerkleNode | _Inner | _LazyRoot] = {}  # every node read or written so far
         self.dirty: set[bytes] = set()  # the keys of the nodes written
         self.stored: dict[bytes, bytes] = {}  # what is stored at the keys read (or written) so far
 
@@ -485,12 +608,15 @@ class _TrieBatch:
 
         Deepest first because a node's hash depends on its children's: when a node is reached, every
         ``PENDING`` among its children has been replaced by the hash of that child's final state.
-        A leaf below a root stores its tree key only (format 2), so its entry is written only
-        when that changes; its hash goes to its parent, written after it.
+        A leaf deeper than a root's children stores its tree key only (format 4), so its entry is
+        written only when that changes; its hash goes to its parent, written after it. A child
+        of a lazy root is marked instead.
         """
         nodes, tx, tree, stored = self.nodes, self.tx, self.tree, self.stored
         for key in sorted(self.dirty, key=len, reverse=True):
             node = nodes[key]
+            if isinstance(node, _LazyRoot):
+                raise StorageError(f"{self.table_name}: lazy Merkle root {key.hex()} written")
             if isinstance(node, _Inner):
                 if PENDING in node.children.values():  # a placeholder must never reach the disk
                     raise StorageError(f"{self.table_name}: Merkle child hash left pending at {key.hex()}")
@@ -499,13 +625,18 @@ class _TrieBatch:
                 raw: bytes | None = bytes([NODE_FORMAT]) + body
                 node_hash = blake2sum(body)
                 for byte, tree_key in node.inline.items():  # format 2 before: its leaves move out
-                    leaf_raw = bytes([NODE_FORMAT_LEAF]) + tree_key
+                    if len(key) == 1:  # a root's child keeps its hash (the root's may be stale)
+                        child_hash = node.children[byte]
+                        assert isinstance(child_hash, bytes)  # checked above: nothing is pending
+                        leaf_raw = bytes([NODE_FORMAT_ROOT_LEAF]) + codec.encode_lists([tree_key, child_hash])
+                    else:
+                        leaf_raw = bytes([NODE_FORMAT_LEAF]) + tree_key
                     tx.put(tree, key + bytes([byte]), leaf_raw)
                     stored[key + bytes([byte])] = leaf_raw
                 node.inline = {}
             elif node.is_empty:
                 raw, node_hash = None, b""
-            elif len(key) == 1:  # a leaf at a partition's root
+            elif len(key) <= 2:  # a leaf at a partition's root or below it: stored with its hash
                 node_hash = node.hash()
                 raw = bytes([NODE_FORMAT_ROOT_LEAF]) + codec.encode_lists([node.key, node_hash])
             else:
@@ -522,13 +653,18 @@ class _TrieBatch:
                 stored[key] = raw
             if len(key) > 1:  # below a partition's root (the key holds the partition byte)
                 parent = nodes.get(key[:-1])
+                if isinstance(parent, _LazyRoot):
+                    if raw != old:
+                        tx.put(self.marks, key, b"")
+                        self.marked = True
+                    continue
                 if not isinstance(parent, _Inner) or parent.children.get(key[-1]) is not PENDING:
                     raise StorageError(f"{self.table_name}: Merkle node {key.hex()} written without its parent")
                 parent.children[key[-1]] = node_hash
                 parent.inline.pop(key[-1], None)  # it has an entry of its own now, if anything
         self.dirty = set()
 
-    def _read(self, key: bytes) -> MerkleNode | _Inner:
+    def _read(self, key: bytes) -> MerkleNode | _Inner | _LazyRoot:
         node = self.nodes.get(key)
         if node is not None:
             return node
@@ -546,8 +682,19 @@ class _TrieBatch:
                 node = EMPTY
             else:
                 self.stored[key] = raw
-                if raw[0] == NODE_FORMAT_LEAF:  # its hash is the parent's
-                    h = parent.children.get(key[-1]) if isinstance(parent, _Inner) else None
+                if (
+                    len(key) == 1
+                    and self.lazy_roots
+                    and key[0] not in self.eager
+                    and raw.startswith(_INTERMEDIATE_PREFIX)
+                ):
+                    node = LAZY_ROOT
+                elif raw[0] == NODE_FORMAT_LEAF:  # its hash is the parent's
+                    h: bytes | _Pending | None = None
+                    if isinstance(parent, _LazyRoot):  # stored before lazy roots: never marked
+                        h = dict(MerkleNode.decode(self.stored[key[:-1]]).children).get(key[-1])
+                    elif isinstance(parent, _Inner):
+                        h = parent.children.get(key[-1])
                     if not isinstance(h, bytes):  # a child changed in this batch is in self.nodes
                         raise StorageError(f"{self.table_name}: Merkle leaf {key.hex()} without its hash")
                     node = MerkleNode.decode(raw, h)
@@ -556,8 +703,29 @@ class _TrieBatch:
                     node = _Inner(dict(children), inline)
                 else:
                     node = _stored_for_batch(raw)
+                if len(key) == 1 and isinstance(node, _Inner):
+                    self._apply_marks(key, node)
         self.nodes[key] = node
         return node
+
+    def settle_root(self, key: bytes) -> None:
+        """Read the root at ``key`` with its marks applied (``flush`` then writes it)."""
+        self._read(key)
+
+    def _apply_marks(self, key: bytes, root: _Inner) -> None:
+        """Bring a root read from storage up to date with its marks, which go: the root is
+        written by ``flush``."""
+        marked = _marked(self.tx.cursor(self.marks), key)
+        for k in marked:
+            raw = self.tx.get(self.tree, k)
+            if raw is None:  # not made by lazy roots (they only add and change entries)
+                log.warning("%s: marked Merkle node %s is missing", self.table_name, k.hex())
+                root.children.pop(k[-1], None)
+            else:
+                root.children[k[-1]] = stored_hash(raw)
+            self.tx.delete(self.marks, k)
+        if marked:
+            self.dirty.add(key)
 
     def _write(self, key: bytes, node: MerkleNode | _Inner) -> _Pending | None:
         """Record ``node`` at ``key``; returns what its parent holds for it (None: no child)."""
@@ -576,6 +744,11 @@ class _TrieBatch:
         node = self._read(key)
         if isinstance(node, _Inner):
             return self._update_inner(key, node, tree_key, kh, depth, leaf)
+        if isinstance(node, _LazyRoot):
+            # The child is written and marked by flush; the root stays as stored.
+            if self._update(key + kh[:1], tree_key, kh, 1, leaf) is None:
+                raise StorageError(f"{self.table_name}: Merkle child removed below a lazy root {key.hex()}")
+            return UNCHANGED
 
         if node.is_empty:
             if leaf is None:

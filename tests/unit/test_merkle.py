@@ -161,12 +161,13 @@ def stored_raw(db: Database, merkle: MerkleUpdater) -> dict[bytes, bytes]:
 
 def expected_raw(entries: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """The stored bytes of the canonical tries: intermediate nodes in format 1, a leaf below a
-    root as its tree key (format 4), a leaf at a root as its key and hash (format 3)."""
+    root's children as its tree key (format 4), a leaf at a root or below it as its key and hash
+    (format 3)."""
     out: dict[bytes, bytes] = {}
     for key, node in expected_nodes(entries).items():
         if node.is_intermediate:
             out[key] = node.encode()
-        elif len(key) == 1:
+        elif len(key) <= 2:
             out[key] = b"\x03" + msgpack.packb([node.key, node.hash()])
         else:
             out[key] = b"\x04" + node.key
@@ -209,8 +210,26 @@ def reset(writer: GroupCommitWriter, merkle: MerkleUpdater) -> None:
     def fn(tx):
         tx.txn.drop(merkle.tree, delete=False)
         tx.txn.drop(merkle.todo, delete=False)
+        tx.txn.drop(merkle.marks, delete=False)
 
     writer.run_sync(fn)
+
+
+def settle(writer: GroupCommitWriter, merkle: MerkleUpdater) -> None:
+    while writer.run_sync(merkle.settle_in):
+        pass
+
+
+def assert_current(db: Database, merkle: MerkleUpdater, model: dict[bytes, bytes]) -> None:
+    """What readers see is the canonical trie of ``model``, lazy roots or not: every node below
+    the roots as stored, and each root (stored one and its marks) as ``get_node`` answers it."""
+    expected = expected_raw(model)
+    assert {k: v for k, v in stored_raw(db, merkle).items() if len(k) > 1} == {
+        k: v for k, v in expected.items() if len(k) > 1
+    }
+    for p in {k[0] for k in POOL}:
+        want = MerkleNode.decode(expected[bytes([p])]) if bytes([p]) in expected else EMPTY
+        assert norm(merkle.get_node(p)) == want
 
 
 # Keys whose hashes share prefixes, so that batches split leaves several levels deep and pull them
@@ -425,8 +444,9 @@ def test_same_items_in_any_order_give_the_same_trie(env, keys, parts, deleted, s
 @given(
     ops=st.lists(st.tuples(st.integers(0, len(POOL) - 1), st.none() | st.integers(0, 2)), min_size=20, max_size=80),
     sizes=st.lists(st.integers(1, 25), min_size=1, max_size=10),
+    settles=st.lists(st.booleans(), min_size=1, max_size=10),
 )
-def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, sizes):
+def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, sizes, settles):
     db, writer, _, merkle = env
     ops = [(POOL[i], None if v is None else vh(v)) for i, v in ops]
     # One update at a time, no batch (each update_in is its own batch of one).
@@ -463,20 +483,28 @@ def test_batches_give_the_trie_of_single_updates_and_of_the_final_set(env, ops, 
             else:
                 model[k] = v
         assert merkle.todo_len() == 0
-        assert stored_raw(db, merkle) == expected_raw(model)  # after every batch, not only the last
+        assert_current(db, merkle, model)  # after every batch, not only the last
+        if settles[i % len(settles)]:  # roots written now and then, as the worker does
+            settle(writer, merkle)
+            assert stored_raw(db, merkle) == expected_raw(model)
+    settle(writer, merkle)
     assert stored_raw(db, merkle) == single
     assert {p: merkle.root_hash(p) for p in (0, 7)} == single_roots
     assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
 
 
-def test_a_leaf_below_a_root_stores_its_tree_key_only(env):
+def test_a_leaf_below_a_roots_children_stores_its_tree_key_only(env):
     db, writer, _, merkle = env
     entries = {k: vh(k) for k in POOL}
     apply(writer, merkle, list(entries.items()))
     raw = stored_raw(db, merkle)
     assert raw == expected_raw(entries)
     leaves = {k: v for k, v in raw.items() if v[0] == 4}
-    assert sorted(v[1:] for v in leaves.values()) == sorted(entries)  # P0 and P7 roots are intermediate
+    assert leaves and all(len(k) > 2 for k in leaves)
+    # A root's leaf children keep their hash (format 3): the root may be written later.
+    near_root = [msgpack.unpackb(v[1:])[0] for k, v in raw.items() if v[0] == 3]
+    assert all(len(k) == 2 for k, v in raw.items() if v[0] == 3)  # P0 and P7 roots are intermediate
+    assert sorted([*(v[1:] for v in leaves.values()), *near_root]) == sorted(entries)
     # A new value changes the leaf's hash in its parent, not its entry.
     k = POOL[0]
     before = stored_raw(db, merkle)
@@ -530,8 +558,9 @@ def test_tries_of_earlier_formats_are_read_and_rewritten_on_update(env, start, o
             model.pop(k, None)
         else:
             model[k] = v
-    assert stored_nodes(db, merkle) == expected_nodes(model)  # no stray node left behind
     assert all(merkle.root_hash(p) == (expected_nodes(model).get(bytes([p])) or EMPTY).hash() for p in (0, 7))
+    settle(writer, merkle)  # a batch may have left its roots to be written later
+    assert stored_nodes(db, merkle) == expected_nodes(model)  # no stray node left behind
     # Every leaf an update wrote is in format 3 or 4 now; untouched nodes may be as they were.
     new, old = expected_raw(model), earlier(model)
     for k, v in stored_raw(db, merkle).items():
@@ -600,7 +629,7 @@ def test_a_pending_child_hash_is_never_stored(env):
     db, writer, _, merkle = env
 
     def fn(tx):
-        batch = _TrieBatch(tx, merkle.tree, "reg")
+        batch = _TrieBatch(tx, merkle.tree, "reg", merkle.marks)
         batch.nodes[b"\x00"] = _Inner({1: vh(1), 2: PENDING})
         batch.dirty.add(b"\x00")
         batch.flush()
@@ -824,3 +853,124 @@ async def test_the_worker_looks_at_its_queue_without_being_woken(env, monkeypatc
     monkeypatch.setattr("garagekv.table.merkle.IDLE_WAKEUP", 0.0)
     monkeypatch.setattr("garagekv.table.merkle.LINGER", 0.0)
     await asyncio.wait_for(merkle.wait_for_work(), timeout=30)
+
+
+# ---- lazy roots ---------------------------------------------------------------------------------
+
+
+def marks(db: Database, merkle: MerkleUpdater) -> list[bytes]:
+    with db.read() as txn:
+        return [k for k, _ in txn.cursor(db=merkle.marks)]
+
+
+def queue_batch(writer: GroupCommitWriter, merkle: MerkleUpdater, batch: dict[bytes, bytes]) -> int:
+    def fn(tx):
+        for k, v in batch.items():
+            tx.put(merkle.todo, k, v)
+        return merkle.apply_batch_in(tx, sorted(batch.items()))
+
+    return writer.run_sync(fn)
+
+
+def wide(n: int, tag: object = 0, part: bytes = P0) -> dict[bytes, bytes]:
+    return {part + f"w{i}".encode(): vh((tag, i)) for i in range(n)}
+
+
+def test_a_batch_of_new_values_leaves_the_root_to_be_settled_and_readers_see_it_current(env):
+    db, writer, _, merkle = env
+    model = wide(300)
+    queue_batch(writer, merkle, model)  # the root is built by this batch: written at once
+    root_raw = stored_raw(db, merkle)[b"\x00"]
+    assert marks(db, merkle) == [] and root_raw == expected_raw(model)[b"\x00"]
+
+    change = {k: vh("new") for k in list(model)[:5]} | wide(3, "more", P7)
+    queue_batch(writer, merkle, change)
+    model |= change
+    stored = stored_raw(db, merkle)
+    assert stored[b"\x00"] == root_raw  # not rewritten
+    assert marks(db, merkle) and {m[:1] for m in marks(db, merkle)} == {b"\x00"}  # P7's root is new
+    assert_current(db, merkle, model)  # anti-entropy reads the root with its marks applied
+    assert merkle.root_hash(0) == MerkleNode.decode(expected_raw(model)[b"\x00"]).hash() != blake2sum(root_raw[1:])
+
+    settle(writer, merkle)
+    assert marks(db, merkle) == [] and stored_raw(db, merkle) == expected_raw(model)
+
+
+def test_a_batch_removing_entries_settles_the_root_first(env):
+    """A removal can change a root's shape (a lone leaf moves up): its partition is written as
+    before, marks included, while another partition of the batch stays lazy."""
+    db, writer, _, merkle = env
+    model = wide(300) | wide(300, 0, P7)
+    queue_batch(writer, merkle, model)
+    change = {k: vh("new") for k in [*list(model)[:5], *list(model)[-5:]]}
+    queue_batch(writer, merkle, change)
+    model |= change
+    assert {m[:1] for m in marks(db, merkle)} == {b"\x00", b"\x07"}
+    gone = list(model)[:40]
+    queue_batch(writer, merkle, {k: b"" for k in gone} | {list(model)[-1]: vh("again")})
+    model = {k: v for k, v in model.items() if k not in gone} | {list(model)[-1]: vh("again")}
+    assert {m[:1] for m in marks(db, merkle)} == {b"\x07"}
+    assert stored_raw(db, merkle)[b"\x00"] == expected_raw(model)[b"\x00"]
+    assert_current(db, merkle, model)
+    # Down to one entry: the lone leaf moves up to the root, with no mark left behind.
+    last = next(k for k in model if k[0] == 0)
+    queue_batch(writer, merkle, {k: b"" for k in model if k[0] == 0 and k != last})
+    model = {k: v for k, v in model.items() if k[0] != 0 or k == last}
+    assert stored_raw(db, merkle)[b"\x00"][0] == 3
+    settle(writer, merkle)
+    assert stored_raw(db, merkle) == expected_raw(model)
+
+
+def test_settling_takes_the_roots_in_turn(env):
+    db, writer, _, merkle = env
+    parts = [bytes([p]) + b"\x11" * 31 for p in (0, 7, 200)]
+    model = {k: v for part in parts for k, v in wide(300, 0, part).items()}
+    queue_batch(writer, merkle, model)
+    change = {k: vh("new") for k in list(model)[::50]}
+    queue_batch(writer, merkle, change)
+    roots = lambda: sorted({m[0] for m in marks(db, merkle)})  # noqa: E731
+    assert roots() == [0, 7, 200]
+    assert writer.run_sync(lambda tx: merkle.settle_in(tx, 2)) is True
+    assert roots() == [200]
+    queue_batch(writer, merkle, {k: vh("again") for k in list(model)[::60]})  # marks 0 and 7 again
+    assert roots() == [0, 7, 200]
+    # The next call starts where the last stopped, so a busy low partition cannot starve 200.
+    assert writer.run_sync(lambda tx: merkle.settle_in(tx, 1)) is True
+    assert roots() == [0, 7]
+    assert writer.run_sync(lambda tx: merkle.settle_in(tx, 5)) is False
+    model |= change | {k: vh("again") for k in list(model)[::60]}
+    assert stored_raw(db, merkle) == expected_raw(model)
+
+
+async def test_marks_outlive_a_restart_and_the_worker_settles_them_once_idle(env):
+    from garagekv.util.background import WorkerState
+
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(300)])
+    await merkle.flush()
+    await data.merge_many([Reg(P0, f"k{i}".encode(), 1000 + i) for i in range(0, 300, 7)])
+    while await merkle.process_batch():
+        pass
+    assert marks(db, merkle)
+    before = merkle.root_hash(0)
+    again = MerkleUpdater(db, writer, data)  # a restarted node: nothing in memory
+    assert again.root_hash(0) == before and again.progress()["queue"] == 0
+    assert await again.work() == WorkerState.IDLE  # an empty queue: the roots are settled
+    assert marks(db, merkle) == [] and again.root_hash(0) == before
+    with db.read() as txn:
+        assert MerkleNode.decode(txn.get(b"\x00", db=merkle.tree)).hash() == before
+
+
+async def test_rebuild_drops_the_marks(env):
+    db, writer, data, merkle = env
+    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(300)])
+    await merkle.flush()
+    await data.merge_many([Reg(P0, f"k{i}".encode(), 1000 + i) for i in range(0, 300, 7)])
+    while await merkle.process_batch():
+        pass
+    before = merkle.root_hash(0)
+    assert marks(db, merkle)
+    await merkle.rebuild()
+    assert marks(db, merkle) == []
+    await merkle.flush()
+    assert merkle.root_hash(0) == before
