@@ -71,6 +71,8 @@ import msgpack
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.table.data import TableData
+from garagekv.table.merkle_children import MIN_BYTES as RAW_MIN_BYTES
+from garagekv.table.merkle_children import RawChildren
 from garagekv.util import codec
 from garagekv.util.background import Notify, WorkerState
 from garagekv.util.codec import blake2sum
@@ -567,7 +569,11 @@ class _Inner:
 
     __slots__ = ("children", "inline")
 
-    def __init__(self, children: dict[int, bytes | _Pending], inline: dict[int, bytes] | None = None) -> None:
+    def __init__(
+        self, children: dict[int, bytes | _Pending] | RawChildren, inline: dict[int, bytes] | None = None
+    ) -> None:
+        # A node read from storage in the canonical shape keeps its children as stored bytes
+        # (``RawChildren``: no decoding, and written back by splicing the changes in).
         self.children = children
         # Read in format 2: the leaf children it holds (byte -> tree key), which get entries of
         # their own (format 4) when it is written.
@@ -618,10 +624,14 @@ class _TrieBatch:
             if isinstance(node, _LazyRoot):
                 raise StorageError(f"{self.table_name}: lazy Merkle root {key.hex()} written")
             if isinstance(node, _Inner):
-                if PENDING in node.children.values():  # a placeholder must never reach the disk
+                children = node.children
+                # A placeholder must never reach the disk.
+                if children.pending(PENDING) if isinstance(children, RawChildren) else PENDING in children.values():
                     raise StorageError(f"{self.table_name}: Merkle child hash left pending at {key.hex()}")
-                # The bytes of MerkleNode.body(): msgpack packs tuples as arrays, like lists.
-                body = msgpack.packb([_INTERMEDIATE, sorted(node.children.items())], use_bin_type=True)
+                if isinstance(children, RawChildren):
+                    body = children.pack()
+                else:  # the bytes of MerkleNode.body(): msgpack packs tuples as arrays, like lists
+                    body = msgpack.packb([_INTERMEDIATE, sorted(children.items())], use_bin_type=True)
                 raw: bytes | None = bytes([NODE_FORMAT]) + body
                 node_hash = blake2sum(body)
                 for byte, tree_key in node.inline.items():  # format 2 before: its leaves move out
@@ -814,6 +824,10 @@ def _stored_for_batch(raw: bytes) -> MerkleNode | _Inner:
     dict once, with no ``MerkleNode`` (and its tuple of children) in between. At the top of a
     large trie (hundreds of children) this decoding is a good part of what a batch costs.
     """
+    if len(raw) > RAW_MIN_BYTES and raw.startswith(_INTERMEDIATE_PREFIX):
+        raw_children = RawChildren.parse(raw[1:])
+        if raw_children is not None:
+            return _Inner(raw_children)
     if raw[0] == NODE_FORMAT:
         try:
             wire = codec.decode(raw[1:])
