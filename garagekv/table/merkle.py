@@ -625,8 +625,11 @@ class _TrieBatch:
                 raise StorageError(f"{self.table_name}: lazy Merkle root {key.hex()} written")
             if isinstance(node, _Inner):
                 children = node.children
-                # A placeholder must never reach the disk.
-                if children.pending(PENDING) if isinstance(children, RawChildren) else PENDING in children.values():
+                if isinstance(children, RawChildren):
+                    pending = children.pending(PENDING)
+                else:
+                    pending = PENDING in children.values()
+                if pending:  # a placeholder must never reach the disk
                     raise StorageError(f"{self.table_name}: Merkle child hash left pending at {key.hex()}")
                 if isinstance(children, RawChildren):
                     body = children.pack()
