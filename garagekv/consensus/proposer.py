@@ -278,13 +278,11 @@ class Proposer:
             except _Unreachable:
                 raise _NotHeld(None, backoff=False) from None
             decision = self._decide_held(key, hold, decide, read_keys, [p.states for p in states])
-        if committed:
-            pass  # accepted on the local states and committed (§3c)
-        elif decision.update is None:
+        if not committed and decision.update is None:
             # Nothing to write: a majority still held the ballot when it answered, so nothing
             # newer was proposed before the read and nothing older can be accepted any more.
             self._remember(key, hold)
-        else:
+        elif not committed:  # (a checked round that committed has accepted it already, §3c)
             proposal = Proposal(hold.ballot, decision.update)
             try:
                 await self._propose(key, proposal, sets, deadline, only=hold.holders)

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -71,8 +72,8 @@ import msgpack
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.table.data import TableData
+from garagekv.table.merkle_children import INTERMEDIATE_HEAD, RawChildren
 from garagekv.table.merkle_children import MIN_BYTES as RAW_MIN_BYTES
-from garagekv.table.merkle_children import RawChildren
 from garagekv.util import codec
 from garagekv.util.background import Notify, WorkerState
 from garagekv.util.codec import blake2sum
@@ -105,7 +106,7 @@ SETTLE_ROOTS = 4
 #: rewritten once per ``256 / SETTLE_ROOTS * SETTLE_INTERVAL`` seconds rather than once per batch.
 SETTLE_INTERVAL = 1.0
 #: The start of a stored intermediate node in format 1: the format byte, then msgpack ``[1, ...``.
-_INTERMEDIATE_PREFIX = bytes([NODE_FORMAT, 0x92, 1])
+_INTERMEDIATE_PREFIX = bytes([NODE_FORMAT]) + INTERMEDIATE_HEAD
 
 _EMPTY, _INTERMEDIATE, _LEAF = 0, 1, 2
 
@@ -275,7 +276,7 @@ def _marked(cursor: Any, root_key: bytes) -> list[bytes]:
     return out
 
 
-def stored_hash(raw: bytes) -> bytes:
+def _stored_hash(raw: bytes) -> bytes:
     """The hash of a root's child from its stored bytes (what settling a root needs).
 
     A child of a root is an intermediate node (formats 1 and 2) or a leaf of format 3; a leaf of
@@ -287,6 +288,17 @@ def stored_hash(raw: bytes) -> bytes:
     if node.is_leaf and not node.leaf_hash:
         raise StorageError("a root's marked child is a leaf without its hash")
     return node.hash()
+
+
+def _apply_marks(children: Any, marked: list[bytes], read: Callable[[bytes], bytes | None]) -> None:
+    """Set each marked child's hash in a root's ``children`` from the child as stored
+    (``read``), or drop the child if nothing is stored there."""
+    for k in marked:
+        raw = read(k)
+        if raw is None:
+            children.pop(k[-1], None)
+        else:
+            children[k[-1]] = _stored_hash(raw)
 
 
 def node_key(partition: int, prefix: bytes) -> bytes:
@@ -369,12 +381,7 @@ class MerkleUpdater:
         if not marked:
             return MerkleNode.decode(raw)
         children = dict(MerkleNode.decode(raw).children)
-        for k in marked:
-            child = txn.get(k, db=self.tree)
-            if child is None:
-                children.pop(k[-1], None)
-            else:
-                children[k[-1]] = stored_hash(child)
+        _apply_marks(children, marked, lambda k: txn.get(k, db=self.tree))
         return MerkleNode.intermediate(children)
 
     def root_hash(self, partition: int) -> bytes:
@@ -432,8 +439,8 @@ class MerkleUpdater:
         its new value, for the next batch. Returns how many entries were applied.
         """
         n = 0
-        trie = _TrieBatch(tx, self.tree, self.table_name, self.marks, lazy_roots=True)
-        trie.eager = {partition_of(k) for k, value_hash in batch if not value_hash}
+        removing = {partition_of(k) for k, value_hash in batch if not value_hash}
+        trie = _TrieBatch(tx, self.tree, self.table_name, self.marks, lazy_except=removing)
         for tree_key, value_hash in batch:
             if tx.get(self.todo, tree_key) != value_hash:
                 continue
@@ -587,18 +594,19 @@ class _TrieBatch:
     thread and a ``run_sync`` caller) never share it.
     """
 
-    __slots__ = ("tx", "tree", "table_name", "marks", "lazy_roots", "eager", "marked", "nodes", "dirty", "stored")
+    __slots__ = ("tx", "tree", "table_name", "marks", "lazy_except", "marked", "nodes", "dirty", "stored")
 
-    def __init__(self, tx: WriteTxn, tree: Any, table_name: str, marks: Any, lazy_roots: bool = False) -> None:
+    def __init__(
+        self, tx: WriteTxn, tree: Any, table_name: str, marks: Any, lazy_except: set[int] | None = None
+    ) -> None:
         self.tx = tx
         self.tree = tree
         self.table_name = table_name
         self.marks = marks
-        # Whether a stored intermediate root may be left as it is (its changed children marked),
-        # except in the partitions of ``eager``: the updates of those remove entries, which can
-        # change a root's shape (a lone leaf moves up), so their roots are settled and written.
-        self.lazy_roots = lazy_roots
-        self.eager: set[int] = set()
+        # None: every root is written. Otherwise a stored intermediate root is left as it is (its
+        # changed children marked) but in these partitions: their updates remove entries, which
+        # can change a root's shape (a lone leaf moves up), so their roots are settled and written.
+        self.lazy_except = lazy_except
         self.marked = False  # whether flush left a root to be settled
         self.nodes: dict[bytes, MerkleNode | _Inner | _LazyRoot] = {}  # every node read or written so far
         self.dirty: set[bytes] = set()  # the keys of the nodes written
@@ -697,8 +705,8 @@ class _TrieBatch:
                 self.stored[key] = raw
                 if (
                     len(key) == 1
-                    and self.lazy_roots
-                    and key[0] not in self.eager
+                    and self.lazy_except is not None
+                    and key[0] not in self.lazy_except
                     and raw.startswith(_INTERMEDIATE_PREFIX)
                 ):
                     node = LAZY_ROOT
@@ -717,7 +725,7 @@ class _TrieBatch:
                 else:
                     node = _stored_for_batch(raw)
                 if len(key) == 1 and isinstance(node, _Inner):
-                    self._apply_marks(key, node)
+                    self._settle(key, node)
         self.nodes[key] = node
         return node
 
@@ -725,17 +733,12 @@ class _TrieBatch:
         """Read the root at ``key`` with its marks applied (``flush`` then writes it)."""
         self._read(key)
 
-    def _apply_marks(self, key: bytes, root: _Inner) -> None:
+    def _settle(self, key: bytes, root: _Inner) -> None:
         """Bring a root read from storage up to date with its marks, which go: the root is
         written by ``flush``."""
         marked = _marked(self.tx.cursor(self.marks), key)
+        _apply_marks(root.children, marked, lambda k: self.tx.get(self.tree, k))
         for k in marked:
-            raw = self.tx.get(self.tree, k)
-            if raw is None:  # not made by lazy roots (they only add and change entries)
-                log.warning("%s: marked Merkle node %s is missing", self.table_name, k.hex())
-                root.children.pop(k[-1], None)
-            else:
-                root.children[k[-1]] = stored_hash(raw)
             self.tx.delete(self.marks, k)
         if marked:
             self.dirty.add(key)

@@ -29,7 +29,7 @@ HASH_LEN = 32
 #: dozen slices whatever the size (measured in docs/performance-log.md, "Merkle nodes as bytes").
 MIN_BYTES = 600
 _LO, _HI = 36, 37  # record sizes for a child byte below 128 (fixint) and from 128 (uint8)
-_HEAD = b"\x92\x01"  # msgpack [1, ...]: an intermediate node's wire form
+INTERMEDIATE_HEAD = b"\x92\x01"  # msgpack [1, ...]: an intermediate node's wire form
 _REMOVED = object()
 
 
@@ -53,7 +53,7 @@ class RawChildren:
     def parse(cls, body: bytes) -> RawChildren | None:
         """The children of ``body`` (a node's msgpack, without the format byte), or None when
         it is not a canonical intermediate node of 32-byte hashes."""
-        if body[:2] != _HEAD or len(body) < 3:
+        if body[:2] != INTERMEDIATE_HEAD or len(body) < 3:
             return None
         t = body[2]
         if 0x90 <= t <= 0x9F:
@@ -135,9 +135,6 @@ class RawChildren:
     def items(self) -> list[tuple[int, Any]]:
         return list(self._merged().items())
 
-    def values(self) -> list[Any]:
-        return list(self._merged().values())
-
     # ---- changes ------------------------------------------------------------------------------
 
     def __setitem__(self, b: int, v: Any) -> None:
@@ -180,4 +177,4 @@ class RawChildren:
                 else:
                     records[off:off] = b"\x92\xcc" + bytes([b]) + b"\xc4\x20" + h
                     hi.insert(i, b)
-        return _HEAD + _array_header(len(lo) + len(hi)) + bytes(records)
+        return INTERMEDIATE_HEAD + _array_header(len(lo) + len(hi)) + bytes(records)

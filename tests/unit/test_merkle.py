@@ -942,15 +942,20 @@ def test_settling_takes_the_roots_in_turn(env):
     assert stored_raw(db, merkle) == expected_raw(model)
 
 
-async def test_marks_outlive_a_restart_and_the_worker_settles_them_once_idle(env):
-    from garagekv.util.background import WorkerState
-
-    db, writer, data, merkle = env
+async def leave_marks(data: TableData, merkle: MerkleUpdater) -> None:
+    """A settled trie of 300 entries in P0, then changes to some of them, applied but not settled."""
     await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(300)])
     await merkle.flush()
     await data.merge_many([Reg(P0, f"k{i}".encode(), 1000 + i) for i in range(0, 300, 7)])
     while await merkle.process_batch():
         pass
+
+
+async def test_marks_outlive_a_restart_and_the_worker_settles_them_once_idle(env):
+    from garagekv.util.background import WorkerState
+
+    db, writer, data, merkle = env
+    await leave_marks(data, merkle)
     assert marks(db, merkle)
     before = merkle.root_hash(0)
     again = MerkleUpdater(db, writer, data)  # a restarted node: nothing in memory
@@ -963,11 +968,7 @@ async def test_marks_outlive_a_restart_and_the_worker_settles_them_once_idle(env
 
 async def test_rebuild_drops_the_marks(env):
     db, writer, data, merkle = env
-    await data.merge_many([Reg(P0, f"k{i}".encode(), i) for i in range(300)])
-    await merkle.flush()
-    await data.merge_many([Reg(P0, f"k{i}".encode(), 1000 + i) for i in range(0, 300, 7)])
-    while await merkle.process_batch():
-        pass
+    await leave_marks(data, merkle)
     before = merkle.root_hash(0)
     assert marks(db, merkle)
     await merkle.rebuild()
