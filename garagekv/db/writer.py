@@ -120,6 +120,7 @@ class GroupCommitWriter:
         self._closed = False
         self.commits = 0
         self.jobs = 0
+        self._group = 0  # jobs in the transaction being run (read by its own jobs)
         # (batch size, seconds) after each commit, called on the writer thread (metrics)
         self.on_commit: Callable[[int, float], None] | None = None
         self._thread.start()
@@ -162,6 +163,11 @@ class GroupCommitWriter:
                 batch.append(nxt)
             self._commit_batch(batch)
 
+    def others_waiting(self) -> bool:
+        """From a job: whether other jobs wait for this one (in its group commit, or queued for
+        the next), so that a job of background work may stop early and leave the rest for later."""
+        return self._group > 1 or not self._queue.empty()
+
     @property
     def alive(self) -> bool:
         """Accepting and committing writes."""
@@ -170,6 +176,7 @@ class GroupCommitWriter:
     def _commit_batch(self, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, bool, Any, list[Callable[[], None]]]] = []
         started = time.monotonic()
+        self._group = len(batch)
         try:
             with self.db.environment.begin(write=True) as parent:
                 for job in batch:
@@ -190,6 +197,8 @@ class GroupCommitWriter:
             for job in batch:
                 _post(job.loop, _resolve, job.future, False, err, [])
             return
+        finally:
+            self._group = 0
         self.commits += 1
         self.jobs += len(batch)
         if self.on_commit is not None:

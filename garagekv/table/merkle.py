@@ -92,6 +92,11 @@ NODE_FORMAT_ROOT_LEAF = 3
 NODE_FORMAT_LEAF = 4
 #: To-do entries applied per ``work()`` step (one writer transaction each).
 BATCH = 100
+#: Seconds of trie work after which a step stops early when writes wait for its group commit
+#: (the rest stays queued for the next step): a step's cost per entry grows with the trie (a
+#: node of up to 4 KiB rewritten per entry at 10 million entries), and every write committed
+#: with it waits for all of it. Without writes waiting, a step does its whole batch.
+STEP_BUDGET = 0.004
 #: Entries re-queued per transaction by ``rebuild``.
 REBUILD_BATCH = 1000
 #: The worker also looks at its queue this often when nobody wakes it.
@@ -402,7 +407,9 @@ class MerkleUpdater:
 
     def settle_in(self, tx: WriteTxn, limit: int = SETTLE_ROOTS) -> bool:
         """Write up to ``limit`` roots that have marks, from where the last call stopped (so that
-        under load every root gets its turn); returns whether some are left."""
+        under load every root gets its turn), fewer once ``STEP_BUDGET`` is spent while writes
+        wait; returns whether some are left."""
+        deadline = time.perf_counter() + STEP_BUDGET
         cur = tx.cursor(self.marks)
         roots: list[bytes] = []
         found = cur.set_range(bytes([self._settle_from])) or cur.first()
@@ -414,10 +421,12 @@ class MerkleUpdater:
             found = (root[0] < 255 and cur.set_range(bytes([root[0] + 1]))) or cur.first()
         if not roots:
             return False
-        self._settle_from = (roots[-1][0] + 1) % 256
         batch = _TrieBatch(tx, self.tree, self.table_name, self.marks)
         for root in roots:
             batch.settle_root(root)
+            self._settle_from = (root[0] + 1) % 256
+            if time.perf_counter() > deadline and self.writer.others_waiting():
+                break
         batch.flush()
         return cur.first()
 
@@ -436,12 +445,16 @@ class MerkleUpdater:
         """Apply to-do entries read earlier; each is applied and removed only if still unchanged.
 
         An entry that changed since it was read (the item was written again) stays queued with
-        its new value, for the next batch. Returns how many entries were applied.
+        its new value, for the next batch, and so do the entries after ``STEP_BUDGET`` ran out
+        while writes wait. Returns how many entries were applied.
         """
         n = 0
+        deadline = time.perf_counter() + STEP_BUDGET
         removing = {partition_of(k) for k, value_hash in batch if not value_hash}
         trie = _TrieBatch(tx, self.tree, self.table_name, self.marks, lazy_except=removing)
         for tree_key, value_hash in batch:
+            if n and time.perf_counter() > deadline and self.writer.others_waiting():
+                break  # the rest stays queued: see STEP_BUDGET
             if tx.get(self.todo, tree_key) != value_hash:
                 continue
             trie.update(tree_key, value_hash or None)

@@ -975,3 +975,36 @@ async def test_rebuild_drops_the_marks(env):
     assert marks(db, merkle) == []
     await merkle.flush()
     assert merkle.root_hash(0) == before
+
+
+async def test_a_step_stops_at_its_budget_while_writes_wait_and_leaves_the_rest_queued(env, monkeypatch):
+    """A Merkle step shares its group commit with writes: while others wait, it stops once
+    ``STEP_BUDGET`` is spent (here at once: one entry, one root per step); alone it does all."""
+    import garagekv.table.merkle as merkle_mod
+
+    db, writer, data, merkle = env
+    parts = [bytes([p]) + b"\x11" * 31 for p in (0, 7, 200)]
+    await data.merge_many([Reg(part, f"k{i}".encode(), i) for part in parts for i in range(100)])
+    await merkle.flush()
+    await data.merge_many([Reg(part, f"k{i}".encode(), 1000 + i) for part in parts for i in range(0, 100, 10)])
+    assert merkle.todo_len() == 30
+    done = merkle.done
+
+    monkeypatch.setattr(merkle_mod, "STEP_BUDGET", 0.0)
+    waiting = True
+    monkeypatch.setattr(writer, "others_waiting", lambda: waiting)
+    assert await merkle.process_batch() == 30  # saw them all, applied one
+    assert merkle.todo_len() == 29 and merkle.done == done + 1
+    while await merkle.process_batch():
+        pass
+    assert merkle.done == done + 30
+    assert sorted({m[0] for m in marks(db, merkle)}) == [0, 7, 200]
+    assert await writer.submit(merkle.settle_in) is True  # one root of the four it may take
+    assert sorted({m[0] for m in marks(db, merkle)}) == [7, 200]
+
+    waiting = False
+    await data.merge_many([Reg(part, f"k{i}".encode(), 2000 + i) for part in parts for i in range(0, 100, 5)])
+    assert await merkle.process_batch() == 60 and merkle.todo_len() == 0  # alone: the whole batch
+    assert await writer.submit(merkle.settle_in) is False  # and every root
+    entries = {k: blake2sum(v) for k, v in _all(db, data)}
+    assert stored_nodes(db, merkle) == expected_nodes(entries)

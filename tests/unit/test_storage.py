@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -87,6 +88,25 @@ async def test_failing_job_rolls_back_alone(table):
     assert isinstance(results[0], BadRequest)
     assert table.get(P + b"bad") is None
     assert table.get(P + b"good").value == 2
+
+
+async def test_a_job_sees_whether_other_jobs_wait_for_its_commit(table):
+    writer = table.writer
+    gate = threading.Event()
+
+    def held(_tx):
+        assert gate.wait(10)
+        return writer.others_waiting()
+
+    assert await writer.submit(lambda _tx: writer.others_waiting()) is False  # alone
+    first = asyncio.ensure_future(writer.submit(held))
+    await asyncio.sleep(0.05)  # the writer thread runs ``held`` and waits in it
+    second = asyncio.ensure_future(writer.submit(lambda _tx: None))  # queued behind it
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await first is True
+    await second
+    assert writer.run_sync(lambda _tx: writer.others_waiting()) is False  # outside any group
 
 
 async def test_on_commit_runs_after_commit(table):
