@@ -980,8 +980,6 @@ async def test_rebuild_drops_the_marks(env):
 async def test_a_step_stops_at_its_budget_while_writes_wait_and_leaves_the_rest_queued(env, monkeypatch):
     """A Merkle step shares its group commit with writes: while others wait, it stops once
     ``STEP_BUDGET`` is spent (here at once: one entry, one root per step); alone it does all."""
-    import garagekv.table.merkle as merkle_mod
-
     db, writer, data, merkle = env
     parts = [bytes([p]) + b"\x11" * 31 for p in (0, 7, 200)]
     await data.merge_many([Reg(part, f"k{i}".encode(), i) for part in parts for i in range(100)])
@@ -990,7 +988,7 @@ async def test_a_step_stops_at_its_budget_while_writes_wait_and_leaves_the_rest_
     assert merkle.todo_len() == 30
     done = merkle.done
 
-    monkeypatch.setattr(merkle_mod, "STEP_BUDGET", 0.0)
+    monkeypatch.setattr("garagekv.table.merkle.STEP_BUDGET", 0.0)
     waiting = True
     monkeypatch.setattr(writer, "others_waiting", lambda: waiting)
     assert await merkle.process_batch() == 30  # saw them all, applied one
