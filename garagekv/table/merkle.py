@@ -409,7 +409,7 @@ class MerkleUpdater:
         """Write up to ``limit`` roots that have marks, from where the last call stopped (so that
         under load every root gets its turn), fewer once ``STEP_BUDGET`` is spent while writes
         wait; returns whether some are left."""
-        deadline = time.perf_counter() + STEP_BUDGET
+        started = time.perf_counter()
         cur = tx.cursor(self.marks)
         roots: list[bytes] = []
         found = cur.set_range(bytes([self._settle_from])) or cur.first()
@@ -425,10 +425,15 @@ class MerkleUpdater:
         for root in roots:
             batch.settle_root(root)
             self._settle_from = (root[0] + 1) % 256
-            if time.perf_counter() > deadline and self.writer.others_waiting():
+            if self._budget_spent(started):
                 break
         batch.flush()
         return cur.first()
+
+    def _budget_spent(self, started: float) -> bool:
+        """Whether a step begun at ``started`` stops here: ``STEP_BUDGET`` is spent and other
+        writer jobs wait for its commit."""
+        return time.perf_counter() - started > STEP_BUDGET and self.writer.others_waiting()
 
     # ---- the to-do queue ---------------------------------------------------------------------
 
@@ -449,12 +454,12 @@ class MerkleUpdater:
         while writes wait. Returns how many entries were applied.
         """
         n = 0
-        deadline = time.perf_counter() + STEP_BUDGET
+        started = time.perf_counter()
         removing = {partition_of(k) for k, value_hash in batch if not value_hash}
         trie = _TrieBatch(tx, self.tree, self.table_name, self.marks, lazy_except=removing)
         for tree_key, value_hash in batch:
-            if n and time.perf_counter() > deadline and self.writer.others_waiting():
-                break  # the rest stays queued: see STEP_BUDGET
+            if n and self._budget_spent(started):
+                break  # the rest stays queued
             if tx.get(self.todo, tree_key) != value_hash:
                 continue
             trie.update(tree_key, value_hash or None)
