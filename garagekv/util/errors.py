@@ -115,6 +115,14 @@ class ServiceUnavailable(GarageKVError):
     prefix = "Service unavailable: "
 
 
+class WrittenWithoutQuorum(ServiceUnavailable):
+    """Between nodes only: a K2V coordinator stored an insert but could not replicate it to a
+    quorum. It tells the node that asked not to hand the insert to another coordinator, which
+    would store it a second time under another dot; that node answers ``ServiceUnavailable``."""
+
+    code = "WrittenWithoutQuorum"
+
+
 class ConfigError(GarageKVError):
     """A configuration problem; the message names the key and an expected value.
 

@@ -20,23 +20,37 @@ NODE = node_number(NODE_ID)
 
 
 class StandaloneModel:
-    def __init__(self, path: Path, *, map_size: int = 64 << 20, fsync: bool = True, **config: Any) -> None:
+    """``node_id``, ``history`` and ``netapp`` make it one node of a cluster that the test plays
+    (a layout naming other nodes, a fake network that answers for them)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        map_size: int = 64 << 20,
+        fsync: bool = True,
+        node_id: bytes = NODE_ID,
+        history: LayoutHistory | None = None,
+        netapp: Any = None,
+        **config: Any,
+    ) -> None:
         self.db = Database(path, map_size=map_size, fsync=fsync)
         self.writer = GroupCommitWriter(self.db)
         layout = SimpleNamespace(
-            node_id=NODE_ID,
-            history=LayoutHistory.new(1),
+            node_id=node_id,
+            history=history or LayoutHistory.new(1),
             mode="consistent",
             write_lock=contextlib.nullcontext,
             listeners=[],
         )
-        netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
+        if netapp is None:
+            netapp = SimpleNamespace(on_connect=[])  # standalone: nothing is ever sent
         self.registry = EndpointRegistry()  # the node's endpoints, to serve them over a real NetApp
         system = SimpleNamespace(
             layout=layout,
             netapp=netapp,
             registry=self.registry,
-            node_id=NODE_ID,
+            node_id=node_id,
             is_up=lambda n: True,
             rtt_of=lambda n: None,
         )

@@ -13,13 +13,16 @@ from garagekv.util import errors as server_errors
 
 
 def k2v_error_classes() -> list[type[server_errors.GarageKVError]]:
-    """The server's error classes a K2V request can end in (admin and config errors excluded)."""
+    """The server's error classes a K2V request can end in (admin, config and peer-only errors
+    excluded)."""
     out = []
     for _, cls in inspect.getmembers(server_errors, inspect.isclass):
         if not issubclass(cls, server_errors.GarageKVError):
             continue
         if issubclass(cls, (server_errors.AdminError, server_errors.ConfigError)):
             continue
+        if cls is server_errors.WrittenWithoutQuorum:
+            continue  # between nodes only: the node that asked answers ServiceUnavailable
         out.append(cls)
     return out
 

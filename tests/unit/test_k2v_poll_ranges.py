@@ -36,7 +36,7 @@ async def put(o: StandaloneModel, pk: str, sk: str, value: bytes | None = b"v") 
     """Write here (also once the tests below make other nodes the partition's storage nodes)."""
     old = await o.model.k2v.read_item(BUCKET, pk, sk)
     ct = None if old is None else old.causal_context()
-    await o.model.k2v._insert_here(BUCKET, [InsertedItem(pk, sk, ct, value)])
+    await o.model.k2v._coordinate_here("insert", BUCKET, [InsertedItem(pk, sk, ct, value)])
     item = await o.model.k2v.read_item(BUCKET, pk, sk)
     assert item is not None
     return item

@@ -51,10 +51,10 @@ from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import MalformedMessage
-from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many
+from garagekv.rpc.quorum import QuorumError, describe_failure, node_label, try_call_many
 from garagekv.rpc.readiness import has_ring
 from garagekv.table.table import Table
-from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
+from garagekv.util.errors import EntityTooLarge, GarageKVError, ServiceUnavailable, WrittenWithoutQuorum
 from garagekv.util.time import now_ms
 
 log = logging.getLogger(__name__)
@@ -127,41 +127,58 @@ class K2VService:
         this node when it is one of them.
 
         Coordinating here skips the RPC layer and the quorum helper's tasks; only if that fails
-        do the other storage nodes get the request, in the usual order. A refusal
-        (``EntityTooLarge``) is final: another coordinator would refuse too.
+        do the other storage nodes get the request, in the usual order. Two answers are final: a
+        refusal (``EntityTooLarge``: another coordinator would refuse too), and a coordinator
+        that stored the inserts but could not replicate them to a quorum. Another coordinator
+        would store them again under its own dot, and that second copy could later surface next
+        to values written over the first one (docs/testing.md, "The checkers"). The first copy
+        spreads by anti-entropy; the client gets a 503, the outcome unknown.
         """
         others = nodes
         failures: list[str] = []
         if self.node_id in nodes:
             # No timeout here: giving up waiting would not stop a local write that is queued.
             try:
-                await self._handle_here(kind, bucket_id, items)
-                return
+                merged = await self._store_here(kind, bucket_id, items)
             except EntityTooLarge:
                 raise
-            except Exception as e:  # noqa: BLE001 - the next storage node may still take it
+            except Exception as e:  # noqa: BLE001 - nothing stored: the next storage node may take it
                 failures.append(describe_failure(self.node_id, e))
                 if len(nodes) > 1:
                     log.warning("local K2V %s failed, trying other storage nodes: %s", kind, e)
                 others = [n for n in nodes if n != self.node_id]
+            else:
+                try:
+                    await self.items.insert_many(merged, stored_here=True)
+                except ServiceUnavailable as e:
+                    raise self._without_quorum(self.node_id, nodes, e.message) from None
+                return
         if not others:
             raise self._no_coordinator(nodes, failures)
         order = self.items.order(others)
         msg = InsertRequest(kind, bucket_id, tuple(items)).to_wire()
 
-        async def call(n: bytes) -> EntityTooLarge | None:
+        async def call(n: bytes) -> tuple[bytes, GarageKVError] | None:
             try:
                 await self._call(n, msg, self.timeout)
-            except EntityTooLarge as e:
-                return e  # an answer, not a failure: don't ask the next node
+            except (EntityTooLarge, WrittenWithoutQuorum) as e:
+                return n, e  # an answer, not a failure: don't ask the next node
             return None
 
         try:
-            (refused,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
+            (final,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
         except QuorumError as e:
             raise self._no_coordinator(nodes, failures + e.errors) from None
-        if refused is not None:
-            raise refused
+        if final is not None:
+            node, err = final
+            raise self._without_quorum(node, nodes, err.message) if isinstance(err, WrittenWithoutQuorum) else err
+
+    def _without_quorum(self, coordinator: bytes, nodes: list[bytes], why: str) -> ServiceUnavailable:
+        wq = self.replication.write_quorum()
+        return ServiceUnavailable(
+            f"The write is stored on {node_label(coordinator)} but not on a quorum (it needs {wq} of the "
+            f"{len(nodes)} replicas of its partition; it spreads once they are back): {why}"
+        )
 
     def _no_coordinator(self, nodes: list[bytes], failures: list[str]) -> QuorumError:
         """Every storage node failed to coordinate: say what a write needs and why each failed
@@ -170,15 +187,20 @@ class K2VService:
         summary = f"No storage node could take the write (it needs {wq} of the {len(nodes)} replicas of its partition)"
         return QuorumError(wq, 0, len(nodes), failures, operation="k2v_insert", summary=summary)
 
-    async def _handle_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> None:
+    async def _store_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
+        """Apply the inserts to this node's copy (none for a check); the items as stored."""
         if kind == "check":
             await asyncio.to_thread(self.store.check_sizes, bucket_id, items)
-        else:
-            await self._insert_here(bucket_id, items)
+            return []
+        return await self.store.insert_many(bucket_id, items)
 
-    async def _insert_here(self, bucket_id: bytes, items: list[InsertedItem]) -> None:
-        merged = await self.store.insert_many(bucket_id, items)
-        await self.items.insert_many(merged, stored_here=True)
+    async def _coordinate_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> None:
+        """Another node's request: store, then replicate what was stored."""
+        merged = await self._store_here(kind, bucket_id, items)
+        try:
+            await self.items.insert_many(merged, stored_here=True)
+        except Exception as e:
+            raise WrittenWithoutQuorum(e.message if isinstance(e, GarageKVError) else repr(e)) from e
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -338,7 +360,7 @@ class K2VService:
                 # file, not gossiped yet): coordinating here would replicate to itself alone
                 # and report a quorum. Failing sends the caller to the next storage node.
                 raise ServiceUnavailable("this node has no cluster layout yet: it cannot coordinate inserts")
-            await self._handle_here(req.kind, req.bucket_id, list(req.items))
+            await self._coordinate_here(req.kind, req.bucket_id, list(req.items))
             return None
         if isinstance(req, PollItemRequest):
             item = await self.store.poll_item(
