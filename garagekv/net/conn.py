@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from garagekv.net.channel import ChannelClosed, SecureChannel
-from garagekv.net.errors import NetError, PeerProtocolError, RpcTimeout
+from garagekv.net.errors import NetError, NotConnected, PeerProtocolError, RpcTimeout
 from garagekv.net.frame import (
     Cancel,
     EncodeError,
@@ -100,7 +100,7 @@ class Connection:
     async def call(self, path: str, body: Any, timeout: float | None = None) -> Any:
         """Call ``path`` on the peer; ``timeout=None`` waits forever (long polls)."""
         if self._closed:
-            raise NetError(f"Not connected: {short_id(self.peer_id)} ({self.close_reason})")
+            raise NotConnected(f"Not connected: {short_id(self.peer_id)} ({self.close_reason})")
         req_id = self._next_id
         self._next_id += 1
         try:

@@ -15,6 +15,11 @@ class NetError(ServiceUnavailable):
     """A peer could not be reached, or the connection to it was lost."""
 
 
+class NotConnected(NetError):
+    """No connection to the peer: the request was never sent, so it certainly had no effect
+    there (unlike a lost connection or a timeout, after which the peer may have acted on it)."""
+
+
 class HandshakeFailed(NetError):
     """The secure handshake did not complete (wrong secret, wrong node id, version, timeout...)."""
 

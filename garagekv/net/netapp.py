@@ -19,7 +19,7 @@ from typing import Any
 
 from garagekv.net.channel import MAX_RECORD_SIZE, SecureChannel
 from garagekv.net.conn import MAX_IN_FLIGHT, Connection, Dispatcher, run_handler_error
-from garagekv.net.errors import HandshakeFailed, NetError, RpcTimeout
+from garagekv.net.errors import HandshakeFailed, NetError, NotConnected, RpcTimeout
 from garagekv.net.handshake import HANDSHAKE_TIMEOUT, SECRET_LEN, client_handshake, server_handshake
 from garagekv.net.identity import NodeKey, short_id
 from garagekv.util.errors import InternalError
@@ -292,7 +292,7 @@ class NetApp:
             return await self._call_local(path, body, limit)
         conn = self.connection(node_id)
         if conn is None:
-            raise NetError(f"Not connected: {short_id(node_id)}")
+            raise NotConnected(f"Not connected: {short_id(node_id)}")
         return await conn.call(path, body, limit)
 
     async def _call_local(self, path: str, body: Any, timeout: float | None) -> Any:

@@ -16,6 +16,7 @@ import pytest
 from garagekv.model.k2v.item import partition_hash
 from garagekv.model.k2v.messages import InsertedItem
 from garagekv.model.k2v.rpc import ENDPOINT
+from garagekv.net.errors import NetError, NotConnected, RpcTimeout
 from garagekv.net.frame import encode_error, error_from_body
 from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
@@ -108,6 +109,23 @@ async def test_a_remote_coordinator_that_stored_the_insert_is_the_last_one_asked
     assert type(e.value) is ServiceUnavailable
     assert e.value.message.startswith(f"The write is stored on {node_label(first)} but not on a quorum")
     assert peers.asked == [(first, "insert")]
+
+
+@pytest.mark.parametrize("lost", [RpcTimeout("Timeout: k2v on it after 30s"), NetError("connection to it lost")])
+async def test_a_remote_coordinator_that_took_the_insert_and_never_answered_is_the_last_one_asked(gateway, peers, lost):
+    first = gateway.model.k2v.items.order([B, C, nid(4)])[0]
+    peers.k2v[first] = lost
+    with pytest.raises(ServiceUnavailable) as e:
+        await gateway.model.k2v.insert(BUCKET, InsertedItem("p", "a", None, b"v"))
+    assert e.value.message.startswith(f"The write may be stored on {node_label(first)}")
+    assert peers.asked == [(first, "insert")]
+
+
+async def test_a_storage_node_not_connected_is_skipped(gateway, peers):
+    first, second, _ = gateway.model.k2v.items.order([B, C, nid(4)])
+    peers.k2v[first] = NotConnected("Not connected")  # the request never left: it had no effect
+    await gateway.model.k2v.insert(BUCKET, InsertedItem("p", "a", None, b"v"))
+    assert peers.asked == [(first, "insert"), (second, "insert")]
 
 
 async def test_a_remote_coordinator_that_failed_before_storing_hands_over_to_the_next(gateway, peers):

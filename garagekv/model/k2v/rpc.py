@@ -47,6 +47,7 @@ from garagekv.model.k2v.range import RangePage, RangeQuery, read_range
 from garagekv.model.k2v.schema import CounterFilter, ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.model.k2v.store import K2VStore, LocalRange
+from garagekv.net.errors import NetError, NotConnected
 from garagekv.net.identity import node_number
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
@@ -127,12 +128,14 @@ class K2VService:
         this node when it is one of them.
 
         Coordinating here skips the RPC layer and the quorum helper's tasks; only if that fails
-        do the other storage nodes get the request, in the usual order. Two answers are final: a
-        refusal (``EntityTooLarge``: another coordinator would refuse too), and a coordinator
-        that stored the inserts but could not replicate them to a quorum. Another coordinator
+        do the other storage nodes get the request, in the usual order, and only while nothing
+        may have been stored: the next node is asked after a failure to store or to connect, never
+        after a coordinator stored the inserts but could not replicate them to a quorum, nor after
+        a request went out and got no answer (a timeout, a lost connection). Another coordinator
         would store them again under its own dot, and that second copy could later surface next
         to values written over the first one (docs/testing.md, "The checkers"). The first copy
-        spreads by anti-entropy; the client gets a 503, the outcome unknown.
+        spreads by anti-entropy; the client gets a 503, the outcome unknown. A refusal
+        (``EntityTooLarge``) is final too: another coordinator would refuse as well.
         """
         others = nodes
         failures: list[str] = []
@@ -160,18 +163,29 @@ class K2VService:
 
         async def call(n: bytes) -> tuple[bytes, GarageKVError] | None:
             try:
-                await self._call(n, msg, self.timeout)
-            except (EntityTooLarge, WrittenWithoutQuorum) as e:
-                return n, e  # an answer, not a failure: don't ask the next node
+                await self._call(n, msg, self.timeout)  # its own deadline: RpcTimeout, a NetError
+            except NotConnected:
+                raise  # never sent: the next storage node may take it
+            except (EntityTooLarge, WrittenWithoutQuorum, NetError) as e:
+                # A refusal, a stored copy, or a request that went out and whose fate is
+                # unknown (a timeout, a lost connection): don't ask the next node.
+                return n, e
             return None
 
         try:
-            (final,) = await try_call_many(call, order, 1, timeout=self.timeout, operation="k2v_insert")
+            (final,) = await try_call_many(call, order, 1, operation="k2v_insert")
         except QuorumError as e:
             raise self._no_coordinator(nodes, failures + e.errors) from None
         if final is not None:
             node, err = final
-            raise self._without_quorum(node, nodes, err.message) if isinstance(err, WrittenWithoutQuorum) else err
+            if isinstance(err, WrittenWithoutQuorum):
+                raise self._without_quorum(node, nodes, err.message)
+            if isinstance(err, NetError):
+                raise ServiceUnavailable(
+                    f"The write may be stored on {node_label(node)}, which took it but did not answer (it is not "
+                    f"handed to another storage node, which would store it a second time): {err.message}"
+                )
+            raise err
 
     def _without_quorum(self, coordinator: bytes, nodes: list[bytes], why: str) -> ServiceUnavailable:
         wq = self.replication.write_quorum()
