@@ -20,7 +20,7 @@ from garagekv.net.errors import NetError, NotConnected, RpcTimeout
 from garagekv.net.frame import encode_error, error_from_body
 from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
-from garagekv.rpc.quorum import node_label
+from garagekv.rpc.quorum import QuorumError, node_label
 from garagekv.util.errors import InternalError, ServiceUnavailable, StorageError, WrittenWithoutQuorum
 from tests.support.standalone import StandaloneModel
 from tests.unit.test_layout_history import THREE, nid, with_nodes
@@ -88,6 +88,7 @@ async def test_an_insert_stored_here_but_not_replicated_is_not_written_again_els
         await storage_node.model.k2v.insert(BUCKET, InsertedItem("p", "a", None, b"v"))
     assert e.value.code == "ServiceUnavailable"  # what a client sees: the outcome is unknown
     assert e.value.message.startswith(f"The write is stored on {node_label(HERE)} but not on a quorum")
+    assert isinstance(e.value, QuorumError) and e.value.operation == "k2v_insert"
     assert peers.asked == [], "no other storage node was asked to coordinate it"
     assert stored_dots(storage_node, "a") == [node_number(HERE)]  # one copy, this node's dot
 
@@ -106,7 +107,7 @@ async def test_a_remote_coordinator_that_stored_the_insert_is_the_last_one_asked
     peers.k2v[first] = WrittenWithoutQuorum("Could not reach quorum of 2")
     with pytest.raises(ServiceUnavailable) as e:
         await gateway.model.k2v.insert(BUCKET, InsertedItem("p", "a", None, b"v"))
-    assert type(e.value) is ServiceUnavailable
+    assert isinstance(e.value, QuorumError) and e.value.operation == "k2v_insert"  # counted as a failed insert
     assert e.value.message.startswith(f"The write is stored on {node_label(first)} but not on a quorum")
     assert peers.asked == [(first, "insert")]
 
@@ -118,6 +119,7 @@ async def test_a_remote_coordinator_that_took_the_insert_and_never_answered_is_t
     with pytest.raises(ServiceUnavailable) as e:
         await gateway.model.k2v.insert(BUCKET, InsertedItem("p", "a", None, b"v"))
     assert e.value.message.startswith(f"The write may be stored on {node_label(first)}")
+    assert isinstance(e.value, QuorumError) and e.value.operation == "k2v_insert"
     assert peers.asked == [(first, "insert")]
 
 

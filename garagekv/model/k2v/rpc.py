@@ -181,25 +181,32 @@ class K2VService:
             if isinstance(err, WrittenWithoutQuorum):
                 raise self._without_quorum(node, nodes, err.message)
             if isinstance(err, NetError):
-                raise ServiceUnavailable(
+                summary = (
                     f"The write may be stored on {node_label(node)}, which took it but did not answer (it is not "
-                    f"handed to another storage node, which would store it a second time): {err.message}"
+                    "handed to another storage node, which would store it a second time)"
                 )
+                raise self._insert_failed(nodes, [*failures, describe_failure(node, err)], summary)
             raise err
 
-    def _without_quorum(self, coordinator: bytes, nodes: list[bytes], why: str) -> ServiceUnavailable:
+    def _without_quorum(self, coordinator: bytes, nodes: list[bytes], why: str) -> QuorumError:
         wq = self.replication.write_quorum()
-        return ServiceUnavailable(
+        summary = (
             f"The write is stored on {node_label(coordinator)} but not on a quorum (it needs {wq} of the "
-            f"{len(nodes)} replicas of its partition; it spreads once they are back): {why}"
+            f"{len(nodes)} replicas of its partition; it spreads once they are back)"
         )
+        return self._insert_failed(nodes, [why], summary)
 
     def _no_coordinator(self, nodes: list[bytes], failures: list[str]) -> QuorumError:
         """Every storage node failed to coordinate: say what a write needs and why each failed
         (each coordinator's own error names the replicas it could not reach)."""
         wq = self.replication.write_quorum()
         summary = f"No storage node could take the write (it needs {wq} of the {len(nodes)} replicas of its partition)"
-        return QuorumError(wq, 0, len(nodes), failures, operation="k2v_insert", summary=summary)
+        return self._insert_failed(nodes, failures, summary)
+
+    def _insert_failed(self, nodes: list[bytes], errors: list[str], summary: str) -> QuorumError:
+        """A failed K2V write as the node that received it reports it (``k2v_insert`` in metrics)."""
+        wq = self.replication.write_quorum()
+        return QuorumError(wq, 0, len(nodes), errors, operation="k2v_insert", summary=summary)
 
     async def _store_here(self, kind: str, bucket_id: bytes, items: list[InsertedItem]) -> list[K2VItem]:
         """Apply the inserts to this node's copy (none for a check); the items as stored."""
