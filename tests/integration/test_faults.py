@@ -32,6 +32,7 @@ from tests.support.faults import (
     FaultProxy,
     apply_layout,
     bucket_visible,
+    commit_layout,
     describe_divergence,
     index_entries,
     join,
@@ -425,6 +426,40 @@ def test_concurrent_writers_without_tokens_make_siblings_and_a_token_write_super
     for item in (K2VItem.decode(x) for x in raw):
         assert item.values() == [final.value]
     assert_clean(history)
+
+
+def test_a_write_taken_by_a_coordinator_that_never_answers_is_not_written_again_elsewhere(cluster, tmp_path):
+    """docs/architecture.md, step 6: a gateway (a node storing no partition) hands each write to one
+    storage node; when that node took the request and went silent, asking the next one would
+    store the write a second time, under another dot. The write ends in a 503 instead, naming
+    the one node asked, and once the nodes are back the item holds at most that node's dot."""
+    c = cluster()
+    gw = make_node(tmp_path / "gw", 3, FAULT_CONFIG)
+    join(gw, c.nodes[0])
+    c.extra["gw"] = gw
+    storage = {n.node_id for n in c.nodes}
+    wait_for(lambda: up_ids(gw) >= storage and all(gw.node_id in up_ids(n) for n in c.nodes), timeout=20)
+    c.nodes[0].admin("layout.assign", {"nodes": [gw.node_id], "zone": "z1", "gateway": True})
+    commit_layout(c.nodes[0], [*c.nodes, gw])
+    wait_for(lambda: bucket_visible(gw, c.creds), timeout=20)
+    client = c.client(gw)
+    path = f"/{c.bucket}/gateway"
+    assert client.request("PUT", path, "sort_key=before", b"v").status == 204  # the gateway serves
+    for n in c.nodes:
+        n.proc.send_signal(signal.SIGSTOP)
+    try:
+        r = client.request("PUT", path, "sort_key=k", b"once", timeout=4 * RPC_TIMEOUT)
+    finally:
+        for n in c.nodes:
+            n.proc.send_signal(signal.SIGCONT)
+    assert r.status == 503, r.body
+    message = r.json()["message"]
+    assert "The write may be stored on " in message, message
+    assert sum(node_id[:16] in message for node_id in storage) == 1, message  # no second node asked
+    wait_converged(c.nodes, ("k2v_item",))
+    raw = [v for k, v in local_keys(c.nodes[0]).items() if k.endswith(b"k")]
+    for item in (K2VItem.decode(x) for x in raw):
+        assert len(item.items) == 1 and item.values() == [b"once"], item  # one dot: stored once
 
 
 def test_layout_change_under_load_add_a_node_then_remove_one(cluster, tmp_path):
