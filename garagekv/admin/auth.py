@@ -24,7 +24,8 @@ INVALID = "Invalid authorization token provided"
 
 
 def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # A presented token holds the bytes as received (undecodable ones as surrogates).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -13,7 +13,6 @@ module.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from garagekv.admin.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from garagekv.admin.metrics import NodeMetrics
 from garagekv.api.errors import error_response
 from garagekv.api.http_server import JsonErrorServer
-from garagekv.util import jsonin
+from garagekv.util import jsonin, jsonout
 from garagekv.util.errors import BadRequest, EntityTooLarge, GarageKVError
 from garagekv.util.log import bind_request_id, request_id_var
 
@@ -113,7 +112,7 @@ class Route:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    body = json.dumps(data, ensure_ascii=False, indent=2).encode()
+    body = jsonout.dumps(data, indent=2)
     return web.Response(status=status, body=body, headers={"Content-Type": JSON_TYPE})
 
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 
 from garagekv.api.context import JSON_TYPE
+from garagekv.util import jsonout
 from garagekv.util.errors import GarageKVError, InternalError
 
 log = logging.getLogger(__name__)
 
 
 def error_body(err: GarageKVError, region: str, path: str) -> bytes:
-    return json.dumps(
-        {"code": err.code, "message": err.full_message, "region": region, "path": path},
-        ensure_ascii=False,
-    ).encode()
+    return jsonout.dumps({"code": err.code, "message": err.full_message, "region": region, "path": path})
 
 
 def error_response(err: BaseException, region: str, path: str) -> web.Response:

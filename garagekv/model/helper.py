@@ -59,11 +59,16 @@ class MetaHelper:
     # ---- lookups used on the request path ---------------------------------------------------
 
     async def get_key(self, key_id: str) -> Key | None:
+        if not KEY_ID_RE.match(key_id):  # no key has such an id (and it may not even encode)
+            return None
         k = await self.keys.get(EMPTY_PARTITION + key_id.encode())
         return None if k is None or k.is_deleted else k
 
     async def request_key(self, key_id: str) -> Key | None:
-        """``get_key`` for the K2V request path: a shared entry, not to be modified."""
+        """``get_key`` for the K2V request path: a shared entry, not to be modified. The id is
+        the client's (undecodable bytes arrive as surrogates): one no key can have is None."""
+        if not KEY_ID_RE.match(key_id):
+            return None
         k = await self.keys.get_shared(EMPTY_PARTITION + key_id.encode())
         return None if k is None or k.is_deleted else k
 

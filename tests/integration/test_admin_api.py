@@ -56,6 +56,14 @@ def test_missing_and_wrong_tokens_are_refused(anode):
     assert r.status == 200
 
 
+def test_a_token_that_is_not_utf8_is_refused_like_any_wrong_token(anode):
+    """Its bytes reach the server as lone surrogates: a 403 with a UTF-8 body, never a 500."""
+    for path in ("/v1/status", "/v1/bucket"):
+        for auth in (b"Bearer \xe9", b"Bearer " + ADMIN_TOKEN.encode() + b"\xff"):
+            r = anode.admin_http("GET", path, token="", headers={"Authorization": auth})  # sent as these bytes
+            assert_error(r, 403, "AccessDenied", path)
+
+
 def test_admin_endpoints_disabled_without_admin_token(tmp_path):
     n = NodeProcess(tmp_path / "noadmin", admin_port=free_port(), metrics_token=METRICS_TOKEN)
     n.start()

@@ -346,6 +346,17 @@ def test_missing_or_malformed_authorization_is_401(huly, ws, auth):
     assert huly.get(ws, "ns", "k").body == b"kept"
 
 
+@pytest.mark.parametrize("auth", [b"Bearer \xe9", b"Bearer a\xff.b.c", b"Bearer " + token().encode() + b"\xe9"])
+def test_an_authorization_header_that_is_not_ascii_is_401(huly, ws, auth):
+    """Bytes that are not UTF-8 reach the server as lone surrogates: refused, never a 500."""
+    huly.put(ws, "ns", "k", b"kept")
+    for method, path, body in [("GET", f"/api2/{ws}/ns/k", None), ("PUT", f"/api2/{ws}/ns/k", b"changed")]:
+        r = huly.request(method, path, body, {"Authorization": auth}, auth=False)  # sent as these bytes
+        assert r.status == 401, (auth, method, r.body)
+        assert "not ASCII" in error_of(r)
+    assert huly.get(ws, "ns", "k").body == b"kept"
+
+
 def _bad_tokens() -> dict[str, str]:
     return {
         "none alg": _forged({"alg": "none", "typ": "JWT"}, {"account": SYSTEM}, b""),

@@ -29,12 +29,15 @@ from tests.support.k2v import (
     assert_error,
     assert_partition_empty,
     b64,
+    botocore_headers,
     decode_token,
     encode_token,
     ipath,
     partition,
     put,
+    raw_send,
     send_signed,
+    sign_headers,
     token_of,
 )
 
@@ -271,6 +274,43 @@ def test_keys_that_are_not_utf8_in_the_url_are_400(k2v, pk, path, query):
         r = k2v.request(method, path, query, b"x" if method == "PUT" else None)
         assert r.status == 400, (method, path, query, r.status, r.body)
         assert r.json()["code"] in ("InvalidRequest", "InvalidUtf8String")
+    _unchanged(k2v, pk)
+
+
+# ---- header values that are not UTF-8 ---------------------------------------------------------------
+
+
+def _as_bytes(headers: dict[str, str]) -> dict[str, bytes]:
+    """Header values as the bytes they stand for (lone surrogates: the bytes that are not UTF-8)."""
+    return {k: v.encode("utf-8", "surrogateescape") for k, v in headers.items()}
+
+
+def test_a_signed_header_value_that_is_not_utf8_is_signed_as_its_bytes(k2v, pk):
+    """SigV4 signs a header's bytes: a client that signed those bytes is served, one that signed
+    other bytes (the text, as botocore would) gets 403, and neither is a 500."""
+    _seed(k2v, pk)
+    wire = "caf\udce9"  # b"caf\xe9" on the wire: Latin-1, not UTF-8
+    hdrs = sign_headers(k2v, "GET", ipath(pk), "sort_key=a", b"", {"X-Custom": wire})
+    r = raw_send(k2v.host, "GET", f"{ipath(pk)}?sort_key=a", None, _as_bytes(hdrs))
+    assert r.status == 200 and r.json() == [b64("v")], (r.status, r.body)
+    hdrs = botocore_headers(k2v, "GET", ipath(pk), "sort_key=a", headers={"X-Custom": "café"})
+    hdrs["X-Custom"] = wire
+    r = raw_send(k2v.host, "GET", f"{ipath(pk)}?sort_key=a", None, _as_bytes(hdrs))
+    assert_error(r, 403, "AccessDenied")
+
+
+@pytest.mark.parametrize("where", ["key id", "scope"])
+def test_credentials_that_are_not_utf8_are_refused_with_a_utf8_body(k2v, pk, where):
+    _seed(k2v, pk)
+    hdrs = sign_headers(k2v, "PUT", ipath(pk), "sort_key=a", b"x")
+    auth = hdrs["Authorization"]
+    at = auth.index("Credential=") + len("Credential=") + (4 if where == "key id" else len(k2v.access_key) + 4)
+    hdrs["Authorization"] = auth[:at] + "\udc80" + auth[at:]
+    r = raw_send(k2v.host, "PUT", f"{ipath(pk)}?sort_key=a", b"x", _as_bytes(hdrs))
+    if where == "key id":
+        assert_error(r, 403, "AccessDenied")
+    else:  # the message quotes the scope: the byte shows as U+FFFD
+        assert "\ufffd" in assert_error(r, 400, "AuthorizationHeaderMalformed")["message"]
     _unchanged(k2v, pk)
 
 

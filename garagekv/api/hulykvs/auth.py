@@ -67,6 +67,8 @@ def bearer_token(header: str | None) -> str:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Authorization header is not 'Bearer <token>'")
+    if not token.isascii():  # a JWT is base64url and dots; other bytes cannot even be hashed as text
+        raise unauthorized("invalid token: it is not ASCII")
     return token.strip()
 
 

@@ -6,9 +6,9 @@ has its own small error type; the server turns K2V-side errors (``GarageKVError`
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
+
+from garagekv.util import jsonout
 
 JSON_TYPE = "application/json"
 
@@ -39,7 +39,7 @@ def not_found(message: str) -> HulyError:
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
+    return jsonout.dumps({"error": message})
 
 
 def error_response(status: int, message: str) -> web.Response:
