@@ -1,0 +1,248 @@
+"""Random requests for the HTTP APIs, built to reach past routing into the handlers.
+
+Each generator draws from a seeded ``random.Random``, so a failing request can be replayed from
+its seed and index. The requests are mostly well-routed (a method, path and keyword the API
+serves) with one or two fields out of shape: random query values, header values that are not
+UTF-8 (sent as Latin-1 bytes), JSON bodies with fields dropped, retyped or repeated, and a few
+bodies that are not JSON at all. What the tests check is the contract for bad input: a precise
+4xx with the API's error body, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+WEIRD = ["", "a", "é", "\x7f", "a" * 300, "%", "%zz", "%ff", "/", "//x", "..", "😀", " ", "+", "é\u2028"]
+#: K2V: (method, with a partition key, keyword) of every endpoint (docs/k2v-api.md §1).
+K2V_ENDPOINTS = [
+    ("GET", True, None),
+    ("PUT", True, None),
+    ("DELETE", True, None),
+    ("GET", False, None),
+    ("POST", False, None),
+    ("POST", False, "search"),
+    ("POST", False, "delete"),
+    ("POST", True, "poll_range"),
+    ("POST", False, "poll_ranges"),
+    ("SEARCH", False, None),
+    ("SEARCH", True, "poll_range"),
+    ("SEARCH", False, "poll_ranges"),
+    ("POST", True, "txn"),
+]
+K2V_FIELDS = ["sort_key", "causality_token", "timeout", "prefix", "start", "end", "limit", "reverse"]
+K2V_HEADERS = ["X-Garage-Causality-Token", "X-Garage-TTL", "If-Match", "If-None-Match", "X-Garage-Consistency",
+               "Content-Type", "Accept", "Origin", "X-Request-Id"]  # fmt: skip
+
+
+@dataclass
+class FuzzRequest:
+    method: str
+    path: str
+    query: str
+    body: bytes | None
+    headers: dict[str, str]
+    sign: bool = True
+
+    def __str__(self) -> str:
+        body = None if self.body is None else self.body[:200]
+        return f"{self.method} {self.path}?{self.query} headers={self.headers} body={body!r} signed={self.sign}"
+
+
+class Fuzzer:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    # ---- values ----------------------------------------------------------------------------------
+
+    def text(self) -> str:
+        r = self.rng.random()
+        if r < 0.5:
+            return self.rng.choice(["a", "b", "k1", "pk", "x/y", "z"]) + str(self.rng.randint(0, 5))
+        if r < 0.8:
+            return self.rng.choice(WEIRD)
+        return "".join(chr(self.rng.randint(1, 0x2FFF)) for _ in range(self.rng.randint(1, 20)))
+
+    def value(self) -> Any:
+        if self.rng.random() < 0.6:
+            return self.rng.choice(
+                [
+                    None,
+                    True,
+                    False,
+                    0,
+                    -1,
+                    2**64,
+                    2**63,
+                    1.5,
+                    "",
+                    "x",
+                    [],
+                    {},
+                    [1],
+                    {"a": 1},
+                    "A" * 100,
+                    "eHg=",
+                    "!!!",
+                    10**30,
+                    -(10**30),
+                    "true",
+                ]  # fmt: skip
+            )
+        return self.text()
+
+    def token(self) -> str:
+        r = self.rng.random()
+        if r < 0.3:
+            n = self.rng.choice([0, 1, 8, 16, 17, 24, 40, 300])
+            return base64.urlsafe_b64encode(self.rng.randbytes(n)).decode()
+        return self.text() if r < 0.5 else self.rng.choice(["", "AAAA", "====", "a", "!!", "A" * 5000])
+
+    def header_value(self) -> str:
+        """Text that http.client sends as Latin-1: anything above 0x7f is a byte that is not UTF-8."""
+        v = self.rng.choice([self.text(), self.token(), "*", "1", "-5", "999999999999999", "linearizable"])
+        return "".join(c if ord(c) < 256 and c not in "\r\n\x00" else "?" for c in v)
+
+    def mutate(self, obj: Any, depth: int = 0) -> Any:
+        if depth > 3 or self.rng.random() < 0.2:
+            return self.value()
+        if isinstance(obj, dict):
+            out = dict(obj)
+            for k in list(out):
+                r = self.rng.random()
+                if r < 0.15:
+                    del out[k]
+                elif r < 0.4:
+                    out[k] = self.mutate(out[k], depth + 1)
+            if self.rng.random() < 0.1:
+                out[self.text()] = self.value()
+            return out
+        if isinstance(obj, list):
+            items = [self.mutate(x, depth + 1) if self.rng.random() < 0.3 else x for x in obj]
+            return items * self.rng.randint(2, 50) if self.rng.random() < 0.1 else items
+        return self.value() if self.rng.random() < 0.5 else obj
+
+    def json_body(self, good: Any) -> bytes:
+        r = self.rng.random()
+        if r < 0.3:
+            return json.dumps(good).encode()
+        if r < 0.9:
+            return json.dumps(self.mutate(good)).encode()
+        return self.rng.choice([b"{", b"[", b"\xff\xfe", b"null", b'"x"', b"1e999", b"[" * 300])
+
+    # ---- K2V -------------------------------------------------------------------------------------
+
+    def k2v_bodies(self) -> dict[str, Any]:
+        v = base64.b64encode(b"v").decode()
+        return {
+            None: [{"pk": "a", "sk": "b", "ct": None, "v": v}, {"pk": "a", "sk": "c", "ct": self.token(), "v": None}],
+            "search": [
+                {
+                    "partitionKey": "a",
+                    "start": "a",
+                    "end": "z",
+                    "limit": 5,
+                    "reverse": False,
+                    "prefix": None,
+                    "singleItem": False,
+                    "conflictsOnly": False,
+                    "tombstones": True,
+                }
+            ],  # fmt: skip
+            "delete": [{"partitionKey": "a", "prefix": "x", "start": None, "end": None, "singleItem": False}],
+            "poll_range": {"prefix": None, "start": "a", "end": None, "timeout": 1, "seenMarker": self.token()},
+            "poll_ranges": {"timeout": 1, "ranges": [{"partitionKey": "a", "prefix": "", "seenMarker": None}]},
+            "txn": {
+                "compare": [{"sk": "a", "target": "exists", "exists": True}],
+                "success": [{"op": "put", "sk": "a", "value": v, "ttl": 5}, {"op": "read", "sk": "a"}],
+                "failure": [{"op": "delete", "sk": "a"}],
+            },
+        }
+
+    def k2v(self, bucket: str) -> FuzzRequest:
+        rng = self.rng
+        method, has_pk, keyword = rng.choice(K2V_ENDPOINTS)
+        if rng.random() < 0.1:
+            method = rng.choice(["HEAD", "PATCH", "get", "OPTIONS", "SEARCH", "PUT"])
+        if rng.random() < 0.1:
+            has_pk = not has_pk
+        b = bucket if rng.random() < 0.9 else rng.choice(["nope", "", "B" * 70, "%2e"])
+        pk = (rng.choice(["a", "b", "pk"]) if rng.random() < 0.7 else self.text() or "a") if has_pk else None
+        path = "/" + b + ("" if pk is None else "/" + quote(pk, safe="/"))
+        query = []
+        if keyword is not None or rng.random() < 0.1:
+            kw = keyword or rng.choice(["search", "delete", "poll_range", "poll_ranges", "txn"])
+            query.append(kw if rng.random() < 0.8 else f"{kw}={quote(self.text())}")
+        fields = rng.sample(K2V_FIELDS, rng.randint(0, 3))
+        if has_pk and method in ("GET", "PUT", "DELETE") and "sort_key" not in fields and rng.random() < 0.8:
+            fields.append("sort_key")
+        for f in fields:
+            good = {"timeout": ["0", "1"], "limit": ["0", "1", "5", "1000"], "reverse": ["true", "false"]}.get(
+                f, ["a", "b", "a0", "z"]
+            )
+            v = rng.choice(good) if rng.random() < 0.7 else rng.choice([self.text(), self.token(), str(2**64), "-1"])
+            query.append(f"{f}={quote(v, safe='')}")
+        if query and rng.random() < 0.03:
+            query.append(query[0])  # a parameter twice
+        headers = {h: self.header_value() for h in rng.sample(K2V_HEADERS, rng.randint(0, 3))}
+        body = None
+        if method in ("POST", "SEARCH"):
+            body = self.json_body(self.k2v_bodies().get(keyword, self.k2v_bodies()[None]))
+        elif method == "PUT":
+            body = rng.randbytes(rng.randint(0, 50))
+        return FuzzRequest(method, path, "&".join(query), body, headers, sign=rng.random() < 0.95)
+
+    # ---- Hulykvs ---------------------------------------------------------------------------------
+
+    def hulykvs(self, workspace: str) -> FuzzRequest:
+        rng = self.rng
+        method = rng.choice(["GET", "PUT", "POST", "DELETE", "HEAD", "GET", "PUT", "PATCH"])
+        ws = workspace if rng.random() < 0.8 else rng.choice(["nope", "%00", "%ff", "0" * 32, "A" * 300])
+        parts = [quote(self.text(), safe="") if rng.random() < 0.3 else rng.choice(["ns", "n2"]) for _ in range(2)]
+        if rng.random() < 0.2:
+            parts = parts[: rng.randint(0, 2)]
+        path = rng.choice([f"/api2/{ws}/", "/api/"]) + "/".join(parts)
+        query = f"prefix={quote(self.text(), safe='')}" if rng.random() < 0.2 else ""
+        headers = {h: rng.choice(["*", "0" * 32, '"' + "a" * 32 + '"', "", "x", "*, *", self.header_value()])
+                   for h in rng.sample(["If-Match", "If-None-Match", "Content-Type"], rng.randint(0, 2))}  # fmt: skip
+        body = rng.randbytes(rng.randint(0, 64)) if method in ("PUT", "POST") else None
+        return FuzzRequest(method, path, query, body, headers)
+
+    # ---- admin -----------------------------------------------------------------------------------
+
+    def admin(self) -> FuzzRequest:
+        rng = self.rng
+        method = rng.choice(["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        path = rng.choice(
+            [
+                "/v1/status",
+                "/v1/health",
+                "/v1/layout",
+                "/v1/layout/revert",
+                "/v1/key",
+                "/v1/key/import",
+                "/v1/bucket",
+                "/v1/bucket/allow",
+                "/v1/bucket/deny",
+                "/v1/bucket/alias/global",
+                "/v1/bucket/alias/local",
+                "/metrics",
+                "/v0/x",
+                "/v1/",
+            ]  # fmt: skip (/health: 503 without a layout)
+        )
+        query = "&".join(
+            f"{k}={quote(rng.choice(['', 'x', 'GK' + '0' * 24, '0' * 64, 'true', '%ff', 'é', 'a' * 300]), safe='%')}"
+            for k in rng.sample(
+                ["id", "search", "list", "showSecretKey", "alias", "globalAlias", "accessKeyId"], rng.randint(0, 3)
+            )  # fmt: skip
+        )
+        fields = ["name", "globalAlias", "localAlias", "accessKeyId", "secretAccessKey", "bucketId", "permissions",
+                  "allow", "deny", "id", "zone", "capacity", "tags", "remove", "alias"]  # fmt: skip
+        good: Any = {k: self.value() for k in rng.sample(fields, rng.randint(0, 4))}
+        body = self.json_body(good if rng.random() < 0.8 else [good]) if method in ("POST", "PUT") else None
+        return FuzzRequest(method, path, query, body, {})
