@@ -16,8 +16,8 @@ from garagekv.table.schema import BaseSchema
 from garagekv.table.table import EMPTY_PARTITION
 from garagekv.util.crdt import DeletableEntry, Lww, LwwMap
 
-KEY_ID_RE = re.compile(r"^GK[0-9a-f]{24}$")
-SECRET_RE = re.compile(r"^[0-9a-f]{64}$")
+KEY_ID_RE = re.compile(r"\AGK[0-9a-f]{24}\Z")  # \Z: "$" would also take a trailing newline
+SECRET_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
 @dataclass

@@ -199,8 +199,9 @@ def test_key_import(anode):
     assert cli_json(anode, "key", "info", kid)["name"] == "imported"
     r = anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": kid, "secretAccessKey": secret})
     assert "already exists" in assert_error(r, 409, "KeyAlreadyExists")["message"]
-    r = anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": "GKbad", "secretAccessKey": secret})
-    assert "not a valid" in assert_error(r, 400, "InvalidRequest")["message"]
+    for bad_id, bad_secret in [("GKbad", secret), (f"GK{'ab' * 12}\n", secret), (f"GK{'cd' * 12}", secret + "\n")]:
+        r = anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": bad_id, "secretAccessKey": bad_secret})
+        assert "not a valid" in assert_error(r, 400, "InvalidRequest")["message"], (bad_id, bad_secret)
     assert_error(anode.admin_http("POST", "/v1/key/import", body={"accessKeyId": kid}), 400, "InvalidRequest")
 
 
