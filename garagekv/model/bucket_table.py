@@ -20,7 +20,7 @@ from garagekv.util.crdt import DeletableEntry, Lww, LwwMap
 from garagekv.util.time import now_ms
 
 FORMAT = b"\x01"
-_NAME_RE = re.compile(r"^[a-z0-9.-]+$")
+_NAME_RE = re.compile(r"\A[a-z0-9.-]+\Z")
 
 
 def bucket_name_problem(name: str, allow_punycode: bool = False) -> str | None:

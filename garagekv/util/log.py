@@ -27,7 +27,7 @@ from typing import Any
 REDACTED = "[REDACTED]"
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("garagekv_request_id", default=None)
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def new_request_id() -> str:

@@ -19,6 +19,7 @@ def test_valid_names(name):
         ("x" * 64, "3 to 63 characters"),
         ("Bucket", "lowercase letters, digits, dots and hyphens"),
         ("my_bucket", "lowercase letters, digits, dots and hyphens"),
+        ("bucket\n", "lowercase letters, digits, dots and hyphens"),
         ("bucket..x", "two dots in a row"),
         (".bucket", "start or end with a dot"),
         ("bucket.", "start or end with a dot"),

@@ -156,3 +156,9 @@ def test_config_reprs_hide_secrets():
     )
     text = repr(cfg)
     assert SECRET not in text and "adm-tok" not in text and "met-tok" not in text
+
+
+def test_a_request_id_from_elsewhere_is_one_line_of_the_allowed_characters():
+    assert ulog.valid_request_id("rid-1.a:b_c") == "rid-1.a:b_c"
+    for bad in ("rid\n", "rid\nforged log line", "", "x" * 65, "r id", 5):
+        assert ulog.valid_request_id(bad) is None, bad
