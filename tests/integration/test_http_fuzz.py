@@ -8,7 +8,6 @@ the handlers; the node must still serve plain requests afterwards.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import uuid
@@ -19,6 +18,7 @@ from tests.support import K2VHttp, NodeProcess, Response, free_port, wait_for
 from tests.support.faults import bucket_visible, make_bucket
 from tests.support.fuzz import Fuzzer, FuzzRequest
 from tests.support.hulykvs_client import HulyHttp, section, token
+from tests.support.k2v import raw_send
 
 K2V_REQUESTS = 1500
 OTHER_REQUESTS = 600
@@ -41,13 +41,7 @@ def fnode(tmp_path_factory):
 
 
 def _send(host: str, req: FuzzRequest, headers: dict[str, str]) -> Response:
-    conn = http.client.HTTPConnection(host, timeout=30)
-    try:
-        conn.request(req.method, req.path + (f"?{req.query}" if req.query else ""), body=req.body, headers=headers)
-        r = conn.getresponse()
-        return Response(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
+    return raw_send(host, req.method, req.path + (f"?{req.query}" if req.query else ""), req.body, headers, 30)
 
 
 def _check(r: Response, req: FuzzRequest, fields: set[str]) -> None:
