@@ -1,4 +1,5 @@
-"""Random requests against one node's K2V, Hulykvs and admin APIs (tests/support/fuzz.py).
+"""Random requests against one node's K2V, Hulykvs and admin APIs and its cluster RPC
+(tests/support/fuzz.py).
 
 Seeded, so a failure names the request to replay. Whatever a request holds, the answer is the
 API's own (a 2xx, or a 4xx with its error body): never a 5xx, never a body that is not JSON.
@@ -14,6 +15,9 @@ import uuid
 
 import pytest
 
+from garagekv.net.netapp import NetApp
+from garagekv.rpc.endpoint import endpoint_path
+from garagekv.util.errors import BadRequest, InternalError, ServiceUnavailable
 from tests.support import K2VHttp, NodeProcess, Response, free_port, wait_for
 from tests.support.faults import bucket_visible, make_bucket
 from tests.support.fuzz import Fuzzer, FuzzRequest
@@ -74,4 +78,35 @@ def test_random_hulykvs_and_admin_requests_get_2xx_or_a_precise_4xx(fnode):
         req = fuzz.admin()
         _check(_send(admin_host, req, {**req.headers, **admin}), req, {"code", "message"})
     assert HulyHttp(fnode.huly_port, token()).put(ws, "ns", "after", b"v").status == 204
+    assert fnode.admin_http("GET", "/v1/status").status == 200
+
+
+def _rpc_paths() -> list[str]:
+    paths = [endpoint_path("model/k2v", n) for n in ("rpc", "conditional", "conditional_batch")]
+    paths += [endpoint_path("system", n) for n in ("ping", "layout_pull", "peers")]
+    paths += [endpoint_path("consensus/acceptor", n) for n in ("Prepare", "Propose", "Commit", "Read", "Batch")]
+    for table in ("k2v_item", "k2v_index_counter", "key", "bucket", "bucket_alias"):
+        paths += [endpoint_path("table", "rpc", table), endpoint_path("table", "sync", table)]
+    return paths + [endpoint_path("table", "gc", t) for t in ("k2v_item", "k2v_index_counter")]
+
+
+async def test_random_rpc_messages_from_a_peer_are_refused_cleanly(fnode):
+    """A peer holding the secret (a buggy one, another version) sends messages of the right
+    outer shape and wrong content to every endpoint: each ends in an answer or an error the
+    handler chose (never an unexpected exception), and the node keeps serving."""
+    netapp = NetApp.client_only(bytes.fromhex(fnode.rpc_secret), default_timeout=5)
+    node_id = bytes.fromhex(fnode.node_id)
+    await netapp.connect(node_id, ("127.0.0.1", fnode.rpc_port))
+    fuzz, paths = Fuzzer(4), _rpc_paths()
+    try:
+        for _ in range(OTHER_REQUESTS):
+            path, body = fuzz.rng.choice(paths), fuzz.rpc_body()
+            try:
+                await netapp.call(node_id, path, body, timeout=5)
+            except (BadRequest, ServiceUnavailable):
+                pass  # refused, or not possible on this node now (no layout, a poll timing out)
+            except InternalError as e:  # what an unexpected exception in a handler becomes
+                raise AssertionError(f"{path} {body!r:.300}: {e.message}") from None
+    finally:
+        await netapp.close()
     assert fnode.admin_http("GET", "/v1/status").status == 200

@@ -246,3 +246,44 @@ class Fuzzer:
         good: Any = {k: self.value() for k in rng.sample(fields, rng.randint(0, 4))}
         body = self.json_body(good if rng.random() < 0.8 else [good]) if method in ("POST", "PUT") else None
         return FuzzRequest(method, path, query, body, {})
+
+    # ---- cluster RPC -------------------------------------------------------------------------------
+
+    #: First elements of the messages the RPC endpoints take (so some reach past the tag check).
+    RPC_TAGS = ("insert", "check", "poll_item", "poll_range", "poll_ranges", "update", "get", "get_many", "range",
+                "txn", "read", "node", "items", "root", "ping", "pull")  # fmt: skip
+
+    def rpc_value(self, depth: int = 0) -> Any:
+        rng = self.rng
+        r = rng.random()
+        if depth > 3 or r < 0.4:
+            return rng.choice(
+                [
+                    None,
+                    True,
+                    0,
+                    -1,
+                    1,
+                    2**63,
+                    2**64 - 1,
+                    -(2**63),
+                    1.5,
+                    b"",
+                    b"\x00" * 32,
+                    "",
+                    "x",
+                    "é",
+                    3600,
+                    rng.randbytes(rng.choice([1, 8, 16, 32, 40, 100])),
+                    rng.choice(self.RPC_TAGS),
+                ]  # fmt: skip
+            )
+        if r < 0.75:
+            return [self.rpc_value(depth + 1) for _ in range(rng.randint(0, 5))]
+        return {rng.choice(["a", "op", "args", 1, b"k"]): self.rpc_value(depth + 1) for _ in range(rng.randint(0, 3))}
+
+    def rpc_body(self) -> Any:
+        """A message for any endpoint: most are ``[tag, ...]`` like the real ones, with junk fields."""
+        if self.rng.random() < 0.6:
+            return [self.rng.choice(self.RPC_TAGS)] + [self.rpc_value(1) for _ in range(self.rng.randint(0, 6))]
+        return self.rpc_value()
