@@ -67,6 +67,25 @@ def test_random_k2v_requests_get_2xx_or_a_precise_4xx(fnode, seed):
     assert c.request("GET", "/fuzz-bucket/after", "sort_key=k", headers={"Accept": "*/*"}).body == b"v"
 
 
+def test_valid_k2v_requests_with_one_field_off_get_2xx_or_a_precise_4xx(fnode):
+    """Every endpoint, valid but for one field; tokens and seen markers from real answers, damaged."""
+    c = K2VHttp(fnode.endpoint, fnode.creds["access_key"], fnode.creds["secret_key"])
+    bucket = fnode.creds["bucket"]
+    tokens, markers = [], []
+    for pk in ("p1", "p2"):
+        for sk in "abc":
+            assert c.request("PUT", f"/{bucket}/{pk}", f"sort_key={sk}", b"v-" + sk.encode()).status == 204
+            r = c.request("GET", f"/{bucket}/{pk}", f"sort_key={sk}", headers={"Accept": "application/json"})
+            tokens.append(r.headers["X-Garage-Causality-Token"])
+        r = c.request("POST", f"/{bucket}/{pk}", "poll_range", b'{"timeout": 1}')
+        markers.append(r.json()["seenMarker"])
+    fuzz = Fuzzer(5)
+    for _ in range(K2V_REQUESTS // 4):
+        req = fuzz.k2v_deep(bucket, tokens, markers)
+        r = c.request(req.method, req.path, req.query, req.body, headers=req.headers)
+        _check(r, req, {"code", "message"})
+
+
 def test_random_hulykvs_and_admin_requests_get_2xx_or_a_precise_4xx(fnode):
     fuzz = Fuzzer(3)
     huly_host, ws = f"127.0.0.1:{fnode.huly_port}", str(uuid.uuid4())

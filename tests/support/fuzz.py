@@ -196,6 +196,138 @@ class Fuzzer:
             body = rng.randbytes(rng.randint(0, 50))
         return FuzzRequest(method, path, "&".join(query), body, headers, sign=rng.random() < 0.95)
 
+    # ---- K2V, one field off a valid request -------------------------------------------------------
+
+    EDGE: tuple[Any, ...] = (None, True, 0, -1, 1, 2**53, 2**64 - 1, 2**64, 1.0, 1e300, "", "é", "a" * 1000, [], {},
+                             "\u0000")  # fmt: skip
+
+    def damaged(self, s: str) -> str:
+        """A real token or seen marker, cut, bit-flipped, re-padded, repeated or replaced."""
+        rng = self.rng
+        if not s:
+            return rng.choice(["", "=", "A"])
+        op = rng.randrange(7)
+        if op == 0:
+            return s[: rng.randrange(len(s))]
+        if op == 1:
+            i = rng.randrange(len(s))
+            return s[:i] + rng.choice("A/+_-=!") + s[i + 1 :]
+        if op == 2:
+            return s + rng.choice(["=", "==", "A", "AAAA", s])
+        if op == 3:
+            raw = bytearray(base64.urlsafe_b64decode(s.replace("+", "-").replace("/", "_") + "=" * (-len(s) % 4)))
+            if raw:
+                raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+            return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+        if op == 4:
+            return s * rng.randint(2, 40)
+        if op == 5:
+            return base64.urlsafe_b64encode(rng.randbytes(rng.randint(0, 400))).decode()
+        return s
+
+    def tweak(self, obj: Any, extra: tuple[Any, ...] = ()) -> Any:
+        """``obj`` with one field (maybe nested) removed, renamed, repeated or given another value."""
+        rng = self.rng
+        if isinstance(obj, list) and obj:
+            out = list(obj)
+            i, r = rng.randrange(len(out)), rng.random()
+            if r < 0.1:
+                del out[i]
+            elif r < 0.15:
+                out = out * rng.choice([2, 100, 1001])
+            else:
+                out[i] = self.tweak(out[i], extra)
+            return out
+        if isinstance(obj, dict) and obj:
+            d = dict(obj)
+            k, r = rng.choice(list(d)), rng.random()
+            if r < 0.2:
+                del d[k]
+            elif r < 0.3:
+                d[k.upper() if rng.random() < 0.5 else k + "x"] = rng.choice(self.EDGE)
+            elif isinstance(d[k], dict | list) and rng.random() < 0.5:
+                d[k] = self.tweak(d[k], extra)
+            else:
+                d[k] = rng.choice(self.EDGE + extra)
+            return d
+        return rng.choice(self.EDGE + extra)
+
+    def k2v_deep(self, bucket: str, tokens: list[str], markers: list[str]) -> FuzzRequest:
+        """A request of every K2V endpoint that is valid but for one field, its tokens and seen
+        markers taken from real answers (``tokens``, ``markers``) and mostly damaged. Polls do
+        not wait (timeout 0)."""
+        rng = self.rng
+
+        def tok() -> str:
+            return self.damaged(rng.choice(tokens)) if rng.random() < 0.8 else rng.choice(tokens)
+
+        def mark() -> str:
+            return self.damaged(rng.choice(markers)) if rng.random() < 0.8 else rng.choice(markers)
+
+        v = base64.b64encode(b"x").decode()
+        extra = (tok(), mark(), "p1", "a", v, "not base64!")
+        kind = rng.choice(["insert", "search", "delete", "poll_range", "poll_ranges", "txn", "item", "poll_item"])
+        path, query, headers = f"/{bucket}", "", {}
+        body: Any = None
+        method = "POST"
+        if kind == "insert":
+            body = [{"pk": rng.choice(["p1", "p2", "p3"]), "sk": rng.choice("abcd"), "ct": rng.choice([None, tok()]),
+                     "v": rng.choice([v, None]), **({"ttl": rng.choice([1, 60])} if rng.random() < 0.2 else {})}
+                    for _ in range(rng.randint(1, 5))]  # fmt: skip
+        elif kind == "search":
+            query = "search"
+            body = [
+                {
+                    "partitionKey": rng.choice(["p1", "p2"]),
+                    "prefix": rng.choice([None, "a"]),
+                    "start": None,
+                    "end": rng.choice([None, "c"]),
+                    "limit": rng.choice([None, 1, 10]),
+                    "reverse": rng.random() < 0.5,
+                    "singleItem": False,
+                    "conflictsOnly": rng.random() < 0.5,
+                    "tombstones": rng.random() < 0.5,
+                }
+            ]
+        elif kind == "delete":
+            query, body = "delete", [{"partitionKey": "p3", "prefix": "z", "singleItem": False}]
+        elif kind == "poll_range":
+            path, query, body = f"/{bucket}/p1", "poll_range", {"seenMarker": mark(), "prefix": None}
+        elif kind == "poll_ranges":
+            query = "poll_ranges"
+            body = {
+                "ranges": [
+                    {
+                        "partitionKey": rng.choice(["p1", "p2", f"q{i}"]),
+                        "prefix": rng.choice([None, "a"]),
+                        "seenMarker": rng.choice([None, mark()]),
+                    }
+                    for i in range(rng.choice([1, 2, 64, 65]))
+                ]
+            }
+        elif kind == "txn":
+            path, query = f"/{bucket}/p1", "txn"
+            body = {"compare": [{"sk": "a", "target": rng.choice(["exists", "token", "value", "latest-md5"]),
+                                 "exists": True, "token": tok(), "value": v}],
+                    "success": [{"op": rng.choice(["put", "delete", "read"]), "sk": rng.choice("abc"), "value": v}],
+                    "failure": [{"op": "read", "sk": "a"}]}  # fmt: skip
+        if body is not None:
+            body = self.tweak(body, extra) if rng.random() < 0.85 else body
+            if kind in ("poll_range", "poll_ranges") and isinstance(body, dict):
+                body["timeout"] = 0  # a poll that waits would only make the test slow
+            return FuzzRequest(method, path, query, json.dumps(body).encode(), headers)
+        path = f"/{bucket}/p1"
+        if kind == "poll_item":
+            return FuzzRequest("GET", path, f"sort_key=a&causality_token={quote(tok(), safe='')}&timeout=0", None, {})
+        if rng.random() < 0.7:
+            headers["X-Garage-Causality-Token"] = tok()
+        if rng.random() < 0.3:
+            headers[rng.choice(["If-Match", "If-None-Match"])] = rng.choice([tok(), "*", ""])
+        if rng.random() < 0.2:
+            headers["X-Garage-TTL"] = rng.choice(["1", "0", "-1", "1e3", "99999999999999999999", " 5"])
+        method = rng.choice(["PUT", "DELETE"])
+        return FuzzRequest(method, path, f"sort_key={rng.choice('abcd')}", b"val" if method == "PUT" else None, headers)
+
     # ---- Hulykvs ---------------------------------------------------------------------------------
 
     def hulykvs(self, workspace: str) -> FuzzRequest:
