@@ -30,7 +30,7 @@ HERE, B, C = nid(1), nid(2), nid(3)
 
 
 class Peers:
-    """Nodes 2 and 3: K2V requests get ``k2v[node]`` (an error to raise, or None for success);
+    """The other nodes: K2V requests get ``k2v[node]`` (an error to raise, or None for success);
     table updates (replication) fail while ``cut``."""
 
     on_connect: list[Any] = []
