@@ -59,17 +59,19 @@ class MetaHelper:
     # ---- lookups used on the request path ---------------------------------------------------
 
     async def get_key(self, key_id: str) -> Key | None:
-        if not KEY_ID_RE.match(key_id):  # no key has such an id (and it may not even encode)
-            return None
-        k = await self.keys.get(EMPTY_PARTITION + key_id.encode())
-        return None if k is None or k.is_deleted else k
+        return await self._key(key_id, shared=False)
 
     async def request_key(self, key_id: str) -> Key | None:
-        """``get_key`` for the K2V request path: a shared entry, not to be modified. The id is
-        the client's (undecodable bytes arrive as surrogates): one no key can have is None."""
+        """``get_key`` for the K2V request path: a shared entry, not to be modified."""
+        return await self._key(key_id, shared=True)
+
+    async def _key(self, key_id: str, shared: bool) -> Key | None:
+        # The id may be a client's (bytes that are not UTF-8 arrive as surrogates): one that no
+        # key can have is None without a lookup, and without encoding it.
         if not KEY_ID_RE.match(key_id):
             return None
-        k = await self.keys.get_shared(EMPTY_PARTITION + key_id.encode())
+        tree_key = EMPTY_PARTITION + key_id.encode()
+        k = await (self.keys.get_shared(tree_key) if shared else self.keys.get(tree_key))
         return None if k is None or k.is_deleted else k
 
     async def get_bucket(self, bucket_id: bytes) -> Bucket | None:

@@ -191,7 +191,8 @@ class Fuzzer:
         headers = {h: self.header_value() for h in rng.sample(K2V_HEADERS, rng.randint(0, 3))}
         body = None
         if method in ("POST", "SEARCH"):
-            body = self.json_body(self.k2v_bodies().get(keyword, self.k2v_bodies()[None]))
+            bodies = self.k2v_bodies()
+            body = self.json_body(bodies.get(keyword, bodies[None]))
         elif method == "PUT":
             body = rng.randbytes(rng.randint(0, 50))
         return FuzzRequest(method, path, "&".join(query), body, headers, sign=rng.random() < 0.95)

@@ -189,19 +189,19 @@ class K2VService:
             raise err
 
     def _without_quorum(self, coordinator: bytes, nodes: list[bytes], why: str) -> QuorumError:
-        wq = self.replication.write_quorum()
         summary = (
-            f"The write is stored on {node_label(coordinator)} but not on a quorum (it needs {wq} of the "
-            f"{len(nodes)} replicas of its partition; it spreads once they are back)"
+            f"The write is stored on {node_label(coordinator)} but not on a quorum ({self._needs(nodes)}; "
+            "it spreads once they are back)"
         )
         return self._insert_failed(nodes, [why], summary)
 
     def _no_coordinator(self, nodes: list[bytes], failures: list[str]) -> QuorumError:
         """Every storage node failed to coordinate: say what a write needs and why each failed
         (each coordinator's own error names the replicas it could not reach)."""
-        wq = self.replication.write_quorum()
-        summary = f"No storage node could take the write (it needs {wq} of the {len(nodes)} replicas of its partition)"
-        return self._insert_failed(nodes, failures, summary)
+        return self._insert_failed(nodes, failures, f"No storage node could take the write ({self._needs(nodes)})")
+
+    def _needs(self, nodes: list[bytes]) -> str:
+        return f"it needs {self.replication.write_quorum()} of the {len(nodes)} replicas of its partition"
 
     def _insert_failed(self, nodes: list[bytes], errors: list[str], summary: str) -> QuorumError:
         """A failed K2V write as the node that received it reports it (``k2v_insert`` in metrics)."""
