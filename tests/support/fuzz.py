@@ -11,11 +11,15 @@ bodies that are not JSON at all. What the tests check is the contract for bad in
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import random
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+from garagekv.api.hulykvs.auth import SYSTEM_ACCOUNT
 
 WEIRD = ["", "a", "é", "\x7f", "a" * 300, "%", "%zz", "%ff", "/", "//x", "..", "😀", " ", "+", "é\u2028"]
 #: K2V: (method, with a partition key, keyword) of every endpoint (docs/k2v-api.md §1).
@@ -344,6 +348,42 @@ class Fuzzer:
                    for h in rng.sample(["If-Match", "If-None-Match", "Content-Type"], rng.randint(0, 2))}  # fmt: skip
         body = rng.randbytes(rng.randint(0, 64)) if method in ("PUT", "POST") else None
         return FuzzRequest(method, path, query, body, headers)
+
+    def bearer(self, good: str, secret: str) -> str:
+        """An ``Authorization`` value for the Hulykvs API: ``good`` damaged, or a JWT whose header
+        or claims are out of shape, signed with ``secret`` (so the claim checks are reached) or
+        with another key, or not a JWT at all."""
+        rng = self.rng
+        r = rng.random()
+        if r < 0.15:
+            return rng.choice(["", "Bearer", "Bearer ", "Basic " + good, "bearer  " + good, good])
+        if r < 0.35:  # one of the three parts damaged
+            parts = good.split(".")
+            i = rng.randrange(len(parts))
+            parts[i] = self.damaged(parts[i])
+            return "Bearer " + ".".join(parts)
+        if r < 0.45:
+            parts = [rng.choice(good.split(".") + ["", "!!", "==", "e30"]) for _ in range(rng.randint(0, 5))]
+            return "Bearer " + ".".join(parts)
+        header: Any = {"alg": "HS256", "typ": "JWT"}
+        if rng.random() < 0.3:
+            header = self.mutate(header) if rng.random() < 0.7 else self.value()
+        if rng.random() < 0.1:
+            header = {"alg": rng.choice(["none", "HS512", "RS256", "hs256", ""]), "typ": "JWT"}
+        claims: Any = {"account": SYSTEM_ACCOUNT, "workspace": str(rng.choice([None, "0" * 32]))}
+        for name in rng.sample(["account", "workspace", "extra", "exp", "nbf", "iat", "aud", "iss"], rng.randint(1, 3)):
+            claims[name] = rng.choice([self.value(), {"k": self.value()}, 1e308, -1, 2**70])
+        if rng.random() < 0.1:
+            claims = self.value()
+
+        def part(obj: Any) -> str:
+            raw = json.dumps(obj).encode() if rng.random() < 0.95 else rng.randbytes(rng.randint(0, 20))
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        signing_input = part(header) + "." + part(claims)
+        key = secret if rng.random() < 0.8 else "another-secret"
+        mac = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+        return "Bearer " + signing_input + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     # ---- admin -----------------------------------------------------------------------------------
 
