@@ -18,6 +18,7 @@ class ConsensusMetrics:
     held: int = 0  # operations decided under a held ballot, without a Prepare
     checked: int = 0  # held writes decided on this node's own states, accepted without a Read
     mismatches: int = 0  # held rounds whose other holder had other states (decided again on both)
+    impatient: int = 0  # held rounds given up because a holder did not answer in time (§9)
     contention: int = 0  # ballots lost to a higher one (refused promise or accept)
     completions: int = 0  # others' accepted-but-uncommitted proposals completed first
     repairs: int = 0  # most recent commits sent again to replicas that missed them

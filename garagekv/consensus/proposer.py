@@ -67,6 +67,11 @@ DEFAULT_TIMEOUT = 30.0
 MAX_HOLDS = 16384
 #: Seconds a key whose ballot another proposer took stays ``contended`` (at most MAX_HOLDS keys).
 CONTENTION_MEMORY = 30.0
+#: Seconds a held round waits for another holder before it gives the hold up and asks every
+#: node (docs/consensus.md §9): a holder that hangs (paused, stalled disk) is only marked down
+#: after several missed pings, and a round waiting on it meanwhile would stall its key. A
+#: holder answers in milliseconds; giving up on a slow one costs one Prepare, never safety.
+HOLDER_PATIENCE = 2.0
 
 
 class Transport(Protocol):
@@ -146,6 +151,7 @@ class Proposer:
         self.machine = machine
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.timeout = timeout
+        self.holder_patience = HOLDER_PATIENCE
         #: This node's acceptor endpoints, called in-process (``EndpointRegistry.dispatch`` of
         #: this node); without it, calls to this node go through the transport.
         self.local = local
@@ -374,10 +380,15 @@ class Proposer:
     ) -> R:
         """One message of a held round to one holder; a refusal or a failure ends the round
         (``_NotHeld``: a full attempt follows, after a backoff if a proposal was refused)."""
+        local = node == self.placement.node_id
         call = self._send(node, path, body, deadline)
         try:
-            raw = await call
-            ok, seen, value = verdict(raw if node == self.placement.node_id else unwrap_answer(raw))
+            async with asyncio.timeout(None if local else self.holder_patience):
+                raw = await call
+            ok, seen, value = verdict(raw if local else unwrap_answer(raw))
+        except TimeoutError:
+            self._impatient(node)
+            raise _NotHeld(None, backoff=False) from None
         except Exception as e:  # noqa: BLE001 - any failure of this one call ends the held round
             log.debug("held round: %s", describe_failure(node, e))
             raise _NotHeld(None, backoff=False) from None
@@ -386,6 +397,11 @@ class Proposer:
         if not ok:
             raise _NotHeld(seen, backoff=path in (PROPOSE, ACCEPT_COMMIT))
         return value
+
+    def _impatient(self, node: bytes) -> None:
+        """A holder did not answer within ``holder_patience``: the held round is given up."""
+        self.metrics.count("impatient")
+        log.debug("holder %s silent for %.1fs: asking every node", node[:8].hex(), self.holder_patience)
 
     def _decide_held(
         self,
@@ -589,7 +605,8 @@ class Proposer:
         Raises ``_Lost`` once refusals leave some set short of a majority (with the highest ballot
         refused), and ``QuorumError`` once failures do. Calls still running at the end are
         cancelled, or kept running with ``keep`` (a commit must reach every node it can). With
-        ``only``, just those nodes are asked; ``answered`` receives the nodes that said yes, in the
+        ``only``, just those nodes are asked, each for at most ``holder_patience`` (then
+        ``_Unreachable``, as when one fails); ``answered`` receives the nodes that said yes, in the
         order of the answers. With ``also``, a majority is not enough while that node (if asked)
         has not answered yet. ``counted``: a node that already said yes (counted, not asked, not in
         the results).
@@ -613,6 +630,8 @@ class Proposer:
 
         item = _encode_item(path, body) if len(members) > 1 else None
         running: dict[asyncio.Future[Any], bytes] = {self._send(n, path, body, deadline, item): n for n in members}
+        # Held phases (``only``) wait for every holder: one that hangs ends them (``_Unreachable``).
+        patience = None if only is None else time.monotonic() + self.holder_patience
         finished = False
         try:
             while True:
@@ -629,7 +648,16 @@ class Proposer:
                     if only is not None:
                         raise _Unreachable()  # the caller falls back to asking every node
                     raise QuorumError(max(needed), sum(yes), len(members), errors, sets=len(sets), operation=operation)
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                wait = None if patience is None else max(0.0, patience - time.monotonic())
+                done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    remote = [n for n in running.values() if n != me]
+                    if not remote:
+                        patience = None  # only this node's own acceptor is left: wait for it
+                        continue
+                    finished = True
+                    self._impatient(remote[0])
+                    raise _Unreachable()
                 for task in done:
                     node = running.pop(task)
                     ok = False

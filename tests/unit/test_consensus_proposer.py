@@ -227,6 +227,26 @@ async def test_a_held_round_asks_only_the_holders_and_falls_back_when_one_fails(
     assert p.metrics.held == 2
 
 
+@pytest.mark.parametrize("voters", [3, 5])
+async def test_a_held_round_gives_up_on_a_holder_that_hangs(cluster, voters):
+    """A holder that neither answers nor fails (paused: pings take a while to mark it down) ends
+    the held round after ``holder_patience``, not at the deadline: a full attempt follows, and the
+    new hold leaves it out. With three voters the held round is the checked one of §3c (one call to
+    one holder); with five it reads and proposes to the two other holders (§3b)."""
+    sets = [cluster.ids(*range(voters))]
+    p = cluster.proposer(0, sets, timeout=5.0)
+    p.holder_patience = 0.05
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    me = cluster.ids(0)[0]
+    peer = sorted(p._holds[KEY].holders - {me})[0]
+    cluster.transport.hung = {peer}
+    assert await p.run(KEY, [b"x"], increment()) == 2
+    assert p.metrics.impatient == 1 and p.metrics.failures == 0
+    assert peer not in p._holds[KEY].holders
+    assert await p.run(KEY, [b"x"], increment()) == 3  # held again, without it
+    assert p.metrics.held == 1 and p.metrics.impatient == 1
+
+
 async def plain_write(node, key: bytes, version: int, value: int) -> None:
     """A write outside consensus (as a plain K2V write lands on some replicas only)."""
     tree = node.db.tree(REGISTER_TREE)

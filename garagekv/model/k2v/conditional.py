@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from garagekv.model.k2v.txn import (
     from_wire,
     to_wire,
 )
+from garagekv.net.errors import NetError
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, HeldAnswers, answer_each, resolve_held, unwrap_answer
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
@@ -60,6 +62,11 @@ RPC_BATCH_PATH = endpoint_path("model/k2v", "conditional_batch")
 #: Fetches an answer too big to travel with the rest of its batch (``rpc.batching.HeldAnswers``).
 RPC_BATCH_HELD_PATH = endpoint_path("model/k2v", "conditional_batch_held")
 MAX_FORWARD_BATCH = 4096
+#: Seconds a forwarded operation may go unanswered before its storage node is passed over as
+#: the coordinator of new operations, and how long that lasts unless it answers meanwhile: a
+#: node that hangs is only marked down after several missed pings (docs/consensus.md §9).
+FORWARD_PATIENCE = 2.0
+SLOW_COORDINATOR_MEMORY = 30.0
 
 #: The kinds of condition a write may carry.
 IF_MATCH = "if-match"  # token: the item's causal context is exactly this
@@ -157,6 +164,9 @@ class ConditionalK2V:
         # several per round: rounds of this node would otherwise only take each other's ballots
         # away (docs/consensus.md §9).
         self._queues: dict[bytes, _KeyQueue] = {}
+        # Storage nodes that left a forwarded operation unanswered for FORWARD_PATIENCE: until
+        # when new operations go to the next coordinator instead.
+        self._slow: dict[bytes, float] = {}
         registry.register(RPC_PATH, self._handle)
         registry.register(RPC_BATCH_PATH, self._handle_batch)
         registry.register(RPC_BATCH_HELD_PATH, self._handle_batch_held)
@@ -198,18 +208,47 @@ class ConditionalK2V:
         # One storage node only: retrying elsewhere after a failure could run the operation
         # twice and answer the second run's view (a 412 for a write that applied).
         item = codec.encode_lists(msg)  # a request is lists, strings and bytes only: no map to sort
+        # This operation waits for its answer whatever happens; the next ones avoid a node
+        # that leaves it waiting too long (it may be hung, and pings take a while to tell).
+        slow = asyncio.get_running_loop().call_later(FORWARD_PATIENCE, self._mark_slow, target)
         try:
             if len(item) > MAX_BATCH_BYTES:
-                return await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
-            answer = resolve_held(
-                self._forwards.item_future(target, item),
-                lambda token: self.netapp.call(target, RPC_BATCH_HELD_PATH, token, timeout=self.timeout + 5.0),
-            )
-            return unwrap_answer(await answer)
+                answer = await self.netapp.call(target, RPC_PATH, msg, timeout=self.timeout + 5.0)
+            else:
+                answer = unwrap_answer(
+                    await resolve_held(
+                        self._forwards.item_future(target, item),
+                        lambda token: self.netapp.call(target, RPC_BATCH_HELD_PATH, token, timeout=self.timeout + 5.0),
+                    )
+                )
+        except NetError:
+            raise
         except GarageKVError:
+            self._slow.pop(target, None)  # it answered, if with an error
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
+        finally:
+            slow.cancel()
+        self._slow.pop(target, None)
+        return answer
+
+    def _mark_slow(self, node: bytes) -> None:
+        log.info(
+            "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
+            "new operations go to another coordinator for up to %.0fs",
+            node[:8].hex(), FORWARD_PATIENCE, SLOW_COORDINATOR_MEMORY,
+        )  # fmt: skip
+        self._slow[node] = time.monotonic() + SLOW_COORDINATOR_MEMORY
+
+    def _responsive(self, node: bytes) -> bool:
+        until = self._slow.get(node)
+        if until is None:
+            return True
+        if until <= time.monotonic():
+            del self._slow[node]
+            return True
+        return False
 
     async def _send_batch(self, target: bytes, items: list[Any]) -> list[Any]:
         answers = await self.netapp.call(target, RPC_BATCH_PATH, items, timeout=self.timeout + 5.0)
@@ -235,8 +274,11 @@ class ConditionalK2V:
         instead of loading the first one with all of them."""
         ranked = sorted(nodes, key=lambda node: blake2sum(key + node))
         for node in ranked:
-            if self.is_up(node):
+            if self.is_up(node) and self._responsive(node):
                 return node
+        for node in ranked:
+            if self.is_up(node):
+                return node  # every node that is up has been slow: the first of them after all
         return self.order(ranked)[0] if ranked else None
 
     # ---- on a storage node -----------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Where a node that does not run a consensus key's rounds sends its operations, when the usual
+coordinator hangs (docs/consensus.md §9, "A node that hangs").
+
+One node on real LMDB that stores nothing (a gateway) in a layout of three storage nodes; the
+network is a fake on which any of them can be made to hang. A hung node is only marked down
+after several missed pings, so the forwarding node passes it over itself once a forwarded
+operation has gone unanswered for ``FORWARD_PATIENCE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from garagekv.model.k2v import conditional
+from garagekv.model.k2v.conditional import RPC_BATCH_PATH
+from garagekv.model.k2v.item import partition_hash
+from garagekv.model.k2v.txn import READ, Txn, TxnOp
+from garagekv.rpc.layout import LayoutHistory, NodeRole
+from tests.support import eventually
+from tests.support.standalone import StandaloneModel
+
+BUCKET = b"\x07" * 32
+HERE = b"\x01" * 32
+STORAGE = [bytes([i]) * 32 for i in (2, 3, 4)]
+READ_A = Txn(success=(TxnOp(READ, "a"),))
+
+
+class Peers:
+    """The storage nodes: a forwarded batch gets one answer per operation (the item ``a`` is
+    absent), except from the nodes in ``hung``, which answer only once ``released`` is set."""
+
+    on_connect: list[Any] = []
+
+    def __init__(self) -> None:
+        self.hung: set[bytes] = set()
+        self.released = asyncio.Event()
+        self.asked: list[bytes] = []
+
+    async def call(self, node: bytes, path: str, msg: Any, timeout: float | None = None) -> Any:
+        assert path == RPC_BATCH_PATH, path
+        self.asked.append(node)
+        if node in self.hung:
+            await self.released.wait()
+        return [[True, [True, [[READ, "a", None]]]] for _ in msg]
+
+
+@pytest.fixture
+def peers() -> Peers:
+    return Peers()
+
+
+@pytest.fixture
+def gateway(tmp_path, peers):
+    history = LayoutHistory.new(3)
+    for i, n in enumerate(STORAGE):
+        history.stage_role(n, NodeRole(f"dc{i}", 10**9))
+    history, _ = history.apply_staged_changes(history.current().version + 1)
+    o = StandaloneModel(tmp_path / "db", node_id=HERE, history=history, netapp=peers)
+    yield o
+    o.close()
+
+
+async def test_a_coordinator_that_leaves_an_operation_unanswered_is_passed_over_until_it_answers(
+    gateway, peers, monkeypatch
+):
+    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
+    cond = gateway.model.conditional
+    key = partition_hash(BUCKET, "p")
+    first = cond.coordinator(key, STORAGE)
+    peers.hung = {first}
+
+    stuck = asyncio.create_task(cond.txn(BUCKET, "p", READ_A))
+    await eventually(lambda: cond.coordinator(key, STORAGE) != first)
+    second = cond.coordinator(key, STORAGE)
+    res = await cond.txn(BUCKET, "p", READ_A)  # the next operation does not wait for the hung node
+    assert res.succeeded and peers.asked == [first, second]
+    assert not stuck.done()  # the first one waits for its own answer: it may have run there
+
+    peers.released.set()  # the node answers again
+    assert (await stuck).succeeded
+    assert cond.coordinator(key, STORAGE) == first  # and gets its keys back
+
+
+async def test_without_an_answering_alternative_the_usual_coordinator_is_kept(gateway, peers, monkeypatch):
+    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
+    cond = gateway.model.conditional
+    key = partition_hash(BUCKET, "p")
+    first = cond.coordinator(key, STORAGE)
+    peers.hung = set(STORAGE)
+    waiting = [asyncio.create_task(cond.txn(BUCKET, f"p{i}", READ_A)) for i in range(30)]
+    await eventually(lambda: len(cond._slow) == 3)  # every storage node left one unanswered
+    assert cond.coordinator(key, STORAGE) == first  # none is better: the usual one after all
+    peers.released.set()
+    assert all(r.succeeded for r in await asyncio.gather(*waiting))
