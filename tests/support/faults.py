@@ -314,8 +314,8 @@ def layout_of(node: NodeProcess) -> LayoutHistory:
     return LayoutHistory.decode((node.metadata_dir / LAYOUT_FILE).read_bytes())
 
 
-def make_node(root: Path, rf: int = 3, extra: str = "", k2v_extra: str = "") -> NodeProcess:
-    return NodeProcess(root, extra_config=f"replication_factor = {rf}\n{FAST_PINGS}{extra}", k2v_extra=k2v_extra)
+def make_node(root: Path, rf: int = 3, extra: str = "", k2v_extra: str = "", pings: str = FAST_PINGS) -> NodeProcess:
+    return NodeProcess(root, extra_config=f"replication_factor = {rf}\n{pings}{extra}", k2v_extra=k2v_extra)
 
 
 def join(node: NodeProcess, seed: NodeProcess, proxy: FaultProxy | None = None, name: str | None = None) -> None:
@@ -333,9 +333,10 @@ def start_cluster(
     k2v_extra: str = "",
     proxy: FaultProxy | None = None,
     layout: bool = True,
+    pings: str = FAST_PINGS,
 ) -> list[NodeProcess]:
     """n nodes bootstrapped from the first, fully meshed, layout (rf) applied on all of them."""
-    nodes = [make_node(root / f"n{i}", rf, extra, k2v_extra) for i in range(n)]
+    nodes = [make_node(root / f"n{i}", rf, extra, k2v_extra, pings) for i in range(n)]
     if proxy is not None:
         for i, node in enumerate(nodes):
             proxy.add(f"n{i}", node)
