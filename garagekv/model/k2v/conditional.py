@@ -234,11 +234,12 @@ class ConditionalK2V:
         return answer
 
     def _mark_slow(self, node: bytes) -> None:
-        log.info(
-            "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
-            "new operations go to another coordinator for up to %.0fs",
-            node[:8].hex(), FORWARD_PATIENCE, SLOW_COORDINATOR_MEMORY,
-        )  # fmt: skip
+        if self._responsive(node):  # said once, not once per operation left waiting
+            log.info(
+                "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
+                "new operations go to another coordinator for up to %.0fs",
+                node[:8].hex(), FORWARD_PATIENCE, SLOW_COORDINATOR_MEMORY,
+            )  # fmt: skip
         self._slow[node] = time.monotonic() + SLOW_COORDINATOR_MEMORY
 
     def _responsive(self, node: bytes) -> bool:
