@@ -30,19 +30,21 @@ READ_A = Txn(success=(TxnOp(READ, "a"),))
 
 class Peers:
     """The storage nodes: a forwarded batch gets one answer per operation (the item ``a`` is
-    absent), except from the nodes in ``hung``, which answer only once ``released`` is set."""
+    absent), except from the nodes in ``hung`` and the calls numbered in ``held``, which are
+    answered only once ``released`` is set."""
 
     on_connect: list[Any] = []
 
     def __init__(self) -> None:
         self.hung: set[bytes] = set()
+        self.held: set[int] = set()
         self.released = asyncio.Event()
         self.asked: list[bytes] = []
 
     async def call(self, node: bytes, path: str, msg: Any, timeout: float | None = None) -> Any:
         assert path == RPC_BATCH_PATH, path
         self.asked.append(node)
-        if node in self.hung:
+        if node in self.hung or len(self.asked) - 1 in self.held:
             await self.released.wait()
         return [[True, [True, [[READ, "a", None]]]] for _ in msg]
 
@@ -95,3 +97,24 @@ async def test_without_an_answering_alternative_the_usual_coordinator_is_kept(ga
     assert cond.coordinator(key, STORAGE) == first  # none is better: the usual one after all
     peers.released.set()
     assert all(r.succeeded for r in await asyncio.gather(*waiting))
+
+
+async def test_a_coordinator_that_answers_other_operations_meanwhile_is_kept(gateway, peers, monkeypatch):
+    """One operation waiting long on a node that keeps answering others is a long round or a slow
+    link, not a hung node: its keys stay where they are (moving them would make coordinators duel)."""
+    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.2)
+    cond = gateway.model.conditional
+    key = partition_hash(BUCKET, "p")
+    first = cond.coordinator(key, STORAGE)
+    same = next(
+        pk for pk in (f"q{i}" for i in range(100)) if cond.coordinator(partition_hash(BUCKET, pk), STORAGE) == first
+    )
+    peers.held = {0}  # the first call waits
+    waiting = asyncio.create_task(cond.txn(BUCKET, "p", READ_A))
+    await eventually(lambda: len(peers.asked) == 1)  # its call left alone, not batched with the next
+    for _ in range(40):  # 0.4 s of other operations, answered, through the same node
+        assert (await cond.txn(BUCKET, same, READ_A)).succeeded
+        await asyncio.sleep(0.01)
+    assert not waiting.done() and cond.coordinator(key, STORAGE) == first
+    peers.released.set()
+    assert (await waiting).succeeded

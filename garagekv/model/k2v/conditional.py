@@ -164,9 +164,10 @@ class ConditionalK2V:
         # several per round: rounds of this node would otherwise only take each other's ballots
         # away (docs/consensus.md §9).
         self._queues: dict[bytes, _KeyQueue] = {}
-        # Storage nodes that left a forwarded operation unanswered for FORWARD_PATIENCE: until
-        # when new operations go to the next coordinator instead.
+        # Storage nodes that left a forwarded operation unanswered for FORWARD_PATIENCE while
+        # answering nothing else: until when new operations go to the next coordinator instead.
         self._slow: dict[bytes, float] = {}
+        self._heard: dict[bytes, float] = {}  # when each one last answered a forwarded operation
         registry.register(RPC_PATH, self._handle)
         registry.register(RPC_BATCH_PATH, self._handle_batch)
         registry.register(RPC_BATCH_HELD_PATH, self._handle_batch_held)
@@ -209,7 +210,8 @@ class ConditionalK2V:
         # twice and answer the second run's view (a 412 for a write that applied).
         item = codec.encode_lists(msg)  # a request is lists, strings and bytes only: no map to sort
         # This operation waits for its answer whatever happens; the next ones avoid a node
-        # that leaves it waiting too long (it may be hung, and pings take a while to tell).
+        # that leaves it waiting too long while answering nothing else (it may be hung, and
+        # pings take a while to tell).
         slow = asyncio.get_running_loop().call_later(FORWARD_PATIENCE, self._mark_slow, target)
         try:
             if len(item) > MAX_BATCH_BYTES:
@@ -224,16 +226,23 @@ class ConditionalK2V:
         except NetError:
             raise
         except GarageKVError:
-            self._slow.pop(target, None)  # it answered, if with an error
+            self._answered(target)  # if with an error
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
         finally:
             slow.cancel()
-        self._slow.pop(target, None)
+        self._answered(target)
         return answer
 
+    def _answered(self, node: bytes) -> None:
+        self._heard[node] = time.monotonic()
+        self._slow.pop(node, None)
+
     def _mark_slow(self, node: bytes) -> None:
+        heard = self._heard.get(node)
+        if heard is not None and time.monotonic() - heard < FORWARD_PATIENCE:
+            return  # it answers other operations meanwhile: a slow link or a long round, not a hung node
         if self._responsive(node):  # said once, not once per operation left waiting
             log.info(
                 "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
