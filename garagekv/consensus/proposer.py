@@ -67,10 +67,11 @@ DEFAULT_TIMEOUT = 30.0
 MAX_HOLDS = 16384
 #: Seconds a key whose ballot another proposer took stays ``contended`` (at most MAX_HOLDS keys).
 CONTENTION_MEMORY = 30.0
-#: Seconds a held round waits for another holder before it gives the hold up and asks every
-#: node (docs/consensus.md §9): a holder that hangs (paused, stalled disk) is only marked down
-#: after several missed pings, and a round waiting on it meanwhile would stall its key. A
-#: holder answers in milliseconds; giving up on a slow one costs one Prepare, never safety.
+#: Seconds a held round waits for another holder that answers nothing at all (to this round or
+#: any other) before it gives the hold up and asks every node (docs/consensus.md §9): a holder
+#: that hangs (paused, stalled disk) is only marked down after several missed pings, and a round
+#: waiting on it meanwhile would stall its key. One that keeps answering other calls is slow (a
+#: slow link), not hung, and is waited for: a full attempt would cross the same link three times.
 HOLDER_PATIENCE = 2.0
 
 
@@ -152,6 +153,7 @@ class Proposer:
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.timeout = timeout
         self.holder_patience = HOLDER_PATIENCE
+        self._heard: dict[bytes, float] = {}  # when each other node last answered a call
         #: This node's acceptor endpoints, called in-process (``EndpointRegistry.dispatch`` of
         #: this node); without it, calls to this node go through the transport.
         self.local = local
@@ -383,12 +385,15 @@ class Proposer:
         local = node == self.placement.node_id
         call = self._send(node, path, body, deadline)
         try:
-            async with asyncio.timeout(None if local else self.holder_patience):
-                raw = await call
+            if not local:
+                while not (await asyncio.wait({call}, timeout=self.holder_patience))[0]:
+                    if self._silent(node):
+                        self._impatient(node)
+                        raise _NotHeld(None, backoff=False)
+            raw = await call
             ok, seen, value = verdict(raw if local else unwrap_answer(raw))
-        except TimeoutError:
-            self._impatient(node)
-            raise _NotHeld(None, backoff=False) from None
+        except _NotHeld:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of this one call ends the held round
             log.debug("held round: %s", describe_failure(node, e))
             raise _NotHeld(None, backoff=False) from None
@@ -398,8 +403,13 @@ class Proposer:
             raise _NotHeld(seen, backoff=path in (PROPOSE, ACCEPT_COMMIT))
         return value
 
+    def _silent(self, node: bytes) -> bool:
+        """Whether ``node`` answered no call of this proposer for ``holder_patience``."""
+        heard = self._heard.get(node)
+        return heard is None or time.monotonic() - heard >= self.holder_patience
+
     def _impatient(self, node: bytes) -> None:
-        """A holder did not answer within ``holder_patience``: the held round is given up."""
+        """A holder answered nothing for ``holder_patience``: the held round is given up."""
         self.metrics.count("impatient")
         log.debug("holder %s silent for %.1fs: asking every node", node[:8].hex(), self.holder_patience)
 
@@ -575,10 +585,14 @@ class Proposer:
     async def _wrapped(self, node: bytes, path: str, body: Any, timeout: float) -> Any:
         """A call outside the batches, answered in the batches' form."""
         answer = await self.transport.call(node, path, body, timeout=timeout)
-        return answer if node == self.placement.node_id else [True, answer]
+        if node == self.placement.node_id:
+            return answer
+        self._heard[node] = time.monotonic()
+        return [True, answer]
 
     async def _send_batch(self, node: bytes, items: list[Any]) -> list[Any]:
         answers = await self.transport.call(node, BATCH, items, timeout=self.timeout)
+        self._heard[node] = time.monotonic()
         if not isinstance(answers, list) or len(answers) != len(items):
             raise ServiceUnavailable("malformed answer to a consensus batch")
         return answers
@@ -605,11 +619,11 @@ class Proposer:
         Raises ``_Lost`` once refusals leave some set short of a majority (with the highest ballot
         refused), and ``QuorumError`` once failures do. Calls still running at the end are
         cancelled, or kept running with ``keep`` (a commit must reach every node it can). With
-        ``only``, just those nodes are asked, each for at most ``holder_patience`` (then
-        ``_Unreachable``, as when one fails); ``answered`` receives the nodes that said yes, in the
-        order of the answers. With ``also``, a majority is not enough while that node (if asked)
-        has not answered yet. ``counted``: a node that already said yes (counted, not asked, not in
-        the results).
+        ``only``, just those nodes are asked, and one that answers nothing at all for
+        ``holder_patience`` ends it (``_Unreachable``, as when one fails); ``answered`` receives
+        the nodes that said yes, in the order of the answers. With ``also``, a majority is not
+        enough while that node (if asked) has not answered yet. ``counted``: a node that already
+        said yes (counted, not asked, not in the results).
         """
         me = self.placement.node_id
         members: dict[bytes, list[int]] = {}
@@ -630,7 +644,8 @@ class Proposer:
 
         item = _encode_item(path, body) if len(members) > 1 else None
         running: dict[asyncio.Future[Any], bytes] = {self._send(n, path, body, deadline, item): n for n in members}
-        # Held phases (``only``) wait for every holder: one that hangs ends them (``_Unreachable``).
+        # Held phases (``only``) wait for every holder: one silent for ``holder_patience`` ends
+        # them (``_Unreachable``).
         patience = None if only is None else time.monotonic() + self.holder_patience
         finished = False
         try:
@@ -651,12 +666,12 @@ class Proposer:
                 wait = None if patience is None else max(0.0, patience - time.monotonic())
                 done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    remote = [n for n in running.values() if n != me]
-                    if not remote:
-                        patience = None  # only this node's own acceptor is left: wait for it
+                    silent = [n for n in running.values() if n != me and self._silent(n)]
+                    if not silent:  # only slow ones (or this node's own acceptor): wait on
+                        patience = time.monotonic() + self.holder_patience
                         continue
                     finished = True
-                    self._impatient(remote[0])
+                    self._impatient(silent[0])
                     raise _Unreachable()
                 for task in done:
                     node = running.pop(task)

@@ -247,6 +247,30 @@ async def test_a_held_round_gives_up_on_a_holder_that_hangs(cluster, voters):
     assert p.metrics.held == 1 and p.metrics.impatient == 1
 
 
+async def test_a_held_round_waits_for_a_holder_that_is_slow_but_answering(cluster):
+    """A holder whose answers take longer than ``holder_patience`` but who keeps answering other
+    calls meanwhile (a slow link under load) is waited for: giving the hold up would only cross
+    the same link three times (Prepare, Propose, Commit) instead of once."""
+    p = cluster.proposer(0, [cluster.ids(0, 1, 2)], timeout=5.0)
+    p.holder_patience = 0.1
+    assert await p.run(KEY, [b"x"], increment()) == 1
+    me = cluster.ids(0)[0]
+    peer = sorted(p._holds[KEY].holders - {me})[0]
+    cluster.transport.delay = lambda: 0.15  # each way: 0.3 s per call, three times the patience
+
+    async def answering_others() -> None:  # what the answers to other rounds' calls record
+        while True:
+            p._heard[peer] = time.monotonic()
+            await asyncio.sleep(0.02)
+
+    others = asyncio.create_task(answering_others())
+    try:
+        assert await p.run(KEY, [b"x"], increment()) == 2
+    finally:
+        others.cancel()
+    assert p.metrics.impatient == 0 and p.metrics.held == 1
+
+
 async def plain_write(node, key: bytes, version: int, value: int) -> None:
     """A write outside consensus (as a plain K2V write lands on some replicas only)."""
     tree = node.db.tree(REGISTER_TREE)
