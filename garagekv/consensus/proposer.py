@@ -403,10 +403,13 @@ class Proposer:
             raise _NotHeld(seen, backoff=path in (PROPOSE, ACCEPT_COMMIT))
         return value
 
+    def last_heard(self, node: bytes) -> float:
+        """When ``node`` last answered a call of this proposer (``time.monotonic()``; -inf: never)."""
+        return self._heard.get(node, float("-inf"))
+
     def _silent(self, node: bytes) -> bool:
         """Whether ``node`` answered no call of this proposer for ``holder_patience``."""
-        heard = self._heard.get(node)
-        return heard is None or time.monotonic() - heard >= self.holder_patience
+        return time.monotonic() - self.last_heard(node) >= self.holder_patience
 
     def _impatient(self, node: bytes) -> None:
         """A holder answered nothing for ``holder_patience``: the held round is given up."""

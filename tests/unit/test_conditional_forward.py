@@ -10,6 +10,7 @@ operation has gone unanswered for ``FORWARD_PATIENCE``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -118,3 +119,19 @@ async def test_a_coordinator_that_answers_other_operations_meanwhile_is_kept(gat
     assert not waiting.done() and cond.coordinator(key, STORAGE) == first
     peers.released.set()
     assert (await waiting).succeeded
+
+
+async def test_a_passed_over_coordinator_is_back_once_it_answers_a_consensus_call(gateway, peers, monkeypatch):
+    """After a pause nobody forwards to the node any more, but it answers the Prepares and
+    Commits of other nodes' rounds at once (as one of their acceptors): that is enough."""
+    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
+    cond = gateway.model.conditional
+    key = partition_hash(BUCKET, "p")
+    first = cond.coordinator(key, STORAGE)
+    peers.hung = {first}
+    stuck = asyncio.create_task(cond.txn(BUCKET, "p", READ_A))
+    await eventually(lambda: cond.coordinator(key, STORAGE) != first)
+    cond.proposer._heard[first] = time.monotonic()  # what an acceptor's answer to this node records
+    assert cond.coordinator(key, STORAGE) == first
+    peers.released.set()
+    assert (await stuck).succeeded

@@ -62,9 +62,10 @@ RPC_BATCH_PATH = endpoint_path("model/k2v", "conditional_batch")
 #: Fetches an answer too big to travel with the rest of its batch (``rpc.batching.HeldAnswers``).
 RPC_BATCH_HELD_PATH = endpoint_path("model/k2v", "conditional_batch_held")
 MAX_FORWARD_BATCH = 4096
-#: Seconds a forwarded operation may go unanswered before its storage node is passed over as
-#: the coordinator of new operations, and how long that lasts unless it answers meanwhile: a
-#: node that hangs is only marked down after several missed pings (docs/consensus.md §9).
+#: Seconds a forwarded operation may go unanswered, with nothing else heard from its storage
+#: node, before that node is passed over as the coordinator of new operations, and how long
+#: that lasts at most (it ends as soon as the node answers anything): a node that hangs is only
+#: marked down after several missed pings (docs/consensus.md §9).
 FORWARD_PATIENCE = 2.0
 SLOW_COORDINATOR_MEMORY = 30.0
 
@@ -165,7 +166,7 @@ class ConditionalK2V:
         # away (docs/consensus.md §9).
         self._queues: dict[bytes, _KeyQueue] = {}
         # Storage nodes that left a forwarded operation unanswered for FORWARD_PATIENCE while
-        # answering nothing else: until when new operations go to the next coordinator instead.
+        # answering nothing else, and since when: new operations go to the next coordinator.
         self._slow: dict[bytes, float] = {}
         self._heard: dict[bytes, float] = {}  # when each one last answered a forwarded operation
         registry.register(RPC_PATH, self._handle)
@@ -239,23 +240,30 @@ class ConditionalK2V:
         self._heard[node] = time.monotonic()
         self._slow.pop(node, None)
 
+    def _last_heard(self, node: bytes) -> float:
+        """When ``node`` last answered this node: a forwarded operation, or a consensus call of
+        this node's own rounds (as an acceptor, it answers those whatever it coordinates)."""
+        return max(self._heard.get(node, float("-inf")), self.proposer.last_heard(node))
+
     def _mark_slow(self, node: bytes) -> None:
-        heard = self._heard.get(node)
-        if heard is not None and time.monotonic() - heard < FORWARD_PATIENCE:
-            return  # it answers other operations meanwhile: a slow link or a long round, not a hung node
-        if self._responsive(node):  # said once, not once per operation left waiting
+        now = time.monotonic()
+        if now - self._last_heard(node) < FORWARD_PATIENCE:
+            return  # it answers other calls meanwhile: a slow link or a long round, not a hung node
+        if node not in self._slow:  # said once, not once per operation left waiting
             log.info(
                 "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
-                "new operations go to another coordinator for up to %.0fs",
+                "new operations go to another coordinator until it answers again (%.0fs at most)",
                 node[:8].hex(), FORWARD_PATIENCE, SLOW_COORDINATOR_MEMORY,
             )  # fmt: skip
-        self._slow[node] = time.monotonic() + SLOW_COORDINATOR_MEMORY
+        self._slow[node] = now
 
     def _responsive(self, node: bytes) -> bool:
-        until = self._slow.get(node)
-        if until is None:
+        """Not passed over: never marked slow, or it answered something since (a node that
+        resumes answers the consensus calls of this node's rounds at once), or the mark is old."""
+        since = self._slow.get(node)
+        if since is None:
             return True
-        if until <= time.monotonic():
+        if self._last_heard(node) > since or time.monotonic() - since > SLOW_COORDINATOR_MEMORY:
             del self._slow[node]
             return True
         return False
