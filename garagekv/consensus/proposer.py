@@ -67,11 +67,12 @@ DEFAULT_TIMEOUT = 30.0
 MAX_HOLDS = 16384
 #: Seconds a key whose ballot another proposer took stays ``contended`` (at most MAX_HOLDS keys).
 CONTENTION_MEMORY = 30.0
-#: Seconds a held round waits for another holder that answers nothing at all (to this round or
-#: any other) before it gives the hold up and asks every node (docs/consensus.md §9): a holder
-#: that hangs (paused, stalled disk) is only marked down after several missed pings, and a round
-#: waiting on it meanwhile would stall its key. One that keeps answering other calls is slow (a
-#: slow link), not hung, and is waited for: a full attempt would cross the same link three times.
+#: Seconds a held round waits for another holder that sends nothing at all (no answer to any
+#: call, no ping: ``Transport.last_heard``) before it gives the hold up and asks every node
+#: (docs/consensus.md §9): a holder that hangs (paused, stalled disk) is only marked down after
+#: several missed pings, and a round waiting on it meanwhile would stall its key. One that keeps
+#: sending is slow (a slow link, a long group commit), not hung, and is waited for: a full
+#: attempt would cross the same link three times.
 HOLDER_PATIENCE = 2.0
 
 
@@ -79,6 +80,10 @@ class Transport(Protocol):
     """``NetApp.call`` (a call to one's own node id runs the handler in-process)."""
 
     async def call(self, node_id: bytes, path: str, body: Any, timeout: float | None = ...) -> Any: ...
+
+    def last_heard(self, node_id: bytes) -> float:
+        """When that node last sent anything (``time.monotonic()``), as ``NetApp.last_heard``."""
+        ...
 
 
 class _Lost(Exception):
@@ -153,7 +158,6 @@ class Proposer:
         self.metrics = metrics if metrics is not None else ConsensusMetrics()
         self.timeout = timeout
         self.holder_patience = HOLDER_PATIENCE
-        self._heard: dict[bytes, float] = {}  # when each other node last answered a call
         #: This node's acceptor endpoints, called in-process (``EndpointRegistry.dispatch`` of
         #: this node); without it, calls to this node go through the transport.
         self.local = local
@@ -403,13 +407,9 @@ class Proposer:
             raise _NotHeld(seen, backoff=path in (PROPOSE, ACCEPT_COMMIT))
         return value
 
-    def last_heard(self, node: bytes) -> float:
-        """When ``node`` last answered a call of this proposer (``time.monotonic()``; -inf: never)."""
-        return self._heard.get(node, float("-inf"))
-
     def _silent(self, node: bytes) -> bool:
-        """Whether ``node`` answered no call of this proposer for ``holder_patience``."""
-        return time.monotonic() - self.last_heard(node) >= self.holder_patience
+        """Whether ``node`` sent nothing at all (answers, pings, requests) for ``holder_patience``."""
+        return time.monotonic() - self.transport.last_heard(node) >= self.holder_patience
 
     def _impatient(self, node: bytes) -> None:
         """A holder answered nothing for ``holder_patience``: the held round is given up."""
@@ -588,14 +588,10 @@ class Proposer:
     async def _wrapped(self, node: bytes, path: str, body: Any, timeout: float) -> Any:
         """A call outside the batches, answered in the batches' form."""
         answer = await self.transport.call(node, path, body, timeout=timeout)
-        if node == self.placement.node_id:
-            return answer
-        self._heard[node] = time.monotonic()
-        return [True, answer]
+        return answer if node == self.placement.node_id else [True, answer]
 
     async def _send_batch(self, node: bytes, items: list[Any]) -> list[Any]:
         answers = await self.transport.call(node, BATCH, items, timeout=self.timeout)
-        self._heard[node] = time.monotonic()
         if not isinstance(answers, list) or len(answers) != len(items):
             raise ServiceUnavailable("malformed answer to a consensus batch")
         return answers

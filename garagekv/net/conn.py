@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,9 @@ class Connection:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
+        #: When the peer last sent anything (``time.monotonic()``): a node that hangs sends nothing,
+        #: a slow one still answers pings and other calls (docs/consensus.md §9).
+        self.heard_at = time.monotonic()
         self._on_close: list[Callable[[Connection], None]] = []
         self.close_reason = ""
 
@@ -153,6 +157,7 @@ class Connection:
             while True:
                 msg = decode_message(await self._channel.recv())
                 self._last_activity = self._loop.time()
+                self.heard_at = time.monotonic()
                 if isinstance(msg, Request):
                     self._on_request(msg)
                 elif isinstance(msg, Response):

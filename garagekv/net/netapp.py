@@ -108,6 +108,11 @@ class NetApp:
         conn = self._conns.get(node_id)
         return conn if conn is not None and not conn.closed else None
 
+    def last_heard(self, node_id: bytes) -> float:
+        """When ``node_id`` last sent this node anything (``time.monotonic()``; -inf: no connection)."""
+        conn = self.connection(node_id)
+        return float("-inf") if conn is None else conn.heard_at
+
     def is_connected(self, node_id: bytes) -> bool:
         return node_id == self.node_id or self.connection(node_id) is not None
 

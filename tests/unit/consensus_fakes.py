@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,11 @@ class FakeTransport:
         #: Seconds to wait before delivering a call and before returning its answer.
         self.delay: Callable[[], float] = lambda: 0.0
         self.calls: list[tuple[str, bytes]] = []
+        #: When each node last answered (``last_heard``, as a connection records any frame).
+        self.heard: dict[bytes, float] = {}
+
+    def last_heard(self, node: bytes) -> float:
+        return self.heard.get(node, float("-inf"))
 
     async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
         if path == BATCH:
@@ -165,6 +171,7 @@ class FakeTransport:
             raise NetError(f"connection to {node[:4].hex()} lost")
         if (d := self.delay()) > 0:
             await asyncio.sleep(d)
+        self.heard[node] = time.monotonic()
         return codec.decode(codec.encode(reply))
 
 

@@ -27,12 +27,13 @@ BUCKET = b"\x07" * 32
 HERE = b"\x01" * 32
 STORAGE = [bytes([i]) * 32 for i in (2, 3, 4)]
 READ_A = Txn(success=(TxnOp(READ, "a"),))
+KEY = partition_hash(BUCKET, "p")
 
 
 class Peers:
     """The storage nodes: a forwarded batch gets one answer per operation (the item ``a`` is
     absent), except from the nodes in ``hung`` and the calls numbered in ``held``, which are
-    answered only once ``released`` is set."""
+    answered only once ``released`` is set. ``heard`` is what a connection records of them."""
 
     on_connect: list[Any] = []
 
@@ -41,12 +42,17 @@ class Peers:
         self.held: set[int] = set()
         self.released = asyncio.Event()
         self.asked: list[bytes] = []
+        self.heard: dict[bytes, float] = {}
+
+    def last_heard(self, node: bytes) -> float:
+        return self.heard.get(node, float("-inf"))
 
     async def call(self, node: bytes, path: str, msg: Any, timeout: float | None = None) -> Any:
         assert path == RPC_BATCH_PATH, path
         self.asked.append(node)
         if node in self.hung or len(self.asked) - 1 in self.held:
             await self.released.wait()
+        self.heard[node] = time.monotonic()
         return [[True, [True, [[READ, "a", None]]]] for _ in msg]
 
 
@@ -56,57 +62,55 @@ def peers() -> Peers:
 
 
 @pytest.fixture
-def gateway(tmp_path, peers):
+def cond(tmp_path, peers, monkeypatch):
+    """The gateway's ConditionalK2V, patient for 50 ms only."""
+    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
     history = LayoutHistory.new(3)
     for i, n in enumerate(STORAGE):
         history.stage_role(n, NodeRole(f"dc{i}", 10**9))
     history, _ = history.apply_staged_changes(history.current().version + 1)
     o = StandaloneModel(tmp_path / "db", node_id=HERE, history=history, netapp=peers)
-    yield o
+    yield o.model.conditional
     o.close()
 
 
-async def test_a_coordinator_that_leaves_an_operation_unanswered_is_passed_over_until_it_answers(
-    gateway, peers, monkeypatch
-):
-    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
-    cond = gateway.model.conditional
-    key = partition_hash(BUCKET, "p")
-    first = cond.coordinator(key, STORAGE)
+async def passed_over(cond, peers: Peers) -> tuple[bytes, asyncio.Task[Any]]:
+    """Hang ``KEY``'s usual coordinator under an operation until new ones go elsewhere: that
+    coordinator, and the operation (still waiting)."""
+    first = cond.coordinator(KEY, STORAGE)
     peers.hung = {first}
-
     stuck = asyncio.create_task(cond.txn(BUCKET, "p", READ_A))
-    await eventually(lambda: cond.coordinator(key, STORAGE) != first)
-    second = cond.coordinator(key, STORAGE)
+    await eventually(lambda: cond.coordinator(KEY, STORAGE) != first)
+    return first, stuck
+
+
+async def test_a_coordinator_that_leaves_an_operation_unanswered_is_passed_over_until_it_answers(cond, peers):
+    first, stuck = await passed_over(cond, peers)
+    second = cond.coordinator(KEY, STORAGE)
     res = await cond.txn(BUCKET, "p", READ_A)  # the next operation does not wait for the hung node
     assert res.succeeded and peers.asked == [first, second]
     assert not stuck.done()  # the first one waits for its own answer: it may have run there
 
     peers.released.set()  # the node answers again
     assert (await stuck).succeeded
-    assert cond.coordinator(key, STORAGE) == first  # and gets its keys back
+    assert cond.coordinator(KEY, STORAGE) == first  # and gets its keys back
 
 
-async def test_without_an_answering_alternative_the_usual_coordinator_is_kept(gateway, peers, monkeypatch):
-    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
-    cond = gateway.model.conditional
-    key = partition_hash(BUCKET, "p")
-    first = cond.coordinator(key, STORAGE)
+async def test_without_an_answering_alternative_the_usual_coordinator_is_kept(cond, peers):
+    first = cond.coordinator(KEY, STORAGE)
     peers.hung = set(STORAGE)
     waiting = [asyncio.create_task(cond.txn(BUCKET, f"p{i}", READ_A)) for i in range(30)]
     await eventually(lambda: len(cond._slow) == 3)  # every storage node left one unanswered
-    assert cond.coordinator(key, STORAGE) == first  # none is better: the usual one after all
+    assert cond.coordinator(KEY, STORAGE) == first  # none is better: the usual one after all
     peers.released.set()
     assert all(r.succeeded for r in await asyncio.gather(*waiting))
 
 
-async def test_a_coordinator_that_answers_other_operations_meanwhile_is_kept(gateway, peers, monkeypatch):
+async def test_a_coordinator_that_answers_other_operations_meanwhile_is_kept(cond, peers, monkeypatch):
     """One operation waiting long on a node that keeps answering others is a long round or a slow
     link, not a hung node: its keys stay where they are (moving them would make coordinators duel)."""
     monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.2)
-    cond = gateway.model.conditional
-    key = partition_hash(BUCKET, "p")
-    first = cond.coordinator(key, STORAGE)
+    first = cond.coordinator(KEY, STORAGE)
     same = next(
         pk for pk in (f"q{i}" for i in range(100)) if cond.coordinator(partition_hash(BUCKET, pk), STORAGE) == first
     )
@@ -116,22 +120,16 @@ async def test_a_coordinator_that_answers_other_operations_meanwhile_is_kept(gat
     for _ in range(40):  # 0.4 s of other operations, answered, through the same node
         assert (await cond.txn(BUCKET, same, READ_A)).succeeded
         await asyncio.sleep(0.01)
-    assert not waiting.done() and cond.coordinator(key, STORAGE) == first
+    assert not waiting.done() and cond.coordinator(KEY, STORAGE) == first
     peers.released.set()
     assert (await waiting).succeeded
 
 
-async def test_a_passed_over_coordinator_is_back_once_it_answers_a_consensus_call(gateway, peers, monkeypatch):
-    """After a pause nobody forwards to the node any more, but it answers the Prepares and
-    Commits of other nodes' rounds at once (as one of their acceptors): that is enough."""
-    monkeypatch.setattr(conditional, "FORWARD_PATIENCE", 0.05)
-    cond = gateway.model.conditional
-    key = partition_hash(BUCKET, "p")
-    first = cond.coordinator(key, STORAGE)
-    peers.hung = {first}
-    stuck = asyncio.create_task(cond.txn(BUCKET, "p", READ_A))
-    await eventually(lambda: cond.coordinator(key, STORAGE) != first)
-    cond.proposer._heard[first] = time.monotonic()  # what an acceptor's answer to this node records
-    assert cond.coordinator(key, STORAGE) == first
+async def test_a_passed_over_coordinator_is_back_once_it_sends_anything(cond, peers):
+    """After a pause nobody forwards to the node any more, but it answers pings and the Prepares
+    and Commits of other nodes' rounds at once (as one of their acceptors): that is enough."""
+    first, stuck = await passed_over(cond, peers)
+    peers.heard[first] = time.monotonic()  # what any frame from it records on its connection
+    assert cond.coordinator(KEY, STORAGE) == first
     peers.released.set()
     assert (await stuck).succeeded

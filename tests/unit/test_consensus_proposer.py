@@ -258,9 +258,9 @@ async def test_a_held_round_waits_for_a_holder_that_is_slow_but_answering(cluste
     peer = sorted(p._holds[KEY].holders - {me})[0]
     cluster.transport.delay = lambda: 0.15  # each way: 0.3 s per call, three times the patience
 
-    async def answering_others() -> None:  # what the answers to other rounds' calls record
+    async def answering_others() -> None:  # what its answers to other rounds' calls record
         while True:
-            p._heard[peer] = time.monotonic()
+            cluster.transport.heard[peer] = time.monotonic()
             await asyncio.sleep(0.02)
 
     others = asyncio.create_task(answering_others())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -29,6 +30,9 @@ class LoopbackTransport:
     async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
         reply = await self.registry.dispatch(node, path, codec.decode(codec.encode(body)))
         return codec.decode(codec.encode(reply))
+
+    def last_heard(self, node: bytes) -> float:
+        return time.monotonic()  # itself: always there
 
 
 @pytest.fixture

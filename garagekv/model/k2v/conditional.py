@@ -42,7 +42,6 @@ from garagekv.model.k2v.txn import (
     from_wire,
     to_wire,
 )
-from garagekv.net.errors import NetError
 from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, HeldAnswers, answer_each, resolve_held, unwrap_answer
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
@@ -166,9 +165,8 @@ class ConditionalK2V:
         # away (docs/consensus.md §9).
         self._queues: dict[bytes, _KeyQueue] = {}
         # Storage nodes that left a forwarded operation unanswered for FORWARD_PATIENCE while
-        # answering nothing else, and since when: new operations go to the next coordinator.
+        # sending nothing else, and since when: new operations go to the next coordinator.
         self._slow: dict[bytes, float] = {}
-        self._heard: dict[bytes, float] = {}  # when each one last answered a forwarded operation
         registry.register(RPC_PATH, self._handle)
         registry.register(RPC_BATCH_PATH, self._handle_batch)
         registry.register(RPC_BATCH_HELD_PATH, self._handle_batch_held)
@@ -211,7 +209,7 @@ class ConditionalK2V:
         # twice and answer the second run's view (a 412 for a write that applied).
         item = codec.encode_lists(msg)  # a request is lists, strings and bytes only: no map to sort
         # This operation waits for its answer whatever happens; the next ones avoid a node
-        # that leaves it waiting too long while answering nothing else (it may be hung, and
+        # that leaves it waiting too long while sending nothing else (it may be hung, and
         # pings take a while to tell).
         slow = asyncio.get_running_loop().call_later(FORWARD_PATIENCE, self._mark_slow, target)
         try:
@@ -224,31 +222,18 @@ class ConditionalK2V:
                         lambda token: self.netapp.call(target, RPC_BATCH_HELD_PATH, token, timeout=self.timeout + 5.0),
                     )
                 )
-        except NetError:
-            raise
         except GarageKVError:
-            self._answered(target)  # if with an error
             raise
         except Exception as e:  # noqa: BLE001 - transport failure: the operation may or may not have run
             raise ServiceUnavailable(f"the storage node coordinating this operation failed: {e}") from None
         finally:
             slow.cancel()
-        self._answered(target)
         return answer
-
-    def _answered(self, node: bytes) -> None:
-        self._heard[node] = time.monotonic()
-        self._slow.pop(node, None)
-
-    def _last_heard(self, node: bytes) -> float:
-        """When ``node`` last answered this node: a forwarded operation, or a consensus call of
-        this node's own rounds (as an acceptor, it answers those whatever it coordinates)."""
-        return max(self._heard.get(node, float("-inf")), self.proposer.last_heard(node))
 
     def _mark_slow(self, node: bytes) -> None:
         now = time.monotonic()
-        if now - self._last_heard(node) < FORWARD_PATIENCE:
-            return  # it answers other calls meanwhile: a slow link or a long round, not a hung node
+        if now - self.netapp.last_heard(node) < FORWARD_PATIENCE:
+            return  # it sends other answers meanwhile: a slow link or a long round, not a hung node
         if node not in self._slow:  # said once, not once per operation left waiting
             log.info(
                 "storage node %s left a forwarded consensus operation unanswered for %.0fs: "
@@ -258,12 +243,12 @@ class ConditionalK2V:
         self._slow[node] = now
 
     def _responsive(self, node: bytes) -> bool:
-        """Not passed over: never marked slow, or it answered something since (a node that
-        resumes answers the consensus calls of this node's rounds at once), or the mark is old."""
+        """Not passed over: never marked slow, or it sent something since (a node that resumes
+        answers pings and the consensus calls of this node's rounds at once), or the mark is old."""
         since = self._slow.get(node)
         if since is None:
             return True
-        if self._last_heard(node) > since or time.monotonic() - since > SLOW_COORDINATOR_MEMORY:
+        if self.netapp.last_heard(node) > since or time.monotonic() - since > SLOW_COORDINATOR_MEMORY:
             del self._slow[node]
             return True
         return False
