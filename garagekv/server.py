@@ -299,7 +299,7 @@ class Node:
                 "mapSize": cfg.lmdb_map_size,
                 "freeBytes": self.db.free_bytes() if self.db is not None and self.db.env is not None else None,
             },
-            "tables": table_stats(self.db),
+            "tables": table_stats(self.db, self.model.sums_workers),
             "pollSubscriptions": self.model.subs.count(),
             "k2vRequestsInFlight": 0 if self.api is None else len(self.api.in_flight),
             "layoutVersion": cluster.get("layoutVersion"),
@@ -314,7 +314,7 @@ class Node:
             poll_subscriptions=self.model.subs.count(),
             db_commits=self.writer.commits,
             db_writes=self.writer.jobs,
-            tables=table_stats(self.db),
+            tables=table_stats(self.db, self.model.sums_workers),
         )
 
     # The observers are hooked up by start() once the metrics are set.

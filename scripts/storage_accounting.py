@@ -2,10 +2,10 @@
 """Where a node's disk bytes go, per K2V item (not in CI: minutes of load).
 
 Starts one ``garagekv dev`` node, prefills N items (``make bench-scale``'s loader), waits for the
-node's background work (Merkle to-do, index counters) to finish, stops it, then opens its LMDB
+node's background work (index counters) to finish, stops it, then opens its LMDB
 environment read-only and reports per named tree: entries, key and value bytes, the pages LMDB
 uses (branch, leaf, overflow) and what that costs per item. It also splits a K2V item's stored
-value into its parts and the Merkle trie into leaves and intermediate nodes. The numbers behind
+value into its parts and the range sums into their levels. The numbers behind
 the "Bytes per item" table of docs/storage.md.
 
 Usage: scripts/storage_accounting.py [--items N] [--value-size B] [--out FILE.json]
@@ -35,10 +35,9 @@ from garagekv.bench.clusters import DevCluster, settle  # noqa: E402
 from garagekv.bench.procstat import disk_usage  # noqa: E402
 from garagekv.model.k2v.item import K2VItem  # noqa: E402
 from garagekv.model.k2v.stored import PACKED, ItemStoredForm  # noqa: E402
-from garagekv.table.merkle import MerkleNode  # noqa: E402
 
 ITEM_TREE = "k2v_item:data"
-MERKLE_TREE = "k2v_item:merkle"
+SUMS_TREE = "k2v_item:sums"
 SAMPLE = 1000
 NODE_OVERHEAD = 8 + 2  # LMDB leaf node header and its slot in the page's offset array
 PAGE_HEADER = 16  # item values decoded for the breakdown
@@ -142,27 +141,11 @@ class _AnyBucket:
         return bytes(32)
 
 
-def merkle_parts(key: bytes, raw: bytes) -> dict[str, int]:
-    """One stored Merkle node, split into what its value holds.
-
-    ``leaf``: its tree key and, in format 1 (earlier versions) its value hash, in format 3 (at a
-    partition's root or one of its children) its own hash; in format 4 (deeper) the tree key
-    alone, its hash being its parent's. ``intermediate``: its children's hashes, and in format 2 (an earlier
-    version) the tree keys of the leaves it holds. The rest of a value is the format byte and
-    msgpack framing.
-    """
-    node = MerkleNode.decode(raw, b"-" if raw[:1] == b"\x04" else b"")  # format 4: the hash is elsewhere
-    kind = "leaf" if node.is_leaf else "intermediate" if node.is_intermediate else "empty"
-    out = {f"{kind} count": 1, f"{kind} key bytes": len(key), f"{kind} value bytes": len(raw)}
-    if node.is_leaf:
-        out["leaf tree key bytes"] = len(node.key)
-        out["leaf hash bytes"] = 0 if raw[0] == 4 else len(node.value_hash or node.hash())
-    elif node.is_intermediate:
-        out["intermediate children"] = len(node.children)
-        out["intermediate hash bytes"] = sum(len(h) for _, h in node.children)
-        if node.inline_keys:
-            out["intermediate tree key bytes"] = sum(len(k) for _, k in node.inline_keys)
-    return out
+def sums_parts(key: bytes, raw: bytes) -> dict[str, int]:
+    """One range sums record (garagekv/table/range_sums.py): its level (the key's first byte, 0
+    for the meta record), then the chunk's start key and its 32-byte sum."""
+    level = f"level {key[0]}" if key[:1] != b"\x00" else "meta"
+    return {f"{level} records": 1, f"{level} key bytes": len(key), f"{level} value bytes": len(raw)}
 
 
 def _tree_names(env: lmdb.Environment) -> list[str]:
@@ -195,8 +178,8 @@ def account(db_path: Path, sample: int = SAMPLE) -> dict[str, Any]:
                 for k, v in txn.cursor(db):
                     t.key_bytes += len(k)
                     t.value_bytes += len(v)
-                    if name == MERKLE_TREE:
-                        for part, c in merkle_parts(bytes(k), bytes(v)).items():
+                    if name == SUMS_TREE:
+                        for part, c in sums_parts(bytes(k), bytes(v)).items():
                             t.parts[part] = t.parts.get(part, 0) + c
                     elif name == ITEM_TREE and sampled < sample:
                         for part, n in item_breakdown(bytes(v), bytes(k)).items():
@@ -313,26 +296,20 @@ def render(acc: dict[str, Any], n: int, value_size: int, stamp: str) -> str:
         for part, b in parts.items():
             lines.append(f"| {part} | {b / acc['item_sample']:.1f} | {100 * b / total:.0f}% |")
         lines.append(f"| **total** | **{total / acc['item_sample']:.1f}** | |")
-    merkle = next((t for t in acc["trees"] if t["name"] == MERKLE_TREE), None)
-    if merkle and merkle["parts"]:
-        mp = merkle["parts"]
+    sums = next((t for t in acc["trees"] if t["name"] == SUMS_TREE), None)
+    if sums and sums["parts"]:
+        sp = sums["parts"]
         lines += [
             "",
-            f"`{MERKLE_TREE}` entries (B/item: key and value bytes divided by N; framing: format byte and msgpack):",
+            f"`{SUMS_TREE}` records (B/item: key and value bytes divided by N):",
             "",
-            "| kind | entries | LMDB key B/item | value B/item | of which hashes | of which stored tree keys "
-            "| of which framing | children per node |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| level | records | key B/item | value B/item |",
+            "|---|---:|---:|---:|",
         ]
-        for kind in ("leaf", "intermediate"):
-            c = mp.get(f"{kind} count", 0)
-            kb, vb = mp.get(f"{kind} key bytes", 0), mp.get(f"{kind} value bytes", 0)
-            hb, tk = mp.get(f"{kind} hash bytes", 0), mp.get(f"{kind} tree key bytes", 0)
-            ch = f"{mp['intermediate children'] / c:.1f}" if kind == "intermediate" and c else ""
-            lines.append(
-                f"| {kind} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} | {per_item(hb, n)} | {per_item(tk, n)} "
-                f"| {per_item(vb - hb - tk, n)} | {ch} |"
-            )
+        for level in sorted({k.rsplit(" ", 2)[0] for k in sp}):
+            c = sp.get(f"{level} records", 0)
+            kb, vb = sp.get(f"{level} key bytes", 0), sp.get(f"{level} value bytes", 0)
+            lines.append(f"| {level} | {c:,} | {per_item(kb, n)} | {per_item(vb, n)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -468,7 +468,7 @@ class LocalDigestArgs:
 
 
 async def table_local_digest(s: OpServices, a: LocalDigestArgs) -> dict[str, Any]:
-    """This node's local data per table (entries, a hash of them all, Merkle to-do) and trackers.
+    """This node's local data per table (entries, a hash of them all, range sums left to rebuild) and trackers.
 
     Replicas holding the same entries report the same hash; tests and operators use it to check
     that anti-entropy converged. ``{"table": name}`` limits it to one table.

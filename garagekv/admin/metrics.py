@@ -31,10 +31,13 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TABLE_GAUGES = {
     "items": ("garagekv_table_size", "Entries stored in the table on this node (Garage: table_size)"),
     "bytes": ("garagekv_table_bytes", "Bytes of database pages holding the table's entries on this node"),
-    "merkleItems": ("garagekv_table_merkle_tree_size", "Nodes of the table's Merkle trees on this node"),
+    "merkleItems": (
+        "garagekv_table_merkle_tree_size",
+        "Records of the table's range sums on this node (what anti-entropy compares; Garage: its Merkle tree)",
+    ),
     "merkleTodo": (
         "garagekv_table_merkle_updater_todo_queue_length",
-        "Entries waiting for the Merkle updater (Garage: table_merkle_updater_todo_queue_length)",
+        "Entries a rebuild of the table's range sums has not added yet (Garage: table_merkle_updater_todo_queue_length)",
     ),
     "gcTodo": ("garagekv_table_gc_todo_queue_length", "Tombstones waiting for garbage collection"),
     "insertQueue": ("garagekv_table_insert_queue_length", "Entries waiting in the durable insert queue"),

@@ -5,9 +5,9 @@ talks to, and act on that node only. They see the node through its ``OpServices`
 
 - ``node.info``: the node's id, endpoints and a few counters.
 - ``repair`` ``{what: tables|merkle|counters}``: ``tables`` starts a full anti-entropy sync of
-  every table (the K2V ones included), ``merkle`` rebuilds the Merkle tries from the data, and
+  every table (the K2V ones included), ``merkle`` rebuilds the range sums that anti-entropy compares from the data, and
   ``counters`` recounts this node's K2V index counters from its items (a background worker).
-- ``stats`` ``{all_nodes?}``: per table the entries, Merkle to-do, GC to-do and insert queue
+- ``stats`` ``{all_nodes?}``: per table the entries, range sums left to rebuild, GC to-do and insert queue
   lengths; the partitions this node stores; database size; anti-entropy state (``all_nodes``:
   the same for every node of the layout, as ``{nodes: [...]}``).
 - ``worker.list`` / ``worker.info`` ``{tid}``: background workers with state, progress, errors.
@@ -126,7 +126,7 @@ async def repair(node: OpServices, a: RepairArgs) -> dict[str, Any]:
     model = node.model
     if what in ("tables", "merkle"):
         attr, verb = (
-            ("syncers", "full anti-entropy sync") if what == "tables" else ("merkle_updaters", "Merkle trie rebuild")
+            ("syncers", "full anti-entropy sync") if what == "tables" else ("sums_workers", "range sums rebuild")
         )
         components = _components(getattr(model, attr, None))
         if not components:
@@ -186,7 +186,7 @@ async def stats(node: OpServices, a: StatsArgs) -> dict[str, Any]:
     if a.all_nodes:
         return await _stats_all(node)
     model, system = node.model, node.system
-    trees = table_stats(node.db)
+    trees = table_stats(node.db, getattr(model, "sums_workers", ()))
     gc_by_table = {gc.table.schema.name: gc for gc in getattr(model, "gcs", [])}
     tables = []
     names = [t.schema.name for t in model.tables]

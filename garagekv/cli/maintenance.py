@@ -26,9 +26,9 @@ PROGRESS_INTERVAL = 1.0
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser(
         "repair",
-        help="repair this node's data: anti-entropy, Merkle tries, index counters",
+        help="repair this node's data: anti-entropy, range sums, index counters",
         description="tables: full anti-entropy sync of every table (K2V included); "
-        "merkle: rebuild the Merkle tries; counters: recount the K2V index counters "
+        "merkle: rebuild the range sums anti-entropy compares (Garage's Merkle trees); counters: recount the K2V index counters "
         "from the local items.",
     )
     r.add_argument("what", choices=("tables", "merkle", "counters"))
@@ -278,7 +278,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         print(
             "Done: full sync completed for every table."
             if args.what == "tables"
-            else "Done: every Merkle trie is up to date."
+            else "Done: every table's range sums are up to date."
         )
     return 0
 
@@ -292,7 +292,7 @@ def _table_done(kind: str, f: dict[str, Any], w: dict[str, Any]) -> bool:
 async def _follow_tables(
     call: Any, follow: list[dict[str, Any]], kind: str, interval: float = PROGRESS_INTERVAL
 ) -> None:
-    """Print the per-table progress of sync or Merkle workers until each one is done."""
+    """Print the per-table progress of sync or range sums workers until each one is done."""
     last, last_print = None, 0.0
     while True:
         workers = {w["tid"]: w for w in (await call("worker.list"))["workers"]}

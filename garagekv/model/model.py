@@ -7,6 +7,7 @@ for the node's life.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TypeVar
 
 from garagekv.consensus import Acceptor, ConsensusGcWorker, ConsensusMetrics, LayoutPlacement, Proposer
@@ -29,10 +30,10 @@ from garagekv.rpc.system import System
 from garagekv.table.anti_entropy import SyncCoordinator, TableSyncer
 from garagekv.table.data import TableData
 from garagekv.table.gc import TableGc
-from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.queue import InsertQueue
 from garagekv.table.replication import FullReplication, ShardedReplication
 from garagekv.table.schema import Entry, TableSchema
+from garagekv.table.sums_worker import RangeSumsWorker
 from garagekv.table.table import Table
 from garagekv.util.background import BackgroundRunner, Worker
 from garagekv.util.config import DEFAULT_MAX_ITEM_BYTES, Config
@@ -46,9 +47,12 @@ class Model:
         sharded = ShardedReplication(system.layout)
         full = FullReplication(system.layout)
 
+        # The range sums' key (table/range_sums.py): the same on every node, unknown to clients.
+        sums_key = hashlib.blake2b(b"garagekv range sums", key=config.rpc_secret_bytes or b"", digest_size=32).digest()
+
         def table(schema: TableSchema[E], replication: ShardedReplication | FullReplication) -> Table[E]:
             return Table(
-                TableData(db, writer, schema),
+                TableData(db, writer, schema, sums_key),
                 replication,
                 system.netapp,
                 system.registry,
@@ -121,21 +125,20 @@ class Model:
         self.gcs = [
             TableGc(t, db, writer, config.tombstone_gc_delay_sec, system.registry) for t in (self.items, self.counters)
         ]
-        # Anti-entropy: a Merkle updater and a syncer per table; the coordinator raises this
-        # node's sync tracker once every table completed a full sync.
+        # Anti-entropy: a syncer and a range sums rebuilder per table; the coordinator raises
+        # this node's sync tracker once every table completed a full sync.
         self.sync_coordinator = SyncCoordinator(system.layout)
-        self.merkle_updaters = [MerkleUpdater(db, writer, t.data) for t in self.tables]
+        self.sums_workers = [RangeSumsWorker(t.data) for t in self.tables]
         self.syncers = [
             TableSyncer(
                 t,
-                m,
                 system.layout,
                 system.registry,
                 self.sync_coordinator,
                 interval=config.sync_interval_sec,
                 startup_delay=config.sync_startup_delay_sec,
             )
-            for t, m in zip(self.tables, self.merkle_updaters, strict=True)
+            for t in self.tables
         ]
         self.background = BackgroundRunner()
 
@@ -146,7 +149,7 @@ class Model:
         self.background.spawn(self.expiry)
         for gc in self.gcs:
             self.background.spawn(gc)
-        workers: list[Worker] = [*self.merkle_updaters, *self.syncers]
+        workers: list[Worker] = [*self.sums_workers, *self.syncers]
         for worker in workers:
             self.background.spawn(worker)
 

@@ -57,8 +57,8 @@ from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import try_call_many
-from garagekv.table.merkle import MerkleNode, MerkleUpdater
-from garagekv.table.messages import ItemsPush, NodeRequest, RootRequest, SyncRequest, parse_sync_request
+from garagekv.table.messages import ElementsRequest, ItemsPush, SumsRequest, SyncRequest, parse_sync_request
+from garagekv.table.range_sums import LEVELS, pack_sum, unpack_sum
 from garagekv.table.replication import SyncPartition
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
@@ -146,7 +146,6 @@ class TableSyncer:
     def __init__(
         self,
         table: Table[Any],
-        merkle: MerkleUpdater,
         layout: LayoutManager,
         registry: EndpointRegistry,
         coordinator: SyncCoordinator | None = None,
@@ -159,7 +158,6 @@ class TableSyncer:
         self.table = table
         self.data = table.data
         self.replication = table.replication
-        self.merkle = merkle
         self.layout = layout
         self.coordinator = coordinator
         self.interval = interval
@@ -355,38 +353,62 @@ class TableSyncer:
                 )
 
     async def do_sync_with(self, partition: int, peer: bytes) -> None:
-        """Push to ``peer`` the entries of ``partition`` whose Merkle leaves differ (push-only)."""
+        """Push to ``peer`` the entries of ``partition`` it lacks or holds otherwise (push-only).
+
+        Compares range sums (table/range_sums.py) from the top level down, only inside the
+        ranges whose sums differ; where the peer's sum is zero it holds nothing there and the
+        whole range is pushed; at the lowest level the entries' elements are compared.
+        """
         if self.table.peers is not None and not self.table.peers.is_up(peer):
             raise SyncError(f"node {short_id(peer)} is down")
-        root = self.merkle.get_node(partition)
-        if root.is_empty:
+        sums = self.data.sums
+        if sums.rebuilding:
+            raise SyncError(f"the range sums of {self.table_name} are being rebuilt")
+        with self.data.db.read() as txn:
+            top = sums.chunks(txn, partition, LEVELS, None, None)
+        if not any(s for _, s in top):
             return  # nothing to push; the peer pushes what it has
-        if not await self._call(peer, RootRequest(partition, root.hash())):
-            return
-        # (prefix, whether the peer may have nodes below it)
-        todo: deque[tuple[bytes, bool]] = deque([(b"", True)])
-        keys: list[bytes] = []
+        # (level, bounds, our sums over them, end of the last range)
+        todo: deque[tuple[int, list[bytes], list[int], bytes | None]] = deque(
+            [(LEVELS, [b for b, _ in top], [s for _, s in top], None)]
+        )
         while todo:
-            prefix, ask = todo.popleft()
-            node = self.merkle.get_node(partition, prefix)
-            if node.is_leaf:
-                keys.append(node.key)
-            elif node.is_intermediate:
-                remote: dict[int, bytes] = {}
-                remote_has_subtrees = False
-                if ask:
-                    theirs = MerkleNode.from_wire(await self._call(peer, NodeRequest(partition, prefix)))
-                    if theirs.is_intermediate:
-                        remote = dict(theirs.children)
-                        remote_has_subtrees = True
-                for byte, h in node.children:
-                    if remote.get(byte) != h:
-                        todo.append((prefix + bytes([byte]), remote_has_subtrees and byte in remote))
-            if len(keys) >= SYNC_BATCH:
+            level, bounds, ours, end = todo.popleft()
+            answer = await self._call(peer, SumsRequest(partition, level, tuple(bounds), end))
+            theirs = _sums_answer(answer, len(bounds))
+            edges = [*bounds, end]
+            for i, lo in enumerate(bounds):
+                if theirs[i] == ours[i]:
+                    continue
+                hi = edges[i + 1]
+                if theirs[i] == 0 or level == 1:
+                    await self._push_range(partition, peer, lo or None, hi, compare=theirs[i] != 0)
+                    continue
+                with self.data.db.read() as txn:
+                    below = [b for b, _ in sums.chunks(txn, partition, level - 1, lo or None, hi)]
+                    sub = [lo] + [b for b in below if b > lo]
+                    todo.append((level - 1, sub, sums.sums_of(txn, partition, level - 1, sub, hi), hi))
+
+    async def _push_range(
+        self, partition: int, peer: bytes, start: bytes | None, end: bytes | None, compare: bool
+    ) -> None:
+        """Push our entries of ``[start, end)`` (start None: the partition's start); with
+        ``compare``, only those whose element the peer does not have."""
+        while True:
+            with self.data.db.read() as txn:
+                page = self.data.sums.keys(txn, partition, start, end, SYNC_BATCH)
+            if not page:
+                return
+            keys = [k for k, _ in page]
+            if compare:
+                answer = await self._call(peer, ElementsRequest(tuple(keys)))
+                theirs = _elements_answer(answer, len(keys))
+                keys = [k for (k, e), t in zip(page, theirs, strict=True) if t != e]
+            if keys:
                 await self._send_items(partition, peer, keys)
-                keys = []
-        if keys:
-            await self._send_items(partition, peer, keys)
+            if len(page) < SYNC_BATCH:
+                return
+            start = page[-1][0] + b"\x00"
 
     async def _send_items(self, partition: int, peer: bytes, keys: list[bytes]) -> None:
         raws = [
@@ -445,7 +467,6 @@ class TableSyncer:
                 return sum(self.data.delete_if_equal_hash_in(tx, k, blake2sum(raw)) for k, raw in batch)
 
             removed = await self.data.writer.submit(drop)
-            self.merkle.notify()
             self.items_offloaded += removed
             log.info(
                 "%s: offloaded %d entries of partition %d to %s (%d deleted here)",
@@ -483,18 +504,22 @@ class TableSyncer:
         return await self._serve(parse_sync_request(msg))
 
     async def _serve(self, req: SyncRequest) -> Any:
-        if isinstance(req, RootRequest):
-            return self.merkle.root_hash(req.partition) != req.root_hash
-        if isinstance(req, NodeRequest):
-            return self.merkle.get_node(req.partition, req.prefix).to_wire()
+        if isinstance(req, SumsRequest | ElementsRequest):
+            sums = self.data.sums
+            if sums.rebuilding:
+                raise ServiceUnavailable(f"the range sums of {self.table_name} are being rebuilt")
+            with self.data.db.read() as txn:
+                if isinstance(req, ElementsRequest):
+                    return [None if e is None else pack_sum(e) for e in sums.elements_of(txn, list(req.keys))]
+                return [pack_sum(v) for v in sums.sums_of(txn, req.partition, req.level, list(req.bounds), req.end)]
         if isinstance(req, ItemsPush):
             await self.data.merge_many([self.data.schema.decode(r) for r in req.raws])
             return None
         return await asyncio.to_thread(self.local_digest)
 
     def local_digest(self) -> dict[str, Any]:
-        """Entries held here, a hash of them all and of the Merkle roots (equal on replicas holding
-        the same data, once the Merkle to-do is drained)."""
+        """Entries held here, a hash of them all and of the partitions' range sums (equal on
+        replicas holding the same data, once no rebuild of the sums is running)."""
         h = hashlib.blake2b(digest_size=32)
         n = 0
         with self.data.db.read() as txn:
@@ -502,11 +527,25 @@ class TableSyncer:
                 h.update(len(k).to_bytes(4, "big") + k + blake2sum(self.data.canonical(k, v)))
                 n += 1
         roots = hashlib.blake2b(digest_size=32)
-        for p in range(256):
-            roots.update(self.merkle.root_hash(p))
+        sums = self.data.sums
+        with self.data.db.read() as txn:
+            for p in range(256):
+                roots.update(pack_sum(sums.partition_sum(txn, p)))
         return {
             "items": n,
             "hash": h.hexdigest(),
-            "merkle_todo": self.merkle.todo_len(),
+            "merkle_todo": sums.left_to_rebuild(),
             "merkle_roots": roots.hexdigest(),
         }
+
+
+def _sums_answer(answer: Any, n: int) -> list[int]:
+    if not isinstance(answer, list) or len(answer) != n or not all(isinstance(v, bytes) for v in answer):
+        raise SyncError(f"malformed sums answer: expected {n} sums")
+    return [unpack_sum(v) for v in answer]
+
+
+def _elements_answer(answer: Any, n: int) -> list[int | None]:
+    if not isinstance(answer, list) or len(answer) != n or not all(v is None or isinstance(v, bytes) for v in answer):
+        raise SyncError(f"malformed elements answer: expected {n} elements or nil")
+    return [None if v is None else unpack_sum(v) for v in answer]

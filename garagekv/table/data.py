@@ -1,4 +1,4 @@
-"""A table's local data on this node: the entry tree and its Merkle to-do queue.
+"""A table's local data on this node: the entry tree and its range sums (table/range_sums.py).
 
 Writes merge the incoming entry into the stored one inside a transaction; if the canonical
 bytes do not change nothing is written, so replaying an update (read repair, anti-entropy) is
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
+from garagekv.table.range_sums import RangeSums
 from garagekv.table.schema import Entry, StoredForm, TableSchema
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
@@ -53,20 +54,21 @@ class ScanRange:
 
 
 class TableData(Generic[E]):
-    def __init__(self, db: Database, writer: GroupCommitWriter, schema: TableSchema[E]) -> None:
+    def __init__(self, db: Database, writer: GroupCommitWriter, schema: TableSchema[E], sums_key: bytes = b"") -> None:
+        """``sums_key``: the key of the range sums' hashes, the same on every node of a cluster."""
         self.db = db
         self.writer = writer
         self.schema = schema
         self.store = db.tree(f"{schema.name}:data")
-        self.merkle_todo = db.tree(f"{schema.name}:merkle_todo")
-        # Wakes the Merkle worker once a change is committed (set by ``table.merkle.MerkleUpdater``).
-        self.on_merkle_todo: Callable[[], None] | None = None
         # Set by the table's tombstone GC: called in the writer transaction whenever an entry
         # becomes a tombstone, with its tree key and new bytes (see garagekv/table/gc.py).
         self.on_tombstone: Callable[[WriteTxn, bytes, bytes], None] | None = None
         self._shared: dict[bytes, tuple[bytes, E]] = {}  # see get_shared
         # Entries kept in another form than their canonical bytes (see TableSchema / StoredForm).
         self.stored_form: StoredForm | None = getattr(schema, "stored_form", None)
+        # What anti-entropy compares, updated in the transaction of every change below.
+        self.sums = RangeSums(db, schema.name, self.store, self.canonical)
+        self.sums.open(sums_key)
 
     def canonical(self, tree_key: bytes, stored: bytes) -> bytes:
         """The canonical bytes of an entry read from ``store`` under ``tree_key``.
@@ -221,9 +223,7 @@ class TableData(Generic[E]):
             check_size(len(new_raw), None if old_raw is None else len(old_raw), max_bytes)
         sf = self.stored_form
         tx.put(self.store, tree_key, new_raw if sf is None else sf.pack(tx, tree_key, new_raw))
-        tx.put(self.merkle_todo, tree_key, blake2sum(new_raw))
-        if self.on_merkle_todo is not None:
-            tx.on_commit(self.on_merkle_todo)
+        self.sums.change_in(tx, tree_key, old_raw, new_raw)
         self.schema.updated(tx, old, new)
         if self.on_tombstone is not None and new.is_tombstone():
             self.on_tombstone(tx, tree_key, new_raw)
@@ -235,9 +235,7 @@ class TableData(Generic[E]):
         if old_raw is None or blake2sum(old_raw) != value_hash:
             return False
         tx.delete(self.store, tree_key)
-        tx.put(self.merkle_todo, tree_key, b"")  # empty: the Merkle updater removes the leaf
-        if self.on_merkle_todo is not None:
-            tx.on_commit(self.on_merkle_todo)
+        self.sums.change_in(tx, tree_key, old_raw, None)
         self.schema.updated(tx, self.schema.decode(old_raw), None)
         return True
 

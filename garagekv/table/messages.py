@@ -3,7 +3,7 @@
 Three endpoints per table speak these (formats in docs/protocol.md):
 
 - ``garagekv/table/rpc:<table>`` (``Table``): ``update``, ``get_many``, ``range``;
-- ``garagekv/table/sync:<table>`` (anti-entropy): ``root``, ``node``, ``items``, ``digest``;
+- ``garagekv/table/sync:<table>`` (anti-entropy): ``sums``, ``elements``, ``items``, ``digest``;
 - ``garagekv/table/gc:<table>`` (tombstone GC): ``update``, ``delete_if_equal_hash``.
 
 ``to_wire`` gives the msgpack array the message has always been (so nodes of earlier versions
@@ -31,27 +31,27 @@ from garagekv.rpc.messages import (
     tag_of,
 )
 from garagekv.table.data import ScanRange
+from garagekv.table.range_sums import LEVELS
 
 __all__ = [
     "DeleteIfEqualHash",
     "DigestRequest",
+    "ElementsRequest",
     "GetMany",
     "GetManyAnswer",
     "ItemsPush",
     "MalformedMessage",
-    "NodeRequest",
     "RangeAnswer",
     "RangeRequest",
-    "RootRequest",
+    "SumsRequest",
     "Update",
     "parse_gc_request",
     "parse_sync_request",
     "parse_table_request",
 ]
 
-#: A Merkle node's path is a prefix of a 32-byte key hash; the tries have 256 partitions.
-MAX_MERKLE_PREFIX = 32
-MAX_MERKLE_PARTITION = 255
+#: Anti-entropy compares 256 partitions (the first byte of the tree key).
+MAX_SYNC_PARTITION = 255
 
 
 # ---- the table endpoint (Table) ----------------------------------------------------------------
@@ -194,43 +194,65 @@ def parse_table_request(w: Any) -> TableRequest:
 
 
 def _partition(what: str, v: Any) -> int:
-    return as_int(what, "partition", v, 0, MAX_MERKLE_PARTITION)
+    return as_int(what, "partition", v, 0, MAX_SYNC_PARTITION)
+
+
+#: Bounds per ``sums`` request and keys per ``elements`` request: a level's chunks of one chunk
+#: above are about 64; the top level of a partition of a billion entries about 60.
+MAX_SYNC_RANGES = 4096
 
 
 @dataclass(frozen=True)
-class RootRequest:
-    """Does the receiver's Merkle root of ``partition`` differ from ``root_hash``?
-    ``["root", partition, hash]``; the answer is a boolean."""
+class SumsRequest:
+    """The receiver's sums over ranges the sender chose among its chunks of ``level``:
+    ``["sums", partition, level, [bound, ...], end]``, the ranges ``[bound i, bound i+1)`` and
+    the last to ``end`` (nil: the partition's end; a first bound ``b""``: its start). The answer
+    is one 32-byte little-endian sum per bound (table/range_sums.py)."""
 
-    TAG: ClassVar[str] = "root"
+    TAG: ClassVar[str] = "sums"
     partition: int
-    root_hash: bytes
+    level: int
+    bounds: tuple[bytes, ...]
+    end: bytes | None
 
     def to_wire(self) -> list[Any]:
-        return [self.TAG, self.partition, self.root_hash]
+        return [self.TAG, self.partition, self.level, list(self.bounds), self.end]
 
     @classmethod
-    def from_wire(cls, w: Any) -> RootRequest:
-        _, partition, root_hash = fields("sync root", w, cls.TAG, 3)
-        return cls(_partition("sync root", partition), as_bytes("sync root", "hash", root_hash))
+    def from_wire(cls, w: Any) -> SumsRequest:
+        what = "sync sums"
+        _, partition, level, bounds, end = fields(what, w, cls.TAG, 5)
+        p = _partition(what, partition)
+        lv = as_int(what, "level", level, 1, LEVELS)
+        bs = as_bytes_list(what, "bounds", bounds)
+        e = as_opt_bytes(what, "end", end)
+        if not bs or len(bs) > MAX_SYNC_RANGES:
+            raise malformed(what, f"expected 1 to {MAX_SYNC_RANGES} bounds")
+        edges = [*bs, e] if e is not None else list(bs)
+        if any(b[:1] != bytes([p]) for b in edges[1:]) or (bs[0] and bs[0][:1] != bytes([p])):
+            raise malformed(what, "every bound must be a key of the partition")
+        if any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
+            raise malformed(what, "bounds must increase")
+        return cls(p, lv, bs, e)
 
 
 @dataclass(frozen=True)
-class NodeRequest:
-    """The receiver's Merkle node of ``partition`` at ``prefix``: ``["node", partition, prefix]``;
-    the answer is the node's wire form (``MerkleNode.to_wire``)."""
+class ElementsRequest:
+    """The receiver's element of each entry (nil: absent): ``["elements", [tree key, ...]]``."""
 
-    TAG: ClassVar[str] = "node"
-    partition: int
-    prefix: bytes
+    TAG: ClassVar[str] = "elements"
+    keys: tuple[bytes, ...]
 
     def to_wire(self) -> list[Any]:
-        return [self.TAG, self.partition, self.prefix]
+        return [self.TAG, list(self.keys)]
 
     @classmethod
-    def from_wire(cls, w: Any) -> NodeRequest:
-        _, partition, prefix = fields("sync node", w, cls.TAG, 3)
-        return cls(_partition("sync node", partition), as_bytes("sync node", "prefix", prefix, MAX_MERKLE_PREFIX))
+    def from_wire(cls, w: Any) -> ElementsRequest:
+        _, keys = fields("sync elements", w, cls.TAG, 2)
+        ks = as_bytes_list("sync elements", "keys", keys)
+        if len(ks) > MAX_SYNC_RANGES:
+            raise malformed("sync elements", f"at most {MAX_SYNC_RANGES} keys")
+        return cls(ks)
 
 
 @dataclass(frozen=True)
@@ -265,10 +287,10 @@ class DigestRequest:
         return cls()
 
 
-SyncRequest = RootRequest | NodeRequest | ItemsPush | DigestRequest
+SyncRequest = SumsRequest | ElementsRequest | ItemsPush | DigestRequest
 _SYNC_REQUESTS: dict[str, Callable[[Any], SyncRequest]] = {
-    RootRequest.TAG: RootRequest.from_wire,
-    NodeRequest.TAG: NodeRequest.from_wire,
+    SumsRequest.TAG: SumsRequest.from_wire,
+    ElementsRequest.TAG: ElementsRequest.from_wire,
     ItemsPush.TAG: ItemsPush.from_wire,
     DigestRequest.TAG: DigestRequest.from_wire,
 }

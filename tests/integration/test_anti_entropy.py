@@ -86,8 +86,8 @@ def test_restarted_node_converges_without_manual_action(make_cluster):
     wait_for(lambda: same_everywhere([a, b], "k2v_item", 40))
     c.start()
     wait_for(lambda: same_everywhere(nodes, "k2v_item", 40), timeout=25)
-    # c caught up on its own (no repair command): its local copy equals a's and b's, its Merkle
-    # tries too, and it answers from them.
+    # c caught up on its own (no repair command): its local copy equals a's and b's, its range
+    # sums too, and it answers from them.
     for t in ("key", "bucket", "bucket_alias"):
         assert same_everywhere(nodes, t)
     wait_for(lambda: digest(c, "k2v_item")["tables"]["k2v_item"]["merkle_todo"] == 0)
@@ -175,10 +175,10 @@ def test_identical_replicas_have_identical_tries_and_repairs_run_on_demand(make_
         views = [tries(n) for n in nodes]
         return views[0] is not None and views[0][0] == 25 and all(v == views[0] for v in views)
 
-    wait_for(identical)  # same entries => same Merkle tries, whatever order they arrived in
+    wait_for(identical)  # same entries => same range sums, whatever order they arrived in
     before = tries(a)
 
-    # `repair merkle`: the tries are rebuilt from the data and come out the same.
+    # `repair merkle`: the range sums are rebuilt from the data and come out the same.
     assert a.admin("repair", {"what": "merkle"})["launched"]
     wait_for(lambda: tries(a) == before)
 

@@ -11,7 +11,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.item import DvvsEntry, K2VItem
 from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
-from garagekv.util.codec import blake2sum
+from garagekv.table.range_sums import META
 from tests.integration.test_anti_entropy import BUCKET, FAST_SYNC, all_up, apply_layout, bucket_client
 from tests.support import K2VHttp, NodeProcess, wait_for
 
@@ -76,11 +76,12 @@ def test_big_merged_items_for_one_replica_and_big_ranges_go_through(make_cluster
 def write_behind_its_back(node: NodeProcess, pk: str, sk: str, extra: int, new: int) -> int:
     """Straight into a stopped node's database: give its copy of item (pk, sk) two more values
     of ``extra`` bytes (an item as older versions could store) and add ``new`` small items to
-    the same partition; returns the big item's size."""
+    the same partition; returns the big item's size. Dropping the range sums' meta record makes
+    the node rebuild its sums at start, so they count these entries."""
     db = Database(node.metadata_dir, fsync=False)
     writer = GroupCommitWriter(db)
     try:
-        data, todo = db.tree("k2v_item:data"), db.tree("k2v_item:merkle_todo")
+        data, sums = db.tree("k2v_item:data"), db.tree("k2v_item:sums")
         form = ItemStoredForm(BucketNumbers(db))  # the node keeps items packed
         with db.read() as txn:
             found = [K2VItem.decode(form.unpack(k, v)) for k, v in txn.cursor(db=data)]
@@ -90,9 +91,8 @@ def write_behind_its_back(node: NodeProcess, pk: str, sk: str, extra: int, new: 
 
         def write(tx) -> None:
             for entry in (item, *others):
-                raw = entry.encode()
-                tx.put(data, entry.tree_key(), raw)
-                tx.put(todo, entry.tree_key(), blake2sum(raw))
+                tx.put(data, entry.tree_key(), entry.encode())
+            tx.delete(sums, META)
 
         writer.run_sync(write)
         return len(item.encode())

@@ -131,7 +131,7 @@ def test_repair_tables_and_merkle(cluster):
         assert t in out
     assert "Done: full sync completed for every table." in out
     out = a.cli("repair", "--yes", "merkle").stdout
-    assert "Repair launched: Merkle trie rebuild of" in out and "Done: every Merkle trie is up to date." in out
+    assert "Repair launched: range sums rebuild of" in out and "Done: every table's range sums are up to date." in out
     st = json.loads(a.cli("stats", "--json").stdout)
     assert all(t["merkleTodo"] == 0 for t in st["tables"])
     assert index(client(a, creds)) == expected

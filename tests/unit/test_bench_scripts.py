@@ -7,7 +7,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import msgpack
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -68,35 +67,26 @@ def test_storage_accounting_splits_a_packed_item(tmp_path):
 def test_storage_accounting_measures_every_tree_of_an_environment(tmp_path):
     from garagekv.db.env import Database
     from garagekv.model.k2v.item import K2VItem
-    from garagekv.table.merkle import MerkleNode
 
     acc = _load("storage_accounting")
     db = Database(tmp_path, fsync=False)  # the environment is tmp_path/db.lmdb
-    items, merkle = db.tree(acc.ITEM_TREE), db.tree(acc.MERKLE_TREE)
+    items, sums = db.tree(acc.ITEM_TREE), db.tree(acc.SUMS_TREE)
     with db.environment.begin(write=True) as txn:
         for i in range(10):
             item = K2VItem.new(bytes(32), "p", f"s{i}")
             item.update(1, None, b"x" * 100, 5)
             txn.put(item.tree_key(), item.encode(), db=items)
-        # partition 0 in format 1 (as earlier versions stored leaves), partition 1 in formats 3 and 4,
-        # partition 3 in format 2 (an intermediate node holding a leaf)
-        txn.put(b"\x00", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
-        txn.put(b"\x00\x01", MerkleNode.leaf(b"k", bytes(32)).encode(), db=merkle)
-        txn.put(b"\x01", MerkleNode.intermediate({1: bytes(32), 2: bytes(32)}).encode(), db=merkle)
-        txn.put(b"\x01\x01", b"\x04" + b"k" * 40, db=merkle)
-        txn.put(b"\x02", b"\x03" + msgpack.packb([b"k" * 40, bytes(32)]), db=merkle)
-        pairs = msgpack.packb([[1, bytes(32)], [2, bytes(32)]])
-        inline = b"\x02" + len(pairs).to_bytes(4, "big") + pairs + msgpack.packb([1, b"k" * 40])
-        txn.put(b"\x03", inline, db=merkle)
+        txn.put(b"\x00", b"meta", db=sums)
+        txn.put(b"\x01\x00", bytes(32), db=sums)
+        txn.put(b"\x01" + b"k" * 40, bytes(32), db=sums)
+        txn.put(b"\x02\x00", bytes(32), db=sums)
     db.close()
     out = acc.account(tmp_path / "db.lmdb")
     trees = {t["name"]: t for t in out["trees"]}
     assert trees[acc.ITEM_TREE]["entries"] == 10 and trees[acc.ITEM_TREE]["key_bytes"] == 10 * 34
-    parts = trees[acc.MERKLE_TREE]["parts"]
-    assert parts["leaf count"] == 3 and parts["leaf tree key bytes"] == 1 + 40 + 40
-    assert parts["leaf hash bytes"] == 32 + 0 + 32  # format 1: value hash; format 2: none; format 3: its own
-    assert parts["intermediate count"] == 3 and parts["intermediate children"] == 6
-    assert parts["intermediate hash bytes"] == 6 * 32 and parts["intermediate tree key bytes"] == 40
+    parts = trees[acc.SUMS_TREE]["parts"]
+    assert parts["level 1 records"] == 2 and parts["level 1 key bytes"] == 2 + 41
+    assert parts["level 2 records"] == 1 and parts["level 2 value bytes"] == 32 and parts["meta records"] == 1
     assert out["item_sample"] == 10 and out["item_parts"]["value"] == 1000
     text = acc.render(out, 10, 100, "test")
     assert acc.ITEM_TREE in text and "data.mdb" in text

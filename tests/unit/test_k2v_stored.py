@@ -16,8 +16,8 @@ from garagekv.model.k2v.item import K2VItem
 from garagekv.model.k2v.stored import PACKED, BucketNumbers, ItemStoredForm, str_end, str_header
 from garagekv.table.anti_entropy import TableSyncer
 from garagekv.table.data import TableData
-from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.schema import BaseSchema
+from garagekv.table.sums_worker import RangeSumsWorker
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import StorageError
 
@@ -154,7 +154,7 @@ async def test_every_read_gives_canonical_bytes_and_hashes_are_of_them(env):
     writer.run_sync(
         lambda tx: (
             tx.put(data.store, old.tree_key(), old.encode()),
-            tx.put(data.merkle_todo, old.tree_key(), blake2sum(old.encode())),
+            data.sums.change_in(tx, old.tree_key(), None, old.encode()),
         )
     )
     items.append(old)
@@ -175,19 +175,20 @@ async def test_every_read_gives_canonical_bytes_and_hashes_are_of_them(env):
         K2VItem.decode(by_key[k]) for k in sorted(by_key, reverse=True)[:3]
     ]
     assert {k: e.encode() for k, e in data.iter_all()} == by_key
-    # The Merkle to-do holds the hash of the canonical bytes; a rebuild hashes them the same.
+    # The range sums count the canonical bytes; a rebuild reads them the same.
+    sums = data.sums
     with db.read() as txn:
-        todo = dict(txn.cursor(db=data.merkle_todo))
-    assert all(todo[k] == blake2sum(v) for k, v in by_key.items())
-    merkle = MerkleUpdater(db, writer, data)
-    await merkle.flush()
-    root = merkle.root_hash(ph[0])
-    await merkle.rebuild()
-    await merkle.flush()
-    assert merkle.root_hash(ph[0]) == root
+        root = sums.partition_sum(txn, ph[0])
+        assert sums.elements_of(txn, list(by_key)) == [sums.hasher.element(k, v) for k, v in by_key.items()]
+        assert sums.keys(txn, ph[0], None, None, 100) == [
+            (k, sums.hasher.element(k, by_key[k])) for k in sorted(by_key)
+        ]
+    worker = RangeSumsWorker(data)
+    await worker.rebuild()
+    await worker.finish()
+    with db.read() as txn:
+        assert sums.partition_sum(txn, ph[0]) == root
     some = next(iter(by_key))
-    node = merkle.get_node(ph[0], blake2sum(some)[:1])
-    assert node.is_leaf and node.value_hash == blake2sum(by_key[some])
     # Deletion by hash (GC, offload) compares the canonical bytes' hash.
     assert await data.delete_if_equal_hash([(some, blake2sum(stored(db, data, some)))]) == 0
     assert await data.delete_if_equal_hash([(some, blake2sum(by_key[some]))]) == 1
@@ -202,7 +203,7 @@ async def test_every_read_gives_canonical_bytes_and_hashes_are_of_them(env):
 
 async def test_replicas_with_and_without_packing_agree(env):
     """A node that packs and one that does not (an earlier version) hold the same canonical
-    bytes: equal Merkle roots and equal anti-entropy digests."""
+    bytes: equal range sums and equal anti-entropy digests."""
     _, wa, a, _ = env(packed=True, name="a")
     _, wc, c, _ = env(packed=True, name="c")
     _, wb, b, _ = env(packed=False, name="b")
@@ -212,11 +213,7 @@ async def test_replicas_with_and_without_packing_agree(env):
         await data.merge_many(items)
     assert stored(a.db, a, items[0].tree_key()) != stored(c.db, c, items[0].tree_key())  # other numbers
     await c.delete_if_equal_hash([(item(B1, "first", "x").tree_key(), blake2sum(item(B1, "first", "x").encode()))])
-    syncers = []
-    for data, w in ((a, wa), (b, wb), (c, wc)):
-        m = MerkleUpdater(data.db, w, data)
-        await m.flush()
-        syncers.append(SimpleNamespace(data=data, merkle=m))
+    syncers = [SimpleNamespace(data=data) for data in (a, b, c)]
     digests = [TableSyncer.local_digest(s) for s in syncers]  # what operators and tests compare
     assert digests[0] == digests[1] == digests[2] and digests[0]["items"] == 50
     ranges = [TableSyncer._read_range(s, b"", None, 100) for s in syncers]  # what offloading sends

@@ -1,4 +1,4 @@
-"""Anti-entropy between in-process replicas over a fake network: push-only Merkle sync, failure
+"""Anti-entropy between in-process replicas over a fake network: push-only sync by range sums, failure
 tolerance and retries, offload, triggers, and the coordinator that raises the sync tracker."""
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from garagekv.table.anti_entropy import (
     unsyncable_entry_bytes,
 )
 from garagekv.table.data import TableData
-from garagekv.table.merkle import MerkleNode, MerkleUpdater
 from garagekv.table.messages import ItemsPush
 from garagekv.table.replication import SyncPartition
+from garagekv.table.sums_worker import RangeSumsWorker
 from garagekv.util import codec
 from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
-from tests.unit.test_merkle import Reg, RegSchema, legacy_raw
+from tests.support.registers import Reg, RegSchema
 
 A, B, C = (bytes([i]) * 32 for i in (1, 2, 3))
 
@@ -142,13 +142,15 @@ class Replica:
     db: Database
     writer: GroupCommitWriter
     data: TableData
-    merkle: MerkleUpdater
     syncer: TableSyncer
     layout: FakeLayout
 
     async def put(self, *entries: Reg) -> None:
         await self.data.merge_many(list(entries))
-        await self.merkle.flush()
+
+    def root(self, p: int) -> int:
+        with self.db.read() as txn:
+            return self.data.sums.partition_sum(txn, p)
 
     def items(self) -> dict[bytes, bytes]:
         with self.db.read() as txn:
@@ -171,13 +173,12 @@ def cluster(tmp_path):
         db = Database(tmp_path / node.hex()[:4], map_size=64 << 20, fsync=False)
         writer = GroupCommitWriter(db)
         data = TableData(db, writer, RegSchema())
-        merkle = MerkleUpdater(db, writer, data)
         registry = EndpointRegistry()
         net.registries[node] = registry
         table = FakeTable(data, FakeReplication(node, storage, quorum, owners), FakeNetApp(net, node), data.schema)
         layout = layout or FakeLayout(FakeHistory(storage))
-        syncer = TableSyncer(table, merkle, layout, registry, coordinator, startup_delay=0, interval=600)
-        r = Replica(node, db, writer, data, merkle, syncer, layout)
+        syncer = TableSyncer(table, layout, registry, coordinator, startup_delay=0, interval=600)
+        r = Replica(node, db, writer, data, syncer, layout)
         made.append(r)
         return r
 
@@ -206,57 +207,62 @@ async def full_sync(r: Replica, max_steps: int = 2000) -> None:
 # ---- do_sync_with -------------------------------------------------------------------------------
 
 
-async def test_equal_replicas_exchange_only_root_hashes(cluster):
+async def test_equal_replicas_exchange_only_their_top_sums(cluster):
     a, b = cluster(A, [A, B]), cluster(B, [A, B])
     for r in (a, b):
         await r.put(*regs(5, 50))
-    assert a.merkle.root_hash(5) == b.merkle.root_hash(5)
+    assert a.root(5) == b.root(5) != 0
     cluster.net.calls.clear()
     await a.syncer.do_sync_with(5, B)
-    assert cluster.net.calls == [(A, B, "root")]
-    # An empty local trie sends nothing at all: the peer pushes what it has.
+    assert cluster.net.calls == [(A, B, "sums")]
+    # An empty local partition sends nothing at all: the peer pushes what it has.
     await a.syncer.do_sync_with(6, B)
-    assert cluster.net.calls == [(A, B, "root")]
+    assert cluster.net.calls == [(A, B, "sums")]
 
 
 async def test_push_only_sync_sends_just_the_differences(cluster):
     a, b = cluster(A, [A, B]), cluster(B, [A, B])
-    common = regs(5, 300)
-    await a.put(*common, *regs(5, 5, start=1000), Reg(part_hash(5), b"k7", 9))  # 5 new + 1 newer
-    await b.put(*common, *regs(5, 3, start=2000))  # 3 that only b has
+    common = regs(5, 3000)
+    await a.put(*common, *regs(5, 5, start=10000), Reg(part_hash(5), b"k7", 9))  # 5 new + 1 newer
+    await b.put(*common, *regs(5, 3, start=20000))  # 3 that only b has
     cluster.net.calls.clear()
     await a.syncer.do_sync_with(5, B)
     sent = [c for c in cluster.net.calls if c[2] == "items"]
-    # The 6 that differ, plus at most one identical neighbour per leaf b split under a's leaf.
-    assert len(sent) == 1 and 6 <= a.syncer.items_sent <= 6 + 3
-    await b.merkle.flush()
+    assert a.syncer.items_sent == 6  # exactly the entries that differ
+    assert len(sent) <= 6
+    # A few sums requests per level and one elements request per differing chunk, not a walk of 3,000.
+    assert len(cluster.net.calls) < 40
     a_items, b_items = a.items(), b.items()
     assert all(b_items[k] == v for k, v in a_items.items())  # b has everything a has
     assert len(b_items) == len(a_items) + 3  # and a received nothing (push-only)
     await b.syncer.do_sync_with(5, A)
-    await a.merkle.flush()
-    assert a.items() == b.items() and a.merkle.root_hash(5) == b.merkle.root_hash(5)
+    assert a.items() == b.items() and a.root(5) == b.root(5)
 
 
-async def test_a_replica_with_tries_of_the_earlier_format_syncs_with_one_of_the_new(cluster):
-    """Format 1 (every leaf under its own key) and format 2 (leaves in their parent) describe the
-    same trie: equal data means equal roots, and a sync walks both to the entries that differ."""
+async def test_a_peer_holding_nothing_of_a_range_gets_it_without_comparing_entries(cluster):
     a, b = cluster(A, [A, B]), cluster(B, [A, B])
-    common = regs(5, 300)
-    await a.put(*common, Reg(part_hash(5), b"k7", 9))  # one newer
-    await b.put(*common)
-    entries = {k: blake2sum(v) for k, v in b.items().items()}
-    b.writer.run_sync(lambda tx: tx.txn.drop(b.merkle.tree, delete=False))
-    b.writer.run_sync(lambda tx: [tx.put(b.merkle.tree, k, v) for k, v in legacy_raw(entries).items()])
-    assert b.merkle.root_hash(5) == MerkleNode.decode(legacy_raw(entries)[bytes([5])]).hash()
+    await a.put(*regs(5, 500))
     cluster.net.calls.clear()
-    await a.syncer.do_sync_with(5, B)  # a (format 2) asks b (format 1) for its nodes
-    await b.merkle.flush()
-    assert a.syncer.items_sent <= 2 and a.items() == b.items()
-    assert a.merkle.root_hash(5) == b.merkle.root_hash(5)
-    before = b.syncer.items_sent
-    await b.syncer.do_sync_with(5, A)  # equal now: roots only
-    assert b.syncer.items_sent == before and cluster.net.calls[-1] == (B, A, "root")
+    await a.syncer.do_sync_with(5, B)
+    assert len(b.items()) == 500
+    assert [c[2] for c in cluster.net.calls].count("elements") == 0
+
+
+async def test_a_node_rebuilding_its_sums_neither_syncs_nor_answers_until_done(cluster):
+    a, b = cluster(A, [A, B]), cluster(B, [A, B])
+    await a.put(*regs(5, 40))
+    await b.put(*regs(5, 30))
+    worker = RangeSumsWorker(b.data)
+    assert await worker.rebuild() == 30
+    with pytest.raises(SyncError, match="being rebuilt"):
+        await b.syncer.do_sync_with(5, A)
+    with pytest.raises(Exception, match="being rebuilt"):
+        await a.syncer.do_sync_with(5, B)
+    assert worker.progress()["queue"] == 30
+    await worker.finish()
+    assert worker.progress() == {"done": 30, "queue": 0}
+    await a.syncer.do_sync_with(5, B)
+    assert a.items() == b.items() and a.root(5) == b.root(5)
 
 
 async def test_items_are_sent_in_bounded_batches(cluster):
@@ -278,8 +284,6 @@ async def test_full_sync_converges_three_replicas(cluster):
     await rs[2].put(*regs(77, 7))
     for r in rs:
         await full_sync(r)
-    for r in rs:
-        await r.merkle.flush()
     assert rs[0].items() == rs[1].items() == rs[2].items()
     assert len(rs[0].items()) == 25 + 5 + 7
     for r in rs:
@@ -347,11 +351,10 @@ async def test_offload_hands_partitions_to_their_owners_then_drops_them(cluster)
     kept = regs(8, 3)
     await a.put(*regs(2, 300), *regs(250, 2), *kept)
     await full_sync(a)
-    await a.merkle.flush()
     assert sorted(a.items()) == sorted(e.tree_key() for e in kept)
     assert a.syncer.items_offloaded == 302
     assert len(b.items()) == 305 and len(c.items()) == 302  # partition 8 went to b only (a kept it)
-    assert a.merkle.get_node(2).is_empty and not a.merkle.get_node(8).is_empty
+    assert a.root(2) == 0 and a.root(8) != 0
 
 
 async def test_offload_needs_every_owner_and_keeps_changed_items(cluster, monkeypatch):
@@ -413,7 +416,6 @@ async def test_an_entry_too_big_to_send_is_skipped_reported_and_the_rest_syncs(c
     assert a.syncer.unsyncable == {3: {big.tree_key(): len(big.encode())}}
     # Once the entry is gone (deleted or shrunk by its owner), the next sync clears the report.
     await a.data.delete_if_equal_hash([(big.tree_key(), blake2sum(big.encode()))])
-    await a.merkle.flush()
     await full_sync(a)
     assert a.syncer.progress()["unsyncable"] is None and a.syncer.unsyncable_entries() == 0
 
@@ -426,7 +428,6 @@ async def test_offload_keeps_an_entry_too_big_to_send_and_hands_over_the_rest(cl
     big = small_frames(cluster, a, b, c)
     await a.put(*regs(3, 20), big)  # the big one sorts first: later reads must get past it
     await full_sync(a)
-    await a.merkle.flush()
     assert list(a.items()) == [big.tree_key()]  # kept here, not lost
     assert len(b.items()) == len(c.items()) == 20
     assert a.syncer.unsyncable_entries() == 1

@@ -15,7 +15,6 @@ from garagekv.rpc.endpoint import EndpointRegistry, NetApp
 from garagekv.table.anti_entropy import TableSyncer
 from garagekv.table.data import TableData
 from garagekv.table.gc import TableGc
-from garagekv.table.merkle import MerkleUpdater
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest
 from tests.unit.test_gc import Lww, LwwSchema
@@ -35,8 +34,7 @@ async def peer(tmp_path):
     client = NetApp(NodeKey.generate(), SECRET, EndpointRegistry().dispatch)
     data = TableData(db, writer, LwwSchema())
     table = Table(data, SimpleNamespace(node_id=server.node_id), server, registry)
-    merkle = MerkleUpdater(db, writer, data)
-    syncer = TableSyncer(table, merkle, FakeLayout(FakeHistory([server.node_id])), registry)
+    syncer = TableSyncer(table, FakeLayout(FakeHistory([server.node_id])), registry)
     gc = TableGc(table, db, writer, 1.0, registry)
     addr = await server.listen("127.0.0.1", 0)
     await client.connect(server.node_id, addr)
@@ -61,9 +59,18 @@ MALFORMED = [
     ("table", ["update", "x"], "malformed table update"),
     ("table", ["nope", []], "unknown table request"),
     ("table", "not an array", "malformed table request"),
-    ("sync", ["root", 300, b"h"], "partition"),  # once a ValueError from bytes([300])
-    ("sync", ["root", 1], "malformed sync root"),
-    ("sync", ["node", 1, "prefix"], "prefix"),
+    ("sync", ["sums", 300, 1, [b""], None], "partition"),
+    ("sync", ["sums", 7, 1, [b""]], "malformed sync sums"),
+    ("sync", ["sums", 7, 0, [b""], None], "level"),
+    ("sync", ["sums", 7, 9, [b""], None], "level"),
+    ("sync", ["sums", 7, 1, [], None], "bounds"),
+    ("sync", ["sums", 7, 1, [b"", PART + b"b", PART + b"a"], None], "bounds must increase"),
+    ("sync", ["sums", 7, 1, [b"", PART + b"a"], PART + b"a"], "bounds must increase"),
+    ("sync", ["sums", 7, 1, [b"", b"\x08" + PART[1:]], None], "a key of the partition"),
+    ("sync", ["sums", 7, 1, [b"\x08" + PART[1:]], None], "a key of the partition"),
+    ("sync", ["sums", 7, 1, [b""] * 5000, None], "bounds"),
+    ("sync", ["elements", [PART, 3]], "malformed sync elements"),
+    ("sync", ["elements", [PART] * 5000], "at most"),
     ("sync", ["items", [1, 2]], "malformed sync items"),
     ("sync", ["digest", 1], "malformed sync digest"),
     ("sync", ["gossip"], "unknown sync request"),
@@ -89,5 +96,9 @@ async def test_well_formed_requests_still_get_their_answers(peer):
     assert rows == [[b"k", Lww(PART + b"k", 1, b"v").encode()]]
     got = await peer.client.call(peer.to, peer.table.endpoint, ["get_many", [PART + b"k", PART + b"x"]], timeout=10)
     assert got == [Lww(PART + b"k", 1, b"v").encode(), None]
-    assert await peer.client.call(peer.to, peer.syncer.endpoint, ["root", 7, b"\x00" * 32], timeout=10) is True
+    element = peer.table.data.sums.hasher.element(PART + b"k", Lww(PART + b"k", 1, b"v").encode())
+    sums = await peer.client.call(peer.to, peer.syncer.endpoint, ["sums", 7, 1, [b"", PART + b"k"], None], timeout=10)
+    assert sums == [bytes(32), element.to_bytes(32, "little")]
+    got = await peer.client.call(peer.to, peer.syncer.endpoint, ["elements", [PART + b"k", PART + b"x"]], timeout=10)
+    assert got == [element.to_bytes(32, "little"), None]
     assert await peer.client.call(peer.to, peer.gc.endpoint, ["delete_if_equal_hash", []], timeout=10) == 0

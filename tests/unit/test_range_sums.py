@@ -1,0 +1,158 @@
+"""Range sums (garagekv/table/range_sums.py) against a model computed from scratch.
+
+Whatever sequence of inserts, changes and deletes reached a set of entries, the stored chunk
+sums, prefix sums and range sums must be those of that set alone; a rebuild must give the same
+sums as the writes, also while writes go on during it.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from garagekv.db.env import Database
+from garagekv.db.writer import GroupCommitWriter
+from garagekv.table.range_sums import LEVELS, Hasher, RangeSums
+
+MASK = (1 << 256) - 1
+HASHER = Hasher(b"test key", fanout_bits=1)  # a boundary every 2 keys per level: deep chunks
+PARTITIONS = (3, 4, 200)
+
+
+def tree_key(p: int, i: int) -> bytes:
+    return bytes([p]) + b"\x00" * 31 + i.to_bytes(2, "big")
+
+
+class Store:
+    """A data tree and its range sums on real LMDB, plus the set they should describe."""
+
+    def __init__(self, path) -> None:
+        self.db = Database(path, map_size=64 << 20)
+        self.writer = GroupCommitWriter(self.db)
+        self.data = self.db.tree("t:data")
+        self.sums = RangeSums(self.db, "t", self.data, lambda k, v: v)
+        self.sums.open(b"test key")
+        self.sums.hasher = HASHER
+        self.model: dict[bytes, bytes] = {}
+
+    def close(self) -> None:
+        self.writer.close()
+        self.db.close()
+
+    def write(self, k: bytes, v: bytes | None) -> None:
+        def job(tx):
+            old = tx.get(self.data, k)
+            if v is None:
+                if old is not None:
+                    tx.delete(self.data, k)
+            else:
+                tx.put(self.data, k, v)
+            self.sums.change_in(tx, k, old, v)
+
+        self.writer.run_sync(job)
+        if v is None:
+            self.model.pop(k, None)
+        else:
+            self.model[k] = v
+
+    def expected_chunks(self, p: int, level: int) -> list[tuple[bytes, int]]:
+        keys = sorted(k for k in self.model if k[0] == p)
+        out: list[tuple[bytes, int]] = [(b"", 0)]
+        for k in keys:
+            if HASHER.rank(k) >= level:
+                out.append((k, 0))
+            start, s = out[-1]
+            out[-1] = (start, (s + HASHER.element(k, self.model[k])) & MASK)
+        return out
+
+    def expected_prefix(self, p: int, x: bytes | None) -> int:
+        return sum(HASHER.element(k, v) for k, v in self.model.items() if k[0] == p and (x is None or k < x)) & MASK
+
+
+def stored_chunks(store: Store, p: int, level: int) -> list[tuple[bytes, int]]:
+    with store.db.read() as txn:
+        got = store.sums.chunks(txn, p, level, None, None)
+    # A partition's start is kept at sum 0 once its entries are gone: the same as no record.
+    return got if got else [(b"", 0)]
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(PARTITIONS), st.integers(0, 40), st.sampled_from([None, b"a", b"b", b"ccc"])),
+    max_size=120,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops, probes=st.lists(st.integers(0, 41), max_size=6))
+def test_sums_are_those_of_the_final_set(tmp_path_factory, ops, probes):
+    store = Store(tmp_path_factory.mktemp("sums"))
+    try:
+        for p, i, v in ops:
+            store.write(tree_key(p, i), v)
+        with store.db.read() as txn:
+            for p in PARTITIONS:
+                for level in range(1, LEVELS + 1):
+                    assert stored_chunks(store, p, level) == store.expected_chunks(p, level)
+                assert store.sums.partition_sum(txn, p) == store.expected_prefix(p, None)
+                for i in probes:
+                    x = tree_key(p, i)
+                    assert store.sums.prefix_sum(txn, p, x) == store.expected_prefix(p, x)
+                # Ranges chosen by another node: every probe a bound, at every level.
+                bounds = [b"", *sorted({tree_key(p, i) for i in probes})]
+                edges = [*bounds, None]
+                want = [
+                    (store.expected_prefix(p, edges[j + 1]) - store.expected_prefix(p, lo)) & MASK
+                    for j, lo in enumerate(bounds)
+                ]
+                for level in range(1, LEVELS + 1):
+                    assert store.sums.sums_of(txn, p, level, bounds, None) == want
+            keys = [tree_key(p, i) for p, i, _ in ops[:10]]
+            assert store.sums.elements_of(txn, keys) == [
+                None if k not in store.model else HASHER.element(k, store.model[k]) for k in keys
+            ]
+    finally:
+        store.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=ops, during=ops, batch=st.integers(1, 7))
+def test_a_rebuild_gives_the_sums_of_the_writes_also_with_writes_during_it(tmp_path_factory, before, during, batch):
+    store = Store(tmp_path_factory.mktemp("rebuild"))
+    try:
+        for p, i, v in before:
+            store.write(tree_key(p, i), v)
+        store.writer.run_sync(store.sums.start_rebuild_in)
+        more = True
+        for n, (p, i, v) in enumerate(during):
+            store.write(tree_key(p, i), v)
+            if more and n % 3 == 0:
+                more = store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, batch))
+        while store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, batch)):
+            pass
+        assert not store.sums.rebuilding
+        for p in PARTITIONS:
+            for level in range(1, LEVELS + 1):
+                assert stored_chunks(store, p, level) == store.expected_chunks(p, level)
+    finally:
+        store.close()
+
+
+def test_a_changed_key_or_format_starts_a_rebuild_and_a_restart_resumes_it(tmp_path):
+    store = Store(tmp_path / "a")
+    for i in range(30):
+        store.write(tree_key(3, i), b"v")
+    store.close()
+    db = Database(tmp_path / "a", map_size=64 << 20)
+    try:
+        same = RangeSums(db, "t", db.tree("t:data"), lambda k, v: v)
+        assert same.open(b"test key") is False  # same key: nothing to do
+        other = RangeSums(db, "t", db.tree("t:data"), lambda k, v: v)
+        assert other.open(b"another key") is True
+        writer = GroupCommitWriter(db)
+        assert writer.run_sync(lambda tx: other.rebuild_step_in(tx, 10)) is True
+        writer.close()
+        resumed = RangeSums(db, "t", db.tree("t:data"), lambda k, v: v)
+        assert resumed.open(b"another key") is True
+        assert resumed.progress == other.progress and resumed.progress == tree_key(3, 9)
+    finally:
+        db.close()
