@@ -37,7 +37,8 @@ TABLE_GAUGES = {
     ),
     "merkleTodo": (
         "garagekv_table_merkle_updater_todo_queue_length",
-        "Entries a rebuild of the table's range sums has not added yet (Garage: table_merkle_updater_todo_queue_length)",
+        "Entries a rebuild of the table's range sums has not added yet "
+        "(Garage: table_merkle_updater_todo_queue_length)",
     ),
     "gcTodo": ("garagekv_table_gc_todo_queue_length", "Tombstones waiting for garbage collection"),
     "insertQueue": ("garagekv_table_insert_queue_length", "Entries waiting in the durable insert queue"),

@@ -28,8 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "repair",
         help="repair this node's data: anti-entropy, range sums, index counters",
         description="tables: full anti-entropy sync of every table (K2V included); "
-        "merkle: rebuild the range sums anti-entropy compares (Garage's Merkle trees); counters: recount the K2V index counters "
-        "from the local items.",
+        "merkle: rebuild the range sums anti-entropy compares (Garage's Merkle trees); "
+        "counters: recount the K2V index counters from the local items.",
     )
     r.add_argument("what", choices=("tables", "merkle", "counters"))
     r.add_argument("--yes", action="store_true", help="really launch the repair")

@@ -42,7 +42,6 @@ fingerprint and the progress, so a restart resumes the rebuild.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,8 +51,6 @@ from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.util import codec
 from garagekv.util.errors import StorageError
-
-log = logging.getLogger(__name__)
 
 #: Levels of chunks above the entries.
 LEVELS = 4
@@ -71,9 +68,6 @@ FORMAT = 1
 REBUILD_BATCH = 2000
 #: Trees of earlier versions (a Merkle trie and its queues), dropped when the sums are first built.
 LEGACY_TREES = ("merkle", "merkle_todo", "merkle_dirty")
-
-#: A function of (tree key, canonical bytes) -> the entry's element.
-ElementFn = Callable[[bytes, bytes], int]
 
 
 def partition_start(level: int, partition: int) -> bytes:
@@ -131,7 +125,7 @@ class RangeSums:
     # ---- set-up and rebuild ------------------------------------------------------------------
 
     def open(self, key: bytes) -> bool:
-        """Use ``key``; returns whether the sums must be rebuilt (``rebuild_step`` until False).
+        """Use ``key``; returns whether the sums must be rebuilt (``rebuild_step_in`` until False).
 
         Called once at start-up, before any write: a stored format or key other than ours (or
         none: sums never built, or built by an older version) starts a rebuild from scratch.
@@ -409,7 +403,3 @@ class RangeSums:
             return 0
         with self.db.read() as txn:
             return max(1, int(txn.stat(self.data_tree)["entries"]) - self.rebuilt)
-
-    def records(self) -> int:
-        with self.db.read() as txn:
-            return int(txn.stat(self.tree)["entries"])
