@@ -58,7 +58,7 @@ from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import try_call_many
 from garagekv.table.messages import ElementsRequest, ItemsPush, SumsRequest, SyncRequest, parse_sync_request
-from garagekv.table.range_sums import LEVELS, pack_sum, unpack_sum
+from garagekv.table.range_sums import LEVELS, pack_sum
 from garagekv.table.replication import SyncPartition
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
@@ -374,8 +374,8 @@ class TableSyncer:
         )
         while todo:
             level, bounds, ours, end = todo.popleft()
-            answer = await self._call(peer, SumsRequest(partition, level, tuple(bounds), end))
-            theirs = _sums_answer(answer, len(bounds))
+            req = SumsRequest(partition, level, tuple(bounds), end)
+            theirs = req.answer(await self._call(peer, req))
             edges = [*bounds, end]
             for i, lo in enumerate(bounds):
                 if theirs[i] == ours[i]:
@@ -401,8 +401,8 @@ class TableSyncer:
                 return
             keys = [k for k, _ in page]
             if compare:
-                answer = await self._call(peer, ElementsRequest(tuple(keys)))
-                theirs = _elements_answer(answer, len(keys))
+                ereq = ElementsRequest(tuple(keys))
+                theirs = ereq.answer(await self._call(peer, ereq))
                 keys = [k for (k, e), t in zip(page, theirs, strict=True) if t != e]
             if keys:
                 await self._send_items(partition, peer, keys)
@@ -537,15 +537,3 @@ class TableSyncer:
             "merkle_todo": sums.left_to_rebuild(),
             "merkle_roots": roots.hexdigest(),
         }
-
-
-def _sums_answer(answer: Any, n: int) -> list[int]:
-    if not isinstance(answer, list) or len(answer) != n or not all(isinstance(v, bytes) for v in answer):
-        raise SyncError(f"malformed sums answer: expected {n} sums")
-    return [unpack_sum(v) for v in answer]
-
-
-def _elements_answer(answer: Any, n: int) -> list[int | None]:
-    if not isinstance(answer, list) or len(answer) != n or not all(v is None or isinstance(v, bytes) for v in answer):
-        raise SyncError(f"malformed elements answer: expected {n} elements or nil")
-    return [None if v is None else unpack_sum(v) for v in answer]

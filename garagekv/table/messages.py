@@ -9,7 +9,8 @@ Three endpoints per table speak these (formats in docs/protocol.md):
 ``to_wire`` gives the msgpack array the message has always been (so nodes of earlier versions
 understand it); ``from_wire`` accepts exactly that and raises ``MalformedMessage`` (a 400-class
 ``InvalidRequest`` for the sender) on an unknown tag, a wrong arity or a field of the wrong type.
-Answers whose shape the caller relies on (``get_many``, ``range``) have a class too.
+Answers whose shape the caller relies on have a class (``get_many``, ``range``) or are checked by
+their request's ``answer`` (``sums``, ``elements``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from garagekv.rpc.messages import (
     tag_of,
 )
 from garagekv.table.data import ScanRange
-from garagekv.table.range_sums import LEVELS
+from garagekv.table.range_sums import LEVELS, unpack_sum
 
 __all__ = [
     "DeleteIfEqualHash",
@@ -235,6 +236,12 @@ class SumsRequest:
             raise malformed(what, "bounds must increase")
         return cls(p, lv, bs, e)
 
+    def answer(self, w: Any) -> list[int]:
+        """The receiver's answer: one sum per bound."""
+        if not isinstance(w, list) or len(w) != len(self.bounds) or not all(isinstance(v, bytes) for v in w):
+            raise malformed("sync sums answer", f"expected {len(self.bounds)} sums")
+        return [unpack_sum(v) for v in w]
+
 
 @dataclass(frozen=True)
 class ElementsRequest:
@@ -253,6 +260,12 @@ class ElementsRequest:
         if len(ks) > MAX_SYNC_RANGES:
             raise malformed("sync elements", f"at most {MAX_SYNC_RANGES} keys")
         return cls(ks)
+
+    def answer(self, w: Any) -> list[int | None]:
+        """The receiver's answer: one element (or None) per key."""
+        if not isinstance(w, list) or len(w) != len(self.keys) or not all(v is None or isinstance(v, bytes) for v in w):
+            raise malformed("sync elements answer", f"expected {len(self.keys)} elements or nil")
+        return [None if v is None else unpack_sum(v) for v in w]
 
 
 @dataclass(frozen=True)

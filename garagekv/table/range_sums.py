@@ -42,7 +42,8 @@ fingerprint and the progress, so a restart resumes the rebuild.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -82,9 +83,6 @@ def pack_sum(total: int) -> bytes:
 
 def unpack_sum(raw: bytes) -> int:
     return int.from_bytes(raw, "little")
-
-
-_pack, _unpack = pack_sum, unpack_sum
 
 
 class Hasher:
@@ -184,26 +182,21 @@ class RangeSums:
                 held = open_.get(level)
                 if held is None or held[0][1:2] != k[:1]:  # first of the batch, or of a partition
                     if held is not None:
-                        tx.put(self.tree, held[0], _pack(held[1]))
-                    held = self._open_chunk(tx, level, k)
+                        tx.put(self.tree, held[0], pack_sum(held[1]))
+                    held = self._holder(tx.cursor(self.tree), level, k)
                 if level <= r:
-                    tx.put(self.tree, held[0], _pack(held[1]))
+                    tx.put(self.tree, held[0], pack_sum(held[1]))
                     held = (bytes([level]) + k, 0)
                 open_[level] = (held[0], (held[1] + e) & _MASK)
             added += 1
             last = k
             found = cur.next()
         for rec, s in open_.values():
-            tx.put(self.tree, rec, _pack(s))
+            tx.put(self.tree, rec, pack_sum(s))
         self.rebuilt += added
         self.progress = last if found else None
         tx.put(self.tree, META, self._meta(self.progress))
         return self.progress is not None
-
-    def _open_chunk(self, tx: WriteTxn, level: int, k: bytes) -> tuple[bytes, int]:
-        """The record of the chunk holding ``k`` at ``level`` and its sum (made if missing)."""
-        rec, raw = self._holder(tx.cursor(self.tree), level, k)
-        return rec, 0 if raw is None else _unpack(raw)
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -222,45 +215,41 @@ class RangeSums:
         cur = tx.cursor(self.tree)
         tree = self.tree
         for level in range(1, LEVELS + 1):
-            if level <= r and old is None:
-                assert new is not None
-                # tree_key starts a chunk: it takes the rest of its holder (itself included).
-                rec, raw = self._holder(cur, level, tree_key)
-                part = self._sum_from(tx, level, tree_key)
-                tx.put(tree, bytes([level]) + tree_key, _pack(part))
-                held = 0 if raw is None else _unpack(raw)
-                tx.put(tree, rec, _pack((held - part + new) & _MASK))
-            elif level <= r:  # deleted, and it started a chunk: merge it into the previous one
-                assert old is not None
-                own = bytes([level]) + tree_key
+            own = bytes([level]) + tree_key
+            part = None  # the sum of the chunk tree_key starts, when it becomes a boundary here
+            if level > r:
+                delta = (new or 0) - (old or 0)
+            elif old is not None:  # deleted, and it started a chunk: merge it into the previous one
                 raw_own = tx.get(tree, own)
                 if raw_own is None:
                     raise StorageError(f"{self.table_name}: range sum of {tree_key.hex()} at level {level} is missing")
                 tx.delete(tree, own)
-                rec, raw = self._holder(cur, level, tree_key)
-                held = 0 if raw is None else _unpack(raw)
-                tx.put(tree, rec, _pack((held + _unpack(raw_own) - old) & _MASK))
-            else:
-                rec, raw = self._holder(cur, level, tree_key)
-                held = 0 if raw is None else _unpack(raw)
-                tx.put(tree, rec, _pack((held + (new or 0) - (old or 0)) & _MASK))
+                delta = unpack_sum(raw_own) - old
+            else:  # new: it takes the rest of its holder's chunk (itself included)
+                assert new is not None
+                part = self._sum_from(tx, level, tree_key)
+                delta = new - part
+            rec, held = self._holder(cur, level, tree_key)
+            tx.put(tree, rec, pack_sum((held + delta) & _MASK))
+            if part is not None:
+                tx.put(tree, own, pack_sum(part))
 
-    def _holder(self, cur: Any, level: int, tree_key: bytes) -> tuple[bytes, bytes | None]:
-        """The record of the chunk of ``level`` holding ``tree_key``, and its stored sum (None:
-        the partition's start record, not stored yet)."""
+    def _holder(self, cur: Any, level: int, tree_key: bytes) -> tuple[bytes, int]:
+        """The record of the chunk of ``level`` holding ``tree_key``, and its sum (0 for the
+        partition's start record when it is not stored yet)."""
         target = bytes([level]) + tree_key
         start = partition_start(level, tree_key[0])
         if cur.set_range(target):
             if cur.key() == target:
-                return target, cur.value()
+                return target, unpack_sum(cur.value())
             found = cur.prev()
         else:
             found = cur.last()
         if found:
             k = cur.key()
             if k[:2] == start:
-                return k, cur.value()
-        return start, None
+                return k, unpack_sum(cur.value())
+        return start, 0
 
     def _sum_from(self, tx: WriteTxn, level: int, tree_key: bytes) -> int:
         """The sum of the entries from ``tree_key`` to the next boundary of ``level`` (excluded),
@@ -282,22 +271,23 @@ class RangeSums:
             k = cur.key()
             if k[:2] != lower + tree_key[:1] or (end is not None and k[1:] >= end):
                 break
-            total += _unpack(cur.value())
+            total += unpack_sum(cur.value())
             found = cur.next()
         return total & _MASK
 
-    def _entries_sum(self, cur: Any, start: bytes, end: bytes | None) -> int:
-        """The sum of the entries in ``[start, end)`` of ``start``'s partition (end None: to its end)."""
-        total = 0
-        p = start[:1]
+    def _entries(self, cur: Any, partition: bytes, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, int]]:
+        """(tree key, element) of the entries in ``[start, end)`` of ``partition`` (end None: to its end)."""
         found = cur.set_range(start)
         while found:
             k = cur.key()
-            if k[:1] != p or (end is not None and k >= end):
-                break
-            total += self.hasher.element(k, self.canonical(k, cur.value()))
+            if k[:1] != partition or (end is not None and k >= end):
+                return
+            yield k, self.hasher.element(k, self.canonical(k, cur.value()))
             found = cur.next()
-        return total & _MASK
+
+    def _entries_sum(self, cur: Any, start: bytes, end: bytes | None) -> int:
+        """The sum of the entries in ``[start, end)`` of ``start``'s partition (end None: to its end)."""
+        return sum(e for _, e in self._entries(cur, start[:1], start, end)) & _MASK
 
     # ---- reads (anti-entropy) ------------------------------------------------------------------
 
@@ -315,7 +305,7 @@ class RangeSums:
             k = cur.key()
             if k[:2] != head or (end is not None and k[1:] >= end):
                 break
-            out.append((b"" if len(k) == 2 else k[1:], _unpack(cur.value())))
+            out.append((b"" if len(k) == 2 else k[1:], unpack_sum(cur.value())))
             found = cur.next()
         return out
 
@@ -324,17 +314,8 @@ class RangeSums:
     ) -> list[tuple[bytes, int]]:
         """This node's entries in ``[start, end)`` of ``partition`` (at most ``limit``), as
         (tree key, element)."""
-        cur = txn.cursor(db=self.data_tree)
         p = bytes([partition])
-        out: list[tuple[bytes, int]] = []
-        found = cur.set_range(p if start is None else start)
-        while found and len(out) < limit:
-            k = cur.key()
-            if k[:1] != p or (end is not None and k >= end):
-                break
-            out.append((k, self.hasher.element(k, self.canonical(k, cur.value()))))
-            found = cur.next()
-        return out
+        return list(itertools.islice(self._entries(txn.cursor(db=self.data_tree), p, start or p, end), limit))
 
     def sums_of(self, txn: Any, partition: int, level: int, bounds: Sequence[bytes], end: bytes | None) -> list[int]:
         """The sum of this node's entries over each range ``[bounds[i], bounds[i+1])`` (the last
@@ -349,7 +330,7 @@ class RangeSums:
             hi = edges[i + 1]
             rec = head if not lo else bytes([level]) + lo
             if cur.set_key(rec):
-                s = _unpack(cur.value())
+                s = unpack_sum(cur.value())
                 nxt = cur.next()
                 nk = cur.key() if nxt else b""
                 same_end = (hi is None and (not nxt or nk[:2] != head)) or (
@@ -377,7 +358,7 @@ class RangeSums:
                 if k[:2] != head or (x is not None and k[1:] >= x):
                     break
                 total += last_sum
-                last, last_sum = k, _unpack(cur.value())
+                last, last_sum = k, unpack_sum(cur.value())
                 found = cur.next()
             if last is None:
                 return total & _MASK  # nothing stored below x in this partition

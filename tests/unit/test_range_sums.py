@@ -7,6 +7,8 @@ sums as the writes, also while writes go on during it.
 
 from __future__ import annotations
 
+import lmdb
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,5 +156,27 @@ def test_a_changed_key_or_format_starts_a_rebuild_and_a_restart_resumes_it(tmp_p
         resumed = RangeSums(db, "t", db.tree("t:data"), lambda k, v: v)
         assert resumed.open(b"another key") is True
         assert resumed.progress == other.progress and resumed.progress == tree_key(3, 9)
+    finally:
+        db.close()
+
+
+def test_a_node_of_the_merkle_version_drops_its_tries_and_rebuilds(tmp_path):
+    db = Database(tmp_path / "old", map_size=64 << 20)
+    try:
+        env = db.environment
+        data = db.tree("t:data")
+        legacy_trees = [db.tree(f"t:{legacy}") for legacy in ("merkle", "merkle_todo", "merkle_dirty")]
+        with env.begin(write=True) as txn:
+            txn.put(tree_key(3, 1), b"v", db=data)
+            for tree in legacy_trees:
+                txn.put(b"\x03", b"node", db=tree)
+        sums = RangeSums(db, "t", data, lambda k, v: v)
+        assert sums.open(b"test key") is True and sums.progress == b""
+        with env.begin() as txn:
+            for legacy in ("merkle", "merkle_todo", "merkle_dirty"):
+                with pytest.raises(lmdb.NotFoundError):
+                    env.open_db(f"t:{legacy}".encode(), txn=txn, create=False)
+        empty = RangeSums(db, "u", db.tree("u:data"), lambda k, v: v)
+        assert empty.open(b"test key") is False  # no entries: nothing to rebuild
     finally:
         db.close()

@@ -193,3 +193,16 @@ def test_range_answer():
     ]:
         with pytest.raises(MalformedMessage, match="range answer"):
             RangeAnswer.from_wire(bad)
+
+
+def test_sums_and_elements_answers_are_checked_before_use():
+    sums = SumsRequest(7, 1, (b"", K), None)
+    assert sums.answer([bytes(32), (5).to_bytes(32, "little")]) == [0, 5]
+    for bad in [None, [bytes(32)], [bytes(32), None], [bytes(32), 5], (bytes(32), bytes(32))]:
+        with pytest.raises(MalformedMessage, match="sync sums answer"):
+            sums.answer(bad)
+    elements = ElementsRequest((K, P))
+    assert elements.answer([None, (9).to_bytes(32, "little")]) == [None, 9]
+    for bad in [[None], [None, None, None], [None, "x"], {"a": 1}]:
+        with pytest.raises(MalformedMessage, match="sync elements answer"):
+            elements.answer(bad)
