@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
 
 from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
 from tests.support.faults import make_bucket, start_cluster
+from tests.support.scripted_server import Script
 from tests.support.standalone import StandaloneModel
 
 #: ``GARAGEKV_TEST_CLUSTER=3`` (``make test-cluster``): the session ``node`` is one node of a
@@ -104,3 +106,24 @@ def cluster3(tmp_path) -> list[NodeProcess]:
     yield nodes
     for n in nodes:
         n.kill()
+
+
+@pytest.fixture
+async def serve():
+    """Start scripted HTTP servers on loopback (``await serve(script)`` gives the endpoint) for
+    tests of the client without a node; all are stopped at the end of the test."""
+    runners = []
+
+    async def start(script: Script) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", script.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for r in runners:
+        await r.cleanup()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import NodeProcess, free_port
 from tests.support.faults import k2v_client, make_bucket
+from tests.support.metrics import scrape, value
 
 
 @pytest.fixture(scope="module")
@@ -18,21 +18,6 @@ def mnode(tmp_path_factory):
     n.k2v = k2v_client(n, make_bucket(n, "metrics-bucket"))
     yield n
     n.stop()
-
-
-def scrape(node: NodeProcess) -> dict[tuple[str, tuple], float]:
-    """sample name + sorted labels -> value; /metrics is open (no metrics token) on this node."""
-    r = node.admin_http("GET", "/metrics", token="")
-    assert r.status == 200 and r.header("Content-Type").startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(r.body.decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_parse_and_describe_the_node(mnode):

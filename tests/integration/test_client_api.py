@@ -39,17 +39,7 @@ from garagekv.client import (
     RequestTimeTooSkewed,
 )
 from tests.support import REGION
-
-
-def kwargs(node, creds, **kw) -> dict:
-    return {
-        "endpoint": node.endpoint,
-        "region": REGION,
-        "access_key_id": creds["access_key"],
-        "secret_access_key": creds["secret_key"],
-        "bucket": creds["bucket"],
-        **kw,
-    }
+from tests.support.client import kwargs
 
 
 @pytest.fixture

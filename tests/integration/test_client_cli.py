@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from garagekv.client import K2VClientSync
 from tests.support import REGION
-
-
-def run_env(node, creds, with_creds: bool = True) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GARAGEKV_", "K2V_"))}
-    if with_creds:
-        env.update(
-            {
-                "AWS_ACCESS_KEY_ID": creds["access_key"],
-                "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
-                "AWS_REGION": REGION,
-                "GARAGEKV_K2V_ENDPOINT": f"http://{node.endpoint}",
-                "GARAGEKV_BUCKET": creds["bucket"],
-            }
-        )
-    return env
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "garagekv.cli.main", "k2v", *args]
+from tests.support.client import command, run_env
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from garagekv.client import (
     ServiceUnavailable,
     TxnResult,
 )
-from tests.integration.test_client_api import kwargs
+from tests.support.client import kwargs
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from garagekv.client import BadRequest, InsertOp, K2VClientSync, ReadQuery
-from tests.integration.test_client_cli import command, run_env
 from tests.support import REGION, wait_for
+from tests.support.client import command, run_env
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ a write without a majority of its partition's storage nodes is counted as ``unav
 
 from __future__ import annotations
 
-from tests.integration.test_admin_metrics import scrape, value
-from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, bucket_client, via
 from tests.support import wait_for
+from tests.support.cluster import BUCKET, all_up, apply_layout, bucket_client, via
+from tests.support.metrics import scrape, value
 
 
 def test_applied_412_and_503_are_counted(make_cluster):

@@ -10,8 +10,8 @@ import json
 import time
 
 from garagekv.model.k2v.causality import CLOCK_HORIZON_MS, MAX_CLOCK_AHEAD_MS
-from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, bucket_client, same_everywhere, via
 from tests.support import K2VHttp, wait_for
+from tests.support.cluster import BUCKET, all_up, apply_layout, bucket_client, same_everywhere, via
 from tests.support.k2v import decode_token, encode_token
 
 TOKEN = "X-Garage-Causality-Token"

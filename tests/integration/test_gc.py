@@ -3,45 +3,13 @@
 from __future__ import annotations
 
 from tests.support import K2VHttp, NodeProcess, q, wait_for
+from tests.support.faults import k2v_client
+from tests.support.gc_cluster import form_cluster, index, local_items, put, table_row
 
-GC_DELAY = "tombstone_gc_delay_sec = 2\n"
 TOKEN = "X-Garage-Causality-Token"
 
 
-# ---- helpers (shared with test_operator_tools) ---------------------------------------------------
-
-
-def form_cluster(make_cluster, n: int = 3, extra: str = GC_DELAY) -> tuple[list[NodeProcess], dict]:
-    """n nodes, each with a role (zone z1, 1G), layout version 1 applied; a key and a bucket."""
-    nodes = make_cluster(n, extra=extra)
-    ids = {x.node_id for x in nodes}
-    for x in nodes:
-        wait_for(lambda x=x: {s["id"] for s in x.admin("cluster.status")["nodes"] if s["up"]} >= ids, timeout=20)
-    a = nodes[0]
-    for x in nodes:
-        a.cli("layout", "assign", x.node_id[:10], "-z", "z1", "-c", "1G")
-    a.cli("layout", "apply", "--version", "1")
-    for x in nodes:
-        wait_for(lambda x=x: x.admin("cluster.status")["layout_version"] == 1)
-    key = a.admin("key.create", {"name": "gc-tests"})
-    a.admin("bucket.create", {"name": "gc-bucket"})
-    a.admin(
-        "bucket.permissions",
-        {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True, "owner": True},
-    )
-    creds = {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": "gc-bucket"}
-    for x in nodes:
-        wait_for(lambda x=x: client(x, creds).request("GET", "/gc-bucket", timeout=5).status == 200)
-    return nodes, creds
-
-
-def client(node: NodeProcess, creds: dict) -> K2VHttp:
-    return K2VHttp(node.endpoint, creds["access_key"], creds["secret_key"])
-
-
-def put(k2v: K2VHttp, pk: str, sk: str, value: bytes) -> None:
-    r = k2v.request("PUT", f"/gc-bucket/{q(pk)}", f"sort_key={q(sk)}", value)
-    assert r.status == 204, r.body
+# ---- helpers (the cluster, writes and counts are in tests/support/gc_cluster.py) -------------------
 
 
 def delete(k2v: K2VHttp, pk: str, sk: str) -> None:
@@ -49,20 +17,6 @@ def delete(k2v: K2VHttp, pk: str, sk: str) -> None:
     assert r.status == 200, r.body
     r = k2v.request("DELETE", f"/gc-bucket/{q(pk)}", f"sort_key={q(sk)}", headers={TOKEN: r.header(TOKEN)})
     assert r.status == 204, r.body
-
-
-def index(k2v: K2VHttp) -> dict[str, dict]:
-    r = k2v.request("GET", "/gc-bucket")
-    assert r.status == 200, r.body
-    return {p["pk"]: {k: p[k] for k in ("entries", "conflicts", "values", "bytes")} for p in r.json()["partitionKeys"]}
-
-
-def table_row(node: NodeProcess, table: str) -> dict:
-    return next(t for t in node.admin("stats")["tables"] if t["table"] == table)
-
-
-def local_items(node: NodeProcess, table: str = "k2v_item") -> int:
-    return table_row(node, table)["items"]
 
 
 def leader_of(nodes: list[NodeProcess]) -> NodeProcess:
@@ -79,7 +33,7 @@ def gc_worker(node: NodeProcess, table: str = "k2v_item") -> dict:
 
 def test_deleted_items_disappear_from_every_node_and_counters_stay_right(make_cluster):
     nodes, creds = form_cluster(make_cluster)
-    k2v = [client(x, creds) for x in nodes]
+    k2v = [k2v_client(x, creds) for x in nodes]
     for i in range(5):
         put(k2v[i % 3], "kept", f"s{i}", b"x" * (i + 1))
     for i in range(3):
@@ -122,7 +76,7 @@ def test_a_down_replica_postpones_gc_until_it_is_back(make_cluster):
     nodes, creds = form_cluster(make_cluster)
     leader = leader_of(nodes)
     victim, other = [x for x in nodes if x is not leader]
-    k2v = client(leader, creds)
+    k2v = k2v_client(leader, creds)
     put(k2v, "p", "a", b"1")
     put(k2v, "p", "b", b"22")
     for x in nodes:
@@ -144,7 +98,9 @@ def test_a_down_replica_postpones_gc_until_it_is_back(make_cluster):
         wait_for(lambda x=x: local_items(x) == 1, timeout=25)
     wait_for(lambda: table_row(leader, "k2v_item")["gcTodo"] == 0)
     for x in nodes:  # the victim counted its copy of the tombstone (ReadIndex takes the max over nodes)
-        wait_for(lambda x=x: index(client(x, creds)) == {"p": {"entries": 1, "conflicts": 0, "values": 1, "bytes": 2}})
+        wait_for(
+            lambda x=x: index(k2v_client(x, creds)) == {"p": {"entries": 1, "conflicts": 0, "values": 1, "bytes": 2}}
+        )
     assert gc_worker(leader)["consecutive_errors"] == 0
 
 
@@ -159,7 +115,7 @@ def test_nothing_is_collected_before_the_delay(make_cluster):
         {"bucket": "gc-bucket", "key": key["accessKeyId"], "allow": True, "read": True, "write": True},
     )
     creds = {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"]}
-    k2v = client(a, creds)
+    k2v = k2v_client(a, creds)
     put(k2v, "p", "a", b"1")
     delete(k2v, "p", "a")
     row = table_row(a, "k2v_item")

@@ -12,8 +12,8 @@ from garagekv.db.writer import GroupCommitWriter
 from garagekv.model.k2v.item import DvvsEntry, K2VItem
 from garagekv.model.k2v.stored import BucketNumbers, ItemStoredForm
 from garagekv.table.range_sums import META
-from tests.integration.test_anti_entropy import BUCKET, FAST_SYNC, all_up, apply_layout, bucket_client
 from tests.support import K2VHttp, NodeProcess, wait_for
+from tests.support.cluster import BUCKET, FAST_SYNC, all_up, apply_layout, bucket_client
 
 MiB = 1024 * 1024
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tests.integration.test_gc import client, form_cluster, index, local_items, put
 from tests.support import wait_for
+from tests.support.faults import k2v_client
+from tests.support.gc_cluster import form_cluster, index, local_items, put
 
 TABLES = {"key", "bucket", "bucket_alias", "k2v_index_counter", "k2v_item"}
 
@@ -15,7 +16,7 @@ TABLES = {"key", "bucket", "bucket_alias", "k2v_index_counter", "k2v_item"}
 @pytest.fixture
 def cluster(make_cluster):
     nodes, creds = form_cluster(make_cluster)
-    k2v = client(nodes[0], creds)
+    k2v = k2v_client(nodes[0], creds)
     for i in range(4):
         put(k2v, f"pk{i % 2}", f"s{i}", b"v" * (i + 1))
     expected = {
@@ -105,7 +106,7 @@ def test_repair_counters_waits_and_shows_progress(cluster):
     rep = [w for w in workers if w["name"] == "k2v counter repair"]
     assert len(rep) == 1 and rep[0]["state"] == "done" and rep[0]["done"] == rep[0]["total"]
     for x in nodes:  # the recounted (identical) values replace the old registers: nothing changes
-        assert index(client(x, creds)) == expected
+        assert index(k2v_client(x, creds)) == expected
     # --detach returns at once; the repair still runs to the end.
     out = a.cli("repair", "--yes", "--detach", "counters").stdout
     assert "Repair launched" in out and "Done" not in out
@@ -134,6 +135,6 @@ def test_repair_tables_and_merkle(cluster):
     assert "Repair launched: range sums rebuild of" in out and "Done: every table's range sums are up to date." in out
     st = json.loads(a.cli("stats", "--json").stdout)
     assert all(t["merkleTodo"] == 0 for t in st["tables"])
-    assert index(client(a, creds)) == expected
+    assert index(k2v_client(a, creds)) == expected
     r = a.cli("repair", "--yes", "nonsense", check=False)
     assert r.returncode == 2  # argparse: invalid choice

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from tests.integration.test_anti_entropy import BUCKET, all_up, apply_layout, bucket_client, put, via
 from tests.support import K2VHttp, wait_for
+from tests.support.cluster import BUCKET, all_up, apply_layout, bucket_client, put, via
 from tests.support.k2v import Background
 
 PKS = [f"watched-{i}" for i in range(8)]

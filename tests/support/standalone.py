@@ -1,8 +1,12 @@
-"""A standalone node's model (no layout yet, so every table lives here) on real LMDB, no network."""
+"""A standalone node's model (no layout yet, so every table lives here) on real LMDB, no network.
+
+``LoopbackTransport`` carries the node's consensus calls to itself (shared by the conditional and
+poll reservation tests, ``tests/unit/test_k2v_conditional.py`` and ``test_k2v_poll_reservations.py``)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +17,7 @@ from garagekv.model.model import Model
 from garagekv.net.identity import node_number
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.rpc.layout import LayoutHistory
+from garagekv.util import codec
 from garagekv.util.config import parse_config
 
 NODE_ID = bytes(range(32))
@@ -60,3 +65,17 @@ class StandaloneModel:
     def close(self) -> None:
         self.writer.close()
         self.db.close()
+
+
+class LoopbackTransport:
+    """A standalone node's calls to itself, through its registry and the wire encoding."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
+        reply = await self.registry.dispatch(node, path, codec.decode(codec.encode(body)))
+        return codec.decode(codec.encode(reply))
+
+    def last_heard(self, node: bytes) -> float:
+        return time.monotonic()  # itself: always there

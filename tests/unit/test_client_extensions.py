@@ -29,28 +29,9 @@ from garagekv.client import (
     errors,
 )
 from garagekv.client.types import check_txn, txn_body, txn_op_from_json
-from tests.unit.test_client_retries import Script, client, err
+from tests.support.scripted_server import Script, client, err
 
 TOKEN = "X-Garage-Causality-Token"
-
-
-@pytest.fixture
-async def serve():
-    runners = []
-
-    async def start(script: Script) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", script.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for r in runners:
-        await r.cleanup()
 
 
 def no_content(token: str | None = None) -> web.Response:

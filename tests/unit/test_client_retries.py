@@ -13,76 +13,13 @@ from aiohttp import web
 from garagekv.client import (
     AccessDenied,
     InternalError,
-    K2VClient,
     K2VClientSync,
     K2VConnectionError,
     K2VTimeoutError,
     ProtocolError,
     ServiceUnavailable,
 )
-
-INDEX = {
-    "prefix": None,
-    "start": None,
-    "end": None,
-    "limit": None,
-    "reverse": False,
-    "partitionKeys": [],
-    "more": False,
-    "nextStart": None,
-}
-
-
-def err(status: int, code: str) -> web.Response:
-    return web.Response(
-        status=status,
-        content_type="application/json",
-        body=json.dumps({"code": code, "message": "m", "region": "garage", "path": "/"}),
-    )
-
-
-class Script:
-    """Answers requests from a list of behaviours; records what it received."""
-
-    def __init__(self, *steps):
-        self.steps = list(steps)
-        self.seen: list[web.Request] = []
-        self.bodies: list[bytes] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(request)
-        self.bodies.append(await request.read())
-        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
-        if isinstance(step, float):
-            await asyncio.sleep(step)
-            return web.json_response(INDEX)
-        out = step()
-        return await out if asyncio.iscoroutine(out) else out
-
-
-@pytest.fixture
-async def serve():
-    runners = []
-
-    async def start(script: Script) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", script.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for r in runners:
-        await r.cleanup()
-
-
-def client(endpoint: str, **kw) -> K2VClient:
-    return K2VClient(
-        endpoint=endpoint, access_key_id="GKx", secret_access_key="s", bucket="b", retry_backoff=0.001, **kw
-    )
+from tests.support.scripted_server import INDEX, Script, client, err
 
 
 async def test_reads_are_retried_on_503(serve):

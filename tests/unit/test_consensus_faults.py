@@ -24,8 +24,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import WriteTxn
 from garagekv.util import codec
 from garagekv.util.errors import ServiceUnavailable
-from tests.unit.consensus_fakes import Cluster, key_of
-from tests.unit.test_consensus_proposer import settle
+from tests.support.consensus_fakes import Cluster, key_of, settle
 
 KEY = key_of(42)
 RK = b"h"

@@ -11,7 +11,7 @@ from garagekv.db.writer import GroupCommitWriter
 from garagekv.net.identity import NodeKey
 from garagekv.rpc.endpoint import EndpointRegistry, NetApp
 from garagekv.util.errors import BadRequest
-from tests.unit.consensus_fakes import RegisterMachine, StaticPlacement, increment, key_of, read
+from tests.support.consensus_fakes import RegisterMachine, StaticPlacement, increment, key_of, read
 
 SECRET = b"c" * 32
 KEY = key_of(5)

@@ -12,13 +12,13 @@ import pytest
 from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
 from garagekv.consensus.acceptor import ACCEPT_COMMIT, CHECKED_PROPOSE, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.messages import Commit
-from garagekv.consensus.proposer import CONTENTION_MEMORY, background_tasks
+from garagekv.consensus.proposer import CONTENTION_MEMORY
 from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import QuorumError
 from garagekv.util import codec
 from garagekv.util.errors import ServiceUnavailable
-from tests.unit.consensus_fakes import (
+from tests.support.consensus_fakes import (
     REGISTER_TREE,
     Cluster,
     RegisterMachine,
@@ -28,6 +28,7 @@ from tests.unit.consensus_fakes import (
     increment_once,
     key_of,
     read,
+    settle,
 )
 
 KEY = key_of(7)
@@ -38,12 +39,6 @@ def cluster(tmp_path):
     c = Cluster(tmp_path, 5)
     yield c
     c.close()
-
-
-async def settle() -> None:
-    """Let commits that outlived their round finish (they go to every storage node)."""
-    while background_tasks():
-        await asyncio.wait(background_tasks())
 
 
 async def test_uncontended_rounds_commit_everywhere(cluster):

@@ -17,7 +17,7 @@ from garagekv.consensus.messages import (
     state_digest,
 )
 from garagekv.util.background import WorkerState
-from tests.unit.consensus_fakes import Node, StaticPlacement, codec, encode_register, key_of
+from tests.support.consensus_fakes import Node, StaticPlacement, codec, encode_register, key_of
 
 A, B = bytes([1]) * 32, bytes([2]) * 32
 KEY = key_of(3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,10 +21,10 @@ from garagekv.table.gc import (
     select_candidates,
     todo_key,
 )
-from garagekv.table.schema import BaseSchema
 from garagekv.table.table import Table
 from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
+from tests.support.tables import Lww, LwwSchema
 
 P1 = b"\x01" * 32
 P2 = b"\x02" * 32
@@ -86,42 +85,6 @@ def test_group_by_other_storage_nodes():
 
 
 # ---- in-process nodes ---------------------------------------------------------------------------
-
-
-@dataclass
-class Lww:
-    """A last-writer-wins register; an empty value is a tombstone."""
-
-    key: bytes
-    ts: int
-    value: bytes
-
-    def tree_key(self) -> bytes:
-        return self.key
-
-    def encode(self) -> bytes:
-        return self.ts.to_bytes(8, "big") + len(self.key).to_bytes(2, "big") + self.key + self.value
-
-    def merge(self, other: Lww) -> None:
-        if (other.ts, other.value) > (self.ts, self.value):
-            self.ts, self.value = other.ts, other.value
-
-    def is_tombstone(self) -> bool:
-        return self.value == b""
-
-
-class LwwSchema(BaseSchema):
-    name = "lww"
-
-    def __init__(self) -> None:
-        self.updates: list[tuple[Any, Any]] = []
-
-    def decode(self, data: bytes) -> Lww:
-        n = int.from_bytes(data[8:10], "big")
-        return Lww(data[10 : 10 + n], int.from_bytes(data[:8], "big"), data[10 + n :])
-
-    def updated(self, tx, old, new) -> None:
-        self.updates.append((old and old.value, None if new is None else new.value))
 
 
 class Cluster:

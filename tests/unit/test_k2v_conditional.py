@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
 import pytest
@@ -16,23 +15,9 @@ from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.txn import DELETE, EXISTS, PUT, READ, Compare, Txn, TxnOp, to_wire
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.util import codec
-from tests.support.standalone import NODE, NODE_ID, StandaloneModel
+from tests.support.standalone import NODE, NODE_ID, LoopbackTransport, StandaloneModel
 
 BUCKET = b"\x07" * 32
-
-
-class LoopbackTransport:
-    """A standalone node's calls to itself, through its registry and the wire encoding."""
-
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-
-    async def call(self, node: bytes, path: str, body: Any, timeout: float | None = None) -> Any:
-        reply = await self.registry.dispatch(node, path, codec.decode(codec.encode(body)))
-        return codec.decode(codec.encode(reply))
-
-    def last_heard(self, node: bytes) -> float:
-        return time.monotonic()  # itself: always there
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from garagekv.net.identity import node_number
 from garagekv.rpc.layout import LayoutHistory
 from garagekv.rpc.quorum import QuorumError, node_label
 from garagekv.util.errors import InternalError, ServiceUnavailable, StorageError, WrittenWithoutQuorum
+from tests.support.layouts import THREE, nid, with_nodes
 from tests.support.standalone import StandaloneModel
-from tests.unit.test_layout_history import THREE, nid, with_nodes
 
 BUCKET = b"\x07" * 32
 HERE, B, C = nid(1), nid(2), nid(3)

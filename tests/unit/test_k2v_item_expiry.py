@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import ITEM_FORMAT_EXPIRY, ITEM_FORMAT_VERSION, DvvsEntry, K2VItem
 from garagekv.util import codec
-from tests.unit.test_k2v_item import BUCKET, VALUES, check_laws, histories, merged, new
+from tests.support.k2v_items import BUCKET, VALUES, check_laws, histories, merged, new
 
 NOW = st.integers(0, 70)
 

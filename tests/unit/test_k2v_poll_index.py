@@ -18,8 +18,8 @@ from garagekv.model.k2v.poll_ranges import RangePoll
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.schema import ItemFilter
 from garagekv.model.k2v.seen import RangeSeenMarker
+from tests.support.seen_markers import claims_only_what_it_answered
 from tests.support.standalone import StandaloneModel
-from tests.unit.test_k2v_store import _claims_only_what_it_answered
 
 BUCKET = b"\x07" * 32
 PKS = [f"p{i}" for i in range(4)]
@@ -105,7 +105,7 @@ async def test_a_change_not_notified_yet_is_answered_or_left_new(standalone, mon
     for i, pk in enumerate(PKS):
         page = await standalone.model.k2v.read_range(BUCKET, pk, RangeQuery(), ItemFilter())
         items, after = ([], markers[i]) if res[i] is None else res[i]
-        _claims_only_what_it_answered(markers[i], items, after, [e for _, e in page.entries])
+        claims_only_what_it_answered(markers[i], items, after, [e for _, e in page.entries])
     assert sorted(i.sort_key for i in res[0][0]) == ["a", "b"] and [i.sort_key for i in res[1][0]] == ["c"]
 
 

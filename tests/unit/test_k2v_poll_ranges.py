@@ -24,8 +24,8 @@ from garagekv.rpc.endpoint import NetApp
 from garagekv.rpc.quorum import QuorumError
 from garagekv.util.errors import BadRequest, ServiceUnavailable
 from tests.support import eventually
+from tests.support.seen_markers import claims_only_what_it_answered
 from tests.support.standalone import NODE, StandaloneModel
-from tests.unit.test_k2v_store import _claims_only_what_it_answered
 
 BUCKET = b"\x07" * 32
 SECRET = b"p" * 32
@@ -144,7 +144,7 @@ async def test_a_wakeup_does_not_swallow_writes_committed_before_the_read(standa
     await put(standalone, "p", "b", b"2")
     ((items, after),) = await asyncio.wait_for(waiter, 10)
     page = await standalone.model.k2v.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
-    _claims_only_what_it_answered(RangeSeenMarker.decode(m), items, after, [e for _, e in page.entries])
+    claims_only_what_it_answered(RangeSeenMarker.decode(m), items, after, [e for _, e in page.entries])
 
 
 async def test_a_big_answer_leaves_ranges_for_the_next_call_and_misses_nothing(standalone, monkeypatch):

@@ -21,8 +21,7 @@ from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.util.errors import ServiceUnavailable
-from tests.support.standalone import StandaloneModel
-from tests.unit.test_k2v_conditional import LoopbackTransport
+from tests.support.standalone import LoopbackTransport, StandaloneModel
 
 BUCKET = b"\x07" * 32
 

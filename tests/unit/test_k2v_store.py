@@ -18,8 +18,9 @@ from garagekv.rpc.layout import LayoutHistory
 from garagekv.util.errors import ServiceUnavailable
 from garagekv.util.time import now_ms
 from tests.support import eventually
+from tests.support.layouts import THREE, nid, with_nodes
+from tests.support.seen_markers import claims_only_what_it_answered
 from tests.support.standalone import NODE, StandaloneModel
-from tests.unit.test_layout_history import THREE, nid, with_nodes
 
 BUCKET = b"\x07" * 32
 
@@ -155,20 +156,6 @@ async def test_a_causal_context_cannot_grow_past_its_bound(opened):
     check_context(ins, MAX_CONTEXT_ENTRIES + 5, MAX_CONTEXT_ENTRIES + 2)  # shrinking: accepted
 
 
-def _claims_only_what_it_answered(before: RangeSeenMarker | None, answer, after: RangeSeenMarker, now) -> None:
-    """Every stored item that the answer did not carry as it is stored must still be new to ``after``.
-
-    (When it was already old news to ``before`` it does not matter.)
-    """
-    answered = {i.sort_key: i.encode() for i in answer}
-    for item in now:
-        if answered.get(item.sort_key) == item.encode():
-            continue
-        if before is not None and not before.is_new_item(item):
-            continue
-        assert after.is_new_item(item), f"the marker claims {item.sort_key!r} but the answer did not carry it"
-
-
 async def _stored(opened) -> list:
     page = await opened.store.read_range(BUCKET, "p", RangeQuery(), ItemFilter())
     return [e for _, e in page.entries]
@@ -205,7 +192,7 @@ async def test_poll_range_wakeup_does_not_swallow_writes_committed_before_the_re
     b = await s.read_item(BUCKET, "p", "b")
     await put(s, "b", b"2", b.causal_context())
     items, after = await asyncio.wait_for(waiter, 5)
-    _claims_only_what_it_answered(RangeSeenMarker.decode(encoded), items, after, await _stored(opened))
+    claims_only_what_it_answered(RangeSeenMarker.decode(encoded), items, after, await _stored(opened))
 
 
 async def test_poll_range_initial_scan_is_one_snapshot(opened, monkeypatch):
@@ -228,7 +215,7 @@ async def test_poll_range_initial_scan_is_one_snapshot(opened, monkeypatch):
     monkeypatch.setattr(data, "scan_async", scan_then_write)
     items, after = await s.poll_range(BUCKET, "p", RangeQuery(), None, timeout=1)
     monkeypatch.undo()
-    _claims_only_what_it_answered(None, items, after, await _stored(opened))
+    claims_only_what_it_answered(None, items, after, await _stored(opened))
 
 
 async def test_poll_item_storage_nodes_answer_before_the_coordinator_gives_up(opened, monkeypatch):

@@ -23,10 +23,7 @@ from garagekv.rpc.layout import (
     LayoutVersion,
     NodeRole,
 )
-
-
-def nid(i: int) -> bytes:
-    return bytes([i]) * 32
+from tests.support.layouts import nid
 
 
 def build(rf: int, nodes: list[tuple[str, int | None]], zr=MAXIMUM, base: LayoutHistory | None = None):

@@ -22,6 +22,7 @@ from garagekv.rpc.layout import (
 )
 from garagekv.rpc.layout.compute import compute_version
 from garagekv.rpc.layout.units import format_bytes
+from tests.support.layouts import nid
 
 TITLE = "==== COMPUTATION OF A NEW PARTITION ASSIGNATION ===="
 ADVICE = (
@@ -36,10 +37,6 @@ ADVICE_BLOCK = [
 ]
 LOW_SIZE = "WARNING: The partition size is low (< 100)"
 LOW_SIZE_LINE = LOW_SIZE + ", make sure the capacities of your nodes are correct and are of at least a few MB"
-
-
-def nid(i: int) -> bytes:
-    return bytes([i]) * 32
 
 
 def apply(h: LayoutHistory, nodes: dict[int, tuple[str, int | None] | None], zr=MAXIMUM):

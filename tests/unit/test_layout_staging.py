@@ -7,11 +7,7 @@ from hypothesis import strategies as st
 
 from garagekv.rpc.layout import LayoutHistory, LayoutParameters, LayoutStaging, NodeRole
 from garagekv.util.crdt import Lww, LwwMap
-
-
-def nid(i: int) -> bytes:
-    return bytes([i]) * 32
-
+from tests.support.layouts import nid
 
 # Small domains so that equal timestamps with different values (the tie-break path) are common.
 TS = st.integers(0, 3)

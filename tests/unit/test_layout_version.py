@@ -19,11 +19,7 @@ from garagekv.rpc.layout import (
 )
 from garagekv.util import codec
 from garagekv.util.errors import AdminError
-
-
-def nid(i: int) -> bytes:
-    return bytes([i]) * 32
-
+from tests.support.layouts import nid
 
 NODES = [("dc1", 2000), ("dc1", 1000), ("dc2", 3000), ("dc3", 2000), ("dc3", None)]
 

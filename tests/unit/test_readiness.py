@@ -5,7 +5,7 @@ from __future__ import annotations
 from garagekv.rpc.layout import LayoutHistory
 from garagekv.rpc.readiness import Readiness
 from garagekv.util.config import parse_config
-from tests.unit.test_layout_history import THREE, with_nodes
+from tests.support.layouts import THREE, with_nodes
 
 PEER = "ab" * 32 + "@127.0.0.1:3901"
 

@@ -30,6 +30,7 @@ from garagekv.util.background import WorkerState
 from garagekv.util.codec import blake2sum
 from garagekv.util.errors import EntityTooLarge
 from tests.support.registers import Reg, RegSchema
+from tests.support.tables import FakeHistory, FakeLayout
 
 A, B, C = (bytes([i]) * 32 for i in (1, 2, 3))
 
@@ -85,45 +86,6 @@ class FakeReplication:
             SyncPartition(p, part_hash(p), part_hash(p + 1) if p < 255 else None, self.storage_nodes(part_hash(p)))
             for p in range(256)
         ]
-
-
-class FakeVersion:
-    def __init__(self, version: int) -> None:
-        self.version = version
-
-
-class FakeHistory:
-    def __init__(self, nodes: list[bytes], version: int = 1, ack: int = 1, min_stored: int = 1) -> None:
-        self.nodes, self.version, self.ack, self.lo = nodes, version, ack, min_stored
-
-    def current(self) -> FakeVersion:
-        return FakeVersion(self.version)
-
-    def ack_map_min(self) -> int:
-        return self.ack
-
-    def min_stored(self) -> int:
-        return self.lo
-
-    def all_nodes(self) -> list[bytes]:
-        return self.nodes
-
-
-class FakeLayout:
-    def __init__(self, history: FakeHistory) -> None:
-        self.history = history
-        self.listeners: list = []
-        self.synced: list[int] = []
-
-    def mark_synced(self, version: int) -> bool:
-        if self.synced and self.synced[-1] >= version:
-            return False
-        self.synced.append(version)
-        return True
-
-    def changed(self) -> None:
-        for fn in self.listeners:
-            fn(self.history)
 
 
 @dataclass

@@ -4,7 +4,6 @@ get_many budget that keeps big entries read together under the frame limit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,41 +16,7 @@ from garagekv.table import table as table_mod
 from garagekv.table.data import TableData
 from garagekv.table.table import Table
 from tests.support import eventually
-from tests.unit.test_gc import Lww, LwwSchema
-
-IDS = [bytes([i]) * 32 for i in (1, 2, 3)]
-
-
-class Rep:
-    """Every node stores everything; quorums of 2."""
-
-    def __init__(self, node_id: bytes) -> None:
-        self.node_id = node_id
-        self.layout = SimpleNamespace(write_lock=contextlib.nullcontext)
-
-    def read_nodes(self, h32: bytes) -> list[bytes]:
-        return list(IDS)
-
-    def write_sets(self, h32: bytes) -> list[list[bytes]]:
-        return [list(IDS)]
-
-    def read_quorum(self) -> int:
-        return 2
-
-    def write_quorum(self) -> int:
-        return 2
-
-
-class Net:
-    """Delivers calls to the other nodes' registries and records (node, request kind, size)."""
-
-    def __init__(self, nodes: dict[bytes, Any], log: list) -> None:
-        self.nodes, self.log = nodes, log
-
-    async def call(self, node: bytes, path: str, msg: Any, timeout: float | None = None) -> Any:
-        self.log.append((node, msg[0], len(msg[1])))
-        await asyncio.sleep(0)
-        return await self.nodes[node].registry.dispatch(b"peer", path, msg)
+from tests.support.tables import IDS, Lww, LwwSchema, Net, Rep
 
 
 @pytest.fixture

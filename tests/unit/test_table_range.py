@@ -14,8 +14,7 @@ from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.table.data import TableData
 from garagekv.table.table import Table
 from tests.support import eventually
-from tests.unit.test_gc import Lww, LwwSchema
-from tests.unit.test_table_batching import IDS, Net, Rep
+from tests.support.tables import IDS, Lww, LwwSchema, Net, Rep
 
 P = bytes([7]) * 32
 

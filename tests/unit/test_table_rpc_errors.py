@@ -17,8 +17,7 @@ from garagekv.table.data import TableData
 from garagekv.table.gc import TableGc
 from garagekv.table.table import Table
 from garagekv.util.errors import BadRequest
-from tests.unit.test_gc import Lww, LwwSchema
-from tests.unit.test_sync import FakeHistory, FakeLayout
+from tests.support.tables import FakeHistory, FakeLayout, Lww, LwwSchema
 
 SECRET = b"t" * 32
 PART = bytes([7]) * 32

@@ -1,5 +1,8 @@
 """In-process consensus clusters for the unit tests: real acceptors on real LMDB environments
-(fsync off), connected by a fake transport that round-trips every message through msgpack."""
+(fsync off), connected by a fake transport that round-trips every message through msgpack.
+
+Shared by the consensus unit tests (``tests/unit/test_consensus_*.py``); ``settle`` waits for the
+commits that outlived their round."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 from garagekv.consensus import Acceptor, ConsensusMetrics, Decision, Proposer
 from garagekv.consensus.acceptor import BATCH
+from garagekv.consensus.proposer import background_tasks
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.net.errors import NetError
@@ -221,3 +225,9 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+async def settle() -> None:
+    """Let commits that outlived their round finish (they go to every storage node)."""
+    while background_tasks():
+        await asyncio.wait(background_tasks())
