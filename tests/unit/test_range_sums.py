@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
-from garagekv.table.range_sums import LEVELS, Hasher, RangeSums
+from garagekv.table.range_sums import FORMAT, LEVELS, Hasher, RangeSums, pack_sum
 
 MASK = (1 << 256) - 1
 HASHER = Hasher(b"test key", fanout_bits=1)  # a boundary every 2 keys per level: deep chunks
@@ -67,6 +67,11 @@ class Store:
             out[-1] = (start, (s + HASHER.element(k, self.model[k])) & MASK)
         return out
 
+    def assert_sums(self) -> None:
+        for p in PARTITIONS:
+            for level in range(1, LEVELS + 1):
+                assert stored_chunks(self, p, level) == self.expected_chunks(p, level)
+
     def expected_prefix(self, p: int, x: bytes | None) -> int:
         return sum(HASHER.element(k, v) for k, v in self.model.items() if k[0] == p and (x is None or k < x)) & MASK
 
@@ -84,17 +89,42 @@ ops = st.lists(
 )
 
 
+#: Entries written before the operations, so that these change and delete existing entries (and
+#: chunk boundaries) as often as they add new ones.
+bases = st.sets(st.tuples(st.sampled_from(PARTITIONS), st.integers(0, 40)), max_size=80)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=ops, probes=st.lists(st.integers(0, 41), max_size=6))
-def test_sums_are_those_of_the_final_set(tmp_path_factory, ops, probes):
+@given(base=bases, ops=ops, probes=st.lists(st.integers(0, 41), max_size=6))
+def test_sums_are_those_of_the_final_set(tmp_path_factory, base, ops, probes):
     store = Store(tmp_path_factory.mktemp("sums"))
     try:
+        for p, i in sorted(base):
+            store.write(tree_key(p, i), b"base")
         for p, i, v in ops:
             store.write(tree_key(p, i), v)
         with store.db.read() as txn:
+            # Nothing but the meta record and levels 1..LEVELS.
+            assert {k[0] for k, _ in txn.cursor(db=store.sums.tree)} <= set(range(LEVELS + 1))
             for p in PARTITIONS:
                 for level in range(1, LEVELS + 1):
-                    assert stored_chunks(store, p, level) == store.expected_chunks(p, level)
+                    want = store.expected_chunks(p, level)
+                    assert stored_chunks(store, p, level) == want
+                    # The chunks starting in a range another node asks about (bounds: probes).
+                    cuts = sorted({tree_key(p, i) for i in probes})
+                    for lo, hi in zip([None, *cuts], [*cuts, None], strict=True):
+                        got = store.sums.chunks(txn, p, level, lo, hi)
+                        assert [c for c in got if c != (b"", 0)] == [
+                            c
+                            for c in want
+                            if c != (b"", 0) and (lo is None or (c[0] or b"\x00") >= lo) and (hi is None or c[0] < hi)
+                        ]
+                # This node's entries of a range, with their elements, at most ``limit`` of them.
+                entries = sorted((k, HASHER.element(k, v)) for k, v in store.model.items() if k[0] == p)
+                for i in probes:
+                    lo = tree_key(p, i)
+                    assert store.sums.keys(txn, p, lo, None, 3) == [e for e in entries if e[0] >= lo][:3]
+                    assert store.sums.keys(txn, p, None, lo, 100) == [e for e in entries if e[0] < lo]
                 assert store.sums.partition_sum(txn, p) == store.expected_prefix(p, None)
                 for i in probes:
                     x = tree_key(p, i)
@@ -132,11 +162,42 @@ def test_a_rebuild_gives_the_sums_of_the_writes_also_with_writes_during_it(tmp_p
         while store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, batch)):
             pass
         assert not store.sums.rebuilding
-        for p in PARTITIONS:
-            for level in range(1, LEVELS + 1):
-                assert stored_chunks(store, p, level) == store.expected_chunks(p, level)
+        store.assert_sums()
     finally:
         store.close()
+
+
+def test_a_write_at_the_rebuilds_progress_is_counted_and_one_past_it_is_left_to_the_rebuild(tmp_path):
+    store = Store(tmp_path / "s")
+    try:
+        for i in range(20):
+            store.write(tree_key(3, i), b"v")
+        store.writer.run_sync(store.sums.start_rebuild_in)
+        store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 10))
+        assert store.sums.progress == tree_key(3, 9)
+        store.write(tree_key(3, 9), b"changed at the progress")  # already added: counted now
+        store.write(tree_key(3, 10), b"changed past it")  # added by the rebuild when it gets there
+        while store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 10)):
+            pass
+        store.assert_sums()
+    finally:
+        store.close()
+
+
+def test_elements_and_ranks_never_change_without_a_format_change():
+    """Every node of a cluster must compute the same elements and ranks, across versions too: a
+    change to how they are computed needs a new ``FORMAT`` (which rebuilds the sums)."""
+    h = Hasher(b"a cluster's key")
+    assert FORMAT == 1
+    assert h.fingerprint.hex() == "8523fab99fe16c96"
+    element = h.element(b"\x07partition-hash/sort-key", b"canonical bytes")
+    assert pack_sum(element).hex() == "855d7e3eabfd13d89490d076279af57d2c88943e7d96f0958dd95b8acef5803d"
+    # The keys of rank 1 or more among the first 3,000 of a partition: about one in 64, and one in
+    # 4,096 of rank 2 or more.
+    ranked = [(i, h.rank(tree_key(5, i))) for i in range(3000) if h.rank(tree_key(5, i))]
+    assert len(ranked) == 42
+    assert ranked[:4] == [(107, 1), (188, 1), (270, 1), (272, 1)]
+    assert [r for r in ranked if r[1] >= 2] == [(2419, 2), (2716, 2)]
 
 
 def test_a_changed_key_or_format_starts_a_rebuild_and_a_restart_resumes_it(tmp_path):
