@@ -14,11 +14,20 @@ from hypothesis import strategies as st
 
 from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter
-from garagekv.table.range_sums import FORMAT, LEVELS, Hasher, RangeSums, pack_sum
+from garagekv.table.range_sums import FORMAT, LEVELS, META, Hasher, RangeSums, pack_sum
 
 MASK = (1 << 256) - 1
 HASHER = Hasher(b"test key", fanout_bits=1)  # a boundary every 2 keys per level: deep chunks
 PARTITIONS = (3, 4, 200)
+
+
+def canonical(k: bytes, stored: bytes) -> bytes:
+    """The entries' canonical bytes depend on their key too (as a packed K2V item's do)."""
+    return stored + k[-2:]
+
+
+def element(k: bytes, stored: bytes) -> int:
+    return HASHER.element(k, canonical(k, stored))
 
 
 def tree_key(p: int, i: int) -> bytes:
@@ -32,7 +41,7 @@ class Store:
         self.db = Database(path, map_size=64 << 20)
         self.writer = GroupCommitWriter(self.db)
         self.data = self.db.tree("t:data")
-        self.sums = RangeSums(self.db, "t", self.data, lambda k, v: v)
+        self.sums = RangeSums(self.db, "t", self.data, canonical)
         self.sums.open(b"test key")
         self.sums.hasher = HASHER
         self.model: dict[bytes, bytes] = {}
@@ -49,7 +58,9 @@ class Store:
                     tx.delete(self.data, k)
             else:
                 tx.put(self.data, k, v)
-            self.sums.change_in(tx, k, old, v)
+            # change_in takes canonical bytes, as TableData passes them.
+            before = None if old is None else canonical(k, old)
+            self.sums.change_in(tx, k, before, None if v is None else canonical(k, v))
 
         self.writer.run_sync(job)
         if v is None:
@@ -64,16 +75,19 @@ class Store:
             if HASHER.rank(k) >= level:
                 out.append((k, 0))
             start, s = out[-1]
-            out[-1] = (start, (s + HASHER.element(k, self.model[k])) & MASK)
+            out[-1] = (start, (s + element(k, self.model[k])) & MASK)
         return out
 
     def assert_sums(self) -> None:
+        with self.db.read() as txn:
+            # Nothing but the meta record and chunks of levels 1..LEVELS.
+            assert all(k == META or 1 <= k[0] <= LEVELS for k, _ in txn.cursor(db=self.sums.tree))
         for p in PARTITIONS:
             for level in range(1, LEVELS + 1):
                 assert stored_chunks(self, p, level) == self.expected_chunks(p, level)
 
     def expected_prefix(self, p: int, x: bytes | None) -> int:
-        return sum(HASHER.element(k, v) for k, v in self.model.items() if k[0] == p and (x is None or k < x)) & MASK
+        return sum(element(k, v) for k, v in self.model.items() if k[0] == p and (x is None or k < x)) & MASK
 
 
 def stored_chunks(store: Store, p: int, level: int) -> list[tuple[bytes, int]]:
@@ -104,8 +118,7 @@ def test_sums_are_those_of_the_final_set(tmp_path_factory, base, ops, probes):
         for p, i, v in ops:
             store.write(tree_key(p, i), v)
         with store.db.read() as txn:
-            # Nothing but the meta record and levels 1..LEVELS.
-            assert {k[0] for k, _ in txn.cursor(db=store.sums.tree)} <= set(range(LEVELS + 1))
+            assert all(k == META or 1 <= k[0] <= LEVELS for k, _ in txn.cursor(db=store.sums.tree))
             for p in PARTITIONS:
                 for level in range(1, LEVELS + 1):
                     want = store.expected_chunks(p, level)
@@ -120,7 +133,7 @@ def test_sums_are_those_of_the_final_set(tmp_path_factory, base, ops, probes):
                             if c != (b"", 0) and (lo is None or (c[0] or b"\x00") >= lo) and (hi is None or c[0] < hi)
                         ]
                 # This node's entries of a range, with their elements, at most ``limit`` of them.
-                entries = sorted((k, HASHER.element(k, v)) for k, v in store.model.items() if k[0] == p)
+                entries = sorted((k, element(k, v)) for k, v in store.model.items() if k[0] == p)
                 for i in probes:
                     lo = tree_key(p, i)
                     assert store.sums.keys(txn, p, lo, None, 3) == [e for e in entries if e[0] >= lo][:3]
@@ -140,7 +153,7 @@ def test_sums_are_those_of_the_final_set(tmp_path_factory, base, ops, probes):
                     assert store.sums.sums_of(txn, p, level, bounds, None) == want
             keys = [tree_key(p, i) for p, i, _ in ops[:10]]
             assert store.sums.elements_of(txn, keys) == [
-                None if k not in store.model else HASHER.element(k, store.model[k]) for k in keys
+                None if k not in store.model else element(k, store.model[k]) for k in keys
             ]
     finally:
         store.close()
@@ -167,21 +180,50 @@ def test_a_rebuild_gives_the_sums_of_the_writes_also_with_writes_during_it(tmp_p
         store.close()
 
 
-def test_a_write_at_the_rebuilds_progress_is_counted_and_one_past_it_is_left_to_the_rebuild(tmp_path):
+def test_writes_during_a_rebuild_are_counted_up_to_its_progress_and_left_to_it_beyond(tmp_path):
     store = Store(tmp_path / "s")
     try:
-        for i in range(20):
+        for i in range(0, 80, 2):
             store.write(tree_key(3, i), b"v")
         store.writer.run_sync(store.sums.start_rebuild_in)
-        store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 10))
-        assert store.sums.progress == tree_key(3, 9)
-        store.write(tree_key(3, 9), b"changed at the progress")  # already added: counted now
-        store.write(tree_key(3, 10), b"changed past it")  # added by the rebuild when it gets there
-        while store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 10)):
+        assert store.sums.left_to_rebuild() == 40
+        store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 20))
+        assert store.sums.progress == tree_key(3, 38) and store.sums.rebuilt == 20
+        assert store.sums.left_to_rebuild() == 20
+        store.write(tree_key(3, 38), b"changed at the progress")  # already added: counted now
+        store.write(tree_key(3, 40), b"changed past it")  # added by the rebuild when it gets there
+        # New keys below the progress, some of them boundaries whose chunks run past it: a split
+        # adds up only what the rebuild has added so far.
+        for i in range(1, 38, 2):
+            store.write(tree_key(3, i), b"new")
+        while store.writer.run_sync(lambda tx: store.sums.rebuild_step_in(tx, 20)):
             pass
+        assert store.sums.rebuilt == 40 and store.sums.left_to_rebuild() == 0
         store.assert_sums()
     finally:
         store.close()
+
+
+def test_a_repair_survives_a_restart(tmp_path):
+    """``repair merkle`` (``start_rebuild_in``) and a rebuild that ``open`` starts are both
+    recorded, so a node restarted before the rebuild's first step still rebuilds."""
+    store = Store(tmp_path / "r")
+    try:
+        for i in range(10):
+            store.write(tree_key(3, i), b"v")
+        store.writer.run_sync(store.sums.start_rebuild_in)
+    finally:
+        store.close()
+    db = Database(tmp_path / "r", map_size=64 << 20)
+    try:
+        reopened = RangeSums(db, "t", db.tree("t:data"), canonical)
+        assert reopened.open(b"test key") is True and reopened.progress == b""
+        rekeyed = RangeSums(db, "t", db.tree("t:data"), canonical)
+        assert rekeyed.open(b"another key") is True
+        again = RangeSums(db, "t", db.tree("t:data"), canonical)
+        assert again.open(b"another key") is True and again.progress == b""
+    finally:
+        db.close()
 
 
 def test_elements_and_ranks_never_change_without_a_format_change():
