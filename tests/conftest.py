@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from tests.support import FAST_PINGS, K2VHttp, NodeProcess, free_port
+from garagekv.client import K2VClientSync
+from tests.support import FAST_PINGS, REGION, K2VHttp, NodeProcess, free_port
 from tests.support.faults import make_bucket, start_cluster
 from tests.support.scripted_server import Script
 from tests.support.standalone import StandaloneModel
@@ -127,3 +128,16 @@ async def serve():
     yield start
     for r in runners:
         await r.cleanup()
+
+
+@pytest.fixture
+def sync(node, creds):
+    """The blocking Python client on the session node, with the session's key and bucket."""
+    with K2VClientSync(
+        endpoint=node.endpoint,
+        region=REGION,
+        access_key_id=creds["access_key"],
+        secret_access_key=creds["secret_key"],
+        bucket=creds["bucket"],
+    ) as c:
+        yield c

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from garagekv.client import K2VClientSync
 from tests.support import REGION
 from tests.support.client import command, run_env
 
@@ -27,18 +26,6 @@ def cli(node, creds):
         )
 
     return run
-
-
-@pytest.fixture
-def sync(node, creds):
-    with K2VClientSync(
-        endpoint=node.endpoint,
-        region=REGION,
-        access_key_id=creds["access_key"],
-        secret_access_key=creds["secret_key"],
-        bucket=creds["bucket"],
-    ) as c:
-        yield c
 
 
 def ok(r: subprocess.CompletedProcess) -> str:

@@ -8,21 +8,9 @@ import subprocess
 
 import pytest
 
-from garagekv.client import BadRequest, InsertOp, K2VClientSync, ReadQuery
-from tests.support import REGION, wait_for
+from garagekv.client import BadRequest, InsertOp, ReadQuery
+from tests.support import wait_for
 from tests.support.client import command, run_env
-
-
-@pytest.fixture
-def sync(node, creds):
-    with K2VClientSync(
-        endpoint=node.endpoint,
-        region=REGION,
-        access_key_id=creds["access_key"],
-        secret_access_key=creds["secret_key"],
-        bucket=creds["bucket"],
-    ) as c:
-        yield c
 
 
 def k2v_cli(node, creds, *args: str) -> str:
