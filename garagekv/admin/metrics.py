@@ -94,7 +94,11 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}  # see observe_k2v
+        # labels() costs a lock and a lookup per call: the children in use, per label values
+        # (endpoints x statuses, endpoints x peers: bounded by the API and the cluster's size).
+        self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._hulykvs_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Hulykvs-compatible API (docs/hulykvs.md): requests by endpoint and status, as K2V's
         self.hulykvs_requests = Counter(
             "garagekv_api_hulykvs_requests",
@@ -160,7 +164,7 @@ class NodeMetrics:
     def observe_k2v(self, endpoint: str | None, status: int, error_code: str | None, seconds: float) -> None:
         name = endpoint or "Unknown"
         children = self._k2v_children.get((name, status))
-        if children is None:  # labels() costs a lock and a lookup: keep the few children in use
+        if children is None:
             children = self._k2v_children[(name, status)] = (
                 self.k2v_requests.labels(name, str(status)),
                 self.k2v_duration.labels(name),
@@ -172,8 +176,14 @@ class NodeMetrics:
 
     def observe_hulykvs(self, endpoint: str | None, status: int, seconds: float) -> None:
         name = endpoint or "Unknown"
-        self.hulykvs_requests.labels(name, str(status)).inc()
-        self.hulykvs_duration.labels(name).observe(seconds)
+        children = self._hulykvs_children.get((name, status))
+        if children is None:
+            children = self._hulykvs_children[(name, status)] = (
+                self.hulykvs_requests.labels(name, str(status)),
+                self.hulykvs_duration.labels(name),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_admin(self, endpoint: str, status: int, seconds: float) -> None:
         self.admin_requests.labels(endpoint, str(status)).inc()
@@ -190,7 +200,13 @@ class NodeMetrics:
         ``outcome`` is ok, remote (an error answer), network, timeout, or cancelled (the caller
         stopped waiting, e.g. its quorum was reached: counted as a request, nothing else).
         """
-        self.rpc_requests.labels(endpoint, peer).inc()
+        children = self._rpc_children.get((endpoint, peer))
+        if children is None:
+            children = self._rpc_children[(endpoint, peer)] = (
+                self.rpc_requests.labels(endpoint, peer),
+                self.rpc_duration.labels(endpoint, peer),
+            )
+        children[0].inc()
         if outcome == "cancelled":
             return
         if outcome == "timeout":
@@ -198,7 +214,7 @@ class NodeMetrics:
             return
         if outcome != "ok":
             self.rpc_errors.labels(endpoint, peer, outcome).inc()
-        self.rpc_duration.labels(endpoint, peer).observe(seconds)
+        children[1].observe(seconds)
 
     def quorum_failure(self, operation: str) -> None:
         self.quorum_failures.labels(operation).inc()
