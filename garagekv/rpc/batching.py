@@ -254,15 +254,16 @@ async def answer_each(
             log.exception("%s: a message failed", what)
             return [False, {"code": InternalError.code, "message": f"{type(e).__name__}: {e}"}]
 
+    if len(items) == 1:  # no task to run a lone message alongside others
+        return [await one(items[0])]
     answers = list(await asyncio.gather(*(one(raw) for raw in items)))
-    if len(answers) > 1:
-        total = 0
-        for i, answer in enumerate(answers):
-            size = len(codec.encode_lists(answer))  # its size only: no need for canonical map order
-            if i and total + size > max_bytes:
-                answers[i] = [None, held.hold(answer)]
-            else:
-                total += size
+    total = 0
+    for i, answer in enumerate(answers):
+        size = len(codec.encode_lists(answer))  # its size only: no need for canonical map order
+        if i and total + size > max_bytes:
+            answers[i] = [None, held.hold(answer)]
+        else:
+            total += size
     return answers
 
 
