@@ -94,11 +94,6 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # labels() costs a lock and a lookup per call: the children in use, per label values
-        # (endpoints x statuses, endpoints x peers: bounded by the API and the cluster's size).
-        self._k2v_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._hulykvs_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Hulykvs-compatible API (docs/hulykvs.md): requests by endpoint and status, as K2V's
         self.hulykvs_requests = Counter(
             "garagekv_api_hulykvs_requests",
@@ -156,6 +151,10 @@ class NodeMetrics:
         self.quorum_failures = Counter(
             "garagekv_quorum_failures", "Operations that could not reach their quorum", ["operation"], registry=r
         )
+        # The children every request of the hot paths updates (the duration by endpoint only).
+        self._k2v = _CountedAndTimed(self.k2v_requests, self.k2v_duration, timed=1)
+        self._hulykvs = _CountedAndTimed(self.hulykvs_requests, self.hulykvs_duration, timed=1)
+        self._rpc = _CountedAndTimed(self.rpc_requests, self.rpc_duration, timed=2)
         # Peers, anti-entropy sync and GC progress are read at scrape time (admin/cluster_metrics.py).
         r.register(_ScrapeCollector(self))
 
@@ -163,27 +162,16 @@ class NodeMetrics:
 
     def observe_k2v(self, endpoint: str | None, status: int, error_code: str | None, seconds: float) -> None:
         name = endpoint or "Unknown"
-        children = self._k2v_children.get((name, status))
-        if children is None:
-            children = self._k2v_children[(name, status)] = (
-                self.k2v_requests.labels(name, str(status)),
-                self.k2v_duration.labels(name),
-            )
-        children[0].inc()
+        requests, duration = self._k2v.of(name, str(status))
+        requests.inc()
         if error_code is not None:
             self.k2v_errors.labels(name, error_code).inc()
-        children[1].observe(seconds)
+        duration.observe(seconds)
 
     def observe_hulykvs(self, endpoint: str | None, status: int, seconds: float) -> None:
-        name = endpoint or "Unknown"
-        children = self._hulykvs_children.get((name, status))
-        if children is None:
-            children = self._hulykvs_children[(name, status)] = (
-                self.hulykvs_requests.labels(name, str(status)),
-                self.hulykvs_duration.labels(name),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        requests, duration = self._hulykvs.of(endpoint or "Unknown", str(status))
+        requests.inc()
+        duration.observe(seconds)
 
     def observe_admin(self, endpoint: str, status: int, seconds: float) -> None:
         self.admin_requests.labels(endpoint, str(status)).inc()
@@ -200,13 +188,8 @@ class NodeMetrics:
         ``outcome`` is ok, remote (an error answer), network, timeout, or cancelled (the caller
         stopped waiting, e.g. its quorum was reached: counted as a request, nothing else).
         """
-        children = self._rpc_children.get((endpoint, peer))
-        if children is None:
-            children = self._rpc_children[(endpoint, peer)] = (
-                self.rpc_requests.labels(endpoint, peer),
-                self.rpc_duration.labels(endpoint, peer),
-            )
-        children[0].inc()
+        requests, duration = self._rpc.of(endpoint, peer)
+        requests.inc()
         if outcome == "cancelled":
             return
         if outcome == "timeout":
@@ -214,7 +197,7 @@ class NodeMetrics:
             return
         if outcome != "ok":
             self.rpc_errors.labels(endpoint, peer, outcome).inc()
-        children[1].observe(seconds)
+        duration.observe(seconds)
 
     def quorum_failure(self, operation: str) -> None:
         self.quorum_failures.labels(operation).inc()
@@ -284,6 +267,27 @@ def merge_host_metrics(host: str, expected: int, texts: list[tuple[int, str, byt
     for headers, samples in families.values():
         out += headers + samples
     return ("\n".join(out) + "\n").encode()
+
+
+class _CountedAndTimed:
+    """A request counter's and a duration histogram's children by label values, kept once made:
+    ``labels()`` takes a lock and a lookup per call. The histogram takes the first ``timed``
+    labels. The values in use are few (endpoints x statuses, endpoints x peers: bounded by the
+    API and the cluster's size)."""
+
+    __slots__ = ("counter", "histogram", "timed", "children")
+
+    def __init__(self, counter: Counter, histogram: Histogram, timed: int) -> None:
+        self.counter = counter
+        self.histogram = histogram
+        self.timed = timed
+        self.children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def of(self, *labels: str) -> tuple[Any, Any]:
+        pair = self.children.get(labels)
+        if pair is None:
+            pair = self.children[labels] = (self.counter.labels(*labels), self.histogram.labels(*labels[: self.timed]))
+        return pair
 
 
 class _ScrapeCollector(Collector):
