@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from garagekv.api.interim import send_continue
 from garagekv.api.routing import Endpoint
 from garagekv.api.signature import Verified
 from garagekv.model.helper import MetaHelper
@@ -64,6 +65,7 @@ class RequestContext:
         cl = self.request.content_length
         if cl is not None and cl > limit:
             raise EntityTooLarge(f"Request body of {cl} bytes is over the limit of {limit} bytes")
+        await send_continue(self.request)
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.request.content.iter_any():

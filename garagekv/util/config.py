@@ -686,8 +686,9 @@ class HulykvsApiConfig:
 def canonical_uuid(text: str) -> str | None:
     """A UUID in any of its usual spellings (hyphenated, 32 hex digits, ``{...}``, ``urn:uuid:...``;
     any case) as canonical lowercase hyphenated text, or None. Stricter than ``uuid.UUID``, which
-    also accepts hyphens in any place."""
-    t = text.strip() if isinstance(text, str) else ""
+    also accepts hyphens in any place, and than ``str.strip``: surrounding whitespace or control
+    characters make it None (a request's workspace or a token's claim must be the UUID alone)."""
+    t = text if isinstance(text, str) else ""
     if t[:9].lower() == "urn:uuid:":
         t = t[9:]
     elif t.startswith("{") and t.endswith("}"):
@@ -732,7 +733,7 @@ def _hulykvs_api(t: _Table | None, base_dir: Path | None, allow_wr: bool) -> Hul
     if not 1 <= limit <= HULYKVS_MAX_PAYLOAD:
         raise t.error("payload_size_limit", f"must be between 1 byte and {HULYKVS_MAX_PAYLOAD} bytes, got {limit}")
     ws_text = env.get("HULY_DEFAULT_WORKSPACE_UUID") or t.string("default_workspace_uuid", _MISSING)
-    ws = canonical_uuid(_present(ws_text))
+    ws = canonical_uuid(_present(ws_text).strip())
     if ws is None:
         raise t.error("default_workspace_uuid", f"must be a UUID, got {ws_text!r}")
     bucket = _present(t.string("bucket", "hulykvs"))

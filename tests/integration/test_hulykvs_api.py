@@ -3,9 +3,11 @@ authentication, workspaces, limits, CORS, probes and the scenarios of Hulykvs's 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import uuid
+import zlib
 
 import jwt
 import pytest
@@ -22,6 +24,7 @@ from tests.support.hulykvs_client import (
     token,
     user_token,
 )
+from tests.support.k2v import raw_socket
 
 LIMIT = 4096
 
@@ -95,6 +98,15 @@ def test_head_is_get_without_body(huly, ws):
     assert huly.request("HEAD", f"/api2/{ws}/ns/missing").status == 404
 
 
+def test_head_of_an_empty_value_says_content_length_0(huly_node, huly, ws):
+    huly.put(ws, "ns", "empty", b"")
+    huly.request("POST", "/api/ns/empty-v1", b"")
+    for path in (f"/api2/{ws}/ns/empty", "/api/ns/empty-v1"):
+        head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\nConnection: close\r\n\r\n"
+        r = raw_socket(f"127.0.0.1:{huly_node.huly_port}", head.encode(), timeout=5)
+        assert (r.status, r.headers.get("Content-Length"), r.body) == (200, "0", b""), path
+
+
 def test_if_none_match_star(huly, ws):
     assert huly.put(ws, "ns", "k", b"first", if_none_match="*").status == 201
     r = huly.put(ws, "ns", "k", b"second", if_none_match="*")
@@ -138,6 +150,8 @@ def test_if_match_md5_on_missing_key_is_412(huly, ws):
         {"If-Match": "abc"},
         {"If-Match": "g" * 32},
         {"If-Match": 'W/"' + "a" * 32 + '"'},
+        {"If-Match": '" ' + "a" * 32 + ' "'},
+        {"If-Match": '"\t' + "a" * 32 + '"'},
     ],
 )
 def test_bad_condition_headers_are_400_and_write_nothing(huly, ws, headers):
@@ -145,6 +159,23 @@ def test_bad_condition_headers_are_400_and_write_nothing(huly, ws, headers):
     assert r.status == 400
     error_of(r)
     assert huly.get(ws, "ns", "k").status == 404
+
+
+@pytest.mark.parametrize("name", ["If-Match", "If-None-Match"])
+def test_a_condition_header_on_two_lines_is_400_and_writes_nothing(huly_node, huly, ws, name):
+    """HTTP reads repeated header lines as one list, which no condition of this API takes: the
+    write must not go ahead on the first line alone."""
+    huly.put(ws, "ns", "k", b"old")
+    first = md5(b"old") if name == "If-Match" else "*"
+    for second in ("0" * 32, "garbage", first):
+        req = (
+            f"PUT /api2/{ws}/ns/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+            f"{name}: {first}\r\n{name}: {second}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nnew"
+        )
+        r = raw_socket(f"127.0.0.1:{huly_node.huly_port}", req.encode(), timeout=5)
+        assert r.status == 400, (second, r.body)
+        assert "2 header lines" in json.loads(r.body)["error"]
+    assert huly.get(ws, "ns", "k").body == b"old"
 
 
 def test_conditional_delete(huly, ws):
@@ -204,8 +235,13 @@ def test_workspace_spellings_name_one_workspace(huly):
 
 
 @pytest.mark.parametrize(
-    "bad", ["WrongUUID", "1234", "0f1e2d3c-4b5a-4678-9abc-def01234567", "0f1e2d3c4b5a-4678-9abc-def0123456789"]
-)
+    "bad",
+    ["WrongUUID", "1234", "0f1e2d3c-4b5a-4678-9abc-def01234567", "0f1e2d3c4b5a-4678-9abc-def0123456789",
+     # a UUID padded with whitespace or control characters (percent-encoded) is not one
+     "%200f1e2d3c-4b5a-4678-9abc-def012345678%20", "%090f1e2d3c-4b5a-4678-9abc-def012345678",
+     "0f1e2d3c-4b5a-4678-9abc-def012345678%0A", "%E3%80%800f1e2d3c-4b5a-4678-9abc-def012345678",
+     "0f1e2d3c-4b5a-4678-9abc-def012345678%C2%85", "%1C0f1e2d3c-4b5a-4678-9abc-def012345678"],
+)  # fmt: skip
 def test_bad_workspace_is_400(huly, bad):
     for method, path in [("GET", f"/api2/{bad}/ns/k"), ("PUT", f"/api2/{bad}/ns/k"), ("GET", f"/api2/{bad}/ns")]:
         r = huly.request(method, path, b"v" if method == "PUT" else None)
@@ -263,6 +299,95 @@ def test_payload_limit_chunked_body(huly_node, huly, ws):
     finally:
         conn.close()
     assert huly.get(ws, "ns", "chunked").status == 404
+
+
+# ---- request bodies: content codings, 100-continue --------------------------------------------------
+
+
+def _deflate_raw(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    "coding,encode",
+    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("GZIP", gzip.compress), ("deflate", zlib.compress),
+     ("deflate", _deflate_raw), ("identity", lambda b: b), ("identity, gzip", gzip.compress)],
+)  # fmt: skip
+def test_encoded_bodies_are_stored_decoded(huly, ws, coding, encode):
+    value = b"value " * 100
+    assert huly.put(ws, "ns", "k", encode(value), content_encoding=coding).status == 204
+    r = huly.get(ws, "ns", "k")
+    assert (r.body, r.header("ETag")) == (value, md5(value))
+
+
+_GZ = gzip.compress(b"0123456789" * 300)  # under the payload limit once decoded
+
+
+@pytest.mark.parametrize(
+    "coding,body,says",
+    [("gzip", b"this is not gzip", "not valid gzip"),
+     ("gzip", _GZ[: len(_GZ) // 2], "ends before the end"),
+     ("gzip", _GZ[:-8], "ends before the end"),  # the CRC and size trailer missing
+     ("gzip", _GZ[:-8] + b"\0" * 8, "not valid gzip"),  # a wrong CRC
+     ("gzip", _GZ + b"trailing", "after the end"),
+     ("gzip", b"", "ends before the end"),
+     ("deflate", b"\x78\x9cnot deflate", "not valid deflate"),
+     ("br", b"x", "unsupported Content-Encoding"),
+     ("gzip, gzip", gzip.compress(_GZ), "unsupported Content-Encoding")],
+)  # fmt: skip
+def test_bodies_that_do_not_decode_are_400_and_write_nothing(huly, ws, coding, body, says):
+    huly.put(ws, "ns", "k", b"old")
+    for headers in ({}, {"If-Match": md5(b"old")}):
+        r = huly.request("PUT", f"/api2/{ws}/ns/k", body, {"Content-Encoding": coding, **headers})
+        assert r.status == 400, (coding, r.body)
+        assert says in error_of(r)
+    r = huly.request("POST", "/api/ns/undecodable", body, {"Content-Encoding": coding})
+    assert r.status == 400
+    assert huly.get(ws, "ns", "k").body == b"old"
+    assert huly.request("GET", "/api/ns/undecodable").status == 404
+
+
+def test_the_payload_limit_applies_to_the_decoded_body(huly, ws):
+    assert huly.put(ws, "ns", "k", gzip.compress(b"x" * LIMIT), content_encoding="gzip").status == 204
+    bomb = gzip.compress(b"\0" * (64 * LIMIT))  # a few hundred bytes that expand 64 times past the limit
+    assert len(bomb) < LIMIT
+    r = huly.put(ws, "ns", "bomb", bomb, content_encoding="gzip")
+    assert r.status == 413
+    error_of(r)
+    assert huly.get(ws, "ns", "bomb").status == 404
+
+
+def test_a_transfer_coding_other_than_chunked_is_400(huly_node, huly, ws):
+    body = gzip.compress(b"value")
+    req = (
+        f"PUT /api2/{ws}/ns/te HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+        f"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    r = raw_socket(f"127.0.0.1:{huly_node.huly_port}", req, timeout=5)
+    assert r.status == 400
+    assert "Transfer-Encoding" in json.loads(r.body)["error"]
+    assert huly.get(ws, "ns", "te").status == 404
+
+
+def test_expect_100_continue_is_answered_before_the_body(huly_node, huly, ws):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", huly_node.huly_port), timeout=5) as s:
+        s.sendall(
+            f"PUT /api2/{ws}/ns/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token()}\r\n"
+            "Content-Length: 3\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # within the timeout, body unsent
+        s.sendall(b"abc")
+        assert s.recv(100).startswith(b"HTTP/1.1 204 ")
+    assert huly.get(ws, "ns", "k").body == b"abc"
+    # refused on its headers: the final answer comes at once, no 100 first
+    with socket.create_connection(("127.0.0.1", huly_node.huly_port), timeout=5) as s:
+        s.sendall(
+            f"PUT /api2/{ws}/ns/k HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert s.recv(100).startswith(b"HTTP/1.1 401 ")
 
 
 # ---- routes and methods -------------------------------------------------------------------------
@@ -371,6 +496,8 @@ def _bad_tokens() -> dict[str, str]:
         "non-UUID account": token(account="system"),
         "numeric account": jwt.encode({"account": 5}, SECRET, algorithm="HS256"),
         "non-UUID workspace": token(workspace="nope"),
+        "padded account": token(account=f" {SYSTEM}\n"),
+        "padded workspace": token(workspace="\u3000" + DEFAULT_WS),
         "bad extra": token(extra={"a": 1}),
         "non-numeric exp": token(exp="tomorrow"),
     }

@@ -314,6 +314,29 @@ def test_credentials_that_are_not_utf8_are_refused_with_a_utf8_body(k2v, pk, whe
     _unchanged(k2v, pk)
 
 
+def test_expect_100_continue_is_answered_once_the_request_is_authorized(k2v, pk):
+    """A client that asks for 100 Continue waits for it before sending the body; a request refused
+    on its headers gets its final answer at once instead."""
+    import socket
+
+    host, _, port = k2v.host.rpartition(":")
+    for signed, first in ((True, b"HTTP/1.1 100 Continue\r\n\r\n"), (False, b"HTTP/1.1 403 ")):
+        hdrs = sign_headers(k2v, "PUT", ipath(pk), "sort_key=e", b"abc", {"Expect": "100-continue"})
+        if not signed:
+            hdrs["Authorization"] = hdrs["Authorization"][:-4] + "0000"
+        hdrs.setdefault("Host", k2v.host)
+        head = f"PUT {ipath(pk)}?sort_key=e HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(f"{head}Content-Length: 3\r\nConnection: close\r\n\r\n".encode())
+            got = s.recv(400)
+            assert got.startswith(first), got  # within the timeout, the body still unsent
+            if signed:
+                s.sendall(b"abc")
+                assert s.recv(100).startswith(b"HTTP/1.1 204 ")
+    r = raw_send(k2v.host, "GET", f"{ipath(pk)}?sort_key=e", None, sign_headers(k2v, "GET", ipath(pk), "sort_key=e"))
+    assert r.status == 200 and r.json() == [b64("abc")], (r.status, r.body)
+
+
 # ---- a timestamp poisoned before the fix, across a restart ---------------------------------------
 
 

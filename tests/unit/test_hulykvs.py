@@ -26,7 +26,7 @@ SECRET = "s" * 64
 @pytest.mark.parametrize(
     "text",
     [U, U.upper(), U.replace("-", ""), U.replace("-", "").upper(), "{" + U + "}", "urn:uuid:" + U, "URN:UUID:" + U,
-     " " + U + " "],
+     ],
 )  # fmt: skip
 def test_uuid_spellings(text):
     assert canonical_uuid(text) == U
@@ -35,7 +35,9 @@ def test_uuid_spellings(text):
 @pytest.mark.parametrize(
     "text",
     ["", "x", U[:-1], U + "0", U.replace("-", "", 1), "0f1e2d3c4b5a-4678-9abc-def0123456789", "{" + U, U + "}",
-     "urn:uuid:{" + U + "}", U.replace("0", "g"), "0f1e-2d3c-4b5a-4678-9abc-def012345678", None, 5],
+     "urn:uuid:{" + U + "}", U.replace("0", "g"), "0f1e-2d3c-4b5a-4678-9abc-def012345678", None, 5,
+     # whitespace or control characters around it (str.strip would remove them all)
+     " " + U + " ", "\t" + U, U + "\n", "\u3000" + U, U + "\x85", "\x1c" + U],
 )  # fmt: skip
 def test_not_uuids(text):
     assert canonical_uuid(text) is None

@@ -47,7 +47,7 @@ def parse_if_match(raw: str) -> Condition:
     if v == "*":
         return Condition("exists")
     if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
-        v = v[1:-1].strip()
+        v = v[1:-1]  # an entity tag has no whitespace inside its quotes
     if not _MD5.fullmatch(v):
         raise bad_request(f"If-Match must be '*' or an MD5 in 32 hex digits, got {raw!r}")
     return Condition("md5", v.lower())

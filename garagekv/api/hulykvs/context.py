@@ -9,9 +9,11 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from garagekv.api.hulykvs import auth
+from garagekv.api.hulykvs.body_coding import body_decoder, unsupported_transfer_coding
 from garagekv.api.hulykvs.errors import HulyError, bad_request
 from garagekv.api.hulykvs.mapping import check_sizes, decode_segment, workspace_of
 from garagekv.api.hulykvs.store import HulyStore
+from garagekv.api.interim import send_continue
 from garagekv.util.config import MAX_KEY_BYTES
 
 
@@ -59,8 +61,13 @@ class HulyRequest:
     claims: auth.Claims | None = field(default=None)
 
     def header(self, name: str) -> str | None:
-        """A header's value; one that is not visible ASCII is a 400 (it cannot be a condition)."""
-        value = self.request.headers.get(name)
+        """A header's value; one that is not visible ASCII is a 400 (it cannot be a condition),
+        and so is a header sent on several lines (HTTP reads them as one list, which no condition
+        header of this API takes)."""
+        values = self.request.headers.getall(name, ())
+        if len(values) > 1:
+            raise bad_request(f"{name} must be sent once, got {len(values)} header lines")
+        value = values[0] if values else None
         if value is not None and not all(0x20 <= ord(c) < 0x7F or c == "\t" for c in value):
             raise bad_request(f"invalid {name} header value")
         return value
@@ -102,16 +109,26 @@ class HulyRequest:
         return prefix
 
     async def body(self) -> bytes:
-        """The request body, at most ``payload_size_limit`` bytes (413 beyond)."""
+        """The request body (decoded if it came gzip- or deflate-encoded, as Hulykvs's server
+        decodes it), at most ``payload_size_limit`` bytes once decoded (413 beyond)."""
         limit = self.state.payload_limit
         cl = self.request.content_length
         if cl is not None and cl > limit:
             raise HulyError(413, f"payload of {cl} bytes is over the limit of {limit} bytes")
+        decoder = body_decoder(self.request.headers.getall("Content-Encoding", ()))
+        unsupported_transfer_coding(self.request.headers.getall("Transfer-Encoding", ()))
+        await send_continue(self.request)
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.request.content.iter_any():
+            if decoder is not None:
+                # At most one byte past the limit comes out, so a small body cannot expand
+                # into a large allocation; a stream still producing then is over the limit.
+                chunk = decoder.feed(chunk, limit - size + 1)
             size += len(chunk)
             if size > limit:
                 raise HulyError(413, f"payload is over the limit of {limit} bytes")
             chunks.append(chunk)
+        if decoder is not None:
+            decoder.finish()
         return b"".join(chunks)

@@ -27,8 +27,13 @@ async def _get(ctx: HulyRequest, t: Target) -> web.StreamResponse:
     stored = await ctx.state.store.get(t.workspace, t.namespace, t.key)
     if stored is None:
         raise not_found("key not found")
-    # HEAD gets the same answer; aiohttp sends its headers (Content-Length included) without the body.
-    return web.Response(body=stored.value, headers={"ETag": stored.md5, "Content-Type": "application/octet-stream"})
+    headers = {"ETag": stored.md5, "Content-Type": "application/octet-stream"}
+    if ctx.request.method == "HEAD":
+        # The same headers without the body; aiohttp leaves Content-Length out of a HEAD answer
+        # whose body is empty, so it is set here, for an empty value too.
+        headers["Content-Length"] = str(len(stored.value))
+        return web.Response(headers=headers)
+    return web.Response(body=stored.value, headers=headers)
 
 
 async def _list(ctx: HulyRequest, t: Target, with_workspace: bool) -> web.StreamResponse:

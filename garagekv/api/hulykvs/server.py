@@ -110,7 +110,8 @@ class HulykvsApiServer:
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         """Listen; ``reuse_port``: share the port with the other workers of the host (SO_REUSEPORT)."""
-        self._http = _JsonErrorServer(self.handle, handler_cancellation=True, access_log=None)
+        # Bodies are decoded by the handlers, strictly (api/hulykvs/body_coding.py).
+        self._http = _JsonErrorServer(self.handle, handler_cancellation=True, auto_decompress=False, access_log=None)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._http, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
