@@ -19,8 +19,8 @@ from aiohttp.web_protocol import RequestHandler
 from garagekv.api.errors import error_body
 from garagekv.util.errors import BadRequest, GarageKVError, InternalError
 
-# The request line as aiohttp's parsers quote it in their error messages.
-_REQUEST_LINE = re.compile(r"(\S+) (/[^\s?']*)(?:\?\S*)? HTTP/")
+# The request line as aiohttp's parsers quote it in their error messages (as a bytes repr).
+_REQUEST_LINE = re.compile(r"(?:b['\"])?([^\s'\"]+) (/[^\s?']*)(?:\?\S*)? HTTP/")
 
 
 class _JsonErrorRequestHandler(RequestHandler):

@@ -158,6 +158,9 @@ class TableData(Generic[E]):
     def _scan(self, q: ScanRange, decode: bool) -> list[tuple[bytes, bytes, Any]]:
         partition, start, prefix, end, reverse = q.partition, q.start, q.prefix, q.end, q.reverse
         out: list[tuple[bytes, bytes, Any]] = []
+        if reverse and q.skip_start and not start:
+            # Past the empty key downwards: nothing (an empty start alone means "from the end").
+            return out
         unpack = None if self.stored_form is None else self.stored_form.unpack
         with self.db.read() as txn:
             for key, stored in _iter_prefix(txn.cursor(db=self.store), partition, start, reverse):

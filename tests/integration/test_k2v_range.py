@@ -286,3 +286,19 @@ def test_no_maximum_limit(k2v, range_pk, index_bucket):
     body = k2v.request("GET", f"/{index_bucket}", f"limit={big}").json()
     assert [p["pk"] for p in body["partitionKeys"]] == KEYS
     assert body["limit"] == big
+
+
+def test_reverse_reads_reach_the_empty_sort_key_once(k2v):
+    """The empty sort key is the smallest: a reverse read from it returns it alone, and a reverse
+    read whose internal page of 1000 ends on it stops there (it once started over from the top)."""
+    pk = f"range-empty-{uuid.uuid4().hex[:8]}"
+    keys = [""] + [f"k{i:04d}" for i in range(999)]
+    insert_batch(k2v, [{"pk": pk, "sk": k, "v": b64("v")} for k in keys])
+    res = read_batch(k2v, [{"partitionKey": pk, "start": "", "reverse": True}])[0]
+    assert ([i["sk"] for i in res["items"]], res["more"], res["nextStart"]) == ([""], False, None)
+    res = read_batch(k2v, [{"partitionKey": pk, "reverse": True}])[0]
+    assert [i["sk"] for i in res["items"]] == keys[::-1]
+    res = read_batch(k2v, [{"partitionKey": pk, "reverse": True, "limit": 1001}])[0]
+    assert ([i["sk"] for i in res["items"]], res["more"]) == (keys[::-1], False)
+    res = read_batch(k2v, [{"partitionKey": pk, "reverse": True, "start": "k0000", "limit": 1}])[0]
+    assert ([i["sk"] for i in res["items"]], res["more"], res["nextStart"]) == (["k0000"], True, "")

@@ -241,7 +241,7 @@ def test_unknown_method_message_and_path(k2v, method):
 @pytest.mark.parametrize("method", ["FOO", "CONNECTX", "get"])
 def test_unparsable_method_message_and_path(k2v, method):
     r = raw_send(k2v.host, method, f"/{BUCKET}/pk?sort_key=a")
-    assert_error(r, 400, "InvalidRequest", message="Unknown method", path=f"/{BUCKET}/pk")
+    assert_error(r, 400, "InvalidRequest", message=f"Unknown method: {method}", path=f"/{BUCKET}/pk")
 
 
 @pytest.mark.parametrize("path", [f"/{BUCKET}", f"/{BUCKET}/pk"])

@@ -78,3 +78,35 @@ async def test_entries_emptied_by_the_merge_do_not_end_the_paging(nodes):
     assert await read(stale.table, RangeQuery(limit=1)) == (["k3"], True, "k4")
     assert await read(stale.table, RangeQuery(limit=2)) == (["k3", "k4"], False, None)
     assert await read(stale.table, RangeQuery(reverse=True, limit=1)) == (["k4"], True, "k3")
+
+
+async def read_paged(table: Table, q: RangeQuery, page: int) -> list[str]:
+    got = await read_range(lambda start, **kw: table.get_range_page(P, start, **kw), q, True, page=page)
+    assert not got.more
+    return [k for k, _ in got.entries]
+
+
+async def test_reverse_reads_around_the_empty_sort_key(nodes):
+    """The empty key is the smallest: downwards from it is that key alone, and a scan continued
+    past it ends (a reverse scan from an empty start means "from the end" to the storage)."""
+    keys = ["", "a", "b", "c"]
+    for n in nodes:
+        for k in keys:
+            await store(n, k, 1, b"v")
+    t = nodes[0].table
+    assert await read(t, RangeQuery(start="", reverse=True)) == ([""], False, None)
+    assert await read(t, RangeQuery(start="", reverse=True, limit=1)) == ([""], False, None)
+    assert await read(t, RangeQuery(start="", reverse=True, limit=0)) == ([], True, "")
+    assert await read(t, RangeQuery(start="", end="", reverse=True)) == ([], False, None)
+    # paging down to the empty key: it comes last, once, and its next_start reads it alone
+    assert await read(t, RangeQuery(reverse=True, limit=3)) == (["c", "b", "a"], True, "")
+    assert await read(t, RangeQuery(reverse=True, start="a", limit=1)) == (["a"], True, "")
+    # internal pages that end exactly at the empty key do not start over from the end
+    for page in (1, 2, 3, 4, 1000):
+        assert await read_paged(t, RangeQuery(reverse=True), page) == keys[::-1], page
+        assert await read_paged(t, RangeQuery(reverse=True, start="b"), page) == ["b", "a", ""], page
+        assert await read_paged(t, RangeQuery(), page) == keys, page
+    for n in nodes:  # a tombstone at the empty key: hidden, and still the end
+        await store(n, "", 2, b"")
+    assert await read(t, RangeQuery(start="", reverse=True)) == ([], False, None)
+    assert await read_paged(t, RangeQuery(reverse=True), 1) == ["c", "b", "a"]

@@ -76,21 +76,35 @@ async def read_range(fetch: Fetch, q: RangeQuery, filt: Any = None, page: int = 
         start = prefix + _HIGH if prefix and len(prefix) < MAX_KEY_BYTES else prefix
     else:
         start = prefix
-    want = None if q.limit is None else q.limit + 1
+    if q.reverse and q.start == "":
+        # Downwards from the empty key, the smallest one: that key alone, read forwards, since
+        # a reverse scan from an empty start reads from the end of the partition.
+        entries: list[tuple[str, Any]] = []
+        if end is None:
+            rows, _ = await fetch(b"", prefix=b"", end=b"\x00", reverse=False, limit=1, filt=filt, skip_start=False)
+            entries = [(k.decode(), e) for k, e in rows if not k]
+    else:
+        want = None if q.limit is None else q.limit + 1
+        entries = await _pages(fetch, start, prefix, end, q.reverse, want, filt, page)
+    if q.limit is not None and len(entries) > q.limit:
+        return RangePage(entries[: q.limit], True, entries[q.limit][0])
+    return RangePage(entries, False, None)
+
+
+async def _pages(
+    fetch: Fetch, start: bytes, prefix: bytes, end: bytes | None, reverse: bool, want: int | None, filt: Any, page: int
+) -> list[tuple[str, Any]]:
+    """Up to ``want`` entries (all without it) from ``start`` on, ``page`` at most per fetch."""
     entries: list[tuple[str, Any]] = []
     skip = False
     while want is None or len(entries) < want:
         n = page if want is None else min(page, want - len(entries))
-        rows, resume = await fetch(
-            start, prefix=prefix, end=end, reverse=q.reverse, limit=n, filt=filt, skip_start=skip
-        )
+        rows, resume = await fetch(start, prefix=prefix, end=end, reverse=reverse, limit=n, filt=filt, skip_start=skip)
         entries.extend((k.decode(), e) for k, e in rows)
-        if resume is None:
-            break
+        if resume is None or (reverse and not resume):
+            break  # (nothing is below the empty key)
         start, skip = resume, True
-    if q.limit is not None and len(entries) > q.limit:
-        return RangePage(entries[: q.limit], True, entries[q.limit][0])
-    return RangePage(entries, False, None)
+    return entries
 
 
 def local_page(rows: list[tuple[bytes, Any]], limit: int | None) -> tuple[list[tuple[bytes, Any]], bytes | None]:
