@@ -16,7 +16,7 @@ from garagekv.consensus.machine import Decision, StateMachine
 from garagekv.consensus.messages import Proposal
 from garagekv.consensus.metrics import ConsensusMetrics
 from garagekv.consensus.placement import LayoutPlacement, Placement
-from garagekv.consensus.proposer import Proposer, Transport
+from garagekv.consensus.proposer import Proposer, ReadTooLarge, Transport
 from garagekv.rpc.messages import MalformedMessage
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Placement",
     "Proposal",
     "Proposer",
+    "ReadTooLarge",
     "StateMachine",
     "Transport",
 ]

@@ -51,7 +51,7 @@ from garagekv.consensus.placement import Placement, majority
 from garagekv.rpc.batching import MAX_BATCH_BYTES, CallBatcher, resolve_held, unwrap_answer
 from garagekv.rpc.quorum import QuorumError, describe_failure
 from garagekv.util import codec
-from garagekv.util.errors import BadRequest, ServiceUnavailable
+from garagekv.util.errors import BadRequest, EntityTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,25 @@ class _Hold:
 
 
 _background: set[asyncio.Future[Any]] = set()
+
+
+class ReadTooLarge(EntityTooLarge):
+    """The states an operation reads are too big for one acceptor's answer (the RPC frame
+    limit): raised before anything was proposed, so the operation has not taken effect."""
+
+
+#: Phases whose answers carry states; a refusal to send one for its size ends the operation.
+_READ_PHASES = frozenset({PREPARE, READ, CHECKED_PROPOSE})
+
+
+def _raise_if_too_large(path: str, err: BaseException) -> None:
+    """An answer with states refused for its size ends the operation: every acceptor's would be
+    as big, so it is not a node failing (a quorum error, a 503) but a request too big (413)."""
+    if isinstance(err, EntityTooLarge) and path in _READ_PHASES:
+        raise ReadTooLarge(
+            f"the items this operation reads do not fit in one message between nodes ({err.message}); "
+            "read fewer or smaller items per operation"
+        ) from None
 
 
 def _keep(task: asyncio.Future[Any]) -> None:
@@ -399,6 +418,7 @@ class Proposer:
         except _NotHeld:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of this one call ends the held round
+            _raise_if_too_large(path, e)
             log.debug("held round: %s", describe_failure(node, e))
             raise _NotHeld(None, backoff=False) from None
         finally:
@@ -680,11 +700,13 @@ class Proposer:
                     elif task.exception() is not None:
                         err = task.exception()
                         assert err is not None
+                        _raise_if_too_large(path, err)
                         errors.append(describe_failure(node, err))
                     else:
                         try:
                             ok, seen, value = verdict(unwrap_answer(task.result()) if node != me else task.result())
                         except Exception as e:  # noqa: BLE001 - a malformed answer counts as a failure
+                            _raise_if_too_large(path, e)
                             errors.append(describe_failure(node, e))
                         else:
                             if ok:

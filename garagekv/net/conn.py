@@ -221,7 +221,10 @@ class Connection:
                     log.exception("RPC handler for %s failed", msg.path)
                 frame = encode_error(msg.id, run_handler_error(e))
             if len(frame) > self._channel.max_record:
-                frame = encode_error(msg.id, InternalError(f"response to {msg.path} exceeds the frame limit"))
+                # Not a failure of this node: any node would give an answer that big (the caller
+                # tells its client so, docs/protocol.md).
+                too_large = EntityTooLarge(f"the answer to {msg.path} is {len(frame)} bytes, over the RPC frame limit")
+                frame = encode_error(msg.id, too_large)
             if not self._closed:
                 await self._channel.send(frame)
         except ChannelClosed:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer
+from garagekv.consensus import ZERO_BALLOT, Decision, LayoutPlacement, Proposer, ReadTooLarge
 from garagekv.consensus.acceptor import ACCEPT_COMMIT, CHECKED_PROPOSE, COMMIT, PREPARE, PROPOSE, READ
 from garagekv.consensus.messages import Commit
 from garagekv.consensus.proposer import CONTENTION_MEMORY
@@ -17,7 +17,7 @@ from garagekv.rpc.layout import NB_PARTITIONS, LayoutHistory, NodeRole
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import QuorumError
 from garagekv.util import codec
-from garagekv.util.errors import ServiceUnavailable
+from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
 from tests.support.consensus_fakes import (
     REGISTER_TREE,
     Cluster,
@@ -469,3 +469,33 @@ async def test_layout_placement_during_a_migration(tmp_path):
         assert all(n.acceptor.load(key).committed.epoch == 2 for n in cluster.nodes)
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_states_too_big_for_an_answer_end_the_operation_before_any_proposal(cluster, held):
+    """An acceptor whose answer with the read states would pass the RPC frame limit is not a node
+    that failed (any node's answer would be as big): the operation ends at once with a 413 that
+    says nothing was proposed, with or without a held ballot, and nothing was written."""
+    sets = [cluster.ids(0, 1, 2)]
+    p = cluster.proposer(0, sets)
+    if held:
+        assert await p.run(KEY, [b"x"], increment()) == 1  # the commit renews: p holds a ballot
+        await settle()
+
+    async def too_big(path: str, node: bytes) -> None:
+        if path in (PREPARE, READ, CHECKED_PROPOSE) and node != cluster.nodes[0].id:
+            raise EntityTooLarge("the answer is 17000000 bytes, over the RPC frame limit")
+
+    cluster.transport.before = too_big
+    before = len(cluster.transport.calls)
+    for decide in (increment(), read()):
+        with pytest.raises(ReadTooLarge) as e:
+            await p.run(KEY, [b"x"], decide)
+        assert e.value.status == 413 and "do not fit in one message" in e.value.message
+    await settle()
+    paths = [path for path, _ in cluster.transport.calls[before:]]
+    assert PROPOSE not in paths and ACCEPT_COMMIT not in paths and COMMIT not in paths, paths
+    for node in cluster.nodes[:3]:
+        assert node.register_value(KEY) == ((1, 1) if held else (0, 0))
+    cluster.transport.before = None
+    assert await p.run(KEY, [b"x"], increment()) == (2 if held else 1)

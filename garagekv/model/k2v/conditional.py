@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from garagekv.consensus import Decision, Proposer
+from garagekv.consensus import Decision, Proposer, ReadTooLarge
 from garagekv.db.writer import TxnReader, WriteTxn
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem, Value, merge_encoded, partition_hash
@@ -348,6 +348,14 @@ class ConditionalK2V:
                 outcomes: Sequence[BatchOutcome | Exception]
                 try:
                     outcomes = await self._round(key, queue, [op.txn for op in batch])
+                except ReadTooLarge as e:
+                    # Nothing was proposed. Together the operations read too much for one message:
+                    # each runs again in a round of its own, and only one too big alone fails.
+                    if len(batch) > 1:
+                        queue.alone = max(queue.alone, len(batch))
+                        outcomes = [Deferred()] * len(batch)
+                    else:
+                        outcomes = [e]
                 except Exception as e:  # noqa: BLE001 - the round failed: every operation in it answers so
                     outcomes = [e] * len(batch)
                 finally:
@@ -406,6 +414,13 @@ class ConditionalK2V:
                 return await self.proposer.run(key, [sk.encode() for sk in sort_keys], decide, timeout=self.timeout)
             except _Reserve as r:
                 above = r.above
+            except ReadTooLarge:
+                if attempts:  # an earlier attempt's writes may still be chosen
+                    raise ServiceUnavailable(
+                        "a consensus round could not read its items again (too large for one message): "
+                        "the operation may or may not have been applied"
+                    ) from None
+                raise
         raise ServiceUnavailable("this node kept writing the items of the round faster than it could reserve times")
 
 
@@ -449,6 +464,8 @@ class _KeyQueue:
         # The current round's reservations (their first dots) and those an attempt proposed.
         self.reserved: list[int] = []
         self.proposed: set[int] = set()
+        #: The next operations to run in rounds of their own (their reads were too big together).
+        self.alone = 0
 
     def end_round(self, store: K2VStore) -> None:
         """Settle the round's reservations that no attempt proposed; the others are settled when
@@ -461,7 +478,11 @@ class _KeyQueue:
         """The next round's operations, in arrival order: the first always, then as many as fit."""
         batch: list[_Queued] = []
         keys: set[str] = set()
-        while self.pending and len(batch) < self.MAX_OPS:
+        most = self.MAX_OPS
+        if self.alone:
+            self.alone -= 1
+            most = 1
+        while self.pending and len(batch) < most:
             op = self.pending[0]
             if op.abandoned or op.result.done():
                 self.pending.popleft()

@@ -32,7 +32,7 @@ from garagekv.model.k2v.messages import PollRangesReply
 from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.seen import RangeSeenMarker
 from garagekv.rpc.quorum import QuorumError, describe_failure
-from garagekv.util.errors import ServiceUnavailable
+from garagekv.util.errors import EntityTooLarge, ServiceUnavailable
 from garagekv.util.time import now_ms
 
 #: Once one range has news, answers arriving within this long are reported in the same answer.
@@ -150,6 +150,15 @@ class RangesTally:
         return None if all(res is None for res in out) else out
 
 
+def poll_too_large(err: EntityTooLarge) -> EntityTooLarge:
+    """A storage node's answer did not fit in one message: any node's would be as big, so the
+    client is told to poll less at once (docs/k2v-compat.md, "Item size")."""
+    return EntityTooLarge(
+        f"the items this poll returns do not fit in one message between nodes ({err.message}); "
+        "poll a narrower range (prefix, start, end) or fewer ranges at once"
+    )
+
+
 async def collect(
     asks: dict[bytes, list[int]],
     ask: Callable[[bytes, list[int]], Awaitable[PollRangesReply]],
@@ -173,6 +182,8 @@ async def collect(
                 exc = t.exception()
                 if exc is None:
                     tally.answered(asks[node], t.result())
+                elif isinstance(exc, EntityTooLarge):
+                    raise poll_too_large(exc)
                 else:
                     tally.failed(node, asks[node], exc)
             tally.check()

@@ -42,6 +42,7 @@ from garagekv.model.k2v.poll_ranges import (
     RangesTally,
     collect,
     merge_answers,
+    poll_too_large,
 )
 from garagekv.model.k2v.range import RangePage, RangeQuery, read_range
 from garagekv.model.k2v.schema import CounterFilter, ItemFilter
@@ -309,8 +310,10 @@ class K2VService:
                     break
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
-                    if t.exception() is not None:
-                        errors.append(str(t.exception()))
+                    if (exc := t.exception()) is not None:
+                        if isinstance(exc, EntityTooLarge):
+                            raise poll_too_large(exc)
+                        errors.append(str(exc))
                     else:
                         try:
                             replies.append(PollRangeReply.from_wire(t.result()))
