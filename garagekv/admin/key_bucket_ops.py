@@ -44,7 +44,7 @@ async def _bucket_ref(
             raise AdminError(f"Invalid bucket id: {bid!r} (expected 64 hex digits)")
         if await h.get_bucket(raw) is None:
             raise NoSuchBucket(bid)
-        return bid
+        return raw.hex()  # canonical (lowercase), as stored and compared
     if global_alias is not None:
         raw = await h.resolve_global_alias(global_alias)
         if raw is None or await h.get_bucket(raw) is None:

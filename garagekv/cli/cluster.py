@@ -8,6 +8,7 @@ from typing import Any
 
 from garagekv.admin.remote import admin_call, local_target
 from garagekv.cli import jsonout
+from garagekv.cli.argtypes import u64
 from garagekv.cli.hints import with_config
 from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
@@ -54,13 +55,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cfg = layout.add_parser("config", help="stage layout parameters")
     cfg.add_argument("-r", "--redundancy", required=True, help="zone redundancy: a number or 'maximum'")
     ap = layout.add_parser("apply", help="compute and commit the staged changes as a new version")
-    ap.add_argument("--version", type=int, help="must be the current version + 1")
+    ap.add_argument("--version", type=u64, help="must be the current version + 1")
     rv = layout.add_parser("revert", help="drop the staged changes")
     rv.add_argument("--yes", action="store_true")
     hi = layout.add_parser("history", help="live and old layout versions, update trackers")
     hi.add_argument("--json", action="store_true")
     sk = layout.add_parser("skip-dead-nodes", help="unblock a migration stuck on dead nodes")
-    sk.add_argument("--version", type=int, required=True)
+    sk.add_argument("--version", type=u64, required=True)
     sk.add_argument("--allow-missing-data", action="store_true")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from garagekv.admin.remote import admin_call
 from garagekv.cli import jsonout
+from garagekv.cli.argtypes import u64
 from garagekv.rpc.layout import format_bytes
 from garagekv.util.config import Config
 from garagekv.util.errors import AdminError
@@ -43,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     wl.add_argument("-b", "--busy", action="store_true", help="only workers that are busy")
     wl.add_argument("-e", "--errors", action="store_true", help="only workers with errors")
     wi = w.add_parser("info", help="one worker in detail")
-    wi.add_argument("tid", type=int)
+    wi.add_argument("tid", type=u64)
     wi.add_argument("--json", action="store_true")
     m = sub.add_parser("meta", help="this node's metadata database").add_subparsers(dest="action", required=True)
     ms = m.add_parser(

@@ -146,13 +146,11 @@ class MetaHelper:
     async def import_key(self, key_id: str, secret: str, name: str = "Imported key") -> Key:
         if not KEY_ID_RE.match(key_id):
             raise AdminError(
-                "The specified key ID is not a valid garagekv key ID (starts with `GK`, "
-                "followed by 12 hex-encoded bytes)"
+                # ("a valid garagekv key ..." would read as a command to the CLI's hints)
+                "The specified key ID is not a valid access key ID (starts with `GK`, followed by 12 hex-encoded bytes)"
             )
         if not SECRET_RE.match(secret):
-            raise AdminError(
-                "The specified secret key is not a valid garagekv secret key (composed of 32 hex-encoded bytes)"
-            )
+            raise AdminError("The specified secret key is not a valid secret key (composed of 32 hex-encoded bytes)")
         async with self._lock:
             if await self.keys.get(EMPTY_PARTITION + key_id.encode()) is not None:
                 raise KeyAlreadyExists(

@@ -114,6 +114,7 @@ class Model:
             system.is_up,
         )
         self.k2v.conditional = self.conditional
+        self.k2v.flush_counters = self.counter_queue.flush
         # Times reserved by rounds that ended without settling them (model/k2v/reservations.py):
         # a round writing nothing on the key, run here, settles them.
         self.reservation_sweeper = ReservationSweeper(self.store.clock, writer, self.conditional.settle_round)

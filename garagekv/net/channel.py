@@ -74,12 +74,23 @@ class SecureChannel:
         self._send_ctr += 1
         self._writer.write(header + sealed)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes queued for the socket and not sent yet."""
+        return self._writer.transport.get_write_buffer_size()
+
     async def send(self, plaintext: bytes) -> None:
-        """Send one record and wait for the socket buffer to drain (backpressure)."""
-        self.send_nowait(plaintext)
+        """Send one record once the socket buffer has room (backpressure).
+
+        The wait comes before the record is queued: a sender cancelled while it waits (its caller
+        gave up, or the peer cancelled the request being answered) leaves nothing behind, so a
+        peer that stops reading cannot make this node buffer more than one record past the
+        transport's high-water mark, however many requests it sends and cancels.
+        """
         try:
             async with self._drain_lock:
                 await self._writer.drain()
+                self.send_nowait(plaintext)
         except (ConnectionError, OSError) as e:
             raise ChannelClosed(f"connection lost: {e}")
 

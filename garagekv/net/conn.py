@@ -190,6 +190,9 @@ class Connection:
         if msg.id in self._serving:
             raise PeerProtocolError("duplicate request id")
         if len(self._serving) >= self._max_in_flight:
+            if self._channel.buffered > self._channel.max_record:
+                # Its answers pile up unread: refusing more would only pile up refusals.
+                raise PeerProtocolError("the peer keeps sending requests without reading the answers")
             self._send_nowait(encode_error(msg.id, ServiceUnavailable("too many requests in flight")))
             return
         task = asyncio.create_task(self._serve(msg))

@@ -40,7 +40,8 @@ def tag_of(what: str, w: Any, known: Sequence[str]) -> str:
         raise malformed(what, "expected a non-empty array")
     tag = w[0]
     if not isinstance(tag, str) or tag not in known:
-        raise MalformedMessage(f"unknown {what} {tag!r:.40}")
+        shown = repr(tag[:40]) if isinstance(tag, str | bytes) else type(tag).__name__  # never a deep repr
+        raise MalformedMessage(f"unknown {what} {shown:.40}")
     return tag
 
 

@@ -57,7 +57,14 @@ from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.layout.history import LayoutHistory
 from garagekv.rpc.layout.manager import LayoutManager
 from garagekv.rpc.quorum import try_call_many
-from garagekv.table.messages import ElementsRequest, ItemsPush, SumsRequest, SyncRequest, parse_sync_request
+from garagekv.table.messages import (
+    ElementsRequest,
+    ItemsPush,
+    SumsRequest,
+    SyncRequest,
+    decode_entries,
+    parse_sync_request,
+)
 from garagekv.table.range_sums import LEVELS, pack_sum
 from garagekv.table.replication import SyncPartition
 from garagekv.table.table import Table
@@ -513,7 +520,7 @@ class TableSyncer:
                     return [None if e is None else pack_sum(e) for e in sums.elements_of(txn, list(req.keys))]
                 return [pack_sum(v) for v in sums.sums_of(txn, req.partition, req.level, list(req.bounds), req.end)]
         if isinstance(req, ItemsPush):
-            await self.data.merge_many([self.data.schema.decode(r) for r in req.raws])
+            await self.data.merge_many(decode_entries(self.data.schema, req.raws, "sync items"))
             return None
         return await asyncio.to_thread(self.local_digest)
 

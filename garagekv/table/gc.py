@@ -38,7 +38,7 @@ from garagekv.db.env import Database
 from garagekv.db.writer import GroupCommitWriter, WriteTxn
 from garagekv.net.identity import short_id
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
-from garagekv.table.messages import DeleteIfEqualHash, GcRequest, Update, parse_gc_request
+from garagekv.table.messages import DeleteIfEqualHash, GcRequest, Update, decode_entries, parse_gc_request
 from garagekv.table.table import Table
 from garagekv.util.background import Notify, WorkerState
 from garagekv.util.codec import blake2sum
@@ -282,6 +282,6 @@ class TableGc:
 
     async def _serve(self, req: GcRequest) -> Any:
         if isinstance(req, Update):
-            await self.data.merge_many([self.table.schema.decode(r) for r in req.raws])
+            await self.data.merge_many(decode_entries(self.table.schema, req.raws, "gc update"))
             return None
         return await self.data.delete_if_equal_hash(list(req.items))

@@ -15,9 +15,9 @@ their request's ``answer`` (``sums``, ``elements``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from garagekv.rpc.messages import (
     MalformedMessage,
@@ -33,6 +33,9 @@ from garagekv.rpc.messages import (
 )
 from garagekv.table.data import ScanRange
 from garagekv.table.range_sums import LEVELS, unpack_sum
+from garagekv.table.schema import Entry, TableSchema
+
+E = TypeVar("E", bound=Entry)
 
 __all__ = [
     "DeleteIfEqualHash",
@@ -87,8 +90,26 @@ class GetMany:
     @classmethod
     def from_wire(cls, w: Any) -> GetMany:
         _, keys = fields("table get_many", w, cls.TAG, 2)
-        return cls(as_bytes_list("table get_many", "keys", keys))
+        keys = as_bytes_list("table get_many", "keys", keys)
+        if not all(0 < len(k) <= MAX_TREE_KEY for k in keys):
+            raise malformed("table get_many", f"a tree key has 1 to {MAX_TREE_KEY} bytes")
+        return cls(keys)
 
+
+def decode_entries(schema: TableSchema[E], raws: Sequence[bytes], what: str) -> list[E]:
+    """Entries a peer sent: bytes that do not decode as one are a malformed message (a 400 back
+    to the sender), not an internal error of this node."""
+    out: list[E] = []
+    for raw in raws:
+        try:
+            out.append(schema.decode(raw))
+        except Exception as e:  # noqa: BLE001 - msgpack and the entry codecs raise many types on garbage
+            raise malformed(what, f"an entry does not decode ({type(e).__name__}: {e})"[:300]) from None
+    return out
+
+
+#: The longest key LMDB stores (its default ``maxkeysize``).
+MAX_TREE_KEY = 511
 
 #: In a ``get_many`` answer: the entry exists but was left out (past the answer's byte budget).
 LEFT_OUT = False

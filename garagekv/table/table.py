@@ -27,6 +27,7 @@ from garagekv.table.messages import (
     RangeRequest,
     TableRequest,
     Update,
+    decode_entries,
     parse_table_request,
 )
 from garagekv.table.replication import FullReplication, ShardedReplication
@@ -339,7 +340,7 @@ class Table(Generic[E]):
         return (await self._serve_range(req)).to_wire()
 
     async def _merge(self, raws: tuple[bytes, ...]) -> None:
-        await self.data.merge_many([self.schema.decode(r) for r in raws], list(raws))
+        await self.data.merge_many(decode_entries(self.schema, raws, "table update"), list(raws))
 
     def _serve_get_many(self, req: GetMany) -> GetManyAnswer:
         out: list[bytes | None | bool] = []

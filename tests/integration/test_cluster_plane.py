@@ -94,6 +94,14 @@ def test_actionable_layout_errors(make_cluster):
     assert r.returncode == 1 and "-z ZONE" in r.stderr
     r = a.cli("layout", "assign", a.node_id[:8], "-z", "dc1", "-c", "lots", check=False)
     assert r.returncode == 1 and "Invalid capacity" in r.stderr
+    # Past 2^64 bytes: refused like any bad capacity, and nothing is staged (it once stayed
+    # staged in memory, unencodable, and broke every later layout command of the node).
+    r = a.cli("layout", "assign", a.node_id[:8], "-z", "dc1", "-c", "20000P", check=False)
+    assert r.returncode == 1 and "Invalid capacity value" in r.stderr and "Traceback" not in r.stderr
+    assert "STAGED ROLE CHANGES" not in a.cli("layout", "show").stdout
+    for args in (("layout", "apply", "--version"), ("layout", "skip-dead-nodes", "--version"), ("worker", "info")):
+        r = a.cli(*args, str(2**64), check=False)
+        assert r.returncode == 2 and "out of range" in r.stderr, (args, r.stderr)
     # Not enough nodes for the replication factor: apply explains why and changes nothing.
     a.cli("layout", "assign", a.node_id[:8], "-z", "dc1", "-c", "1G")
     r = a.cli("layout", "apply", "--version", "1", check=False)

@@ -8,6 +8,7 @@ import pytest
 
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.messages import (
+    FlushCountersRequest,
     InsertedItem,
     InsertRequest,
     PollItemRequest,
@@ -36,6 +37,11 @@ def test_insert_request_round_trip_and_wire_form():
         assert packed(req.to_wire()) == packed(hand_built)
         back = parse_request(msgpack.unpackb(packed(req.to_wire()), raw=False))
         assert back == req
+
+
+def test_flush_counters_request_round_trip_and_wire_form():
+    assert FlushCountersRequest().to_wire() == ["flush_counters"]
+    assert parse_request(["flush_counters"]) == FlushCountersRequest()
 
 
 def test_poll_requests_round_trip_and_wire_form():
@@ -99,6 +105,8 @@ GOOD_RANGE = ["p", None, None, None, None]
         ["poll_ranges", BUCKET, [["p", None, None, None, b"bytes marker"]], 30],
         ["poll_ranges", BUCKET, [["p", None, "k" * 480, None, None]], 30],  # past any sort key
         ["poll_ranges", BUCKET, [None], 30],
+        ["flush_counters", BUCKET],  # arity
+        ["flush_counters", None],
     ],
 )
 def test_malformed_requests_are_protocol_errors(wire):

@@ -264,7 +264,27 @@ def test_check_remote(v1):
     with pytest.raises(LayoutError, match="Discarding an invalid cluster layout"):
         v1.check_remote(broken, 3)
     v1.check_remote(migrating(v1), 3)
-    LayoutHistory.new(3).check_remote(broken, 3)  # a node with no valid layout takes anything
+    fresh = LayoutHistory.new(3)  # a node with no layout yet: takes another fresh node's staging
+    staged = LayoutHistory.new(3)
+    staged.stage_role(nid(1), NodeRole("dc1", 10**9))
+    fresh.check_remote(staged, 3)
+    with pytest.raises(LayoutError, match="Discarding an invalid cluster layout"):
+        fresh.check_remote(broken, 3)  # but never a computed version that is wrong
+
+
+@pytest.mark.parametrize("where", ["older live version", "old version"])
+def test_check_remote_reads_every_version_it_would_keep(v1, where):
+    """A peer's history whose current version is valid but an older one names a node index that
+    does not exist would break every node that merged it (nodes_of on that version)."""
+    remote = migrating(v1)
+    if where == "old version":
+        remote.old_versions.append(LayoutVersion.from_wire(remote.versions[0].to_wire()))
+        remote.old_versions[-1].version = 0
+    bad = remote.versions[0] if where == "older live version" else remote.old_versions[-1]
+    bad.ring_assignment_data = b"\xff" * len(bad.ring_assignment_data)
+    for local in (v1, LayoutHistory.new(3)):
+        with pytest.raises(LayoutError, match=r"layout version \d+: ring_assignment_data contains invalid node id 255"):
+            local.check_remote(remote, 3)
 
 
 # ---------------------------------------------------------------------- wire and text
@@ -585,3 +605,28 @@ def test_cleanup_never_retires_the_only_version(v1):
         v1.update_trackers.sync_ack_map.set_max(n, 5)
     v1.cleanup_old_versions()
     assert [v.version for v in v1.versions] == [1]
+
+
+def test_a_history_that_cannot_be_stored_is_never_adopted(tmp_path, v1, monkeypatch):
+    """The manager writes a new history to disk before using it: one that fails to encode (or
+    to be written) leaves the node on the history it had, in memory and on disk."""
+    from garagekv.rpc.layout.manager import LayoutManager
+
+    m = LayoutManager(nid(1), tmp_path, 3, "consistent")
+    m.replace(v1.clone())
+    before, on_disk = m.history, (tmp_path / m.path.name).read_bytes()
+    ahead = migrating(v1)
+
+    def unencodable(self):
+        raise OverflowError("Integer value out of range")
+
+    monkeypatch.setattr(LayoutHistory, "encode", unencodable)
+    with pytest.raises(OverflowError):
+        m.replace(ahead)
+    with pytest.raises(OverflowError):
+        m.merge_remote(ahead)  # a peer's history fails the same way
+    monkeypatch.undo()
+    assert m.history is before and m.history.current().version == 1
+    assert (tmp_path / m.path.name).read_bytes() == on_disk
+    m.replace(ahead)  # once it can be stored, it is adopted
+    assert m.history.current().version == 2

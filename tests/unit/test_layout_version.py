@@ -155,6 +155,9 @@ def test_node_role_validation():
     assert NodeRole("z", None).is_gateway
     with pytest.raises(LayoutError, match="Invalid capacity value: 0"):
         NodeRole("z", 0)
+    assert NodeRole("z", 2**64 - 1).capacity == 2**64 - 1
+    with pytest.raises(LayoutError, match="Invalid capacity value"):
+        NodeRole("z", 2**64)  # a layout could not be encoded any more
     with pytest.raises(LayoutError, match="zone"):
         NodeRole("", 5)
 

@@ -235,6 +235,58 @@ async def test_in_flight_limit_answers_busy():
         await server.close()
 
 
+async def test_a_peer_that_stops_reading_cannot_make_the_node_buffer_its_answers(pair):
+    """Requests cancelled while their answers wait for the socket leave nothing queued, so a peer
+    that sends and cancels without reading gets at most about one answer buffered; one that goes
+    on past the in-flight limit is disconnected rather than sent refusals it never reads."""
+    from garagekv.net.frame import encode_cancel, encode_request
+
+    server, _, _, _, addr = pair
+    other = NetApp.client_only(SECRET)
+    conn = await other.connect(server.node_id, addr)
+    conn._channel._writer.transport.pause_reading()  # this peer reads nothing from now on
+    peer = server.connection(other.node_id)
+    assert peer is not None
+    answer = b"a" * 100_000
+    most = 0
+    for round_ in range(20):
+        ids = range(1000 + round_ * 20, 1000 + round_ * 20 + 20)
+        for i in ids:
+            conn._channel.send_nowait(encode_request(i, ECHO, answer))
+        await asyncio.sleep(0.05)
+        for i in ids:
+            conn._channel.send_nowait(encode_cancel(i))
+        await asyncio.sleep(0.02)
+        most = max(most, peer._channel._writer.transport.get_write_buffer_size())
+    # 400 answers of 100 kB were asked for (40 MB): one or two of them wait in the buffer.
+    assert most < 3 * len(answer), most
+    await other.close()
+    await fresh_client_works(server, addr)
+
+
+async def test_a_peer_flooding_past_the_in_flight_limit_without_reading_is_disconnected():
+    from garagekv.net.frame import encode_request
+
+    handlers = Handlers()
+    server = NetApp(NodeKey.generate(), SECRET, handlers.registry.dispatch, max_in_flight=4, max_record=1 << 16)
+    addr = await server.listen("127.0.0.1", 0)
+    other = NetApp.client_only(SECRET)
+    try:
+        conn = await other.connect(server.node_id, addr)
+        conn._channel._writer.transport.pause_reading()
+        for i in range(1, 200_000):
+            if server.connection(other.node_id) is None:
+                break
+            conn._channel.send_nowait(encode_request(i, BLOCK if i <= 4 else ECHO, None))
+            if i % 1000 == 0:
+                await asyncio.sleep(0.01)
+        assert server.connection(other.node_id) is None  # refused with a disconnection
+        await fresh_client_works(server, addr)
+    finally:
+        await other.close()
+        await server.close()
+
+
 # ---- a man in the middle on loopback ------------------------------------------------------------
 
 Mutator = Callable[[int, bytes], list[bytes]]

@@ -52,7 +52,15 @@ CASES: list[tuple[Any, list[Any], list[Any]]] = [
     (
         GetMany((K, P + b"x")),
         ["get_many", [K, P + b"x"]],
-        [["get_many"], ["get_many", [K], []], ["get_many", K], ["get_many", [K, None]], ["get", [K]]],
+        [
+            ["get_many"],
+            ["get_many", [K], []],
+            ["get_many", K],
+            ["get_many", [K, None]],
+            ["get", [K]],
+            ["get_many", [b""]],
+            ["get_many", [K, b"x" * 512]],
+        ],  # keys LMDB cannot look up
     ),
     (
         RangeRequest(ScanRange(P, b"a", prefix=b"p", end=b"z", reverse=True, limit=10, filt=None, skip_start=True)),
@@ -206,3 +214,28 @@ def test_sums_and_elements_answers_are_checked_before_use():
     for bad in [[None], [None, None, None], [None, "x"], {"a": 1}]:
         with pytest.raises(MalformedMessage, match="sync elements answer"):
             elements.answer(bad)
+
+
+def test_entries_that_do_not_decode_are_a_protocol_error():
+    """A peer's update, sync or GC entries that are not entries get the sender a 400, never an
+    internal error of this node."""
+    from types import SimpleNamespace
+
+    from garagekv.model.k2v.item import K2VItem
+    from garagekv.model.k2v.schema import CounterSchema
+    from garagekv.table.messages import decode_entries
+
+    for schema in (SimpleNamespace(decode=K2VItem.decode), CounterSchema()):
+        for garbage in (b"", b"\x00", b"\xff\x00garbage", pack([1, 2, 3])):
+            with pytest.raises(MalformedMessage) as info:
+                decode_entries(schema, [garbage], "table update")
+            assert info.value.message.startswith("malformed table update")
+
+
+def test_an_unknown_tag_nested_deep_is_refused_without_a_recursion():
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    for parse in (parse_table_request, parse_sync_request, parse_gc_request):
+        with pytest.raises(MalformedMessage):
+            parse([deep, 1])

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from garagekv.model.index_counter import COUNTER_NAMES, CounterEntry
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.item import K2VItem, merge_encoded, partition_hash
 from garagekv.model.k2v.messages import (
+    FlushCountersRequest,
     InsertedItem,
     InsertRequest,
     PollItemRequest,
@@ -84,6 +86,8 @@ class K2VService:
         self._ring = False
         #: Conditional writes and linearizable reads (set by the model once consensus is wired).
         self.conditional: Any = None
+        #: Sends this node's queued index counter entries (set by the model, which owns the queue).
+        self.flush_counters: Callable[[], Awaitable[None]] | None = None
         #: How the conditional writes this node answered ended (counted by the API handlers).
         self.conditional_outcomes = Outcomes(CONDITIONAL_WRITE_OUTCOMES)
         self.transaction_outcomes = Outcomes(TRANSACTION_OUTCOMES)
@@ -260,7 +264,15 @@ class K2VService:
         return {n: vals.get(n, 0) for n in COUNTER_NAMES}
 
     async def bucket_is_empty(self, bucket_id: bytes) -> bool:
-        """Through ReadIndex's own path (same counters, same filter, merged then filtered)."""
+        """Through ReadIndex's own path (same counters, same filter, merged then filtered), once
+        every storage node that answers has sent its queued counter entries: an item acknowledged
+        just before is then counted by at least one of the replicas that stored it."""
+        nodes = sorted({n for sp in self.items.replication.sync_partitions() for n in sp.storage_nodes})
+        msg = FlushCountersRequest().to_wire()
+        flushed = await asyncio.gather(*(self._call(n, msg, self.timeout) for n in nodes), return_exceptions=True)
+        for node, outcome in zip(nodes, flushed, strict=True):
+            if isinstance(outcome, BaseException):  # down: the other replicas of its items count them
+                log.info("bucket emptiness: %s did not flush its counters: %s", node_label(node), outcome)
         page, _ = await self.read_index(bucket_id, RangeQuery(limit=1))
         return not page.entries
 
@@ -385,6 +397,10 @@ class K2VService:
                 # and report a quorum. Failing sends the caller to the next storage node.
                 raise ServiceUnavailable("this node has no cluster layout yet: it cannot coordinate inserts")
             await self._coordinate_here(req.kind, req.bucket_id, list(req.items))
+            return None
+        if isinstance(req, FlushCountersRequest):
+            if self.flush_counters is not None:
+                await self.flush_counters()
             return None
         if isinstance(req, PollItemRequest):
             item = await self.store.poll_item(

@@ -316,6 +316,13 @@ class LayoutHistory:
         rf = self.replication_factor
         if any(v.replication_factor != rf for v in self.versions):
             raise LayoutError("layout history mixes replication factors")
+        # Older versions are still read (storage sets during a migration, trackers): each must
+        # name only its own storage nodes; the rules of the current computation apply to the last.
+        for v in [*self.old_versions, *self.versions[:-1]]:
+            try:
+                v.check_structure()
+            except LayoutError as e:
+                raise LayoutError(f"layout version {v.version}: {e.message}")
         self.current().check()
 
     def check_remote(self, other: LayoutHistory, replication_factor: int) -> None:
@@ -326,7 +333,9 @@ class LayoutHistory:
                 f"{other.replication_factor}, which is different from what we have in our "
                 f"configuration ({replication_factor}). Discarding the cluster layout we received."
             )
-        if _is_valid(self.current()):
+        # An empty first version (a node that has no layout yet, whose staged roles must still
+        # spread) is taken as it is; any history with a computed version is checked in full.
+        if _is_valid(self.current()) or other.current().version > 0:
             try:
                 other.check()
             except LayoutError as e:

@@ -47,10 +47,11 @@ class LayoutManager:
                 log.error("cannot read %s (%s); starting from an empty layout", self.path, e)
         return LayoutHistory.new(self.rf)
 
-    def _persist(self) -> None:
+    def _persist(self, history: LayoutHistory) -> None:
         tmp = self.path.with_suffix(".tmp")
+        data = history.encode()  # before opening the file: a history that cannot be encoded changes nothing
         with open(tmp, "wb") as f:
-            f.write(self.history.encode())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -76,14 +77,18 @@ class LayoutManager:
                 if v < self.history.current().version:
                     self.refresh_trackers()
 
-    def ack_version(self) -> int:
-        """The newest version this node can acknowledge: the oldest one with writes in flight."""
-        return min(self._inflight, default=self.history.current().version)
+    def ack_version(self, history: LayoutHistory | None = None) -> int:
+        """The newest version this node can acknowledge (of ``history``, by default the one in
+        use): the oldest one with writes in flight."""
+        return min(self._inflight, default=(history or self.history).current().version)
 
-    def _changed(self) -> None:
-        self.history.update_local_trackers(self.node_id, self.ack_version())
-        self.history.normalize(self.mode)
-        self._persist()
+    def _adopt(self, new: LayoutHistory) -> None:
+        """Make ``new`` this node's history. It is on disk before it is in use: one that cannot
+        be stored (or encoded) raises and leaves the node as it was, never ahead of its file."""
+        new.update_local_trackers(self.node_id, self.ack_version(new))
+        new.normalize(self.mode)
+        self._persist(new)
+        self.history = new
         for fn in list(self.listeners):
             try:
                 fn(self.history)
@@ -100,16 +105,14 @@ class LayoutManager:
         merged = self.history.clone()
         if not merged.merge(remote):
             return False
-        self.history = merged
-        self._changed()
+        self._adopt(merged)
         return True
 
     def replace(self, new: LayoutHistory) -> None:
         """Adopt a history computed locally by an operator command (stage, apply, revert)."""
         if new.current().version != self.history.current().version:
             new.check()  # a new version must be valid; staging alone leaves the versions as they were
-        self.history = new
-        self._changed()
+        self._adopt(new)
 
     def mark_synced(self, version: int) -> bool:
         """Every table completed a full sync for ``version``: raise this node's sync tracker.
@@ -119,15 +122,13 @@ class LayoutManager:
         h = self.history.clone()
         if not h.mark_synced(self.node_id, version):
             return False
-        self.history = h
-        self._changed()
+        self._adopt(h)
         return True
 
     def refresh_trackers(self) -> bool:
         """Raise this node's ack/sync trackers where it can; persist if anything moved."""
         h = self.history.clone()
         if h.update_local_trackers(self.node_id, self.ack_version()):
-            self.history = h
-            self._changed()
+            self._adopt(h)
             return True
         return False

@@ -45,8 +45,8 @@ class NodeRole:
         if self.capacity is not None:
             if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
                 raise LayoutError(f"Invalid capacity value: {self.capacity!r}")
-            if self.capacity <= 0:
-                raise LayoutError(f"Invalid capacity value: {self.capacity}")
+            if not 0 < self.capacity < 2**64:
+                raise LayoutError(f"Invalid capacity value: {self.capacity} (1 byte to 2^64 - 1 bytes)")
         tags = tuple(self.tags)
         if not all(isinstance(t, str) for t in tags):
             raise LayoutError("node tags must be strings")

@@ -154,6 +154,39 @@ class LayoutVersion:
 
     def check(self) -> None:
         """Raise ``LayoutError`` unless this version is exactly what ``calculate_next`` makes."""
+        self.check_structure()
+        rf = self.replication_factor
+        ring = self.ring_assignment_data
+        zr = self.effective_zone_redundancy()
+        for p in range(NB_PARTITIONS):
+            members = ring[p * rf : (p + 1) * rf]
+            zones = {self.roles[self.node_id_vec[i]].zone for i in members}
+            if len(zones) < zr:
+                raise LayoutError(f"nodes of partition are in less than {zr} distinct zones")
+            hosts = {host_key(self.node_id_vec[i], self.roles[self.node_id_vec[i]]) for i in members}
+            if len(hosts) != rf:
+                raise LayoutError(f"nodes of partition are on less than {rf} distinct hosts")
+
+        size = self.partition_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise LayoutError(f"invalid partition_size {size!r}")
+        for node, used in self.usage().items():
+            cap = self.roles[node].capacity or 0
+            if used * size > cap:
+                raise LayoutError(f"node usage ({used * size}) is bigger than node capacity ({cap})")
+
+        try:
+            optimal = optimal_partition_size(self.assignment_problem())
+        except LayoutError as e:
+            raise LayoutError(f"could not calculate optimal partition size: {e.message}")
+        if optimal != size:
+            raise LayoutError(f"partition_size ({size}) is different than optimal value ({optimal})")
+
+    def check_structure(self) -> None:
+        """Raise ``LayoutError`` unless the version can be read safely: its ring names, for every
+        partition, ``replication_factor`` distinct storage nodes of its own roles. That is what a
+        node needs of an older version it keeps (whatever rules computed it); ``check`` adds the
+        rules of the current computation (zones, hosts, capacities, optimality)."""
         rf = self.replication_factor
         if isinstance(rf, bool) or not isinstance(rf, int) or rf < 1:
             raise LayoutError(f"invalid replication factor {rf!r}")
@@ -187,32 +220,9 @@ class LayoutVersion:
             if x >= nb_storage:
                 raise LayoutError("ring_assignment_data contains id of a gateway node")
 
-        zr = self.effective_zone_redundancy()
         for p in range(NB_PARTITIONS):
-            members = ring[p * rf : (p + 1) * rf]
-            if len(set(members)) != rf:
+            if len(set(ring[p * rf : (p + 1) * rf])) != rf:
                 raise LayoutError(f"partition does not contain {rf} unique node ids")
-            zones = {self.roles[self.node_id_vec[i]].zone for i in members}
-            if len(zones) < zr:
-                raise LayoutError(f"nodes of partition are in less than {zr} distinct zones")
-            hosts = {host_key(self.node_id_vec[i], self.roles[self.node_id_vec[i]]) for i in members}
-            if len(hosts) != rf:
-                raise LayoutError(f"nodes of partition are on less than {rf} distinct hosts")
-
-        size = self.partition_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise LayoutError(f"invalid partition_size {size!r}")
-        for node, used in self.usage().items():
-            cap = self.roles[node].capacity or 0
-            if used * size > cap:
-                raise LayoutError(f"node usage ({used * size}) is bigger than node capacity ({cap})")
-
-        try:
-            optimal = optimal_partition_size(self.assignment_problem())
-        except LayoutError as e:
-            raise LayoutError(f"could not calculate optimal partition size: {e.message}")
-        if optimal != size:
-            raise LayoutError(f"partition_size ({size}) is different than optimal value ({optimal})")
 
     # ------------------------------------------------------------------ wire
 
