@@ -160,6 +160,11 @@ def test_node_role_validation():
         NodeRole("z", 2**64)  # a layout could not be encoded any more
     with pytest.raises(LayoutError, match="zone"):
         NodeRole("", 5)
+    # bounded, so that a history of many versions of hundreds of roles fits in one RPC message
+    assert NodeRole("z" * 255, 5, ["t" * 255] * 32).zone == "z" * 255
+    for zone, tags in (("z" * 256, []), ("é" * 128, []), ("z", ["t" * 256]), ("z", ["t"] * 33)):
+        with pytest.raises(LayoutError, match="at most"):
+            NodeRole(zone, 5, tags)
 
 
 def test_parse_zone_redundancy():

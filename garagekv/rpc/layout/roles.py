@@ -24,6 +24,13 @@ HOST_ID_LEN = 32
 HostKey = tuple[int, bytes]
 
 
+#: Zone and tag sizes: every layout version repeats every role, and a layout history (several
+#: versions) must stay far below the RPC frame limit for hundreds of nodes, or it could no longer
+#: be sent to the other nodes.
+MAX_NAME_BYTES = 255
+MAX_TAGS = 32
+
+
 @dataclass(frozen=True)
 class NodeRole:
     """A node's role; ``capacity is None`` marks a gateway (routes requests, stores nothing).
@@ -42,6 +49,8 @@ class NodeRole:
     def __post_init__(self) -> None:
         if not isinstance(self.zone, str) or not self.zone:
             raise LayoutError("Please specify a zone with the -z flag")
+        if len(self.zone.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise LayoutError(f"A zone name is at most {MAX_NAME_BYTES} bytes")
         if self.capacity is not None:
             if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
                 raise LayoutError(f"Invalid capacity value: {self.capacity!r}")
@@ -50,6 +59,8 @@ class NodeRole:
         tags = tuple(self.tags)
         if not all(isinstance(t, str) for t in tags):
             raise LayoutError("node tags must be strings")
+        if len(tags) > MAX_TAGS or any(len(t.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for t in tags):
+            raise LayoutError(f"A node has at most {MAX_TAGS} tags of at most {MAX_NAME_BYTES} bytes each")
         object.__setattr__(self, "tags", tags)
         if self.host is not None and (not isinstance(self.host, bytes) or len(self.host) != HOST_ID_LEN):
             raise LayoutError(f"Invalid host id {self.host!r}: expected {HOST_ID_LEN} bytes")
