@@ -140,3 +140,59 @@ def test_pending_expiries_survive_a_restart(tmp_path):
         assert expiry_worker(node)["queue"] == 0
     finally:
         node.kill()
+
+
+def test_a_replica_back_from_a_crash_never_expires_a_value_replaced_meanwhile(tmp_path):
+    """A replica killed while it holds a TTL value misses the write that replaces it (a token
+    write before the expiry, or a create-only write after it). Back up, it must not expire its
+    stale copy: its tombstone would stand next to the new value as a concurrent value nobody
+    wrote, and a lease renewed with the token of its own create would then fail."""
+    nodes = start_cluster(tmp_path, 3, extra=FAST_SYNC)
+    try:
+        creds = make_bucket(nodes[0])
+        bucket = creds["bucket"]
+        for n in nodes:
+            wait_for(lambda n=n: bucket_visible(n, creds))
+        clients = [k2v_client(n, creds) for n in nodes]
+        down = nodes[2]
+        pks = [f"p{i}" for i in range(6)]  # several partitions: the returning node comes first for some
+        for pk in pks:
+            put(clients[0], bucket, pk, "replaced", b"ttl", ttl=3)
+            r = clients[0].request(
+                "PUT", f"/{bucket}/{pk}", "sort_key=lease", b"lease1", headers={TTL: "2", "If-None-Match": "*"}
+            )
+            assert r.status == 204, (r.status, r.body)
+        bid = bucket_id_of(nodes[0], bucket)
+        for pk in pks:
+            wait_for(lambda pk=pk: local_item(down, bid, pk, "lease") is not None)
+        down.kill()
+        for pk in pks:  # before the expiry: the token write replaces the TTL value
+            token = read_bin(clients[0], bucket, pk, "replaced").header(TOKEN)
+            r = clients[0].request("PUT", f"/{bucket}/{pk}", "sort_key=replaced", b"kept", headers={TOKEN: token})
+            assert r.status == 204, (r.status, r.body)
+        renew = {}
+        for pk in pks:  # after the expiry: the lease is taken again, create-only
+            wait_for(lambda pk=pk: read_bin(clients[1], bucket, pk, "lease").status == 204, timeout=30)
+            create = {"If-None-Match": "*"}
+            r = clients[1].request("PUT", f"/{bucket}/{pk}", "sort_key=lease", b"lease2", headers=create)
+            assert r.status == 204, (r.status, r.body)
+            renew[pk] = r.header(TOKEN)
+        time.sleep(1.5)  # past every expiry the returning node holds
+        down.start()
+        for pk in pks:
+            key = partition_hash(bid, pk)
+            wait_for(lambda k=key: len({local_keys(n)[k + b"replaced"] for n in nodes}) == 1, timeout=60)
+            wait_for(lambda k=key: len({local_keys(n)[k + b"lease"] for n in nodes}) == 1, timeout=60)
+        time.sleep(2)  # the returning node's expiry worker has had its turn
+        for pk in pks:
+            for c in clients:
+                r = c.request("GET", f"/{bucket}/{pk}", "sort_key=replaced")
+                assert r.status == 200 and r.json() == ["a2VwdA=="], (pk, r.status, r.body)
+                r = c.request("GET", f"/{bucket}/{pk}", "sort_key=lease")
+                assert r.status == 200 and r.json() == ["bGVhc2Uy"], (pk, r.status, r.body)
+            renewal = {"If-Match": renew[pk]}
+            r = clients[2].request("PUT", f"/{bucket}/{pk}", "sort_key=lease", b"lease3", headers=renewal)
+            assert r.status == 204, (pk, r.status, r.body)  # nobody else wrote: the renewal holds
+    finally:
+        for n in nodes:
+            n.kill()

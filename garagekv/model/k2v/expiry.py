@@ -16,7 +16,10 @@ partition (in the layout's order) that this node sees up writes it right away; t
 ``FALLBACK_STEP_MS`` per live node ahead of them in that order, by which time the first node's
 tombstone has normally replaced the value on their copy (which removes their entry). A duplicate
 is harmless: each expiring node turns the same dot into the same tombstone, and its own
-tombstone dot only adds a tombstone value, which reads dedupe.
+tombstone dot only adds a tombstone value, which reads dedupe. Before a step expires anything,
+the node merges a read quorum's copies of its items into its own (``_catch_up``): a copy that
+missed a write replacing the value must not expire it, or its tombstone would stand next to the
+new value.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ LINGER_MS = 500
 IDLE_WAKEUP = 60.0
 #: Replications of tombstones in flight before the worker waits for one to finish.
 MAX_INFLIGHT = 8
+#: How long a step whose items' replicas could not be read waits before it is tried again.
+RETRY_MS = 1000
 
 
 class ExpiryWorker:
@@ -73,6 +78,7 @@ class ExpiryWorker:
         self.expired = 0  # items this node wrote an expiry tombstone for
         self.deferred = 0  # due entries left to another storage node in the last step
         self.replication_failures = 0
+        self.postponed = 0  # steps put off because no read quorum answered
         self.last_expired_at: float | None = None
 
     # ---- whose turn ---------------------------------------------------------------------------
@@ -119,12 +125,39 @@ class ExpiryWorker:
         if sel.ready:
             while len(self._inflight) >= MAX_INFLIGHT:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            if not await self._catch_up([tree_key for _, tree_key in sel.ready]):
+                self._next_ms = now + RETRY_MS
+                return WorkerState.IDLE
             changed = await self.store.writer.submit(lambda tx: self._expire_in(tx, sel.ready, now))
             self.expired += len(changed)
             if changed:
                 self.last_expired_at = time.time()
                 self._replicate(changed)
         return WorkerState.BUSY if sel.more else WorkerState.IDLE
+
+    async def _catch_up(self, tree_keys: list[bytes]) -> bool:
+        """Merge a read quorum's copies of the items about to expire into this node's own.
+
+        This node's copy may have missed a write that replaced the value since (the node was
+        down, or the write was still on its way): expiring that copy would add this node's
+        tombstone next to the new value, as a concurrent value that nothing ever wrote. With
+        a read quorum merged in, every acknowledged write is in the copy that is expired (a
+        value already replaced has left it, and its index entry with it). False when no quorum
+        answers: the entries stay due and the step is tried again later, never on a copy that
+        may be stale.
+        """
+        if len(self.items.replication.read_nodes(tree_keys[0][:32])) <= 1:
+            return True  # this node's copy is the only one
+        try:
+            found = await asyncio.gather(*(self.items.get(k) for k in tree_keys))
+        except Exception as e:  # noqa: BLE001 - no quorum, a node failing: try the step again later
+            log.info("expiry of %d item(s) postponed: their replicas could not be read: %s", len(tree_keys), e)
+            self.postponed += 1
+            return False
+        entries = [e for e in found if e is not None]
+        if entries:
+            await self.items.data.merge_many(entries)
+        return True
 
     def _expire_in(self, tx: WriteTxn, ready: list[tuple[bytes, bytes]], now: int) -> list[K2VItem]:
         out: list[K2VItem] = []
@@ -166,4 +199,6 @@ class ExpiryWorker:
             out["deferred"] = self.deferred
         if self.replication_failures:
             out["replication_failures"] = self.replication_failures
+        if self.postponed:
+            out["postponed"] = self.postponed
         return out
