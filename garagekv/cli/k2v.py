@@ -47,6 +47,7 @@ from garagekv.client.config import env_settings, load_dev_json, resolve
 from garagekv.client.types import txn_op_from_json
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_TIMEOUT = 4
 EXIT_PRECONDITION = 5
@@ -317,9 +318,19 @@ def _output_item(item: Item, args: argparse.Namespace) -> int:
 # --- input ----------------------------------------------------------------------------------
 
 
+#: Whether ``--dev-json -`` read standard input in this run: nothing else can come from it then.
+_stdin_taken = False
+
+
+def _stdin_bytes() -> bytes:
+    if _stdin_taken:
+        raise CliError("standard input carried --dev-json -: give this input as an argument or with --file", EXIT_USAGE)
+    return sys.stdin.buffer.read()
+
+
 def _read_source(path: str) -> bytes:
     if path == "-":
-        return sys.stdin.buffer.read()
+        return _stdin_bytes()
     try:
         return Path(path).read_bytes()
     except OSError as e:
@@ -394,7 +405,7 @@ async def cmd_insert(client: K2VClient, args: argparse.Namespace) -> int:
     else:
         if sys.stdin.isatty():
             raise CliError("no value: give it as an argument, with --file, --b64, or on stdin", 2)
-        value = sys.stdin.buffer.read()
+        value = _stdin_bytes()
     if args.if_match is not None or args.if_none_match:
         try:
             new = await client.insert_item(
@@ -549,8 +560,9 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
         _print_poll(res, args)
         return 0
     count = 0
+    scope = asyncio.timeout(args.watch_timeout)
     try:
-        async with asyncio.timeout(args.watch_timeout):
+        async with scope:
             async for res in client.watch_range(
                 args.partition_key,
                 seen_marker=args.seen_marker,
@@ -563,6 +575,8 @@ async def cmd_poll_range(client: K2VClient, args: argparse.Namespace) -> int:
                 if args.count is not None and count >= args.count:
                     break
     except TimeoutError:
+        if not scope.expired():
+            raise  # the client's own timeout (K2VTimeoutError): the server did not answer
         if count == 0:
             print("timeout: no change", file=sys.stderr)
             return EXIT_TIMEOUT
@@ -595,14 +609,17 @@ def _watched_ranges(args: argparse.Namespace) -> list[RangeSpec]:
 async def cmd_watch(client: K2VClient, args: argparse.Namespace) -> int:
     ranges = _watched_ranges(args)
     count = 0
+    scope = asyncio.timeout(args.watch_timeout)
     try:
-        async with asyncio.timeout(args.watch_timeout):
+        async with scope:
             async for ch in client.watch(ranges, timeout=args.poll_timeout, include_initial=not args.no_initial):
                 _print_changes(ch, args)
                 count += 1
                 if args.count is not None and count >= args.count:
                     break
     except TimeoutError:
+        if not scope.expired():
+            raise  # the client's own timeout (K2VTimeoutError): the server did not answer
         if count == 0:
             print("timeout: no change", file=sys.stderr)
             return EXIT_TIMEOUT
@@ -658,6 +675,13 @@ def _print_poll(res: Any, args: argparse.Namespace) -> None:
     print(f"seen marker: {res.seen_marker}", flush=True)
 
 
+def _b64_value(n: int, v: Any) -> bytes:
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise CliError(f"item {n}: `v` must be base64 (or null for a tombstone)")
+
+
 def _insert_op(n: int, obj: dict[str, Any]) -> InsertOp:
     pk, sk = obj.get("pk"), obj.get("sk")
     if not isinstance(pk, str) or not isinstance(sk, str):
@@ -666,13 +690,13 @@ def _insert_op(n: int, obj: dict[str, Any]) -> InsertOp:
         if not isinstance(obj["text"], str):
             raise CliError(f"item {n}: `text` must be a string")
         value: bytes | None = obj["text"].encode("utf-8")
-    elif obj.get("v") is None:
-        value = None
     else:
-        try:
-            value = base64.b64decode(obj["v"], validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raise CliError(f"item {n}: `v` must be base64 (or null for a tombstone)")
+        v = obj.get("v")
+        if isinstance(v, list):  # an item as read-range --json prints it: one value (no conflict)
+            if len(v) != 1:
+                raise CliError(f"item {n}: `v` holds {len(v)} concurrent values: give the one to write")
+            v = v[0]
+        value = None if v is None else _b64_value(n, v)
     ct = obj.get("ct")
     if ct is not None and not isinstance(ct, str):
         raise CliError(f"item {n}: `ct` must be a string")
@@ -736,6 +760,8 @@ def make_client(args: argparse.Namespace) -> K2VClient:
         "access_key_id": args.access_key_id,
         "secret_access_key": args.secret_access_key,
     }
+    global _stdin_taken
+    _stdin_taken = args.dev_json == "-"
     dev: dict[str, str | None] = {}
     if args.dev_json:
         src: Any = sys.stdin if args.dev_json == "-" else Path(args.dev_json)
@@ -787,3 +813,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return 0
+    except ValueError as e:  # an argument the client refuses (an empty key, bad UTF-8, a bad TTL)
+        print(f"Error: {e}", file=sys.stderr)
+        return EXIT_USAGE

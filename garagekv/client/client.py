@@ -22,6 +22,7 @@ again (linearizably, for conditional writes) and write with the fresh token (see
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -120,7 +121,10 @@ def _value_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
 
 def _insert_op(item: InsertLike) -> InsertOp:
     if isinstance(item, InsertOp):
-        return item
+        if item.value is None or type(item.value) is bytes:
+            return item
+        # A str (UTF-8) or other bytes-like value, as the tuple form takes (docs/client.md "Values").
+        return dataclasses.replace(item, value=_value_bytes(item.value))
     if not isinstance(item, tuple) or len(item) not in (3, 4):
         raise TypeError("an insert is an InsertOp or a (pk, sk, value[, token]) tuple")
     pk, sk, value = item[0], item[1], item[2]

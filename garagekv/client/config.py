@@ -51,6 +51,16 @@ def normalize_endpoint(endpoint: str) -> str:
         raise ValueError(f"invalid K2V endpoint {endpoint!r} (expected http[s]://host[:port])")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"the K2V endpoint must not have a path or query: {endpoint!r}")
+    if "@" in parts.netloc:
+        raise ValueError(f"the K2V endpoint must not hold credentials (requests are signed): {endpoint!r}")
+    try:
+        port = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        port = 0
+    if (port == 0 and parts.netloc.rpartition("]")[2].count(":")) or parts.netloc.endswith(":"):
+        raise ValueError(f"invalid port in the K2V endpoint {endpoint!r} (1 to 65535)")
+    if not parts.hostname:
+        raise ValueError(f"invalid K2V endpoint {endpoint!r} (expected http[s]://host[:port])")
     return f"{parts.scheme}://{parts.netloc}"
 
 

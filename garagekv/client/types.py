@@ -655,12 +655,13 @@ class OpResult:
 
     ``token`` is the item's token after the op (``None`` for a never-written item). ``values``
     is set for a ``read`` only: the concurrent values (``None`` = tombstone), ``[]`` for an item
-    never written.
+    never written; ``expires`` (unix ms) too when a live value of it expires.
     """
 
     sort_key: str
     token: CausalityToken | None
     values: list[Value] | None = None
+    expires: int | None = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> OpResult:
@@ -671,19 +672,24 @@ class OpResult:
         if not isinstance(sk, str):
             raise ValueError("`sk` is not a string")
         values = decode_values(obj["v"]) if obj.get("v") is not None else None
-        return cls(sk, None if ct is None else CausalityToken(ct), values)
+        exp = obj.get("exp")
+        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int)):
+            raise ValueError("`exp` is not an integer")
+        return cls(sk, None if ct is None else CausalityToken(ct), values, exp)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sk": self.sort_key, "ct": None if self.token is None else self.token.value}
         if self.values is not None:
             out["v"] = [None if v is None else b64encode(v) for v in self.values]
+        if self.expires is not None:
+            out["exp"] = self.expires
         return out
 
     def item(self, partition_key: str) -> Item | None:
         """A read's result as an :class:`Item` (``None`` if the item was never written)."""
         if self.token is None or self.values is None:
             return None
-        return Item(partition_key, self.sort_key, self.values, self.token)
+        return Item(partition_key, self.sort_key, self.values, self.token, self.expires)
 
 
 @dataclass(frozen=True, slots=True)

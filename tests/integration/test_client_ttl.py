@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from garagekv.client import BadRequest, InsertOp, ReadQuery
+from garagekv.client import BadRequest, InsertOp, Read, ReadQuery
 from tests.support import wait_for
 from tests.support.client import command, run_env
 
@@ -43,3 +43,19 @@ def test_cli_insert_ttl_and_read_shows_the_expiry(node, creds, pk):
     assert f"({item['exp']})" in k2v_cli(node, creds, "read", pk, "a")
     k2v_cli(node, creds, "insert", pk, "b", "short", "--ttl", "1")
     wait_for(lambda: json.loads(k2v_cli(node, creds, "read", pk, "b", "--json"))["v"] == [None], timeout=30)
+
+
+def test_the_expiry_comes_with_linearizable_reads_and_transaction_reads(sync, pk):
+    for sk in ("", "x"):
+        sync.insert_item(pk, sk, b"temp", ttl=600)
+        plain = sync.read_item(pk, sk).expires
+        assert plain is not None
+        assert sync.read_item(pk, sk, linearizable=True).expires == plain, sk
+        res = sync.txn(pk, success=[Read(sk)])
+        assert res.results[0].expires == plain and res.results[0].item(pk).expires == plain
+        assert res.to_json()["results"][0]["exp"] == plain
+
+
+def test_insert_ops_take_text_values_as_tuples_do(sync, pk):
+    sync.insert_batch([InsertOp(pk, "t", "text"), InsertOp(pk, "b", bytearray(b"ba"))])
+    assert sync.read_item(pk, "t").value == b"text" and sync.read_item(pk, "b").value == b"ba"

@@ -122,6 +122,9 @@ def result_json(res: TxnResult) -> dict[str, Any]:
         entry: dict[str, Any] = {"sk": r.sort_key, "ct": ct}
         if r.op == READ:
             entry["v"] = [] if r.item is None else values_json(r.item)
+            exp = None if r.item is None else r.item.expires()
+            if exp is not None:
+                entry["exp"] = exp  # as ReadBatch items carry it
         out.append(entry)
     return {"succeeded": res.succeeded, "results": out}
 
