@@ -17,7 +17,7 @@ from garagekv.net.netapp import NetApp
 from garagekv.rpc.batching import CallBatcher, forward_outcome
 from garagekv.rpc.endpoint import EndpointRegistry, endpoint_path
 from garagekv.rpc.messages import malformed
-from garagekv.rpc.quorum import try_call_many, wait_read_quorum, wait_write_quorum
+from garagekv.rpc.quorum import QuorumError, describe_failure, try_call_many, wait_read_quorum, wait_write_quorum
 from garagekv.table.data import ScanRange, TableData
 from garagekv.table.messages import (
     LEFT_OUT,
@@ -187,6 +187,57 @@ class Table(Generic[E]):
 
         forward_outcome(self._gets.item_future(node, tree_key), out, lambda raw: answered(raw, False))
         return out
+
+    async def newer_elsewhere(self, tree_keys: list[bytes]) -> list[E]:
+        """What a read quorum holds of ``tree_keys`` beyond this node's own copies: for each key
+        that another node of the quorum stores differently, the merge of all the copies read
+        (this node's included). A key stored alike costs a comparison of bytes, not a decode.
+
+        Each group of keys with the same replicas is read, in one ``get_many``, from as many
+        other replicas as a read quorum needs besides this node, the closest first (the next one
+        when one fails). Raises ``QuorumError`` when too few of them answer.
+        """
+        groups: dict[tuple[bytes, ...], list[bytes]] = {}
+        for key in tree_keys:
+            groups.setdefault(tuple(self.replication.read_nodes(key[:32])), []).append(key)
+        quorum = self.replication.read_quorum()
+        out: list[E] = []
+        for nodes, keys in groups.items():
+            need = quorum - (1 if self.node_id in nodes else 0)
+            if need <= 0:
+                continue
+            mine = self.data.get_raw_many(keys)
+            answers: list[list[bytes | None]] = []
+            errors: list[str] = []
+            for node in self.order([n for n in nodes if n != self.node_id]):
+                if len(answers) >= need:
+                    break
+                try:
+                    answers.append(await self._get_all(node, keys))
+                except Exception as e:  # noqa: BLE001 - that replica failed: ask the next one
+                    errors.append(describe_failure(node, e))
+            if len(answers) < need:
+                raise QuorumError(quorum, len(answers), len(nodes), errors, operation="read")
+            for i, mine_raw in enumerate(mine):
+                raws = list({raw for a in answers if (raw := a[i]) is not None and raw != mine_raw})
+                if not raws:
+                    continue
+                if mine_raw is not None:
+                    raws.append(mine_raw)
+                entry = self.schema.decode(raws[0])
+                for raw in raws[1:]:
+                    entry.merge(self.schema.decode(raw))
+                out.append(entry)
+        return out
+
+    async def _get_all(self, node: bytes, keys: list[bytes]) -> list[bytes | None]:
+        """``get_many`` of ``keys`` on ``node``; entries left out of its answer (for its size)
+        are asked again alone."""
+        raws = await self._get_many(node, keys)
+        for i, raw in enumerate(raws):
+            if raw is False:
+                raws[i] = (await self._get_many(node, [keys[i]]))[0]
+        return [None if raw is None or raw is False else bytes(raw) for raw in raws]
 
     async def get_shared(self, tree_key: bytes) -> E | None:
         """``get``, through the local decoded-entry cache when this node alone answers reads.

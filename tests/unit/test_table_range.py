@@ -110,3 +110,36 @@ async def test_reverse_reads_around_the_empty_sort_key(nodes):
         await store(n, "", 2, b"")
     assert await read(t, RangeQuery(start="", reverse=True)) == ([], False, None)
     assert await read_paged(t, RangeQuery(reverse=True), 1) == ["c", "b", "a"]
+
+
+async def test_newer_elsewhere_reads_only_what_another_replica_holds_differently(nodes):
+    """What the expiry worker merges before it writes tombstones: the entries of a read quorum
+    that differ from this node's copies, merged; keys stored alike cost nothing to decode."""
+    from garagekv.rpc.quorum import QuorumError
+
+    me, other, third = nodes
+    for n in nodes:
+        await store(n, "same", 1, b"v")
+        await store(n, "stale", 1, b"old")
+    for n in (other, third):  # a write this node missed
+        await store(n, "stale", 2, b"new")
+    await store(other, "only-there", 1, b"x")
+    keys = [P + k for k in (b"same", b"stale", b"only-there", b"nowhere")]
+    got = {e.tree_key(): e for e in await me.table.newer_elsewhere(keys)}
+    assert set(got) == {P + b"stale", P + b"only-there"}
+    assert got[P + b"stale"].value == b"new" and got[P + b"only-there"].value == b"x"
+    assert me.data.get(P + b"stale").value == b"old"  # it only reads: the caller merges
+
+    def unreachable(node: bytes):
+        async def fail(*args, **kwargs):
+            raise ConnectionError("down")
+
+        return fail
+
+    other.registry.dispatch, saved = unreachable(other.table.node_id), other.registry.dispatch
+    got = {e.tree_key(): e for e in await me.table.newer_elsewhere(keys)}  # the third one answers
+    assert got[P + b"stale"].value == b"new" and P + b"only-there" not in got
+    third.registry.dispatch = unreachable(third.table.node_id)
+    with pytest.raises(QuorumError):
+        await me.table.newer_elsewhere(keys)
+    other.registry.dispatch = saved

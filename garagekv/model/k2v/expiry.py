@@ -146,17 +146,14 @@ class ExpiryWorker:
         answers: the entries stay due and the step is tried again later, never on a copy that
         may be stale.
         """
-        if len(self.items.replication.read_nodes(tree_keys[0][:32])) <= 1:
-            return True  # this node's copy is the only one
         try:
-            found = await asyncio.gather(*(self.items.get(k) for k in tree_keys))
+            newer = await self.items.newer_elsewhere(tree_keys)
         except Exception as e:  # noqa: BLE001 - no quorum, a node failing: try the step again later
             log.info("expiry of %d item(s) postponed: their replicas could not be read: %s", len(tree_keys), e)
             self.postponed += 1
             return False
-        entries = [e for e in found if e is not None]
-        if entries:
-            await self.items.data.merge_many(entries)
+        if newer:
+            await self.items.data.merge_many(newer)
         return True
 
     def _expire_in(self, tx: WriteTxn, ready: list[tuple[bytes, bytes]], now: int) -> list[K2VItem]:
