@@ -18,6 +18,18 @@ from garagekv.util.errors import StorageError
 DEFAULT_MAP_SIZE = 1 << 40
 
 
+#: The smallest LMDB page: a database file holds at least its two meta pages.
+MIN_PAGE = 4096
+
+
+def _truncated(data: Path, size: int, need: int) -> str:
+    return (
+        f"the LMDB file {data} has {size} bytes but its pages need {need}: it was cut short (a copy or "
+        "a disk that filled up). Restore the metadata directory from a snapshot, or empty it and let "
+        "the node resync from the others (docs/operations.md §8)"
+    )
+
+
 class Database:
     """An open LMDB environment; trees are opened once and cached by name."""
 
@@ -31,6 +43,10 @@ class Database:
         except OSError as e:
             raise StorageError(f"cannot create database directory {self.path}: {e}") from e
         self._lock_fd = self._acquire_lock(self.path / "LOCK")
+        data = self.path / "db.lmdb" / "data.mdb"
+        if data.is_file() and 0 < data.stat().st_size < 2 * MIN_PAGE:
+            self._release_lock()
+            raise StorageError(_truncated(data, data.stat().st_size, 2 * MIN_PAGE))
         try:
             self.env: lmdb.Environment | None = lmdb.open(
                 str(self.path / "db.lmdb"),
@@ -45,6 +61,16 @@ class Database:
         except lmdb.Error as e:
             self._release_lock()
             raise StorageError(f"cannot open LMDB database in {self.path}: {e}") from e
+        # A file shorter than its own pages (a copy cut short, a full disk) would kill the
+        # process with SIGBUS at the first read past its end: refuse it with the way out.
+        if data.is_file():
+            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+            size = data.stat().st_size
+            if size < need:
+                self.env.close()
+                self.env = None
+                self._release_lock()
+                raise StorageError(_truncated(data, size, need))
 
     @staticmethod
     def _acquire_lock(lock_path: Path) -> int:

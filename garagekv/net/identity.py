@@ -124,11 +124,31 @@ def load_or_create_node_key(metadata_dir: str | os.PathLike[str]) -> NodeKey:
 
     The private file holds the raw 32-byte seed with mode 0600; ``node_key.pub`` the raw public key.
     A key readable by group/others is refused rather than silently fixed: the operator should know.
+    So is a missing key where ``node_key.pub`` remains: the node had an identity, and a new one
+    would orphan its role and data in the cluster (restore the key, or start afresh on purpose).
+    A path that cannot be used (a file where a directory is expected, a read-only file system)
+    is a ``NodeKeyError`` naming it, not a traceback.
     """
-    directory = Path(metadata_dir)
+    try:
+        return _load_or_create(Path(metadata_dir))
+    except OSError as e:
+        raise NodeKeyError(f"cannot use {e.filename or metadata_dir} for the node key: {e.strerror or e}") from None
+
+
+def _load_or_create(directory: Path) -> NodeKey:
+    if directory.exists() and not directory.is_dir():
+        raise NodeKeyError(f"metadata_dir {directory} is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = directory / KEY_FILE, directory / PUB_FILE
+    if key_path.exists() and not key_path.is_file():
+        raise NodeKeyError(f"{key_path} is not a file")
     if not key_path.exists():
+        if pub_path.exists():
+            raise NodeKeyError(
+                f"{key_path} is missing but {pub_path} is there: this node had an identity that a new key "
+                f"would replace, orphaning its role and data. Restore {key_path} (from a backup), or, to join "
+                f"as a new node on purpose, empty {directory} first"
+            )
         key = NodeKey.generate()
         _write_file(key_path, key.seed(), 0o600)
         _write_file(pub_path, key.node_id, 0o644)

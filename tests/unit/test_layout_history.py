@@ -630,3 +630,19 @@ def test_a_history_that_cannot_be_stored_is_never_adopted(tmp_path, v1, monkeypa
     assert (tmp_path / m.path.name).read_bytes() == on_disk
     m.replace(ahead)  # once it can be stored, it is adopted
     assert m.history.current().version == 2
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00", b"garbage"])
+def test_a_damaged_layout_file_starts_the_node_without_a_layout(tmp_path, v1, damage, caplog):
+    """Cut short by a crash or a full disk: the node starts without a layout (and refuses K2V
+    requests until another node sends it, docs/operations.md §3) instead of refusing to start."""
+    from garagekv.rpc.layout.manager import LayoutManager
+
+    m = LayoutManager(nid(1), tmp_path, 3, "consistent")
+    m.replace(v1.clone())
+    m.path.write_bytes(m.path.read_bytes()[: len(damage)] if damage == b"" else damage)
+    with caplog.at_level(logging.ERROR):
+        again = LayoutManager(nid(1), tmp_path, 3, "consistent")
+    assert again.history.current().version == 0
+    assert str(m.path) in caplog.text
+    assert again.merge_remote(v1.clone()) and again.history.current().version == 1  # gossip restores it

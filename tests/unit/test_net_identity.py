@@ -68,3 +68,27 @@ def test_sign_and_verify():
     assert not verify_signature(NodeKey.generate().node_id, sig, b"data")
     assert not verify_signature(key.node_id, sig[:10], b"data")
     assert "NodeKey(" in repr(key) and key.seed().hex() not in repr(key)
+
+
+def test_a_lost_key_is_not_replaced_by_a_new_identity(tmp_path):
+    first = load_or_create_node_key(tmp_path)
+    (tmp_path / "node_key").unlink()
+    with pytest.raises(NodeKeyError, match="had an identity"):
+        load_or_create_node_key(tmp_path)
+    assert (tmp_path / "node_key.pub").read_bytes() == first.node_id  # the old id is kept
+
+
+@pytest.mark.parametrize("where", ["metadata_dir is a file", "its parent is a file", "node_key is a directory"])
+def test_unusable_paths_are_refused_with_a_message(tmp_path, where):
+    if where == "metadata_dir is a file":
+        target = tmp_path / "meta"
+        target.write_bytes(b"x")
+    elif where == "its parent is a file":
+        (tmp_path / "parent").write_bytes(b"x")
+        target = tmp_path / "parent" / "meta"
+    else:
+        target = tmp_path / "meta"
+        (target / "node_key").mkdir(parents=True, mode=0o700)
+    with pytest.raises(NodeKeyError) as e:
+        load_or_create_node_key(target)
+    assert str(tmp_path) in e.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 
@@ -223,3 +224,22 @@ async def test_unicode_orders_by_code_point(table):
     for k in ["é", "z", "\U0001f600", "a"]:
         await table.merge(Reg(k.encode(), 1))
     assert (await run(table))[0] == ["a", "z", "é", "\U0001f600"]
+
+
+@pytest.mark.parametrize("keep", [0.5, 8192, 4096])
+def test_a_database_file_cut_short_is_refused_not_a_crash(tmp_path, keep):
+    """Reading past the end of a truncated LMDB file kills the process with SIGBUS: opening one
+    is refused with what to do instead."""
+    db = Database(tmp_path / "db", map_size=64 << 20)
+    t = db.tree("t")
+    with db.environment.begin(write=True) as txn:
+        for i in range(2000):
+            txn.put(b"%06d" % i, b"v" * 100, db=t)
+    db.close()
+    data = tmp_path / "db" / "db.lmdb" / "data.mdb"
+    size = data.stat().st_size
+    os.truncate(data, int(size * keep) if keep < 1 else keep)
+    with pytest.raises(StorageError, match="cut short"):
+        Database(tmp_path / "db", map_size=64 << 20)
+    os.truncate(data, 0)  # an empty file is a new database (anti-entropy refills it)
+    Database(tmp_path / "db", map_size=64 << 20).close()

@@ -32,19 +32,26 @@ class LayoutManager:
         self.history = self._load()
 
     def _load(self) -> LayoutHistory:
+        """The stored history. A file that cannot be read or decoded (cut short by a crash or a
+        full disk) is reported and the node starts without a layout: it refuses K2V requests
+        until gossip brings the cluster's (docs/operations.md §3). A replication factor that
+        differs from the config's is an error: the cluster's cannot change."""
         if self.path.exists():
             try:
                 h = LayoutHistory.decode(self.path.read_bytes())
-                if h.replication_factor != self.rf:
-                    raise LayoutError(
-                        f"the stored layout has replication factor {h.replication_factor} but the "
-                        f"config says {self.rf}; a cluster's replication factor cannot change"
-                    )
-                return h
-            except LayoutError:
-                raise
             except Exception as e:  # noqa: BLE001 - a corrupt file is reported, not fatal
-                log.error("cannot read %s (%s); starting from an empty layout", self.path, e)
+                log.error(
+                    "cannot read the cluster layout in %s (%s); starting without one until another node sends it",
+                    self.path,
+                    e,
+                )
+                return LayoutHistory.new(self.rf)
+            if h.replication_factor != self.rf:
+                raise LayoutError(
+                    f"the stored layout has replication factor {h.replication_factor} but the "
+                    f"config says {self.rf}; a cluster's replication factor cannot change"
+                )
+            return h
         return LayoutHistory.new(self.rf)
 
     def _persist(self, history: LayoutHistory) -> None:
