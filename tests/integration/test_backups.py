@@ -7,7 +7,7 @@ import json
 import shutil
 
 from tests.support import NodeProcess, wait_for
-from tests.support.faults import bucket_visible, k2v_client, local_keys, make_bucket, start_cluster
+from tests.support.faults import k2v_client, local_keys, shared_bucket, start_cluster
 
 
 def put(node: NodeProcess, creds: dict, sk: str) -> None:
@@ -17,8 +17,7 @@ def put(node: NodeProcess, creds: dict, sk: str) -> None:
 
 def test_snapshot_restore_and_catch_up(cluster3):
     nodes = cluster3
-    creds = make_bucket(nodes[0])
-    wait_for(lambda: all(bucket_visible(n, creds) for n in nodes), timeout=30)
+    creds = shared_bucket(nodes)
     for i in range(20):
         put(nodes[0], creds, f"before-{i:02d}")
     target = nodes[2]

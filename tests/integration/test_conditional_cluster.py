@@ -12,8 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support import wait_for
-from tests.support.faults import bucket_visible, k2v_client, make_bucket, start_cluster
+from tests.support.faults import k2v_client, shared_bucket, start_cluster
 from tests.support.lincheck import CAS_REGISTER, INFINITY, UNKNOWN, Op, check
 
 TOKEN = "X-Garage-Causality-Token"
@@ -39,8 +38,7 @@ def _values(r) -> list:
 
 
 def _setup(nodes) -> tuple[dict, list]:
-    creds = make_bucket(nodes[0], "cond-bucket")
-    wait_for(lambda: all(bucket_visible(n, creds) for n in nodes), timeout=30)
+    creds = shared_bucket(nodes, "cond-bucket")
     return creds, [k2v_client(n, creds) for n in nodes]
 
 

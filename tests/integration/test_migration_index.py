@@ -14,12 +14,11 @@ import pytest
 from tests.support import K2VHttp, NodeProcess, wait_for
 from tests.support.faults import (
     apply_layout,
-    bucket_visible,
     index_entries,
     join,
     k2v_client,
-    make_bucket,
     make_node,
+    shared_bucket,
     start_cluster,
     up_ids,
 )
@@ -43,10 +42,8 @@ def test_read_index_never_undercounts_and_bucket_delete_refuses_while_every_repl
     old = start_cluster(tmp_path / "old", 3, rf=3, extra=CONFIG)
     new: list[NodeProcess] = []
     try:
-        creds = make_bucket(old[0])
+        creds = shared_bucket(old)
         bucket = creds["bucket"]
-        for n in old:
-            wait_for(lambda n=n: bucket_visible(n, creds))
         writer = k2v_client(old[0], creds)
         known = {pk: 0 for pk in PKS}
         for pk in PKS:

@@ -13,10 +13,9 @@ import pytest
 from tests.support import wait_for
 from tests.support.faults import (
     FaultProxy,
-    bucket_visible,
     k2v_client,
-    make_bucket,
     proxy_supported,
+    shared_bucket,
     start_cluster,
     up_ids,
 )
@@ -35,10 +34,8 @@ def test_read_batch_through_a_replica_that_missed_deletions(tmp_path):
     proxy = FaultProxy()
     nodes = start_cluster(tmp_path, 3, rf=3, extra=CONFIG, proxy=proxy)
     try:
-        creds = make_bucket(nodes[0])
+        creds = shared_bucket(nodes)
         bucket = creds["bucket"]
-        for n in nodes:
-            wait_for(lambda n=n: bucket_visible(n, creds))
         a, stale = k2v_client(nodes[0], creds), k2v_client(nodes[2], creds)
         insert_batch(a, [{"pk": "p", "sk": f"k{i:02}", "ct": None, "v": b64("v")} for i in range(12)], bucket)
         # Every replica has the items before the cut (write quorum is 2 of 3: wait for the third).

@@ -8,7 +8,7 @@ import time
 
 from garagekv.model.k2v.item import K2VItem, partition_hash
 from tests.support import K2VHttp, NodeProcess, wait_for
-from tests.support.faults import bucket_visible, k2v_client, local_keys, make_bucket, start_cluster
+from tests.support.faults import k2v_client, local_keys, make_bucket, shared_bucket, start_cluster
 from tests.support.k2v import BINARY, TOKEN, Background, q
 
 TTL = "X-Garage-TTL"
@@ -48,10 +48,8 @@ def bucket_id_of(node: NodeProcess, bucket: str) -> bytes:
 def test_expiry_across_nodes_and_a_node_down_during_it(tmp_path):
     nodes = start_cluster(tmp_path, 3, extra=FAST_SYNC)
     try:
-        creds = make_bucket(nodes[0])
+        creds = shared_bucket(nodes)
         bucket = creds["bucket"]
-        for n in nodes:
-            wait_for(lambda n=n: bucket_visible(n, creds))
         clients = [k2v_client(n, creds) for n in nodes]
         bid = bucket_id_of(nodes[0], bucket)
 
@@ -149,10 +147,8 @@ def test_a_replica_back_from_a_crash_never_expires_a_value_replaced_meanwhile(tm
     wrote, and a lease renewed with the token of its own create would then fail."""
     nodes = start_cluster(tmp_path, 3, extra=FAST_SYNC)
     try:
-        creds = make_bucket(nodes[0])
+        creds = shared_bucket(nodes)
         bucket = creds["bucket"]
-        for n in nodes:
-            wait_for(lambda n=n: bucket_visible(n, creds))
         clients = [k2v_client(n, creds) for n in nodes]
         down = nodes[2]
         pks = [f"p{i}" for i in range(6)]  # several partitions: the returning node comes first for some

@@ -12,8 +12,7 @@ import json
 import threading
 import time
 
-from tests.support import wait_for
-from tests.support.faults import bucket_visible, k2v_client, make_bucket
+from tests.support.faults import k2v_client, shared_bucket
 
 
 def _b64(n: int) -> str:
@@ -35,8 +34,7 @@ def _read_all(client, creds, pk: str, sks: list[str]) -> list[dict]:
 
 
 def test_transfers_keep_the_sum_and_a_hot_counter_is_exact(cluster3):
-    creds = make_bucket(cluster3[0], "txn-bucket")
-    wait_for(lambda: all(bucket_visible(n, creds) for n in cluster3), timeout=30)
+    creds = shared_bucket(cluster3, "txn-bucket")
     clients = [k2v_client(n, creds) for n in cluster3]
     init = {"success": [{"op": "put", "sk": "a", "v": _b64(100)}, {"op": "put", "sk": "b", "v": _b64(0)}]}
     assert _txn(clients[0], creds, "bank", init).status == 200
@@ -129,8 +127,7 @@ def test_transfers_keep_the_sum_and_a_hot_counter_is_exact(cluster3):
 
 
 def test_a_plain_write_racing_a_transaction_is_kept_as_a_concurrent_value(cluster3):
-    creds = make_bucket(cluster3[0], "txn-race")
-    wait_for(lambda: all(bucket_visible(n, creds) for n in cluster3), timeout=30)
+    creds = shared_bucket(cluster3, "txn-race")
     clients = [k2v_client(n, creds) for n in cluster3]
     (cur,) = _read_all(clients[0], creds, "p", ["k"])
     assert cur == {"sk": "k", "ct": None, "v": []}

@@ -32,7 +32,7 @@ from tests.support.checker import Anomaly, History, Workload, count_kinds, final
 from tests.support.checker.registers import ConsensusHistory, ConsensusWorkload
 from tests.support.checker.sets import SetHistory, SetWorkload, read_set
 from tests.support.checker.watch import ItemWatcher, RangeWatcher, WatchHistory, WatchWriter
-from tests.support.faults import FaultProxy, bucket_visible, k2v_client, make_bucket, start_cluster
+from tests.support.faults import FaultProxy, k2v_client, shared_bucket, start_cluster
 from tests.support.nemesis import ChaosCluster, Nemesis
 
 #: As in the fault tests: a 5 s RPC timeout, the first anti-entropy pass 1 s after start.
@@ -129,9 +129,7 @@ def run_chaos(
     try:
         nodes = start_cluster(root, 3, rf=3, extra=CHAOS_CONFIG, proxy=proxy)
         cluster.nodes = {f"n{i}": n for i, n in enumerate(nodes)}
-        creds = make_bucket(nodes[0], "chaos")
-        for n in nodes:
-            wait_for(lambda n=n: bucket_visible(n, creds))
+        creds = shared_bucket(nodes, "chaos")
         bucket = creds["bucket"]
         bucket_id = bytes.fromhex(nodes[0].admin("bucket.info", {"name": bucket})["id"])
         clients = {name: k2v_client(n, creds) for name, n in cluster.nodes.items()}

@@ -381,6 +381,14 @@ def make_bucket(node: NodeProcess, bucket: str = "fault-bucket") -> dict:
     return {"access_key": key["accessKeyId"], "secret_key": key["secretAccessKey"], "bucket": bucket}
 
 
+def shared_bucket(nodes: list[NodeProcess], bucket: str = "fault-bucket", timeout: float = 30.0) -> dict:
+    """``make_bucket`` through the first node, returned once its key and bucket reached every
+    node of ``nodes`` (the full-copy tables are written to n-1 nodes first)."""
+    creds = make_bucket(nodes[0], bucket)
+    wait_for(lambda: all(bucket_visible(n, creds) for n in nodes), timeout=timeout)
+    return creds
+
+
 def k2v_client(node: NodeProcess, creds: dict) -> K2VHttp:
     return K2VHttp(node.endpoint, creds["access_key"], creds["secret_key"])
 

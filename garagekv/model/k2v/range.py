@@ -101,8 +101,8 @@ async def _pages(
         n = page if want is None else min(page, want - len(entries))
         rows, resume = await fetch(start, prefix=prefix, end=end, reverse=reverse, limit=n, filt=filt, skip_start=skip)
         entries.extend((k.decode(), e) for k, e in rows)
-        if resume is None or (reverse and not resume):
-            break  # (nothing is below the empty key)
+        if resume is None:
+            break
         start, skip = resume, True
     return entries
 
