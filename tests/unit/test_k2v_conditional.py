@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
 import pytest
 
+from garagekv.consensus import ReadTooLarge
 from garagekv.model.k2v.causality import CausalContext
 from garagekv.model.k2v.conditional import IF_MATCH, IF_MATCH_ANY, IF_NONE_MATCH_ANY, Condition
 from garagekv.model.k2v.item import K2VItem, partition_hash
@@ -15,6 +17,7 @@ from garagekv.model.k2v.range import RangeQuery
 from garagekv.model.k2v.txn import DELETE, EXISTS, PUT, READ, Compare, Txn, TxnOp, to_wire
 from garagekv.rpc.endpoint import EndpointRegistry
 from garagekv.util import codec
+from garagekv.util.errors import ServiceUnavailable
 from tests.support.standalone import NODE, NODE_ID, LoopbackTransport, StandaloneModel
 
 BUCKET = b"\x07" * 32
@@ -302,3 +305,35 @@ async def test_a_lost_write_found_applied_answers_the_tokens_of_its_own_write(no
     assert res.succeeded
     assert res.results[0].item.causal_context().serialize() == tokens[0]
     assert res.results[0].item.values() == [b"a1"]
+
+
+async def test_reads_too_big_for_one_message(node, monkeypatch):
+    """A round whose read states do not fit in an acceptor's answer ends before proposing: one
+    operation alone gets the 413; operations batched into that round run again in rounds of
+    their own; a round that had already proposed a write cannot say whether it applied (503)."""
+    c = node.model.conditional
+    real = c.proposer.run
+    rounds: list[int] = []
+
+    async def too_big_together(key, read_keys, decide, timeout=None):
+        rounds.append(len(read_keys))
+        if len(read_keys) > 1:
+            raise ReadTooLarge("the answer is 17000000 bytes, over the RPC frame limit")
+        return await real(key, read_keys, decide, timeout=timeout)
+
+    monkeypatch.setattr(c.proposer, "run", too_big_together)
+    a, b = await asyncio.gather(
+        c.txn(BUCKET, "p", Txn(success=(TxnOp(PUT, "a", b"1"),))),
+        c.txn(BUCKET, "p", Txn(success=(TxnOp(PUT, "b", b"2"),))),
+    )
+    assert a.succeeded and b.succeeded and rounds == [2, 1, 1]
+    with pytest.raises(ReadTooLarge):
+        await c.txn(BUCKET, "p", Txn(success=(TxnOp(READ, "a"), TxnOp(READ, "b"))))
+
+    async def proposed_then_too_big(key, read_keys, decide, timeout=None):
+        decide({k: None for k in read_keys})  # an attempt decided (and would have proposed) a write
+        raise ReadTooLarge("the answer is 17000000 bytes, over the RPC frame limit")
+
+    monkeypatch.setattr(c.proposer, "run", proposed_then_too_big)
+    with pytest.raises(ServiceUnavailable, match="may or may not have been applied"):
+        await c.txn(BUCKET, "p", Txn(success=(TxnOp(PUT, "c", b"3"),)))
