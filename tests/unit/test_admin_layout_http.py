@@ -133,6 +133,8 @@ async def test_removal_revert_and_unknown_full_ids(admin):
         ([{"id": SELF.hex(), "capacity": 1}], "missing zone"),
         ([{"id": SELF.hex(), "zone": "z", "capacity": "1G"}], "capacity must be a number"),
         ([{"id": SELF.hex(), "zone": "z", "capacity": 0}], "Invalid capacity value"),
+        ([{"id": SELF.hex(), "zone": "z" * 256, "capacity": 1}], "at most 255 bytes"),
+        ([{"id": SELF.hex(), "zone": "z", "capacity": 1, "tags": ["t"] * 33}], "at most 32 tags"),
         ([{"id": SELF.hex(), "zone": "z", "capacity": 1, "tags": "a"}], "tags must be a list"),
         (["nope"], "expected an object"),
     ],
